@@ -1,0 +1,38 @@
+# Targets carry ## help text: `make help` lists them.
+GO ?= go
+FUZZTIME ?= 10m
+GOLANGCI_LINT_VERSION ?= v2.6.2
+
+.PHONY: help build run test test-short lint fmt bench fuzz
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## build bin/gateway
+	$(GO) build -o bin/gateway ./cmd/gateway
+
+run: ## run the gateway with the embedded default (./data, 127.0.0.1:8080)
+	$(GO) run ./cmd/gateway serve
+
+test: ## install and start redis-server + MinIO on loopback, vet, run every test with -race, stop them
+	$(GO) vet ./...
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	scripts/testenv.sh $(GO) test -race -count=1 -timeout 45m ./...
+
+test-short: ## tests without the race detector (faster), servers started as in make test
+	scripts/testenv.sh $(GO) test -count=1 ./...
+
+lint: ## go vet, gofmt, and the dependency-direction check of STYLE.md
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
+	@! $(GO) list -deps ./gateway | grep -E 'gin-gonic|minio|go-redis|/dicomweb|/storage' || { echo "package gateway must not import those"; exit 1; }
+
+fmt: ## gofmt the tree
+	gofmt -w $$(git ls-files '*.go')
+
+bench: ## storage benchmarks against the real servers (figures in README)
+	scripts/testenv.sh $(GO) test -run '^$$' -bench . -benchtime=3x ./storage/...
+
+fuzz: ## run each fuzz target for FUZZTIME (default 10m)
+	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./gateway/

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/dicom-gateway/gateway/dicomweb"
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// Config is everything gateway serve needs: flags (each also GATEWAY_<NAME>)
+// and the optional --config YAML file. Precedence: flag > env > default.
+type Config struct {
+	Listen           string
+	DataDir          string
+	S3Endpoint       string
+	S3Bucket         string
+	S3AccessKey      string
+	S3SecretKey      gateway.Secret
+	S3Region         string
+	S3TLS            bool
+	RedisURL         string
+	RedisPrefix      string
+	Name             string
+	ConfigPath       string
+	PublicBaseURL    string
+	MaxRequestBytes  int64
+	MaxInstanceBytes int64
+	ShutdownTimeout  time.Duration
+	LogLevel         string
+
+	File FileConfig // from --config
+}
+
+// FileConfig is the --config YAML. Unknown keys are an error.
+type FileConfig struct {
+	Peers []gateway.Peer      `yaml:"peers"`
+	Auth  dicomweb.AuthConfig `yaml:"auth"`
+}
+
+// secretFlag lets a gateway.Secret be a flag without printing it in -h.
+type secretFlag struct{ s *gateway.Secret }
+
+func (f secretFlag) String() string {
+	if f.s == nil || *f.s == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+func (f secretFlag) Set(v string) error { *f.s = gateway.Secret(v); return nil }
+
+// newServeFlags declares the serve flags on a fresh FlagSet bound to cfg.
+func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "HTTP address")
+	fs.StringVar(&cfg.DataDir, "data-dir", "./data", "embedded storage and state")
+	fs.StringVar(&cfg.S3Endpoint, "s3-endpoint", "", "S3 endpoint host:port; S3 storage when set")
+	fs.StringVar(&cfg.S3Bucket, "s3-bucket", "dicom-gateway", "S3 bucket")
+	fs.StringVar(&cfg.S3AccessKey, "s3-access-key", "", "S3 access key")
+	fs.Var(secretFlag{&cfg.S3SecretKey}, "s3-secret-key", "S3 secret key")
+	fs.StringVar(&cfg.S3Region, "s3-region", "", "S3 region")
+	fs.BoolVar(&cfg.S3TLS, "s3-tls", false, "use HTTPS to the S3 endpoint")
+	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis state when set, e.g. redis://127.0.0.1:6379/0")
+	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", "gw:", "prefix of every Redis key this gateway writes")
+	fs.StringVar(&cfg.Name, "name", "gateway", "this centre's name, used in audit and transfers")
+	fs.StringVar(&cfg.ConfigPath, "config", "", "YAML file: peers, routing rules, tokens/roles, TLS")
+	fs.StringVar(&cfg.PublicBaseURL, "public-base-url", "", "base URL clients reach this gateway at (for RetrieveURL/BulkDataURI behind a proxy)")
+	fs.Int64Var(&cfg.MaxRequestBytes, "max-request-bytes", 0, "largest STOW-RS request body in bytes (0 = unlimited)")
+	fs.Int64Var(&cfg.MaxInstanceBytes, "max-instance-bytes", 4<<30, "largest single instance in bytes")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may take to finish on SIGTERM")
+	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
+	return fs
+}
+
+// parseServeConfig parses args, then GATEWAY_* from getenv, then the YAML
+// file, and validates the result.
+func parseServeConfig(args []string, getenv func(string) string, stderr io.Writer) (*Config, error) {
+	cfg := &Config{}
+	fs := newServeFlags(cfg, stderr)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if err := applyEnv(fs, getenv); err != nil {
+		return nil, err
+	}
+	if cfg.ConfigPath != "" {
+		f, err := os.Open(cfg.ConfigPath)
+		if err != nil {
+			return nil, fmt.Errorf("--config: %w", err)
+		}
+		defer f.Close()
+		fc, err := parseFileConfig(f)
+		if err != nil {
+			return nil, fmt.Errorf("--config %s: %w", cfg.ConfigPath, err)
+		}
+		cfg.File = *fc
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// applyEnv fills each flag not given on the command line from GATEWAY_<NAME>
+// (--redis-url from GATEWAY_REDIS_URL). getenv is a parameter so tests need
+// no real environment.
+func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		key := "GATEWAY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(key); v != "" && !given[f.Name] {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", key, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// parseFileConfig decodes the --config YAML strictly: a misspelt key is an
+// error, not a silently ignored setting.
+func parseFileConfig(r io.Reader) (*FileConfig, error) {
+	data, err := io.ReadAll(io.LimitReader(r, 4<<20))
+	if err != nil {
+		return nil, err
+	}
+	fc := &FileConfig{}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return fc, nil
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(fc); err != nil {
+		return nil, err
+	}
+	return fc, nil
+}
+
+// Validate checks the configuration; each message names the setting to change.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Name == "" {
+		errs = append(errs, errors.New("--name is empty"))
+	}
+	if c.S3Endpoint != "" && c.S3Bucket == "" {
+		errs = append(errs, errors.New("--s3-bucket is empty"))
+	}
+	if _, err := dicomweb.NewAuthenticator(c.File.Auth); err != nil {
+		errs = append(errs, err)
+	}
+	if !c.File.Auth.Enabled() && !isLoopback(c.Listen) {
+		errs = append(errs, fmt.Errorf("--listen %s without auth: configure auth.tokens in --config, or bind a loopback address such as 127.0.0.1:8080", c.Listen))
+	}
+	seen := map[string]bool{}
+	for i, p := range c.File.Peers {
+		if err := p.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("peers[%d]: %w", i, err))
+		}
+		if seen[p.Name] {
+			errs = append(errs, fmt.Errorf("peers[%d]: duplicate name %q", i, p.Name))
+		}
+		seen[p.Name] = true
+	}
+	return errors.Join(errs...)
+}
+
+// isLoopback reports whether every address listen can bind is a loopback one.
+// An empty host (":8080") binds all interfaces, so it is not loopback.
+func isLoopback(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil || host == "" {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseServeConfigPrecedence(t *testing.T) {
+	env := map[string]string{
+		"GATEWAY_NAME":      "from-env",
+		"GATEWAY_REDIS_URL": "redis://127.0.0.1:1/0",
+		"GATEWAY_LISTEN":    "127.0.0.1:9999",
+	}
+	cfg, err := parseServeConfig([]string{"--name", "from-flag"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.Name, "from-flag"; got != want {
+		t.Errorf("Name=%q, want %q (flag beats env)", got, want)
+	}
+	if got, want := cfg.RedisURL, "redis://127.0.0.1:1/0"; got != want {
+		t.Errorf("RedisURL=%q, want %q (env beats default)", got, want)
+	}
+	if got, want := cfg.Listen, "127.0.0.1:9999"; got != want {
+		t.Errorf("Listen=%q, want %q", got, want)
+	}
+	if got, want := cfg.DataDir, "./data"; got != want {
+		t.Errorf("DataDir=%q, want default %q", got, want)
+	}
+}
+
+func TestNonLoopbackWithoutAuthIsRefused(t *testing.T) {
+	for _, tt := range []struct {
+		listen string
+		ok     bool
+	}{
+		{"127.0.0.1:8080", true},
+		{"localhost:8080", true},
+		{"[::1]:8080", true},
+		{"0.0.0.0:8080", false},
+		{":8080", false},
+		{"10.1.2.3:8080", false},
+	} {
+		_, err := parseServeConfig([]string{"--listen", tt.listen}, func(string) string { return "" }, io.Discard)
+		if (err == nil) != tt.ok {
+			t.Errorf("--listen %s: err=%v, want ok=%v", tt.listen, err, tt.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "without auth") {
+			t.Errorf("--listen %s: message %q does not say why", tt.listen, err)
+		}
+	}
+}
+
+func TestConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good.yaml", `
+peers:
+  - name: surrey
+    url: http://127.0.0.1:8081/dicomweb
+auth:
+  tokens:
+    - name: pacs-1
+      sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+      roles: [store]
+`)
+	cfg, err := parseServeConfig([]string{"--config", good, "--listen", "0.0.0.0:8080"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatalf("good config: %v", err)
+	}
+	if got, want := len(cfg.File.Peers), 1; got != want {
+		t.Fatalf("peers=%d, want %d", got, want)
+	}
+	if got, want := cfg.File.Peers[0].Name, "surrey"; got != want {
+		t.Errorf("peer name=%q, want %q", got, want)
+	}
+
+	for name, body := range map[string]string{
+		"unknown key":  "peers: []\nlisten_port: 3\n",
+		"bad hash":     "auth:\n  tokens:\n    - name: x\n      sha256: nothex\n      roles: [store]\n",
+		"bad role":     "auth:\n  tokens:\n    - name: x\n      sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n      roles: [root]\n",
+		"bad peer url": "peers:\n  - name: x\n    url: ftp://h/\n",
+		"dup peer":     "peers:\n  - name: x\n    url: http://a/\n  - name: x\n    url: http://b/\n",
+	} {
+		p := write(strings.ReplaceAll(name, " ", "-")+".yaml", body)
+		if _, err := parseServeConfig([]string{"--config", p}, func(string) string { return "" }, io.Discard); err == nil {
+			t.Errorf("%s: config accepted, want an error", name)
+		}
+	}
+}

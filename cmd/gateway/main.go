@@ -1,0 +1,62 @@
+// Command gateway is the DICOM transfer gateway: one binary that serves
+// DICOMweb and the admin API (gateway serve) and the command-line tools that
+// talk to it or to its storage (store, reindex, transfer, audit).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `gateway: DICOM transfer gateway
+
+Usage:
+  gateway serve [flags]          run the gateway (gateway serve -h for flags)
+  gateway version                print the version
+
+Every serve flag can also be set as GATEWAY_<NAME> (e.g. GATEWAY_REDIS_URL).
+`
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+// commands maps each subcommand to its entry point. Each takes its own
+// arguments and writes to stdout/stderr.
+var commands = map[string]func(ctx context.Context, args []string, stdout, stderr io.Writer) error{
+	"serve": runServe,
+	"version": func(_ context.Context, _ []string, stdout, _ io.Writer) error {
+		fmt.Fprintln(stdout, version)
+		return nil
+	},
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	cmd, ok := commands[os.Args[1]]
+	if !ok {
+		if os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+			fmt.Fprint(os.Stdout, usage)
+			return
+		}
+		fmt.Fprintf(os.Stderr, "gateway: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err := cmd(ctx, os.Args[2:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fmt.Fprintf(os.Stderr, "gateway %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}

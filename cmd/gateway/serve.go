@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/dicom-gateway/gateway/dicomweb"
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// runServe is `gateway serve`: parse the configuration, start, wait for
+// SIGINT/SIGTERM, then shut down gracefully.
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, err := parseServeConfig(args, os.Getenv, stderr)
+	if err != nil {
+		return err
+	}
+	m := NewMain(cfg, newLogger(stderr, cfg.LogLevel))
+	if err := m.Run(ctx); err != nil {
+		_ = m.Close(context.Background())
+		return err
+	}
+	<-ctx.Done()
+	m.Logger.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	return m.Close(shutdownCtx)
+}
+
+// newLogger builds the JSON logger every package receives; ContextHandler
+// adds the request ID to each line logged with a request's context.
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	return slog.New(dicomweb.ContextHandler{Handler: slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})})
+}
+
+// Main is a running gateway: its backends, services and HTTP server. Tests
+// build one with NewMain and a Config whose Listen is 127.0.0.1:0, call Run,
+// read Addr, and Close it.
+type Main struct {
+	Config *Config
+	Logger *slog.Logger
+
+	// Set by Run.
+	Addr     string // the address actually listened on
+	Backends *Backends
+	Server   *dicomweb.Server
+
+	httpServer *http.Server
+	listener   net.Listener
+	serveDone  chan error
+	closeOnce  sync.Once
+	closeErr   error
+}
+
+// NewMain returns a Main for cfg that logs to logger.
+func NewMain(cfg *Config, logger *slog.Logger) *Main {
+	return &Main{Config: cfg, Logger: logger}
+}
+
+// Run opens the backends, starts the background services and begins serving
+// HTTP. It returns once the listener is bound (so a bind error is reported
+// synchronously); ctx bounds start-up only.
+func (m *Main) Run(ctx context.Context) error {
+	cfg := m.Config
+	auth, err := dicomweb.NewAuthenticator(cfg.File.Auth)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	b, err := OpenBackends(ctx, cfg, m.Logger)
+	if err != nil {
+		return err
+	}
+	m.Backends = b
+
+	m.Server = &dicomweb.Server{
+		Name:          cfg.Name,
+		Blobs:         b.Blobs,
+		Index:         b.Index,
+		Auth:          auth,
+		Ready:         b.Ready,
+		PublicBaseURL: cfg.PublicBaseURL,
+		Limits:        dicomweb.Limits{MaxRequestBytes: cfg.MaxRequestBytes, MaxInstanceBytes: cfg.MaxInstanceBytes},
+		Logger:        m.Logger,
+		Registerer:    reg,
+		Gatherer:      reg,
+	}
+	wireServices(m, b)
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", cfg.Listen, err)
+	}
+	m.listener = ln
+	m.Addr = ln.Addr().String()
+	m.httpServer = &http.Server{
+		Handler: m.Server.Handler(),
+		// No whole-request ReadTimeout/WriteTimeout: a 2 GB STOW over a slow
+		// link must not be cut while bytes flow. Slow or idle clients are
+		// bounded by the header timeout, the idle timeout and the handlers'
+		// per-read deadlines.
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn),
+	}
+	m.serveDone = make(chan error, 1)
+	go func() { m.serveDone <- m.httpServer.Serve(ln) }()
+	m.Logger.Info("gateway listening", "addr", m.Addr, "name", cfg.Name,
+		"blob_store", b.BlobKind, "state", b.StateKind, "auth", auth != nil)
+	return nil
+}
+
+// Close drains HTTP (in-flight requests finish until ctx ends), stops the
+// background services, then closes the backends. Safe to call more than once.
+func (m *Main) Close(ctx context.Context) error {
+	m.closeOnce.Do(func() {
+		var errs []error
+		if m.httpServer != nil {
+			if err := m.httpServer.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+			}
+			if err := <-m.serveDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errs = append(errs, err)
+			}
+		}
+		if m.Backends != nil {
+			errs = append(errs, m.Backends.Close(ctx))
+		}
+		m.closeErr = errors.Join(errs...)
+	})
+	return m.closeErr
+}
+
+var _ gateway.Pinger = (*pingFunc)(nil)
+
+// pingFunc adapts a function to gateway.Pinger.
+type pingFunc func(ctx context.Context) error
+
+func (f pingFunc) Ping(ctx context.Context) error { return f(ctx) }

@@ -1,0 +1,6 @@
+package dicomweb
+
+// auditRoutes lists the routes of this resource (stub until its issue lands).
+func (s *Server) auditRoutes(base string) []route {
+	return nil
+}

@@ -1,0 +1,57 @@
+package dicomweb
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// statusByErr is the one mapping from domain errors to HTTP status codes.
+var statusByErr = []struct {
+	err    error
+	status int
+}{
+	{gateway.ErrNotFound, http.StatusNotFound},
+	{gateway.ErrInvalid, http.StatusBadRequest},
+	{gateway.ErrConflict, http.StatusConflict},
+	{gateway.ErrTooLarge, http.StatusRequestEntityTooLarge},
+	{gateway.ErrUnauthenticated, http.StatusUnauthorized},
+	{gateway.ErrForbidden, http.StatusForbidden},
+	{gateway.ErrUnavailable, http.StatusServiceUnavailable},
+}
+
+// statusOf returns the HTTP status for err: the first sentinel it wraps, 413
+// for *http.MaxBytesError, 500 otherwise.
+func statusOf(err error) int {
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return http.StatusRequestEntityTooLarge
+	}
+	for _, e := range statusByErr {
+		if errors.Is(err, e.err) {
+			return e.status
+		}
+	}
+	return http.StatusInternalServerError
+}
+
+// writeError answers with err's status and a JSON body {"error": message}.
+// Internal errors are logged with the request ID and shown only as "internal
+// error"; 503 answers carry Retry-After so that clients back off.
+func (s *Server) writeError(c *gin.Context, err error) {
+	status := statusOf(err)
+	msg := err.Error()
+	if status == http.StatusInternalServerError {
+		s.Logger.ErrorContext(c.Request.Context(), "internal error", gateway.LogKeyError, err.Error())
+		msg = "internal error"
+	}
+	if status == http.StatusServiceUnavailable {
+		c.Header("Retry-After", "5")
+	}
+	if status == http.StatusUnauthorized {
+		c.Header("WWW-Authenticate", `Bearer realm="dicom-gateway"`)
+	}
+	c.AbortWithStatusJSON(status, gin.H{"error": msg})
+}

@@ -1,0 +1,40 @@
+package dicomweb
+
+import (
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// route is one entry of the routing table: what a request must look like,
+// the role it needs ("" only for the public operational endpoints) and who
+// handles it.
+type route struct {
+	method  string
+	path    string
+	role    gateway.Role
+	handler gin.HandlerFunc
+}
+
+// publicPaths may be served without credentials even when auth is on.
+var publicPaths = map[string]bool{"/healthz": true, "/readyz": true}
+
+// routes is the one table of every route the gateway serves. A test walks it
+// and fails if a route other than publicPaths declares no role.
+func (s *Server) routes() []route {
+	const dw = "/dicomweb"
+	r := []route{
+		{http.MethodGet, "/healthz", "", s.handleHealthz},
+		{http.MethodGet, "/readyz", "", s.handleReadyz},
+		{http.MethodGet, "/metrics", gateway.RoleAdmin, s.handleMetrics},
+	}
+	r = append(r, s.stowRoutes(dw)...)
+	r = append(r, s.qidoRoutes(dw)...)
+	r = append(r, s.wadoRoutes(dw)...)
+	r = append(r, s.transferRoutes("/api/v1")...)
+	r = append(r, s.auditRoutes("/api/v1")...)
+	r = append(r, s.uiRoutes("/ui")...)
+	return r
+}

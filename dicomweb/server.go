@@ -1,0 +1,107 @@
+package dicomweb
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// Limits bound what one request may send.
+type Limits struct {
+	MaxRequestBytes  int64 // whole STOW body; 0 = unlimited
+	MaxInstanceBytes int64 // one part; 0 = unlimited
+}
+
+// Server serves the gateway's HTTP surface. Fill the exported fields, then
+// call Handler once.
+type Server struct {
+	Name      string // this centre's name
+	Blobs     gateway.BlobStore
+	Index     gateway.Index
+	Auditor   gateway.Auditor
+	Ingester  *gateway.Ingester
+	Transfers *gateway.Transfers
+	AuditLog  gateway.AuditLog
+
+	// Auth authenticates requests; nil means no auth (loopback only), every
+	// request acting as the local principal with all roles.
+	Auth *Authenticator
+	// Ready lists the backends /readyz pings, by name.
+	Ready map[string]gateway.Pinger
+	// PublicBaseURL, when set (e.g. https://pacs.example.nhs.uk), is the base
+	// of every RetrieveURL and BulkDataURI instead of the request's host.
+	PublicBaseURL string
+	Limits        Limits
+	Logger        *slog.Logger
+	Registerer    prometheus.Registerer
+	Gatherer      prometheus.Gatherer
+
+	metrics *httpMetrics
+}
+
+// Handler builds the gin engine with every route of routes().
+func (s *Server) Handler() http.Handler {
+	gin.SetMode(gin.ReleaseMode)
+	if s.Logger == nil {
+		s.Logger = slog.New(slog.DiscardHandler)
+	}
+	if s.Registerer == nil {
+		reg := prometheus.NewRegistry()
+		s.Registerer, s.Gatherer = reg, reg
+	}
+	s.metrics = newHTTPMetrics(s.Registerer)
+	r := gin.New()
+	r.ContextWithFallback = true
+	r.Use(s.requestID, s.recoverPanic, s.observe)
+	r.HandleMethodNotAllowed = true
+	for _, rt := range s.routes() {
+		handlers := []gin.HandlerFunc{}
+		if rt.role != "" {
+			handlers = append(handlers, s.authorize(rt.role))
+		}
+		handlers = append(handlers, rt.handler)
+		r.Handle(rt.method, rt.path, handlers...)
+	}
+	r.NoRoute(func(c *gin.Context) { c.JSON(http.StatusNotFound, gin.H{"error": "no such resource"}) })
+	return r
+}
+
+func (s *Server) handleHealthz(c *gin.Context) {
+	c.JSON(http.StatusOK, gin.H{"status": "ok", "name": s.Name})
+}
+
+// handleReadyz pings every backend with a short deadline and names the ones
+// that fail.
+func (s *Server) handleReadyz(c *gin.Context) {
+	ctx, cancel := context.WithTimeout(c.Request.Context(), 2*time.Second)
+	defer cancel()
+	failing := map[string]string{}
+	names := make([]string, 0, len(s.Ready))
+	for name := range s.Ready {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if err := s.Ready[name].Ping(ctx); err != nil {
+			failing[name] = err.Error()
+		}
+	}
+	if len(failing) > 0 {
+		c.Header("Retry-After", "5")
+		c.JSON(http.StatusServiceUnavailable, gin.H{"status": "unavailable", "failing": failing, "checked": names})
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"status": "ready", "checked": names})
+}
+
+func (s *Server) handleMetrics(c *gin.Context) {
+	promhttp.HandlerFor(s.Gatherer, promhttp.HandlerOpts{}).ServeHTTP(c.Writer, c.Request)
+}

@@ -1,0 +1,41 @@
+package gateway
+
+import (
+	"context"
+	"io"
+	"time"
+)
+
+// BlobInfo describes one stored object.
+type BlobInfo struct {
+	Key     string
+	Size    int64
+	ModTime time.Time
+}
+
+// BlobStore keeps the original bytes of every instance under keys built by
+// InstanceKey. Implementations: storage/filesystem (embedded default) and
+// storage/s3 (MinIO or any S3-compatible server).
+//
+// Put streams r to key without holding it whole in memory and is atomic: if
+// r fails or ctx ends, nothing is left under key and a previous object under
+// key is unchanged; when Put returns nil the object is durable. Get returns
+// length bytes from offset (length < 0: to the end); it returns ErrNotFound
+// for a missing key and ErrInvalid for an offset beyond the end. Stat and
+// Delete return ErrNotFound for a missing key. Walk calls fn for every key
+// that starts with prefix, in lexical key order; an error from fn stops it and
+// is returned. Unreachable storage is reported as ErrUnavailable. All methods
+// are safe for concurrent use.
+type BlobStore interface {
+	Put(ctx context.Context, key string, r io.Reader) (size int64, err error)
+	Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error)
+	Stat(ctx context.Context, key string) (BlobInfo, error)
+	Delete(ctx context.Context, key string) error
+	Walk(ctx context.Context, prefix string, fn func(BlobInfo) error) error
+}
+
+// Pinger is implemented by every backend that can be unreachable; /readyz
+// calls Ping on each and names the ones that fail.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}

@@ -1,0 +1,62 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors shared by every layer. Backends translate their own
+// failures into these at the boundary; dicomweb/errors.go is the only code
+// that maps them to HTTP status codes.
+var (
+	// ErrNotFound: the study, series, instance, blob or record does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrInvalid: the request or its data is malformed; wrap it with the reason.
+	ErrInvalid = errors.New("invalid")
+	// ErrConflict: the same SOP Instance UID is already stored with other bytes,
+	// or a state transition is not allowed.
+	ErrConflict = errors.New("conflict")
+	// ErrUnavailable: blob storage, the index, the queue or the audit log cannot
+	// be reached; the request may be retried later.
+	ErrUnavailable = errors.New("unavailable")
+	// ErrTooLarge: a body, part or element exceeds a configured limit.
+	ErrTooLarge = errors.New("too large")
+	// ErrUnauthenticated: no or bad credentials.
+	ErrUnauthenticated = errors.New("unauthenticated")
+	// ErrForbidden: the credentials do not carry the role the action needs.
+	ErrForbidden = errors.New("forbidden")
+)
+
+// STOW-RS FailureReason and WarningReason codes (PS3.4 Annex GG.4 / PS3.18 10.5).
+const (
+	ReasonProcessingFailure         uint16 = 0x0110 // general processing failure
+	ReasonDuplicateRejected         uint16 = 0x0111 // duplicate SOP Instance with different content
+	ReasonNoSuchSOPClass            uint16 = 0x0122 // SOP Class not supported
+	ReasonOutOfResources            uint16 = 0xA700 // storage unavailable / out of resources
+	ReasonDataSetSOPClassMismatch   uint16 = 0xA900 // dataset does not match SOP class / study
+	ReasonCannotUnderstand          uint16 = 0xC000 // cannot parse the dataset
+	ReasonStudyUIDMismatch          uint16 = 0xC409 // Study Instance UID differs from the request (PS3.18 Table 10.5.3-1 note)
+	ReasonTransferSyntaxUnsupported uint16 = 0xC122 // referenced transfer syntax not supported
+
+	WarningCoercion          uint16 = 0xB000 // attributes coerced
+	WarningElementsDiscarded uint16 = 0xB006
+	WarningDataSetMismatch   uint16 = 0xB007
+)
+
+// InstanceError is the failure of one instance inside a STOW-RS request. It
+// carries the FailureReason that dicomweb writes into the FailedSOPSequence.
+type InstanceError struct {
+	SOPClassUID    string
+	SOPInstanceUID string
+	Reason         uint16
+	Err            error
+}
+
+func (e *InstanceError) Error() string {
+	if e.SOPInstanceUID != "" {
+		return fmt.Sprintf("instance %s: %v", e.SOPInstanceUID, e.Err)
+	}
+	return e.Err.Error()
+}
+
+func (e *InstanceError) Unwrap() error { return e.Err }

@@ -1,0 +1,82 @@
+package gateway
+
+import (
+	"context"
+	"time"
+)
+
+// ByteRange is a span of an instance's stored bytes.
+type ByteRange struct {
+	Offset int64 `json:"offset"`
+	Length int64 `json:"length"`
+}
+
+// PixelDataLayout says where the Pixel Data value lies in the stored object,
+// so that WADO-RS frames are served with range reads rather than whole-object
+// reads. It is recorded at ingest while the bytes stream past.
+type PixelDataLayout struct {
+	// ValueOffset is the offset of the first byte of the Pixel Data value
+	// (after its tag, VR and length); ValueLength is -1 when undefined
+	// (encapsulated).
+	ValueOffset int64 `json:"value_offset"`
+	ValueLength int64 `json:"value_length"`
+	// Encapsulated is true for compressed transfer syntaxes.
+	Encapsulated bool `json:"encapsulated"`
+	// Frames lists, per frame (index 0 = frame 1), the byte ranges that make
+	// up that frame: one range for native data, one or more fragments for
+	// encapsulated data. Empty when frames could not be located.
+	Frames [][]ByteRange `json:"frames,omitempty"`
+}
+
+// InstanceRecord is what the index keeps about one stored instance: its
+// identity, where and how its bytes are stored, and its header as DICOM JSON
+// (pixel data and other large binary values as BulkDataURIs), from which QIDO
+// results and WADO metadata are built without opening the blob.
+type InstanceRecord struct {
+	StudyInstanceUID  string           `json:"study_uid"`
+	SeriesInstanceUID string           `json:"series_uid"`
+	SOPInstanceUID    string           `json:"sop_instance_uid"`
+	SOPClassUID       string           `json:"sop_class_uid"`
+	TransferSyntaxUID string           `json:"transfer_syntax_uid"`
+	Size              int64            `json:"size"`
+	SHA256            string           `json:"sha256"` // hex of the stored bytes
+	NumberOfFrames    int              `json:"number_of_frames"`
+	PixelData         *PixelDataLayout `json:"pixel_data,omitempty"`
+	StoredAt          time.Time        `json:"stored_at"`
+	Metadata          Dataset          `json:"metadata"`
+}
+
+// Key is the blob storage key of the record's bytes.
+func (r *InstanceRecord) Key() string {
+	return InstanceKey(r.StudyInstanceUID, r.SeriesInstanceUID, r.SOPInstanceUID)
+}
+
+// Index keeps an InstanceRecord for every stored instance and answers QIDO-RS
+// searches over them, with study- and series-level attributes (counts,
+// ModalitiesInStudy, SOPClassesInStudy) computed from the instances present.
+// Implementations: storage/bolt (embedded default) and storage/redis.
+//
+// PutInstance stores rec if no instance with its SOP Instance UID exists and
+// returns (nil, true). If one exists it changes nothing and returns the
+// existing record and false, so two concurrent uploads of one instance end
+// with one record. ReplaceInstance overwrites an existing record (the
+// "replace" duplicate policy). GetInstance and DeleteInstance return
+// ErrNotFound for an unknown UID. ListInstances returns the instances of a
+// study (seriesUID "") or of one series, ordered by series then instance
+// number then SOP Instance UID; ErrNotFound when there are none. Unreachable
+// backends return ErrUnavailable. All methods are safe for concurrent use.
+//
+// Lock takes a lease on one SOP Instance UID, held by at most one caller
+// across every replica sharing the backend, until unlock is called or ttl
+// passes; it waits (polling, bounded by ctx) while another holds it. Ingest
+// holds it from the duplicate check until the index entry is written, so two
+// concurrent uploads of one instance never overwrite each other's blob.
+type Index interface {
+	Lock(ctx context.Context, sopInstanceUID string, ttl time.Duration) (unlock func(), err error)
+	PutInstance(ctx context.Context, rec *InstanceRecord) (existing *InstanceRecord, created bool, err error)
+	ReplaceInstance(ctx context.Context, rec *InstanceRecord) error
+	GetInstance(ctx context.Context, sopInstanceUID string) (*InstanceRecord, error)
+	DeleteInstance(ctx context.Context, sopInstanceUID string) error
+	ListInstances(ctx context.Context, studyUID, seriesUID string) ([]*InstanceRecord, error)
+	Search(ctx context.Context, q *Query) (*SearchResult, error)
+}
