@@ -20,6 +20,7 @@ var statusByErr = []struct {
 	{gateway.ErrTooLarge, http.StatusRequestEntityTooLarge},
 	{gateway.ErrUnauthenticated, http.StatusUnauthorized},
 	{gateway.ErrForbidden, http.StatusForbidden},
+	{gateway.ErrNotAcceptable, http.StatusNotAcceptable},
 	{gateway.ErrUnavailable, http.StatusServiceUnavailable},
 }
 

@@ -44,6 +44,11 @@ type Server struct {
 	Registerer    prometheus.Registerer
 	Gatherer      prometheus.Gatherer
 
+	// CORSOrigins lists the origins (e.g. https://viewer.example.nhs.uk) whose
+	// browser pages may call the API, such as an OHIF viewer served elsewhere;
+	// "*" allows any origin. Empty: no CORS headers, same-origin only.
+	CORSOrigins []string
+
 	metrics *httpMetrics
 }
 
@@ -60,7 +65,7 @@ func (s *Server) Handler() http.Handler {
 	s.metrics = newHTTPMetrics(s.Registerer)
 	r := gin.New()
 	r.ContextWithFallback = true
-	r.Use(s.requestID, s.recoverPanic, s.observe)
+	r.Use(s.requestID, s.recoverPanic, s.cors, s.observe)
 	r.HandleMethodNotAllowed = true
 	for _, rt := range s.routes() {
 		handlers := []gin.HandlerFunc{}

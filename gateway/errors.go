@@ -25,6 +25,10 @@ var (
 	ErrUnauthenticated = errors.New("unauthenticated")
 	// ErrForbidden: the credentials do not carry the role the action needs.
 	ErrForbidden = errors.New("forbidden")
+	// ErrNotAcceptable: the data exists but not in a representation the client
+	// accepts (media type or transfer syntax we cannot produce); wrap it with
+	// what was asked and what is stored.
+	ErrNotAcceptable = errors.New("not acceptable")
 )
 
 // STOW-RS FailureReason and WarningReason codes (PS3.4 Annex GG.4 / PS3.18 10.5).

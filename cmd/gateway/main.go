@@ -29,7 +29,8 @@ var version = "dev"
 // commands maps each subcommand to its entry point. Each takes its own
 // arguments and writes to stdout/stderr.
 var commands = map[string]func(ctx context.Context, args []string, stdout, stderr io.Writer) error{
-	"serve": runServe,
+	"serve":       runServe,
+	"healthcheck": runHealthcheck,
 	"version": func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 		fmt.Fprintln(stdout, version)
 		return nil
