@@ -3,9 +3,16 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"path/filepath"
+	"time"
 
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/bolt"
+	"github.com/dicom-gateway/gateway/storage/filesystem"
+	"github.com/dicom-gateway/gateway/storage/redis"
+	"github.com/dicom-gateway/gateway/storage/s3"
 )
 
 // Backends are the storage and state implementations chosen by the
@@ -15,6 +22,7 @@ import (
 type Backends struct {
 	Blobs     gateway.BlobStore
 	Index     gateway.Index
+	AuditLog  gateway.AuditLog
 	Ready     map[string]gateway.Pinger
 	BlobKind  string
 	StateKind string
@@ -24,8 +32,64 @@ type Backends struct {
 
 // OpenBackends opens the configured backends. An unreachable S3 or Redis does
 // not stop start-up: /readyz reports it until it answers.
-func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger) (*Backends, error) {
+func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger) (_ *Backends, err error) {
 	b := &Backends{Ready: map[string]gateway.Pinger{}}
+	defer func() {
+		if err != nil {
+			_ = b.Close(context.Background())
+		}
+	}()
+
+	if cfg.S3Endpoint != "" {
+		store, err := s3.New(s3.Config{
+			Endpoint: cfg.S3Endpoint, Bucket: cfg.S3Bucket, AccessKey: cfg.S3AccessKey,
+			SecretKey: cfg.S3SecretKey, Region: cfg.S3Region, TLS: cfg.S3TLS,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("--s3-endpoint: %w", err)
+		}
+		ensureCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := store.EnsureBucket(ensureCtx); err != nil {
+			logger.Warn("s3 bucket not checked; /readyz reports s3 until it answers", gateway.LogKeyBackend, "s3", gateway.LogKeyError, err.Error())
+		}
+		cancel()
+		b.Blobs, b.BlobKind = store, "s3"
+		b.Ready["s3"] = store
+	} else {
+		store, err := filesystem.New(filepath.Join(cfg.DataDir, "blobs"))
+		if err != nil {
+			return nil, fmt.Errorf("--data-dir: %w", err)
+		}
+		b.Blobs, b.BlobKind = store, "filesystem"
+		b.Ready["filesystem"] = store
+	}
+
+	if cfg.RedisURL != "" {
+		redis.SetLogger(logger)
+		client, err := redis.Open(cfg.RedisURL, cfg.RedisPrefix)
+		if err != nil {
+			return nil, fmt.Errorf("--redis-url: %w", err)
+		}
+		b.closers = append(b.closers, client.Close)
+		b.Ready["redis"] = client
+		b.StateKind = "redis"
+		b.Index = redis.NewIndex(client)
+		b.AuditLog = redis.NewAuditLog(client, cfg.Name)
+	} else {
+		db, err := bolt.Open(filepath.Join(cfg.DataDir, "state.db"))
+		if err != nil {
+			return nil, fmt.Errorf("--data-dir: %w", err)
+		}
+		b.closers = append(b.closers, db.Close)
+		b.Ready["state"] = db
+		b.StateKind = "embedded"
+		if b.Index, err = bolt.NewIndex(db); err != nil {
+			return nil, err
+		}
+		if b.AuditLog, err = bolt.NewAuditLog(db, cfg.Name); err != nil {
+			return nil, err
+		}
+	}
 	return b, nil
 }
 
@@ -35,9 +99,20 @@ func (b *Backends) Close(ctx context.Context) error {
 	for i := len(b.closers) - 1; i >= 0; i-- {
 		errs = append(errs, b.closers[i]())
 	}
+	b.closers = nil
 	return errors.Join(errs...)
 }
 
 // wireServices builds the domain services over the backends and hands them
 // to the HTTP server.
-func wireServices(m *Main, b *Backends) {}
+func wireServices(m *Main, b *Backends) {
+	m.Server.AuditLog = b.AuditLog
+	m.Server.Auditor = b.AuditLog
+	m.Server.Ingester = &gateway.Ingester{
+		Blobs:            b.Blobs,
+		Index:            b.Index,
+		Auditor:          b.AuditLog,
+		MaxInstanceBytes: m.Config.MaxInstanceBytes,
+		Logger:           m.Logger,
+	}
+}

@@ -30,7 +30,9 @@ var version = "dev"
 // arguments and writes to stdout/stderr.
 var commands = map[string]func(ctx context.Context, args []string, stdout, stderr io.Writer) error{
 	"serve":       runServe,
+	"store":       runStore,
 	"healthcheck": runHealthcheck,
+	"transfer":    runTransfer,
 	"version": func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 		fmt.Fprintln(stdout, version)
 		return nil
