@@ -3,7 +3,7 @@ GO ?= go
 FUZZTIME ?= 10m
 GOLANGCI_LINT_VERSION ?= v2.6.2
 
-.PHONY: help build run test test-short lint fmt bench fuzz
+.PHONY: help build run test test-short lint fmt bench fuzz demo compose-check
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -36,3 +36,10 @@ bench: ## storage benchmarks against the real servers (figures in README)
 
 fuzz: ## run each fuzz target for FUZZTIME (default 10m)
 	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./gateway/
+
+demo: build ## two centres on loopback (Redis + MinIO started here), sample studies stored at hampshire, one forwarded to surrey; DEMO_EXIT=1 to stop after the check
+	scripts/testenv.sh $(GO) run ./cmd/demo -gateway bin/gateway
+
+compose-check: ## validate docker-compose.yml (Debian's docker-compose, no engine needed)
+	@command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+	docker-compose -f docker-compose.yml config -q
