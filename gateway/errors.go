@@ -39,7 +39,7 @@ const (
 	ReasonOutOfResources            uint16 = 0xA700 // storage unavailable / out of resources
 	ReasonDataSetSOPClassMismatch   uint16 = 0xA900 // dataset does not match SOP class / study
 	ReasonCannotUnderstand          uint16 = 0xC000 // cannot parse the dataset
-	ReasonStudyUIDMismatch          uint16 = 0xC409 // Study Instance UID differs from the request (PS3.18 Table 10.5.3-1 note)
+	ReasonStudyUIDMismatch          uint16 = 0xC409 // not in PS3.18: dcm4chee's code for another study; we send 0xA900 and only read this one from peers
 	ReasonTransferSyntaxUnsupported uint16 = 0xC122 // referenced transfer syntax not supported
 
 	WarningCoercion          uint16 = 0xB000 // attributes coerced
