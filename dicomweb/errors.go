@@ -22,6 +22,8 @@ var statusByErr = []struct {
 	{gateway.ErrForbidden, http.StatusForbidden},
 	{gateway.ErrNotAcceptable, http.StatusNotAcceptable},
 	{gateway.ErrUnavailable, http.StatusServiceUnavailable},
+	{errRateLimited, http.StatusTooManyRequests},               // ratelimit.go; Retry-After set by the caller
+	{errUnsupportedMediaType, http.StatusUnsupportedMediaType}, // multipart.go: a STOW body that is not multipart/related DICOM
 }
 
 // statusOf returns the HTTP status for err: the first sentinel it wraps, 413
@@ -52,7 +54,7 @@ func (s *Server) writeError(c *gin.Context, err error) {
 		c.Header("Retry-After", "5")
 	}
 	if status == http.StatusUnauthorized {
-		c.Header("WWW-Authenticate", `Bearer realm="dicom-gateway"`)
+		s.setChallenges(c) // one WWW-Authenticate per accepted scheme (auth.go)
 	}
 	c.AbortWithStatusJSON(status, gin.H{"error": msg})
 }

@@ -1,6 +1,362 @@
 package dicomweb
 
-// stowRoutes lists the routes of this resource (stub until its issue lands).
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// stowIdleTimeout is how long a STOW-RS upload may send nothing before it
+// is cut off. The read deadline moves forward while bytes flow, so a 2 GB
+// upload over a slow link is never cut off for its total duration.
+const stowIdleTimeout = 2 * time.Minute
+
+// Tags of the Store Instances Response Module (PS3.18 Annex I).
+const (
+	tagRetrieveURL             = "00081190"
+	tagFailedSOPSequence       = "00081198"
+	tagReferencedSOPSequence   = "00081199"
+	tagReferencedSOPClassUID   = "00081150"
+	tagReferencedSOPInstanceID = "00081155"
+	tagFailureReason           = "00081197"
+	tagWarningReason           = "00081196"
+)
+
+// stowRoutes lists the STOW-RS routes (PS3.18 10.5).
 func (s *Server) stowRoutes(base string) []route {
-	return nil
+	return []route{
+		{http.MethodPost, base + "/studies", gateway.RoleStore, s.handleStow},
+		{http.MethodPost, base + "/studies/:study", gateway.RoleStore, s.handleStow},
+	}
+}
+
+// stowFailure is one instance that was not stored.
+type stowFailure struct {
+	sopClassUID, sopInstanceUID string
+	reason                      uint16
+	unavailable                 bool
+}
+
+// handleStow stores every part of a multipart/related request, one at a
+// time as it arrives, and answers with the Store Instances Response Module:
+// 200 all stored, 202 some failed, 409 none stored, 503 none stored because
+// storage is unavailable; 400, 413 and 415 for a request that cannot be read.
+func (s *Server) handleStow(c *gin.Context) {
+	ctx := c.Request.Context()
+	study := c.Param("study")
+	if study != "" {
+		if err := gateway.ValidateUID(study); err != nil {
+			s.writeError(c, fmt.Errorf("study in the URL: %w", err))
+			return
+		}
+	}
+	boundary, err := stowBoundary(c.GetHeader("Content-Type"))
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	if s.Ingester == nil {
+		s.writeError(c, fmt.Errorf("no storage configured: %w", gateway.ErrUnavailable))
+		return
+	}
+	var src io.Reader = c.Request.Body
+	if s.Limits.MaxRequestBytes > 0 {
+		src = http.MaxBytesReader(c.Writer, c.Request.Body, s.Limits.MaxRequestBytes)
+	}
+	body := &bodyReader{r: src, rc: http.NewResponseController(c.Writer), idle: stowIdleTimeout}
+	mr := newPartReader(body, boundary)
+
+	var (
+		stored []*gateway.InstanceRecord
+		failed []stowFailure
+		reqErr error
+		parts  int
+	)
+	for {
+		part, err := mr.NextRawPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			reqErr = multipartError(err, body)
+			break
+		}
+		parts++
+		if ok, mt := partIsDICOM(part.Header); !ok {
+			s.Logger.InfoContext(ctx, "stow part refused", "part", parts, "content_type", truncate(mt, 100))
+			failed = append(failed, stowFailure{reason: gateway.ReasonCannotUnderstand})
+			continue
+		}
+		var r io.Reader = part
+		if s.Limits.MaxInstanceBytes > 0 {
+			r = &partLimit{r: part, max: s.Limits.MaxInstanceBytes}
+		}
+		rec, err := s.Ingester.Store(ctx, r, gateway.StoreOptions{StudyInstanceUID: study})
+		if err != nil {
+			ie, ok := errors.AsType[*gateway.InstanceError](err)
+			if !ok {
+				reqErr = multipartError(err, body)
+				if reqErr == nil || errors.Is(reqErr, io.EOF) {
+					reqErr = fmt.Errorf("read part %d: %v: %w", parts, err, gateway.ErrInvalid)
+				}
+				break
+			}
+			s.Logger.InfoContext(ctx, "instance refused", "part", parts, gateway.LogKeySOPUID, ie.SOPInstanceUID,
+				"failure_reason", fmt.Sprintf("0x%04X", ie.Reason), gateway.LogKeyError, ie.Err.Error())
+			failed = append(failed, stowFailure{
+				sopClassUID: ie.SOPClassUID, sopInstanceUID: ie.SOPInstanceUID, reason: ie.Reason,
+				unavailable: errors.Is(err, gateway.ErrUnavailable),
+			})
+			continue
+		}
+		stored = append(stored, rec)
+	}
+	if reqErr == nil && parts == 0 {
+		reqErr = fmt.Errorf("the multipart/related body has no parts: %w", gateway.ErrInvalid)
+	}
+
+	status := http.StatusOK
+	switch {
+	case reqErr != nil:
+		status = statusOf(reqErr)
+		if status == http.StatusInternalServerError {
+			// A body that stopped arriving (timeout, reset) is the client's.
+			reqErr = fmt.Errorf("read request body: %v: %w", reqErr, gateway.ErrInvalid)
+			status = http.StatusBadRequest
+		}
+	case len(failed) > 0 && len(stored) > 0:
+		status = http.StatusAccepted
+	case len(failed) > 0 && !slices.ContainsFunc(failed, func(f stowFailure) bool { return !f.unavailable }):
+		status = http.StatusServiceUnavailable
+	case len(failed) > 0:
+		status = http.StatusConflict
+	}
+
+	if err := s.auditStow(c, study, stored, failed, status, reqErr); err != nil {
+		s.writeError(c, fmt.Errorf("audit not recorded: %w", err))
+		return
+	}
+	if reqErr != nil {
+		s.writeError(c, reqErr)
+		return
+	}
+	if status == http.StatusServiceUnavailable {
+		c.Header("Retry-After", "5")
+	}
+	resp := s.stowResponse(c, study, stored, failed)
+	if wantsXML(c.Request) {
+		err = writeDICOMXML(c, status, resp)
+	} else {
+		err = writeDICOMJSON(c, status, resp)
+	}
+	if err != nil {
+		s.Logger.WarnContext(ctx, "stow response not sent", gateway.LogKeyError, err.Error())
+	}
+}
+
+// stowResponse builds the Store Instances Response Module (PS3.18 I.1).
+func (s *Server) stowResponse(c *gin.Context, study string, stored []*gateway.InstanceRecord, failed []stowFailure) gateway.Dataset {
+	base := s.baseURL(c)
+	studies := map[string]bool{}
+	for _, r := range stored {
+		studies[r.StudyInstanceUID] = true
+	}
+	resp := gateway.Dataset{tagRetrieveURL: {VR: "UR"}}
+	if study == "" && len(studies) == 1 {
+		for st := range studies {
+			study = st
+		}
+	}
+	if study != "" {
+		resp[tagRetrieveURL] = gateway.Attribute{VR: "UR", Value: []any{base + "/studies/" + study}}
+	}
+	if len(stored) > 0 {
+		items := make([]any, 0, len(stored))
+		for _, r := range stored {
+			items = append(items, gateway.Dataset{
+				tagReferencedSOPClassUID:   {VR: "UI", Value: []any{r.SOPClassUID}},
+				tagReferencedSOPInstanceID: {VR: "UI", Value: []any{r.SOPInstanceUID}},
+				tagRetrieveURL:             {VR: "UR", Value: []any{base + "/studies/" + r.StudyInstanceUID + "/series/" + r.SeriesInstanceUID + "/instances/" + r.SOPInstanceUID}},
+			})
+		}
+		resp[tagReferencedSOPSequence] = gateway.Attribute{VR: "SQ", Value: items}
+	}
+	if len(failed) > 0 {
+		items := make([]any, 0, len(failed))
+		for _, f := range failed {
+			item := gateway.Dataset{
+				tagReferencedSOPClassUID:   {VR: "UI"},
+				tagReferencedSOPInstanceID: {VR: "UI"},
+				tagFailureReason:           {VR: "US", Value: []any{int64(f.reason)}},
+			}
+			if f.sopClassUID != "" {
+				item[tagReferencedSOPClassUID] = gateway.Attribute{VR: "UI", Value: []any{f.sopClassUID}}
+			}
+			if f.sopInstanceUID != "" {
+				item[tagReferencedSOPInstanceID] = gateway.Attribute{VR: "UI", Value: []any{f.sopInstanceUID}}
+			}
+			items = append(items, item)
+		}
+		resp[tagFailedSOPSequence] = gateway.Attribute{VR: "SQ", Value: items}
+	}
+	return resp
+}
+
+// auditStow records one event for the request. An error means the event
+// was not durably written; the request must then fail (closed).
+func (s *Server) auditStow(c *gin.Context, study string, stored []*gateway.InstanceRecord, failed []stowFailure, status int, reqErr error) error {
+	if s.Auditor == nil {
+		return nil
+	}
+	var studies, patients []string
+	var bytes int64
+	for _, r := range stored {
+		if !slices.Contains(studies, r.StudyInstanceUID) {
+			studies = append(studies, r.StudyInstanceUID)
+		}
+		if id := r.Metadata.String(gateway.TagPatientID); id != "" && !slices.Contains(patients, id) {
+			patients = append(patients, id)
+		}
+		bytes += r.Size
+	}
+	if study != "" && !slices.Contains(studies, study) {
+		studies = append(studies, study)
+	}
+	reasons := map[string]int{}
+	for _, f := range failed {
+		reasons[fmt.Sprintf("0x%04X", f.reason)]++
+	}
+	outcome := gateway.OutcomeSuccess
+	switch {
+	case status >= 500:
+		outcome = gateway.OutcomeError
+	case status != http.StatusOK:
+		outcome = gateway.OutcomeFailure
+	}
+	detail := map[string]any{
+		"route": c.FullPath(), "status": status,
+		"stored": len(stored), "failed": len(failed), "bytes": bytes,
+	}
+	if len(reasons) > 0 {
+		detail["failure_reasons"] = reasons
+	}
+	if reqErr != nil {
+		detail["error"] = reqErr.Error()
+	}
+	return s.Auditor.Record(c.Request.Context(), &gateway.AuditEvent{
+		Time:       time.Now().UTC(),
+		Gateway:    s.Name,
+		Actor:      gateway.PrincipalFrom(c.Request.Context()),
+		Action:     gateway.ActionStore,
+		Outcome:    outcome,
+		StudyUIDs:  studies,
+		PatientIDs: patients,
+		Detail:     detail,
+	})
+}
+
+// baseURL is the public DICOMweb root of this gateway, without a trailing
+// slash: Server.PublicBaseURL when set, else from X-Forwarded-Proto, -Host
+// and -Prefix (a reverse proxy in front), else from the request.
+func (s *Server) baseURL(c *gin.Context) string {
+	const root = "/dicomweb"
+	if s.PublicBaseURL != "" {
+		return strings.TrimRight(s.PublicBaseURL, "/") + root
+	}
+	r := c.Request
+	proto := "http"
+	if r.TLS != nil {
+		proto = "https"
+	}
+	if p := strings.ToLower(firstForwarded(r.Header.Get("X-Forwarded-Proto"))); p == "http" || p == "https" {
+		proto = p
+	}
+	host := r.Host
+	if h := firstForwarded(r.Header.Get("X-Forwarded-Host")); h != "" && validHost(h) {
+		host = h
+	}
+	prefix := ""
+	if p := firstForwarded(r.Header.Get("X-Forwarded-Prefix")); p != "" && validPrefix(p) {
+		prefix = strings.TrimRight(p, "/")
+	}
+	return proto + "://" + host + prefix + root
+}
+
+func firstForwarded(v string) string {
+	first, _, _ := strings.Cut(v, ",")
+	return strings.TrimSpace(first)
+}
+
+// validHost accepts host[:port] names and addresses, nothing that could
+// bend a URL (no "/", "@", spaces or quotes).
+func validHost(h string) bool {
+	if len(h) > 255 {
+		return false
+	}
+	for _, c := range h {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune(".-:[]_", c)) {
+			return false
+		}
+	}
+	return true
+}
+
+func validPrefix(p string) bool {
+	if !strings.HasPrefix(p, "/") || strings.Contains(p, "//") || strings.Contains(p, "..") || len(p) > 200 {
+		return false
+	}
+	for _, c := range p {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("/-._~", c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// bodyReader reads the request body, moving the connection's read deadline
+// forward while bytes arrive (an idle timeout, not a whole-request one),
+// and records the first error from below so that a size limit (413) or a
+// lost client is told apart from a malformed multipart body (400).
+type bodyReader struct {
+	r        io.Reader
+	rc       *http.ResponseController
+	idle     time.Duration
+	extended time.Time
+	err      error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	if now := time.Now(); b.idle > 0 && now.Sub(b.extended) > time.Second {
+		_ = b.rc.SetReadDeadline(now.Add(b.idle)) // unsupported (tests' recorders): no deadline
+		b.extended = now
+	}
+	n, err := b.r.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) && b.err == nil {
+		b.err = err
+	}
+	return n, err
+}
+
+// partLimit fails a part larger than the per-instance limit.
+type partLimit struct {
+	r   io.Reader
+	n   int64
+	max int64
+}
+
+func (l *partLimit) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	l.n += int64(n)
+	if l.n > l.max {
+		return 0, &gateway.InstanceError{Reason: gateway.ReasonOutOfResources, Err: fmt.Errorf("instance is larger than the %d-byte limit: %w", l.max, gateway.ErrTooLarge)}
+	}
+	return n, err
 }

@@ -1,9 +1,377 @@
 package gateway
 
-// Ingester stores instances: it streams the original bytes to the BlobStore
-// while parsing the header, then writes the index entry. (Owned by the
-// STOW-RS work.)
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"time"
+)
+
+// DuplicatePolicy says what Store does with an instance whose SOP Instance
+// UID is already stored with different bytes.
+type DuplicatePolicy string
+
+const (
+	// DuplicateReject refuses the new instance and keeps the original (the
+	// default: nothing stored is ever altered without an operator's choice).
+	DuplicateReject DuplicatePolicy = "reject"
+	// DuplicateReplace stores the new bytes in place of the original and
+	// audits the replacement.
+	DuplicateReplace DuplicatePolicy = "replace"
+)
+
+// mediaStorageDirectory is the SOP class of a DICOMDIR: a file-set index,
+// not an instance of a study.
+const mediaStorageDirectory = "1.2.840.10008.1.3.10"
+
+// StoreOptions qualify one Store call.
+type StoreOptions struct {
+	// StudyInstanceUID, when set (STOW-RS to /studies/{study}), refuses an
+	// instance of any other study.
+	StudyInstanceUID string
+}
+
+// Ingester stores instances: it parses the header from a bounded prefix,
+// streams every byte once to the BlobStore while hashing it and checking
+// the rest of the structure, and writes the index entry only after the blob
+// is durable. Safe for concurrent use; concurrent stores of one SOP Instance
+// UID (on any replica sharing the Index) are serialised by Index.Lock.
 type Ingester struct {
-	Blobs BlobStore
-	Index Index
+	Blobs   BlobStore
+	Index   Index
+	Auditor Auditor // records replacements; may be nil
+	// DuplicatePolicy applies to the same SOP Instance UID with different
+	// bytes; "" means DuplicateReject.
+	DuplicatePolicy DuplicatePolicy
+	// MaxInstanceBytes bounds one instance; 0 means unlimited.
+	MaxInstanceBytes int64
+	// HeaderLimits bound the header parser; zero fields take the defaults.
+	HeaderLimits HeaderLimits
+	// LockTTL bounds how long a crashed replica's lease on a SOP Instance
+	// UID blocks others; it must exceed the longest upload. 0 means 30 min.
+	LockTTL time.Duration
+	Now     func() time.Time
+	Logger  *slog.Logger
+}
+
+// Store reads one DICOM Part 10 instance from r and stores it unchanged.
+//
+// It returns the stored record, or the existing one when the same bytes are
+// already stored (idempotent: nothing is rewritten). A refused instance is an
+// *InstanceError carrying the STOW-RS FailureReason: ReasonCannotUnderstand
+// (ErrInvalid) for unreadable, truncated or malformed data,
+// ReasonTransferSyntaxUnsupported, ReasonDataSetSOPClassMismatch for missing
+// UIDs or another study than opts.StudyInstanceUID (ErrConflict),
+// ReasonDuplicateRejected (ErrConflict) for other bytes under a stored SOP
+// Instance UID, ReasonOutOfResources wrapping ErrUnavailable when storage or
+// the index fail, or ErrTooLarge over MaxInstanceBytes. Any other error is a
+// read error from r, returned as it is (a client that went away, an
+// *http.MaxBytesError). On every error no index entry is written and nothing
+// is left under the instance's key (an original is left as it was).
+func (in *Ingester) Store(ctx context.Context, r io.Reader, opts StoreOptions) (*InstanceRecord, error) {
+	lim := &instanceLimit{r: r, max: in.MaxInstanceBytes}
+	var head bytes.Buffer
+	h, err := ParseHeader(io.TeeReader(lim, &head), in.HeaderLimits)
+	if err != nil {
+		return nil, err
+	}
+	if err := in.validate(h, opts); err != nil {
+		return nil, err
+	}
+	key := InstanceKey(h.StudyInstanceUID, h.SeriesInstanceUID, h.SOPInstanceUID)
+	fail := func(reason uint16, err error) *InstanceError {
+		return &InstanceError{SOPClassUID: h.SOPClassUID, SOPInstanceUID: h.SOPInstanceUID, Reason: reason, Err: err}
+	}
+	annotate := func(err error) error {
+		if ie, ok := errors.AsType[*InstanceError](err); ok && ie.SOPInstanceUID == "" {
+			ie.SOPClassUID, ie.SOPInstanceUID = h.SOPClassUID, h.SOPInstanceUID
+		}
+		return err
+	}
+	unavailable := func(what string, err error) *InstanceError {
+		if !errors.Is(err, ErrUnavailable) {
+			err = fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		return fail(ReasonOutOfResources, fmt.Errorf("%s: %w", what, err))
+	}
+
+	ttl := in.LockTTL
+	if ttl <= 0 {
+		ttl = 30 * time.Minute
+	}
+	unlock, err := in.Index.Lock(ctx, h.SOPInstanceUID, ttl)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, unavailable("lock instance", err)
+	}
+	defer unlock()
+
+	existing, err := in.Index.GetInstance(ctx, h.SOPInstanceUID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		existing = nil
+	case err != nil:
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, unavailable("look up instance", err)
+	}
+	body := &checkedReader{r: io.MultiReader(&head, lim), sum: sha256.New(), tail: h.Tail(), headerLeft: h.HeaderLength}
+
+	if existing != nil && in.policy() == DuplicateReject {
+		// Hash the stream only: the stored original is never touched.
+		if _, err := io.Copy(io.Discard, body); err != nil {
+			return nil, annotate(body.failure(err))
+		}
+		if body.sha() == existing.SHA256 && body.n == existing.Size {
+			return existing, nil
+		}
+		return nil, fail(ReasonDuplicateRejected, fmt.Errorf("instance %s is already stored with different content (policy %s): %w", h.SOPInstanceUID, DuplicateReject, ErrConflict))
+	}
+
+	size, err := in.Blobs.Put(ctx, key, body)
+	if err != nil {
+		if body.err != nil {
+			return nil, annotate(body.failure(body.err))
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, unavailable("store blob", err)
+	}
+	if !body.done || size != body.n {
+		// Put returned before the end of the stream: never index that.
+		in.deleteBlob(ctx, key)
+		return nil, unavailable("store blob", fmt.Errorf("stored %d of %d bytes", size, body.n))
+	}
+	rec := &InstanceRecord{
+		StudyInstanceUID:  h.StudyInstanceUID,
+		SeriesInstanceUID: h.SeriesInstanceUID,
+		SOPInstanceUID:    h.SOPInstanceUID,
+		SOPClassUID:       h.SOPClassUID,
+		TransferSyntaxUID: h.TransferSyntaxUID,
+		Size:              size,
+		SHA256:            body.sha(),
+		NumberOfFrames:    h.NumberOfFrames,
+		PixelData:         body.layout,
+		StoredAt:          in.now().UTC(),
+		Metadata:          h.Dataset,
+	}
+
+	if existing != nil { // DuplicateReplace
+		if existing.SHA256 == rec.SHA256 && existing.Size == rec.Size {
+			return existing, nil
+		}
+		if err := in.Index.ReplaceInstance(ctx, rec); err != nil {
+			return nil, unavailable("replace index entry", err)
+		}
+		if old := existing.Key(); old != key {
+			in.deleteBlob(ctx, old)
+		}
+		in.auditReplace(ctx, existing, rec)
+		in.logger().InfoContext(ctx, "instance replaced", LogKeyStudyUID, rec.StudyInstanceUID, LogKeySOPUID, rec.SOPInstanceUID, "size", rec.Size)
+		return rec, nil
+	}
+
+	got, created, err := in.Index.PutInstance(ctx, rec)
+	if err != nil {
+		in.deleteBlob(ctx, key)
+		return nil, unavailable("write index entry", err)
+	}
+	if !created {
+		// Only possible when the lock's lease ran out during the upload.
+		if got != nil && got.SHA256 == rec.SHA256 {
+			return got, nil
+		}
+		in.logger().ErrorContext(ctx, "instance indexed by another upload while locked", LogKeySOPUID, rec.SOPInstanceUID)
+		return nil, fail(ReasonDuplicateRejected, fmt.Errorf("instance %s was stored concurrently with different content: %w", h.SOPInstanceUID, ErrConflict))
+	}
+	in.logger().InfoContext(ctx, "instance stored", LogKeyStudyUID, rec.StudyInstanceUID, LogKeySeriesUID, rec.SeriesInstanceUID, LogKeySOPUID, rec.SOPInstanceUID, "size", rec.Size)
+	return rec, nil
+}
+
+// validate checks what makes an instance storable: its UIDs (PS3.5 9.1),
+// its SOP class and its study.
+func (in *Ingester) validate(h *Header, opts StoreOptions) error {
+	fail := func(reason uint16, err error) error {
+		uid := h.SOPInstanceUID
+		if ValidateUID(uid) != nil {
+			uid = ""
+		}
+		class := h.SOPClassUID
+		if ValidateUID(class) != nil {
+			class = ""
+		}
+		return &InstanceError{SOPClassUID: class, SOPInstanceUID: uid, Reason: reason, Err: err}
+	}
+	if h.SOPClassUID == mediaStorageDirectory {
+		return fail(ReasonNoSuchSOPClass, fmt.Errorf("a DICOMDIR (Media Storage Directory) is not a storable instance: %w", ErrInvalid))
+	}
+	for _, f := range []struct{ name, uid string }{
+		{"SOP Class UID (0008,0016)", h.SOPClassUID},
+		{"SOP Instance UID (0008,0018)", h.SOPInstanceUID},
+		{"Study Instance UID (0020,000D)", h.StudyInstanceUID},
+		{"Series Instance UID (0020,000E)", h.SeriesInstanceUID},
+	} {
+		if f.uid == "" {
+			return fail(ReasonDataSetSOPClassMismatch, fmt.Errorf("%s is missing: %w", f.name, ErrInvalid))
+		}
+		if err := ValidateUID(f.uid); err != nil {
+			return fail(ReasonCannotUnderstand, fmt.Errorf("%s: %w", f.name, err))
+		}
+	}
+	if opts.StudyInstanceUID != "" && opts.StudyInstanceUID != h.StudyInstanceUID {
+		// PS3.18 10.5.3: a Study Instance UID mismatch is a conflict; the
+		// FailureReason is of the A9xx class ("does not match").
+		return fail(ReasonDataSetSOPClassMismatch, fmt.Errorf("instance belongs to study %s, not to the study %s of the request: %w", h.StudyInstanceUID, printable(opts.StudyInstanceUID), ErrConflict))
+	}
+	return nil
+}
+
+func (in *Ingester) policy() DuplicatePolicy {
+	if in.DuplicatePolicy == DuplicateReplace {
+		return DuplicateReplace
+	}
+	return DuplicateReject
+}
+
+func (in *Ingester) now() time.Time {
+	if in.Now != nil {
+		return in.Now()
+	}
+	return time.Now()
+}
+
+func (in *Ingester) logger() *slog.Logger {
+	if in.Logger != nil {
+		return in.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// deleteBlob removes what a failed store left, even when the request's
+// context has ended.
+func (in *Ingester) deleteBlob(ctx context.Context, key string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := in.Blobs.Delete(ctx, key); err != nil && !errors.Is(err, ErrNotFound) {
+		in.logger().ErrorContext(ctx, "blob of a failed store not removed", "key", key, LogKeyError, err.Error())
+	}
+}
+
+func (in *Ingester) auditReplace(ctx context.Context, old, rec *InstanceRecord) {
+	if in.Auditor == nil {
+		return
+	}
+	ev := &AuditEvent{
+		Time:      in.now().UTC(),
+		Actor:     PrincipalFrom(ctx),
+		Action:    ActionStore,
+		Outcome:   OutcomeSuccess,
+		StudyUIDs: []string{rec.StudyInstanceUID},
+		Detail: map[string]any{
+			"replaced":         rec.SOPInstanceUID,
+			"old_sha256":       old.SHA256,
+			"new_sha256":       rec.SHA256,
+			"duplicate_policy": string(DuplicateReplace),
+		},
+	}
+	if id := rec.Metadata.String(TagPatientID); id != "" {
+		ev.PatientIDs = []string{id}
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := in.Auditor.Record(ctx, ev); err != nil {
+		in.logger().ErrorContext(ctx, "audit of an instance replacement not written", LogKeySOPUID, rec.SOPInstanceUID, LogKeyError, err.Error())
+	}
+}
+
+// instanceLimit fails the read once more than max bytes arrive.
+type instanceLimit struct {
+	r   io.Reader
+	n   int64
+	max int64
+}
+
+func (l *instanceLimit) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	l.n += int64(n)
+	if l.max > 0 && l.n > l.max {
+		return 0, &InstanceError{Reason: ReasonOutOfResources, Err: fmt.Errorf("instance is larger than %d bytes: %w", l.max, ErrTooLarge)}
+	}
+	return n, err
+}
+
+// checkedReader passes the instance on to storage while hashing it and
+// feeding the bytes after the header to the TailScanner. At the end of the
+// stream it returns the scanner's verdict instead of io.EOF when the
+// instance is incomplete, so the BlobStore aborts the Put and never commits
+// a truncated object.
+type checkedReader struct {
+	r          io.Reader
+	sum        hash.Hash
+	tail       *TailScanner
+	headerLeft int64
+	n          int64
+	err        error
+	done       bool
+	layout     *PixelDataLayout
+}
+
+func (c *checkedReader) Read(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	if c.done {
+		return 0, io.EOF
+	}
+	n, err := c.r.Read(p)
+	if n > 0 {
+		c.n += int64(n)
+		c.sum.Write(p[:n])
+		rest := p[:n]
+		if c.headerLeft > 0 {
+			k := min(c.headerLeft, int64(len(rest)))
+			c.headerLeft -= k
+			rest = rest[k:]
+		}
+		if len(rest) > 0 {
+			if _, werr := c.tail.Write(rest); werr != nil {
+				c.err = werr
+				return 0, werr
+			}
+		}
+	}
+	if errors.Is(err, io.EOF) {
+		layout, ferr := c.tail.Finish()
+		if ferr != nil {
+			c.err = ferr
+			return 0, ferr
+		}
+		c.layout, c.done = layout, true
+		return n, io.EOF
+	}
+	if err != nil {
+		c.err = err
+	}
+	return n, err
+}
+
+func (c *checkedReader) sha() string { return hex.EncodeToString(c.sum.Sum(nil)) }
+
+// failure is the error to return for a stream that could not be read to
+// its end: the instance's own problem, or the read error as it is.
+func (c *checkedReader) failure(err error) error {
+	if c.err != nil {
+		return c.err
+	}
+	return err
 }
