@@ -4,8 +4,11 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/gin-gonic/gin"
@@ -21,17 +24,31 @@ type TokenConfig struct {
 	Roles  []gateway.Role `yaml:"roles"`
 }
 
-// AuthConfig is the auth: section of the --config YAML.
+// AuthConfig is the auth: section of the --config YAML. Every method is
+// optional; configuring any of them turns auth on for every route except
+// /healthz and /readyz.
 type AuthConfig struct {
 	Tokens []TokenConfig `yaml:"tokens"`
+	Basic  []BasicConfig `yaml:"basic"` // HTTP basic for legacy PACS (basic.go)
+	OIDC   *OIDCConfig   `yaml:"oidc"`  // JWT bearer tokens verified with a JWKS (oidc.go)
+	MTLS   *MTLSConfig   `yaml:"mtls"`  // client certificates, e.g. peer gateways (mtls.go)
 }
 
-// Enabled reports whether any credential is configured.
-func (a AuthConfig) Enabled() bool { return len(a.Tokens) > 0 }
+// Enabled reports whether any credential method is configured. A present but
+// incomplete oidc: or mtls: section counts as configured, so that
+// NewAuthenticator reports what is missing instead of the server silently
+// running without auth.
+func (a AuthConfig) Enabled() bool {
+	return len(a.Tokens) > 0 || len(a.Basic) > 0 || a.OIDC != nil || a.MTLS != nil
+}
 
-// Authenticator checks request credentials against the configured ones.
+// Authenticator checks request credentials against the configured ones. It is
+// safe for concurrent use.
 type Authenticator struct {
 	tokens []tokenEntry
+	basic  *basicAuth // nil: basic not configured
+	oidc   *oidcAuth  // nil: OIDC not configured
+	mtls   *mtlsAuth  // nil: mTLS not configured
 }
 
 type tokenEntry struct {
@@ -41,44 +58,112 @@ type tokenEntry struct {
 }
 
 // NewAuthenticator validates cfg and returns an Authenticator, or nil when
-// cfg configures no credentials (auth off, loopback only).
+// cfg configures no credentials (auth off, loopback only). Files named by
+// cfg (the mTLS client CA, the JWKS CA) are read here, so a bad path fails at
+// start-up, not on the first request.
 func NewAuthenticator(cfg AuthConfig) (*Authenticator, error) {
 	if !cfg.Enabled() {
 		return nil, nil
 	}
 	a := &Authenticator{}
+	var errs []error
 	for i, t := range cfg.Tokens {
 		raw, err := hex.DecodeString(strings.TrimSpace(t.SHA256))
 		if err != nil || len(raw) != sha256.Size {
-			return nil, fmt.Errorf("auth.tokens[%d] (%s): sha256 must be 64 hex digits", i, t.Name)
+			errs = append(errs, fmt.Errorf("auth.tokens[%d] (%s): sha256 must be 64 hex digits", i, t.Name))
+			continue
 		}
 		if t.Name == "" {
-			return nil, fmt.Errorf("auth.tokens[%d]: name is empty", i)
+			errs = append(errs, fmt.Errorf("auth.tokens[%d]: name is empty", i))
 		}
-		for _, r := range t.Roles {
-			switch r {
-			case gateway.RoleStore, gateway.RoleRead, gateway.RoleTransfer, gateway.RoleAdmin:
-			default:
-				return nil, fmt.Errorf("auth.tokens[%d] (%s): unknown role %q (store, read, transfer, admin)", i, t.Name, r)
-			}
+		if err := checkRoles(t.Roles); err != nil {
+			errs = append(errs, fmt.Errorf("auth.tokens[%d] (%s): %w", i, t.Name, err))
 		}
 		e := tokenEntry{name: t.Name, roles: t.Roles}
 		copy(e.hash[:], raw)
 		a.tokens = append(a.tokens, e)
 	}
+	var err error
+	if len(cfg.Basic) > 0 {
+		if a.basic, err = newBasicAuth(cfg.Basic); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if cfg.OIDC != nil {
+		if a.oidc, err = newOIDCAuth(*cfg.OIDC); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if cfg.MTLS != nil {
+		if a.mtls, err = newMTLSAuth(*cfg.MTLS); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
+// checkRoles refuses role names the gateway does not know, so a typo in the
+// config is an error rather than a credential that can do nothing.
+func checkRoles(roles []gateway.Role) error {
+	for _, r := range roles {
+		if !knownRole(r) {
+			return fmt.Errorf("unknown role %q (store, read, transfer, admin)", r)
+		}
+	}
+	return nil
+}
+
+func knownRole(r gateway.Role) bool {
+	switch r {
+	case gateway.RoleStore, gateway.RoleRead, gateway.RoleTransfer, gateway.RoleAdmin:
+		return true
+	}
+	return false
+}
+
 // Authenticate returns the principal of r's credentials, or an error wrapping
-// gateway.ErrUnauthenticated. Every configured token is compared in constant
-// time, so timing does not reveal which one nearly matched.
+// gateway.ErrUnauthenticated (gateway.ErrUnavailable when the OIDC key set
+// cannot be fetched). An Authorization header wins over a client
+// certificate: Bearer is checked against the static tokens (every one
+// compared in constant time, so timing does not reveal which nearly matched)
+// and then, when it has the shape of a JWT, against OIDC; Basic against the
+// basic users. Without an Authorization header a verified client certificate
+// mapped in auth.mtls authenticates. Error messages never contain the
+// credential: they are audited and returned to the client.
 func (a *Authenticator) Authenticate(r *http.Request) (gateway.Principal, error) {
 	h := r.Header.Get("Authorization")
-	scheme, token, ok := strings.Cut(h, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
-		return gateway.Principal{}, fmt.Errorf("no bearer token: %w", gateway.ErrUnauthenticated)
+	if h == "" {
+		if a.mtls != nil && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			return a.mtls.authenticate(r.TLS.PeerCertificates)
+		}
+		return gateway.Principal{}, fmt.Errorf("no credentials: %w", gateway.ErrUnauthenticated)
 	}
-	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	scheme, cred, _ := strings.Cut(h, " ")
+	cred = strings.TrimSpace(cred)
+	switch {
+	case strings.EqualFold(scheme, "Bearer"):
+		if cred == "" {
+			return gateway.Principal{}, fmt.Errorf("empty bearer token: %w", gateway.ErrUnauthenticated)
+		}
+		if p, ok := a.staticToken(cred); ok {
+			return p, nil
+		}
+		if a.oidc != nil && strings.Count(cred, ".") == 2 {
+			return a.oidc.authenticate(r.Context(), cred)
+		}
+		return gateway.Principal{}, fmt.Errorf("unknown bearer token: %w", gateway.ErrUnauthenticated)
+	case strings.EqualFold(scheme, "Basic") && a.basic != nil:
+		return a.basic.authenticate(cred)
+	}
+	return gateway.Principal{}, fmt.Errorf("unsupported authorization scheme: %w", gateway.ErrUnauthenticated)
+}
+
+// staticToken looks token up among the configured SHA-256 hashes.
+func (a *Authenticator) staticToken(token string) (gateway.Principal, bool) {
+	sum := sha256.Sum256([]byte(token))
 	found := -1
 	for i := range a.tokens {
 		if subtle.ConstantTimeCompare(sum[:], a.tokens[i].hash[:]) == 1 {
@@ -86,9 +171,36 @@ func (a *Authenticator) Authenticate(r *http.Request) (gateway.Principal, error)
 		}
 	}
 	if found < 0 {
-		return gateway.Principal{}, fmt.Errorf("unknown token: %w", gateway.ErrUnauthenticated)
+		return gateway.Principal{}, false
 	}
-	return gateway.Principal{Name: a.tokens[found].name, Roles: a.tokens[found].roles, Method: "token"}, nil
+	t := a.tokens[found]
+	return gateway.Principal{Name: t.name, Roles: t.roles, Method: "token"}, true
+}
+
+// challenges are the WWW-Authenticate values of a 401: one per accepted
+// header scheme. mTLS has no challenge; a client that should use a
+// certificate is told nothing it does not know.
+func (a *Authenticator) challenges() []string {
+	const bearer, basic = `Bearer realm="dicom-gateway"`, `Basic realm="dicom-gateway", charset="UTF-8"`
+	switch {
+	case a == nil:
+		return []string{bearer}
+	case a.basic != nil && len(a.tokens) == 0 && a.oidc == nil:
+		return []string{basic}
+	case a.basic != nil:
+		return []string{bearer, basic}
+	}
+	return []string{bearer} // tokens, OIDC, or mTLS alone (which has no scheme of its own)
+}
+
+// setChallenges puts one WWW-Authenticate header per accepted scheme on a
+// 401 answer (errors.go calls it).
+func (s *Server) setChallenges(c *gin.Context) {
+	h := c.Writer.Header()
+	h.Del("WWW-Authenticate")
+	for _, v := range s.Auth.challenges() {
+		h.Add("WWW-Authenticate", v)
+	}
 }
 
 // localPrincipal acts for every request when no auth is configured; the
@@ -99,16 +211,26 @@ var localPrincipal = gateway.Principal{
 	Method: "none",
 }
 
-// authorize returns the middleware that authenticates the request and checks
-// that its principal carries role. Failures are audited: 401 with
-// WWW-Authenticate for missing or bad credentials, 403 for a missing role.
+// authorize returns the middleware that authenticates the request, applies
+// the per-client rate limit and checks that its principal carries role.
+// Failures are audited: 401 with WWW-Authenticate for missing or bad
+// credentials, 403 for a missing role. A client address whose failed
+// attempts used up its bucket gets 429 before its credentials are even
+// checked, so passwords cannot be guessed at speed (nor bcrypt used to burn
+// CPU).
 func (s *Server) authorize(role gateway.Role) gin.HandlerFunc {
 	return func(c *gin.Context) {
+		ip := remoteIP(c.Request)
 		p := localPrincipal
 		if s.Auth != nil {
+			if wait, limited := s.RateLimit.failuresExhausted(ip); limited {
+				s.tooManyRequests(c, wait)
+				return
+			}
 			var err error
 			p, err = s.Auth.Authenticate(c.Request)
 			if err != nil {
+				s.RateLimit.failure(ip)
 				p.Address = c.ClientIP()
 				s.recordAuthFailure(c, gateway.ActionAuthFailure, p, err.Error())
 				s.writeError(c, err)
@@ -116,6 +238,14 @@ func (s *Server) authorize(role gateway.Role) gin.HandlerFunc {
 			}
 		}
 		p.Address = c.ClientIP()
+		key := "ip:" + ip
+		if s.Auth != nil {
+			key = p.Method + ":" + p.Name
+		}
+		if wait, ok := s.RateLimit.allow(key); !ok {
+			s.tooManyRequests(c, wait)
+			return
+		}
 		c.Request = c.Request.WithContext(gateway.WithPrincipal(c.Request.Context(), p))
 		if !p.Has(role) {
 			s.recordAuthFailure(c, gateway.ActionAccessDenied, p, "role "+string(role)+" required")
@@ -124,6 +254,23 @@ func (s *Server) authorize(role gateway.Role) gin.HandlerFunc {
 		}
 		c.Next()
 	}
+}
+
+// remoteIP is the address of the TCP peer, not of X-Forwarded-For: a client
+// must not pick its own rate-limit bucket.
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// tooManyRequests answers 429 with Retry-After in whole seconds (at least 1).
+func (s *Server) tooManyRequests(c *gin.Context, wait float64) {
+	secs := max(1, int(wait+0.999))
+	c.Header("Retry-After", strconv.Itoa(secs))
+	s.writeError(c, fmt.Errorf("rate limit exceeded, retry in %ds: %w", secs, errRateLimited))
 }
 
 func (s *Server) recordAuthFailure(c *gin.Context, action string, p gateway.Principal, reason string) {

@@ -34,15 +34,21 @@ type Server struct {
 	// Auth authenticates requests; nil means no auth (loopback only), every
 	// request acting as the local principal with all roles.
 	Auth *Authenticator
+	// RateLimit limits requests per client on every route that needs a role;
+	// nil means no limit.
+	RateLimit *RateLimiter
 	// Ready lists the backends /readyz pings, by name.
 	Ready map[string]gateway.Pinger
 	// PublicBaseURL, when set (e.g. https://pacs.example.nhs.uk), is the base
 	// of every RetrieveURL and BulkDataURI instead of the request's host.
 	PublicBaseURL string
-	Limits        Limits
-	Logger        *slog.Logger
-	Registerer    prometheus.Registerer
-	Gatherer      prometheus.Gatherer
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For gives the
+	// client address (audit actor address); nil trusts none.
+	TrustedProxies []string
+	Limits         Limits
+	Logger         *slog.Logger
+	Registerer     prometheus.Registerer
+	Gatherer       prometheus.Gatherer
 
 	// CORSOrigins lists the origins (e.g. https://viewer.example.nhs.uk) whose
 	// browser pages may call the API, such as an OHIF viewer served elsewhere;
@@ -65,6 +71,10 @@ func (s *Server) Handler() http.Handler {
 	s.metrics = newHTTPMetrics(s.Registerer)
 	r := gin.New()
 	r.ContextWithFallback = true
+	if err := r.SetTrustedProxies(s.TrustedProxies); err != nil {
+		s.Logger.Error("trusted_proxies ignored", gateway.LogKeyError, err.Error())
+		_ = r.SetTrustedProxies(nil)
+	}
 	r.Use(s.requestID, s.recoverPanic, s.cors, s.observe)
 	r.HandleMethodNotAllowed = true
 	for _, rt := range s.routes() {

@@ -109,6 +109,12 @@ func (s *Server) handleStow(c *gin.Context) {
 				}
 				break
 			}
+			if errors.Is(err, gateway.ErrTooLarge) {
+				// Reading on would drain a part that may never end: refuse
+				// the rest of the request; what was stored stays stored.
+				reqErr = fmt.Errorf("part %d is larger than --max-instance-bytes %d: %w", parts, s.Limits.MaxInstanceBytes, gateway.ErrTooLarge)
+				break
+			}
 			s.Logger.InfoContext(ctx, "instance refused", "part", parts, gateway.LogKeySOPUID, ie.SOPInstanceUID,
 				"failure_reason", fmt.Sprintf("0x%04X", ie.Reason), gateway.LogKeyError, ie.Err.Error())
 			failed = append(failed, stowFailure{

@@ -44,8 +44,14 @@ type Config struct {
 
 // FileConfig is the --config YAML. Unknown keys are an error.
 type FileConfig struct {
-	Peers []gateway.Peer      `yaml:"peers"`
-	Auth  dicomweb.AuthConfig `yaml:"auth"`
+	Peers     []gateway.Peer           `yaml:"peers"`
+	Auth      dicomweb.AuthConfig      `yaml:"auth"`
+	TLS       dicomweb.TLSConfig       `yaml:"tls"`
+	RateLimit dicomweb.RateLimitConfig `yaml:"rate_limit"`
+	// TrustedProxies are the addresses or CIDRs of reverse proxies whose
+	// X-Forwarded-For names the client; none by default, so a client
+	// cannot put another address into the audit log.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 }
 
 // secretFlag lets a gateway.Secret be a flag without printing it in -h.
@@ -76,7 +82,7 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.Name, "name", "gateway", "this centre's name, used in audit and transfers")
 	fs.StringVar(&cfg.ConfigPath, "config", "", "YAML file: peers, routing rules, tokens/roles, TLS")
 	fs.StringVar(&cfg.PublicBaseURL, "public-base-url", "", "base URL clients reach this gateway at (for RetrieveURL/BulkDataURI behind a proxy)")
-	fs.Int64Var(&cfg.MaxRequestBytes, "max-request-bytes", 0, "largest STOW-RS request body in bytes (0 = unlimited)")
+	fs.Int64Var(&cfg.MaxRequestBytes, "max-request-bytes", 64<<30, "largest STOW-RS request body in bytes (0 = unlimited)")
 	fs.Int64Var(&cfg.MaxInstanceBytes, "max-instance-bytes", 4<<30, "largest single instance in bytes")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may take to finish on SIGTERM")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
@@ -164,8 +170,21 @@ func (c *Config) Validate() error {
 	if _, err := dicomweb.NewAuthenticator(c.File.Auth); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := dicomweb.ServerTLS(c.File.TLS, c.File.Auth); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := dicomweb.NewRateLimiter(c.File.RateLimit); err != nil {
+		errs = append(errs, err)
+	}
 	if !c.File.Auth.Enabled() && !isLoopback(c.Listen) {
-		errs = append(errs, fmt.Errorf("--listen %s without auth: configure auth.tokens in --config, or bind a loopback address such as 127.0.0.1:8080", c.Listen))
+		errs = append(errs, fmt.Errorf("--listen %s without auth: configure auth.tokens, auth.basic, auth.oidc or auth.mtls in --config, or bind a loopback address such as 127.0.0.1:8080", c.Listen))
+	}
+	for i, p := range c.File.TrustedProxies {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			if _, err := netip.ParseAddr(p); err != nil {
+				errs = append(errs, fmt.Errorf("trusted_proxies[%d]: %q is neither an IP address nor a CIDR", i, p))
+			}
+		}
 	}
 	seen := map[string]bool{}
 	for i, p := range c.File.Peers {

@@ -81,6 +81,14 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	tlsConf, err := dicomweb.ServerTLS(cfg.File.TLS, cfg.File.Auth)
+	if err != nil {
+		return err
+	}
+	rateLimit, err := dicomweb.NewRateLimiter(cfg.File.RateLimit)
+	if err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -91,16 +99,18 @@ func (m *Main) Run(ctx context.Context) error {
 	m.Backends = b
 
 	m.Server = &dicomweb.Server{
-		Name:          cfg.Name,
-		Blobs:         b.Blobs,
-		Index:         b.Index,
-		Auth:          auth,
-		Ready:         b.Ready,
-		PublicBaseURL: cfg.PublicBaseURL,
-		Limits:        dicomweb.Limits{MaxRequestBytes: cfg.MaxRequestBytes, MaxInstanceBytes: cfg.MaxInstanceBytes},
-		Logger:        m.Logger,
-		Registerer:    reg,
-		Gatherer:      reg,
+		Name:           cfg.Name,
+		Blobs:          b.Blobs,
+		Index:          b.Index,
+		Auth:           auth,
+		RateLimit:      rateLimit,
+		TrustedProxies: cfg.File.TrustedProxies,
+		Ready:          b.Ready,
+		PublicBaseURL:  cfg.PublicBaseURL,
+		Limits:         dicomweb.Limits{MaxRequestBytes: cfg.MaxRequestBytes, MaxInstanceBytes: cfg.MaxInstanceBytes},
+		Logger:         m.Logger,
+		Registerer:     reg,
+		Gatherer:       reg,
 	}
 	wireServices(m, b)
 
@@ -120,11 +130,18 @@ func (m *Main) Run(ctx context.Context) error {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn),
+		TLSConfig:         tlsConf,
 	}
 	m.serveDone = make(chan error, 1)
-	go func() { m.serveDone <- m.httpServer.Serve(ln) }()
+	go func() {
+		if tlsConf != nil {
+			m.serveDone <- m.httpServer.ServeTLS(ln, "", "")
+			return
+		}
+		m.serveDone <- m.httpServer.Serve(ln)
+	}()
 	m.Logger.Info("gateway listening", "addr", m.Addr, "name", cfg.Name,
-		"blob_store", b.BlobKind, "state", b.StateKind, "auth", auth != nil)
+		"blob_store", b.BlobKind, "state", b.StateKind, "auth", auth != nil, "tls", tlsConf != nil)
 	return nil
 }
 

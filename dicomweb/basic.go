@@ -1,0 +1,196 @@
+package dicomweb
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// BasicConfig is one HTTP basic user, for legacy PACS that cannot send a
+// bearer token. The password is configured only as a hash: bcrypt
+// ("$2a$…", "$2b$…", "$2y$…", e.g. from HashPassword or
+// `htpasswd -nbB user pw`) or salted SHA-256 ("sha256:<salt hex>:<hex
+// SHA-256 of salt bytes followed by the password>"). Plain text is refused.
+type BasicConfig struct {
+	Name         string         `yaml:"name"`     // principal name in audit and logs
+	Username     string         `yaml:"username"` // what the PACS sends
+	PasswordHash string         `yaml:"password_hash"`
+	Roles        []gateway.Role `yaml:"roles"`
+}
+
+// HashPassword returns the bcrypt hash of password for BasicConfig.PasswordHash.
+func HashPassword(password string) (string, error) {
+	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.DefaultCost)
+	if err != nil {
+		return "", err
+	}
+	return string(h), nil
+}
+
+// basicCacheTTL and basicCacheMax bound the cache of verified credentials.
+// bcrypt is slow on purpose; a PACS sending the same credentials with every
+// request would otherwise pay it each time.
+const (
+	basicCacheTTL = 5 * time.Minute
+	basicCacheMax = 1024
+)
+
+type basicUser struct {
+	name     string
+	username []byte
+	bcrypt   []byte // set for bcrypt hashes
+	salt     []byte // set for salted SHA-256
+	sha      []byte
+	roles    []gateway.Role
+}
+
+type basicAuth struct {
+	users []basicUser
+	dummy []byte // bcrypt hash checked when no user matches, so timing does not reveal usernames
+
+	cacheKey []byte // random per process: the cache holds HMACs, never passwords
+	mu       sync.Mutex
+	cache    map[[sha256.Size]byte]basicCached
+}
+
+type basicCached struct {
+	user    int
+	expires time.Time
+}
+
+func newBasicAuth(cfg []BasicConfig) (*basicAuth, error) {
+	b := &basicAuth{cache: map[[sha256.Size]byte]basicCached{}, cacheKey: make([]byte, 32)}
+	_, _ = rand.Read(b.cacheKey)
+	var errs []error
+	seen := map[string]bool{}
+	cost := 0
+	for i, c := range cfg {
+		where := fmt.Sprintf("auth.basic[%d] (%s)", i, c.Name)
+		if c.Name == "" || c.Username == "" {
+			errs = append(errs, fmt.Errorf("%s: name and username are required", where))
+		}
+		if strings.Contains(c.Username, ":") {
+			errs = append(errs, fmt.Errorf("%s: username must not contain ':'", where))
+		}
+		if seen[c.Username] {
+			errs = append(errs, fmt.Errorf("%s: duplicate username", where))
+		}
+		seen[c.Username] = true
+		if err := checkRoles(c.Roles); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+		}
+		u := basicUser{name: c.Name, username: []byte(c.Username), roles: c.Roles}
+		h := strings.TrimSpace(c.PasswordHash)
+		switch {
+		case strings.HasPrefix(h, "$2"):
+			n, err := bcrypt.Cost([]byte(h))
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: password_hash is not a valid bcrypt hash", where))
+				continue
+			}
+			cost = max(cost, n)
+			u.bcrypt = []byte(h)
+		case strings.HasPrefix(h, "sha256:"):
+			parts := strings.Split(h, ":")
+			var salt, sum []byte
+			var err1, err2 error
+			if len(parts) == 3 {
+				salt, err1 = hex.DecodeString(parts[1])
+				sum, err2 = hex.DecodeString(parts[2])
+			}
+			if len(parts) != 3 || err1 != nil || err2 != nil || len(salt) < 8 || len(sum) != sha256.Size {
+				errs = append(errs, fmt.Errorf("%s: password_hash must be sha256:<salt hex, at least 8 bytes>:<64 hex digits>", where))
+				continue
+			}
+			u.salt, u.sha = salt, sum
+		default:
+			// Never echo the value: it may be a plain-text password.
+			errs = append(errs, fmt.Errorf("%s: password_hash must be a bcrypt hash ($2a$/$2b$/$2y$) or sha256:<salt>:<hash>; plain-text passwords are not accepted", where))
+			continue
+		}
+		b.users = append(b.users, u)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if cost == 0 {
+		cost = bcrypt.MinCost
+	}
+	dummy, err := bcrypt.GenerateFromPassword([]byte("no such user"), cost)
+	if err != nil {
+		return nil, err
+	}
+	b.dummy = dummy
+	return b, nil
+}
+
+// authenticate checks the base64 part of a Basic Authorization header.
+// Usernames are compared in constant time and a password hash is always
+// checked, even for an unknown user.
+func (b *basicAuth) authenticate(cred string) (gateway.Principal, error) {
+	raw, err := base64.StdEncoding.DecodeString(cred)
+	if err != nil {
+		return gateway.Principal{}, fmt.Errorf("malformed basic credentials: %w", gateway.ErrUnauthenticated)
+	}
+	username, password, ok := strings.Cut(string(raw), ":")
+	if !ok {
+		return gateway.Principal{}, fmt.Errorf("malformed basic credentials: %w", gateway.ErrUnauthenticated)
+	}
+	mac := hmac.New(sha256.New, b.cacheKey)
+	mac.Write(raw)
+	var key [sha256.Size]byte
+	mac.Sum(key[:0])
+	now := time.Now()
+	b.mu.Lock()
+	hit, cached := b.cache[key]
+	b.mu.Unlock()
+	if cached && now.Before(hit.expires) {
+		return b.principal(hit.user), nil
+	}
+
+	found := -1
+	for i := range b.users {
+		if subtle.ConstantTimeCompare([]byte(username), b.users[i].username) == 1 {
+			found = i
+		}
+	}
+	if found < 0 {
+		_ = bcrypt.CompareHashAndPassword(b.dummy, []byte(password))
+		return gateway.Principal{}, fmt.Errorf("bad basic credentials: %w", gateway.ErrUnauthenticated)
+	}
+	u := b.users[found]
+	if u.bcrypt != nil {
+		ok = bcrypt.CompareHashAndPassword(u.bcrypt, []byte(password)) == nil
+	} else {
+		h := sha256.New()
+		h.Write(u.salt)
+		h.Write([]byte(password))
+		ok = subtle.ConstantTimeCompare(h.Sum(nil), u.sha) == 1
+	}
+	if !ok {
+		return gateway.Principal{}, fmt.Errorf("bad basic credentials: %w", gateway.ErrUnauthenticated)
+	}
+	b.mu.Lock()
+	if len(b.cache) >= basicCacheMax {
+		clear(b.cache)
+	}
+	b.cache[key] = basicCached{user: found, expires: now.Add(basicCacheTTL)}
+	b.mu.Unlock()
+	return b.principal(found), nil
+}
+
+func (b *basicAuth) principal(i int) gateway.Principal {
+	return gateway.Principal{Name: b.users[i].name, Roles: b.users[i].roles, Method: "basic"}
+}
