@@ -1,6 +1,157 @@
 package dicomweb
 
-// qidoRoutes lists the routes of this resource (stub until its issue lands).
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// qidoLimits are the page sizes of QIDO-RS searches: a search without limit
+// returns at most Default matches, and a larger limit is reduced to Max;
+// either cut is announced in a Warning header.
+var qidoLimits = gateway.QueryLimits{Default: 1000, Max: 10000}
+
+// qidoRoutes lists the six QIDO-RS search resources (PS3.18 10.6).
 func (s *Server) qidoRoutes(base string) []route {
+	get, read := http.MethodGet, gateway.RoleRead
+	return []route{
+		{get, base + "/studies", read, s.handleSearch(gateway.LevelStudy)},
+		{get, base + "/series", read, s.handleSearch(gateway.LevelSeries)},
+		{get, base + "/instances", read, s.handleSearch(gateway.LevelInstance)},
+		{get, base + "/studies/:study/series", read, s.handleSearch(gateway.LevelSeries)},
+		{get, base + "/studies/:study/instances", read, s.handleSearch(gateway.LevelInstance)},
+		{get, base + "/studies/:study/series/:series/instances", read, s.handleSearch(gateway.LevelInstance)},
+	}
+}
+
+// handleSearch answers a QIDO-RS search at level with 200 and a JSON array
+// (empty when nothing matches). Parameters it ignores and a page cut short
+// are reported in Warning headers (PS3.18 8.3.4); malformed values get 400.
+// The search is audited before any result is sent; if the audit log cannot
+// take the event the answer is 503.
+func (s *Server) handleSearch(level gateway.QueryLevel) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		// ParseQuery percent-decodes; raw UTF-8 (unencoded) is accepted as is.
+		params, err := url.ParseQuery(c.Request.URL.RawQuery)
+		if err != nil {
+			s.writeError(c, fmt.Errorf("query string: %v: %w", err, gateway.ErrInvalid))
+			return
+		}
+		q, err := gateway.ParseQuery(level, c.Param("study"), c.Param("series"), params, qidoLimits)
+		if err != nil {
+			s.writeError(c, err)
+			return
+		}
+		if s.Index == nil {
+			s.writeError(c, fmt.Errorf("no index configured: %w", gateway.ErrUnavailable))
+			return
+		}
+		res, err := s.Index.Search(c.Request.Context(), q)
+		if err != nil {
+			s.writeError(c, err)
+			return
+		}
+		if err := s.auditSearch(c, q, params, res); err != nil {
+			s.writeError(c, err)
+			return
+		}
+		for _, w := range q.Warnings {
+			c.Writer.Header().Add("Warning", warning(w))
+		}
+		if res.More {
+			c.Writer.Header().Add("Warning", warning(fmt.Sprintf(
+				"The number of results exceeded the page size of %d; use offset=%d for more", q.Limit, q.Offset+len(res.Items))))
+		}
+		base := s.baseURL(c)
+		c.Header("Content-Type", "application/dicom+json")
+		c.Status(http.StatusOK)
+		bw := bufio.NewWriterSize(c.Writer, 64<<10)
+		enc := json.NewEncoder(bw)
+		enc.SetEscapeHTML(false)
+		bw.WriteByte('[')
+		for i, d := range res.Items {
+			if i > 0 {
+				bw.WriteByte(',')
+			}
+			if err := enc.Encode(withRetrieveURL(d, level, base)); err != nil {
+				s.Logger.ErrorContext(c.Request.Context(), "qido result not encoded", gateway.LogKeyError, err.Error())
+				break
+			}
+		}
+		bw.WriteByte(']')
+		if err := bw.Flush(); err != nil {
+			s.Logger.WarnContext(c.Request.Context(), "qido response not sent", gateway.LogKeyError, err.Error())
+		}
+	}
+}
+
+// warning formats a Warning header value (RFC 7234 5.5; code 299, as
+// PS3.18 8.3.4 uses).
+func warning(text string) string {
+	return `299 gateway "` + strings.ReplaceAll(text, `"`, `'`) + `"`
+}
+
+// withRetrieveURL adds RetrieveURL (0008,1190) for the item's level and makes
+// relative BulkDataURIs absolute under the instance's URL.
+func withRetrieveURL(d gateway.Dataset, level gateway.QueryLevel, base string) gateway.Dataset {
+	study, series, sop := d.String(gateway.TagStudyInstanceUID), d.String(gateway.TagSeriesInstanceUID), d.String(gateway.TagSOPInstanceUID)
+	u := base + "/studies/" + study
+	if level >= gateway.LevelSeries {
+		u += "/series/" + series
+	}
+	if level == gateway.LevelInstance {
+		u += "/instances/" + sop
+		d = absolutize(d, u+"/")
+	}
+	out := make(gateway.Dataset, len(d)+1)
+	for t, a := range d {
+		out[t] = a
+	}
+	out[gateway.TagRetrieveURL] = gateway.Attribute{VR: "UR", Value: []any{u}}
+	return out
+}
+
+// auditSearch records the search: the parameter names (never their values,
+// which may be patient names or IDs), the level, the result count, and the
+// study UIDs and patient IDs of the results in the event's own fields.
+func (s *Server) auditSearch(c *gin.Context, q *gateway.Query, params url.Values, res *gateway.SearchResult) error {
+	if s.Auditor == nil {
+		return nil
+	}
+	keys := make([]string, 0, len(params))
+	for k := range params {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	ctx := c.Request.Context()
+	ev := &gateway.AuditEvent{
+		Time:       time.Now().UTC(),
+		Gateway:    s.Name,
+		Actor:      gateway.PrincipalFrom(ctx),
+		Action:     gateway.ActionQuery,
+		Outcome:    gateway.OutcomeSuccess,
+		StudyUIDs:  res.StudyUIDs,
+		PatientIDs: res.PatientIDs,
+		Detail: map[string]any{
+			"route":   c.FullPath(),
+			"level":   q.Level.String(),
+			"keys":    keys,
+			"results": len(res.Items),
+			"more":    res.More,
+		},
+	}
+	if err := s.Auditor.Record(ctx, ev); err != nil {
+		s.Logger.ErrorContext(ctx, "audit event not written: query refused", gateway.LogKeyError, err.Error())
+		return fmt.Errorf("audit log unavailable, query refused: %w", gateway.ErrUnavailable)
+	}
 	return nil
 }

@@ -1,0 +1,570 @@
+package bolt
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	bbolt "go.etcd.io/bbolt"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// Buckets of the index. Keys joining UIDs use NUL, which no UID contains.
+var (
+	bucketInstances      = []byte("index.instances")       // sop uid → InstanceRecord JSON
+	bucketStudyInstances = []byte("index.study_instances") // study \0 series \0 sop → empty
+	bucketStudies        = []byte("index.studies")         // study uid → StudySummary JSON
+	bucketSeries         = []byte("index.series")          // study \0 series → SeriesSummary JSON
+	bucketStudyOrder     = []byte("index.study_order")     // StudyDate (8 digits) \0 study → empty
+)
+
+// Index is the embedded gateway.Index: instance records, study and series
+// summaries in one bbolt file, each put, replace or delete one transaction.
+// Searches scan the study summaries, which suits a single-site laptop or
+// small PACS; the Redis index is the one built for large archives.
+type Index struct {
+	db *bbolt.DB
+
+	mu    sync.Mutex
+	locks map[string]heldLock // sop uid → lease, in-process (the file has one process)
+}
+
+type heldLock struct {
+	token   string
+	expires time.Time
+}
+
+var _ gateway.Index = (*Index)(nil)
+
+// NewIndex creates the index buckets in db if needed.
+func NewIndex(db *DB) (*Index, error) {
+	err := db.bolt.Update(func(tx *bbolt.Tx) error {
+		for _, b := range [][]byte{bucketInstances, bucketStudyInstances, bucketStudies, bucketSeries, bucketStudyOrder} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bolt index: create buckets: %w", err)
+	}
+	return &Index{db: db.bolt, locks: map[string]heldLock{}}, nil
+}
+
+func unavailable(op string, err error) error {
+	if err == nil || errors.Is(err, gateway.ErrNotFound) || errors.Is(err, gateway.ErrInvalid) {
+		return err
+	}
+	return fmt.Errorf("bolt index: %s: %v: %w", op, err, gateway.ErrUnavailable)
+}
+
+// Lock takes an in-process lease on sopInstanceUID. bbolt allows one process
+// per file, so an in-process lease excludes every writer of this index.
+func (x *Index) Lock(ctx context.Context, sopInstanceUID string, ttl time.Duration) (func(), error) {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	token := hex.EncodeToString(b[:])
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		x.mu.Lock()
+		now := time.Now()
+		held, ok := x.locks[sopInstanceUID]
+		if !ok || now.After(held.expires) {
+			x.locks[sopInstanceUID] = heldLock{token: token, expires: now.Add(ttl)}
+			x.mu.Unlock()
+			return func() {
+				x.mu.Lock()
+				defer x.mu.Unlock()
+				if cur, ok := x.locks[sopInstanceUID]; ok && cur.token == token {
+					delete(x.locks, sopInstanceUID)
+				}
+			}, nil
+		}
+		x.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// PutInstance stores rec unless its SOP Instance UID is already indexed.
+func (x *Index) PutInstance(ctx context.Context, rec *gateway.InstanceRecord) (*gateway.InstanceRecord, bool, error) {
+	if err := checkRecord(ctx, rec); err != nil {
+		return nil, false, err
+	}
+	var existing *gateway.InstanceRecord
+	err := x.db.Update(func(tx *bbolt.Tx) error {
+		old, err := getRecord(tx, rec.SOPInstanceUID)
+		if err == nil {
+			existing = old
+			return nil
+		}
+		if !errors.Is(err, gateway.ErrNotFound) {
+			return err
+		}
+		return addRecord(tx, rec)
+	})
+	if err != nil {
+		return nil, false, unavailable("put instance", err)
+	}
+	if existing != nil {
+		return existing, false, nil
+	}
+	return nil, true, nil
+}
+
+// ReplaceInstance overwrites the record of rec's SOP Instance UID (storing it
+// if absent), moving it between studies or series if its UIDs changed.
+func (x *Index) ReplaceInstance(ctx context.Context, rec *gateway.InstanceRecord) error {
+	if err := checkRecord(ctx, rec); err != nil {
+		return err
+	}
+	err := x.db.Update(func(tx *bbolt.Tx) error {
+		old, err := getRecord(tx, rec.SOPInstanceUID)
+		switch {
+		case err == nil:
+			if err := removeRecord(tx, old); err != nil {
+				return err
+			}
+		case !errors.Is(err, gateway.ErrNotFound):
+			return err
+		}
+		return addRecord(tx, rec)
+	})
+	return unavailable("replace instance", err)
+}
+
+// PutInstances puts many records in a few transactions (reindex and
+// benchmarks): each is PutInstance, records already indexed are left as
+// they are.
+func (x *Index) PutInstances(ctx context.Context, recs []*gateway.InstanceRecord) error {
+	for chunk := range slices.Chunk(recs, 1000) {
+		for _, rec := range chunk {
+			if err := checkRecord(ctx, rec); err != nil {
+				return err
+			}
+		}
+		err := x.db.Update(func(tx *bbolt.Tx) error {
+			for _, rec := range chunk {
+				if _, err := getRecord(tx, rec.SOPInstanceUID); err == nil {
+					continue
+				} else if !errors.Is(err, gateway.ErrNotFound) {
+					return err
+				}
+				if err := addRecord(tx, rec); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return unavailable("put instances", err)
+		}
+	}
+	return nil
+}
+
+// GetInstance returns the record of sopInstanceUID or ErrNotFound.
+func (x *Index) GetInstance(ctx context.Context, sopInstanceUID string) (*gateway.InstanceRecord, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var rec *gateway.InstanceRecord
+	err := x.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		rec, err = getRecord(tx, sopInstanceUID)
+		return err
+	})
+	return rec, unavailable("get instance", err)
+}
+
+// DeleteInstance removes the record of sopInstanceUID or returns ErrNotFound.
+func (x *Index) DeleteInstance(ctx context.Context, sopInstanceUID string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := x.db.Update(func(tx *bbolt.Tx) error {
+		old, err := getRecord(tx, sopInstanceUID)
+		if err != nil {
+			return err
+		}
+		return removeRecord(tx, old)
+	})
+	return unavailable("delete instance", err)
+}
+
+// ListInstances returns a study's (or one series') instances in
+// gateway.CompareInstances order, or ErrNotFound when there are none.
+func (x *Index) ListInstances(ctx context.Context, studyUID, seriesUID string) ([]*gateway.InstanceRecord, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var recs []*gateway.InstanceRecord
+	err := x.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		recs, err = listInstances(tx, studyUID, seriesUID)
+		return err
+	})
+	if err != nil {
+		return nil, unavailable("list instances", err)
+	}
+	if len(recs) == 0 {
+		return nil, fmt.Errorf("no instances in study %s series %q: %w", studyUID, seriesUID, gateway.ErrNotFound)
+	}
+	return recs, nil
+}
+
+func listInstances(tx *bbolt.Tx, studyUID, seriesUID string) ([]*gateway.InstanceRecord, error) {
+	prefix := []byte(studyUID + "\x00")
+	if seriesUID != "" {
+		prefix = []byte(studyUID + "\x00" + seriesUID + "\x00")
+	}
+	var recs []*gateway.InstanceRecord
+	c := tx.Bucket(bucketStudyInstances).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		sop := k[bytes.LastIndexByte(k, 0)+1:]
+		rec, err := getRecord(tx, string(sop))
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, rec)
+	}
+	slices.SortFunc(recs, gateway.CompareInstances)
+	return recs, nil
+}
+
+func checkRecord(ctx context.Context, rec *gateway.InstanceRecord) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for _, uid := range []string{rec.StudyInstanceUID, rec.SeriesInstanceUID, rec.SOPInstanceUID} {
+		if err := gateway.ValidateUID(uid); err != nil {
+			return fmt.Errorf("index record: %w", err)
+		}
+	}
+	return nil
+}
+
+func getRecord(tx *bbolt.Tx, sop string) (*gateway.InstanceRecord, error) {
+	v := tx.Bucket(bucketInstances).Get([]byte(sop))
+	if v == nil {
+		return nil, fmt.Errorf("instance %s: %w", sop, gateway.ErrNotFound)
+	}
+	var rec gateway.InstanceRecord
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return nil, fmt.Errorf("decode instance %s: %w", sop, err)
+	}
+	return &rec, nil
+}
+
+func seriesKey(study, series string) []byte { return []byte(study + "\x00" + series) }
+
+func addRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketInstances).Put([]byte(rec.SOPInstanceUID), data); err != nil {
+		return err
+	}
+	key := []byte(rec.StudyInstanceUID + "\x00" + rec.SeriesInstanceUID + "\x00" + rec.SOPInstanceUID)
+	if err := tx.Bucket(bucketStudyInstances).Put(key, nil); err != nil {
+		return err
+	}
+	series, err := getSeries(tx, rec.StudyInstanceUID, rec.SeriesInstanceUID)
+	newSeries := errors.Is(err, gateway.ErrNotFound)
+	if err != nil && !newSeries {
+		return err
+	}
+	if newSeries {
+		series = &gateway.SeriesSummary{StudyInstanceUID: rec.StudyInstanceUID, SeriesInstanceUID: rec.SeriesInstanceUID}
+	}
+	series.Attrs = gateway.SeriesAttrs(rec.Metadata)
+	series.Instances++
+	if err := putJSON(tx, bucketSeries, seriesKey(rec.StudyInstanceUID, rec.SeriesInstanceUID), series); err != nil {
+		return err
+	}
+	study, err := getStudy(tx, rec.StudyInstanceUID)
+	if errors.Is(err, gateway.ErrNotFound) {
+		study, err = &gateway.StudySummary{}, nil
+	}
+	if err != nil {
+		return err
+	}
+	if study.StudyInstanceUID != "" {
+		if err := tx.Bucket(bucketStudyOrder).Delete(orderKey(study)); err != nil {
+			return err
+		}
+	}
+	study.AddInstance(rec, newSeries)
+	if err := tx.Bucket(bucketStudyOrder).Put(orderKey(study), orderValue(study)); err != nil {
+		return err
+	}
+	return putJSON(tx, bucketStudies, []byte(rec.StudyInstanceUID), study)
+}
+
+func removeRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
+	if err := tx.Bucket(bucketInstances).Delete([]byte(rec.SOPInstanceUID)); err != nil {
+		return err
+	}
+	key := []byte(rec.StudyInstanceUID + "\x00" + rec.SeriesInstanceUID + "\x00" + rec.SOPInstanceUID)
+	if err := tx.Bucket(bucketStudyInstances).Delete(key); err != nil {
+		return err
+	}
+	sk := seriesKey(rec.StudyInstanceUID, rec.SeriesInstanceUID)
+	series, err := getSeries(tx, rec.StudyInstanceUID, rec.SeriesInstanceUID)
+	if err != nil {
+		return err
+	}
+	series.Instances--
+	seriesGone := series.Instances <= 0
+	if seriesGone {
+		err = tx.Bucket(bucketSeries).Delete(sk)
+	} else {
+		err = putJSON(tx, bucketSeries, sk, series)
+	}
+	if err != nil {
+		return err
+	}
+	study, err := getStudy(tx, rec.StudyInstanceUID)
+	if err != nil {
+		return err
+	}
+	study.RemoveInstance(rec, seriesGone)
+	if study.Instances <= 0 {
+		if err := tx.Bucket(bucketStudyOrder).Delete(orderKey(study)); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketStudies).Delete([]byte(rec.StudyInstanceUID))
+	}
+	if err := tx.Bucket(bucketStudyOrder).Put(orderKey(study), orderValue(study)); err != nil {
+		return err
+	}
+	return putJSON(tx, bucketStudies, []byte(rec.StudyInstanceUID), study)
+}
+
+func putJSON(tx *bbolt.Tx, bucket, key []byte, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucket).Put(key, data)
+}
+
+func getStudy(tx *bbolt.Tx, study string) (*gateway.StudySummary, error) {
+	v := tx.Bucket(bucketStudies).Get([]byte(study))
+	if v == nil {
+		return nil, fmt.Errorf("study %s: %w", study, gateway.ErrNotFound)
+	}
+	var s gateway.StudySummary
+	if err := json.Unmarshal(v, &s); err != nil {
+		return nil, fmt.Errorf("decode study %s: %w", study, err)
+	}
+	return &s, nil
+}
+
+func getSeries(tx *bbolt.Tx, study, series string) (*gateway.SeriesSummary, error) {
+	v := tx.Bucket(bucketSeries).Get(seriesKey(study, series))
+	if v == nil {
+		return nil, fmt.Errorf("series %s: %w", series, gateway.ErrNotFound)
+	}
+	var s gateway.SeriesSummary
+	if err := json.Unmarshal(v, &s); err != nil {
+		return nil, fmt.Errorf("decode series %s: %w", series, err)
+	}
+	return &s, nil
+}
+
+// orderKey sorts studies in gateway.CompareStudies order when walked
+// backwards: fixed-width date, then UID.
+func orderKey(s *gateway.StudySummary) []byte {
+	return fmt.Appendf(nil, "%08d\x00%s", gateway.StudyDateKey(s.Attrs), s.StudyInstanceUID)
+}
+
+// orderValue holds what hintsAllow checks, so that a search skips
+// non-candidates without decoding their summaries: patient ID, accession
+// number, modalities and name keys, NUL-separated, lists joined by \x01.
+func orderValue(s *gateway.StudySummary) []byte {
+	mods := make([]string, 0, len(s.Modalities))
+	for m := range s.Modalities {
+		mods = append(mods, m)
+	}
+	return []byte(strings.Join([]string{
+		s.Attrs.String(gateway.TagPatientID), s.Attrs.String(gateway.TagAccessionNumber),
+		strings.Join(mods, "\x01"), strings.Join(gateway.NameKeys(s.Attrs, gateway.TagPatientName), "\x01"),
+	}, "\x00"))
+}
+
+// Search answers a QIDO-RS query with the shared engine (gateway.Search).
+func (x *Index) Search(ctx context.Context, q *gateway.Query) (*gateway.SearchResult, error) {
+	res, err := gateway.Search(ctx, q, searchSource{x})
+	return res, unavailable("search", err)
+}
+
+// searchSource walks the study order bucket newest first, within the date
+// bounds of the hints; a study UID hint reads those studies directly.
+type searchSource struct{ x *Index }
+
+const searchBatch = 256
+
+func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func([]*gateway.StudySummary) (bool, error)) error {
+	if h.StudyUIDs != nil {
+		var batch []*gateway.StudySummary
+		err := s.x.db.View(func(tx *bbolt.Tx) error {
+			for _, uid := range h.StudyUIDs {
+				st, err := getStudy(tx, uid)
+				if errors.Is(err, gateway.ErrNotFound) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				batch = append(batch, st)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		slices.SortFunc(batch, gateway.CompareStudies)
+		_, err = fn(batch)
+		return err
+	}
+	// Walk in batches, each in its own read transaction, so that a long
+	// search never holds one transaction (and the file's old pages) open.
+	var resume []byte
+	for {
+		var batch []*gateway.StudySummary
+		var next []byte
+		err := s.x.db.View(func(tx *bbolt.Tx) error {
+			c := tx.Bucket(bucketStudyOrder).Cursor()
+			var k, v []byte
+			switch {
+			case resume != nil:
+				k, v = c.Seek(resume)
+				if k == nil {
+					k, v = c.Last()
+				} else if !bytes.Equal(k, resume) {
+					k, v = c.Prev()
+				}
+			case h.DateHigh > 0:
+				k, v = c.Seek(fmt.Appendf(nil, "%08d\x01", h.DateHigh))
+				if k == nil {
+					k, v = c.Last()
+				} else {
+					k, v = c.Prev()
+				}
+			default:
+				k, v = c.Last()
+			}
+			for ; k != nil; k, v = c.Prev() {
+				date, uid, _ := bytes.Cut(k, []byte{0})
+				if h.HasDate {
+					d, _ := strconv.ParseInt(string(date), 10, 64)
+					if d == 0 || (h.DateLow > 0 && d < h.DateLow) {
+						return nil // older dates only from here on
+					}
+				}
+				if len(batch) == searchBatch {
+					next = slices.Clone(k)
+					return nil
+				}
+				if !hintsAllow(v, h) {
+					continue
+				}
+				st, err := getStudy(tx, string(uid))
+				if err != nil {
+					return err
+				}
+				batch = append(batch, st)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if len(batch) > 0 {
+			more, err := fn(batch)
+			if err != nil || !more {
+				return err
+			}
+		}
+		if next == nil {
+			return nil
+		}
+		resume = next // the first key not yet visited
+
+	}
+}
+
+// hintsAllow is a cheap prefilter on the hints, from the order entry's
+// value; the engine still matches every condition.
+func hintsAllow(v []byte, h gateway.IndexHints) bool {
+	if h.PatientID == "" && h.AccessionNumber == "" && len(h.Modalities) == 0 && h.NamePrefix == "" {
+		return true
+	}
+	f := strings.Split(string(v), "\x00")
+	if len(f) != 4 {
+		return true
+	}
+	if h.PatientID != "" && f[0] != h.PatientID {
+		return false
+	}
+	if h.AccessionNumber != "" && f[1] != h.AccessionNumber {
+		return false
+	}
+	if len(h.Modalities) > 0 {
+		mods := strings.Split(f[2], "\x01")
+		if !slices.ContainsFunc(h.Modalities, func(m string) bool { return slices.Contains(mods, m) }) {
+			return false
+		}
+	}
+	if h.NamePrefix != "" {
+		names := strings.Split(f[3], "\x01")
+		if !slices.ContainsFunc(names, func(n string) bool { return strings.HasPrefix(n, h.NamePrefix) }) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s searchSource) Series(ctx context.Context, studyUID string) ([]*gateway.SeriesSummary, error) {
+	var out []*gateway.SeriesSummary
+	err := s.x.db.View(func(tx *bbolt.Tx) error {
+		prefix := []byte(studyUID + "\x00")
+		c := tx.Bucket(bucketSeries).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var se gateway.SeriesSummary
+			if err := json.Unmarshal(v, &se); err != nil {
+				return fmt.Errorf("decode series %s: %w", k, err)
+			}
+			out = append(out, &se)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (s searchSource) Instances(ctx context.Context, studyUID, seriesUID string) ([]*gateway.InstanceRecord, error) {
+	var out []*gateway.InstanceRecord
+	err := s.x.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		out, err = listInstances(tx, studyUID, seriesUID)
+		return err
+	})
+	return out, err
+}

@@ -1,0 +1,655 @@
+package redis
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// Index is the production gateway.Index on Redis, shared by every replica.
+//
+// Keys (under the client prefix, all in the one hash slot "{idx}" so that
+// the Lua scripts stay valid on Redis Cluster):
+//
+//	{idx}:i:<sop>              hash: rec (InstanceRecord JSON), st, se, mod, cls
+//	{idx}:s:<study>            hash: attrs (study-level JSON), n, ns, m:<modality>, c:<sop class>
+//	                           counts, and the values it is indexed under: d, pid, acc, names
+//	{idx}:ss:<study>           set of series UIDs
+//	{idx}:e:<study>:<series>   hash: attrs (series-level JSON), n
+//	{idx}:ei:<study>:<series>  set of SOP Instance UIDs
+//	{idx}:x:date               zset of study UIDs scored by StudyDate (YYYYMMDD, 0 = none)
+//	{idx}:x:pid:<id>, {idx}:x:acc:<accession>, {idx}:x:mod:<modality>
+//	                           zsets of study UIDs scored by StudyDate
+//	{idx}:x:name               zset (all scores 0) of "<NAME KEY>\x00<study>" for
+//	                           ZRANGEBYLEX prefix search on upper-cased patient names
+//	{idx}:lock:<sop>           lease token
+//
+// Every write is one Lua script, so records, summaries and secondary indexes
+// change together, and a script re-run by go-redis after a lost reply is a
+// no-op: put recognises its own record, replace rewrites the same state.
+type Index struct {
+	rdb    goredis.UniversalClient
+	prefix string
+}
+
+var _ gateway.Index = (*Index)(nil)
+
+// NewIndex returns the index stored under c's key prefix.
+func NewIndex(c *Client) *Index {
+	return &Index{rdb: c.Redis(), prefix: c.Key("{idx}:")}
+}
+
+func (x *Index) key(parts ...string) string { return x.prefix + strings.Join(parts, ":") }
+
+// writeScript puts or replaces one instance. ARGV: prefix, mode ("put" or
+// "replace"), sop, study, series, rec, modality, sop class, study attrs,
+// series attrs, date, patient id, accession, name keys joined by \1.
+// Returns {1} when written, {0, existing rec} when put found a record.
+var writeScript = goredis.NewScript(`
+local P, mode, sop, st, se, rec = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local mod, cls, sattrs, eattrs, d, pid, acc, names = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local ik = P .. 'i:' .. sop
+
+local function split(s)
+  local t = {}
+  for part in string.gmatch(s or '', '[^\1]+') do t[#t + 1] = part end
+  return t
+end
+
+-- unindex removes study st from the secondary indexes it is listed under.
+local function unindex(sk, study)
+  local v = redis.call('HMGET', sk, 'pid', 'acc', 'names')
+  if v[1] and v[1] ~= '' then redis.call('ZREM', P .. 'x:pid:' .. v[1], study) end
+  if v[2] and v[2] ~= '' then redis.call('ZREM', P .. 'x:acc:' .. v[2], study) end
+  for _, n in ipairs(split(v[3])) do redis.call('ZREM', P .. 'x:name', n .. '\0' .. study) end
+  redis.call('ZREM', P .. 'x:date', study)
+end
+
+local function remove()
+  local v = redis.call('HMGET', ik, 'st', 'se', 'mod', 'cls')
+  local ost, ose, omod, ocls = v[1], v[2], v[3], v[4]
+  redis.call('DEL', ik)
+  local sk, ek = P .. 's:' .. ost, P .. 'e:' .. ost .. ':' .. ose
+  redis.call('SREM', P .. 'ei:' .. ost .. ':' .. ose, sop)
+  local seriesGone = false
+  if redis.call('HINCRBY', ek, 'n', -1) <= 0 then
+    redis.call('DEL', ek)
+    redis.call('SREM', P .. 'ss:' .. ost, ose)
+    seriesGone = true
+  end
+  if redis.call('HINCRBY', sk, 'n', -1) <= 0 then
+    unindex(sk, ost)
+    local fields = redis.call('HKEYS', sk)
+    for _, f in ipairs(fields) do
+      if string.sub(f, 1, 2) == 'm:' then redis.call('ZREM', P .. 'x:mod:' .. string.sub(f, 3), ost) end
+    end
+    redis.call('DEL', sk, P .. 'ss:' .. ost)
+    return
+  end
+  if seriesGone then redis.call('HINCRBY', sk, 'ns', -1) end
+  if omod and omod ~= '' and redis.call('HINCRBY', sk, 'm:' .. omod, -1) <= 0 then
+    redis.call('HDEL', sk, 'm:' .. omod)
+    redis.call('ZREM', P .. 'x:mod:' .. omod, ost)
+  end
+  if ocls and ocls ~= '' and redis.call('HINCRBY', sk, 'c:' .. ocls, -1) <= 0 then
+    redis.call('HDEL', sk, 'c:' .. ocls)
+  end
+end
+
+if redis.call('EXISTS', ik) == 1 then
+  local old = redis.call('HGET', ik, 'rec')
+  if mode == 'put' then
+    if old == rec then return {1} end
+    return {0, old}
+  end
+  if old == rec then return {1} end
+  remove()
+end
+
+redis.call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls)
+local sk, ek = P .. 's:' .. st, P .. 'e:' .. st .. ':' .. se
+redis.call('SADD', P .. 'ei:' .. st .. ':' .. se, sop)
+local newSeries = redis.call('SADD', P .. 'ss:' .. st, se) == 1
+redis.call('HSET', ek, 'attrs', eattrs)
+redis.call('HINCRBY', ek, 'n', 1)
+
+unindex(sk, st)
+redis.call('HSET', sk, 'attrs', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names)
+redis.call('HINCRBY', sk, 'n', 1)
+if newSeries then redis.call('HINCRBY', sk, 'ns', 1) else redis.call('HINCRBY', sk, 'ns', 0) end
+if mod ~= '' then redis.call('HINCRBY', sk, 'm:' .. mod, 1) end
+if cls ~= '' then redis.call('HINCRBY', sk, 'c:' .. cls, 1) end
+local score = tonumber(d)
+redis.call('ZADD', P .. 'x:date', score, st)
+if pid ~= '' then redis.call('ZADD', P .. 'x:pid:' .. pid, score, st) end
+if acc ~= '' then redis.call('ZADD', P .. 'x:acc:' .. acc, score, st) end
+for _, n in ipairs(split(names)) do redis.call('ZADD', P .. 'x:name', 0, n .. '\0' .. st) end
+for _, f in ipairs(redis.call('HKEYS', sk)) do
+  if string.sub(f, 1, 2) == 'm:' then redis.call('ZADD', P .. 'x:mod:' .. string.sub(f, 3), score, st) end
+end
+return {1}
+`)
+
+// deleteScript removes one instance. ARGV: prefix, sop. Returns 0 when the
+// instance does not exist. Its body is writeScript's remove().
+var deleteScript = goredis.NewScript(deleteScriptSource)
+
+const deleteScriptSource = `
+local P, sop = ARGV[1], ARGV[2]
+local ik = P .. 'i:' .. sop
+if redis.call('EXISTS', ik) == 0 then return 0 end
+local function split(s)
+  local t = {}
+  for part in string.gmatch(s or '', '[^\1]+') do t[#t + 1] = part end
+  return t
+end
+local v = redis.call('HMGET', ik, 'st', 'se', 'mod', 'cls')
+local ost, ose, omod, ocls = v[1], v[2], v[3], v[4]
+redis.call('DEL', ik)
+local sk, ek = P .. 's:' .. ost, P .. 'e:' .. ost .. ':' .. ose
+redis.call('SREM', P .. 'ei:' .. ost .. ':' .. ose, sop)
+local seriesGone = false
+if redis.call('HINCRBY', ek, 'n', -1) <= 0 then
+  redis.call('DEL', ek)
+  redis.call('SREM', P .. 'ss:' .. ost, ose)
+  seriesGone = true
+end
+if redis.call('HINCRBY', sk, 'n', -1) <= 0 then
+  local w = redis.call('HMGET', sk, 'pid', 'acc', 'names')
+  if w[1] and w[1] ~= '' then redis.call('ZREM', P .. 'x:pid:' .. w[1], ost) end
+  if w[2] and w[2] ~= '' then redis.call('ZREM', P .. 'x:acc:' .. w[2], ost) end
+  for _, n in ipairs(split(w[3])) do redis.call('ZREM', P .. 'x:name', n .. '\0' .. ost) end
+  redis.call('ZREM', P .. 'x:date', ost)
+  for _, f in ipairs(redis.call('HKEYS', sk)) do
+    if string.sub(f, 1, 2) == 'm:' then redis.call('ZREM', P .. 'x:mod:' .. string.sub(f, 3), ost) end
+  end
+  redis.call('DEL', sk, P .. 'ss:' .. ost)
+  return 1
+end
+if seriesGone then redis.call('HINCRBY', sk, 'ns', -1) end
+if omod and omod ~= '' and redis.call('HINCRBY', sk, 'm:' .. omod, -1) <= 0 then
+  redis.call('HDEL', sk, 'm:' .. omod)
+  redis.call('ZREM', P .. 'x:mod:' .. omod, ost)
+end
+if ocls and ocls ~= '' and redis.call('HINCRBY', sk, 'c:' .. ocls, -1) <= 0 then
+  redis.call('HDEL', sk, 'c:' .. ocls)
+end
+return 1
+`
+
+// unlockScript deletes a lease only if it still holds the caller's token.
+var unlockScript = goredis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// Lock takes a lease with SET NX PX and a random token, polling every 10 ms
+// while another holder has it; unlock deletes it only if the token is still
+// ours (a lease that expired and was taken by another is left alone).
+func (x *Index) Lock(ctx context.Context, sopInstanceUID string, ttl time.Duration) (func(), error) {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	token := hex.EncodeToString(b[:])
+	key := x.key("lock", sopInstanceUID)
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		ok, err := x.rdb.SetNX(ctx, key, token, ttl).Result()
+		if err != nil {
+			return nil, translate(err)
+		}
+		if !ok {
+			// A retried SET NX whose first attempt succeeded finds our own token.
+			cur, err := x.rdb.Get(ctx, key).Result()
+			if err == nil && cur == token {
+				ok = true
+			} else if err != nil && !errors.Is(err, goredis.Nil) {
+				return nil, translate(err)
+			}
+		}
+		if ok {
+			return func() {
+				ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				defer cancel()
+				// Best effort: a lease not released expires after ttl.
+				_ = unlockScript.Run(ctx, x.rdb, []string{key}, token).Err()
+			}, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// PutInstance stores rec unless its SOP Instance UID is already indexed.
+func (x *Index) PutInstance(ctx context.Context, rec *gateway.InstanceRecord) (*gateway.InstanceRecord, bool, error) {
+	res, err := x.write(ctx, "put", rec)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(res) == 2 {
+		old, err := decodeRecord(res[1])
+		if err != nil {
+			return nil, false, err
+		}
+		return old, false, nil
+	}
+	return nil, true, nil
+}
+
+// ReplaceInstance overwrites the record of rec's SOP Instance UID (storing it
+// if absent).
+func (x *Index) ReplaceInstance(ctx context.Context, rec *gateway.InstanceRecord) error {
+	_, err := x.write(ctx, "replace", rec)
+	return err
+}
+
+func (x *Index) write(ctx context.Context, mode string, rec *gateway.InstanceRecord) ([]any, error) {
+	args, err := x.writeArgs(mode, rec)
+	if err != nil {
+		return nil, err
+	}
+	res, err := writeScript.Run(ctx, x.rdb, nil, args...).Slice()
+	if err != nil {
+		return nil, translate(err)
+	}
+	return res, nil
+}
+
+// writeArgs validates rec and builds writeScript's ARGV.
+func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) ([]any, error) {
+	for _, uid := range []string{rec.StudyInstanceUID, rec.SeriesInstanceUID, rec.SOPInstanceUID} {
+		if err := gateway.ValidateUID(uid); err != nil {
+			return nil, fmt.Errorf("index record: %w", err)
+		}
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return nil, fmt.Errorf("encode instance record: %w", err)
+	}
+	sattrs, err := json.Marshal(gateway.StudyAttrs(rec.Metadata))
+	if err != nil {
+		return nil, fmt.Errorf("encode study attributes: %w", err)
+	}
+	eattrs, err := json.Marshal(gateway.SeriesAttrs(rec.Metadata))
+	if err != nil {
+		return nil, fmt.Errorf("encode series attributes: %w", err)
+	}
+	md := rec.Metadata
+	return []any{
+		x.prefix, mode, rec.SOPInstanceUID, rec.StudyInstanceUID, rec.SeriesInstanceUID, data,
+		indexValue(rec.Modality()), indexValue(rec.SOPClassUID), sattrs, eattrs,
+		strconv.FormatInt(gateway.StudyDateKey(md), 10), indexValue(md.String(gateway.TagPatientID)),
+		indexValue(md.String(gateway.TagAccessionNumber)), strings.Join(gateway.NameKeys(md, gateway.TagPatientName), "\x01"),
+	}, nil
+}
+
+// PutInstances puts many records with pipelined script calls (reindex and
+// benchmarks): each is PutInstance, records already indexed are left as
+// they are.
+func (x *Index) PutInstances(ctx context.Context, recs []*gateway.InstanceRecord) error {
+	if err := writeScript.Load(ctx, x.rdb).Err(); err != nil {
+		return translate(err)
+	}
+	for chunk := range slices.Chunk(recs, 500) {
+		pipe := x.rdb.Pipeline()
+		for _, rec := range chunk {
+			args, err := x.writeArgs("put", rec)
+			if err != nil {
+				return err
+			}
+			writeScript.EvalSha(ctx, pipe, nil, args...)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return translate(err)
+		}
+	}
+	return nil
+}
+
+// indexValue makes a value safe inside a key and a Lua \1-joined list.
+func indexValue(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+func decodeRecord(v any) (*gateway.InstanceRecord, error) {
+	s, ok := v.(string)
+	if !ok {
+		return nil, fmt.Errorf("redis index: record is %T: %w", v, gateway.ErrUnavailable)
+	}
+	var rec gateway.InstanceRecord
+	if err := json.Unmarshal([]byte(s), &rec); err != nil {
+		return nil, fmt.Errorf("redis index: decode record: %v: %w", err, gateway.ErrUnavailable)
+	}
+	return &rec, nil
+}
+
+// GetInstance returns the record of sopInstanceUID or ErrNotFound.
+func (x *Index) GetInstance(ctx context.Context, sopInstanceUID string) (*gateway.InstanceRecord, error) {
+	s, err := x.rdb.HGet(ctx, x.key("i", sopInstanceUID), "rec").Result()
+	if err != nil {
+		if errors.Is(err, goredis.Nil) {
+			return nil, fmt.Errorf("instance %s: %w", sopInstanceUID, gateway.ErrNotFound)
+		}
+		return nil, translate(err)
+	}
+	return decodeRecord(s)
+}
+
+// DeleteInstance removes the record of sopInstanceUID or returns ErrNotFound.
+func (x *Index) DeleteInstance(ctx context.Context, sopInstanceUID string) error {
+	n, err := deleteScript.Run(ctx, x.rdb, nil, x.prefix, sopInstanceUID).Int()
+	if err != nil {
+		return translate(err)
+	}
+	if n == 0 {
+		return fmt.Errorf("instance %s: %w", sopInstanceUID, gateway.ErrNotFound)
+	}
+	return nil
+}
+
+// ListInstances returns a study's (or one series') instances in
+// gateway.CompareInstances order, or ErrNotFound when there are none.
+func (x *Index) ListInstances(ctx context.Context, studyUID, seriesUID string) ([]*gateway.InstanceRecord, error) {
+	recs, err := x.instances(ctx, studyUID, seriesUID)
+	if err != nil {
+		return nil, err
+	}
+	if len(recs) == 0 {
+		return nil, fmt.Errorf("no instances in study %s series %q: %w", studyUID, seriesUID, gateway.ErrNotFound)
+	}
+	return recs, nil
+}
+
+func (x *Index) instances(ctx context.Context, studyUID, seriesUID string) ([]*gateway.InstanceRecord, error) {
+	series := []string{seriesUID}
+	if seriesUID == "" {
+		var err error
+		if series, err = x.rdb.SMembers(ctx, x.key("ss", studyUID)).Result(); err != nil {
+			return nil, translate(err)
+		}
+	}
+	pipe := x.rdb.Pipeline()
+	members := make([]*goredis.StringSliceCmd, len(series))
+	for i, se := range series {
+		members[i] = pipe.SMembers(ctx, x.key("ei", studyUID, se))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, translate(err)
+	}
+	var sops []string
+	for _, m := range members {
+		sops = append(sops, m.Val()...)
+	}
+	if len(sops) == 0 {
+		return nil, nil
+	}
+	pipe = x.rdb.Pipeline()
+	gets := make([]*goredis.StringCmd, len(sops))
+	for i, sop := range sops {
+		gets[i] = pipe.HGet(ctx, x.key("i", sop), "rec")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+		return nil, translate(err)
+	}
+	recs := make([]*gateway.InstanceRecord, 0, len(sops))
+	for _, g := range gets {
+		if g.Err() != nil {
+			continue // deleted between the two round trips
+		}
+		rec, err := decodeRecord(g.Val())
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, rec)
+	}
+	slices.SortFunc(recs, gateway.CompareInstances)
+	return recs, nil
+}
+
+// Search answers a QIDO-RS query with the shared engine (gateway.Search).
+// Candidate studies come from the most selective secondary index the query
+// allows (study UIDs, patient ID, accession number, patient-name prefix,
+// modality, date range), never from a scan of every study key.
+func (x *Index) Search(ctx context.Context, q *gateway.Query) (*gateway.SearchResult, error) {
+	res, err := gateway.Search(ctx, q, searchSource{x})
+	if err != nil && !errors.Is(err, gateway.ErrUnavailable) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		return nil, translate(err)
+	}
+	return res, err
+}
+
+type searchSource struct{ x *Index }
+
+func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func([]*gateway.StudySummary) (bool, error)) error {
+	x := s.x
+	switch {
+	case h.StudyUIDs != nil:
+		return s.unordered(ctx, h.StudyUIDs, h, fn)
+	case h.PatientID != "":
+		return s.ordered(ctx, x.key("x", "pid", indexValue(h.PatientID)), h, fn)
+	case h.AccessionNumber != "":
+		return s.ordered(ctx, x.key("x", "acc", indexValue(h.AccessionNumber)), h, fn)
+	case h.NamePrefix != "":
+		members, err := x.rdb.ZRangeByLex(ctx, x.key("x", "name"), &goredis.ZRangeBy{
+			Min: "[" + h.NamePrefix, Max: "[" + h.NamePrefix + "\xff",
+		}).Result()
+		if err != nil {
+			return translate(err)
+		}
+		seen := make(map[string]bool, len(members))
+		uids := make([]string, 0, len(members))
+		for _, m := range members {
+			_, uid, ok := strings.Cut(m, "\x00")
+			if ok && !seen[uid] {
+				seen[uid] = true
+				uids = append(uids, uid)
+			}
+		}
+		return s.unordered(ctx, uids, h, fn)
+	case len(h.Modalities) == 1:
+		return s.ordered(ctx, x.key("x", "mod", indexValue(h.Modalities[0])), h, fn)
+	case len(h.Modalities) > 1:
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		tmp := x.key("tmp", hex.EncodeToString(b[:]))
+		keys := make([]string, len(h.Modalities))
+		for i, m := range h.Modalities {
+			keys[i] = x.key("x", "mod", indexValue(m))
+		}
+		pipe := x.rdb.TxPipeline()
+		pipe.ZUnionStore(ctx, tmp, &goredis.ZStore{Keys: keys, Aggregate: "MAX"})
+		pipe.Expire(ctx, tmp, time.Minute)
+		if _, err := pipe.Exec(ctx); err != nil {
+			return translate(err)
+		}
+		defer x.rdb.Del(context.WithoutCancel(ctx), tmp)
+		return s.ordered(ctx, tmp, h, fn)
+	}
+	return s.ordered(ctx, x.key("x", "date"), h, fn)
+}
+
+// ordered walks a zset of study UIDs scored by StudyDate, newest first (ties
+// by UID descending, as gateway.CompareStudies), in growing batches.
+func (s searchSource) ordered(ctx context.Context, key string, h gateway.IndexHints, fn func([]*gateway.StudySummary) (bool, error)) error {
+	by := &goredis.ZRangeBy{Max: "+inf", Min: "-inf"}
+	if h.DateHigh > 0 {
+		by.Max = strconv.FormatInt(h.DateHigh, 10)
+	}
+	if h.HasDate {
+		by.Min = strconv.FormatInt(max(h.DateLow, 1), 10)
+	}
+	count := int64(64)
+	if h.Want > 0 {
+		count = int64(min(max(h.Want, 16), 1024))
+	}
+	for {
+		by.Count = count
+		uids, err := s.x.rdb.ZRevRangeByScore(ctx, key, by).Result()
+		if err != nil {
+			return translate(err)
+		}
+		studies, err := s.x.studies(ctx, uids)
+		if err != nil {
+			return err
+		}
+		if len(studies) > 0 {
+			more, err := fn(studies)
+			if err != nil || !more {
+				return err
+			}
+		}
+		if int64(len(uids)) < count {
+			return nil
+		}
+		by.Offset += count
+		count = min(count*2, 1024)
+	}
+}
+
+// unordered sorts uids into gateway.CompareStudies order by their date
+// scores (one ZMSCORE per 1,000, no summary decoded), then fetches the
+// summaries batch by batch, only as far as the search reads.
+func (s searchSource) unordered(ctx context.Context, uids []string, h gateway.IndexHints, fn func([]*gateway.StudySummary) (bool, error)) error {
+	type cand struct {
+		uid  string
+		date float64
+	}
+	cands := make([]cand, 0, len(uids))
+	for chunk := range slices.Chunk(uids, 1000) {
+		scores, err := s.x.rdb.ZMScore(ctx, s.x.key("x", "date"), chunk...).Result()
+		if err != nil {
+			return translate(err)
+		}
+		for i, uid := range chunk {
+			if i < len(scores) {
+				cands = append(cands, cand{uid, scores[i]})
+			}
+		}
+	}
+	slices.SortFunc(cands, func(a, b cand) int {
+		if c := cmp.Compare(b.date, a.date); c != 0 {
+			return c
+		}
+		return strings.Compare(b.uid, a.uid)
+	})
+	size := 64
+	if h.Want > 0 {
+		size = min(max(h.Want, 16), 1024)
+	}
+	for len(cands) > 0 {
+		n := min(size, len(cands))
+		batch := make([]string, n)
+		for i := range batch {
+			batch[i] = cands[i].uid
+		}
+		cands = cands[n:]
+		studies, err := s.x.studies(ctx, batch)
+		if err != nil {
+			return err
+		}
+		slices.SortFunc(studies, gateway.CompareStudies)
+		if len(studies) > 0 {
+			more, err := fn(studies)
+			if err != nil || !more {
+				return err
+			}
+		}
+		size = min(size*2, 1024)
+	}
+	return nil
+}
+
+// studies reads the summaries of uids in one pipeline, skipping any deleted
+// meanwhile.
+func (x *Index) studies(ctx context.Context, uids []string) ([]*gateway.StudySummary, error) {
+	if len(uids) == 0 {
+		return nil, nil
+	}
+	pipe := x.rdb.Pipeline()
+	cmds := make([]*goredis.MapStringStringCmd, len(uids))
+	for i, uid := range uids {
+		cmds[i] = pipe.HGetAll(ctx, x.key("s", uid))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, translate(err)
+	}
+	out := make([]*gateway.StudySummary, 0, len(uids))
+	for i, c := range cmds {
+		h := c.Val()
+		if len(h) == 0 || h["attrs"] == "" {
+			continue
+		}
+		st := &gateway.StudySummary{StudyInstanceUID: uids[i], Modalities: map[string]int{}, SOPClasses: map[string]int{}}
+		if err := json.Unmarshal([]byte(h["attrs"]), &st.Attrs); err != nil {
+			return nil, fmt.Errorf("redis index: decode study %s: %v: %w", uids[i], err, gateway.ErrUnavailable)
+		}
+		st.Instances, _ = strconv.Atoi(h["n"])
+		st.Series, _ = strconv.Atoi(h["ns"])
+		for f, v := range h {
+			n, _ := strconv.Atoi(v)
+			if m, ok := strings.CutPrefix(f, "m:"); ok && n > 0 {
+				st.Modalities[m] = n
+			} else if c, ok := strings.CutPrefix(f, "c:"); ok && n > 0 {
+				st.SOPClasses[c] = n
+			}
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+func (s searchSource) Series(ctx context.Context, studyUID string) ([]*gateway.SeriesSummary, error) {
+	x := s.x
+	series, err := x.rdb.SMembers(ctx, x.key("ss", studyUID)).Result()
+	if err != nil {
+		return nil, translate(err)
+	}
+	pipe := x.rdb.Pipeline()
+	cmds := make([]*goredis.MapStringStringCmd, len(series))
+	for i, se := range series {
+		cmds[i] = pipe.HGetAll(ctx, x.key("e", studyUID, se))
+	}
+	if len(series) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, translate(err)
+		}
+	}
+	out := make([]*gateway.SeriesSummary, 0, len(series))
+	for i, c := range cmds {
+		h := c.Val()
+		if h["attrs"] == "" {
+			continue
+		}
+		se := &gateway.SeriesSummary{StudyInstanceUID: studyUID, SeriesInstanceUID: series[i]}
+		if err := json.Unmarshal([]byte(h["attrs"]), &se.Attrs); err != nil {
+			return nil, fmt.Errorf("redis index: decode series %s: %v: %w", series[i], err, gateway.ErrUnavailable)
+		}
+		se.Instances, _ = strconv.Atoi(h["n"])
+		out = append(out, se)
+	}
+	return out, nil
+}
+
+func (s searchSource) Instances(ctx context.Context, studyUID, seriesUID string) ([]*gateway.InstanceRecord, error) {
+	return s.x.instances(ctx, studyUID, seriesUID)
+}

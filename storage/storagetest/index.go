@@ -1,0 +1,761 @@
+package storagetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// Record builds an InstanceRecord for tests with the given UIDs and header
+// attributes (tag → value; PN values as gateway.PersonName).
+func Record(study, series, sop string, attrs map[string]any) *gateway.InstanceRecord {
+	md := gateway.Dataset{
+		gateway.TagStudyInstanceUID:  {VR: "UI", Value: []any{study}},
+		gateway.TagSeriesInstanceUID: {VR: "UI", Value: []any{series}},
+		gateway.TagSOPInstanceUID:    {VR: "UI", Value: []any{sop}},
+		gateway.TagSOPClassUID:       {VR: "UI", Value: []any{"1.2.840.10008.5.1.4.1.1.2"}},
+	}
+	for t, v := range attrs {
+		vr := gateway.TagVR(t)
+		switch x := v.(type) {
+		case []any:
+			md[t] = gateway.Attribute{VR: vr, Value: x}
+		case nil:
+			md[t] = gateway.Attribute{VR: vr}
+		default:
+			md[t] = gateway.Attribute{VR: vr, Value: []any{x}}
+		}
+	}
+	return &gateway.InstanceRecord{
+		StudyInstanceUID:  study,
+		SeriesInstanceUID: series,
+		SOPInstanceUID:    sop,
+		SOPClassUID:       md.String(gateway.TagSOPClassUID),
+		TransferSyntaxUID: "1.2.840.10008.1.2.1",
+		Size:              1234,
+		SHA256:            "00",
+		StoredAt:          time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
+		Metadata:          md,
+	}
+}
+
+// TestIndex is the conformance suite of gateway.Index: one subtest per
+// sentence of its doc comment, then the query suite (TestIndexQueries).
+// newIndex returns an empty index.
+func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
+	t.Run("PutInstanceStoresNew", func(t *testing.T) {
+		x, ctx := newIndex(t), t.Context()
+		rec := Record("1.2.3", "1.2.3.1", "1.2.3.1.1", nil)
+		existing, created, err := x.PutInstance(ctx, rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := created, true; got != want {
+			t.Fatalf("created=%v, want %v", got, want)
+		}
+		if existing != nil {
+			t.Fatalf("existing=%+v, want nil", existing)
+		}
+		got, err := x.GetInstance(ctx, "1.2.3.1.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.SOPInstanceUID != rec.SOPInstanceUID || got.SHA256 != rec.SHA256 || got.Size != rec.Size || !got.StoredAt.Equal(rec.StoredAt) {
+			t.Fatalf("GetInstance=%+v, want %+v", got, rec)
+		}
+	})
+	t.Run("PutInstanceKeepsExisting", func(t *testing.T) {
+		x, ctx := newIndex(t), t.Context()
+		first := Record("1.2.3", "1.2.3.1", "1.2.3.1.1", nil)
+		first.SHA256 = "aa"
+		mustPut(t, x, first)
+		second := Record("1.2.3", "1.2.3.1", "1.2.3.1.1", nil)
+		second.SHA256 = "bb"
+		existing, created, err := x.PutInstance(ctx, second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if created {
+			t.Fatal("created=true for a duplicate, want false")
+		}
+		if existing == nil || existing.SHA256 != "aa" {
+			t.Fatalf("existing=%+v, want the first record", existing)
+		}
+		got, _ := x.GetInstance(ctx, "1.2.3.1.1")
+		if got.SHA256 != "aa" {
+			t.Fatalf("stored SHA256=%q, want aa (unchanged)", got.SHA256)
+		}
+		assertCounts(t, x, "1.2.3", 1, 1)
+	})
+	t.Run("ConcurrentPutsEndWithOneRecord", func(t *testing.T) {
+		x, ctx := newIndex(t), t.Context()
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		createdN := 0
+		for i := range 8 {
+			wg.Go(func() {
+				rec := Record("1.2.3", "1.2.3.1", "1.2.3.1.1", nil)
+				rec.SHA256 = fmt.Sprint(i)
+				_, created, err := x.PutInstance(ctx, rec)
+				if err != nil {
+					t.Error(err)
+				}
+				if created {
+					mu.Lock()
+					createdN++
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if got, want := createdN, 1; got != want {
+			t.Fatalf("created %d times, want %d", got, want)
+		}
+		assertCounts(t, x, "1.2.3", 1, 1)
+	})
+	t.Run("ReplaceInstanceOverwrites", func(t *testing.T) {
+		x, ctx := newIndex(t), t.Context()
+		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{gateway.TagModality: "CT"}))
+		rec := Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{gateway.TagModality: "MR"})
+		rec.SHA256 = "cc"
+		if err := x.ReplaceInstance(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		got, err := x.GetInstance(ctx, "1.2.3.1.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.SHA256 != "cc" {
+			t.Fatalf("SHA256=%q, want cc", got.SHA256)
+		}
+		assertCounts(t, x, "1.2.3", 1, 1)
+		if got, want := studyValues(t, x, "1.2.3", gateway.TagModalitiesInStudy), []string{"MR"}; !slices.Equal(got, want) {
+			t.Fatalf("ModalitiesInStudy=%v, want %v", got, want)
+		}
+	})
+	t.Run("ReplaceInstanceMovesBetweenStudies", func(t *testing.T) {
+		x, ctx := newIndex(t), t.Context()
+		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", nil))
+		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.2", nil))
+		if err := x.ReplaceInstance(ctx, Record("1.2.4", "1.2.4.1", "1.2.3.1.2", nil)); err != nil {
+			t.Fatal(err)
+		}
+		assertCounts(t, x, "1.2.3", 1, 1)
+		assertCounts(t, x, "1.2.4", 1, 1)
+	})
+	t.Run("GetInstanceUnknownIsNotFound", func(t *testing.T) {
+		x := newIndex(t)
+		if _, err := x.GetInstance(t.Context(), "1.2.999"); !errors.Is(err, gateway.ErrNotFound) {
+			t.Fatalf("err=%v, want ErrNotFound", err)
+		}
+	})
+	t.Run("DeleteInstanceUnknownIsNotFound", func(t *testing.T) {
+		x := newIndex(t)
+		if err := x.DeleteInstance(t.Context(), "1.2.999"); !errors.Is(err, gateway.ErrNotFound) {
+			t.Fatalf("err=%v, want ErrNotFound", err)
+		}
+	})
+	t.Run("DeleteInstanceRemoves", func(t *testing.T) {
+		x, ctx := newIndex(t), t.Context()
+		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{gateway.TagModality: "CT"}))
+		mustPut(t, x, Record("1.2.3", "1.2.3.2", "1.2.3.2.1", map[string]any{gateway.TagModality: "SR"}))
+		if err := x.DeleteInstance(ctx, "1.2.3.2.1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := x.GetInstance(ctx, "1.2.3.2.1"); !errors.Is(err, gateway.ErrNotFound) {
+			t.Fatalf("after delete: err=%v, want ErrNotFound", err)
+		}
+		assertCounts(t, x, "1.2.3", 1, 1)
+		if got, want := studyValues(t, x, "1.2.3", gateway.TagModalitiesInStudy), []string{"CT"}; !slices.Equal(got, want) {
+			t.Fatalf("ModalitiesInStudy=%v, want %v", got, want)
+		}
+		if err := x.DeleteInstance(ctx, "1.2.3.1.1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := x.ListInstances(ctx, "1.2.3", ""); !errors.Is(err, gateway.ErrNotFound) {
+			t.Fatalf("ListInstances of emptied study: err=%v, want ErrNotFound", err)
+		}
+		res, err := x.Search(ctx, &gateway.Query{Level: gateway.LevelStudy})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Items) != 0 {
+			t.Fatalf("studies after deleting every instance: %d, want 0", len(res.Items))
+		}
+	})
+	t.Run("ListInstancesOrder", func(t *testing.T) {
+		x, ctx := newIndex(t), t.Context()
+		// Series 2 (SeriesNumber 1) comes before series 1 (SeriesNumber 2);
+		// within a series by InstanceNumber, then SOP Instance UID.
+		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{gateway.TagSeriesNumber: int64(2), gateway.TagInstanceNumber: int64(1)}))
+		mustPut(t, x, Record("1.2.3", "1.2.3.2", "1.2.3.2.9", map[string]any{gateway.TagSeriesNumber: int64(1), gateway.TagInstanceNumber: int64(2)}))
+		mustPut(t, x, Record("1.2.3", "1.2.3.2", "1.2.3.2.10", map[string]any{gateway.TagSeriesNumber: int64(1), gateway.TagInstanceNumber: int64(10)}))
+		mustPut(t, x, Record("1.2.3", "1.2.3.2", "1.2.3.2.3", map[string]any{gateway.TagSeriesNumber: int64(1), gateway.TagInstanceNumber: int64(2)}))
+		mustPut(t, x, Record("1.2.4", "1.2.4.1", "1.2.4.1.1", nil))
+		recs, err := x.ListInstances(ctx, "1.2.3", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := recordSOPs(recs), []string{"1.2.3.2.3", "1.2.3.2.9", "1.2.3.2.10", "1.2.3.1.1"}; !slices.Equal(got, want) {
+			t.Fatalf("ListInstances(study)=%v, want %v", got, want)
+		}
+		recs, err = x.ListInstances(ctx, "1.2.3", "1.2.3.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := recordSOPs(recs), []string{"1.2.3.1.1"}; !slices.Equal(got, want) {
+			t.Fatalf("ListInstances(series)=%v, want %v", got, want)
+		}
+	})
+	t.Run("ListInstancesUnknownIsNotFound", func(t *testing.T) {
+		x := newIndex(t)
+		if _, err := x.ListInstances(t.Context(), "1.2.999", ""); !errors.Is(err, gateway.ErrNotFound) {
+			t.Fatalf("err=%v, want ErrNotFound", err)
+		}
+		if _, err := x.ListInstances(t.Context(), "1.2.999", "1.2.999.1"); !errors.Is(err, gateway.ErrNotFound) {
+			t.Fatalf("series: err=%v, want ErrNotFound", err)
+		}
+	})
+	t.Run("InvalidUIDRejected", func(t *testing.T) {
+		x := newIndex(t)
+		_, _, err := x.PutInstance(t.Context(), Record("1.2.3", "1.2/../3", "1.2.3.1.1", nil))
+		if !errors.Is(err, gateway.ErrInvalid) {
+			t.Fatalf("err=%v, want ErrInvalid", err)
+		}
+	})
+	t.Run("AggregatesFollowPutsAndDeletes", func(t *testing.T) {
+		x, ctx := newIndex(t), t.Context()
+		ct := "1.2.840.10008.5.1.4.1.1.2"
+		sr := "1.2.840.10008.5.1.4.1.1.88.11"
+		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{gateway.TagModality: "CT"}))
+		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.2", map[string]any{gateway.TagModality: "CT"}))
+		r := Record("1.2.3", "1.2.3.2", "1.2.3.2.1", map[string]any{gateway.TagModality: "SR", gateway.TagSOPClassUID: sr})
+		r.SOPClassUID = sr
+		mustPut(t, x, r)
+		assertCounts(t, x, "1.2.3", 2, 3)
+		if got, want := studyValues(t, x, "1.2.3", gateway.TagModalitiesInStudy), []string{"CT", "SR"}; !slices.Equal(got, want) {
+			t.Fatalf("ModalitiesInStudy=%v, want %v", got, want)
+		}
+		if got, want := studyValues(t, x, "1.2.3", gateway.TagSOPClassesInStudy), []string{ct, sr}; !slices.Equal(got, want) {
+			t.Fatalf("SOPClassesInStudy=%v, want %v", got, want)
+		}
+		if err := x.DeleteInstance(ctx, "1.2.3.1.1"); err != nil {
+			t.Fatal(err)
+		}
+		assertCounts(t, x, "1.2.3", 2, 2)
+		if err := x.DeleteInstance(ctx, "1.2.3.2.1"); err != nil {
+			t.Fatal(err)
+		}
+		assertCounts(t, x, "1.2.3", 1, 1)
+		if got, want := studyValues(t, x, "1.2.3", gateway.TagSOPClassesInStudy), []string{ct}; !slices.Equal(got, want) {
+			t.Fatalf("SOPClassesInStudy=%v, want %v", got, want)
+		}
+		res, err := x.Search(ctx, &gateway.Query{Level: gateway.LevelSeries, StudyInstanceUID: "1.2.3"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Items) != 1 || res.Items[0].String(gateway.TagSeriesInstanceUID) != "1.2.3.1" {
+			t.Fatalf("series after delete: %v, want only 1.2.3.1", res.Items)
+		}
+		if got, want := intValue(res.Items[0], gateway.TagNumberOfSeriesRelatedInstances), int64(1); got != want {
+			t.Fatalf("NumberOfSeriesRelatedInstances=%d, want %d", got, want)
+		}
+	})
+	t.Run("LockExcludes", func(t *testing.T) {
+		x, ctx := newIndex(t), t.Context()
+		unlock, err := x.Lock(ctx, "1.2.3.1.1", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		defer cancel()
+		if _, err := x.Lock(short, "1.2.3.1.1", time.Minute); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("second Lock while held: err=%v, want context.DeadlineExceeded", err)
+		}
+		other, err := x.Lock(ctx, "1.2.3.1.2", time.Minute)
+		if err != nil {
+			t.Fatalf("Lock of another UID: %v", err)
+		}
+		other()
+		unlock()
+		again, err := x.Lock(ctx, "1.2.3.1.1", time.Minute)
+		if err != nil {
+			t.Fatalf("Lock after unlock: %v", err)
+		}
+		again()
+	})
+	t.Run("LockWaitsForUnlock", func(t *testing.T) {
+		x, ctx := newIndex(t), t.Context()
+		unlock, err := x.Lock(ctx, "1.2.3.1.1", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.AfterFunc(50*time.Millisecond, unlock)
+		second, err := x.Lock(ctx, "1.2.3.1.1", time.Minute)
+		if err != nil {
+			t.Fatalf("Lock waiting for unlock: %v", err)
+		}
+		second()
+	})
+	t.Run("LockExpiresAfterTTL", func(t *testing.T) {
+		x, ctx := newIndex(t), t.Context()
+		stale, err := x.Lock(ctx, "1.2.3.1.1", 50*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next, err := x.Lock(ctx, "1.2.3.1.1", time.Minute)
+		if err != nil {
+			t.Fatalf("Lock after ttl: %v", err)
+		}
+		stale() // the expired holder's unlock must not release the new lease
+		short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		defer cancel()
+		if _, err := x.Lock(short, "1.2.3.1.1", time.Minute); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Lock after a stale unlock: err=%v, want the new lease still held", err)
+		}
+		next()
+	})
+	t.Run("Queries", func(t *testing.T) { TestIndexQueries(t, newIndex) })
+}
+
+func mustPut(t *testing.T, x gateway.Index, rec *gateway.InstanceRecord) {
+	t.Helper()
+	if _, created, err := x.PutInstance(t.Context(), rec); err != nil || !created {
+		t.Fatalf("PutInstance(%s) = created %v, err %v", rec.SOPInstanceUID, created, err)
+	}
+}
+
+func recordSOPs(recs []*gateway.InstanceRecord) []string {
+	out := make([]string, len(recs))
+	for i, r := range recs {
+		out[i] = r.SOPInstanceUID
+	}
+	return out
+}
+
+func studyDataset(t *testing.T, x gateway.Index, study string) gateway.Dataset {
+	t.Helper()
+	res, err := x.Search(t.Context(), &gateway.Query{Level: gateway.LevelStudy, StudyInstanceUID: study, IncludeAll: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Items) != 1 {
+		t.Fatalf("study %s: %d results, want 1", study, len(res.Items))
+	}
+	return res.Items[0]
+}
+
+func studyValues(t *testing.T, x gateway.Index, study, tag string) []string {
+	t.Helper()
+	var out []string
+	for _, v := range studyDataset(t, x, study)[tag].Value {
+		out = append(out, fmt.Sprint(v))
+	}
+	return out
+}
+
+func intValue(d gateway.Dataset, tag string) int64 {
+	a := d[tag]
+	if len(a.Value) == 0 {
+		return -1
+	}
+	switch v := a.Value[0].(type) {
+	case int64:
+		return v
+	case float64:
+		return int64(v)
+	}
+	return -1
+}
+
+func assertCounts(t *testing.T, x gateway.Index, study string, series, instances int64) {
+	t.Helper()
+	d := studyDataset(t, x, study)
+	if got := intValue(d, gateway.TagNumberOfStudyRelatedSeries); got != series {
+		t.Errorf("study %s NumberOfStudyRelatedSeries=%d, want %d", study, got, series)
+	}
+	if got := intValue(d, gateway.TagNumberOfStudyRelatedInstances); got != instances {
+		t.Errorf("study %s NumberOfStudyRelatedInstances=%d, want %d", study, got, instances)
+	}
+}
+
+// Study UIDs of the query fixture. Their order in every study result is
+// newest StudyDate first: S4, S5, S2, S1, S3, then S6 (no date).
+const (
+	qS1 = "1.2.826.0.1.1"
+	qS2 = "1.2.826.0.1.2"
+	qS3 = "1.2.826.0.1.3"
+	qS4 = "1.2.826.0.1.4"
+	qS5 = "1.2.826.0.1.5"
+	qS6 = "1.2.826.0.1.6"
+
+	classCT = "1.2.840.10008.5.1.4.1.1.2"
+	classSR = "1.2.840.10008.5.1.4.1.1.88.11"
+)
+
+type fixtureStudy struct {
+	uid        string
+	name       any
+	pid        string
+	date, time string
+	accession  string
+	sex        string
+	series     []fixtureSeries
+	extra      map[string]any
+}
+
+type fixtureSeries struct {
+	modality  string
+	number    int64
+	class     string
+	instances int
+}
+
+var queryFixture = []fixtureStudy{
+	{uid: qS1, name: gateway.PersonName{Alphabetic: "Smith^John"}, pid: "P001", date: "20200115", time: "101500", accession: "A100", sex: "M",
+		series: []fixtureSeries{{"CT", 1, classCT, 2}, {"SR", 2, classSR, 1}},
+		extra: map[string]any{
+			"00081030": "CT CHEST",
+			"00081110": []any{gateway.Dataset{
+				"00081150": {VR: "UI", Value: []any{"1.2.840.10008.3.1.2.3.1"}},
+				"00081155": {VR: "UI", Value: []any{"1.2.3.99.1"}},
+			}},
+		}},
+	{uid: qS2, name: gateway.PersonName{Alphabetic: "Smyth^Jane"}, pid: "P002", date: "20200301", time: "083000", accession: "A200", sex: "F",
+		series: []fixtureSeries{{"MR", 1, classCT, 1}}},
+	{uid: qS3, name: gateway.PersonName{Alphabetic: "Müller^Hans"}, pid: "P003", date: "20191231", time: "235959", accession: "A300", sex: "M",
+		series: []fixtureSeries{{"CT", 1, classCT, 1}}},
+	{uid: qS4, name: gateway.PersonName{Alphabetic: "Yamada^Tarou", Ideographic: "山田^太郎", Phonetic: "やまだ^たろう"}, pid: "P004", date: "20210610", time: "120000", accession: "A400", sex: "M",
+		series: []fixtureSeries{{"US", 1, classCT, 1}}},
+	{uid: qS5, name: gateway.PersonName{Alphabetic: "Smith^John"}, pid: "P001", date: "20210101", accession: "A500", sex: "M",
+		series: []fixtureSeries{{"MR", 2, classCT, 1}, {"CT", 1, classCT, 1}}},
+	{uid: qS6, name: gateway.PersonName{Alphabetic: "O'Brien^Pat"}, pid: "P006", sex: "O",
+		series: []fixtureSeries{{"MG", 1, classCT, 1}}},
+}
+
+// seriesUID and sopUID name the fixture's series (by position, from 1) and
+// instances.
+func seriesUID(study string, i int) string { return fmt.Sprintf("%s.%d", study, i) }
+func sopUID(study string, i, j int) string { return fmt.Sprintf("%s.%d.%d", study, i, j) }
+
+// LoadQueryFixture puts the query suite's studies into x.
+func LoadQueryFixture(t *testing.T, x gateway.Index) {
+	t.Helper()
+	for _, st := range queryFixture {
+		for i, se := range st.series {
+			for j := 1; j <= se.instances; j++ {
+				attrs := map[string]any{
+					gateway.TagPatientName:          st.name,
+					gateway.TagPatientID:            st.pid,
+					gateway.TagPatientSex:           st.sex,
+					gateway.TagAccessionNumber:      st.accession,
+					gateway.TagModality:             se.modality,
+					gateway.TagSeriesNumber:         se.number,
+					gateway.TagInstanceNumber:       int64(j),
+					gateway.TagSOPClassUID:          se.class,
+					gateway.TagRows:                 int64(256 * j),
+					gateway.TagSpecificCharacterSet: "ISO_IR 192",
+				}
+				if st.date != "" {
+					attrs[gateway.TagStudyDate] = st.date
+				}
+				if st.time != "" {
+					attrs[gateway.TagStudyTime] = st.time
+				}
+				if st.accession == "" {
+					delete(attrs, gateway.TagAccessionNumber)
+				}
+				for k, v := range st.extra {
+					attrs[k] = v
+				}
+				rec := Record(st.uid, seriesUID(st.uid, i+1), sopUID(st.uid, i+1, j), attrs)
+				rec.SOPClassUID = se.class
+				mustPut(t, x, rec)
+			}
+		}
+	}
+}
+
+// TestIndexQueries is the QIDO-RS query suite: every matching type at every
+// level, includefield, paging and character sets, with the expected results
+// in order.
+func TestIndexQueries(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
+	x := newIndex(t)
+	LoadQueryFixture(t, x)
+	all := []string{qS4, qS5, qS2, qS1, qS3, qS6}
+	for _, tt := range []struct {
+		name          string
+		level         gateway.QueryLevel
+		study, series string
+		params        string
+		want          []string // the level's UIDs, in order
+	}{
+		{"Universal", gateway.LevelStudy, "", "", "", all},
+		{"UniversalEmptyValue", gateway.LevelStudy, "", "", "PatientName=", all},
+		{"PatientIDSingle", gateway.LevelStudy, "", "", "PatientID=P001", []string{qS5, qS1}},
+		{"PatientIDByTag", gateway.LevelStudy, "", "", "00100020=P001", []string{qS5, qS1}},
+		{"PatientIDWildcard", gateway.LevelStudy, "", "", "PatientID=P00?", all},
+		{"PatientIDNoMatch", gateway.LevelStudy, "", "", "PatientID=NOPE", nil},
+		{"PatientIDIsCaseSensitive", gateway.LevelStudy, "", "", "PatientID=p001", nil},
+		{"NameCaseInsensitive", gateway.LevelStudy, "", "", "PatientName=smith%5Ejohn", []string{qS5, qS1}},
+		{"NameUnencoded", gateway.LevelStudy, "", "", "PatientName=SMITH^JOHN", []string{qS5, qS1}},
+		{"NameSingleNeedsWholeName", gateway.LevelStudy, "", "", "PatientName=Smith", nil},
+		{"NamePrefix", gateway.LevelStudy, "", "", "PatientName=Sm*", []string{qS5, qS2, qS1}},
+		{"NameQuestionMark", gateway.LevelStudy, "", "", "PatientName=SM%3FTH*", []string{qS5, qS2, qS1}},
+		{"NameInfix", gateway.LevelStudy, "", "", "PatientName=*ll*", []string{qS3}},
+		{"NameLeadingStar", gateway.LevelStudy, "", "", "PatientName=*john", []string{qS5, qS1}},
+		{"NameApostrophe", gateway.LevelStudy, "", "", "PatientName=o'brien*", []string{qS6}},
+		{"NameUTF8Encoded", gateway.LevelStudy, "", "", "PatientName=M%C3%BCller*", []string{qS3}},
+		{"NameUTF8LowerCase", gateway.LevelStudy, "", "", "PatientName=müller^hans", []string{qS3}},
+		{"NameIdeographic", gateway.LevelStudy, "", "", "PatientName=山田*", []string{qS4}},
+		{"NamePhonetic", gateway.LevelStudy, "", "", "PatientName=やまだ^たろう", []string{qS4}},
+		{"NameAllGroups", gateway.LevelStudy, "", "", "PatientName=Yamada^Tarou=山田^太郎=やまだ^たろう", []string{qS4}},
+		{"FuzzyGivenName", gateway.LevelStudy, "", "", "PatientName=john&fuzzymatching=true", []string{qS5, qS1}},
+		{"FuzzyWordsAnyOrder", gateway.LevelStudy, "", "", "PatientName=hans%20m%C3%BCl&fuzzymatching=true", []string{qS3}},
+		{"FuzzyIdeographic", gateway.LevelStudy, "", "", "PatientName=太郎&fuzzymatching=true", []string{qS4}},
+		{"FuzzyOff", gateway.LevelStudy, "", "", "PatientName=john&fuzzymatching=false", nil},
+		{"DateSingle", gateway.LevelStudy, "", "", "StudyDate=20200115", []string{qS1}},
+		{"DateClosedRange", gateway.LevelStudy, "", "", "StudyDate=20200101-20201231", []string{qS2, qS1}},
+		{"DateOpenStart", gateway.LevelStudy, "", "", "StudyDate=-20200115", []string{qS1, qS3}},
+		{"DateOpenEnd", gateway.LevelStudy, "", "", "StudyDate=20210101-", []string{qS4, qS5}},
+		{"DateRangeSameDay", gateway.LevelStudy, "", "", "StudyDate=20191231-20191231", []string{qS3}},
+		{"TimeRange", gateway.LevelStudy, "", "", "StudyTime=1000-1200", []string{qS4, qS1}},
+		{"TimePartialSingle", gateway.LevelStudy, "", "", "StudyTime=08", []string{qS2}},
+		{"StudyUIDList", gateway.LevelStudy, "", "", "StudyInstanceUID=" + qS1 + "%5C" + qS3, []string{qS1, qS3}},
+		{"StudyUIDListComma", gateway.LevelStudy, "", "", "StudyInstanceUID=" + qS3 + "," + qS1, []string{qS1, qS3}},
+		{"StudyUIDSingle", gateway.LevelStudy, "", "", "StudyInstanceUID=" + qS2, []string{qS2}},
+		{"Accession", gateway.LevelStudy, "", "", "AccessionNumber=A200", []string{qS2}},
+		{"AccessionWildcard", gateway.LevelStudy, "", "", "AccessionNumber=A*00", []string{qS4, qS5, qS2, qS1, qS3}},
+		{"ModalitiesInStudy", gateway.LevelStudy, "", "", "ModalitiesInStudy=CT", []string{qS5, qS1, qS3}},
+		{"ModalitiesInStudyList", gateway.LevelStudy, "", "", "ModalitiesInStudy=MR%5CUS", []string{qS4, qS5, qS2}},
+		{"ModalitiesInStudyComma", gateway.LevelStudy, "", "", "ModalitiesInStudy=CT,MG", []string{qS5, qS1, qS3, qS6}},
+		{"SequenceByTag", gateway.LevelStudy, "", "", "00081110.00081155=1.2.3.99.1", []string{qS1}},
+		{"SequenceByKeyword", gateway.LevelStudy, "", "", "ReferencedStudySequence.ReferencedSOPInstanceUID=1.2.3.99.1", []string{qS1}},
+		{"SequenceNoMatch", gateway.LevelStudy, "", "", "00081110.00081155=1.2.3.99.2", nil},
+		{"ComputedCount", gateway.LevelStudy, "", "", "NumberOfStudyRelatedInstances=3", []string{qS1}},
+		{"NotReturnedByDefault", gateway.LevelStudy, "", "", "StudyDescription=CT*", []string{qS1}},
+		{"Combined", gateway.LevelStudy, "", "", "PatientName=Smith*&ModalitiesInStudy=MR", []string{qS5}},
+		{"CombinedIDAndDate", gateway.LevelStudy, "", "", "PatientID=P001&StudyDate=20210101-", []string{qS5}},
+		{"CombinedNameAndDate", gateway.LevelStudy, "", "", "PatientName=S*&StudyDate=-20200201", []string{qS1}},
+		{"Sex", gateway.LevelStudy, "", "", "PatientSex=F", []string{qS2}},
+		{"ScopedStudy", gateway.LevelStudy, qS3, "", "", []string{qS3}},
+		{"SeriesLevelKeyIgnoredAtStudy", gateway.LevelStudy, "", "", "Modality=CT", all},
+
+		{"SeriesAll", gateway.LevelSeries, "", "", "PatientID=P001", []string{seriesUID(qS5, 2), seriesUID(qS5, 1), seriesUID(qS1, 1), seriesUID(qS1, 2)}},
+		{"SeriesModality", gateway.LevelSeries, "", "", "Modality=CT", []string{seriesUID(qS5, 2), seriesUID(qS1, 1), seriesUID(qS3, 1)}},
+		{"SeriesModalityList", gateway.LevelSeries, "", "", "Modality=SR%5CUS", []string{seriesUID(qS4, 1), seriesUID(qS1, 2)}},
+		{"SeriesOfStudy", gateway.LevelSeries, qS1, "", "", []string{seriesUID(qS1, 1), seriesUID(qS1, 2)}},
+		{"SeriesOfStudyModality", gateway.LevelSeries, qS1, "", "Modality=SR", []string{seriesUID(qS1, 2)}},
+		{"SeriesNumber", gateway.LevelSeries, qS1, "", "SeriesNumber=2", []string{seriesUID(qS1, 2)}},
+		{"SeriesCount", gateway.LevelSeries, "", "", "NumberOfSeriesRelatedInstances=2", []string{seriesUID(qS1, 1)}},
+		{"SeriesUIDList", gateway.LevelSeries, "", "", "SeriesInstanceUID=" + seriesUID(qS2, 1) + "," + seriesUID(qS3, 1), []string{seriesUID(qS2, 1), seriesUID(qS3, 1)}},
+		{"SeriesStudyKey", gateway.LevelSeries, "", "", "PatientName=*ller*", []string{seriesUID(qS3, 1)}},
+		{"SeriesUnknownStudy", gateway.LevelSeries, "1.2.999", "", "", nil},
+
+		{"InstancesOfSeries", gateway.LevelInstance, qS1, seriesUID(qS1, 1), "", []string{sopUID(qS1, 1, 1), sopUID(qS1, 1, 2)}},
+		{"InstancesOfStudy", gateway.LevelInstance, qS1, "", "", []string{sopUID(qS1, 1, 1), sopUID(qS1, 1, 2), sopUID(qS1, 2, 1)}},
+		{"InstancesSOPClass", gateway.LevelInstance, qS1, "", "SOPClassUID=" + classSR, []string{sopUID(qS1, 2, 1)}},
+		{"InstancesNumber", gateway.LevelInstance, qS1, "", "InstanceNumber=2", []string{sopUID(qS1, 1, 2)}},
+		{"InstancesRows", gateway.LevelInstance, "", "", "Rows=512", []string{sopUID(qS1, 1, 2)}},
+		{"InstancesAllStudyAndSeriesKeys", gateway.LevelInstance, "", "", "PatientID=P001&Modality=MR", []string{sopUID(qS5, 1, 1)}},
+		{"InstancesSOPUID", gateway.LevelInstance, "", "", "SOPInstanceUID=" + sopUID(qS3, 1, 1), []string{sopUID(qS3, 1, 1)}},
+		{"InstancesName", gateway.LevelInstance, "", "", "PatientName=山田^太郎", []string{sopUID(qS4, 1, 1)}},
+		{"InstancesUnknownSeries", gateway.LevelInstance, qS1, "1.2.999", "", nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			q := parseQuery(t, tt.level, tt.study, tt.series, tt.params)
+			res, err := x.Search(t.Context(), q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := levelUIDs(tt.level, res.Items); !slices.Equal(got, tt.want) {
+				t.Fatalf("%s: got %v, want %v", tt.params, got, tt.want)
+			}
+			if res.More {
+				t.Fatalf("More=true without a limit")
+			}
+		})
+	}
+
+	t.Run("Paging", func(t *testing.T) {
+		var got []string
+		for offset := 0; offset < 6; offset += 2 {
+			q := parseQuery(t, gateway.LevelStudy, "", "", fmt.Sprintf("limit=2&offset=%d", offset))
+			res, err := x.Search(t.Context(), q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := len(res.Items), 2; got != want {
+				t.Fatalf("offset %d: %d items, want %d", offset, got, want)
+			}
+			if got, want := res.More, offset < 4; got != want {
+				t.Fatalf("offset %d: More=%v, want %v", offset, got, want)
+			}
+			got = append(got, levelUIDs(gateway.LevelStudy, res.Items)...)
+		}
+		if want := all; !slices.Equal(got, want) {
+			t.Fatalf("pages joined: %v, want %v", got, want)
+		}
+		q := parseQuery(t, gateway.LevelStudy, "", "", "limit=10&offset=6")
+		res, err := x.Search(t.Context(), q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Items) != 0 || res.More {
+			t.Fatalf("past the end: %d items, More=%v; want 0, false", len(res.Items), res.More)
+		}
+	})
+	t.Run("PagingInstances", func(t *testing.T) {
+		var got []string
+		for offset := 0; offset < 9; offset += 4 {
+			res, err := x.Search(t.Context(), parseQuery(t, gateway.LevelInstance, "", "", fmt.Sprintf("limit=4&offset=%d", offset)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, levelUIDs(gateway.LevelInstance, res.Items)...)
+		}
+		res, err := x.Search(t.Context(), parseQuery(t, gateway.LevelInstance, "", "", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := levelUIDs(gateway.LevelInstance, res.Items); !slices.Equal(got, want) || len(want) != 9 {
+			t.Fatalf("pages joined: %v, want %v (9 instances)", got, want)
+		}
+	})
+	t.Run("ReturnedAttributes", func(t *testing.T) {
+		res, err := x.Search(t.Context(), parseQuery(t, gateway.LevelStudy, "", "", "StudyInstanceUID="+qS1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := res.Items[0]
+		for _, tag := range []string{gateway.TagStudyDate, gateway.TagStudyTime, gateway.TagAccessionNumber, gateway.TagModalitiesInStudy,
+			gateway.TagPatientName, gateway.TagPatientID, gateway.TagPatientSex, gateway.TagStudyInstanceUID,
+			gateway.TagNumberOfStudyRelatedSeries, gateway.TagNumberOfStudyRelatedInstances, gateway.TagInstanceAvailability} {
+			if _, ok := d[tag]; !ok {
+				t.Errorf("study result lacks %s (%s)", tag, gateway.TagKeyword(tag))
+			}
+		}
+		if _, ok := d["00081030"]; ok {
+			t.Errorf("StudyDescription returned without includefield")
+		}
+		if got, want := fmt.Sprint(d[gateway.TagModalitiesInStudy].Value), "[CT SR]"; got != want {
+			t.Errorf("ModalitiesInStudy=%s, want %s", got, want)
+		}
+		if got, want := personName(d), "Smith^John"; got != want {
+			t.Errorf("PatientName=%q, want %q", got, want)
+		}
+	})
+	t.Run("IncludeField", func(t *testing.T) {
+		for _, tt := range []struct {
+			params string
+			tag    string
+			want   bool
+		}{
+			{"includefield=StudyDescription", "00081030", true},
+			{"includefield=00081030", "00081030", true},
+			{"includefield=all", "00081030", true},
+			{"includefield=all", gateway.TagSOPClassesInStudy, true},
+			{"includefield=PatientSex,StudyDescription", "00081030", true},
+			{"StudyDescription=CT*", "00081030", true}, // matching keys are returned
+			{"", "00081030", false},
+		} {
+			res, err := x.Search(t.Context(), parseQuery(t, gateway.LevelStudy, qS1, "", tt.params))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Items) != 1 {
+				t.Fatalf("%s: %d items, want 1", tt.params, len(res.Items))
+			}
+			if _, got := res.Items[0][tt.tag]; got != tt.want {
+				t.Errorf("%s: has %s=%v, want %v", tt.params, tt.tag, got, tt.want)
+			}
+		}
+	})
+	t.Run("IncludeFieldDoesNotChangeMatches", func(t *testing.T) {
+		for _, p := range []string{"PatientName=Sm*", "ModalitiesInStudy=CT", "StudyDate=20200101-"} {
+			a, err := x.Search(t.Context(), parseQuery(t, gateway.LevelStudy, "", "", p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := x.Search(t.Context(), parseQuery(t, gateway.LevelStudy, "", "", p+"&includefield=all"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := levelUIDs(gateway.LevelStudy, b.Items), levelUIDs(gateway.LevelStudy, a.Items); !slices.Equal(got, want) {
+				t.Errorf("%s: with includefield=all %v, without %v", p, got, want)
+			}
+		}
+	})
+	t.Run("SeriesReturnsStudyAttributesWhenUnscoped", func(t *testing.T) {
+		res, err := x.Search(t.Context(), parseQuery(t, gateway.LevelSeries, "", "", "SeriesInstanceUID="+seriesUID(qS1, 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := res.Items[0]
+		if got, want := d.String(gateway.TagPatientID), "P001"; got != want {
+			t.Errorf("PatientID=%q, want %q", got, want)
+		}
+		if got, want := intValue(d, gateway.TagNumberOfSeriesRelatedInstances), int64(2); got != want {
+			t.Errorf("NumberOfSeriesRelatedInstances=%d, want %d", got, want)
+		}
+		if got, want := d.String(gateway.TagModality), "CT"; got != want {
+			t.Errorf("Modality=%q, want %q", got, want)
+		}
+		res, err = x.Search(t.Context(), parseQuery(t, gateway.LevelSeries, qS1, "", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := res.Items[0][gateway.TagPatientID]; ok {
+			t.Errorf("/studies/{study}/series returned PatientID, a study attribute")
+		}
+	})
+	t.Run("AuditFields", func(t *testing.T) {
+		res, err := x.Search(t.Context(), parseQuery(t, gateway.LevelSeries, qS1, "", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(res.StudyUIDs, []string{qS1}) || !slices.Equal(res.PatientIDs, []string{"P001"}) {
+			t.Fatalf("StudyUIDs=%v PatientIDs=%v, want [%s] [P001]", res.StudyUIDs, res.PatientIDs, qS1)
+		}
+	})
+}
+
+func parseQuery(t *testing.T, level gateway.QueryLevel, study, series, raw string) *gateway.Query {
+	t.Helper()
+	params, err := url.ParseQuery(raw)
+	if err != nil {
+		t.Fatalf("%s: %v", raw, err)
+	}
+	q, err := gateway.ParseQuery(level, study, series, params, gateway.QueryLimits{Default: 100, Max: 1000})
+	if err != nil {
+		t.Fatalf("ParseQuery(%s): %v", raw, err)
+	}
+	return q
+}
+
+func levelUIDs(level gateway.QueryLevel, items []gateway.Dataset) []string {
+	tag := map[gateway.QueryLevel]string{
+		gateway.LevelStudy: gateway.TagStudyInstanceUID, gateway.LevelSeries: gateway.TagSeriesInstanceUID,
+		gateway.LevelInstance: gateway.TagSOPInstanceUID,
+	}[level]
+	var out []string
+	for _, d := range items {
+		out = append(out, d.String(tag))
+	}
+	return out
+}
+
+func personName(d gateway.Dataset) string {
+	pns := gateway.PersonNamesOf(d[gateway.TagPatientName])
+	if len(pns) == 0 {
+		return ""
+	}
+	return pns[0].String()
+}
