@@ -18,6 +18,10 @@ const usage = `gateway: DICOM transfer gateway
 
 Usage:
   gateway serve [flags]          run the gateway (gateway serve -h for flags)
+  gateway store --url U PATH...  send files or directories by STOW-RS
+  gateway transfer …             create, list, show, cancel, retry transfers
+  gateway audit verify           check the audit log's hash chain
+  gateway reindex [serve flags]  rebuild the index from object storage
   gateway version                print the version
 
 Every serve flag can also be set as GATEWAY_<NAME> (e.g. GATEWAY_REDIS_URL).
@@ -31,8 +35,10 @@ var version = "dev"
 var commands = map[string]func(ctx context.Context, args []string, stdout, stderr io.Writer) error{
 	"serve":       runServe,
 	"store":       runStore,
+	"reindex":     runReindex,
 	"healthcheck": runHealthcheck,
 	"transfer":    runTransfer,
+	"audit":       runAudit,
 	"version": func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 		fmt.Fprintln(stdout, version)
 		return nil
