@@ -29,6 +29,9 @@ type Server struct {
 	Auditor   gateway.Auditor
 	Ingester  *gateway.Ingester
 	Transfers *gateway.Transfers
+	// Router forwards newly stored instances that match a routing rule;
+	// nil when no rules are configured.
+	Router *gateway.Router
 	AuditLog  gateway.AuditLog
 
 	// Auth authenticates requests; nil means no auth (loopback only), every

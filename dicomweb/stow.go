@@ -121,9 +121,12 @@ func (s *Server) handleStow(c *gin.Context) {
 				sopClassUID: ie.SOPClassUID, sopInstanceUID: ie.SOPInstanceUID, reason: ie.Reason,
 				unavailable: errors.Is(err, gateway.ErrUnavailable),
 			})
+			s.recordIncoming(c, study, ie.SOPInstanceUID, 0, ie)
 			continue
 		}
 		stored = append(stored, rec)
+		s.recordIncoming(c, rec.StudyInstanceUID, rec.SOPInstanceUID, rec.Size, nil)
+		s.route(c, rec)
 	}
 	if reqErr == nil && parts == 0 {
 		reqErr = fmt.Errorf("the multipart/related body has no parts: %w", gateway.ErrInvalid)
@@ -365,4 +368,20 @@ func (l *partLimit) Read(p []byte) (int, error) {
 		return 0, &gateway.InstanceError{Reason: gateway.ReasonOutOfResources, Err: fmt.Errorf("instance is larger than the %d-byte limit: %w", l.max, gateway.ErrTooLarge)}
 	}
 	return n, err
+}
+
+// route hands a newly stored instance to the routing rules. The source is
+// the sending centre of an incoming transfer, else the principal's name. A
+// rule that cannot queue its transfer is logged; the store still succeeded.
+func (s *Server) route(c *gin.Context, rec *gateway.InstanceRecord) {
+	if s.Router == nil {
+		return
+	}
+	source := c.GetHeader(HeaderSourceCentre)
+	if source == "" {
+		source = gateway.PrincipalFrom(c.Request.Context()).Name
+	}
+	if err := s.Router.Ingested(c.Request.Context(), rec, source); err != nil {
+		s.Logger.WarnContext(c.Request.Context(), "routing rule not applied", gateway.LogKeyStudyUID, rec.StudyInstanceUID, gateway.LogKeyError, err.Error())
+	}
 }

@@ -1,6 +1,302 @@
 package dicomweb
 
-// transferRoutes lists the routes of this resource (stub until its issue lands).
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// transferRoutes serves the transfer admin API (DESIGN.md): create, list
+// and show transfers and list peers with role transfer; cancel and retry
+// with role admin; and the SHA-256 of stored instances with role transfer,
+// which a sending gateway reads to verify what arrived here.
 func (s *Server) transferRoutes(base string) []route {
-	return nil
+	return []route{
+		{http.MethodPost, base + "/transfers", gateway.RoleTransfer, s.handleTransferCreate},
+		{http.MethodGet, base + "/transfers", gateway.RoleTransfer, s.handleTransferList},
+		{http.MethodGet, base + "/transfers/:id", gateway.RoleTransfer, s.handleTransferShow},
+		{http.MethodPost, base + "/transfers/:id/cancel", gateway.RoleAdmin, s.handleTransferCancel},
+		{http.MethodPost, base + "/transfers/:id/retry", gateway.RoleAdmin, s.handleTransferRetry},
+		{http.MethodGet, base + "/peers", gateway.RoleTransfer, s.handlePeers},
+		{http.MethodGet, base + "/instances/:sop/sha256", gateway.RoleTransfer, s.handleInstanceSHA256},
+		{http.MethodGet, base + "/studies/:study/sha256", gateway.RoleTransfer, s.handleStudySHA256},
+	}
+}
+
+// transfersOrUnavailable answers 503 when transfers are not configured.
+func (s *Server) transfersOrUnavailable(c *gin.Context) *gateway.Transfers {
+	if s.Transfers == nil {
+		s.writeError(c, fmt.Errorf("transfers are not configured on this gateway: %w", gateway.ErrUnavailable))
+		return nil
+	}
+	return s.Transfers
+}
+
+func (s *Server) handleTransferCreate(c *gin.Context) {
+	tr := s.transfersOrUnavailable(c)
+	if tr == nil {
+		return
+	}
+	var req gateway.CreateTransfer
+	dec := json.NewDecoder(io.LimitReader(c.Request.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		s.writeError(c, fmt.Errorf("body: want {\"study_uid\",\"destination\",\"priority\"}: %v: %w", err, gateway.ErrInvalid))
+		return
+	}
+	t, err := tr.Create(c.Request.Context(), req)
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusAccepted, t)
+}
+
+func (s *Server) handleTransferList(c *gin.Context) {
+	tr := s.transfersOrUnavailable(c)
+	if tr == nil {
+		return
+	}
+	f := gateway.TransferFilter{
+		State:       gateway.TransferState(c.Query("state")),
+		StudyUID:    c.Query("study_uid"),
+		Destination: c.Query("destination"),
+		Direction:   c.Query("direction"),
+	}
+	if v := c.Query("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 10000 {
+			s.writeError(c, fmt.Errorf("limit %q: want 1 to 10000: %w", v, gateway.ErrInvalid))
+			return
+		}
+		f.Limit = n
+	}
+	ts, err := tr.List(c.Request.Context(), f)
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	if ts == nil {
+		ts = []*gateway.Transfer{}
+	}
+	c.JSON(http.StatusOK, gin.H{"transfers": ts})
+}
+
+func (s *Server) handleTransferShow(c *gin.Context) {
+	tr := s.transfersOrUnavailable(c)
+	if tr == nil {
+		return
+	}
+	t, err := tr.Get(c.Request.Context(), c.Param("id"))
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, t)
+}
+
+func (s *Server) handleTransferCancel(c *gin.Context) {
+	tr := s.transfersOrUnavailable(c)
+	if tr == nil {
+		return
+	}
+	t, err := tr.Cancel(c.Request.Context(), c.Param("id"))
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, t)
+}
+
+func (s *Server) handleTransferRetry(c *gin.Context) {
+	tr := s.transfersOrUnavailable(c)
+	if tr == nil {
+		return
+	}
+	t, err := tr.Retry(c.Request.Context(), c.Param("id"))
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusAccepted, t)
+}
+
+// peerView is a peer as the API shows it: never its secrets.
+type peerView struct {
+	gateway.Peer
+	Auth string `json:"auth"`
+}
+
+func (s *Server) handlePeers(c *gin.Context) {
+	peers := []peerView{}
+	if s.Transfers != nil {
+		for _, p := range s.Transfers.Peers {
+			peers = append(peers, peerView{Peer: p, Auth: p.AuthMethod()})
+		}
+	}
+	c.JSON(http.StatusOK, gin.H{"peers": peers})
+}
+
+// instanceSHA256 returns the SHA-256 of an instance: from the index, or,
+// with recompute, from the bytes in blob storage (which proves what is
+// stored, not what was recorded at ingest).
+func (s *Server) instanceSHA256(ctx context.Context, rec *gateway.InstanceRecord, recompute bool) (string, error) {
+	if !recompute {
+		return rec.SHA256, nil
+	}
+	rc, err := s.Blobs.Get(ctx, rec.Key(), 0, -1)
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	sum := sha256.New()
+	if _, err := io.Copy(sum, rc); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(sum.Sum(nil)), nil
+}
+
+func (s *Server) handleInstanceSHA256(c *gin.Context) {
+	sop := c.Param("sop")
+	if err := gateway.ValidateUID(sop); err != nil {
+		s.writeError(c, err)
+		return
+	}
+	rec, err := s.Index.GetInstance(c.Request.Context(), sop)
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	sum, err := s.instanceSHA256(c.Request.Context(), rec, c.Query("recompute") == "true")
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"sop_instance_uid": sop, "study_uid": rec.StudyInstanceUID, "size": rec.Size, "sha256": sum})
+}
+
+func (s *Server) handleStudySHA256(c *gin.Context) {
+	study := c.Param("study")
+	if err := gateway.ValidateUID(study); err != nil {
+		s.writeError(c, err)
+		return
+	}
+	recs, err := s.Index.ListInstances(c.Request.Context(), study, "")
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	recompute := c.Query("recompute") == "true"
+	sums := make(map[string]string, len(recs))
+	for _, rec := range recs {
+		sum, err := s.instanceSHA256(c.Request.Context(), rec, recompute)
+		if err != nil {
+			s.writeError(c, fmt.Errorf("instance %s: %w", rec.SOPInstanceUID, err))
+			return
+		}
+		sums[rec.SOPInstanceUID] = sum
+	}
+	source := "index"
+	if recompute {
+		source = "storage"
+	}
+	c.JSON(http.StatusOK, studySHA256{StudyUID: study, Source: source, Instances: sums})
+}
+
+// recordIncoming notes, for a STOW-RS request that carries X-Transfer-ID
+// and X-Source-Centre (a peer gateway's transfer), the outcome of one of its
+// instances as an incoming transfer. The STOW-RS handler calls it once per
+// instance; err nil means stored. A request without the headers is ignored.
+// Failures to record are logged, never fail the store.
+func (s *Server) recordIncoming(c *gin.Context, studyUID, sopUID string, size int64, err error) {
+	id := c.GetHeader(HeaderTransferID)
+	if id == "" || sopUID == "" || s.Transfers == nil {
+		return
+	}
+	total, _ := strconv.Atoi(c.GetHeader(HeaderTransferInstances))
+	reason := ""
+	if err != nil {
+		reason = err.Error()
+		if ie, ok := errors.AsType[*gateway.InstanceError](err); ok && ie.Reason != 0 {
+			reason = ReasonText(ie.Reason) + ": " + ie.Err.Error()
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request.Context()), 10*time.Second)
+	defer cancel()
+	if rerr := s.Transfers.RecordIncoming(ctx, id, c.GetHeader(HeaderSourceCentre), studyUID, sopUID, size, total, err == nil, reason); rerr != nil {
+		s.Logger.WarnContext(ctx, "incoming transfer not recorded", gateway.LogKeyTransferID, printableOr(id), gateway.LogKeyError, rerr.Error())
+	}
+}
+
+func printableOr(s string) string {
+	if printableToken(s, 64) {
+		return s
+	}
+	return "(invalid)"
+}
+
+// TransferCollector exports the transfer metrics on a Prometheus registry:
+// queue depth by priority, transfers by state (of the 10,000 most recent),
+// and bytes sent and automatic retries per peer since start.
+type TransferCollector struct {
+	t                            *gateway.Transfers
+	depth, byState, bytes, retry *prometheus.Desc
+}
+
+// NewTransferCollector returns the collector for t; register it with
+// reg.MustRegister.
+func NewTransferCollector(t *gateway.Transfers) *TransferCollector {
+	return &TransferCollector{
+		t:       t,
+		depth:   prometheus.NewDesc("gateway_transfer_queue_depth", "Transfers waiting to be handed to a worker, by priority.", []string{"priority"}, nil),
+		byState: prometheus.NewDesc("gateway_transfers", "Outgoing transfers by state (of the 10,000 most recent).", []string{"state"}, nil),
+		bytes:   prometheus.NewDesc("gateway_transfer_sent_bytes_total", "Bytes of instances confirmed by each peer since start.", []string{"peer"}, nil),
+		retry:   prometheus.NewDesc("gateway_transfer_retries_total", "Automatic transfer retries after a temporary failure, per peer, since start.", []string{"peer"}, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (tc *TransferCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- tc.depth
+	ch <- tc.byState
+	ch <- tc.bytes
+	ch <- tc.retry
+}
+
+// Collect implements prometheus.Collector; the queue is asked with a short
+// deadline, and a failing queue only leaves those series out.
+func (tc *TransferCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if d, err := tc.t.Queue.Depth(ctx); err == nil {
+		for p, n := range d {
+			ch <- prometheus.MustNewConstMetric(tc.depth, prometheus.GaugeValue, float64(n), string(p))
+		}
+	}
+	if ts, err := tc.t.Queue.List(ctx, gateway.TransferFilter{Limit: 10000}); err == nil {
+		counts := map[gateway.TransferState]int{gateway.StateQueued: 0, gateway.StateRunning: 0, gateway.StateCompleted: 0, gateway.StateFailed: 0, gateway.StateCancelled: 0}
+		for _, t := range ts {
+			counts[t.State]++
+		}
+		for st, n := range counts {
+			ch <- prometheus.MustNewConstMetric(tc.byState, prometheus.GaugeValue, float64(n), string(st))
+		}
+	}
+	stats := tc.t.Stats()
+	for _, p := range tc.t.Peers {
+		ch <- prometheus.MustNewConstMetric(tc.bytes, prometheus.CounterValue, float64(stats.BytesSent[p.Name]), p.Name)
+		ch <- prometheus.MustNewConstMetric(tc.retry, prometheus.CounterValue, float64(stats.Retries[p.Name]), p.Name)
+	}
 }

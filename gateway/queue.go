@@ -79,6 +79,9 @@ type Transfer struct {
 	Verification string `json:"verification,omitempty"`
 	// NextAttemptAt is when a transfer waiting to retry is tried again.
 	NextAttemptAt *time.Time `json:"next_attempt_at,omitempty"`
+	// RetryWindowStart is when the current series of attempts began (at
+	// creation, or at an admin's retry); RetryPolicy.MaxAge counts from it.
+	RetryWindowStart time.Time `json:"retry_window_start,omitzero"`
 	// Failures lists instances the destination refused, with its reasons.
 	Failures []InstanceProgress `json:"failures,omitempty"`
 	// Instances is the per-instance state; filled only by Transfers.Get.
@@ -216,7 +219,8 @@ func (o QueueOptions) WithDefaults() QueueOptions {
 // UID wins), Instances returns it ordered by SOP Instance UID, and
 // ResetInstances deletes the entries in the given state. RecordIncoming
 // creates or updates the incoming transfer (Source, TransferID) with one
-// instance; a repeated instance is counted once. Depth counts transfers
+// instance; a repeated instance is counted once; IncomingInstances returns
+// its per-instance state. Depth counts transfers
 // waiting to be handed out, by priority. Unreachable backends return
 // ErrUnavailable.
 type Queue interface {
@@ -239,6 +243,7 @@ type Queue interface {
 	ResetInstances(ctx context.Context, id string, state string) error
 
 	RecordIncoming(ctx context.Context, in IncomingInstance) (*Transfer, error)
+	IncomingInstances(ctx context.Context, source, id string) ([]InstanceProgress, error)
 	Depth(ctx context.Context) (map[Priority]int, error)
 }
 

@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/storage/bolt"
 	"github.com/dicom-gateway/gateway/storage/filesystem"
@@ -23,6 +27,7 @@ type Backends struct {
 	Blobs     gateway.BlobStore
 	Index     gateway.Index
 	AuditLog  gateway.AuditLog
+	Queue     gateway.Queue
 	Ready     map[string]gateway.Pinger
 	BlobKind  string
 	StateKind string
@@ -34,6 +39,7 @@ type Backends struct {
 // not stop start-up: /readyz reports it until it answers.
 func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger) (_ *Backends, err error) {
 	b := &Backends{Ready: map[string]gateway.Pinger{}}
+	queueOpts := gateway.QueueOptions{VisibilityTimeout: cfg.TransferLease}
 	defer func() {
 		if err != nil {
 			_ = b.Close(context.Background())
@@ -75,6 +81,11 @@ func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger) (_ *Bac
 		b.StateKind = "redis"
 		b.Index = redis.NewIndex(client)
 		b.AuditLog = redis.NewAuditLog(client, cfg.Name)
+		queue, err := redis.NewQueue(ctx, client, queueOpts)
+		if err != nil {
+			logger.Warn("transfer queue not prepared yet; the workers retry until redis answers", gateway.LogKeyBackend, "redis", gateway.LogKeyError, err.Error())
+		}
+		b.Queue = queue
 	} else {
 		db, err := bolt.Open(filepath.Join(cfg.DataDir, "state.db"))
 		if err != nil {
@@ -87,6 +98,9 @@ func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger) (_ *Bac
 			return nil, err
 		}
 		if b.AuditLog, err = bolt.NewAuditLog(db, cfg.Name); err != nil {
+			return nil, err
+		}
+		if b.Queue, err = bolt.NewQueue(db, queueOpts); err != nil {
 			return nil, err
 		}
 	}
@@ -105,14 +119,34 @@ func (b *Backends) Close(ctx context.Context) error {
 
 // wireServices builds the domain services over the backends and hands them
 // to the HTTP server.
-func wireServices(m *Main, b *Backends) {
+func wireServices(m *Main, b *Backends, reg prometheus.Registerer) {
+	cfg := m.Config
 	m.Server.AuditLog = b.AuditLog
 	m.Server.Auditor = b.AuditLog
 	m.Server.Ingester = &gateway.Ingester{
 		Blobs:            b.Blobs,
 		Index:            b.Index,
 		Auditor:          b.AuditLog,
-		MaxInstanceBytes: m.Config.MaxInstanceBytes,
+		MaxInstanceBytes: cfg.MaxInstanceBytes,
 		Logger:           m.Logger,
+	}
+	host, _ := os.Hostname()
+	m.Transfers = &gateway.Transfers{
+		Name:    cfg.Name,
+		Queue:   b.Queue,
+		Index:   b.Index,
+		Sender:  dicomweb.NewClient(b.Blobs),
+		Peers:   cfg.File.Peers,
+		Auditor: b.AuditLog,
+		Logger:  m.Logger,
+		Workers: cfg.TransferWorkers,
+		// Unique per live replica: a restarted process must not inherit
+		// its predecessor's pending entries as its own.
+		Consumer: fmt.Sprintf("%s-%s-%d-%d", cfg.Name, host, os.Getpid(), time.Now().UnixNano()%1e6),
+	}
+	m.Server.Transfers = m.Transfers
+	reg.MustRegister(dicomweb.NewTransferCollector(m.Transfers))
+	if len(cfg.File.Routes) > 0 {
+		m.Server.Router = &gateway.Router{Rules: cfg.File.Routes, Transfers: m.Transfers, Logger: m.Logger}
 	}
 }

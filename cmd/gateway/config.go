@@ -37,6 +37,8 @@ type Config struct {
 	MaxRequestBytes  int64
 	MaxInstanceBytes int64
 	ShutdownTimeout  time.Duration
+	TransferWorkers  int
+	TransferLease    time.Duration
 	LogLevel         string
 
 	File FileConfig // from --config
@@ -45,6 +47,7 @@ type Config struct {
 // FileConfig is the --config YAML. Unknown keys are an error.
 type FileConfig struct {
 	Peers     []gateway.Peer           `yaml:"peers"`
+	Routes    []gateway.RouteRule      `yaml:"routes"`
 	Auth      dicomweb.AuthConfig      `yaml:"auth"`
 	TLS       dicomweb.TLSConfig       `yaml:"tls"`
 	RateLimit dicomweb.RateLimitConfig `yaml:"rate_limit"`
@@ -85,6 +88,8 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.Int64Var(&cfg.MaxRequestBytes, "max-request-bytes", 64<<30, "largest STOW-RS request body in bytes (0 = unlimited)")
 	fs.Int64Var(&cfg.MaxInstanceBytes, "max-instance-bytes", 4<<30, "largest single instance in bytes")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may take to finish on SIGTERM")
+	fs.IntVar(&cfg.TransferWorkers, "transfer-workers", 4, "transfers sent at once by this replica")
+	fs.DurationVar(&cfg.TransferLease, "transfer-lease", time.Minute, "how long a crashed replica's running transfer stays claimed before another takes it over")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
 	return fs
 }
@@ -178,6 +183,11 @@ func (c *Config) Validate() error {
 	}
 	if !c.File.Auth.Enabled() && !isLoopback(c.Listen) {
 		errs = append(errs, fmt.Errorf("--listen %s without auth: configure auth.tokens, auth.basic, auth.oidc or auth.mtls in --config, or bind a loopback address such as 127.0.0.1:8080", c.Listen))
+	}
+	for i, r := range c.File.Routes {
+		if err := r.Validate(c.File.Peers); err != nil {
+			errs = append(errs, fmt.Errorf("routes[%d]: %w", i, err))
+		}
 	}
 	for i, p := range c.File.TrustedProxies {
 		if _, err := netip.ParsePrefix(p); err != nil {

@@ -56,9 +56,10 @@ type Main struct {
 	Logger *slog.Logger
 
 	// Set by Run.
-	Addr     string // the address actually listened on
-	Backends *Backends
-	Server   *dicomweb.Server
+	Addr      string // the address actually listened on
+	Backends  *Backends
+	Server    *dicomweb.Server
+	Transfers *gateway.Transfers
 
 	httpServer *http.Server
 	listener   net.Listener
@@ -112,7 +113,7 @@ func (m *Main) Run(ctx context.Context) error {
 		Registerer:     reg,
 		Gatherer:       reg,
 	}
-	wireServices(m, b)
+	wireServices(m, b, reg)
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -140,6 +141,9 @@ func (m *Main) Run(ctx context.Context) error {
 		}
 		m.serveDone <- m.httpServer.Serve(ln)
 	}()
+	if err := m.Transfers.Run(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("start transfer workers: %w", err)
+	}
 	m.Logger.Info("gateway listening", "addr", m.Addr, "name", cfg.Name,
 		"blob_store", b.BlobKind, "state", b.StateKind, "auth", auth != nil, "tls", tlsConf != nil)
 	return nil
@@ -156,6 +160,13 @@ func (m *Main) Close(ctx context.Context) error {
 			}
 			if err := <-m.serveDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errs = append(errs, err)
+			}
+		}
+		if m.Transfers != nil {
+			// Unfinished transfers stay unacknowledged in the queue, for
+			// this gateway's next start or another replica.
+			if err := m.Transfers.Close(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("stop transfer workers: %w", err))
 			}
 		}
 		if m.Backends != nil {

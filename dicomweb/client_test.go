@@ -1,0 +1,162 @@
+package dicomweb
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/filesystem"
+)
+
+func rec(sop string, size int64) *gateway.InstanceRecord {
+	return &gateway.InstanceRecord{StudyInstanceUID: "1.2.3", SeriesInstanceUID: "1.2.3.1", SOPInstanceUID: sop, Size: size}
+}
+
+// TestBatches: requests stay under max bytes and max count; an instance
+// larger than the bound travels alone.
+func TestBatches(t *testing.T) {
+	in := []*gateway.InstanceRecord{rec("1", 40), rec("2", 40), rec("3", 40), rec("4", 500), rec("5", 10), rec("6", 10), rec("7", 10)}
+	var got [][]string
+	for _, b := range batches(in, 100, 2) {
+		var sops []string
+		for _, r := range b {
+			sops = append(sops, r.SOPInstanceUID)
+		}
+		got = append(got, sops)
+	}
+	want := [][]string{{"1", "2"}, {"3"}, {"4"}, {"5", "6"}, {"7"}}
+	if !slices.EqualFunc(got, want, slices.Equal) {
+		t.Fatalf("batches = %v, want %v", got, want)
+	}
+}
+
+// TestMultipartLengthIsExact: the Content-Length computed up front equals
+// the body writeParts streams, and the body parses back into the instances;
+// a blob whose hash differs from the index is refused as a local error.
+func TestMultipartLengthIsExact(t *testing.T) {
+	blobs, err := filesystem.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blobs.Close()
+	stored := map[string][]byte{}
+	var batch []*gateway.InstanceRecord
+	for i, size := range []int{0, 1, 1000, 70000} {
+		r := rec("1.2.3.1."+string(rune('1'+i)), int64(size))
+		data := bytes.Repeat([]byte{byte(i + 1)}, size)
+		sum := sha256.Sum256(data)
+		r.SHA256 = hex.EncodeToString(sum[:])
+		if _, err := blobs.Put(t.Context(), r.Key(), bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+		stored[r.Key()] = data
+		batch = append(batch, r)
+	}
+	c := NewClient(blobs)
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	want, err := multipartLength(mw.Boundary(), batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.writeParts(t.Context(), mw, batch); err != nil {
+		t.Fatal(err)
+	}
+	if got := int64(body.Len()); got != want {
+		t.Fatalf("body is %d bytes, Content-Length said %d", got, want)
+	}
+	mr := multipart.NewReader(&body, mw.Boundary())
+	for i := 0; ; i++ {
+		p, err := mr.NextRawPart()
+		if err == io.EOF {
+			if i != len(batch) {
+				t.Fatalf("%d parts, want %d", i, len(batch))
+			}
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(p)
+		if !bytes.Equal(data, stored[batch[i].Key()]) {
+			t.Errorf("part %d differs", i)
+		}
+	}
+
+	batch[2].SHA256 = strings.Repeat("0", 64)
+	err = c.writeParts(t.Context(), multipart.NewWriter(io.Discard), batch)
+	if _, ok := err.(*localError); !ok || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("writeParts with a corrupt blob = %v, want a local corruption error", err)
+	}
+}
+
+// TestParseStowResponse reads referenced and failed instances; unmentioned
+// ones are retryable, and out-of-resources refusals too.
+func TestParseStowResponse(t *testing.T) {
+	body := `{"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["1"]}}]},
+	 "00081198":{"vr":"SQ","Value":[
+	   {"00081155":{"vr":"UI","Value":["2"]},"00081197":{"vr":"US","Value":[272]}},
+	   {"00081155":{"vr":"UI","Value":["3"]},"00081197":{"vr":"US","Value":[42752]}}]}}`
+	res, err := parseStowResponse([]byte(body), []*gateway.InstanceRecord{rec("1", 10), rec("2", 10), rec("3", 10), rec("4", 10)}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []gateway.SendResult{
+		{SOPInstanceUID: "1", OK: true, Bytes: 10},
+		{SOPInstanceUID: "2", Reason: "processing failure (0x0110)", ReasonCode: 0x0110},
+		{SOPInstanceUID: "3", Reason: "out of resources (0xA700)", ReasonCode: 0xA700, Retryable: true},
+		{SOPInstanceUID: "4", Reason: "not mentioned in the peer's answer", Retryable: true},
+	}
+	if !slices.Equal(res, want) {
+		t.Fatalf("results\n%+v\nwant\n%+v", res, want)
+	}
+	res, err = parseStowResponse(nil, []*gateway.InstanceRecord{rec("1", 10)}, true)
+	if err != nil || len(res) != 1 || !res[0].OK {
+		t.Fatalf("empty 200 answer = %+v, %v; want all stored", res, err)
+	}
+	if _, err := parseStowResponse([]byte("<html>"), nil, false); err == nil {
+		t.Fatal("an HTML answer parsed")
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, tt := range []struct {
+		v    string
+		want time.Duration
+	}{
+		{"", 0}, {"7", 7 * time.Second}, {"-1", 0}, {"soon", 0},
+		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
+		{now.Add(-time.Hour).Format(http.TimeFormat), 0},
+	} {
+		if got := retryAfter(tt.v, now); got != tt.want {
+			t.Errorf("retryAfter(%q) = %v, want %v", tt.v, got, tt.want)
+		}
+	}
+}
+
+func TestAdminURL(t *testing.T) {
+	for _, tt := range []struct {
+		peer gateway.Peer
+		want string
+		ok   bool
+	}{
+		{gateway.Peer{URL: "http://h:8081/dicomweb"}, "http://h:8081/api/v1", true},
+		{gateway.Peer{URL: "https://h/gw/dicomweb/"}, "https://h/gw/api/v1", true},
+		{gateway.Peer{URL: "http://orthanc:8042/dicom-web"}, "", false},
+		{gateway.Peer{URL: "http://orthanc:8042/dicom-web", AdminURL: "http://h/api/v1/"}, "http://h/api/v1", true},
+	} {
+		got, err := AdminURL(tt.peer)
+		if got != tt.want || (err == nil) != tt.ok {
+			t.Errorf("AdminURL(%s) = %q, %v; want %q ok=%v", tt.peer.URL, got, err, tt.want, tt.ok)
+		}
+	}
+}

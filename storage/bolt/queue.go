@@ -1,0 +1,613 @@
+package bolt
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	bbolt "go.etcd.io/bbolt"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+var (
+	bucketTransfers         = []byte("transfers")          // id → Transfer JSON
+	bucketTransferQueue     = []byte("transfer_queue")     // priority byte + seq → queueItem JSON
+	bucketTransferQueueIDs  = []byte("transfer_queue_ids") // id → key in transfer_queue
+	bucketTransferInstances = []byte("transfer_instances") // id → bucket of sop → InstanceProgress JSON
+	bucketIncoming          = []byte("transfers_incoming") // source NUL id → Transfer JSON
+	bucketIncomingInstances = []byte("transfer_incoming_instances")
+)
+
+// queueItem is one transfer waiting in, or handed out from, the queue. A
+// lease is held while Owner is set and LeaseUntil has not passed.
+type queueItem struct {
+	ID         string    `json:"id"`
+	NotBefore  time.Time `json:"not_before"`
+	Owner      string    `json:"owner,omitempty"`
+	Token      string    `json:"token,omitempty"`
+	LeaseUntil time.Time `json:"lease_until"`
+}
+
+// Queue is the embedded gateway.Queue: the transfer records, their
+// progress and the priority queue in the state file. Leases carry a random
+// token and an expiry written to the file, so after a crash and restart the
+// transfers that were running are handed out again once their lease expires.
+// One process holds the file, so waiting consumers are woken in-process.
+type Queue struct {
+	db   *bbolt.DB
+	opts gateway.QueueOptions
+
+	mu   sync.Mutex
+	wake chan struct{} // closed and replaced whenever work may have become due
+}
+
+var _ gateway.Queue = (*Queue)(nil)
+
+// NewQueue returns the transfer queue stored in db.
+func NewQueue(db *DB, opts gateway.QueueOptions) (*Queue, error) {
+	err := db.bolt.Update(func(tx *bbolt.Tx) error {
+		for _, b := range [][]byte{bucketTransfers, bucketTransferQueue, bucketTransferQueueIDs, bucketTransferInstances, bucketIncoming, bucketIncomingInstances} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bolt: create queue buckets: %w", err)
+	}
+	return &Queue{db: db.bolt, opts: opts.WithDefaults(), wake: make(chan struct{})}, nil
+}
+
+func (q *Queue) notify() {
+	q.mu.Lock()
+	close(q.wake)
+	q.wake = make(chan struct{})
+	q.mu.Unlock()
+}
+
+func (q *Queue) wakeCh() <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.wake
+}
+
+func qPriorityByte(p gateway.Priority) byte {
+	if p == gateway.PriorityUrgent {
+		return 0
+	}
+	return 1
+}
+
+func qGetJSON(b *bbolt.Bucket, key []byte, v any) (bool, error) {
+	data := b.Get(key)
+	if data == nil {
+		return false, nil
+	}
+	return true, json.Unmarshal(data, v)
+}
+
+func qPutJSON(b *bbolt.Bucket, key []byte, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put(key, data)
+}
+
+func qGetTransfer(tx *bbolt.Tx, id string) (*gateway.Transfer, error) {
+	t := &gateway.Transfer{}
+	ok, err := qGetJSON(tx.Bucket(bucketTransfers), []byte(id), t)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("transfer %s: %w", id, gateway.ErrNotFound)
+	}
+	return t, nil
+}
+
+// Enqueue implements gateway.Queue.
+func (q *Queue) Enqueue(ctx context.Context, t *gateway.Transfer, notBefore time.Time) (*gateway.Transfer, bool, error) {
+	var stored *gateway.Transfer
+	created := false
+	err := q.db.Update(func(tx *bbolt.Tx) error {
+		old, err := qGetTransfer(tx, t.ID)
+		if err == nil {
+			stored = old
+			return nil
+		}
+		cp := *t
+		cp.State = gateway.StateQueued
+		if err := qPutJSON(tx.Bucket(bucketTransfers), []byte(t.ID), &cp); err != nil {
+			return err
+		}
+		if err := q.push(tx, cp.ID, cp.Priority, notBefore); err != nil {
+			return err
+		}
+		stored, created = &cp, true
+		return nil
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("bolt: enqueue %s: %w", t.ID, err)
+	}
+	if created {
+		q.notify()
+	}
+	return stored, created, nil
+}
+
+func (q *Queue) push(tx *bbolt.Tx, id string, p gateway.Priority, notBefore time.Time) error {
+	qb := tx.Bucket(bucketTransferQueue)
+	seq, err := qb.NextSequence()
+	if err != nil {
+		return err
+	}
+	key := make([]byte, 9)
+	key[0] = qPriorityByte(p)
+	binary.BigEndian.PutUint64(key[1:], seq)
+	if err := qPutJSON(qb, key, &queueItem{ID: id, NotBefore: notBefore}); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketTransferQueueIDs).Put([]byte(id), key)
+}
+
+// Get implements gateway.Queue.
+func (q *Queue) Get(ctx context.Context, id string) (*gateway.Transfer, error) {
+	var t *gateway.Transfer
+	err := q.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		t, err = qGetTransfer(tx, id)
+		return err
+	})
+	return t, err
+}
+
+// List implements gateway.Queue.
+func (q *Queue) List(ctx context.Context, f gateway.TransferFilter) ([]*gateway.Transfer, error) {
+	bucket := bucketTransfers
+	if f.Direction == gateway.DirectionIncoming {
+		bucket = bucketIncoming
+	}
+	var out []*gateway.Transfer
+	err := q.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucket).ForEach(func(_, v []byte) error {
+			t := &gateway.Transfer{}
+			if err := json.Unmarshal(v, t); err != nil {
+				return err
+			}
+			if f.Match(t) {
+				out = append(out, t)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bolt: list transfers: %w", err)
+	}
+	qSortNewestFirst(out)
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+func qSortNewestFirst(ts []*gateway.Transfer) {
+	slices.SortStableFunc(ts, func(a, b *gateway.Transfer) int {
+		if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(b.ID, a.ID)
+	})
+}
+
+// Claim implements gateway.Queue. It scans the queue in key order (urgent
+// first, then by age) and polls while waiting, as well as waking on every
+// Enqueue, Defer and Requeue of this process.
+func (q *Queue) Claim(ctx context.Context, consumer string, wait time.Duration) (*gateway.Lease, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		wake := q.wakeCh()
+		l, err := q.tryClaim(consumer)
+		if l != nil || err != nil {
+			return l, err
+		}
+		remaining := time.Until(deadline)
+		if remaining <= 0 {
+			return nil, nil
+		}
+		timer := time.NewTimer(min(remaining, 50*time.Millisecond))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil, ctx.Err()
+		case <-wake:
+			timer.Stop()
+		case <-timer.C:
+		}
+	}
+}
+
+func (q *Queue) tryClaim(consumer string) (*gateway.Lease, error) {
+	var lease *gateway.Lease
+	now := q.opts.Now()
+	err := q.db.Update(func(tx *bbolt.Tx) error {
+		qb := tx.Bucket(bucketTransferQueue)
+		c := qb.Cursor()
+		var drop [][]byte
+		defer func() {
+			for _, k := range drop {
+				_ = q.dropItem(tx, k)
+			}
+		}()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			it := &queueItem{}
+			if err := json.Unmarshal(v, it); err != nil {
+				return err
+			}
+			if it.NotBefore.After(now) || (it.Owner != "" && it.LeaseUntil.After(now)) {
+				continue
+			}
+			t, err := qGetTransfer(tx, it.ID)
+			if err != nil || t.State.Terminal() {
+				drop = append(drop, slices.Clone(k))
+				continue
+			}
+			it.Owner, it.Token, it.LeaseUntil = consumer, qNewToken(), now.Add(q.opts.VisibilityTimeout)
+			if err := qPutJSON(qb, k, it); err != nil {
+				return err
+			}
+			lease = &gateway.Lease{TransferID: it.ID, Consumer: consumer, Token: it.Token}
+			return nil
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bolt: claim: %w", err)
+	}
+	return lease, nil
+}
+
+func (q *Queue) dropItem(tx *bbolt.Tx, key []byte) error {
+	it := &queueItem{}
+	if ok, err := qGetJSON(tx.Bucket(bucketTransferQueue), key, it); err != nil || !ok {
+		return err
+	}
+	if err := tx.Bucket(bucketTransferQueue).Delete(key); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketTransferQueueIDs).Delete([]byte(it.ID))
+}
+
+func qNewToken() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// held returns the queue key and item of l's transfer if l still holds it,
+// else ErrConflict.
+func (q *Queue) held(tx *bbolt.Tx, l *gateway.Lease) ([]byte, *queueItem, error) {
+	key := tx.Bucket(bucketTransferQueueIDs).Get([]byte(l.TransferID))
+	it := &queueItem{}
+	if key != nil {
+		if _, err := qGetJSON(tx.Bucket(bucketTransferQueue), key, it); err != nil {
+			return nil, nil, err
+		}
+	}
+	if key == nil || it.Token != l.Token || it.Owner != l.Consumer {
+		return nil, nil, fmt.Errorf("transfer %s: lease of %s no longer held: %w", l.TransferID, l.Consumer, gateway.ErrConflict)
+	}
+	return slices.Clone(key), it, nil
+}
+
+// Extend implements gateway.Queue.
+func (q *Queue) Extend(ctx context.Context, l *gateway.Lease) (*gateway.Transfer, error) {
+	var t *gateway.Transfer
+	err := q.db.Update(func(tx *bbolt.Tx) error {
+		key, it, err := q.held(tx, l)
+		if err != nil {
+			return err
+		}
+		it.LeaseUntil = q.opts.Now().Add(q.opts.VisibilityTimeout)
+		if err := qPutJSON(tx.Bucket(bucketTransferQueue), key, it); err != nil {
+			return err
+		}
+		t, err = qGetTransfer(tx, l.TransferID)
+		return err
+	})
+	return t, err
+}
+
+// Save implements gateway.Queue.
+func (q *Queue) Save(ctx context.Context, l *gateway.Lease, t *gateway.Transfer) error {
+	return q.db.Update(func(tx *bbolt.Tx) error {
+		if _, _, err := q.held(tx, l); err != nil {
+			return err
+		}
+		old, err := qGetTransfer(tx, l.TransferID)
+		if err != nil {
+			return err
+		}
+		if old.State == gateway.StateCancelled {
+			return fmt.Errorf("transfer %s was cancelled: %w", l.TransferID, gateway.ErrConflict)
+		}
+		return qPutJSON(tx.Bucket(bucketTransfers), []byte(l.TransferID), t)
+	})
+}
+
+// Finish implements gateway.Queue.
+func (q *Queue) Finish(ctx context.Context, l *gateway.Lease, t *gateway.Transfer) error {
+	return q.db.Update(func(tx *bbolt.Tx) error {
+		key, _, err := q.held(tx, l)
+		if err != nil {
+			return err
+		}
+		old, err := qGetTransfer(tx, l.TransferID)
+		if err != nil {
+			return err
+		}
+		cp := *t
+		if old.State == gateway.StateCancelled {
+			cp.State = gateway.StateCancelled
+		}
+		if err := q.dropItem(tx, key); err != nil {
+			return err
+		}
+		return qPutJSON(tx.Bucket(bucketTransfers), []byte(l.TransferID), &cp)
+	})
+}
+
+// Defer implements gateway.Queue.
+func (q *Queue) Defer(ctx context.Context, l *gateway.Lease, t *gateway.Transfer, until time.Time) error {
+	err := q.db.Update(func(tx *bbolt.Tx) error {
+		key, it, err := q.held(tx, l)
+		if err != nil {
+			return err
+		}
+		old, err := qGetTransfer(tx, l.TransferID)
+		if err != nil {
+			return err
+		}
+		if old.State == gateway.StateCancelled {
+			return fmt.Errorf("transfer %s was cancelled: %w", l.TransferID, gateway.ErrConflict)
+		}
+		*it = queueItem{ID: it.ID, NotBefore: until}
+		if err := qPutJSON(tx.Bucket(bucketTransferQueue), key, it); err != nil {
+			return err
+		}
+		cp := *t
+		cp.State = gateway.StateQueued
+		return qPutJSON(tx.Bucket(bucketTransfers), []byte(l.TransferID), &cp)
+	})
+	if err == nil {
+		q.notify()
+	}
+	return err
+}
+
+// Cancel implements gateway.Queue.
+func (q *Queue) Cancel(ctx context.Context, id string) (*gateway.Transfer, error) {
+	var t *gateway.Transfer
+	err := q.db.Update(func(tx *bbolt.Tx) error {
+		var err error
+		t, err = qGetTransfer(tx, id)
+		if err != nil {
+			return err
+		}
+		if t.State.Terminal() {
+			return fmt.Errorf("transfer %s is already %s: %w", id, t.State, gateway.ErrConflict)
+		}
+		if t.State == gateway.StateQueued {
+			if key := tx.Bucket(bucketTransferQueueIDs).Get([]byte(id)); key != nil {
+				if err := q.dropItem(tx, slices.Clone(key)); err != nil {
+					return err
+				}
+			}
+		}
+		now := q.opts.Now()
+		t.State, t.UpdatedAt, t.NextAttemptAt = gateway.StateCancelled, now, nil
+		return qPutJSON(tx.Bucket(bucketTransfers), []byte(id), t)
+	})
+	return t, err
+}
+
+// Requeue implements gateway.Queue.
+func (q *Queue) Requeue(ctx context.Context, t *gateway.Transfer) error {
+	err := q.db.Update(func(tx *bbolt.Tx) error {
+		old, err := qGetTransfer(tx, t.ID)
+		if err != nil {
+			return err
+		}
+		if old.State != gateway.StateFailed && old.State != gateway.StateCancelled {
+			return fmt.Errorf("transfer %s is %s, only a failed or cancelled transfer can be retried: %w", t.ID, old.State, gateway.ErrConflict)
+		}
+		if tx.Bucket(bucketTransferQueueIDs).Get([]byte(t.ID)) != nil {
+			return fmt.Errorf("transfer %s is still stopping; try again in a few seconds: %w", t.ID, gateway.ErrConflict)
+		}
+		cp := *t
+		cp.State = gateway.StateQueued
+		if err := qPutJSON(tx.Bucket(bucketTransfers), []byte(t.ID), &cp); err != nil {
+			return err
+		}
+		return q.push(tx, t.ID, t.Priority, time.Time{})
+	})
+	if err == nil {
+		q.notify()
+	}
+	return err
+}
+
+// Postpone implements gateway.Queue.
+func (q *Queue) Postpone(ctx context.Context, id string, until time.Time) error {
+	err := q.db.Update(func(tx *bbolt.Tx) error {
+		t, err := qGetTransfer(tx, id)
+		if err != nil {
+			return err
+		}
+		key := tx.Bucket(bucketTransferQueueIDs).Get([]byte(id))
+		it := &queueItem{}
+		if key != nil {
+			if _, err := qGetJSON(tx.Bucket(bucketTransferQueue), key, it); err != nil {
+				return err
+			}
+		}
+		if t.State != gateway.StateQueued || key == nil || it.Owner != "" {
+			return fmt.Errorf("transfer %s is no longer waiting: %w", id, gateway.ErrConflict)
+		}
+		it.NotBefore = until
+		return qPutJSON(tx.Bucket(bucketTransferQueue), key, it)
+	})
+	if err == nil {
+		q.notify()
+	}
+	return err
+}
+
+// SetInstances implements gateway.Queue.
+func (q *Queue) SetInstances(ctx context.Context, id string, ps []gateway.InstanceProgress) error {
+	return q.db.Update(func(tx *bbolt.Tx) error {
+		b, err := tx.Bucket(bucketTransferInstances).CreateBucketIfNotExists([]byte(id))
+		if err != nil {
+			return err
+		}
+		for i := range ps {
+			if err := qPutJSON(b, []byte(ps[i].SOPInstanceUID), &ps[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Instances implements gateway.Queue.
+func (q *Queue) Instances(ctx context.Context, id string) ([]gateway.InstanceProgress, error) {
+	var out []gateway.InstanceProgress
+	err := q.db.View(func(tx *bbolt.Tx) error {
+		if _, err := qGetTransfer(tx, id); err != nil {
+			return err
+		}
+		return qReadProgress(tx.Bucket(bucketTransferInstances).Bucket([]byte(id)), &out)
+	})
+	return out, err
+}
+
+func qReadProgress(b *bbolt.Bucket, out *[]gateway.InstanceProgress) error {
+	if b == nil {
+		return nil
+	}
+	return b.ForEach(func(_, v []byte) error {
+		var p gateway.InstanceProgress
+		if err := json.Unmarshal(v, &p); err != nil {
+			return err
+		}
+		*out = append(*out, p)
+		return nil
+	})
+}
+
+// ResetInstances implements gateway.Queue.
+func (q *Queue) ResetInstances(ctx context.Context, id string, state string) error {
+	return q.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketTransferInstances).Bucket([]byte(id))
+		if b == nil {
+			return nil
+		}
+		var del [][]byte
+		err := b.ForEach(func(k, v []byte) error {
+			var p gateway.InstanceProgress
+			if err := json.Unmarshal(v, &p); err != nil {
+				return err
+			}
+			if p.State == state {
+				del = append(del, slices.Clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range del {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// RecordIncoming implements gateway.Queue.
+func (q *Queue) RecordIncoming(ctx context.Context, in gateway.IncomingInstance) (*gateway.Transfer, error) {
+	key := []byte(in.Source + "\x00" + in.TransferID)
+	var out *gateway.Transfer
+	err := q.db.Update(func(tx *bbolt.Tx) error {
+		var t *gateway.Transfer
+		cur := &gateway.Transfer{}
+		if ok, err := qGetJSON(tx.Bucket(bucketIncoming), key, cur); err != nil {
+			return err
+		} else if ok {
+			t = cur
+		}
+		ib, err := tx.Bucket(bucketIncomingInstances).CreateBucketIfNotExists(key)
+		if err != nil {
+			return err
+		}
+		var prev gateway.InstanceProgress
+		if _, err := qGetJSON(ib, []byte(in.SOPInstanceUID), &prev); err != nil {
+			return err
+		}
+		t, p := gateway.ApplyIncoming(t, prev.State, in)
+		if err := qPutJSON(ib, []byte(in.SOPInstanceUID), &p); err != nil {
+			return err
+		}
+		out = t
+		return qPutJSON(tx.Bucket(bucketIncoming), key, t)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bolt: record incoming %s: %w", in.TransferID, err)
+	}
+	return out, nil
+}
+
+// IncomingInstances returns the per-instance state of an incoming transfer.
+func (q *Queue) IncomingInstances(ctx context.Context, source, id string) ([]gateway.InstanceProgress, error) {
+	var out []gateway.InstanceProgress
+	err := q.db.View(func(tx *bbolt.Tx) error {
+		return qReadProgress(tx.Bucket(bucketIncomingInstances).Bucket([]byte(source+"\x00"+id)), &out)
+	})
+	return out, err
+}
+
+// Depth implements gateway.Queue: transfers queued and not handed out.
+func (q *Queue) Depth(ctx context.Context) (map[gateway.Priority]int, error) {
+	d := map[gateway.Priority]int{gateway.PriorityUrgent: 0, gateway.PriorityNormal: 0}
+	err := q.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketTransferQueue).ForEach(func(k, v []byte) error {
+			it := &queueItem{}
+			if err := json.Unmarshal(v, it); err != nil {
+				return err
+			}
+			if it.Owner == "" {
+				if k[0] == 0 {
+					d[gateway.PriorityUrgent]++
+				} else {
+					d[gateway.PriorityNormal]++
+				}
+			}
+			return nil
+		})
+	})
+	return d, err
+}
