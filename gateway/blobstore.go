@@ -21,11 +21,18 @@ type BlobInfo struct {
 // r fails or ctx ends, nothing is left under key and a previous object under
 // key is unchanged; when Put returns nil the object is durable. Get returns
 // length bytes from offset (length < 0: to the end); it returns ErrNotFound
-// for a missing key and ErrInvalid for an offset beyond the end. Stat and
+// for a missing key and ErrInvalid for an offset beyond the end. A length
+// past the end returns the bytes up to the end. Stat and
 // Delete return ErrNotFound for a missing key. Walk calls fn for every key
 // that starts with prefix, in lexical key order; an error from fn stops it and
 // is returned. Unreachable storage is reported as ErrUnavailable. All methods
 // are safe for concurrent use.
+//
+// Keys are slash-separated relative paths, as InstanceKey builds them: a key
+// that is empty, has an empty, "." or ".." element or an element starting
+// with ".", or holds a backslash or a control character is rejected with
+// ErrInvalid by Put, Get, Stat and Delete, so that no key can name a file
+// outside a filesystem store or differ between backends.
 type BlobStore interface {
 	Put(ctx context.Context, key string, r io.Reader) (size int64, err error)
 	Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error)

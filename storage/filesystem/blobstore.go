@@ -1,0 +1,461 @@
+package filesystem
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"unicode/utf8"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// tmpDir holds Put's temporary files, inside root so that the final rename
+// stays on one filesystem and is atomic. Keys cannot name it: no key element
+// may start with ".".
+const tmpDir = ".tmp"
+
+// copyBufferSize bounds the memory of one Put: the stream passes through a
+// pooled buffer of this size, whatever the object's size.
+const copyBufferSize = 1 << 20
+
+// renameAttempts bounds how often Put recreates a directory that a
+// concurrent Delete removed (it prunes empty directories) between Put's
+// MkdirAll and Rename.
+const renameAttempts = 10
+
+// BlobStore is a gateway.BlobStore over local files: the object under key
+// "a/b/c" is the file root/a/b/c. Put writes root/.tmp/<random>.part, syncs
+// it and renames it onto the key, so readers see the old or the new object,
+// never a partial one, and a crash leaves at most a temporary file, removed
+// by the next New. Safe for concurrent use by one process; two processes must
+// not share a root.
+type BlobStore struct {
+	root *os.Root
+	bufs sync.Pool // *[]byte of copyBufferSize
+}
+
+var (
+	_ gateway.BlobStore = (*BlobStore)(nil)
+	_ gateway.Pinger    = (*BlobStore)(nil)
+)
+
+// New opens (creating it if needed) the store in directory dir. It removes
+// the temporary files that an interrupted Put left behind.
+func New(dir string) (*BlobStore, error) {
+	if dir == "" {
+		return nil, fmt.Errorf("filesystem blob store: empty directory: %w", gateway.ErrInvalid)
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("filesystem blob store: %w", classify(err))
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("filesystem blob store: %w", classify(err))
+	}
+	if err := root.RemoveAll(tmpDir); err != nil {
+		root.Close()
+		return nil, fmt.Errorf("filesystem blob store: clear %s: %w", tmpDir, classify(err))
+	}
+	if err := root.Mkdir(tmpDir, 0o750); err != nil {
+		root.Close()
+		return nil, fmt.Errorf("filesystem blob store: %w", classify(err))
+	}
+	s := &BlobStore{root: root}
+	s.bufs.New = func() any { b := make([]byte, copyBufferSize); return &b }
+	return s, nil
+}
+
+// Close releases the root directory. Readers returned by Get stay usable
+// until they are closed.
+func (s *BlobStore) Close() error { return s.root.Close() }
+
+// Ping reports whether the root directory and its temporary directory are
+// still accessible (a removed or unmounted data directory fails), as
+// gateway.ErrUnavailable.
+func (s *BlobStore) Ping(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("filesystem blob store: %w: %w", gateway.ErrUnavailable, err)
+	}
+	fi, err := s.root.Stat(tmpDir)
+	if err != nil {
+		return fmt.Errorf("filesystem blob store %s: %w: %w", s.root.Name(), gateway.ErrUnavailable, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("filesystem blob store %s: %s is not a directory: %w", s.root.Name(), tmpDir, gateway.ErrUnavailable)
+	}
+	return nil
+}
+
+// checkKey enforces the key rule of gateway.BlobStore: clean relative
+// slash-separated paths, no element starting with ".", no backslash or
+// control character.
+func checkKey(key string) error {
+	if !validKey(key) {
+		return fmt.Errorf("key %q: %w", key, gateway.ErrInvalid)
+	}
+	return nil
+}
+
+func validKey(key string) bool {
+	if key == "" || len(key) > 1024 || !utf8.ValidString(key) {
+		return false
+	}
+	for _, c := range key {
+		if c < 0x20 || c == 0x7f || c == '\\' {
+			return false
+		}
+	}
+	for elem := range strings.SplitSeq(key, "/") {
+		if elem == "" || elem[0] == '.' {
+			return false
+		}
+	}
+	return true
+}
+
+// classify maps filesystem failures to the gateway's sentinels: a missing
+// file is ErrNotFound; a full, read-only, failing or forbidden disk is
+// ErrUnavailable (the STOW answer is "out of resources", retry later).
+func classify(err error) error {
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
+		return fmt.Errorf("%w: %w", gateway.ErrNotFound, err)
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EROFS),
+		errors.Is(err, syscall.EIO), errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("%w: %w", gateway.ErrUnavailable, err)
+	}
+	return err
+}
+
+// Put streams r into a temporary file, syncs it, renames it onto key and
+// syncs the directory, so that a nil error means the object survives a crash.
+// On any failure, or if ctx ends before the rename, the temporary file is
+// removed and key is untouched.
+func (s *BlobStore) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
+	if err := checkKey(key); err != nil {
+		return 0, fmt.Errorf("put: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("put %s: %w", key, err)
+	}
+	tmp, err := tempName()
+	if err != nil {
+		return 0, fmt.Errorf("put %s: %w", key, err)
+	}
+	f, err := s.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return 0, fmt.Errorf("put %s: create temporary file: %w", key, classify(err))
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			f.Close()          // already closed on the success path; a second Close only errs
+			s.root.Remove(tmp) // best effort: New clears what is left
+		}
+	}()
+
+	n, err := s.copy(ctx, f, r)
+	if err != nil {
+		return 0, fmt.Errorf("put %s: %w", key, err)
+	}
+	if err := f.Sync(); err != nil {
+		return 0, fmt.Errorf("put %s: sync: %w", key, classify(err))
+	}
+	if err := f.Close(); err != nil {
+		return 0, fmt.Errorf("put %s: close: %w", key, classify(err))
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("put %s: %w", key, err)
+	}
+	if err := s.rename(tmp, key); err != nil {
+		return 0, fmt.Errorf("put %s: %w", key, err)
+	}
+	committed = true
+	if err := s.syncDir(path.Dir(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		// The object is in place but may not survive a crash; a concurrent
+		// Delete of key may have removed the directory (ErrNotExist): fine.
+		return 0, fmt.Errorf("put %s: sync directory: %w", key, classify(err))
+	}
+	return n, nil
+}
+
+// tempName returns a fresh name under tmpDir.
+func tempName() (string, error) {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return tmpDir + "/" + hex.EncodeToString(b[:]) + ".part", nil
+}
+
+// copy streams r to w through a pooled buffer, checking ctx between reads so
+// that a cancelled request stops even a reader that never fails.
+func (s *BlobStore) copy(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	buf := *bp
+	var n int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		nr, rerr := r.Read(buf)
+		if nr < 0 || nr > len(buf) {
+			return n, fmt.Errorf("read: invalid count %d", nr)
+		}
+		if nr > 0 {
+			nw, werr := w.Write(buf[:nr])
+			n += int64(nw)
+			if werr != nil {
+				return n, fmt.Errorf("write: %w", classify(werr))
+			}
+			if nw != nr {
+				return n, fmt.Errorf("write: %w", io.ErrShortWrite)
+			}
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, fmt.Errorf("read: %w", rerr)
+		}
+	}
+}
+
+// rename moves tmp onto key, creating key's directories. A concurrent Delete
+// may prune the directory between MkdirAll and Rename; then it is created
+// again.
+func (s *BlobStore) rename(tmp, key string) error {
+	dir := path.Dir(key)
+	for attempt := 1; ; attempt++ {
+		if err := s.root.MkdirAll(dir, 0o750); err != nil {
+			if errors.Is(err, syscall.ENOTDIR) || errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
+			}
+			return fmt.Errorf("create directory: %w", classify(err))
+		}
+		err := s.root.Rename(tmp, key)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, fs.ErrNotExist) && attempt < renameAttempts:
+			continue
+		case errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ENOTEMPTY), errors.Is(err, fs.ErrExist):
+			return fmt.Errorf("the key is a prefix of other keys: %w", gateway.ErrInvalid)
+		default:
+			return fmt.Errorf("rename: %w", classify(err))
+		}
+	}
+}
+
+// syncDir makes a rename or removal in dir durable.
+func (s *BlobStore) syncDir(dir string) error {
+	d, err := s.root.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// object is the reader Get returns: a section of an open file. It also
+// implements io.ReaderAt and io.Seeker within the section, which
+// http.ServeContent uses.
+type object struct {
+	*io.SectionReader
+	f *os.File
+}
+
+func (o *object) Close() error { return o.f.Close() }
+
+// Get opens key and returns the section [offset, offset+length), cut at the
+// end of the object. The open file keeps its content even if a Put replaces
+// key meanwhile.
+func (s *BlobStore) Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
+	if err := checkKey(key); err != nil {
+		return nil, fmt.Errorf("get: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	f, err := s.root.Open(key)
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, classify(err))
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("get %s: %w", key, classify(err))
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("get %s: not an object: %w", key, gateway.ErrNotFound)
+	}
+	size := fi.Size()
+	if offset < 0 || offset > size {
+		f.Close()
+		return nil, fmt.Errorf("get %s: offset %d outside 0..%d: %w", key, offset, size, gateway.ErrInvalid)
+	}
+	n := size - offset
+	if length >= 0 && length < n {
+		n = length
+	}
+	return &object{SectionReader: io.NewSectionReader(f, offset, n), f: f}, nil
+}
+
+// Stat returns key's size and modification time.
+func (s *BlobStore) Stat(ctx context.Context, key string) (gateway.BlobInfo, error) {
+	if err := checkKey(key); err != nil {
+		return gateway.BlobInfo{}, fmt.Errorf("stat: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return gateway.BlobInfo{}, fmt.Errorf("stat %s: %w", key, err)
+	}
+	fi, err := s.root.Stat(key)
+	if err != nil {
+		return gateway.BlobInfo{}, fmt.Errorf("stat %s: %w", key, classify(err))
+	}
+	if !fi.Mode().IsRegular() {
+		return gateway.BlobInfo{}, fmt.Errorf("stat %s: not an object: %w", key, gateway.ErrNotFound)
+	}
+	return gateway.BlobInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}
+
+// Delete removes key, syncs its directory, and removes the directories the
+// removal left empty, so that deleted studies leave no trace in the tree.
+func (s *BlobStore) Delete(ctx context.Context, key string) error {
+	if err := checkKey(key); err != nil {
+		return fmt.Errorf("delete: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	fi, err := s.root.Lstat(key)
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", key, classify(err))
+	}
+	if fi.IsDir() {
+		return fmt.Errorf("delete %s: not an object: %w", key, gateway.ErrNotFound)
+	}
+	if err := s.root.Remove(key); err != nil {
+		return fmt.Errorf("delete %s: %w", key, classify(err))
+	}
+	dir := path.Dir(key)
+	if err := s.syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete %s: sync directory: %w", key, classify(err))
+	}
+	// Remove fails on a directory that is not empty, which ends the pruning.
+	for ; dir != "."; dir = path.Dir(dir) {
+		if s.root.Remove(dir) != nil {
+			break
+		}
+	}
+	return nil
+}
+
+// Walk visits the keys under prefix in lexical order. Directory-tree order
+// differs ("a.b" < "a/c" because '.' < '/'), so each directory's entries are
+// sorted as they appear in keys: a directory d sorts as "d/". Only the
+// directories that can hold matching keys are read.
+func (s *BlobStore) Walk(ctx context.Context, prefix string, fn func(gateway.BlobInfo) error) error {
+	start := "."
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		start = prefix[:i]
+		if !validKey(start) {
+			return nil // no key lies under an invalid directory
+		}
+	}
+	err := s.walk(ctx, start, prefix, fn)
+	if errors.Is(err, errDirGone) {
+		return nil
+	}
+	return err
+}
+
+// errDirGone reports a directory that does not exist (any more): no keys
+// under it. It is unexported so that no error from fn can be mistaken for it.
+var errDirGone = errors.New("directory does not exist")
+
+type dirEntry struct {
+	key   string // full key, with "/" appended for directories
+	entry fs.DirEntry
+}
+
+func (s *BlobStore) walk(ctx context.Context, dir, prefix string, fn func(gateway.BlobInfo) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("walk %s: %w", dir, err)
+	}
+	d, err := s.root.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return errDirGone
+	}
+	if err != nil {
+		return fmt.Errorf("walk %s: %w", dir, classify(err))
+	}
+	list, err := d.ReadDir(-1)
+	d.Close()
+	if errors.Is(err, syscall.ENOTDIR) { // prefix "a/" where a is an object
+		return errDirGone
+	}
+	if err != nil {
+		return fmt.Errorf("walk %s: %w", dir, classify(err))
+	}
+	entries := make([]dirEntry, 0, len(list))
+	for _, e := range list {
+		if strings.HasPrefix(e.Name(), ".") { // .tmp and anything no key can name
+			continue
+		}
+		key := e.Name()
+		if dir != "." {
+			key = dir + "/" + key
+		}
+		if e.IsDir() {
+			key += "/"
+		}
+		entries = append(entries, dirEntry{key: key, entry: e})
+	}
+	slices.SortFunc(entries, func(a, b dirEntry) int { return strings.Compare(a.key, b.key) })
+	for _, e := range entries {
+		switch {
+		case e.entry.IsDir():
+			if !strings.HasPrefix(e.key, prefix) && !strings.HasPrefix(prefix, e.key) {
+				continue
+			}
+			err := s.walk(ctx, strings.TrimSuffix(e.key, "/"), prefix, fn)
+			if err != nil && !errors.Is(err, errDirGone) { // pruned by a concurrent Delete
+				return err
+			}
+		case e.entry.Type().IsRegular():
+			if !strings.HasPrefix(e.key, prefix) {
+				continue
+			}
+			fi, err := e.entry.Info()
+			if errors.Is(err, fs.ErrNotExist) { // deleted since ReadDir
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("walk %s: %w", e.key, classify(err))
+			}
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("walk %s: %w", dir, err)
+			}
+			if err := fn(gateway.BlobInfo{Key: e.key, Size: fi.Size(), ModTime: fi.ModTime()}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

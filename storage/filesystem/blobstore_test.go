@@ -1,0 +1,172 @@
+package filesystem_test
+
+import (
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/iotest"
+
+	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/filesystem"
+	"github.com/dicom-gateway/gateway/storage/storagetest"
+)
+
+func newStore(tb testing.TB) *filesystem.BlobStore {
+	tb.Helper()
+	s, err := filesystem.New(tb.TempDir())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestBlobStore(t *testing.T) {
+	storagetest.TestBlobStore(t, func(t *testing.T) gateway.BlobStore { return newStore(t) })
+}
+
+func BenchmarkBlobStore(b *testing.B) {
+	storagetest.BenchBlobStore(b, func(b *testing.B) gateway.BlobStore { return newStore(b) })
+}
+
+// TestNoTemporaryFilesLeft: a failed or cancelled Put removes its temporary
+// file, and a successful one renames it away.
+func TestNoTemporaryFilesLeft(t *testing.T) {
+	dir := t.TempDir()
+	s, err := filesystem.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	key := gateway.InstanceKey("1.2.3", "1.2.3.4", "1.2.3.4.5")
+	if _, err := s.Put(t.Context(), key, strings.NewReader("ok")); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	if _, err := s.Put(t.Context(), key, io.MultiReader(strings.NewReader("partial"), iotest.ErrReader(boom))); !errors.Is(err, boom) {
+		t.Fatalf("Put err = %v, want %v", err, boom)
+	}
+	entries, err := os.ReadDir(filepath.Join(dir, ".tmp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 0 {
+		t.Errorf(".tmp holds %d entries after Puts, want 0", len(entries))
+	}
+	got, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(key)))
+	if err != nil || string(got) != "ok" {
+		t.Errorf("file = %q, %v; want %q", got, err, "ok")
+	}
+}
+
+// TestNewClearsTemporaryFiles: temporary files of a crashed process are
+// removed when the store is opened again.
+func TestNewClearsTemporaryFiles(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, ".tmp"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(dir, ".tmp", "crashed.part")
+	if err := os.WriteFile(stale, []byte("half"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	s, err := filesystem.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale temporary file: Stat err = %v, want ErrNotExist", err)
+	}
+}
+
+// TestSymlinkCannotEscape: a symbolic link inside the root that points
+// outside it is not followed, so no key reaches a file outside the root.
+func TestSymlinkCannotEscape(t *testing.T) {
+	dir, outside := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(outside, "secret.dcm"), []byte("secret"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(dir, "studies")); err != nil {
+		t.Fatal(err)
+	}
+	s, err := filesystem.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if rc, err := s.Get(t.Context(), "studies/secret.dcm", 0, -1); err == nil {
+		rc.Close()
+		t.Fatal("Get through a symlink out of the root succeeded")
+	}
+	if _, err := s.Put(t.Context(), "studies/new.dcm", strings.NewReader("x")); err == nil {
+		t.Error("Put through a symlink out of the root succeeded")
+	}
+	if _, err := os.Stat(filepath.Join(outside, "new.dcm")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("file written outside the root: Stat err = %v", err)
+	}
+}
+
+// TestDeletePrunesEmptyDirectories: deleting a study's last instance leaves
+// no empty directories behind, and the root itself stays.
+func TestDeletePrunesEmptyDirectories(t *testing.T) {
+	dir := t.TempDir()
+	s, err := filesystem.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a := gateway.InstanceKey("1.2.3", "1.2.3.4", "1.2.3.4.5")
+	b := gateway.InstanceKey("1.2.3", "1.2.3.4", "1.2.3.4.6")
+	for _, k := range []string{a, b} {
+		if _, err := s.Put(t.Context(), k, strings.NewReader("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Delete(t.Context(), a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, filepath.FromSlash(b))); err != nil {
+		t.Errorf("sibling of a deleted key: %v", err)
+	}
+	if err := s.Delete(t.Context(), b); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if got, want := strings.Join(names, ","), ".tmp"; got != want {
+		t.Errorf("root holds %q after deleting every key, want %q", got, want)
+	}
+	if err := s.Ping(t.Context()); err != nil {
+		t.Errorf("Ping: %v", err)
+	}
+}
+
+// TestPingUnavailable: a data directory that disappears is reported as
+// gateway.ErrUnavailable.
+func TestPingUnavailable(t *testing.T) {
+	dir := t.TempDir()
+	s, err := filesystem.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Ping(t.Context()); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ping(t.Context()); !errors.Is(err, gateway.ErrUnavailable) {
+		t.Errorf("Ping after removing the directory: err = %v, want ErrUnavailable", err)
+	}
+}

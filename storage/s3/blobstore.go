@@ -1,0 +1,430 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/s3utils"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// Part sizes. S3 requires parts of at least 5 MiB (except the last) and at
+// most 5 GiB, and at most 10,000 parts per object.
+const (
+	// DefaultPartSize is the part size when Config.PartSize is 0: objects up
+	// to it go up in one PUT, larger ones in parts of this size, so one Put
+	// holds at most this much memory (objects up to 156 GiB). minio-go's own
+	// default for streams of unknown size is ~528 MiB per upload.
+	DefaultPartSize = 16 << 20
+	minPartSize     = 5 << 20
+	maxPartSize     = 5 << 30
+	maxParts        = 10000
+)
+
+// abortTimeout bounds the clean-up of a failed multipart upload, which runs
+// even when the request's context has ended.
+const abortTimeout = time.Minute
+
+// Config locates the bucket. It maps to the serve flags --s3-endpoint,
+// --s3-bucket, --s3-access-key, --s3-secret-key, --s3-region and --s3-tls.
+type Config struct {
+	Endpoint  string // host:port, without scheme
+	Bucket    string
+	AccessKey string
+	SecretKey gateway.Secret
+	// Region is the bucket's region; empty asks the server once (MinIO
+	// answers us-east-1).
+	Region string
+	// TLS selects https.
+	TLS bool
+	// PartSize is the multipart part size and the memory bound of one Put;
+	// 0 means DefaultPartSize. Between 5 MiB and 5 GiB.
+	PartSize uint64
+}
+
+// BlobStore is a gateway.BlobStore on one S3 bucket; each key is an object
+// of the same name. S3 makes an object visible only when its PUT or its
+// multipart upload completes, so Put writes the final key directly and a
+// failed Put aborts its multipart upload. Safe for concurrent use, also by
+// several gateway replicas sharing the bucket.
+type BlobStore struct {
+	client   *minio.Client
+	core     minio.Core
+	bucket   string
+	region   string
+	partSize int
+	bufs     sync.Pool // *[]byte of partSize
+}
+
+var (
+	_ gateway.BlobStore = (*BlobStore)(nil)
+	_ gateway.Pinger    = (*BlobStore)(nil)
+)
+
+// New checks cfg and returns a store for its bucket. It does not contact the
+// server, so that a gateway starts while S3 is down and /readyz (Ping)
+// reports it; call EnsureBucket to create the bucket.
+func New(cfg Config) (*BlobStore, error) {
+	if cfg.Endpoint == "" {
+		return nil, fmt.Errorf("s3: endpoint is empty: %w", gateway.ErrInvalid)
+	}
+	if strings.Contains(cfg.Endpoint, "://") {
+		return nil, fmt.Errorf("s3: endpoint %q: give host:port without scheme (https: set TLS): %w", cfg.Endpoint, gateway.ErrInvalid)
+	}
+	if err := s3utils.CheckValidBucketNameStrict(cfg.Bucket); err != nil {
+		return nil, fmt.Errorf("s3: bucket %q: %w: %w", cfg.Bucket, gateway.ErrInvalid, err)
+	}
+	partSize := cfg.PartSize
+	if partSize == 0 {
+		partSize = DefaultPartSize
+	}
+	if partSize < minPartSize || partSize > maxPartSize {
+		return nil, fmt.Errorf("s3: part size %d outside %d..%d: %w", partSize, minPartSize, maxPartSize, gateway.ErrInvalid)
+	}
+	tr, err := minio.DefaultTransport(cfg.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("s3: %w", err)
+	}
+	tr.MaxIdleConnsPerHost = 64 // minio's 16 makes concurrent STOW requests reconnect
+	client, err := minio.New(cfg.Endpoint, &minio.Options{
+		Creds:     credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey.Reveal(), ""),
+		Secure:    cfg.TLS,
+		Region:    cfg.Region,
+		Transport: tr,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("s3: endpoint %q: %w: %w", cfg.Endpoint, gateway.ErrInvalid, err)
+	}
+	s := &BlobStore{
+		client:   client,
+		core:     minio.Core{Client: client},
+		bucket:   cfg.Bucket,
+		region:   cfg.Region,
+		partSize: int(partSize),
+	}
+	s.bufs.New = func() any { b := make([]byte, s.partSize); return &b }
+	return s, nil
+}
+
+// EnsureBucket creates the bucket if it does not exist. A bucket that exists
+// already, or is created concurrently by another replica, is fine.
+func (s *BlobStore) EnsureBucket(ctx context.Context) error {
+	ok, err := s.client.BucketExists(ctx, s.bucket)
+	if err != nil {
+		return fmt.Errorf("s3: bucket %s: %w", s.bucket, translate(err))
+	}
+	if ok {
+		return nil
+	}
+	err = s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: s.region})
+	var er minio.ErrorResponse
+	if errors.As(err, &er) && er.Code == minio.BucketAlreadyOwnedByYou {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("s3: make bucket %s: %w", s.bucket, translate(err))
+	}
+	return nil
+}
+
+// Ping reports whether the bucket can be reached; any failure, including a
+// missing bucket, is gateway.ErrUnavailable. minio-go retries a refused
+// connection with back-off, so bound ctx.
+func (s *BlobStore) Ping(ctx context.Context) error {
+	ok, err := s.client.BucketExists(ctx, s.bucket)
+	if err != nil {
+		return fmt.Errorf("s3: bucket %s: %w: %w", s.bucket, gateway.ErrUnavailable, err)
+	}
+	if !ok {
+		return fmt.Errorf("s3: bucket %s does not exist: %w", s.bucket, gateway.ErrUnavailable)
+	}
+	return nil
+}
+
+// translate maps minio-go and transport errors to the gateway's sentinels,
+// keeping the original in the chain. A context that ended stays a context
+// error: the caller gave up, storage is not at fault.
+func translate(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	var er minio.ErrorResponse
+	if !errors.As(err, &er) {
+		// No S3 answer at all: refused connection, reset, DNS, timeout.
+		return fmt.Errorf("%w: %w", gateway.ErrUnavailable, err)
+	}
+	switch er.Code {
+	case minio.NoSuchKey:
+		return fmt.Errorf("%w: %w", gateway.ErrNotFound, err)
+	case minio.InvalidRange, minio.InvalidArgument, minio.XMinioInvalidObjectName:
+		return fmt.Errorf("%w: %w", gateway.ErrInvalid, err)
+	case minio.NoSuchBucket, minio.AccessDenied, minio.InvalidAccessKeyID, minio.SignatureDoesNotMatch:
+		// The bucket or credentials are misconfigured: nothing a client can
+		// fix by changing its request.
+		return fmt.Errorf("%w: %w", gateway.ErrUnavailable, err)
+	}
+	switch {
+	case er.StatusCode >= 500, er.StatusCode == http.StatusTooManyRequests, er.StatusCode == http.StatusRequestTimeout:
+		return fmt.Errorf("%w: %w", gateway.ErrUnavailable, err)
+	case er.StatusCode == http.StatusNotFound && er.Code == "":
+		return fmt.Errorf("%w: %w", gateway.ErrNotFound, err)
+	}
+	return err
+}
+
+// checkKey enforces the key rule of gateway.BlobStore (the same rule as the
+// filesystem store, so that a key valid on one backend is valid on both).
+func checkKey(key string) error {
+	ok := key != "" && len(key) <= 1024 && utf8.ValidString(key) && fs.ValidPath(key)
+	for _, c := range key {
+		if c < 0x20 || c == 0x7f || c == '\\' {
+			ok = false
+		}
+	}
+	for elem := range strings.SplitSeq(key, "/") {
+		if elem == "" || elem[0] == '.' {
+			ok = false
+		}
+	}
+	if !ok {
+		return fmt.Errorf("key %q: %w", key, gateway.ErrInvalid)
+	}
+	return nil
+}
+
+// Put reads r into a part-sized pooled buffer. A stream that ends within it
+// goes up in one PUT with a known size (which minio-go may retry, the buffer
+// being seekable); a longer one in a multipart upload of such parts, which is
+// aborted, even after ctx ended, if anything fails. A Put cancelled after the
+// server committed the object but before the answer arrived reports the
+// cancellation although the object exists: the same holds for any remote
+// store.
+func (s *BlobStore) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
+	if err := checkKey(key); err != nil {
+		return 0, fmt.Errorf("put: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("put %s: %w", key, err)
+	}
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	buf := *bp
+	n, rerr := io.ReadFull(r, buf)
+	switch {
+	case rerr == io.EOF || rerr == io.ErrUnexpectedEOF:
+		if err := ctx.Err(); err != nil {
+			return 0, fmt.Errorf("put %s: %w", key, err)
+		}
+		_, err := s.client.PutObject(ctx, s.bucket, key, bytes.NewReader(buf[:n]), int64(n), minio.PutObjectOptions{})
+		if err != nil {
+			return 0, fmt.Errorf("put %s: %w", key, translate(err))
+		}
+		return int64(n), nil
+	case rerr != nil:
+		return 0, fmt.Errorf("put %s: read: %w", key, rerr)
+	}
+	size, err := s.putMultipart(ctx, key, r, buf)
+	if err != nil {
+		return 0, fmt.Errorf("put %s: %w", key, err)
+	}
+	return size, nil
+}
+
+// putMultipart uploads buf, which is full, and the rest of r in parts of
+// len(buf), reusing buf for every part.
+func (s *BlobStore) putMultipart(ctx context.Context, key string, r io.Reader, buf []byte) (size int64, err error) {
+	uploadID, err := s.core.NewMultipartUpload(ctx, s.bucket, key, minio.PutObjectOptions{})
+	if err != nil {
+		return 0, fmt.Errorf("start multipart upload: %w", translate(err))
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+		defer cancel()
+		if aerr := s.core.AbortMultipartUpload(actx, s.bucket, key, uploadID); aerr != nil {
+			err = errors.Join(err, fmt.Errorf("abort multipart upload %s: %w", uploadID, translate(aerr)))
+		}
+	}()
+
+	var parts []minio.CompletePart
+	n, last := len(buf), false
+	for number := 1; ; number++ {
+		if number > maxParts {
+			return 0, fmt.Errorf("more than %d parts of %d bytes: %w", maxParts, len(buf), gateway.ErrTooLarge)
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		part, err := s.core.PutObjectPart(ctx, s.bucket, key, uploadID, number, bytes.NewReader(buf[:n]), int64(n), minio.PutObjectPartOptions{})
+		if err != nil {
+			return 0, fmt.Errorf("upload part %d: %w", number, translate(err))
+		}
+		parts = append(parts, minio.CompletePart{PartNumber: number, ETag: part.ETag})
+		size += int64(n)
+		if last {
+			break
+		}
+		var rerr error
+		n, rerr = io.ReadFull(r, buf)
+		if rerr == io.EOF {
+			break
+		}
+		if rerr == io.ErrUnexpectedEOF {
+			last = true
+		} else if rerr != nil {
+			return 0, fmt.Errorf("read: %w", rerr)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if _, err := s.core.CompleteMultipartUpload(ctx, s.bucket, key, uploadID, parts, minio.PutObjectOptions{}); err != nil {
+		return 0, fmt.Errorf("complete multipart upload: %w", translate(err))
+	}
+	return size, nil
+}
+
+// Get issues one ranged GET. Its errors come with the response (minio's
+// lazy *Object would report NoSuchKey only on the first Read). An offset at
+// the end of the object is not a satisfiable S3 range, so on InvalidRange a
+// Stat tells "empty" from "beyond the end".
+func (s *BlobStore) Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
+	if err := checkKey(key); err != nil {
+		return nil, fmt.Errorf("get: %w", err)
+	}
+	if offset < 0 {
+		return nil, fmt.Errorf("get %s: negative offset %d: %w", key, offset, gateway.ErrInvalid)
+	}
+	if length == 0 {
+		return s.empty(ctx, key, offset)
+	}
+	if length > 0 && offset > (1<<63-1)-length {
+		length = -1 // offset+length overflows: to the end
+	}
+	var opts minio.GetObjectOptions
+	var err error
+	switch {
+	case length > 0:
+		err = opts.SetRange(offset, offset+length-1)
+	case offset > 0:
+		err = opts.SetRange(offset, 0)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w: %w", key, gateway.ErrInvalid, err)
+	}
+	body, _, header, err := s.core.GetObject(ctx, s.bucket, key, opts)
+	if err != nil {
+		var er minio.ErrorResponse
+		if errors.As(err, &er) && er.Code == minio.InvalidRange {
+			return s.empty(ctx, key, offset)
+		}
+		return nil, fmt.Errorf("get %s: %w", key, translate(err))
+	}
+	var rd io.Reader = body
+	if opts.Header().Get("Range") != "" && header.Get("Content-Range") == "" {
+		// The server ignored the range and sent the whole object.
+		if _, err := io.CopyN(io.Discard, body, offset); err != nil {
+			body.Close()
+			return nil, fmt.Errorf("get %s: skip to offset %d: %w", key, offset, translate(err))
+		}
+	}
+	if length > 0 {
+		rd = io.LimitReader(rd, length)
+	}
+	return &object{r: rd, body: body, key: key}, nil
+}
+
+// empty answers a Get that returns no bytes: an empty reader when offset is
+// at most the object's size, ErrInvalid beyond it, ErrNotFound when missing.
+func (s *BlobStore) empty(ctx context.Context, key string, offset int64) (io.ReadCloser, error) {
+	info, err := s.Stat(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("get: %w", err)
+	}
+	if offset > info.Size {
+		return nil, fmt.Errorf("get %s: offset %d beyond size %d: %w", key, offset, info.Size, gateway.ErrInvalid)
+	}
+	return io.NopCloser(strings.NewReader("")), nil
+}
+
+// object is the body of a GET. A connection lost while reading is
+// gateway.ErrUnavailable, like any other unreachable storage.
+type object struct {
+	r    io.Reader
+	body io.Closer
+	key  string
+}
+
+func (o *object) Read(p []byte) (int, error) {
+	n, err := o.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("read %s: %w", o.key, translate(err))
+	}
+	return n, err
+}
+
+func (o *object) Close() error { return o.body.Close() }
+
+// Stat issues a HEAD request.
+func (s *BlobStore) Stat(ctx context.Context, key string) (gateway.BlobInfo, error) {
+	if err := checkKey(key); err != nil {
+		return gateway.BlobInfo{}, fmt.Errorf("stat: %w", err)
+	}
+	info, err := s.client.StatObject(ctx, s.bucket, key, minio.StatObjectOptions{})
+	if err != nil {
+		return gateway.BlobInfo{}, fmt.Errorf("stat %s: %w", key, translate(err))
+	}
+	return gateway.BlobInfo{Key: key, Size: info.Size, ModTime: info.LastModified}, nil
+}
+
+// Delete removes key. S3's DELETE succeeds on a missing key, so a HEAD comes
+// first to report ErrNotFound; a key deleted concurrently between the two may
+// thus be reported deleted twice.
+func (s *BlobStore) Delete(ctx context.Context, key string) error {
+	if _, err := s.Stat(ctx, key); err != nil {
+		return fmt.Errorf("delete: %w", err)
+	}
+	if err := s.client.RemoveObject(ctx, s.bucket, key, minio.RemoveObjectOptions{}); err != nil {
+		return fmt.Errorf("delete %s: %w", key, translate(err))
+	}
+	return nil
+}
+
+// Walk lists the bucket from prefix with ListObjectsV2, which S3 defines to
+// return keys in lexical (UTF-8 binary) order, 1,000 per request.
+func (s *BlobStore) Walk(ctx context.Context, prefix string, fn func(gateway.BlobInfo) error) error {
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 && checkKey(prefix[:i]) != nil {
+		return nil // no valid key lies under an invalid directory; S3 would reject ".."
+	}
+	ctx, cancel := context.WithCancel(ctx) // stops minio's listing when fn fails
+	defer cancel()
+	for obj := range s.client.ListObjectsIter(ctx, s.bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
+		if obj.Err != nil {
+			return fmt.Errorf("walk %q: %w", prefix, translate(obj.Err))
+		}
+		if strings.HasSuffix(obj.Key, "/") { // a "directory" marker made by another tool
+			continue
+		}
+		if err := fn(gateway.BlobInfo{Key: obj.Key, Size: obj.Size, ModTime: obj.LastModified}); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}

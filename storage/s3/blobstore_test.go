@@ -1,0 +1,206 @@
+package s3_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"testing/iotest"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/s3"
+	"github.com/dicom-gateway/gateway/storage/storagetest"
+)
+
+// config returns the configuration of a fresh bucket on the test MinIO.
+func config(tb testing.TB) s3.Config {
+	tb.Helper()
+	srv := storagetest.MinIO(tb)
+	return s3.Config{
+		Endpoint:  srv.Endpoint,
+		Bucket:    srv.Bucket(tb),
+		AccessKey: srv.AccessKey,
+		SecretKey: gateway.Secret(srv.SecretKey),
+		Region:    "us-east-1",
+	}
+}
+
+func newStore(tb testing.TB, cfg s3.Config) *s3.BlobStore {
+	tb.Helper()
+	s, err := s3.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+func TestBlobStore(t *testing.T) {
+	storagetest.TestBlobStore(t, func(t *testing.T) gateway.BlobStore { return newStore(t, config(t)) })
+}
+
+func BenchmarkBlobStore(b *testing.B) {
+	storagetest.BenchBlobStore(b, func(b *testing.B) gateway.BlobStore { return newStore(b, config(b)) })
+}
+
+// rawClient talks to the test MinIO directly, to look at what the store
+// left behind.
+func rawClient(t *testing.T, cfg s3.Config) *minio.Client {
+	t.Helper()
+	c, err := minio.New(cfg.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey.Reveal(), ""), Region: cfg.Region})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestFailedPutLeavesNoUpload: a multipart Put whose reader fails, or whose
+// context ends, after some parts were uploaded aborts the upload, so no
+// incomplete upload keeps its parts on the server.
+func TestFailedPutLeavesNoUpload(t *testing.T) {
+	cfg := config(t)
+	cfg.PartSize = 5 << 20
+	s := newStore(t, cfg)
+	key := gateway.InstanceKey("1.2.3", "1.2.3.4", "1.2.3.4.5")
+	boom := errors.New("boom")
+	r := io.MultiReader(io.LimitReader(storagetest.Random(1), 12<<20), iotest.ErrReader(boom))
+	if _, err := s.Put(t.Context(), key, r); !errors.Is(err, boom) {
+		t.Fatalf("Put err = %v, want %v", err, boom)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	r = io.MultiReader(io.LimitReader(storagetest.Random(1), 11<<20), readerFunc(func([]byte) (int, error) {
+		cancel()
+		return 0, io.EOF
+	}))
+	if _, err := s.Put(ctx, key, r); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Put err = %v, want context.Canceled", err)
+	}
+	for u := range rawClient(t, cfg).ListIncompleteUploads(t.Context(), cfg.Bucket, "", true) {
+		if u.Err != nil {
+			t.Fatal(u.Err)
+		}
+		t.Errorf("incomplete upload left: key %s, id %s", u.Key, u.UploadID)
+	}
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+// TestPartSizeBoundary: objects of exactly one part, one part plus one byte
+// and several parts round-trip with a small part size.
+func TestPartSizeBoundary(t *testing.T) {
+	cfg := config(t)
+	cfg.PartSize = 5 << 20
+	s := newStore(t, cfg)
+	for i, size := range []int64{5<<20 - 1, 5 << 20, 5<<20 + 1, 3 * 5 << 20, 3*5<<20 + 7} {
+		key := gateway.InstanceKey("1.2.3", "1.2.3.4", "1.2.3.4."+string(rune('1'+i)))
+		n, err := s.Put(t.Context(), key, io.LimitReader(storagetest.Random(uint64(size)), size))
+		if err != nil || n != size {
+			t.Fatalf("Put(%d bytes) = %d, %v", size, n, err)
+		}
+		rc, err := s.Get(t.Context(), key, 0, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok, err := sameBytes(rc, io.LimitReader(storagetest.Random(uint64(size)), size))
+		rc.Close()
+		if err != nil || !ok {
+			t.Errorf("%d bytes: read back differs (err %v)", size, err)
+		}
+	}
+}
+
+func sameBytes(a, b io.Reader) (bool, error) {
+	ba, bb := make([]byte, 64<<10), make([]byte, 64<<10)
+	for {
+		na, erra := io.ReadFull(a, ba)
+		nb, errb := io.ReadFull(b, bb)
+		if na != nb || string(ba[:na]) != string(bb[:nb]) {
+			return false, nil
+		}
+		if erra == io.EOF || erra == io.ErrUnexpectedEOF {
+			return errb == io.EOF || errb == io.ErrUnexpectedEOF, nil
+		}
+		if erra != nil {
+			return false, erra
+		}
+	}
+}
+
+// TestNewDoesNotConnect: New succeeds with no server listening, and every
+// call then reports gateway.ErrUnavailable.
+func TestNewDoesNotConnect(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	s, err := s3.New(s3.Config{Endpoint: addr, Bucket: "gateway", AccessKey: "a", SecretKey: "b", Region: "us-east-1"})
+	if err != nil {
+		t.Fatalf("New with the server down: %v", err)
+	}
+	// minio-go retries a refused connection for a few seconds: run the calls
+	// side by side.
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	calls := map[string]func() error{
+		"Ping": func() error { return s.Ping(ctx) },
+		"Stat": func() error { _, err := s.Stat(ctx, "studies/1/x.dcm"); return err },
+		"Put":  func() error { _, err := s.Put(ctx, "studies/1/x.dcm", strings.NewReader("x")); return err },
+		"Walk": func() error { return s.Walk(ctx, "", func(gateway.BlobInfo) error { return nil }) },
+	}
+	var wg sync.WaitGroup
+	for name, call := range calls {
+		wg.Go(func() {
+			if err := call(); !errors.Is(err, gateway.ErrUnavailable) {
+				t.Errorf("%s err = %v, want ErrUnavailable", name, err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func TestEnsureBucketAndPing(t *testing.T) {
+	cfg := config(t)
+	cfg.Bucket = "test-" + storagetest.RandomName()
+	s := newStore(t, cfg)
+	if err := s.Ping(t.Context()); !errors.Is(err, gateway.ErrUnavailable) {
+		t.Errorf("Ping before EnsureBucket: err = %v, want ErrUnavailable", err)
+	}
+	if err := s.EnsureBucket(t.Context()); err != nil {
+		t.Fatalf("EnsureBucket: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		rawClient(t, cfg).RemoveBucket(ctx, cfg.Bucket)
+	})
+	if err := s.EnsureBucket(t.Context()); err != nil {
+		t.Errorf("second EnsureBucket: %v", err)
+	}
+	if err := s.Ping(t.Context()); err != nil {
+		t.Errorf("Ping: %v", err)
+	}
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	for _, cfg := range []s3.Config{
+		{Endpoint: "", Bucket: "gateway"},
+		{Endpoint: "http://127.0.0.1:9000", Bucket: "gateway"},
+		{Endpoint: "127.0.0.1:9000", Bucket: "Bad_Bucket"},
+		{Endpoint: "127.0.0.1:9000", Bucket: "gateway", PartSize: 1 << 20},
+		{Endpoint: "127.0.0.1:9000", Bucket: "gateway", PartSize: 6 << 30},
+	} {
+		if _, err := s3.New(cfg); !errors.Is(err, gateway.ErrInvalid) {
+			t.Errorf("New(%+v) err = %v, want ErrInvalid", cfg, err)
+		}
+	}
+}
