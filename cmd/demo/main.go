@@ -69,7 +69,7 @@ func run(ctx context.Context, bin, data, sendDir string, exitAfter bool) error {
 	for _, c := range centres {
 		c.base = fmt.Sprintf("http://127.0.0.1:%d", c.port)
 		cfgPath := filepath.Join(work, c.name+".yaml")
-		cfg := fmt.Sprintf("peers:\n  - name: %s\n    url: http://127.0.0.1:%d/dicomweb\n", c.peer, ports[c.peer])
+		cfg := fmt.Sprintf("peers:\n  - name: %s\n    url: http://127.0.0.1:%d/dicomweb\n    gateway: true\n", c.peer, ports[c.peer])
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			return err
 		}
@@ -143,6 +143,7 @@ func run(ctx context.Context, bin, data, sendDir string, exitAfter bool) error {
 	if tr["state"] != "completed" {
 		return fmt.Errorf("transfer ended %v: %v", tr["state"], tr["last_error"])
 	}
+	fmt.Printf("verified by hampshire: %v (%v)\n", tr["verified"], tr["verification"])
 
 	fmt.Println("\n== checking every instance at surrey against the original file (SHA-256 of WADO-URI retrieve)")
 	for _, f := range files {

@@ -97,3 +97,18 @@ auth:
 		}
 	}
 }
+
+// TestDeployConfigsParse keeps the docker-compose configurations valid as
+// the configuration grows.
+func TestDeployConfigsParse(t *testing.T) {
+	for _, name := range []string{"hampshire", "surrey"} {
+		p := filepath.Join("..", "..", "deploy", name+".yaml")
+		cfg, err := parseServeConfig([]string{"--config", p, "--listen", "0.0.0.0:8080", "--name", name}, func(string) string { return "" }, io.Discard)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if len(cfg.File.Peers) != 1 || !cfg.File.Peers[0].Gateway {
+			t.Errorf("%s: want one gateway peer, got %+v", p, cfg.File.Peers)
+		}
+	}
+}
