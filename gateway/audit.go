@@ -1,8 +1,19 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // Audit actions. Every access to patient data and every transfer state change
@@ -22,6 +33,7 @@ const (
 	ActionAuthFailure      = "auth.failure"       // no or bad credentials
 	ActionAccessDenied     = "auth.denied"        // wrong role
 	ActionAdmin            = "admin"              // other admin actions
+	ActionAuditUsed        = "audit.used"         // the audit log itself was queried or verified
 )
 
 // Audit outcomes (the FHIR AuditEvent.outcome codes map from these).
@@ -56,8 +68,639 @@ type Auditor interface {
 	Record(ctx context.Context, ev *AuditEvent) error
 }
 
-// AuditLog is the append-only, hash-chained audit store. (Owned by the audit
-// work: extend with Query and Verify.)
+// AuditLog is the append-only, hash-chained audit store. Implementations:
+// storage/bolt (embedded default) and storage/redis (shared by replicas).
+//
+// Record appends ev as the next record of one linear chain, even when several
+// replicas append to one backend at once: it sets ev.Seq (1, 2, 3, … without
+// gaps), ev.ID (AuditRecordID(Seq)), ev.Time (now, if zero; always stored in
+// UTC), ev.Gateway (the log's gateway name), ev.PrevHash (the previous
+// record's Hash, "" for the first) and ev.Hash (AuditHash). It returns only
+// once the record is durably stored; an event without Action or Outcome is
+// ErrInvalid, an unreachable store ErrUnavailable. When Record fails the
+// event may or may not have been stored (a lost reply), never half of it.
+//
+// Query returns one page of the records that match every filter of f, in
+// chain order (oldest first); see AuditFilter. Verify reads the whole chain
+// and reports the first record that was changed, removed or reordered; it
+// returns an error only when the store cannot be read. All methods are safe
+// for concurrent use.
 type AuditLog interface {
 	Auditor
+	Query(ctx context.Context, f AuditFilter) (*AuditPage, error)
+	Verify(ctx context.Context) (VerifyResult, error)
+}
+
+// AuditClockSkew bounds how far a record's Time may be out of chain order
+// (replicas' clocks, events timed before they are appended). Query relies on
+// it to start and stop since/until scans near the right place instead of
+// reading the whole log.
+const AuditClockSkew = 5 * time.Minute
+
+// Page sizes of AuditLog.Query.
+const (
+	DefaultAuditLimit = 100
+	MaxAuditLimit     = 1000
+	// maxAuditExamined bounds the records one Query call reads; a sparse
+	// filter over a long log returns a short (even empty) page with Next set
+	// rather than reading everything at once.
+	maxAuditExamined = 20000
+)
+
+// AuditFilter selects audit records. Empty fields do not filter. Since is
+// inclusive, Until exclusive. Limit is the page size (0 = DefaultAuditLimit,
+// at most MaxAuditLimit). Cursor is the Next of the previous page, "" for the
+// first page.
+type AuditFilter struct {
+	StudyUID  string
+	PatientID string
+	Actor     string // Principal.Name
+	Action    string
+	Since     time.Time
+	Until     time.Time
+	Limit     int
+	Cursor    string
+}
+
+// Match reports whether ev passes every filter of f (Limit and Cursor aside).
+func (f AuditFilter) Match(ev *AuditEvent) bool {
+	switch {
+	case f.StudyUID != "" && !slices.Contains(ev.StudyUIDs, f.StudyUID),
+		f.PatientID != "" && !slices.Contains(ev.PatientIDs, f.PatientID),
+		f.Actor != "" && ev.Actor.Name != f.Actor,
+		f.Action != "" && ev.Action != f.Action,
+		!f.Since.IsZero() && ev.Time.Before(f.Since),
+		!f.Until.IsZero() && !ev.Time.Before(f.Until):
+		return false
+	}
+	return true
+}
+
+// AuditPage is one page of a Query. Next is set when more records may match:
+// pass it as the next AuditFilter.Cursor. A page may be shorter than the
+// limit, even empty, and still carry Next.
+type AuditPage struct {
+	Events []*AuditEvent `json:"events"`
+	Next   string        `json:"next,omitempty"`
+}
+
+// VerifyResult is the outcome of checking the chain. Records counts the
+// records read. When OK is false, FirstBroken is the ID of the first record
+// that is missing or does not fit the chain, and Reason says why.
+type VerifyResult struct {
+	OK          bool   `json:"ok"`
+	Records     int64  `json:"records"`
+	FirstBroken string `json:"first_broken,omitempty"`
+	Reason      string `json:"reason,omitempty"`
+}
+
+// AuditRecordID is the ID of the record at position seq of the chain: the
+// position zero-padded to 16 digits, so that IDs sort like positions and a
+// missing record can be named even though it is gone.
+func AuditRecordID(seq int64) string { return fmt.Sprintf("%016d", seq) }
+
+// AuditCanonical is the byte form that the chain hashes: ev without Hash as
+// JSON (encoding/json, omitempty as tagged), re-encoded with every object's
+// keys sorted and numbers kept as written, so that the form survives a round
+// trip through storage. It is written directly, without the marshal, decode,
+// marshal round trip that defines it (auditCanonicalSlow in the tests); the
+// actor and values of types other than JSON's own still take that route, so
+// a field added to Principal is hashed without a change here.
+func AuditCanonical(ev *AuditEvent) ([]byte, error) {
+	b := make([]byte, 0, 512)
+	b = append(b, `{"action":`...)
+	b = appendJSONString(b, ev.Action)
+	b = append(b, `,"actor":`...)
+	b, err := appendCanonical(b, ev.Actor)
+	if err != nil {
+		return nil, err
+	}
+	if len(ev.Detail) > 0 {
+		b = append(b, `,"detail":`...)
+		if b, err = appendCanonical(b, ev.Detail); err != nil {
+			return nil, err
+		}
+	}
+	b = append(b, `,"gateway":`...)
+	b = appendJSONString(b, ev.Gateway)
+	b = append(b, `,"id":`...)
+	b = appendJSONString(b, ev.ID)
+	b = append(b, `,"outcome":`...)
+	b = appendJSONString(b, ev.Outcome)
+	if len(ev.PatientIDs) > 0 {
+		b = append(b, `,"patient_ids":`...)
+		b = appendJSONStrings(b, ev.PatientIDs)
+	}
+	if ev.PrevHash != "" {
+		b = append(b, `,"prev_hash":`...)
+		b = appendJSONString(b, ev.PrevHash)
+	}
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendInt(b, ev.Seq, 10)
+	if len(ev.StudyUIDs) > 0 {
+		b = append(b, `,"study_uids":`...)
+		b = appendJSONStrings(b, ev.StudyUIDs)
+	}
+	t, err := ev.Time.MarshalJSON()
+	if err != nil {
+		return nil, fmt.Errorf("audit event time: %v: %w", err, ErrInvalid)
+	}
+	b = append(b, `,"time":`...)
+	b = append(b, t...)
+	return append(b, '}'), nil
+}
+
+// appendJSONString appends s as encoding/json writes it after a round trip:
+// every invalid UTF-8 byte becomes U+FFFD (as Marshal does), and the result
+// is written as Marshal writes a valid string.
+func appendJSONString(b []byte, s string) []byte {
+	raw, _ := json.Marshal(jsonValidUTF8(s)) // a valid string always marshals
+	return append(b, raw...)
+}
+
+// jsonValidUTF8 replaces every invalid UTF-8 byte of s with U+FFFD, as
+// encoding/json does when it marshals s.
+func jsonValidUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	var sb strings.Builder
+	for _, r := range s { // an invalid byte yields utf8.RuneError, width 1
+		sb.WriteRune(r)
+	}
+	return sb.String()
+}
+
+func appendJSONStrings(b []byte, ss []string) []byte {
+	b = append(b, '[')
+	for i, s := range ss {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, s)
+	}
+	return append(b, ']')
+}
+
+// appendCanonical appends v in canonical form: JSON's own types directly,
+// anything else through Marshal and a UseNumber decode.
+func appendCanonical(b []byte, v any) ([]byte, error) {
+	var err error
+	switch v := v.(type) {
+	case nil:
+		return append(b, "null"...), nil
+	case string:
+		return appendJSONString(b, v), nil
+	case bool, json.Number, float64, float32, int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64:
+		raw, err := json.Marshal(v)
+		if err != nil {
+			return nil, fmt.Errorf("audit detail: %v: %w", err, ErrInvalid)
+		}
+		return append(b, raw...), nil
+	case map[string]any:
+		if v == nil {
+			return append(b, "null"...), nil
+		}
+		// Keys are sorted as a round trip sorts them: by the bytes of the
+		// key once invalid UTF-8 is replaced.
+		type kv struct {
+			key string
+			val any
+		}
+		kvs := make([]kv, 0, len(v))
+		for k, val := range v {
+			kvs = append(kvs, kv{jsonValidUTF8(k), val})
+		}
+		slices.SortFunc(kvs, func(x, y kv) int { return strings.Compare(x.key, y.key) })
+		b = append(b, '{')
+		for i, e := range kvs {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendJSONString(b, e.key)
+			b = append(b, ':')
+			if b, err = appendCanonical(b, e.val); err != nil {
+				return nil, err
+			}
+		}
+		return append(b, '}'), nil
+	case []any:
+		if v == nil {
+			return append(b, "null"...), nil
+		}
+		b = append(b, '[')
+		for i, e := range v {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			if b, err = appendCanonical(b, e); err != nil {
+				return nil, err
+			}
+		}
+		return append(b, ']'), nil
+	}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("audit event: %v: %w", err, ErrInvalid)
+	}
+	var generic any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(&generic); err != nil {
+		return nil, fmt.Errorf("audit event: %v: %w", err, ErrInvalid)
+	}
+	return appendCanonical(b, generic)
+}
+
+// AuditHash is the chain hash of ev: hex SHA-256 over ev.PrevHash followed by
+// AuditCanonical(ev). ev.PrevHash is part of the canonical form too, so a
+// record moved elsewhere in the chain no longer matches its hash.
+func AuditHash(ev *AuditEvent) (string, error) {
+	canon, err := AuditCanonical(ev)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	h.Write([]byte(ev.PrevHash))
+	h.Write(canon)
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// PrepareAuditEvent checks ev and sets the fields that do not depend on its
+// position: Time (now if zero, in UTC) and Gateway. Backends call it before
+// SealAuditEvent.
+func PrepareAuditEvent(ev *AuditEvent, gatewayName string, now time.Time) error {
+	if ev == nil || ev.Action == "" || ev.Outcome == "" {
+		return fmt.Errorf("audit event without action or outcome: %w", ErrInvalid)
+	}
+	if ev.Time.IsZero() {
+		ev.Time = now
+	}
+	ev.Time = ev.Time.UTC()
+	ev.Gateway = gatewayName
+	return nil
+}
+
+// SealAuditEvent places ev at position seq after a record whose hash is
+// prevHash: it sets ID, Seq, PrevHash and Hash and returns the JSON to store.
+func SealAuditEvent(ev *AuditEvent, seq int64, prevHash string) ([]byte, error) {
+	ev.Seq, ev.ID, ev.PrevHash, ev.Hash = seq, AuditRecordID(seq), prevHash, ""
+	h, err := AuditHash(ev)
+	if err != nil {
+		return nil, err
+	}
+	ev.Hash = h
+	return json.Marshal(ev)
+}
+
+// DecodeAuditEvent decodes a stored record, keeping numbers in Detail as
+// written (json.Number) so that its hash can be recomputed exactly.
+func DecodeAuditEvent(raw []byte) (*AuditEvent, error) {
+	ev := &AuditEvent{}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(ev); err != nil {
+		return nil, err
+	}
+	return ev, nil
+}
+
+// AuditTerm is one (field, value) under which a record is indexed for Query.
+type AuditTerm struct {
+	Field string // "study", "patient", "actor" or "action"
+	Value string
+}
+
+// AuditTerms lists the index terms of ev, so that every backend indexes
+// records alike.
+func AuditTerms(ev *AuditEvent) []AuditTerm {
+	var terms []AuditTerm
+	seen := map[AuditTerm]bool{}
+	add := func(field, value string) {
+		t := AuditTerm{field, value}
+		if value != "" && !seen[t] {
+			seen[t] = true
+			terms = append(terms, t)
+		}
+	}
+	for _, uid := range ev.StudyUIDs {
+		add("study", uid)
+	}
+	for _, id := range ev.PatientIDs {
+		add("patient", id)
+	}
+	add("actor", ev.Actor.Name)
+	add("action", ev.Action)
+	return terms
+}
+
+// driver returns the index term that drives a query: the first filter set
+// among study, patient, actor, action; ok is false when none is.
+func (f AuditFilter) driver() (AuditTerm, bool) {
+	switch {
+	case f.StudyUID != "":
+		return AuditTerm{"study", f.StudyUID}, true
+	case f.PatientID != "":
+		return AuditTerm{"patient", f.PatientID}, true
+	case f.Actor != "":
+		return AuditTerm{"actor", f.Actor}, true
+	case f.Action != "":
+		return AuditTerm{"action", f.Action}, true
+	}
+	return AuditTerm{}, false
+}
+
+// AuditScanner is what a backend offers the shared query code (QueryAudit).
+type AuditScanner interface {
+	// AuditHead returns the Seq of the last record, 0 when the log is empty.
+	AuditHead(ctx context.Context) (int64, error)
+	// AuditIndex returns up to n positions greater than after, ascending, of
+	// the records indexed under t.
+	AuditIndex(ctx context.Context, t AuditTerm, after int64, n int) ([]int64, error)
+	// AuditRecords returns the records at seqs, in that order; nil for a
+	// position that holds none.
+	AuditRecords(ctx context.Context, seqs []int64) ([]*AuditEvent, error)
+}
+
+// EncodeAuditCursor and DecodeAuditCursor make the opaque Next of a page:
+// the last position examined.
+func EncodeAuditCursor(after int64) string {
+	return base64.RawURLEncoding.EncodeToString([]byte("a1:" + strconv.FormatInt(after, 10)))
+}
+
+// DecodeAuditCursor is the inverse of EncodeAuditCursor; a cursor it did not
+// make is ErrInvalid.
+func DecodeAuditCursor(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	if err == nil {
+		if v, ok := strings.CutPrefix(string(raw), "a1:"); ok {
+			if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+				return n, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("audit cursor %q: %w", printable(s), ErrInvalid)
+}
+
+// QueryAudit answers AuditLog.Query over a backend's AuditScanner. It walks
+// the most selective index given (study, patient, actor, action) or else
+// every position, from the cursor on, and filters records in memory. Since
+// starts the walk at the first record timed at or after Since-AuditClockSkew
+// (binary search over positions); a record timed at or after
+// Until+AuditClockSkew ends it.
+func QueryAudit(ctx context.Context, s AuditScanner, f AuditFilter) (*AuditPage, error) {
+	limit := f.Limit
+	switch {
+	case limit < 0:
+		return nil, fmt.Errorf("limit %d: %w", limit, ErrInvalid)
+	case limit == 0:
+		limit = DefaultAuditLimit
+	case limit > MaxAuditLimit:
+		limit = MaxAuditLimit
+	}
+	after, err := DecodeAuditCursor(f.Cursor)
+	if err != nil {
+		return nil, err
+	}
+	head, err := s.AuditHead(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !f.Since.IsZero() {
+		first, err := firstAtOrAfter(ctx, s, head, f.Since.Add(-AuditClockSkew))
+		if err != nil {
+			return nil, err
+		}
+		after = max(after, first-1)
+	}
+	term, indexed := f.driver()
+	page := &AuditPage{Events: []*AuditEvent{}}
+	batch := min(max(limit, 64), 1000)
+	for examined := 0; examined < maxAuditExamined; {
+		var seqs []int64
+		if indexed {
+			if seqs, err = s.AuditIndex(ctx, term, after, batch); err != nil {
+				return nil, err
+			}
+		} else {
+			for seq := after + 1; seq <= head && len(seqs) < batch; seq++ {
+				seqs = append(seqs, seq)
+			}
+		}
+		if len(seqs) == 0 {
+			return page, nil
+		}
+		recs, err := s.AuditRecords(ctx, seqs)
+		if err != nil {
+			return nil, err
+		}
+		for i, rec := range recs {
+			after = seqs[i]
+			examined++
+			if rec == nil {
+				continue
+			}
+			if !f.Until.IsZero() && !rec.Time.Before(f.Until.Add(AuditClockSkew)) {
+				return page, nil
+			}
+			if f.Match(rec) {
+				page.Events = append(page.Events, rec)
+				if len(page.Events) == limit {
+					page.Next = EncodeAuditCursor(after)
+					return page, nil
+				}
+			}
+		}
+	}
+	page.Next = EncodeAuditCursor(after)
+	return page, nil
+}
+
+// firstAtOrAfter returns the first position in 1..head whose record is timed
+// at or after t (head+1 when none is), assuming times ascend with positions
+// up to AuditClockSkew. Missing records count as earlier.
+func firstAtOrAfter(ctx context.Context, s AuditScanner, head int64, t time.Time) (int64, error) {
+	lo, hi := int64(1), head+1
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		recs, err := s.AuditRecords(ctx, []int64{mid})
+		if err != nil {
+			return 0, err
+		}
+		if len(recs) == 1 && recs[0] != nil && !recs[0].Time.Before(t) {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	return lo, nil
+}
+
+// AuditVerifier checks a chain that a backend feeds to it record by record in
+// position order, then against the stored chain head. The first fault found
+// is the one reported; later records are only counted.
+type AuditVerifier struct {
+	next   int64 // position expected next
+	prev   string
+	result VerifyResult
+}
+
+// NewAuditVerifier returns a verifier expecting position 1 first.
+func NewAuditVerifier() *AuditVerifier {
+	return &AuditVerifier{next: 1, result: VerifyResult{OK: true}}
+}
+
+func (v *AuditVerifier) fail(seq int64, format string, args ...any) {
+	v.result.OK = false
+	v.result.FirstBroken = AuditRecordID(seq)
+	v.result.Reason = fmt.Sprintf(format, args...)
+}
+
+// Add checks raw, the record stored at position pos. Positions must ascend.
+func (v *AuditVerifier) Add(pos int64, raw []byte) {
+	v.result.Records++
+	if !v.result.OK {
+		return
+	}
+	if pos != v.next {
+		v.fail(v.next, "record %s is missing (the next stored record is %s)", AuditRecordID(v.next), AuditRecordID(pos))
+		return
+	}
+	ev, err := DecodeAuditEvent(raw)
+	if err != nil {
+		v.fail(pos, "record is not valid JSON: %v", err)
+		return
+	}
+	switch {
+	case ev.Seq != pos || ev.ID != AuditRecordID(pos):
+		v.fail(pos, "position %d holds record seq %d id %q: records were reordered or moved", pos, ev.Seq, ev.ID)
+		return
+	case ev.PrevHash != v.prev:
+		v.fail(pos, "prev_hash does not match the hash of the record before it: a record was changed, removed or reordered")
+		return
+	}
+	h, err := AuditHash(ev)
+	if err != nil {
+		v.fail(pos, "hash cannot be computed: %v", err)
+		return
+	}
+	if h != ev.Hash {
+		v.fail(pos, "hash does not match the record's content: the record was changed")
+		return
+	}
+	v.prev = ev.Hash
+	v.next++
+}
+
+// Finish compares the chain read so far with the stored head (the position
+// and hash of the last record appended) and returns the result.
+func (v *AuditVerifier) Finish(headSeq int64, headHash string) VerifyResult {
+	last := v.next - 1
+	switch {
+	case !v.result.OK:
+	case last < headSeq:
+		v.fail(v.next, "record %s is missing: the chain head says %d records, %d were found", AuditRecordID(v.next), headSeq, last)
+	case last > headSeq:
+		v.fail(headSeq+1, "%d records lie beyond the chain head (%d records)", last-headSeq, headSeq)
+	case v.prev != headHash:
+		v.fail(last, "hash differs from the chain head: the last record was replaced")
+	}
+	return v.result
+}
+
+// AuditCommitter group-commits audit events for a backend: concurrent
+// Records queue up, and one caller at a time (the oldest waiting) hands
+// everything queued, up to MaxBatch events in order, to Commit. A lone
+// Record commits at once; under load, each commit carries many events, so the
+// chain head is read and written, and storage synced, once per batch rather
+// than per event. No goroutine is started and nothing needs closing.
+type AuditCommitter struct {
+	// Commit appends batch to the chain in order and returns one error per
+	// event (nil: all were appended). It runs in one caller at a time.
+	Commit func(ctx context.Context, batch []*AuditEvent) []error
+	// MaxBatch bounds a batch (0: 256).
+	MaxBatch int
+	// Timeout bounds one Commit (0: 10 s). Commit runs with the committing
+	// caller's context values but this deadline instead of its cancellation,
+	// so that one caller giving up does not fail the others' events.
+	Timeout time.Duration
+
+	mu       sync.Mutex
+	pending  []*auditCommit
+	flushing bool
+}
+
+type auditCommit struct {
+	ev       *AuditEvent
+	res      chan auditCommitResult // one message: the outcome, or lead
+	finished bool                   // outcome sent; used by the committing caller only
+}
+
+// auditCommitResult answers a waiting Record: err is its outcome, unless
+// lead is set, which makes it the caller that commits next.
+type auditCommitResult struct {
+	err  error
+	lead bool
+}
+
+// Record queues ev and returns once the batch carrying it was committed.
+func (c *AuditCommitter) Record(ctx context.Context, ev *AuditEvent) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	req := &auditCommit{ev: ev, res: make(chan auditCommitResult, 1)}
+	c.mu.Lock()
+	c.pending = append(c.pending, req)
+	if c.flushing {
+		c.mu.Unlock()
+		r := <-req.res
+		if !r.lead {
+			return r.err
+		}
+		c.mu.Lock()
+	}
+	// This caller commits batches, oldest first, until its own event is
+	// done, then hands the job to the oldest caller still waiting, so that
+	// nobody commits for ever under a steady stream of events.
+	c.flushing = true
+	timeout, maxBatch := c.Timeout, c.MaxBatch
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	if maxBatch <= 0 {
+		maxBatch = 256
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	for !req.finished {
+		n := min(len(c.pending), maxBatch)
+		batch := c.pending[:n:n]
+		c.pending = c.pending[n:]
+		c.mu.Unlock()
+		evs := make([]*AuditEvent, n)
+		for i, r := range batch {
+			evs[i] = r.ev
+		}
+		errs := c.Commit(cctx, evs)
+		for i, r := range batch {
+			var err error
+			if i < len(errs) {
+				err = errs[i]
+			}
+			r.finished = true
+			r.res <- auditCommitResult{err: err}
+		}
+		c.mu.Lock()
+	}
+	if len(c.pending) > 0 {
+		c.pending[0].res <- auditCommitResult{lead: true}
+	} else {
+		c.pending = nil
+		c.flushing = false
+	}
+	c.mu.Unlock()
+	return (<-req.res).err
 }
