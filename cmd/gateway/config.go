@@ -34,6 +34,7 @@ type Config struct {
 	Name             string
 	ConfigPath       string
 	PublicBaseURL    string
+	CORSOrigins      string
 	MaxRequestBytes  int64
 	MaxInstanceBytes int64
 	ShutdownTimeout  time.Duration
@@ -85,6 +86,7 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.Name, "name", "gateway", "this centre's name, used in audit and transfers")
 	fs.StringVar(&cfg.ConfigPath, "config", "", "YAML file: peers, routing rules, tokens/roles, TLS")
 	fs.StringVar(&cfg.PublicBaseURL, "public-base-url", "", "base URL clients reach this gateway at (for RetrieveURL/BulkDataURI behind a proxy)")
+	fs.StringVar(&cfg.CORSOrigins, "cors-origins", "", "comma-separated origins of viewers served from elsewhere (e.g. https://ohif.example.nhs.uk) allowed to call DICOMweb from a browser")
 	fs.Int64Var(&cfg.MaxRequestBytes, "max-request-bytes", 64<<30, "largest STOW-RS request body in bytes (0 = unlimited)")
 	fs.Int64Var(&cfg.MaxInstanceBytes, "max-instance-bytes", 4<<30, "largest single instance in bytes")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may take to finish on SIGTERM")
