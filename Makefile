@@ -3,7 +3,7 @@ GO ?= go
 FUZZTIME ?= 10m
 GOLANGCI_LINT_VERSION ?= v2.6.2
 
-.PHONY: help build run test test-short lint fmt bench fuzz demo compose-check
+.PHONY: help build run test test-e2e test-short lint fmt bench fuzz demo compose-check
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -19,6 +19,12 @@ test: ## install and start redis-server + MinIO on loopback, vet, run every test
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	scripts/testenv.sh $(GO) test -race -count=1 -timeout 45m ./...
+	$(MAKE) test-e2e
+
+test-e2e: ## browser test of the admin page against a real gateway pair (Debian chromium + playwright-core; installs them if missing)
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v firefox-esr >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq firefox-esr >/dev/null || echo "firefox-esr not installed: its smoke test is skipped"; }
+	e2e/run.sh
 
 test-short: ## tests without the race detector (faster), servers started as in make test
 	scripts/testenv.sh $(GO) test -count=1 ./...

@@ -19,7 +19,13 @@ type route struct {
 }
 
 // publicPaths may be served without credentials even when auth is on.
-var publicPaths = map[string]bool{"/healthz": true, "/readyz": true}
+// The admin page's shell and static assets (/ui, /ui/*filepath) are public
+// so that its sign-in form loads without a token; they hold no data, which
+// always comes from the authenticated APIs.
+var publicPaths = map[string]bool{
+	"/healthz": true, "/readyz": true,
+	"/ui": true, "/ui/*filepath": true,
+}
 
 // routes is the one table of every route the gateway serves. A test walks it
 // and fails if a route other than publicPaths declares no role.
