@@ -22,6 +22,8 @@ Usage:
   gateway transfer …             create, list, show, cancel, retry transfers
   gateway audit verify           check the audit log's hash chain
   gateway reindex [serve flags]  rebuild the index from object storage
+  gateway new-token NAME ROLE... make a bearer token and its auth.tokens entry
+  gateway hash-password          bcrypt a password (stdin) for auth.basic
   gateway version                print the version
 
 Every serve flag can also be set as GATEWAY_<NAME> (e.g. GATEWAY_REDIS_URL).
@@ -33,12 +35,14 @@ var version = "dev"
 // commands maps each subcommand to its entry point. Each takes its own
 // arguments and writes to stdout/stderr.
 var commands = map[string]func(ctx context.Context, args []string, stdout, stderr io.Writer) error{
-	"serve":       runServe,
-	"store":       runStore,
-	"reindex":     runReindex,
-	"healthcheck": runHealthcheck,
-	"transfer":    runTransfer,
-	"audit":       runAudit,
+	"serve":         runServe,
+	"store":         runStore,
+	"reindex":       runReindex,
+	"new-token":     runNewToken,
+	"hash-password": runHashPassword,
+	"healthcheck":   runHealthcheck,
+	"transfer":      runTransfer,
+	"audit":         runAudit,
 	"version": func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 		fmt.Fprintln(stdout, version)
 		return nil
