@@ -31,8 +31,8 @@ type Server struct {
 	Transfers *gateway.Transfers
 	// Router forwards newly stored instances that match a routing rule;
 	// nil when no rules are configured.
-	Router *gateway.Router
-	AuditLog  gateway.AuditLog
+	Router   *gateway.Router
+	AuditLog gateway.AuditLog
 
 	// Auth authenticates requests; nil means no auth (loopback only), every
 	// request acting as the local principal with all roles.
@@ -49,9 +49,14 @@ type Server struct {
 	// client address (audit actor address); nil trusts none.
 	TrustedProxies []string
 	Limits         Limits
-	Logger         *slog.Logger
-	Registerer     prometheus.Registerer
-	Gatherer       prometheus.Gatherer
+	// MaxConcurrentStow and MaxConcurrentRetrieve bound the STOW-RS and
+	// WADO-RS requests served at once; beyond them a request is answered
+	// 503 with Retry-After at once (backpressure.go). 0 = no bound.
+	MaxConcurrentStow     int
+	MaxConcurrentRetrieve int
+	Logger                *slog.Logger
+	Registerer            prometheus.Registerer
+	Gatherer              prometheus.Gatherer
 
 	// CORSOrigins lists the origins (e.g. https://viewer.example.nhs.uk) whose
 	// browser pages may call the API, such as an OHIF viewer served elsewhere;
@@ -80,10 +85,14 @@ func (s *Server) Handler() http.Handler {
 	}
 	r.Use(s.requestID, s.recoverPanic, s.cors, s.observe)
 	r.HandleMethodNotAllowed = true
+	limits := s.concurrencyLimits("/dicomweb")
 	for _, rt := range s.routes() {
 		handlers := []gin.HandlerFunc{}
 		if rt.role != "" {
 			handlers = append(handlers, s.authorize(rt.role))
+		}
+		if lim := limits[rt.method+" "+rt.path]; lim != nil {
+			handlers = append(handlers, lim)
 		}
 		handlers = append(handlers, rt.handler)
 		r.Handle(rt.method, rt.path, handlers...)

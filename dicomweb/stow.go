@@ -109,9 +109,10 @@ func (s *Server) handleStow(c *gin.Context) {
 				}
 				break
 			}
-			if errors.Is(err, gateway.ErrTooLarge) {
-				// Reading on would drain a part that may never end: refuse
-				// the rest of the request; what was stored stays stored.
+			if errors.Is(err, gateway.ErrTooLarge) && !drainPart(part) {
+				// The part goes on far past the limit (maybe for ever):
+				// refuse the rest of the request rather than read it all.
+				// What was stored before stays stored.
 				reqErr = fmt.Errorf("part %d is larger than --max-instance-bytes %d: %w", parts, s.Limits.MaxInstanceBytes, gateway.ErrTooLarge)
 				break
 			}
@@ -384,4 +385,15 @@ func (s *Server) route(c *gin.Context, rec *gateway.InstanceRecord) {
 	if err := s.Router.Ingested(c.Request.Context(), rec, source); err != nil {
 		s.Logger.WarnContext(c.Request.Context(), "routing rule not applied", gateway.LogKeyStudyUID, rec.StudyInstanceUID, gateway.LogKeyError, err.Error())
 	}
+}
+
+// oversizeDrain is how much more of a part over the instance limit is read
+// and discarded so that the request's next parts can still be stored.
+const oversizeDrain = 64 << 20
+
+// drainPart discards the rest of a refused part, and reports whether it
+// ended within oversizeDrain bytes.
+func drainPart(part io.Reader) bool {
+	n, err := io.CopyN(io.Discard, part, oversizeDrain+1)
+	return n <= oversizeDrain && (err == nil || errors.Is(err, io.EOF))
 }

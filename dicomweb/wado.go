@@ -1,6 +1,404 @@
 package dicomweb
 
-// wadoRoutes lists the routes of this resource (stub until its issue lands).
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// wadoRoutes lists the WADO-RS routes (PS3.18 10.4: instances, metadata,
+// frames, rendered, thumbnail, bulk data), WADO-URI (section 9) and the
+// DELETE of studies, series and instances.
 func (s *Server) wadoRoutes(base string) []route {
+	st := base + "/studies/:study"
+	se := st + "/series/:series"
+	in := se + "/instances/:instance"
+	read, admin := gateway.RoleRead, gateway.RoleAdmin
+	get, del := http.MethodGet, http.MethodDelete
+	return []route{
+		{get, st, read, s.handleRetrieveStudy},
+		{get, st + "/metadata", read, s.handleStudyMetadata},
+		{get, se, read, s.handleRetrieveSeries},
+		{get, se + "/metadata", read, s.handleSeriesMetadata},
+		{get, in, read, s.handleRetrieveInstance},
+		{get, in + "/metadata", read, s.handleInstanceMetadata},
+		{get, in + "/frames/:frames", read, s.handleFrames},
+		{get, in + "/frames/:frames/rendered", read, s.handleRendered},
+		{get, in + "/frames/:frames/thumbnail", read, s.handleThumbnail},
+		{get, in + "/rendered", read, s.handleRendered},
+		{get, in + "/thumbnail", read, s.handleThumbnail},
+		{get, in + "/bulkdata/*path", read, s.handleBulkData},
+		{get, base + "/wado", read, s.handleWADOURI},
+		{del, st, admin, s.handleDeleteStudy},
+		{del, se, admin, s.handleDeleteSeries},
+		{del, in, admin, s.handleDeleteInstance},
+	}
+}
+
+func (s *Server) retriever() *gateway.Retriever {
+	return &gateway.Retriever{Blobs: s.Blobs, Index: s.Index}
+}
+
+// auditRetrieve records who read which studies (and so which patients)
+// before any byte is sent. If the audit log cannot take the event the request
+// fails with 503 and nothing is sent: patient data is never served unaudited.
+func (s *Server) auditRetrieve(c *gin.Context, recs []*gateway.InstanceRecord, detail map[string]any) error {
+	return s.audit(c, gateway.ActionRetrieve, gateway.OutcomeSuccess, recs, nil, detail)
+}
+
+// audit records one event about recs; studies, when given, name the studies
+// even if recs is empty (a delete of orphan blobs).
+func (s *Server) audit(c *gin.Context, action, outcome string, recs []*gateway.InstanceRecord, studies []string, detail map[string]any) error {
+	if s.Auditor == nil {
+		return nil
+	}
+	var series []string
+	var bytes int64
+	for _, r := range recs {
+		if !slices.Contains(studies, r.StudyInstanceUID) {
+			studies = append(studies, r.StudyInstanceUID)
+		}
+		if !slices.Contains(series, r.SeriesInstanceUID) {
+			series = append(series, r.SeriesInstanceUID)
+		}
+		bytes += r.Size
+	}
+	if detail == nil {
+		detail = map[string]any{}
+	}
+	detail["route"] = c.FullPath()
+	detail["instances"] = len(recs)
+	detail["series_uids"] = series
+	if len(recs) == 1 {
+		detail["sop_instance_uid"] = recs[0].SOPInstanceUID
+	}
+	if _, ok := detail["bytes"]; !ok && action == gateway.ActionRetrieve {
+		detail["bytes"] = bytes
+	}
+	ctx := c.Request.Context()
+	ev := &gateway.AuditEvent{
+		Time:       time.Now().UTC(),
+		Gateway:    s.Name,
+		Actor:      gateway.PrincipalFrom(ctx),
+		Action:     action,
+		Outcome:    outcome,
+		StudyUIDs:  studies,
+		PatientIDs: gateway.PatientIDsOf(recs),
+		Detail:     detail,
+	}
+	if err := s.Auditor.Record(ctx, ev); err != nil {
+		s.Logger.ErrorContext(ctx, "audit event not written: request refused", "action", action, gateway.LogKeyError, err.Error())
+		return fmt.Errorf("audit log unavailable, request refused (nothing was sent or changed): %w", gateway.ErrUnavailable)
+	}
 	return nil
+}
+
+// ---- retrieve instances ----
+
+func (s *Server) handleRetrieveStudy(c *gin.Context) {
+	recs, err := s.retriever().Study(c.Request.Context(), c.Param("study"))
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	s.retrieveInstances(c, recs, false)
+}
+
+func (s *Server) handleRetrieveSeries(c *gin.Context) {
+	recs, err := s.retriever().Series(c.Request.Context(), c.Param("study"), c.Param("series"))
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	s.retrieveInstances(c, recs, false)
+}
+
+func (s *Server) handleRetrieveInstance(c *gin.Context) {
+	rec, ok := s.instance(c)
+	if !ok {
+		return
+	}
+	s.retrieveInstances(c, []*gateway.InstanceRecord{rec}, true)
+}
+
+// instance resolves the instance named by the path or answers the error.
+func (s *Server) instance(c *gin.Context) (*gateway.InstanceRecord, bool) {
+	rec, err := s.retriever().Instance(c.Request.Context(), c.Param("study"), c.Param("series"), c.Param("instance"))
+	if err != nil {
+		s.writeError(c, err)
+		return nil, false
+	}
+	return rec, true
+}
+
+// retrieveInstances negotiates a representation for every stored transfer
+// syntax among recs (each instance is served as stored; a client that names
+// a syntax some instance is not stored in gets 406 naming it), audits, then
+// streams the instances, one blob open at a time.
+func (s *Server) retrieveInstances(c *gin.Context, recs []*gateway.InstanceRecord, single bool) {
+	accept := parseAccept(c.Request.Header.Values("Accept"))
+	chosen := map[string]choice{}
+	for _, rec := range recs {
+		ts := rec.TransferSyntaxUID
+		if _, done := chosen[ts]; done {
+			continue
+		}
+		offers := instanceOffers(ts, single)
+		ch, ok := negotiate(accept, offers)
+		if !ok {
+			s.writeError(c, notAcceptable(accept, "instance "+rec.SOPInstanceUID+" is stored as "+ts, offers))
+			return
+		}
+		chosen[ts] = ch
+	}
+	if err := s.auditRetrieve(c, recs, nil); err != nil {
+		s.writeError(c, err)
+		return
+	}
+	r := s.retriever()
+	if ch := chosen[recs[0].TransferSyntaxUID]; single && !ch.multipart {
+		rec := recs[0]
+		s.writeSingle(c, ch.contentType(), rec.Size, func(ctx context.Context) (io.ReadCloser, error) { return r.Open(ctx, rec) })
+		return
+	}
+	parts := make([]part, len(recs))
+	for i, rec := range recs {
+		parts[i] = part{
+			contentType: chosen[rec.TransferSyntaxUID].contentType(),
+			length:      rec.Size,
+			open:        func(ctx context.Context) (io.ReadCloser, error) { return r.Open(ctx, rec) },
+		}
+	}
+	s.writeMultipart(c, mediaDICOM, parts)
+}
+
+// ---- frames and bulk data ----
+
+func (s *Server) handleFrames(c *gin.Context) {
+	frames, err := gateway.ParseFrameList(c.Param("frames"))
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	rec, ok := s.instance(c)
+	if !ok {
+		return
+	}
+	ranges := make([][]gateway.ByteRange, len(frames))
+	for i, n := range frames {
+		if ranges[i], err = rec.FrameRanges(n); err != nil {
+			s.writeError(c, err)
+			return
+		}
+	}
+	s.servePixels(c, rec, ranges, len(frames) == 1, map[string]any{"frames": truncate(c.Param("frames"), 200)})
+}
+
+// servePixels negotiates and streams pixel data: one part per entry of
+// ranges (a frame, or the whole native value), each labelled with its
+// transfer syntax.
+func (s *Server) servePixels(c *gin.Context, rec *gateway.InstanceRecord, ranges [][]gateway.ByteRange, single bool, detail map[string]any) {
+	offers := frameOffers(rec.TransferSyntaxUID, rec.PixelData.Encapsulated, single)
+	ch, ok := negotiate(parseAccept(c.Request.Header.Values("Accept")), offers)
+	if !ok {
+		s.writeError(c, notAcceptable(parseAccept(c.Request.Header.Values("Accept")),
+			"pixel data of instance "+rec.SOPInstanceUID+" is stored as "+rec.TransferSyntaxUID, offers))
+		return
+	}
+	var total int64
+	for _, rs := range ranges {
+		total += rangesLength(rs)
+	}
+	detail["bytes"] = total
+	if err := s.auditRetrieve(c, []*gateway.InstanceRecord{rec}, detail); err != nil {
+		s.writeError(c, err)
+		return
+	}
+	r := s.retriever()
+	if !ch.multipart {
+		s.writeSingle(c, ch.contentType(), rangesLength(ranges[0]), func(ctx context.Context) (io.ReadCloser, error) {
+			return r.OpenRanges(ctx, rec, ranges[0])
+		})
+		return
+	}
+	parts := make([]part, len(ranges))
+	for i, rs := range ranges {
+		parts[i] = part{
+			contentType: ch.contentType(),
+			length:      rangesLength(rs),
+			open:        func(ctx context.Context) (io.ReadCloser, error) { return r.OpenRanges(ctx, rec, rs) },
+		}
+	}
+	s.writeMultipart(c, ch.mediaType, parts)
+}
+
+func rangesLength(rs []gateway.ByteRange) int64 {
+	var n int64
+	for _, r := range rs {
+		n += r.Length
+	}
+	return n
+}
+
+// handleBulkData serves a BulkDataURI. Pixel Data (7FE00010) is served from
+// the layout recorded at ingest: the native value as one part, or the frames
+// of encapsulated data as one part each. Other bulk elements are located by
+// walking the stored header (gateway.Retriever.BulkData).
+func (s *Server) handleBulkData(c *gin.Context) {
+	rec, ok := s.instance(c)
+	if !ok {
+		return
+	}
+	path := strings.Trim(c.Param("path"), "/")
+	if isPixelDataPath(path) && rec.PixelData != nil {
+		var ranges [][]gateway.ByteRange
+		if rec.PixelData.Encapsulated {
+			for n := 1; n <= rec.Frames(); n++ {
+				rs, err := rec.FrameRanges(n)
+				if err != nil {
+					s.writeError(c, err)
+					return
+				}
+				ranges = append(ranges, rs)
+			}
+		} else {
+			rs, err := rec.PixelDataRanges()
+			if err != nil {
+				s.writeError(c, err)
+				return
+			}
+			ranges = [][]gateway.ByteRange{rs}
+		}
+		s.servePixels(c, rec, ranges, len(ranges) == 1, map[string]any{"bulkdata": path})
+		return
+	}
+	// Other bulk data, and the pixel data of a deflated dataset, which has
+	// no frame layout: located by walking the stored header (inflating it
+	// for a deflated dataset). Its bytes are little endian except in an
+	// explicit big-endian dataset.
+	r := s.retriever()
+	body, length, err := r.OpenBulkData(c.Request.Context(), rec, path)
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	defer func() {
+		if body != nil {
+			body.Close()
+		}
+	}()
+	syntaxes := pixelSyntaxes(rec.TransferSyntaxUID)
+	if rec.TransferSyntaxUID == gateway.TSDeflatedExplicitLE {
+		syntaxes = []string{gateway.TSExplicitLE}
+	}
+	offers := []offer{{multipart: true, mediaType: mediaOctetStream, syntaxes: syntaxes}, {mediaType: mediaOctetStream, syntaxes: syntaxes}}
+	accept := parseAccept(c.Request.Header.Values("Accept"))
+	ch, ok := negotiate(accept, offers)
+	if !ok {
+		s.writeError(c, notAcceptable(accept, "bulk data "+path, offers))
+		return
+	}
+	if err := s.auditRetrieve(c, []*gateway.InstanceRecord{rec}, map[string]any{"bulkdata": path, "bytes": length}); err != nil {
+		s.writeError(c, err)
+		return
+	}
+	open := func(context.Context) (io.ReadCloser, error) {
+		b := body
+		body = nil // the writer closes it now
+		return b, nil
+	}
+	if !ch.multipart {
+		s.writeSingle(c, ch.contentType(), length, open)
+		return
+	}
+	s.writeMultipart(c, mediaOctetStream, []part{{contentType: ch.contentType(), length: length, open: open}})
+}
+
+// isPixelDataPath reports whether a bulk data path names the top-level
+// Pixel Data, Float Pixel Data or Double Float Pixel Data element.
+func isPixelDataPath(path string) bool {
+	switch strings.ToUpper(path) {
+	case gateway.TagPixelData, "7FE00008", "7FE00009":
+		return true
+	}
+	return false
+}
+
+// ---- delete ----
+
+func (s *Server) deleter() *gateway.Deleter {
+	return &gateway.Deleter{Blobs: s.Blobs, Index: s.Index}
+}
+
+func (s *Server) handleDeleteStudy(c *gin.Context) {
+	p, err := s.deleter().PlanStudy(c.Request.Context(), c.Param("study"))
+	s.runDelete(c, p, err)
+}
+
+func (s *Server) handleDeleteSeries(c *gin.Context) {
+	p, err := s.deleter().PlanSeries(c.Request.Context(), c.Param("study"), c.Param("series"))
+	s.runDelete(c, p, err)
+}
+
+func (s *Server) handleDeleteInstance(c *gin.Context) {
+	p, err := s.deleter().PlanInstance(c.Request.Context(), c.Param("study"), c.Param("series"), c.Param("instance"))
+	s.runDelete(c, p, err)
+}
+
+// runDelete audits the delete before removing anything (an audit failure is
+// 503 and nothing is deleted), carries it out, and audits a failure a second
+// time so the log shows that the delete did not complete.
+func (s *Server) runDelete(c *gin.Context, p *gateway.DeletePlan, err error) {
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	detail := map[string]any{"orphan_blobs": len(p.OrphanKeys)}
+	if p.SeriesInstanceUID != "" {
+		detail["series_uid"] = p.SeriesInstanceUID
+	}
+	if err := s.auditDelete(c, gateway.OutcomeSuccess, p, detail); err != nil {
+		s.writeError(c, err)
+		return
+	}
+	// The delete outlives a client that hangs up: a half-done delete is what
+	// we want to avoid. Bounded by its own timeout.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request.Context()), 10*time.Minute)
+	defer cancel()
+	res, err := s.deleter().Execute(ctx, p)
+	if err != nil {
+		detail["error"] = err.Error()
+		if aerr := s.auditDelete(c, gateway.OutcomeError, p, detail); aerr != nil {
+			s.Logger.ErrorContext(c.Request.Context(), "audit of failed delete not written", gateway.LogKeyError, aerr.Error())
+		}
+		if statusOf(err) == http.StatusInternalServerError && !errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w (%w)", err, gateway.ErrUnavailable)
+		}
+		s.writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{
+		"study_uid":         p.StudyInstanceUID,
+		"series_uid":        p.SeriesInstanceUID,
+		"sop_instance_uid":  p.SOPInstanceUID,
+		"deleted_instances": res.Instances,
+		"deleted_blobs":     res.Blobs,
+		"deleted_bytes":     res.Bytes,
+	})
+}
+
+func (s *Server) auditDelete(c *gin.Context, outcome string, p *gateway.DeletePlan, detail map[string]any) error {
+	d := make(map[string]any, len(detail))
+	maps.Copy(d, detail)
+	return s.audit(c, gateway.ActionDelete, outcome, p.Records, p.StudyUIDs(), d)
 }

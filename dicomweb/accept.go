@@ -1,0 +1,325 @@
+package dicomweb
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// Media types of the WADO-RS representations.
+const (
+	mediaMultipart   = "multipart/related"
+	mediaDICOM       = "application/dicom"
+	mediaDICOMJSON   = "application/dicom+json"
+	mediaJSON        = "application/json"
+	mediaOctetStream = "application/octet-stream"
+	mediaJPEG        = "image/jpeg"
+	mediaPNG         = "image/png"
+)
+
+// mediaRange is one entry of an Accept header (PS3.18 8.7.1, RFC 9110
+// 12.5.1): a media type or range, its parameters (keys lower case, values
+// unquoted; "type" and "transfer-syntax" matter here) and its quality.
+type mediaRange struct {
+	mediaType string
+	params    map[string]string
+	q         float64
+}
+
+func (r mediaRange) String() string {
+	var b strings.Builder
+	b.WriteString(r.mediaType)
+	for _, k := range slices.Sorted(maps.Keys(r.params)) {
+		fmt.Fprintf(&b, "; %s=%s", k, r.params[k])
+	}
+	return b.String()
+}
+
+// parseAccept parses every Accept header value into media ranges, highest
+// quality first (ties keep the client's order). Entries with q=0 are refused
+// by the client and dropped; malformed entries are skipped rather than
+// failing the request, so one odd entry in a viewer's long list does not
+// turn into a 400. No header at all yields nil: the client takes the
+// default representation.
+func parseAccept(values []string) []mediaRange {
+	var out []mediaRange
+	for _, v := range values {
+		for _, entry := range splitQuoted(v, ',') {
+			r, ok := parseMediaRange(entry)
+			if ok && r.q > 0 {
+				out = append(out, r)
+			}
+		}
+	}
+	slices.SortStableFunc(out, func(a, b mediaRange) int { return cmp.Compare(b.q, a.q) })
+	if out == nil && strings.TrimSpace(strings.Join(values, "")) != "" {
+		out = []mediaRange{} // a header that accepts nothing is not "no header"
+	}
+	return out
+}
+
+// parseMediaRange parses `type/subtype; k=v; k="v"; q=0.5`. It is lenient
+// about what viewers send: unquoted slashes in parameter values
+// (type=application/octet-stream) and spaces around '='.
+func parseMediaRange(s string) (mediaRange, bool) {
+	parts := splitQuoted(s, ';')
+	mt := strings.ToLower(strings.TrimSpace(parts[0]))
+	typ, sub, ok := strings.Cut(mt, "/")
+	if !ok || typ == "" || sub == "" || strings.ContainsAny(mt, " \t\"") {
+		return mediaRange{}, false
+	}
+	r := mediaRange{mediaType: mt, params: map[string]string{}, q: 1}
+	for _, p := range parts[1:] {
+		k, v, ok := strings.Cut(p, "=")
+		k = strings.ToLower(strings.TrimSpace(k))
+		if !ok || k == "" {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		if uq, err := strconv.Unquote(v); err == nil && strings.HasPrefix(v, `"`) {
+			v = uq
+		}
+		if k == "q" {
+			q, err := strconv.ParseFloat(v, 64)
+			if err != nil || q < 0 || q > 1 {
+				return mediaRange{}, false
+			}
+			r.q = q
+			continue
+		}
+		r.params[k] = v
+	}
+	return r, true
+}
+
+// splitQuoted splits s at sep outside double quotes, trimming each piece.
+func splitQuoted(s string, sep byte) []string {
+	var out []string
+	start, quoted := 0, false
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\' && quoted:
+			i++
+		case c == '"':
+			quoted = !quoted
+		case c == sep && !quoted:
+			out = append(out, strings.TrimSpace(s[start:i]))
+			start = i + 1
+		}
+	}
+	return append(out, strings.TrimSpace(s[start:]))
+}
+
+// offer is one representation the server can produce for a resource.
+type offer struct {
+	// multipart is true for multipart/related; mediaType is then each part's
+	// type, else the body's type.
+	multipart bool
+	mediaType string
+	// syntaxes are the transfer syntaxes the bytes can be labelled with, the
+	// first being the label when the client names none or asks for "*"
+	// (empty: the representation has no transfer syntax, e.g. JSON).
+	syntaxes []string
+}
+
+// choice is the outcome of negotiation: the offer and the transfer syntax
+// the client gets ("" when not applicable).
+type choice struct {
+	offer
+	transferSyntax string
+}
+
+// contentType is the part (multipart) or body Content-Type of c, with its
+// transfer-syntax parameter.
+func (c choice) contentType() string {
+	if c.transferSyntax == "" {
+		return c.mediaType
+	}
+	return c.mediaType + "; transfer-syntax=" + c.transferSyntax
+}
+
+// negotiate returns the first offer, in the client's order of preference,
+// that one of its media ranges accepts. With no Accept header the first offer
+// is the answer. ok is false when nothing acceptable can be produced (406).
+//
+// A missing transfer-syntax parameter is read as "the stored syntax", as
+// Orthanc and dcm4chee do: PS3.18 names Explicit VR Little Endian as the
+// default, but a gateway that does not transcode would then refuse most
+// compressed studies to viewers that never name a syntax.
+func negotiate(accept []mediaRange, offers []offer) (choice, bool) {
+	if len(offers) == 0 {
+		return choice{}, false
+	}
+	if accept == nil {
+		return choice{offer: offers[0], transferSyntax: first(offers[0].syntaxes)}, true
+	}
+	for _, r := range accept {
+		for _, o := range offers {
+			if ts, ok := r.accepts(o); ok {
+				return choice{offer: o, transferSyntax: ts}, true
+			}
+		}
+	}
+	return choice{}, false
+}
+
+func first(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[0]
+}
+
+// accepts reports whether r accepts o and with which transfer syntax.
+func (r mediaRange) accepts(o offer) (string, bool) {
+	switch {
+	case r.mediaType == "*/*":
+	case r.mediaType == mediaMultipart || r.mediaType == "multipart/*":
+		if !o.multipart {
+			return "", false
+		}
+		if t, ok := r.params["type"]; ok && !mediaTypeMatches(strings.ToLower(t), o.mediaType) {
+			return "", false
+		}
+	default:
+		if o.multipart || !mediaTypeMatches(r.mediaType, o.mediaType) {
+			return "", false
+		}
+	}
+	ts := strings.TrimSpace(r.params["transfer-syntax"])
+	if ts == "" || ts == "*" || len(o.syntaxes) == 0 {
+		return first(o.syntaxes), true
+	}
+	if slices.Contains(o.syntaxes, ts) {
+		return ts, true
+	}
+	return "", false
+}
+
+// mediaTypeMatches reports whether pattern (a type, "type/*" or "*/*")
+// matches t, treating the RLE media type's old x- name as an alias.
+func mediaTypeMatches(pattern, t string) bool {
+	pattern = strings.TrimSpace(pattern)
+	if pattern == "image/x-dicom-rle" {
+		pattern = "image/dicom-rle"
+	}
+	if pattern == "*/*" || pattern == t {
+		return true
+	}
+	if p, ok := strings.CutSuffix(pattern, "/*"); ok {
+		return strings.HasPrefix(t, p+"/")
+	}
+	return false
+}
+
+// notAcceptable is the 406 error for an Accept header nothing matched.
+func notAcceptable(accept []mediaRange, what string, offers []offer) error {
+	asked := make([]string, 0, len(accept))
+	for _, r := range accept {
+		asked = append(asked, r.String())
+	}
+	can := make([]string, 0, len(offers))
+	for _, o := range offers {
+		s := o.mediaType
+		if o.multipart {
+			s = mediaMultipart + "; type=" + o.mediaType
+		}
+		if len(o.syntaxes) > 0 {
+			s += "; transfer-syntax=" + strings.Join(o.syntaxes, "|")
+		}
+		can = append(can, s)
+	}
+	return fmt.Errorf("%s: none of the accepted types [%s] can be served (no transcoding); available: [%s]: %w",
+		what, truncate(strings.Join(asked, ", "), 400), strings.Join(can, ", "), gateway.ErrNotAcceptable)
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// Offers per resource. Instances are served as stored: their only syntax is
+// the stored one.
+
+// instanceOffers: whole instances, multipart (any level) and, for a single
+// instance, also a bare application/dicom body.
+func instanceOffers(ts string, single bool) []offer {
+	o := []offer{{multipart: true, mediaType: mediaDICOM, syntaxes: []string{ts}}}
+	if single {
+		o = append(o, offer{mediaType: mediaDICOM, syntaxes: []string{ts}})
+	}
+	return o
+}
+
+// pixelSyntaxes are the labels pixel bytes stored in ts can carry: native
+// little-endian pixels are the same bytes in implicit and explicit VR, and
+// Explicit VR Little Endian is the octet-stream default (PS3.18 8.7.3.5).
+func pixelSyntaxes(ts string) []string {
+	if ts == gateway.TSImplicitLE || ts == gateway.TSExplicitLE {
+		return []string{gateway.TSExplicitLE, gateway.TSImplicitLE}
+	}
+	return []string{ts}
+}
+
+// frameOffers: frames or pixel bulk data. Native pixels are
+// application/octet-stream; encapsulated frames are the syntax's image type
+// (image/jpeg, image/jls …) and, because viewers such as OHIF ask for
+// type=application/octet-stream with transfer-syntax=*, also octet-stream
+// labelled with the compressed syntax. single adds bare bodies (one frame).
+func frameOffers(ts string, encapsulated, single bool) []offer {
+	syn := pixelSyntaxes(ts)
+	var o []offer
+	if it := imageMediaType(ts); encapsulated && it != mediaOctetStream {
+		o = append(o, offer{multipart: true, mediaType: it, syntaxes: syn})
+	}
+	o = append(o, offer{multipart: true, mediaType: mediaOctetStream, syntaxes: syn})
+	if single {
+		for _, m := range o[:len(o):len(o)] {
+			m.multipart = false
+			o = append(o, m)
+		}
+	}
+	return o
+}
+
+// imageMediaType is the media type of one frame of pixel data in syntax ts
+// (PS3.18 Table 8.7.3-2 / 8.7.4-1); octet-stream for native and anything
+// without an image type.
+func imageMediaType(ts string) string {
+	switch ts {
+	case "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70":
+		return mediaJPEG
+	case "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81":
+		return "image/jls"
+	case "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91":
+		return "image/jp2"
+	case "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93":
+		return "image/jpx"
+	case "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203":
+		return "image/jhc"
+	case "1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112":
+		return "image/jxl"
+	case gateway.TSRLELossless:
+		return "image/dicom-rle"
+	case "1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101":
+		return "video/mpeg"
+	case "1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.103", "1.2.840.10008.1.2.4.104",
+		"1.2.840.10008.1.2.4.105", "1.2.840.10008.1.2.4.106", "1.2.840.10008.1.2.4.107", "1.2.840.10008.1.2.4.108":
+		return "video/mp4"
+	}
+	return mediaOctetStream
+}
+
+// metadataOffers: DICOM JSON (also under application/json for generic
+// clients). XML is not offered.
+var metadataOffers = []offer{{mediaType: mediaDICOMJSON}, {mediaType: mediaJSON}}
+
+// renderedOffers: JPEG by default, or PNG.
+var renderedOffers = []offer{{mediaType: mediaJPEG}, {mediaType: mediaPNG}}

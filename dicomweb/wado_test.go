@@ -1,0 +1,316 @@
+package dicomweb_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dicom-gateway/gateway/dicomweb"
+	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/internal/testcorpus"
+	"github.com/dicom-gateway/gateway/storage/bolt"
+	"github.com/dicom-gateway/gateway/storage/filesystem"
+	"github.com/dicom-gateway/gateway/storage/redis"
+	"github.com/dicom-gateway/gateway/storage/s3"
+	"github.com/dicom-gateway/gateway/storage/storagetest"
+)
+
+// wadoGateway is a dicomweb.Server on real backends, served by httptest on
+// loopback.
+type wadoGateway struct {
+	srv   *httptest.Server
+	s     *dicomweb.Server
+	blobs gateway.BlobStore
+	index gateway.Index
+	audit auditQuerier
+}
+
+type auditQuerier interface {
+	gateway.AuditLog
+	Query(ctx context.Context, f gateway.AuditFilter) (*gateway.AuditPage, error)
+}
+
+// wadoBackends are the two backend families every WADO test runs on:
+// embedded (files + bbolt) and production (MinIO + Redis, from make test).
+var wadoBackends = []string{"embedded", "s3+redis"}
+
+// newWADOGateway starts a gateway on the embedded backends; configure may
+// adjust the Server (wrap Blobs, set Auditor, CORS) before its handler is
+// built.
+func newWADOGateway(t testing.TB, configure func(s *dicomweb.Server)) *wadoGateway {
+	return newWADOGatewayOn(t, "embedded", configure)
+}
+
+// newWADOGatewayOn starts a gateway on the named backend family.
+func newWADOGatewayOn(t testing.TB, backend string, configure func(s *dicomweb.Server)) *wadoGateway {
+	t.Helper()
+	var (
+		blobs gateway.BlobStore
+		index gateway.Index
+		audit auditQuerier
+	)
+	switch backend {
+	case "embedded":
+		dir := t.TempDir()
+		fs, err := filesystem.New(filepath.Join(dir, "blobs"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fs.Close() })
+		db, err := bolt.Open(filepath.Join(dir, "state.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		bi, err := bolt.NewIndex(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ba, err := bolt.NewAuditLog(db, "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		blobs, index, audit = fs, bi, ba
+	case "s3+redis":
+		m := storagetest.MinIO(t)
+		st, err := s3.New(s3.Config{Endpoint: m.Endpoint, Bucket: m.Bucket(t), AccessKey: m.AccessKey, SecretKey: gateway.Secret(m.SecretKey), Region: "us-east-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := redis.Open(storagetest.RedisURL(t), storagetest.RedisPrefix(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		blobs, index, audit = st, redis.NewIndex(c), redis.NewAuditLog(c, "test")
+	default:
+		t.Fatalf("unknown backend %q", backend)
+	}
+	s := &dicomweb.Server{
+		Name:     "test",
+		Blobs:    blobs,
+		Index:    index,
+		Auditor:  audit,
+		AuditLog: audit,
+		Ingester: &gateway.Ingester{Blobs: blobs, Index: index},
+	}
+	if configure != nil {
+		configure(s)
+	}
+	g := &wadoGateway{s: s, blobs: s.Blobs, index: index, audit: audit}
+	g.srv = httptest.NewServer(s.Handler())
+	t.Cleanup(g.srv.Close)
+	return g
+}
+
+// ingest stores one instance with the Ingester (what STOW-RS calls) and
+// returns 200, or 409 when it refuses the instance.
+func (g *wadoGateway) ingest(t testing.TB, data []byte) int {
+	t.Helper()
+	if _, err := g.s.Ingester.Store(t.Context(), bytes.NewReader(data), gateway.StoreOptions{}); err != nil {
+		return http.StatusConflict
+	}
+	return http.StatusOK
+}
+
+// get performs a GET with optional headers (name, value pairs).
+func (g *wadoGateway) get(t testing.TB, path string, headers ...string) *http.Response {
+	t.Helper()
+	return g.do(t, http.MethodGet, path, headers...)
+}
+
+func (g *wadoGateway) do(t testing.TB, method, path string, headers ...string) *http.Response {
+	t.Helper()
+	url := path
+	if !strings.HasPrefix(path, "http") {
+		url = g.srv.URL + path
+	}
+	req, err := http.NewRequestWithContext(t.Context(), method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Add(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultTransport.RoundTrip(req) // no transparent gzip: tests see what was sent
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+// readBody reads a response body, failing the test on a read error (a
+// truncated stream).
+func readBody(t testing.TB, resp *http.Response) []byte {
+	t.Helper()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	return b
+}
+
+// respPart is one part of a multipart/related response.
+type respPart struct {
+	contentType string
+	body        []byte
+}
+
+// readParts checks that resp is multipart/related with the given type
+// parameter ("" = any) and returns its parts.
+func readParts(t testing.TB, resp *http.Response, wantType string) []respPart {
+	t.Helper()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, want 200: %s", resp.StatusCode, readBody(t, resp))
+	}
+	mt, params, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/related" {
+		t.Fatalf("Content-Type %q: not multipart/related (%v)", resp.Header.Get("Content-Type"), err)
+	}
+	if got := params["type"]; wantType != "" && got != wantType {
+		t.Errorf("multipart type=%q, want %q", got, wantType)
+	}
+	mr := multipart.NewReader(resp.Body, params["boundary"])
+	var parts []respPart
+	for {
+		p, err := mr.NextRawPart()
+		if err == io.EOF {
+			return parts
+		}
+		if err != nil {
+			t.Fatalf("part %d: %v", len(parts), err)
+		}
+		b, err := io.ReadAll(p)
+		if err != nil {
+			t.Fatalf("part %d: %v", len(parts), err)
+		}
+		parts = append(parts, respPart{contentType: p.Header.Get("Content-Type"), body: b})
+	}
+}
+
+// errorBody reads a JSON error body and fails if it has no message.
+func errorBody(t testing.TB, resp *http.Response) string {
+	t.Helper()
+	var body struct {
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(readBody(t, resp), &body); err != nil || body.Error == "" {
+		t.Errorf("status %d: error body without a message (%v)", resp.StatusCode, err)
+	}
+	return body.Error
+}
+
+// wadoCorpusInstance is a corpus file the gateway stored.
+type wadoCorpusInstance struct {
+	g      *wadoGateway
+	name   string
+	data   []byte
+	header *gateway.Header
+	rec    *gateway.InstanceRecord
+}
+
+func (ci wadoCorpusInstance) path() string {
+	return "/dicomweb/studies/" + ci.rec.StudyInstanceUID + "/series/" + ci.rec.SeriesInstanceUID + "/instances/" + ci.rec.SOPInstanceUID
+}
+
+// storeCorpusForWADO stores every corpus file the gateway accepts. Corpus
+// files share SOP Instance UIDs (one image in several transfer syntaxes), so
+// they are spread over as few gateways as possible, never two files with
+// one UID on the same gateway; each instance comes with its gateway.
+func storeCorpusForWADO(t *testing.T, backend string) []wadoCorpusInstance {
+	t.Helper()
+	var pending []string
+	for _, f := range testcorpus.Files(t) {
+		pending = append(pending, f.Path)
+	}
+	var out []wadoCorpusInstance
+	for len(pending) > 0 {
+		g := newWADOGatewayOn(t, backend, nil)
+		used := map[string]bool{}
+		var next []string
+		for _, path := range pending {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, err := gateway.ParseHeader(bytes.NewReader(data), gateway.HeaderLimits{})
+			if err != nil || gateway.ValidateUID(h.SOPInstanceUID) != nil {
+				continue // refused by any gateway: STOW tests cover why
+			}
+			if used[h.SOPInstanceUID] {
+				next = append(next, path)
+				continue
+			}
+			used[h.SOPInstanceUID] = true
+			status := g.ingest(t, data)
+			rec, err := g.index.GetInstance(t.Context(), h.SOPInstanceUID)
+			if err != nil {
+				if status == http.StatusOK {
+					t.Errorf("%s: stored but not in the index: %v", filepath.Base(path), err)
+				}
+				continue
+			}
+			out = append(out, wadoCorpusInstance{g: g, name: filepath.Base(path), data: data, header: h, rec: rec})
+		}
+		pending = next
+	}
+	return out
+}
+
+// auditEvents returns the audit events recorded for study.
+func (g *wadoGateway) auditEvents(t testing.TB, study, action string) []*gateway.AuditEvent {
+	t.Helper()
+	page, err := g.audit.Query(context.WithoutCancel(t.Context()), gateway.AuditFilter{StudyUID: study, Action: action, Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return page.Events
+}
+
+// downAuditor is a fault a real audit log cannot be made to produce on
+// demand: every Record fails.
+type downAuditor struct{}
+
+func (downAuditor) Record(context.Context, *gateway.AuditEvent) error {
+	return fmt.Errorf("audit disk full: %w", gateway.ErrUnavailable)
+}
+
+// midStreamFailingBlobs wraps a real BlobStore and makes every Get after the first
+// `after` fail part-way through the object: storage dying mid-retrieve.
+type midStreamFailingBlobs struct {
+	gateway.BlobStore
+	after int
+	gets  int
+}
+
+func (f *midStreamFailingBlobs) Get(ctx context.Context, key string, off, n int64) (io.ReadCloser, error) {
+	rc, err := f.BlobStore.Get(ctx, key, off, n)
+	if err != nil {
+		return nil, err
+	}
+	f.gets++
+	if f.gets <= f.after {
+		return rc, nil
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(io.LimitReader(rc, 100), diskGoneReader{}), rc}, nil
+}
+
+type diskGoneReader struct{}
+
+func (diskGoneReader) Read([]byte) (int, error) {
+	return 0, fmt.Errorf("disk gone: %w", gateway.ErrUnavailable)
+}

@@ -1,0 +1,126 @@
+package dicomweb
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"sync"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// copyBufs holds the buffers parts are copied through: big enough that a
+// part streams in few writes, pooled so that concurrent retrieves share them.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// part is one part of a multipart/related response, opened only when its
+// turn comes so that a study streams with one blob open at a time.
+type part struct {
+	contentType string
+	location    string // Content-Location, "" for none
+	length      int64  // Content-Length, < 0 when unknown
+	open        func(ctx context.Context) (io.ReadCloser, error)
+}
+
+// writeMultipart streams parts as multipart/related; type=partType with a
+// random boundary (crypto/rand, from mime/multipart). The first part is
+// opened before the status line is written, so a missing first blob is a
+// clean error response. Once the response has started, a failure to open or
+// read a part (storage gone, blob shorter than its record) aborts the
+// connection with http.ErrAbortHandler: the client sees a truncated
+// response, never a complete-looking one with an instance missing.
+func (s *Server) writeMultipart(c *gin.Context, partType string, parts []part) {
+	ctx := c.Request.Context()
+	var firstBody io.ReadCloser
+	if len(parts) > 0 {
+		var err error
+		if firstBody, err = parts[0].open(ctx); err != nil {
+			s.writeError(c, err)
+			return
+		}
+	}
+	mw := multipart.NewWriter(c.Writer)
+	c.Header("Content-Type", fmt.Sprintf("%s; type=%q; boundary=%s", mediaMultipart, partType, mw.Boundary()))
+	c.Status(http.StatusOK)
+	buf := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(buf)
+	for i, p := range parts {
+		body := firstBody
+		if i > 0 {
+			var err error
+			if body, err = p.open(ctx); err != nil {
+				s.abortStream(c, i, err)
+			}
+		}
+		h := textproto.MIMEHeader{"Content-Type": {p.contentType}}
+		if p.length >= 0 {
+			h.Set("Content-Length", strconv.FormatInt(p.length, 10))
+		}
+		if p.location != "" {
+			h.Set("Content-Location", p.location)
+		}
+		w, err := mw.CreatePart(h)
+		if err != nil {
+			body.Close()
+			s.abortStream(c, i, err)
+		}
+		// struct{io.Reader} hides WriterTo, so the copy goes through buf.
+		n, err := io.CopyBuffer(w, struct{ io.Reader }{body}, *buf)
+		if cerr := body.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil && p.length >= 0 && n != p.length {
+			err = fmt.Errorf("part has %d bytes, want %d: %w", n, p.length, io.ErrUnexpectedEOF)
+		}
+		if err != nil {
+			s.abortStream(c, i, err)
+		}
+		c.Writer.Flush()
+	}
+	if err := mw.Close(); err != nil {
+		s.abortStream(c, len(parts), err)
+	}
+}
+
+// writeSingle streams one body with a known length, for single-part
+// representations (application/dicom, one frame).
+func (s *Server) writeSingle(c *gin.Context, contentType string, length int64, open func(ctx context.Context) (io.ReadCloser, error)) {
+	body, err := open(c.Request.Context())
+	if err != nil {
+		s.writeError(c, err)
+		return
+	}
+	c.Header("Content-Type", contentType)
+	if length >= 0 {
+		c.Header("Content-Length", strconv.FormatInt(length, 10))
+	}
+	c.Status(http.StatusOK)
+	buf := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(buf)
+	n, err := io.CopyBuffer(c.Writer, struct{ io.Reader }{body}, *buf)
+	if cerr := body.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && length >= 0 && n != length {
+		err = fmt.Errorf("body has %d bytes, want %d: %w", n, length, io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		s.abortStream(c, 0, err)
+	}
+}
+
+// abortStream logs why a started response is cut short and aborts the
+// connection (the client sees truncation, not a complete response).
+func (s *Server) abortStream(c *gin.Context, partIndex int, err error) {
+	if c.Request.Context().Err() == nil { // not just the client going away
+		s.Logger.ErrorContext(c.Request.Context(), "retrieve aborted mid-stream",
+			"route", c.FullPath(), "part", partIndex, gateway.LogKeyError, err.Error())
+	}
+	panic(http.ErrAbortHandler)
+}
