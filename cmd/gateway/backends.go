@@ -140,6 +140,9 @@ func wireServices(m *Main, b *Backends, reg prometheus.Registerer) {
 		Auditor: b.AuditLog,
 		Logger:  m.Logger,
 		Workers: cfg.TransferWorkers,
+		// The lease is renewed well before it runs out, or another
+		// replica would take over a transfer that is still moving.
+		Heartbeat: cfg.TransferLease / 3,
 		// Unique per live replica: a restarted process must not inherit
 		// its predecessor's pending entries as its own.
 		Consumer: fmt.Sprintf("%s-%s-%d-%d", cfg.Name, host, os.Getpid(), time.Now().UnixNano()%1e6),
