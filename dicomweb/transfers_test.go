@@ -37,6 +37,32 @@ type centre struct {
 	transfers *gateway.Transfers
 	handler   http.Handler
 	http      *httptest.Server
+	audit     *transferAudit
+}
+
+// transferAudit keeps the audit events a centre's transfers record.
+type transferAudit struct {
+	mu     sync.Mutex
+	events []gateway.AuditEvent
+}
+
+func (a *transferAudit) Record(_ context.Context, ev *gateway.AuditEvent) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.events = append(a.events, *ev)
+	return nil
+}
+
+func (a *transferAudit) find(action string) []gateway.AuditEvent {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []gateway.AuditEvent
+	for _, ev := range a.events {
+		if ev.Action == action {
+			out = append(out, ev)
+		}
+	}
+	return out
 }
 
 // backends names the two backend families every transfer test runs on.
@@ -89,8 +115,9 @@ func newCentre(t testing.TB, name, backend string) *centre {
 	default:
 		t.Fatalf("unknown backend %s", backend)
 	}
+	c.audit = &transferAudit{}
 	c.transfers = &gateway.Transfers{
-		Name: name, Queue: c.queue, Index: c.index, Sender: dicomweb.NewClient(c.blobs),
+		Name: name, Queue: c.queue, Index: c.index, Sender: dicomweb.NewClient(c.blobs), Auditor: c.audit,
 		Workers: 2, Heartbeat: 200 * time.Millisecond,
 		RetryPolicy: gateway.RetryPolicy{Base: 20 * time.Millisecond, Max: 200 * time.Millisecond, MaxAttempts: 100},
 	}
@@ -270,6 +297,16 @@ func TestTransferArrivesByteIdentical(t *testing.T) {
 				t.Errorf("%d per-instance entries, want %d", got, want)
 			}
 			assertArrived(t, surrey, ins)
+			for _, action := range []string{gateway.ActionTransferCreated, gateway.ActionTransferStarted, gateway.ActionTransferComplete, gateway.ActionTransferVerified} {
+				evs := hampshire.audit.find(action)
+				if len(evs) != 1 {
+					t.Errorf("%d %s audit events, want 1", len(evs), action)
+					continue
+				}
+				if got := evs[0].PatientIDs; len(got) != 1 || got[0] != ins[0].PatientID {
+					t.Errorf("%s audit event patient IDs = %v, want [%s]: who sent this patient's images must be answerable", action, got, ins[0].PatientID)
+				}
+			}
 
 			var list struct {
 				Transfers []gateway.Transfer `json:"transfers"`

@@ -245,6 +245,9 @@ type Transfers struct {
 	Now  func() time.Time
 	Rand func() float64
 
+	patientsMu sync.Mutex
+	patients   map[string][]string // study UID → patient IDs, for audit events
+
 	mu      sync.Mutex
 	stats   TransferStats
 	cancel  context.CancelFunc
@@ -476,12 +479,44 @@ func (s *Transfers) audit(ctx context.Context, actor Principal, action, outcome 
 	for k, v := range extra {
 		detail[k] = v
 	}
-	ev := &AuditEvent{Time: s.now(), Gateway: s.Name, Actor: actor, Action: action, Outcome: outcome, StudyUIDs: []string{t.StudyUID}, Detail: detail}
+	ev := &AuditEvent{Time: s.now(), Gateway: s.Name, Actor: actor, Action: action, Outcome: outcome,
+		StudyUIDs: []string{t.StudyUID}, PatientIDs: s.studyPatientIDs(ctx, t.StudyUID), Detail: detail}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := s.Auditor.Record(actx, ev); err != nil {
 		s.logger().ErrorContext(ctx, "transfer audit not written", LogKeyTransferID, t.ID, LogKeyError, err.Error())
 	}
+}
+
+// studyPatientIDs returns the patient IDs of a study's instances, so that
+// "who sent this patient's images" finds transfer events by patient ID. The
+// answer is cached per study (a transfer writes several events); nil when
+// the study is not (or no longer) stored here.
+func (s *Transfers) studyPatientIDs(ctx context.Context, studyUID string) []string {
+	s.patientsMu.Lock()
+	ids, ok := s.patients[studyUID]
+	s.patientsMu.Unlock()
+	if ok || s.Index == nil {
+		return ids
+	}
+	recs, err := s.Index.ListInstances(ctx, studyUID, "")
+	if err != nil {
+		return nil
+	}
+	seen := map[string]bool{}
+	for _, r := range recs {
+		if id := r.Metadata.String(TagPatientID); id != "" && !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	s.patientsMu.Lock()
+	if s.patients == nil || len(s.patients) >= 1024 {
+		s.patients = map[string][]string{}
+	}
+	s.patients[studyUID] = ids
+	s.patientsMu.Unlock()
+	return ids
 }
 
 // Run starts the workers and returns; they stop when Close is called (ctx
