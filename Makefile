@@ -3,7 +3,7 @@ GO ?= go
 FUZZTIME ?= 10m
 GOLANGCI_LINT_VERSION ?= v2.6.2
 
-.PHONY: help build run test test-e2e test-short lint fmt bench fuzz demo compose-check
+.PHONY: help build run test test-e2e test-short lint fmt bench bench-orthanc fuzz demo compose-check soak soak-ci
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,3 +49,13 @@ demo: build ## two centres on loopback (Redis + MinIO started here), sample stud
 compose-check: ## validate docker-compose.yml (Debian's docker-compose, no engine needed)
 	@command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
 	docker-compose -f docker-compose.yml config -q
+
+SOAK ?= 10m
+soak: ## two gateways on their own Redis+MinIO under mixed traffic and injected faults for SOAK (default 10m); report on stdout
+	scripts/testenv.sh $(GO) run ./cmd/soak -duration $(SOAK)
+
+soak-ci: ## the 2-minute soak that CI runs
+	scripts/testenv.sh $(GO) run ./cmd/soak -duration 2m
+
+bench-orthanc: ## gateway (embedded, Redis+MinIO) vs Orthanc+DICOMweb on the same data: STOW, 1 GiB peak RSS, QIDO, WADO tables (~15-20 min; BENCH_FLAGS=-small for ~1 min)
+	scripts/bench.sh $(BENCH_FLAGS)

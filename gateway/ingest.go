@@ -54,8 +54,12 @@ type Ingester struct {
 	// HeaderLimits bound the header parser; zero fields take the defaults.
 	HeaderLimits HeaderLimits
 	// LockTTL bounds how long a crashed replica's lease on a SOP Instance
-	// UID blocks others; it must exceed the longest upload. 0 means 30 min.
+	// UID blocks others (a live holder renews it). 0 means 30 s.
 	LockTTL time.Duration
+	// LockWait bounds how long an upload waits for another upload of the
+	// same instance to finish before it is refused as unavailable (503,
+	// Retry-After), rather than holding the client. 0 means 1 minute.
+	LockWait time.Duration
 	Now     func() time.Time
 	Logger  *slog.Logger
 }
@@ -101,16 +105,21 @@ func (in *Ingester) Store(ctx context.Context, r io.Reader, opts StoreOptions) (
 		return fail(ReasonOutOfResources, fmt.Errorf("%s: %w", what, err))
 	}
 
-	ttl := in.LockTTL
+	ttl, wait := in.LockTTL, in.LockWait
 	if ttl <= 0 {
-		ttl = 30 * time.Minute
+		ttl = 30 * time.Second
 	}
-	unlock, err := in.Index.Lock(ctx, h.SOPInstanceUID, ttl)
+	if wait <= 0 {
+		wait = time.Minute
+	}
+	lockCtx, cancelLock := context.WithTimeout(ctx, wait)
+	unlock, err := in.Index.Lock(lockCtx, h.SOPInstanceUID, ttl)
+	cancelLock()
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, unavailable("lock instance", err)
+		return nil, unavailable("lock instance", fmt.Errorf("another upload of this instance is still running: %w", err))
 	}
 	defer unlock()
 

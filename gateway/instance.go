@@ -67,10 +67,13 @@ func (r *InstanceRecord) Key() string {
 // backends return ErrUnavailable. All methods are safe for concurrent use.
 //
 // Lock takes a lease on one SOP Instance UID, held by at most one caller
-// across every replica sharing the backend, until unlock is called or ttl
-// passes; it waits (polling, bounded by ctx) while another holds it. Ingest
-// holds it from the duplicate check until the index entry is written, so two
-// concurrent uploads of one instance never overwrite each other's blob.
+// across every replica sharing the backend until unlock is called; it waits
+// (polling, bounded by ctx) while another holds it. The lease is renewed in
+// the background while held, so ttl bounds only how long the lease of a
+// holder that died (a killed replica) blocks others; unlock stops the
+// renewal. Ingest holds it from the duplicate check until the index entry is
+// written, so two concurrent uploads of one instance never overwrite each
+// other's blob.
 type Index interface {
 	Lock(ctx context.Context, sopInstanceUID string, ttl time.Duration) (unlock func(), err error)
 	PutInstance(ctx context.Context, rec *InstanceRecord) (existing *InstanceRecord, created bool, err error)

@@ -56,7 +56,8 @@ func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger) (_ *Bac
 		}
 		ensureCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if err := store.EnsureBucket(ensureCtx); err != nil {
-			logger.Warn("s3 bucket not checked; /readyz reports s3 until it answers", gateway.LogKeyBackend, "s3", gateway.LogKeyError, err.Error())
+			logger.Warn("s3 bucket not checked yet; retrying in the background, /readyz reports s3 until then", gateway.LogKeyBackend, "s3", gateway.LogKeyError, err.Error())
+			b.retryInBackground(func(ctx context.Context) error { return store.EnsureBucket(ctx) })
 		}
 		cancel()
 		b.Blobs, b.BlobKind = store, "s3"
@@ -105,6 +106,32 @@ func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger) (_ *Bac
 		}
 	}
 	return b, nil
+}
+
+// retryInBackground runs fn every 2 s until it succeeds or the backends
+// close: S3 may still be starting (or down) when the gateway starts.
+func (b *Backends) retryInBackground(fn func(ctx context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(2 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				attempt, stop := context.WithTimeout(ctx, 5*time.Second)
+				err := fn(attempt)
+				stop()
+				if err == nil {
+					return
+				}
+			}
+		}
+	}()
+	b.closers = append(b.closers, func() error { cancel(); <-done; return nil })
 }
 
 // Close closes every backend, in reverse order of opening.

@@ -21,26 +21,28 @@ import (
 // Config is everything gateway serve needs: flags (each also GATEWAY_<NAME>)
 // and the optional --config YAML file. Precedence: flag > env > default.
 type Config struct {
-	Listen           string
-	DataDir          string
-	S3Endpoint       string
-	S3Bucket         string
-	S3AccessKey      string
-	S3SecretKey      gateway.Secret
-	S3Region         string
-	S3TLS            bool
-	RedisURL         string
-	RedisPrefix      string
-	Name             string
-	ConfigPath       string
-	PublicBaseURL    string
-	CORSOrigins      string
-	MaxRequestBytes  int64
-	MaxInstanceBytes int64
-	ShutdownTimeout  time.Duration
-	TransferWorkers  int
-	TransferLease    time.Duration
-	LogLevel         string
+	Listen                string
+	DataDir               string
+	S3Endpoint            string
+	S3Bucket              string
+	S3AccessKey           string
+	S3SecretKey           gateway.Secret
+	S3Region              string
+	S3TLS                 bool
+	RedisURL              string
+	RedisPrefix           string
+	Name                  string
+	ConfigPath            string
+	PublicBaseURL         string
+	CORSOrigins           string
+	MaxRequestBytes       int64
+	MaxInstanceBytes      int64
+	MaxConcurrentStow     int
+	MaxConcurrentRetrieve int
+	ShutdownTimeout       time.Duration
+	TransferWorkers       int
+	TransferLease         time.Duration
+	LogLevel              string
 
 	File FileConfig // from --config
 }
@@ -89,6 +91,8 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.CORSOrigins, "cors-origins", "", "comma-separated origins of viewers served from elsewhere (e.g. https://ohif.example.nhs.uk) allowed to call DICOMweb from a browser")
 	fs.Int64Var(&cfg.MaxRequestBytes, "max-request-bytes", 64<<30, "largest STOW-RS request body in bytes (0 = unlimited)")
 	fs.Int64Var(&cfg.MaxInstanceBytes, "max-instance-bytes", 4<<30, "largest single instance in bytes")
+	fs.IntVar(&cfg.MaxConcurrentStow, "max-concurrent-stow", dicomweb.DefaultMaxConcurrentStow, "STOW-RS requests served at once; beyond it 503 with Retry-After (0 = no bound)")
+	fs.IntVar(&cfg.MaxConcurrentRetrieve, "max-concurrent-retrieve", dicomweb.DefaultMaxConcurrentRetrieve, "WADO-RS requests served at once; beyond it 503 with Retry-After (0 = no bound)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may take to finish on SIGTERM")
 	fs.IntVar(&cfg.TransferWorkers, "transfer-workers", 4, "transfers sent at once by this replica")
 	fs.DurationVar(&cfg.TransferLease, "transfer-lease", time.Minute, "how long a crashed replica's running transfer stays claimed before another takes it over")

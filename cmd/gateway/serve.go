@@ -101,18 +101,20 @@ func (m *Main) Run(ctx context.Context) error {
 	m.Backends = b
 
 	m.Server = &dicomweb.Server{
-		Name:           cfg.Name,
-		Blobs:          b.Blobs,
-		Index:          b.Index,
-		Auth:           auth,
-		RateLimit:      rateLimit,
-		TrustedProxies: cfg.File.TrustedProxies,
-		Ready:          b.Ready,
-		PublicBaseURL:  cfg.PublicBaseURL,
-		Limits:         dicomweb.Limits{MaxRequestBytes: cfg.MaxRequestBytes, MaxInstanceBytes: cfg.MaxInstanceBytes},
-		Logger:         m.Logger,
-		Registerer:     reg,
-		Gatherer:       reg,
+		Name:                  cfg.Name,
+		Blobs:                 b.Blobs,
+		Index:                 b.Index,
+		Auth:                  auth,
+		RateLimit:             rateLimit,
+		TrustedProxies:        cfg.File.TrustedProxies,
+		Ready:                 b.Ready,
+		PublicBaseURL:         cfg.PublicBaseURL,
+		Limits:                dicomweb.Limits{MaxRequestBytes: cfg.MaxRequestBytes, MaxInstanceBytes: cfg.MaxInstanceBytes},
+		MaxConcurrentStow:     cfg.MaxConcurrentStow,
+		MaxConcurrentRetrieve: cfg.MaxConcurrentRetrieve,
+		Logger:                m.Logger,
+		Registerer:            reg,
+		Gatherer:              reg,
 	}
 	wireServices(m, b, reg)
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -31,6 +32,14 @@ const (
 	minPartSize     = 5 << 20
 	maxPartSize     = 5 << 30
 	maxParts        = 10000
+)
+
+// While S3 is unreachable: connect for at most dialTimeout, and try a
+// request at most maxRetries times (with minio-go's jittered backoff of
+// 200 ms doubling, about 1 s in all for a refused connection).
+const (
+	dialTimeout = 3 * time.Second
+	maxRetries  = 3
 )
 
 // abortTimeout bounds the clean-up of a failed multipart upload, which runs
@@ -98,11 +107,17 @@ func New(cfg Config) (*BlobStore, error) {
 		return nil, fmt.Errorf("s3: %w", err)
 	}
 	tr.MaxIdleConnsPerHost = 64 // minio's 16 makes concurrent STOW requests reconnect
+	// Bound how long a call takes while S3 is down, so that requests fail
+	// fast with ErrUnavailable (503) instead of hanging: a dial gives up
+	// after dialTimeout, and a failed request is tried maxRetries times in
+	// all (minio-go's default of 10 retries a refused connection for ~5 s).
+	tr.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	client, err := minio.New(cfg.Endpoint, &minio.Options{
-		Creds:     credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey.Reveal(), ""),
-		Secure:    cfg.TLS,
-		Region:    cfg.Region,
-		Transport: tr,
+		Creds:      credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey.Reveal(), ""),
+		Secure:     cfg.TLS,
+		Region:     cfg.Region,
+		Transport:  tr,
+		MaxRetries: maxRetries,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("s3: endpoint %q: %w: %w", cfg.Endpoint, gateway.ErrInvalid, err)
