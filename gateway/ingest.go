@@ -60,8 +60,8 @@ type Ingester struct {
 	// same instance to finish before it is refused as unavailable (503,
 	// Retry-After), rather than holding the client. 0 means 1 minute.
 	LockWait time.Duration
-	Now     func() time.Time
-	Logger  *slog.Logger
+	Now      func() time.Time
+	Logger   *slog.Logger
 }
 
 // Store reads one DICOM Part 10 instance from r and stores it unchanged.
