@@ -1,6 +1,7 @@
 package dicomweb
 
 import (
+	"context"
 	"errors"
 	"net/http"
 
@@ -26,9 +27,19 @@ var statusByErr = []struct {
 	{errUnsupportedMediaType, http.StatusUnsupportedMediaType}, // multipart.go: a STOW body that is not multipart/related DICOM
 }
 
+// statusClientClosedRequest is nginx's code for a request whose client
+// disconnected before the answer; it keeps such requests out of the 5xx
+// counts.
+const statusClientClosedRequest = 499
+
 // statusOf returns the HTTP status for err: the first sentinel it wraps, 413
 // for *http.MaxBytesError, 500 otherwise.
 func statusOf(err error) int {
+	if errors.Is(err, context.Canceled) {
+		// The client went away (or the server is stopping): nobody reads
+		// the answer, and it is not the server's error.
+		return statusClientClosedRequest
+	}
 	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 		return http.StatusRequestEntityTooLarge
 	}

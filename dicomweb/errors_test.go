@@ -1,6 +1,7 @@
 package dicomweb
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -23,6 +24,7 @@ func TestStatusOf(t *testing.T) {
 		{gateway.ErrForbidden, http.StatusForbidden},
 		{fmt.Errorf("redis: %w", gateway.ErrUnavailable), http.StatusServiceUnavailable},
 		{errors.New("boom"), http.StatusInternalServerError},
+		{fmt.Errorf("audit not recorded: %w", context.Canceled), 499},
 	} {
 		if got := statusOf(tt.err); got != tt.want {
 			t.Errorf("statusOf(%v) = %d, want %d", tt.err, got, tt.want)
