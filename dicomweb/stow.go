@@ -125,9 +125,17 @@ func (s *Server) handleStow(c *gin.Context) {
 			s.recordIncoming(c, study, ie.SOPInstanceUID, 0, ie)
 			continue
 		}
+		if err := s.route(c, rec); err != nil {
+			// Stored, but its routing rule could not queue the transfer:
+			// report it failed so that the sender resends it. The resend is
+			// idempotent (identical bytes) and routes it again, so nothing
+			// stored here is silently left unforwarded.
+			failed = append(failed, stowFailure{sopClassUID: rec.SOPClassUID, sopInstanceUID: rec.SOPInstanceUID,
+				reason: gateway.ReasonOutOfResources, unavailable: true})
+			continue
+		}
 		stored = append(stored, rec)
 		s.recordIncoming(c, rec.StudyInstanceUID, rec.SOPInstanceUID, rec.Size, nil)
-		s.route(c, rec)
 	}
 	if reqErr == nil && parts == 0 {
 		reqErr = fmt.Errorf("the multipart/related body has no parts: %w", gateway.ErrInvalid)
@@ -372,19 +380,21 @@ func (l *partLimit) Read(p []byte) (int, error) {
 }
 
 // route hands a newly stored instance to the routing rules. The source is
-// the sending centre of an incoming transfer, else the principal's name. A
-// rule that cannot queue its transfer is logged; the store still succeeded.
-func (s *Server) route(c *gin.Context, rec *gateway.InstanceRecord) {
+// the sending centre of an incoming transfer, else the principal's name.
+func (s *Server) route(c *gin.Context, rec *gateway.InstanceRecord) error {
 	if s.Router == nil {
-		return
+		return nil
 	}
 	source := c.GetHeader(HeaderSourceCentre)
 	if source == "" {
 		source = gateway.PrincipalFrom(c.Request.Context()).Name
 	}
 	if err := s.Router.Ingested(c.Request.Context(), rec, source); err != nil {
-		s.Logger.WarnContext(c.Request.Context(), "routing rule not applied", gateway.LogKeyStudyUID, rec.StudyInstanceUID, gateway.LogKeyError, err.Error())
+		s.Logger.WarnContext(c.Request.Context(), "routing rule not applied; instance reported failed so the sender resends it",
+			gateway.LogKeyStudyUID, rec.StudyInstanceUID, gateway.LogKeySOPUID, rec.SOPInstanceUID, gateway.LogKeyError, err.Error())
+		return err
 	}
+	return nil
 }
 
 // oversizeDrain is how much more of a part over the instance limit is read

@@ -549,6 +549,24 @@ func TestStowDuplicates(t *testing.T) {
 			if got, _ := s.storedBytes(t, testSOP(1)); !bytes.Equal(got, first) {
 				t.Errorf("original not kept")
 			}
+
+			// An index entry whose blob was lost is healed by a resend of
+			// the same bytes, not answered "already stored".
+			if err := s.blobs.Delete(t.Context(), rec1.Key()); err != nil {
+				t.Fatal(err)
+			}
+			if res := s.stow(t, "/dicomweb/studies", dicomPart(second)); res.status != http.StatusConflict {
+				t.Errorf("other bytes for an entry whose blob is lost: %d %s, want 409", res.status, res.body)
+			}
+			if _, err := s.blobs.Stat(t.Context(), rec1.Key()); !errors.Is(err, gateway.ErrNotFound) {
+				t.Errorf("refused bytes left under the key: %v", err)
+			}
+			if res := s.stow(t, "/dicomweb/studies", dicomPart(first)); res.status != http.StatusOK {
+				t.Fatalf("resend after the blob was lost: %d %s", res.status, res.body)
+			}
+			if got, _ := s.storedBytes(t, testSOP(1)); !bytes.Equal(got, first) {
+				t.Errorf("resend did not restore the original bytes")
+			}
 		})
 	}
 }

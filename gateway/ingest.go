@@ -135,7 +135,17 @@ func (in *Ingester) Store(ctx context.Context, r io.Reader, opts StoreOptions) (
 	}
 	body := &checkedReader{r: io.MultiReader(&head, lim), sum: sha256.New(), tail: h.Tail(), headerLeft: h.HeaderLength}
 
-	if existing != nil && in.policy() == DuplicateReject {
+	// An index entry whose blob is gone (lost after a failure) is healed by a
+	// resend of the same bytes, never answered as "already stored".
+	healing := false
+	if existing != nil {
+		if _, err := in.Blobs.Stat(ctx, existing.Key()); errors.Is(err, ErrNotFound) {
+			healing = true
+			in.logger().WarnContext(ctx, "index entry without its blob: storing the resent bytes", LogKeySOPUID, h.SOPInstanceUID)
+		}
+	}
+
+	if existing != nil && !healing && in.policy() == DuplicateReject {
 		// Hash the stream only: the stored original is never touched.
 		if _, err := io.Copy(io.Discard, body); err != nil {
 			return nil, annotate(body.failure(err))
@@ -175,7 +185,11 @@ func (in *Ingester) Store(ctx context.Context, r io.Reader, opts StoreOptions) (
 		Metadata:          h.Dataset,
 	}
 
-	if existing != nil { // DuplicateReplace
+	if healing && (existing.SHA256 != rec.SHA256 || existing.Size != rec.Size) && in.policy() == DuplicateReject {
+		in.deleteBlob(ctx, key)
+		return nil, fail(ReasonDuplicateRejected, fmt.Errorf("instance %s is indexed with different content (policy %s): %w", h.SOPInstanceUID, DuplicateReject, ErrConflict))
+	}
+	if existing != nil { // DuplicateReplace, or healing a lost blob
 		if existing.SHA256 == rec.SHA256 && existing.Size == rec.Size {
 			return existing, nil
 		}
@@ -192,7 +206,19 @@ func (in *Ingester) Store(ctx context.Context, r io.Reader, opts StoreOptions) (
 
 	got, created, err := in.Index.PutInstance(ctx, rec)
 	if err != nil {
-		in.deleteBlob(ctx, key)
+		// The write may have landed with its reply lost (Redis restarted):
+		// ask again before deciding what to do with the blob.
+		cur, gerr := in.Index.GetInstance(ctx, rec.SOPInstanceUID)
+		switch {
+		case gerr == nil && cur.SHA256 == rec.SHA256 && cur.Size == rec.Size:
+			return cur, nil
+		case errors.Is(gerr, ErrNotFound):
+			in.deleteBlob(ctx, key) // certainly not indexed: leave nothing behind
+		default:
+			// Unknown: keep the blob. An unindexed blob is found again by
+			// reindex or a resend; a deleted blob under an index entry would
+			// be an instance lost.
+		}
 		return nil, unavailable("write index entry", err)
 	}
 	if !created {

@@ -135,14 +135,23 @@ func (s *soak) stowLoop(ctx context.Context, client int) {
 			spec.Rows, spec.Columns = 256, 256
 		}
 		study := synth.Study(spec)
-		s.stowOnce(ctx, c, study)
+		// Like a PACS, resend what the gateway did not confirm (it said
+		// 503, or failed an instance with 0xA700) until it does.
+		for attempt := 0; len(study) > 0 && attempt < 10; attempt++ {
+			if attempt > 0 && !sleep(ctx, 500*time.Millisecond) {
+				break
+			}
+			study = s.stowOnce(ctx, c, study)
+		}
 		if !sleep(ctx, 20*time.Millisecond) {
 			return
 		}
 	}
 }
 
-func (s *soak) stowOnce(ctx context.Context, c *http.Client, study []synth.Instance) {
+// stowOnce sends the instances in one STOW-RS request and returns those
+// the answer did not confirm as stored.
+func (s *soak) stowOnce(ctx context.Context, c *http.Client, study []synth.Instance) []synth.Instance {
 	body, ct := cluster.StowBody(study)
 	defer body.Close()
 	// Not ctx: a request in flight when the traffic stops runs to its end,
@@ -194,6 +203,13 @@ func (s *soak) stowOnce(ctx context.Context, c *http.Client, study []synth.Insta
 	} else if status <= 0 {
 		sleep(ctx, 500*time.Millisecond)
 	}
+	var rest []synth.Instance
+	for _, in := range study {
+		if !stored[in.SOPInstanceUID] {
+			rest = append(rest, in)
+		}
+	}
+	return rest
 }
 
 // referencedSOPs lists the ReferencedSOPInstanceUID of each item of the
