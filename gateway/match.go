@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -194,6 +195,26 @@ func NameKeys(d Dataset, tag string) []string {
 			add(FoldName(g))
 			for _, w := range nameWords(g) {
 				add(w)
+			}
+		}
+	}
+	return keys
+}
+
+// NameGroupKeys returns the folded whole component groups of the person
+// names of tag in d, once each: a name matched without fuzzy matching whose
+// pattern starts with a literal prefix matches only if one of them starts
+// with the folded prefix (IndexHints.NamePrefix).
+func NameGroupKeys(d Dataset, tag string) []string {
+	a, ok := d[tag]
+	if !ok {
+		return nil
+	}
+	var keys []string
+	for _, pn := range PersonNamesOf(a) {
+		for _, g := range []string{pn.Alphabetic, pn.Ideographic, pn.Phonetic} {
+			if k := FoldName(g); k != "" && !slices.Contains(keys, k) {
+				keys = append(keys, k)
 			}
 		}
 	}

@@ -319,9 +319,11 @@ type IndexHints struct {
 	AccessionNumber string   // exact AccessionNumber
 	Modalities      []string // the study has one of these (ModalitiesInStudy or Modality)
 	// NamePrefix is the folded literal prefix of the PatientName pattern, or
-	// of its first word with fuzzy matching; it is a prefix of one of the
-	// study's NameKeys.
+	// of its first word with fuzzy matching (NameWord); it is a prefix of one
+	// of the study's NameKeys, and without NameWord of one of its
+	// NameGroupKeys.
 	NamePrefix string
+	NameWord   bool
 	// DateLow and DateHigh bound StudyDate as YYYYMMDD numbers; 0 = open.
 	// HasDate says a StudyDate condition exists (studies without a date
 	// then cannot match).
@@ -367,7 +369,7 @@ func (q *Query) Hints() IndexHints {
 			v := c.Values[0]
 			if q.FuzzyMatching {
 				if w := nameWords(v); len(w) > 0 {
-					v = w[0]
+					v, h.NameWord = w[0], true
 				} else {
 					continue
 				}
@@ -413,6 +415,7 @@ type SearchSource interface {
 func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, error) {
 	res := &SearchResult{Items: []Dataset{}}
 	skip := q.Offset
+	returnTags := q.ReturnTags()
 	// emit adds one match; it returns false when the page is full and one
 	// more match proves that More is true.
 	emit := func(d Dataset) bool {
@@ -424,7 +427,7 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 			res.More = true
 			return false
 		}
-		res.Items = append(res.Items, q.project(d))
+		res.Items = append(res.Items, q.project(d, returnTags))
 		if uid := d.String(TagStudyInstanceUID); uid != "" && !slices.Contains(res.StudyUIDs, uid) {
 			res.StudyUIDs = append(res.StudyUIDs, uid)
 		}
@@ -563,12 +566,14 @@ func (q *Query) ReturnTags() []string {
 	return append(tags, q.IncludeFields...)
 }
 
-func (q *Query) project(d Dataset) Dataset {
+// project returns the attributes of d that q returns; tags is
+// q.ReturnTags(), computed once per search.
+func (q *Query) project(d Dataset, tags []string) Dataset {
 	if q.IncludeAll {
 		return d
 	}
-	out := Dataset{}
-	for _, t := range q.ReturnTags() {
+	out := make(Dataset, len(tags)+3)
+	for _, t := range tags {
 		if a, ok := d[t]; ok {
 			out[t] = a
 		}

@@ -23,15 +23,17 @@ import (
 var (
 	bucketInstances      = []byte("index.instances")       // sop uid → InstanceRecord JSON
 	bucketStudyInstances = []byte("index.study_instances") // study \0 series \0 sop → empty
-	bucketStudies        = []byte("index.studies")         // study uid → StudySummary JSON
+	bucketStudies        = []byte("index.studies")         // study uid → StudySummary, compact (JSON before)
 	bucketSeries         = []byte("index.series")          // study \0 series → SeriesSummary JSON
 	bucketStudyOrder     = []byte("index.study_order")     // StudyDate (8 digits) \0 study → empty
 )
 
 // Index is the embedded gateway.Index: instance records, study and series
 // summaries in one bbolt file, each put, replace or delete one transaction.
-// Searches scan the study summaries, which suits a single-site laptop or
-// small PACS; the Redis index is the one built for large archives.
+// Searches walk the study order newest first, skipping non-candidates by
+// the hints kept in each order entry and decoding only candidate summaries
+// (stored in the compact form), which suits a single-site laptop or small
+// PACS; the Redis index is the one built for large archives.
 type Index struct {
 	db *bbolt.DB
 
@@ -84,7 +86,27 @@ func (x *Index) Lock(ctx context.Context, sopInstanceUID string, ttl time.Durati
 		if !ok || now.After(held.expires) {
 			x.locks[sopInstanceUID] = heldLock{token: token, expires: now.Add(ttl)}
 			x.mu.Unlock()
+			stop, stopped := make(chan struct{}), make(chan struct{})
+			go func() { // renew the lease while held, so only an abandoned lease expires
+				defer close(stopped)
+				tick := time.NewTicker(max(ttl/3, time.Millisecond))
+				defer tick.Stop()
+				for {
+					select {
+					case <-stop:
+						return
+					case <-tick.C:
+						x.mu.Lock()
+						if cur, ok := x.locks[sopInstanceUID]; ok && cur.token == token {
+							x.locks[sopInstanceUID] = heldLock{token: token, expires: time.Now().Add(ttl)}
+						}
+						x.mu.Unlock()
+					}
+				}
+			}()
 			return func() {
+				close(stop)
+				<-stopped
 				x.mu.Lock()
 				defer x.mu.Unlock()
 				if cur, ok := x.locks[sopInstanceUID]; ok && cur.token == token {
@@ -314,7 +336,7 @@ func addRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
 	if err := tx.Bucket(bucketStudyOrder).Put(orderKey(study), orderValue(study)); err != nil {
 		return err
 	}
-	return putJSON(tx, bucketStudies, []byte(rec.StudyInstanceUID), study)
+	return putStudy(tx, study)
 }
 
 func removeRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
@@ -354,7 +376,17 @@ func removeRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
 	if err := tx.Bucket(bucketStudyOrder).Put(orderKey(study), orderValue(study)); err != nil {
 		return err
 	}
-	return putJSON(tx, bucketStudies, []byte(rec.StudyInstanceUID), study)
+	return putStudy(tx, study)
+}
+
+// putStudy stores a study summary in the compact form (gateway.AppendCompact),
+// which searches decode without encoding/json.
+func putStudy(tx *bbolt.Tx, s *gateway.StudySummary) error {
+	data, err := s.AppendCompact(nil)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketStudies).Put([]byte(s.StudyInstanceUID), data)
 }
 
 func putJSON(tx *bbolt.Tx, bucket, key []byte, v any) error {
@@ -370,7 +402,14 @@ func getStudy(tx *bbolt.Tx, study string) (*gateway.StudySummary, error) {
 	if v == nil {
 		return nil, fmt.Errorf("study %s: %w", study, gateway.ErrNotFound)
 	}
-	var s gateway.StudySummary
+	if len(v) > 0 && v[0] != '{' {
+		s, err := gateway.DecodeCompactStudy(string(v))
+		if err != nil {
+			return nil, fmt.Errorf("decode study %s: %w", study, err)
+		}
+		return s, nil
+	}
+	var s gateway.StudySummary // written as JSON by an earlier version
 	if err := json.Unmarshal(v, &s); err != nil {
 		return nil, fmt.Errorf("decode study %s: %w", study, err)
 	}
@@ -446,6 +485,11 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 	}
 	// Walk in batches, each in its own read transaction, so that a long
 	// search never holds one transaction (and the file's old pages) open.
+	// The first batch is what the search needs (h.Want), later ones grow.
+	size := searchBatch
+	if h.Want > 0 {
+		size = min(max(h.Want, 16), searchBatch)
+	}
 	var resume []byte
 	for {
 		var batch []*gateway.StudySummary
@@ -472,14 +516,19 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 				k, v = c.Last()
 			}
 			for ; k != nil; k, v = c.Prev() {
-				date, uid, _ := bytes.Cut(k, []byte{0})
+				date, uid := k, k
+				if len(k) > 8 && k[8] == 0 { // orderKey: 8 digits, NUL, UID
+					date, uid = k[:8], k[9:]
+				} else {
+					date, uid, _ = bytes.Cut(k, []byte{0})
+				}
 				if h.HasDate {
 					d, _ := strconv.ParseInt(string(date), 10, 64)
 					if d == 0 || (h.DateLow > 0 && d < h.DateLow) {
 						return nil // older dates only from here on
 					}
 				}
-				if len(batch) == searchBatch {
+				if len(batch) == size {
 					next = slices.Clone(k)
 					return nil
 				}
@@ -507,7 +556,7 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 			return nil
 		}
 		resume = next // the first key not yet visited
-
+		size = min(size*2, 4*searchBatch)
 	}
 }
 
@@ -517,29 +566,39 @@ func hintsAllow(v []byte, h gateway.IndexHints) bool {
 	if h.PatientID == "" && h.AccessionNumber == "" && len(h.Modalities) == 0 && h.NamePrefix == "" {
 		return true
 	}
-	f := strings.Split(string(v), "\x00")
-	if len(f) != 4 {
+	// This runs for every study walked: no allocation, and each field is
+	// cut only when an earlier one did not already decide.
+	if bytes.Count(v, []byte{0}) != 3 {
 		return true
 	}
-	if h.PatientID != "" && f[0] != h.PatientID {
+	pid, rest, _ := bytes.Cut(v, []byte{0})
+	if h.PatientID != "" && string(pid) != h.PatientID {
 		return false
 	}
-	if h.AccessionNumber != "" && f[1] != h.AccessionNumber {
+	acc, rest, _ := bytes.Cut(rest, []byte{0})
+	if h.AccessionNumber != "" && string(acc) != h.AccessionNumber {
 		return false
 	}
-	if len(h.Modalities) > 0 {
-		mods := strings.Split(f[2], "\x01")
-		if !slices.ContainsFunc(h.Modalities, func(m string) bool { return slices.Contains(mods, m) }) {
-			return false
-		}
+	mods, names, _ := bytes.Cut(rest, []byte{0})
+	if len(h.Modalities) > 0 && !anyItem(mods, func(m []byte) bool { return slices.Contains(h.Modalities, string(m)) }) {
+		return false
 	}
-	if h.NamePrefix != "" {
-		names := strings.Split(f[3], "\x01")
-		if !slices.ContainsFunc(names, func(n string) bool { return strings.HasPrefix(n, h.NamePrefix) }) {
-			return false
-		}
+	if h.NamePrefix != "" && !anyItem(names, func(n []byte) bool { return bytes.HasPrefix(n, []byte(h.NamePrefix)) }) {
+		return false
 	}
 	return true
+}
+
+// anyItem reports whether fn holds for an item of the \x01-separated list.
+func anyItem(list []byte, fn func([]byte) bool) bool {
+	for len(list) > 0 {
+		var item []byte
+		item, list, _ = bytes.Cut(list, []byte{1})
+		if fn(item) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s searchSource) Series(ctx context.Context, studyUID string) ([]*gateway.SeriesSummary, error) {

@@ -30,5 +30,18 @@ func TestIndex(t *testing.T) {
 // GATEWAY_BENCH_STUDIES, default 100,000) and reports p50/p99 of the common
 // searches.
 func BenchmarkQIDO(b *testing.B) {
+	if path := storagetest.BenchKeepPrefix(); path != "" {
+		db, err := bolt.Open(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { db.Close() })
+		x, err := bolt.NewIndex(db)
+		if err != nil {
+			b.Fatal(err)
+		}
+		storagetest.BenchIndexQueries(b, x)
+		return
+	}
 	storagetest.BenchIndexQueries(b, newTestIndex(b))
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -24,17 +25,29 @@ import (
 // the Lua scripts stay valid on Redis Cluster):
 //
 //	{idx}:i:<sop>              hash: rec (InstanceRecord JSON), st, se, mod, cls
-//	{idx}:s:<study>            hash: attrs (study-level JSON), n, ns, m:<modality>, c:<sop class>
-//	                           counts, and the values it is indexed under: d, pid, acc, names
+//	{idx}:s:<study>            hash: ca (study-level attributes, gateway.AppendCompact), n, ns,
+//	                           m:<modality>, c:<sop class> counts, and the values it is indexed
+//	                           under: d, pid, acc, names, np
 //	{idx}:ss:<study>           set of series UIDs
-//	{idx}:e:<study>:<series>   hash: attrs (series-level JSON), n
+//	{idx}:e:<study>:<series>   hash: ca (series-level attributes, compact), n
 //	{idx}:ei:<study>:<series>  set of SOP Instance UIDs
 //	{idx}:x:date               zset of study UIDs scored by StudyDate (YYYYMMDD, 0 = none)
 //	{idx}:x:pid:<id>, {idx}:x:acc:<accession>, {idx}:x:mod:<modality>
 //	                           zsets of study UIDs scored by StudyDate
 //	{idx}:x:name               zset (all scores 0) of "<NAME KEY>\x00<study>" for
 //	                           ZRANGEBYLEX prefix search on upper-cased patient names
+//	{idx}:x:np:<hex prefix>    zset of study UIDs scored by StudyDate, one per 1-, 2- and 3-byte
+//	                           prefix of the whole name groups (gateway.NameGroupKeys): a
+//	                           name-prefix search without fuzzy matching walks it newest first,
+//	                           as far as its page needs, instead of ordering every match
+//	{idx}:x:npok               set when every study has its np entries (the index was empty
+//	                           when they were introduced); without it name searches use x:name
 //	{idx}:lock:<sop>           lease token
+//
+// The summaries hold their attributes in the compact form, so that a page of
+// 100 studies decodes without encoding/json; hashes written before it hold
+// attrs (DICOM JSON) instead, which searches still read and the next write
+// of the study replaces.
 //
 // Every write is one Lua script, so records, summaries and secondary indexes
 // change together, and a script re-run by go-redis after a lost reply is a
@@ -42,6 +55,7 @@ import (
 type Index struct {
 	rdb    goredis.UniversalClient
 	prefix string
+	npok   atomic.Bool // x:npok seen
 }
 
 var _ gateway.Index = (*Index)(nil)
@@ -55,11 +69,13 @@ func (x *Index) key(parts ...string) string { return x.prefix + strings.Join(par
 
 // writeScript puts or replaces one instance. ARGV: prefix, mode ("put" or
 // "replace"), sop, study, series, rec, modality, sop class, study attrs,
-// series attrs, date, patient id, accession, name keys joined by \1.
+// series attrs (both compact), date, patient id, accession, name keys joined
+// by \1, name prefixes (namePrefixes) joined by \1.
 // Returns {1} when written, {0, existing rec} when put found a record.
 var writeScript = goredis.NewScript(`
 local P, mode, sop, st, se, rec = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local mod, cls, sattrs, eattrs, d, pid, acc, names = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local np = ARGV[15]
 local ik = P .. 'i:' .. sop
 
 local function split(s)
@@ -70,10 +86,11 @@ end
 
 -- unindex removes study st from the secondary indexes it is listed under.
 local function unindex(sk, study)
-  local v = redis.call('HMGET', sk, 'pid', 'acc', 'names')
+  local v = redis.call('HMGET', sk, 'pid', 'acc', 'names', 'np')
   if v[1] and v[1] ~= '' then redis.call('ZREM', P .. 'x:pid:' .. v[1], study) end
   if v[2] and v[2] ~= '' then redis.call('ZREM', P .. 'x:acc:' .. v[2], study) end
   for _, n in ipairs(split(v[3])) do redis.call('ZREM', P .. 'x:name', n .. '\0' .. study) end
+  for _, n in ipairs(split(v[4])) do redis.call('ZREM', P .. 'x:np:' .. n, study) end
   redis.call('ZREM', P .. 'x:date', study)
 end
 
@@ -122,11 +139,14 @@ redis.call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls)
 local sk, ek = P .. 's:' .. st, P .. 'e:' .. st .. ':' .. se
 redis.call('SADD', P .. 'ei:' .. st .. ':' .. se, sop)
 local newSeries = redis.call('SADD', P .. 'ss:' .. st, se) == 1
-redis.call('HSET', ek, 'attrs', eattrs)
+redis.call('HSET', ek, 'ca', eattrs)
+redis.call('HDEL', ek, 'attrs')
 redis.call('HINCRBY', ek, 'n', 1)
 
 unindex(sk, st)
-redis.call('HSET', sk, 'attrs', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names)
+if redis.call('EXISTS', P .. 'x:date') == 0 then redis.call('SET', P .. 'x:npok', '1') end
+redis.call('HSET', sk, 'ca', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names, 'np', np)
+redis.call('HDEL', sk, 'attrs')
 redis.call('HINCRBY', sk, 'n', 1)
 if newSeries then redis.call('HINCRBY', sk, 'ns', 1) else redis.call('HINCRBY', sk, 'ns', 0) end
 if mod ~= '' then redis.call('HINCRBY', sk, 'm:' .. mod, 1) end
@@ -136,6 +156,7 @@ redis.call('ZADD', P .. 'x:date', score, st)
 if pid ~= '' then redis.call('ZADD', P .. 'x:pid:' .. pid, score, st) end
 if acc ~= '' then redis.call('ZADD', P .. 'x:acc:' .. acc, score, st) end
 for _, n in ipairs(split(names)) do redis.call('ZADD', P .. 'x:name', 0, n .. '\0' .. st) end
+for _, n in ipairs(split(np)) do redis.call('ZADD', P .. 'x:np:' .. n, score, st) end
 for _, f in ipairs(redis.call('HKEYS', sk)) do
   if string.sub(f, 1, 2) == 'm:' then redis.call('ZADD', P .. 'x:mod:' .. string.sub(f, 3), score, st) end
 end
@@ -167,10 +188,11 @@ if redis.call('HINCRBY', ek, 'n', -1) <= 0 then
   seriesGone = true
 end
 if redis.call('HINCRBY', sk, 'n', -1) <= 0 then
-  local w = redis.call('HMGET', sk, 'pid', 'acc', 'names')
+  local w = redis.call('HMGET', sk, 'pid', 'acc', 'names', 'np')
   if w[1] and w[1] ~= '' then redis.call('ZREM', P .. 'x:pid:' .. w[1], ost) end
   if w[2] and w[2] ~= '' then redis.call('ZREM', P .. 'x:acc:' .. w[2], ost) end
   for _, n in ipairs(split(w[3])) do redis.call('ZREM', P .. 'x:name', n .. '\0' .. ost) end
+  for _, n in ipairs(split(w[4])) do redis.call('ZREM', P .. 'x:np:' .. n, ost) end
   redis.call('ZREM', P .. 'x:date', ost)
   for _, f in ipairs(redis.call('HKEYS', sk)) do
     if string.sub(f, 1, 2) == 'm:' then redis.call('ZREM', P .. 'x:mod:' .. string.sub(f, 3), ost) end
@@ -192,6 +214,12 @@ return 1
 // unlockScript deletes a lease only if it still holds the caller's token.
 var unlockScript = goredis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// renewScript extends a lease only if it is still ours.
+var renewScript = goredis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 `)
 
@@ -220,7 +248,25 @@ func (x *Index) Lock(ctx context.Context, sopInstanceUID string, ttl time.Durati
 			}
 		}
 		if ok {
+			stop, stopped := make(chan struct{}), make(chan struct{})
+			go func() { // renew the lease while held, so only a dead holder's lease expires
+				defer close(stopped)
+				tick := time.NewTicker(max(ttl/3, time.Millisecond))
+				defer tick.Stop()
+				for {
+					select {
+					case <-stop:
+						return
+					case <-tick.C:
+						rctx, cancel := context.WithTimeout(context.Background(), max(ttl/3, time.Second))
+						_ = renewScript.Run(rctx, x.rdb, []string{key}, token, ttl.Milliseconds()).Err()
+						cancel()
+					}
+				}
+			}()
 			return func() {
+				close(stop)
+				<-stopped
 				ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 				defer cancel()
 				// Best effort: a lease not released expires after ttl.
@@ -281,21 +327,40 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) ([]any, erro
 	if err != nil {
 		return nil, fmt.Errorf("encode instance record: %w", err)
 	}
-	sattrs, err := json.Marshal(gateway.StudyAttrs(rec.Metadata))
+	sattrs, err := gateway.AppendCompact(nil, gateway.StudyAttrs(rec.Metadata))
 	if err != nil {
 		return nil, fmt.Errorf("encode study attributes: %w", err)
 	}
-	eattrs, err := json.Marshal(gateway.SeriesAttrs(rec.Metadata))
+	eattrs, err := gateway.AppendCompact(nil, gateway.SeriesAttrs(rec.Metadata))
 	if err != nil {
 		return nil, fmt.Errorf("encode series attributes: %w", err)
 	}
 	md := rec.Metadata
+	names := gateway.NameKeys(md, gateway.TagPatientName)
 	return []any{
 		x.prefix, mode, rec.SOPInstanceUID, rec.StudyInstanceUID, rec.SeriesInstanceUID, data,
 		indexValue(rec.Modality()), indexValue(rec.SOPClassUID), sattrs, eattrs,
 		strconv.FormatInt(gateway.StudyDateKey(md), 10), indexValue(md.String(gateway.TagPatientID)),
-		indexValue(md.String(gateway.TagAccessionNumber)), strings.Join(gateway.NameKeys(md, gateway.TagPatientName), "\x01"),
+		indexValue(md.String(gateway.TagAccessionNumber)), strings.Join(names, "\x01"),
+		strings.Join(namePrefixes(gateway.NameGroupKeys(md, gateway.TagPatientName)), "\x01"),
 	}, nil
+}
+
+// namePrefixLen is the longest name prefix with its own x:np zset.
+const namePrefixLen = 3
+
+// namePrefixes returns the hex-encoded 1- to namePrefixLen-byte prefixes of
+// the name group keys, once each: the x:np zsets the study is listed in.
+func namePrefixes(names []string) []string {
+	var out []string
+	for _, n := range names {
+		for l := 1; l <= min(len(n), namePrefixLen); l++ {
+			if p := hex.EncodeToString([]byte(n[:l])); !slices.Contains(out, p) {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
 }
 
 // PutInstances puts many records with pipelined script calls (reindex and
@@ -440,6 +505,20 @@ func (x *Index) Search(ctx context.Context, q *gateway.Query) (*gateway.SearchRe
 
 type searchSource struct{ x *Index }
 
+// namePrefixIndexed reports whether every study is listed in the x:np zsets
+// (x:npok); an index written before they existed searches names with
+// x:name. A true answer is remembered: the flag is never removed.
+func (x *Index) namePrefixIndexed(ctx context.Context) bool {
+	if x.npok.Load() {
+		return true
+	}
+	n, err := x.rdb.Exists(ctx, x.key("x", "npok")).Result()
+	if err == nil && n == 1 {
+		x.npok.Store(true)
+	}
+	return n == 1
+}
+
 func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func([]*gateway.StudySummary) (bool, error)) error {
 	x := s.x
 	switch {
@@ -449,6 +528,12 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 		return s.ordered(ctx, x.key("x", "pid", indexValue(h.PatientID)), h, fn)
 	case h.AccessionNumber != "":
 		return s.ordered(ctx, x.key("x", "acc", indexValue(h.AccessionNumber)), h, fn)
+	case h.NamePrefix != "" && !h.NameWord && x.namePrefixIndexed(ctx):
+		// Every study with a name group starting with NamePrefix is in the
+		// zset of its first bytes; the engine matches the rest. Fuzzy
+		// matching (a prefix of any word) uses x:name below.
+		p := h.NamePrefix[:min(len(h.NamePrefix), namePrefixLen)]
+		return s.ordered(ctx, x.key("x", "np", hex.EncodeToString([]byte(p))), h, fn)
 	case h.NamePrefix != "":
 		members, err := x.rdb.ZRangeByLex(ctx, x.key("x", "name"), &goredis.ZRangeBy{
 			Min: "[" + h.NamePrefix, Max: "[" + h.NamePrefix + "\xff",
@@ -527,7 +612,7 @@ func (s searchSource) ordered(ctx context.Context, key string, h gateway.IndexHi
 }
 
 // unordered sorts uids into gateway.CompareStudies order by their date
-// scores (one ZMSCORE per 1,000, no summary decoded), then fetches the
+// scores (one pipeline of ZMSCOREs of 1,000, no summary decoded), then fetches the
 // summaries batch by batch, only as far as the search reads.
 func (s searchSource) unordered(ctx context.Context, uids []string, h gateway.IndexHints, fn func([]*gateway.StudySummary) (bool, error)) error {
 	type cand struct {
@@ -535,14 +620,21 @@ func (s searchSource) unordered(ctx context.Context, uids []string, h gateway.In
 		date float64
 	}
 	cands := make([]cand, 0, len(uids))
-	for chunk := range slices.Chunk(uids, 1000) {
-		scores, err := s.x.rdb.ZMScore(ctx, s.x.key("x", "date"), chunk...).Result()
-		if err != nil {
+	if len(uids) > 0 {
+		pipe := s.x.rdb.Pipeline()
+		var cmds []*goredis.FloatSliceCmd
+		for chunk := range slices.Chunk(uids, 1000) {
+			cmds = append(cmds, pipe.ZMScore(ctx, s.x.key("x", "date"), chunk...))
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
 			return translate(err)
 		}
-		for i, uid := range chunk {
-			if i < len(scores) {
-				cands = append(cands, cand{uid, scores[i]})
+		for i, c := range cmds {
+			scores := c.Val()
+			for j, uid := range uids[i*1000 : min((i+1)*1000, len(uids))] {
+				if j < len(scores) {
+					cands = append(cands, cand{uid, scores[j]})
+				}
 			}
 		}
 	}
@@ -596,13 +688,14 @@ func (x *Index) studies(ctx context.Context, uids []string) ([]*gateway.StudySum
 	out := make([]*gateway.StudySummary, 0, len(uids))
 	for i, c := range cmds {
 		h := c.Val()
-		if len(h) == 0 || h["attrs"] == "" {
-			continue
-		}
-		st := &gateway.StudySummary{StudyInstanceUID: uids[i], Modalities: map[string]int{}, SOPClasses: map[string]int{}}
-		if err := json.Unmarshal([]byte(h["attrs"]), &st.Attrs); err != nil {
+		attrs, err := decodeAttrs(h)
+		if err != nil {
 			return nil, fmt.Errorf("redis index: decode study %s: %v: %w", uids[i], err, gateway.ErrUnavailable)
 		}
+		if attrs == nil {
+			continue // deleted
+		}
+		st := &gateway.StudySummary{StudyInstanceUID: uids[i], Attrs: attrs, Modalities: map[string]int{}, SOPClasses: map[string]int{}}
 		st.Instances, _ = strconv.Atoi(h["n"])
 		st.Series, _ = strconv.Atoi(h["ns"])
 		for f, v := range h {
@@ -616,6 +709,26 @@ func (x *Index) studies(ctx context.Context, uids []string) ([]*gateway.StudySum
 		out = append(out, st)
 	}
 	return out, nil
+}
+
+// decodeAttrs returns the attributes of a study or series hash: its compact
+// ca field, or the attrs JSON of a hash written before ca existed; nil when
+// the hash is gone.
+func decodeAttrs(h map[string]string) (gateway.Dataset, error) {
+	if ca := h["ca"]; ca != "" {
+		return gateway.DecodeCompact(ca)
+	}
+	if h["attrs"] == "" {
+		return nil, nil
+	}
+	var d gateway.Dataset
+	if err := json.Unmarshal([]byte(h["attrs"]), &d); err != nil {
+		return nil, err
+	}
+	if d == nil {
+		d = gateway.Dataset{}
+	}
+	return d, nil
 }
 
 func (s searchSource) Series(ctx context.Context, studyUID string) ([]*gateway.SeriesSummary, error) {
@@ -636,14 +749,15 @@ func (s searchSource) Series(ctx context.Context, studyUID string) ([]*gateway.S
 	}
 	out := make([]*gateway.SeriesSummary, 0, len(series))
 	for i, c := range cmds {
-		h := c.Val()
-		if h["attrs"] == "" {
-			continue
-		}
-		se := &gateway.SeriesSummary{StudyInstanceUID: studyUID, SeriesInstanceUID: series[i]}
-		if err := json.Unmarshal([]byte(h["attrs"]), &se.Attrs); err != nil {
+		attrs, err := decodeAttrs(c.Val())
+		if err != nil {
 			return nil, fmt.Errorf("redis index: decode series %s: %v: %w", series[i], err, gateway.ErrUnavailable)
 		}
+		if attrs == nil {
+			continue
+		}
+		h := c.Val()
+		se := &gateway.SeriesSummary{StudyInstanceUID: studyUID, SeriesInstanceUID: series[i], Attrs: attrs}
 		se.Instances, _ = strconv.Atoi(h["n"])
 		out = append(out, se)
 	}

@@ -26,5 +26,13 @@ func TestIndex(t *testing.T) {
 // searches.
 func BenchmarkQIDO(b *testing.B) {
 	x := newTestIndex(b)
+	if prefix := storagetest.BenchKeepPrefix(); prefix != "" {
+		c, err := redis.Open(storagetest.RedisURL(b), prefix)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		x = redis.NewIndex(c)
+	}
 	storagetest.BenchIndexQueries(b, x)
 }

@@ -1,0 +1,82 @@
+package redis
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/storagetest"
+)
+
+// legacyIndex rewrites every study it writes to the layout of indexes
+// written before the compact attributes and the x:np name zsets: attrs as
+// DICOM JSON, no ca, no np entries, no x:npok. Running the query suite through it checks
+// that searches still answer correctly from such an index.
+type legacyIndex struct {
+	*Index
+	t *testing.T
+}
+
+func (l legacyIndex) PutInstance(ctx context.Context, rec *gateway.InstanceRecord) (*gateway.InstanceRecord, bool, error) {
+	old, ok, err := l.Index.PutInstance(ctx, rec)
+	l.downgrade(ctx, rec.StudyInstanceUID)
+	return old, ok, err
+}
+
+func (l legacyIndex) ReplaceInstance(ctx context.Context, rec *gateway.InstanceRecord) error {
+	err := l.Index.ReplaceInstance(ctx, rec)
+	l.downgrade(ctx, rec.StudyInstanceUID)
+	return err
+}
+
+func (l legacyIndex) downgrade(ctx context.Context, study string) {
+	x := l.Index
+	keys := []string{x.key("s", study)}
+	series, err := x.rdb.SMembers(ctx, x.key("ss", study)).Result()
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	for _, se := range series {
+		keys = append(keys, x.key("e", study, se))
+	}
+	for _, k := range keys {
+		ca, err := x.rdb.HGet(ctx, k, "ca").Result()
+		if err != nil {
+			continue // gone
+		}
+		d, err := gateway.DecodeCompact(ca)
+		if err != nil {
+			l.t.Fatal(err)
+		}
+		js, err := json.Marshal(d)
+		if err != nil {
+			l.t.Fatal(err)
+		}
+		if err := x.rdb.HSet(ctx, k, "attrs", js).Err(); err != nil {
+			l.t.Fatal(err)
+		}
+		x.rdb.HDel(ctx, k, "ca")
+	}
+	np, _ := x.rdb.HGet(ctx, x.key("s", study), "np").Result()
+	for p := range strings.SplitSeq(np, "\x01") {
+		if p != "" {
+			x.rdb.ZRem(ctx, x.key("x", "np", p), study)
+		}
+	}
+	x.rdb.HDel(ctx, x.key("s", study), "np")
+	x.rdb.Del(ctx, x.key("x", "npok"))
+	x.npok.Store(false)
+}
+
+func TestIndexQueriesLegacyLayout(t *testing.T) {
+	storagetest.TestIndexQueries(t, func(t *testing.T) gateway.Index {
+		c, err := Open(storagetest.RedisURL(t), storagetest.RedisPrefix(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return legacyIndex{NewIndex(c), t}
+	})
+}
