@@ -221,7 +221,7 @@ func TestAuthEveryRouteEnforcesItsRole(t *testing.T) {
 
 // embeddedServer is a Server on the embedded backends in a temporary
 // directory, with transfers configured but not started.
-func embeddedServer(t *testing.T, auth *Authenticator) *Server {
+func embeddedServer(t testing.TB, auth *Authenticator) *Server {
 	t.Helper()
 	dir := t.TempDir()
 	blobs, err := filesystem.New(filepath.Join(dir, "blobs"))
