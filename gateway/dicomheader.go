@@ -213,6 +213,16 @@ func ParseHeader(r io.Reader, lim HeaderLimits) (h *Header, err error) {
 		if v := recover(); v != nil {
 			h, err = nil, notUnderstood("header parser panic: %v", v)
 		}
+		// An end of input or corrupt deflate data met outside the element
+		// reader (a peek, the inflater's start) is still the instance's
+		// fault: truncated or corrupt, not a read error of the client's.
+		if _, ok := errors.AsType[*InstanceError](err); err != nil && !ok {
+			var ce flate.CorruptInputError
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &ce) ||
+				errors.Is(err, zlib.ErrChecksum) || errors.Is(err, zlib.ErrHeader) {
+				h, err = nil, notUnderstood("instance truncated or corrupt: %v", err)
+			}
+		}
 	}()
 	lim = lim.withDefaults()
 	cr := &countingReader{r: r}
