@@ -7,6 +7,9 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"github.com/dicom-gateway/gateway/storage/redis"
+	"github.com/dicom-gateway/gateway/storage/s3"
+	"github.com/dicom-gateway/gateway/storage/storagetest"
 	"io"
 	"log"
 	"mime/multipart"
@@ -76,7 +79,12 @@ var uidParams = map[string]bool{":study": true, ":series": true, ":instance": tr
 // that no route matches), never a success or 500, and that no such value
 // reaches a blob key.
 func TestSecurityHostileUIDs(t *testing.T) {
-	s := embeddedServer(t, nil)
+	for _, backend := range hostileBackends {
+		t.Run(backend.name, func(t *testing.T) { testHostileUIDs(t, backend.open(t)) })
+	}
+}
+
+func testHostileUIDs(t *testing.T, s *Server) {
 	spy := &spyBlobs{BlobStore: s.Blobs}
 	s.Blobs = spy
 	s.Ingester = &gateway.Ingester{Blobs: spy, Index: s.Index}
@@ -324,7 +332,16 @@ func TestSecurityHostileBodies(t *testing.T) {
 		return io.MultiReader(bytes.NewReader(meta), &z)
 	})
 
-	s := embeddedServer(t, nil)
+	for _, backend := range hostileBackends {
+		t.Run(backend.name, func(t *testing.T) { testHostileBodies(t, backend.open(t), cases) })
+	}
+}
+
+func testHostileBodies(t *testing.T, s *Server, cases []struct {
+	name string
+	body func() io.Reader
+	want []int
+}) {
 	s.Limits = Limits{MaxRequestBytes: 32 << 20, MaxInstanceBytes: 8 << 20}
 	ts := newAuthTestServer(t, s)
 	for _, tt := range cases {
@@ -363,6 +380,36 @@ func TestSecurityHostileBodies(t *testing.T) {
 	})
 	if stored != 0 {
 		t.Errorf("%d blobs stored from hostile bodies, want 0", stored)
+	}
+}
+
+// hostileBackends are the two backend families the hostile-input tests
+// run on: the embedded default, and S3 (MinIO) + Redis.
+var hostileBackends = []struct {
+	name string
+	open func(t *testing.T) *Server
+}{
+	{"embedded", func(t *testing.T) *Server { return embeddedServer(t, nil) }},
+	{"minio+redis", productionServer},
+}
+
+// productionServer is a Server on a fresh MinIO bucket and Redis prefix.
+func productionServer(t *testing.T) *Server {
+	m := storagetest.MinIO(t)
+	blobs, err := s3.New(s3.Config{Endpoint: m.Endpoint, Bucket: m.Bucket(t), AccessKey: m.AccessKey, SecretKey: gateway.Secret(m.SecretKey)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := redis.Open(storagetest.RedisURL(t), storagetest.RedisPrefix(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	index := redis.NewIndex(c)
+	auditLog := redis.NewAuditLog(c, "test")
+	return &Server{
+		Blobs: blobs, Index: index, AuditLog: auditLog,
+		Ingester: &gateway.Ingester{Blobs: blobs, Index: index},
 	}
 }
 
