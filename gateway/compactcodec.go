@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"slices"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -38,7 +39,15 @@ func AppendCompact(dst []byte, d Dataset) ([]byte, error) {
 	dst = append(dst, compactVersion)
 	dst = binary.AppendUvarint(dst, uint64(len(d)))
 	dst = binary.AppendUvarint(dst, uint64(nvals))
-	for tag, a := range d {
+	// Tags in order, so that equal datasets encode to equal bytes (the
+	// Redis index compares stored records byte for byte).
+	tags := make([]string, 0, len(d))
+	for tag := range d {
+		tags = append(tags, tag)
+	}
+	slices.Sort(tags)
+	for _, tag := range tags {
+		a := d[tag]
 		dst = appendStr(dst, tag)
 		dst = appendStr(dst, a.VR)
 		if !plainAttribute(a) {

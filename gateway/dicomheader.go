@@ -209,16 +209,20 @@ func tooLarge(format string, args ...any) error {
 // ErrInvalid; a read error from r is returned wrapped as it is. lim bounds
 // the work; its zero value means DefaultHeaderLimits.
 func ParseHeader(r io.Reader, lim HeaderLimits) (h *Header, err error) {
+	deflated := false
 	defer func() {
 		if v := recover(); v != nil {
 			h, err = nil, notUnderstood("header parser panic: %v", v)
 		}
 		// An end of input or corrupt deflate data met outside the element
-		// reader (a peek, the inflater's start) is still the instance's
-		// fault: truncated or corrupt, not a read error of the client's.
+		// reader (a peek, the inflater) is still the instance's fault:
+		// truncated or corrupt. (A body that breaks off mid-part, an
+		// io.ErrUnexpectedEOF from the multipart reader, stays a read error
+		// of the request, except inside deflate, where flate reports every
+		// early end that way.)
 		if _, ok := errors.AsType[*InstanceError](err); err != nil && !ok {
 			var ce flate.CorruptInputError
-			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &ce) ||
+			if errors.Is(err, io.EOF) || (deflated && errors.Is(err, io.ErrUnexpectedEOF)) || errors.As(err, &ce) ||
 				errors.Is(err, zlib.ErrChecksum) || errors.Is(err, zlib.ErrHeader) {
 				h, err = nil, notUnderstood("instance truncated or corrupt: %v", err)
 			}
@@ -240,6 +244,7 @@ func ParseHeader(r io.Reader, lim HeaderLimits) (h *Header, err error) {
 	}
 	p.h.ts = ts
 	if ts.deflated {
+		deflated = true
 		metaEnd := p.pos
 		inflated, err := newInflater(outer)
 		if err != nil {

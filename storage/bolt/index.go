@@ -286,17 +286,17 @@ func getRecord(tx *bbolt.Tx, sop string) (*gateway.InstanceRecord, error) {
 	if v == nil {
 		return nil, fmt.Errorf("instance %s: %w", sop, gateway.ErrNotFound)
 	}
-	var rec gateway.InstanceRecord
-	if err := json.Unmarshal(v, &rec); err != nil {
+	rec, err := gateway.DecodeRecord(v)
+	if err != nil {
 		return nil, fmt.Errorf("decode instance %s: %w", sop, err)
 	}
-	return &rec, nil
+	return rec, nil
 }
 
 func seriesKey(study, series string) []byte { return []byte(study + "\x00" + series) }
 
 func addRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
-	data, err := json.Marshal(rec)
+	data, err := gateway.EncodeRecord(rec)
 	if err != nil {
 		return err
 	}

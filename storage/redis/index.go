@@ -323,9 +323,9 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) ([]any, erro
 			return nil, fmt.Errorf("index record: %w", err)
 		}
 	}
-	data, err := json.Marshal(rec)
+	data, err := gateway.EncodeRecord(rec)
 	if err != nil {
-		return nil, fmt.Errorf("encode instance record: %w", err)
+		return nil, err
 	}
 	sattrs, err := gateway.AppendCompact(nil, gateway.StudyAttrs(rec.Metadata))
 	if err != nil {
@@ -401,11 +401,11 @@ func decodeRecord(v any) (*gateway.InstanceRecord, error) {
 	if !ok {
 		return nil, fmt.Errorf("redis index: record is %T: %w", v, gateway.ErrUnavailable)
 	}
-	var rec gateway.InstanceRecord
-	if err := json.Unmarshal([]byte(s), &rec); err != nil {
+	rec, err := gateway.DecodeRecord([]byte(s))
+	if err != nil {
 		return nil, fmt.Errorf("redis index: decode record: %v: %w", err, gateway.ErrUnavailable)
 	}
-	return &rec, nil
+	return rec, nil
 }
 
 // GetInstance returns the record of sopInstanceUID or ErrNotFound.
