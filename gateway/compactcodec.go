@@ -1,12 +1,12 @@
 package gateway
 
 import (
-	"slices"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"unicode/utf8"
 )
 
