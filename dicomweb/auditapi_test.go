@@ -21,6 +21,7 @@ import (
 
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/internal/backendtest"
 	"github.com/dicom-gateway/gateway/storage/bolt"
 	"github.com/dicom-gateway/gateway/storage/filesystem"
 	"github.com/dicom-gateway/gateway/storage/redis"
@@ -47,7 +48,7 @@ func (a *switchAuditor) Record(ctx context.Context, ev *gateway.AuditEvent) erro
 type auditGateway struct {
 	srv     *httptest.Server
 	db      *bolt.DB
-	log     *bolt.AuditLog
+	log     gateway.AuditLog
 	auditor *switchAuditor
 }
 
@@ -63,25 +64,8 @@ var auditTokens = map[string]struct {
 
 func newAuditGateway(t *testing.T) *auditGateway {
 	t.Helper()
-	dir := t.TempDir()
-	blobs, err := filesystem.New(filepath.Join(dir, "blobs"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { blobs.Close() })
-	db, err := bolt.Open(filepath.Join(dir, "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	index, err := bolt.NewIndex(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log, err := bolt.NewAuditLog(db, "hampshire")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{GatewayName: "hampshire"})
+	blobs, index, log, db := b.Blobs, b.Index, b.AuditLog, b.DB
 	var cfg dicomweb.AuthConfig
 	for name, tok := range auditTokens {
 		sum := sha256.Sum256([]byte(tok.token))

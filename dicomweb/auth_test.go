@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -22,8 +21,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/dicom-gateway/gateway/gateway"
-	"github.com/dicom-gateway/gateway/storage/bolt"
-	"github.com/dicom-gateway/gateway/storage/filesystem"
+	"github.com/dicom-gateway/gateway/internal/backendtest"
 )
 
 // authAuditRecorder is an Auditor that keeps every event in memory.
@@ -223,33 +221,11 @@ func TestAuthEveryRouteEnforcesItsRole(t *testing.T) {
 // directory, with transfers configured but not started.
 func embeddedServer(t testing.TB, auth *Authenticator) *Server {
 	t.Helper()
-	dir := t.TempDir()
-	blobs, err := filesystem.New(filepath.Join(dir, "blobs"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { blobs.Close() })
-	db, err := bolt.Open(filepath.Join(dir, "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	index, err := bolt.NewIndex(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	queue, err := bolt.NewQueue(db, gateway.QueueOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	auditLog, err := bolt.NewAuditLog(db, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
 	return &Server{
-		Blobs: blobs, Index: index, AuditLog: auditLog, Auth: auth,
-		Ingester:  &gateway.Ingester{Blobs: blobs, Index: index},
-		Transfers: &gateway.Transfers{Name: "test", Queue: queue, Index: index, Sender: NewClient(blobs)},
+		Blobs: b.Blobs, Index: b.Index, AuditLog: b.AuditLog, Auth: auth,
+		Ingester:  &gateway.Ingester{Blobs: b.Blobs, Index: b.Index},
+		Transfers: &gateway.Transfers{Name: "test", Queue: b.Queue, Index: b.Index, Sender: NewClient(b.Blobs)},
 	}
 }
 

@@ -7,9 +7,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"github.com/dicom-gateway/gateway/storage/redis"
-	"github.com/dicom-gateway/gateway/storage/s3"
-	"github.com/dicom-gateway/gateway/storage/storagetest"
 	"io"
 	"log"
 	"mime/multipart"
@@ -25,6 +22,7 @@ import (
 	"time"
 
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/internal/backendtest"
 )
 
 // spyBlobs records every key that reaches the blob store.
@@ -395,21 +393,10 @@ var hostileBackends = []struct {
 
 // productionServer is a Server on a fresh MinIO bucket and Redis prefix.
 func productionServer(t *testing.T) *Server {
-	m := storagetest.MinIO(t)
-	blobs, err := s3.New(s3.Config{Endpoint: m.Endpoint, Bucket: m.Bucket(t), AccessKey: m.AccessKey, SecretKey: gateway.Secret(m.SecretKey)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := redis.Open(storagetest.RedisURL(t), storagetest.RedisPrefix(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	index := redis.NewIndex(c)
-	auditLog := redis.NewAuditLog(c, "test")
+	b := backendtest.Open(t, backendtest.Production, backendtest.Options{})
 	return &Server{
-		Blobs: blobs, Index: index, AuditLog: auditLog,
-		Ingester: &gateway.Ingester{Blobs: blobs, Index: index},
+		Blobs: b.Blobs, Index: b.Index, AuditLog: b.AuditLog,
+		Ingester: &gateway.Ingester{Blobs: b.Blobs, Index: b.Index},
 	}
 }
 

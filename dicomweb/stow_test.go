@@ -15,19 +15,14 @@ import (
 	"net/http/httptest"
 	"net/textproto"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/internal/backendtest"
 	"github.com/dicom-gateway/gateway/internal/testcorpus"
-	"github.com/dicom-gateway/gateway/storage/bolt"
-	"github.com/dicom-gateway/gateway/storage/filesystem"
-	"github.com/dicom-gateway/gateway/storage/redis"
-	"github.com/dicom-gateway/gateway/storage/s3"
-	"github.com/dicom-gateway/gateway/storage/storagetest"
 )
 
 // stowBackend builds the blob store and index of one backend family.
@@ -38,35 +33,12 @@ type stowBackend struct {
 
 var stowBackends = []stowBackend{
 	{"embedded", func(t testing.TB) (gateway.BlobStore, gateway.Index) {
-		dir := t.TempDir()
-		blobs, err := filesystem.New(filepath.Join(dir, "blobs"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { blobs.Close() })
-		db, err := bolt.Open(filepath.Join(dir, "state.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
-		index, err := bolt.NewIndex(db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return blobs, index
+		b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
+		return b.Blobs, b.Index
 	}},
 	{"minio+redis", func(t testing.TB) (gateway.BlobStore, gateway.Index) {
-		m := storagetest.MinIO(t)
-		blobs, err := s3.New(s3.Config{Endpoint: m.Endpoint, Bucket: m.Bucket(t), AccessKey: m.AccessKey, SecretKey: gateway.Secret(m.SecretKey), Region: "us-east-1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := redis.Open(storagetest.RedisURL(t), storagetest.RedisPrefix(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return blobs, redis.NewIndex(c)
+		b := backendtest.Open(t, backendtest.Production, backendtest.Options{})
+		return b.Blobs, b.Index
 	}},
 }
 

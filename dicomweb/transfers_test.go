@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,12 +16,8 @@ import (
 
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/internal/backendtest"
 	"github.com/dicom-gateway/gateway/internal/synth"
-	"github.com/dicom-gateway/gateway/storage/bolt"
-	"github.com/dicom-gateway/gateway/storage/filesystem"
-	"github.com/dicom-gateway/gateway/storage/redis"
-	"github.com/dicom-gateway/gateway/storage/s3"
-	"github.com/dicom-gateway/gateway/storage/storagetest"
 )
 
 // centre is one gateway built in-process on real backends: blob store,
@@ -72,49 +67,9 @@ var backends = []string{"embedded", "production"}
 // workers retry fast (tens of milliseconds) and heartbeat often.
 func newCentre(t testing.TB, name, backend string) *centre {
 	t.Helper()
-	ctx := context.Background()
 	c := &centre{name: name}
-	switch backend {
-	case "embedded":
-		dir := t.TempDir()
-		fs, err := filesystem.New(filepath.Join(dir, "blobs"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { fs.Close() })
-		db, err := bolt.Open(filepath.Join(dir, "state.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
-		idx, err := bolt.NewIndex(db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		q, err := bolt.NewQueue(db, gateway.QueueOptions{VisibilityTimeout: 2 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.blobs, c.index, c.queue = fs, idx, q
-	case "production":
-		m := storagetest.MinIO(t)
-		store, err := s3.New(s3.Config{Endpoint: m.Endpoint, Bucket: m.Bucket(t), AccessKey: m.AccessKey, SecretKey: gateway.Secret(m.SecretKey)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		rc, err := redis.Open(storagetest.RedisURL(t), storagetest.RedisPrefix(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { rc.Close() })
-		q, err := redis.NewQueue(ctx, rc, gateway.QueueOptions{VisibilityTimeout: 2 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.blobs, c.index, c.queue = store, redis.NewIndex(rc), q
-	default:
-		t.Fatalf("unknown backend %s", backend)
-	}
+	b := backendtest.Open(t, backend, backendtest.Options{GatewayName: name, Queue: gateway.QueueOptions{VisibilityTimeout: 2 * time.Second}})
+	c.blobs, c.index, c.queue = b.Blobs, b.Index, b.Queue
 	c.audit = &transferAudit{}
 	c.transfers = &gateway.Transfers{
 		Name: name, Queue: c.queue, Index: c.index, Sender: dicomweb.NewClient(c.blobs), Auditor: c.audit,

@@ -17,12 +17,8 @@ import (
 
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/internal/backendtest"
 	"github.com/dicom-gateway/gateway/internal/testcorpus"
-	"github.com/dicom-gateway/gateway/storage/bolt"
-	"github.com/dicom-gateway/gateway/storage/filesystem"
-	"github.com/dicom-gateway/gateway/storage/redis"
-	"github.com/dicom-gateway/gateway/storage/s3"
-	"github.com/dicom-gateway/gateway/storage/storagetest"
 )
 
 // wadoGateway is a dicomweb.Server on real backends, served by httptest on
@@ -59,43 +55,12 @@ func newWADOGatewayOn(t testing.TB, backend string, configure func(s *dicomweb.S
 		index gateway.Index
 		audit auditQuerier
 	)
-	switch backend {
-	case "embedded":
-		dir := t.TempDir()
-		fs, err := filesystem.New(filepath.Join(dir, "blobs"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { fs.Close() })
-		db, err := bolt.Open(filepath.Join(dir, "state.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
-		bi, err := bolt.NewIndex(db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ba, err := bolt.NewAuditLog(db, "test")
-		if err != nil {
-			t.Fatal(err)
-		}
-		blobs, index, audit = fs, bi, ba
-	case "s3+redis":
-		m := storagetest.MinIO(t)
-		st, err := s3.New(s3.Config{Endpoint: m.Endpoint, Bucket: m.Bucket(t), AccessKey: m.AccessKey, SecretKey: gateway.Secret(m.SecretKey), Region: "us-east-1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := redis.Open(storagetest.RedisURL(t), storagetest.RedisPrefix(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		blobs, index, audit = st, redis.NewIndex(c), redis.NewAuditLog(c, "test")
-	default:
-		t.Fatalf("unknown backend %q", backend)
+	kind := backendtest.Embedded
+	if backend == "s3+redis" {
+		kind = backendtest.Production
 	}
+	b := backendtest.Open(t, kind, backendtest.Options{})
+	blobs, index, audit = b.Blobs, b.Index, b.AuditLog
 	s := &dicomweb.Server{
 		Name:     "test",
 		Blobs:    blobs,
