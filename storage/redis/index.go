@@ -78,6 +78,50 @@ local mod, cls, sattrs, eattrs, d, pid, acc, names = ARGV[7], ARGV[8], ARGV[9], 
 local np = ARGV[15]
 local ik = P .. 'i:' .. sop
 
+` + luaIndexFunctions + `
+if redis.call('EXISTS', ik) == 1 then
+  local old = redis.call('HGET', ik, 'rec')
+  if mode == 'put' then
+    if old == rec then return {1} end
+    return {0, old}
+  end
+  if old == rec then return {1} end
+  remove()
+end
+
+redis.call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls)
+local sk, ek = P .. 's:' .. st, P .. 'e:' .. st .. ':' .. se
+redis.call('SADD', P .. 'ei:' .. st .. ':' .. se, sop)
+local newSeries = redis.call('SADD', P .. 'ss:' .. st, se) == 1
+redis.call('HSET', ek, 'ca', eattrs)
+redis.call('HDEL', ek, 'attrs')
+redis.call('HINCRBY', ek, 'n', 1)
+
+unindex(sk, st)
+if redis.call('EXISTS', P .. 'x:date') == 0 then redis.call('SET', P .. 'x:npok', '1') end
+redis.call('HSET', sk, 'ca', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names, 'np', np)
+redis.call('HDEL', sk, 'attrs')
+redis.call('HINCRBY', sk, 'n', 1)
+if newSeries then redis.call('HINCRBY', sk, 'ns', 1) else redis.call('HINCRBY', sk, 'ns', 0) end
+if mod ~= '' then redis.call('HINCRBY', sk, 'm:' .. mod, 1) end
+if cls ~= '' then redis.call('HINCRBY', sk, 'c:' .. cls, 1) end
+local score = tonumber(d)
+redis.call('ZADD', P .. 'x:date', score, st)
+if pid ~= '' then redis.call('ZADD', P .. 'x:pid:' .. pid, score, st) end
+if acc ~= '' then redis.call('ZADD', P .. 'x:acc:' .. acc, score, st) end
+for _, n in ipairs(split(names)) do redis.call('ZADD', P .. 'x:name', 0, n .. '\0' .. st) end
+for _, n in ipairs(split(np)) do redis.call('ZADD', P .. 'x:np:' .. n, score, st) end
+for _, f in ipairs(redis.call('HKEYS', sk)) do
+  if string.sub(f, 1, 2) == 'm:' then redis.call('ZADD', P .. 'x:mod:' .. string.sub(f, 3), score, st) end
+end
+return {1}
+`)
+
+// luaIndexFunctions are the Lua functions writeScript and deleteScript
+// share, so that replacing and deleting an instance undo its index entries
+// the same way. They use the calling script's P (key prefix), ik (instance
+// key) and sop.
+const luaIndexFunctions = `
 local function split(s)
   local t = {}
   for part in string.gmatch(s or '', '[^\1]+') do t[#t + 1] = part end
@@ -124,92 +168,18 @@ local function remove()
     redis.call('HDEL', sk, 'c:' .. ocls)
   end
 end
-
-if redis.call('EXISTS', ik) == 1 then
-  local old = redis.call('HGET', ik, 'rec')
-  if mode == 'put' then
-    if old == rec then return {1} end
-    return {0, old}
-  end
-  if old == rec then return {1} end
-  remove()
-end
-
-redis.call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls)
-local sk, ek = P .. 's:' .. st, P .. 'e:' .. st .. ':' .. se
-redis.call('SADD', P .. 'ei:' .. st .. ':' .. se, sop)
-local newSeries = redis.call('SADD', P .. 'ss:' .. st, se) == 1
-redis.call('HSET', ek, 'ca', eattrs)
-redis.call('HDEL', ek, 'attrs')
-redis.call('HINCRBY', ek, 'n', 1)
-
-unindex(sk, st)
-if redis.call('EXISTS', P .. 'x:date') == 0 then redis.call('SET', P .. 'x:npok', '1') end
-redis.call('HSET', sk, 'ca', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names, 'np', np)
-redis.call('HDEL', sk, 'attrs')
-redis.call('HINCRBY', sk, 'n', 1)
-if newSeries then redis.call('HINCRBY', sk, 'ns', 1) else redis.call('HINCRBY', sk, 'ns', 0) end
-if mod ~= '' then redis.call('HINCRBY', sk, 'm:' .. mod, 1) end
-if cls ~= '' then redis.call('HINCRBY', sk, 'c:' .. cls, 1) end
-local score = tonumber(d)
-redis.call('ZADD', P .. 'x:date', score, st)
-if pid ~= '' then redis.call('ZADD', P .. 'x:pid:' .. pid, score, st) end
-if acc ~= '' then redis.call('ZADD', P .. 'x:acc:' .. acc, score, st) end
-for _, n in ipairs(split(names)) do redis.call('ZADD', P .. 'x:name', 0, n .. '\0' .. st) end
-for _, n in ipairs(split(np)) do redis.call('ZADD', P .. 'x:np:' .. n, score, st) end
-for _, f in ipairs(redis.call('HKEYS', sk)) do
-  if string.sub(f, 1, 2) == 'm:' then redis.call('ZADD', P .. 'x:mod:' .. string.sub(f, 3), score, st) end
-end
-return {1}
-`)
+`
 
 // deleteScript removes one instance. ARGV: prefix, sop. Returns 0 when the
-// instance does not exist. Its body is writeScript's remove().
-var deleteScript = goredis.NewScript(deleteScriptSource)
-
-const deleteScriptSource = `
+// instance does not exist.
+var deleteScript = goredis.NewScript(`
 local P, sop = ARGV[1], ARGV[2]
 local ik = P .. 'i:' .. sop
+` + luaIndexFunctions + `
 if redis.call('EXISTS', ik) == 0 then return 0 end
-local function split(s)
-  local t = {}
-  for part in string.gmatch(s or '', '[^\1]+') do t[#t + 1] = part end
-  return t
-end
-local v = redis.call('HMGET', ik, 'st', 'se', 'mod', 'cls')
-local ost, ose, omod, ocls = v[1], v[2], v[3], v[4]
-redis.call('DEL', ik)
-local sk, ek = P .. 's:' .. ost, P .. 'e:' .. ost .. ':' .. ose
-redis.call('SREM', P .. 'ei:' .. ost .. ':' .. ose, sop)
-local seriesGone = false
-if redis.call('HINCRBY', ek, 'n', -1) <= 0 then
-  redis.call('DEL', ek)
-  redis.call('SREM', P .. 'ss:' .. ost, ose)
-  seriesGone = true
-end
-if redis.call('HINCRBY', sk, 'n', -1) <= 0 then
-  local w = redis.call('HMGET', sk, 'pid', 'acc', 'names', 'np')
-  if w[1] and w[1] ~= '' then redis.call('ZREM', P .. 'x:pid:' .. w[1], ost) end
-  if w[2] and w[2] ~= '' then redis.call('ZREM', P .. 'x:acc:' .. w[2], ost) end
-  for _, n in ipairs(split(w[3])) do redis.call('ZREM', P .. 'x:name', n .. '\0' .. ost) end
-  for _, n in ipairs(split(w[4])) do redis.call('ZREM', P .. 'x:np:' .. n, ost) end
-  redis.call('ZREM', P .. 'x:date', ost)
-  for _, f in ipairs(redis.call('HKEYS', sk)) do
-    if string.sub(f, 1, 2) == 'm:' then redis.call('ZREM', P .. 'x:mod:' .. string.sub(f, 3), ost) end
-  end
-  redis.call('DEL', sk, P .. 'ss:' .. ost)
-  return 1
-end
-if seriesGone then redis.call('HINCRBY', sk, 'ns', -1) end
-if omod and omod ~= '' and redis.call('HINCRBY', sk, 'm:' .. omod, -1) <= 0 then
-  redis.call('HDEL', sk, 'm:' .. omod)
-  redis.call('ZREM', P .. 'x:mod:' .. omod, ost)
-end
-if ocls and ocls ~= '' and redis.call('HINCRBY', sk, 'c:' .. ocls, -1) <= 0 then
-  redis.call('HDEL', sk, 'c:' .. ocls)
-end
+remove()
 return 1
-`
+`)
 
 // unlockScript deletes a lease only if it still holds the caller's token.
 var unlockScript = goredis.NewScript(`
