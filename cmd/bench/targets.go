@@ -1,19 +1,17 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dicom-gateway/gateway/internal/cluster"
 )
 
 // Target names, in the order of the table rows.
@@ -48,18 +46,6 @@ func (t *target) pid() int {
 		return 0
 	}
 	return t.cmd.Process.Pid
-}
-
-// freePort asks the kernel for a free loopback port. Another process may
-// take it before the child binds it; the child then fails to start and the
-// bench says so.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // start runs argv with its output in logPath, and a goroutine that waits
@@ -157,7 +143,7 @@ func startGateway(ctx context.Context, name, bin, work string, be *gatewayBacken
 	t := &target{name: name}
 	slug := strings.NewReplacer(" ", "-", "+", "-").Replace(name)
 	t.logPath = filepath.Join(work, slug+".log")
-	port, err := freePort()
+	port, err := cluster.FreePort()
 	if err != nil {
 		t.startErr = err
 		return t
@@ -214,7 +200,7 @@ func startOrthanc(ctx context.Context, bin, plugin, work string) *target {
 		t.startErr = fmt.Errorf("DICOMweb plugin: %w", err)
 		return t
 	}
-	port, err := freePort()
+	port, err := cluster.FreePort()
 	if err != nil {
 		t.startErr = err
 		return t
@@ -248,31 +234,8 @@ func startOrthanc(ctx context.Context, bin, plugin, work string) *target {
 
 // procStatus reads VmRSS and VmHWM (bytes) of pid.
 func procStatus(pid int) (rss, hwm int64, err error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok || (k != "VmRSS" && k != "VmHWM") {
-			continue
-		}
-		n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		if err != nil {
-			return 0, 0, fmt.Errorf("%s: %q: %w", k, v, err)
-		}
-		if k == "VmRSS" {
-			rss = n << 10
-		} else {
-			hwm = n << 10
-		}
-	}
-	if rss == 0 && hwm == 0 {
-		return 0, 0, errors.New("no VmRSS/VmHWM in /proc status")
-	}
-	return rss, hwm, sc.Err()
+	m, err := cluster.ProcMemory(pid)
+	return m.RSS, m.HWM, err
 }
 
 // resetHWM resets the process's peak RSS (VmHWM) to its current RSS

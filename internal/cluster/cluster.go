@@ -551,6 +551,9 @@ func ProcMemory(pid int) (Memory, error) {
 			m.HWM = v << 10
 		}
 	}
+	if m.RSS == 0 && m.HWM == 0 {
+		return m, fmt.Errorf("/proc/%d/status has no VmRSS or VmHWM", pid)
+	}
 	return m, nil
 }
 
