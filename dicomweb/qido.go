@@ -2,7 +2,6 @@ package dicomweb
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -75,17 +74,15 @@ func (s *Server) handleSearch(level gateway.QueryLevel) gin.HandlerFunc {
 		c.Header("Content-Type", "application/dicom+json")
 		c.Status(http.StatusOK)
 		bw := bufio.NewWriterSize(c.Writer, 64<<10)
-		enc := json.NewEncoder(bw)
-		enc.SetEscapeHTML(false)
+		buf := make([]byte, 0, 8<<10)
 		bw.WriteByte('[')
 		for i, d := range res.Items {
 			if i > 0 {
 				bw.WriteByte(',')
 			}
-			if err := enc.Encode(withRetrieveURL(d, level, base)); err != nil {
-				s.Logger.ErrorContext(c.Request.Context(), "qido result not encoded", gateway.LogKeyError, err.Error())
-				break
-			}
+			d, prefix := withRetrieveURL(d, level, base)
+			buf = gateway.AppendDatasetJSON(buf[:0], d, prefix)
+			bw.Write(buf)
 		}
 		bw.WriteByte(']')
 		if err := bw.Flush(); err != nil {
@@ -100,24 +97,26 @@ func warning(text string) string {
 	return `299 gateway "` + strings.ReplaceAll(text, `"`, `'`) + `"`
 }
 
-// withRetrieveURL adds RetrieveURL (0008,1190) for the item's level and makes
-// relative BulkDataURIs absolute under the instance's URL.
-func withRetrieveURL(d gateway.Dataset, level gateway.QueryLevel, base string) gateway.Dataset {
+// withRetrieveURL returns d with RetrieveURL (0008,1190) for the item's
+// level, and the prefix that makes relative BulkDataURIs absolute (the
+// instance's URL; instance-level items are the only ones that carry them).
+func withRetrieveURL(d gateway.Dataset, level gateway.QueryLevel, base string) (gateway.Dataset, string) {
 	study, series, sop := d.String(gateway.TagStudyInstanceUID), d.String(gateway.TagSeriesInstanceUID), d.String(gateway.TagSOPInstanceUID)
 	u := base + "/studies/" + study
+	prefix := ""
 	if level >= gateway.LevelSeries {
 		u += "/series/" + series
 	}
 	if level == gateway.LevelInstance {
 		u += "/instances/" + sop
-		d = absolutize(d, u+"/")
+		prefix = u + "/"
 	}
 	out := make(gateway.Dataset, len(d)+1)
 	for t, a := range d {
 		out[t] = a
 	}
 	out[gateway.TagRetrieveURL] = gateway.Attribute{VR: "UR", Value: []any{u}}
-	return out
+	return out, prefix
 }
 
 // auditSearch records the search: the parameter names (never their values,
