@@ -153,4 +153,3 @@ func acceptsGzip(values []string) bool {
 	}
 	return false
 }
-
