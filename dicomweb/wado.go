@@ -53,37 +53,71 @@ func (s *Server) retriever() *gateway.Retriever {
 // before any byte is sent. If the audit log cannot take the event the request
 // fails with 503 and nothing is sent: patient data is never served unaudited.
 func (s *Server) auditRetrieve(c *gin.Context, recs []*gateway.InstanceRecord, detail map[string]any) error {
-	return s.audit(c, gateway.ActionRetrieve, gateway.OutcomeSuccess, recs, nil, detail)
+	return s.audit(c, gateway.ActionRetrieve, gateway.OutcomeSuccess, subjectOfRecords(recs, nil), detail)
 }
 
-// audit records one event about recs; studies, when given, name the studies
-// even if recs is empty (a delete of orphan blobs).
-func (s *Server) audit(c *gin.Context, action, outcome string, recs []*gateway.InstanceRecord, studies []string, detail map[string]any) error {
+// auditSubject is what an audit event says was touched.
+type auditSubject struct {
+	studies, series, patientIDs []string
+	instances                   int
+	bytes                       int64
+	sopInstanceUID              string // when there is one instance
+}
+
+// subjectOfRecords describes recs; studies, when given, are named even if
+// recs is empty (a delete of orphan blobs).
+func subjectOfRecords(recs []*gateway.InstanceRecord, studies []string) auditSubject {
+	sub := auditSubject{studies: studies, instances: len(recs), patientIDs: gateway.PatientIDsOf(recs)}
+	for _, r := range recs {
+		sub.add(r.StudyInstanceUID, r.SeriesInstanceUID)
+		sub.bytes += r.Size
+	}
+	if len(recs) == 1 {
+		sub.sopInstanceUID = recs[0].SOPInstanceUID
+	}
+	return sub
+}
+
+// subjectOfEntries describes the instances whose prepared metadata is sent.
+func subjectOfEntries(entries []gateway.MetadataEntry) auditSubject {
+	sub := auditSubject{instances: len(entries)}
+	for _, e := range entries {
+		sub.add(e.StudyInstanceUID, e.SeriesInstanceUID)
+		if e.PatientID != "" && !slices.Contains(sub.patientIDs, e.PatientID) {
+			sub.patientIDs = append(sub.patientIDs, e.PatientID)
+		}
+	}
+	if len(entries) == 1 {
+		sub.sopInstanceUID = entries[0].SOPInstanceUID
+	}
+	return sub
+}
+
+func (sub *auditSubject) add(study, series string) {
+	if !slices.Contains(sub.studies, study) {
+		sub.studies = append(sub.studies, study)
+	}
+	if !slices.Contains(sub.series, series) {
+		sub.series = append(sub.series, series)
+	}
+}
+
+// audit records one event about sub.
+func (s *Server) audit(c *gin.Context, action, outcome string, sub auditSubject, detail map[string]any) error {
 	if s.Auditor == nil {
 		return nil
-	}
-	var series []string
-	var bytes int64
-	for _, r := range recs {
-		if !slices.Contains(studies, r.StudyInstanceUID) {
-			studies = append(studies, r.StudyInstanceUID)
-		}
-		if !slices.Contains(series, r.SeriesInstanceUID) {
-			series = append(series, r.SeriesInstanceUID)
-		}
-		bytes += r.Size
 	}
 	if detail == nil {
 		detail = map[string]any{}
 	}
 	detail["route"] = c.FullPath()
-	detail["instances"] = len(recs)
-	detail["series_uids"] = series
-	if len(recs) == 1 {
-		detail["sop_instance_uid"] = recs[0].SOPInstanceUID
+	detail["instances"] = sub.instances
+	detail["series_uids"] = sub.series
+	if sub.sopInstanceUID != "" {
+		detail["sop_instance_uid"] = sub.sopInstanceUID
 	}
 	if _, ok := detail["bytes"]; !ok && action == gateway.ActionRetrieve {
-		detail["bytes"] = bytes
+		detail["bytes"] = sub.bytes
 	}
 	ctx := c.Request.Context()
 	ev := &gateway.AuditEvent{
@@ -92,8 +126,8 @@ func (s *Server) audit(c *gin.Context, action, outcome string, recs []*gateway.I
 		Actor:      gateway.PrincipalFrom(ctx),
 		Action:     action,
 		Outcome:    outcome,
-		StudyUIDs:  studies,
-		PatientIDs: gateway.PatientIDsOf(recs),
+		StudyUIDs:  sub.studies,
+		PatientIDs: sub.patientIDs,
 		Detail:     detail,
 	}
 	if err := s.Auditor.Record(ctx, ev); err != nil {
@@ -400,5 +434,5 @@ func (s *Server) runDelete(c *gin.Context, p *gateway.DeletePlan, err error) {
 func (s *Server) auditDelete(c *gin.Context, outcome string, p *gateway.DeletePlan, detail map[string]any) error {
 	d := make(map[string]any, len(detail))
 	maps.Copy(d, detail)
-	return s.audit(c, gateway.ActionDelete, outcome, p.Records, p.StudyUIDs(), d)
+	return s.audit(c, gateway.ActionDelete, outcome, subjectOfRecords(p.Records, p.StudyUIDs()), d)
 }

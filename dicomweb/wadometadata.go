@@ -16,21 +16,27 @@ import (
 )
 
 func (s *Server) handleStudyMetadata(c *gin.Context) {
-	recs, err := s.retriever().Study(c.Request.Context(), c.Param("study"))
-	if err != nil {
-		s.writeError(c, err)
-		return
-	}
-	s.serveMetadata(c, recs)
+	s.servePreparedMetadata(c, c.Param("study"), "")
 }
 
 func (s *Server) handleSeriesMetadata(c *gin.Context) {
-	recs, err := s.retriever().Series(c.Request.Context(), c.Param("study"), c.Param("series"))
+	s.servePreparedMetadata(c, c.Param("study"), c.Param("series"))
+}
+
+// servePreparedMetadata answers study or series metadata from the prepared
+// metadata the index keeps (gateway.MetadataReader): no blob is opened and
+// no attribute is decoded, so a 1,000-instance series is a list of small
+// entries, a batched read of JSON bytes and a copy.
+func (s *Server) servePreparedMetadata(c *gin.Context, studyUID, seriesUID string) {
+	ctx := c.Request.Context()
+	entries, err := s.retriever().MetadataEntries(ctx, studyUID, seriesUID)
 	if err != nil {
 		s.writeError(c, err)
 		return
 	}
-	s.serveMetadata(c, recs)
+	s.serveMetadata(c, entries, func(fn func(gateway.MetadataEntry, []byte) error) error {
+		return s.Index.ReadMetadata(ctx, entries, fn)
+	})
 }
 
 func (s *Server) handleInstanceMetadata(c *gin.Context) {
@@ -38,18 +44,22 @@ func (s *Server) handleInstanceMetadata(c *gin.Context) {
 	if !ok {
 		return
 	}
-	s.serveMetadata(c, []*gateway.InstanceRecord{rec})
+	_, prepared := gateway.PrepareMetadata(rec)
+	entry := gateway.NewMetadataEntry(rec, prepared)
+	s.serveMetadata(c, []gateway.MetadataEntry{entry}, func(fn func(gateway.MetadataEntry, []byte) error) error {
+		return fn(entry, prepared)
+	})
 }
 
-// serveMetadata answers the DICOM JSON of recs (an array, one object per
-// instance) from the Metadata the index keeps, so no blob is opened: a
-// 1,000-instance series is one index read and an encode. Relative
-// BulkDataURIs become absolute under the instance's public URL. The ETag
-// covers the instances' identity and content hashes, the public base URL and
+// serveMetadata answers the DICOM JSON of entries (an array, one object per
+// instance) from their prepared metadata, which read yields in order. The
+// prepared form's URL markers become the instance's public URL, so every
+// BulkDataURI is absolute and honours PublicBaseURL and X-Forwarded-*. The
+// ETag covers the entries' identities and digests, the public base URL and
 // the media type; If-None-Match answers 304 without a body (and without an
 // audit event, since no patient data is sent). The body is gzipped when the
 // client accepts it.
-func (s *Server) serveMetadata(c *gin.Context, recs []*gateway.InstanceRecord) {
+func (s *Server) serveMetadata(c *gin.Context, entries []gateway.MetadataEntry, read func(func(gateway.MetadataEntry, []byte) error) error) {
 	accept := parseAccept(c.Request.Header.Values("Accept"))
 	ch, ok := negotiate(accept, metadataOffers)
 	if !ok {
@@ -57,7 +67,7 @@ func (s *Server) serveMetadata(c *gin.Context, recs []*gateway.InstanceRecord) {
 		return
 	}
 	base := s.baseURL(c)
-	etag := metadataETag(base, ch.mediaType, recs)
+	etag := metadataETag(base, ch.mediaType, entries)
 	h := c.Writer.Header()
 	h.Set("ETag", etag)
 	h.Set("Vary", "Accept, Accept-Encoding")
@@ -66,7 +76,7 @@ func (s *Server) serveMetadata(c *gin.Context, recs []*gateway.InstanceRecord) {
 		c.Status(http.StatusNotModified)
 		return
 	}
-	if err := s.auditRetrieve(c, recs, map[string]any{"metadata": true, "bytes": 0}); err != nil {
+	if err := s.audit(c, gateway.ActionRetrieve, gateway.OutcomeSuccess, subjectOfEntries(entries), map[string]any{"metadata": true, "bytes": 0}); err != nil {
 		s.writeError(c, err)
 		return
 	}
@@ -82,39 +92,48 @@ func (s *Server) serveMetadata(c *gin.Context, recs []*gateway.InstanceRecord) {
 	bw := bufio.NewWriterSize(w, 64<<10)
 	buf := make([]byte, 0, 16<<10)
 	bw.WriteByte('[')
-	for i, rec := range recs {
-		if i > 0 {
+	n := 0
+	err := read(func(e gateway.MetadataEntry, prepared []byte) error {
+		if n > 0 {
 			bw.WriteByte(',')
 		}
-		buf = gateway.AppendDatasetJSON(buf[:0], rec.Metadata, s.baseURLJoin(base, rec)+"/")
-		if _, err := bw.Write(buf); err != nil {
-			s.abortStream(c, i, err)
-		}
+		n++
+		buf = gateway.AppendPreparedMetadata(buf[:0], prepared, instanceURL(base, e.StudyInstanceUID, e.SeriesInstanceUID, e.SOPInstanceUID))
+		_, err := bw.Write(buf)
+		return err
+	})
+	if err != nil && !c.Writer.Written() {
+		// Nothing has reached the client yet: answer with the error instead.
+		h.Del("Content-Encoding")
+		s.writeError(c, err)
+		return
+	}
+	if err != nil {
+		s.abortStream(c, n, err)
 	}
 	bw.WriteByte(']')
-	err := bw.Flush()
+	err = bw.Flush()
 	if gz != nil && err == nil {
 		err = gz.Close()
 	}
 	if err != nil {
-		s.abortStream(c, len(recs), err)
+		s.abortStream(c, n, err)
 	}
 }
 
-// baseURLJoin is the public URL of rec under the DICOMweb base URL.
-func (s *Server) baseURLJoin(base string, rec *gateway.InstanceRecord) string {
-	return base + "/studies/" + rec.StudyInstanceUID + "/series/" + rec.SeriesInstanceUID +
-		"/instances/" + rec.SOPInstanceUID
+// instanceURL is the public URL of an instance under the DICOMweb base URL.
+func instanceURL(base, study, series, sop string) string {
+	return base + "/studies/" + study + "/series/" + series + "/instances/" + sop
 }
 
 // metadataETag is a weak validator (the body may be gzipped or not) over
 // what the metadata depends on.
-func metadataETag(base, mediaType string, recs []*gateway.InstanceRecord) string {
+func metadataETag(base, mediaType string, entries []gateway.MetadataEntry) string {
 	h := sha256.New()
 	io.WriteString(h, base+"\x00"+mediaType+"\x00")
-	for _, r := range recs {
-		io.WriteString(h, r.SOPInstanceUID+"\x00"+r.SHA256+"\x00"+strconv.FormatInt(r.Size, 10)+"\x00"+
-			strconv.FormatInt(r.StoredAt.UnixNano(), 10)+"\x00")
+	for _, e := range entries {
+		io.WriteString(h, e.SOPInstanceUID+"\x00")
+		h.Write(e.Digest[:])
 	}
 	return `W/"` + hex.EncodeToString(h.Sum(nil)[:16]) + `"`
 }

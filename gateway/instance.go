@@ -66,6 +66,10 @@ func (r *InstanceRecord) Key() string {
 // number then SOP Instance UID; ErrNotFound when there are none. Unreachable
 // backends return ErrUnavailable. All methods are safe for concurrent use.
 //
+// Whenever an index stores a record it also stores the record's prepared
+// metadata (PrepareMetadata), which MetadataReader lists and reads, and it
+// removes both with the record.
+//
 // Lock takes a lease on one SOP Instance UID, held by at most one caller
 // across every replica sharing the backend until unlock is called; it waits
 // (polling, bounded by ctx) while another holds it. The lease is renewed in
@@ -82,4 +86,5 @@ type Index interface {
 	DeleteInstance(ctx context.Context, sopInstanceUID string) error
 	ListInstances(ctx context.Context, studyUID, seriesUID string) ([]*InstanceRecord, error)
 	Search(ctx context.Context, q *Query) (*SearchResult, error)
+	MetadataReader
 }

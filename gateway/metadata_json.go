@@ -11,7 +11,8 @@ import (
 
 // AppendDatasetJSON appends ds as a DICOM JSON object (PS3.18 F.2): tags in
 // ascending order, relative BulkDataURIs (also inside sequence items) made
-// absolute with prefix, non-finite numbers as null. It is what
+// absolute with prefix, non-finite numbers as null. The prefix "\x00" is
+// PrepareMetadata's: it writes a raw MetadataURLMarker instead. It is what
 // Attribute.MarshalJSON writes, without reflection or a copy of the
 // dataset: a 1,000-instance series encodes in milliseconds.
 func AppendDatasetJSON(b []byte, ds Dataset, prefix string) []byte {
@@ -48,7 +49,14 @@ func appendAttributeJSON(b []byte, a Attribute, prefix string) []byte {
 	if a.BulkDataURI != "" {
 		b = append(b, `,"BulkDataURI":`...)
 		if relativeURI(a.BulkDataURI) {
-			b = appendMetadataString(b, prefix+a.BulkDataURI)
+			b = append(b, '"')
+			if prefix == preparedPrefix {
+				b = append(b, MetadataURLMarker) // raw: everywhere else it is escaped
+			} else {
+				b = appendEscaped(b, prefix)
+			}
+			b = appendEscaped(b, a.BulkDataURI)
+			b = append(b, '"')
 		} else {
 			b = appendMetadataString(b, a.BulkDataURI)
 		}
@@ -121,8 +129,14 @@ func appendJSONFloat(b []byte, f float64) []byte {
 // HTML escaping (which the audit log's canonical form keeps); invalid UTF-8
 // becomes U+FFFD.
 func appendMetadataString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
 	b = append(b, '"')
+	b = appendEscaped(b, s)
+	return append(b, '"')
+}
+
+// appendEscaped writes s as the inside of a JSON string.
+func appendEscaped(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
 	start := 0
 	for i := 0; i < len(s); {
 		c := s[i]
@@ -165,8 +179,7 @@ func appendMetadataString(b []byte, s string) []byte {
 		}
 		i += size
 	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
+	return append(b, s[start:]...)
 }
 
 // relativeURI reports whether a BulkDataURI is relative to its instance's

@@ -3,10 +3,13 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"maps"
 	"math"
 	"os"
 	"reflect"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/dicom-gateway/gateway/internal/testcorpus"
@@ -32,6 +35,16 @@ func TestAppendDatasetJSON(t *testing.T) {
 		json.Unmarshal(want, &w)
 		if !reflect.DeepEqual(g, w) {
 			t.Errorf("encoder output differs from MarshalJSON:\n got %s\nwant %s", got, want)
+		}
+		// Prepared metadata, once its markers are replaced, is the same
+		// bytes as the direct encoding under the instance's URL.
+		rec := &InstanceRecord{StudyInstanceUID: "1", SeriesInstanceUID: "2", SOPInstanceUID: "3", Metadata: ds}
+		_, prepared := PrepareMetadata(rec)
+		if n := bytes.Count(prepared, []byte{MetadataURLMarker}); n != bytes.Count(got, []byte(prefix)) {
+			t.Errorf("prepared metadata has %d URL markers, want one per relative BulkDataURI (%d)", n, bytes.Count(got, []byte(prefix)))
+		}
+		if expanded := AppendPreparedMetadata(nil, prepared, strings.TrimSuffix(prefix, "/")); !bytes.Equal(expanded, got) {
+			t.Errorf("prepared metadata expands to\n%s\nwant\n%s", expanded, got)
 		}
 	}
 	check(t, Dataset{
@@ -109,4 +122,76 @@ func absolutizeAttr(a Attribute, prefix string) (Attribute, bool) {
 		changed = true
 	}
 	return a, changed
+}
+
+// TestPreparedMetadataHostileURL: a public URL taken from a client's
+// X-Forwarded-Prefix cannot break out of the JSON string.
+func TestPreparedMetadataHostileURL(t *testing.T) {
+	rec := &InstanceRecord{Metadata: Dataset{"7FE00010": {VR: "OW", BulkDataURI: "bulkdata/7FE00010"}}}
+	_, prepared := PrepareMetadata(rec)
+	out := AppendPreparedMetadata(nil, prepared, `https://h/x","vr":"PN"}\`+"\x00")
+	var v map[string]map[string]any
+	if err := json.Unmarshal(out, &v); err != nil {
+		t.Fatalf("expanded metadata is not JSON: %v\n%s", err, out)
+	}
+	if got, want := v["7FE00010"]["BulkDataURI"], `https://h/x","vr":"PN"}\`+"\x00/bulkdata/7FE00010"; got != want {
+		t.Fatalf("BulkDataURI %q, want %q", got, want)
+	}
+}
+
+// TestMetadataOrder: entries round-trip through their stored form and sort
+// exactly as CompareInstances sorts the records.
+func TestMetadataOrder(t *testing.T) {
+	mk := func(series, sop string, seriesNo, instNo any) *InstanceRecord {
+		md := Dataset{TagPatientID: {VR: "LO", Value: []any{"PID-" + sop}}}
+		if seriesNo != nil {
+			md[TagSeriesNumber] = Attribute{VR: "IS", Value: []any{seriesNo}}
+		}
+		if instNo != nil {
+			md[TagInstanceNumber] = Attribute{VR: "IS", Value: []any{instNo}}
+		}
+		return &InstanceRecord{StudyInstanceUID: "1", SeriesInstanceUID: series, SOPInstanceUID: sop, Metadata: md}
+	}
+	recs := []*InstanceRecord{
+		mk("1.9", "1.9.1", int64(2), int64(3)), mk("1.9", "1.9.2", int64(2), nil), mk("1.9", "1.9.3", int64(2), "-1"),
+		mk("1.8", "1.8.1", nil, int64(1)), mk("1.7", "1.7.1", 1.5, int64(1)), mk("1.7", "1.7.2", 1.5, 1.25),
+		mk("1.6", "1.6.1", int64(2), int64(1)),
+	}
+	entries := make([]MetadataEntry, len(recs))
+	for i, r := range recs {
+		order, prepared := PrepareMetadata(r)
+		e, err := DecodeMetadataEntry(r.StudyInstanceUID, r.SeriesInstanceUID, r.SOPInstanceUID, order)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := NewMetadataEntry(r, prepared); e != want {
+			t.Fatalf("entry round trip: got %+v, want %+v", e, want)
+		}
+		if e.PatientID != "PID-"+r.SOPInstanceUID {
+			t.Fatalf("PatientID %q", e.PatientID)
+		}
+		entries[i] = e
+	}
+	for i := range recs {
+		for j := range recs {
+			if got, want := CompareMetadataEntries(entries[i], entries[j]), CompareInstances(recs[i], recs[j]); got != want {
+				t.Errorf("compare %s with %s: entries %d, records %d", recs[i].SOPInstanceUID, recs[j].SOPInstanceUID, got, want)
+			}
+		}
+	}
+	slices.SortFunc(entries, CompareMetadataEntries)
+	var got []string
+	for _, e := range entries {
+		got = append(got, e.SOPInstanceUID)
+	}
+	// Series by SeriesNumber (absent last, UID breaks ties), then
+	// InstanceNumber (absent last).
+	if want := []string{"1.7.1", "1.7.2", "1.6.1", "1.9.3", "1.9.1", "1.9.2", "1.8.1"}; !slices.Equal(got, want) {
+		t.Errorf("sorted %v, want %v", got, want)
+	}
+	for _, bad := range [][]byte{nil, {1}, make([]byte, 33), append([]byte{2}, make([]byte, 33)...)} {
+		if _, err := DecodeMetadataEntry("1", "2", "3", bad); !errors.Is(err, ErrUnavailable) {
+			t.Errorf("DecodeMetadataEntry(%d bytes): err=%v, want ErrUnavailable", len(bad), err)
+		}
+	}
 }

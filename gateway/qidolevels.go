@@ -262,16 +262,7 @@ func CompareSeries(a, b *SeriesSummary) int {
 // Series Instance UID), then InstanceNumber (absent last), then SOP Instance
 // UID.
 func CompareInstances(a, b *InstanceRecord) int {
-	if c := compareNumber(a.Metadata, b.Metadata, TagSeriesNumber); c != 0 && a.SeriesInstanceUID != b.SeriesInstanceUID {
-		return c
-	}
-	if c := strings.Compare(a.SeriesInstanceUID, b.SeriesInstanceUID); c != 0 {
-		return c
-	}
-	if c := compareNumber(a.Metadata, b.Metadata, TagInstanceNumber); c != 0 {
-		return c
-	}
-	return strings.Compare(a.SOPInstanceUID, b.SOPInstanceUID)
+	return CompareMetadataEntries(orderOf(a), orderOf(b))
 }
 
 func compareNumber(a, b Dataset, tag string) int {

@@ -58,6 +58,29 @@ func (r *Retriever) Series(ctx context.Context, studyUID, seriesUID string) ([]*
 	return recs, nil
 }
 
+// MetadataEntries returns the prepared-metadata entries of a study's
+// instances, or of one series' when seriesUID is not empty, in
+// ListInstances order (see MetadataReader). ErrInvalid for a malformed UID,
+// ErrNotFound when there are no instances.
+func (r *Retriever) MetadataEntries(ctx context.Context, studyUID, seriesUID string) ([]MetadataEntry, error) {
+	if err := ValidateUID(studyUID); err != nil {
+		return nil, fmt.Errorf("study: %w", err)
+	}
+	if seriesUID != "" {
+		if err := ValidateUID(seriesUID); err != nil {
+			return nil, fmt.Errorf("series: %w", err)
+		}
+	}
+	entries, err := r.Index.MetadataEntries(ctx, studyUID, seriesUID)
+	if err == nil && len(entries) == 0 {
+		err = ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("metadata of study %s series %q: %w", studyUID, seriesUID, err)
+	}
+	return entries, nil
+}
+
 // Instance returns the record of one instance. The instance must belong to
 // the study and series named in the request: a SOP Instance UID found under
 // another study is ErrNotFound, so a URL cannot reach an instance through a

@@ -22,7 +22,8 @@ import (
 // Buckets of the index. Keys joining UIDs use NUL, which no UID contains.
 var (
 	bucketInstances      = []byte("index.instances")       // sop uid → InstanceRecord JSON
-	bucketStudyInstances = []byte("index.study_instances") // study \0 series \0 sop → empty
+	bucketStudyInstances = []byte("index.study_instances") // study \0 series \0 sop → metadata order entry (empty before)
+	bucketMetadata       = []byte("index.metadata")        // sop uid → prepared metadata (gateway.PrepareMetadata)
 	bucketStudies        = []byte("index.studies")         // study uid → StudySummary, compact (JSON before)
 	bucketSeries         = []byte("index.series")          // study \0 series → SeriesSummary JSON
 	bucketStudyOrder     = []byte("index.study_order")     // StudyDate (8 digits) \0 study → empty
@@ -51,7 +52,7 @@ var _ gateway.Index = (*Index)(nil)
 // NewIndex creates the index buckets in db if needed.
 func NewIndex(db *DB) (*Index, error) {
 	err := db.bolt.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketInstances, bucketStudyInstances, bucketStudies, bucketSeries, bucketStudyOrder} {
+		for _, b := range [][]byte{bucketInstances, bucketStudyInstances, bucketMetadata, bucketStudies, bucketSeries, bucketStudyOrder} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -269,6 +270,97 @@ func listInstances(tx *bbolt.Tx, studyUID, seriesUID string) ([]*gateway.Instanc
 	return recs, nil
 }
 
+// MetadataEntries lists the order entries kept beside each instance's key
+// in the study's key range; an instance indexed before entries existed (an
+// empty value) is prepared from its record.
+func (x *Index) MetadataEntries(ctx context.Context, studyUID, seriesUID string) ([]gateway.MetadataEntry, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	prefix := []byte(studyUID + "\x00")
+	if seriesUID != "" {
+		prefix = []byte(studyUID + "\x00" + seriesUID + "\x00")
+	}
+	var entries []gateway.MetadataEntry
+	err := x.db.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketStudyInstances).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			study, rest, _ := strings.Cut(string(k), "\x00")
+			series, sop, _ := strings.Cut(rest, "\x00")
+			if len(v) == 0 {
+				rec, err := getRecord(tx, sop)
+				if err != nil {
+					return err
+				}
+				_, prepared := gateway.PrepareMetadata(rec)
+				entries = append(entries, gateway.NewMetadataEntry(rec, prepared))
+				continue
+			}
+			e, err := gateway.DecodeMetadataEntry(study, series, sop, v)
+			if err != nil {
+				return err
+			}
+			entries = append(entries, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, unavailable("list metadata", err)
+	}
+	if len(entries) == 0 {
+		return nil, fmt.Errorf("no instances in study %s series %q: %w", studyUID, seriesUID, gateway.ErrNotFound)
+	}
+	slices.SortFunc(entries, gateway.CompareMetadataEntries)
+	return entries, nil
+}
+
+// ReadMetadata copies gateway.MetadataBatch prepared values at a time out
+// of a read transaction and calls fn outside it, so a slow client never
+// holds a transaction open (which would stall the file's growth).
+func (x *Index) ReadMetadata(ctx context.Context, entries []gateway.MetadataEntry, fn func(gateway.MetadataEntry, []byte) error) error {
+	var buf []byte
+	var ends []int // end of each entry's value in buf; -1 when deleted
+	for batch := range slices.Chunk(entries, gateway.MetadataBatch) {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		buf, ends = buf[:0], ends[:0]
+		err := x.db.View(func(tx *bbolt.Tx) error {
+			for _, e := range batch {
+				v := tx.Bucket(bucketMetadata).Get([]byte(e.SOPInstanceUID))
+				if v == nil {
+					rec, err := getRecord(tx, e.SOPInstanceUID)
+					if errors.Is(err, gateway.ErrNotFound) {
+						ends = append(ends, -1)
+						continue
+					}
+					if err != nil {
+						return err
+					}
+					_, v = gateway.PrepareMetadata(rec) // indexed before prepared metadata existed
+				}
+				buf = append(buf, v...)
+				ends = append(ends, len(buf))
+			}
+			return nil
+		})
+		if err != nil {
+			return unavailable("read metadata", err)
+		}
+		start := 0
+		for i, e := range batch {
+			if ends[i] < 0 {
+				continue
+			}
+			if err := fn(e, buf[start:ends[i]]); err != nil {
+				return err
+			}
+			start = ends[i]
+		}
+	}
+	return nil
+}
+
 func checkRecord(ctx context.Context, rec *gateway.InstanceRecord) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -303,8 +395,12 @@ func addRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
 	if err := tx.Bucket(bucketInstances).Put([]byte(rec.SOPInstanceUID), data); err != nil {
 		return err
 	}
+	order, prepared := gateway.PrepareMetadata(rec)
+	if err := tx.Bucket(bucketMetadata).Put([]byte(rec.SOPInstanceUID), prepared); err != nil {
+		return err
+	}
 	key := []byte(rec.StudyInstanceUID + "\x00" + rec.SeriesInstanceUID + "\x00" + rec.SOPInstanceUID)
-	if err := tx.Bucket(bucketStudyInstances).Put(key, nil); err != nil {
+	if err := tx.Bucket(bucketStudyInstances).Put(key, order); err != nil {
 		return err
 	}
 	series, err := getSeries(tx, rec.StudyInstanceUID, rec.SeriesInstanceUID)
@@ -341,6 +437,9 @@ func addRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
 
 func removeRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
 	if err := tx.Bucket(bucketInstances).Delete([]byte(rec.SOPInstanceUID)); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketMetadata).Delete([]byte(rec.SOPInstanceUID)); err != nil {
 		return err
 	}
 	key := []byte(rec.StudyInstanceUID + "\x00" + rec.SeriesInstanceUID + "\x00" + rec.SOPInstanceUID)

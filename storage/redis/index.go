@@ -70,12 +70,13 @@ func (x *Index) key(parts ...string) string { return x.prefix + strings.Join(par
 // writeScript puts or replaces one instance. ARGV: prefix, mode ("put" or
 // "replace"), sop, study, series, rec, modality, sop class, study attrs,
 // series attrs (both compact), date, patient id, accession, name keys joined
-// by \1, name prefixes (namePrefixes) joined by \1.
+// by \1, name prefixes (namePrefixes) joined by \1, metadata order entry,
+// prepared metadata (gateway.PrepareMetadata).
 // Returns {1} when written, {0, existing rec} when put found a record.
 var writeScript = goredis.NewScript(`
 local P, mode, sop, st, se, rec = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local mod, cls, sattrs, eattrs, d, pid, acc, names = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
-local np = ARGV[15]
+local np, ord, md = ARGV[15], ARGV[16], ARGV[17]
 local ik = P .. 'i:' .. sop
 
 ` + luaIndexFunctions + `
@@ -89,7 +90,7 @@ if redis.call('EXISTS', ik) == 1 then
   remove()
 end
 
-redis.call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls)
+redis.call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls, 'ord', ord, 'md', md)
 local sk, ek = P .. 's:' .. st, P .. 'e:' .. st .. ':' .. se
 redis.call('SADD', P .. 'ei:' .. st .. ':' .. se, sop)
 local newSeries = redis.call('SADD', P .. 'ss:' .. st, se) == 1
@@ -307,12 +308,14 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) ([]any, erro
 	}
 	md := rec.Metadata
 	names := gateway.NameKeys(md, gateway.TagPatientName)
+	order, prepared := gateway.PrepareMetadata(rec)
 	return []any{
 		x.prefix, mode, rec.SOPInstanceUID, rec.StudyInstanceUID, rec.SeriesInstanceUID, data,
 		indexValue(rec.Modality()), indexValue(rec.SOPClassUID), sattrs, eattrs,
 		strconv.FormatInt(gateway.StudyDateKey(md), 10), indexValue(md.String(gateway.TagPatientID)),
 		indexValue(md.String(gateway.TagAccessionNumber)), strings.Join(names, "\x01"),
 		strings.Join(namePrefixes(gateway.NameGroupKeys(md, gateway.TagPatientName)), "\x01"),
+		order, prepared,
 	}, nil
 }
 
@@ -415,30 +418,124 @@ func (x *Index) ListInstances(ctx context.Context, studyUID, seriesUID string) (
 	return recs, nil
 }
 
-func (x *Index) instances(ctx context.Context, studyUID, seriesUID string) ([]*gateway.InstanceRecord, error) {
-	series := []string{seriesUID}
+// members returns the SOP Instance UIDs of a study (or one series), with
+// the series UID of each.
+func (x *Index) members(ctx context.Context, studyUID, seriesUID string) (sops, series []string, err error) {
+	seriesUIDs := []string{seriesUID}
 	if seriesUID == "" {
-		var err error
-		if series, err = x.rdb.SMembers(ctx, x.key("ss", studyUID)).Result(); err != nil {
-			return nil, translate(err)
+		if seriesUIDs, err = x.rdb.SMembers(ctx, x.key("ss", studyUID)).Result(); err != nil {
+			return nil, nil, translate(err)
 		}
 	}
 	pipe := x.rdb.Pipeline()
-	members := make([]*goredis.StringSliceCmd, len(series))
-	for i, se := range series {
-		members[i] = pipe.SMembers(ctx, x.key("ei", studyUID, se))
+	cmds := make([]*goredis.StringSliceCmd, len(seriesUIDs))
+	for i, se := range seriesUIDs {
+		cmds[i] = pipe.SMembers(ctx, x.key("ei", studyUID, se))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, translate(err)
+		return nil, nil, translate(err)
 	}
-	var sops []string
-	for _, m := range members {
-		sops = append(sops, m.Val()...)
+	for i, c := range cmds {
+		for _, sop := range c.Val() {
+			sops = append(sops, sop)
+			series = append(series, seriesUIDs[i])
+		}
+	}
+	return sops, series, nil
+}
+
+// MetadataEntries reads each instance's order entry (the hash field "ord"
+// beside its record) in one pipelined round trip after listing the
+// members; an instance indexed before entries existed is prepared from its
+// record.
+func (x *Index) MetadataEntries(ctx context.Context, studyUID, seriesUID string) ([]gateway.MetadataEntry, error) {
+	sops, series, err := x.members(ctx, studyUID, seriesUID)
+	if err != nil {
+		return nil, err
+	}
+	pipe := x.rdb.Pipeline()
+	cmds := make([]*goredis.SliceCmd, len(sops))
+	for i, sop := range sops {
+		cmds[i] = pipe.HMGet(ctx, x.key("i", sop), "ord", "se")
+	}
+	if len(sops) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, translate(err)
+		}
+	}
+	entries := make([]gateway.MetadataEntry, 0, len(sops))
+	for i, c := range cmds {
+		v := c.Val()
+		if v[1] == nil {
+			continue // deleted between the two round trips
+		}
+		order, _ := v[0].(string)
+		if order == "" {
+			rec, err := x.GetInstance(ctx, sops[i])
+			if errors.Is(err, gateway.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			_, prepared := gateway.PrepareMetadata(rec)
+			entries = append(entries, gateway.NewMetadataEntry(rec, prepared))
+			continue
+		}
+		e, err := gateway.DecodeMetadataEntry(studyUID, series[i], sops[i], []byte(order))
+		if err != nil {
+			return nil, err
+		}
+		entries = append(entries, e)
+	}
+	if len(entries) == 0 {
+		return nil, fmt.Errorf("no instances in study %s series %q: %w", studyUID, seriesUID, gateway.ErrNotFound)
+	}
+	slices.SortFunc(entries, gateway.CompareMetadataEntries)
+	return entries, nil
+}
+
+// ReadMetadata fetches the prepared metadata (hash field "md") of
+// gateway.MetadataBatch instances per pipelined round trip.
+func (x *Index) ReadMetadata(ctx context.Context, entries []gateway.MetadataEntry, fn func(gateway.MetadataEntry, []byte) error) error {
+	for batch := range slices.Chunk(entries, gateway.MetadataBatch) {
+		pipe := x.rdb.Pipeline()
+		cmds := make([]*goredis.StringCmd, len(batch))
+		for i, e := range batch {
+			cmds[i] = pipe.HGet(ctx, x.key("i", e.SOPInstanceUID), "md")
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+			return translate(err)
+		}
+		for i, e := range batch {
+			prepared, err := cmds[i].Bytes()
+			if errors.Is(err, goredis.Nil) {
+				rec, err := x.GetInstance(ctx, e.SOPInstanceUID)
+				if errors.Is(err, gateway.ErrNotFound) {
+					continue // deleted since it was listed
+				}
+				if err != nil {
+					return err
+				}
+				_, prepared = gateway.PrepareMetadata(rec) // indexed before prepared metadata existed
+			}
+			if err := fn(e, prepared); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (x *Index) instances(ctx context.Context, studyUID, seriesUID string) ([]*gateway.InstanceRecord, error) {
+	sops, _, err := x.members(ctx, studyUID, seriesUID)
+	if err != nil {
+		return nil, err
 	}
 	if len(sops) == 0 {
 		return nil, nil
 	}
-	pipe = x.rdb.Pipeline()
+	pipe := x.rdb.Pipeline()
 	gets := make([]*goredis.StringCmd, len(sops))
 	for i, sop := range sops {
 		gets[i] = pipe.HGet(ctx, x.key("i", sop), "rec")

@@ -324,6 +324,7 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		}
 		next()
 	})
+	TestMetadataReader(t, newIndex)
 	t.Run("Queries", func(t *testing.T) { TestIndexQueries(t, newIndex) })
 }
 

@@ -1,0 +1,70 @@
+package bolt
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	bbolt "go.etcd.io/bbolt"
+
+	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/storagetest"
+)
+
+// preMetadataIndex strips every instance it writes back to the layout of
+// indexes written before prepared metadata existed (an empty value in the
+// study's key range, nothing in the metadata bucket), so that the
+// MetadataReader suite checks the fallback that prepares such instances
+// from their records.
+type preMetadataIndex struct {
+	*Index
+	t *testing.T
+}
+
+func (l preMetadataIndex) PutInstance(ctx context.Context, rec *gateway.InstanceRecord) (*gateway.InstanceRecord, bool, error) {
+	old, ok, err := l.Index.PutInstance(ctx, rec)
+	l.strip(rec)
+	return old, ok, err
+}
+
+func (l preMetadataIndex) ReplaceInstance(ctx context.Context, rec *gateway.InstanceRecord) error {
+	err := l.Index.ReplaceInstance(ctx, rec)
+	l.strip(rec)
+	return err
+}
+
+func (l preMetadataIndex) PutInstances(ctx context.Context, recs []*gateway.InstanceRecord) error {
+	err := l.Index.PutInstances(ctx, recs)
+	for _, r := range recs {
+		l.strip(r)
+	}
+	return err
+}
+
+func (l preMetadataIndex) strip(rec *gateway.InstanceRecord) {
+	err := l.db.Update(func(tx *bbolt.Tx) error {
+		key := []byte(rec.StudyInstanceUID + "\x00" + rec.SeriesInstanceUID + "\x00" + rec.SOPInstanceUID)
+		if err := tx.Bucket(bucketStudyInstances).Put(key, nil); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMetadata).Delete([]byte(rec.SOPInstanceUID))
+	})
+	if err != nil {
+		l.t.Fatal(err)
+	}
+}
+
+func TestMetadataReaderLegacyLayout(t *testing.T) {
+	storagetest.TestMetadataReader(t, func(t *testing.T) gateway.Index {
+		db, err := Open(filepath.Join(t.TempDir(), "state.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		x, err := NewIndex(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return preMetadataIndex{x, t}
+	})
+}
