@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# testenv.sh CMD...: installs what is missing (redis-server from Debian,
+# testenv.sh CMD...: installs what is missing (redis-server and dcmtk from Debian,
 # MinIO built with go install at a pinned version and cached outside the
 # repo), starts both on loopback, exports their addresses as
 # GATEWAY_TEST_REDIS_URL and GATEWAY_TEST_S3_*, runs CMD, and stops both
@@ -15,6 +15,10 @@ log() { printf 'testenv: %s\n' "$*" >&2; }
 if ! command -v redis-server >/dev/null 2>&1; then
   log "installing redis-server from Debian"
   apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
+if ! command -v dcm2json >/dev/null 2>&1; then
+  log "installing dcmtk from Debian (dcm2json: the reference DICOM JSON the metadata tests compare with)"
+  apt-get update -qq && apt-get install -y -qq dcmtk >/dev/null
 fi
 if ! command -v curl >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq curl >/dev/null
