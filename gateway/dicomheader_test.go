@@ -128,4 +128,3 @@ func TestParseHeaderMatchesDcm2json(t *testing.T) {
 		})
 	}
 }
-
