@@ -30,8 +30,9 @@ var viewerTags = []string{
 
 // TestWADOCorpus stores every corpus file the gateway accepts and checks,
 // for each: instance, series and study retrieve are byte-identical to the
-// file; the instance metadata carries the viewer attributes of its header
-// and absolute, retrievable BulkDataURIs; every frame equals the pixel data
+// file; its object in the series metadata equals its instance metadata and
+// carries the viewer attributes of its header and absolute, retrievable
+// BulkDataURIs; every frame equals the pixel data
 // the dicom library reads from the file (native: the raw value; encapsulated:
 // the fragments of the frame).
 func TestWADOCorpus(t *testing.T) {
@@ -109,8 +110,28 @@ func checkWADOMetadata(t *testing.T, g *wadoGateway, ci wadoCorpusInstance) {
 	if got, want := resp.Header.Get("Content-Type"), "application/dicom+json"; got != want {
 		t.Errorf("metadata Content-Type %q, want %q", got, want)
 	}
+	var inst []json.RawMessage
+	if err := json.Unmarshal(readBody(t, resp), &inst); err != nil || len(inst) != 1 {
+		t.Fatalf("instance metadata: %d objects, err %v", len(inst), err)
+	}
+	// Viewers read series metadata (served from the prepared form): the
+	// instance's object there must be the instance metadata, byte for byte.
+	resp = g.get(t, "/dicomweb/studies/"+ci.rec.StudyInstanceUID+"/series/"+ci.rec.SeriesInstanceUID+"/metadata")
+	var series []json.RawMessage
+	if err := json.Unmarshal(readBody(t, resp), &series); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("series metadata: status %d, err %v", resp.StatusCode, err)
+	}
+	var fromSeries json.RawMessage
+	for _, item := range series {
+		if bytes.Contains(item, []byte(`"00080018":{"vr":"UI","Value":["`+ci.rec.SOPInstanceUID+`"]}`)) {
+			fromSeries = item
+		}
+	}
+	if !bytes.Equal(fromSeries, inst[0]) {
+		t.Fatalf("the instance's object in series metadata differs from its instance metadata:\n%.300s\nwant\n%.300s", fromSeries, inst[0])
+	}
 	var arr []map[string]gateway.Attribute
-	if err := json.Unmarshal(readBody(t, resp), &arr); err != nil || len(arr) != 1 {
+	if err := json.Unmarshal(append(append([]byte("["), fromSeries...), ']'), &arr); err != nil || len(arr) != 1 {
 		t.Fatalf("metadata: %d objects, err %v", len(arr), err)
 	}
 	md := arr[0]
