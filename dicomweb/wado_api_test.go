@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
@@ -260,21 +261,33 @@ func TestWADOAudit(t *testing.T) {
 func TestWADOAbortMidStream(t *testing.T) {
 	var fb *midStreamFailingBlobs
 	g := newWADOGateway(t, func(s *dicomweb.Server) {
-		fb = &midStreamFailingBlobs{BlobStore: s.Blobs, after: 1}
+		fb = &midStreamFailingBlobs{BlobStore: s.Blobs}
 		s.Blobs = fb
 	})
 	ins := g.synthStudy(t, synth.StudySpec{Seed: 15, InstancesPerSeries: 3, Rows: 64, Columns: 64})
-	fb.gets = 0
+	recs, err := g.index.ListInstances(t.Context(), ins[0].StudyInstanceUID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb.failKey.Store(recs[1].Key()) // the second part: after the response has started
 	resp := g.get(t, "/dicomweb/studies/"+ins[0].StudyInstanceUID)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	_, err := io.ReadAll(resp.Body)
+	_, err = io.ReadAll(resp.Body)
 	if err == nil {
 		t.Fatal("response read to the end although storage failed mid-stream")
 	}
 	if !errors.Is(err, io.ErrUnexpectedEOF) && !strings.Contains(err.Error(), "EOF") && !strings.Contains(err.Error(), "reset") {
 		t.Logf("read error: %v", err)
+	}
+	// Parts opened ahead of the one that failed are closed, not leaked.
+	deadline := time.Now().Add(5 * time.Second)
+	for fb.opened.Load() != fb.closed.Load() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if o, c := fb.opened.Load(), fb.closed.Load(); o != c || o < 2 {
+		t.Fatalf("%d blob reads opened, %d closed: want all closed (and at least 2 opened)", o, c)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/dicom-gateway/gateway/dicomweb"
@@ -251,12 +252,13 @@ func (downAuditor) Record(context.Context, *gateway.AuditEvent) error {
 	return fmt.Errorf("audit disk full: %w", gateway.ErrUnavailable)
 }
 
-// midStreamFailingBlobs wraps a real BlobStore and makes every Get after the first
-// `after` fail part-way through the object: storage dying mid-retrieve.
+// midStreamFailingBlobs wraps a real BlobStore and makes every Get of
+// failKey fail after 100 bytes (storage lost mid-stream). Retrieves open
+// parts concurrently, so the fault is chosen by key, not by call order.
 type midStreamFailingBlobs struct {
 	gateway.BlobStore
-	after int
-	gets  int
+	failKey        atomic.Value // string
+	opened, closed atomic.Int64
 }
 
 func (f *midStreamFailingBlobs) Get(ctx context.Context, key string, off, n int64) (io.ReadCloser, error) {
@@ -264,14 +266,25 @@ func (f *midStreamFailingBlobs) Get(ctx context.Context, key string, off, n int6
 	if err != nil {
 		return nil, err
 	}
-	f.gets++
-	if f.gets <= f.after {
-		return rc, nil
+	f.opened.Add(1)
+	var r io.Reader = rc
+	if k, _ := f.failKey.Load().(string); key == k {
+		r = io.MultiReader(io.LimitReader(rc, 100), diskGoneReader{})
 	}
 	return struct {
 		io.Reader
 		io.Closer
-	}{io.MultiReader(io.LimitReader(rc, 100), diskGoneReader{}), rc}, nil
+	}{r, closeCounter{rc, &f.closed}}, nil
+}
+
+type closeCounter struct {
+	io.Closer
+	n *atomic.Int64
+}
+
+func (c closeCounter) Close() error {
+	c.n.Add(1)
+	return c.Closer.Close()
 }
 
 type diskGoneReader struct{}

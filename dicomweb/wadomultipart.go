@@ -35,12 +35,19 @@ type part struct {
 // read a part (storage gone, blob shorter than its record) aborts the
 // connection with http.ErrAbortHandler: the client sees a truncated
 // response, never a complete-looking one with an instance missing.
+//
+// Parts are opened partsOpenedAhead ahead of the one being copied, so that
+// an object store's per-request latency overlaps the copy instead of adding
+// up part after part; an opened body holds a connection and what the kernel
+// buffers for it, never a heap buffer, so memory stays bounded.
 func (s *Server) writeMultipart(c *gin.Context, partType string, parts []part) {
 	ctx := c.Request.Context()
+	ahead := openAhead(ctx, parts)
+	defer ahead.close()
 	var firstBody io.ReadCloser
 	if len(parts) > 0 {
 		var err error
-		if firstBody, err = parts[0].open(ctx); err != nil {
+		if firstBody, err = ahead.open(0); err != nil {
 			s.writeError(c, err)
 			return
 		}
@@ -54,7 +61,7 @@ func (s *Server) writeMultipart(c *gin.Context, partType string, parts []part) {
 		body := firstBody
 		if i > 0 {
 			var err error
-			if body, err = p.open(ctx); err != nil {
+			if body, err = ahead.open(i); err != nil {
 				s.abortStream(c, i, err)
 			}
 		}
@@ -85,6 +92,59 @@ func (s *Server) writeMultipart(c *gin.Context, partType string, parts []part) {
 	}
 	if err := mw.Close(); err != nil {
 		s.abortStream(c, len(parts), err)
+	}
+}
+
+// partsOpenedAhead is how many parts after the one being copied are opened
+// in advance.
+const partsOpenedAhead = 4
+
+// opener opens parts ahead of their turn.
+type opener struct {
+	ctx     context.Context
+	parts   []part
+	pending []chan openedPart // nil: not started; taken by open
+	taken   []bool
+}
+
+type openedPart struct {
+	body io.ReadCloser
+	err  error
+}
+
+func openAhead(ctx context.Context, parts []part) *opener {
+	return &opener{ctx: ctx, parts: parts, pending: make([]chan openedPart, len(parts)), taken: make([]bool, len(parts))}
+}
+
+// open returns part i's body (the caller closes it), after starting the
+// opens of the parts that follow it.
+func (o *opener) open(i int) (io.ReadCloser, error) {
+	for j := i; j < min(len(o.parts), i+1+partsOpenedAhead); j++ {
+		if o.pending[j] == nil {
+			ch := make(chan openedPart, 1)
+			o.pending[j] = ch
+			go func(p part) {
+				body, err := p.open(o.ctx)
+				ch <- openedPart{body, err}
+			}(o.parts[j])
+		}
+	}
+	o.taken[i] = true
+	r := <-o.pending[i]
+	return r.body, r.err
+}
+
+// close closes the bodies opened ahead but never taken (a response cut
+// short), in the background: their opens may still be in flight.
+func (o *opener) close() {
+	for i, ch := range o.pending {
+		if ch != nil && !o.taken[i] {
+			go func() {
+				if r := <-ch; r.body != nil {
+					r.body.Close()
+				}
+			}()
+		}
 	}
 }
 

@@ -216,7 +216,7 @@ func stowAll(parent context.Context, c *http.Client, root string, instances []sy
 
 // get fetches url with accept, reads the whole body and returns its length
 // and the time to the last byte. A 204 counts as an empty answer.
-func get(ctx context.Context, c *http.Client, url, accept string, keep bool) (n int64, body []byte, d time.Duration, err error) {
+func get(ctx context.Context, c *http.Client, url, accept string, keep bool, header ...string) (n int64, body []byte, d time.Duration, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -224,6 +224,9 @@ func get(ctx context.Context, c *http.Client, url, accept string, keep bool) (n 
 		return 0, nil, 0, err
 	}
 	req.Header.Set("Accept", accept)
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
 	start := time.Now()
 	resp, err := c.Do(req)
 	if err != nil {

@@ -253,6 +253,21 @@ func (b *bench) partE(ctx context.Context, t *target) metrics {
 		if len(ds) == b.cfg.metaReps {
 			m.v["metaP50"], m.v["metaP99"] = ms(percentile(ds, 50)), ms(percentile(ds, 99))
 		}
+		// The same with Accept-Encoding: gzip, as browsers send it (the
+		// compressed body is read, not inflated: that is the client's cost).
+		ds = ds[:0]
+		var size int64
+		for range b.cfg.metaReps {
+			n, _, d, err := get(ctx, b.client, metaURL, acceptJSON, false, "Accept-Encoding", "gzip")
+			if err != nil {
+				errs = append(errs, fmt.Errorf("series metadata, gzip: %w", err))
+				break
+			}
+			ds, size = append(ds, d), n
+		}
+		if len(ds) == b.cfg.metaReps {
+			m.v["metaGzP50"], m.v["metaGzKB"] = ms(percentile(ds, 50)), float64(size)/1024
+		}
 	}
 
 	// Single frames of random CT instances (same sequence on every target).
@@ -287,6 +302,7 @@ var wadoCols = []column{
 	{"retrieve", "study retrieve MB/s", 1, true},
 	{"metaCold", "series metadata cold ms", 1, false},
 	{"metaP50", "series metadata p50 ms", 1, true}, {"metaP99", "series metadata p99 ms", 1, false},
+	{"metaGzP50", "series metadata gzip p50 ms", 1, true}, {"metaGzKB", "gzip body KiB", 0, false},
 	{"frameP50", "frame p50 ms", 2, true}, {"frameP99", "frame p99 ms", 2, true},
 	{"errors", "errors", 0, false},
 }

@@ -185,7 +185,7 @@ func orthancConfig(dir string, port int, plugin string) string {
   "IndexDirectory": %q,
   "Plugins": [%q],
   "HttpRequestTimeout": 3600,
-  "HttpCompressionEnabled": false,
+  "HttpCompressionEnabled": true,
   "OrthancExplorerEnabled": false,
   "WebDavEnabled": false,
   "SaveJobs": false,
