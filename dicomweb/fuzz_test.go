@@ -48,7 +48,8 @@ func FuzzMultipart(f *testing.F) {
 
 	s := embeddedServer(f, nil)
 	s.Auditor = s.AuditLog
-	s.Limits = Limits{MaxRequestBytes: 8 << 20, MaxInstanceBytes: 4 << 20}
+	s.Limits = Limits{MaxRequestBytes: 8 << 20}
+	s.Ingester.MaxInstanceBytes = 4 << 20
 	// Small inflate bound: a generated deflate stream may legitimately
 	// inflate to the default 4 GiB, which costs seconds of CPU per input
 	// (TestSecurityHostileBodies covers that case with a flat heap).

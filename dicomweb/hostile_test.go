@@ -340,7 +340,8 @@ func testHostileBodies(t *testing.T, s *Server, cases []struct {
 	body func() io.Reader
 	want []int
 }) {
-	s.Limits = Limits{MaxRequestBytes: 32 << 20, MaxInstanceBytes: 8 << 20}
+	s.Limits = Limits{MaxRequestBytes: 32 << 20}
+	s.Ingester.MaxInstanceBytes = 8 << 20
 	ts := newAuthTestServer(t, s)
 	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
@@ -406,7 +407,8 @@ func productionServer(t *testing.T) *Server {
 // away, and nothing is stored.
 func TestSecurityEndlessPartWithoutRequestLimit(t *testing.T) {
 	s := embeddedServer(t, nil)
-	s.Limits = Limits{MaxRequestBytes: 0, MaxInstanceBytes: 1 << 20}
+	s.Limits = Limits{MaxRequestBytes: 0}
+	s.Ingester.MaxInstanceBytes = 1 << 20
 	ts := newAuthTestServer(t, s)
 	meta, d := part10("1.2.840.10008.1.2.1", "1.2.826.0.1.3680043.10.1466.8.9")
 	head := append(meta, d...)

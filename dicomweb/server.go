@@ -14,10 +14,10 @@ import (
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
-// Limits bound what one request may send.
+// Limits bound what one request may send. The bound on one instance is the
+// Ingester's MaxInstanceBytes, which every path that stores applies.
 type Limits struct {
-	MaxRequestBytes  int64 // whole STOW body; 0 = unlimited
-	MaxInstanceBytes int64 // one part; 0 = unlimited
+	MaxRequestBytes int64 // whole STOW body; 0 = unlimited
 }
 
 // Server serves the gateway's HTTP surface. Fill the exported fields, then

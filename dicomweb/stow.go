@@ -95,11 +95,7 @@ func (s *Server) handleStow(c *gin.Context) {
 			failed = append(failed, stowFailure{reason: gateway.ReasonCannotUnderstand})
 			continue
 		}
-		var r io.Reader = part
-		if s.Limits.MaxInstanceBytes > 0 {
-			r = &partLimit{r: part, max: s.Limits.MaxInstanceBytes}
-		}
-		rec, err := s.Ingester.Store(ctx, r, gateway.StoreOptions{StudyInstanceUID: study})
+		rec, err := s.Ingester.Store(ctx, part, gateway.StoreOptions{StudyInstanceUID: study})
 		if err != nil {
 			ie, ok := errors.AsType[*gateway.InstanceError](err)
 			if !ok {
@@ -113,7 +109,7 @@ func (s *Server) handleStow(c *gin.Context) {
 				// The part goes on far past the limit (maybe for ever):
 				// refuse the rest of the request rather than read it all.
 				// What was stored before stays stored.
-				reqErr = fmt.Errorf("part %d is larger than --max-instance-bytes %d: %w", parts, s.Limits.MaxInstanceBytes, gateway.ErrTooLarge)
+				reqErr = fmt.Errorf("part %d is larger than --max-instance-bytes %d: %w", parts, s.Ingester.MaxInstanceBytes, gateway.ErrTooLarge)
 				break
 			}
 			s.Logger.InfoContext(ctx, "instance refused", "part", parts, gateway.LogKeySOPUID, ie.SOPInstanceUID,
@@ -359,22 +355,6 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	if err != nil && !errors.Is(err, io.EOF) && b.err == nil {
 		b.err = err
-	}
-	return n, err
-}
-
-// partLimit fails a part larger than the per-instance limit.
-type partLimit struct {
-	r   io.Reader
-	n   int64
-	max int64
-}
-
-func (l *partLimit) Read(p []byte) (int, error) {
-	n, err := l.r.Read(p)
-	l.n += int64(n)
-	if l.n > l.max {
-		return 0, &gateway.InstanceError{Reason: gateway.ReasonOutOfResources, Err: fmt.Errorf("instance is larger than the %d-byte limit: %w", l.max, gateway.ErrTooLarge)}
 	}
 	return n, err
 }

@@ -412,7 +412,7 @@ func TestStowStatusCodes(t *testing.T) {
 		if _, err := s.index.GetInstance(t.Context(), testSOP(5)); !errors.Is(err, gateway.ErrNotFound) {
 			t.Errorf("instance of a refused request indexed: %v", err)
 		}
-		s2 := newStowServer(t, stowBackends[0], func(s *dicomweb.Server) { s.Limits.MaxInstanceBytes = 2000 })
+		s2 := newStowServer(t, stowBackends[0], func(s *dicomweb.Server) { s.Ingester.MaxInstanceBytes = 2000 })
 		res := s2.stow(t, "/dicomweb/studies", dicomPart(big), dicomPart(good(6)))
 		if res.status != http.StatusAccepted || len(res.failureReasons()) != 1 || res.failureReasons()[0] != int64(gateway.ReasonOutOfResources) {
 			t.Errorf("instance over MaxInstanceBytes: status %d: %s", res.status, res.body)

@@ -109,7 +109,7 @@ func (m *Main) Run(ctx context.Context) error {
 		TrustedProxies:        cfg.File.TrustedProxies,
 		Ready:                 b.Ready,
 		PublicBaseURL:         cfg.PublicBaseURL,
-		Limits:                dicomweb.Limits{MaxRequestBytes: cfg.MaxRequestBytes, MaxInstanceBytes: cfg.MaxInstanceBytes},
+		Limits:                dicomweb.Limits{MaxRequestBytes: cfg.MaxRequestBytes},
 		MaxConcurrentStow:     cfg.MaxConcurrentStow,
 		MaxConcurrentRetrieve: cfg.MaxConcurrentRetrieve,
 		Logger:                m.Logger,
