@@ -234,7 +234,7 @@ func notAcceptable(accept []mediaRange, what string, offers []offer) error {
 		}
 		can = append(can, s)
 	}
-	return fmt.Errorf("%s: none of the accepted types [%s] can be served (no transcoding); available: [%s]: %w",
+	return fmt.Errorf("%s: none of the accepted types [%s] can be served; available: [%s]: %w",
 		what, truncate(strings.Join(asked, ", "), 400), strings.Join(can, ", "), gateway.ErrNotAcceptable)
 }
 
@@ -245,15 +245,21 @@ func truncate(s string, n int) string {
 	return s
 }
 
-// Offers per resource. Instances are served as stored: their only syntax is
-// the stored one.
+// Offers per resource.
 
 // instanceOffers: whole instances, multipart (any level) and, for a single
-// instance, also a bare application/dicom body.
+// instance, also a bare application/dicom body. The stored syntax comes
+// first (what "*" and a missing transfer-syntax get); Explicit VR Little
+// Endian follows when the stored syntax transcodes to it
+// (gateway.CanTranscode).
 func instanceOffers(ts string, single bool) []offer {
-	o := []offer{{multipart: true, mediaType: mediaDICOM, syntaxes: []string{ts}}}
+	syntaxes := []string{ts}
+	if gateway.CanTranscode(ts, gateway.TSExplicitLE) {
+		syntaxes = append(syntaxes, gateway.TSExplicitLE)
+	}
+	o := []offer{{multipart: true, mediaType: mediaDICOM, syntaxes: syntaxes}}
 	if single {
-		o = append(o, offer{mediaType: mediaDICOM, syntaxes: []string{ts}})
+		o = append(o, offer{mediaType: mediaDICOM, syntaxes: syntaxes})
 	}
 	return o
 }

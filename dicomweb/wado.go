@@ -200,17 +200,27 @@ func (s *Server) retrieveInstances(c *gin.Context, recs []*gateway.InstanceRecor
 		return
 	}
 	r := s.retriever()
+	// length is the stored size, or unknown (-1) for a transcode.
+	length := func(rec *gateway.InstanceRecord, ts string) int64 {
+		if ts != rec.TransferSyntaxUID {
+			return -1
+		}
+		return rec.Size
+	}
 	if ch := chosen[recs[0].TransferSyntaxUID]; single && !ch.multipart {
 		rec := recs[0]
-		s.writeSingle(c, ch.contentType(), rec.Size, func(ctx context.Context) (io.ReadCloser, error) { return r.Open(ctx, rec) })
+		s.writeSingle(c, ch.contentType(), length(rec, ch.transferSyntax), func(ctx context.Context) (io.ReadCloser, error) {
+			return r.OpenAs(ctx, rec, ch.transferSyntax)
+		})
 		return
 	}
 	parts := make([]part, len(recs))
 	for i, rec := range recs {
+		ch := chosen[rec.TransferSyntaxUID]
 		parts[i] = part{
-			contentType: chosen[rec.TransferSyntaxUID].contentType(),
-			length:      rec.Size,
-			open:        func(ctx context.Context) (io.ReadCloser, error) { return r.Open(ctx, rec) },
+			contentType: ch.contentType(),
+			length:      length(rec, ch.transferSyntax),
+			open:        func(ctx context.Context) (io.ReadCloser, error) { return r.OpenAs(ctx, rec, ch.transferSyntax) },
 		}
 	}
 	s.writeMultipart(c, mediaDICOM, parts)

@@ -18,9 +18,10 @@ import (
 // [&frameNumber=n][&windowCenter=c&windowWidth=w][&rows=r][&columns=c]
 // [&imageQuality=q]. contentType may list several types in order of
 // preference (9.1.2.1.6); without it an image is rendered as JPEG and any
-// other object is sent as application/dicom. The object is sent as stored:
-// a transferSyntax other than the stored one is 406. anonymize=yes is
-// refused (400) rather than ignored.
+// other object is sent as application/dicom. The object is sent as stored,
+// or transcoded when transferSyntax asks for Explicit VR Little Endian and
+// it is stored in Implicit VR Little Endian; any other transferSyntax is
+// 406. anonymize=yes is refused (400) rather than ignored.
 func (s *Server) handleWADOURI(c *gin.Context) {
 	q := c.Request.URL.Query()
 	if rt := q.Get("requestType"); rt != "WADO" {
@@ -65,8 +66,12 @@ func (s *Server) handleWADOURI(c *gin.Context) {
 		s.render(c, rec, req, []mediaRange{{mediaType: ch.mediaType, q: 1}})
 		return
 	}
-	if ts := q.Get("transferSyntax"); ts != "" && ts != "*" && ts != rec.TransferSyntaxUID {
-		s.writeError(c, fmt.Errorf("instance %s is stored as %s, transferSyntax=%s asked (no transcoding): %w",
+	ts := strings.TrimSpace(q.Get("transferSyntax"))
+	if ts == "" || ts == "*" {
+		ts = rec.TransferSyntaxUID
+	}
+	if ts != rec.TransferSyntaxUID && !gateway.CanTranscode(rec.TransferSyntaxUID, ts) {
+		s.writeError(c, fmt.Errorf("instance %s is stored as %s, transferSyntax=%s asked (transcoding is from Implicit to Explicit VR Little Endian only): %w",
 			rec.SOPInstanceUID, rec.TransferSyntaxUID, truncate(ts, 64), gateway.ErrNotAcceptable))
 		return
 	}
@@ -76,7 +81,11 @@ func (s *Server) handleWADOURI(c *gin.Context) {
 	}
 	r := s.retriever()
 	c.Header("Content-Disposition", `attachment; filename="`+rec.SOPInstanceUID+`.dcm"`)
-	s.writeSingle(c, mediaDICOM, rec.Size, func(ctx context.Context) (io.ReadCloser, error) { return r.Open(ctx, rec) })
+	size := rec.Size
+	if ts != rec.TransferSyntaxUID {
+		size = -1
+	}
+	s.writeSingle(c, mediaDICOM, size, func(ctx context.Context) (io.ReadCloser, error) { return r.OpenAs(ctx, rec, ts) })
 }
 
 // parseWADOURIRender reads the WADO-URI presentation parameters (9.1.2.2).

@@ -108,6 +108,32 @@ func (r *Retriever) Open(ctx context.Context, rec *InstanceRecord) (io.ReadClose
 	return r.OpenRanges(ctx, rec, []ByteRange{{Offset: 0, Length: rec.Size}})
 }
 
+// OpenAs returns a reader over rec's instance in transfer syntax ts: the
+// stored bytes when ts is the stored syntax, else a streaming transcode
+// (CanTranscode), whose length is not known in advance. The blob is opened
+// before OpenAs returns, so a missing blob is reported here; the transcode
+// runs in a goroutine that ends when the reader is read to the end or
+// closed.
+func (r *Retriever) OpenAs(ctx context.Context, rec *InstanceRecord, ts string) (io.ReadCloser, error) {
+	if ts == "" || ts == rec.TransferSyntaxUID {
+		return r.Open(ctx, rec)
+	}
+	if !CanTranscode(rec.TransferSyntaxUID, ts) {
+		return nil, fmt.Errorf("instance %s is stored as %s and cannot be transcoded to %s: %w", rec.SOPInstanceUID, rec.TransferSyntaxUID, ts, ErrNotAcceptable)
+	}
+	src, err := r.Open(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := TranscodeToExplicitLE(pw, src)
+		src.Close()
+		pw.CloseWithError(err)
+	}()
+	return pr, nil
+}
+
 // OpenRanges returns one reader over the given byte ranges of rec's blob, one
 // after another, each read with a ranged Get. The first range is opened
 // before OpenRanges returns, so a missing blob is reported here (ErrNotFound)

@@ -95,9 +95,23 @@ func caseSequences(study string) []byte {
 }
 
 // caseImplicitMultiframe: Implicit VR Little Endian (VRs from the
-// dictionary), three native frames, Latin-1 default character set.
+// dictionary), three native frames, Latin-1 default character set, a
+// retired group length, private elements, and sequences of defined and
+// undefined length (nested), which a transcode to Explicit VR must rewrite.
 func caseImplicitMultiframe(study string) []byte {
 	els := []el{
+		{tag: 0x00080000, vr: "UL", value: le32(1234)}, // retired group length; its value is never checked
+		{tag: 0x00081140, vr: "SQ", items: [][]el{{
+			s(0x00081150, "UI", MRImageStorage), s(0x00081155, "UI", UIDRoot+".77.1.2.0"),
+		}}},
+		s(0x00190010, "LO", "SYNTH PRIVATE"),
+		{tag: 0x00191001, vr: "UN", value: []byte{1, 2, 3, 4}},
+		{tag: 0x00400275, vr: "SQ", undefined: true, items: [][]el{{
+			s(0x00400009, "SH", "SPS-1"),
+			{tag: 0x00400008, vr: "SQ", items: [][]el{{
+				s(0x00080100, "SH", "T2"), s(0x00080102, "SH", "99SYNTH"), s(0x00080104, "LO", "T2 weighted"),
+			}}},
+		}}},
 		s(0x00080016, "UI", MRImageStorage),
 		s(0x00080018, "UI", UIDRoot+".77.1.2.1"),
 		s(0x00080060, "CS", "MR"),

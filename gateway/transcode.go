@@ -1,0 +1,332 @@
+package gateway
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Transcoding between the uncompressed syntaxes, for a client that asks
+// WADO-RS for Explicit VR Little Endian (the syntax PS3.18 8.7.3.5 names as
+// the default) when an instance is stored in Implicit VR Little Endian.
+// Both are little endian, so every value keeps its bytes: only element
+// headers change (a VR is added from the data dictionary), which makes the
+// transcode a single streaming pass in constant memory, whatever the size
+// of the pixel data.
+
+// CanTranscode reports whether TranscodeToExplicitLE can serve an instance
+// stored in syntax from as syntax to.
+func CanTranscode(from, to string) bool {
+	return from == TSImplicitLE && to == TSExplicitLE
+}
+
+// TranscodeToExplicitLE reads a Part 10 instance in Implicit VR Little
+// Endian from r and writes it to w in Explicit VR Little Endian:
+//   - the preamble is kept; the file meta group gets the new Transfer
+//     Syntax UID and a recomputed (0002,0000) group length;
+//   - each element gets its VR from the data dictionary (LO for private
+//     creators, UN for other private or unknown elements, and UN for a
+//     value too long for a VR with a 16-bit length);
+//   - sequences and items are written with undefined lengths and
+//     delimiters, since explicit headers make every defined length wrong;
+//   - retired group lengths (gggg,0000) of the dataset are dropped, for the
+//     same reason;
+//   - values, Pixel Data included (as OW), are copied byte for byte.
+//
+// It returns the bytes written. A malformed input (which ingest would have
+// refused) is an error wrapping ErrInvalid; an error from r or w is
+// returned as it is.
+func TranscodeToExplicitLE(w io.Writer, r io.Reader) (int64, error) {
+	cw := &countingWriter{w: w}
+	t := &transcoder{r: bufio.NewReaderSize(r, 64<<10), w: bufio.NewWriterSize(cw, 64<<10)}
+	err := t.meta()
+	if err == nil {
+		err = t.dataset(-1, 0, false)
+	}
+	if err == nil {
+		err = t.w.Flush()
+	}
+	return cw.n, err
+}
+
+// transcodeDepthMax bounds sequence nesting, as ParseHeader does.
+const transcodeDepthMax = 64
+
+type transcoder struct {
+	r        *bufio.Reader
+	w        *bufio.Writer
+	pos      int64 // bytes read from r
+	pixelRep int   // (0028,0103) of the top-level dataset, for US/SS tags
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func malformed(format string, args ...any) error {
+	return fmt.Errorf("transcode: "+format+": %w", append(args, ErrInvalid)...)
+}
+
+func (t *transcoder) read(n int) ([]byte, error) {
+	b := make([]byte, n)
+	k, err := io.ReadFull(t.r, b)
+	t.pos += int64(k)
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, malformed("input ends at byte %d", t.pos)
+		}
+		return nil, err
+	}
+	return b, nil
+}
+
+// copyValue copies n bytes of value from r to w.
+func (t *transcoder) copyValue(n int64) error {
+	k, err := io.CopyN(t.w, t.r, n)
+	t.pos += k
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return malformed("input ends at byte %d inside a value", t.pos)
+		}
+		return err
+	}
+	return nil
+}
+
+// meta copies the preamble and rewrites the file meta group.
+func (t *transcoder) meta() error {
+	head, err := t.read(132)
+	if err != nil {
+		return err
+	}
+	if string(head[128:]) != "DICM" {
+		return malformed("no DICM prefix")
+	}
+	type metaElement struct {
+		tag   uint32
+		vr    string
+		value []byte
+	}
+	var elems []metaElement
+	syntax := ""
+	for {
+		b, err := t.r.Peek(2)
+		if err != nil || binary.LittleEndian.Uint16(b) != 0x0002 {
+			break
+		}
+		if t.pos > 1<<20 {
+			return malformed("file meta group longer than 1 MiB")
+		}
+		hdr, err := t.read(8)
+		if err != nil {
+			return err
+		}
+		tag := uint32(binary.LittleEndian.Uint16(hdr[0:]))<<16 | uint32(binary.LittleEndian.Uint16(hdr[2:]))
+		vr := string(hdr[4:6])
+		if !knownVR(vr) {
+			return malformed("file meta element (%04X,%04X) has no valid VR", tag>>16, tag&0xFFFF)
+		}
+		vl := uint32(binary.LittleEndian.Uint16(hdr[6:]))
+		if longVR(vr) {
+			ext, err := t.read(4)
+			if err != nil {
+				return err
+			}
+			vl = binary.LittleEndian.Uint32(ext)
+		}
+		if vl > 64<<10 {
+			return malformed("file meta element (%04X,%04X) has length %d", tag>>16, tag&0xFFFF, vl)
+		}
+		val, err := t.read(int(vl))
+		if err != nil {
+			return err
+		}
+		switch tag {
+		case 0x00020000:
+			continue // recomputed below
+		case 0x00020010:
+			syntax = strings.TrimRight(string(val), " \x00")
+			val = []byte(TSExplicitLE + "\x00") // 19 characters, padded to even
+		}
+		elems = append(elems, metaElement{tag, vr, val})
+	}
+	if syntax != TSImplicitLE {
+		return malformed("stored syntax is %q, not Implicit VR Little Endian", syntax)
+	}
+	var group []byte
+	for _, e := range elems {
+		group = appendExplicitHeader(group, e.tag, e.vr, uint32(len(e.value)))
+		group = append(group, e.value...)
+	}
+	out := append(head[:132:132], 0x02, 0x00, 0x00, 0x00, 'U', 'L', 4, 0)
+	out = binary.LittleEndian.AppendUint32(out, uint32(len(group)))
+	_, err = t.w.Write(append(out, group...))
+	return err
+}
+
+// appendExplicitHeader appends an Explicit VR Little Endian element header.
+func appendExplicitHeader(b []byte, tag uint32, vr string, vl uint32) []byte {
+	b = binary.LittleEndian.AppendUint16(b, uint16(tag>>16))
+	b = binary.LittleEndian.AppendUint16(b, uint16(tag))
+	b = append(b, vr...)
+	if longVR(vr) {
+		b = append(b, 0, 0)
+		return binary.LittleEndian.AppendUint32(b, vl)
+	}
+	return binary.LittleEndian.AppendUint16(b, uint16(vl))
+}
+
+// appendItemHeader appends an item or delimitation tag with its length.
+func appendItemHeader(b []byte, tag, vl uint32) []byte {
+	b = binary.LittleEndian.AppendUint16(b, uint16(tag>>16))
+	b = binary.LittleEndian.AppendUint16(b, uint16(tag))
+	return binary.LittleEndian.AppendUint32(b, vl)
+}
+
+// dataset converts elements until end (a defined length; -1 for none),
+// an item delimiter (inItem with end -1) or the end of input (the top
+// level). An item's content ends with an item delimiter in the output.
+func (t *transcoder) dataset(end int64, depth int, inItem bool) error {
+	for {
+		if end >= 0 && t.pos >= end {
+			if t.pos > end {
+				return malformed("element overruns its item at byte %d", t.pos)
+			}
+			if inItem {
+				_, err := t.w.Write(appendItemHeader(nil, tagItemDelim, 0))
+				return err
+			}
+			return nil
+		}
+		if end < 0 && !inItem {
+			if _, err := t.r.Peek(1); errors.Is(err, io.EOF) {
+				return nil
+			}
+		}
+		hdr, err := t.read(8)
+		if err != nil {
+			return err
+		}
+		tag := uint32(binary.LittleEndian.Uint16(hdr[0:]))<<16 | uint32(binary.LittleEndian.Uint16(hdr[2:]))
+		vl := binary.LittleEndian.Uint32(hdr[4:])
+		switch {
+		case tag == tagItemDelim && inItem && end < 0:
+			_, err := t.w.Write(appendItemHeader(nil, tagItemDelim, 0))
+			return err
+		case tag>>16 == 0xFFFE:
+			return malformed("unexpected (%04X,%04X) at byte %d", tag>>16, tag&0xFFFF, t.pos-8)
+		}
+		if vl != undefinedLength && end >= 0 && int64(vl) > end-t.pos {
+			return malformed("element (%04X,%04X) of %d bytes overruns its item", tag>>16, tag&0xFFFF, vl)
+		}
+		vr := dictVR(tag, t.pixelRep)
+		if isPixelTag(tag) {
+			if vl == undefinedLength {
+				return malformed("encapsulated pixel data in an Implicit VR dataset")
+			}
+			if vr != "OF" && vr != "OD" {
+				vr = "OW"
+			}
+		}
+		switch {
+		case vl == undefinedLength || vr == "SQ":
+			if depth >= transcodeDepthMax {
+				return malformed("sequences nested deeper than %d", transcodeDepthMax)
+			}
+			if _, err := t.w.Write(appendExplicitHeader(nil, tag, "SQ", undefinedLength)); err != nil {
+				return err
+			}
+			seqEnd := int64(-1)
+			if vl != undefinedLength {
+				seqEnd = t.pos + int64(vl)
+			}
+			if err := t.sequence(seqEnd, depth+1); err != nil {
+				return err
+			}
+		case uint16(tag) == 0 && tag>>16 != 0x0002:
+			if err := t.skip(int64(vl)); err != nil { // a retired group length
+				return err
+			}
+		default:
+			if !longVR(vr) && vl > 0xFFFF {
+				vr = "UN"
+			}
+			if _, err := t.w.Write(appendExplicitHeader(nil, tag, vr, vl)); err != nil {
+				return err
+			}
+			if tag == tagPixelRep && vl == 2 && depth == 0 {
+				v, err := t.read(2)
+				if err != nil {
+					return err
+				}
+				t.pixelRep = int(binary.LittleEndian.Uint16(v))
+				if _, err := t.w.Write(v); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := t.copyValue(int64(vl)); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (t *transcoder) skip(n int64) error {
+	k, err := t.r.Discard(int(n))
+	t.pos += int64(k)
+	if err != nil {
+		return malformed("input ends at byte %d", t.pos)
+	}
+	return nil
+}
+
+// sequence converts items until end (defined length) or the sequence
+// delimiter, and writes the sequence delimiter.
+func (t *transcoder) sequence(end int64, depth int) error {
+	for {
+		if end >= 0 && t.pos >= end {
+			if t.pos > end {
+				return malformed("item overruns its sequence at byte %d", t.pos)
+			}
+			break
+		}
+		hdr, err := t.read(8)
+		if err != nil {
+			return err
+		}
+		tag := uint32(binary.LittleEndian.Uint16(hdr[0:]))<<16 | uint32(binary.LittleEndian.Uint16(hdr[2:]))
+		vl := binary.LittleEndian.Uint32(hdr[4:])
+		if tag == tagSeqDelim && end < 0 {
+			break
+		}
+		if tag != tagItem {
+			return malformed("(%04X,%04X) where a sequence item was expected, at byte %d", tag>>16, tag&0xFFFF, t.pos-8)
+		}
+		if _, err := t.w.Write(appendItemHeader(nil, tagItem, undefinedLength)); err != nil {
+			return err
+		}
+		itemEnd := int64(-1)
+		if vl != undefinedLength {
+			if end >= 0 && int64(vl) > end-t.pos {
+				return malformed("item of %d bytes overruns its sequence", vl)
+			}
+			itemEnd = t.pos + int64(vl)
+		}
+		if err := t.dataset(itemEnd, depth, true); err != nil {
+			return err
+		}
+	}
+	_, err := t.w.Write(appendItemHeader(nil, tagSeqDelim, 0))
+	return err
+}
