@@ -290,18 +290,48 @@ func (s *Server) baseURL(c *gin.Context) string {
 	if r.TLS != nil {
 		proto = "https"
 	}
-	if p := strings.ToLower(firstForwarded(r.Header.Get("X-Forwarded-Proto"))); p == "http" || p == "https" {
+	fwdProto, fwdHost := forwarded(r.Header.Values("Forwarded"))
+	if fwdProto == "" {
+		fwdProto = firstForwarded(r.Header.Get("X-Forwarded-Proto"))
+	}
+	if fwdHost == "" {
+		fwdHost = firstForwarded(r.Header.Get("X-Forwarded-Host"))
+	}
+	if p := strings.ToLower(fwdProto); p == "http" || p == "https" {
 		proto = p
 	}
 	host := r.Host
-	if h := firstForwarded(r.Header.Get("X-Forwarded-Host")); h != "" && validHost(h) {
-		host = h
+	if fwdHost != "" && validHost(fwdHost) {
+		host = fwdHost
 	}
 	prefix := ""
 	if p := firstForwarded(r.Header.Get("X-Forwarded-Prefix")); p != "" && validPrefix(p) {
 		prefix = strings.TrimRight(p, "/")
 	}
 	return proto + "://" + host + prefix + root
+}
+
+// forwarded returns proto and host from the first element of RFC 7239
+// Forwarded headers (the proxy nearest the client), "" when absent.
+func forwarded(values []string) (proto, host string) {
+	if len(values) == 0 {
+		return "", ""
+	}
+	first := firstForwarded(values[0])
+	for pair := range strings.SplitSeq(first, ";") {
+		k, v, ok := strings.Cut(strings.TrimSpace(pair), "=")
+		if !ok {
+			continue
+		}
+		v = strings.Trim(strings.TrimSpace(v), `"`)
+		switch strings.ToLower(strings.TrimSpace(k)) {
+		case "proto":
+			proto = v
+		case "host":
+			host = v
+		}
+	}
+	return proto, host
 }
 
 func firstForwarded(v string) string {

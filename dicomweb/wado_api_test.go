@@ -464,4 +464,21 @@ func TestWADOForwardedBase(t *testing.T) {
 	if got := arr[0][gateway.TagPixelData].BulkDataURI; got != want {
 		t.Errorf("BulkDataURI %q, want %q", got, want)
 	}
+	// RFC 7239 Forwarded (first element: the proxy nearest the client) wins
+	// over X-Forwarded-*; a host that could bend the URL is ignored, and the
+	// request's own host is used.
+	for _, tc := range []struct{ forwarded, want string }{
+		{`for=192.0.2.60;proto=https;host="pacs.example.org:8443", for=10.0.0.1;proto=http;host=inner`, "https://pacs.example.org:8443/gw"},
+		{`proto=https;host="evil.example/x@y"`, "https://" + strings.TrimPrefix(g.srv.URL, "http://") + "/gw"},
+	} {
+		resp := g.get(t, synthPath(ins[0])+"/metadata", "Forwarded", tc.forwarded,
+			"X-Forwarded-Proto", "http", "X-Forwarded-Host", "other.example", "X-Forwarded-Prefix", "/gw")
+		arr = nil
+		if err := json.Unmarshal(readBody(t, resp), &arr); err != nil || len(arr) != 1 {
+			t.Fatalf("metadata: %v", err)
+		}
+		if got, want := arr[0][gateway.TagPixelData].BulkDataURI, tc.want+synthPath(ins[0])+"/bulkdata/7FE00010"; got != want {
+			t.Errorf("Forwarded %q: BulkDataURI %q, want %q", tc.forwarded, got, want)
+		}
+	}
 }
