@@ -26,7 +26,9 @@ var (
 	bucketMetadata       = []byte("index.metadata")        // sop uid → prepared metadata (gateway.PrepareMetadata)
 	bucketStudies        = []byte("index.studies")         // study uid → StudySummary, compact (JSON before)
 	bucketSeries         = []byte("index.series")          // study \0 series → SeriesSummary JSON
-	bucketStudyOrder     = []byte("index.study_order")     // StudyDate (8 digits) \0 study → empty
+	bucketStudyOrder     = []byte("index.study_order")     // StudyDate (8 digits) \0 study → orderValue
+	bucketStudyLookup    = []byte("index.study_lookup")    // 'p' or 'a' \0 PatientID or AccessionNumber \0 order key → empty
+	bucketIndexMeta      = []byte("index.meta")            // "lookups" → "1" once bucketStudyLookup lists every study
 )
 
 // Index is the embedded gateway.Index: instance records, study and series
@@ -51,15 +53,34 @@ type heldLock struct {
 
 var _ gateway.Index = (*Index)(nil)
 
-// NewIndex creates the index buckets in db if needed.
+// NewIndex creates the index buckets in db if needed, and lists the
+// studies of an index written before the lookup bucket existed in it (from
+// their order entries, once).
 func NewIndex(db *DB) (*Index, error) {
 	err := db.bolt.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketInstances, bucketStudyInstances, bucketMetadata, bucketStudies, bucketSeries, bucketStudyOrder} {
+		for _, b := range [][]byte{bucketInstances, bucketStudyInstances, bucketMetadata, bucketStudies, bucketSeries, bucketStudyOrder, bucketStudyLookup, bucketIndexMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return nil
+		meta := tx.Bucket(bucketIndexMeta)
+		if meta.Get([]byte("lookups")) != nil {
+			return nil
+		}
+		err := tx.Bucket(bucketStudyOrder).ForEach(func(k, v []byte) error {
+			pid, rest, _ := bytes.Cut(v, []byte{0})
+			acc, _, _ := bytes.Cut(rest, []byte{0})
+			for _, key := range lookupKeys(k, string(pid), string(acc)) {
+				if err := tx.Bucket(bucketStudyLookup).Put(key, nil); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return meta.Put([]byte("lookups"), []byte("1"))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bolt index: create buckets: %w", err)
@@ -435,15 +456,63 @@ func addRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
 		return err
 	}
 	if study.StudyInstanceUID != "" {
-		if err := tx.Bucket(bucketStudyOrder).Delete(orderKey(study)); err != nil {
+		if err := unlistStudy(tx, study); err != nil {
 			return err
 		}
 	}
 	study.AddInstance(rec, newSeries)
-	if err := tx.Bucket(bucketStudyOrder).Put(orderKey(study), orderValue(study)); err != nil {
+	if err := listStudy(tx, study); err != nil {
 		return err
 	}
 	return putStudy(tx, study)
+}
+
+// listStudy puts the entries a study is found by: its order entry (date
+// order, with the hints searches prefilter on) and its lookup entries.
+func listStudy(tx *bbolt.Tx, s *gateway.StudySummary) error {
+	key := orderKey(s)
+	if err := tx.Bucket(bucketStudyOrder).Put(key, orderValue(s)); err != nil {
+		return err
+	}
+	for _, lk := range lookupKeys(key, s.Attrs.String(gateway.TagPatientID), s.Attrs.String(gateway.TagAccessionNumber)) {
+		if err := tx.Bucket(bucketStudyLookup).Put(lk, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unlistStudy deletes what listStudy put for s (as it is before a change).
+func unlistStudy(tx *bbolt.Tx, s *gateway.StudySummary) error {
+	key := orderKey(s)
+	if err := tx.Bucket(bucketStudyOrder).Delete(key); err != nil {
+		return err
+	}
+	for _, lk := range lookupKeys(key, s.Attrs.String(gateway.TagPatientID), s.Attrs.String(gateway.TagAccessionNumber)) {
+		if err := tx.Bucket(bucketStudyLookup).Delete(lk); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lookupKeys are the lookup entries of the study with order key key.
+func lookupKeys(key []byte, patientID, accession string) [][]byte {
+	var out [][]byte
+	if patientID != "" {
+		out = append(out, append(lookupPrefix('p', patientID), key...))
+	}
+	if accession != "" {
+		out = append(out, append(lookupPrefix('a', accession), key...))
+	}
+	return out
+}
+
+// lookupPrefix is where the lookup entries of one value start. A value
+// holding NUL could share a prefix with another: harmless, since searches
+// match every candidate against the query anyway.
+func lookupPrefix(kind byte, value string) []byte {
+	return append(append([]byte{kind, 0}, value...), 0)
 }
 
 func removeRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
@@ -476,14 +545,14 @@ func removeRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
 	if err != nil {
 		return err
 	}
+	if err := unlistStudy(tx, study); err != nil {
+		return err
+	}
 	study.RemoveInstance(rec, seriesGone)
 	if study.Instances <= 0 {
-		if err := tx.Bucket(bucketStudyOrder).Delete(orderKey(study)); err != nil {
-			return err
-		}
 		return tx.Bucket(bucketStudies).Delete([]byte(rec.StudyInstanceUID))
 	}
-	if err := tx.Bucket(bucketStudyOrder).Put(orderKey(study), orderValue(study)); err != nil {
+	if err := listStudy(tx, study); err != nil {
 		return err
 	}
 	return putStudy(tx, study)
@@ -596,6 +665,15 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 	// Walk in batches, each in its own read transaction, so that a long
 	// search never holds one transaction (and the file's old pages) open.
 	// The first batch is what the search needs (h.Want), later ones grow.
+	// An exact PatientID or AccessionNumber walks only that value's lookup
+	// entries (prefix + order key), in the same newest-first order.
+	bucket, prefix := bucketStudyOrder, []byte(nil)
+	switch {
+	case h.PatientID != "":
+		bucket, prefix = bucketStudyLookup, lookupPrefix('p', h.PatientID)
+	case h.AccessionNumber != "":
+		bucket, prefix = bucketStudyLookup, lookupPrefix('a', h.AccessionNumber)
+	}
 	size := searchBatch
 	if h.Want > 0 {
 		size = min(max(h.Want, 16), searchBatch)
@@ -605,7 +683,8 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 		var batch []*gateway.StudySummary
 		var next []byte
 		err := s.x.db.View(func(tx *bbolt.Tx) error {
-			c := tx.Bucket(bucketStudyOrder).Cursor()
+			c := tx.Bucket(bucket).Cursor()
+			order := tx.Bucket(bucketStudyOrder)
 			var k, v []byte
 			switch {
 			case resume != nil:
@@ -616,7 +695,14 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 					k, v = c.Prev()
 				}
 			case h.DateHigh > 0:
-				k, v = c.Seek(fmt.Appendf(nil, "%08d\x01", h.DateHigh))
+				k, v = c.Seek(fmt.Appendf(slices.Clip(prefix), "%08d\x01", h.DateHigh))
+				if k == nil {
+					k, v = c.Last()
+				} else {
+					k, v = c.Prev()
+				}
+			case prefix != nil:
+				k, v = c.Seek(append(slices.Clip(prefix), 0xFF))
 				if k == nil {
 					k, v = c.Last()
 				} else {
@@ -625,7 +711,12 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 			default:
 				k, v = c.Last()
 			}
-			for ; k != nil; k, v = c.Prev() {
+			for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Prev() {
+				full := k
+				if prefix != nil {
+					k = k[len(prefix):] // the order key
+					v = order.Get(k)
+				}
 				date, uid := k, k
 				if len(k) > 8 && k[8] == 0 { // orderKey: 8 digits, NUL, UID
 					date, uid = k[:8], k[9:]
@@ -639,7 +730,7 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 					}
 				}
 				if len(batch) == size {
-					next = slices.Clone(k)
+					next = slices.Clone(full)
 					return nil
 				}
 				if !hintsAllow(v, h) {

@@ -2,6 +2,8 @@ package bolt
 
 import (
 	"context"
+	"fmt"
+	"net/url"
 	"path/filepath"
 	"testing"
 
@@ -67,4 +69,53 @@ func TestMetadataReaderLegacyLayout(t *testing.T) {
 		}
 		return preMetadataIndex{x, t}
 	})
+}
+
+// TestLookupBackfill: an index written before the lookup bucket existed
+// gets it filled from its order entries when opened, so exact PatientID
+// and AccessionNumber searches find its studies.
+func TestLookupBackfill(t *testing.T) {
+	db, err := Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	x, err := NewIndex(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, pid := range []string{"P1", "P2", "P1"} {
+		study := fmt.Sprintf("1.2.7.%d", i+1)
+		rec := storagetest.Record(study, study+".1", study+".1.1", map[string]any{gateway.TagPatientID: pid, gateway.TagAccessionNumber: "A" + pid})
+		if _, _, err := x.PutInstance(t.Context(), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Back to the old layout: no lookup bucket, no marker.
+	if err := db.bolt.Update(func(tx *bbolt.Tx) error {
+		if err := tx.DeleteBucket(bucketStudyLookup); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketIndexMeta).Delete([]byte("lookups"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	x, err = NewIndex(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for raw, want := range map[string]int{"PatientID=P1": 2, "PatientID=P2": 1, "AccessionNumber=AP1": 2} {
+		params, _ := url.ParseQuery(raw)
+		q, err := gateway.ParseQuery(gateway.LevelStudy, "", "", params, gateway.QueryLimits{Default: 100, Max: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := x.Search(t.Context(), q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Items) != want {
+			t.Errorf("%s after backfill: %d studies, want %d", raw, len(res.Items), want)
+		}
+	}
 }

@@ -325,6 +325,7 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		next()
 	})
 	TestMetadataReader(t, newIndex)
+	testStudyLookups(t, newIndex)
 	t.Run("Queries", func(t *testing.T) { TestIndexQueries(t, newIndex) })
 }
 
