@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 )
@@ -611,96 +610,8 @@ func (v *AuditVerifier) Finish(headSeq int64, headHash string) VerifyResult {
 	return v.result
 }
 
-// AuditCommitter group-commits audit events for a backend: concurrent
-// Records queue up, and one caller at a time (the oldest waiting) hands
-// everything queued, up to MaxBatch events in order, to Commit. A lone
-// Record commits at once; under load, each commit carries many events, so the
-// chain head is read and written, and storage synced, once per batch rather
-// than per event. No goroutine is started and nothing needs closing.
-type AuditCommitter struct {
-	// Commit appends batch to the chain in order and returns one error per
-	// event (nil: all were appended). It runs in one caller at a time.
-	Commit func(ctx context.Context, batch []*AuditEvent) []error
-	// MaxBatch bounds a batch (0: 256).
-	MaxBatch int
-	// Timeout bounds one Commit (0: 10 s). Commit runs with the committing
-	// caller's context values but this deadline instead of its cancellation,
-	// so that one caller giving up does not fail the others' events.
-	Timeout time.Duration
-
-	mu       sync.Mutex
-	pending  []*auditCommit
-	flushing bool
-}
-
-type auditCommit struct {
-	ev       *AuditEvent
-	res      chan auditCommitResult // one message: the outcome, or lead
-	finished bool                   // outcome sent; used by the committing caller only
-}
-
-// auditCommitResult answers a waiting Record: err is its outcome, unless
-// lead is set, which makes it the caller that commits next.
-type auditCommitResult struct {
-	err  error
-	lead bool
-}
-
-// Record queues ev and returns once the batch carrying it was committed.
-func (c *AuditCommitter) Record(ctx context.Context, ev *AuditEvent) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	req := &auditCommit{ev: ev, res: make(chan auditCommitResult, 1)}
-	c.mu.Lock()
-	c.pending = append(c.pending, req)
-	if c.flushing {
-		c.mu.Unlock()
-		r := <-req.res
-		if !r.lead {
-			return r.err
-		}
-		c.mu.Lock()
-	}
-	// This caller commits batches, oldest first, until its own event is
-	// done, then hands the job to the oldest caller still waiting, so that
-	// nobody commits for ever under a steady stream of events.
-	c.flushing = true
-	timeout, maxBatch := c.Timeout, c.MaxBatch
-	if timeout <= 0 {
-		timeout = 10 * time.Second
-	}
-	if maxBatch <= 0 {
-		maxBatch = 256
-	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-	defer cancel()
-	for !req.finished {
-		n := min(len(c.pending), maxBatch)
-		batch := c.pending[:n:n]
-		c.pending = c.pending[n:]
-		c.mu.Unlock()
-		evs := make([]*AuditEvent, n)
-		for i, r := range batch {
-			evs[i] = r.ev
-		}
-		errs := c.Commit(cctx, evs)
-		for i, r := range batch {
-			var err error
-			if i < len(errs) {
-				err = errs[i]
-			}
-			r.finished = true
-			r.res <- auditCommitResult{err: err}
-		}
-		c.mu.Lock()
-	}
-	if len(c.pending) > 0 {
-		c.pending[0].res <- auditCommitResult{lead: true}
-	} else {
-		c.pending = nil
-		c.flushing = false
-	}
-	c.mu.Unlock()
-	return (<-req.res).err
-}
+// AuditCommitter group-commits audit events for a backend (see
+// GroupCommitter): under load each commit carries many events, so the chain
+// head is read and written, and storage synced, once per batch rather than
+// per event. Its Commit appends the batch to the chain in order.
+type AuditCommitter = GroupCommitter[*AuditEvent]

@@ -1,115 +1,47 @@
 package bolt
 
 import (
-	"sync"
+	"context"
 
 	bbolt "go.etcd.io/bbolt"
+
+	"github.com/dicom-gateway/gateway/gateway"
 )
 
-// groupCommitter runs concurrent writers' functions in shared transactions,
-// so that under concurrent STOW-RS each commit (and its fsyncs) carries many
-// index writes instead of one. A lone caller commits at once: unlike bbolt's
-// DB.Batch, nobody waits for company. One caller at a time commits what is
-// queued, oldest first, until its own function is done, then hands the job to
-// the oldest caller still waiting, so no caller commits for others for ever.
-//
-// A function that fails makes its batch roll back; every function of that
-// batch then runs again in a transaction of its own, so it fails alone.
-// Functions must therefore give the same result when run twice from the same
-// state (they read what they change inside the transaction).
-type groupCommitter struct {
-	db       *bbolt.DB
-	maxBatch int
+// txCommitter group-commits write functions (gateway.GroupCommitter), so
+// that under concurrent STOW-RS each bbolt transaction, and its fsyncs,
+// carries many index writes instead of one.
+type txCommitter = gateway.GroupCommitter[func(*bbolt.Tx) error]
 
-	mu      sync.Mutex
-	pending []*groupCall
-	busy    bool
-	commits int // transactions committed, for tests
+func newTxCommitter(db *bbolt.DB) *txCommitter {
+	return &txCommitter{Commit: func(_ context.Context, fns []func(*bbolt.Tx) error) []error {
+		return commitTogether(db, fns)
+	}}
 }
 
-type groupCall struct {
-	fn       func(*bbolt.Tx) error
-	res      chan groupResult // one message: the outcome, or lead
-	err      error            // the outcome, when the caller committed it itself
-	finished bool             // used by the committing caller only
-}
-
-type groupResult struct {
-	err  error
-	lead bool
-}
-
-func newGroupCommitter(db *bbolt.DB) *groupCommitter {
-	return &groupCommitter{db: db, maxBatch: 256}
-}
-
-// Update runs fn in a read-write transaction, possibly shared with other
-// callers' functions, and returns once that transaction committed (nil) or
-// fn's own error.
-func (g *groupCommitter) Update(fn func(*bbolt.Tx) error) error {
-	c := &groupCall{fn: fn, res: make(chan groupResult, 1)}
-	g.mu.Lock()
-	g.pending = append(g.pending, c)
-	if g.busy {
-		g.mu.Unlock()
-		r := <-c.res
-		if !r.lead {
-			return r.err
-		}
-		g.mu.Lock()
-	}
-	g.busy = true
-	for !c.finished {
-		n := min(len(g.pending), g.maxBatch)
-		batch := append([]*groupCall(nil), g.pending[:n]...)
-		g.pending = append(g.pending[:0], g.pending[n:]...)
-		g.mu.Unlock()
-		g.commit(batch, c)
-		g.mu.Lock()
-	}
-	if len(g.pending) > 0 {
-		g.pending[0].res <- groupResult{lead: true}
-	} else {
-		g.busy = false
-	}
-	g.mu.Unlock()
-	return c.err
-}
-
-// commit runs batch in one transaction, or each call alone if that fails,
-// and delivers every outcome (own's by its fields, the others' by channel).
-func (g *groupCommitter) commit(batch []*groupCall, own *groupCall) {
-	deliver := func(c *groupCall, err error) {
-		if c == own {
-			c.err, c.finished = err, true
-			return
-		}
-		c.res <- groupResult{err: err}
-	}
-	err := g.db.Update(func(tx *bbolt.Tx) error {
-		for _, c := range batch {
-			if err := c.fn(tx); err != nil {
+// commitTogether runs fns in one transaction. If one fails the transaction
+// rolls back and each runs again in a transaction of its own, so it fails
+// alone; functions must therefore give the same result when run twice from
+// the same state (they read what they change inside the transaction).
+func commitTogether(db *bbolt.DB, fns []func(*bbolt.Tx) error) []error {
+	err := db.Update(func(tx *bbolt.Tx) error {
+		for _, fn := range fns {
+			if err := fn(tx); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
-	g.count()
-	if err == nil || len(batch) == 1 {
-		for _, c := range batch {
-			deliver(c, err)
-		}
-		return
+	errs := make([]error, len(fns))
+	if err == nil {
+		return errs
 	}
-	for _, c := range batch {
-		err := g.db.Update(c.fn)
-		g.count()
-		deliver(c, err)
+	if len(fns) == 1 {
+		errs[0] = err
+		return errs
 	}
-}
-
-func (g *groupCommitter) count() {
-	g.mu.Lock()
-	g.commits++
-	g.mu.Unlock()
+	for i, fn := range fns {
+		errs[i] = db.Update(fn)
+	}
+	return errs
 }

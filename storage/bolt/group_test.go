@@ -1,12 +1,13 @@
 package bolt
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
-	"time"
 
 	bbolt "go.etcd.io/bbolt"
 )
@@ -26,30 +27,38 @@ func newGroupTestDB(t *testing.T) *bbolt.DB {
 	return db.bolt
 }
 
-// TestGroupCommitter: concurrent writers all commit, in fewer transactions
-// than writers; a failing function fails alone and leaves no trace, while
-// the others of its batch commit; a lone writer does not wait.
-func TestGroupCommitter(t *testing.T) {
+// TestTxCommitter: concurrent writers all commit, in fewer transactions than
+// writers; a function that fails after writing fails alone and leaves no
+// trace, while the others of its batch commit.
+func TestTxCommitter(t *testing.T) {
 	db := newGroupTestDB(t)
-	g := newGroupCommitter(db)
+	var txs atomic.Int64
+	g := &txCommitter{Commit: func(_ context.Context, fns []func(*bbolt.Tx) error) []error {
+		txs.Add(1)
+		return commitTogether(db, fns)
+	}}
 	const writers = 64
 	boom := errors.New("boom")
-	var wg sync.WaitGroup
-	errs := make([]error, writers)
-	for i := range writers {
-		wg.Go(func() {
-			errs[i] = g.Update(func(tx *bbolt.Tx) error {
-				if err := tx.Bucket([]byte("t")).Put(fmt.Appendf(nil, "k%02d", i), []byte("v")); err != nil {
-					return err
-				}
-				if i%16 == 7 {
-					return boom // after writing: the write must be undone
-				}
-				return nil
+	run := func(prefix string, fail func(i int) bool) []error {
+		var wg sync.WaitGroup
+		errs := make([]error, writers)
+		for i := range writers {
+			wg.Go(func() {
+				errs[i] = g.Record(t.Context(), func(tx *bbolt.Tx) error {
+					if err := tx.Bucket([]byte("t")).Put(fmt.Appendf(nil, "%s%02d", prefix, i), []byte("v")); err != nil {
+						return err
+					}
+					if fail(i) {
+						return boom // after writing: the write must be undone
+					}
+					return nil
+				})
 			})
-		})
+		}
+		wg.Wait()
+		return errs
 	}
-	wg.Wait()
+	errs := run("k", func(i int) bool { return i%16 == 7 })
 	for i, err := range errs {
 		if want := i%16 == 7; errors.Is(err, boom) != want || (!want && err != nil) {
 			t.Errorf("writer %d: err=%v", i, err)
@@ -57,38 +66,21 @@ func TestGroupCommitter(t *testing.T) {
 	}
 	db.View(func(tx *bbolt.Tx) error {
 		for i := range writers {
-			v := tx.Bucket([]byte("t")).Get(fmt.Appendf(nil, "k%02d", i))
-			if (v != nil) == (i%16 == 7) {
+			if v := tx.Bucket([]byte("t")).Get(fmt.Appendf(nil, "k%02d", i)); (v != nil) == (i%16 == 7) {
 				t.Errorf("key %d present=%v after its writer returned %v", i, v != nil, errs[i])
 			}
 		}
 		return nil
 	})
-	t.Logf("%d writers, %d transactions", writers, g.commits)
-
-	// Without failures, concurrency shares transactions.
-	g2 := newGroupCommitter(db)
-	for i := range writers {
-		wg.Go(func() {
-			if err := g2.Update(func(tx *bbolt.Tx) error {
-				return tx.Bucket([]byte("t")).Put(fmt.Appendf(nil, "s%02d", i), []byte("v"))
-			}); err != nil {
-				t.Error(err)
-			}
-		})
+	txs.Store(0)
+	for i, err := range run("s", func(int) bool { return false }) {
+		if err != nil {
+			t.Errorf("writer %d: %v", i, err)
+		}
 	}
-	wg.Wait()
-	if g2.commits >= writers {
-		t.Errorf("%d writers took %d transactions: nothing was shared", writers, g2.commits)
+	if n := txs.Load(); n >= writers {
+		t.Errorf("%d concurrent writers took %d shared commits: nothing was shared", writers, n)
+	} else {
+		t.Logf("%d concurrent writers, %d shared commits", writers, n)
 	}
-	t.Logf("%d writers, %d transactions", writers, g2.commits)
-
-	start := time.Now()
-	if err := g2.Update(func(tx *bbolt.Tx) error { return nil }); err != nil {
-		t.Fatal(err)
-	}
-	if g2.busy || len(g2.pending) != 0 {
-		t.Fatal("committer left busy or with pending calls")
-	}
-	t.Logf("a lone Update took %v", time.Since(start))
 }

@@ -33,14 +33,14 @@ var (
 
 // Index is the embedded gateway.Index: instance records, study and series
 // summaries in one bbolt file. Each put, replace or delete is atomic;
-// concurrent ones share transactions (groupCommitter), so they share fsyncs.
+// concurrent ones share transactions (txCommitter), so they share fsyncs.
 // Searches walk the study order newest first, skipping non-candidates by
 // the hints kept in each order entry and decoding only candidate summaries
 // (stored in the compact form), which suits a single-site laptop or small
 // PACS; the Redis index is the one built for large archives.
 type Index struct {
 	db     *bbolt.DB
-	writes *groupCommitter // puts, replaces and deletes: shared commits under concurrency
+	writes *txCommitter // puts, replaces and deletes: shared commits under concurrency
 
 	mu    sync.Mutex
 	locks map[string]heldLock // sop uid → lease, in-process (the file has one process)
@@ -85,7 +85,7 @@ func NewIndex(db *DB) (*Index, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bolt index: create buckets: %w", err)
 	}
-	return &Index{db: db.bolt, writes: newGroupCommitter(db.bolt), locks: map[string]heldLock{}}, nil
+	return &Index{db: db.bolt, writes: newTxCommitter(db.bolt), locks: map[string]heldLock{}}, nil
 }
 
 func unavailable(op string, err error) error {
@@ -153,8 +153,8 @@ func (x *Index) PutInstance(ctx context.Context, rec *gateway.InstanceRecord) (*
 		return nil, false, err
 	}
 	var existing *gateway.InstanceRecord
-	err := x.writes.Update(func(tx *bbolt.Tx) error {
-		existing = nil // the function may run twice (groupCommitter)
+	err := x.writes.Record(ctx, func(tx *bbolt.Tx) error {
+		existing = nil // the function may run twice (commitTogether)
 		old, err := getRecord(tx, rec.SOPInstanceUID)
 		if err == nil {
 			existing = old
@@ -180,7 +180,7 @@ func (x *Index) ReplaceInstance(ctx context.Context, rec *gateway.InstanceRecord
 	if err := checkRecord(ctx, rec); err != nil {
 		return err
 	}
-	err := x.writes.Update(func(tx *bbolt.Tx) error {
+	err := x.writes.Record(ctx, func(tx *bbolt.Tx) error {
 		old, err := getRecord(tx, rec.SOPInstanceUID)
 		switch {
 		case err == nil:
@@ -245,7 +245,7 @@ func (x *Index) DeleteInstance(ctx context.Context, sopInstanceUID string) error
 		return err
 	}
 	missing := false
-	err := x.writes.Update(func(tx *bbolt.Tx) error {
+	err := x.writes.Record(ctx, func(tx *bbolt.Tx) error {
 		old, err := getRecord(tx, sopInstanceUID)
 		missing = errors.Is(err, gateway.ErrNotFound)
 		if missing {
