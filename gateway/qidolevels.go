@@ -268,15 +268,7 @@ func CompareInstances(a, b *InstanceRecord) int {
 func compareNumber(a, b Dataset, tag string) int {
 	x, okx := numberOf(a, tag)
 	y, oky := numberOf(b, tag)
-	switch {
-	case okx && oky:
-		return cmp.Compare(x, y)
-	case okx:
-		return -1
-	case oky:
-		return 1
-	}
-	return 0
+	return compareOptional(x, okx, y, oky)
 }
 
 // numberOf returns the first value of tag as a number, accepting int64,
