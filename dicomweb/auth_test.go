@@ -1,7 +1,6 @@
 package dicomweb
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/backendtest"
+	"github.com/dicom-gateway/gateway/internal/syncbuf"
 )
 
 // authAuditRecorder is an Auditor that keeps every event in memory.
@@ -41,24 +41,6 @@ func (r *authAuditRecorder) all() []gateway.AuditEvent {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.events)
-}
-
-// lockedBuffer is a bytes.Buffer safe for the server's goroutines to log into.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 var allRoles = []gateway.Role{gateway.RoleStore, gateway.RoleRead, gateway.RoleTransfer, gateway.RoleAdmin}
@@ -94,12 +76,12 @@ type authTestServer struct {
 	*httptest.Server
 	s     *Server
 	audit *authAuditRecorder
-	logs  *lockedBuffer
+	logs  *syncbuf.Buffer
 }
 
 func newAuthTestServer(t *testing.T, s *Server) *authTestServer {
 	t.Helper()
-	ts := &authTestServer{s: s, audit: &authAuditRecorder{}, logs: &lockedBuffer{}}
+	ts := &authTestServer{s: s, audit: &authAuditRecorder{}, logs: &syncbuf.Buffer{}}
 	if s.Name == "" {
 		s.Name = "test"
 	}

@@ -7,7 +7,6 @@ package dicomweb_test
 // backends) served over TLS by httptest.
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -38,6 +37,7 @@ import (
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/backendtest"
+	"github.com/dicom-gateway/gateway/internal/syncbuf"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
 
@@ -192,33 +192,14 @@ func (rc *recorder) seen() []seenRequest {
 	return append([]seenRequest(nil), rc.reqs...)
 }
 
-// lockedBuffer is a bytes.Buffer safe for the server goroutines that log
-// into it while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // serveTLS serves h over HTTPS with conf (its Certificates and client-auth
 // settings) until the test ends. The http.Server's own log (TLS handshake
 // errors) goes to the returned buffer.
-func serveTLS(t *testing.T, h http.Handler, conf *tls.Config) (*httptest.Server, *lockedBuffer) {
+func serveTLS(t *testing.T, h http.Handler, conf *tls.Config) (*httptest.Server, *syncbuf.Buffer) {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(h)
 	srv.TLS = conf
-	errLog := &lockedBuffer{}
+	errLog := &syncbuf.Buffer{}
 	srv.Config.ErrorLog = log.New(errLog, "", 0)
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
@@ -579,7 +560,7 @@ func TestPeerBasicAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	surreyLog, surreyAudit := &lockedBuffer{}, &transferAudit{}
+	surreyLog, surreyAudit := &syncbuf.Buffer{}, &transferAudit{}
 	surrey.server.Logger = slog.New(slog.NewTextHandler(surreyLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	surrey.server.Auditor = surreyAudit
 	rec := &recorder{next: surrey.handler}
@@ -610,7 +591,7 @@ func TestPeerBasicAuth(t *testing.T) {
 
 	// Wrong password, through a transfer: it fails at once (not retried)
 	// and its last_error, audit and log hold no secret.
-	hampshireLog := &lockedBuffer{}
+	hampshireLog := &syncbuf.Buffer{}
 	hampshire.transfers.Logger = slog.New(slog.NewTextHandler(hampshireLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	hampshire.transfers.Peers = []gateway.Peer{peer}
 	hampshire.start(t)

@@ -11,32 +11,14 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/internal/syncbuf"
 	"github.com/dicom-gateway/gateway/internal/synth"
 	"github.com/dicom-gateway/gateway/storage/storagetest"
 )
-
-// syncBuffer is a log sink safe for the server's concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // testConfig is a Config for a gateway on a free loopback port with its
 // embedded state in a fresh directory.
@@ -196,7 +178,7 @@ func TestNoPatientDataInLogs(t *testing.T) {
 				cfg.S3Endpoint, cfg.S3AccessKey, cfg.S3SecretKey = s.Endpoint, s.AccessKey, gateway.Secret(s.SecretKey)
 				cfg.S3Bucket = s.Bucket(t)
 			}
-			var logs syncBuffer
+			var logs syncbuf.Buffer
 			m := MustRunMain(t, cfg, &logs)
 			base := "http://" + m.Addr + "/dicomweb"
 			var insts []synth.Instance
