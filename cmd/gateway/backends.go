@@ -148,12 +148,23 @@ func (b *Backends) Close(ctx context.Context) error {
 // to the HTTP server.
 func wireServices(m *Main, b *Backends, reg prometheus.Registerer) {
 	cfg := m.Config
+	var auditor gateway.Auditor = b.AuditLog
+	if e := m.AuditExporter; e != nil {
+		auditor = gateway.ExportingAuditor{Log: b.AuditLog, Exporter: e}
+		reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "gateway_audit_export_sent_total",
+				Help: "Audit events sent to the syslog receiver."}, func() float64 { return float64(e.Sent()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "gateway_audit_export_dropped_total",
+				Help: "Audit events dropped from the syslog export because its queue was full (the audit log keeps them)."},
+				func() float64 { return float64(e.Dropped()) }),
+		)
+	}
 	m.Server.AuditLog = b.AuditLog
-	m.Server.Auditor = b.AuditLog
+	m.Server.Auditor = auditor
 	m.Server.Ingester = &gateway.Ingester{
 		Blobs:            b.Blobs,
 		Index:            b.Index,
-		Auditor:          b.AuditLog,
+		Auditor:          auditor,
 		MaxInstanceBytes: cfg.MaxInstanceBytes,
 		Logger:           m.Logger,
 	}
@@ -164,7 +175,7 @@ func wireServices(m *Main, b *Backends, reg prometheus.Registerer) {
 		Index:   b.Index,
 		Sender:  dicomweb.NewClient(b.Blobs),
 		Peers:   cfg.File.Peers,
-		Auditor: b.AuditLog,
+		Auditor: auditor,
 		Logger:  m.Logger,
 		Workers: cfg.TransferWorkers,
 		// The lease is renewed well before it runs out, or another

@@ -43,6 +43,7 @@ type Config struct {
 	TransferWorkers       int
 	TransferLease         time.Duration
 	LogLevel              string
+	AuditSyslog           string // URL; overrides audit_syslog.url of the file
 
 	File FileConfig // from --config
 }
@@ -58,6 +59,24 @@ type FileConfig struct {
 	// X-Forwarded-For names the client; none by default, so a client
 	// cannot put another address into the audit log.
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	// AuditSyslog exports every audit event to a syslog receiver, such as
+	// an IHE ATNA Audit Record Repository.
+	AuditSyslog AuditSyslogConfig `yaml:"audit_syslog"`
+}
+
+// AuditSyslogConfig is where audit events are exported (see
+// gateway.SyslogExporter).
+type AuditSyslogConfig struct {
+	// URL is tls://host:port (RFC 5425; use this across a network: the
+	// messages carry patient IDs), tcp://host:port or udp://host:port.
+	URL string `yaml:"url"`
+	// TLS: the repository's CA (default: the system roots) and a client
+	// certificate when the repository asks for one (ATNA mutual TLS).
+	TLS dicomweb.ClientTLSOptions `yaml:"tls"`
+	// QueueSize bounds the events waiting while the repository is
+	// unreachable (default 10,000); beyond it events are dropped from the
+	// export (never from the audit log) and counted.
+	QueueSize int `yaml:"queue_size"`
 }
 
 // secretFlag lets a gateway.Secret be a flag without printing it in -h.
@@ -97,6 +116,7 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&cfg.TransferWorkers, "transfer-workers", 4, "transfers sent at once by this replica")
 	fs.DurationVar(&cfg.TransferLease, "transfer-lease", time.Minute, "how long a crashed replica's running transfer stays claimed before another takes it over")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&cfg.AuditSyslog, "audit-syslog", "", "also export audit events as DICOM audit messages to this syslog receiver (tls://host:6514, tcp://… or udp://…)")
 	return fs
 }
 
@@ -125,6 +145,9 @@ func parseServeConfig(args []string, getenv func(string) string, stderr io.Write
 			return nil, fmt.Errorf("--config %s: %w", cfg.ConfigPath, err)
 		}
 		cfg.File = *fc
+	}
+	if cfg.AuditSyslog != "" {
+		cfg.File.AuditSyslog.URL = cfg.AuditSyslog
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err

@@ -72,6 +72,11 @@ auth:
     - name: pacs-1
       sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
       roles: [store]
+audit_syslog:
+  url: tls://arr.example.nhs.uk:6514
+  tls:
+    ca_file: /etc/gateway/arr-ca.pem
+  queue_size: 500
 `)
 	cfg, err := parseServeConfig([]string{"--config", good, "--listen", "0.0.0.0:8080"}, func(string) string { return "" }, io.Discard)
 	if err != nil {
@@ -82,6 +87,19 @@ auth:
 	}
 	if got, want := cfg.File.Peers[0].Name, "surrey"; got != want {
 		t.Errorf("peer name=%q, want %q", got, want)
+	}
+	if a := cfg.File.AuditSyslog; a.URL != "tls://arr.example.nhs.uk:6514" || a.TLS.CAFile != "/etc/gateway/arr-ca.pem" || a.QueueSize != 500 {
+		t.Errorf("audit_syslog = %+v", a)
+	}
+	// The flag (or GATEWAY_AUDIT_SYSLOG) overrides the file's URL.
+	cfg, err = parseServeConfig([]string{"--config", good, "--listen", "0.0.0.0:8080"}, func(k string) string {
+		if k == "GATEWAY_AUDIT_SYSLOG" {
+			return "tcp://127.0.0.1:601"
+		}
+		return ""
+	}, io.Discard)
+	if err != nil || cfg.File.AuditSyslog.URL != "tcp://127.0.0.1:601" || cfg.File.AuditSyslog.TLS.CAFile == "" {
+		t.Errorf("GATEWAY_AUDIT_SYSLOG: err %v, audit_syslog %+v", err, cfg.File.AuditSyslog)
 	}
 
 	for name, body := range map[string]string{

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -61,6 +63,8 @@ type Main struct {
 	Backends  *Backends
 	Server    *dicomweb.Server
 	Transfers *gateway.Transfers
+	// AuditExporter is set when audit events are exported to syslog.
+	AuditExporter *gateway.SyslogExporter
 
 	httpServer *http.Server
 	listener   net.Listener
@@ -94,6 +98,9 @@ func (m *Main) Run(ctx context.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	if err := m.startAuditExport(); err != nil {
+		return err
+	}
 	b, err := OpenBackends(ctx, cfg, m.Logger)
 	if err != nil {
 		return err
@@ -152,6 +159,30 @@ func (m *Main) Run(ctx context.Context) error {
 	return nil
 }
 
+// startAuditExport starts the syslog exporter when audit_syslog is
+// configured, warning when patient IDs would cross a network in clear text.
+func (m *Main) startAuditExport() error {
+	c := m.Config.File.AuditSyslog
+	if c.URL == "" {
+		return nil
+	}
+	tlsConf, err := dicomweb.ClientTLSConfig(c.TLS)
+	if err != nil {
+		return fmt.Errorf("audit_syslog.tls: %w", err)
+	}
+	e := &gateway.SyslogExporter{URL: c.URL, TLS: tlsConf, QueueSize: c.QueueSize, Logger: m.Logger}
+	if err := e.Start(); err != nil {
+		return err
+	}
+	if u, err := url.Parse(c.URL); err == nil && u.Scheme != "tls" {
+		if ip, err := netip.ParseAddr(u.Hostname()); (err != nil && u.Hostname() != "localhost") || (err == nil && !ip.IsLoopback()) {
+			m.Logger.Warn("audit events are exported without TLS: they carry patient IDs; use tls:// across a network", "receiver", u.Host)
+		}
+	}
+	m.AuditExporter = e
+	return nil
+}
+
 // Close drains HTTP (in-flight requests finish until ctx ends), stops the
 // background services, then closes the backends. Safe to call more than once.
 func (m *Main) Close(ctx context.Context) error {
@@ -171,6 +202,15 @@ func (m *Main) Close(ctx context.Context) error {
 			if err := m.Transfers.Close(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("stop transfer workers: %w", err))
 			}
+		}
+		if m.AuditExporter != nil {
+			// After the last request and transfer: their events are queued.
+			// A receiver that is down gets a few seconds, not the shutdown.
+			ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if err := m.AuditExporter.Close(ectx); err != nil {
+				errs = append(errs, err)
+			}
+			cancel()
 		}
 		if m.Backends != nil {
 			errs = append(errs, m.Backends.Close(ctx))
