@@ -185,5 +185,6 @@ type MetadataReader interface {
 }
 
 // MetadataBatch is how many instances' prepared metadata an index reads at
-// a time in ReadMetadata: about 2–3 MiB of JSON for typical images.
+// a time in ReadMetadata: a few hundred KiB of JSON for typical images
+// (2–3 KiB each), so memory stays flat whatever the size of the study.
 const MetadataBatch = 256
