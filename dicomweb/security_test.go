@@ -369,10 +369,13 @@ func TestSecurityMTLS(t *testing.T) {
 	rec := &authAuditRecorder{}
 	s.Auditor = rec
 	srv := httptest.NewUnstartedServer(s.Handler())
-	srv.TLS = tlsConf
+	// TLS exactly as gateway serve sets it up (httptest's StartTLS would
+	// add its own certificate beside ServerTLS's GetCertificate).
+	srv.Listener = tls.NewListener(srv.Listener, tlsConf)
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are expected here
-	srv.StartTLS()
+	srv.Start()
 	t.Cleanup(srv.Close)
+	base := "https://" + srv.Listener.Addr().String()
 
 	surreyCrt, surreyKey := ca.issue(t, clientCert("surrey.gateway.nhs.uk"))
 	hantsCrt, hantsKey := ca.issue(t, clientCert("anything", "hampshire.gateway.nhs.uk"))
@@ -413,7 +416,7 @@ func TestSecurityMTLS(t *testing.T) {
 			}
 			client := &http.Client{Transport: &http.Transport{TLSClientConfig: cc}, Timeout: 10 * time.Second}
 			defer client.CloseIdleConnections()
-			req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+"/metrics", nil)
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, base+"/metrics", nil)
 			if tt.bearer != "" {
 				req.Header.Set("Authorization", "Bearer "+tt.bearer)
 			}

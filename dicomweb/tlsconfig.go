@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
+	"time"
 )
 
 // TLSConfig is the top-level tls: section of the --config YAML: the
@@ -28,7 +30,8 @@ func (t TLSConfig) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" }
 // ServerTLSConfig loads cfg's certificate and key and returns the server's
 // tls.Config: TLS 1.2 or later with Go's default (AEAD, forward-secret)
 // cipher suites, and, when cfg.ClientCAFile is set, optional verified client
-// certificates.
+// certificates. The certificate is reloaded when its files change (see
+// certReloader), so a renewal needs no restart.
 func ServerTLSConfig(cfg TLSConfig) (*tls.Config, error) {
 	if cfg.CertFile == "" || cfg.KeyFile == "" {
 		return nil, errors.New("tls: cert_file and key_file are both required")
@@ -37,14 +40,13 @@ func ServerTLSConfig(cfg TLSConfig) (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+	certs, err := newCertReloader(cfg.CertFile, cfg.KeyFile)
 	if err != nil {
-		// The error names the files, never key material.
-		return nil, fmt.Errorf("tls: cert_file/key_file: %w", err)
+		return nil, err
 	}
 	c := &tls.Config{
-		MinVersion:   minVersion,
-		Certificates: []tls.Certificate{cert},
+		MinVersion:     minVersion,
+		GetCertificate: certs.certificate,
 	}
 	if cfg.ClientCAFile != "" {
 		pool, err := loadCertPool(cfg.ClientCAFile)
@@ -139,4 +141,67 @@ func loadCertPool(path string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", path)
 	}
 	return pool, nil
+}
+
+// certCheckInterval is how often, at most, the certificate files are
+// checked for a change (a variable for tests).
+var certCheckInterval = 10 * time.Second
+
+// certReloader serves the certificate in certFile and keyFile and loads it
+// again when either file's modification time or size changes, checked at
+// most every certCheckInterval during handshakes: a certificate renewed in
+// place (certbot, an internal PKI) is used without a restart. A renewal
+// that does not load (a key not yet written, a mismatched pair) keeps the
+// previous certificate and is retried at the next check.
+type certReloader struct {
+	certFile, keyFile string
+
+	mu      sync.Mutex
+	cert    *tls.Certificate
+	stamp   string // modification times and sizes of the loaded files
+	checked time.Time
+	lastErr error // the last failed reload, nil once one succeeds
+}
+
+func newCertReloader(certFile, keyFile string) (*certReloader, error) {
+	r := &certReloader{certFile: certFile, keyFile: keyFile}
+	if err := r.load(); err != nil {
+		return nil, err
+	}
+	r.checked = time.Now()
+	return r, nil
+}
+
+// fileStamp identifies the current versions of the two files.
+func (r *certReloader) fileStamp() string {
+	var s string
+	for _, p := range []string{r.certFile, r.keyFile} {
+		if fi, err := os.Stat(p); err == nil {
+			s += fmt.Sprintf("%d/%d;", fi.ModTime().UnixNano(), fi.Size())
+		}
+	}
+	return s
+}
+
+func (r *certReloader) load() error {
+	stamp := r.fileStamp()
+	cert, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
+	if err != nil {
+		// The error names the files, never key material.
+		return fmt.Errorf("tls: cert_file/key_file: %w", err)
+	}
+	r.cert, r.stamp = &cert, stamp
+	return nil
+}
+
+func (r *certReloader) certificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if time.Since(r.checked) >= certCheckInterval {
+		r.checked = time.Now()
+		if r.fileStamp() != r.stamp {
+			r.lastErr = r.load()
+		}
+	}
+	return r.cert, nil
 }
