@@ -214,21 +214,30 @@ var localPrincipal = gateway.Principal{
 // authorize returns the middleware that authenticates the request, applies
 // the per-client rate limit and checks that its principal carries role.
 // Failures are audited: 401 with WWW-Authenticate for missing or bad
-// credentials, 403 for a missing role. A client address whose failed
-// attempts used up its bucket gets 429 before its credentials are even
-// checked, so passwords cannot be guessed at speed (nor bcrypt used to burn
-// CPU).
+// credentials, 403 for a missing role. Once a client address's failed
+// attempts have used up its bucket:
+//   - a password (HTTP basic) gets 429 before it is checked, so passwords
+//     cannot be guessed at speed nor bcrypt used to burn CPU;
+//   - cheap credentials (bearer tokens, JWTs, client certificates) are still
+//     checked, so other users behind the same NAT keep working, but a
+//     failure is 429 without an audit event, so a flood of guesses cannot
+//     flood the audit log either.
 func (s *Server) authorize(role gateway.Role) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		ip := remoteIP(c.Request)
 		p := localPrincipal
 		if s.Auth != nil {
-			if wait, limited := s.RateLimit.failuresExhausted(ip); limited {
+			wait, exhausted := s.RateLimit.failuresExhausted(ip)
+			if exhausted && hasPassword(c.Request) {
 				s.tooManyRequests(c, wait)
 				return
 			}
 			var err error
 			p, err = s.Auth.Authenticate(c.Request)
+			if err != nil && exhausted {
+				s.tooManyRequests(c, wait)
+				return
+			}
 			if err != nil {
 				s.RateLimit.failure(ip)
 				p.Address = c.ClientIP()
@@ -254,6 +263,13 @@ func (s *Server) authorize(role gateway.Role) gin.HandlerFunc {
 		}
 		c.Next()
 	}
+}
+
+// hasPassword reports whether the request carries HTTP basic credentials,
+// the only kind whose check is expensive (bcrypt) and guessable.
+func hasPassword(r *http.Request) bool {
+	scheme, _, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	return strings.EqualFold(scheme, "Basic")
 }
 
 // remoteIP is the address of the TCP peer, not of X-Forwarded-For: a client

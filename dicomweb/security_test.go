@@ -538,7 +538,9 @@ func TestRateLimit(t *testing.T) {
 		t.Errorf("another principal: got %d, want its own bucket (403 for the role)", code)
 	}
 
-	// Failed attempts from one address: 3 × 401, then 429 even for a good token.
+	// Failed attempts from one address: 3 × 401, then 429 for further
+	// failures (not audited), while a good token from the same address
+	// (another user behind the same NAT) still works.
 	rl2, _ := NewRateLimiter(RateLimitConfig{RequestsPerSecond: 0.01, Burst: 3})
 	ts2 := newAuthTestServer(t, &Server{Auth: auth, RateLimit: rl2})
 	for i := range 3 {
@@ -551,7 +553,13 @@ func TestRateLimit(t *testing.T) {
 		t.Errorf("guess 4: got %d (Retry-After %q), want 429", code, hdr.Get("Retry-After"))
 	}
 	if got := len(ts2.audit.all()); got != audited {
-		t.Errorf("a 429 before authentication wrote %d audit events", got-audited)
+		t.Errorf("a 429 for a failed attempt over the limit wrote %d audit events", got-audited)
+	}
+	if code, _, _ := ts2.do(t, http.MethodGet, "/metrics", admin); code != http.StatusOK {
+		t.Errorf("a good token from an address whose failures are exhausted: got %d, want 200", code)
+	}
+	if code, _, _ := ts2.do(t, http.MethodGet, "/metrics", "Basic "+base64.StdEncoding.EncodeToString([]byte("admin:password"))); code != http.StatusTooManyRequests {
+		t.Errorf("a password from an address whose failures are exhausted: got %d, want 429 before any bcrypt", code)
 	}
 
 	// Bounded map.
