@@ -7,22 +7,15 @@ package dicomweb_test
 // backends) served over TLS by httptest.
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log"
 	"log/slog"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -39,120 +32,8 @@ import (
 	"github.com/dicom-gateway/gateway/internal/backendtest"
 	"github.com/dicom-gateway/gateway/internal/syncbuf"
 	"github.com/dicom-gateway/gateway/internal/synth"
+	"github.com/dicom-gateway/gateway/internal/testpki"
 )
-
-// testPKI is a throwaway certificate authority whose certificate is written
-// as PEM to a temporary directory (the peer's tls.ca_file).
-type testPKI struct {
-	dir    string
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	caFile string
-	pool   *x509.CertPool
-}
-
-func newTestPKI(t *testing.T) *testPKI {
-	t.Helper()
-	p := &testPKI{dir: t.TempDir(), pool: x509.NewCertPool()}
-	p.cert, p.key = makeCert(t, &x509.Certificate{
-		Subject:               pkix.Name{CommonName: "peer-auth test CA"},
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}, nil, nil)
-	p.pool.AddCert(p.cert)
-	p.caFile = filepath.Join(p.dir, "ca.pem")
-	writePEM(t, p.caFile, "CERTIFICATE", p.cert.Raw)
-	return p
-}
-
-// makeCert creates a certificate from tmpl with a fresh P-256 key, signed
-// by parent (self-signed when parent is nil).
-func makeCert(t *testing.T, tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl.SerialNumber = serial
-	tmpl.NotBefore = time.Now().Add(-time.Hour)
-	tmpl.NotAfter = time.Now().Add(time.Hour)
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, key
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// leaf is a certificate and key, in memory and as PEM files.
-type leaf struct {
-	tls               tls.Certificate
-	certFile, keyFile string
-}
-
-func writeLeaf(t *testing.T, dir, name string, cert *x509.Certificate, key *ecdsa.PrivateKey) leaf {
-	t.Helper()
-	l := leaf{
-		tls:      tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert},
-		certFile: filepath.Join(dir, name+".crt"),
-		keyFile:  filepath.Join(dir, name+".key"),
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writePEM(t, l.certFile, "CERTIFICATE", cert.Raw)
-	writePEM(t, l.keyFile, "PRIVATE KEY", der)
-	return l
-}
-
-// serverTemplate is a TLS server certificate for the loopback addresses
-// httptest listens on.
-func serverTemplate(cn string) *x509.Certificate {
-	return &x509.Certificate{
-		Subject:     pkix.Name{CommonName: cn},
-		DNSNames:    []string{"localhost"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-}
-
-// server issues a server certificate for the loopback addresses.
-func (p *testPKI) server(t *testing.T, cn string) leaf {
-	t.Helper()
-	cert, key := makeCert(t, serverTemplate(cn), p.cert, p.key)
-	return writeLeaf(t, p.dir, cn, cert, key)
-}
-
-// client issues a client certificate with common name cn.
-func (p *testPKI) client(t *testing.T, cn string) leaf {
-	t.Helper()
-	cert, key := makeCert(t, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: cn},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}, p.cert, p.key)
-	return writeLeaf(t, p.dir, cn, cert, key)
-}
 
 // seenRequest is what the receiving side was sent, before the gateway's
 // handler runs.
@@ -294,14 +175,14 @@ func assertNotLeaked(t *testing.T, where string, text string, secrets ...string)
 // STOW-RS requests carry the transfer headers, and Verify (QIDO-RS and the
 // peer's SHA-256 over the same TLS client) confirms it.
 func TestPeerTLSWithCAFile(t *testing.T) {
-	pki := newTestPKI(t)
+	pki := testpki.NewCA(t, "peer-auth test CA")
 	hampshire, surrey := newCentre(t, "hampshire", backendtest.Embedded), newCentre(t, "surrey", backendtest.Embedded)
 	rec := &recorder{next: surrey.handler}
-	srv, _ := serveTLS(t, rec, &tls.Config{Certificates: []tls.Certificate{pki.server(t, "surrey").tls}})
+	srv, _ := serveTLS(t, rec, &tls.Config{Certificates: []tls.Certificate{pki.Server(t, "surrey").TLS}})
 	ins := hampshire.store(t, synth.StudySpec{Seed: 811, Series: 2, InstancesPerSeries: 3})
 
 	peer := tlsPeer("surrey", srv)
-	peer.TLS.CAFile = pki.caFile
+	peer.TLS.CAFile = pki.File
 	peer.Gateway = true
 	c := dicomweb.NewClient(hampshire.blobs)
 	results, err := sendStudy(t, c, hampshire, peer, ins)
@@ -354,10 +235,10 @@ func TestPeerTLSWithCAFile(t *testing.T) {
 // as is a local corrupt or missing instance (localError, temporary only
 // when the local storage is unavailable). The test pins this down.
 func TestPeerTLSUntrustedCA(t *testing.T) {
-	pki := newTestPKI(t)
+	pki := testpki.NewCA(t, "peer-auth test CA")
 	hampshire, surrey := newCentre(t, "hampshire", backendtest.Embedded), newCentre(t, "surrey", backendtest.Embedded)
 	rec := &recorder{next: surrey.handler}
-	srv, errLog := serveTLS(t, rec, &tls.Config{Certificates: []tls.Certificate{pki.server(t, "surrey").tls}})
+	srv, errLog := serveTLS(t, rec, &tls.Config{Certificates: []tls.Certificate{pki.Server(t, "surrey").TLS}})
 	ins := hampshire.store(t, synth.StudySpec{Seed: 812, Series: 1, InstancesPerSeries: 2})
 
 	results, err := sendStudy(t, dicomweb.NewClient(hampshire.blobs), hampshire, tlsPeer("surrey", srv), ins)
@@ -390,16 +271,16 @@ func TestPeerTLSUntrustedCA(t *testing.T) {
 // permanent SendError naming the key to fix. A failed build is not cached,
 // so the same Client works once the peer's settings are right.
 func TestPeerTLSBadFiles(t *testing.T) {
-	pki := newTestPKI(t)
+	pki := testpki.NewCA(t, "peer-auth test CA")
 	hampshire, surrey := newCentre(t, "hampshire", backendtest.Embedded), newCentre(t, "surrey", backendtest.Embedded)
-	srv, _ := serveTLS(t, surrey.handler, &tls.Config{Certificates: []tls.Certificate{pki.server(t, "surrey").tls}})
+	srv, _ := serveTLS(t, surrey.handler, &tls.Config{Certificates: []tls.Certificate{pki.Server(t, "surrey").TLS}})
 	ins := hampshire.store(t, synth.StudySpec{Seed: 813})
 	notPEM := filepath.Join(t.TempDir(), "not.pem")
 	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	other := pki.client(t, "other")
-	mine := pki.client(t, "hampshire")
+	other := pki.Client(t, "other")
+	mine := pki.Client(t, "hampshire")
 	c := dicomweb.NewClient(hampshire.blobs)
 	for _, tt := range []struct {
 		name string
@@ -408,7 +289,7 @@ func TestPeerTLSBadFiles(t *testing.T) {
 	}{
 		{"missing ca_file", gateway.PeerTLS{CAFile: filepath.Join(t.TempDir(), "absent.pem")}, "tls.ca_file"},
 		{"ca_file without PEM", gateway.PeerTLS{CAFile: notPEM}, "holds no PEM certificate"},
-		{"key of another certificate", gateway.PeerTLS{CAFile: pki.caFile, CertFile: mine.certFile, KeyFile: other.keyFile}, "tls.cert_file/key_file"},
+		{"key of another certificate", gateway.PeerTLS{CAFile: pki.File, CertFile: mine.CertFile, KeyFile: other.KeyFile}, "tls.cert_file/key_file"},
 	} {
 		peer := tlsPeer("surrey", srv)
 		peer.TLS = tt.tls
@@ -424,7 +305,7 @@ func TestPeerTLSBadFiles(t *testing.T) {
 	assertNothingStored(t, surrey, ins)
 
 	peer := tlsPeer("surrey", srv)
-	peer.TLS.CAFile = pki.caFile
+	peer.TLS.CAFile = pki.File
 	results, err := sendStudy(t, c, hampshire, peer, ins)
 	if err != nil {
 		t.Fatalf("Send once ca_file is right: %v", err)
@@ -438,23 +319,23 @@ func TestPeerTLSBadFiles(t *testing.T) {
 // certificate's subject; without them, or with a certificate from another
 // CA, the handshake is refused and nothing is stored.
 func TestPeerMutualTLS(t *testing.T) {
-	pki := newTestPKI(t)
+	pki := testpki.NewCA(t, "peer-auth test CA")
 	hampshire, surrey := newCentre(t, "hampshire", backendtest.Embedded), newCentre(t, "surrey", backendtest.Embedded)
 	rec := &recorder{next: surrey.handler}
 	srv, errLog := serveTLS(t, rec, &tls.Config{
-		Certificates: []tls.Certificate{pki.server(t, "surrey").tls},
+		Certificates: []tls.Certificate{pki.Server(t, "surrey").TLS},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pki.pool,
+		ClientCAs:    pki.Pool,
 	})
 	ins := hampshire.store(t, synth.StudySpec{Seed: 814, Series: 1, InstancesPerSeries: 3})
-	rogue := newTestPKI(t).client(t, "hampshire")
+	rogue := testpki.NewCA(t, "rogue CA").Client(t, "hampshire")
 
 	for _, tt := range []struct {
 		name string
 		tls  gateway.PeerTLS
 	}{
-		{"no client certificate", gateway.PeerTLS{CAFile: pki.caFile}},
-		{"certificate of another CA", gateway.PeerTLS{CAFile: pki.caFile, CertFile: rogue.certFile, KeyFile: rogue.keyFile}},
+		{"no client certificate", gateway.PeerTLS{CAFile: pki.File}},
+		{"certificate of another CA", gateway.PeerTLS{CAFile: pki.File, CertFile: rogue.CertFile, KeyFile: rogue.KeyFile}},
 	} {
 		// A new Client each time: a Client builds a peer's TLS settings
 		// once, on first use, keyed by the peer's name.
@@ -481,9 +362,9 @@ func TestPeerMutualTLS(t *testing.T) {
 	}
 	assertNothingStored(t, surrey, ins)
 
-	mine := pki.client(t, "hampshire")
+	mine := pki.Client(t, "hampshire")
 	peer := tlsPeer("surrey", srv)
-	peer.TLS = gateway.PeerTLS{CAFile: pki.caFile, CertFile: mine.certFile, KeyFile: mine.keyFile}
+	peer.TLS = gateway.PeerTLS{CAFile: pki.File, CertFile: mine.CertFile, KeyFile: mine.KeyFile}
 	results, err := sendStudy(t, dicomweb.NewClient(hampshire.blobs), hampshire, peer, ins)
 	if err != nil {
 		t.Fatalf("Send with tls.cert_file/key_file: %v", err)
@@ -508,9 +389,8 @@ func TestPeerMutualTLS(t *testing.T) {
 // is refused.
 func TestPeerInsecureSkipVerify(t *testing.T) {
 	hampshire, surrey := newCentre(t, "hampshire", backendtest.Embedded), newCentre(t, "surrey", backendtest.Embedded)
-	cert, key := makeCert(t, serverTemplate("self-signed surrey"), nil, nil)
-	self := writeLeaf(t, t.TempDir(), "self", cert, key)
-	srv, _ := serveTLS(t, surrey.handler, &tls.Config{Certificates: []tls.Certificate{self.tls}})
+	self := testpki.SelfSigned(t, "self-signed surrey")
+	srv, _ := serveTLS(t, surrey.handler, &tls.Config{Certificates: []tls.Certificate{self.TLS}})
 	ins := hampshire.store(t, synth.StudySpec{Seed: 815, Series: 1, InstancesPerSeries: 2})
 	c := dicomweb.NewClient(hampshire.blobs)
 
@@ -548,7 +428,7 @@ func TestPeerBasicAuth(t *testing.T) {
 		base64.StdEncoding.EncodeToString([]byte(username + ":" + password)),
 		base64.StdEncoding.EncodeToString([]byte(username + ":" + wrong)),
 	}
-	pki := newTestPKI(t)
+	pki := testpki.NewCA(t, "peer-auth test CA")
 	hampshire, surrey := newCentre(t, "hampshire", backendtest.Embedded), newCentre(t, "surrey", backendtest.Embedded)
 	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
 	if err != nil {
@@ -564,10 +444,10 @@ func TestPeerBasicAuth(t *testing.T) {
 	surrey.server.Logger = slog.New(slog.NewTextHandler(surreyLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	surrey.server.Auditor = surreyAudit
 	rec := &recorder{next: surrey.handler}
-	srv, _ := serveTLS(t, rec, &tls.Config{Certificates: []tls.Certificate{pki.server(t, "surrey").tls}})
+	srv, _ := serveTLS(t, rec, &tls.Config{Certificates: []tls.Certificate{pki.Server(t, "surrey").TLS}})
 
 	peer := tlsPeer("surrey", srv)
-	peer.TLS.CAFile = pki.caFile
+	peer.TLS.CAFile = pki.File
 	peer.Username, peer.Password = username, wrong
 	ins := hampshire.store(t, synth.StudySpec{Seed: 816, Series: 1, InstancesPerSeries: 2})
 	c := dicomweb.NewClient(hampshire.blobs)
@@ -650,7 +530,7 @@ func TestPeerBasicAuth(t *testing.T) {
 // 401 whose error does not contain the token.
 func TestPeerBearerToken(t *testing.T) {
 	const token = "tok-5e1c7a9b-peer-auth-test-31f0"
-	pki := newTestPKI(t)
+	pki := testpki.NewCA(t, "peer-auth test CA")
 	hampshire, surrey := newCentre(t, "hampshire", backendtest.Embedded), newCentre(t, "surrey", backendtest.Embedded)
 	sum := sha256.Sum256([]byte(token))
 	var err error
@@ -661,12 +541,12 @@ func TestPeerBearerToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &recorder{next: surrey.handler}
-	srv, _ := serveTLS(t, rec, &tls.Config{Certificates: []tls.Certificate{pki.server(t, "surrey").tls}})
+	srv, _ := serveTLS(t, rec, &tls.Config{Certificates: []tls.Certificate{pki.Server(t, "surrey").TLS}})
 	ins := hampshire.store(t, synth.StudySpec{Seed: 817, Series: 2, InstancesPerSeries: 2})
 	c := dicomweb.NewClient(hampshire.blobs)
 
 	bad := tlsPeer("surrey", srv)
-	bad.TLS.CAFile = pki.caFile
+	bad.TLS.CAFile = pki.File
 	bad.Token = "tok-not-the-right-one-8842"
 	_, err = sendStudy(t, c, hampshire, bad, ins)
 	if se := asSendError(t, err); se.Status != http.StatusUnauthorized || se.Temporary {
@@ -677,7 +557,7 @@ func TestPeerBearerToken(t *testing.T) {
 	nBad := len(rec.seen())
 
 	peer := tlsPeer("surrey", srv)
-	peer.TLS.CAFile = pki.caFile
+	peer.TLS.CAFile = pki.File
 	peer.Gateway = true
 	peer.Token = token
 	// Invalid per Peer.Validate, but if it got this far the token wins.

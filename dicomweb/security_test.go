@@ -33,6 +33,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/internal/testpki"
 )
 
 // testJWKS is an identity provider's key set served over real HTTPS by
@@ -61,7 +62,7 @@ func newTestJWKS(t *testing.T) *testJWKS {
 		_ = json.NewEncoder(w).Encode(map[string]any{"keys": j.keys})
 	}))
 	t.Cleanup(j.srv.Close)
-	j.caFile = writePEM(t, "jwks-ca.pem", "CERTIFICATE", j.srv.Certificate().Raw)
+	j.caFile = testpki.WritePEM(t, filepath.Join(t.TempDir(), "jwks-ca.pem"), "CERTIFICATE", j.srv.Certificate().Raw)
 	return j
 }
 
@@ -80,15 +81,6 @@ func (j *testJWKS) publish(kid string, pub crypto.PublicKey) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.keys = append(j.keys, k)
-}
-
-func writePEM(t *testing.T, name, typ string, der []byte) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 func signJWT(t *testing.T, method jwt.SigningMethod, kid string, key any, claims jwt.MapClaims) string {
@@ -280,65 +272,12 @@ func TestSecurityOIDCKeyRotation(t *testing.T) {
 	check(tok("k3", k2), gateway.ErrUnavailable)
 }
 
-// testPKI is a CA with helpers to issue server and client certificates.
-type testPKI struct {
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	caFile string
-	serial int64
-}
-
-func newTestPKI(t *testing.T, name string) *testPKI {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testPKI{cert: cert, key: key, caFile: writePEM(t, name+"-ca.pem", "CERTIFICATE", der), serial: 1}
-}
-
-// issue writes a certificate and key signed by the CA and returns the files.
-func (p *testPKI) issue(t *testing.T, tmpl *x509.Certificate) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.serial++
-	tmpl.SerialNumber = big.NewInt(p.serial)
-	if tmpl.NotBefore.IsZero() {
-		tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
-	}
-	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, &key.PublicKey, p.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
-	name := tmpl.Subject.CommonName + strconv.FormatInt(p.serial, 10)
-	return writePEM(t, name+".crt", "CERTIFICATE", der), writePEM(t, name+".key", "PRIVATE KEY", keyDER)
-}
-
-func clientCert(cn string, dns ...string) *x509.Certificate {
-	return &x509.Certificate{Subject: pkix.Name{CommonName: cn}, DNSNames: dns, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-}
-
 // TestSecurityMTLS serves real TLS with ServerTLS and connects with
 // ClientTLSConfig and certificates generated here.
 func TestSecurityMTLS(t *testing.T) {
-	ca := newTestPKI(t, "peers")
-	other := newTestPKI(t, "rogue")
-	srvCert, srvKey := ca.issue(t, &x509.Certificate{
+	ca := testpki.NewCA(t, "peers")
+	other := testpki.NewCA(t, "rogue")
+	srvCert, srvKey := ca.IssueFiles(t, &x509.Certificate{
 		Subject: pkix.Name{CommonName: "gateway"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	})
@@ -346,7 +285,7 @@ func TestSecurityMTLS(t *testing.T) {
 	sum := sha256.Sum256([]byte(adminTok))
 	authCfg := AuthConfig{
 		Tokens: []TokenConfig{{Name: "admin", SHA256: hex.EncodeToString(sum[:]), Roles: []gateway.Role{gateway.RoleAdmin}}},
-		MTLS: &MTLSConfig{ClientCAFile: ca.caFile, Clients: []MTLSClient{
+		MTLS: &MTLSConfig{ClientCAFile: ca.File, Clients: []MTLSClient{
 			{SubjectCN: "surrey.gateway.nhs.uk", Name: "surrey-gateway", Roles: []gateway.Role{gateway.RoleAdmin}},
 			{SANDNS: "hampshire.gateway.nhs.uk", Name: "hampshire-gateway", Roles: []gateway.Role{gateway.RoleRead}},
 		}},
@@ -377,14 +316,14 @@ func TestSecurityMTLS(t *testing.T) {
 	t.Cleanup(srv.Close)
 	base := "https://" + srv.Listener.Addr().String()
 
-	surreyCrt, surreyKey := ca.issue(t, clientCert("surrey.gateway.nhs.uk"))
-	hantsCrt, hantsKey := ca.issue(t, clientCert("anything", "hampshire.gateway.nhs.uk"))
-	unmappedCrt, unmappedKey := ca.issue(t, clientCert("kent.gateway.nhs.uk"))
-	rogueCrt, rogueKey := other.issue(t, clientCert("surrey.gateway.nhs.uk"))
-	expiredTmpl := clientCert("surrey.gateway.nhs.uk")
+	surreyCrt, surreyKey := ca.IssueFiles(t, testpki.ClientTemplate("surrey.gateway.nhs.uk"))
+	hantsCrt, hantsKey := ca.IssueFiles(t, testpki.ClientTemplate("anything", "hampshire.gateway.nhs.uk"))
+	unmappedCrt, unmappedKey := ca.IssueFiles(t, testpki.ClientTemplate("kent.gateway.nhs.uk"))
+	rogueCrt, rogueKey := other.IssueFiles(t, testpki.ClientTemplate("surrey.gateway.nhs.uk"))
+	expiredTmpl := testpki.ClientTemplate("surrey.gateway.nhs.uk")
 	expiredTmpl.NotBefore, expiredTmpl.NotAfter = time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour)
-	expiredCrt, expiredKey := ca.issue(t, expiredTmpl)
-	serverOnlyCrt, serverOnlyKey := ca.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "surrey.gateway.nhs.uk"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	expiredCrt, expiredKey := ca.IssueFiles(t, expiredTmpl)
+	serverOnlyCrt, serverOnlyKey := ca.IssueFiles(t, &x509.Certificate{Subject: pkix.Name{CommonName: "surrey.gateway.nhs.uk"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 
 	for _, tt := range []struct {
 		name               string
@@ -404,7 +343,7 @@ func TestSecurityMTLS(t *testing.T) {
 		{"server-auth only", serverOnlyCrt, serverOnlyKey, "", 0, "", false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			cc, err := ClientTLSConfig(ClientTLSOptions{CAFile: ca.caFile, CertFile: tt.certFile, KeyFile: tt.keyFile})
+			cc, err := ClientTLSConfig(ClientTLSOptions{CAFile: ca.File, CertFile: tt.certFile, KeyFile: tt.keyFile})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -474,8 +413,8 @@ func decodePEM(b []byte) ([]byte, error) {
 
 // TestTLSServerConfigRefuses checks the server TLS settings that must fail.
 func TestTLSServerConfigRefuses(t *testing.T) {
-	ca := newTestPKI(t, "srv")
-	crt, key := ca.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "gw"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	ca := testpki.NewCA(t, "srv")
+	crt, key := ca.IssueFiles(t, &x509.Certificate{Subject: pkix.Name{CommonName: "gw"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 	for _, tt := range []struct {
 		name string
 		cfg  TLSConfig
@@ -483,7 +422,7 @@ func TestTLSServerConfigRefuses(t *testing.T) {
 		{"no key", TLSConfig{CertFile: crt}},
 		{"TLS 1.0", TLSConfig{CertFile: crt, KeyFile: key, MinVersion: "1.0"}},
 		{"TLS 1.1", TLSConfig{CertFile: crt, KeyFile: key, MinVersion: "1.1"}},
-		{"key mismatch", TLSConfig{CertFile: crt, KeyFile: ca.caFile}},
+		{"key mismatch", TLSConfig{CertFile: crt, KeyFile: ca.File}},
 		{"client CA not PEM", TLSConfig{CertFile: crt, KeyFile: key, ClientCAFile: key}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

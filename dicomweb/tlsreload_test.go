@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/dicom-gateway/gateway/internal/testpki"
 )
 
 // TestServerCertificateReload: a certificate renewed in place is served to
@@ -18,9 +20,9 @@ func TestServerCertificateReload(t *testing.T) {
 	certCheckInterval = 0 // check at every handshake
 	t.Cleanup(func() { certCheckInterval = saved })
 
-	ca := newTestPKI(t, "reload")
+	ca := testpki.NewCA(t, "reload")
 	issue := func(cn string) (cert, key []byte) {
-		cf, kf := ca.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: cn}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		cf, kf := ca.IssueFiles(t, &x509.Certificate{Subject: pkix.Name{CommonName: cn}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 		c, err1 := os.ReadFile(cf)
 		k, err2 := os.ReadFile(kf)
@@ -61,10 +63,7 @@ func TestServerCertificateReload(t *testing.T) {
 			}()
 		}
 	}()
-	pool, err := loadCertPool(ca.caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool := ca.Pool
 	served := func() string {
 		t.Helper()
 		conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})

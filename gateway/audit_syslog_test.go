@@ -3,17 +3,11 @@ package gateway_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"strconv"
 	"strings"
@@ -21,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/internal/testpki"
 )
 
 // syslogAuditMessage is what the tests read back from a DICOM Audit
@@ -195,8 +190,9 @@ func TestSyslogExportTCP(t *testing.T) {
 // TestSyslogExportTLS: TLS with the receiver's CA; a receiver whose
 // certificate the exporter does not trust gets nothing.
 func TestSyslogExportTLS(t *testing.T) {
-	cert, pool := selfSignedCert(t)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	ca := testpki.NewCA(t, "ARR CA")
+	pool := ca.Pool
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{ca.Server(t, "arr.test").TLS}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,27 +294,3 @@ func TestSyslogExportNeverBlocks(t *testing.T) {
 type failingAuditor struct{ err error }
 
 func (f failingAuditor) Record(context.Context, *gateway.AuditEvent) error { return f.err }
-
-// selfSignedCert is a throwaway certificate for arr.test and a pool that
-// trusts it.
-func selfSignedCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "arr.test"}, DNSNames: []string{"arr.test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
-}
