@@ -21,10 +21,10 @@ import (
 //     instance's URL starts with MetadataURLMarker (a NUL byte, which the
 //     encoder escapes everywhere else as \u0000) for the server to replace
 //     with the public URL it answers under, which only a request knows;
-//   - a small order entry (EncodeMetadataOrder): SeriesNumber and
-//     InstanceNumber, so entries sort as CompareInstances sorts records, and
-//     a digest of the prepared JSON, from which an ETag is made without
-//     reading the JSON itself.
+//   - a small order entry (MetadataEntry.EncodeOrder): SeriesNumber and
+//     InstanceNumber, so entries sort as CompareInstances sorts records, a
+//     digest of the prepared JSON, from which an ETag is made without
+//     reading the JSON itself, and the Patient ID, for the audit event.
 
 // MetadataURLMarker stands, in prepared metadata, for the URL of the
 // instance followed by "/".
@@ -53,8 +53,8 @@ type MetadataEntry struct {
 }
 
 // PrepareMetadata renders rec's metadata as prepared DICOM JSON and returns
-// it with its encoded order entry (see EncodeMetadataOrder). An index stores
-// both whenever it stores rec.
+// it with its encoded order entry (MetadataEntry.EncodeOrder). An index
+// stores both whenever it stores rec.
 func PrepareMetadata(rec *InstanceRecord) (order, prepared []byte) {
 	prepared = AppendDatasetJSON(nil, rec.Metadata, preparedPrefix)
 	e := NewMetadataEntry(rec, prepared)
