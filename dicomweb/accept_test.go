@@ -36,6 +36,7 @@ func TestNegotiate(t *testing.T) {
 		{"stored syntax named", []string{`multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80`}, instanceOffers(jpegLS, false), true, true, mediaDICOM, jpegLS},
 		{"other syntax: 406", []string{`multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1`}, instanceOffers(jpegLS, false), false, false, "", ""},
 		{"implicit stored, explicit asked: transcoded", []string{`multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1`}, instanceOffers(implicit, false), true, true, mediaDICOM, explicit},
+		{"big endian stored, explicit LE asked: transcoded", []string{`multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1`}, instanceOffers("1.2.840.10008.1.2.2", false), true, true, mediaDICOM, explicit},
 		{"implicit stored, * asked: as stored", []string{`multipart/related; type="application/dicom"; transfer-syntax=*`}, instanceOffers(implicit, false), true, true, mediaDICOM, implicit},
 		{"explicit stored, implicit asked: 406", []string{`multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2`}, instanceOffers(explicit, false), false, false, "", ""},
 		{"fallback entry wins", []string{`multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1, multipart/related; type="application/dicom"; transfer-syntax=*; q=0.9`}, instanceOffers(jpegLS, false), true, true, mediaDICOM, jpegLS},

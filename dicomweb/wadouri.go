@@ -20,8 +20,8 @@ import (
 // preference (9.1.2.1.6); without it an image is rendered as JPEG and any
 // other object is sent as application/dicom. The object is sent as stored,
 // or transcoded when transferSyntax asks for Explicit VR Little Endian and
-// it is stored in Implicit VR Little Endian; any other transferSyntax is
-// 406. anonymize=yes is refused (400) rather than ignored.
+// it is stored in Implicit VR Little Endian or Explicit VR Big Endian
+// (gateway.CanTranscode); any other transferSyntax is 406. anonymize=yes is refused (400) rather than ignored.
 func (s *Server) handleWADOURI(c *gin.Context) {
 	q := c.Request.URL.Query()
 	if rt := q.Get("requestType"); rt != "WADO" {
@@ -71,7 +71,7 @@ func (s *Server) handleWADOURI(c *gin.Context) {
 		ts = rec.TransferSyntaxUID
 	}
 	if ts != rec.TransferSyntaxUID && !gateway.CanTranscode(rec.TransferSyntaxUID, ts) {
-		s.writeError(c, fmt.Errorf("instance %s is stored as %s, transferSyntax=%s asked (transcoding is from Implicit to Explicit VR Little Endian only): %w",
+		s.writeError(c, fmt.Errorf("instance %s is stored as %s, transferSyntax=%s asked (transcoding is to Explicit VR Little Endian only, from Implicit VR Little Endian or Explicit VR Big Endian): %w",
 			rec.SOPInstanceUID, rec.TransferSyntaxUID, truncate(ts, 64), gateway.ErrNotAcceptable))
 		return
 	}

@@ -11,30 +11,36 @@ import (
 
 // Transcoding between the uncompressed syntaxes, for a client that asks
 // WADO-RS for Explicit VR Little Endian (the syntax PS3.18 8.7.3.5 names as
-// the default) when an instance is stored in Implicit VR Little Endian.
-// Both are little endian, so every value keeps its bytes: only element
-// headers change (a VR is added from the data dictionary), which makes the
-// transcode a single streaming pass in constant memory, whatever the size
-// of the pixel data.
+// the default, and the one viewers such as OHIF read) when an instance is
+// stored in Implicit VR Little Endian or in the retired Explicit VR Big
+// Endian. From implicit VR only element headers change (a VR is added from
+// the data dictionary); from big endian every multi-byte binary value is
+// byte-swapped by its VR. Either way it is a single streaming pass in
+// constant memory, whatever the size of the pixel data.
 
 // CanTranscode reports whether TranscodeToExplicitLE can serve an instance
 // stored in syntax from as syntax to.
 func CanTranscode(from, to string) bool {
-	return from == TSImplicitLE && to == TSExplicitLE
+	return (from == TSImplicitLE || from == TSExplicitBE) && to == TSExplicitLE
 }
 
 // TranscodeToExplicitLE reads a Part 10 instance in Implicit VR Little
-// Endian from r and writes it to w in Explicit VR Little Endian:
+// Endian or Explicit VR Big Endian from r and writes it to w in Explicit VR
+// Little Endian:
 //   - the preamble is kept; the file meta group gets the new Transfer
 //     Syntax UID and a recomputed (0002,0000) group length;
-//   - each element gets its VR from the data dictionary (LO for private
-//     creators, UN for other private or unknown elements, and UN for a
-//     value too long for a VR with a 16-bit length);
+//   - from implicit VR, each element gets its VR from the data dictionary
+//     (LO for private creators, UN for other private or unknown elements,
+//     and UN for a value too long for a VR with a 16-bit length);
+//   - from big endian, values of the binary VRs (US, SS, OW, AT: 2-byte
+//     units; UL, SL, FL, OF, OL: 4; FD, OD, SV, UV, OV: 8) are byte-swapped,
+//     Pixel Data included when it is OW;
 //   - sequences and items are written with undefined lengths and
 //     delimiters, since explicit headers make every defined length wrong;
 //   - retired group lengths (gggg,0000) of the dataset are dropped, for the
 //     same reason;
-//   - values, Pixel Data included (as OW), are copied byte for byte.
+//   - every other value, and implicit VR Pixel Data (as OW), is copied byte
+//     for byte.
 //
 // It returns the bytes written. A malformed input (which ingest would have
 // refused) is an error wrapping ErrInvalid; an error from r or w is
@@ -58,8 +64,79 @@ const transcodeDepthMax = 64
 type transcoder struct {
 	r        *bufio.Reader
 	w        *bufio.Writer
-	pos      int64 // bytes read from r
-	pixelRep int   // (0028,0103) of the top-level dataset, for US/SS tags
+	pos       int64 // bytes read from r
+	pixelRep  int   // (0028,0103) of the top-level dataset, for US/SS tags
+	bigEndian bool  // the dataset is Explicit VR Big Endian (else Implicit VR LE)
+}
+
+// header reads an element or item header of the dataset's syntax: the
+// tag, the VR ("" for items and delimiters, and in implicit VR) and the
+// value length.
+func (t *transcoder) header() (tag uint32, vr string, vl uint32, err error) {
+	hdr, err := t.read(8)
+	if err != nil {
+		return 0, "", 0, err
+	}
+	if !t.bigEndian {
+		tag = uint32(binary.LittleEndian.Uint16(hdr[0:]))<<16 | uint32(binary.LittleEndian.Uint16(hdr[2:]))
+		return tag, "", binary.LittleEndian.Uint32(hdr[4:]), nil
+	}
+	tag = uint32(binary.BigEndian.Uint16(hdr[0:]))<<16 | uint32(binary.BigEndian.Uint16(hdr[2:]))
+	if tag>>16 == 0xFFFE {
+		return tag, "", binary.BigEndian.Uint32(hdr[4:]), nil
+	}
+	vr = string(hdr[4:6])
+	if !knownVR(vr) {
+		return 0, "", 0, malformed("element (%04X,%04X) at byte %d has no valid VR", tag>>16, tag&0xFFFF, t.pos-8)
+	}
+	if !longVR(vr) {
+		return tag, vr, uint32(binary.BigEndian.Uint16(hdr[6:])), nil
+	}
+	ext, err := t.read(4)
+	if err != nil {
+		return 0, "", 0, err
+	}
+	return tag, vr, binary.BigEndian.Uint32(ext), nil
+}
+
+// swapUnit is the size of the big-endian units of a VR's value, 1 for
+// values kept as bytes.
+func swapUnit(vr string) int {
+	switch vr {
+	case "US", "SS", "OW", "AT":
+		return 2
+	case "UL", "SL", "FL", "OF", "OL":
+		return 4
+	case "FD", "OD", "SV", "UV", "OV":
+		return 8
+	}
+	return 1
+}
+
+// copySwapped copies n bytes of value, reversing each unit-byte group.
+func (t *transcoder) copySwapped(n int64, unit int) error {
+	if n%int64(unit) != 0 {
+		return malformed("a value of %d bytes is not made of %d-byte units", n, unit)
+	}
+	buf := make([]byte, 32<<10)
+	for n > 0 {
+		chunk := buf[:min(int64(len(buf)), n)]
+		k, err := io.ReadFull(t.r, chunk)
+		t.pos += int64(k)
+		if err != nil {
+			return malformed("input ends at byte %d inside a value", t.pos)
+		}
+		for i := 0; i+unit <= len(chunk); i += unit {
+			for a, b := i, i+unit-1; a < b; a, b = a+1, b-1 {
+				chunk[a], chunk[b] = chunk[b], chunk[a]
+			}
+		}
+		if _, err := t.w.Write(chunk); err != nil {
+			return err
+		}
+		n -= int64(len(chunk))
+	}
+	return nil
 }
 
 type countingWriter struct {
@@ -160,8 +237,12 @@ func (t *transcoder) meta() error {
 		}
 		elems = append(elems, metaElement{tag, vr, val})
 	}
-	if syntax != TSImplicitLE {
-		return malformed("stored syntax is %q, not Implicit VR Little Endian", syntax)
+	switch syntax {
+	case TSImplicitLE:
+	case TSExplicitBE:
+		t.bigEndian = true
+	default:
+		return malformed("stored syntax is %q, neither Implicit VR Little Endian nor Explicit VR Big Endian", syntax)
 	}
 	var group []byte
 	for _, e := range elems {
@@ -213,12 +294,10 @@ func (t *transcoder) dataset(end int64, depth int, inItem bool) error {
 				return nil
 			}
 		}
-		hdr, err := t.read(8)
+		tag, vr, vl, err := t.header()
 		if err != nil {
 			return err
 		}
-		tag := uint32(binary.LittleEndian.Uint16(hdr[0:]))<<16 | uint32(binary.LittleEndian.Uint16(hdr[2:]))
-		vl := binary.LittleEndian.Uint32(hdr[4:])
 		switch {
 		case tag == tagItemDelim && inItem && end < 0:
 			_, err := t.w.Write(appendItemHeader(nil, tagItemDelim, 0))
@@ -229,14 +308,17 @@ func (t *transcoder) dataset(end int64, depth int, inItem bool) error {
 		if vl != undefinedLength && end >= 0 && int64(vl) > end-t.pos {
 			return malformed("element (%04X,%04X) of %d bytes overruns its item", tag>>16, tag&0xFFFF, vl)
 		}
-		vr := dictVR(tag, t.pixelRep)
-		if isPixelTag(tag) {
-			if vl == undefinedLength {
-				return malformed("encapsulated pixel data in an Implicit VR dataset")
-			}
-			if vr != "OF" && vr != "OD" {
+		if !t.bigEndian {
+			vr = dictVR(tag, t.pixelRep)
+			if isPixelTag(tag) && vr != "OF" && vr != "OD" {
 				vr = "OW"
 			}
+		}
+		if isPixelTag(tag) && vl == undefinedLength {
+			return malformed("encapsulated pixel data in an uncompressed dataset")
+		}
+		if t.bigEndian && vr == "UN" && vl == undefinedLength {
+			return malformed("an undefined-length UN element in big endian") // its items would be implicit little endian
 		}
 		switch {
 		case vl == undefinedLength || vr == "SQ":
@@ -269,13 +351,21 @@ func (t *transcoder) dataset(end int64, depth int, inItem bool) error {
 				if err != nil {
 					return err
 				}
+				if t.bigEndian {
+					v[0], v[1] = v[1], v[0]
+				}
 				t.pixelRep = int(binary.LittleEndian.Uint16(v))
 				if _, err := t.w.Write(v); err != nil {
 					return err
 				}
 				continue
 			}
-			if err := t.copyValue(int64(vl)); err != nil {
+			if unit := swapUnit(vr); t.bigEndian && unit > 1 {
+				err = t.copySwapped(int64(vl), unit)
+			} else {
+				err = t.copyValue(int64(vl))
+			}
+			if err != nil {
 				return err
 			}
 		}
@@ -301,12 +391,10 @@ func (t *transcoder) sequence(end int64, depth int) error {
 			}
 			break
 		}
-		hdr, err := t.read(8)
+		tag, _, vl, err := t.header()
 		if err != nil {
 			return err
 		}
-		tag := uint32(binary.LittleEndian.Uint16(hdr[0:]))<<16 | uint32(binary.LittleEndian.Uint16(hdr[2:]))
-		vl := binary.LittleEndian.Uint32(hdr[4:])
 		if tag == tagSeqDelim && end < 0 {
 			break
 		}
