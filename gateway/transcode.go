@@ -62,8 +62,8 @@ func TranscodeToExplicitLE(w io.Writer, r io.Reader) (int64, error) {
 const transcodeDepthMax = 64
 
 type transcoder struct {
-	r        *bufio.Reader
-	w        *bufio.Writer
+	r         *bufio.Reader
+	w         *bufio.Writer
 	pos       int64 // bytes read from r
 	pixelRep  int   // (0028,0103) of the top-level dataset, for US/SS tags
 	bigEndian bool  // the dataset is Explicit VR Big Endian (else Implicit VR LE)
