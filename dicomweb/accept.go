@@ -279,8 +279,10 @@ func pixelSyntaxes(ts string) []string {
 // (image/jpeg, image/jls …) and, because viewers such as OHIF ask for
 // type=application/octet-stream with transfer-syntax=*, also octet-stream
 // labelled with the compressed syntax. single adds bare bodies (one frame).
-func frameOffers(ts string, encapsulated, single bool) []offer {
-	syn := pixelSyntaxes(ts)
+//
+// syn are the transfer syntaxes the bytes can be labelled with, the stored
+// one first (pixelSyntaxes, plus any the server converts to).
+func frameOffers(ts string, syn []string, encapsulated, single bool) []offer {
 	var o []offer
 	if it := imageMediaType(ts); encapsulated && it != mediaOctetStream {
 		o = append(o, offer{multipart: true, mediaType: it, syntaxes: syn})

@@ -252,7 +252,12 @@ func (s *Server) handleFrames(c *gin.Context) {
 // ranges (a frame, or the whole native value), each labelled with its
 // transfer syntax.
 func (s *Server) servePixels(c *gin.Context, rec *gateway.InstanceRecord, ranges [][]gateway.ByteRange, single bool, detail map[string]any) {
-	offers := frameOffers(rec.TransferSyntaxUID, rec.PixelData.Encapsulated, single)
+	syntaxes := pixelSyntaxes(rec.TransferSyntaxUID)
+	swap := swappablePixels(rec, ranges)
+	if swap {
+		syntaxes = append(syntaxes, gateway.TSExplicitLE)
+	}
+	offers := frameOffers(rec.TransferSyntaxUID, syntaxes, rec.PixelData.Encapsulated, single)
 	ch, ok := negotiate(parseAccept(c.Request.Header.Values("Accept")), offers)
 	if !ok {
 		s.writeError(c, notAcceptable(parseAccept(c.Request.Header.Values("Accept")),
@@ -269,9 +274,16 @@ func (s *Server) servePixels(c *gin.Context, rec *gateway.InstanceRecord, ranges
 		return
 	}
 	r := s.retriever()
+	open := func(ctx context.Context, rs []gateway.ByteRange) (io.ReadCloser, error) {
+		rc, err := r.OpenRanges(ctx, rec, rs)
+		if err == nil && swap && ch.transferSyntax == gateway.TSExplicitLE {
+			rc = gateway.SwapBytes16(rc) // big endian OW words to little endian
+		}
+		return rc, err
+	}
 	if !ch.multipart {
 		s.writeSingle(c, ch.contentType(), rangesLength(ranges[0]), func(ctx context.Context) (io.ReadCloser, error) {
-			return r.OpenRanges(ctx, rec, ranges[0])
+			return open(ctx, ranges[0])
 		})
 		return
 	}
@@ -280,7 +292,7 @@ func (s *Server) servePixels(c *gin.Context, rec *gateway.InstanceRecord, ranges
 		parts[i] = part{
 			contentType: ch.contentType(),
 			length:      rangesLength(rs),
-			open:        func(ctx context.Context) (io.ReadCloser, error) { return r.OpenRanges(ctx, rec, rs) },
+			open:        func(ctx context.Context) (io.ReadCloser, error) { return open(ctx, rs) },
 		}
 	}
 	s.writeMultipart(c, ch.mediaType, parts)
@@ -366,6 +378,23 @@ func (s *Server) handleBulkData(c *gin.Context) {
 		return
 	}
 	s.writeMultipart(c, mediaOctetStream, []part{{contentType: ch.contentType(), length: length, open: open}})
+}
+
+// swappablePixels reports whether rec's pixel ranges can also be served in
+// Explicit VR Little Endian by swapping bytes: native OW pixel data of an
+// Explicit VR Big Endian instance, every range a whole number of words.
+func swappablePixels(rec *gateway.InstanceRecord, ranges [][]gateway.ByteRange) bool {
+	if rec.TransferSyntaxUID != gateway.TSExplicitBE || rec.PixelData.Encapsulated || rec.Metadata[gateway.TagPixelData].VR != "OW" {
+		return false
+	}
+	for _, rs := range ranges {
+		for _, br := range rs {
+			if br.Length%2 != 0 {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // isPixelDataPath reports whether a bulk data path names the top-level

@@ -321,6 +321,20 @@ func checkWADOFrames(t *testing.T, g *wadoGateway, ci wadoCorpusInstance) {
 			t.Errorf("frame %d: %d bytes differ from the library's %d bytes", i+1, len(p.body), len(want[i]))
 		}
 	}
+	// Big endian OW pixels asked for as Explicit VR Little Endian: each
+	// 16-bit word swapped.
+	if rec.TransferSyntaxUID == gateway.TSExplicitBE && rec.Metadata[gateway.TagPixelData].VR == "OW" && want != nil {
+		resp := g.get(t, framesPath, "Accept", "multipart/related; type=application/octet-stream; transfer-syntax="+gateway.TSExplicitLE)
+		for i, p := range readParts(t, resp, "application/octet-stream") {
+			w := bytes.Clone(want[i])
+			for j := 0; j+1 < len(w); j += 2 {
+				w[j], w[j+1] = w[j+1], w[j]
+			}
+			if !bytes.Equal(p.body, w) || !strings.HasSuffix(p.contentType, "transfer-syntax="+gateway.TSExplicitLE) {
+				t.Errorf("frame %d as Explicit VR Little Endian: %q, bytes not the swapped words", i+1, p.contentType)
+			}
+		}
+	}
 	// Beyond the last frame: 404.
 	if resp := g.get(t, fmt.Sprintf("%s/frames/%d", ci.path(), n+1)); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("frame %d of %d: status %d, want 404", n+1, n, resp.StatusCode)

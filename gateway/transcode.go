@@ -418,3 +418,47 @@ func (t *transcoder) sequence(end int64, depth int) error {
 	_, err := t.w.Write(appendItemHeader(nil, tagSeqDelim, 0))
 	return err
 }
+
+// SwapBytes16 returns rc with the bytes of every 16-bit word swapped: big
+// endian OW pixel data read as little endian. The stream must hold whole
+// words; a last odd byte is passed on as it is.
+func SwapBytes16(rc io.ReadCloser) io.ReadCloser {
+	return &swap16{rc: rc}
+}
+
+type swap16 struct {
+	rc    io.ReadCloser
+	buf   []byte
+	out   []byte // swapped bytes not yet returned
+	carry []byte // 0 or 1 byte: the first half of a word split by a read
+	err   error  // from rc, returned once out is drained
+}
+
+func (s *swap16) Read(p []byte) (int, error) {
+	for len(s.out) == 0 {
+		if s.err != nil {
+			return 0, s.err
+		}
+		if s.buf == nil {
+			s.buf = make([]byte, 32<<10)
+		}
+		n := copy(s.buf, s.carry)
+		s.carry = nil
+		m, err := s.rc.Read(s.buf[n:])
+		n += m
+		s.err = err
+		if n%2 == 1 && err == nil {
+			s.carry = []byte{s.buf[n-1]}
+			n--
+		}
+		for i := 0; i+1 < n; i += 2 {
+			s.buf[i], s.buf[i+1] = s.buf[i+1], s.buf[i]
+		}
+		s.out = s.buf[:n]
+	}
+	k := copy(p, s.out)
+	s.out = s.out[k:]
+	return k, nil
+}
+
+func (s *swap16) Close() error { return s.rc.Close() }

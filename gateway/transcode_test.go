@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/dicomjsontest"
@@ -283,4 +284,27 @@ func FuzzTranscode(f *testing.F) {
 			t.Fatalf("a valid instance transcoded into one that does not parse: %v", err)
 		}
 	})
+}
+
+// TestSwapBytes16: words are swapped whatever the reads' sizes and
+// alignment (iotest.OneByteReader splits every word).
+func TestSwapBytes16(t *testing.T) {
+	in := make([]byte, 100001)
+	for i := range in {
+		in[i] = byte(i * 7)
+	}
+	want := bytes.Clone(in)
+	for i := 0; i+1 < len(want); i += 2 {
+		want[i], want[i+1] = want[i+1], want[i]
+	}
+	for name, r := range map[string]io.Reader{
+		"whole":    bytes.NewReader(in),
+		"one byte": iotest.OneByteReader(bytes.NewReader(in)),
+		"half":     iotest.HalfReader(bytes.NewReader(in)),
+	} {
+		got, err := io.ReadAll(iotest.OneByteReader(gateway.SwapBytes16(io.NopCloser(r))))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: %d bytes, err %v; want %d swapped bytes", name, len(got), err, len(want))
+		}
+	}
 }
