@@ -3,8 +3,6 @@ package bolt
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -98,9 +96,7 @@ func unavailable(op string, err error) error {
 // Lock takes an in-process lease on sopInstanceUID. bbolt allows one process
 // per file, so an in-process lease excludes every writer of this index.
 func (x *Index) Lock(ctx context.Context, sopInstanceUID string, ttl time.Duration) (func(), error) {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	token := hex.EncodeToString(b[:])
+	token := gateway.LeaseToken()
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -110,33 +106,21 @@ func (x *Index) Lock(ctx context.Context, sopInstanceUID string, ttl time.Durati
 		if !ok || now.After(held.expires) {
 			x.locks[sopInstanceUID] = heldLock{token: token, expires: now.Add(ttl)}
 			x.mu.Unlock()
-			stop, stopped := make(chan struct{}), make(chan struct{})
-			go func() { // renew the lease while held, so only an abandoned lease expires
-				defer close(stopped)
-				tick := time.NewTicker(max(ttl/3, time.Millisecond))
-				defer tick.Stop()
-				for {
-					select {
-					case <-stop:
-						return
-					case <-tick.C:
-						x.mu.Lock()
-						if cur, ok := x.locks[sopInstanceUID]; ok && cur.token == token {
-							x.locks[sopInstanceUID] = heldLock{token: token, expires: time.Now().Add(ttl)}
-						}
-						x.mu.Unlock()
-					}
+			renew := func() {
+				x.mu.Lock()
+				defer x.mu.Unlock()
+				if cur, ok := x.locks[sopInstanceUID]; ok && cur.token == token {
+					x.locks[sopInstanceUID] = heldLock{token: token, expires: time.Now().Add(ttl)}
 				}
-			}()
-			return func() {
-				close(stop)
-				<-stopped
+			}
+			release := func() {
 				x.mu.Lock()
 				defer x.mu.Unlock()
 				if cur, ok := x.locks[sopInstanceUID]; ok && cur.token == token {
 					delete(x.locks, sopInstanceUID)
 				}
-			}, nil
+			}
+			return gateway.HoldLease(ttl, renew, release), nil
 		}
 		x.mu.Unlock()
 		select {

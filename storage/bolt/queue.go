@@ -2,9 +2,7 @@ package bolt
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -265,7 +263,7 @@ func (q *Queue) tryClaim(consumer string) (*gateway.Lease, error) {
 				drop = append(drop, slices.Clone(k))
 				continue
 			}
-			it.Owner, it.Token, it.LeaseUntil = consumer, qNewToken(), now.Add(q.opts.VisibilityTimeout)
+			it.Owner, it.Token, it.LeaseUntil = consumer, gateway.LeaseToken(), now.Add(q.opts.VisibilityTimeout)
 			if err := qPutJSON(qb, k, it); err != nil {
 				return err
 			}
@@ -289,12 +287,6 @@ func (q *Queue) dropItem(tx *bbolt.Tx, key []byte) error {
 		return err
 	}
 	return tx.Bucket(bucketTransferQueueIDs).Delete([]byte(it.ID))
-}
-
-func qNewToken() string {
-	var b [12]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // held returns the queue key and item of l's transfer if l still holds it,

@@ -198,9 +198,7 @@ return 0
 // while another holder has it; unlock deletes it only if the token is still
 // ours (a lease that expired and was taken by another is left alone).
 func (x *Index) Lock(ctx context.Context, sopInstanceUID string, ttl time.Duration) (func(), error) {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	token := hex.EncodeToString(b[:])
+	token := gateway.LeaseToken()
 	key := x.key("lock", sopInstanceUID)
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
@@ -219,30 +217,18 @@ func (x *Index) Lock(ctx context.Context, sopInstanceUID string, ttl time.Durati
 			}
 		}
 		if ok {
-			stop, stopped := make(chan struct{}), make(chan struct{})
-			go func() { // renew the lease while held, so only a dead holder's lease expires
-				defer close(stopped)
-				tick := time.NewTicker(max(ttl/3, time.Millisecond))
-				defer tick.Stop()
-				for {
-					select {
-					case <-stop:
-						return
-					case <-tick.C:
-						rctx, cancel := context.WithTimeout(context.Background(), max(ttl/3, time.Second))
-						_ = renewScript.Run(rctx, x.rdb, []string{key}, token, ttl.Milliseconds()).Err()
-						cancel()
-					}
-				}
-			}()
-			return func() {
-				close(stop)
-				<-stopped
-				ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			renew := func() {
+				rctx, cancel := context.WithTimeout(context.Background(), max(ttl/3, time.Second))
+				defer cancel()
+				_ = renewScript.Run(rctx, x.rdb, []string{key}, token, ttl.Milliseconds()).Err()
+			}
+			release := func() {
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 				defer cancel()
 				// Best effort: a lease not released expires after ttl.
-				_ = unlockScript.Run(ctx, x.rdb, []string{key}, token).Err()
-			}, nil
+				_ = unlockScript.Run(rctx, x.rdb, []string{key}, token).Err()
+			}
+			return gateway.HoldLease(ttl, renew, release), nil
 		}
 		select {
 		case <-ctx.Done():
