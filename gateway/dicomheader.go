@@ -384,32 +384,13 @@ func (p *parser) readPreambleAndMeta() error {
 		if p.pos > 1<<20 {
 			return tooLarge("file meta group longer than 1 MiB")
 		}
-		hdr, err := p.read(8)
+		e, err := readMetaElement(p.read)
 		if err != nil {
 			return err
 		}
-		t := uint32(binary.LittleEndian.Uint16(hdr[0:]))<<16 | uint32(binary.LittleEndian.Uint16(hdr[2:]))
-		vr := string(hdr[4:6])
-		if !knownVR(vr) {
-			return notUnderstood("file meta element (%04X,%04X) has no valid VR", t>>16, t&0xFFFF)
-		}
-		vl := uint32(binary.LittleEndian.Uint16(hdr[6:]))
-		if longVR(vr) {
-			ext, err := p.read(4)
-			if err != nil {
-				return err
-			}
-			vl = binary.LittleEndian.Uint32(ext)
-		}
-		if vl == undefinedLength || vl > 64<<10 {
-			return notUnderstood("file meta element (%04X,%04X) has length %d", t>>16, t&0xFFFF, vl)
-		}
-		val, err := p.read(int(vl))
-		if err != nil {
-			return err
-		}
+		vr, val := e.vr, e.value
 		s := strings.TrimRight(string(val), " \x00")
-		switch t {
+		switch e.tag {
 		case 0x00020002:
 			mediaClass = s
 		case 0x00020003:
@@ -426,6 +407,39 @@ func (p *parser) readPreambleAndMeta() error {
 	}
 	p.h.SOPClassUID, p.h.SOPInstanceUID = mediaClass, mediaInstance
 	return nil
+}
+
+// metaElement is one element of the file meta group.
+type metaElement struct {
+	tag   uint32
+	vr    string
+	value []byte
+}
+
+// readMetaElement reads one file meta element, always Explicit VR Little
+// Endian, with read: its VR must be valid and its value at most 64 KiB.
+func readMetaElement(read func(n int) ([]byte, error)) (metaElement, error) {
+	hdr, err := read(8)
+	if err != nil {
+		return metaElement{}, err
+	}
+	e := metaElement{tag: uint32(binary.LittleEndian.Uint16(hdr[0:]))<<16 | uint32(binary.LittleEndian.Uint16(hdr[2:])), vr: string(hdr[4:6])}
+	if !knownVR(e.vr) {
+		return e, notUnderstood("file meta element (%04X,%04X) has no valid VR", e.tag>>16, e.tag&0xFFFF)
+	}
+	vl := uint32(binary.LittleEndian.Uint16(hdr[6:]))
+	if longVR(e.vr) {
+		ext, err := read(4)
+		if err != nil {
+			return e, err
+		}
+		vl = binary.LittleEndian.Uint32(ext)
+	}
+	if vl > 64<<10 {
+		return e, notUnderstood("file meta element (%04X,%04X) has length %d", e.tag>>16, e.tag&0xFFFF, vl)
+	}
+	e.value, err = read(int(vl))
+	return e, err
 }
 
 // elementHeader is a tag with its VR ("" in implicit VR) and length.

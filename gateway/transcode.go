@@ -189,11 +189,6 @@ func (t *transcoder) meta() error {
 	if string(head[128:]) != "DICM" {
 		return malformed("no DICM prefix")
 	}
-	type metaElement struct {
-		tag   uint32
-		vr    string
-		value []byte
-	}
 	var elems []metaElement
 	syntax := ""
 	for {
@@ -204,38 +199,18 @@ func (t *transcoder) meta() error {
 		if t.pos > 1<<20 {
 			return malformed("file meta group longer than 1 MiB")
 		}
-		hdr, err := t.read(8)
+		e, err := readMetaElement(t.read)
 		if err != nil {
 			return err
 		}
-		tag := uint32(binary.LittleEndian.Uint16(hdr[0:]))<<16 | uint32(binary.LittleEndian.Uint16(hdr[2:]))
-		vr := string(hdr[4:6])
-		if !knownVR(vr) {
-			return malformed("file meta element (%04X,%04X) has no valid VR", tag>>16, tag&0xFFFF)
-		}
-		vl := uint32(binary.LittleEndian.Uint16(hdr[6:]))
-		if longVR(vr) {
-			ext, err := t.read(4)
-			if err != nil {
-				return err
-			}
-			vl = binary.LittleEndian.Uint32(ext)
-		}
-		if vl > 64<<10 {
-			return malformed("file meta element (%04X,%04X) has length %d", tag>>16, tag&0xFFFF, vl)
-		}
-		val, err := t.read(int(vl))
-		if err != nil {
-			return err
-		}
-		switch tag {
+		switch e.tag {
 		case 0x00020000:
 			continue // recomputed below
 		case 0x00020010:
-			syntax = strings.TrimRight(string(val), " \x00")
-			val = []byte(TSExplicitLE + "\x00") // 19 characters, padded to even
+			syntax = strings.TrimRight(string(e.value), " \x00")
+			e.value = []byte(TSExplicitLE + "\x00") // 19 characters, padded to even
 		}
-		elems = append(elems, metaElement{tag, vr, val})
+		elems = append(elems, e)
 	}
 	switch syntax {
 	case TSImplicitLE:
