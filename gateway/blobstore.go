@@ -46,3 +46,29 @@ type BlobStore interface {
 type Pinger interface {
 	Ping(ctx context.Context) error
 }
+
+// Stager is implemented by blob stores whose Put splits into streaming the
+// bytes and making them durable, so that a caller receiving many objects in
+// one stream (a STOW-RS request, a DIMSE association) can read the next
+// object while earlier ones are synced: one receiver then keeps several
+// syncs in flight and the store can share them, instead of paying one full
+// sync latency per object in series. The filesystem store implements it; an
+// S3 store does not (its Put is durable when the server answers).
+//
+// Stage streams r into a place no reader sees, with Put's guarantees on
+// failure: nothing is left under key. The caller must end every StagedBlob
+// with Commit or Abort.
+type Stager interface {
+	Stage(ctx context.Context, key string, r io.Reader) (StagedBlob, error)
+}
+
+// StagedBlob is an object written by Stage and not yet visible. Commit makes
+// it durable under its key, replacing any object there, atomically (after a
+// nil error it survives a crash; after an error nothing under key changed and
+// the staged bytes are gone). Abort discards it. Either may be called once,
+// from any goroutine.
+type StagedBlob interface {
+	Size() int64
+	Commit(ctx context.Context) error
+	Abort()
+}

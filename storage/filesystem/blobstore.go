@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unicode/utf8"
 
@@ -40,13 +41,15 @@ const renameAttempts = 10
 // by the next New. Safe for concurrent use by one process; two processes must
 // not share a root.
 type BlobStore struct {
-	root *os.Root
-	bufs sync.Pool // *[]byte of copyBufferSize
+	root     *os.Root
+	bufs     sync.Pool                      // *[]byte of copyBufferSize
+	dirSyncs gateway.GroupCommitter[string] // directory syncs after renames, shared by concurrent commits
 }
 
 var (
 	_ gateway.BlobStore = (*BlobStore)(nil)
 	_ gateway.Pinger    = (*BlobStore)(nil)
+	_ gateway.Stager    = (*BlobStore)(nil)
 )
 
 // New opens (creating it if needed) the store in directory dir. It removes
@@ -72,6 +75,7 @@ func New(dir string) (*BlobStore, error) {
 	}
 	s := &BlobStore{root: root}
 	s.bufs.New = func() any { b := make([]byte, copyBufferSize); return &b }
+	s.dirSyncs.Commit = s.syncDirs
 	return s, nil
 }
 
@@ -142,51 +146,119 @@ func classify(err error) error {
 // On any failure, or if ctx ends before the rename, the temporary file is
 // removed and key is untouched.
 func (s *BlobStore) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
+	b, err := s.stage(ctx, key, r)
+	if err != nil {
+		return 0, err
+	}
+	if err := b.Commit(ctx); err != nil {
+		return 0, err
+	}
+	return b.size, nil
+}
+
+// Stage implements gateway.Stager: it streams r into a temporary file as Put
+// does and leaves the file sync, the rename and the directory sync to
+// Commit, so the caller can read its next object while this one syncs.
+func (s *BlobStore) Stage(ctx context.Context, key string, r io.Reader) (gateway.StagedBlob, error) {
+	return s.stage(ctx, key, r)
+}
+
+func (s *BlobStore) stage(ctx context.Context, key string, r io.Reader) (*stagedFile, error) {
 	if err := checkKey(key); err != nil {
-		return 0, fmt.Errorf("put: %w", err)
+		return nil, fmt.Errorf("put: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("put %s: %w", key, err)
+		return nil, fmt.Errorf("put %s: %w", key, err)
 	}
 	tmp, err := tempName()
 	if err != nil {
-		return 0, fmt.Errorf("put %s: %w", key, err)
+		return nil, fmt.Errorf("put %s: %w", key, err)
 	}
 	f, err := s.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	if err != nil {
-		return 0, fmt.Errorf("put %s: create temporary file: %w", key, classify(err))
+		return nil, fmt.Errorf("put %s: create temporary file: %w", key, classify(err))
+	}
+	b := &stagedFile{s: s, f: f, tmp: tmp, key: key}
+	n, err := s.copy(ctx, f, r)
+	if err != nil {
+		b.Abort()
+		return nil, fmt.Errorf("put %s: %w", key, err)
+	}
+	b.size = n
+	return b, nil
+}
+
+// stagedFile is a temporary file written by Stage, waiting for Commit.
+type stagedFile struct {
+	s        *BlobStore
+	f        *os.File
+	tmp, key string
+	size     int64
+	ended    atomic.Bool // Commit or Abort ran
+}
+
+func (b *stagedFile) Size() int64 { return b.size }
+
+// Abort removes the temporary file.
+func (b *stagedFile) Abort() {
+	if b.ended.Swap(true) {
+		return
+	}
+	b.f.Close()
+	b.s.root.Remove(b.tmp) // best effort: New clears what is left
+}
+
+// Commit syncs the file, renames it onto its key and syncs the directory;
+// concurrent commits into one directory share its sync (dirSyncs).
+func (b *stagedFile) Commit(ctx context.Context) error {
+	if b.ended.Swap(true) {
+		return fmt.Errorf("put %s: staged object already committed or aborted: %w", b.key, gateway.ErrInvalid)
 	}
 	committed := false
 	defer func() {
 		if !committed {
-			f.Close()          // already closed on the success path; a second Close only errs
-			s.root.Remove(tmp) // best effort: New clears what is left
+			b.f.Close()            // already closed on the success path; a second Close only errs
+			b.s.root.Remove(b.tmp) // best effort: New clears what is left
 		}
 	}()
-
-	n, err := s.copy(ctx, f, r)
-	if err != nil {
-		return 0, fmt.Errorf("put %s: %w", key, err)
+	if err := b.f.Sync(); err != nil {
+		return fmt.Errorf("put %s: sync: %w", b.key, classify(err))
 	}
-	if err := f.Sync(); err != nil {
-		return 0, fmt.Errorf("put %s: sync: %w", key, classify(err))
-	}
-	if err := f.Close(); err != nil {
-		return 0, fmt.Errorf("put %s: close: %w", key, classify(err))
+	if err := b.f.Close(); err != nil {
+		return fmt.Errorf("put %s: close: %w", b.key, classify(err))
 	}
 	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("put %s: %w", key, err)
+		return fmt.Errorf("put %s: %w", b.key, err)
 	}
-	if err := s.rename(tmp, key); err != nil {
-		return 0, fmt.Errorf("put %s: %w", key, err)
+	if err := b.s.rename(b.tmp, b.key); err != nil {
+		return fmt.Errorf("put %s: %w", b.key, err)
 	}
 	committed = true
-	if err := s.syncDir(path.Dir(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	// The directory sync runs with its own deadline (GroupCommitter): the
+	// object is already in place, and leaving its directory unsynced because
+	// this caller gave up would make a nil answer to another caller a lie.
+	if err := b.s.dirSyncs.Record(context.WithoutCancel(ctx), path.Dir(b.key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		// The object is in place but may not survive a crash; a concurrent
 		// Delete of key may have removed the directory (ErrNotExist): fine.
-		return 0, fmt.Errorf("put %s: sync directory: %w", key, classify(err))
+		return fmt.Errorf("put %s: sync directory: %w", b.key, classify(err))
 	}
-	return n, nil
+	return nil
+}
+
+// syncDirs syncs each distinct directory of batch once: the commits of
+// several objects into one series directory share one directory sync.
+func (s *BlobStore) syncDirs(_ context.Context, batch []string) []error {
+	errs := make([]error, len(batch))
+	done := map[string]error{}
+	for i, dir := range batch {
+		err, ok := done[dir]
+		if !ok {
+			err = s.syncDir(dir)
+			done[dir] = err
+		}
+		errs[i] = err
+	}
+	return errs
 }
 
 // tempName returns a fresh name under tmpDir.

@@ -108,6 +108,7 @@ func TestBlobStore(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) 
 	t.Run("ConcurrentPutSameKey", func(t *testing.T) { testConcurrentSameKey(t, newStore) })
 	t.Run("ConcurrentUse", func(t *testing.T) { testConcurrentUse(t, newStore) })
 	t.Run("InvalidKey", func(t *testing.T) { testInvalidKey(t, newStore) })
+	t.Run("Stage", func(t *testing.T) { testStage(t, newStore) })
 }
 
 // instanceKey is a key as gateway.InstanceKey builds it, for instance n of
@@ -682,4 +683,78 @@ func benchGet(b *testing.B, s gateway.BlobStore, size int64) {
 		}
 	}
 	b.ReportMetric(float64(peak())/mib, "peak-heap-MiB")
+}
+
+// testStage checks the optional gateway.Stager: a staged object is invisible
+// until Commit, Abort and a failing reader leave nothing (and a previous
+// object unchanged), and concurrent commits into one directory all land.
+func testStage(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) {
+	s := newStore(t)
+	st, ok := s.(gateway.Stager)
+	if !ok {
+		t.Skipf("%T does not implement gateway.Stager (optional): Put is used instead", s)
+	}
+	ctx := t.Context()
+	fresh, existing := instanceKey(2, 1), instanceKey(2, 2)
+	put(t, s, existing, 7, 4096)
+
+	b, err := st.Stage(ctx, fresh, io.LimitReader(Random(11), 5000))
+	if err != nil {
+		t.Fatalf("Stage: %v", err)
+	}
+	if b.Size() != 5000 {
+		t.Errorf("Size = %d, want 5000", b.Size())
+	}
+	wantNotFound(t, s, fresh) // not visible before Commit
+	if err := b.Commit(ctx); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	if sum, n := getSum(t, s, fresh); n != 5000 || sum != sumOf(t, 11, 5000) {
+		t.Errorf("committed object: %d bytes, SHA-256 %x", n, sum)
+	}
+	if err := b.Commit(ctx); err == nil {
+		t.Error("a second Commit of one staged object succeeded")
+	}
+
+	aborted, err := st.Stage(ctx, existing, io.LimitReader(Random(12), 300))
+	if err != nil {
+		t.Fatalf("Stage over an existing key: %v", err)
+	}
+	aborted.Abort()
+	aborted.Abort() // idempotent
+	if sum, n := getSum(t, s, existing); n != 4096 || sum != sumOf(t, 7, 4096) {
+		t.Errorf("Abort changed the previous object: %d bytes, SHA-256 %x", n, sum)
+	}
+	if _, err := st.Stage(ctx, existing, io.MultiReader(io.LimitReader(Random(9), 1024), iotest.ErrReader(errBoom))); !errors.Is(err, errBoom) {
+		t.Errorf("Stage with a failing reader: err = %v, want %v", err, errBoom)
+	}
+	if sum, n := getSum(t, s, existing); n != 4096 || sum != sumOf(t, 7, 4096) {
+		t.Errorf("failed Stage changed the previous object: %d bytes, SHA-256 %x", n, sum)
+	}
+
+	// Staged one after another, committed together: all land, byte for byte.
+	const n = 16
+	staged := make([]gateway.StagedBlob, n)
+	for i := range staged {
+		if staged[i], err = st.Stage(ctx, instanceKey(3, i), io.LimitReader(Random(uint64(100+i)), int64(1000+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i, b := range staged {
+		wg.Go(func() { errs[i] = b.Commit(ctx) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent Commit %d: %v", i, err)
+		}
+		if sum, size := getSum(t, s, instanceKey(3, i)); size != int64(1000+i) || sum != sumOf(t, uint64(100+i), int64(1000+i)) {
+			t.Errorf("object %d after concurrent commits: %d bytes, SHA-256 %x", i, size, sum)
+		}
+	}
+	if got := keys(t, s, ""); len(got) != n+2 {
+		t.Errorf("Walk lists %d objects, want %d (staged files must not show): %q", len(got), n+2, got)
+	}
 }
