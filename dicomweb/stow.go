@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -79,6 +80,13 @@ func (s *Server) handleStow(c *gin.Context) {
 		failed []stowFailure
 		reqErr error
 		parts  int
+		// One outcome per DICOM part, in order: parts are read one after
+		// another, and each stored part's Finish (sync, index write,
+		// routing) runs while the next parts are read, at most
+		// stowFinishesInFlight at once.
+		outcomes []*stowOutcome
+		finishes sync.WaitGroup
+		inFlight = make(chan struct{}, stowFinishesInFlight)
 	)
 	for {
 		part, err := mr.NextRawPart()
@@ -92,10 +100,10 @@ func (s *Server) handleStow(c *gin.Context) {
 		parts++
 		if ok, mt := partIsDICOM(part.Header); !ok {
 			s.Logger.InfoContext(ctx, "stow part refused", "part", parts, "content_type", truncate(mt, 100))
-			failed = append(failed, stowFailure{reason: gateway.ReasonCannotUnderstand})
+			outcomes = append(outcomes, &stowOutcome{failure: &stowFailure{reason: gateway.ReasonCannotUnderstand}})
 			continue
 		}
-		rec, err := s.Ingester.Store(ctx, part, gateway.StoreOptions{StudyInstanceUID: study})
+		pending, err := s.Ingester.Begin(ctx, part, gateway.StoreOptions{StudyInstanceUID: study})
 		if err != nil {
 			ie, ok := errors.AsType[*gateway.InstanceError](err)
 			if !ok {
@@ -112,26 +120,27 @@ func (s *Server) handleStow(c *gin.Context) {
 				reqErr = fmt.Errorf("part %d is larger than --max-instance-bytes %d: %w", parts, s.Ingester.MaxInstanceBytes, gateway.ErrTooLarge)
 				break
 			}
-			s.Logger.InfoContext(ctx, "instance refused", "part", parts, gateway.LogKeySOPUID, ie.SOPInstanceUID,
-				"failure_reason", fmt.Sprintf("0x%04X", ie.Reason), gateway.LogKeyError, ie.Err.Error())
-			failed = append(failed, stowFailure{
-				sopClassUID: ie.SOPClassUID, sopInstanceUID: ie.SOPInstanceUID, reason: ie.Reason,
-				unavailable: errors.Is(err, gateway.ErrUnavailable),
-			})
-			s.recordIncoming(c, study, ie.SOPInstanceUID, 0, ie)
+			outcomes = append(outcomes, s.refused(c, study, parts, ie))
 			continue
 		}
-		if err := s.route(c, rec); err != nil {
-			// Stored, but its routing rule could not queue the transfer:
-			// report it failed so that the sender resends it. The resend is
-			// idempotent (identical bytes) and routes it again, so nothing
-			// stored here is silently left unforwarded.
-			failed = append(failed, stowFailure{sopClassUID: rec.SOPClassUID, sopInstanceUID: rec.SOPInstanceUID,
-				reason: gateway.ReasonOutOfResources, unavailable: true})
-			continue
+		o := &stowOutcome{}
+		outcomes = append(outcomes, o)
+		inFlight <- struct{}{}
+		finishes.Go(func() {
+			defer func() { <-inFlight }()
+			s.finishStow(c, study, parts, pending, o)
+		})
+	}
+	finishes.Wait()
+	for _, o := range outcomes {
+		switch {
+		case o.err != nil && reqErr == nil:
+			reqErr = o.err
+		case o.failure != nil:
+			failed = append(failed, *o.failure)
+		case o.rec != nil:
+			stored = append(stored, o.rec)
 		}
-		stored = append(stored, rec)
-		s.recordIncoming(c, rec.StudyInstanceUID, rec.SOPInstanceUID, rec.Size, nil)
 	}
 	if reqErr == nil && parts == 0 {
 		reqErr = fmt.Errorf("the multipart/related body has no parts: %w", gateway.ErrInvalid)
@@ -174,6 +183,59 @@ func (s *Server) handleStow(c *gin.Context) {
 	if err != nil {
 		s.Logger.WarnContext(ctx, "stow response not sent", gateway.LogKeyError, err.Error())
 	}
+}
+
+// stowFinishesInFlight bounds the stored parts of one STOW-RS request whose
+// sync and index write run while later parts are read: enough to keep a
+// disk's queue and the index's group commit busy, each holding only an open
+// temporary file and a parsed header.
+const stowFinishesInFlight = 16
+
+// stowOutcome is what became of one part of a STOW-RS request: stored
+// (rec), refused (failure), or err, an error that ends the request (the
+// client went away while the part was being finished).
+type stowOutcome struct {
+	rec     *gateway.InstanceRecord
+	failure *stowFailure
+	err     error
+}
+
+// finishStow makes one read part durable, indexes and routes it, and
+// records the outcome in o. It runs concurrently with the request's reading
+// of later parts.
+func (s *Server) finishStow(c *gin.Context, study string, part int, pending *gateway.PendingInstance, o *stowOutcome) {
+	rec, err := pending.Finish(c.Request.Context())
+	if err != nil {
+		ie, ok := errors.AsType[*gateway.InstanceError](err)
+		if !ok {
+			o.err = fmt.Errorf("store part %d: %w", part, err)
+			return
+		}
+		*o = *s.refused(c, study, part, ie)
+		return
+	}
+	if err := s.route(c, rec); err != nil {
+		// Stored, but its routing rule could not queue the transfer:
+		// report it failed so that the sender resends it. The resend is
+		// idempotent (identical bytes) and routes it again, so nothing
+		// stored here is silently left unforwarded.
+		o.failure = &stowFailure{sopClassUID: rec.SOPClassUID, sopInstanceUID: rec.SOPInstanceUID,
+			reason: gateway.ReasonOutOfResources, unavailable: true}
+		return
+	}
+	o.rec = rec
+	s.recordIncoming(c, rec.StudyInstanceUID, rec.SOPInstanceUID, rec.Size, nil)
+}
+
+// refused logs and records one refused part.
+func (s *Server) refused(c *gin.Context, study string, part int, ie *gateway.InstanceError) *stowOutcome {
+	s.Logger.InfoContext(c.Request.Context(), "instance refused", "part", part, gateway.LogKeySOPUID, ie.SOPInstanceUID,
+		"failure_reason", fmt.Sprintf("0x%04X", ie.Reason), gateway.LogKeyError, ie.Err.Error())
+	s.recordIncoming(c, study, ie.SOPInstanceUID, 0, ie)
+	return &stowOutcome{failure: &stowFailure{
+		sopClassUID: ie.SOPClassUID, sopInstanceUID: ie.SOPInstanceUID, reason: ie.Reason,
+		unavailable: errors.Is(ie, gateway.ErrUnavailable),
+	}}
 }
 
 // stowResponse builds the Store Instances Response Module (PS3.18 I.1).

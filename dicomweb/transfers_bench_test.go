@@ -14,7 +14,10 @@ import (
 	"github.com/dicom-gateway/gateway/storage/storagetest"
 )
 
-var benchTransferMB = flag.Int("transfer-mb", 500, "size of the study BenchmarkTransferStudy sends, in MB")
+var (
+	benchTransferMB     = flag.Int("transfer-mb", 500, "size of the study BenchmarkTransferStudy sends, in MB")
+	benchTransferFrames = flag.Int("transfer-frames", 20, "frames of 512x512x16 bits per instance BenchmarkTransferStudy sends (1 = CT slices of 512 KiB)")
+)
 
 // rawLoopbackMBps measures plain HTTP on loopback in this process: n bytes
 // POSTed from memory to a handler that discards them.
@@ -50,7 +53,8 @@ func rawLoopbackMBps(b *testing.B, n int64) float64 {
 // surrey's storage) beside the raw loopback HTTP rate measured in the same
 // run. Run it alone: go test ./dicomweb -run '^$' -bench TransferStudy -benchtime 1x.
 func BenchmarkTransferStudy(b *testing.B) {
-	const frames, rows = 20, 512 // 10 MiB per instance
+	const rows = 512
+	frames := max(1, *benchTransferFrames) // 512 KiB a frame
 	per := int64(rows * rows * 2 * frames)
 	n := max(1, int(int64(*benchTransferMB)*1e6/per))
 	hampshire := newCentre(b, "hampshire", "embedded")

@@ -10,6 +10,7 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"sync"
 	"time"
 )
 
@@ -79,6 +80,50 @@ type Ingester struct {
 // *http.MaxBytesError). On every error no index entry is written and nothing
 // is left under the instance's key (an original is left as it was).
 func (in *Ingester) Store(ctx context.Context, r io.Reader, opts StoreOptions) (*InstanceRecord, error) {
+	p, err := in.Begin(ctx, r, opts)
+	if err != nil {
+		return nil, err
+	}
+	return p.Finish(ctx)
+}
+
+// PendingInstance is an instance Begin has read to its end and staged but
+// not yet made durable and indexed; Finish does that. It holds the
+// instance's lock (and, on a filesystem store, an open temporary file) until
+// Finish returns.
+type PendingInstance struct {
+	SOPClassUID, SOPInstanceUID string
+	finish                      func(ctx context.Context) (*InstanceRecord, error)
+	once                        sync.Once
+	rec                         *InstanceRecord
+	err                         error
+}
+
+// Finish makes the instance durable and indexes it, and returns what Store
+// returns. Calling it again returns the same outcome.
+func (p *PendingInstance) Finish(ctx context.Context) (*InstanceRecord, error) {
+	p.once.Do(func() { p.rec, p.err = p.finish(ctx) })
+	return p.rec, p.err
+}
+
+func finished(rec *InstanceRecord, err error) *PendingInstance {
+	p := &PendingInstance{rec: rec, err: err}
+	if rec != nil {
+		p.SOPClassUID, p.SOPInstanceUID = rec.SOPClassUID, rec.SOPInstanceUID
+	}
+	p.once.Do(func() {})
+	return p
+}
+
+// Begin does the part of Store that reads r: it parses, checks and streams
+// the instance to storage (staged, when the BlobStore is a Stager) and
+// returns once r is consumed, leaving the sync and the index write to the
+// returned PendingInstance's Finish. A receiver of many instances in one
+// stream calls Begin for each in turn and runs the Finishes concurrently,
+// so syncs overlap with reading and are shared instead of paid one after
+// another. Begin's errors are Store's; after a nil error the caller must
+// call Finish (until then the instance's lock is held).
+func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (_ *PendingInstance, err error) {
 	lim := &instanceLimit{r: r, max: in.MaxInstanceBytes}
 	var head bytes.Buffer
 	h, err := ParseHeader(io.TeeReader(lim, &head), in.HeaderLimits)
@@ -121,7 +166,12 @@ func (in *Ingester) Store(ctx context.Context, r io.Reader, opts StoreOptions) (
 		}
 		return nil, unavailable("lock instance", fmt.Errorf("another upload of this instance is still running: %w", err))
 	}
-	defer unlock()
+	handedOver := false // to Finish, which unlocks
+	defer func() {
+		if !handedOver {
+			unlock()
+		}
+	}()
 
 	existing, err := in.Index.GetInstance(ctx, h.SOPInstanceUID)
 	switch {
@@ -151,12 +201,22 @@ func (in *Ingester) Store(ctx context.Context, r io.Reader, opts StoreOptions) (
 			return nil, annotate(body.failure(err))
 		}
 		if body.sha() == existing.SHA256 && body.n == existing.Size {
-			return existing, nil
+			return finished(existing, nil), nil
 		}
 		return nil, fail(ReasonDuplicateRejected, fmt.Errorf("instance %s is already stored with different content (policy %s): %w", h.SOPInstanceUID, DuplicateReject, ErrConflict))
 	}
 
-	size, err := in.Blobs.Put(ctx, key, body)
+	var (
+		size   int64
+		staged StagedBlob
+	)
+	if st, ok := in.Blobs.(Stager); ok {
+		if staged, err = st.Stage(ctx, key, body); err == nil {
+			size = staged.Size()
+		}
+	} else {
+		size, err = in.Blobs.Put(ctx, key, body)
+	}
 	if err != nil {
 		if body.err != nil {
 			return nil, annotate(body.failure(body.err))
@@ -168,7 +228,11 @@ func (in *Ingester) Store(ctx context.Context, r io.Reader, opts StoreOptions) (
 	}
 	if !body.done || size != body.n {
 		// Put returned before the end of the stream: never index that.
-		in.deleteBlob(ctx, key)
+		if staged != nil {
+			staged.Abort()
+		} else {
+			in.deleteBlob(ctx, key)
+		}
 		return nil, unavailable("store blob", fmt.Errorf("stored %d of %d bytes", size, body.n))
 	}
 	rec := &InstanceRecord{
@@ -185,52 +249,70 @@ func (in *Ingester) Store(ctx context.Context, r io.Reader, opts StoreOptions) (
 		Metadata:          h.Dataset,
 	}
 
-	if healing && (existing.SHA256 != rec.SHA256 || existing.Size != rec.Size) && in.policy() == DuplicateReject {
-		in.deleteBlob(ctx, key)
-		return nil, fail(ReasonDuplicateRejected, fmt.Errorf("instance %s is indexed with different content (policy %s): %w", h.SOPInstanceUID, DuplicateReject, ErrConflict))
-	}
-	if existing != nil { // DuplicateReplace, or healing a lost blob
-		if existing.SHA256 == rec.SHA256 && existing.Size == rec.Size {
-			return existing, nil
+	pending := &PendingInstance{SOPClassUID: h.SOPClassUID, SOPInstanceUID: h.SOPInstanceUID}
+	pending.finish = func(ctx context.Context) (*InstanceRecord, error) {
+		defer unlock()
+		if healing && (existing.SHA256 != rec.SHA256 || existing.Size != rec.Size) && in.policy() == DuplicateReject {
+			if staged != nil {
+				staged.Abort()
+			} else {
+				in.deleteBlob(ctx, key)
+			}
+			return nil, fail(ReasonDuplicateRejected, fmt.Errorf("instance %s is indexed with different content (policy %s): %w", h.SOPInstanceUID, DuplicateReject, ErrConflict))
 		}
-		if err := in.Index.ReplaceInstance(ctx, rec); err != nil {
-			return nil, unavailable("replace index entry", err)
+		if staged != nil {
+			if err := staged.Commit(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				return nil, unavailable("store blob", err)
+			}
 		}
-		if old := existing.Key(); old != key {
-			in.deleteBlob(ctx, old)
+		if existing != nil { // DuplicateReplace, or healing a lost blob
+			if existing.SHA256 == rec.SHA256 && existing.Size == rec.Size {
+				return existing, nil
+			}
+			if err := in.Index.ReplaceInstance(ctx, rec); err != nil {
+				return nil, unavailable("replace index entry", err)
+			}
+			if old := existing.Key(); old != key {
+				in.deleteBlob(ctx, old)
+			}
+			in.auditReplace(ctx, existing, rec)
+			in.logger().InfoContext(ctx, "instance replaced", LogKeyStudyUID, rec.StudyInstanceUID, LogKeySOPUID, rec.SOPInstanceUID, "size", rec.Size)
+			return rec, nil
 		}
-		in.auditReplace(ctx, existing, rec)
-		in.logger().InfoContext(ctx, "instance replaced", LogKeyStudyUID, rec.StudyInstanceUID, LogKeySOPUID, rec.SOPInstanceUID, "size", rec.Size)
+
+		got, created, err := in.Index.PutInstance(ctx, rec)
+		if err != nil {
+			// The write may have landed with its reply lost (Redis restarted):
+			// ask again before deciding what to do with the blob.
+			cur, gerr := in.Index.GetInstance(ctx, rec.SOPInstanceUID)
+			switch {
+			case gerr == nil && cur.SHA256 == rec.SHA256 && cur.Size == rec.Size:
+				return cur, nil
+			case errors.Is(gerr, ErrNotFound):
+				in.deleteBlob(ctx, key) // certainly not indexed: leave nothing behind
+			default:
+				// Unknown: keep the blob. An unindexed blob is found again by
+				// reindex or a resend; a deleted blob under an index entry would
+				// be an instance lost.
+			}
+			return nil, unavailable("write index entry", err)
+		}
+		if !created {
+			// Only possible when the lock's lease ran out during the upload.
+			if got != nil && got.SHA256 == rec.SHA256 {
+				return got, nil
+			}
+			in.logger().ErrorContext(ctx, "instance indexed by another upload while locked", LogKeySOPUID, rec.SOPInstanceUID)
+			return nil, fail(ReasonDuplicateRejected, fmt.Errorf("instance %s was stored concurrently with different content: %w", h.SOPInstanceUID, ErrConflict))
+		}
+		in.logger().InfoContext(ctx, "instance stored", LogKeyStudyUID, rec.StudyInstanceUID, LogKeySeriesUID, rec.SeriesInstanceUID, LogKeySOPUID, rec.SOPInstanceUID, "size", rec.Size)
 		return rec, nil
 	}
-
-	got, created, err := in.Index.PutInstance(ctx, rec)
-	if err != nil {
-		// The write may have landed with its reply lost (Redis restarted):
-		// ask again before deciding what to do with the blob.
-		cur, gerr := in.Index.GetInstance(ctx, rec.SOPInstanceUID)
-		switch {
-		case gerr == nil && cur.SHA256 == rec.SHA256 && cur.Size == rec.Size:
-			return cur, nil
-		case errors.Is(gerr, ErrNotFound):
-			in.deleteBlob(ctx, key) // certainly not indexed: leave nothing behind
-		default:
-			// Unknown: keep the blob. An unindexed blob is found again by
-			// reindex or a resend; a deleted blob under an index entry would
-			// be an instance lost.
-		}
-		return nil, unavailable("write index entry", err)
-	}
-	if !created {
-		// Only possible when the lock's lease ran out during the upload.
-		if got != nil && got.SHA256 == rec.SHA256 {
-			return got, nil
-		}
-		in.logger().ErrorContext(ctx, "instance indexed by another upload while locked", LogKeySOPUID, rec.SOPInstanceUID)
-		return nil, fail(ReasonDuplicateRejected, fmt.Errorf("instance %s was stored concurrently with different content: %w", h.SOPInstanceUID, ErrConflict))
-	}
-	in.logger().InfoContext(ctx, "instance stored", LogKeyStudyUID, rec.StudyInstanceUID, LogKeySeriesUID, rec.SeriesInstanceUID, LogKeySOPUID, rec.SOPInstanceUID, "size", rec.Size)
-	return rec, nil
+	handedOver = true
+	return pending, nil
 }
 
 // validate checks what makes an instance storable: its UIDs (PS3.5 9.1),
