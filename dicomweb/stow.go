@@ -132,6 +132,7 @@ func (s *Server) handleStow(c *gin.Context) {
 		})
 	}
 	finishes.Wait()
+	var incoming []gateway.IncomingInstance
 	for _, o := range outcomes {
 		switch {
 		case o.err != nil && reqErr == nil:
@@ -141,7 +142,11 @@ func (s *Server) handleStow(c *gin.Context) {
 		case o.rec != nil:
 			stored = append(stored, o.rec)
 		}
+		if o.incoming != nil {
+			incoming = append(incoming, *o.incoming)
+		}
 	}
+	s.recordIncoming(c, incoming)
 	if reqErr == nil && parts == 0 {
 		reqErr = fmt.Errorf("the multipart/related body has no parts: %w", gateway.ErrInvalid)
 	}
@@ -195,9 +200,10 @@ const stowFinishesInFlight = 16
 // (rec), refused (failure), or err, an error that ends the request (the
 // client went away while the part was being finished).
 type stowOutcome struct {
-	rec     *gateway.InstanceRecord
-	failure *stowFailure
-	err     error
+	rec      *gateway.InstanceRecord
+	failure  *stowFailure
+	err      error
+	incoming *gateway.IncomingInstance // what an incoming transfer records of it
 }
 
 // finishStow makes one read part durable, indexes and routes it, and
@@ -223,16 +229,16 @@ func (s *Server) finishStow(c *gin.Context, study string, part int, pending *gat
 			reason: gateway.ReasonOutOfResources, unavailable: true}
 		return
 	}
-	o.rec = rec
-	s.recordIncoming(c, rec.StudyInstanceUID, rec.SOPInstanceUID, rec.Size, nil)
+	in := incomingOf(rec.StudyInstanceUID, rec.SOPInstanceUID, rec.Size, nil)
+	o.rec, o.incoming = rec, &in
 }
 
 // refused logs and records one refused part.
 func (s *Server) refused(c *gin.Context, study string, part int, ie *gateway.InstanceError) *stowOutcome {
 	s.Logger.InfoContext(c.Request.Context(), "instance refused", "part", part, gateway.LogKeySOPUID, ie.SOPInstanceUID,
 		"failure_reason", fmt.Sprintf("0x%04X", ie.Reason), gateway.LogKeyError, ie.Err.Error())
-	s.recordIncoming(c, study, ie.SOPInstanceUID, 0, ie)
-	return &stowOutcome{failure: &stowFailure{
+	in := incomingOf(study, ie.SOPInstanceUID, 0, ie)
+	return &stowOutcome{incoming: &in, failure: &stowFailure{
 		sopClassUID: ie.SOPClassUID, sopInstanceUID: ie.SOPInstanceUID, reason: ie.Reason,
 		unavailable: errors.Is(ie, gateway.ErrUnavailable),
 	}}

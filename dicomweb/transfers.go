@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -220,24 +221,31 @@ func (s *Server) handleStudySHA256(c *gin.Context) {
 // instances as an incoming transfer. The STOW-RS handler calls it once per
 // instance; err nil means stored. A request without the headers is ignored.
 // Failures to record are logged, never fail the store.
-func (s *Server) recordIncoming(c *gin.Context, studyUID, sopUID string, size int64, err error) {
+func (s *Server) recordIncoming(c *gin.Context, batch []gateway.IncomingInstance) {
 	id := c.GetHeader(HeaderTransferID)
-	if id == "" || sopUID == "" || s.Transfers == nil {
+	batch = slices.DeleteFunc(batch, func(in gateway.IncomingInstance) bool { return in.SOPInstanceUID == "" })
+	if id == "" || len(batch) == 0 || s.Transfers == nil {
 		return
 	}
 	total, _ := strconv.Atoi(c.GetHeader(HeaderTransferInstances))
-	reason := ""
-	if err != nil {
-		reason = err.Error()
-		if ie, ok := errors.AsType[*gateway.InstanceError](err); ok && ie.Reason != 0 {
-			reason = ReasonText(ie.Reason) + ": " + ie.Err.Error()
-		}
-	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request.Context()), 10*time.Second)
 	defer cancel()
-	if rerr := s.Transfers.RecordIncoming(ctx, id, c.GetHeader(HeaderSourceCentre), studyUID, sopUID, size, total, err == nil, reason); rerr != nil {
+	if rerr := s.Transfers.RecordIncoming(ctx, id, c.GetHeader(HeaderSourceCentre), total, batch); rerr != nil {
 		s.Logger.WarnContext(ctx, "incoming transfer not recorded", gateway.LogKeyTransferID, printableOr(id), gateway.LogKeyError, rerr.Error())
 	}
+}
+
+// incomingOf is what RecordIncoming keeps of one instance of a STOW-RS
+// request: stored (err nil) or refused, with the reason in words.
+func incomingOf(studyUID, sopUID string, size int64, err error) gateway.IncomingInstance {
+	in := gateway.IncomingInstance{StudyUID: studyUID, SOPInstanceUID: sopUID, OK: err == nil, Bytes: size}
+	if err != nil {
+		in.Reason = err.Error()
+		if ie, ok := errors.AsType[*gateway.InstanceError](err); ok && ie.Reason != 0 {
+			in.Reason = ReasonText(ie.Reason) + ": " + ie.Err.Error()
+		}
+	}
+	return in
 }
 
 func printableOr(s string) string {

@@ -38,10 +38,13 @@ func TestRecordIncoming(t *testing.T) {
 		}
 		return c
 	}
-	s.recordIncoming(request("tr-abc"), "1.2.3", "1.2.3.1", 100, nil)
 	refusal := &gateway.InstanceError{SOPInstanceUID: "1.2.3.2", Reason: gateway.ReasonDuplicateRejected, Err: errors.New("other bytes")}
-	s.recordIncoming(request("tr-abc"), "1.2.3", "1.2.3.2", 0, refusal)
-	s.recordIncoming(request(""), "1.2.3", "1.2.3.3", 100, nil)
+	s.recordIncoming(request("tr-abc"), []gateway.IncomingInstance{
+		incomingOf("1.2.3", "1.2.3.1", 100, nil),
+		incomingOf("1.2.3", "1.2.3.2", 0, refusal),
+		incomingOf("1.2.3", "", 0, refusal), // a part without a SOP Instance UID is not recorded
+	})
+	s.recordIncoming(request(""), []gateway.IncomingInstance{incomingOf("1.2.3", "1.2.3.3", 100, nil)})
 
 	got, err := s.Transfers.List(t.Context(), gateway.TransferFilter{Direction: gateway.DirectionIncoming})
 	if err != nil {
@@ -61,7 +64,7 @@ func TestRecordIncoming(t *testing.T) {
 	if len(full.Instances) != 2 || full.Instances[1].State != gateway.InstanceFailed || full.Instances[1].Reason != "a different instance with this SOP Instance UID is already stored (0x0111): other bytes" {
 		t.Fatalf("instances = %+v", full.Instances)
 	}
-	s.recordIncoming(request("tr-abc"), "1.2.3", "1.2.3.2", 100, nil)
+	s.recordIncoming(request("tr-abc"), []gateway.IncomingInstance{incomingOf("1.2.3", "1.2.3.2", 100, nil)})
 	full, _ = s.Transfers.Get(t.Context(), "tr-abc")
 	if full.State != gateway.StateCompleted || full.InstancesSent != 2 {
 		t.Fatalf("after the resend: %+v", full)

@@ -218,8 +218,11 @@ func (o QueueOptions) WithDefaults() QueueOptions {
 // SetInstances records per-instance progress (last write per SOP Instance
 // UID wins), Instances returns it ordered by SOP Instance UID, and
 // ResetInstances deletes the entries in the given state. RecordIncoming
-// creates or updates the incoming transfer (Source, TransferID) with one
-// instance; a repeated instance is counted once; IncomingInstances returns
+// creates or updates the incoming transfer (Source, TransferID) with a batch
+// of its instances (all of that one transfer, applied in order and
+// atomically: one request's instances cost one write), returning the
+// transfer after the batch; a repeated instance is counted once; an empty
+// batch is ErrInvalid; IncomingInstances returns
 // its per-instance state. Depth counts transfers
 // waiting to be handed out, by priority. Unreachable backends return
 // ErrUnavailable.
@@ -242,7 +245,7 @@ type Queue interface {
 	Instances(ctx context.Context, id string) ([]InstanceProgress, error)
 	ResetInstances(ctx context.Context, id string, state string) error
 
-	RecordIncoming(ctx context.Context, in IncomingInstance) (*Transfer, error)
+	RecordIncoming(ctx context.Context, batch []IncomingInstance) (*Transfer, error)
 	IncomingInstances(ctx context.Context, source, id string) ([]InstanceProgress, error)
 	Depth(ctx context.Context) (map[Priority]int, error)
 }
@@ -264,6 +267,20 @@ func ValidateTransferID(id string) error {
 		c := id[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
 			return fmt.Errorf("transfer id %q: only letters, digits, '-', '_' and '.' are allowed: %w", printable(id), ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// CheckIncomingBatch checks what every Queue's RecordIncoming requires of a
+// batch: at least one instance, all of one transfer from one source.
+func CheckIncomingBatch(batch []IncomingInstance) error {
+	if len(batch) == 0 {
+		return fmt.Errorf("empty batch of incoming instances: %w", ErrInvalid)
+	}
+	for _, in := range batch[1:] {
+		if in.TransferID != batch[0].TransferID || in.Source != batch[0].Source {
+			return fmt.Errorf("a batch of incoming instances mixes transfers: %w", ErrInvalid)
 		}
 	}
 	return nil

@@ -418,22 +418,29 @@ func (s *Transfers) Retry(ctx context.Context, id string) (*Transfer, error) {
 	return t, nil
 }
 
-// RecordIncoming records, at the receiving gateway, one instance a peer sent
-// in its transfer transferID (the X-Transfer-ID header; source from
-// X-Source-Centre, total from X-Transfer-Instances, 0 if absent). stored
-// tells whether the instance was stored; reason is the refusal otherwise.
-// The STOW-RS handler calls it once per instance of such a request.
-func (s *Transfers) RecordIncoming(ctx context.Context, transferID, source, studyUID, sopUID string, size int64, total int, stored bool, reason string) error {
+// RecordIncoming records, at the receiving gateway, the instances a peer
+// sent in one STOW-RS request of its transfer transferID (the X-Transfer-ID
+// header; source from X-Source-Centre, total from X-Transfer-Instances, 0 if
+// absent), in one step: each entry says whether the instance was stored, or
+// why not. The STOW-RS handler calls it once per such request, so a request
+// of many instances costs one state write, not one each.
+func (s *Transfers) RecordIncoming(ctx context.Context, transferID, source string, total int, batch []IncomingInstance) error {
 	if err := ValidateTransferID(transferID); err != nil {
 		return fmt.Errorf("X-Transfer-ID: %w", err)
 	}
 	if err := ValidateTransferID(source); err != nil {
 		return fmt.Errorf("X-Source-Centre: %w", err)
 	}
-	_, err := s.Queue.RecordIncoming(ctx, IncomingInstance{
-		TransferID: transferID, Source: source, Destination: s.Name, StudyUID: studyUID,
-		SOPInstanceUID: sopUID, OK: stored, Bytes: size, Reason: reason, Total: total, At: s.now(),
-	})
+	if len(batch) == 0 {
+		return nil
+	}
+	now := s.now()
+	full := make([]IncomingInstance, len(batch))
+	for i, in := range batch {
+		in.TransferID, in.Source, in.Destination, in.Total, in.At = transferID, source, s.Name, total, now
+		full[i] = in
+	}
+	_, err := s.Queue.RecordIncoming(ctx, full)
 	return err
 }
 

@@ -540,9 +540,12 @@ func (q *Queue) ResetInstances(ctx context.Context, id string, state string) err
 	})
 }
 
-// RecordIncoming implements gateway.Queue.
-func (q *Queue) RecordIncoming(ctx context.Context, in gateway.IncomingInstance) (*gateway.Transfer, error) {
-	key := []byte(in.Source + "\x00" + in.TransferID)
+// RecordIncoming implements gateway.Queue: the batch in one transaction.
+func (q *Queue) RecordIncoming(ctx context.Context, batch []gateway.IncomingInstance) (*gateway.Transfer, error) {
+	if err := gateway.CheckIncomingBatch(batch); err != nil {
+		return nil, fmt.Errorf("bolt: record incoming: %w", err)
+	}
+	key := []byte(batch[0].Source + "\x00" + batch[0].TransferID)
 	var out *gateway.Transfer
 	err := q.db.Update(func(tx *bbolt.Tx) error {
 		var t *gateway.Transfer
@@ -556,19 +559,22 @@ func (q *Queue) RecordIncoming(ctx context.Context, in gateway.IncomingInstance)
 		if err != nil {
 			return err
 		}
-		var prev gateway.InstanceProgress
-		if _, err := qGetJSON(ib, []byte(in.SOPInstanceUID), &prev); err != nil {
-			return err
-		}
-		t, p := gateway.ApplyIncoming(t, prev.State, in)
-		if err := qPutJSON(ib, []byte(in.SOPInstanceUID), &p); err != nil {
-			return err
+		for _, in := range batch {
+			var prev gateway.InstanceProgress
+			if _, err := qGetJSON(ib, []byte(in.SOPInstanceUID), &prev); err != nil {
+				return err
+			}
+			var p gateway.InstanceProgress
+			t, p = gateway.ApplyIncoming(t, prev.State, in)
+			if err := qPutJSON(ib, []byte(in.SOPInstanceUID), &p); err != nil {
+				return err
+			}
 		}
 		out = t
 		return qPutJSON(tx.Bucket(bucketIncoming), key, t)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("bolt: record incoming %s: %w", in.TransferID, err)
+		return nil, fmt.Errorf("bolt: record incoming %s: %w", batch[0].TransferID, err)
 	}
 	return out, nil
 }

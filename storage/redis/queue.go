@@ -702,10 +702,18 @@ func (q *Queue) ResetInstances(ctx context.Context, id string, state string) err
 }
 
 // RecordIncoming implements gateway.Queue with an optimistic transaction
-// (WATCH) over the record and the instance's entry, retried on conflict.
-func (q *Queue) RecordIncoming(ctx context.Context, in gateway.IncomingInstance) (*gateway.Transfer, error) {
-	member := in.Source + ":" + in.TransferID
+// (WATCH) over the record and the instances' entries, retried on conflict:
+// the whole batch in one read and one MULTI.
+func (q *Queue) RecordIncoming(ctx context.Context, batch []gateway.IncomingInstance) (*gateway.Transfer, error) {
+	if err := gateway.CheckIncomingBatch(batch); err != nil {
+		return nil, fmt.Errorf("redis: record incoming: %w", err)
+	}
+	member := batch[0].Source + ":" + batch[0].TransferID
 	rkey, ikey := q.key("in:"+member), q.key("in:i:"+member)
+	sops := make([]string, len(batch))
+	for i, in := range batch {
+		sops[i] = in.SOPInstanceUID
+	}
 	var out *gateway.Transfer
 	txf := func(tx *goredis.Tx) error {
 		var t *gateway.Transfer
@@ -717,26 +725,37 @@ func (q *Queue) RecordIncoming(ctx context.Context, in gateway.IncomingInstance)
 		} else if !errors.Is(err, goredis.Nil) {
 			return err
 		}
-		var prev gateway.InstanceProgress
-		if s, err := tx.HGet(ctx, ikey, in.SOPInstanceUID).Result(); err == nil {
-			if err := json.Unmarshal([]byte(s), &prev); err != nil {
-				return err
-			}
-		} else if !errors.Is(err, goredis.Nil) {
-			return err
-		}
-		t, p := gateway.ApplyIncoming(t, prev.State, in)
-		tj, err := json.Marshal(t)
+		prevs, err := tx.HMGet(ctx, ikey, sops...).Result()
 		if err != nil {
 			return err
 		}
-		pj, err := json.Marshal(&p)
+		state := map[string]string{} // within the batch, a repeated instance sees its earlier entry
+		fields := make([]any, 0, 2*len(batch))
+		for i, in := range batch {
+			prev, seen := state[in.SOPInstanceUID]
+			if s, ok := prevs[i].(string); ok && !seen {
+				var p gateway.InstanceProgress
+				if err := json.Unmarshal([]byte(s), &p); err != nil {
+					return err
+				}
+				prev = p.State
+			}
+			var p gateway.InstanceProgress
+			t, p = gateway.ApplyIncoming(t, prev, in)
+			state[in.SOPInstanceUID] = p.State
+			pj, err := json.Marshal(&p)
+			if err != nil {
+				return err
+			}
+			fields = append(fields, in.SOPInstanceUID, pj)
+		}
+		tj, err := json.Marshal(t)
 		if err != nil {
 			return err
 		}
 		_, err = tx.TxPipelined(ctx, func(pipe goredis.Pipeliner) error {
 			pipe.HSet(ctx, rkey, "json", tj)
-			pipe.HSet(ctx, ikey, in.SOPInstanceUID, pj)
+			pipe.HSet(ctx, ikey, fields...)
 			pipe.ZAddNX(ctx, q.key("in:all"), goredis.Z{Score: float64(t.CreatedAt.UnixMilli()), Member: member})
 			return nil
 		})
@@ -753,7 +772,7 @@ func (q *Queue) RecordIncoming(ctx context.Context, in gateway.IncomingInstance)
 		}
 		return out, nil
 	}
-	return nil, fmt.Errorf("incoming transfer %s: too much contention: %w", in.TransferID, gateway.ErrUnavailable)
+	return nil, fmt.Errorf("incoming transfer %s: too much contention: %w", batch[0].TransferID, gateway.ErrUnavailable)
 }
 
 // IncomingInstances implements gateway.Queue.

@@ -466,13 +466,13 @@ func TestQueue(t *testing.T, newQueue NewQueueFunc) {
 		in := gateway.IncomingInstance{TransferID: "tr-remote", Source: "hampshire", Destination: "surrey", StudyUID: "1.2.3", OK: true, Bytes: 100, Total: 3, At: time.Now()}
 		for _, sop := range []string{"1.2.3.1", "1.2.3.2", "1.2.3.1"} {
 			in.SOPInstanceUID = sop
-			if _, err := q.RecordIncoming(ctx, in); err != nil {
+			if _, err := q.RecordIncoming(ctx, []gateway.IncomingInstance{in}); err != nil {
 				t.Fatal(err)
 			}
 		}
 		bad := in
 		bad.SOPInstanceUID, bad.OK, bad.Reason = "1.2.3.3", false, "0xA900 SOP class mismatch"
-		got, err := q.RecordIncoming(ctx, bad)
+		got, err := q.RecordIncoming(ctx, []gateway.IncomingInstance{bad})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -480,7 +480,7 @@ func TestQueue(t *testing.T, newQueue NewQueueFunc) {
 			t.Fatalf("incoming = %+v", got)
 		}
 		bad.OK, bad.Reason = true, ""
-		got, _ = q.RecordIncoming(ctx, bad)
+		got, _ = q.RecordIncoming(ctx, []gateway.IncomingInstance{bad})
 		if got.InstancesSent != 3 || got.InstancesFailed != 0 || got.State != gateway.StateCompleted {
 			t.Fatalf("incoming after resend = %+v", got)
 		}
@@ -493,6 +493,49 @@ func TestQueue(t *testing.T, newQueue NewQueueFunc) {
 		}
 		if out, _ := q.List(ctx, gateway.TransferFilter{}); len(out) != 0 {
 			t.Fatalf("List(outgoing) shows incoming %v", ids(out))
+		}
+	})
+
+	t.Run("RecordIncomingBatch", func(t *testing.T) {
+		q := newQueue(t, long)
+		ctx := t.Context()
+		in := func(sop string, ok bool) gateway.IncomingInstance {
+			x := gateway.IncomingInstance{TransferID: "tr-batch", Source: "hampshire", Destination: "surrey", StudyUID: "1.2.3",
+				SOPInstanceUID: sop, OK: ok, Bytes: 10, Total: 4, At: time.Now()}
+			if !ok {
+				x.Reason = "refused"
+			}
+			return x
+		}
+		// One request: two stored, one refused, then the refused one again
+		// stored (a repeat within the batch counts once).
+		got, err := q.RecordIncoming(ctx, []gateway.IncomingInstance{in("1.1", true), in("1.2", true), in("1.3", false), in("1.3", true)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.InstancesSent != 3 || got.InstancesFailed != 0 || got.BytesSent != 30 || got.State != gateway.StateRunning {
+			t.Fatalf("incoming after one batch = %+v", got)
+		}
+		got, err = q.RecordIncoming(ctx, []gateway.IncomingInstance{in("1.2", true), in("1.4", true)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.InstancesSent != 4 || got.BytesSent != 40 || got.State != gateway.StateCompleted {
+			t.Fatalf("incoming after the second batch = %+v", got)
+		}
+		progress, err := q.IncomingInstances(ctx, "hampshire", "tr-batch")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := sops(progress), []string{"1.1", "1.2", "1.3", "1.4"}; !slices.Equal(got, want) {
+			t.Fatalf("IncomingInstances = %v, want %v", got, want)
+		}
+		other := in("1.5", true)
+		other.TransferID = "tr-other"
+		for name, batch := range map[string][]gateway.IncomingInstance{"empty": nil, "mixed": {in("1.5", true), other}} {
+			if _, err := q.RecordIncoming(ctx, batch); !errors.Is(err, gateway.ErrInvalid) {
+				t.Errorf("RecordIncoming(%s batch) = %v, want ErrInvalid", name, err)
+			}
 		}
 	})
 
