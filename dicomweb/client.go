@@ -54,11 +54,27 @@ type Client struct {
 
 var _ gateway.Sender = (*Client)(nil)
 
-// Default per-peer limits.
+// Default per-peer limits. Four requests in flight keep a 1 Gbit/s link with
+// 20 ms RTT busy while each request waits for its answer (a round trip plus
+// the receiver's last sync); a link with a larger bandwidth-delay product
+// wants a higher max_parallel.
 const (
-	DefaultPeerMaxParallel     = 2
+	DefaultPeerMaxParallel     = 4
 	DefaultPeerMaxRequestBytes = 64 << 20
 )
+
+// minRequestBytes is the smallest STOW-RS request a study is split into
+// when it is cut to keep every parallel request busy (requestBytes).
+const minRequestBytes = 8 << 20
+
+// requestBytes is the size of the STOW-RS requests a study of total bytes is
+// cut into: small enough that each of the parallel requests gets about
+// three, so all connections stay busy to the end and a large instance sent
+// alone does not leave the others idle, but not below minRequestBytes (each
+// request costs a round trip) nor above the peer's maxBytes.
+func requestBytes(total int64, parallel int, maxBytes int64) int64 {
+	return min(maxBytes, max(minRequestBytes, total/int64(3*max(1, parallel))))
+}
 
 type peerClient struct {
 	http *http.Client
@@ -160,8 +176,10 @@ func batches(instances []*gateway.InstanceRecord, maxBytes int64, maxCount int) 
 }
 
 // Send implements gateway.Sender: STOW-RS requests of up to the peer's
-// max_request_bytes, up to max_parallel at once. The first request that
-// fails as a whole stops the others and is returned.
+// max_request_bytes (smaller for a study that would otherwise not fill
+// max_parallel requests: requestBytes), up to max_parallel at once, each
+// connection taking the next request as soon as its last one is answered.
+// The first request that fails as a whole stops the others and is returned.
 func (c *Client) Send(ctx context.Context, peer gateway.Peer, h gateway.SendHeader, instances []*gateway.InstanceRecord, report func([]gateway.SendResult)) error {
 	pc, err := c.peerClientFor(peer)
 	if err != nil {
@@ -176,6 +194,11 @@ func (c *Client) Send(ctx context.Context, peer gateway.Peer, h gateway.SendHead
 		maxCount = 1000
 	}
 	parallel := cap(pc.sem)
+	var total int64
+	for _, rec := range instances {
+		total += rec.Size
+	}
+	maxBytes = requestBytes(total, parallel, maxBytes)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	jobs := make(chan []*gateway.InstanceRecord)
@@ -253,19 +276,29 @@ func multipartLength(boundary string, batch []*gateway.InstanceRecord) (int64, e
 }
 
 // writeParts streams each instance of batch from blob storage into mw,
-// checking its size and SHA-256 against the index as it goes.
+// checking its size and SHA-256 against the index as it goes. The next
+// instances' blobs are opened while one is copied (openAhead), so an object
+// store's per-request latency overlaps the network instead of adding up.
 func (c *Client) writeParts(ctx context.Context, mw *multipart.Writer, batch []*gateway.InstanceRecord) error {
-	for _, rec := range batch {
+	parts := make([]part, len(batch))
+	for i, rec := range batch {
+		parts[i].open = func(ctx context.Context) (io.ReadCloser, error) { return c.Blobs.Get(ctx, rec.Key(), 0, -1) }
+	}
+	ahead := openAhead(ctx, parts)
+	defer ahead.close()
+	buf := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(buf)
+	for i, rec := range batch {
 		w, err := mw.CreatePart(partHeader())
 		if err != nil {
 			return err
 		}
-		rc, err := c.Blobs.Get(ctx, rec.Key(), 0, -1)
+		rc, err := ahead.open(i)
 		if err != nil {
 			return &localError{fmt.Errorf("reading instance %s from local storage: %w", rec.SOPInstanceUID, err)}
 		}
 		sum := sha256.New()
-		n, err := io.Copy(w, io.TeeReader(rc, sum))
+		n, err := io.CopyBuffer(w, io.TeeReader(rc, sum), *buf)
 		cerr := rc.Close()
 		if err != nil {
 			return err

@@ -38,6 +38,27 @@ func TestBatches(t *testing.T) {
 	}
 }
 
+// TestRequestBytes: a study is cut so that each parallel request gets about
+// three, within [minRequestBytes, the peer's bound].
+func TestRequestBytes(t *testing.T) {
+	for _, tt := range []struct {
+		total    int64
+		parallel int
+		max      int64
+		want     int64
+	}{
+		{total: 184 << 20, parallel: 4, max: 64 << 20, want: (184 << 20) / 12}, // the 4 CT studies
+		{total: 10 << 30, parallel: 4, max: 64 << 20, want: 64 << 20},          // a big study: the peer's bound
+		{total: 20 << 20, parallel: 4, max: 64 << 20, want: minRequestBytes},   // a small one: not below the floor
+		{total: 184 << 20, parallel: 4, max: 20 << 10, want: 20 << 10},         // a peer that wants small requests
+		{total: 184 << 20, parallel: 0, max: 64 << 20, want: (184 << 20) / 3},
+	} {
+		if got := requestBytes(tt.total, tt.parallel, tt.max); got != tt.want {
+			t.Errorf("requestBytes(%d, %d, %d) = %d, want %d", tt.total, tt.parallel, tt.max, got, tt.want)
+		}
+	}
+}
+
 // TestMultipartLengthIsExact: the Content-Length computed up front equals
 // the body writeParts streams, and the body parses back into the instances;
 // a blob whose hash differs from the index is refused as a local error.

@@ -27,7 +27,7 @@ type Peer struct {
 	Password Secret  `yaml:"password" json:"-"`
 	TLS      PeerTLS `yaml:"tls" json:"tls"`
 	// MaxParallel bounds the concurrent requests this gateway makes to the
-	// peer (default 2).
+	// peer (default 4).
 	MaxParallel int `yaml:"max_parallel" json:"max_parallel"`
 	// MaxRequestBytes bounds one STOW-RS request (default 64 MiB); an
 	// instance larger than it goes alone in its own request.
