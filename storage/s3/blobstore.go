@@ -11,12 +11,14 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/dicom-gateway/gateway/gateway"
 )
@@ -61,7 +63,15 @@ type Config struct {
 	// PartSize is the multipart part size and the memory bound of one Put;
 	// 0 means DefaultPartSize. Between 5 MiB and 5 GiB.
 	PartSize uint64
+	// StageMemory bounds the bytes of small objects (up to PartSize) held
+	// in memory between Stage and Commit, across the store; 0 means
+	// DefaultStageMemory. A Stage beyond it waits for earlier commits.
+	StageMemory int64
 }
+
+// DefaultStageMemory is the default Config.StageMemory: 64 MiB, over a
+// hundred CT slices waiting for their PUT while the next ones are read.
+const DefaultStageMemory = 64 << 20
 
 // BlobStore is a gateway.BlobStore on one S3 bucket; each key is an object
 // of the same name. S3 makes an object visible only when its PUT or its
@@ -75,11 +85,15 @@ type BlobStore struct {
 	region   string
 	partSize int
 	bufs     sync.Pool // *[]byte of partSize
+	// staging bounds the bytes of small objects held in memory between
+	// Stage and Commit, across every request using the store.
+	staging *semaphore.Weighted
 }
 
 var (
 	_ gateway.BlobStore = (*BlobStore)(nil)
 	_ gateway.Pinger    = (*BlobStore)(nil)
+	_ gateway.Stager    = (*BlobStore)(nil)
 )
 
 // New checks cfg and returns a store for its bucket. It does not contact the
@@ -129,6 +143,11 @@ func New(cfg Config) (*BlobStore, error) {
 		region:   cfg.Region,
 		partSize: int(partSize),
 	}
+	stageMemory := cfg.StageMemory
+	if stageMemory <= 0 {
+		stageMemory = DefaultStageMemory
+	}
+	s.staging = semaphore.NewWeighted(max(stageMemory, int64(partSize)))
 	s.bufs.New = func() any { b := make([]byte, s.partSize); return &b }
 	return s, nil
 }
@@ -253,46 +272,150 @@ func (s *BlobStore) Put(ctx context.Context, key string, r io.Reader) (int64, er
 	case rerr != nil:
 		return 0, fmt.Errorf("put %s: read: %w", key, rerr)
 	}
-	size, err := s.putMultipart(ctx, key, r, buf)
+	up, err := s.uploadParts(ctx, key, r, buf)
 	if err != nil {
 		return 0, fmt.Errorf("put %s: %w", key, err)
 	}
-	return size, nil
+	if err := up.Commit(ctx); err != nil {
+		return 0, err
+	}
+	return up.size, nil
 }
 
-// putMultipart uploads buf, which is full, and the rest of r in parts of
-// len(buf), reusing buf for every part.
-func (s *BlobStore) putMultipart(ctx context.Context, key string, r io.Reader, buf []byte) (size int64, err error) {
+// Stage implements gateway.Stager. An object of up to PartSize bytes is
+// read into memory (within StageMemory, shared by the store) and PUT by
+// Commit, so the caller reads its next object while this one is uploaded;
+// a larger object is uploaded in parts now and its multipart upload
+// completed by Commit. Either way nothing is visible under key before
+// Commit, and Abort leaves a previous object untouched.
+func (s *BlobStore) Stage(ctx context.Context, key string, r io.Reader) (gateway.StagedBlob, error) {
+	if err := checkKey(key); err != nil {
+		return nil, fmt.Errorf("put: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("put %s: %w", key, err)
+	}
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	buf := *bp
+	n, rerr := io.ReadFull(r, buf)
+	switch {
+	case rerr == io.EOF || rerr == io.ErrUnexpectedEOF:
+		if err := s.staging.Acquire(ctx, int64(n)); err != nil {
+			return nil, fmt.Errorf("put %s: %w", key, err)
+		}
+		return &stagedObject{s: s, key: key, data: bytes.Clone(buf[:n])}, nil
+	case rerr != nil:
+		return nil, fmt.Errorf("put %s: read: %w", key, rerr)
+	}
+	up, err := s.uploadParts(ctx, key, r, buf)
+	if err != nil {
+		return nil, fmt.Errorf("put %s: %w", key, err)
+	}
+	return up, nil
+}
+
+// stagedObject is a small object held in memory until Commit PUTs it.
+type stagedObject struct {
+	s     *BlobStore
+	key   string
+	data  []byte
+	ended atomic.Bool
+}
+
+func (o *stagedObject) Size() int64 { return int64(len(o.data)) }
+
+func (o *stagedObject) Commit(ctx context.Context) error {
+	if o.ended.Swap(true) {
+		return fmt.Errorf("put %s: staged object already committed or aborted: %w", o.key, gateway.ErrInvalid)
+	}
+	defer o.s.staging.Release(int64(len(o.data)))
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("put %s: %w", o.key, err)
+	}
+	if _, err := o.s.client.PutObject(ctx, o.s.bucket, o.key, bytes.NewReader(o.data), int64(len(o.data)), minio.PutObjectOptions{}); err != nil {
+		return fmt.Errorf("put %s: %w", o.key, translate(err))
+	}
+	return nil
+}
+
+func (o *stagedObject) Abort() {
+	if !o.ended.Swap(true) {
+		o.s.staging.Release(int64(len(o.data)))
+	}
+}
+
+// multipartUpload is an object uploaded in parts whose upload is not yet
+// completed: invisible until Commit completes it.
+type multipartUpload struct {
+	s        *BlobStore
+	key      string
+	uploadID string
+	parts    []minio.CompletePart
+	size     int64
+	ended    atomic.Bool
+}
+
+func (u *multipartUpload) Size() int64 { return u.size }
+
+// Commit completes the upload; on failure the upload is aborted.
+func (u *multipartUpload) Commit(ctx context.Context) error {
+	if u.ended.Swap(true) {
+		return fmt.Errorf("put %s: staged object already committed or aborted: %w", u.key, gateway.ErrInvalid)
+	}
+	err := ctx.Err()
+	if err == nil {
+		if _, err = u.s.core.CompleteMultipartUpload(ctx, u.s.bucket, u.key, u.uploadID, u.parts, minio.PutObjectOptions{}); err != nil {
+			err = fmt.Errorf("complete multipart upload: %w", translate(err))
+		}
+	}
+	if err != nil {
+		u.abort(ctx)
+		return fmt.Errorf("put %s: %w", u.key, err)
+	}
+	return nil
+}
+
+func (u *multipartUpload) Abort() {
+	if !u.ended.Swap(true) {
+		u.abort(context.Background())
+	}
+}
+
+func (u *multipartUpload) abort(ctx context.Context) {
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+	defer cancel()
+	u.s.core.AbortMultipartUpload(actx, u.s.bucket, u.key, u.uploadID) // best effort: the bucket's lifecycle rule removes what is left
+}
+
+// uploadParts starts a multipart upload and uploads buf, which is full, and
+// the rest of r in parts of len(buf), reusing buf for every part. The
+// upload is left open for Commit; on error it is aborted.
+func (s *BlobStore) uploadParts(ctx context.Context, key string, r io.Reader, buf []byte) (_ *multipartUpload, err error) {
 	uploadID, err := s.core.NewMultipartUpload(ctx, s.bucket, key, minio.PutObjectOptions{})
 	if err != nil {
-		return 0, fmt.Errorf("start multipart upload: %w", translate(err))
+		return nil, fmt.Errorf("start multipart upload: %w", translate(err))
 	}
+	up := &multipartUpload{s: s, key: key, uploadID: uploadID}
 	defer func() {
-		if err == nil {
-			return
-		}
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
-		defer cancel()
-		if aerr := s.core.AbortMultipartUpload(actx, s.bucket, key, uploadID); aerr != nil {
-			err = errors.Join(err, fmt.Errorf("abort multipart upload %s: %w", uploadID, translate(aerr)))
+		if err != nil {
+			up.Abort()
 		}
 	}()
-
-	var parts []minio.CompletePart
 	n, last := len(buf), false
 	for number := 1; ; number++ {
 		if number > maxParts {
-			return 0, fmt.Errorf("more than %d parts of %d bytes: %w", maxParts, len(buf), gateway.ErrTooLarge)
+			return nil, fmt.Errorf("more than %d parts of %d bytes: %w", maxParts, len(buf), gateway.ErrTooLarge)
 		}
 		if err := ctx.Err(); err != nil {
-			return 0, err
+			return nil, err
 		}
 		part, err := s.core.PutObjectPart(ctx, s.bucket, key, uploadID, number, bytes.NewReader(buf[:n]), int64(n), minio.PutObjectPartOptions{})
 		if err != nil {
-			return 0, fmt.Errorf("upload part %d: %w", number, translate(err))
+			return nil, fmt.Errorf("upload part %d: %w", number, translate(err))
 		}
-		parts = append(parts, minio.CompletePart{PartNumber: number, ETag: part.ETag})
-		size += int64(n)
+		up.parts = append(up.parts, minio.CompletePart{PartNumber: number, ETag: part.ETag})
+		up.size += int64(n)
 		if last {
 			break
 		}
@@ -304,16 +427,10 @@ func (s *BlobStore) putMultipart(ctx context.Context, key string, r io.Reader, b
 		if rerr == io.ErrUnexpectedEOF {
 			last = true
 		} else if rerr != nil {
-			return 0, fmt.Errorf("read: %w", rerr)
+			return nil, fmt.Errorf("read: %w", rerr)
 		}
 	}
-	if err := ctx.Err(); err != nil {
-		return 0, err
-	}
-	if _, err := s.core.CompleteMultipartUpload(ctx, s.bucket, key, uploadID, parts, minio.PutObjectOptions{}); err != nil {
-		return 0, fmt.Errorf("complete multipart upload: %w", translate(err))
-	}
-	return size, nil
+	return up, nil
 }
 
 // Get issues one ranged GET. Its errors come with the response (minio's

@@ -732,6 +732,26 @@ func testStage(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) {
 		t.Errorf("failed Stage changed the previous object: %d bytes, SHA-256 %x", n, sum)
 	}
 
+	// An object larger than an S3 part (a multipart upload left open until
+	// Commit): invisible until Commit, and Abort leaves nothing.
+	big, err := st.Stage(ctx, instanceKey(4, 1), io.LimitReader(Random(13), pastPart))
+	if err != nil {
+		t.Fatalf("Stage %d bytes: %v", pastPart, err)
+	}
+	wantNotFound(t, s, instanceKey(4, 1))
+	if err := big.Commit(ctx); err != nil {
+		t.Fatalf("Commit %d bytes: %v", pastPart, err)
+	}
+	if sum, n := getSum(t, s, instanceKey(4, 1)); n != pastPart || sum != sumOf(t, 13, pastPart) {
+		t.Errorf("committed large object: %d bytes, SHA-256 %x", n, sum)
+	}
+	bigAborted, err := st.Stage(ctx, instanceKey(4, 2), io.LimitReader(Random(14), pastPart))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bigAborted.Abort()
+	wantNotFound(t, s, instanceKey(4, 2))
+
 	// Staged one after another, committed together: all land, byte for byte.
 	const n = 16
 	staged := make([]gateway.StagedBlob, n)
@@ -754,7 +774,7 @@ func testStage(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) {
 			t.Errorf("object %d after concurrent commits: %d bytes, SHA-256 %x", i, size, sum)
 		}
 	}
-	if got := keys(t, s, ""); len(got) != n+2 {
-		t.Errorf("Walk lists %d objects, want %d (staged files must not show): %q", len(got), n+2, got)
+	if got := keys(t, s, ""); len(got) != n+3 {
+		t.Errorf("Walk lists %d objects, want %d (staged files must not show): %q", len(got), n+3, got)
 	}
 }
