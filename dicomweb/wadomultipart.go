@@ -1,6 +1,7 @@
 package dicomweb
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -9,8 +10,10 @@ import (
 	"net/textproto"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/gin-gonic/gin"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/dicom-gateway/gateway/gateway"
 )
@@ -99,6 +102,62 @@ func (s *Server) writeMultipart(c *gin.Context, partType string, parts []part) {
 // in advance.
 const partsOpenedAhead = 4
 
+// Parts of up to readAheadMaxPart bytes opened ahead are also read ahead
+// into memory, concurrently: an object store then serves several GETs at
+// once instead of one after another at the pace of the client, which is
+// what brings a whole-study retrieve from S3 near the store's own GET rate.
+// readAheadBudget bounds those buffers across every response of the
+// process; a part that finds it spent is streamed as before.
+const (
+	readAheadMaxPart   = 8 << 20
+	readAheadMaxMemory = 128 << 20
+)
+
+var readAheadBudget = semaphore.NewWeighted(readAheadMaxMemory)
+
+// readAhead reads body's length bytes into memory now and returns a reader
+// over them whose Close releases them from readAheadBudget. A read error
+// is returned by the first Read, so the copy fails as a streamed one would.
+func readAhead(body io.ReadCloser, length int64) io.ReadCloser {
+	buf := make([]byte, length)
+	n, err := io.ReadFull(body, buf)
+	if err == nil {
+		// The part must end where its record says: one more byte is an
+		// error too (the copy checks the count only).
+		var one [1]byte
+		if m, _ := body.Read(one[:]); m > 0 {
+			err = fmt.Errorf("part longer than its %d bytes: %w", length, io.ErrUnexpectedEOF)
+		}
+	}
+	body.Close()
+	return &readAheadBody{r: io.MultiReader(bytes.NewReader(buf[:n]), errorReader{err}), size: length}
+}
+
+type readAheadBody struct {
+	r        io.Reader
+	size     int64
+	released atomic.Bool
+}
+
+func (b *readAheadBody) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+func (b *readAheadBody) Close() error {
+	if !b.released.Swap(true) {
+		readAheadBudget.Release(b.size)
+	}
+	return nil
+}
+
+// errorReader returns err from every Read, or io.EOF when err is nil.
+type errorReader struct{ err error }
+
+func (e errorReader) Read([]byte) (int, error) {
+	if e.err == nil {
+		return 0, io.EOF
+	}
+	return 0, e.err
+}
+
 // opener opens parts ahead of their turn.
 type opener struct {
 	ctx     context.Context
@@ -125,6 +184,9 @@ func (o *opener) open(i int) (io.ReadCloser, error) {
 			o.pending[j] = ch
 			go func(p part) {
 				body, err := p.open(o.ctx)
+				if err == nil && p.length > 0 && p.length <= readAheadMaxPart && readAheadBudget.TryAcquire(p.length) {
+					body = readAhead(body, p.length)
+				}
 				ch <- openedPart{body, err}
 			}(o.parts[j])
 		}
