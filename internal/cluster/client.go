@@ -29,6 +29,12 @@ type Transfer struct {
 	Attempts       int    `json:"attempts"`
 	LastError      string `json:"last_error"`
 	UpdatedAt      string `json:"updated_at"`
+	// Instances is the per-instance progress (GetTransfer only): for an
+	// outgoing transfer, state "sent" means the destination acknowledged it.
+	Instances []struct {
+		SOPInstanceUID string `json:"sop_instance_uid"`
+		State          string `json:"state"`
+	} `json:"instances"`
 }
 
 // Finished reports whether the transfer is in a final state.
