@@ -271,35 +271,44 @@ func tempName() (string, error) {
 }
 
 // copy streams r to w through a pooled buffer, checking ctx between reads so
-// that a cancelled request stops even a reader that never fails.
+// that a cancelled request stops even a reader that never fails. It fills
+// the buffer before each write (a multipart part reader returns a few KiB
+// per Read), so a large object costs a few large writes, not one system
+// call per network read.
 func (s *BlobStore) copy(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
 	bp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bp)
 	buf := *bp
 	var n int64
 	for {
-		if err := ctx.Err(); err != nil {
-			return n, err
+		filled, eof := 0, false
+		for filled < len(buf) && !eof {
+			if err := ctx.Err(); err != nil {
+				return n, err
+			}
+			nr, rerr := r.Read(buf[filled:])
+			if nr < 0 || nr > len(buf)-filled {
+				return n, fmt.Errorf("read: invalid count %d", nr)
+			}
+			filled += nr
+			if rerr == io.EOF {
+				eof = true
+			} else if rerr != nil {
+				return n, fmt.Errorf("read: %w", rerr)
+			}
 		}
-		nr, rerr := r.Read(buf)
-		if nr < 0 || nr > len(buf) {
-			return n, fmt.Errorf("read: invalid count %d", nr)
-		}
-		if nr > 0 {
-			nw, werr := w.Write(buf[:nr])
+		if filled > 0 {
+			nw, werr := w.Write(buf[:filled])
 			n += int64(nw)
 			if werr != nil {
 				return n, fmt.Errorf("write: %w", classify(werr))
 			}
-			if nw != nr {
+			if nw != filled {
 				return n, fmt.Errorf("write: %w", io.ErrShortWrite)
 			}
 		}
-		if rerr == io.EOF {
+		if eof {
 			return n, nil
-		}
-		if rerr != nil {
-			return n, fmt.Errorf("read: %w", rerr)
 		}
 	}
 }
