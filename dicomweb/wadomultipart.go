@@ -109,8 +109,8 @@ const partsOpenedAhead = 4
 // readAheadBudget bounds those buffers across every response of the
 // process; a part that finds it spent is streamed as before.
 const (
-	readAheadMaxPart   = 8 << 20
-	readAheadMaxMemory = 128 << 20
+	readAheadMaxPart   = 4 << 20
+	readAheadMaxMemory = 32 << 20
 )
 
 var readAheadBudget = semaphore.NewWeighted(readAheadMaxMemory)
