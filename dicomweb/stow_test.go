@@ -435,7 +435,7 @@ func TestStowStatusCodes(t *testing.T) {
 				t.Errorf("%s: status %d, want 400: %s", name, res.status, res.body)
 			}
 		}
-		if res := s.stow(t, "/dicomweb/studies/1.02.3", dicomPart(good(1))); res.status != http.StatusBadRequest {
+		if res := s.stow(t, "/dicomweb/studies/1..3", dicomPart(good(1))); res.status != http.StatusBadRequest {
 			t.Errorf("bad study UID in the URL: status %d, want 400", res.status)
 		}
 	})
