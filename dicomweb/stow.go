@@ -126,9 +126,10 @@ func (s *Server) handleStow(c *gin.Context) {
 		o := &stowOutcome{}
 		outcomes = append(outcomes, o)
 		inFlight <- struct{}{}
+		partNo := parts // parts moves on while this finish runs
 		finishes.Go(func() {
 			defer func() { <-inFlight }()
-			s.finishStow(c, study, parts, pending, o)
+			s.finishStow(c, study, partNo, pending, o)
 		})
 	}
 	finishes.Wait()
