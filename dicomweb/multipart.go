@@ -41,11 +41,20 @@ func stowBoundary(contentType string) (string, error) {
 		return "", fmt.Errorf("multipart/related type %q is not supported (no application/dicom+json or +xml with bulk data); this endpoint accepts %s: %w", truncate(t, 100), stowAccepted, errUnsupportedMediaType)
 	}
 	b := params["boundary"]
-	if b == "" || len(b) > 70 {
-		return "", fmt.Errorf("multipart/related without a valid boundary parameter: %w", gateway.ErrInvalid)
+	if b == "" {
+		return "", fmt.Errorf("multipart/related without a boundary parameter: %w", gateway.ErrInvalid)
+	}
+	if len(b) > maxBoundaryLength {
+		return "", fmt.Errorf("multipart/related boundary is %d characters, more than %d: %w", len(b), maxBoundaryLength, gateway.ErrInvalid)
 	}
 	return b, nil
 }
+
+// maxBoundaryLength bounds the multipart boundary. RFC 2046 5.1.1 caps it
+// at 70 characters, but real senders exceed that: Orthanc's DICOMweb
+// plugin sends 73 (two UUIDs). The bound keeps what the multipart reader
+// matches on every line small; past it a request is refused.
+const maxBoundaryLength = 200
 
 // parseContentType is mime.ParseMediaType, with a lenient fallback for
 // what real STOW-RS clients send and RFC 2045 forbids: an unquoted

@@ -206,7 +206,7 @@ func TestQIDOBadRequests(t *testing.T) {
 			}
 		})
 	}
-	resp, body := qidoGet(t, srv, "/dicomweb/studies/1.2.03/series")
+	resp, body := qidoGet(t, srv, "/dicomweb/studies/1.2..3/series") // (a leading zero, 1.2.03, is tolerated: vendor UIDs)
 	if got, want := resp.StatusCode, http.StatusBadRequest; got != want {
 		t.Fatalf("bad study UID in path: status=%d, want %d: %s", got, want, body)
 	}

@@ -21,10 +21,10 @@ type route struct {
 // publicPaths may be served without credentials even when auth is on.
 // The admin page's shell and static assets (/ui, /ui/*filepath) are public
 // so that its sign-in form loads without a token; they hold no data, which
-// always comes from the authenticated APIs.
+// always comes from the authenticated APIs. "/" only redirects to the page.
 var publicPaths = map[string]bool{
 	"/healthz": true, "/readyz": true,
-	"/ui": true, "/ui/*filepath": true,
+	"/": true, "/ui": true, "/ui/*filepath": true,
 }
 
 // routes is the one table of every route the gateway serves. A test walks it
@@ -42,5 +42,9 @@ func (s *Server) routes() []route {
 	r = append(r, s.transferRoutes("/api/v1")...)
 	r = append(r, s.auditRoutes("/api/v1")...)
 	r = append(r, s.uiRoutes("/ui")...)
+	// Someone typing the gateway's address into a browser lands on the
+	// admin page rather than a 404. 302, not 301: a browser keeps a 301
+	// forever, and the root may serve something else one day.
+	r = append(r, route{http.MethodGet, "/", "", func(c *gin.Context) { c.Redirect(http.StatusFound, "/ui/") }})
 	return r
 }

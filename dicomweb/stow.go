@@ -167,6 +167,8 @@ func (s *Server) handleStow(c *gin.Context) {
 		status = http.StatusServiceUnavailable
 	case len(failed) > 0:
 		status = http.StatusConflict
+	case warnedCount(stored) > 0:
+		status = http.StatusAccepted // PS3.18 10.5.3: stored, with warnings
 	}
 
 	if err := s.auditStow(c, study, stored, failed, status, reqErr); err != nil {
@@ -179,6 +181,9 @@ func (s *Server) handleStow(c *gin.Context) {
 	}
 	if status == http.StatusServiceUnavailable {
 		c.Header("Retry-After", "5")
+	}
+	if w := s.stowWarning(stored); w != "" {
+		c.Header("Warning", w)
 	}
 	resp := s.stowResponse(c, study, stored, failed)
 	if wantsXML(c.Request) {
@@ -264,11 +269,13 @@ func (s *Server) stowResponse(c *gin.Context, study string, stored []*gateway.In
 	if len(stored) > 0 {
 		items := make([]any, 0, len(stored))
 		for _, r := range stored {
-			items = append(items, gateway.Dataset{
+			item := gateway.Dataset{
 				tagReferencedSOPClassUID:   {VR: "UI", Value: []any{r.SOPClassUID}},
 				tagReferencedSOPInstanceID: {VR: "UI", Value: []any{r.SOPInstanceUID}},
 				tagRetrieveURL:             {VR: "UR", Value: []any{base + "/studies/" + r.StudyInstanceUID + "/series/" + r.SeriesInstanceUID + "/instances/" + r.SOPInstanceUID}},
-			})
+			}
+			addWarningReason(item, r)
+			items = append(items, item)
 		}
 		resp[tagReferencedSOPSequence] = gateway.Attribute{VR: "SQ", Value: items}
 	}
@@ -321,8 +328,8 @@ func (s *Server) auditStow(c *gin.Context, study string, stored []*gateway.Insta
 	switch {
 	case status >= 500:
 		outcome = gateway.OutcomeError
-	case status != http.StatusOK:
-		outcome = gateway.OutcomeFailure
+	case status != http.StatusOK && (status != http.StatusAccepted || len(failed) > 0):
+		outcome = gateway.OutcomeFailure // a 202 without failures is a success with warnings
 	}
 	detail := map[string]any{
 		"route": c.FullPath(), "status": status,
@@ -330,6 +337,9 @@ func (s *Server) auditStow(c *gin.Context, study string, stored []*gateway.Insta
 	}
 	if len(reasons) > 0 {
 		detail["failure_reasons"] = reasons
+	}
+	if n := warnedCount(stored); n > 0 {
+		detail["warned"] = n
 	}
 	if reqErr != nil {
 		detail["error"] = reqErr.Error()

@@ -337,6 +337,42 @@ func TestStowMultipartVariants(t *testing.T) {
 	}
 }
 
+// TestStowLongBoundary: RFC 2046 caps a boundary at 70 characters, but
+// Orthanc's DICOMweb client sends 73; up to 200 are accepted, more are not.
+func TestStowLongBoundary(t *testing.T) {
+	s := newStowServer(t, stowBackends[0], nil)
+	for i, tt := range []struct {
+		boundary string
+		status   int
+	}{
+		{"0b1ac0b6-1d3c-4b7e-9a43-6a1f0f0c2f4e-5c6d1f32-8e8b-4f55-b0a8-3d1a3c1e9b77", http.StatusOK}, // 73, as Orthanc
+		{strings.Repeat("b", 200), http.StatusOK},
+		{strings.Repeat("b", 201), http.StatusBadRequest},
+	} {
+		var body bytes.Buffer
+		mw := multipart.NewWriter(&body)
+		if err := mw.SetBoundary(tt.boundary[:min(len(tt.boundary), 70)]); err != nil {
+			t.Fatal(err)
+		}
+		part, err := mw.CreatePart(textproto.MIMEHeader{"Content-Type": {"application/dicom"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		part.Write(makeInstance(testStudy, testSeries, testSOP(300+i), 4, 4, 1))
+		mw.Close()
+		// multipart.Writer refuses boundaries over 70 characters: write a
+		// short one and lengthen it in the body.
+		raw := strings.ReplaceAll(body.String(), "--"+mw.Boundary(), "--"+tt.boundary)
+		res := s.post(t, "/dicomweb/studies", `multipart/related; type="application/dicom"; boundary=`+tt.boundary, strings.NewReader(raw))
+		if res.status != tt.status {
+			t.Errorf("boundary of %d characters: status %d, want %d: %s", len(tt.boundary), res.status, tt.status, res.body)
+		}
+		if tt.status == http.StatusOK && res.referenced() != 1 {
+			t.Errorf("boundary of %d characters: %d instances referenced, want 1", len(tt.boundary), res.referenced())
+		}
+	}
+}
+
 // TestStowStatusCodes covers every status STOW-RS answers with.
 func TestStowStatusCodes(t *testing.T) {
 	good := func(i int) []byte { return makeInstance(testStudy, testSeries, testSOP(i), 4, 4, 2) }
@@ -399,7 +435,7 @@ func TestStowStatusCodes(t *testing.T) {
 				t.Errorf("%s: status %d, want 400: %s", name, res.status, res.body)
 			}
 		}
-		if res := s.stow(t, "/dicomweb/studies/1.02.3", dicomPart(good(1))); res.status != http.StatusBadRequest {
+		if res := s.stow(t, "/dicomweb/studies/1..3", dicomPart(good(1))); res.status != http.StatusBadRequest {
 			t.Errorf("bad study UID in the URL: status %d, want 400", res.status)
 		}
 	})

@@ -105,6 +105,19 @@ func TestUIRedirectAndNotFound(t *testing.T) {
 	if got, want := res.Header.Get("Location"), "/ui/"; got != want {
 		t.Errorf("GET /ui: Location=%q, want %q", got, want)
 	}
+	// The root redirects to the page without credentials (auth is on here):
+	// a redirect carries no data.
+	res, err = client.Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if got, want := res.StatusCode, http.StatusFound; got != want {
+		t.Errorf("GET /: status=%d, want %d", got, want)
+	}
+	if got, want := res.Header.Get("Location"), "/ui/"; got != want {
+		t.Errorf("GET /: Location=%q, want %q", got, want)
+	}
 	for _, p := range []string{"/ui/nope.js", "/ui/../go.mod", "/ui/%2e%2e/ui.go", "/ui/ui.go"} {
 		res, err := http.Get(srv.URL + p)
 		if err != nil {

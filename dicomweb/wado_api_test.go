@@ -108,7 +108,8 @@ func TestWADOErrors(t *testing.T) {
 	}{
 		{"/dicomweb/studies/1.2.3", "", http.StatusNotFound},
 		{"/dicomweb/studies/1..2", "", http.StatusBadRequest},
-		{"/dicomweb/studies/1.02.3/metadata", "", http.StatusBadRequest},
+		{"/dicomweb/studies/1.2.3./metadata", "", http.StatusBadRequest},
+		{"/dicomweb/studies/1.02.3/metadata", "", http.StatusNotFound}, // a leading zero is tolerated (vendor UIDs), and unknown here
 		{"/dicomweb/studies/abc/series/1.2", "", http.StatusBadRequest},
 		{st + "/series/1.2.3", "", http.StatusNotFound},
 		{st + se + "/instances/1.2.3", "", http.StatusNotFound},

@@ -547,6 +547,12 @@ func (p *parser) parseElement(ds Dataset, st *itemState, e elementHeader, end in
 	if vr == "" {
 		vr = dictVR(e.tag, st.pixelRep)
 	}
+	unSequence := false // a dictionary sequence sent as UN: its items are Implicit VR Little Endian
+	if vr == "UN" && e.vl != undefinedLength {
+		if dict, ok := dictionaryVRForUN(e.tag, st.pixelRep); ok {
+			vr, unSequence = dict, dict == "SQ"
+		}
+	}
 	keep := e.tag&0xFFFF != 0 && e.tag>>16 != 0x0002 // group lengths and stray meta elements are structure, not data
 	if e.vl == undefinedLength {
 		switch {
@@ -580,7 +586,7 @@ func (p *parser) parseElement(ds Dataset, st *itemState, e elementHeader, end in
 		return notUnderstood("element (%04X,%04X) declares %d bytes, more than its item holds", e.tag>>16, e.tag&0xFFFF, e.vl)
 	}
 	if vr == "SQ" {
-		items, err := p.parseSequence(st, p.pos+int64(e.vl), depth+1, path+key, explicit)
+		items, err := p.parseSequence(st, p.pos+int64(e.vl), depth+1, path+key, explicit && !unSequence)
 		if err != nil {
 			return err
 		}
@@ -742,6 +748,9 @@ func (p *parser) stopAtPixelData(t uint32, explicit bool, bo binary.ByteOrder) e
 		vr = string(b[4:6])
 		if !longVR(vr) {
 			return notUnderstood("pixel data has VR %q", printable(vr))
+		}
+		if vr == "UN" {
+			vr = pixelDataVRForUN(t, p.h.Dataset)
 		}
 		n = 12
 		if b, err = p.src.Peek(12); err != nil {

@@ -280,6 +280,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 			}
 			in.auditReplace(ctx, existing, rec)
 			in.logger().InfoContext(ctx, "instance replaced", LogKeyStudyUID, rec.StudyInstanceUID, LogKeySOPUID, rec.SOPInstanceUID, "size", rec.Size)
+			in.logDeviations(ctx, rec)
 			return rec, nil
 		}
 
@@ -309,14 +310,23 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 			return nil, fail(ReasonDuplicateRejected, fmt.Errorf("instance %s was stored concurrently with different content: %w", h.SOPInstanceUID, ErrConflict))
 		}
 		in.logger().InfoContext(ctx, "instance stored", LogKeyStudyUID, rec.StudyInstanceUID, LogKeySeriesUID, rec.SeriesInstanceUID, LogKeySOPUID, rec.SOPInstanceUID, "size", rec.Size)
+		in.logDeviations(ctx, rec)
 		return rec, nil
 	}
 	handedOver = true
 	return pending, nil
 }
 
-// validate checks what makes an instance storable: its UIDs (PS3.5 9.1),
-// its SOP class and its study.
+// logDeviations warns about a stored instance whose UIDs break PS3.5 9.1 in
+// the way ValidateUID tolerates (no patient data: UIDs only).
+func (in *Ingester) logDeviations(ctx context.Context, rec *InstanceRecord) {
+	if deviations := rec.UIDDeviations(); len(deviations) > 0 {
+		in.logger().WarnContext(ctx, "instance stored with UIDs that break PS3.5 9.1", LogKeyStudyUID, rec.StudyInstanceUID, LogKeySOPUID, rec.SOPInstanceUID, "uid_deviations", deviations)
+	}
+}
+
+// validate checks what makes an instance storable: its UIDs (ValidateUID:
+// PS3.5 9.1, a leading zero tolerated), its SOP class and its study.
 func (in *Ingester) validate(h *Header, opts StoreOptions) error {
 	fail := func(reason uint16, err error) error {
 		uid := h.SOPInstanceUID

@@ -56,7 +56,7 @@ func TestParseQueryRejects(t *testing.T) {
 	for _, raw := range []string{
 		"StudyDate=2020", "StudyDate=20200230", "StudyDate=20200101-2020", "StudyDate=20200102-20200101",
 		"StudyTime=2400", "StudyTime=12345", "limit=x", "offset=-2", "fuzzymatching=yes please",
-		"StudyInstanceUID=1.2.3,1.02", "SOPInstanceUID=1.2*", "SeriesNumber=one", "ReferencedStudySequence=1",
+		"StudyInstanceUID=1.2.3,1..2", "SOPInstanceUID=1.2*", "SeriesNumber=one", "ReferencedStudySequence=1",
 	} {
 		params, err := url.ParseQuery(raw)
 		if err != nil {

@@ -169,8 +169,15 @@ func TestTranscodeEdges(t *testing.T) {
 			!bytes.Equal(out.Bytes()[i+12:i+12+70000], long) {
 			t.Fatal("a 70,000-byte LT value was not written as UN with its bytes")
 		}
-		if h, err := gateway.ParseHeader(bytes.NewReader(out.Bytes()), gateway.HeaderLimits{}); err != nil || h.Dataset["00401400"].VR != "UN" {
-			t.Fatalf("output: err %v, (0040,1400) %+v", err, h)
+		// Read back, the UN is read with the dictionary's VR (PS3.5 6.2.2),
+		// so the metadata is the same as the original's.
+		orig, err := gateway.ParseHeader(bytes.NewReader(data), gateway.HeaderLimits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h, err := gateway.ParseHeader(bytes.NewReader(out.Bytes()), gateway.HeaderLimits{}); err != nil || h.Dataset["00401400"].VR != "LT" ||
+			datasetJSON(t, gateway.Dataset{"00401400": h.Dataset["00401400"]}) != datasetJSON(t, gateway.Dataset{"00401400": orig.Dataset["00401400"]}) {
+			t.Fatalf("output: err %v, (0040,1400) read back differs from the original's", err)
 		}
 		if _, err := gateway.ParseHeader(bytes.NewReader(out.Bytes()), gateway.HeaderLimits{}); err != nil {
 			t.Fatalf("output does not parse: %v", err)

@@ -5,11 +5,17 @@ import (
 	"strings"
 )
 
-// ValidateUID checks a UID against PS3.5 section 9.1: only digits and dots, at
-// most 64 characters, no empty component, and no component with a leading
-// zero (a lone "0" is allowed). Every UID is checked with it before it
-// becomes part of a storage key, so "..", "/", "%2F" or NUL can never reach
-// a path or object name.
+// ValidateUID checks that a UID is safe to become part of a storage key
+// and a URL: only digits and dots, at most 64 characters, no empty
+// component (so no leading, trailing or double dot). Every UID is checked
+// with it before it becomes part of a storage key, so "..", "/", "%2F" or
+// NUL can never reach a path or object name.
+//
+// It is PS3.5 section 9.1 except for one rule it tolerates: a component
+// with a leading zero ("1.2.840.0113"), which some vendors' equipment
+// writes. Such instances are stored (refusing them loses real studies) and
+// the deviation is reported by UIDDeviation. That rule, and only that one,
+// is relaxed here; everything that makes a UID safe is kept.
 func ValidateUID(uid string) error {
 	if uid == "" {
 		return fmt.Errorf("uid is empty: %w", ErrInvalid)
@@ -25,16 +31,44 @@ func ValidateUID(uid string) error {
 			}
 			continue
 		}
-		component := uid[start:i]
-		if component == "" {
+		if i == start {
 			return fmt.Errorf("uid %q has an empty component: %w", uid, ErrInvalid)
-		}
-		if len(component) > 1 && component[0] == '0' {
-			return fmt.Errorf("uid %q has a component with a leading zero: %w", uid, ErrInvalid)
 		}
 		start = i + 1
 	}
 	return nil
+}
+
+// UIDDeviation returns how a UID that passed ValidateUID still breaks PS3.5
+// section 9.1, or "" when it does not: a component with a leading zero (a
+// lone "0" is a valid component). Ingest stores such instances with a
+// warning.
+func UIDDeviation(uid string) string {
+	for component := range strings.SplitSeq(uid, ".") {
+		if len(component) > 1 && component[0] == '0' {
+			return "a component with a leading zero (PS3.5 9.1)"
+		}
+	}
+	return ""
+}
+
+// UIDDeviations lists the identifying UIDs of the record that ValidateUID
+// accepted although they break PS3.5 9.1 (UIDDeviation), one line each
+// naming the attribute, the UID and the deviation; nil when there are none.
+// UIDs are not patient data: the lines may be logged and sent back.
+func (r *InstanceRecord) UIDDeviations() []string {
+	var out []string
+	for _, f := range []struct{ name, uid string }{
+		{"SOP Class UID", r.SOPClassUID},
+		{"SOP Instance UID", r.SOPInstanceUID},
+		{"Study Instance UID", r.StudyInstanceUID},
+		{"Series Instance UID", r.SeriesInstanceUID},
+	} {
+		if d := UIDDeviation(f.uid); d != "" {
+			out = append(out, f.name+" "+f.uid+" has "+d)
+		}
+	}
+	return out
 }
 
 // printable makes a hostile UID safe to put in an error message.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# testenv.sh CMD...: installs what is missing (redis-server and dcmtk from Debian,
+# testenv.sh CMD...: installs what is missing (redis-server, dcmtk, orthanc and
+# orthanc-dicomweb from Debian,
 # MinIO built with go install at a pinned version and cached outside the
 # repo), starts both on loopback, exports their addresses as
 # GATEWAY_TEST_REDIS_URL and GATEWAY_TEST_S3_*, runs CMD, and stops both
@@ -19,6 +20,10 @@ fi
 if ! command -v dcm2json >/dev/null 2>&1; then
   log "installing dcmtk from Debian (dcm2json: the reference DICOM JSON the metadata tests compare with)"
   apt-get update -qq && apt-get install -y -qq dcmtk >/dev/null
+fi
+if [ ! -x /usr/sbin/Orthanc ] || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
+  log "installing orthanc and orthanc-dicomweb from Debian (a real DICOMweb sender and receiver for the transfer tests)"
+  apt-get update -qq && apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null
 fi
 if ! command -v curl >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq curl >/dev/null

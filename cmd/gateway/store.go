@@ -26,7 +26,10 @@ import (
 // [--concurrency N] PATH...`: it sends files, or every file under
 // directories, by STOW-RS, one instance per request streamed from disk,
 // with a progress line on stderr and a summary of what failed and why. It
-// fails when any instance was not stored.
+// fails when any instance was not stored. Files found under a directory
+// that are not DICOM Part 10 (no "DICM" at byte 128: READMEs, licences,
+// DICOMDIR viewers' assets) are skipped and counted, as DCMTK's storescu
+// --scan-directories does; a file named on the command line is always sent.
 func runStore(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fl := flag.NewFlagSet("store", flag.ContinueOnError)
 	fl.SetOutput(stderr)
@@ -42,7 +45,7 @@ func runStore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *concurrency < 1 {
 		*concurrency = 1
 	}
-	files := make(chan string)
+	files := make(chan storeCandidate)
 	var walkErr error
 	go func() {
 		defer close(files)
@@ -53,7 +56,7 @@ func runStore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				}
 				if d.Type().IsRegular() {
 					select {
-					case files <- path:
+					case files <- storeCandidate{path: path, scanned: path != root}:
 					case <-ctx.Done():
 						return ctx.Err()
 					}
@@ -70,6 +73,7 @@ func runStore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var stored, failed, bytesSent atomic.Int64
 	var mu sync.Mutex
 	failures := map[string][]string{} // reason → files
+	var skipped []string
 	start := time.Now()
 	client := &http.Client{}
 	url := strings.TrimRight(*base, "/") + "/studies"
@@ -90,7 +94,14 @@ func runStore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var wg sync.WaitGroup
 	for range *concurrency {
 		wg.Go(func() {
-			for path := range files {
+			for f := range files {
+				path := f.path
+				if f.scanned && !isPart10File(path) {
+					mu.Lock()
+					skipped = append(skipped, path)
+					mu.Unlock()
+					continue
+				}
 				n, reason := storeFile(ctx, client, url, *token, path)
 				bytesSent.Add(n)
 				if reason == "" {
@@ -108,7 +119,15 @@ func runStore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	close(done)
 	printProgress(stderr, stored.Load(), failed.Load(), bytesSent.Load(), time.Since(start))
 	fmt.Fprintln(stderr)
-	fmt.Fprintf(stdout, "stored %d, failed %d\n", stored.Load(), failed.Load())
+	fmt.Fprintf(stdout, "stored %d, failed %d, skipped %d (not DICOM: no DICM at byte 128)\n", stored.Load(), failed.Load(), len(skipped))
+	sort.Strings(skipped)
+	for i, p := range skipped {
+		if i == maxSkippedListed {
+			fmt.Fprintf(stdout, "    … and %d more skipped\n", len(skipped)-i)
+			break
+		}
+		fmt.Fprintf(stdout, "    skipped %s\n", p)
+	}
 	reasons := make([]string, 0, len(failures))
 	for r := range failures {
 		reasons = append(reasons, r)
@@ -127,6 +146,33 @@ func runStore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%d instances not stored", failed.Load())
 	}
 	return nil
+}
+
+// storeCandidate is a file to send; scanned is true when it was found
+// under a directory rather than named on the command line.
+type storeCandidate struct {
+	path    string
+	scanned bool
+}
+
+// maxSkippedListed bounds the skipped files named in the summary (a
+// directory of JPEGs should not bury the failures).
+const maxSkippedListed = 20
+
+// isPart10File reports whether the file has "DICM" at byte 128, the mark of
+// a DICOM Part 10 file (PS3.10 7.1). An unreadable file counts as DICOM, so
+// that sending it reports why it cannot be read.
+func isPart10File(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return true
+	}
+	defer f.Close()
+	var magic [4]byte
+	if _, err := f.ReadAt(magic[:], 128); err != nil {
+		return !errors.Is(err, io.EOF)
+	}
+	return string(magic[:]) == "DICM"
 }
 
 func printProgress(w io.Writer, stored, failed, n int64, d time.Duration) {
@@ -193,6 +239,11 @@ func storeFile(ctx context.Context, client *http.Client, url, token, path string
 	}
 	var ds gateway.Dataset
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&ds); err == nil {
+		if resp.StatusCode == http.StatusAccepted && len(ds["00081198"].Value) == 0 && len(ds["00081199"].Value) > 0 {
+			// Stored with a warning (PS3.18 10.5.3: 202 without failures),
+			// e.g. a UID with a leading zero in a component.
+			return size, ""
+		}
 		for _, it := range ds["00081198"].Value {
 			if item, ok := it.(gateway.Dataset); ok {
 				if v := item["00081197"].Value; len(v) == 1 {
