@@ -1,6 +1,7 @@
 package synth
 
 import (
+	"cmp"
 	"fmt"
 	"math/rand/v2"
 )
@@ -59,6 +60,7 @@ func Study(spec StudySpec) []Instance {
 		sopClass = MRImageStorage
 	}
 	var out []Instance
+	studyTime := "" // one per study, as a modality writes it: the first instance's draw
 	for s := 1; s <= spec.Series; s++ {
 		seriesUID := UID(spec.Seed+1, uint64(s))
 		for i := 1; i <= spec.InstancesPerSeries; i++ {
@@ -68,7 +70,7 @@ func Study(spec StudySpec) []Instance {
 				SOPInstanceUID:     UID(spec.Seed+1, uint64(s), uint64(i)),
 				SOPClassUID:        sopClass,
 				StudyDate:          spec.StudyDate,
-				StudyTime:          fmt.Sprintf("%02d%02d%02d", rng.IntN(24), rng.IntN(60), rng.IntN(60)),
+				StudyTime:          cmp.Or(studyTime, fmt.Sprintf("%02d%02d%02d", rng.IntN(24), rng.IntN(60), rng.IntN(60))),
 				AccessionNumber:    fmt.Sprintf("ACC%07d", spec.Seed%10_000_000),
 				StudyID:            fmt.Sprintf("%d", spec.Seed%100000+1),
 				StudyDescription:   "Synthetic " + spec.Modality + " study",
@@ -79,6 +81,7 @@ func Study(spec StudySpec) []Instance {
 				Rows: spec.Rows, Columns: spec.Columns, Frames: spec.Frames,
 				PixelSeed: spec.Seed*1_000_003 + uint64(s)*10_007 + uint64(i),
 			})
+			studyTime = out[len(out)-1].StudyTime
 		}
 	}
 	return out
