@@ -1,8 +1,10 @@
 package dicomweb
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -156,7 +158,7 @@ func (a *Authenticator) Authenticate(r *http.Request) (gateway.Principal, error)
 		}
 		return gateway.Principal{}, fmt.Errorf("unknown bearer token: %w", gateway.ErrUnauthenticated)
 	case strings.EqualFold(scheme, "Basic") && a.basic != nil:
-		return a.basic.authenticate(cred)
+		return a.basic.authenticate(r.Context(), cred)
 	}
 	return gateway.Principal{}, fmt.Errorf("unsupported authorization scheme: %w", gateway.ErrUnauthenticated)
 }
@@ -214,21 +216,28 @@ var localPrincipal = gateway.Principal{
 // authorize returns the middleware that authenticates the request, applies
 // the per-client rate limit and checks that its principal carries role.
 // Failures are audited: 401 with WWW-Authenticate for missing or bad
-// credentials, 403 for a missing role. Once a client address's failed
-// attempts have used up its bucket:
-//   - a password (HTTP basic) gets 429 before it is checked, so passwords
-//     cannot be guessed at speed nor bcrypt used to burn CPU;
+// credentials, 403 for a missing role. Failed attempts are counted per
+// client network (clientNet: the address, or its /64 for IPv6) and username
+// (basic), with a higher ceiling per network over all usernames. Once a
+// bucket is used up:
+//   - a password (HTTP basic) for that username, or any password once the
+//     network's ceiling is reached, gets 429 before it is checked, so
+//     passwords cannot be guessed at speed; another user's good password
+//     from the same network still works until the ceiling;
 //   - cheap credentials (bearer tokens, JWTs, client certificates) are still
 //     checked, so other users behind the same NAT keep working, but a
 //     failure is 429 without an audit event, so a flood of guesses cannot
 //     flood the audit log either.
+//
+// bcrypt work is bounded separately (bcryptSlots), rate limit or not.
 func (s *Server) authorize(role gateway.Role) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		ip := remoteIP(c.Request)
+		addr := clientNet(remoteIP(c.Request))
 		p := localPrincipal
 		if s.Auth != nil {
-			wait, exhausted := s.RateLimit.failuresExhausted(ip)
-			if exhausted && hasPassword(c.Request) {
+			username, password := basicUsername(c.Request)
+			wait, exhausted := s.RateLimit.failuresExhausted(addr, username)
+			if exhausted && password {
 				s.tooManyRequests(c, wait)
 				return
 			}
@@ -238,16 +247,19 @@ func (s *Server) authorize(role gateway.Role) gin.HandlerFunc {
 				s.tooManyRequests(c, wait)
 				return
 			}
-			if err != nil {
-				s.RateLimit.failure(ip)
+			if err != nil && !errors.Is(err, errPasswordChecksBusy) && !errors.Is(err, context.Canceled) {
+				// A refused or abandoned password check is not a wrong password.
+				s.RateLimit.failure(addr, username)
 				p.Address = c.ClientIP()
 				s.recordAuthFailure(c, gateway.ActionAuthFailure, p, err.Error())
+			}
+			if err != nil {
 				s.writeError(c, err)
 				return
 			}
 		}
 		p.Address = c.ClientIP()
-		key := "ip:" + ip
+		key := "ip:" + addr
 		if s.Auth != nil {
 			key = p.Method + ":" + p.Name
 		}
@@ -265,11 +277,21 @@ func (s *Server) authorize(role gateway.Role) gin.HandlerFunc {
 	}
 }
 
-// hasPassword reports whether the request carries HTTP basic credentials,
-// the only kind whose check is expensive (bcrypt) and guessable.
-func hasPassword(r *http.Request) bool {
-	scheme, _, _ := strings.Cut(r.Header.Get("Authorization"), " ")
-	return strings.EqualFold(scheme, "Basic")
+// basicUsername returns the username of HTTP basic credentials and true
+// when the request carries them (the only kind whose check is expensive,
+// bcrypt, and guessable); "" and false otherwise. A malformed header gives
+// "" and true: it is still a password attempt.
+func basicUsername(r *http.Request) (username string, password bool) {
+	scheme, cred, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !strings.EqualFold(scheme, "Basic") {
+		return "", false
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+	if err != nil {
+		return "", true
+	}
+	username, _, _ = strings.Cut(string(raw), ":")
+	return username, true
 }
 
 // remoteIP is the address of the TCP peer, not of X-Forwarded-For: a client
