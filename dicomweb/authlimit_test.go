@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -196,5 +197,21 @@ func TestBcryptSlots(t *testing.T) {
 	}
 	if len(s.admit) != 0 || len(s.run) != 0 {
 		t.Errorf("slots leaked: admit %d, run %d", len(s.admit), len(s.run))
+	}
+}
+
+// TestPeersAPIRedactsURLCredentials checks that GET /api/v1/peers never
+// shows a password written into a peer URL (config load refuses such URLs;
+// this is the second line).
+func TestPeersAPIRedactsURLCredentials(t *testing.T) {
+	ts := newAuthTestServer(t, &Server{Transfers: &gateway.Transfers{Peers: []gateway.Peer{
+		{Name: "surrey", URL: "https://pacs:hunter2@surrey.example/dicomweb", AdminURL: "https://pacs:hunter2@surrey.example/api/v1"},
+	}}})
+	code, _, body := ts.do(t, http.MethodGet, "/api/v1/peers", "")
+	if code != http.StatusOK || !strings.Contains(body, "surrey.example") {
+		t.Fatalf("GET /api/v1/peers = %d %s", code, body)
+	}
+	if strings.Contains(body, "hunter2") {
+		t.Errorf("GET /api/v1/peers shows the password in a peer URL: %s", body)
 	}
 }

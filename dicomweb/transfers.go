@@ -134,17 +134,27 @@ func (s *Server) handleTransferRetry(c *gin.Context) {
 	c.JSON(http.StatusAccepted, t)
 }
 
-// peerView is a peer as the API shows it: never its secrets.
+// peerView is a peer as the API shows it: never its secrets (the Secret
+// fields do not marshal; a password in a URL, refused at config load, is
+// redacted all the same).
 type peerView struct {
 	gateway.Peer
 	Auth string `json:"auth"`
+}
+
+func newPeerView(p gateway.Peer) peerView {
+	p.URL = gateway.RedactURL(p.URL)
+	if p.AdminURL != "" {
+		p.AdminURL = gateway.RedactURL(p.AdminURL)
+	}
+	return peerView{Peer: p, Auth: p.AuthMethod()}
 }
 
 func (s *Server) handlePeers(c *gin.Context) {
 	peers := []peerView{}
 	if s.Transfers != nil {
 		for _, p := range s.Transfers.Peers {
-			peers = append(peers, peerView{Peer: p, Auth: p.AuthMethod()})
+			peers = append(peers, newPeerView(p))
 		}
 	}
 	c.JSON(http.StatusOK, gin.H{"peers": peers})

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -38,6 +37,11 @@ type Peer struct {
 	// The peer's credential then needs the transfer role too.
 	Gateway  bool   `yaml:"gateway" json:"gateway"`
 	AdminURL string `yaml:"admin_url" json:"admin_url,omitempty"`
+	// AllowInsecure accepts a plain http URL to a host that is not
+	// loopback (a private network the operator protects otherwise). Without
+	// it such a peer is refused at start-up; with it, and for
+	// tls.insecure_skip_verify, the gateway logs a warning (Insecure).
+	AllowInsecure bool `yaml:"allow_insecure" json:"allow_insecure"`
 }
 
 // PeerTLS are the TLS settings for one peer: a CA bundle to trust instead of
@@ -57,9 +61,8 @@ func (p Peer) Validate() error {
 	if strings.ContainsAny(p.Name, " /\\:") {
 		return fmt.Errorf("peer %s: name may not contain spaces, slashes or colons", p.Name)
 	}
-	u, err := url.Parse(p.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("peer %s: url %q is not an http(s) URL", p.Name, p.URL)
+	if err := p.checkPeerURL("url", p.URL); err != nil {
+		return err
 	}
 	if p.Token != "" && (p.Username != "" || p.Password != "") {
 		return fmt.Errorf("peer %s: set either token or username/password, not both", p.Name)
@@ -74,8 +77,8 @@ func (p Peer) Validate() error {
 		return fmt.Errorf("peer %s: max_parallel and max_request_bytes may not be negative", p.Name)
 	}
 	if p.AdminURL != "" {
-		if u, err := url.Parse(p.AdminURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("peer %s: admin_url %q is not an http(s) URL", p.Name, p.AdminURL)
+		if err := p.checkPeerURL("admin_url", p.AdminURL); err != nil {
+			return err
 		}
 	}
 	return nil
