@@ -475,8 +475,18 @@ func (s *Transfers) count(peer string, bytes int64, retries int64) {
 var workerPrincipal = Principal{Name: "transfer-worker", Method: "system"}
 
 func (s *Transfers) audit(ctx context.Context, actor Principal, action, outcome string, t *Transfer, extra map[string]any) {
+	if err := s.auditOrErr(ctx, actor, action, outcome, t, extra); err != nil {
+		s.logger().ErrorContext(ctx, "transfer audit not written", LogKeyTransferID, t.ID, LogKeyError, err.Error())
+	}
+}
+
+// auditOrErr is audit for an event that must be written before the work it
+// records goes ahead (transfer.started: nothing leaves for a peer without
+// its audit record, as a retrieve is refused when its read cannot be
+// audited).
+func (s *Transfers) auditOrErr(ctx context.Context, actor Principal, action, outcome string, t *Transfer, extra map[string]any) error {
 	if s.Auditor == nil {
-		return
+		return nil
 	}
 	detail := map[string]any{
 		"transfer_id": t.ID, "destination": t.Destination, "priority": string(t.Priority),
@@ -493,9 +503,7 @@ func (s *Transfers) audit(ctx context.Context, actor Principal, action, outcome 
 		StudyUIDs: []string{t.StudyUID}, PatientIDs: s.studyPatientIDs(ctx, t.StudyUID), Detail: detail}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := s.Auditor.Record(actx, ev); err != nil {
-		s.logger().ErrorContext(ctx, "transfer audit not written", LogKeyTransferID, t.ID, LogKeyError, err.Error())
-	}
+	return s.Auditor.Record(actx, ev)
 }
 
 // studyPatientIDs returns the patient IDs of a study's instances, so that
@@ -635,7 +643,17 @@ func (s *Transfers) process(ctx context.Context, l *Lease) {
 		return
 	}
 	if first {
-		s.audit(ctx, workerPrincipal, ActionTransferStarted, OutcomeSuccess, t, nil)
+		if err := s.auditOrErr(ctx, workerPrincipal, ActionTransferStarted, OutcomeSuccess, t, nil); err != nil {
+			// Fail closed: nothing is sent without its audit record. The
+			// attempt does not count (it never began), so the next one is
+			// "first" again and writes transfer.started; only RetryPolicy.MaxAge
+			// ends the wait for the audit log.
+			log.ErrorContext(ctx, "transfer not started: transfer.started not audited", LogKeyError, err.Error())
+			t.Attempts--
+			r := &run{s: s, l: l, t: t}
+			r.finish(ctx, &attemptResult{temporary: fmt.Errorf("transfer.started could not be audited, nothing sent: %w", err)})
+			return
+		}
 	}
 	log.InfoContext(ctx, "transfer started", LogKeyPeer, t.Destination, LogKeyStudyUID, t.StudyUID, "attempt", t.Attempts)
 
