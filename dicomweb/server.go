@@ -63,7 +63,8 @@ type Server struct {
 	// "*" allows any origin. Empty: no CORS headers, same-origin only.
 	CORSOrigins []string
 
-	metrics *httpMetrics
+	metrics   *httpMetrics
+	recompute *recomputeGate // SHA-256 ?recompute=true (recompute.go)
 }
 
 // Handler builds the gin engine with every route of routes().
@@ -77,6 +78,7 @@ func (s *Server) Handler() http.Handler {
 		s.Registerer, s.Gatherer = reg, reg
 	}
 	s.metrics = newHTTPMetrics(s.Registerer)
+	s.recompute = newRecomputeGate(maxConcurrentRecompute)
 	r := gin.New()
 	r.ContextWithFallback = true
 	if err := r.SetTrustedProxies(s.TrustedProxies); err != nil {
