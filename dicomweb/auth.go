@@ -232,42 +232,10 @@ var localPrincipal = gateway.Principal{
 // bcrypt work is bounded separately (bcryptSlots), rate limit or not.
 func (s *Server) authorize(role gateway.Role) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		addr := clientNet(remoteIP(c.Request))
-		p := localPrincipal
-		if s.Auth != nil {
-			username, password := basicUsername(c.Request)
-			wait, exhausted := s.RateLimit.failuresExhausted(addr, username)
-			if exhausted && password {
-				s.tooManyRequests(c, wait)
-				return
-			}
-			var err error
-			p, err = s.Auth.Authenticate(c.Request)
-			if err != nil && exhausted {
-				s.tooManyRequests(c, wait)
-				return
-			}
-			if err != nil && !errors.Is(err, errPasswordChecksBusy) && !errors.Is(err, context.Canceled) {
-				// A refused or abandoned password check is not a wrong password.
-				s.RateLimit.failure(addr, username)
-				p.Address = c.ClientIP()
-				s.recordAuthFailure(c, gateway.ActionAuthFailure, p, err.Error())
-			}
-			if err != nil {
-				s.writeError(c, err)
-				return
-			}
-		}
-		p.Address = c.ClientIP()
-		key := "ip:" + addr
-		if s.Auth != nil {
-			key = p.Method + ":" + p.Name
-		}
-		if wait, ok := s.RateLimit.allow(key); !ok {
-			s.tooManyRequests(c, wait)
+		p, ok := s.authenticate(c)
+		if !ok {
 			return
 		}
-		c.Request = c.Request.WithContext(gateway.WithPrincipal(c.Request.Context(), p))
 		if !p.Has(role) {
 			s.recordAuthFailure(c, gateway.ActionAccessDenied, p, "role "+string(role)+" required")
 			s.writeError(c, fmt.Errorf("%s needs role %s: %w", c.FullPath(), role, gateway.ErrForbidden))
@@ -275,6 +243,50 @@ func (s *Server) authorize(role gateway.Role) gin.HandlerFunc {
 		}
 		c.Next()
 	}
+}
+
+// authenticate is the first half of authorize: it authenticates the
+// request (the local principal without auth), counts and audits failures,
+// applies the per-client rate limit and puts the principal in the request's
+// context. ok false means the answer (401, 429, 503) has been written.
+func (s *Server) authenticate(c *gin.Context) (p gateway.Principal, ok bool) {
+	addr := clientNet(remoteIP(c.Request))
+	p = localPrincipal
+	if s.Auth != nil {
+		username, password := basicUsername(c.Request)
+		wait, exhausted := s.RateLimit.failuresExhausted(addr, username)
+		if exhausted && password {
+			s.tooManyRequests(c, wait)
+			return p, false
+		}
+		var err error
+		p, err = s.Auth.Authenticate(c.Request)
+		if err != nil && exhausted {
+			s.tooManyRequests(c, wait)
+			return p, false
+		}
+		if err != nil && !errors.Is(err, errPasswordChecksBusy) && !errors.Is(err, context.Canceled) {
+			// A refused or abandoned password check is not a wrong password.
+			s.RateLimit.failure(addr, username)
+			p.Address = c.ClientIP()
+			s.recordAuthFailure(c, gateway.ActionAuthFailure, p, err.Error())
+		}
+		if err != nil {
+			s.writeError(c, err)
+			return p, false
+		}
+	}
+	p.Address = c.ClientIP()
+	key := "ip:" + addr
+	if s.Auth != nil {
+		key = p.Method + ":" + p.Name
+	}
+	if wait, ok := s.RateLimit.allow(key); !ok {
+		s.tooManyRequests(c, wait)
+		return p, false
+	}
+	c.Request = c.Request.WithContext(gateway.WithPrincipal(c.Request.Context(), p))
+	return p, true
 }
 
 // basicUsername returns the username of HTTP basic credentials and true
