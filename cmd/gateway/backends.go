@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -166,6 +167,7 @@ func wireServices(m *Main, b *Backends, reg prometheus.Registerer) {
 		Index:            b.Index,
 		Auditor:          auditor,
 		MaxInstanceBytes: cfg.MaxInstanceBytes,
+		PreamblePolicy:   gateway.PreamblePolicy(cmp.Or(cfg.File.PreamblePolicy, string(gateway.PreambleRefuse))),
 		Logger:           m.Logger,
 	}
 	host, _ := os.Hostname()

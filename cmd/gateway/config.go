@@ -62,6 +62,9 @@ type FileConfig struct {
 	// AuditSyslog exports every audit event to a syslog receiver, such as
 	// an IHE ATNA Audit Record Repository.
 	AuditSyslog AuditSyslogConfig `yaml:"audit_syslog"`
+	// PreamblePolicy is what ingest does with an executable preamble
+	// (CVE-2019-11687): refuse (default) or zero (gateway.PreamblePolicy).
+	PreamblePolicy string `yaml:"preamble_policy"`
 }
 
 // AuditSyslogConfig is where audit events are exported (see
@@ -208,6 +211,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, err)
 	}
 	if _, err := dicomweb.NewRateLimiter(c.File.RateLimit); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := gateway.ParsePreamblePolicy(c.File.PreamblePolicy); err != nil {
 		errs = append(errs, err)
 	}
 	if !c.File.Auth.Enabled() && !isLoopback(c.Listen) {

@@ -109,6 +109,7 @@ audit_syslog:
 		"bad peer url":                 "peers:\n  - name: x\n    url: ftp://h/\n",
 		"dup peer":                     "peers:\n  - name: x\n    url: http://127.0.0.1:1/\n  - name: x\n    url: http://127.0.0.1:2/\n",
 		"password in peer url":         "peers:\n  - name: x\n    url: https://u:pw@h/dicomweb\n",
+		"unknown preamble policy":      "preamble_policy: strip\n",
 		"plain http peer not loopback": "peers:\n  - name: x\n    url: http://surrey:8080/dicomweb\n",
 	} {
 		p := write(strings.ReplaceAll(name, " ", "-")+".yaml", body)
