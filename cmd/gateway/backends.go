@@ -106,6 +106,9 @@ func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger) (_ *Bac
 			return nil, err
 		}
 	}
+	if cfg.AuditKeys != nil {
+		b.AuditLog.(interface{ SetKeys(*gateway.AuditKeys) }).SetKeys(cfg.AuditKeys)
+	}
 	return b, nil
 }
 

@@ -44,6 +44,10 @@ type Config struct {
 	TransferLease         time.Duration
 	LogLevel              string
 	AuditSyslog           string // URL; overrides audit_syslog.url of the file
+	AuditKeyFile          string // --audit-key-file: keys of the audit chain (gateway.AuditKeys)
+
+	// AuditKeys are read from AuditKeyFile by parseServeConfig; nil without one.
+	AuditKeys *gateway.AuditKeys
 
 	File FileConfig // from --config
 }
@@ -119,6 +123,7 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&cfg.TransferWorkers, "transfer-workers", 4, "transfers sent at once by this replica")
 	fs.DurationVar(&cfg.TransferLease, "transfer-lease", time.Minute, "how long a crashed replica's running transfer stays claimed before another takes it over")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&cfg.AuditKeyFile, "audit-key-file", "", "file with the secret keys of the audit chain (HMAC); keep it outside --data-dir and Redis")
 	fs.StringVar(&cfg.AuditSyslog, "audit-syslog", "", "also export audit events as DICOM audit messages to this syslog receiver (tls://host:6514, tcp://… or udp://…)")
 	return fs
 }
@@ -151,6 +156,13 @@ func parseServeConfig(args []string, getenv func(string) string, stderr io.Write
 	}
 	if cfg.AuditSyslog != "" {
 		cfg.File.AuditSyslog.URL = cfg.AuditSyslog
+	}
+	if cfg.AuditKeyFile != "" {
+		keys, err := loadAuditKeys(cfg.AuditKeyFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.AuditKeys = keys
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
