@@ -1,8 +1,10 @@
 package dicomweb
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -156,7 +158,7 @@ func (a *Authenticator) Authenticate(r *http.Request) (gateway.Principal, error)
 		}
 		return gateway.Principal{}, fmt.Errorf("unknown bearer token: %w", gateway.ErrUnauthenticated)
 	case strings.EqualFold(scheme, "Basic") && a.basic != nil:
-		return a.basic.authenticate(cred)
+		return a.basic.authenticate(r.Context(), cred)
 	}
 	return gateway.Principal{}, fmt.Errorf("unsupported authorization scheme: %w", gateway.ErrUnauthenticated)
 }
@@ -214,48 +216,26 @@ var localPrincipal = gateway.Principal{
 // authorize returns the middleware that authenticates the request, applies
 // the per-client rate limit and checks that its principal carries role.
 // Failures are audited: 401 with WWW-Authenticate for missing or bad
-// credentials, 403 for a missing role. Once a client address's failed
-// attempts have used up its bucket:
-//   - a password (HTTP basic) gets 429 before it is checked, so passwords
-//     cannot be guessed at speed nor bcrypt used to burn CPU;
+// credentials, 403 for a missing role. Failed attempts are counted per
+// client network (clientNet: the address, or its /64 for IPv6) and username
+// (basic), with a higher ceiling per network over all usernames. Once a
+// bucket is used up:
+//   - a password (HTTP basic) for that username, or any password once the
+//     network's ceiling is reached, gets 429 before it is checked, so
+//     passwords cannot be guessed at speed; another user's good password
+//     from the same network still works until the ceiling;
 //   - cheap credentials (bearer tokens, JWTs, client certificates) are still
 //     checked, so other users behind the same NAT keep working, but a
 //     failure is 429 without an audit event, so a flood of guesses cannot
 //     flood the audit log either.
+//
+// bcrypt work is bounded separately (bcryptSlots), rate limit or not.
 func (s *Server) authorize(role gateway.Role) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		ip := remoteIP(c.Request)
-		p := localPrincipal
-		if s.Auth != nil {
-			wait, exhausted := s.RateLimit.failuresExhausted(ip)
-			if exhausted && hasPassword(c.Request) {
-				s.tooManyRequests(c, wait)
-				return
-			}
-			var err error
-			p, err = s.Auth.Authenticate(c.Request)
-			if err != nil && exhausted {
-				s.tooManyRequests(c, wait)
-				return
-			}
-			if err != nil {
-				s.RateLimit.failure(ip)
-				p.Address = c.ClientIP()
-				s.recordAuthFailure(c, gateway.ActionAuthFailure, p, err.Error())
-				s.writeError(c, err)
-				return
-			}
-		}
-		p.Address = c.ClientIP()
-		key := "ip:" + ip
-		if s.Auth != nil {
-			key = p.Method + ":" + p.Name
-		}
-		if wait, ok := s.RateLimit.allow(key); !ok {
-			s.tooManyRequests(c, wait)
+		p, ok := s.authenticate(c)
+		if !ok {
 			return
 		}
-		c.Request = c.Request.WithContext(gateway.WithPrincipal(c.Request.Context(), p))
 		if !p.Has(role) {
 			s.recordAuthFailure(c, gateway.ActionAccessDenied, p, "role "+string(role)+" required")
 			s.writeError(c, fmt.Errorf("%s needs role %s: %w", c.FullPath(), role, gateway.ErrForbidden))
@@ -265,11 +245,65 @@ func (s *Server) authorize(role gateway.Role) gin.HandlerFunc {
 	}
 }
 
-// hasPassword reports whether the request carries HTTP basic credentials,
-// the only kind whose check is expensive (bcrypt) and guessable.
-func hasPassword(r *http.Request) bool {
-	scheme, _, _ := strings.Cut(r.Header.Get("Authorization"), " ")
-	return strings.EqualFold(scheme, "Basic")
+// authenticate is the first half of authorize: it authenticates the
+// request (the local principal without auth), counts and audits failures,
+// applies the per-client rate limit and puts the principal in the request's
+// context. ok false means the answer (401, 429, 503) has been written.
+func (s *Server) authenticate(c *gin.Context) (p gateway.Principal, ok bool) {
+	addr := clientNet(remoteIP(c.Request))
+	p = localPrincipal
+	if s.Auth != nil {
+		username, password := basicUsername(c.Request)
+		wait, exhausted := s.RateLimit.failuresExhausted(addr, username)
+		if exhausted && password {
+			s.tooManyRequests(c, wait)
+			return p, false
+		}
+		var err error
+		p, err = s.Auth.Authenticate(c.Request)
+		if err != nil && exhausted {
+			s.tooManyRequests(c, wait)
+			return p, false
+		}
+		if err != nil && !errors.Is(err, errPasswordChecksBusy) && !errors.Is(err, context.Canceled) {
+			// A refused or abandoned password check is not a wrong password.
+			s.RateLimit.failure(addr, username)
+			p.Address = c.ClientIP()
+			s.recordAuthFailure(c, gateway.ActionAuthFailure, p, err.Error())
+		}
+		if err != nil {
+			s.writeError(c, err)
+			return p, false
+		}
+	}
+	p.Address = c.ClientIP()
+	key := "ip:" + addr
+	if s.Auth != nil {
+		key = p.Method + ":" + p.Name
+	}
+	if wait, ok := s.RateLimit.allow(key); !ok {
+		s.tooManyRequests(c, wait)
+		return p, false
+	}
+	c.Request = c.Request.WithContext(gateway.WithPrincipal(c.Request.Context(), p))
+	return p, true
+}
+
+// basicUsername returns the username of HTTP basic credentials and true
+// when the request carries them (the only kind whose check is expensive,
+// bcrypt, and guessable); "" and false otherwise. A malformed header gives
+// "" and true: it is still a password attempt.
+func basicUsername(r *http.Request) (username string, password bool) {
+	scheme, cred, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !strings.EqualFold(scheme, "Basic") {
+		return "", false
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+	if err != nil {
+		return "", true
+	}
+	username, _, _ = strings.Cut(string(raw), ":")
+	return username, true
 }
 
 // remoteIP is the address of the TCP peer, not of X-Forwarded-For: a client

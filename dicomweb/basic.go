@@ -1,14 +1,15 @@
 package dicomweb
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -19,10 +20,12 @@ import (
 )
 
 // BasicConfig is one HTTP basic user, for legacy PACS that cannot send a
-// bearer token. The password is configured only as a hash: bcrypt
-// ("$2a$…", "$2b$…", "$2y$…", e.g. from HashPassword or
-// `htpasswd -nbB user pw`) or salted SHA-256 ("sha256:<salt hex>:<hex
-// SHA-256 of salt bytes followed by the password>"). Plain text is refused.
+// bearer token. The password is configured only as a bcrypt hash ("$2a$…",
+// "$2b$…", "$2y$…", e.g. from `gateway hash-password` or `htpasswd -nBC 12
+// user`). Plain text is refused, and so is the salted SHA-256 form earlier
+// versions accepted: one SHA-256 is cheap to brute-force from a leaked
+// config, and checking it in microseconds next to bcrypt's milliseconds let
+// response times tell which usernames exist (issue 16).
 type BasicConfig struct {
 	Name         string         `yaml:"name"`     // principal name in audit and logs
 	Username     string         `yaml:"username"` // what the PACS sends
@@ -50,15 +53,14 @@ const (
 type basicUser struct {
 	name     string
 	username []byte
-	bcrypt   []byte // set for bcrypt hashes
-	salt     []byte // set for salted SHA-256
-	sha      []byte
+	bcrypt   []byte
 	roles    []gateway.Role
 }
 
 type basicAuth struct {
 	users []basicUser
 	dummy []byte // bcrypt hash checked when no user matches, so timing does not reveal usernames
+	slots bcryptSlots
 
 	cacheKey []byte // random per process: the cache holds HMACs, never passwords
 	mu       sync.Mutex
@@ -71,7 +73,7 @@ type basicCached struct {
 }
 
 func newBasicAuth(cfg []BasicConfig) (*basicAuth, error) {
-	b := &basicAuth{cache: map[[sha256.Size]byte]basicCached{}, cacheKey: make([]byte, 32)}
+	b := &basicAuth{cache: map[[sha256.Size]byte]basicCached{}, cacheKey: make([]byte, 32), slots: newBcryptSlots(runtime.GOMAXPROCS(0))}
 	_, _ = rand.Read(b.cacheKey)
 	var errs []error
 	seen := map[string]bool{}
@@ -103,21 +105,11 @@ func newBasicAuth(cfg []BasicConfig) (*basicAuth, error) {
 			cost = max(cost, n)
 			u.bcrypt = []byte(h)
 		case strings.HasPrefix(h, "sha256:"):
-			parts := strings.Split(h, ":")
-			var salt, sum []byte
-			var err1, err2 error
-			if len(parts) == 3 {
-				salt, err1 = hex.DecodeString(parts[1])
-				sum, err2 = hex.DecodeString(parts[2])
-			}
-			if len(parts) != 3 || err1 != nil || err2 != nil || len(salt) < 8 || len(sum) != sha256.Size {
-				errs = append(errs, fmt.Errorf("%s: password_hash must be sha256:<salt hex, at least 8 bytes>:<64 hex digits>", where))
-				continue
-			}
-			u.salt, u.sha = salt, sum
+			errs = append(errs, fmt.Errorf("%s: salted SHA-256 password hashes are no longer accepted (fast to brute-force, and they let timing reveal usernames): make a bcrypt hash with `gateway hash-password` (reads the password on stdin) and put it in password_hash", where))
+			continue
 		default:
 			// Never echo the value: it may be a plain-text password.
-			errs = append(errs, fmt.Errorf("%s: password_hash must be a bcrypt hash ($2a$/$2b$/$2y$) or sha256:<salt>:<hash>; plain-text passwords are not accepted", where))
+			errs = append(errs, fmt.Errorf("%s: password_hash must be a bcrypt hash ($2a$/$2b$/$2y$) (from `gateway hash-password`); plain-text passwords are not accepted", where))
 			continue
 		}
 		b.users = append(b.users, u)
@@ -137,9 +129,11 @@ func newBasicAuth(cfg []BasicConfig) (*basicAuth, error) {
 }
 
 // authenticate checks the base64 part of a Basic Authorization header.
-// Usernames are compared in constant time and a password hash is always
-// checked, even for an unknown user.
-func (b *basicAuth) authenticate(cred string) (gateway.Principal, error) {
+// Usernames are compared in constant time and a bcrypt hash is always
+// checked, even for an unknown user. bcrypt runs in a bounded number of
+// slots (bcryptSlots): past them the answer is gateway.ErrUnavailable (503),
+// whatever the rate limit says.
+func (b *basicAuth) authenticate(ctx context.Context, cred string) (gateway.Principal, error) {
 	raw, err := base64.StdEncoding.DecodeString(cred)
 	if err != nil {
 		return gateway.Principal{}, fmt.Errorf("malformed basic credentials: %w", gateway.ErrUnauthenticated)
@@ -166,20 +160,17 @@ func (b *basicAuth) authenticate(cred string) (gateway.Principal, error) {
 			found = i
 		}
 	}
-	if found < 0 {
-		_ = bcrypt.CompareHashAndPassword(b.dummy, []byte(password))
-		return gateway.Principal{}, fmt.Errorf("bad basic credentials: %w", gateway.ErrUnauthenticated)
+	hash := b.dummy
+	if found >= 0 {
+		hash = b.users[found].bcrypt
 	}
-	u := b.users[found]
-	if u.bcrypt != nil {
-		ok = bcrypt.CompareHashAndPassword(u.bcrypt, []byte(password)) == nil
-	} else {
-		h := sha256.New()
-		h.Write(u.salt)
-		h.Write([]byte(password))
-		ok = subtle.ConstantTimeCompare(h.Sum(nil), u.sha) == 1
+	release, err := b.slots.acquire(ctx)
+	if err != nil {
+		return gateway.Principal{}, err
 	}
-	if !ok {
+	ok = bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil
+	release()
+	if found < 0 || !ok {
 		return gateway.Principal{}, fmt.Errorf("bad basic credentials: %w", gateway.ErrUnauthenticated)
 	}
 	b.mu.Lock()

@@ -666,7 +666,7 @@ func AdminURL(p gateway.Peer) (string, error) {
 	if root, ok := strings.CutSuffix(base, "/dicomweb"); ok {
 		return root + "/api/v1", nil
 	}
-	return "", fmt.Errorf("peer %s: cannot derive the admin API from url %s; set admin_url", p.Name, p.URL)
+	return "", fmt.Errorf("peer %s: cannot derive the admin API from url %s; set admin_url", p.Name, gateway.RedactURL(p.URL))
 }
 
 // studySHA256 is the answer of GET /api/v1/studies/{study}/sha256.

@@ -3,6 +3,7 @@ package dicomweb
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -82,35 +83,77 @@ func (l *RateLimiter) allow(key string) (wait float64, ok bool) {
 	return 0, true
 }
 
-// failure counts a failed authentication from ip.
-func (l *RateLimiter) failure(ip string) {
+// failCeiling is how many times more failures one address may have, over
+// all usernames, than one username from that address: enough that a
+// colleague mistyping a password behind the same NAT does not lock out the
+// PACS, low enough that spraying usernames stays slow.
+const failCeiling = 10
+
+// failure counts a failed authentication from the client network addr
+// (clientNet) for identity: the username of HTTP basic credentials, "" for
+// other kinds. It counts in identity's bucket and in the address's ceiling.
+func (l *RateLimiter) failure(addr, identity string) {
 	if l == nil {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	l.bucket("fail:"+ip, now).AllowN(now, 1)
+	l.bucket(failKey(addr, identity), now).AllowN(now, 1)
+	l.ceiling(addr, now).AllowN(now, 1)
 }
 
-// failuresExhausted reports whether ip's failed authentications have used
-// up its bucket, and how long until another attempt is allowed. It takes
-// nothing from the bucket.
-func (l *RateLimiter) failuresExhausted(ip string) (wait float64, limited bool) {
+// failuresExhausted reports whether addr's failed authentications for
+// identity, or for all identities together (the ceiling), have used up
+// their bucket, and how long until another attempt is allowed. It takes
+// nothing from the buckets. So one user's guessed password does not lock out
+// another user's good one behind the same address.
+func (l *RateLimiter) failuresExhausted(addr, identity string) (wait float64, limited bool) {
 	if l == nil {
 		return 0, false
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b, ok := l.buckets["fail:"+ip]
-	if !ok {
-		return 0, false
-	}
 	now := l.now()
-	if tokens := b.TokensAt(now); tokens < 1 {
-		return (1 - tokens) / float64(l.limit), true
+	for _, key := range []string{failKey(addr, identity), "failall:" + addr} {
+		b, ok := l.buckets[key]
+		if !ok {
+			continue
+		}
+		if tokens := b.TokensAt(now); tokens < 1 {
+			return (1 - tokens) / float64(b.Limit()), true
+		}
 	}
 	return 0, false
+}
+
+func failKey(addr, identity string) string {
+	return "fail:" + addr + "\x00" + identity
+}
+
+// ceiling returns addr's bucket of failures over all identities; l.mu is held.
+func (l *RateLimiter) ceiling(addr string, now time.Time) *rate.Limiter {
+	return l.bucketWith("failall:"+addr, now, l.limit*failCeiling, l.burst*failCeiling)
+}
+
+// clientNet is the rate-limit identity of a client address: the address
+// itself for IPv4, its /64 for IPv6. One IPv6 host usually holds a whole
+// /64 and can pick any address in it, so per-address buckets would give it
+// 2^64 allowances.
+func clientNet(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	a = a.Unmap()
+	if a.Is4() {
+		return a.String()
+	}
+	p, err := a.WithZone("").Prefix(64)
+	if err != nil {
+		return ip
+	}
+	return p.String()
 }
 
 // bucket returns key's limiter, creating it; l.mu is held. When the map is
@@ -118,6 +161,11 @@ func (l *RateLimiter) failuresExhausted(ip string) (wait float64, limited bool) 
 // bucket is the same as a new one, so this loses nothing); if none is, an
 // arbitrary bucket goes, which at worst gives one client a fresh burst.
 func (l *RateLimiter) bucket(key string, now time.Time) *rate.Limiter {
+	return l.bucketWith(key, now, l.limit, l.burst)
+}
+
+// bucketWith is bucket for a bucket of its own rate and burst.
+func (l *RateLimiter) bucketWith(key string, now time.Time, limit rate.Limit, burst int) *rate.Limiter {
 	if b, ok := l.buckets[key]; ok {
 		return b
 	}
@@ -125,7 +173,7 @@ func (l *RateLimiter) bucket(key string, now time.Time) *rate.Limiter {
 		if now.Sub(l.lastSweep) > time.Second {
 			l.lastSweep = now
 			for k, b := range l.buckets {
-				if b.TokensAt(now) >= float64(l.burst) {
+				if b.TokensAt(now) >= float64(b.Burst()) {
 					delete(l.buckets, k)
 				}
 			}
@@ -137,7 +185,7 @@ func (l *RateLimiter) bucket(key string, now time.Time) *rate.Limiter {
 			delete(l.buckets, k)
 		}
 	}
-	b := rate.NewLimiter(l.limit, l.burst)
+	b := rate.NewLimiter(limit, burst)
 	l.buckets[key] = b
 	return b
 }

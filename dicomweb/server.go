@@ -63,7 +63,8 @@ type Server struct {
 	// "*" allows any origin. Empty: no CORS headers, same-origin only.
 	CORSOrigins []string
 
-	metrics *httpMetrics
+	metrics   *httpMetrics
+	recompute *recomputeGate // SHA-256 ?recompute=true (recompute.go)
 }
 
 // Handler builds the gin engine with every route of routes().
@@ -77,6 +78,7 @@ func (s *Server) Handler() http.Handler {
 		s.Registerer, s.Gatherer = reg, reg
 	}
 	s.metrics = newHTTPMetrics(s.Registerer)
+	s.recompute = newRecomputeGate(maxConcurrentRecompute)
 	r := gin.New()
 	r.ContextWithFallback = true
 	if err := r.SetTrustedProxies(s.TrustedProxies); err != nil {
@@ -106,27 +108,51 @@ func (s *Server) handleHealthz(c *gin.Context) {
 }
 
 // handleReadyz pings every backend with a short deadline and names the ones
-// that fail.
+// that fail. The backends' error texts (addresses, paths, driver messages)
+// go to the log and to admins only: an anonymous caller, such as a load
+// balancer, learns "ready" or "not ready" and which component fails. A
+// caller that sends an Authorization header is authenticated as on any route (failures
+// counted and audited), and sees the errors when it has role admin; without
+// auth every (loopback) caller is the local admin.
 func (s *Server) handleReadyz(c *gin.Context) {
+	admin := s.Auth == nil
+	if s.Auth != nil && hasCredentials(c.Request) {
+		p, ok := s.authenticate(c)
+		if !ok {
+			return
+		}
+		admin = p.Has(gateway.RoleAdmin)
+	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), 2*time.Second)
 	defer cancel()
-	failing := map[string]string{}
 	names := make([]string, 0, len(s.Ready))
 	for name := range s.Ready {
 		names = append(names, name)
 	}
 	sort.Strings(names)
+	failing := map[string]string{} // name → "unavailable", or the error for admins
 	for _, name := range names {
 		if err := s.Ready[name].Ping(ctx); err != nil {
-			failing[name] = err.Error()
+			failing[name] = "unavailable"
+			if admin {
+				failing[name] = err.Error()
+			}
+			s.Logger.WarnContext(ctx, "readiness check failed", gateway.LogKeyBackend, name, gateway.LogKeyError, err.Error())
 		}
 	}
 	if len(failing) > 0 {
 		c.Header("Retry-After", "5")
-		c.JSON(http.StatusServiceUnavailable, gin.H{"status": "unavailable", "failing": failing, "checked": names})
+		c.JSON(http.StatusServiceUnavailable, gin.H{"status": "not ready", "failing": failing, "checked": names})
 		return
 	}
 	c.JSON(http.StatusOK, gin.H{"status": "ready", "checked": names})
+}
+
+// hasCredentials reports whether r carries an Authorization header. A
+// client certificate alone does not count: a load balancer's probe may
+// present one that is not mapped to any principal, and must not get 401.
+func hasCredentials(r *http.Request) bool {
+	return r.Header.Get("Authorization") != ""
 }
 
 func (s *Server) handleMetrics(c *gin.Context) {

@@ -28,6 +28,7 @@ const (
 	tagReferencedSOPClassUID   = "00081150"
 	tagReferencedSOPInstanceID = "00081155"
 	tagFailureReason           = "00081197"
+	tagErrorComment            = "00000902"
 	tagWarningReason           = "00081196"
 )
 
@@ -44,6 +45,7 @@ type stowFailure struct {
 	sopClassUID, sopInstanceUID string
 	reason                      uint16
 	unavailable                 bool
+	comment                     string // Error Comment (0000,0902), rarely set
 }
 
 // handleStow stores every part of a multipart/related request, one at a
@@ -246,7 +248,7 @@ func (s *Server) refused(c *gin.Context, study string, part int, ie *gateway.Ins
 	in := incomingOf(study, ie.SOPInstanceUID, 0, ie)
 	return &stowOutcome{incoming: &in, failure: &stowFailure{
 		sopClassUID: ie.SOPClassUID, sopInstanceUID: ie.SOPInstanceUID, reason: ie.Reason,
-		unavailable: errors.Is(ie, gateway.ErrUnavailable),
+		unavailable: errors.Is(ie, gateway.ErrUnavailable), comment: ie.Comment,
 	}}
 }
 
@@ -292,6 +294,9 @@ func (s *Server) stowResponse(c *gin.Context, study string, stored []*gateway.In
 			}
 			if f.sopInstanceUID != "" {
 				item[tagReferencedSOPInstanceID] = gateway.Attribute{VR: "UI", Value: []any{f.sopInstanceUID}}
+			}
+			if f.comment != "" {
+				item[tagErrorComment] = gateway.Attribute{VR: "LO", Value: []any{f.comment[:min(len(f.comment), 64)]}}
 			}
 			items = append(items, item)
 		}

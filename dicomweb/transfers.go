@@ -134,17 +134,27 @@ func (s *Server) handleTransferRetry(c *gin.Context) {
 	c.JSON(http.StatusAccepted, t)
 }
 
-// peerView is a peer as the API shows it: never its secrets.
+// peerView is a peer as the API shows it: never its secrets (the Secret
+// fields do not marshal; a password in a URL, refused at config load, is
+// redacted all the same).
 type peerView struct {
 	gateway.Peer
 	Auth string `json:"auth"`
+}
+
+func newPeerView(p gateway.Peer) peerView {
+	p.URL = gateway.RedactURL(p.URL)
+	if p.AdminURL != "" {
+		p.AdminURL = gateway.RedactURL(p.AdminURL)
+	}
+	return peerView{Peer: p, Auth: p.AuthMethod()}
 }
 
 func (s *Server) handlePeers(c *gin.Context) {
 	peers := []peerView{}
 	if s.Transfers != nil {
 		for _, p := range s.Transfers.Peers {
-			peers = append(peers, peerView{Peer: p, Auth: p.AuthMethod()})
+			peers = append(peers, newPeerView(p))
 		}
 	}
 	c.JSON(http.StatusOK, gin.H{"peers": peers})
@@ -180,7 +190,12 @@ func (s *Server) handleInstanceSHA256(c *gin.Context) {
 		s.writeError(c, err)
 		return
 	}
-	sum, err := s.instanceSHA256(c.Request.Context(), rec, c.Query("recompute") == "true")
+	recompute, release, ok := s.beginSHA256(c, rec.StudyInstanceUID, []*gateway.InstanceRecord{rec})
+	if !ok {
+		return
+	}
+	defer release()
+	sum, err := s.instanceSHA256(c.Request.Context(), rec, recompute)
 	if err != nil {
 		s.writeError(c, err)
 		return
@@ -199,7 +214,11 @@ func (s *Server) handleStudySHA256(c *gin.Context) {
 		s.writeError(c, err)
 		return
 	}
-	recompute := c.Query("recompute") == "true"
+	recompute, release, ok := s.beginSHA256(c, study, recs)
+	if !ok {
+		return
+	}
+	defer release()
 	sums := make(map[string]string, len(recs))
 	for _, rec := range recs {
 		sum, err := s.instanceSHA256(c.Request.Context(), rec, recompute)
@@ -214,6 +233,35 @@ func (s *Server) handleStudySHA256(c *gin.Context) {
 		source = "storage"
 	}
 	c.JSON(http.StatusOK, studySHA256{StudyUID: study, Source: source, Instances: sums})
+}
+
+// beginSHA256 admits a SHA-256 request for recs of study: with
+// ?recompute=true only through the recompute gate (429 with Retry-After
+// beyond it), and only once the read is audited like any retrieve (the
+// answer confirms which instances, and so which patient's, are stored
+// here). ok false means the answer has been written.
+func (s *Server) beginSHA256(c *gin.Context, study string, recs []*gateway.InstanceRecord) (recompute bool, release func(), ok bool) {
+	recompute = c.Query("recompute") == "true"
+	release = func() {}
+	if recompute {
+		var err error
+		if release, err = s.recompute.enter(study); err != nil {
+			c.Header("Retry-After", strconv.Itoa(recomputeRetryAfter))
+			s.writeError(c, err)
+			return false, nil, false
+		}
+	}
+	source := "index"
+	if recompute {
+		source = "storage"
+	}
+	if err := s.audit(c, gateway.ActionRetrieve, gateway.OutcomeSuccess, subjectOfRecords(recs, []string{study}),
+		map[string]any{"what": "sha256", "sha256_source": source, "bytes": 0}); err != nil {
+		release()
+		s.writeError(c, err)
+		return false, nil, false
+	}
+	return recompute, release, true
 }
 
 // recordIncoming notes, for a STOW-RS request that carries X-Transfer-ID

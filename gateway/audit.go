@@ -42,8 +42,8 @@ const (
 	OutcomeError   = "error"   // serious failure
 )
 
-// AuditEvent is one record of the audit log. ID, Seq, PrevHash and Hash are
-// set by the AuditLog when the event is appended.
+// AuditEvent is one record of the audit log. ID, Seq, PrevHash, KeyID and
+// Hash are set by the AuditLog when the event is appended.
 type AuditEvent struct {
 	ID         string         `json:"id"`
 	Seq        int64          `json:"seq"`
@@ -56,7 +56,10 @@ type AuditEvent struct {
 	PatientIDs []string       `json:"patient_ids,omitempty"`
 	Detail     map[string]any `json:"detail,omitempty"`
 	PrevHash   string         `json:"prev_hash,omitempty"`
-	Hash       string         `json:"hash,omitempty"`
+	// KeyID names the audit key whose HMAC Hash is (AuditKeys); "" for a
+	// record chained with plain SHA-256 (no key configured).
+	KeyID string `json:"key_id,omitempty"`
+	Hash  string `json:"hash,omitempty"`
 }
 
 // Auditor records audit events. Record fails (ErrUnavailable) when the event
@@ -184,6 +187,10 @@ func AuditCanonical(ev *AuditEvent) ([]byte, error) {
 	b = appendJSONString(b, ev.Gateway)
 	b = append(b, `,"id":`...)
 	b = appendJSONString(b, ev.ID)
+	if ev.KeyID != "" {
+		b = append(b, `,"key_id":`...)
+		b = appendJSONString(b, ev.KeyID)
+	}
 	b = append(b, `,"outcome":`...)
 	b = appendJSONString(b, ev.Outcome)
 	if len(ev.PatientIDs) > 0 {
@@ -341,10 +348,15 @@ func PrepareAuditEvent(ev *AuditEvent, gatewayName string, now time.Time) error 
 }
 
 // SealAuditEvent places ev at position seq after a record whose hash is
-// prevHash: it sets ID, Seq, PrevHash and Hash and returns the JSON to store.
-func SealAuditEvent(ev *AuditEvent, seq int64, prevHash string) ([]byte, error) {
-	ev.Seq, ev.ID, ev.PrevHash, ev.Hash = seq, AuditRecordID(seq), prevHash, ""
-	h, err := AuditHash(ev)
+// prevHash: it sets ID, Seq, PrevHash, KeyID and Hash and returns the JSON
+// to store. With keys (not nil) Hash is the HMAC under the current key;
+// without, the plain SHA-256 of AuditHash.
+func SealAuditEvent(ev *AuditEvent, seq int64, prevHash string, keys *AuditKeys) ([]byte, error) {
+	ev.Seq, ev.ID, ev.PrevHash, ev.KeyID, ev.Hash = seq, AuditRecordID(seq), prevHash, "", ""
+	if keys != nil {
+		ev.KeyID = keys.current
+	}
+	h, err := keys.auditSum(ev)
 	if err != nil {
 		return nil, err
 	}
@@ -542,14 +554,19 @@ func firstAtOrAfter(ctx context.Context, s AuditScanner, head int64, t time.Time
 // position order, then against the stored chain head. The first fault found
 // is the one reported; later records are only counted.
 type AuditVerifier struct {
+	keys   *AuditKeys
 	next   int64 // position expected next
 	prev   string
 	result VerifyResult
 }
 
-// NewAuditVerifier returns a verifier expecting position 1 first.
-func NewAuditVerifier() *AuditVerifier {
-	return &AuditVerifier{next: 1, result: VerifyResult{OK: true}}
+// NewAuditVerifier returns a verifier expecting position 1 first. With keys
+// (not nil), every record after the key set's unkeyed-records must carry
+// an HMAC under one of its keys: a record rewritten by someone without the
+// key, even with every plain hash recomputed, does not verify. Without
+// keys, keyed records cannot be checked and are reported as such.
+func NewAuditVerifier(keys *AuditKeys) *AuditVerifier {
+	return &AuditVerifier{keys: keys, next: 1, result: VerifyResult{OK: true}}
 }
 
 func (v *AuditVerifier) fail(seq int64, format string, args ...any) {
@@ -581,7 +598,15 @@ func (v *AuditVerifier) Add(pos int64, raw []byte) {
 		v.fail(pos, "prev_hash does not match the hash of the record before it: a record was changed, removed or reordered")
 		return
 	}
-	h, err := AuditHash(ev)
+	switch {
+	case v.keys != nil && ev.KeyID == "" && pos > v.keys.unkeyed:
+		v.fail(pos, "record is not keyed although an audit key is configured: it was written or rewritten without the key (if it predates the key, set unkeyed-records in the audit key file)")
+		return
+	case v.keys == nil && ev.KeyID != "":
+		v.fail(pos, "record is keyed with %q: verification needs the audit key file (--audit-key-file)", ev.KeyID)
+		return
+	}
+	h, err := v.keys.auditSum(ev)
 	if err != nil {
 		v.fail(pos, "hash cannot be computed: %v", err)
 		return

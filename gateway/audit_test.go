@@ -52,7 +52,7 @@ func TestAuditHashSurvivesStorage(t *testing.T) {
 	ev := chainTestEvent()
 	ev.Detail["big"] = int64(1)<<62 + 1
 	ev.Detail["float"] = 0.1
-	raw, err := gateway.SealAuditEvent(ev, 7, "cafe")
+	raw, err := gateway.SealAuditEvent(ev, 7, "cafe", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestAuditCanonicalMatchesDefinition(t *testing.T) {
 		if string(got) != string(want) {
 			t.Errorf("detail %d:\n got %s\nwant %s", i, got, want)
 		}
-		raw, err := gateway.SealAuditEvent(ev, 3, "prev")
+		raw, err := gateway.SealAuditEvent(ev, 3, "prev", nil)
 		if err != nil {
 			t.Fatal(err)
 		}

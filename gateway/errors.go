@@ -54,6 +54,11 @@ type InstanceError struct {
 	SOPInstanceUID string
 	Reason         uint16
 	Err            error
+	// Comment, when set, is a short text (at most 64 characters, an LO)
+	// that dicomweb writes as the Error Comment (0000,0902) of the failed
+	// item, for refusals a sender's operator must understand from the
+	// response alone.
+	Comment string
 }
 
 func (e *InstanceError) Error() string {

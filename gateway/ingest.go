@@ -50,6 +50,9 @@ type Ingester struct {
 	// DuplicatePolicy applies to the same SOP Instance UID with different
 	// bytes; "" means DuplicateReject.
 	DuplicatePolicy DuplicatePolicy
+	// PreamblePolicy applies to an executable preamble (preamble.go); ""
+	// means PreambleRefuse.
+	PreamblePolicy PreamblePolicy
 	// MaxInstanceBytes bounds one instance; 0 means unlimited.
 	MaxInstanceBytes int64
 	// HeaderLimits bound the header parser; zero fields take the defaults.
@@ -133,6 +136,11 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 	if err := in.validate(h, opts); err != nil {
 		return nil, err
 	}
+	preamble, err := in.checkPreamble(head.Bytes())
+	if err != nil {
+		return nil, &InstanceError{SOPClassUID: h.SOPClassUID, SOPInstanceUID: h.SOPInstanceUID, Reason: ReasonCannotUnderstand, Err: err,
+			Comment: "executable preamble (" + preamble + ") refused: CVE-2019-11687"}
+	}
 	key := InstanceKey(h.StudyInstanceUID, h.SeriesInstanceUID, h.SOPInstanceUID)
 	fail := func(reason uint16, err error) *InstanceError {
 		return &InstanceError{SOPClassUID: h.SOPClassUID, SOPInstanceUID: h.SOPInstanceUID, Reason: reason, Err: err}
@@ -183,7 +191,12 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 		}
 		return nil, unavailable("look up instance", err)
 	}
-	body := &checkedReader{r: io.MultiReader(&head, lim), sum: sha256.New(), tail: h.Tail(), headerLeft: h.HeaderLength}
+	var src io.Reader = io.MultiReader(&head, lim)
+	var origSum hash.Hash // set when an executable preamble is zeroed
+	if preamble != "" {
+		src, origSum = zeroPreamble(&head, lim)
+	}
+	body := &checkedReader{r: src, sum: sha256.New(), tail: h.Tail(), headerLeft: h.HeaderLength}
 
 	// An index entry whose blob is gone (lost after a failure) is healed by a
 	// resend of the same bytes, never answered as "already stored".
@@ -279,6 +292,9 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 				in.deleteBlob(ctx, old)
 			}
 			in.auditReplace(ctx, existing, rec)
+			if origSum != nil {
+				in.auditZeroedPreamble(ctx, rec, preamble, origSum)
+			}
 			in.logger().InfoContext(ctx, "instance replaced", LogKeyStudyUID, rec.StudyInstanceUID, LogKeySOPUID, rec.SOPInstanceUID, "size", rec.Size)
 			in.logDeviations(ctx, rec)
 			return rec, nil
@@ -308,6 +324,9 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 			}
 			in.logger().ErrorContext(ctx, "instance indexed by another upload while locked", LogKeySOPUID, rec.SOPInstanceUID)
 			return nil, fail(ReasonDuplicateRejected, fmt.Errorf("instance %s was stored concurrently with different content: %w", h.SOPInstanceUID, ErrConflict))
+		}
+		if origSum != nil {
+			in.auditZeroedPreamble(ctx, rec, preamble, origSum)
 		}
 		in.logger().InfoContext(ctx, "instance stored", LogKeyStudyUID, rec.StudyInstanceUID, LogKeySeriesUID, rec.SeriesInstanceUID, LogKeySOPUID, rec.SOPInstanceUID, "size", rec.Size)
 		in.logDeviations(ctx, rec)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -38,6 +37,11 @@ type Peer struct {
 	// The peer's credential then needs the transfer role too.
 	Gateway  bool   `yaml:"gateway" json:"gateway"`
 	AdminURL string `yaml:"admin_url" json:"admin_url,omitempty"`
+	// AllowInsecure accepts a plain http URL to a host that is not
+	// loopback (a private network the operator protects otherwise). Without
+	// it such a peer is refused at start-up; with it, and for
+	// tls.insecure_skip_verify, the gateway logs a warning (Insecure).
+	AllowInsecure bool `yaml:"allow_insecure" json:"allow_insecure"`
 }
 
 // PeerTLS are the TLS settings for one peer: a CA bundle to trust instead of
@@ -57,9 +61,8 @@ func (p Peer) Validate() error {
 	if strings.ContainsAny(p.Name, " /\\:") {
 		return fmt.Errorf("peer %s: name may not contain spaces, slashes or colons", p.Name)
 	}
-	u, err := url.Parse(p.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("peer %s: url %q is not an http(s) URL", p.Name, p.URL)
+	if err := p.checkPeerURL("url", p.URL); err != nil {
+		return err
 	}
 	if p.Token != "" && (p.Username != "" || p.Password != "") {
 		return fmt.Errorf("peer %s: set either token or username/password, not both", p.Name)
@@ -74,8 +77,8 @@ func (p Peer) Validate() error {
 		return fmt.Errorf("peer %s: max_parallel and max_request_bytes may not be negative", p.Name)
 	}
 	if p.AdminURL != "" {
-		if u, err := url.Parse(p.AdminURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("peer %s: admin_url %q is not an http(s) URL", p.Name, p.AdminURL)
+		if err := p.checkPeerURL("admin_url", p.AdminURL); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -472,8 +475,18 @@ func (s *Transfers) count(peer string, bytes int64, retries int64) {
 var workerPrincipal = Principal{Name: "transfer-worker", Method: "system"}
 
 func (s *Transfers) audit(ctx context.Context, actor Principal, action, outcome string, t *Transfer, extra map[string]any) {
+	if err := s.auditOrErr(ctx, actor, action, outcome, t, extra); err != nil {
+		s.logger().ErrorContext(ctx, "transfer audit not written", LogKeyTransferID, t.ID, LogKeyError, err.Error())
+	}
+}
+
+// auditOrErr is audit for an event that must be written before the work it
+// records goes ahead (transfer.started: nothing leaves for a peer without
+// its audit record, as a retrieve is refused when its read cannot be
+// audited).
+func (s *Transfers) auditOrErr(ctx context.Context, actor Principal, action, outcome string, t *Transfer, extra map[string]any) error {
 	if s.Auditor == nil {
-		return
+		return nil
 	}
 	detail := map[string]any{
 		"transfer_id": t.ID, "destination": t.Destination, "priority": string(t.Priority),
@@ -490,9 +503,7 @@ func (s *Transfers) audit(ctx context.Context, actor Principal, action, outcome 
 		StudyUIDs: []string{t.StudyUID}, PatientIDs: s.studyPatientIDs(ctx, t.StudyUID), Detail: detail}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := s.Auditor.Record(actx, ev); err != nil {
-		s.logger().ErrorContext(ctx, "transfer audit not written", LogKeyTransferID, t.ID, LogKeyError, err.Error())
-	}
+	return s.Auditor.Record(actx, ev)
 }
 
 // studyPatientIDs returns the patient IDs of a study's instances, so that
@@ -632,7 +643,17 @@ func (s *Transfers) process(ctx context.Context, l *Lease) {
 		return
 	}
 	if first {
-		s.audit(ctx, workerPrincipal, ActionTransferStarted, OutcomeSuccess, t, nil)
+		if err := s.auditOrErr(ctx, workerPrincipal, ActionTransferStarted, OutcomeSuccess, t, nil); err != nil {
+			// Fail closed: nothing is sent without its audit record. The
+			// attempt does not count (it never began), so the next one is
+			// "first" again and writes transfer.started; only RetryPolicy.MaxAge
+			// ends the wait for the audit log.
+			log.ErrorContext(ctx, "transfer not started: transfer.started not audited", LogKeyError, err.Error())
+			t.Attempts--
+			r := &run{s: s, l: l, t: t}
+			r.finish(ctx, &attemptResult{temporary: fmt.Errorf("transfer.started could not be audited, nothing sent: %w", err)})
+			return
+		}
 	}
 	log.InfoContext(ctx, "transfer started", LogKeyPeer, t.Destination, LogKeyStudyUID, t.StudyUID, "attempt", t.Attempts)
 

@@ -17,16 +17,18 @@ import (
 )
 
 const auditUsage = `Usage:
-  gateway audit verify [--data-dir DIR | --redis-url URL [--redis-prefix P]] [--json]
+  gateway audit verify [--data-dir DIR | --redis-url URL [--redis-prefix P]] [--audit-key-file F] [--json]
 
 verify opens the state backend directly, chosen as gateway serve chooses it
 (Redis when --redis-url is set, else the embedded state file in --data-dir),
 checks the whole audit hash chain and prints the result. It exits 1 when a
 record was changed, removed or reordered, naming the first broken record.
+A chain written with --audit-key-file needs the same key file (HMAC).
 The embedded state file is held by one process at a time: stop gateway serve
 first, or ask the running gateway (GET /api/v1/audit/verify).
 
-Flags can also be set as GATEWAY_DATA_DIR, GATEWAY_REDIS_URL, GATEWAY_REDIS_PREFIX.
+Flags can also be set as GATEWAY_DATA_DIR, GATEWAY_REDIS_URL, GATEWAY_REDIS_PREFIX,
+GATEWAY_AUDIT_KEY_FILE.
 `
 
 // errAuditBroken is returned (exit status 1) when verify finds the chain
@@ -48,6 +50,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	dataDir := fs.String("data-dir", "./data", "embedded storage and state")
 	redisURL := fs.String("redis-url", "", "Redis state when set, e.g. redis://127.0.0.1:6379/0")
 	redisPrefix := fs.String("redis-prefix", "gw:", "prefix of the gateway's Redis keys")
+	keyFile := fs.String("audit-key-file", "", "the audit chain's key file, as given to gateway serve")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -59,7 +62,17 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 
-	var log gateway.AuditLog
+	var keys *gateway.AuditKeys
+	if *keyFile != "" {
+		var err error
+		if keys, err = loadAuditKeys(*keyFile); err != nil {
+			return err
+		}
+	}
+	var log interface {
+		gateway.AuditLog
+		SetKeys(*gateway.AuditKeys)
+	}
 	source := ""
 	if *redisURL != "" {
 		c, err := redis.Open(*redisURL, *redisPrefix)
@@ -84,6 +97,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		source = path
 	}
 
+	log.SetKeys(keys)
 	start := time.Now()
 	res, err := log.Verify(ctx)
 	if err != nil {

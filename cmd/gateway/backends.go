@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -105,6 +106,9 @@ func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger) (_ *Bac
 			return nil, err
 		}
 	}
+	if cfg.AuditKeys != nil {
+		b.AuditLog.(interface{ SetKeys(*gateway.AuditKeys) }).SetKeys(cfg.AuditKeys)
+	}
 	return b, nil
 }
 
@@ -166,6 +170,7 @@ func wireServices(m *Main, b *Backends, reg prometheus.Registerer) {
 		Index:            b.Index,
 		Auditor:          auditor,
 		MaxInstanceBytes: cfg.MaxInstanceBytes,
+		PreamblePolicy:   gateway.PreamblePolicy(cmp.Or(cfg.File.PreamblePolicy, string(gateway.PreambleRefuse))),
 		Logger:           m.Logger,
 	}
 	host, _ := os.Hostname()

@@ -44,6 +44,10 @@ type Config struct {
 	TransferLease         time.Duration
 	LogLevel              string
 	AuditSyslog           string // URL; overrides audit_syslog.url of the file
+	AuditKeyFile          string // --audit-key-file: keys of the audit chain (gateway.AuditKeys)
+
+	// AuditKeys are read from AuditKeyFile by parseServeConfig; nil without one.
+	AuditKeys *gateway.AuditKeys
 
 	File FileConfig // from --config
 }
@@ -62,6 +66,9 @@ type FileConfig struct {
 	// AuditSyslog exports every audit event to a syslog receiver, such as
 	// an IHE ATNA Audit Record Repository.
 	AuditSyslog AuditSyslogConfig `yaml:"audit_syslog"`
+	// PreamblePolicy is what ingest does with an executable preamble
+	// (CVE-2019-11687): refuse (default) or zero (gateway.PreamblePolicy).
+	PreamblePolicy string `yaml:"preamble_policy"`
 }
 
 // AuditSyslogConfig is where audit events are exported (see
@@ -116,6 +123,7 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&cfg.TransferWorkers, "transfer-workers", 4, "transfers sent at once by this replica")
 	fs.DurationVar(&cfg.TransferLease, "transfer-lease", time.Minute, "how long a crashed replica's running transfer stays claimed before another takes it over")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&cfg.AuditKeyFile, "audit-key-file", "", "file with the secret keys of the audit chain (HMAC); keep it outside --data-dir and Redis")
 	fs.StringVar(&cfg.AuditSyslog, "audit-syslog", "", "also export audit events as DICOM audit messages to this syslog receiver (tls://host:6514, tcp://… or udp://…)")
 	return fs
 }
@@ -148,6 +156,13 @@ func parseServeConfig(args []string, getenv func(string) string, stderr io.Write
 	}
 	if cfg.AuditSyslog != "" {
 		cfg.File.AuditSyslog.URL = cfg.AuditSyslog
+	}
+	if cfg.AuditKeyFile != "" {
+		keys, err := loadAuditKeys(cfg.AuditKeyFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.AuditKeys = keys
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -208,6 +223,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, err)
 	}
 	if _, err := dicomweb.NewRateLimiter(c.File.RateLimit); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := gateway.ParsePreamblePolicy(c.File.PreamblePolicy); err != nil {
 		errs = append(errs, err)
 	}
 	if !c.File.Auth.Enabled() && !isLoopback(c.Listen) {

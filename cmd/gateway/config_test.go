@@ -103,11 +103,14 @@ audit_syslog:
 	}
 
 	for name, body := range map[string]string{
-		"unknown key":  "peers: []\nlisten_port: 3\n",
-		"bad hash":     "auth:\n  tokens:\n    - name: x\n      sha256: nothex\n      roles: [store]\n",
-		"bad role":     "auth:\n  tokens:\n    - name: x\n      sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n      roles: [root]\n",
-		"bad peer url": "peers:\n  - name: x\n    url: ftp://h/\n",
-		"dup peer":     "peers:\n  - name: x\n    url: http://a/\n  - name: x\n    url: http://b/\n",
+		"unknown key":                  "peers: []\nlisten_port: 3\n",
+		"bad hash":                     "auth:\n  tokens:\n    - name: x\n      sha256: nothex\n      roles: [store]\n",
+		"bad role":                     "auth:\n  tokens:\n    - name: x\n      sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n      roles: [root]\n",
+		"bad peer url":                 "peers:\n  - name: x\n    url: ftp://h/\n",
+		"dup peer":                     "peers:\n  - name: x\n    url: http://127.0.0.1:1/\n  - name: x\n    url: http://127.0.0.1:2/\n",
+		"password in peer url":         "peers:\n  - name: x\n    url: https://u:pw@h/dicomweb\n",
+		"unknown preamble policy":      "preamble_policy: strip\n",
+		"plain http peer not loopback": "peers:\n  - name: x\n    url: http://surrey:8080/dicomweb\n",
 	} {
 		p := write(strings.ReplaceAll(name, " ", "-")+".yaml", body)
 		if _, err := parseServeConfig([]string{"--config", p}, func(string) string { return "" }, io.Discard); err == nil {
@@ -127,6 +130,9 @@ func TestDeployConfigsParse(t *testing.T) {
 		}
 		if len(cfg.File.Peers) != 1 || !cfg.File.Peers[0].Gateway {
 			t.Errorf("%s: want one gateway peer, got %+v", p, cfg.File.Peers)
+		}
+		if !cfg.File.Peers[0].AllowInsecure || cfg.File.Peers[0].Insecure() == "" {
+			t.Errorf("%s: the compose peer is plain http to a service name and must say allow_insecure: true", p)
 		}
 	}
 }

@@ -156,6 +156,8 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.Logger.Info("gateway listening", "addr", m.Addr, "name", cfg.Name,
 		"blob_store", b.BlobKind, "state", b.StateKind, "auth", auth != nil, "tls", tlsConf != nil)
+	m.warnInsecurePeers(cfg.File.Peers)
+	m.warnUnkeyedAudit()
 	return nil
 }
 

@@ -37,6 +37,7 @@ type AuditLog struct {
 	gateway   string
 	now       func() time.Time
 	committer gateway.AuditCommitter
+	keys      *gateway.AuditKeys // nil: plain SHA-256 chain (SetKeys)
 }
 
 var _ gateway.AuditLog = (*AuditLog)(nil)
@@ -97,7 +98,7 @@ func (l *AuditLog) commit(ctx context.Context, batch []*gateway.AuditEvent) []er
 		recs, ix := b.Bucket(auditRecords), b.Bucket(auditIndex)
 		seq, prev := auditReadHead(b)
 		for i, ev := range batch {
-			raw, err := gateway.SealAuditEvent(ev, seq+1, prev)
+			raw, err := gateway.SealAuditEvent(ev, seq+1, prev, l.keys)
 			if err != nil {
 				errs[i] = err
 				continue
@@ -172,7 +173,7 @@ func (l *AuditLog) AuditRecords(ctx context.Context, seqs []int64) ([]*gateway.A
 func (l *AuditLog) Verify(ctx context.Context) (gateway.VerifyResult, error) {
 	var res gateway.VerifyResult
 	err := l.view(func(b *bbolt.Bucket) error {
-		v := gateway.NewAuditVerifier()
+		v := gateway.NewAuditVerifier(l.keys)
 		c := b.Bucket(auditRecords).Cursor()
 		for k, raw := c.First(); k != nil; k, raw = c.Next() {
 			if len(k) != 8 {
@@ -196,3 +197,8 @@ func (l *AuditLog) view(fn func(b *bbolt.Bucket) error) error {
 	}
 	return err
 }
+
+// SetKeys makes the log sign new records with keys' current key (HMAC) and
+// verify with the whole set; see gateway.AuditKeys. Call it before the
+// log's first use.
+func (l *AuditLog) SetKeys(keys *gateway.AuditKeys) { l.keys = keys }

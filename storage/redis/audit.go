@@ -67,6 +67,7 @@ type AuditLog struct {
 	gateway   string
 	now       func() time.Time
 	committer gateway.AuditCommitter
+	keys      *gateway.AuditKeys // nil: plain SHA-256 chain (SetKeys)
 
 	// The cached chain head, used only inside Commit (one caller at a time).
 	headKnown bool
@@ -126,7 +127,7 @@ func (l *AuditLog) commit(ctx context.Context, batch []*gateway.AuditEvent) []er
 			if errs[i] != nil {
 				continue
 			}
-			raw, err := gateway.SealAuditEvent(ev, seq+1, prev)
+			raw, err := gateway.SealAuditEvent(ev, seq+1, prev, l.keys)
 			if err != nil {
 				errs[i] = err
 				continue
@@ -284,7 +285,7 @@ func (l *AuditLog) Verify(ctx context.Context) (gateway.VerifyResult, error) {
 	if err != nil {
 		return gateway.VerifyResult{}, err
 	}
-	v := gateway.NewAuditVerifier()
+	v := gateway.NewAuditVerifier(l.keys)
 	var present int64
 	const chunk = 1000
 	for from := int64(1); from <= headSeq; from += chunk {
@@ -312,3 +313,8 @@ func (l *AuditLog) Verify(ctx context.Context) (gateway.VerifyResult, error) {
 	}
 	return res, nil
 }
+
+// SetKeys makes the log sign new records with keys' current key (HMAC) and
+// verify with the whole set; see gateway.AuditKeys. Call it before the
+// log's first use.
+func (l *AuditLog) SetKeys(keys *gateway.AuditKeys) { l.keys = keys }

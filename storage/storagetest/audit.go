@@ -34,6 +34,8 @@ type AuditStore interface {
 	DeleteRawRecord(t *testing.T, seq int64)
 	// Break makes the backend unreachable (closes its connection or file).
 	Break(t *testing.T)
+	// SetKeys keys the chain (HMAC, gateway.AuditKeys); called before use.
+	SetKeys(keys *gateway.AuditKeys)
 }
 
 // NewAuditStoreFunc returns an empty audit log named AuditGatewayName; it is
@@ -436,6 +438,8 @@ func TestAuditLog(t *testing.T, newLog NewAuditStoreFunc) {
 			})
 		}
 	})
+
+	t.Run("KeyedChain", func(t *testing.T) { testKeyedAuditChain(t, newLog) })
 
 	t.Run("UnreachableStoreIsUnavailable", func(t *testing.T) {
 		s := newLog(t)
