@@ -306,13 +306,15 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 	})
 	t.Run("LockRenewedWhileHeld", func(t *testing.T) {
 		x, ctx := newIndex(t), t.Context()
-		unlock, err := x.Lock(ctx, "1.2.3.1.1", 60*time.Millisecond)
+		// A ttl long enough that a renewal (every ttl/3) is never late on a
+		// loaded 2-core machine: 60 ms flaked under a load of 12.
+		unlock, err := x.Lock(ctx, "1.2.3.1.1", 300*time.Millisecond)
 		if err != nil {
 			t.Fatal(err)
 		}
 		// Several ttls later the live holder still holds it: a long upload
 		// keeps its lease.
-		short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		short, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 		defer cancel()
 		if _, err := x.Lock(short, "1.2.3.1.1", time.Minute); !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Lock while a live holder renews: err=%v, want context.DeadlineExceeded", err)
