@@ -35,14 +35,16 @@ import (
 type HeaderLimits struct {
 	// MaxHeaderBytes bounds the bytes before the top-level Pixel Data (the
 	// whole dataset when there is none); ingest holds them in memory while it
-	// waits for the UIDs that name the storage key.
+	// waits for the UIDs that name the storage key. Of a deflated dataset it
+	// bounds both the inflated header and the compressed bytes it takes.
 	MaxHeaderBytes int64
 	// MaxElements bounds the number of elements, nested ones included.
 	MaxElements int
 	// MaxDepth bounds sequence nesting.
 	MaxDepth int
-	// MaxInflatedBytes bounds the inflated size of a Deflated Explicit VR
-	// Little Endian dataset (a zip bomb is otherwise cheap to send).
+	// MaxInflatedBytes bounds the inflated size of a whole Deflated
+	// Explicit VR Little Endian dataset, checked by Tail (a zip bomb is
+	// otherwise cheap to send).
 	MaxInflatedBytes int64
 }
 
@@ -99,8 +101,10 @@ type Header struct {
 	Dataset Dataset
 	// HeaderLength is the number of bytes of the stream ParseHeader
 	// interpreted: up to the first byte of the top-level Pixel Data element,
-	// or the whole instance when it has none or is deflated. Every byte from
-	// HeaderLength on must go through Tail, which checks the rest.
+	// or the whole instance when it has none. Of a deflated instance it is
+	// the compressed bytes ParseHeader read, which may end inside the
+	// deflate stream. Every byte from HeaderLength on must go through Tail,
+	// which checks the rest.
 	HeaderLength int64
 	// PixelData is where the top-level Pixel Data value lies (Frames is filled
 	// by Tail); nil when there is none or the dataset is deflated.
@@ -113,6 +117,7 @@ type Header struct {
 	pixelTag  uint32
 	geometry  frameGeometry
 	wholeRead bool
+	inflate   *inflateState // a deflated instance with pixel data: where Tail carries on
 }
 
 // frameGeometry is what locating frames needs from the header.
@@ -244,20 +249,33 @@ func ParseHeader(r io.Reader, lim HeaderLimits) (h *Header, err error) {
 	}
 	p.h.ts = ts
 	if ts.deflated {
+		// The header is read from the inflated stream up to the top-level
+		// Pixel Data, like any other; the compressed bytes it took are
+		// bounded too (empty deflate blocks inflate to nothing), since
+		// ingest holds them until the storage key is known. The inflater
+		// is handed to Tail, which inflates and checks the rest as it
+		// streams to storage.
 		deflated = true
-		metaEnd := p.pos
+		cr.max = lim.MaxHeaderBytes + int64(outer.Size())
 		inflated, err := newInflater(outer)
 		if err != nil {
 			return nil, notUnderstood("deflated dataset: %v", err)
 		}
 		p.src = bufio.NewReaderSize(inflated, 64<<10)
-		p.pos, p.maxPos, p.deflated = 0, lim.MaxInflatedBytes, true
+		p.pos, p.maxPos, p.deflated = 0, lim.MaxHeaderBytes, true
 		if err := p.parseDataset(p.h.Dataset, &itemState{codec: defaultCodec()}, -1, 0, "", ts.explicit, true); err != nil {
 			return nil, err
 		}
-		p.h.HeaderLength = cr.n - int64(outer.Buffered())
-		_ = metaEnd
-		p.h.wholeRead = true
+		cr.max = 0
+		if p.h.pixelTag == 0 {
+			// The deflated stream ended with the dataset: what follows it
+			// is not interpreted.
+			p.h.HeaderLength = cr.n - int64(outer.Buffered())
+			p.h.wholeRead = true
+		} else {
+			p.h.HeaderLength = cr.n
+			p.h.inflate = &inflateState{inflated: p.src, pos: p.pos, compressed: outer, source: cr, maxInflated: lim.MaxInflatedBytes}
+		}
 	} else {
 		if err := p.parseDataset(p.h.Dataset, &itemState{codec: defaultCodec()}, -1, 0, "", ts.explicit, true); err != nil {
 			return nil, err
@@ -271,13 +289,21 @@ func ParseHeader(r io.Reader, lim HeaderLimits) (h *Header, err error) {
 	return p.h, nil
 }
 
-// countingReader counts the bytes read from r.
+// countingReader counts the bytes read from r, and fails once they pass
+// max (0: no bound).
 type countingReader struct {
-	r io.Reader
-	n int64
+	r   io.Reader
+	n   int64
+	max int64
 }
 
 func (c *countingReader) Read(b []byte) (int, error) {
+	if c.max > 0 && c.n >= c.max {
+		return 0, tooLarge("deflated header takes more than %d compressed bytes", c.max)
+	}
+	if c.max > 0 && int64(len(b)) > c.max-c.n {
+		b = b[:c.max-c.n]
+	}
 	n, err := c.r.Read(b)
 	c.n += int64(n)
 	return n, err
@@ -507,7 +533,7 @@ func (p *parser) parseDataset(ds Dataset, st *itemState, end int64, depth int, p
 				return notUnderstood("instance truncated at byte %d", p.pos)
 			}
 			t := uint32(bo.Uint16(b[0:]))<<16 | uint32(bo.Uint16(b[2:]))
-			if isPixelTag(t) && !p.deflated {
+			if isPixelTag(t) {
 				return p.stopAtPixelData(t, explicit, bo)
 			}
 		}
@@ -580,7 +606,7 @@ func (p *parser) parseElement(ds Dataset, st *itemState, e elementHeader, end in
 		return notUnderstood("element (%04X,%04X) VR %s has undefined length", e.tag>>16, e.tag&0xFFFF, vr)
 	}
 	if int64(e.vl) > p.remaining(end) {
-		if end < 0 && !p.deflated {
+		if end < 0 {
 			return tooLarge("element (%04X,%04X) declares %d bytes, more than the %d-byte header limit allows", e.tag>>16, e.tag&0xFFFF, e.vl, p.lim.MaxHeaderBytes)
 		}
 		return notUnderstood("element (%04X,%04X) declares %d bytes, more than its item holds", e.tag>>16, e.tag&0xFFFF, e.vl)
@@ -764,7 +790,9 @@ func (p *parser) stopAtPixelData(t uint32, explicit bool, bo binary.ByteOrder) e
 	if vl == undefinedLength {
 		layout.ValueLength, layout.Encapsulated, vr = -1, true, "OB"
 	}
-	p.h.PixelData = layout
+	if !p.deflated { // offsets in the inflated stream are no byte ranges of the instance
+		p.h.PixelData = layout
+	}
 	p.h.pixelTag = t
 	p.h.Dataset[tagKey(t)] = Attribute{VR: vr, BulkDataURI: "bulkdata/" + tagKey(t)}
 	return nil

@@ -197,6 +197,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 		src, origSum = zeroPreamble(&head, lim)
 	}
 	body := &checkedReader{r: src, sum: sha256.New(), tail: h.Tail(), headerLeft: h.HeaderLength}
+	defer body.tail.Close()
 
 	// An index entry whose blob is gone (lost after a failure) is healed by a
 	// resend of the same bytes, never answered as "already stored".

@@ -36,6 +36,7 @@ type TailScanner struct {
 	botDone  bool
 	overflow bool
 	extra    int64
+	inflate  *inflatingTail // a deflated instance: Write takes compressed bytes
 }
 
 type scanState int
@@ -67,6 +68,10 @@ func (h *Header) Tail() *TailScanner {
 	if h.wholeRead {
 		s.state = scanDone
 	}
+	if h.inflate != nil {
+		// One inflater per header: a second Tail would find it consumed.
+		s.inflate, h.inflate = newInflatingTail(h), nil
+	}
 	s.stack = []scanLevel{{state: scanElement, explicit: h.ts.explicit}}
 	return s
 }
@@ -81,6 +86,13 @@ func (s *TailScanner) fail(format string, args ...any) error {
 func (s *TailScanner) Write(p []byte) (int, error) {
 	if s.err != nil {
 		return 0, s.err
+	}
+	if s.inflate != nil {
+		n, err := s.inflate.write(p)
+		if err != nil {
+			s.err = err
+		}
+		return n, err
 	}
 	n := len(p)
 	if s.state == scanDone {
@@ -283,6 +295,13 @@ func (s *TailScanner) Finish() (*PixelDataLayout, error) {
 	if s.err != nil {
 		return nil, s.err
 	}
+	if s.inflate != nil {
+		if err := s.inflate.finish(); err != nil {
+			s.err = err
+			return nil, err
+		}
+		return nil, nil // offsets in a deflate stream are no byte ranges
+	}
 	if s.state != scanDone {
 		switch {
 		case s.skip > 0:
@@ -299,6 +318,14 @@ func (s *TailScanner) Finish() (*PixelDataLayout, error) {
 	layout := *s.h.PixelData
 	layout.Frames = s.frames()
 	return &layout, nil
+}
+
+// Close releases a scanner that will not be finished (the upload failed
+// part-way). Finish releases it too; Close after Finish does nothing.
+func (s *TailScanner) Close() {
+	if s.inflate != nil {
+		s.inflate.close()
+	}
 }
 
 func allZero(b []byte) bool {

@@ -32,6 +32,7 @@ func DescribeBlob(ctx context.Context, blobs BlobStore, info BlobInfo, lim Heade
 		return nil, fmt.Errorf("%s holds instance %s of study %s series %s: %w", info.Key, h.SOPInstanceUID, h.StudyInstanceUID, h.SeriesInstanceUID, ErrConflict)
 	}
 	body := &checkedReader{r: io.MultiReader(&head, rc), sum: sha256.New(), tail: h.Tail(), headerLeft: h.HeaderLength}
+	defer body.tail.Close()
 	if _, err := io.Copy(io.Discard, body); err != nil {
 		return nil, fmt.Errorf("%s: %w", info.Key, body.failure(err))
 	}

@@ -1,0 +1,170 @@
+package gateway_test
+
+import (
+	"bytes"
+	"compress/flate"
+	"encoding/binary"
+	"errors"
+	"testing"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// explicitElement appends one Explicit VR Little Endian element.
+func explicitElement(b []byte, tag uint32, vr string, value []byte) []byte {
+	b = binary.LittleEndian.AppendUint16(b, uint16(tag>>16))
+	b = binary.LittleEndian.AppendUint16(b, uint16(tag))
+	b = append(b, vr...)
+	switch vr {
+	case "OB", "OW", "SQ", "UN", "UT":
+		b = append(b, 0, 0)
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(value)))
+	default:
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(value)))
+	}
+	return append(b, value...)
+}
+
+func evenUID(s string) []byte {
+	if len(s)%2 == 1 {
+		s += "\x00"
+	}
+	return []byte(s)
+}
+
+// deflatedInstance returns a Deflated Explicit VR Little Endian instance
+// whose pixel data is pixelBytes long, and the inflated dataset. The
+// deflate level is chosen by the caller (NoCompression makes the stored
+// size grow with the pixel data, as a noisy image would).
+func deflatedInstance(t testing.TB, pixelBytes, level int) (file, dataset []byte) {
+	t.Helper()
+	const class, sop = "1.2.840.10008.5.1.4.1.1.7", "1.2.826.0.1.3680043.10.1466.16.1"
+	var m []byte
+	m = explicitElement(m, 0x00020001, "OB", []byte{0, 1})
+	m = explicitElement(m, 0x00020002, "UI", evenUID(class))
+	m = explicitElement(m, 0x00020003, "UI", evenUID(sop))
+	m = explicitElement(m, 0x00020010, "UI", evenUID("1.2.840.10008.1.2.1.99"))
+	file = append(make([]byte, 128), "DICM"...)
+	file = explicitElement(file, 0x00020000, "UL", binary.LittleEndian.AppendUint32(nil, uint32(len(m))))
+	file = append(file, m...)
+
+	var d []byte
+	d = explicitElement(d, 0x00080016, "UI", evenUID(class))
+	d = explicitElement(d, 0x00080018, "UI", evenUID(sop))
+	d = explicitElement(d, 0x0020000D, "UI", evenUID("1.2.826.0.1.3680043.10.1466.16.2"))
+	d = explicitElement(d, 0x0020000E, "UI", evenUID("1.2.826.0.1.3680043.10.1466.16.3"))
+	d = explicitElement(d, 0x00280010, "US", binary.LittleEndian.AppendUint16(nil, 1))
+	d = explicitElement(d, 0x00280011, "US", binary.LittleEndian.AppendUint16(nil, uint16(pixelBytes)))
+	pixels := make([]byte, pixelBytes)
+	for i := range pixels {
+		pixels[i] = byte(i * 7)
+	}
+	d = explicitElement(d, 0x7FE00010, "OB", pixels)
+	d = explicitElement(d, 0xFFFCFFFC, "OB", make([]byte, 8)) // an element after the pixel data
+
+	var z bytes.Buffer
+	fw, err := flate.NewWriter(&z, level)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = fw.Write(d)
+	if err := fw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return append(file, z.Bytes()...), d
+}
+
+// TestDeflatedHeaderStopsAtPixelData: ParseHeader reads a deflated
+// instance only up to its pixel data, as it does any other, so ingest holds
+// the header, not the whole instance (issue 16, finding 1: a 768 MiB
+// deflated upload was held whole). The rest, fed to Tail, is inflated and
+// checked as it passes.
+func TestDeflatedHeaderStopsAtPixelData(t *testing.T) {
+	data, _ := deflatedInstance(t, 8<<20, flate.NoCompression)
+	h, layout, err := parseFile(t, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.HeaderLength > 1<<20 {
+		t.Errorf("HeaderLength = %d of %d bytes: the header parse read the pixel data", h.HeaderLength, len(data))
+	}
+	if h.SOPInstanceUID != "1.2.826.0.1.3680043.10.1466.16.1" || h.StudyInstanceUID == "" || h.NumberOfFrames != 1 {
+		t.Errorf("header = sop %q study %q frames %d", h.SOPInstanceUID, h.StudyInstanceUID, h.NumberOfFrames)
+	}
+	if a := h.Dataset[gateway.TagPixelData]; a.BulkDataURI == "" {
+		t.Errorf("pixel data attribute = %+v, want a BulkDataURI", a)
+	}
+	if layout != nil {
+		t.Errorf("layout = %+v: offsets inside a deflate stream are no byte ranges", layout)
+	}
+}
+
+// TestDeflatedTailRefusesBrokenRest: what the header parse no longer reads
+// is still checked: an instance cut inside its pixel data, corrupt deflate
+// data after the header, or a dataset structure broken after the pixel
+// data are refused by Tail.
+func TestDeflatedTailRefusesBrokenRest(t *testing.T) {
+	data, _ := deflatedInstance(t, 1<<20, flate.NoCompression)
+	corrupt := bytes.Clone(data)
+	// Stored blocks are at most 65,535 bytes: a byte in a block header
+	// near the end of the stream makes its LEN and NLEN disagree.
+	for i := len(corrupt) / 2; i+3 < len(corrupt); i++ {
+		if corrupt[i] == 0xff && corrupt[i+1] == 0xff && corrupt[i+2] == 0x00 && corrupt[i+3] == 0x00 {
+			corrupt[i+2] = 0x01
+			break
+		}
+	}
+	for _, tt := range []struct {
+		name string
+		data []byte
+	}{
+		{"cut inside the pixel data", data[:len(data)-300<<10]},
+		{"cut before the end of the deflate stream", data[:len(data)-3]},
+		{"corrupt block after the header", corrupt},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h, _, err := parseFile(t, tt.data)
+			if h == nil {
+				t.Fatalf("header refused (%v): the damage is after it", err)
+			}
+			var ie *gateway.InstanceError
+			if !errors.As(err, &ie) || ie.Reason != gateway.ReasonCannotUnderstand {
+				t.Fatalf("err = %v, want an *InstanceError 0xC000", err)
+			}
+		})
+	}
+}
+
+// TestDeflatedHeaderBoundsCompressedBytes: deflate blocks that inflate to
+// nothing cannot make the header parse read (and ingest hold) compressed
+// input without bound.
+func TestDeflatedHeaderBoundsCompressedBytes(t *testing.T) {
+	file, _ := deflatedInstance(t, 16, flate.BestSpeed)
+	// Keep the meta group, replace the dataset by empty stored blocks.
+	metaEnd := 132 + 12 + int(binary.LittleEndian.Uint32(file[140:144]))
+	empty := []byte{0x00, 0x00, 0x00, 0xff, 0xff} // BFINAL=0, stored, LEN 0, NLEN 0xFFFF
+	data := append(bytes.Clone(file[:metaEnd]), bytes.Repeat(empty, (2<<20)/len(empty))...)
+	_, err := gateway.ParseHeader(bytes.NewReader(data), gateway.HeaderLimits{MaxHeaderBytes: 1 << 20})
+	var ie *gateway.InstanceError
+	if !errors.As(err, &ie) || !errors.Is(err, gateway.ErrInvalid) {
+		t.Fatalf("err = %v, want an *InstanceError (compressed header over the limit)", err)
+	}
+}
+
+// TestDeflatedTailCloseEndsInflater: a scanner abandoned mid-stream (an
+// upload that failed) is released by Close, and further writes fail.
+func TestDeflatedTailCloseEndsInflater(t *testing.T) {
+	data, _ := deflatedInstance(t, 1<<20, flate.NoCompression)
+	h, err := gateway.ParseHeader(bytes.NewReader(data), gateway.HeaderLimits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail := h.Tail()
+	if _, err := tail.Write(data[h.HeaderLength : h.HeaderLength+1000]); err != nil {
+		t.Fatal(err)
+	}
+	tail.Close()
+	if _, err := tail.Write(data[h.HeaderLength+1000:]); err == nil {
+		t.Fatal("Write after Close succeeded")
+	}
+}
