@@ -1,15 +1,23 @@
 package dicomweb
 
 import (
+	"bytes"
 	"compress/flate"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"io"
+	"mime/multipart"
 	"net/http"
+	"net/textproto"
+	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/dicom-gateway/gateway/gateway"
 )
 
 // deflatedUpload streams a Deflated Explicit VR Little Endian instance
@@ -100,5 +108,114 @@ func TestSecurityDeflatedUploadStreams(t *testing.T) {
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != sent.sha256 {
 		t.Errorf("blob SHA-256 %s, sent %s", got, sent.sha256)
+	}
+}
+
+// multipartBody returns a multipart/related body with one application/dicom
+// part per element of parts.
+func multipartBody(parts ...[]byte) (*bytes.Buffer, string) {
+	var b bytes.Buffer
+	mw := multipart.NewWriter(&b)
+	for _, p := range parts {
+		w, _ := mw.CreatePart(textproto.MIMEHeader{"Content-Type": {"application/dicom"}})
+		_, _ = w.Write(p)
+	}
+	_ = mw.Close()
+	return &b, `multipart/related; type="application/dicom"; boundary=` + mw.Boundary()
+}
+
+func postStow(t *testing.T, ts *authTestServer, body io.Reader, ctype string) (int, []byte) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, ts.URL+"/dicomweb/studies", body)
+	req.Header.Set("Content-Type", ctype)
+	resp, err := ts.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	msg, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, msg
+}
+
+// TestSecurityStowPartFlood (issue 16, finding 2): a body of many empty
+// parts (300,000 of them took RSS to 618 MB, wrote 300,000 log lines and a
+// 26 MB answer) is cut at the part limit with a 413 that says so, one log
+// line, and a small answer.
+func TestSecurityStowPartFlood(t *testing.T) {
+	s := embeddedServer(t, nil)
+	ts := newAuthTestServer(t, s)
+	const parts = 60_000 // 540 KB of body
+	body, ctype := multipartBody(slices.Repeat([][]byte{nil}, parts)...)
+	status, msg := postStow(t, ts, body, ctype)
+	if status != http.StatusRequestEntityTooLarge || !strings.Contains(string(msg), "--max-stow-parts") {
+		t.Errorf("status = %d %.300s, want 413 naming --max-stow-parts", status, msg)
+	}
+	if len(msg) > 4096 {
+		t.Errorf("answer of %d bytes to a flood of empty parts", len(msg))
+	}
+	if n := strings.Count(ts.logs.String(), "\n"); n > 10 {
+		t.Errorf("%d log lines for one request", n)
+	}
+	if n := strings.Count(ts.logs.String(), `"stow parts refused"`); n != 1 {
+		t.Errorf("%d summary lines of refused parts, want 1:\n%.2000s", n, ts.logs.String())
+	}
+}
+
+// TestStowPartLimit: up to Limits.MaxParts instances are stored; one more
+// part gets 413, and what came before it stays stored. Empty parts are
+// refused one by one (FailedSOPSequence, 0xC000) and summarised in one log
+// line.
+func TestStowPartLimit(t *testing.T) {
+	s := embeddedServer(t, nil)
+	s.Limits.MaxParts = 3
+	ts := newAuthTestServer(t, s)
+	instance := func(sop string) []byte {
+		meta, d := part10("1.2.840.10008.1.2.1", sop)
+		return append(meta, d...)
+	}
+	sops := []string{"1.2.826.0.1.3680043.10.1466.8.71", "1.2.826.0.1.3680043.10.1466.8.72", "1.2.826.0.1.3680043.10.1466.8.73", "1.2.826.0.1.3680043.10.1466.8.74"}
+
+	body, ctype := multipartBody(instance(sops[0]), nil, []byte("not DICOM"))
+	status, msg := postStow(t, ts, body, ctype)
+	if status != http.StatusAccepted {
+		t.Fatalf("1 instance + 2 bad parts: status = %d %s, want 202", status, msg)
+	}
+	var resp map[string]struct{ Value json.RawMessage }
+	var failed []map[string]struct{ Value []any }
+	if err := json.Unmarshal(msg, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(resp[tagFailedSOPSequence].Value, &failed); err != nil {
+		t.Fatal(err)
+	}
+	if len(failed) != 2 {
+		t.Fatalf("FailedSOPSequence has %d items, want 2: %s", len(failed), msg)
+	}
+	for _, item := range failed {
+		if r := item[tagFailureReason].Value; len(r) != 1 || r[0] != float64(gateway.ReasonCannotUnderstand) {
+			t.Errorf("failure reason %v, want 0xC000", r)
+		}
+	}
+	logs := ts.logs.String()
+	if strings.Count(logs, `"stow parts refused"`) != 1 || !strings.Contains(logs, `"refused":2`) {
+		t.Errorf("want one summary line with refused 2:\n%s", logs)
+	}
+
+	body, ctype = multipartBody(instance(sops[1]), instance(sops[2]), instance(sops[3]))
+	if status, msg := postStow(t, ts, body, ctype); status != http.StatusOK {
+		t.Fatalf("3 instances, limit 3: status = %d %s", status, msg)
+	}
+	body, ctype = multipartBody(instance(sops[0]+"1"), instance(sops[1]+"1"), instance(sops[2]+"1"), instance(sops[3]+"1"))
+	if status, msg := postStow(t, ts, body, ctype); status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("4 instances, limit 3: status = %d %s, want 413", status, msg)
+	}
+	for i, sop := range sops {
+		_, err := s.Index.GetInstance(t.Context(), sop+"1")
+		if stored := err == nil; stored != (i < 3) {
+			t.Errorf("instance %d of the refused request stored = %v (err %v)", i+1, stored, err)
+		}
 	}
 }

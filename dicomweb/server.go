@@ -18,6 +18,22 @@ import (
 // Ingester's MaxInstanceBytes, which every path that stores applies.
 type Limits struct {
 	MaxRequestBytes int64 // whole STOW body; 0 = unlimited
+	// MaxParts bounds the parts (instances) of one STOW-RS request; 0 means
+	// DefaultMaxStowParts. Each part costs a FailedSOPSequence or
+	// ReferencedSOPSequence item held until the answer, so a body of empty
+	// parts must not be able to cost without bound.
+	MaxParts int
+}
+
+// DefaultMaxStowParts is well above what real senders put in one request
+// (a 3,000-slice CT; this gateway's own client sends 1,000 at most).
+const DefaultMaxStowParts = 10_000
+
+func (l Limits) maxParts() int {
+	if l.MaxParts <= 0 {
+		return DefaultMaxStowParts
+	}
+	return l.MaxParts
 }
 
 // Server serves the gateway's HTTP surface. Fill the exported fields, then

@@ -1,11 +1,15 @@
 package dicomweb
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -78,10 +82,11 @@ func (s *Server) handleStow(c *gin.Context) {
 	mr := newPartReader(body, boundary)
 
 	var (
-		stored []*gateway.InstanceRecord
-		failed []stowFailure
-		reqErr error
-		parts  int
+		stored  []*gateway.InstanceRecord
+		failed  []stowFailure
+		refused refusalLog
+		reqErr  error
+		parts   int
 		// One outcome per DICOM part, in order: parts are read one after
 		// another, and each stored part's Finish (sync, index write,
 		// routing) runs while the next parts are read, at most
@@ -90,6 +95,7 @@ func (s *Server) handleStow(c *gin.Context) {
 		finishes sync.WaitGroup
 		inFlight = make(chan struct{}, stowFinishesInFlight)
 	)
+	maxParts := s.Limits.maxParts()
 	for {
 		part, err := mr.NextRawPart()
 		if errors.Is(err, io.EOF) {
@@ -99,13 +105,32 @@ func (s *Server) handleStow(c *gin.Context) {
 			reqErr = multipartError(err, body)
 			break
 		}
-		parts++
+		if parts++; parts > maxParts {
+			// What was stored before stays stored, and is audited.
+			reqErr = fmt.Errorf("more than %d parts in one request (--max-stow-parts); send the rest in another request: %w", maxParts, gateway.ErrTooLarge)
+			break
+		}
 		if ok, mt := partIsDICOM(part.Header); !ok {
-			s.Logger.InfoContext(ctx, "stow part refused", "part", parts, "content_type", truncate(mt, 100))
+			refused.add(parts, "", gateway.ReasonCannotUnderstand, "part Content-Type "+truncate(mt, 100))
 			outcomes = append(outcomes, &stowOutcome{failure: &stowFailure{reason: gateway.ReasonCannotUnderstand}})
 			continue
 		}
-		pending, err := s.Ingester.Begin(ctx, part, gateway.StoreOptions{StudyInstanceUID: study})
+		// A part too short for the preamble and "DICM" (an empty part, say)
+		// is refused here, before the ingest allocates anything for it.
+		var lead [132]byte
+		n, err := readLead(part, lead[:])
+		if errors.Is(err, io.EOF) {
+			refused.add(parts, "", gateway.ReasonCannotUnderstand, fmt.Sprintf("part of %d bytes is not a DICOM Part 10 instance", n))
+			outcomes = append(outcomes, &stowOutcome{failure: &stowFailure{reason: gateway.ReasonCannotUnderstand}})
+			continue
+		}
+		if err != nil {
+			if reqErr = multipartError(err, body); reqErr == nil || errors.Is(reqErr, io.EOF) {
+				reqErr = fmt.Errorf("read part %d: %v: %w", parts, err, gateway.ErrInvalid)
+			}
+			break
+		}
+		pending, err := s.Ingester.Begin(ctx, io.MultiReader(bytes.NewReader(lead[:]), part), gateway.StoreOptions{StudyInstanceUID: study})
 		if err != nil {
 			ie, ok := errors.AsType[*gateway.InstanceError](err)
 			if !ok {
@@ -122,7 +147,7 @@ func (s *Server) handleStow(c *gin.Context) {
 				reqErr = fmt.Errorf("part %d is larger than --max-instance-bytes %d: %w", parts, s.Ingester.MaxInstanceBytes, gateway.ErrTooLarge)
 				break
 			}
-			outcomes = append(outcomes, s.refused(c, study, parts, ie))
+			outcomes = append(outcomes, s.refused(c, study, parts, ie, &refused))
 			continue
 		}
 		o := &stowOutcome{}
@@ -131,10 +156,11 @@ func (s *Server) handleStow(c *gin.Context) {
 		partNo := parts // parts moves on while this finish runs
 		finishes.Go(func() {
 			defer func() { <-inFlight }()
-			s.finishStow(c, study, partNo, pending, o)
+			s.finishStow(c, study, partNo, pending, o, &refused)
 		})
 	}
 	finishes.Wait()
+	refused.log(ctx, s.Logger)
 	var incoming []gateway.IncomingInstance
 	for _, o := range outcomes {
 		switch {
@@ -217,7 +243,7 @@ type stowOutcome struct {
 // finishStow makes one read part durable, indexes and routes it, and
 // records the outcome in o. It runs concurrently with the request's reading
 // of later parts.
-func (s *Server) finishStow(c *gin.Context, study string, part int, pending *gateway.PendingInstance, o *stowOutcome) {
+func (s *Server) finishStow(c *gin.Context, study string, part int, pending *gateway.PendingInstance, o *stowOutcome, log *refusalLog) {
 	rec, err := pending.Finish(c.Request.Context())
 	if err != nil {
 		ie, ok := errors.AsType[*gateway.InstanceError](err)
@@ -225,7 +251,7 @@ func (s *Server) finishStow(c *gin.Context, study string, part int, pending *gat
 			o.err = fmt.Errorf("store part %d: %w", part, err)
 			return
 		}
-		*o = *s.refused(c, study, part, ie)
+		*o = *s.refused(c, study, part, ie, log)
 		return
 	}
 	if err := s.route(c, rec); err != nil {
@@ -241,10 +267,9 @@ func (s *Server) finishStow(c *gin.Context, study string, part int, pending *gat
 	o.rec, o.incoming = rec, &in
 }
 
-// refused logs and records one refused part.
-func (s *Server) refused(c *gin.Context, study string, part int, ie *gateway.InstanceError) *stowOutcome {
-	s.Logger.InfoContext(c.Request.Context(), "instance refused", "part", part, gateway.LogKeySOPUID, ie.SOPInstanceUID,
-		"failure_reason", fmt.Sprintf("0x%04X", ie.Reason), gateway.LogKeyError, ie.Err.Error())
+// refused records one refused part, in log for the request's log line.
+func (s *Server) refused(c *gin.Context, study string, part int, ie *gateway.InstanceError, log *refusalLog) *stowOutcome {
+	log.add(part, ie.SOPInstanceUID, ie.Reason, ie.Err.Error())
 	in := incomingOf(study, ie.SOPInstanceUID, 0, ie)
 	return &stowOutcome{incoming: &in, failure: &stowFailure{
 		sopClassUID: ie.SOPClassUID, sopInstanceUID: ie.SOPInstanceUID, reason: ie.Reason,
@@ -500,4 +525,60 @@ const oversizeDrain = 64 << 20
 func drainPart(part io.Reader) bool {
 	n, err := io.CopyN(io.Discard, part, oversizeDrain+1)
 	return n <= oversizeDrain && (err == nil || errors.Is(err, io.EOF))
+}
+
+// readLead reads up to len(b) bytes of r. Unlike io.ReadFull it returns
+// r's own error: nil when b was filled, io.EOF when the part ended first.
+func readLead(r io.Reader, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := r.Read(b[n:])
+		n += m
+		if err != nil {
+			if errors.Is(err, io.EOF) && n == len(b) {
+				return n, nil
+			}
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// maxRefusalExamples is how many refused parts the request's log line
+// describes one by one.
+const maxRefusalExamples = 5
+
+// refusalLog gathers the parts a STOW-RS request refused into one log
+// line at its end, so that a request of many bad parts is one line, not
+// one per part.
+type refusalLog struct {
+	mu       sync.Mutex // parts are finished concurrently
+	count    int
+	byReason map[string]int
+	examples []any
+}
+
+func (r *refusalLog) add(part int, sopInstanceUID string, reason uint16, detail string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	code := fmt.Sprintf("0x%04X", reason)
+	if r.byReason == nil {
+		r.byReason = map[string]int{}
+	}
+	r.count++
+	r.byReason[code]++
+	if len(r.examples) < maxRefusalExamples {
+		r.examples = append(r.examples, slog.Group(strconv.Itoa(part),
+			gateway.LogKeySOPUID, sopInstanceUID, "failure_reason", code, gateway.LogKeyError, truncate(detail, 300)))
+	}
+}
+
+func (r *refusalLog) log(ctx context.Context, logger *slog.Logger) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.count == 0 {
+		return
+	}
+	logger.InfoContext(ctx, "stow parts refused", "refused", r.count, "failure_reasons", r.byReason,
+		slog.Group("first_parts", r.examples...))
 }

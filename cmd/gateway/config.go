@@ -37,6 +37,7 @@ type Config struct {
 	CORSOrigins           string
 	MaxRequestBytes       int64
 	MaxInstanceBytes      int64
+	MaxStowParts          int
 	MaxConcurrentStow     int
 	MaxConcurrentRetrieve int
 	ShutdownTimeout       time.Duration
@@ -117,6 +118,7 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.CORSOrigins, "cors-origins", "", "comma-separated origins of viewers served from elsewhere (e.g. https://ohif.example.nhs.uk) allowed to call DICOMweb from a browser")
 	fs.Int64Var(&cfg.MaxRequestBytes, "max-request-bytes", 64<<30, "largest STOW-RS request body in bytes (0 = unlimited)")
 	fs.Int64Var(&cfg.MaxInstanceBytes, "max-instance-bytes", 4<<30, "largest single instance in bytes")
+	fs.IntVar(&cfg.MaxStowParts, "max-stow-parts", dicomweb.DefaultMaxStowParts, "most parts (instances) in one STOW-RS request; 413 beyond")
 	fs.IntVar(&cfg.MaxConcurrentStow, "max-concurrent-stow", dicomweb.DefaultMaxConcurrentStow, "STOW-RS requests served at once; beyond it 503 with Retry-After (0 = no bound)")
 	fs.IntVar(&cfg.MaxConcurrentRetrieve, "max-concurrent-retrieve", dicomweb.DefaultMaxConcurrentRetrieve, "WADO-RS requests served at once; beyond it 503 with Retry-After (0 = no bound)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may take to finish on SIGTERM")
@@ -215,6 +217,9 @@ func (c *Config) Validate() error {
 	}
 	if c.S3Endpoint != "" && c.S3Bucket == "" {
 		errs = append(errs, errors.New("--s3-bucket is empty"))
+	}
+	if c.MaxStowParts < 1 {
+		errs = append(errs, fmt.Errorf("--max-stow-parts %d: at least 1", c.MaxStowParts))
 	}
 	if _, err := dicomweb.NewAuthenticator(c.File.Auth); err != nil {
 		errs = append(errs, err)

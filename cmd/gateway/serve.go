@@ -116,7 +116,7 @@ func (m *Main) Run(ctx context.Context) error {
 		TrustedProxies:        cfg.File.TrustedProxies,
 		Ready:                 b.Ready,
 		PublicBaseURL:         cfg.PublicBaseURL,
-		Limits:                dicomweb.Limits{MaxRequestBytes: cfg.MaxRequestBytes},
+		Limits:                dicomweb.Limits{MaxRequestBytes: cfg.MaxRequestBytes, MaxParts: cfg.MaxStowParts},
 		MaxConcurrentStow:     cfg.MaxConcurrentStow,
 		MaxConcurrentRetrieve: cfg.MaxConcurrentRetrieve,
 		Logger:                m.Logger,
