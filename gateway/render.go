@@ -141,6 +141,18 @@ func Render(rec *InstanceRecord, frame io.Reader, size int64, opts RenderOptions
 	}
 	var img image.Image
 	if rec.TransferSyntaxUID == TSJPEGBaseline {
+		// The decoder allocates the image its own SOF header declares: a
+		// few bytes of JPEG claiming 24000×24000 would cost gigabytes.
+		// Only a frame of the header's Rows × Columns (already bounded by
+		// maxRenderPixels) is decoded.
+		cfg, cerr := jpeg.DecodeConfig(bytes.NewReader(data))
+		if cerr != nil {
+			return nil, fmt.Errorf("instance %s: JPEG frame cannot be decoded (%v): %w", rec.SOPInstanceUID, cerr, ErrNotAcceptable)
+		}
+		if cfg.Width != p.cols || cfg.Height != p.rows {
+			return nil, fmt.Errorf("instance %s: JPEG frame is %d×%d pixels, the header says %d×%d: %w",
+				rec.SOPInstanceUID, cfg.Width, cfg.Height, p.cols, p.rows, ErrNotAcceptable)
+		}
 		img, err = jpeg.Decode(bytes.NewReader(data))
 		if err != nil {
 			return nil, fmt.Errorf("instance %s: JPEG frame cannot be decoded (%v): %w", rec.SOPInstanceUID, err, ErrNotAcceptable)
