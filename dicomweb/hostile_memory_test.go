@@ -219,3 +219,74 @@ func TestStowPartLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestSecurityHeaderMemoryShared (issue 16, finding 7): the headers of
+// concurrent uploads share one memory budget. While one upload holds it
+// all, another instance is refused as unavailable (503, Retry-After,
+// 0xA700) instead of adding its header on top; once the first is done the
+// second goes through, and every byte of the budget is given back.
+func TestSecurityHeaderMemoryShared(t *testing.T) {
+	const explicitLE = "1.2.840.10008.1.2.1"
+	s := embeddedServer(t, nil)
+	budget := gateway.NewHeaderMemory(3 << 20)
+	s.Ingester.HeaderMemory = budget
+	ts := newAuthTestServer(t, s)
+
+	// Upload A: a header with a 2.5 MiB private value, sent up to its end
+	// and then held open, so its raw header bytes are kept.
+	meta, d := part10(explicitLE, "1.2.826.0.1.3680043.10.1466.8.81")
+	head := append(append(meta, d...), elem(nil, 0x0009, 0x0010, "LO", []byte("PROBE "))...)
+	head = append(head, elem(nil, 0x0009, 0x1010, "OB", make([]byte, 5<<19))...)
+	pr, pw := io.Pipe()
+	release := make(chan struct{})
+	go func() {
+		_, _ = pw.Write(head)
+		<-release
+		_ = pw.Close()
+	}()
+	bodyA, ctypeA := stowBody(nil, pr)
+	statusA := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, ts.URL+"/dicomweb/studies", bodyA)
+		req.Header.Set("Content-Type", ctypeA)
+		resp, err := ts.Client().Do(req)
+		if err != nil {
+			statusA <- 0
+			return
+		}
+		resp.Body.Close()
+		statusA <- resp.StatusCode
+	}()
+	for budget.Free() > 0 {
+		select {
+		case <-t.Context().Done():
+			t.Fatal("upload A never took the budget")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+
+	metaB, dB := part10(explicitLE, "1.2.826.0.1.3680043.10.1466.8.82")
+	bodyB, ctypeB := multipartBody(append(metaB, dB...))
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, ts.URL+"/dicomweb/studies", bytes.NewReader(bodyB.Bytes()))
+	req.Header.Set("Content-Type", ctypeB)
+	resp, err := ts.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(msg), `"Value":[42752]`) {
+		t.Errorf("upload B while A holds the budget: %d Retry-After %q %s, want 503 with Retry-After and 0xA700", resp.StatusCode, resp.Header.Get("Retry-After"), msg)
+	}
+
+	close(release)
+	if st := <-statusA; st != http.StatusOK {
+		t.Errorf("upload A: status %d, want 200", st)
+	}
+	if status, msg := postStow(t, ts, bytes.NewReader(bodyB.Bytes()), ctypeB); status != http.StatusOK {
+		t.Errorf("upload B again after A: %d %s", status, msg)
+	}
+	if free := budget.Free(); free != 3<<20 {
+		t.Errorf("budget free after both uploads = %d, want all %d", free, 3<<20)
+	}
+}

@@ -40,6 +40,12 @@ type HeaderLimits struct {
 	MaxHeaderBytes int64
 	// MaxElements bounds the number of elements, nested ones included.
 	MaxElements int
+	// MaxDatasetMemory bounds the estimated memory of the parsed header
+	// (the Dataset's maps, values and strings, see valueCost), which can be
+	// many times the bytes they came from: a 2-byte US value becomes a
+	// boxed int64 in a slice of any, an empty element a map entry. Zero
+	// means datasetBytesPerElement for each of MaxElements.
+	MaxDatasetMemory int64
 	// MaxDepth bounds sequence nesting.
 	MaxDepth int
 	// MaxInflatedBytes bounds the inflated size of a whole Deflated
@@ -48,14 +54,23 @@ type HeaderLimits struct {
 	MaxInflatedBytes int64
 }
 
-// DefaultHeaderLimits are generous for real instances (the largest enhanced
-// multi-frame headers are a few MiB) and small enough to bound a request.
+// DefaultHeaderLimits are generous for real instances and small enough to
+// bound a request. The largest header of the corpus (a Philips enhanced MR,
+// 40 frames, about 140 elements a frame) has 5,616 elements and an estimated
+// 1.4 MB parsed; 250,000 elements is such a header of about 1,800 frames.
+// (500,000 let a 4.5 MB instance take 527 MB.)
 var DefaultHeaderLimits = HeaderLimits{
 	MaxHeaderBytes:   64 << 20,
-	MaxElements:      500_000,
+	MaxElements:      250_000,
 	MaxDepth:         64,
 	MaxInflatedBytes: 4 << 30,
 }
+
+// datasetBytesPerElement is the parsed memory allowed for each element of
+// MaxElements when MaxDatasetMemory is not set: enough for the largest
+// real headers measured (246 bytes an element for the Philips one above),
+// so that the element count and the memory bound agree.
+const datasetBytesPerElement = 256
 
 func (l HeaderLimits) withDefaults() HeaderLimits {
 	if l.MaxHeaderBytes <= 0 {
@@ -63,6 +78,9 @@ func (l HeaderLimits) withDefaults() HeaderLimits {
 	}
 	if l.MaxElements <= 0 {
 		l.MaxElements = DefaultHeaderLimits.MaxElements
+	}
+	if l.MaxDatasetMemory <= 0 {
+		l.MaxDatasetMemory = int64(l.MaxElements) * datasetBytesPerElement
 	}
 	if l.MaxDepth <= 0 {
 		l.MaxDepth = DefaultHeaderLimits.MaxDepth
@@ -214,6 +232,12 @@ func tooLarge(format string, args ...any) error {
 // ErrInvalid; a read error from r is returned wrapped as it is. lim bounds
 // the work; its zero value means DefaultHeaderLimits.
 func ParseHeader(r io.Reader, lim HeaderLimits) (h *Header, err error) {
+	return parseHeader(r, lim, &headerAccount{})
+}
+
+// parseHeader is ParseHeader charging the header's memory to acct (which
+// the caller releases when it lets go of the Header).
+func parseHeader(r io.Reader, lim HeaderLimits, acct *headerAccount) (h *Header, err error) {
 	deflated := false
 	defer func() {
 		if v := recover(); v != nil {
@@ -234,9 +258,10 @@ func ParseHeader(r io.Reader, lim HeaderLimits) (h *Header, err error) {
 		}
 	}()
 	lim = lim.withDefaults()
-	cr := &countingReader{r: r}
+	cr := &countingReader{r: r, acct: acct}
+	defer func() { cr.acct = nil }() // Tail may read on through cr: that is not header
 	outer := bufio.NewReaderSize(cr, 64<<10)
-	p := &parser{lim: lim, h: &Header{Dataset: Dataset{}}}
+	p := &parser{lim: lim, h: &Header{Dataset: Dataset{}}, acct: acct}
 	p.src = outer
 	p.maxPos = lim.MaxHeaderBytes
 
@@ -292,9 +317,10 @@ func ParseHeader(r io.Reader, lim HeaderLimits) (h *Header, err error) {
 // countingReader counts the bytes read from r, and fails once they pass
 // max (0: no bound).
 type countingReader struct {
-	r   io.Reader
-	n   int64
-	max int64
+	r    io.Reader
+	n    int64
+	max  int64
+	acct *headerAccount // charged for the bytes read (a caller tees them), nil once the header is read
 }
 
 func (c *countingReader) Read(b []byte) (int, error) {
@@ -304,7 +330,17 @@ func (c *countingReader) Read(b []byte) (int, error) {
 	if c.max > 0 && int64(len(b)) > c.max-c.n {
 		b = b[:c.max-c.n]
 	}
+	if c.acct != nil {
+		// Charged before the read: the shared budget refuses before the
+		// bytes exist.
+		if err := c.acct.charge(int64(len(b))); err != nil {
+			return 0, err
+		}
+	}
 	n, err := c.r.Read(b)
+	if c.acct != nil {
+		c.acct.refund(int64(len(b) - n))
+	}
 	c.n += int64(n)
 	return n, err
 }
@@ -328,6 +364,8 @@ type parser struct {
 	maxPos   int64 // pos may not pass this
 	kept     int64 // value bytes kept in memory
 	elements int
+	cost     int64 // estimated memory of the Dataset built so far
+	acct     *headerAccount
 	deflated bool
 	lim      HeaderLimits
 	h        *Header
@@ -553,6 +591,9 @@ func (p *parser) parseDataset(ds Dataset, st *itemState, end int64, depth int, p
 		if p.elements++; p.elements > p.lim.MaxElements {
 			return tooLarge("more than %d elements", p.lim.MaxElements)
 		}
+		if err := p.account(elementCost + int64(len(path))); err != nil {
+			return err
+		}
 		if err := p.parseElement(ds, st, e, end, depth, path, explicit, bo); err != nil {
 			return err
 		}
@@ -674,6 +715,9 @@ func (p *parser) parseElement(ds Dataset, st *itemState, e elementHeader, end in
 		ds[key] = Attribute{VR: "CS", Value: []any{"ISO_IR 192"}}
 		return nil
 	}
+	if err := p.account(valueCost(vr, raw)); err != nil {
+		return err
+	}
 	ds[key] = p.decodeValue(key, vr, raw, bo, st)
 	return nil
 }
@@ -714,6 +758,9 @@ func (p *parser) parseSequence(st *itemState, end int64, depth int, path string,
 		}
 		if p.elements++; p.elements > p.lim.MaxElements {
 			return nil, tooLarge("more than %d elements", p.lim.MaxElements)
+		}
+		if err := p.account(itemCost); err != nil {
+			return nil, err
 		}
 		item := Dataset{}
 		itemEnd := int64(-1)

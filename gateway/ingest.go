@@ -57,6 +57,10 @@ type Ingester struct {
 	MaxInstanceBytes int64
 	// HeaderLimits bound the header parser; zero fields take the defaults.
 	HeaderLimits HeaderLimits
+	// HeaderMemory, when set, bounds the memory the headers of all
+	// concurrent Stores hold together (an instance over it is refused as
+	// unavailable); nil bounds each Store by HeaderLimits only.
+	HeaderMemory *HeaderMemory
 	// LockTTL bounds how long a crashed replica's lease on a SOP Instance
 	// UID blocks others (a live holder renews it). 0 means 30 s.
 	LockTTL time.Duration
@@ -129,7 +133,9 @@ func finished(rec *InstanceRecord, err error) *PendingInstance {
 func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (_ *PendingInstance, err error) {
 	lim := &instanceLimit{r: r, max: in.MaxInstanceBytes}
 	var head bytes.Buffer
-	h, err := ParseHeader(io.TeeReader(lim, &head), in.HeaderLimits)
+	acct := &headerAccount{shared: in.HeaderMemory}
+	defer acct.release()
+	h, err := parseHeader(io.TeeReader(lim, &head), in.HeaderLimits, acct)
 	if err != nil {
 		return nil, err
 	}

@@ -171,7 +171,11 @@ func wireServices(m *Main, b *Backends, reg prometheus.Registerer) {
 		Auditor:          auditor,
 		MaxInstanceBytes: cfg.MaxInstanceBytes,
 		PreamblePolicy:   gateway.PreamblePolicy(cmp.Or(cfg.File.PreamblePolicy, string(gateway.PreambleRefuse))),
+		HeaderLimits:     gateway.HeaderLimits{MaxElements: cfg.MaxHeaderElements},
 		Logger:           m.Logger,
+	}
+	if cfg.MaxHeaderMemory > 0 {
+		m.Server.Ingester.HeaderMemory = gateway.NewHeaderMemory(cfg.MaxHeaderMemory)
 	}
 	host, _ := os.Hostname()
 	m.Transfers = &gateway.Transfers{

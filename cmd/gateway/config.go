@@ -38,6 +38,8 @@ type Config struct {
 	MaxRequestBytes       int64
 	MaxInstanceBytes      int64
 	MaxStowParts          int
+	MaxHeaderMemory       int64
+	MaxHeaderElements     int
 	MaxConcurrentStow     int
 	MaxConcurrentRetrieve int
 	ShutdownTimeout       time.Duration
@@ -119,6 +121,8 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.Int64Var(&cfg.MaxRequestBytes, "max-request-bytes", 64<<30, "largest STOW-RS request body in bytes (0 = unlimited)")
 	fs.Int64Var(&cfg.MaxInstanceBytes, "max-instance-bytes", 4<<30, "largest single instance in bytes")
 	fs.IntVar(&cfg.MaxStowParts, "max-stow-parts", dicomweb.DefaultMaxStowParts, "most parts (instances) in one STOW-RS request; 413 beyond")
+	fs.IntVar(&cfg.MaxHeaderElements, "max-header-elements", gateway.DefaultHeaderLimits.MaxElements, "most elements (nested ones included) in one instance's header; its parsed memory is bounded at 256 bytes an element")
+	fs.Int64Var(&cfg.MaxHeaderMemory, "max-header-memory", gateway.DefaultHeaderMemory, "memory the headers of all concurrent uploads may hold together, in bytes; an instance beyond it gets 503 with Retry-After (0 = no shared bound)")
 	fs.IntVar(&cfg.MaxConcurrentStow, "max-concurrent-stow", dicomweb.DefaultMaxConcurrentStow, "STOW-RS requests served at once; beyond it 503 with Retry-After (0 = no bound)")
 	fs.IntVar(&cfg.MaxConcurrentRetrieve, "max-concurrent-retrieve", dicomweb.DefaultMaxConcurrentRetrieve, "WADO-RS requests served at once; beyond it 503 with Retry-After (0 = no bound)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may take to finish on SIGTERM")
@@ -220,6 +224,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxStowParts < 1 {
 		errs = append(errs, fmt.Errorf("--max-stow-parts %d: at least 1", c.MaxStowParts))
+	}
+	if c.MaxHeaderElements < 1 {
+		errs = append(errs, fmt.Errorf("--max-header-elements %d: at least 1", c.MaxHeaderElements))
+	}
+	if c.MaxHeaderMemory < 0 {
+		errs = append(errs, fmt.Errorf("--max-header-memory %d: 0 (no shared bound) or more", c.MaxHeaderMemory))
 	}
 	if _, err := dicomweb.NewAuthenticator(c.File.Auth); err != nil {
 		errs = append(errs, err)

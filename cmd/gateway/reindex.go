@@ -46,7 +46,7 @@ func runReindex(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 	var failures []string
-	p, err := gateway.Reindex(ctx, b.Blobs, b.Index, gateway.HeaderLimits{}, func(p gateway.ReindexProgress) {
+	p, err := gateway.Reindex(ctx, b.Blobs, b.Index, gateway.HeaderLimits{MaxElements: cfg.MaxHeaderElements}, func(p gateway.ReindexProgress) {
 		if p.Err != nil && len(failures) < 100 {
 			failures = append(failures, p.Err.Error())
 		}
