@@ -24,6 +24,9 @@ func FuzzParseHeader(f *testing.F) {
 		}
 		f.Add(data)
 	}
+	// A deflated instance with pixel data: its tail is inflated by Tail.
+	deflated, _ := deflatedInstance(f, 1024, 1)
+	f.Add(deflated)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		h, layout, err := parseFile(t, data)
 		if err != nil {
