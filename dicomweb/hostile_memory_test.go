@@ -223,12 +223,14 @@ func TestStowPartLimit(t *testing.T) {
 // TestSecurityHeaderMemoryShared (issue 16, finding 7): the headers of
 // concurrent uploads share one memory budget. While one upload holds it
 // all, another instance is refused as unavailable (503, Retry-After,
-// 0xA700) instead of adding its header on top; once the first is done the
-// second goes through, and every byte of the budget is given back.
+// 0xA700) instead of adding its header on top (here without waiting; see
+// TestHeaderMemoryWaits); once the first is done the second goes through,
+// and every byte of the budget is given back.
 func TestSecurityHeaderMemoryShared(t *testing.T) {
 	const explicitLE = "1.2.840.10008.1.2.1"
 	s := embeddedServer(t, nil)
 	budget := gateway.NewHeaderMemory(3 << 20)
+	budget.Wait = 0 // refuse at once: the upload holding it is held open by the test
 	s.Ingester.HeaderMemory = budget
 	ts := newAuthTestServer(t, s)
 

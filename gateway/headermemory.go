@@ -2,8 +2,10 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // What a parsed header costs in memory is estimated as it is built, so that
@@ -54,17 +56,27 @@ func (p *parser) account(n int64) error {
 // hold together: the raw header bytes kept until the storage key is known,
 // and the parsed Dataset until the index entry is written. Each upload is
 // bounded by HeaderLimits; this bounds their sum, so that N concurrent
-// uploads cannot multiply it. An upload that would pass it is refused as
-// unavailable (503 with Retry-After), never made to wait while holding
-// memory. Safe for concurrent use.
+// uploads cannot multiply it. An upload that needs more than is free waits
+// up to Wait for others to give some back (the parts of one STOW-RS request
+// being finished, say), then is refused as unavailable (503 with
+// Retry-After). Safe for concurrent use.
 type HeaderMemory struct {
-	mu   sync.Mutex
-	free int64
-	size int64
+	// Wait bounds how long an upload waits for memory; set before use.
+	// Two large uploads each waiting for what the other holds give up
+	// after it, so a full budget never deadlocks.
+	Wait time.Duration
+
+	mu    sync.Mutex
+	free  int64
+	size  int64
+	freed chan struct{} // closed, and replaced, whenever memory is given back
 }
 
-// NewHeaderMemory returns a budget of size bytes.
-func NewHeaderMemory(size int64) *HeaderMemory { return &HeaderMemory{free: size, size: size} }
+// NewHeaderMemory returns a budget of size bytes whose uploads wait up to
+// 10 seconds for memory.
+func NewHeaderMemory(size int64) *HeaderMemory {
+	return &HeaderMemory{Wait: 10 * time.Second, free: size, size: size, freed: make(chan struct{})}
+}
 
 // DefaultHeaderMemory is the budget serve gives its Ingester
 // (--max-header-memory): four headers of 250,000 elements (61 MiB parsed
@@ -75,20 +87,42 @@ func NewHeaderMemory(size int64) *HeaderMemory { return &HeaderMemory{free: size
 // charged, peaked at 997 MB RSS).
 const DefaultHeaderMemory = 256 << 20
 
-func (m *HeaderMemory) take(n int64) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if n > m.free {
-		return false
+// take takes n bytes, waiting up to Wait (and while ctx lasts) for them.
+func (m *HeaderMemory) take(ctx context.Context, n int64) bool {
+	var deadline <-chan time.Time
+	for {
+		m.mu.Lock()
+		if n <= m.free {
+			m.free -= n
+			m.mu.Unlock()
+			return true
+		}
+		freed := m.freed
+		m.mu.Unlock()
+		if m.Wait <= 0 || n > m.size {
+			return false
+		}
+		if deadline == nil {
+			t := time.NewTimer(m.Wait)
+			defer t.Stop()
+			deadline = t.C
+		}
+		select {
+		case <-freed:
+		case <-deadline:
+			return false
+		case <-ctx.Done():
+			return false
+		}
 	}
-	m.free -= n
-	return true
 }
 
 func (m *HeaderMemory) give(n int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.free = min(m.free+n, m.size)
+	close(m.freed)
+	m.freed = make(chan struct{})
 }
 
 // Free returns the bytes not held by any upload (for tests and metrics).
@@ -106,6 +140,7 @@ const headerChunk = 1 << 20
 // none, nothing is shared).
 type headerAccount struct {
 	shared *HeaderMemory
+	ctx    context.Context // bounds a wait for shared memory; nil: no wait
 	used   int64
 	held   int64
 }
@@ -118,7 +153,11 @@ func (a *headerAccount) charge(n int64) error {
 		return nil
 	}
 	step := max(a.used-a.held, headerChunk)
-	if !a.shared.take(step) {
+	ctx := a.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if !a.shared.take(ctx, step) {
 		a.used -= n
 		return &InstanceError{Reason: ReasonOutOfResources, Err: fmt.Errorf("the headers of concurrent uploads hold all of their %d-byte memory budget; retry later: %w", a.shared.size, ErrUnavailable)}
 	}

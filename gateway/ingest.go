@@ -133,8 +133,15 @@ func finished(rec *InstanceRecord, err error) *PendingInstance {
 func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (_ *PendingInstance, err error) {
 	lim := &instanceLimit{r: r, max: in.MaxInstanceBytes}
 	var head bytes.Buffer
-	acct := &headerAccount{shared: in.HeaderMemory}
-	defer acct.release()
+	// The header's memory is held until Finish has indexed it (its
+	// encodings are made from the Dataset there).
+	acct := &headerAccount{shared: in.HeaderMemory, ctx: ctx}
+	headerHandedOver := false
+	defer func() {
+		if !headerHandedOver {
+			acct.release()
+		}
+	}()
 	h, err := parseHeader(io.TeeReader(lim, &head), in.HeaderLimits, acct)
 	if err != nil {
 		return nil, err
@@ -271,6 +278,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 
 	pending := &PendingInstance{SOPClassUID: h.SOPClassUID, SOPInstanceUID: h.SOPInstanceUID}
 	pending.finish = func(ctx context.Context) (*InstanceRecord, error) {
+		defer acct.release()
 		defer unlock()
 		if healing && (existing.SHA256 != rec.SHA256 || existing.Size != rec.Size) && in.policy() == DuplicateReject {
 			if staged != nil {
@@ -339,7 +347,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 		in.logDeviations(ctx, rec)
 		return rec, nil
 	}
-	handedOver = true
+	handedOver, headerHandedOver = true, true
 	return pending, nil
 }
 

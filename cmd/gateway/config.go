@@ -122,7 +122,7 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.Int64Var(&cfg.MaxInstanceBytes, "max-instance-bytes", 4<<30, "largest single instance in bytes")
 	fs.IntVar(&cfg.MaxStowParts, "max-stow-parts", dicomweb.DefaultMaxStowParts, "most parts (instances) in one STOW-RS request; 413 beyond")
 	fs.IntVar(&cfg.MaxHeaderElements, "max-header-elements", gateway.DefaultHeaderLimits.MaxElements, "most elements (nested ones included) in one instance's header; its parsed memory is bounded at 256 bytes an element")
-	fs.Int64Var(&cfg.MaxHeaderMemory, "max-header-memory", gateway.DefaultHeaderMemory, "memory the headers of all concurrent uploads may hold together, in bytes; an instance beyond it gets 503 with Retry-After (0 = no shared bound)")
+	fs.Int64Var(&cfg.MaxHeaderMemory, "max-header-memory", gateway.DefaultHeaderMemory, "memory the headers of all concurrent uploads may hold together, in bytes; an instance that finds it spent waits up to 10s, then gets 503 with Retry-After (0 = no shared bound)")
 	fs.IntVar(&cfg.MaxConcurrentStow, "max-concurrent-stow", dicomweb.DefaultMaxConcurrentStow, "STOW-RS requests served at once; beyond it 503 with Retry-After (0 = no bound)")
 	fs.IntVar(&cfg.MaxConcurrentRetrieve, "max-concurrent-retrieve", dicomweb.DefaultMaxConcurrentRetrieve, "WADO-RS requests served at once; beyond it 503 with Retry-After (0 = no bound)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may take to finish on SIGTERM")
