@@ -15,17 +15,17 @@ import (
 func headerInstance(sop string, extra []byte) []byte {
 	const class = "1.2.840.10008.5.1.4.1.1.7"
 	var m []byte
-	m = explicitElement(m, 0x00020001, "OB", []byte{0, 1})
-	m = explicitElement(m, 0x00020002, "UI", evenUID(class))
-	m = explicitElement(m, 0x00020003, "UI", evenUID(sop))
-	m = explicitElement(m, 0x00020010, "UI", evenUID("1.2.840.10008.1.2.1"))
+	m = appendExplicit(m, 0x00020001, "OB", []byte{0, 1})
+	m = appendExplicit(m, 0x00020002, "UI", evenUID(class))
+	m = appendExplicit(m, 0x00020003, "UI", evenUID(sop))
+	m = appendExplicit(m, 0x00020010, "UI", evenUID("1.2.840.10008.1.2.1"))
 	out := append(make([]byte, 128), "DICM"...)
-	out = explicitElement(out, 0x00020000, "UL", binary.LittleEndian.AppendUint32(nil, uint32(len(m))))
+	out = appendExplicit(out, 0x00020000, "UL", binary.LittleEndian.AppendUint32(nil, uint32(len(m))))
 	out = append(out, m...)
-	out = explicitElement(out, 0x00080016, "UI", evenUID(class))
-	out = explicitElement(out, 0x00080018, "UI", evenUID(sop))
-	out = explicitElement(out, 0x0020000D, "UI", evenUID("1.2.826.0.1.3680043.10.1466.16.12"))
-	out = explicitElement(out, 0x0020000E, "UI", evenUID("1.2.826.0.1.3680043.10.1466.16.13"))
+	out = appendExplicit(out, 0x00080016, "UI", evenUID(class))
+	out = appendExplicit(out, 0x00080018, "UI", evenUID(sop))
+	out = appendExplicit(out, 0x0020000D, "UI", evenUID("1.2.826.0.1.3680043.10.1466.16.12"))
+	out = appendExplicit(out, 0x0020000E, "UI", evenUID("1.2.826.0.1.3680043.10.1466.16.13"))
 	return append(out, extra...)
 }
 
@@ -35,7 +35,7 @@ func headerInstance(sop string, extra []byte) []byte {
 func emptyElementItems(n int) []byte {
 	var item []byte
 	for k := range uint32(9) {
-		item = explicitElement(item, 0x00080100+2*k, "SH", nil)
+		item = appendExplicit(item, 0x00080100+2*k, "SH", nil)
 	}
 	var seq []byte
 	for range n / 10 {
@@ -43,7 +43,7 @@ func emptyElementItems(n int) []byte {
 		seq = binary.LittleEndian.AppendUint32(seq, uint32(len(item)))
 		seq = append(seq, item...)
 	}
-	return explicitElement(nil, 0x0040A730, "SQ", seq)
+	return appendExplicit(nil, 0x0040A730, "SQ", seq)
 }
 
 // TestParseHeaderBoundsParsedMemory (issue 16, finding 7): what a header
@@ -54,7 +54,7 @@ func emptyElementItems(n int) []byte {
 func TestParseHeaderBoundsParsedMemory(t *testing.T) {
 	var usValues []byte
 	for i := range uint32(100) {
-		usValues = explicitElement(usValues, 0x00091000+i, "US", make([]byte, 60_000))
+		usValues = appendExplicit(usValues, 0x00091000+i, "US", make([]byte, 60_000))
 	}
 	for _, tt := range []struct {
 		name string
@@ -62,7 +62,7 @@ func TestParseHeaderBoundsParsedMemory(t *testing.T) {
 		want string
 	}{
 		{"499,000 empty elements", headerInstance("1.2.826.0.1.3680043.10.1466.16.14", emptyElementItems(499_000)), "elements"},
-		{"6 MB of US values", headerInstance("1.2.826.0.1.3680043.10.1466.16.15", append(explicitElement(nil, 0x00090010, "LO", []byte("PROBE ")), usValues...)), "memory"},
+		{"6 MB of US values", headerInstance("1.2.826.0.1.3680043.10.1466.16.15", append(appendExplicit(nil, 0x00090010, "LO", []byte("PROBE ")), usValues...)), "memory"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := gateway.ParseHeader(bytes.NewReader(tt.data), gateway.HeaderLimits{})

@@ -10,8 +10,8 @@ import (
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
-// explicitElement appends one Explicit VR Little Endian element.
-func explicitElement(b []byte, tag uint32, vr string, value []byte) []byte {
+// appendExplicit appends one Explicit VR Little Endian element.
+func appendExplicit(b []byte, tag uint32, vr string, value []byte) []byte {
 	b = binary.LittleEndian.AppendUint16(b, uint16(tag>>16))
 	b = binary.LittleEndian.AppendUint16(b, uint16(tag))
 	b = append(b, vr...)
@@ -40,27 +40,27 @@ func deflatedInstance(t testing.TB, pixelBytes, level int) (file, dataset []byte
 	t.Helper()
 	const class, sop = "1.2.840.10008.5.1.4.1.1.7", "1.2.826.0.1.3680043.10.1466.16.1"
 	var m []byte
-	m = explicitElement(m, 0x00020001, "OB", []byte{0, 1})
-	m = explicitElement(m, 0x00020002, "UI", evenUID(class))
-	m = explicitElement(m, 0x00020003, "UI", evenUID(sop))
-	m = explicitElement(m, 0x00020010, "UI", evenUID("1.2.840.10008.1.2.1.99"))
+	m = appendExplicit(m, 0x00020001, "OB", []byte{0, 1})
+	m = appendExplicit(m, 0x00020002, "UI", evenUID(class))
+	m = appendExplicit(m, 0x00020003, "UI", evenUID(sop))
+	m = appendExplicit(m, 0x00020010, "UI", evenUID("1.2.840.10008.1.2.1.99"))
 	file = append(make([]byte, 128), "DICM"...)
-	file = explicitElement(file, 0x00020000, "UL", binary.LittleEndian.AppendUint32(nil, uint32(len(m))))
+	file = appendExplicit(file, 0x00020000, "UL", binary.LittleEndian.AppendUint32(nil, uint32(len(m))))
 	file = append(file, m...)
 
 	var d []byte
-	d = explicitElement(d, 0x00080016, "UI", evenUID(class))
-	d = explicitElement(d, 0x00080018, "UI", evenUID(sop))
-	d = explicitElement(d, 0x0020000D, "UI", evenUID("1.2.826.0.1.3680043.10.1466.16.2"))
-	d = explicitElement(d, 0x0020000E, "UI", evenUID("1.2.826.0.1.3680043.10.1466.16.3"))
-	d = explicitElement(d, 0x00280010, "US", binary.LittleEndian.AppendUint16(nil, 1))
-	d = explicitElement(d, 0x00280011, "US", binary.LittleEndian.AppendUint16(nil, uint16(pixelBytes)))
+	d = appendExplicit(d, 0x00080016, "UI", evenUID(class))
+	d = appendExplicit(d, 0x00080018, "UI", evenUID(sop))
+	d = appendExplicit(d, 0x0020000D, "UI", evenUID("1.2.826.0.1.3680043.10.1466.16.2"))
+	d = appendExplicit(d, 0x0020000E, "UI", evenUID("1.2.826.0.1.3680043.10.1466.16.3"))
+	d = appendExplicit(d, 0x00280010, "US", binary.LittleEndian.AppendUint16(nil, 1))
+	d = appendExplicit(d, 0x00280011, "US", binary.LittleEndian.AppendUint16(nil, uint16(pixelBytes)))
 	pixels := make([]byte, pixelBytes)
 	for i := range pixels {
 		pixels[i] = byte(i * 7)
 	}
-	d = explicitElement(d, 0x7FE00010, "OB", pixels)
-	d = explicitElement(d, 0xFFFCFFFC, "OB", make([]byte, 8)) // an element after the pixel data
+	d = appendExplicit(d, 0x7FE00010, "OB", pixels)
+	d = appendExplicit(d, 0xFFFCFFFC, "OB", make([]byte, 8)) // an element after the pixel data
 
 	var z bytes.Buffer
 	fw, err := flate.NewWriter(&z, level)
