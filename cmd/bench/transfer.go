@@ -127,7 +127,19 @@ type transferBench struct {
 	// studyUIDs in data, in order.
 	studyUIDs []string
 	bytes     int64
-	report    strings.Builder
+	// batches are forwarded one after the other in each case and timed
+	// apart: the CT studies (the rates to compare), then the study of the
+	// big instance (memory; Orthanc handles big instances differently).
+	batches []batch
+	report  strings.Builder
+}
+
+// batch is a set of studies forwarded and timed together.
+type batch struct {
+	label     string
+	studies   []string // Study Instance UIDs
+	instances int
+	bytes     int64
 }
 
 // transferData is the data set: cfg.instances CT slices spread over
@@ -176,6 +188,7 @@ func (tb *transferBench) emit(s string) {
 type forwardCase struct {
 	system, backend string
 	wan             bool
+	batch           *batch
 	d               time.Duration
 	senderHWM       int64 // bytes; 0 when not read
 	receiverHWM     int64
@@ -198,12 +211,25 @@ func (tb *transferBench) run(ctx context.Context) error {
 	}
 	tb.data = transferData(tb.cfg.studies, tb.cfg.instances, tb.cfg.bigMiB)
 	seen := map[string]bool{}
+	ct := batch{label: fmt.Sprintf("%d CT studies", tb.cfg.studies)}
+	big := batch{label: fmt.Sprintf("1 study of one %d MiB instance", tb.cfg.bigMiB)}
 	for _, in := range tb.data {
 		tb.bytes += in.Size()
+		b := &ct
+		if in.Frames > 1 {
+			b = &big
+		}
+		b.instances++
+		b.bytes += in.Size()
 		if !seen[in.StudyInstanceUID] {
 			seen[in.StudyInstanceUID] = true
 			tb.studyUIDs = append(tb.studyUIDs, in.StudyInstanceUID)
+			b.studies = append(b.studies, in.StudyInstanceUID)
 		}
+	}
+	tb.batches = append(tb.batches, ct)
+	if big.instances > 0 {
+		tb.batches = append(tb.batches, big)
 	}
 	start := loadavg()
 	t0 := time.Now()
@@ -272,6 +298,18 @@ func wanBuffer(c wanproxy.Config) int {
 	return int(c.Mbit*1e6/8*c.RTT.Seconds()) + 1<<20
 }
 
+// newCases are the cases of one system: each batch on loopback, then each
+// through the WAN; one receiver per link gets the batches in turn.
+func (tb *transferBench) newCases(system, backend string) []forwardCase {
+	var cases []forwardCase
+	for _, wan := range []bool{false, true} {
+		for i := range tb.batches {
+			cases = append(cases, forwardCase{system: system, backend: backend, wan: wan, batch: &tb.batches[i]})
+		}
+	}
+	return cases
+}
+
 func (tb *transferBench) linkName(wan bool) string {
 	if wan {
 		return fmt.Sprintf("WAN %s, %g Mbit/s", tb.cfg.link.RTT, tb.cfg.link.Mbit)
@@ -285,7 +323,11 @@ func (tb *transferBench) redisCases(ctx context.Context) []forwardCase {
 	url, ep := os.Getenv("GATEWAY_TEST_REDIS_URL"), os.Getenv("GATEWAY_TEST_S3_ENDPOINT")
 	if url == "" || ep == "" {
 		err := errors.New("GATEWAY_TEST_REDIS_URL / GATEWAY_TEST_S3_ENDPOINT unset: run through scripts/testenv.sh (make bench-transfer does)")
-		return []forwardCase{{system: "gateway", backend: "redis+minio", err: err}, {system: "gateway", backend: "redis+minio", wan: true, err: err}}
+		cases := tb.newCases("gateway", "redis+minio")
+		for i := range cases {
+			cases[i].err = err
+		}
+		return cases
 	}
 	backend := func(role string) *gatewayBackend {
 		name := "bt-" + tb.runID + "-" + role
@@ -307,7 +349,7 @@ func backendArgs(be *gatewayBackend) []string {
 // fresh receiver directly and to another through the WAN proxy. backend
 // gives each gateway its Redis prefix and bucket (nil: embedded).
 func (tb *transferBench) gatewayCases(ctx context.Context, label string, backend func(role string) *gatewayBackend) []forwardCase {
-	cases := []forwardCase{{system: "gateway", backend: label}, {system: "gateway", backend: label, wan: true}}
+	cases := tb.newCases("gateway", label)
 	fail := func(err error) []forwardCase {
 		for i := range cases {
 			if cases[i].err == nil && cases[i].d == 0 {
@@ -359,30 +401,40 @@ func (tb *transferBench) gatewayCases(ctx context.Context, label string, backend
 		return fail(fmt.Errorf("storing the data at the sender: %w", err))
 	}
 
-	for i := range cases {
-		c := &cases[i]
+	for _, wan := range []bool{false, true} {
 		port, peerName := portDirect, "direct"
-		if c.wan {
+		if wan {
 			port, peerName = portWAN, "wan"
 		}
 		recvBE := be("recv-" + peerName)
 		recvDir := filepath.Join(dir, "receiver-"+peerName)
-		logf("transfer: gateway %s → %s …", label, tb.linkName(c.wan))
 		receiver, err := cluster.StartGateway(ctx, cluster.GatewayConfig{Bin: tb.cfg.gatewayBin, Name: "surrey", Dir: recvDir, Port: port,
 			Args: append(backendArgs(recvBE), "--log-level", "warn")})
-		if err != nil {
-			c.err = fmt.Errorf("receiver: %w", err)
-			continue
+		for i := range cases {
+			c := &cases[i]
+			if c.wan != wan {
+				continue
+			}
+			if err != nil {
+				c.err = fmt.Errorf("receiver: %w", err)
+				continue
+			}
+			logf("transfer: gateway %s → %s, %s …", label, tb.linkName(wan), c.batch.label)
+			if p := receiver.Proc(); p != nil {
+				_ = resetHWM(p.Pid())
+			}
+			c.d, c.err = tb.forwardGateway(ctx, sender, peerName, c.batch)
+			c.senderHWM = hwm(sender.Proc())
+			c.receiverHWM = hwm(receiver.Proc())
+			if c.err != nil {
+				c.err = fmt.Errorf("%w; sender log: %s; receiver log: %s", c.err, sender.LogTail(600), receiver.LogTail(600))
+			} else {
+				logf("transfer: … %.1f MB/s", float64(c.batch.bytes)/mb/c.d.Seconds())
+			}
 		}
-		c.d, c.err = tb.forwardGateway(ctx, sender, peerName)
-		c.senderHWM = hwm(sender.Proc())
-		c.receiverHWM = hwm(receiver.Proc())
-		if c.err != nil {
-			c.err = fmt.Errorf("%w; sender log: %s; receiver log: %s", c.err, sender.LogTail(600), receiver.LogTail(600))
-		} else {
-			logf("transfer: gateway %s → %s: %.1f MB/s", label, tb.linkName(c.wan), float64(tb.bytes)/mb/c.d.Seconds())
+		if err == nil {
+			_ = receiver.Stop()
 		}
-		_ = receiver.Stop()
 		if recvBE != nil {
 			cleanupBackend(recvBE)
 		}
@@ -408,7 +460,7 @@ func hwm(p *cluster.Proc) int64 {
 // forwardGateway asks sender for one transfer per study to peer and waits
 // until every one is completed (sent and verified by the sender). The
 // sender's peak RSS is reset first, so that it covers this case only.
-func (tb *transferBench) forwardGateway(parent context.Context, sender *cluster.Gateway, peer string) (time.Duration, error) {
+func (tb *transferBench) forwardGateway(parent context.Context, sender *cluster.Gateway, peer string, b *batch) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(parent, tb.cfg.caseTimeout)
 	defer cancel()
 	if p := sender.Proc(); p != nil {
@@ -416,7 +468,7 @@ func (tb *transferBench) forwardGateway(parent context.Context, sender *cluster.
 	}
 	start := time.Now()
 	var ids []string
-	for _, study := range tb.studyUIDs {
+	for _, study := range b.studies {
 		t, err := cluster.CreateTransfer(ctx, sender.URL(), study, peer)
 		if err != nil {
 			return 0, fmt.Errorf("create transfer: %w", err)
@@ -450,8 +502,8 @@ func (tb *transferBench) forwardGateway(parent context.Context, sender *cluster.
 		}
 	}
 	d := time.Since(start)
-	if instances != len(tb.data) {
-		return 0, fmt.Errorf("the completed transfers counted %d instances, want %d", instances, len(tb.data))
+	if instances != b.instances {
+		return 0, fmt.Errorf("the completed transfers counted %d instances, want %d", instances, b.instances)
 	}
 	return d, nil
 }
@@ -459,7 +511,7 @@ func (tb *transferBench) forwardGateway(parent context.Context, sender *cluster.
 // ---- Orthanc → Orthanc ----
 
 func (tb *transferBench) orthancCases(ctx context.Context) []forwardCase {
-	cases := []forwardCase{{system: "orthanc", backend: "its own (files + SQLite)"}, {system: "orthanc", backend: "its own (files + SQLite)", wan: true}}
+	cases := tb.newCases("orthanc", "its own (files + SQLite)")
 	fail := func(err error) []forwardCase {
 		for i := range cases {
 			if cases[i].err == nil && cases[i].d == 0 {
@@ -492,32 +544,53 @@ func (tb *transferBench) orthancCases(ctx context.Context) []forwardCase {
 	if _, err := stowAll(ctx, tb.client, sender.root, tb.data, 8, 4); err != nil {
 		return fail(fmt.Errorf("storing the data at the sender: %w", err))
 	}
+	// Orthanc's client takes Orthanc's own study identifiers.
 	senderBase := strings.TrimSuffix(sender.root, "/dicom-web")
-	var ids []string
-	if err := cluster.GetJSON(ctx, tb.client, senderBase+"/studies", &ids); err != nil {
+	var studies []struct {
+		ID            string
+		MainDicomTags struct{ StudyInstanceUID string }
+	}
+	if err := cluster.GetJSON(ctx, tb.client, senderBase+"/studies?expand", &studies); err != nil {
 		return fail(err)
 	}
-	if len(ids) != len(tb.studyUIDs) {
-		return fail(fmt.Errorf("the sender holds %d studies, want %d", len(ids), len(tb.studyUIDs)))
+	orthancID := map[string]string{}
+	for _, st := range studies {
+		orthancID[st.MainDicomTags.StudyInstanceUID] = st.ID
 	}
-	for i := range cases {
-		c := &cases[i]
+	for _, uid := range tb.studyUIDs {
+		if orthancID[uid] == "" {
+			return fail(fmt.Errorf("the sender does not list study %s", uid))
+		}
+	}
+	for _, wan := range []bool{false, true} {
 		port, name := portDirect, "direct"
-		if c.wan {
+		if wan {
 			port, name = portWAN, "wan"
 		}
 		recvDir := filepath.Join(dir, "receiver-"+name)
-		logf("transfer: orthanc → %s …", tb.linkName(c.wan))
 		receiver := startOrthancOn(ctx, tb.cfg.orthancBin, tb.cfg.orthancPlugin, recvDir, port, nil)
-		if receiver.startErr != nil {
-			c.err = fmt.Errorf("receiver: %w", receiver.startErr)
-			receiver.stop()
-			continue
-		}
-		c.d, c.err = tb.forwardOrthanc(ctx, sender, receiver, name, ids)
-		c.senderHWM, c.receiverHWM = targetHWM(sender), targetHWM(receiver)
-		if c.err == nil {
-			logf("transfer: orthanc → %s: %.1f MB/s", tb.linkName(c.wan), float64(tb.bytes)/mb/c.d.Seconds())
+		held := 0 // instances the receiver holds before each batch
+		for i := range cases {
+			c := &cases[i]
+			if c.wan != wan {
+				continue
+			}
+			if receiver.startErr != nil {
+				c.err = fmt.Errorf("receiver: %w", receiver.startErr)
+				continue
+			}
+			logf("transfer: orthanc → %s, %s …", tb.linkName(wan), c.batch.label)
+			var ids []string
+			for _, uid := range c.batch.studies {
+				ids = append(ids, orthancID[uid])
+			}
+			_ = resetHWM(receiver.pid())
+			c.d, c.err = tb.forwardOrthanc(ctx, sender, receiver, name, ids, held+c.batch.instances)
+			c.senderHWM, c.receiverHWM = targetHWM(sender), targetHWM(receiver)
+			if c.err == nil {
+				logf("transfer: … %.1f MB/s", float64(c.batch.bytes)/mb/c.d.Seconds())
+			}
+			held += c.batch.instances
 		}
 		receiver.stop()
 		if !tb.cfg.keep {
@@ -540,8 +613,8 @@ func targetHWM(t *target) int64 {
 
 // forwardOrthanc has the sender's DICOMweb client send the studies (ids:
 // Orthanc's own identifiers) to server, then waits until the receiver
-// counts every instance.
-func (tb *transferBench) forwardOrthanc(parent context.Context, sender, receiver *target, server string, ids []string) (time.Duration, error) {
+// counts want instances.
+func (tb *transferBench) forwardOrthanc(parent context.Context, sender, receiver *target, server string, ids []string, want int) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(parent, tb.cfg.caseTimeout)
 	defer cancel()
 	_ = resetHWM(sender.pid())
@@ -573,12 +646,12 @@ func (tb *transferBench) forwardOrthanc(parent context.Context, sender, receiver
 		if err := cluster.GetJSON(ctx, tb.client, receiverBase+"/statistics", &st); err != nil {
 			return 0, err
 		}
-		if st.CountInstances >= len(tb.data) {
+		if st.CountInstances >= want {
 			return time.Since(start), nil
 		}
 		select {
 		case <-ctx.Done():
-			return 0, fmt.Errorf("the receiver has %d of %d instances: %w", st.CountInstances, len(tb.data), ctx.Err())
+			return 0, fmt.Errorf("the receiver has %d of %d instances: %w", st.CountInstances, want, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -588,14 +661,17 @@ func (tb *transferBench) forwardOrthanc(parent context.Context, sender, receiver
 
 func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) string {
 	var s strings.Builder
-	n := len(tb.data)
-	fmt.Fprintf(&s, "### Forwarding %d studies (%d instances, %.1f MB), sender → receiver, until the receiver has everything\n\n", len(tb.studyUIDs), n, float64(tb.bytes)/mb)
-	s.WriteString("| system | backend | link | seconds | MB/s | instances/s | share of the link | ÷ plain HTTP upload on this link | gateway/orthanc (MB/s) | sender peak RSS MiB | receiver peak RSS MiB |\n")
-	s.WriteString("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	orthanc := map[bool]float64{}
+	fmt.Fprintf(&s, "### Forwarding, sender → receiver, until the receiver has everything\n\n")
+	s.WriteString("| system | backend | link | data | instances | MB | seconds | MB/s | instances/s | share of the link | ÷ plain HTTP upload on this link | gateway/orthanc (MB/s) | sender peak RSS MiB | receiver peak RSS MiB |\n")
+	s.WriteString("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	type key struct {
+		wan   bool
+		batch *batch
+	}
+	orthanc := map[key]float64{}
 	for _, c := range cases {
 		if c.system == "orthanc" && c.err == nil {
-			orthanc[c.wan] = float64(tb.bytes) / mb / c.d.Seconds()
+			orthanc[key{c.wan, c.batch}] = float64(c.batch.bytes) / mb / c.d.Seconds()
 		}
 	}
 	httpRate := map[bool]float64{}
@@ -611,13 +687,13 @@ func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) str
 		return fmt.Sprintf("%.0f", float64(b)/(1<<20))
 	}
 	for _, c := range cases {
-		cells := []string{c.system, c.backend, tb.linkName(c.wan)}
+		cells := []string{c.system, c.backend, tb.linkName(c.wan), c.batch.label, fmt.Sprint(c.batch.instances), fmt.Sprintf("%.1f", float64(c.batch.bytes)/mb)}
 		if c.err != nil {
 			cells = append(cells, "not measurable: "+cellEscape(c.err.Error()), "", "", "", "", "", "", "")
 			s.WriteString("| " + strings.Join(cells, " | ") + " |\n")
 			continue
 		}
-		rate := float64(tb.bytes) / mb / c.d.Seconds()
+		rate := float64(c.batch.bytes) / mb / c.d.Seconds()
 		share := "—"
 		if c.wan && tb.cfg.link.Mbit > 0 {
 			share = fmt.Sprintf("%.0f %%", 100*rate/(tb.cfg.link.Mbit/8))
@@ -629,17 +705,18 @@ func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) str
 		ratio := "—"
 		if c.system == "orthanc" {
 			ratio = "1"
-		} else if o := orthanc[c.wan]; o > 0 {
+		} else if o := orthanc[key{c.wan, c.batch}]; o > 0 {
 			ratio = fmt.Sprintf("%.2f", rate/o)
 		}
-		cells = append(cells, fmt.Sprintf("%.1f", c.d.Seconds()), fmt.Sprintf("%.1f", rate), fmt.Sprintf("%.1f", float64(n)/c.d.Seconds()),
+		cells = append(cells, fmt.Sprintf("%.1f", c.d.Seconds()), fmt.Sprintf("%.1f", rate), fmt.Sprintf("%.1f", float64(c.batch.instances)/c.d.Seconds()),
 			share, vsHTTP, ratio, mib(c.senderHWM), mib(c.receiverHWM))
 		s.WriteString("| " + strings.Join(cells, " | ") + " |\n")
 	}
-	s.WriteString("\nGateway: time from the first `POST /api/v1/transfers` (one per study) to the last transfer `completed`, " +
+	s.WriteString("\nOne receiver per system and link gets the batches in turn, each timed on its own. " +
+		"Gateway: time from the first `POST /api/v1/transfers` (one per study) to the last transfer `completed`, " +
 		"which includes the sender's verification (QIDO-RS listing and SHA-256 of every instance at the receiver). " +
-		"Orthanc: time from `POST /dicom-web/servers/{name}/stow` with every study until the receiver's `/statistics` counts every instance. " +
-		"Share of the link: MB/s ÷ the WAN's MB/s. Peak RSS: VmHWM of the process (reset before each case for the sender; the receiver is started for the case); " +
-		"for redis+minio the gateway process only (Redis and MinIO are separate processes, shared by both gateways, each with its own key prefix and bucket).\n\n")
+		"Orthanc: time from `POST /dicom-web/servers/{name}/stow` with the batch's studies until the receiver's `/statistics` counts every instance. " +
+		"Share of the link: MB/s ÷ the WAN's MB/s. Peak RSS: VmHWM of the process, reset before each batch; " +
+		"for redis+minio the gateway process only (Redis and MinIO are separate processes, shared by all gateways, each gateway with its own key prefix and bucket).\n\n")
 	return s.String()
 }
