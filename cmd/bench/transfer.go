@@ -131,6 +131,7 @@ type transferBench struct {
 	// apart: the CT studies (the rates to compare), then the study of the
 	// big instance (memory; Orthanc handles big instances differently).
 	batches []batch
+	sink    *sink
 	report  strings.Builder
 }
 
@@ -190,9 +191,13 @@ type forwardCase struct {
 	wan             bool
 	batch           *batch
 	d               time.Duration
-	senderHWM       int64 // bytes; 0 when not read
-	receiverHWM     int64
-	err             error
+	// link is a plain HTTP upload of the batch's bytes over the same kind
+	// of link just before the case, so that both see the same machine load.
+	link        time.Duration
+	linkErr     error
+	senderHWM   int64 // bytes; 0 when not read
+	receiverHWM int64
+	err         error
 }
 
 func (tb *transferBench) run(ctx context.Context) error {
@@ -231,6 +236,10 @@ func (tb *transferBench) run(ctx context.Context) error {
 	if big.instances > 0 {
 		tb.batches = append(tb.batches, big)
 	}
+	if tb.sink, err = startSink(tb.cfg.link); err != nil {
+		return err
+	}
+	defer tb.sink.close()
 	start := loadavg()
 	t0 := time.Now()
 	tb.emit(tb.header())
@@ -253,7 +262,7 @@ func (tb *transferBench) run(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	tb.emit(tb.forwardTable(cases, parts))
+	tb.emit(tb.forwardTable(cases))
 	tb.emit(partsTable(parts))
 	tb.emit(fmt.Sprintf("Load average (1/5/15 min) at start: %s; at end: %s. The run took %s.\n\n", start, loadavg(), time.Since(t0).Round(time.Second)))
 	return nil
@@ -423,6 +432,7 @@ func (tb *transferBench) gatewayCases(ctx context.Context, label string, backend
 			if p := receiver.Proc(); p != nil {
 				_ = resetHWM(p.Pid())
 			}
+			c.link, c.linkErr = tb.sink.upload(ctx, wan, c.batch.bytes)
 			c.d, c.err = tb.forwardGateway(ctx, sender, peerName, c.batch)
 			c.senderHWM = hwm(sender.Proc())
 			c.receiverHWM = hwm(receiver.Proc())
@@ -585,6 +595,7 @@ func (tb *transferBench) orthancCases(ctx context.Context) []forwardCase {
 				ids = append(ids, orthancID[uid])
 			}
 			_ = resetHWM(receiver.pid())
+			c.link, c.linkErr = tb.sink.upload(ctx, wan, c.batch.bytes)
 			c.d, c.err = tb.forwardOrthanc(ctx, sender, receiver, name, ids, held+c.batch.instances)
 			c.senderHWM, c.receiverHWM = targetHWM(sender), targetHWM(receiver)
 			if c.err == nil {
@@ -659,11 +670,11 @@ func (tb *transferBench) forwardOrthanc(parent context.Context, sender, receiver
 
 // ---- report ----
 
-func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) string {
+func (tb *transferBench) forwardTable(cases []forwardCase) string {
 	var s strings.Builder
 	fmt.Fprintf(&s, "### Forwarding, sender → receiver, until the receiver has everything\n\n")
-	s.WriteString("| system | backend | link | data | instances | MB | seconds | MB/s | instances/s | share of the link | ÷ plain HTTP upload on this link | gateway/orthanc (MB/s) | sender peak RSS MiB | receiver peak RSS MiB |\n")
-	s.WriteString("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	s.WriteString("| system | backend | link | data | instances | MB | seconds | MB/s | instances/s | share of the link | plain HTTP upload MB/s | ÷ plain HTTP upload | gateway/orthanc (MB/s) | sender peak RSS MiB | receiver peak RSS MiB |\n")
+	s.WriteString("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	type key struct {
 		wan   bool
 		batch *batch
@@ -672,12 +683,6 @@ func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) str
 	for _, c := range cases {
 		if c.system == "orthanc" && c.err == nil {
 			orthanc[key{c.wan, c.batch}] = float64(c.batch.bytes) / mb / c.d.Seconds()
-		}
-	}
-	httpRate := map[bool]float64{}
-	for _, p := range parts {
-		if p.err == nil && strings.HasPrefix(p.name, "link") {
-			httpRate[p.wan] = p.mbps()
 		}
 	}
 	mib := func(b int64) string {
@@ -689,7 +694,7 @@ func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) str
 	for _, c := range cases {
 		cells := []string{c.system, c.backend, tb.linkName(c.wan), c.batch.label, fmt.Sprint(c.batch.instances), fmt.Sprintf("%.1f", float64(c.batch.bytes)/mb)}
 		if c.err != nil {
-			cells = append(cells, "not measurable: "+cellEscape(c.err.Error()), "", "", "", "", "", "", "")
+			cells = append(cells, "not measurable: "+cellEscape(c.err.Error()), "", "", "", "", "", "", "", "")
 			s.WriteString("| " + strings.Join(cells, " | ") + " |\n")
 			continue
 		}
@@ -698,9 +703,12 @@ func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) str
 		if c.wan && tb.cfg.link.Mbit > 0 {
 			share = fmt.Sprintf("%.0f %%", 100*rate/(tb.cfg.link.Mbit/8))
 		}
-		vsHTTP := "—"
-		if h := httpRate[c.wan]; h > 0 {
-			vsHTTP = fmt.Sprintf("%.2f", rate/h)
+		httpRate, vsHTTP := "—", "—"
+		if c.linkErr != nil {
+			httpRate = "failed: " + cellEscape(c.linkErr.Error())
+		} else if c.link > 0 {
+			h := float64(c.batch.bytes) / mb / c.link.Seconds()
+			httpRate, vsHTTP = fmt.Sprintf("%.1f", h), fmt.Sprintf("%.2f", rate/h)
 		}
 		ratio := "—"
 		if c.system == "orthanc" {
@@ -709,14 +717,15 @@ func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) str
 			ratio = fmt.Sprintf("%.2f", rate/o)
 		}
 		cells = append(cells, fmt.Sprintf("%.1f", c.d.Seconds()), fmt.Sprintf("%.1f", rate), fmt.Sprintf("%.1f", float64(c.batch.instances)/c.d.Seconds()),
-			share, vsHTTP, ratio, mib(c.senderHWM), mib(c.receiverHWM))
+			share, httpRate, vsHTTP, ratio, mib(c.senderHWM), mib(c.receiverHWM))
 		s.WriteString("| " + strings.Join(cells, " | ") + " |\n")
 	}
 	s.WriteString("\nOne receiver per system and link gets the batches in turn, each timed on its own. " +
 		"Gateway: time from the first `POST /api/v1/transfers` (one per study) to the last transfer `completed`, " +
 		"which includes the sender's verification (QIDO-RS listing and SHA-256 of every instance at the receiver). " +
 		"Orthanc: time from `POST /dicom-web/servers/{name}/stow` with the batch's studies until the receiver's `/statistics` counts every instance. " +
-		"Share of the link: MB/s ÷ the WAN's MB/s. Peak RSS: VmHWM of the process, reset before each batch; " +
+		"Share of the link: MB/s ÷ the WAN's MB/s. Plain HTTP upload: one POST of the batch's byte count from a Go client to a Go server that discards it, " +
+		"over the same kind of link (loopback, or a WAN proxy with the same settings), just before the case, so that both see the same load of the machine. Peak RSS: VmHWM of the process, reset before each batch; " +
 		"for redis+minio the gateway process only (Redis and MinIO are separate processes, shared by all gateways, each gateway with its own key prefix and bucket).\n\n")
 	return s.String()
 }

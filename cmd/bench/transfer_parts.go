@@ -99,47 +99,69 @@ func (tb *transferBench) measureParts(ctx context.Context) []partRate {
 	return parts
 }
 
-// linkRates uploads the data set's byte count in one HTTP request to a sink
-// in this process, directly and through a WAN proxy like the cases'.
-func (tb *transferBench) linkRates(ctx context.Context) []partRate {
-	rows := []partRate{
-		{name: "link: plain HTTP upload", detail: "one POST, Go client → Go server discarding the body", conc: 1},
-		{name: "link: plain HTTP upload", detail: "one POST, Go client → Go server discarding the body", conc: 1, wan: true},
-	}
+// sink is an HTTP server in this process that reads and discards request
+// bodies, reachable directly and through a WAN proxy configured like the
+// cases' proxies: the plain HTTP upload that measures each link.
+type sink struct {
+	srv   *http.Server
+	ln    net.Listener
+	proxy *wanproxy.Proxy
+	wg    sync.WaitGroup
+}
+
+func startSink(link wanproxy.Config) (*sink, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		rows[0].err, rows[1].err = err, err
-		return rows
+		return nil, err
 	}
-	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s := &sink{ln: ln, srv: &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n, err := io.Copy(io.Discard, r.Body)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
 		fmt.Fprint(w, n)
-	})}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = srv.Serve(ln) }()
-	defer func() { _ = srv.Close(); wg.Wait() }()
-	proxy, err := wanproxy.Listen("127.0.0.1:0", ln.Addr().String(), tb.cfg.link)
-	if err != nil {
-		rows[1].err = err
-	} else {
-		defer proxy.Close()
+	})}}
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); _ = s.srv.Serve(ln) }()
+	if s.proxy, err = wanproxy.Listen("127.0.0.1:0", ln.Addr().String(), link); err != nil {
+		s.close()
+		return nil, err
 	}
-	for i := range rows {
-		r := &rows[i]
-		if r.err != nil {
-			continue
+	return s, nil
+}
+
+func (s *sink) close() {
+	if s.proxy != nil {
+		_ = s.proxy.Close()
+	}
+	_ = s.srv.Close()
+	s.wg.Wait()
+}
+
+// upload sends n bytes in one POST to the sink, through the WAN proxy or
+// directly, and returns MB/s.
+func (s *sink) upload(ctx context.Context, wan bool, n int64) (time.Duration, error) {
+	addr := s.ln.Addr().String()
+	if wan {
+		addr = s.proxy.Addr()
+	}
+	return upload(ctx, "http://"+addr+"/", n)
+}
+
+// linkRates uploads the data set's byte count in one HTTP request to the
+// sink, directly and through its WAN proxy.
+func (tb *transferBench) linkRates(ctx context.Context) []partRate {
+	var rows []partRate
+	for _, wan := range []bool{false, true} {
+		r := partRate{name: "link: plain HTTP upload", detail: "one POST of the whole data set's size, Go client → Go server discarding the body", conc: 1, wan: wan}
+		if tb.sink == nil {
+			r.err = errors.New("no sink server")
+		} else {
+			r.bytes, r.ops = tb.bytes, 1
+			r.d, r.err = tb.sink.upload(ctx, wan, tb.bytes)
 		}
-		addr := ln.Addr().String()
-		if r.wan {
-			addr = proxy.Addr()
-		}
-		r.bytes, r.ops = tb.bytes, 1
-		r.d, r.err = upload(ctx, "http://"+addr+"/", tb.bytes)
+		rows = append(rows, r)
 	}
 	return rows
 }
