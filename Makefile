@@ -3,7 +3,7 @@ GO ?= go
 FUZZTIME ?= 10m
 GOLANGCI_LINT_VERSION ?= v2.6.2
 
-.PHONY: help build run test test-e2e test-short lint fmt bench bench-orthanc fuzz demo compose-check soak soak-ci
+.PHONY: help build run test test-e2e test-short lint fmt bench bench-orthanc bench-transfer fuzz demo compose-check soak soak-ci
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -59,3 +59,7 @@ soak-ci: ## the 2-minute soak that CI runs
 
 bench-orthanc: ## gateway (embedded, Redis+MinIO) vs Orthanc+DICOMweb on the same data: STOW, 1 GiB peak RSS, QIDO, WADO tables (~15-20 min; BENCH_FLAGS=-small for ~1 min)
 	scripts/bench.sh $(BENCH_FLAGS)
+
+bench-transfer: ## forward studies gateway→gateway and Orthanc→Orthanc on loopback and through a 20 ms / 1 Gbit/s WAN emulator, beside link, disk and MinIO rates (~3 min; BENCH_FLAGS=-big-mib=1024 ~8 min, BENCH_FLAGS=-small <1 min)
+	$(GO) build -o bin/gateway ./cmd/gateway
+	scripts/testenv.sh $(GO) run ./cmd/bench transfer -gateway bin/gateway $(BENCH_FLAGS)

@@ -18,6 +18,10 @@
 //	scripts/testenv.sh go run ./cmd/bench -out bench.md
 //	scripts/testenv.sh go run ./cmd/bench -small   # 1–2 minutes
 //
+// Two subcommands: "transfer" (make bench-transfer) forwards studies
+// gateway→gateway and Orthanc→Orthanc on loopback and through an emulated
+// WAN link (transfer.go); "wanproxy" runs that link emulator on its own.
+//
 // Figures from a shared machine are noisy: each table carries the load
 // average at its start and end.
 package main
@@ -65,6 +69,14 @@ type bench struct {
 }
 
 func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "transfer":
+			os.Exit(transferMain(os.Args[2:], os.Stdout, os.Stderr))
+		case "wanproxy":
+			os.Exit(wanproxyMain(os.Args[2:], os.Stderr))
+		}
+	}
 	var cfg config
 	var rssCapMiB int64
 	flag.StringVar(&cfg.gatewayBin, "gateway", "bin/gateway", "gateway binary (go build -o bin/gateway ./cmd/gateway)")

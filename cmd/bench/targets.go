@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -174,7 +175,21 @@ func startGateway(ctx context.Context, name, bin, work string, be *gatewayBacken
 // only, loopback only, no authentication, storage in the work directory,
 // the DICOMweb plugin at /dicom-web/. Everything else keeps Orthanc's
 // defaults (including SyncStorageArea=true: it fsyncs like the gateway).
-func orthancConfig(dir string, port int, plugin string) string {
+// servers are the DICOMweb servers its client may send to (name → root URL,
+// e.g. http://127.0.0.1:8042/dicom-web/), for the transfer benchmark.
+func orthancConfig(dir string, port int, plugin string, servers map[string]string) string {
+	serversJSON := "{}"
+	if len(servers) > 0 {
+		urls := map[string][]string{} // the plugin's short form: "name": ["url"]
+		for name, u := range servers {
+			urls[name] = []string{u}
+		}
+		b, err := json.Marshal(urls)
+		if err != nil {
+			panic(err) // a map of strings always encodes
+		}
+		serversJSON = string(b)
+	}
 	return fmt.Sprintf(`{
   "Name": "bench-orthanc",
   "HttpPort": %d,
@@ -185,33 +200,41 @@ func orthancConfig(dir string, port int, plugin string) string {
   "IndexDirectory": %q,
   "Plugins": [%q],
   "HttpRequestTimeout": 3600,
+  "HttpTimeout": 3600,
   "HttpCompressionEnabled": true,
   "OrthancExplorerEnabled": false,
   "WebDavEnabled": false,
   "SaveJobs": false,
-  "DicomWeb": {"Enable": true, "Root": "/dicom-web/", "EnableWado": true}
+  "DicomWeb": {"Enable": true, "Root": "/dicom-web/", "EnableWado": true, "Servers": %s}
 }
-`, port, filepath.Join(dir, "storage"), filepath.Join(dir, "index"), plugin)
+`, port, filepath.Join(dir, "storage"), filepath.Join(dir, "index"), plugin, serversJSON)
 }
 
 func startOrthanc(ctx context.Context, bin, plugin, work string) *target {
-	t := &target{name: targetOrthanc, logPath: filepath.Join(work, "orthanc.log")}
+	return startOrthancOn(ctx, bin, plugin, filepath.Join(work, "orthanc"), 0, nil)
+}
+
+// startOrthancOn starts an Orthanc with its data, configuration and log in
+// dir, on port (0: a free one), with DICOMweb servers to send to.
+func startOrthancOn(ctx context.Context, bin, plugin, dir string, port int, servers map[string]string) *target {
+	t := &target{name: targetOrthanc, logPath: filepath.Join(dir, "orthanc.log")}
 	if _, err := os.Stat(plugin); err != nil {
 		t.startErr = fmt.Errorf("DICOMweb plugin: %w", err)
 		return t
 	}
-	port, err := cluster.FreePort()
-	if err != nil {
-		t.startErr = err
-		return t
+	if port == 0 {
+		var err error
+		if port, err = cluster.FreePort(); err != nil {
+			t.startErr = err
+			return t
+		}
 	}
-	dir := filepath.Join(work, "orthanc")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.startErr = err
 		return t
 	}
 	cfg := filepath.Join(dir, "orthanc.json")
-	if err := os.WriteFile(cfg, []byte(orthancConfig(dir, port, plugin)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(orthancConfig(dir, port, plugin, servers)), 0o600); err != nil {
 		t.startErr = err
 		return t
 	}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/dicom-gateway/gateway/internal/synth"
+)
+
+// The cheap pieces of the transfer benchmark; the proxy itself is tested in
+// internal/wanproxy, the whole benchmark only by running it.
+
+func TestTransferDataSpreadsSlicesOverStudies(t *testing.T) {
+	data := transferData(4, 409, 8)
+	if got, want := len(data), 410; got != want {
+		t.Fatalf("%d instances, want %d (409 slices + 1 big)", got, want)
+	}
+	perStudy := map[string]int{}
+	sops := map[string]bool{}
+	for _, in := range data {
+		perStudy[in.StudyInstanceUID]++
+		if sops[in.SOPInstanceUID] {
+			t.Fatalf("SOP Instance UID %s twice", in.SOPInstanceUID)
+		}
+		sops[in.SOPInstanceUID] = true
+	}
+	if got, want := len(perStudy), 5; got != want {
+		t.Fatalf("%d studies, want %d", got, want)
+	}
+	for study, n := range perStudy {
+		if study == synth.UID(5, 1) {
+			if n != 1 {
+				t.Errorf("the big study has %d instances, want 1", n)
+			}
+		} else if n != 102 && n != 103 {
+			t.Errorf("study %s has %d slices, want 102 or 103", study, n)
+		}
+	}
+	if got, want := data[len(data)-1].PixelBytes(), int64(8<<20); got != want {
+		t.Errorf("big instance has %d bytes of pixel data, want %d (-big-mib 8)", got, want)
+	}
+	if got := len(transferData(2, 40, 0)); got != 40 {
+		t.Errorf("-big-mib 0: %d instances, want 40 (no big study)", got)
+	}
+}
+
+func TestPatternReaderYieldsExactlyN(t *testing.T) {
+	for _, n := range []int64{0, 1, 1 << 20, 3<<20 + 17} {
+		b, err := io.ReadAll(&patternReader{n: n, off: 4096})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int64(len(b)) != n {
+			t.Fatalf("read %d bytes, want %d", len(b), n)
+		}
+		if n > 4096 && !bytes.Equal(b[:4096], pattern[4096:8192]) {
+			t.Errorf("n=%d: the bytes do not start at the offset in the pattern", n)
+		}
+	}
+}
+
+func TestSubcommandsRejectBadFlags(t *testing.T) {
+	var stderr strings.Builder
+	if got := wanproxyMain(nil, &stderr); got != 2 {
+		t.Errorf("wanproxy without -target exited %d, want 2", got)
+	}
+	if got := wanproxyMain([]string{"-target", "127.0.0.1:1", "-rtt", "-5ms"}, &stderr); got != 1 {
+		t.Errorf("wanproxy with a negative -rtt exited %d, want 1", got)
+	}
+	for _, args := range [][]string{{"-systems", "embedded,pacs"}, {"-part-conc", "0"}, {"-studies", "0"}, {"-mbit", "-1"}} {
+		if got := transferMain(args, io.Discard, &stderr); got != 2 {
+			t.Errorf("transfer %v exited %d, want 2", args, got)
+		}
+	}
+}
