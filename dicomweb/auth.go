@@ -24,6 +24,7 @@ type TokenConfig struct {
 	Name   string         `yaml:"name"`
 	SHA256 string         `yaml:"sha256"`
 	Roles  []gateway.Role `yaml:"roles"`
+	Peer   string         `yaml:"peer"` // the centre a peer gateway's token speaks for (peerauth.go)
 }
 
 // AuthConfig is the auth: section of the --config YAML. Every method is
@@ -51,6 +52,7 @@ type Authenticator struct {
 	basic  *basicAuth // nil: basic not configured
 	oidc   *oidcAuth  // nil: OIDC not configured
 	mtls   *mtlsAuth  // nil: mTLS not configured
+	peers  map[peerKey]string
 }
 
 type tokenEntry struct {
@@ -101,6 +103,9 @@ func NewAuthenticator(cfg AuthConfig) (*Authenticator, error) {
 			errs = append(errs, err)
 		}
 	}
+	if a.peers, err = peerMap(cfg); err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -135,7 +140,17 @@ func knownRole(r gateway.Role) bool {
 // basic users. Without an Authorization header a verified client certificate
 // mapped in auth.mtls authenticates. Error messages never contain the
 // credential: they are audited and returned to the client.
+//
+// The principal's Peer is set when its credential is mapped to a peer centre.
 func (a *Authenticator) Authenticate(r *http.Request) (gateway.Principal, error) {
+	p, err := a.authenticate(r)
+	if err == nil {
+		p.Peer = a.peers[peerKey{p.Method, p.Name}]
+	}
+	return p, err
+}
+
+func (a *Authenticator) authenticate(r *http.Request) (gateway.Principal, error) {
 	h := r.Header.Get("Authorization")
 	if h == "" {
 		if a.mtls != nil && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {

@@ -31,6 +31,7 @@ type BasicConfig struct {
 	Username     string         `yaml:"username"` // what the PACS sends
 	PasswordHash string         `yaml:"password_hash"`
 	Roles        []gateway.Role `yaml:"roles"`
+	Peer         string         `yaml:"peer"` // the centre a peer gateway's user speaks for (peerauth.go)
 }
 
 // HashPassword returns the bcrypt hash of password for BasicConfig.PasswordHash.

@@ -25,6 +25,7 @@ var statusByErr = []struct {
 	{gateway.ErrUnavailable, http.StatusServiceUnavailable},
 	{errRateLimited, http.StatusTooManyRequests},               // ratelimit.go; Retry-After set by the caller
 	{errUnsupportedMediaType, http.StatusUnsupportedMediaType}, // multipart.go: a STOW body that is not multipart/related DICOM
+	{errMisdirected, http.StatusMisdirectedRequest},            // origin.go: a foreign Host without auth
 }
 
 // statusClientClosedRequest is nginx's code for a request whose client
@@ -66,6 +67,13 @@ func (s *Server) writeError(c *gin.Context, err error) {
 	}
 	if status == http.StatusUnauthorized {
 		s.setChallenges(c) // one WWW-Authenticate per accepted scheme (auth.go)
+	}
+	switch status {
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusTooManyRequests, http.StatusMisdirectedRequest:
+		// Refused before the body was read: close rather than let net/http
+		// wait to drain a body the client may never send, which would also
+		// hold back this answer.
+		c.Header("Connection", "close")
 	}
 	c.AbortWithStatusJSON(status, gin.H{"error": msg})
 }

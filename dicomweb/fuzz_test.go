@@ -58,6 +58,7 @@ func FuzzMultipart(f *testing.F) {
 	allowed := map[int]bool{200: true, 202: true, 400: true, 409: true, 413: true, 415: true, 503: true}
 	f.Fuzz(func(t *testing.T, contentType string, body []byte) {
 		req := httptest.NewRequest(http.MethodPost, "/dicomweb/studies", bytes.NewReader(body))
+		req.Host = "127.0.0.1" // without auth only loopback hosts are served
 		req.Header.Set("Content-Type", contentType)
 		rec := httptest.NewRecorder()
 		ts.ServeHTTP(rec, req)

@@ -30,6 +30,7 @@ type MTLSClient struct {
 	SANURI    string         `yaml:"san_uri"`
 	Name      string         `yaml:"name"`
 	Roles     []gateway.Role `yaml:"roles"`
+	Peer      string         `yaml:"peer"` // the centre a peer gateway's certificate speaks for (peerauth.go)
 }
 
 type mtlsAuth struct {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -75,9 +76,16 @@ type Server struct {
 	Gatherer              prometheus.Gatherer
 
 	// CORSOrigins lists the origins (e.g. https://viewer.example.nhs.uk) whose
-	// browser pages may call the API, such as an OHIF viewer served elsewhere;
-	// "*" allows any origin. Empty: no CORS headers, same-origin only.
+	// browser pages may call DICOMweb, such as an OHIF viewer served
+	// elsewhere (cors.go). "*" lets any origin read (GET, HEAD) without
+	// credentials. Empty: no CORS headers, same-origin only.
 	CORSOrigins []string
+	// Timeouts bound slow and stalled clients; zero fields take defaults
+	// (conn_limits.go).
+	Timeouts Timeouts
+	// MaxConnections caps the client connections LimitListener lets in at
+	// once; 0 = no cap.
+	MaxConnections int
 
 	metrics   *httpMetrics
 	recompute *recomputeGate // SHA-256 ?recompute=true (recompute.go)
@@ -86,13 +94,7 @@ type Server struct {
 // Handler builds the gin engine with every route of routes().
 func (s *Server) Handler() http.Handler {
 	gin.SetMode(gin.ReleaseMode)
-	if s.Logger == nil {
-		s.Logger = slog.New(slog.DiscardHandler)
-	}
-	if s.Registerer == nil {
-		reg := prometheus.NewRegistry()
-		s.Registerer, s.Gatherer = reg, reg
-	}
+	s.defaults()
 	s.metrics = newHTTPMetrics(s.Registerer)
 	s.recompute = newRecomputeGate(maxConcurrentRecompute)
 	r := gin.New()
@@ -101,13 +103,20 @@ func (s *Server) Handler() http.Handler {
 		s.Logger.Error("trusted_proxies ignored", gateway.LogKeyError, err.Error())
 		_ = r.SetTrustedProxies(nil)
 	}
-	r.Use(s.requestID, s.recoverPanic, s.cors, s.observe)
+	stow := map[string]bool{}
+	for _, rt := range s.stowRoutes("/dicomweb") {
+		stow[rt.method+" "+rt.path] = true
+	}
+	r.Use(s.deadlines(stow), s.requestID, s.recoverPanic, s.observe, s.loopbackHostOnly, s.cors, s.sameOriginWrites)
 	r.HandleMethodNotAllowed = true
 	limits := s.concurrencyLimits("/dicomweb")
 	for _, rt := range s.routes() {
 		handlers := []gin.HandlerFunc{}
 		if rt.role != "" {
 			handlers = append(handlers, s.authorize(rt.role))
+		}
+		if rt.method == http.MethodPost && strings.HasPrefix(rt.path, "/api/") {
+			handlers = append(handlers, s.requireJSON)
 		}
 		if lim := limits[rt.method+" "+rt.path]; lim != nil {
 			handlers = append(handlers, lim)
@@ -117,6 +126,17 @@ func (s *Server) Handler() http.Handler {
 	}
 	r.NoRoute(func(c *gin.Context) { c.JSON(http.StatusNotFound, gin.H{"error": "no such resource"}) })
 	return r
+}
+
+// defaults fills the optional fields Handler and LimitListener need.
+func (s *Server) defaults() {
+	if s.Logger == nil {
+		s.Logger = slog.New(slog.DiscardHandler)
+	}
+	if s.Registerer == nil {
+		reg := prometheus.NewRegistry()
+		s.Registerer, s.Gatherer = reg, reg
+	}
 }
 
 func (s *Server) handleHealthz(c *gin.Context) {

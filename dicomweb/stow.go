@@ -19,11 +19,6 @@ import (
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
-// stowIdleTimeout is how long a STOW-RS upload may send nothing before it
-// is cut off. The read deadline moves forward while bytes flow, so a 2 GB
-// upload over a slow link is never cut off for its total duration.
-const stowIdleTimeout = 2 * time.Minute
-
 // Tags of the Store Instances Response Module (PS3.18 Annex I).
 const (
 	tagRetrieveURL             = "00081190"
@@ -78,7 +73,7 @@ func (s *Server) handleStow(c *gin.Context) {
 	if s.Limits.MaxRequestBytes > 0 {
 		src = http.MaxBytesReader(c.Writer, c.Request.Body, s.Limits.MaxRequestBytes)
 	}
-	body := &bodyReader{r: src, rc: http.NewResponseController(c.Writer), idle: stowIdleTimeout}
+	body := &bodyReader{r: src, rc: http.NewResponseController(c.Writer), idle: s.Timeouts.withDefaults().StowIdle}
 	mr := newPartReader(body, boundary)
 
 	var (
@@ -499,13 +494,14 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 }
 
 // route hands a newly stored instance to the routing rules. The source is
-// the sending centre of an incoming transfer, else the principal's name.
+// the sending centre when the request may speak for one (peerauth.go), else
+// the principal's name.
 func (s *Server) route(c *gin.Context, rec *gateway.InstanceRecord) error {
 	if s.Router == nil {
 		return nil
 	}
-	source := c.GetHeader(HeaderSourceCentre)
-	if source == "" {
+	source, ok := s.sourceCentre(c)
+	if !ok {
 		source = gateway.PrincipalFrom(c.Request.Context()).Name
 	}
 	if err := s.Router.Ingested(c.Request.Context(), rec, source); err != nil {

@@ -265,20 +265,25 @@ func (s *Server) beginSHA256(c *gin.Context, study string, recs []*gateway.Insta
 }
 
 // recordIncoming notes, for a STOW-RS request that carries X-Transfer-ID
-// and X-Source-Centre (a peer gateway's transfer), the outcome of one of its
-// instances as an incoming transfer. The STOW-RS handler calls it once per
-// instance; err nil means stored. A request without the headers is ignored.
-// Failures to record are logged, never fail the store.
+// from a peer gateway (sourceCentre, peerauth.go), the outcome of its
+// instances as an incoming transfer. The STOW-RS handler calls it with the
+// request's instances. A request without the header, or from a credential
+// that is not a peer's, is ignored. Failures to record are logged, never
+// fail the store.
 func (s *Server) recordIncoming(c *gin.Context, batch []gateway.IncomingInstance) {
 	id := c.GetHeader(HeaderTransferID)
 	batch = slices.DeleteFunc(batch, func(in gateway.IncomingInstance) bool { return in.SOPInstanceUID == "" })
 	if id == "" || len(batch) == 0 || s.Transfers == nil {
 		return
 	}
+	source, ok := s.sourceCentre(c)
+	if !ok {
+		return
+	}
 	total, _ := strconv.Atoi(c.GetHeader(HeaderTransferInstances))
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request.Context()), 10*time.Second)
 	defer cancel()
-	if rerr := s.Transfers.RecordIncoming(ctx, id, c.GetHeader(HeaderSourceCentre), total, batch); rerr != nil {
+	if rerr := s.Transfers.RecordIncoming(ctx, id, source, total, batch); rerr != nil {
 		s.Logger.WarnContext(ctx, "incoming transfer not recorded", gateway.LogKeyTransferID, printableOr(id), gateway.LogKeyError, rerr.Error())
 	}
 }

@@ -141,6 +141,9 @@ func (c *centre) api(t testing.TB, method, path string, in, out any) int {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

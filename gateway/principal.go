@@ -25,6 +25,10 @@ type Principal struct {
 	Roles   []Role `json:"roles,omitempty"`
 	Address string `json:"address,omitempty"`
 	Method  string `json:"method,omitempty"` // token, basic, oidc, mtls, none
+	// Peer is the centre this credential speaks for (the credential's peer:
+	// in the auth config), "" for users and PACS. Only a peer's
+	// X-Source-Centre and X-Transfer-ID headers are believed.
+	Peer string `json:"peer,omitempty"`
 }
 
 // Has reports whether p carries role r; admin carries every role.

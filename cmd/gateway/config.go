@@ -42,6 +42,7 @@ type Config struct {
 	MaxHeaderElements     int
 	MaxConcurrentStow     int
 	MaxConcurrentRetrieve int
+	MaxConnections        int
 	ShutdownTimeout       time.Duration
 	TransferWorkers       int
 	TransferLease         time.Duration
@@ -125,6 +126,7 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.Int64Var(&cfg.MaxHeaderMemory, "max-header-memory", gateway.DefaultHeaderMemory, "memory the headers of all concurrent uploads may hold together, in bytes; an instance that finds it spent waits up to 10s, then gets 503 with Retry-After (0 = no shared bound)")
 	fs.IntVar(&cfg.MaxConcurrentStow, "max-concurrent-stow", dicomweb.DefaultMaxConcurrentStow, "STOW-RS requests served at once; beyond it 503 with Retry-After (0 = no bound)")
 	fs.IntVar(&cfg.MaxConcurrentRetrieve, "max-concurrent-retrieve", dicomweb.DefaultMaxConcurrentRetrieve, "WADO-RS requests served at once; beyond it 503 with Retry-After (0 = no bound)")
+	fs.IntVar(&cfg.MaxConnections, "max-connections", dicomweb.DefaultMaxConnections, "client connections open at once; beyond it a new connection is closed at once (0 = no cap)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may take to finish on SIGTERM")
 	fs.IntVar(&cfg.TransferWorkers, "transfer-workers", 4, "transfers sent at once by this replica")
 	fs.DurationVar(&cfg.TransferLease, "transfer-lease", time.Minute, "how long a crashed replica's running transfer stays claimed before another takes it over")
@@ -242,6 +244,12 @@ func (c *Config) Validate() error {
 	}
 	if _, err := gateway.ParsePreamblePolicy(c.File.PreamblePolicy); err != nil {
 		errs = append(errs, err)
+	}
+	if err := dicomweb.ValidateCORSOrigins(splitList(c.CORSOrigins)); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MaxConnections < 0 {
+		errs = append(errs, errors.New("--max-connections may not be negative (0 = no cap)"))
 	}
 	if !c.File.Auth.Enabled() && !isLoopback(c.Listen) {
 		errs = append(errs, fmt.Errorf("--listen %s without auth: configure auth.tokens, auth.basic, auth.oidc or auth.mtls in --config, or bind a loopback address such as 127.0.0.1:8080", c.Listen))

@@ -134,5 +134,14 @@ func TestDeployConfigsParse(t *testing.T) {
 		if !cfg.File.Peers[0].AllowInsecure || cfg.File.Peers[0].Insecure() == "" {
 			t.Errorf("%s: the compose peer is plain http to a service name and must say allow_insecure: true", p)
 		}
+		// The other centre's token speaks for it, so that its transfers are
+		// recorded as incoming and its routing rules apply.
+		mapped := false
+		for _, tok := range cfg.File.Auth.Tokens {
+			mapped = mapped || (len(cfg.File.Peers) == 1 && tok.Peer == cfg.File.Peers[0].Name)
+		}
+		if !mapped {
+			t.Errorf("%s: no token has peer: %s", p, cfg.File.Peers[0].Name)
+		}
 	}
 }

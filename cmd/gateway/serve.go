@@ -119,6 +119,8 @@ func (m *Main) Run(ctx context.Context) error {
 		Limits:                dicomweb.Limits{MaxRequestBytes: cfg.MaxRequestBytes, MaxParts: cfg.MaxStowParts},
 		MaxConcurrentStow:     cfg.MaxConcurrentStow,
 		MaxConcurrentRetrieve: cfg.MaxConcurrentRetrieve,
+		MaxConnections:        cfg.MaxConnections,
+		CORSOrigins:           splitList(cfg.CORSOrigins),
 		Logger:                m.Logger,
 		Registerer:            reg,
 		Gatherer:              reg,
@@ -129,20 +131,15 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", cfg.Listen, err)
 	}
-	m.listener = ln
 	m.Addr = ln.Addr().String()
-	m.httpServer = &http.Server{
-		Handler: m.Server.Handler(),
-		// No whole-request ReadTimeout/WriteTimeout: a 2 GB STOW over a slow
-		// link must not be cut while bytes flow. Slow or idle clients are
-		// bounded by the header timeout, the idle timeout and the handlers'
-		// per-read deadlines.
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn),
-		TLSConfig:         tlsConf,
-	}
+	m.listener = m.Server.LimitListener(ln)
+	ln = m.listener
+	// No whole-request ReadTimeout/WriteTimeout: a 2 GB STOW over a slow link
+	// must not be cut while bytes flow. Slow, stalled and idle clients are
+	// bounded by the header, body, per-write and idle deadlines of
+	// dicomweb.Timeouts and by --max-connections.
+	m.httpServer = m.Server.HTTPServer()
+	m.httpServer.TLSConfig = tlsConf
 	m.serveDone = make(chan error, 1)
 	go func() {
 		if tlsConf != nil {
