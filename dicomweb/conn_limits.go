@@ -106,6 +106,15 @@ func (s *Server) deadlines(stow map[string]bool) gin.HandlerFunc {
 	}
 }
 
+// stopReading ends the request's body at once, for an answer given without
+// reading it (a refusal, with Connection: close). net/http would otherwise
+// read what remains of the body before answering (up to 256 KiB) or before
+// closing (a chunked body: all of it), and a client that never sends it
+// would hold the connection, and the answer, indefinitely.
+func stopReading(c *gin.Context) {
+	_ = http.NewResponseController(c.Writer).SetReadDeadline(time.Now())
+}
+
 // deadlineBody clears the read deadline once the body has been read to its
 // end. net/http then keeps reading the connection in the background to
 // notice a client that hangs up, and a deadline passing there would cancel

@@ -70,10 +70,10 @@ func (s *Server) writeError(c *gin.Context, err error) {
 	}
 	switch status {
 	case http.StatusUnauthorized, http.StatusForbidden, http.StatusTooManyRequests, http.StatusMisdirectedRequest:
-		// Refused before the body was read: close rather than let net/http
-		// wait to drain a body the client may never send, which would also
-		// hold back this answer.
 		c.Header("Connection", "close")
+	}
+	if c.Writer.Header().Get("Connection") == "close" {
+		stopReading(c) // conn_limits.go
 	}
 	c.AbortWithStatusJSON(status, gin.H{"error": msg})
 }

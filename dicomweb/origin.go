@@ -81,7 +81,7 @@ func (s *Server) sameOriginWrites(c *gin.Context) {
 		c.Next()
 		return
 	}
-	c.Header("Connection", "close") // the body stays unread
+	c.Header("Connection", "close") // the body stays unread (writeError stops reading it)
 	s.writeError(c, fmt.Errorf("cross-origin %s from %q refused: add the origin to --cors-origins if it is a trusted viewer: %w",
 		c.Request.Method, truncate(origin, 100), gateway.ErrForbidden))
 }
@@ -133,7 +133,7 @@ func (s *Server) requireJSON(c *gin.Context) {
 		c.Next()
 		return
 	}
-	c.Header("Connection", "close") // the body stays unread
+	c.Header("Connection", "close") // the body stays unread (writeError stops reading it)
 	s.writeError(c, fmt.Errorf("Content-Type %q: the admin API takes application/json: %w", truncate(ct, 100), errUnsupportedMediaType))
 }
 
