@@ -32,6 +32,11 @@ const (
 	DefaultMaxConnections    = 1024
 )
 
+// stowMinProgress is how many bytes of a STOW-RS body must arrive within
+// Timeouts.StowIdle: 64 KiB per 2 minutes is about 550 bytes a second, far
+// below any real sender.
+const stowMinProgress = 64 << 10
+
 // Timeouts bound how long a client may hold a connection without progress.
 // A zero field takes its Default… value; tests set milliseconds.
 type Timeouts struct {
@@ -41,8 +46,9 @@ type Timeouts struct {
 	// JSON, DELETE): such bodies are small, so a client that declares one
 	// and does not send it is cut off.
 	Read time.Duration
-	// StowIdle is the longest a STOW-RS upload may send nothing; the
-	// deadline moves forward while bytes arrive.
+	// StowIdle is the longest a STOW-RS upload may take to send the next
+	// stowMinProgress bytes: the deadline moves forward only with progress,
+	// so a client trickling a byte now and then is cut off too.
 	StowIdle time.Duration
 	// WriteIdle is the longest a response may wait for the client to take
 	// more bytes; the deadline moves forward with every write, so a viewer

@@ -192,6 +192,41 @@ func TestSlowClientBodyDeadlines(t *testing.T) {
 	}
 }
 
+// TestSlowClientStowTrickle: a STOW-RS client that keeps sending, but a
+// byte at a time, never delivers 64 KiB within Timeouts.StowIdle and is cut
+// off like one that sends nothing.
+func TestSlowClientStowTrickle(t *testing.T) {
+	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
+	addr := serveReal(t, &dicomweb.Server{
+		Name: "test", Timeouts: shortTimeouts, Blobs: b.Blobs, Index: b.Index,
+		Ingester: &gateway.Ingester{Blobs: b.Blobs, Index: b.Index},
+	})
+	conn := dialRaw(t, addr, "POST /dicomweb/studies HTTP/1.1\r\nHost: "+addr+
+		"\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary=b\r\nContent-Length: 100000000",
+		"--b\r\nContent-Type: application/dicom\r\n\r\n")
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for stop := time.After(hangGuard); ; {
+			select {
+			case <-done:
+				return
+			case <-stop:
+				return
+			case <-tick.C:
+				if _, err := conn.Write([]byte{0}); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	if resp := answerThenClosed(t, conn); resp.StatusCode < 400 {
+		t.Errorf("status = %d for a trickled body, want an error", resp.StatusCode)
+	}
+}
+
 // TestStalledReaderFreesRetrieveSlot: a client that asks for an instance and
 // never reads the answer holds the only retrieve slot until the write
 // deadline (Timeouts.WriteIdle) passes without progress; then its response

@@ -470,23 +470,27 @@ func validPrefix(p string) bool {
 }
 
 // bodyReader reads the request body, moving the connection's read deadline
-// forward while bytes arrive (an idle timeout, not a whole-request one),
-// and records the first error from below so that a size limit (413) or a
-// lost client is told apart from a malformed multipart body (400).
+// idle forward each time stowMinProgress more bytes have arrived (a minimum
+// rate, not a whole-request timeout; the first deadline is set by the
+// deadlines middleware), and records the first error from below so that a
+// size limit (413) or a lost client is told apart from a malformed multipart
+// body (400).
 type bodyReader struct {
 	r        io.Reader
 	rc       *http.ResponseController
 	idle     time.Duration
 	extended time.Time
+	progress int // bytes since the deadline last moved
 	err      error
 }
 
 func (b *bodyReader) Read(p []byte) (int, error) {
-	if now := time.Now(); b.idle > 0 && now.Sub(b.extended) > time.Second {
+	if now := time.Now(); b.idle > 0 && b.progress >= stowMinProgress && now.Sub(b.extended) >= min(time.Second, b.idle/4) {
 		_ = b.rc.SetReadDeadline(now.Add(b.idle)) // unsupported (tests' recorders): no deadline
-		b.extended = now
+		b.extended, b.progress = now, 0
 	}
 	n, err := b.r.Read(p)
+	b.progress += n
 	if err != nil && !errors.Is(err, io.EOF) && b.err == nil {
 		b.err = err
 	}
