@@ -112,13 +112,19 @@ func (s *Server) deadlines(stow map[string]bool) gin.HandlerFunc {
 	}
 }
 
-// stopReading ends the request's body at once, for an answer given without
-// reading it (a refusal, with Connection: close). net/http would otherwise
-// read what remains of the body before answering (up to 256 KiB) or before
-// closing (a chunked body: all of it), and a client that never sends it
-// would hold the connection, and the answer, indefinitely.
+// refusalDrain is how long the rest of a refused request's body may take
+// to arrive before the connection is closed on it.
+const refusalDrain = 2 * time.Second
+
+// stopReading bounds what is left of the request's body, for an answer
+// given without reading it (a refusal, with Connection: close, which
+// net/http sends at once). net/http then reads what remains of the body
+// before closing (up to 256 KiB, or all of a chunked body), so that a client
+// still sending does not get a reset that destroys the answer; a client
+// that never sends it would hold the connection indefinitely. After
+// refusalDrain the connection is closed whatever the client does.
 func stopReading(c *gin.Context) {
-	_ = http.NewResponseController(c.Writer).SetReadDeadline(time.Now())
+	_ = http.NewResponseController(c.Writer).SetReadDeadline(time.Now().Add(refusalDrain))
 }
 
 // deadlineBody clears the read deadline once the body has been read to its

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/backendtest"
+	"github.com/dicom-gateway/gateway/internal/testpki"
 )
 
 // hangGuard bounds every wait on a socket in these tests so that a
@@ -150,6 +152,7 @@ func TestSlowClientRefusedBeforeBody(t *testing.T) {
 	} {
 		for _, framing := range []string{"Content-Length: 1000", "Transfer-Encoding: chunked"} {
 			t.Run(tt.name+", "+framing, func(t *testing.T) {
+				t.Parallel()
 				resp := answerThenClosed(t, dialRaw(t, tt.addr, stow(tt.addr, tt.authorization, framing), ""))
 				if resp.StatusCode != tt.want {
 					t.Errorf("status = %d, want %d", resp.StatusCode, tt.want)
@@ -158,6 +161,39 @@ func TestSlowClientRefusedBeforeBody(t *testing.T) {
 					t.Errorf("Connection: %q, want close", resp.Header.Get("Connection"))
 				}
 			})
+		}
+	}
+}
+
+// TestRefusalReachesSendingClient: a client still sending its body when
+// it is refused gets the 401, not a connection reset that would destroy it
+// (a peer gateway with a wrong token must see a permanent 401, not a
+// network error to retry). Over TLS, as peers send.
+func TestRefusalReachesSendingClient(t *testing.T) {
+	auth, _ := tokenAuth(t, dicomweb.TokenConfig{Name: "pacs", Roles: []gateway.Role{gateway.RoleStore}})
+	s := &dicomweb.Server{Name: "test", Auth: auth}
+	pki := testpki.NewCA(t, "refusal test CA")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := s.HTTPServer()
+	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{pki.Server(t, "127.0.0.1").TLS}}
+	go func() { _ = srv.ServeTLS(s.LimitListener(ln), "", "") }()
+	t.Cleanup(func() { _ = srv.Close() })
+	client := &http.Client{Timeout: hangGuard, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.Pool}}}
+	body := bytes.Repeat([]byte("x"), 64<<10)
+	for i := range 50 {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, "https://"+ln.Addr().String()+"/dicomweb/studies", bytes.NewReader(body))
+		req.Header.Set("Content-Type", `multipart/related; type="application/dicom"; boundary=b`)
+		req.Header.Set("Authorization", "Bearer wrong-token")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("request %d: %v, want a 401", i, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("request %d: %d, want 401", i, resp.StatusCode)
 		}
 	}
 }
