@@ -15,8 +15,9 @@ import (
 )
 
 var (
-	benchTransferMB     = flag.Int("transfer-mb", 500, "size of the study BenchmarkTransferStudy sends, in MB")
-	benchTransferFrames = flag.Int("transfer-frames", 20, "frames of 512x512x16 bits per instance BenchmarkTransferStudy sends (1 = CT slices of 512 KiB)")
+	benchTransferMB      = flag.Int("transfer-mb", 500, "size of the study BenchmarkTransferStudy sends, in MB")
+	benchTransferFrames  = flag.Int("transfer-frames", 20, "frames of 512x512x16 bits per instance BenchmarkTransferStudy sends (1 = CT slices of 512 KiB)")
+	benchTransferBackend = flag.String("transfer-backend", "embedded", "backend of both centres in BenchmarkTransferStudy: embedded or production (Redis + MinIO)")
 )
 
 // rawLoopbackMBps measures plain HTTP on loopback in this process: n bytes
@@ -57,7 +58,7 @@ func BenchmarkTransferStudy(b *testing.B) {
 	frames := max(1, *benchTransferFrames) // 512 KiB a frame
 	per := int64(rows * rows * 2 * frames)
 	n := max(1, int(int64(*benchTransferMB)*1e6/per))
-	hampshire := newCentre(b, "hampshire", "embedded")
+	hampshire := newCentre(b, "hampshire", *benchTransferBackend)
 	ins := hampshire.store(b, synth.StudySpec{Seed: 700, Series: 2, InstancesPerSeries: (n + 1) / 2, Rows: rows, Columns: rows, Frames: frames})
 	var total int64
 	for _, in := range ins {
@@ -69,7 +70,7 @@ func BenchmarkTransferStudy(b *testing.B) {
 	var elapsed time.Duration
 	for b.Loop() {
 		b.StopTimer()
-		surrey := newCentre(b, "surrey", "embedded")
+		surrey := newCentre(b, "surrey", *benchTransferBackend)
 		hampshire.transfers.Peers = []gateway.Peer{peerOf(surrey)}
 		hampshire.transfers.Peers[0].MaxRequestBytes = 0 // the default, 64 MiB
 		if err := hampshire.transfers.Run(b.Context()); err != nil {

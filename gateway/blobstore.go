@@ -65,10 +65,13 @@ type Stager interface {
 // StagedBlob is an object written by Stage and not yet visible. Commit makes
 // it durable under its key, replacing any object there, atomically (after a
 // nil error it survives a crash; after an error nothing under key changed and
-// the staged bytes are gone). Abort discards it. Either may be called once,
-// from any goroutine.
+// the staged bytes are gone). sha256Hex, when not empty, is the SHA-256 of the
+// staged bytes that the caller computed as they passed: a store that signs
+// its uploads (S3) sends it instead of hashing the bytes a second time, and
+// the upload fails if it does not match. Abort discards the object. Either
+// may be called once, from any goroutine.
 type StagedBlob interface {
 	Size() int64
-	Commit(ctx context.Context) error
+	Commit(ctx context.Context, sha256Hex string) error
 	Abort()
 }

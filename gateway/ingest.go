@@ -289,7 +289,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 			return nil, fail(ReasonDuplicateRejected, fmt.Errorf("instance %s is indexed with different content (policy %s): %w", h.SOPInstanceUID, DuplicateReject, ErrConflict))
 		}
 		if staged != nil {
-			if err := staged.Commit(ctx); err != nil {
+			if err := staged.Commit(ctx, rec.SHA256); err != nil {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
 				}

@@ -150,7 +150,7 @@ func (s *BlobStore) Put(ctx context.Context, key string, r io.Reader) (int64, er
 	if err != nil {
 		return 0, err
 	}
-	if err := b.Commit(ctx); err != nil {
+	if err := b.Commit(ctx, ""); err != nil {
 		return 0, err
 	}
 	return b.size, nil
@@ -210,7 +210,7 @@ func (b *stagedFile) Abort() {
 
 // Commit syncs the file, renames it onto its key and syncs the directory;
 // concurrent commits into one directory share its sync (dirSyncs).
-func (b *stagedFile) Commit(ctx context.Context) error {
+func (b *stagedFile) Commit(ctx context.Context, _ string) error {
 	if b.ended.Swap(true) {
 		return fmt.Errorf("put %s: staged object already committed or aborted: %w", b.key, gateway.ErrInvalid)
 	}

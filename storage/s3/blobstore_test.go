@@ -1,7 +1,10 @@
 package s3_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"net"
@@ -202,5 +205,43 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		if _, err := s3.New(cfg); !errors.Is(err, gateway.ErrInvalid) {
 			t.Errorf("New(%+v) err = %v, want ErrInvalid", cfg, err)
 		}
+	}
+}
+
+// TestStagedCommitSignsWithCallersHash: a small staged object committed with
+// the caller's SHA-256 lands; with a SHA-256 of other bytes MinIO refuses the
+// PUT and nothing is left under the key.
+func TestStagedCommitSignsWithCallersHash(t *testing.T) {
+	s := newStore(t, config(t))
+	ctx := t.Context()
+	data := bytes.Repeat([]byte("dicom"), 20_000)
+	sum := sha256.Sum256(data)
+	good, err := s.Stage(ctx, "1.2/3.4/5.6", bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := good.Commit(ctx, hex.EncodeToString(sum[:])); err != nil {
+		t.Fatalf("Commit with the right SHA-256: %v", err)
+	}
+	rc, err := s.Get(ctx, "1.2/3.4/5.6", 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("stored %d bytes (err %v), want the %d staged", len(got), err, len(data))
+	}
+
+	other := sha256.Sum256([]byte("other bytes"))
+	bad, err := s.Stage(ctx, "1.2/3.4/5.7", bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bad.Commit(ctx, hex.EncodeToString(other[:])); err == nil {
+		t.Fatal("Commit with the SHA-256 of other bytes succeeded")
+	}
+	if _, err := s.Stat(ctx, "1.2/3.4/5.7"); !errors.Is(err, gateway.ErrNotFound) {
+		t.Fatalf("after a refused Commit: Stat = %v, want ErrNotFound", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -706,13 +707,14 @@ func testStage(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) {
 		t.Errorf("Size = %d, want 5000", b.Size())
 	}
 	wantNotFound(t, s, fresh) // not visible before Commit
-	if err := b.Commit(ctx); err != nil {
+	sum := sumOf(t, 11, 5000)
+	if err := b.Commit(ctx, hex.EncodeToString(sum[:])); err != nil {
 		t.Fatalf("Commit: %v", err)
 	}
 	if sum, n := getSum(t, s, fresh); n != 5000 || sum != sumOf(t, 11, 5000) {
 		t.Errorf("committed object: %d bytes, SHA-256 %x", n, sum)
 	}
-	if err := b.Commit(ctx); err == nil {
+	if err := b.Commit(ctx, ""); err == nil {
 		t.Error("a second Commit of one staged object succeeded")
 	}
 
@@ -739,7 +741,7 @@ func testStage(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) {
 		t.Fatalf("Stage %d bytes: %v", pastPart, err)
 	}
 	wantNotFound(t, s, instanceKey(4, 1))
-	if err := big.Commit(ctx); err != nil {
+	if err := big.Commit(ctx, ""); err != nil {
 		t.Fatalf("Commit %d bytes: %v", pastPart, err)
 	}
 	if sum, n := getSum(t, s, instanceKey(4, 1)); n != pastPart || sum != sumOf(t, 13, pastPart) {
@@ -763,7 +765,7 @@ func testStage(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) {
 	var wg sync.WaitGroup
 	errs := make([]error, n)
 	for i, b := range staged {
-		wg.Go(func() { errs[i] = b.Commit(ctx) })
+		wg.Go(func() { errs[i] = b.Commit(ctx, "") })
 	}
 	wg.Wait()
 	for i, err := range errs {
