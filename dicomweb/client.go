@@ -284,7 +284,7 @@ func (c *Client) writeParts(ctx context.Context, mw *multipart.Writer, batch []*
 	for i, rec := range batch {
 		parts[i] = part{length: rec.Size, open: func(ctx context.Context) (io.ReadCloser, error) { return c.Blobs.Get(ctx, rec.Key(), 0, -1) }}
 	}
-	ahead := openAhead(ctx, parts)
+	ahead := openAhead(ctx, parts, gateway.OverNetwork(c.Blobs))
 	defer ahead.close()
 	buf := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(buf)

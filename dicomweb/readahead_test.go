@@ -23,7 +23,7 @@ func TestReadAhead(t *testing.T) {
 		{"longer", size + 1, io.ErrUnexpectedEOF},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if !readAheadBudget.TryAcquire(size) {
+			if !readAheadBudget.TryAcquire(readAheadSize(size)) {
 				t.Fatal("budget spent before the test")
 			}
 			body := readAhead(io.NopCloser(bytes.NewReader(data[:tt.stored])), size)

@@ -45,7 +45,7 @@ type part struct {
 // buffers for it, never a heap buffer, so memory stays bounded.
 func (s *Server) writeMultipart(c *gin.Context, partType string, parts []part) {
 	ctx := c.Request.Context()
-	ahead := openAhead(ctx, parts)
+	ahead := openAhead(ctx, parts, gateway.OverNetwork(s.Blobs))
 	defer ahead.close()
 	var firstBody io.ReadCloser
 	if len(parts) > 0 {
@@ -115,11 +115,13 @@ const (
 
 var readAheadBudget = semaphore.NewWeighted(readAheadMaxMemory)
 
-// readAhead reads body's length bytes into memory now and returns a reader
-// over them whose Close releases them from readAheadBudget. A read error
+// readAhead reads body's length bytes into a pooled buffer now and returns a
+// reader over them whose Close gives the buffer back and releases its
+// readAheadSize from readAheadBudget (which the caller took). A read error
 // is returned by the first Read, so the copy fails as a streamed one would.
 func readAhead(body io.ReadCloser, length int64) io.ReadCloser {
-	buf := make([]byte, length)
+	pooled := readAheadBuffer(length)
+	buf := (*pooled)[:length]
 	n, err := io.ReadFull(body, buf)
 	if err == nil {
 		// The part must end where its record says: one more byte is an
@@ -130,22 +132,57 @@ func readAhead(body io.ReadCloser, length int64) io.ReadCloser {
 		}
 	}
 	body.Close()
-	return &readAheadBody{r: io.MultiReader(bytes.NewReader(buf[:n]), errorReader{err}), size: length}
+	return &readAheadBody{r: io.MultiReader(bytes.NewReader(buf[:n]), errorReader{err}), size: readAheadSize(length), buf: pooled}
 }
 
 type readAheadBody struct {
 	r        io.Reader
 	size     int64
+	buf      *[]byte
 	released atomic.Bool
 }
 
 func (b *readAheadBody) Read(p []byte) (int, error) { return b.r.Read(p) }
 
+// Close gives the buffer back; the body must not be read after it.
 func (b *readAheadBody) Close() error {
 	if !b.released.Swap(true) {
+		b.r = errorReader{io.ErrClosedPipe}
+		putReadAheadBuffer(b.buf)
 		readAheadBudget.Release(b.size)
 	}
 	return nil
+}
+
+// readAheadPools hold read-ahead buffers by power-of-two size, from 64 KiB
+// to readAheadMaxPart, so that reading ahead neither allocates nor clears a
+// buffer per part (at a few hundred parts a second that was a visible share
+// of the garbage collector's work).
+var readAheadPools [7]sync.Pool // 64 KiB << i
+
+func readAheadClass(n int64) int {
+	i := 0
+	for int64(64<<10)<<i < n {
+		i++
+	}
+	return i
+}
+
+// readAheadSize is the size of the buffer a part of n bytes is read into,
+// which is what it takes from readAheadBudget.
+func readAheadSize(n int64) int64 { return int64(64<<10) << readAheadClass(n) }
+
+func readAheadBuffer(n int64) *[]byte {
+	i := readAheadClass(n)
+	if b, ok := readAheadPools[i].Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, int64(64<<10)<<i)
+	return &b
+}
+
+func putReadAheadBuffer(b *[]byte) {
+	readAheadPools[readAheadClass(int64(cap(*b)))].Put(b)
 }
 
 // errorReader returns err from every Read, or io.EOF when err is nil.
@@ -160,10 +197,11 @@ func (e errorReader) Read([]byte) (int, error) {
 
 // opener opens parts ahead of their turn.
 type opener struct {
-	ctx     context.Context
-	parts   []part
-	pending []chan openedPart // nil: not started; taken by open
-	taken   []bool
+	ctx       context.Context
+	readAhead bool
+	parts     []part
+	pending   []chan openedPart // nil: not started; taken by open
+	taken     []bool
 }
 
 type openedPart struct {
@@ -171,8 +209,10 @@ type openedPart struct {
 	err  error
 }
 
-func openAhead(ctx context.Context, parts []part) *opener {
-	return &opener{ctx: ctx, parts: parts, pending: make([]chan openedPart, len(parts)), taken: make([]bool, len(parts))}
+// openAhead opens parts ahead of their turn and, when readAhead is set (the
+// parts come from a gateway.NetworkStore), reads the small ones ahead too.
+func openAhead(ctx context.Context, parts []part, readAhead bool) *opener {
+	return &opener{ctx: ctx, parts: parts, readAhead: readAhead, pending: make([]chan openedPart, len(parts)), taken: make([]bool, len(parts))}
 }
 
 // open returns part i's body (the caller closes it), after starting the
@@ -184,7 +224,7 @@ func (o *opener) open(i int) (io.ReadCloser, error) {
 			o.pending[j] = ch
 			go func(p part) {
 				body, err := p.open(o.ctx)
-				if err == nil && p.length > 0 && p.length <= readAheadMaxPart && readAheadBudget.TryAcquire(p.length) {
+				if err == nil && o.readAhead && p.length > 0 && p.length <= readAheadMaxPart && readAheadBudget.TryAcquire(readAheadSize(p.length)) {
 					body = readAhead(body, p.length)
 				}
 				ch <- openedPart{body, err}

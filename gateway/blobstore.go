@@ -47,6 +47,20 @@ type Pinger interface {
 	Ping(ctx context.Context) error
 }
 
+// NetworkStore is implemented by blob stores whose every Get pays a network
+// round trip and whose server can serve several at once (S3). Readers of
+// many objects in a row then read the next ones ahead, concurrently, into
+// bounded memory; from a local store that would only add a copy.
+type NetworkStore interface {
+	OverNetwork() bool
+}
+
+// OverNetwork reports whether b says it is a NetworkStore.
+func OverNetwork(b BlobStore) bool {
+	n, ok := b.(NetworkStore)
+	return ok && n.OverNetwork()
+}
+
 // Stager is implemented by blob stores whose Put splits into streaming the
 // bytes and making them durable, so that a caller receiving many objects in
 // one stream (a STOW-RS request, a DIMSE association) can read the next

@@ -91,9 +91,10 @@ type BlobStore struct {
 }
 
 var (
-	_ gateway.BlobStore = (*BlobStore)(nil)
-	_ gateway.Pinger    = (*BlobStore)(nil)
-	_ gateway.Stager    = (*BlobStore)(nil)
+	_ gateway.BlobStore    = (*BlobStore)(nil)
+	_ gateway.Pinger       = (*BlobStore)(nil)
+	_ gateway.Stager       = (*BlobStore)(nil)
+	_ gateway.NetworkStore = (*BlobStore)(nil)
 )
 
 // New checks cfg and returns a store for its bucket. It does not contact the
@@ -281,6 +282,10 @@ func (s *BlobStore) Put(ctx context.Context, key string, r io.Reader) (int64, er
 	}
 	return up.size, nil
 }
+
+// OverNetwork implements gateway.NetworkStore: every Get is a request to
+// the S3 server.
+func (s *BlobStore) OverNetwork() bool { return true }
 
 // Stage implements gateway.Stager. An object of up to PartSize bytes is
 // read into memory (within StageMemory, shared by the store) and PUT by
