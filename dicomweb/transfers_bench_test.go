@@ -15,9 +15,10 @@ import (
 )
 
 var (
-	benchTransferMB      = flag.Int("transfer-mb", 500, "size of the study BenchmarkTransferStudy sends, in MB")
-	benchTransferFrames  = flag.Int("transfer-frames", 20, "frames of 512x512x16 bits per instance BenchmarkTransferStudy sends (1 = CT slices of 512 KiB)")
-	benchTransferBackend = flag.String("transfer-backend", "embedded", "backend of both centres in BenchmarkTransferStudy: embedded or production (Redis + MinIO)")
+	benchTransferMB       = flag.Int("transfer-mb", 500, "size of the study BenchmarkTransferStudy sends, in MB")
+	benchTransferFrames   = flag.Int("transfer-frames", 20, "frames of 512x512x16 bits per instance BenchmarkTransferStudy sends (1 = CT slices of 512 KiB)")
+	benchTransferParallel = flag.Int("transfer-parallel", 0, "the peer's max_parallel in BenchmarkTransferStudy (0: the default)")
+	benchTransferBackend  = flag.String("transfer-backend", "embedded", "backend of both centres in BenchmarkTransferStudy: embedded or production (Redis + MinIO)")
 )
 
 // rawLoopbackMBps measures plain HTTP on loopback in this process: n bytes
@@ -73,6 +74,7 @@ func BenchmarkTransferStudy(b *testing.B) {
 		surrey := newCentre(b, "surrey", *benchTransferBackend)
 		hampshire.transfers.Peers = []gateway.Peer{peerOf(surrey)}
 		hampshire.transfers.Peers[0].MaxRequestBytes = 0 // the default, 64 MiB
+		hampshire.transfers.Peers[0].MaxParallel = *benchTransferParallel
 		if err := hampshire.transfers.Run(b.Context()); err != nil {
 			b.Fatal(err)
 		}
