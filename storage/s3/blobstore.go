@@ -69,9 +69,9 @@ type Config struct {
 	StageMemory int64
 }
 
-// DefaultStageMemory is the default Config.StageMemory: 64 MiB, over a
-// hundred CT slices waiting for their PUT while the next ones are read.
-const DefaultStageMemory = 64 << 20
+// DefaultStageMemory is the default Config.StageMemory: 32 MiB, some sixty
+// CT slices waiting for their PUT while the next ones are read.
+const DefaultStageMemory = 32 << 20
 
 // BlobStore is a gateway.BlobStore on one S3 bucket; each key is an object
 // of the same name. S3 makes an object visible only when its PUT or its
@@ -300,16 +300,29 @@ func (s *BlobStore) Stage(ctx context.Context, key string, r io.Reader) (gateway
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("put %s: %w", key, err)
 	}
+	// Most instances are well under a MiB: read them into a small probe
+	// buffer, and take a part-size buffer only for what goes past it, so a
+	// receiver reading CT slices on several connections holds a MiB per
+	// connection, not PartSize.
+	pp := probeBufs.Get().(*[]byte)
+	n, rerr := io.ReadFull(r, *pp)
+	if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+		defer probeBufs.Put(pp)
+		return s.stageSmall(ctx, key, (*pp)[:n])
+	}
+	if rerr != nil {
+		probeBufs.Put(pp)
+		return nil, fmt.Errorf("put %s: read: %w", key, rerr)
+	}
 	bp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bp)
 	buf := *bp
-	n, rerr := io.ReadFull(r, buf)
+	copy(buf, (*pp)[:n])
+	probeBufs.Put(pp)
+	m, rerr := io.ReadFull(r, buf[n:])
 	switch {
 	case rerr == io.EOF || rerr == io.ErrUnexpectedEOF:
-		if err := s.staging.Acquire(ctx, int64(n)); err != nil {
-			return nil, fmt.Errorf("put %s: %w", key, err)
-		}
-		return &stagedObject{s: s, key: key, data: bytes.Clone(buf[:n])}, nil
+		return s.stageSmall(ctx, key, buf[:n+m])
 	case rerr != nil:
 		return nil, fmt.Errorf("put %s: read: %w", key, rerr)
 	}
@@ -318,6 +331,18 @@ func (s *BlobStore) Stage(ctx context.Context, key string, r io.Reader) (gateway
 		return nil, fmt.Errorf("put %s: %w", key, err)
 	}
 	return up, nil
+}
+
+// probeBufs hold the first MiB of each staged object (Stage).
+var probeBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+// stageSmall keeps a copy of data, within the store's StageMemory, for
+// Commit to PUT.
+func (s *BlobStore) stageSmall(ctx context.Context, key string, data []byte) (gateway.StagedBlob, error) {
+	if err := s.staging.Acquire(ctx, int64(len(data))); err != nil {
+		return nil, fmt.Errorf("put %s: %w", key, err)
+	}
+	return &stagedObject{s: s, key: key, data: bytes.Clone(data)}, nil
 }
 
 // stagedObject is a small object held in memory until Commit PUTs it.

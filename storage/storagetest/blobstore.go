@@ -734,6 +734,19 @@ func testStage(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) {
 		t.Errorf("failed Stage changed the previous object: %d bytes, SHA-256 %x", n, sum)
 	}
 
+	// Past S3's first-MiB probe but within a part: one PUT at Commit.
+	mid, err := st.Stage(ctx, instanceKey(4, 3), io.LimitReader(Random(15), 3*mib+7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantNotFound(t, s, instanceKey(4, 3))
+	if err := mid.Commit(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if sum, n := getSum(t, s, instanceKey(4, 3)); n != 3*mib+7 || sum != sumOf(t, 15, 3*mib+7) {
+		t.Errorf("committed 3 MiB object: %d bytes, SHA-256 %x", n, sum)
+	}
+
 	// An object larger than an S3 part (a multipart upload left open until
 	// Commit): invisible until Commit, and Abort leaves nothing.
 	big, err := st.Stage(ctx, instanceKey(4, 1), io.LimitReader(Random(13), pastPart))
@@ -776,7 +789,7 @@ func testStage(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) {
 			t.Errorf("object %d after concurrent commits: %d bytes, SHA-256 %x", i, size, sum)
 		}
 	}
-	if got := keys(t, s, ""); len(got) != n+3 {
-		t.Errorf("Walk lists %d objects, want %d (staged files must not show): %q", len(got), n+3, got)
+	if got := keys(t, s, ""); len(got) != n+4 {
+		t.Errorf("Walk lists %d objects, want %d (staged files must not show): %q", len(got), n+4, got)
 	}
 }
