@@ -102,6 +102,11 @@ func (s *Server) writeMultipart(c *gin.Context, partType string, parts []part) {
 // in advance.
 const partsOpenedAhead = 4
 
+// partsReadAhead is how many parts are opened (and read, when small) ahead
+// from a gateway.NetworkStore: enough GETs in flight to keep an object
+// store busy while the client is sent one part.
+const partsReadAhead = 8
+
 // Parts of up to readAheadMaxPart bytes opened ahead are also read ahead
 // into memory, concurrently: an object store then serves several GETs at
 // once instead of one after another at the pace of the client, which is
@@ -218,7 +223,11 @@ func openAhead(ctx context.Context, parts []part, readAhead bool) *opener {
 // open returns part i's body (the caller closes it), after starting the
 // opens of the parts that follow it.
 func (o *opener) open(i int) (io.ReadCloser, error) {
-	for j := i; j < min(len(o.parts), i+1+partsOpenedAhead); j++ {
+	ahead := partsOpenedAhead
+	if o.readAhead {
+		ahead = partsReadAhead
+	}
+	for j := i; j < min(len(o.parts), i+1+ahead); j++ {
 		if o.pending[j] == nil {
 			ch := make(chan openedPart, 1)
 			o.pending[j] = ch

@@ -66,7 +66,7 @@ func transferMain(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.link.RTT, "rtt", 20*time.Millisecond, "round-trip time of the emulated WAN link")
 	fs.Float64Var(&cfg.link.Mbit, "mbit", 1000, "bandwidth of each direction of the emulated WAN link, Mbit/s")
 	fs.IntVar(&cfg.peerMaxParallel, "peer-max-parallel", 0, "max_parallel of the sending gateway's peer (0: not set, the gateway's default applies)")
-	partConc := fs.String("part-conc", "1,4", "concurrencies of the raw disk and MinIO measurements")
+	partConc := fs.String("part-conc", "1,4,8", "concurrencies of the raw disk and MinIO measurements (8: the GETs a gateway reading from S3 keeps ahead)")
 	fs.DurationVar(&cfg.caseTimeout, "case-timeout", 10*time.Minute, "longest one forwarding case may take")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the work directory (logs) instead of removing it")
 	fs.BoolVar(&cfg.small, "small", false, "smoke run (1–2 minutes): 2 studies, 40 CT slices, a 32 MiB instance")
@@ -133,6 +133,8 @@ type transferBench struct {
 	batches []batch
 	sink    *sink
 	report  strings.Builder
+	// retrieves are the whole-study retrieves from each loopback receiver.
+	retrieves []retrieveResult
 }
 
 // batch is a set of studies forwarded and timed together.
@@ -263,6 +265,7 @@ func (tb *transferBench) run(ctx context.Context) error {
 		return ctx.Err()
 	}
 	tb.emit(tb.forwardTable(cases))
+	tb.emit(retrieveTable(tb.retrieves, parts))
 	tb.emit(partsTable(parts))
 	tb.emit(fmt.Sprintf("Load average (1/5/15 min) at start: %s; at end: %s. The run took %s.\n\n", start, loadavg(), time.Since(t0).Round(time.Second)))
 	return nil
@@ -442,6 +445,13 @@ func (tb *transferBench) gatewayCases(ctx context.Context, label string, backend
 				logf("transfer: … %.1f MB/s", float64(c.batch.bytes)/mb/c.d.Seconds())
 			}
 		}
+		if err == nil && !wan && len(tb.batches) > 0 {
+			ct := tb.batches[0]
+			r := retrieveResult{system: "gateway", backend: label, studies: len(ct.studies)}
+			logf("transfer: gateway %s: whole-study retrieve of %d studies …", label, len(ct.studies))
+			r.bytes, r.d, r.err = tb.retrieveStudies(ctx, receiver.URL()+"/dicomweb", ct.studies)
+			tb.retrieves = append(tb.retrieves, r)
+		}
 		if err == nil {
 			_ = receiver.Stop()
 		}
@@ -602,6 +612,13 @@ func (tb *transferBench) orthancCases(ctx context.Context) []forwardCase {
 				logf("transfer: … %.1f MB/s", float64(c.batch.bytes)/mb/c.d.Seconds())
 			}
 			held += c.batch.instances
+		}
+		if receiver.startErr == nil && !wan && len(tb.batches) > 0 {
+			ct := tb.batches[0]
+			r := retrieveResult{system: "orthanc", backend: "its own (files + SQLite)", studies: len(ct.studies)}
+			logf("transfer: orthanc: whole-study retrieve of %d studies …", len(ct.studies))
+			r.bytes, r.d, r.err = tb.retrieveStudies(ctx, receiver.root, ct.studies)
+			tb.retrieves = append(tb.retrieves, r)
 		}
 		receiver.stop()
 		if !tb.cfg.keep {
