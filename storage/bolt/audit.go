@@ -36,7 +36,7 @@ type AuditLog struct {
 	db        *bbolt.DB
 	gateway   string
 	now       func() time.Time
-	committer gateway.AuditCommitter
+	writes    *txCommitter // the DB's, shared with the index
 	keys      *gateway.AuditKeys // nil: plain SHA-256 chain (SetKeys)
 }
 
@@ -60,9 +60,7 @@ func NewAuditLog(db *DB, gatewayName string) (*AuditLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
-	l := &AuditLog{db: db.bolt, gateway: gatewayName, now: time.Now}
-	l.committer = gateway.AuditCommitter{Commit: l.commit}
-	return l, nil
+	return &AuditLog{db: db.bolt, writes: db.writes, gateway: gatewayName, now: time.Now}, nil
 }
 
 func auditSeqKey(seq int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(seq)) }
@@ -81,47 +79,46 @@ func auditReadHead(b *bbolt.Bucket) (int64, string) {
 	return int64(binary.BigEndian.Uint64(v[:8])), string(v[8:])
 }
 
-// Record appends ev to the chain; see gateway.AuditLog.
+// Record appends ev to the chain; see gateway.AuditLog. The append runs
+// in the DB's shared group commit, so concurrent events, and index writes
+// made at the same time, share a transaction; events are sealed in the
+// order they run inside it, each on the head the previous one left.
 func (l *AuditLog) Record(ctx context.Context, ev *gateway.AuditEvent) error {
 	if err := gateway.PrepareAuditEvent(ev, l.gateway, l.now()); err != nil {
 		return err
 	}
-	return l.committer.Record(ctx, ev)
+	err := l.writes.Record(ctx, func(tx *bbolt.Tx) error { return l.appendEvent(tx, ev) })
+	if err != nil && !errors.Is(err, errSeal) {
+		return fmt.Errorf("audit log: %v: %w", err, gateway.ErrUnavailable)
+	}
+	return err
 }
 
-// commit appends batch in one transaction. An event that cannot be sealed
-// fails alone; a failed transaction fails the whole batch.
-func (l *AuditLog) commit(ctx context.Context, batch []*gateway.AuditEvent) []error {
-	errs := make([]error, len(batch))
-	err := l.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(auditBucket)
-		recs, ix := b.Bucket(auditRecords), b.Bucket(auditIndex)
-		seq, prev := auditReadHead(b)
-		for i, ev := range batch {
-			raw, err := gateway.SealAuditEvent(ev, seq+1, prev, l.keys)
-			if err != nil {
-				errs[i] = err
-				continue
-			}
-			seq, prev = seq+1, ev.Hash
-			if err := recs.Put(auditSeqKey(seq), raw); err != nil {
-				return err
-			}
-			for _, t := range gateway.AuditTerms(ev) {
-				if err := ix.Put(append(auditTermPrefix(t), auditSeqKey(seq)...), nil); err != nil {
-					return err
-				}
-			}
-		}
-		return b.Put(auditHead, append(auditSeqKey(seq), prev...))
-	})
+// errSeal marks an event that could not be sealed: it fails alone.
+var errSeal = errors.New("audit event not sealed")
+
+// appendEvent seals ev on the chain's head in tx and stores it with its
+// index terms. It reads the head inside tx, so running it again from the
+// same state (commitTogether's retry of a failed batch) gives the same
+// result.
+func (l *AuditLog) appendEvent(tx *bbolt.Tx, ev *gateway.AuditEvent) error {
+	b := tx.Bucket(auditBucket)
+	recs, ix := b.Bucket(auditRecords), b.Bucket(auditIndex)
+	seq, prev := auditReadHead(b)
+	raw, err := gateway.SealAuditEvent(ev, seq+1, prev, l.keys)
 	if err != nil {
-		err = fmt.Errorf("audit log: %v: %w", err, gateway.ErrUnavailable)
-		for i := range errs {
-			errs[i] = err
+		return fmt.Errorf("%w: %w", errSeal, err)
+	}
+	seq, prev = seq+1, ev.Hash
+	if err := recs.Put(auditSeqKey(seq), raw); err != nil {
+		return err
+	}
+	for _, t := range gateway.AuditTerms(ev) {
+		if err := ix.Put(append(auditTermPrefix(t), auditSeqKey(seq)...), nil); err != nil {
+			return err
 		}
 	}
-	return errs
+	return b.Put(auditHead, append(auditSeqKey(seq), prev...))
 }
 
 // Query returns one page of matching records; see gateway.AuditLog.

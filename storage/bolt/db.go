@@ -18,6 +18,12 @@ import (
 // own buckets in it. Safe for concurrent use.
 type DB struct {
 	bolt *bbolt.DB
+	// writes group-commits the index's and the audit log's writes
+	// together: a STOW-RS request writes an index entry per instance and
+	// then an audit record, and under concurrent requests one bbolt
+	// transaction (two fdatasyncs) carries both kinds instead of each kind
+	// paying its own.
+	writes *txCommitter
 }
 
 // Open opens (creating if needed) the state file at path. Only one process
@@ -30,7 +36,7 @@ func Open(path string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state file %s: %w", path, err)
 	}
-	return &DB{bolt: db}, nil
+	return &DB{bolt: db, writes: newTxCommitter(db)}, nil
 }
 
 // Bolt returns the underlying bbolt database for the stores in this package.

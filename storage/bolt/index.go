@@ -83,7 +83,7 @@ func NewIndex(db *DB) (*Index, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bolt index: create buckets: %w", err)
 	}
-	return &Index{db: db.bolt, writes: newTxCommitter(db.bolt), locks: map[string]heldLock{}}, nil
+	return &Index{db: db.bolt, writes: db.writes, locks: map[string]heldLock{}}, nil
 }
 
 func unavailable(op string, err error) error {
