@@ -33,11 +33,11 @@ var (
 // linear even with several AuditLogs on one DB. (bbolt's own DB.Batch would
 // also coalesce, but waits up to 10 ms for company even when alone.)
 type AuditLog struct {
-	db        *bbolt.DB
-	gateway   string
-	now       func() time.Time
-	writes    *txCommitter // the DB's, shared with the index
-	keys      *gateway.AuditKeys // nil: plain SHA-256 chain (SetKeys)
+	db      *bbolt.DB
+	gateway string
+	now     func() time.Time
+	writes  *txCommitter       // the DB's, shared with the index
+	keys    *gateway.AuditKeys // nil: plain SHA-256 chain (SetKeys)
 }
 
 var _ gateway.AuditLog = (*AuditLog)(nil)
