@@ -40,8 +40,11 @@ fmt: ## gofmt the tree
 bench: ## storage benchmarks against the real servers (figures in README)
 	scripts/testenv.sh $(GO) test -run '^$$' -bench . -benchtime=3x ./storage/...
 
-fuzz: ## run each fuzz target for FUZZTIME (default 10m)
+fuzz: ## run each fuzz target for FUZZTIME (default 10m), one after another; new findings land in testdata/fuzz as corpus
 	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./gateway/
+	$(GO) test -run '^$$' -fuzz '^FuzzTranscode$$' -fuzztime $(FUZZTIME) ./gateway/
+	$(GO) test -run '^$$' -fuzz '^FuzzQIDOQuery$$' -fuzztime $(FUZZTIME) ./gateway/
+	$(GO) test -run '^$$' -fuzz '^FuzzMultipart$$' -fuzztime $(FUZZTIME) ./dicomweb/
 
 demo: build ## two centres on loopback (Redis + MinIO started here), sample studies stored at hampshire, one forwarded to surrey; DEMO_EXIT=1 to stop after the check
 	scripts/testenv.sh $(GO) run ./cmd/demo -gateway bin/gateway
