@@ -1,7 +1,6 @@
 package dicomweb
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,10 +9,8 @@ import (
 	"net/textproto"
 	"strconv"
 	"sync"
-	"sync/atomic"
 
 	"github.com/gin-gonic/gin"
-	"golang.org/x/sync/semaphore"
 
 	"github.com/dicom-gateway/gateway/gateway"
 )
@@ -102,111 +99,20 @@ func (s *Server) writeMultipart(c *gin.Context, partType string, parts []part) {
 // in advance.
 const partsOpenedAhead = 4
 
-// partsReadAhead is how many parts are opened (and read, when small) ahead
-// from a gateway.NetworkStore: enough GETs in flight to keep an object
-// store busy while the client is sent one part.
-const partsReadAhead = 8
-
-// Parts of up to readAheadMaxPart bytes opened ahead are also read ahead
-// into memory, concurrently: an object store then serves several GETs at
-// once instead of one after another at the pace of the client, which is
-// what brings a whole-study retrieve from S3 near the store's own GET rate.
-// readAheadBudget bounds those buffers across every response of the
-// process; a part that finds it spent is streamed as before.
-const (
-	readAheadMaxPart   = 4 << 20
-	readAheadMaxMemory = 32 << 20
-)
-
-var readAheadBudget = semaphore.NewWeighted(readAheadMaxMemory)
-
-// readAhead reads body's length bytes into a pooled buffer now and returns a
-// reader over them whose Close gives the buffer back and releases its
-// readAheadSize from readAheadBudget (which the caller took). A read error
-// is returned by the first Read, so the copy fails as a streamed one would.
-func readAhead(body io.ReadCloser, length int64) io.ReadCloser {
-	pooled := readAheadBuffer(length)
-	buf := (*pooled)[:length]
-	n, err := io.ReadFull(body, buf)
-	if err == nil {
-		// The part must end where its record says: one more byte is an
-		// error too (the copy checks the count only).
-		var one [1]byte
-		if m, _ := body.Read(one[:]); m > 0 {
-			err = fmt.Errorf("part longer than its %d bytes: %w", length, io.ErrUnexpectedEOF)
-		}
-	}
-	body.Close()
-	return &readAheadBody{r: io.MultiReader(bytes.NewReader(buf[:n]), errorReader{err}), size: readAheadSize(length), buf: pooled}
-}
-
-type readAheadBody struct {
-	r        io.Reader
-	size     int64
-	buf      *[]byte
-	released atomic.Bool
-}
-
-func (b *readAheadBody) Read(p []byte) (int, error) { return b.r.Read(p) }
-
-// Close gives the buffer back; the body must not be read after it.
-func (b *readAheadBody) Close() error {
-	if !b.released.Swap(true) {
-		b.r = errorReader{io.ErrClosedPipe}
-		putReadAheadBuffer(b.buf)
-		readAheadBudget.Release(b.size)
-	}
-	return nil
-}
-
-// readAheadPools hold read-ahead buffers by power-of-two size, from 64 KiB
-// to readAheadMaxPart, so that reading ahead neither allocates nor clears a
-// buffer per part (at a few hundred parts a second that was a visible share
-// of the garbage collector's work).
-var readAheadPools [7]sync.Pool // 64 KiB << i
-
-func readAheadClass(n int64) int {
-	i := 0
-	for int64(64<<10)<<i < n {
-		i++
-	}
-	return i
-}
-
-// readAheadSize is the size of the buffer a part of n bytes is read into,
-// which is what it takes from readAheadBudget.
-func readAheadSize(n int64) int64 { return int64(64<<10) << readAheadClass(n) }
-
-func readAheadBuffer(n int64) *[]byte {
-	i := readAheadClass(n)
-	if b, ok := readAheadPools[i].Get().(*[]byte); ok {
-		return b
-	}
-	b := make([]byte, int64(64<<10)<<i)
-	return &b
-}
-
-func putReadAheadBuffer(b *[]byte) {
-	readAheadPools[readAheadClass(int64(cap(*b)))].Put(b)
-}
-
-// errorReader returns err from every Read, or io.EOF when err is nil.
-type errorReader struct{ err error }
-
-func (e errorReader) Read([]byte) (int, error) {
-	if e.err == nil {
-		return 0, io.EOF
-	}
-	return 0, e.err
-}
+// partsOpenedAheadRemote is how many parts are opened ahead from a
+// gateway.NetworkStore: enough GETs in flight to keep an object store busy
+// while the client is sent one part. An opened GET's first bytes wait in the
+// kernel's socket buffers, so this needs no memory of the gateway's own
+// (reading them ahead into buffers was measured: no faster).
+const partsOpenedAheadRemote = 8
 
 // opener opens parts ahead of their turn.
 type opener struct {
-	ctx       context.Context
-	readAhead bool
-	parts     []part
-	pending   []chan openedPart // nil: not started; taken by open
-	taken     []bool
+	ctx     context.Context
+	remote  bool // the parts come from a gateway.NetworkStore
+	parts   []part
+	pending []chan openedPart // nil: not started; taken by open
+	taken   []bool
 }
 
 type openedPart struct {
@@ -214,18 +120,18 @@ type openedPart struct {
 	err  error
 }
 
-// openAhead opens parts ahead of their turn and, when readAhead is set (the
-// parts come from a gateway.NetworkStore), reads the small ones ahead too.
-func openAhead(ctx context.Context, parts []part, readAhead bool) *opener {
-	return &opener{ctx: ctx, parts: parts, readAhead: readAhead, pending: make([]chan openedPart, len(parts)), taken: make([]bool, len(parts))}
+// openAhead opens parts ahead of their turn, more of them when they come
+// from a gateway.NetworkStore (remote).
+func openAhead(ctx context.Context, parts []part, remote bool) *opener {
+	return &opener{ctx: ctx, parts: parts, remote: remote, pending: make([]chan openedPart, len(parts)), taken: make([]bool, len(parts))}
 }
 
 // open returns part i's body (the caller closes it), after starting the
 // opens of the parts that follow it.
 func (o *opener) open(i int) (io.ReadCloser, error) {
 	ahead := partsOpenedAhead
-	if o.readAhead {
-		ahead = partsReadAhead
+	if o.remote {
+		ahead = partsOpenedAheadRemote
 	}
 	for j := i; j < min(len(o.parts), i+1+ahead); j++ {
 		if o.pending[j] == nil {
@@ -233,9 +139,6 @@ func (o *opener) open(i int) (io.ReadCloser, error) {
 			o.pending[j] = ch
 			go func(p part) {
 				body, err := p.open(o.ctx)
-				if err == nil && o.readAhead && p.length > 0 && p.length <= readAheadMaxPart && readAheadBudget.TryAcquire(readAheadSize(p.length)) {
-					body = readAhead(body, p.length)
-				}
 				ch <- openedPart{body, err}
 			}(o.parts[j])
 		}
