@@ -326,8 +326,8 @@ func imageMediaType(ts string) string {
 }
 
 // metadataOffers: DICOM JSON (also under application/json for generic
-// clients). XML is not offered.
-var metadataOffers = []offer{{mediaType: mediaDICOMJSON}, {mediaType: mediaJSON}}
+// clients), or DICOM XML, one part per instance (xml.go).
+var metadataOffers = []offer{{mediaType: mediaDICOMJSON}, {mediaType: mediaJSON}, xmlMultipartOffer}
 
 // renderedOffers: JPEG by default, or PNG.
 var renderedOffers = []offer{{mediaType: mediaJPEG}, {mediaType: mediaPNG}}

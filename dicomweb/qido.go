@@ -70,6 +70,10 @@ func (s *Server) handleSearch(level gateway.QueryLevel) gin.HandlerFunc {
 			c.Writer.Header().Add("Warning", warning(fmt.Sprintf(
 				"The number of results exceeded the page size of %d; use offset=%d for more", q.Limit, q.Offset+len(res.Items))))
 		}
+		if wantsSearchXML(c.Request) {
+			s.writeSearchXML(c, level, res.Items)
+			return
+		}
 		base := s.baseURL(c)
 		c.Header("Content-Type", "application/dicom+json")
 		c.Status(http.StatusOK)

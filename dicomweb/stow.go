@@ -209,8 +209,8 @@ func (s *Server) handleStow(c *gin.Context) {
 		c.Header("Warning", w)
 	}
 	resp := s.stowResponse(c, study, stored, failed)
-	if wantsXML(c.Request) {
-		err = writeDICOMXML(c, status, resp)
+	if wantXML, multi := stowAnswerXML(c.Request); wantXML {
+		err = writeDICOMXML(c, status, resp, multi)
 	} else {
 		err = writeDICOMJSON(c, status, resp)
 	}

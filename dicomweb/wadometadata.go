@@ -52,7 +52,7 @@ func (s *Server) handleInstanceMetadata(c *gin.Context) {
 }
 
 // serveMetadata answers the DICOM JSON of entries (an array, one object per
-// instance) from their prepared metadata, which read yields in order. The
+// instance), or their DICOM XML (writeMetadataXML), from their prepared metadata, which read yields in order. The
 // prepared form's URL markers become the instance's public URL, so every
 // BulkDataURI is absolute and honours PublicBaseURL and X-Forwarded-*. The
 // ETag covers the entries' identities and digests, the public base URL and
@@ -78,6 +78,10 @@ func (s *Server) serveMetadata(c *gin.Context, entries []gateway.MetadataEntry, 
 	}
 	if err := s.audit(c, gateway.ActionRetrieve, gateway.OutcomeSuccess, subjectOfEntries(entries), map[string]any{"metadata": true, "bytes": 0}); err != nil {
 		s.writeError(c, err)
+		return
+	}
+	if ch.multipart {
+		s.writeMetadataXML(c, base, read)
 		return
 	}
 	h.Set("Content-Type", ch.mediaType)

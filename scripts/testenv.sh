@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# testenv.sh CMD...: installs what is missing (redis-server, dcmtk, orthanc and
-# orthanc-dicomweb from Debian,
+# testenv.sh CMD...: installs what is missing (redis-server, dcmtk, orthanc,
+# orthanc-dicomweb and jing from Debian,
 # MinIO built with go install at a pinned version and cached outside the
 # repo), starts both on loopback, exports their addresses as
 # GATEWAY_TEST_REDIS_URL and GATEWAY_TEST_S3_*, runs CMD, and stops both
@@ -24,6 +24,10 @@ fi
 if [ ! -x /usr/sbin/Orthanc ] || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
   log "installing orthanc and orthanc-dicomweb from Debian (a real DICOMweb sender and receiver for the transfer tests)"
   apt-get update -qq && apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null
+fi
+if ! command -v jing >/dev/null 2>&1; then
+  log "installing jing from Debian (validates DICOM XML against the PS3.19 RELAX NG schema)"
+  apt-get update -qq && apt-get install -y -qq jing >/dev/null
 fi
 if ! command -v curl >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq curl >/dev/null
