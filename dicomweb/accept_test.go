@@ -66,7 +66,8 @@ func TestNegotiate(t *testing.T) {
 		{"metadata default", nil, metadataOffers, true, false, mediaDICOMJSON, ""},
 		{"metadata json", []string{"application/json"}, metadataOffers, true, false, mediaJSON, ""},
 		{"metadata dicom+json charset", []string{"application/dicom+json; charset=utf-8"}, metadataOffers, true, false, mediaDICOMJSON, ""},
-		{"metadata xml only: 406", []string{`multipart/related; type="application/dicom+xml"`}, metadataOffers, false, false, "", ""},
+		{"metadata xml", []string{`multipart/related; type="application/dicom+xml"`}, metadataOffers, true, true, mediaDICOMXML, ""},
+		{"metadata bare xml: 406", []string{"application/dicom+xml"}, metadataOffers, false, false, "", ""},
 		{"metadata ohif", []string{"application/dicom+json, application/json;q=0.9, */*;q=0.1"}, metadataOffers, true, false, mediaDICOMJSON, ""},
 
 		{"rendered default jpeg", nil, renderedOffers, true, false, mediaJPEG, ""},

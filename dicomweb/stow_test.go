@@ -487,7 +487,7 @@ func TestStowStatusCodes(t *testing.T) {
 		s := newStowServer(t, stowBackends[0], nil)
 		body, boundary := multipartBody(t, dicomPart(good(1)), dicomPart(truncated))
 		res := s.post(t, "/dicomweb/studies", "multipart/related; type=application/dicom; boundary="+boundary, body, "Accept", "application/dicom+xml")
-		for _, want := range []string{`<NativeDicomModel xmlns="http://dicom.nema.org/PS3.19/models/NativeDICOM">`, `tag="00081199" vr="SQ"`, `tag="00081197" vr="US"`, `<Value number="1">49152</Value>`, `<Value number="1">` + testSOP(1) + `</Value>`} {
+		for _, want := range []string{`<NativeDicomModel xmlns="http://dicom.nema.org/PS3.19/models/NativeDICOM" xml:space="preserve">`, `tag="00081199" vr="SQ"`, `tag="00081197" vr="US"`, `<Value number="1">49152</Value>`, `<Value number="1">` + testSOP(1) + `</Value>`} {
 			if !strings.Contains(string(res.body), want) {
 				t.Errorf("XML response lacks %s:\n%s", want, res.body)
 			}

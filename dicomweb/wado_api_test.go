@@ -125,7 +125,7 @@ func TestWADOErrors(t *testing.T) {
 		{synthPath(in) + "/frames/1", `multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.50`, http.StatusNotAcceptable},
 		{st, `multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80`, http.StatusNotAcceptable},
 		{st, "application/dicom+xml", http.StatusNotAcceptable},
-		{st + "/metadata", `multipart/related; type="application/dicom+xml"`, http.StatusNotAcceptable},
+		{st + "/metadata", "application/dicom+xml", http.StatusNotAcceptable}, // PS3.18: metadata XML is multipart only
 		{synthPath(in) + "/rendered", "image/gif", http.StatusNotAcceptable},
 		{synthPath(in) + "/rendered?window=1", "", http.StatusBadRequest},
 		{synthPath(in) + "/rendered?viewport=0,10", "", http.StatusBadRequest},
