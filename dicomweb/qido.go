@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -63,18 +64,18 @@ func (s *Server) handleSearch(level gateway.QueryLevel) gin.HandlerFunc {
 			s.writeError(c, err)
 			return
 		}
+		base := s.baseURL(c)
+		agent := warnAgent(base)
 		for _, w := range q.Warnings {
-			c.Writer.Header().Add("Warning", warning(w))
+			c.Writer.Header().Add("Warning", warningFrom(agent, w))
 		}
 		if res.More {
-			c.Writer.Header().Add("Warning", warning(fmt.Sprintf(
-				"The number of results exceeded the page size of %d; use offset=%d for more", q.Limit, q.Offset+len(res.Items))))
+			c.Writer.Header().Add("Warning", warningFrom(agent, remainingText(res)))
 		}
 		if wantsSearchXML(c.Request) {
 			s.writeSearchXML(c, level, res.Items)
 			return
 		}
-		base := s.baseURL(c)
 		c.Header("Content-Type", "application/dicom+json")
 		c.Status(http.StatusOK)
 		bw := bufio.NewWriterSize(c.Writer, 64<<10)
@@ -96,9 +97,37 @@ func (s *Server) handleSearch(level gateway.QueryLevel) gin.HandlerFunc {
 }
 
 // warning formats a Warning header value (RFC 7234 5.5; code 299, as
-// PS3.18 8.3.4 uses).
+// PS3.18 8.3.4 uses) with the pseudonym "gateway" as its agent.
 func warning(text string) string {
-	return `299 gateway "` + strings.ReplaceAll(text, `"`, `'`) + `"`
+	return warningFrom("gateway", text)
+}
+
+// warningFrom formats a Warning header value whose warn-agent is agent:
+// the service's host[:port] (PS3.18 8.3.4.4.1 writes it {+SERVICE}), or a
+// pseudonym when there is no request.
+func warningFrom(agent, text string) string {
+	return "299 " + agent + ` "` + strings.ReplaceAll(text, `"`, `'`) + `"`
+}
+
+// warnAgent is the host[:port] of the DICOMweb base URL base, the
+// warn-agent of the Warning headers QIDO-RS sends; "gateway" if base has
+// none.
+func warnAgent(base string) string {
+	if u, err := url.Parse(base); err == nil && u.Host != "" {
+		return u.Host
+	}
+	return "gateway"
+}
+
+// remainingText is the PS3.18 8.3.4.4.1 text for a page cut by limit.
+// The count is bounded (gateway.MaxCountedRemaining): past the bound it
+// says "at least N".
+func remainingText(res *gateway.SearchResult) string {
+	n := strconv.Itoa(res.Remaining)
+	if res.RemainingAtLeast {
+		n = "at least " + n
+	}
+	return "There are " + n + " additional results that can be requested"
 }
 
 // withRetrieveURL returns d with RetrieveURL (0008,1190) for the item's

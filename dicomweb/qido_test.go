@@ -15,6 +15,7 @@ import (
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/storage/bolt"
+	"github.com/dicom-gateway/gateway/storage/redis"
 	"github.com/dicom-gateway/gateway/storage/storagetest"
 )
 
@@ -223,7 +224,7 @@ func TestQIDOWarnings(t *testing.T) {
 		{"PatientID=P001&frobnicate=1", 2, "frobnicate"},
 		{"Modality=CT", 6, "Modality: not a study-level attribute"},
 		{"includefield=NoSuchKeyword", 6, "NoSuchKeyword"},
-		{"limit=2", 2, "offset=2"},
+		{"limit=2", 2, "There are 4 additional results that can be requested"},
 		{"limit=20000", 6, "reduced to the maximum 10000"},
 		{"limit=6", 6, ""},
 	} {
@@ -329,5 +330,60 @@ func TestQIDONeverServerError(t *testing.T) {
 		if resp.StatusCode >= 500 {
 			t.Errorf("%s: status=%d: %s", q, resp.StatusCode, body)
 		}
+	}
+}
+
+// TestQIDOPaginationWarning checks the PS3.18 8.3.4.4.1 Warning of a page
+// cut by limit, with the service's host as warn-agent and the real count of
+// the matches left, on both index backends.
+func TestQIDOPaginationWarning(t *testing.T) {
+	for _, backend := range []string{"bolt", "redis"} {
+		t.Run(backend, func(t *testing.T) {
+			var index gateway.Index
+			if backend == "redis" {
+				c, err := redis.Open(storagetest.RedisURL(t), storagetest.RedisPrefix(t))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				index = redis.NewIndex(c)
+			} else {
+				db, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { db.Close() })
+				if index, err = bolt.NewIndex(db); err != nil {
+					t.Fatal(err)
+				}
+			}
+			storagetest.LoadQueryFixture(t, index)
+			srv := httptest.NewServer((&dicomweb.Server{Name: "test", Index: index}).Handler())
+			t.Cleanup(srv.Close)
+			host := strings.TrimPrefix(srv.URL, "http://")
+			for _, tt := range []struct {
+				path string
+				want string // the Warning header, "" = none
+			}{
+				{"/dicomweb/studies?limit=2", `299 ` + host + ` "There are 4 additional results that can be requested"`},
+				{"/dicomweb/studies?limit=2&offset=3", `299 ` + host + ` "There are 1 additional results that can be requested"`},
+				{"/dicomweb/studies?limit=2&offset=4", ""},
+				{"/dicomweb/instances?limit=5", `299 ` + host + ` "There are 4 additional results that can be requested"`},
+				{"/dicomweb/studies?PatientID=NOBODY&limit=1", ""},
+			} {
+				resp, body := qidoGet(t, srv, tt.path)
+				if resp.StatusCode != http.StatusOK {
+					t.Fatalf("%s: status=%d: %s", tt.path, resp.StatusCode, body)
+				}
+				if got := strings.Join(resp.Header.Values("Warning"), "\n"); got != tt.want {
+					t.Errorf("%s: Warning=%q, want %q", tt.path, got, tt.want)
+				}
+			}
+			// No match is 200 with an empty array, not 204 (CP-2473).
+			resp, body := qidoGet(t, srv, "/dicomweb/studies?PatientID=NOBODY")
+			if resp.StatusCode != http.StatusOK || string(body) != "[]" || resp.Header.Get("Content-Type") != "application/dicom+json" {
+				t.Errorf("no match: status=%d Content-Type=%q body=%q, want 200 application/dicom+json []", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+			}
+		})
 	}
 }

@@ -409,6 +409,15 @@ type SearchSource interface {
 	Instances(ctx context.Context, studyUID, seriesUID string) ([]*InstanceRecord, error)
 }
 
+// The bounds on counting the matches after a full page (SearchResult.
+// Remaining). Counting costs what reading one more page of the default size
+// costs at most, so a cut page never costs more than twice its own size;
+// an exact count of a 100,000-study index would be a full scan per page.
+const (
+	MaxCountedRemaining = 1000
+	MaxCountedStudies   = 100
+)
+
 // Search runs q over src: candidates in the one stable order (studies by
 // CompareStudies, series by CompareSeries, instances by CompareInstances),
 // matched on every condition, then Offset skipped and Limit returned.
@@ -416,8 +425,9 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 	res := &SearchResult{Items: []Dataset{}}
 	skip := q.Offset
 	returnTags := q.ReturnTags()
-	// emit adds one match; it returns false when the page is full and one
-	// more match proves that More is true.
+	// emit adds one match; past a full page it counts the match in
+	// Remaining instead, and returns false once that count reaches
+	// MaxCountedRemaining (the search stops there).
 	emit := func(d Dataset) bool {
 		if skip > 0 {
 			skip--
@@ -425,7 +435,12 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 		}
 		if q.Limit > 0 && len(res.Items) == q.Limit {
 			res.More = true
-			return false
+			if res.Remaining == MaxCountedRemaining {
+				res.RemainingAtLeast = true
+				return false
+			}
+			res.Remaining++
+			return true
 		}
 		res.Items = append(res.Items, q.project(d, returnTags))
 		if uid := d.String(TagStudyInstanceUID); uid != "" && !slices.Contains(res.StudyUIDs, uid) {
@@ -449,12 +464,23 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 	}
 	hints := q.Hints()
 	if q.Level == LevelStudy && q.Limit > 0 {
-		hints.Want = q.Offset + q.Limit + 1
+		hints.Want = q.Offset + q.Limit + MaxCountedRemaining + 1
 	}
+	// Past a full page, series and instance searches count further matches
+	// over at most MaxCountedStudies more studies: each study costs the
+	// backend a read of its series or instances.
+	studiesPastPage := 0
 	err := src.Studies(ctx, hints, func(batch []*StudySummary) (bool, error) {
 		for _, st := range batch {
 			if q.StudyInstanceUID != "" && st.StudyInstanceUID != q.StudyInstanceUID {
 				continue
+			}
+			if q.Level != LevelStudy && res.More {
+				if studiesPastPage == MaxCountedStudies {
+					res.RemainingAtLeast = true
+					return false, nil
+				}
+				studiesPastPage++
 			}
 			sd := st.Dataset()
 			if !q.matchAll(sd, studyConds) {
@@ -593,6 +619,13 @@ type SearchResult struct {
 	Items []Dataset
 	// More is true when matches beyond Offset+len(Items) exist.
 	More bool
+	// Remaining counts the matches after this page (PS3.18 8.3.4.4.1 asks
+	// the server to say how many). Counting is bounded: it stops after
+	// MaxCountedRemaining matches, or, for series and instances, after the
+	// matches of MaxCountedStudies more studies; RemainingAtLeast is then
+	// true and Remaining is a lower bound.
+	Remaining        int
+	RemainingAtLeast bool
 	// StudyUIDs and PatientIDs list, once each, the studies and patients of
 	// Items, whatever attributes Items return: for the audit log.
 	StudyUIDs, PatientIDs []string

@@ -635,6 +635,47 @@ func TestIndexQueries(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 			t.Fatalf("pages joined: %v, want %v (9 instances)", got, want)
 		}
 	})
+	t.Run("PagingRemaining", func(t *testing.T) {
+		// The matches after a page are those of the unpaged search minus
+		// the page and what offset skipped.
+		for _, tt := range []struct {
+			level         gateway.QueryLevel
+			filter        string
+			limit, offset int
+		}{
+			{gateway.LevelStudy, "", 2, 0},
+			{gateway.LevelStudy, "", 2, 2},
+			{gateway.LevelStudy, "", 2, 4},
+			{gateway.LevelStudy, "PatientID=P001", 1, 0},
+			{gateway.LevelSeries, "", 1, 0},
+			{gateway.LevelSeries, "", 3, 4},
+			{gateway.LevelSeries, "Modality=CT", 1, 1},
+			{gateway.LevelInstance, "", 4, 0},
+			{gateway.LevelInstance, "", 4, 4},
+			{gateway.LevelInstance, "", 9, 0},
+		} {
+			all, err := x.Search(t.Context(), parseQuery(t, tt.level, "", "", tt.filter))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := max(0, len(all.Items)-tt.offset-tt.limit)
+			params := fmt.Sprintf("%s&limit=%d&offset=%d", tt.filter, tt.limit, tt.offset)
+			res, err := x.Search(t.Context(), parseQuery(t, tt.level, "", "", params))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(all.Items) < 2 {
+				t.Fatalf("level %d %s: %d matches in all, the case tests nothing", tt.level, tt.filter, len(all.Items))
+			}
+			if res.Remaining != want || res.More != (want > 0) || res.RemainingAtLeast {
+				t.Errorf("level %d %s: Remaining=%d More=%v RemainingAtLeast=%v, want %d, %v, false",
+					tt.level, params, res.Remaining, res.More, res.RemainingAtLeast, want, want > 0)
+			}
+		}
+	})
+	t.Run("PagingRemainingBounded", func(t *testing.T) {
+		testRemainingBounded(t, newIndex(t))
+	})
 	t.Run("ReturnedAttributes", func(t *testing.T) {
 		res, err := x.Search(t.Context(), parseQuery(t, gateway.LevelStudy, "", "", "StudyInstanceUID="+qS1))
 		if err != nil {
@@ -731,6 +772,52 @@ func TestIndexQueries(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 			t.Fatalf("StudyUIDs=%v PatientIDs=%v, want [%s] [P001]", res.StudyUIDs, res.PatientIDs, qS1)
 		}
 	})
+}
+
+// testRemainingBounded checks that counting the matches after a page stops
+// at its bounds and says so: gateway.MaxCountedRemaining matches (one
+// series holding more instances than that), and gateway.MaxCountedStudies
+// studies for an instance search (more one-instance studies than that).
+func testRemainingBounded(t *testing.T, x gateway.Index) {
+	const big = "1.2.826.0.1.3680043.10.1017.1"
+	manyInstances := gateway.MaxCountedRemaining + 5
+	for j := 1; j <= manyInstances; j++ {
+		mustPut(t, x, Record(big, big+".1", fmt.Sprintf("%s.1.%d", big, j), map[string]any{gateway.TagPatientID: "PBIG", gateway.TagStudyDate: "20300101"}))
+	}
+	manyStudies := gateway.MaxCountedStudies + 10
+	for i := 1; i <= manyStudies; i++ {
+		st := fmt.Sprintf("1.2.826.0.1.3680043.10.1017.2.%d", i)
+		mustPut(t, x, Record(st, st+".1", st+".1.1", map[string]any{gateway.TagPatientID: "PMANY", gateway.TagStudyDate: "20250101"}))
+	}
+	for _, tt := range []struct {
+		name   string
+		level  gateway.QueryLevel
+		study  string
+		params string
+		// the matches after the page: exact when !atLeast, else the count
+		// must lie in [min, actual)
+		min, actual int
+		atLeast     bool
+	}{
+		{"InstancesOfOneSeries", gateway.LevelInstance, big, "limit=2", gateway.MaxCountedRemaining, manyInstances - 2, true},
+		{"InstancesJustUnderBound", gateway.LevelInstance, big, fmt.Sprintf("limit=2&offset=%d", manyInstances-2-gateway.MaxCountedRemaining), gateway.MaxCountedRemaining, gateway.MaxCountedRemaining, false},
+		{"InstancesOverManyStudies", gateway.LevelInstance, "", "PatientID=PMANY&limit=1", gateway.MaxCountedStudies, manyStudies - 1, true},
+		{"StudiesCountedWithoutStudyBound", gateway.LevelStudy, "", "PatientID=PMANY&limit=1", manyStudies - 1, manyStudies - 1, false},
+	} {
+		res, err := x.Search(t.Context(), parseQuery(t, tt.level, tt.study, "", tt.params))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.More || res.RemainingAtLeast != tt.atLeast {
+			t.Errorf("%s: More=%v RemainingAtLeast=%v, want true, %v", tt.name, res.More, res.RemainingAtLeast, tt.atLeast)
+		}
+		if tt.atLeast && (res.Remaining < tt.min || res.Remaining >= tt.actual) {
+			t.Errorf("%s: Remaining=%d, want a lower bound in [%d, %d)", tt.name, res.Remaining, tt.min, tt.actual)
+		}
+		if !tt.atLeast && res.Remaining != tt.actual {
+			t.Errorf("%s: Remaining=%d, want %d", tt.name, res.Remaining, tt.actual)
+		}
+	}
 }
 
 func parseQuery(t *testing.T, level gateway.QueryLevel, study, series, raw string) *gateway.Query {
