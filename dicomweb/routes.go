@@ -39,6 +39,7 @@ func (s *Server) routes() []route {
 	r = append(r, s.stowRoutes(dw)...)
 	r = append(r, s.qidoRoutes(dw)...)
 	r = append(r, s.wadoRoutes(dw)...)
+	r = append(r, s.capabilityRoutes(dw, r)...)
 	r = append(r, s.transferRoutes("/api/v1")...)
 	r = append(r, s.auditRoutes("/api/v1")...)
 	r = append(r, s.uiRoutes("/ui")...)
