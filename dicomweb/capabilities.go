@@ -2,6 +2,7 @@ package dicomweb
 
 import (
 	"encoding/xml"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -133,6 +134,16 @@ func (s *Server) capabilityRoutes(base string, served []route) []route {
 // names and every resource below it (all of them for the root), and an
 // Allow header with the resource's own methods.
 func (s *Server) handleCapabilities(c *gin.Context, base string, served []route) {
+	// The description does not depend on the UIDs in the path, but a
+	// malformed one is still a bad request, as on every other method.
+	for _, p := range c.Params {
+		if p.Key == "study" || p.Key == "series" || p.Key == "instance" {
+			if err := gateway.ValidateUID(p.Value); err != nil {
+				s.writeError(c, fmt.Errorf("%s in the URL: %w", p.Key, err))
+				return
+			}
+		}
+	}
 	accept := parseAccept(c.Request.Header.Values("Accept"))
 	ch := choice{offer: capabilitiesOffers[0]}
 	if accept != nil {
