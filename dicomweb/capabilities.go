@@ -38,16 +38,17 @@ type transaction struct {
 const (
 	acceptMultipartDICOM = `multipart/related; type="application/dicom"`
 	acceptMultipartOctet = `multipart/related; type="application/octet-stream"`
+	acceptMultipartXML   = `multipart/related; type="application/dicom+xml"`
 )
 
 var (
 	searchTransaction = func(id string) transaction {
-		return transaction{id: id, section: "10.6", produces: []string{mediaDICOMJSON}}
+		return transaction{id: id, section: "10.6", produces: []string{mediaDICOMJSON, acceptMultipartXML}}
 	}
 	storeTransaction = transaction{id: "StoreInstances", section: "10.5",
 		produces: []string{mediaDICOMJSON, mediaDICOMXML}, consumes: []string{acceptMultipartDICOM}}
 	metadataTransaction = func(level string) transaction {
-		return transaction{id: "Retrieve" + level + "Metadata", section: "10.4", produces: []string{mediaDICOMJSON, mediaJSON}}
+		return transaction{id: "Retrieve" + level + "Metadata", section: "10.4", produces: []string{mediaDICOMJSON, acceptMultipartXML, mediaJSON}}
 	}
 	renderedTransaction = func(id string) transaction {
 		return transaction{id: id, section: "10.4", produces: []string{mediaJPEG, mediaPNG}}

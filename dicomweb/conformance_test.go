@@ -26,15 +26,15 @@ import (
 // from the transactions table.
 var standardMediaTypes = map[string][]string{
 	"StoreInstances":            {mediaDICOMJSON, mediaDICOMXML},
-	"SearchForStudies":          {mediaDICOMJSON, `multipart/related; type="application/dicom+xml"`},
-	"SearchForSeries":           {mediaDICOMJSON, `multipart/related; type="application/dicom+xml"`},
-	"SearchForInstances":        {mediaDICOMJSON, `multipart/related; type="application/dicom+xml"`},
+	"SearchForStudies":          {mediaDICOMJSON, acceptMultipartXML},
+	"SearchForSeries":           {mediaDICOMJSON, acceptMultipartXML},
+	"SearchForInstances":        {mediaDICOMJSON, acceptMultipartXML},
 	"RetrieveStudy":             {acceptMultipartDICOM, acceptMultipartOctet, "application/zip"},
 	"RetrieveSeries":            {acceptMultipartDICOM, acceptMultipartOctet, "application/zip"},
 	"RetrieveInstance":          {acceptMultipartDICOM, acceptMultipartOctet, "application/zip", mediaDICOM},
-	"RetrieveStudyMetadata":     {mediaDICOMJSON, `multipart/related; type="application/dicom+xml"`},
-	"RetrieveSeriesMetadata":    {mediaDICOMJSON, `multipart/related; type="application/dicom+xml"`},
-	"RetrieveInstanceMetadata":  {mediaDICOMJSON, `multipart/related; type="application/dicom+xml"`},
+	"RetrieveStudyMetadata":     {mediaDICOMJSON, acceptMultipartXML},
+	"RetrieveSeriesMetadata":    {mediaDICOMJSON, acceptMultipartXML},
+	"RetrieveInstanceMetadata":  {mediaDICOMJSON, acceptMultipartXML},
 	"RetrieveFrames":            {acceptMultipartOctet, mediaOctetStream},
 	"RetrieveRenderedInstance":  {mediaJPEG, mediaPNG, "image/gif"},
 	"RetrieveRenderedFrames":    {mediaJPEG, mediaPNG, "image/gif"},
@@ -45,7 +45,7 @@ var standardMediaTypes = map[string][]string{
 	"RetrieveCapabilities":      {mediaWADL, mediaJSON},
 }
 
-var standardStoreRequestTypes = []string{acceptMultipartDICOM, `multipart/related; type="application/dicom+json"`, `multipart/related; type="application/dicom+xml"`}
+var standardStoreRequestTypes = []string{acceptMultipartDICOM, `multipart/related; type="application/dicom+json"`, acceptMultipartXML}
 
 const (
 	conformanceBegin = "<!-- conformance:begin -->"
