@@ -134,22 +134,46 @@ func (p PersonName) String() string {
 }
 
 // MatchPersonNameFuzzy is the gateway's fuzzymatching=true rule for person
-// names: every word of the query (words are separated by ^, spaces or
-// commas; * and ? allowed) must match the start of some word of one
-// component group of the name, ignoring case and word order. So "john smi"
-// matches "Smith^John", and "山田" matches "Yamada^Tarou=山田^太郎".
+// names: every word of the query (words are separated by ^, spaces, commas
+// or =; * and ? allowed) must match some word of one component group of the
+// name, ignoring case and word order. A query word matches a name word when
+// it matches its start ("smi" matches Smith), or, for a query word without
+// wildcards, when both have the same Soundex code (Soundex: "smyth" matches
+// Smith). So "john smi" and "jon smyth" match "Smith^John", and "山田"
+// matches "Yamada^Tarou=山田^太郎" (words without a Latin letter have no
+// code and match by their start only).
 func MatchPersonNameFuzzy(query string, pn PersonName) bool {
 	qwords := nameWords(query)
 	if len(qwords) == 0 {
 		return true
 	}
+	codes := make([]string, len(qwords))
+	for i, q := range qwords {
+		if !HasWildcard(q) {
+			codes[i] = Soundex(q)
+		}
+	}
 	for _, g := range []string{pn.Alphabetic, pn.Ideographic, pn.Phonetic} {
 		words := nameWords(g)
+		var wcodes []string // the name words' codes, computed when first needed
 		all := len(words) > 0
-		for _, q := range qwords {
+		for i, q := range qwords {
 			found := false
-			for _, w := range words {
+			for j, w := range words {
 				if Wildcard(q+"*", w, true) {
+					found = true
+					break
+				}
+				if codes[i] == "" {
+					continue
+				}
+				if wcodes == nil {
+					wcodes = make([]string, len(words))
+					for k, w := range words {
+						wcodes[k] = Soundex(w)
+					}
+				}
+				if wcodes[j] == codes[i] {
 					found = true
 					break
 				}
@@ -176,7 +200,8 @@ func FoldName(s string) string { return strings.ToUpper(s) }
 
 // NameKeys returns the folded keys under which an index lists the person
 // names of tag in d for prefix search: each whole component group and each
-// word of it (for fuzzy matching).
+// word of it (for fuzzy matching), then each word's Soundex code after
+// PhoneticKeyMark (for the phonetic part of fuzzy matching), once each.
 func NameKeys(d Dataset, tag string) []string {
 	a, ok := d[tag]
 	if !ok {
@@ -195,6 +220,13 @@ func NameKeys(d Dataset, tag string) []string {
 			add(FoldName(g))
 			for _, w := range nameWords(g) {
 				add(w)
+			}
+		}
+	}
+	for _, k := range keys { // the range is the words and groups added above
+		if !strings.ContainsAny(k, "^ ,=") { // a word, not a group of several
+			if code := Soundex(k); code != "" {
+				add(PhoneticKeyMark + code)
 			}
 		}
 	}

@@ -35,13 +35,18 @@ import (
 //	{idx}:x:pid:<id>, {idx}:x:acc:<accession>, {idx}:x:mod:<modality>
 //	                           zsets of study UIDs scored by StudyDate
 //	{idx}:x:name               zset (all scores 0) of "<NAME KEY>\x00<study>" for
-//	                           ZRANGEBYLEX prefix search on upper-cased patient names
+//	                           ZRANGEBYLEX prefix search on upper-cased patient names; the
+//	                           keys (gateway.NameKeys) include "\x02<Soundex code>" of each
+//	                           name word, which a fuzzy search reads as one exact range
 //	{idx}:x:np:<hex prefix>    zset of study UIDs scored by StudyDate, one per 1-, 2- and 3-byte
 //	                           prefix of the whole name groups (gateway.NameGroupKeys): a
 //	                           name-prefix search without fuzzy matching walks it newest first,
 //	                           as far as its page needs, instead of ordering every match
 //	{idx}:x:npok               set when every study has its np entries (the index was empty
 //	                           when they were introduced); without it name searches use x:name
+//	{idx}:x:phok               set when every study has its phonetic name keys in x:name (the
+//	                           index was empty when they were introduced); without it a fuzzy
+//	                           name search walks x:date and the engine compares codes
 //	{idx}:lock:<sop>           lease token
 //
 // The summaries hold their attributes in the compact form, so that a page of
@@ -56,6 +61,7 @@ type Index struct {
 	rdb    goredis.UniversalClient
 	prefix string
 	npok   atomic.Bool // x:npok seen
+	phok   atomic.Bool // x:phok seen
 }
 
 var _ gateway.Index = (*Index)(nil)
@@ -99,7 +105,10 @@ redis.call('HDEL', ek, 'attrs')
 redis.call('HINCRBY', ek, 'n', 1)
 
 unindex(sk, st)
-if redis.call('EXISTS', P .. 'x:date') == 0 then redis.call('SET', P .. 'x:npok', '1') end
+if redis.call('EXISTS', P .. 'x:date') == 0 then
+  redis.call('SET', P .. 'x:npok', '1')
+  redis.call('SET', P .. 'x:phok', '1')
+end
 redis.call('HSET', sk, 'ca', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names, 'np', np)
 redis.call('HDEL', sk, 'attrs')
 redis.call('HINCRBY', sk, 'n', 1)
@@ -572,6 +581,19 @@ func (x *Index) namePrefixIndexed(ctx context.Context) bool {
 	return n == 1
 }
 
+// phoneticIndexed reports whether every study has its phonetic name keys
+// in x:name (x:phok); remembered like namePrefixIndexed.
+func (x *Index) phoneticIndexed(ctx context.Context) bool {
+	if x.phok.Load() {
+		return true
+	}
+	n, err := x.rdb.Exists(ctx, x.key("x", "phok")).Result()
+	if err == nil && n == 1 {
+		x.phok.Store(true)
+	}
+	return n == 1
+}
+
 func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func([]*gateway.StudySummary) (bool, error)) error {
 	x := s.x
 	switch {
@@ -587,20 +609,36 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 		// matching (a prefix of any word) uses x:name below.
 		p := h.NamePrefix[:min(len(h.NamePrefix), namePrefixLen)]
 		return s.ordered(ctx, x.key("x", "np", hex.EncodeToString([]byte(p))), h, fn)
+	case h.NamePhonetic != "" && !x.phoneticIndexed(ctx):
+		// Studies indexed before phonetic keys existed are in no range of
+		// x:name for them: walk every study, the engine compares codes.
+		return s.ordered(ctx, x.key("x", "date"), h, fn)
 	case h.NamePrefix != "":
-		members, err := x.rdb.ZRangeByLex(ctx, x.key("x", "name"), &goredis.ZRangeBy{
-			Min: "[" + h.NamePrefix, Max: "[" + h.NamePrefix + "\xff",
-		}).Result()
-		if err != nil {
+		// Fuzzy matching (any word starting with NamePrefix, or with the
+		// Soundex code NamePhonetic) and name prefixes of an index from
+		// before x:np: one lexical range of x:name each.
+		ranges := []*goredis.ZRangeBy{{Min: "[" + h.NamePrefix, Max: "[" + h.NamePrefix + "\xff"}}
+		if h.NamePhonetic != "" {
+			code := gateway.PhoneticKeyMark + h.NamePhonetic + "\x00"
+			ranges = append(ranges, &goredis.ZRangeBy{Min: "[" + code, Max: "[" + code + "\xff"})
+		}
+		pipe := x.rdb.Pipeline()
+		cmds := make([]*goredis.StringSliceCmd, len(ranges))
+		for i, r := range ranges {
+			cmds[i] = pipe.ZRangeByLex(ctx, x.key("x", "name"), r)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
 			return translate(err)
 		}
-		seen := make(map[string]bool, len(members))
-		uids := make([]string, 0, len(members))
-		for _, m := range members {
-			_, uid, ok := strings.Cut(m, "\x00")
-			if ok && !seen[uid] {
-				seen[uid] = true
-				uids = append(uids, uid)
+		seen := map[string]bool{}
+		var uids []string
+		for _, c := range cmds {
+			for _, m := range c.Val() {
+				_, uid, ok := strings.Cut(m, "\x00")
+				if ok && !seen[uid] {
+					seen[uid] = true
+					uids = append(uids, uid)
+				}
 			}
 		}
 		return s.unordered(ctx, uids, h, fn)

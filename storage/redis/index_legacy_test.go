@@ -11,8 +11,9 @@ import (
 )
 
 // legacyIndex rewrites every study it writes to the layout of indexes
-// written before the compact attributes and the x:np name zsets: attrs as
-// DICOM JSON, no ca, no np entries, no x:npok. Running the query suite through it checks
+// written before the compact attributes, the x:np name zsets and the
+// phonetic name keys: attrs as DICOM JSON, no ca, no np entries, no x:npok,
+// no "\x02<code>" keys in names and x:name, no x:phok. Running the query suite through it checks
 // that searches still answer correctly from such an index.
 type legacyIndex struct {
 	*Index
@@ -68,6 +69,20 @@ func (l legacyIndex) downgrade(ctx context.Context, study string) {
 	x.rdb.HDel(ctx, x.key("s", study), "np")
 	x.rdb.Del(ctx, x.key("x", "npok"))
 	x.npok.Store(false)
+	names, _ := x.rdb.HGet(ctx, x.key("s", study), "names").Result()
+	var kept []string
+	for n := range strings.SplitSeq(names, "\x01") {
+		if strings.HasPrefix(n, gateway.PhoneticKeyMark) {
+			x.rdb.ZRem(ctx, x.key("x", "name"), n+"\x00"+study)
+		} else if n != "" {
+			kept = append(kept, n)
+		}
+	}
+	if names != "" {
+		x.rdb.HSet(ctx, x.key("s", study), "names", strings.Join(kept, "\x01"))
+	}
+	x.rdb.Del(ctx, x.key("x", "phok"))
+	x.phok.Store(false)
 }
 
 func TestIndexQueriesLegacyLayout(t *testing.T) {
