@@ -1,6 +1,10 @@
 package gateway
 
-import "testing"
+import (
+	"net/url"
+	"slices"
+	"testing"
+)
 
 // TestSoundex checks the published examples of American Soundex (the US
 // National Archives' "The Soundex Indexing System", Knuth TAOCP vol. 3
@@ -51,6 +55,74 @@ func TestSoundex(t *testing.T) {
 	} {
 		if got := Soundex(tt.word); got != tt.want {
 			t.Errorf("Soundex(%q) = %q, want %q", tt.word, got, tt.want)
+		}
+	}
+}
+
+// TestMatchPersonNameFuzzy checks the fuzzy rule word by word: a match by
+// prefix or by Soundex code, every query word needed, wildcards by prefix
+// only, ideographic words by prefix only.
+func TestMatchPersonNameFuzzy(t *testing.T) {
+	smith := PersonName{Alphabetic: "Smith^John"}
+	yamada := PersonName{Alphabetic: "Yamada^Tarou", Ideographic: "山田^太郎", Phonetic: "やまだ^たろう"}
+	for _, tt := range []struct {
+		query string
+		pn    PersonName
+		want  bool
+	}{
+		{"smi", smith, true},             // prefix
+		{"smyth", smith, true},           // code
+		{"jon smyth", smith, true},       // both by code, any order
+		{"smyth^jonathan", smith, false}, // JONATHAN is J535, not J500, and no prefix of John
+		{"smyth brown", smith, false},    // every word must match
+		{"smyt*", smith, false},          // a wildcard word: prefix only
+		{"sm?th", smith, true},           // ... which matches here
+		{"schmidt", smith, true},         // S530 too: C is in the class of the first letter S
+		{"simpson", smith, false},        // S512
+		{"yamad", yamada, true},
+		{"yamadah", yamada, true}, // Y530 both
+		{"山田", yamada, true},
+		{"山口", yamada, false}, // no code for ideographs: prefix only
+		{"", smith, true},
+	} {
+		if got := MatchPersonNameFuzzy(tt.query, tt.pn); got != tt.want {
+			t.Errorf("MatchPersonNameFuzzy(%q, %q) = %v, want %v", tt.query, tt.pn.String(), got, tt.want)
+		}
+	}
+}
+
+// TestFuzzyHintsAndKeys checks that a study's NameKeys hold the code the
+// hints of a fuzzy query look for, and that a wildcard or ideographic first
+// word asks for no code.
+func TestFuzzyHintsAndKeys(t *testing.T) {
+	d := Dataset{TagPatientName: {VR: "PN", Value: []any{PersonName{Alphabetic: "Smith^John", Ideographic: "山田"}}}}
+	keys := NameKeys(d, TagPatientName)
+	for _, want := range []string{"SMITH^JOHN", "SMITH", "JOHN", "山田", PhoneticKeyMark + "S530", PhoneticKeyMark + "J500"} {
+		if !slices.Contains(keys, want) {
+			t.Errorf("NameKeys = %q, want %q among them", keys, want)
+		}
+	}
+	if n := len(keys); n != 6 {
+		t.Errorf("NameKeys = %q: %d keys, want 6 (no code for a group or an ideograph)", keys, n)
+	}
+	for _, tt := range []struct {
+		params           string
+		prefix, phonetic string
+		nameWord         bool
+	}{
+		{"PatientName=smyth%20j&fuzzymatching=true", "SMYTH", "S530", true},
+		{"PatientName=smy*&fuzzymatching=true", "SMY", "", true},
+		{"PatientName=山田&fuzzymatching=true", "山田", "", true},
+		{"PatientName=smyth", "SMYTH", "", false},
+	} {
+		v, _ := url.ParseQuery(tt.params)
+		q, err := ParseQuery(LevelStudy, "", "", v, QueryLimits{Default: 10, Max: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := q.Hints()
+		if h.NamePrefix != tt.prefix || h.NamePhonetic != tt.phonetic || h.NameWord != tt.nameWord {
+			t.Errorf("%s: hints prefix %q phonetic %q word %v, want %q %q %v", tt.params, h.NamePrefix, h.NamePhonetic, h.NameWord, tt.prefix, tt.phonetic, tt.nameWord)
 		}
 	}
 }
