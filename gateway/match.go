@@ -200,8 +200,7 @@ func FoldName(s string) string { return strings.ToUpper(s) }
 
 // NameKeys returns the folded keys under which an index lists the person
 // names of tag in d for prefix search: each whole component group and each
-// word of it (for fuzzy matching), then each word's Soundex code after
-// PhoneticKeyMark (for the phonetic part of fuzzy matching), once each.
+// word of it (for fuzzy matching).
 func NameKeys(d Dataset, tag string) []string {
 	a, ok := d[tag]
 	if !ok {
@@ -223,14 +222,28 @@ func NameKeys(d Dataset, tag string) []string {
 			}
 		}
 	}
-	for _, k := range keys { // the range is the words and groups added above
-		if !strings.ContainsAny(k, "^ ,=") { // a word, not a group of several
-			if code := Soundex(k); code != "" {
-				add(PhoneticKeyMark + code)
+	return keys
+}
+
+// NamePhoneticKeys returns the Soundex codes of the words of the person
+// names of tag in d, once each (words without one left out): the keys an
+// index lists a study under for the phonetic part of fuzzy matching.
+func NamePhoneticKeys(d Dataset, tag string) []string {
+	a, ok := d[tag]
+	if !ok {
+		return nil
+	}
+	var codes []string
+	for _, pn := range PersonNamesOf(a) {
+		for _, g := range []string{pn.Alphabetic, pn.Ideographic, pn.Phonetic} {
+			for _, w := range nameWords(g) {
+				if c := Soundex(w); c != "" && !slices.Contains(codes, c) {
+					codes = append(codes, c)
+				}
 			}
 		}
 	}
-	return keys
+	return codes
 }
 
 // NameGroupKeys returns the folded whole component groups of the person

@@ -65,10 +65,10 @@ var soundexClass = [26]byte{
 	'5', '0', '1', '2', '6', '2', '3', '0', '1', 'h', '2', '0', '2', // N-Z
 }
 
-// PhoneticKeyMark starts the phonetic entries among an index's name keys
-// (NameKeys): "\x02" then a word's Soundex code. No folded name word starts
-// with a control character, so the entries never answer a name-prefix
-// search.
+// PhoneticKeyMark starts the phonetic entries (NamePhoneticKeys) where an
+// index keeps them among its name keys: "\x02" then a word's Soundex code.
+// No folded name word starts with a control character, so the entries never
+// answer a name-prefix search.
 const PhoneticKeyMark = "\x02"
 
 // latinFold spells the Latin letters of s with diacritics as their base

@@ -326,8 +326,8 @@ type IndexHints struct {
 	NameWord   bool
 	// NamePhonetic is, with fuzzy matching, the Soundex code of the first
 	// word of the PatientName query when it has no wildcard and has one: a
-	// study matches only if one of its NameKeys starts with NamePrefix or is
-	// PhoneticKeyMark + NamePhonetic.
+	// study matches only if one of its NameKeys starts with NamePrefix or
+	// NamePhonetic is one of its NamePhoneticKeys.
 	NamePhonetic string
 	// DateLow and DateHigh bound StudyDate as YYYYMMDD numbers; 0 = open.
 	// HasDate says a StudyDate condition exists (studies without a date

@@ -644,15 +644,20 @@ func orderKey(s *gateway.StudySummary) []byte {
 
 // orderValue holds what hintsAllow checks, so that a search skips
 // non-candidates without decoding their summaries: patient ID, accession
-// number, modalities and name keys, NUL-separated, lists joined by \x01.
+// number, modalities and name keys (then the phonetic keys, each after
+// gateway.PhoneticKeyMark), NUL-separated, lists joined by \x01.
 func orderValue(s *gateway.StudySummary) []byte {
 	mods := make([]string, 0, len(s.Modalities))
 	for m := range s.Modalities {
 		mods = append(mods, m)
 	}
+	names := gateway.NameKeys(s.Attrs, gateway.TagPatientName)
+	for _, code := range gateway.NamePhoneticKeys(s.Attrs, gateway.TagPatientName) {
+		names = append(names, gateway.PhoneticKeyMark+code)
+	}
 	return []byte(strings.Join([]string{
 		s.Attrs.String(gateway.TagPatientID), s.Attrs.String(gateway.TagAccessionNumber),
-		strings.Join(mods, "\x01"), strings.Join(gateway.NameKeys(s.Attrs, gateway.TagPatientName), "\x01"),
+		strings.Join(mods, "\x01"), strings.Join(names, "\x01"),
 	}, "\x00"))
 }
 

@@ -13,7 +13,7 @@ import (
 // legacyIndex rewrites every study it writes to the layout of indexes
 // written before the compact attributes, the x:np name zsets and the
 // phonetic name keys: attrs as DICOM JSON, no ca, no np entries, no x:npok,
-// no "\x02<code>" keys in names and x:name, no x:phok. Running the query suite through it checks
+// no x:ph entries, no x:phok. Running the query suite through it checks
 // that searches still answer correctly from such an index.
 type legacyIndex struct {
 	*Index
@@ -69,18 +69,13 @@ func (l legacyIndex) downgrade(ctx context.Context, study string) {
 	x.rdb.HDel(ctx, x.key("s", study), "np")
 	x.rdb.Del(ctx, x.key("x", "npok"))
 	x.npok.Store(false)
-	names, _ := x.rdb.HGet(ctx, x.key("s", study), "names").Result()
-	var kept []string
-	for n := range strings.SplitSeq(names, "\x01") {
-		if strings.HasPrefix(n, gateway.PhoneticKeyMark) {
-			x.rdb.ZRem(ctx, x.key("x", "name"), n+"\x00"+study)
-		} else if n != "" {
-			kept = append(kept, n)
+	ph, _ := x.rdb.HGet(ctx, x.key("s", study), "ph").Result()
+	for c := range strings.SplitSeq(ph, "\x01") {
+		if c != "" {
+			x.rdb.ZRem(ctx, x.key("x", "ph", c), study)
 		}
 	}
-	if names != "" {
-		x.rdb.HSet(ctx, x.key("s", study), "names", strings.Join(kept, "\x01"))
-	}
+	x.rdb.HDel(ctx, x.key("s", study), "ph")
 	x.rdb.Del(ctx, x.key("x", "phok"))
 	x.phok.Store(false)
 }
