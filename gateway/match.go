@@ -134,22 +134,46 @@ func (p PersonName) String() string {
 }
 
 // MatchPersonNameFuzzy is the gateway's fuzzymatching=true rule for person
-// names: every word of the query (words are separated by ^, spaces or
-// commas; * and ? allowed) must match the start of some word of one
-// component group of the name, ignoring case and word order. So "john smi"
-// matches "Smith^John", and "山田" matches "Yamada^Tarou=山田^太郎".
+// names: every word of the query (words are separated by ^, spaces, commas
+// or =; * and ? allowed) must match some word of one component group of the
+// name, ignoring case and word order. A query word matches a name word when
+// it matches its start ("smi" matches Smith), or, for a query word without
+// wildcards, when both have the same Soundex code (Soundex: "smyth" matches
+// Smith). So "john smi" and "jon smyth" match "Smith^John", and "山田"
+// matches "Yamada^Tarou=山田^太郎" (words without a Latin letter have no
+// code and match by their start only).
 func MatchPersonNameFuzzy(query string, pn PersonName) bool {
 	qwords := nameWords(query)
 	if len(qwords) == 0 {
 		return true
 	}
+	codes := make([]string, len(qwords))
+	for i, q := range qwords {
+		if !HasWildcard(q) {
+			codes[i] = Soundex(q)
+		}
+	}
 	for _, g := range []string{pn.Alphabetic, pn.Ideographic, pn.Phonetic} {
 		words := nameWords(g)
+		var wcodes []string // the name words' codes, computed when first needed
 		all := len(words) > 0
-		for _, q := range qwords {
+		for i, q := range qwords {
 			found := false
-			for _, w := range words {
+			for j, w := range words {
 				if Wildcard(q+"*", w, true) {
+					found = true
+					break
+				}
+				if codes[i] == "" {
+					continue
+				}
+				if wcodes == nil {
+					wcodes = make([]string, len(words))
+					for k, w := range words {
+						wcodes[k] = Soundex(w)
+					}
+				}
+				if wcodes[j] == codes[i] {
 					found = true
 					break
 				}
@@ -199,6 +223,27 @@ func NameKeys(d Dataset, tag string) []string {
 		}
 	}
 	return keys
+}
+
+// NamePhoneticKeys returns the Soundex codes of the words of the person
+// names of tag in d, once each (words without one left out): the keys an
+// index lists a study under for the phonetic part of fuzzy matching.
+func NamePhoneticKeys(d Dataset, tag string) []string {
+	a, ok := d[tag]
+	if !ok {
+		return nil
+	}
+	var codes []string
+	for _, pn := range PersonNamesOf(a) {
+		for _, g := range []string{pn.Alphabetic, pn.Ideographic, pn.Phonetic} {
+			for _, w := range nameWords(g) {
+				if c := Soundex(w); c != "" && !slices.Contains(codes, c) {
+					codes = append(codes, c)
+				}
+			}
+		}
+	}
+	return codes
 }
 
 // NameGroupKeys returns the folded whole component groups of the person

@@ -324,6 +324,11 @@ type IndexHints struct {
 	// NameGroupKeys.
 	NamePrefix string
 	NameWord   bool
+	// NamePhonetic is, with fuzzy matching, the Soundex code of the first
+	// word of the PatientName query when it has no wildcard and has one: a
+	// study matches only if one of its NameKeys starts with NamePrefix or
+	// NamePhonetic is one of its NamePhoneticKeys.
+	NamePhonetic string
 	// DateLow and DateHigh bound StudyDate as YYYYMMDD numbers; 0 = open.
 	// HasDate says a StudyDate condition exists (studies without a date
 	// then cannot match).
@@ -370,6 +375,9 @@ func (q *Query) Hints() IndexHints {
 			if q.FuzzyMatching {
 				if w := nameWords(v); len(w) > 0 {
 					v, h.NameWord = w[0], true
+					if !HasWildcard(v) {
+						h.NamePhonetic = Soundex(v)
+					}
 				} else {
 					continue
 				}

@@ -26,7 +26,7 @@ var (
 	bucketSeries         = []byte("index.series")          // study \0 series → SeriesSummary JSON
 	bucketStudyOrder     = []byte("index.study_order")     // StudyDate (8 digits) \0 study → orderValue
 	bucketStudyLookup    = []byte("index.study_lookup")    // 'p' or 'a' \0 PatientID or AccessionNumber \0 order key → empty
-	bucketIndexMeta      = []byte("index.meta")            // "lookups" → "1" once bucketStudyLookup lists every study
+	bucketIndexMeta      = []byte("index.meta")            // "lookups" → "1" once bucketStudyLookup lists every study; "phonetic" → "1" once every order entry has its phonetic name keys
 )
 
 // Index is the embedded gateway.Index: instance records, study and series
@@ -51,9 +51,10 @@ type heldLock struct {
 
 var _ gateway.Index = (*Index)(nil)
 
-// NewIndex creates the index buckets in db if needed, and lists the
-// studies of an index written before the lookup bucket existed in it (from
-// their order entries, once).
+// NewIndex creates the index buckets in db if needed, lists the studies of
+// an index written before the lookup bucket existed in it (from their order
+// entries, once), and rewrites the order entries of an index written before
+// they held phonetic name keys (from the study summaries, once).
 func NewIndex(db *DB) (*Index, error) {
 	err := db.bolt.Update(func(tx *bbolt.Tx) error {
 		for _, b := range [][]byte{bucketInstances, bucketStudyInstances, bucketMetadata, bucketStudies, bucketSeries, bucketStudyOrder, bucketStudyLookup, bucketIndexMeta} {
@@ -62,6 +63,14 @@ func NewIndex(db *DB) (*Index, error) {
 			}
 		}
 		meta := tx.Bucket(bucketIndexMeta)
+		if meta.Get([]byte("phonetic")) == nil {
+			if err := backfillPhonetic(tx); err != nil {
+				return err
+			}
+			if err := meta.Put([]byte("phonetic"), []byte("1")); err != nil {
+				return err
+			}
+		}
 		if meta.Get([]byte("lookups")) != nil {
 			return nil
 		}
@@ -84,6 +93,42 @@ func NewIndex(db *DB) (*Index, error) {
 		return nil, fmt.Errorf("bolt index: create buckets: %w", err)
 	}
 	return &Index{db: db.bolt, writes: db.writes, locks: map[string]heldLock{}}, nil
+}
+
+// backfillPhonetic rewrites every order entry from its study summary, so
+// that entries written before NameKeys held phonetic keys get them (a fuzzy
+// name search prefilters on them). Entries are collected first: a bucket
+// must not change while ForEach walks it.
+func backfillPhonetic(tx *bbolt.Tx) error {
+	order := tx.Bucket(bucketStudyOrder)
+	type entry struct{ key, value []byte }
+	var changed []entry
+	err := order.ForEach(func(k, v []byte) error {
+		uid := k
+		if len(k) > 8 && k[8] == 0 {
+			uid = k[9:]
+		}
+		st, err := getStudy(tx, string(uid))
+		if errors.Is(err, gateway.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if nv := orderValue(st); !bytes.Equal(nv, v) {
+			changed = append(changed, entry{slices.Clone(k), nv})
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, e := range changed {
+		if err := order.Put(e.key, e.value); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func unavailable(op string, err error) error {
@@ -599,15 +644,20 @@ func orderKey(s *gateway.StudySummary) []byte {
 
 // orderValue holds what hintsAllow checks, so that a search skips
 // non-candidates without decoding their summaries: patient ID, accession
-// number, modalities and name keys, NUL-separated, lists joined by \x01.
+// number, modalities and name keys (then the phonetic keys, each after
+// gateway.PhoneticKeyMark), NUL-separated, lists joined by \x01.
 func orderValue(s *gateway.StudySummary) []byte {
 	mods := make([]string, 0, len(s.Modalities))
 	for m := range s.Modalities {
 		mods = append(mods, m)
 	}
+	names := gateway.NameKeys(s.Attrs, gateway.TagPatientName)
+	for _, code := range gateway.NamePhoneticKeys(s.Attrs, gateway.TagPatientName) {
+		names = append(names, gateway.PhoneticKeyMark+code)
+	}
 	return []byte(strings.Join([]string{
 		s.Attrs.String(gateway.TagPatientID), s.Attrs.String(gateway.TagAccessionNumber),
-		strings.Join(mods, "\x01"), strings.Join(gateway.NameKeys(s.Attrs, gateway.TagPatientName), "\x01"),
+		strings.Join(mods, "\x01"), strings.Join(names, "\x01"),
 	}, "\x00"))
 }
 
@@ -768,7 +818,10 @@ func hintsAllow(v []byte, h gateway.IndexHints) bool {
 	if len(h.Modalities) > 0 && !anyItem(mods, func(m []byte) bool { return slices.Contains(h.Modalities, string(m)) }) {
 		return false
 	}
-	if h.NamePrefix != "" && !anyItem(names, func(n []byte) bool { return bytes.HasPrefix(n, []byte(h.NamePrefix)) }) {
+	if h.NamePrefix != "" && !anyItem(names, func(n []byte) bool {
+		return bytes.HasPrefix(n, []byte(h.NamePrefix)) ||
+			(h.NamePhonetic != "" && len(n) > 0 && n[0] == gateway.PhoneticKeyMark[0] && string(n[1:]) == h.NamePhonetic)
+	}) {
 		return false
 	}
 	return true

@@ -1,10 +1,12 @@
 package bolt
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	bbolt "go.etcd.io/bbolt"
@@ -117,5 +119,82 @@ func TestLookupBackfill(t *testing.T) {
 		if len(res.Items) != want {
 			t.Errorf("%s after backfill: %d studies, want %d", raw, len(res.Items), want)
 		}
+	}
+}
+
+// TestPhoneticBackfill takes an index back to the layout written before
+// order entries held phonetic name keys (and without the marker saying they
+// do): a fuzzy search for Smyth then misses Smith, since the prefilter has
+// nothing to match; opening the index again backfills the keys once, and the
+// search finds the study.
+func TestPhoneticBackfill(t *testing.T) {
+	db, err := Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	x, err := NewIndex(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range []string{"Smith^John", "Jones^Ann"} {
+		study := fmt.Sprintf("1.2.8.%d", i+1)
+		rec := storagetest.Record(study, study+".1", study+".1.1", map[string]any{
+			gateway.TagPatientName: gateway.PersonName{Alphabetic: name}, gateway.TagStudyDate: "20240101"})
+		if _, _, err := x.PutInstance(t.Context(), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fuzzy := func(x *Index) int {
+		t.Helper()
+		params, _ := url.ParseQuery("PatientName=smyth&fuzzymatching=true")
+		q, err := gateway.ParseQuery(gateway.LevelStudy, "", "", params, gateway.QueryLimits{Default: 100, Max: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := x.Search(t.Context(), q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(res.Items)
+	}
+	if n := fuzzy(x); n != 1 {
+		t.Fatalf("fuzzy Smyth on a new index: %d studies, want 1", n)
+	}
+	// Back to the old layout: order entries without phonetic keys, no marker.
+	if err := db.bolt.Update(func(tx *bbolt.Tx) error {
+		order := tx.Bucket(bucketStudyOrder)
+		old := map[string][]byte{}
+		if err := order.ForEach(func(k, v []byte) error {
+			fields := bytes.Split(v, []byte{0})
+			names := bytes.Split(fields[len(fields)-1], []byte{1})
+			kept := slices.DeleteFunc(slices.Clone(names), func(n []byte) bool { return bytes.HasPrefix(n, []byte(gateway.PhoneticKeyMark)) })
+			if len(kept) == len(names) {
+				return fmt.Errorf("order entry %q has no phonetic key", v)
+			}
+			fields[len(fields)-1] = bytes.Join(kept, []byte{1})
+			old[string(k)] = bytes.Join(fields, []byte{0})
+			return nil
+		}); err != nil {
+			return err
+		}
+		for k, v := range old {
+			if err := order.Put([]byte(k), v); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketIndexMeta).Delete([]byte("phonetic"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := fuzzy(x); n != 0 {
+		t.Fatalf("fuzzy Smyth on the old layout: %d studies, want 0 (the keys were not removed)", n)
+	}
+	x, err = NewIndex(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := fuzzy(x); n != 1 {
+		t.Errorf("fuzzy Smyth after backfill: %d studies, want 1", n)
 	}
 }

@@ -27,7 +27,7 @@ import (
 //	{idx}:i:<sop>              hash: rec (InstanceRecord JSON), st, se, mod, cls
 //	{idx}:s:<study>            hash: ca (study-level attributes, gateway.AppendCompact), n, ns,
 //	                           m:<modality>, c:<sop class> counts, and the values it is indexed
-//	                           under: d, pid, acc, names, np
+//	                           under: d, pid, acc, names, np, ph
 //	{idx}:ss:<study>           set of series UIDs
 //	{idx}:e:<study>:<series>   hash: ca (series-level attributes, compact), n
 //	{idx}:ei:<study>:<series>  set of SOP Instance UIDs
@@ -36,12 +36,17 @@ import (
 //	                           zsets of study UIDs scored by StudyDate
 //	{idx}:x:name               zset (all scores 0) of "<NAME KEY>\x00<study>" for
 //	                           ZRANGEBYLEX prefix search on upper-cased patient names
+//	{idx}:x:ph:<code>          zset of study UIDs scored by StudyDate, one per Soundex code of
+//	                           a patient-name word (gateway.NamePhoneticKeys), for fuzzy matching
 //	{idx}:x:np:<hex prefix>    zset of study UIDs scored by StudyDate, one per 1-, 2- and 3-byte
 //	                           prefix of the whole name groups (gateway.NameGroupKeys): a
 //	                           name-prefix search without fuzzy matching walks it newest first,
 //	                           as far as its page needs, instead of ordering every match
 //	{idx}:x:npok               set when every study has its np entries (the index was empty
 //	                           when they were introduced); without it name searches use x:name
+//	{idx}:x:phok               set when every study is in its x:ph zsets (the
+//	                           index was empty when they were introduced); without it a fuzzy
+//	                           name search walks x:date and the engine compares codes
 //	{idx}:lock:<sop>           lease token
 //
 // The summaries hold their attributes in the compact form, so that a page of
@@ -56,6 +61,7 @@ type Index struct {
 	rdb    goredis.UniversalClient
 	prefix string
 	npok   atomic.Bool // x:npok seen
+	phok   atomic.Bool // x:phok seen
 }
 
 var _ gateway.Index = (*Index)(nil)
@@ -71,12 +77,13 @@ func (x *Index) key(parts ...string) string { return x.prefix + strings.Join(par
 // "replace"), sop, study, series, rec, modality, sop class, study attrs,
 // series attrs (both compact), date, patient id, accession, name keys joined
 // by \1, name prefixes (namePrefixes) joined by \1, metadata order entry,
-// prepared metadata (gateway.PrepareMetadata).
+// prepared metadata (gateway.PrepareMetadata), name Soundex codes joined by
+// \1.
 // Returns {1} when written, {0, existing rec} when put found a record.
 var writeScript = goredis.NewScript(`
 local P, mode, sop, st, se, rec = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local mod, cls, sattrs, eattrs, d, pid, acc, names = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
-local np, ord, md = ARGV[15], ARGV[16], ARGV[17]
+local np, ord, md, ph = ARGV[15], ARGV[16], ARGV[17], ARGV[18]
 local ik = P .. 'i:' .. sop
 
 ` + luaIndexFunctions + `
@@ -99,8 +106,11 @@ redis.call('HDEL', ek, 'attrs')
 redis.call('HINCRBY', ek, 'n', 1)
 
 unindex(sk, st)
-if redis.call('EXISTS', P .. 'x:date') == 0 then redis.call('SET', P .. 'x:npok', '1') end
-redis.call('HSET', sk, 'ca', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names, 'np', np)
+if redis.call('EXISTS', P .. 'x:date') == 0 then
+  redis.call('SET', P .. 'x:npok', '1')
+  redis.call('SET', P .. 'x:phok', '1')
+end
+redis.call('HSET', sk, 'ca', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names, 'np', np, 'ph', ph)
 redis.call('HDEL', sk, 'attrs')
 redis.call('HINCRBY', sk, 'n', 1)
 if newSeries then redis.call('HINCRBY', sk, 'ns', 1) else redis.call('HINCRBY', sk, 'ns', 0) end
@@ -112,6 +122,7 @@ if pid ~= '' then redis.call('ZADD', P .. 'x:pid:' .. pid, score, st) end
 if acc ~= '' then redis.call('ZADD', P .. 'x:acc:' .. acc, score, st) end
 for _, n in ipairs(split(names)) do redis.call('ZADD', P .. 'x:name', 0, n .. '\0' .. st) end
 for _, n in ipairs(split(np)) do redis.call('ZADD', P .. 'x:np:' .. n, score, st) end
+for _, c in ipairs(split(ph)) do redis.call('ZADD', P .. 'x:ph:' .. c, score, st) end
 for _, f in ipairs(redis.call('HKEYS', sk)) do
   if string.sub(f, 1, 2) == 'm:' then redis.call('ZADD', P .. 'x:mod:' .. string.sub(f, 3), score, st) end
 end
@@ -131,11 +142,12 @@ end
 
 -- unindex removes study st from the secondary indexes it is listed under.
 local function unindex(sk, study)
-  local v = redis.call('HMGET', sk, 'pid', 'acc', 'names', 'np')
+  local v = redis.call('HMGET', sk, 'pid', 'acc', 'names', 'np', 'ph')
   if v[1] and v[1] ~= '' then redis.call('ZREM', P .. 'x:pid:' .. v[1], study) end
   if v[2] and v[2] ~= '' then redis.call('ZREM', P .. 'x:acc:' .. v[2], study) end
   for _, n in ipairs(split(v[3])) do redis.call('ZREM', P .. 'x:name', n .. '\0' .. study) end
   for _, n in ipairs(split(v[4])) do redis.call('ZREM', P .. 'x:np:' .. n, study) end
+  for _, c in ipairs(split(v[5])) do redis.call('ZREM', P .. 'x:ph:' .. c, study) end
   redis.call('ZREM', P .. 'x:date', study)
 end
 
@@ -301,7 +313,7 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) ([]any, erro
 		strconv.FormatInt(gateway.StudyDateKey(md), 10), indexValue(md.String(gateway.TagPatientID)),
 		indexValue(md.String(gateway.TagAccessionNumber)), strings.Join(names, "\x01"),
 		strings.Join(namePrefixes(gateway.NameGroupKeys(md, gateway.TagPatientName)), "\x01"),
-		order, prepared,
+		order, prepared, strings.Join(gateway.NamePhoneticKeys(md, gateway.TagPatientName), "\x01"),
 	}, nil
 }
 
@@ -572,6 +584,19 @@ func (x *Index) namePrefixIndexed(ctx context.Context) bool {
 	return n == 1
 }
 
+// phoneticIndexed reports whether every study is in the x:ph zsets of its
+// name codes (x:phok); remembered like namePrefixIndexed.
+func (x *Index) phoneticIndexed(ctx context.Context) bool {
+	if x.phok.Load() {
+		return true
+	}
+	n, err := x.rdb.Exists(ctx, x.key("x", "phok")).Result()
+	if err == nil && n == 1 {
+		x.phok.Store(true)
+	}
+	return n == 1
+}
+
 func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func([]*gateway.StudySummary) (bool, error)) error {
 	x := s.x
 	switch {
@@ -587,21 +612,18 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 		// matching (a prefix of any word) uses x:name below.
 		p := h.NamePrefix[:min(len(h.NamePrefix), namePrefixLen)]
 		return s.ordered(ctx, x.key("x", "np", hex.EncodeToString([]byte(p))), h, fn)
+	case h.NamePhonetic != "" && !x.phoneticIndexed(ctx):
+		// Studies indexed before the x:ph zsets existed are in none: walk
+		// every study, the engine compares codes.
+		return s.ordered(ctx, x.key("x", "date"), h, fn)
+	case h.NamePhonetic != "":
+		return s.fuzzyName(ctx, h, fn)
 	case h.NamePrefix != "":
-		members, err := x.rdb.ZRangeByLex(ctx, x.key("x", "name"), &goredis.ZRangeBy{
-			Min: "[" + h.NamePrefix, Max: "[" + h.NamePrefix + "\xff",
-		}).Result()
+		// Fuzzy matching with a wildcard first word (a prefix of any word)
+		// and name prefixes of an index from before x:np.
+		uids, err := s.nameWordPrefix(ctx, h.NamePrefix)
 		if err != nil {
-			return translate(err)
-		}
-		seen := make(map[string]bool, len(members))
-		uids := make([]string, 0, len(members))
-		for _, m := range members {
-			_, uid, ok := strings.Cut(m, "\x00")
-			if ok && !seen[uid] {
-				seen[uid] = true
-				uids = append(uids, uid)
-			}
+			return err
 		}
 		return s.unordered(ctx, uids, h, fn)
 	case len(h.Modalities) == 1:
@@ -624,6 +646,66 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 		return s.ordered(ctx, tmp, h, fn)
 	}
 	return s.ordered(ctx, x.key("x", "date"), h, fn)
+}
+
+// nameWordPrefix returns the studies with a patient-name key (a whole group
+// or a word) starting with prefix, from x:name, in no order.
+func (s searchSource) nameWordPrefix(ctx context.Context, prefix string) ([]string, error) {
+	members, err := s.x.rdb.ZRangeByLex(ctx, s.x.key("x", "name"), &goredis.ZRangeBy{
+		Min: "[" + prefix, Max: "[" + prefix + "\xff",
+	}).Result()
+	if err != nil {
+		return nil, translate(err)
+	}
+	seen := make(map[string]bool, len(members))
+	uids := make([]string, 0, len(members))
+	for _, m := range members {
+		_, uid, ok := strings.Cut(m, "\x00")
+		if ok && !seen[uid] {
+			seen[uid] = true
+			uids = append(uids, uid)
+		}
+	}
+	return uids, nil
+}
+
+// fuzzyName walks the studies whose first name word matches the fuzzy
+// query's first word: by Soundex code (the x:ph zset, already in date
+// order) or by prefix (x:name, usually few for a whole word). The prefix
+// matches are scored by date (ZINTERSTORE with x:date) and merged with the
+// code's zset in a temporary zset, walked newest first as far as the page
+// needs, so a common code costs no more than its page.
+func (s searchSource) fuzzyName(ctx context.Context, h gateway.IndexHints, fn func([]*gateway.StudySummary) (bool, error)) error {
+	x := s.x
+	code := x.key("x", "ph", h.NamePhonetic)
+	uids, err := s.nameWordPrefix(ctx, h.NamePrefix)
+	if err != nil {
+		return err
+	}
+	if len(uids) == 0 {
+		return s.ordered(ctx, code, h, fn)
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	tmp := x.key("tmp", hex.EncodeToString(b[:]))
+	set, dated := tmp+":set", tmp+":dated"
+	pipe := x.rdb.TxPipeline()
+	for chunk := range slices.Chunk(uids, 1000) {
+		members := make([]any, len(chunk))
+		for i, u := range chunk {
+			members[i] = u
+		}
+		pipe.SAdd(ctx, set, members...)
+	}
+	pipe.ZInterStore(ctx, dated, &goredis.ZStore{Keys: []string{x.key("x", "date"), set}, Weights: []float64{1, 0}})
+	pipe.ZUnionStore(ctx, tmp, &goredis.ZStore{Keys: []string{code, dated}, Aggregate: "MAX"})
+	pipe.Del(ctx, set, dated)
+	pipe.Expire(ctx, tmp, time.Minute)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return translate(err)
+	}
+	defer x.rdb.Del(context.WithoutCancel(ctx), tmp)
+	return s.ordered(ctx, tmp, h, fn)
 }
 
 // ordered walks a zset of study UIDs scored by StudyDate, newest first (ties

@@ -11,8 +11,9 @@ import (
 )
 
 // legacyIndex rewrites every study it writes to the layout of indexes
-// written before the compact attributes and the x:np name zsets: attrs as
-// DICOM JSON, no ca, no np entries, no x:npok. Running the query suite through it checks
+// written before the compact attributes, the x:np name zsets and the
+// phonetic name keys: attrs as DICOM JSON, no ca, no np entries, no x:npok,
+// no x:ph entries, no x:phok. Running the query suite through it checks
 // that searches still answer correctly from such an index.
 type legacyIndex struct {
 	*Index
@@ -68,6 +69,15 @@ func (l legacyIndex) downgrade(ctx context.Context, study string) {
 	x.rdb.HDel(ctx, x.key("s", study), "np")
 	x.rdb.Del(ctx, x.key("x", "npok"))
 	x.npok.Store(false)
+	ph, _ := x.rdb.HGet(ctx, x.key("s", study), "ph").Result()
+	for c := range strings.SplitSeq(ph, "\x01") {
+		if c != "" {
+			x.rdb.ZRem(ctx, x.key("x", "ph", c), study)
+		}
+	}
+	x.rdb.HDel(ctx, x.key("s", study), "ph")
+	x.rdb.Del(ctx, x.key("x", "phok"))
+	x.phok.Store(false)
 }
 
 func TestIndexQueriesLegacyLayout(t *testing.T) {

@@ -523,10 +523,29 @@ func TestIndexQueries(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		{"NameIdeographic", gateway.LevelStudy, "", "", "PatientName=山田*", []string{qS4}},
 		{"NamePhonetic", gateway.LevelStudy, "", "", "PatientName=やまだ^たろう", []string{qS4}},
 		{"NameAllGroups", gateway.LevelStudy, "", "", "PatientName=Yamada^Tarou=山田^太郎=やまだ^たろう", []string{qS4}},
-		{"FuzzyGivenName", gateway.LevelStudy, "", "", "PatientName=john&fuzzymatching=true", []string{qS5, qS1}},
+		// John by prefix, Jane by code: both are J500 (Soundex keeps the
+		// consonants only).
+		{"FuzzyGivenName", gateway.LevelStudy, "", "", "PatientName=john&fuzzymatching=true", []string{qS5, qS2, qS1}},
+		{"FuzzyGivenNamePrefixOnly", gateway.LevelStudy, "", "", "PatientName=joh*&fuzzymatching=true", []string{qS5, qS1}},
 		{"FuzzyWordsAnyOrder", gateway.LevelStudy, "", "", "PatientName=hans%20m%C3%BCl&fuzzymatching=true", []string{qS3}},
 		{"FuzzyIdeographic", gateway.LevelStudy, "", "", "PatientName=太郎&fuzzymatching=true", []string{qS4}},
 		{"FuzzyOff", gateway.LevelStudy, "", "", "PatientName=john&fuzzymatching=false", nil},
+		// Phonetic: Smyth and Smith are both S530, so the word matches by
+		// prefix (Smyth^Jane) or by code (Smith^John).
+		{"FuzzyPhonetic", gateway.LevelStudy, "", "", "PatientName=smyth&fuzzymatching=true", []string{qS5, qS2, qS1}},
+		{"FuzzyPhoneticOff", gateway.LevelStudy, "", "", "PatientName=smyth", nil},
+		// Both words by code, across the accent: MULER and Müller are M460,
+		// HANZ and Hans H520.
+		{"FuzzyPhoneticEveryWord", gateway.LevelStudy, "", "", "PatientName=muler%5Ehanz&fuzzymatching=true", []string{qS3}},
+		{"FuzzyPhoneticOneWordMisses", gateway.LevelStudy, "", "", "PatientName=smyth%20hanz&fuzzymatching=true", nil},
+		{"FuzzyPhoneticApostrophe", gateway.LevelStudy, "", "", "PatientName=obrian&fuzzymatching=true", []string{qS6}},
+		// A word with a wildcard matches by prefix only: SMYT* is not
+		// compared by code, so Smith^John does not match.
+		{"FuzzyWildcardNotPhonetic", gateway.LevelStudy, "", "", "PatientName=smyt*&fuzzymatching=true", []string{qS2}},
+		// The second word by code, the first by prefix (the index looks up
+		// the first word only; the engine checks the rest).
+		{"FuzzyPhoneticSecondWord", gateway.LevelStudy, "", "", "PatientName=ha%20mulller&fuzzymatching=true", []string{qS3}},
+		{"FuzzyPhoneticLastPage", gateway.LevelStudy, "", "", "PatientName=smyth&fuzzymatching=true&limit=2&offset=1", []string{qS2, qS1}},
 		{"DateSingle", gateway.LevelStudy, "", "", "StudyDate=20200115", []string{qS1}},
 		{"DateClosedRange", gateway.LevelStudy, "", "", "StudyDate=20200101-20201231", []string{qS2, qS1}},
 		{"DateOpenStart", gateway.LevelStudy, "", "", "StudyDate=-20200115", []string{qS1, qS3}},
