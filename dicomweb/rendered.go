@@ -141,7 +141,9 @@ func parseRenderQuery(c *gin.Context, req *renderRequest, thumbnail bool) error 
 		if err1 != nil || err2 != nil || w < 1 || h < 1 || w > 1<<14 || h > 1<<14 {
 			return fmt.Errorf("viewport=%q: width and height must be 1 to 16384: %w", truncate(v, 60), gateway.ErrInvalid)
 		}
-		req.opts.MaxWidth, req.opts.MaxHeight = w, h
+		// The image fits the viewport, scaled up as well as down
+		// (PS3.18 8.3.5.1.3), keeping its aspect ratio.
+		req.opts.MaxWidth, req.opts.MaxHeight, req.opts.Upscale = w, h, true
 	} else if thumbnail {
 		req.opts.MaxWidth, req.opts.MaxHeight = thumbnailSize, thumbnailSize
 	}

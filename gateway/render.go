@@ -28,9 +28,17 @@ type RenderOptions struct {
 	WindowCenter float64
 	WindowWidth  float64
 	// MaxWidth and MaxHeight scale the image down, keeping its aspect ratio,
-	// to fit (0 = no limit). Images are never scaled up.
+	// to fit (0 = no limit).
 	MaxWidth, MaxHeight int
+	// Upscale also scales an image smaller than MaxWidth × MaxHeight up to
+	// fit (a viewport, PS3.18 8.3.5.1.3), with nearest-neighbour sampling
+	// and at most maxUpscaleSide pixels a side, so that a viewport of
+	// 16384×16384 cannot ask for a gigabyte of image.
+	Upscale bool
 }
+
+// maxUpscaleSide bounds each side of an image scaled up to a viewport.
+const maxUpscaleSide = 4096
 
 // renderParams are the header attributes that say how to turn stored samples
 // into an image.
@@ -175,7 +183,7 @@ func Render(rec *InstanceRecord, frame io.Reader, size int64, opts RenderOptions
 			img = p.colour(data)
 		}
 	}
-	return fit(img, opts.MaxWidth, opts.MaxHeight), nil
+	return fit(img, opts.MaxWidth, opts.MaxHeight, opts.Upscale), nil
 }
 
 // sample returns the i-th stored sample as a modality value (before rescale).
@@ -264,9 +272,11 @@ func (p *renderParams) colour(data []byte) *image.RGBA {
 	return img
 }
 
-// fit scales img down (area average) to fit maxW×maxH, keeping its aspect
-// ratio; 0 means no limit in that direction.
-func fit(img image.Image, maxW, maxH int) image.Image {
+// fit scales img to fit maxW×maxH, keeping its aspect ratio (0 means no
+// limit in that direction): down by area average, and, when upscale is set
+// and both limits are given, up to the largest size that fits (each output
+// pixel takes the nearest source pixel), at most maxUpscaleSide a side.
+func fit(img image.Image, maxW, maxH int, upscale bool) image.Image {
 	b := img.Bounds()
 	w, h := b.Dx(), b.Dy()
 	scale := 1.0
@@ -276,10 +286,17 @@ func fit(img image.Image, maxW, maxH int) image.Image {
 	if maxH > 0 && h > maxH {
 		scale = min(scale, float64(maxH)/float64(h))
 	}
-	if scale >= 1 {
+	if upscale && scale == 1 && maxW > 0 && maxH > 0 {
+		scale = min(float64(min(maxW, maxUpscaleSide))/float64(w), float64(min(maxH, maxUpscaleSide))/float64(h))
+		scale = max(scale, 1)
+	}
+	if scale == 1 {
 		return img
 	}
-	nw, nh := max(int(float64(w)*scale), 1), max(int(float64(h)*scale), 1)
+	// Rounded, so that an exact fit (a 256×128 image in a 512×512
+	// viewport) is 512×256 and not one pixel short.
+	// w×scale ≤ maxW, an integer, so rounding never leaves the box.
+	nw, nh := max(int(math.Round(float64(w)*scale)), 1), max(int(math.Round(float64(h)*scale)), 1)
 	out := image.NewRGBA(image.Rect(0, 0, nw, nh))
 	gray, isGray := img.(*image.Gray)
 	var grayOut *image.Gray
