@@ -122,9 +122,28 @@ type offer struct {
 	multipart bool
 	mediaType string
 	// syntaxes are the transfer syntaxes the bytes can be labelled with, the
-	// first being the label when the client names none or asks for "*"
-	// (empty: the representation has no transfer syntax, e.g. JSON).
+	// first being the stored one, what "*" gets (empty: the representation
+	// has no transfer syntax, e.g. JSON).
 	syntaxes []string
+	// defaultSyntax, when set, is what a client that names no syntax gets
+	// (PS3.18 8.7.3.5.2: the default of the media type); else the first
+	// of syntaxes.
+	defaultSyntax string
+}
+
+// syntaxFor is the transfer syntax o is served in for a transfer-syntax
+// parameter ts as the client sent it: "" (none), "*", or a UID. ok is false
+// when o cannot be produced in ts.
+func (o offer) syntaxFor(ts string) (string, bool) {
+	switch {
+	case len(o.syntaxes) == 0 || ts == "*":
+		return first(o.syntaxes), true
+	case ts == "" && o.defaultSyntax != "":
+		return o.defaultSyntax, true
+	case ts == "":
+		return first(o.syntaxes), true
+	}
+	return ts, slices.Contains(o.syntaxes, ts)
 }
 
 // choice is the outcome of negotiation: the offer and the transfer syntax
@@ -145,18 +164,23 @@ func (c choice) contentType() string {
 
 // negotiate returns the first offer, in the client's order of preference,
 // that one of its media ranges accepts. With no Accept header the first offer
-// is the answer. ok is false when nothing acceptable can be produced (406).
+// is the answer (only rendered resources get that far: checkAccept refuses
+// the others). ok is false when nothing acceptable can be produced (406).
 //
-// A missing transfer-syntax parameter is read as "the stored syntax", as
-// Orthanc and dcm4chee do: PS3.18 names Explicit VR Little Endian as the
-// default, but a gateway that does not transcode would then refuse most
-// compressed studies to viewers that never name a syntax.
+// A missing transfer-syntax parameter gets the offer's defaultSyntax: for a
+// whole instance stored in Implicit VR Little Endian or Explicit VR Big
+// Endian, Explicit VR Little Endian (PS3.18 8.7.3.5.2: those two are not
+// used on the web), transcoded; otherwise the stored syntax, as Orthanc and
+// dcm4chee do: PS3.18 names Explicit VR Little Endian as the default, but a
+// gateway that does not decompress would then refuse most compressed
+// studies to viewers that never name a syntax.
 func negotiate(accept []mediaRange, offers []offer) (choice, bool) {
 	if len(offers) == 0 {
 		return choice{}, false
 	}
 	if accept == nil {
-		return choice{offer: offers[0], transferSyntax: first(offers[0].syntaxes)}, true
+		ts, _ := offers[0].syntaxFor("")
+		return choice{offer: offers[0], transferSyntax: ts}, true
 	}
 	for _, r := range accept {
 		for _, o := range offers {
@@ -191,14 +215,7 @@ func (r mediaRange) accepts(o offer) (string, bool) {
 			return "", false
 		}
 	}
-	ts := strings.TrimSpace(r.params["transfer-syntax"])
-	if ts == "" || ts == "*" || len(o.syntaxes) == 0 {
-		return first(o.syntaxes), true
-	}
-	if slices.Contains(o.syntaxes, ts) {
-		return ts, true
-	}
-	return "", false
+	return o.syntaxFor(strings.TrimSpace(r.params["transfer-syntax"]))
 }
 
 // mediaTypeMatches reports whether pattern (a type, "type/*" or "*/*")
@@ -249,17 +266,20 @@ func truncate(s string, n int) string {
 
 // instanceOffers: whole instances, multipart (any level) and, for a single
 // instance, also a bare application/dicom body. The stored syntax comes
-// first (what "*" and a missing transfer-syntax get); Explicit VR Little
-// Endian follows when the stored syntax transcodes to it
-// (gateway.CanTranscode).
+// first (what "*" gets); Explicit VR Little Endian follows when the stored
+// syntax transcodes to it (gateway.CanTranscode: Implicit VR Little Endian,
+// Explicit VR Big Endian), and is then also what a request naming no
+// syntax gets. Compressed instances keep their syntax unless asked.
 func instanceOffers(ts string, single bool) []offer {
 	syntaxes := []string{ts}
+	def := ""
 	if gateway.CanTranscode(ts, gateway.TSExplicitLE) {
 		syntaxes = append(syntaxes, gateway.TSExplicitLE)
+		def = gateway.TSExplicitLE
 	}
-	o := []offer{{multipart: true, mediaType: mediaDICOM, syntaxes: syntaxes}}
+	o := []offer{{multipart: true, mediaType: mediaDICOM, syntaxes: syntaxes, defaultSyntax: def}}
 	if single {
-		o = append(o, offer{mediaType: mediaDICOM, syntaxes: syntaxes})
+		o = append(o, offer{mediaType: mediaDICOM, syntaxes: syntaxes, defaultSyntax: def})
 	}
 	return o
 }
@@ -331,3 +351,83 @@ var metadataOffers = []offer{{mediaType: mediaDICOMJSON}, {mediaType: mediaJSON}
 
 // renderedOffers: JPEG by default, or PNG.
 var renderedOffers = []offer{{mediaType: mediaJPEG}, {mediaType: mediaPNG}}
+
+// resourceKind is what a WADO-RS resource returns, for the checks PS3.18
+// 8.7.5 makes before negotiating.
+type resourceKind int
+
+const (
+	// resourceDICOM: instances (study, series, instance) and metadata.
+	resourceDICOM resourceKind = iota
+	// resourcePixels: frames and bulk data, whose single-part image and
+	// video types (image/jpeg for one JPEG frame) are bulk data, not
+	// renderings.
+	resourcePixels
+	// resourceRendered: /rendered and /thumbnail.
+	resourceRendered
+)
+
+// renderedMediaTypes are the Rendered Media Types of PS3.18 Table 8.7.4-1.
+var renderedMediaTypes = []string{
+	mediaJPEG, "image/gif", mediaPNG, "image/jp2", "image/jpx",
+	"video/mpeg", "video/mp4", "video/h265",
+	"text/html", "text/plain", "text/xml", "text/rtf", "application/pdf",
+}
+
+// isDICOMMediaRange reports whether r names a DICOM media type (PS3.18
+// 8.7.3): a DICOM object, its metadata, bulk data as octet-stream, or any
+// multipart/related payload. Wildcards are neither DICOM nor rendered.
+func isDICOMMediaRange(r mediaRange) bool {
+	switch r.mediaType {
+	case mediaDICOM, mediaDICOMJSON, "application/dicom+xml", mediaOctetStream, mediaMultipart:
+		return true
+	}
+	return false
+}
+
+// isRenderedMediaRange reports whether r, sent to a resource of kind k,
+// names a rendered media type.
+func isRenderedMediaRange(r mediaRange, k resourceKind) bool {
+	if !slices.Contains(renderedMediaTypes, r.mediaType) {
+		return false
+	}
+	if k == resourcePixels && (strings.HasPrefix(r.mediaType, "image/") || strings.HasPrefix(r.mediaType, "video/")) {
+		return false // a single frame or bulk data value in its own media type
+	}
+	return true
+}
+
+// checkAccept applies PS3.18 8.7.5 to a retrieve before anything is read:
+//   - Accept media types that mix DICOM and rendered media types are 400;
+//   - a DICOM resource asked for without an Accept header is 406 (8.7.7:
+//     "shall return a 406"). curl sends "Accept: */*", which is fine and
+//     gets the default representation; so do browsers and every DICOMweb
+//     client we know of (OHIF, dicomweb-client, dcm4che, Orthanc).
+//
+// A rendered resource without an Accept header keeps getting image/jpeg,
+// the default of the Single Frame Image category: rendered URLs are made to
+// be used as links, by tools that may send no Accept at all, and answering
+// them with a picture instead of 406 hides nothing a client needs to know.
+func checkAccept(accept []mediaRange, k resourceKind) error {
+	if accept == nil {
+		if k == resourceRendered {
+			return nil
+		}
+		return fmt.Errorf("a retrieve needs an Accept header (PS3.18 8.7.5, 8.7.7), e.g. "+
+			`Accept: multipart/related; type="application/dicom"; transfer-syntax=*, or */* (what curl sends): %w`, gateway.ErrNotAcceptable)
+	}
+	var dicom, rendered string
+	for _, r := range accept {
+		if dicom == "" && isDICOMMediaRange(r) {
+			dicom = r.mediaType
+		}
+		if rendered == "" && isRenderedMediaRange(r, k) {
+			rendered = r.mediaType
+		}
+	}
+	if dicom != "" && rendered != "" {
+		return fmt.Errorf("the Accept header mixes a DICOM media type (%s) with a rendered one (%s); ask for one kind (PS3.18 8.7.5): %w",
+			dicom, rendered, gateway.ErrInvalid)
+	}
+	return nil
+}

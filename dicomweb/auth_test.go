@@ -103,6 +103,7 @@ func (ts *authTestServer) do(t *testing.T, method, path, authorization string) (
 	if authorization != "" {
 		req.Header.Set("Authorization", authorization)
 	}
+	req.Header.Set("Accept", "*/*") // as curl sends: a retrieve without Accept is 406
 	resp, err := ts.Client().Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)

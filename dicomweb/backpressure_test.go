@@ -86,7 +86,7 @@ func TestBackpressure(t *testing.T) {
 		})
 	}
 	wg.Go(func() {
-		resp, err := http.Get(s.srv.URL + "/dicomweb/studies/" + study + "/series/" + series + "/instances/" + testSOP(0))
+		resp, err := curlGet(nil, s.srv.URL+"/dicomweb/studies/"+study+"/series/"+series+"/instances/"+testSOP(0))
 		if err != nil {
 			t.Error(err)
 			return
@@ -136,7 +136,7 @@ func TestBackpressure(t *testing.T) {
 		t.Errorf("fourth STOW: %d %s, want 503 busy", res.status, res.body)
 	}
 	// A second retrieve: 503.
-	resp, err = http.Get(s.srv.URL + "/dicomweb/studies/" + study + "/series/" + series + "/instances/" + testSOP(0))
+	resp, err = curlGet(nil, s.srv.URL+"/dicomweb/studies/"+study+"/series/"+series+"/instances/"+testSOP(0))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -299,7 +299,7 @@ func TestStalledReaderFreesRetrieveSlot(t *testing.T) {
 			client := &http.Client{Timeout: hangGuard}
 			served := false
 			for range 400 {
-				resp, err := client.Get("http://" + addr + path)
+				resp, err := curlGet(client, "http://"+addr+path)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,23 +26,38 @@ func (s *Server) wadoRoutes(base string) []route {
 	in := se + "/instances/:instance"
 	read, admin := gateway.RoleRead, gateway.RoleAdmin
 	get, del := http.MethodGet, http.MethodDelete
+	dicom := func(h gin.HandlerFunc) gin.HandlerFunc { return s.acceptChecked(resourceDICOM, h) }
+	pixels := func(h gin.HandlerFunc) gin.HandlerFunc { return s.acceptChecked(resourcePixels, h) }
+	rendered := func(h gin.HandlerFunc) gin.HandlerFunc { return s.acceptChecked(resourceRendered, h) }
 	return []route{
-		{get, st, read, s.handleRetrieveStudy},
-		{get, st + "/metadata", read, s.handleStudyMetadata},
-		{get, se, read, s.handleRetrieveSeries},
-		{get, se + "/metadata", read, s.handleSeriesMetadata},
-		{get, in, read, s.handleRetrieveInstance},
-		{get, in + "/metadata", read, s.handleInstanceMetadata},
-		{get, in + "/frames/:frames", read, s.handleFrames},
-		{get, in + "/frames/:frames/rendered", read, s.handleRendered},
-		{get, in + "/frames/:frames/thumbnail", read, s.handleThumbnail},
-		{get, in + "/rendered", read, s.handleRendered},
-		{get, in + "/thumbnail", read, s.handleThumbnail},
-		{get, in + "/bulkdata/*path", read, s.handleBulkData},
+		{get, st, read, dicom(s.handleRetrieveStudy)},
+		{get, st + "/metadata", read, dicom(s.handleStudyMetadata)},
+		{get, se, read, dicom(s.handleRetrieveSeries)},
+		{get, se + "/metadata", read, dicom(s.handleSeriesMetadata)},
+		{get, in, read, dicom(s.handleRetrieveInstance)},
+		{get, in + "/metadata", read, dicom(s.handleInstanceMetadata)},
+		{get, in + "/frames/:frames", read, pixels(s.handleFrames)},
+		{get, in + "/frames/:frames/rendered", read, rendered(s.handleRendered)},
+		{get, in + "/frames/:frames/thumbnail", read, rendered(s.handleThumbnail)},
+		{get, in + "/rendered", read, rendered(s.handleRendered)},
+		{get, in + "/thumbnail", read, rendered(s.handleThumbnail)},
+		{get, in + "/bulkdata/*path", read, pixels(s.handleBulkData)},
 		{get, base + "/wado", read, s.handleWADOURI},
 		{del, st, admin, s.handleDeleteStudy},
 		{del, se, admin, s.handleDeleteSeries},
 		{del, in, admin, s.handleDeleteInstance},
+	}
+}
+
+// acceptChecked runs checkAccept on the request's Accept header before h:
+// a request refused for its Accept header reads nothing and audits nothing.
+func (s *Server) acceptChecked(k resourceKind, h gin.HandlerFunc) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if err := checkAccept(parseAccept(c.Request.Header.Values("Accept")), k); err != nil {
+			s.writeError(c, err)
+			return
+		}
+		h(c)
 	}
 }
 
@@ -214,11 +230,13 @@ func (s *Server) retrieveInstances(c *gin.Context, recs []*gateway.InstanceRecor
 		})
 		return
 	}
+	base := s.baseURL(c)
 	parts := make([]part, len(recs))
 	for i, rec := range recs {
 		ch := chosen[rec.TransferSyntaxUID]
 		parts[i] = part{
 			contentType: ch.contentType(),
+			location:    recordURL(base, rec),
 			length:      length(rec, ch.transferSyntax),
 			open:        func(ctx context.Context) (io.ReadCloser, error) { return r.OpenAs(ctx, rec, ch.transferSyntax) },
 		}
@@ -239,19 +257,34 @@ func (s *Server) handleFrames(c *gin.Context) {
 		return
 	}
 	ranges := make([][]gateway.ByteRange, len(frames))
+	locations := make([]string, len(frames))
+	inst := recordURL(s.baseURL(c), rec)
 	for i, n := range frames {
 		if ranges[i], err = rec.FrameRanges(n); err != nil {
 			s.writeError(c, err)
 			return
 		}
+		locations[i] = frameURL(inst, n)
 	}
-	s.servePixels(c, rec, ranges, len(frames) == 1, map[string]any{"frames": truncate(c.Param("frames"), 200)})
+	s.servePixels(c, rec, ranges, locations, len(frames) == 1, map[string]any{"frames": truncate(c.Param("frames"), 200)})
+}
+
+// recordURL is the WADO-RS URL of rec's instance under the public root
+// base (Server.baseURL): what a multipart part carrying the instance names
+// in its Content-Location.
+func recordURL(base string, rec *gateway.InstanceRecord) string {
+	return instanceURL(base, rec.StudyInstanceUID, rec.SeriesInstanceUID, rec.SOPInstanceUID)
+}
+
+// frameURL is the URL of frame n of the instance at inst.
+func frameURL(inst string, n int) string {
+	return inst + "/frames/" + strconv.Itoa(n)
 }
 
 // servePixels negotiates and streams pixel data: one part per entry of
 // ranges (a frame, or the whole native value), each labelled with its
-// transfer syntax.
-func (s *Server) servePixels(c *gin.Context, rec *gateway.InstanceRecord, ranges [][]gateway.ByteRange, single bool, detail map[string]any) {
+// transfer syntax and with the URL of what it holds (locations[i]).
+func (s *Server) servePixels(c *gin.Context, rec *gateway.InstanceRecord, ranges [][]gateway.ByteRange, locations []string, single bool, detail map[string]any) {
 	syntaxes := pixelSyntaxes(rec.TransferSyntaxUID)
 	swap := swappablePixels(rec, ranges)
 	if swap {
@@ -291,6 +324,7 @@ func (s *Server) servePixels(c *gin.Context, rec *gateway.InstanceRecord, ranges
 	for i, rs := range ranges {
 		parts[i] = part{
 			contentType: ch.contentType(),
+			location:    locations[i],
 			length:      rangesLength(rs),
 			open:        func(ctx context.Context) (io.ReadCloser, error) { return open(ctx, rs) },
 		}
@@ -316,8 +350,13 @@ func (s *Server) handleBulkData(c *gin.Context) {
 		return
 	}
 	path := strings.Trim(c.Param("path"), "/")
+	inst := recordURL(s.baseURL(c), rec)
+	bulkURL := inst + "/bulkdata/" + path
 	if isPixelDataPath(path) && rec.PixelData != nil {
+		// Encapsulated pixel data comes one frame a part, each part naming
+		// its frame's URL; native pixel data is one part, the bulk data.
 		var ranges [][]gateway.ByteRange
+		var locations []string
 		if rec.PixelData.Encapsulated {
 			for n := 1; n <= rec.Frames(); n++ {
 				rs, err := rec.FrameRanges(n)
@@ -326,6 +365,7 @@ func (s *Server) handleBulkData(c *gin.Context) {
 					return
 				}
 				ranges = append(ranges, rs)
+				locations = append(locations, frameURL(inst, n))
 			}
 		} else {
 			rs, err := rec.PixelDataRanges()
@@ -333,9 +373,9 @@ func (s *Server) handleBulkData(c *gin.Context) {
 				s.writeError(c, err)
 				return
 			}
-			ranges = [][]gateway.ByteRange{rs}
+			ranges, locations = [][]gateway.ByteRange{rs}, []string{bulkURL}
 		}
-		s.servePixels(c, rec, ranges, len(ranges) == 1, map[string]any{"bulkdata": path})
+		s.servePixels(c, rec, ranges, locations, len(ranges) == 1, map[string]any{"bulkdata": path})
 		return
 	}
 	// Other bulk data, and the pixel data of a deflated dataset, which has
@@ -377,7 +417,7 @@ func (s *Server) handleBulkData(c *gin.Context) {
 		s.writeSingle(c, ch.contentType(), length, open)
 		return
 	}
-	s.writeMultipart(c, mediaOctetStream, []part{{contentType: ch.contentType(), length: length, open: open}})
+	s.writeMultipart(c, mediaOctetStream, []part{{contentType: ch.contentType(), location: bulkURL, length: length, open: open}})
 }
 
 // swappablePixels reports whether rec's pixel ranges can also be served in

@@ -95,10 +95,26 @@ func checkWADORetrieve(t *testing.T, g *wadoGateway, ci wadoCorpusInstance) {
 			t.Errorf("GET %s: %d parts byte-identical to the stored file, want 1", path, found)
 		}
 	}
-	// A bare application/dicom body for one instance.
-	resp := g.get(t, ci.path(), "Accept", "application/dicom")
+	// A bare application/dicom body for one instance, as stored.
+	resp := g.get(t, ci.path(), "Accept", "application/dicom; transfer-syntax=*")
 	if resp.StatusCode != http.StatusOK || !bytes.Equal(readBody(t, resp), ci.data) {
 		t.Errorf("GET instance as application/dicom: status %d or bytes differ", resp.StatusCode)
+	}
+	// No syntax named: Implicit VR Little Endian and Explicit VR Big Endian
+	// come transcoded to Explicit VR Little Endian, the rest as stored.
+	want, wantTS := ci.data, rec.TransferSyntaxUID
+	if gateway.CanTranscode(rec.TransferSyntaxUID, gateway.TSExplicitLE) {
+		var buf bytes.Buffer
+		if _, err := gateway.TranscodeToExplicitLE(&buf, bytes.NewReader(ci.data)); err != nil {
+			t.Fatal(err)
+		}
+		want, wantTS = buf.Bytes(), gateway.TSExplicitLE
+	}
+	parts := readParts(t, g.get(t, ci.path(), "Accept", `multipart/related; type="application/dicom"`), "application/dicom")
+	if len(parts) != 1 || !bytes.Equal(parts[0].body, want) {
+		t.Errorf("GET instance naming no syntax (stored as %s): not the bytes in %s", rec.TransferSyntaxUID, wantTS)
+	} else if got := parts[0].contentType; got != "application/dicom; transfer-syntax="+wantTS {
+		t.Errorf("GET instance naming no syntax: part Content-Type %q, want %s", got, wantTS)
 	}
 }
 

@@ -89,7 +89,9 @@ func (g *wadoGateway) ingest(t testing.TB, data []byte) int {
 	return http.StatusOK
 }
 
-// get performs a GET with optional headers (name, value pairs).
+// get performs a GET with optional headers (name, value pairs). Without an
+// Accept among them it sends "Accept: */*", as curl does: a retrieve with no
+// Accept header at all is 406 (PS3.18 8.7.7), tested on its own.
 func (g *wadoGateway) get(t testing.TB, path string, headers ...string) *http.Response {
 	t.Helper()
 	return g.do(t, http.MethodGet, path, headers...)
@@ -107,6 +109,9 @@ func (g *wadoGateway) do(t testing.TB, method, path string, headers ...string) *
 	}
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Add(headers[i], headers[i+1])
+	}
+	if _, ok := req.Header["Accept"]; !ok && method == http.MethodGet {
+		req.Header.Set("Accept", "*/*")
 	}
 	resp, err := http.DefaultTransport.RoundTrip(req) // no transparent gzip: tests see what was sent
 	if err != nil {
@@ -130,6 +135,7 @@ func readBody(t testing.TB, resp *http.Response) []byte {
 // respPart is one part of a multipart/related response.
 type respPart struct {
 	contentType string
+	location    string // Content-Location
 	body        []byte
 }
 
@@ -161,7 +167,7 @@ func readParts(t testing.TB, resp *http.Response, wantType string) []respPart {
 		if err != nil {
 			t.Fatalf("part %d: %v", len(parts), err)
 		}
-		parts = append(parts, respPart{contentType: p.Header.Get("Content-Type"), body: b})
+		parts = append(parts, respPart{contentType: p.Header.Get("Content-Type"), location: p.Header.Get("Content-Location"), body: b})
 	}
 }
 
@@ -291,4 +297,18 @@ type diskGoneReader struct{}
 
 func (diskGoneReader) Read([]byte) (int, error) {
 	return 0, fmt.Errorf("disk gone: %w", gateway.ErrUnavailable)
+}
+
+// curlGet GETs url with "Accept: */*", as curl does (a retrieve with no
+// Accept header is 406). c nil means http.DefaultClient.
+func curlGet(c *http.Client, url string) (*http.Response, error) {
+	if c == nil {
+		c = http.DefaultClient
+	}
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "*/*")
+	return c.Do(req)
 }

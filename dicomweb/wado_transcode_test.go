@@ -13,8 +13,9 @@ import (
 // TestWADOTranscode: an instance stored in Implicit VR Little Endian is
 // served in Explicit VR Little Endian when a client asks for that syntax
 // (multipart at every level, a bare body, WADO-URI), transcoded as
-// gateway.TranscodeToExplicitLE does; "*" and a missing syntax still get
-// the stored bytes; syntaxes that cannot be produced are 406.
+// gateway.TranscodeToExplicitLE does, and also when it names no syntax (the
+// PS3.18 default); "*" gets the stored bytes, and so does a compressed
+// instance that names no syntax; syntaxes that cannot be produced are 406.
 func TestWADOTranscode(t *testing.T) {
 	for _, backend := range wadoBackends {
 		t.Run(backend, func(t *testing.T) {
@@ -77,11 +78,37 @@ func TestWADOTranscode(t *testing.T) {
 			if matched != len(cases) {
 				t.Errorf("study: %d of %d parts are the expected bytes (transcoded implicit, stored explicit, stored JPEG)", matched, len(cases))
 			}
-			// "*" and no syntax: the stored bytes.
-			for _, accept := range []string{`multipart/related; type="application/dicom"; transfer-syntax=*`, `multipart/related; type="application/dicom"`} {
-				parts = readParts(t, g.get(t, instPath, "Accept", accept), "application/dicom")
-				if len(parts) != 1 || !bytes.Equal(parts[0].body, implicit) {
-					t.Errorf("Accept %s: not the stored bytes", accept)
+			// "*": the stored bytes. No syntax named (also */*, what curl
+			// sends): the default, Explicit VR Little Endian, transcoded.
+			parts = readParts(t, g.get(t, instPath, "Accept", `multipart/related; type="application/dicom"; transfer-syntax=*`), "application/dicom")
+			if len(parts) != 1 || !bytes.Equal(parts[0].body, implicit) {
+				t.Errorf("transfer-syntax=*: not the stored bytes")
+			}
+			for _, accept := range []string{`multipart/related; type="application/dicom"`, "*/*", "application/dicom"} {
+				resp := g.get(t, instPath, "Accept", accept)
+				var body []byte
+				if strings.HasPrefix(resp.Header.Get("Content-Type"), "multipart/") {
+					parts := readParts(t, resp, "application/dicom")
+					if len(parts) != 1 {
+						t.Fatalf("Accept %s: %d parts", accept, len(parts))
+					}
+					body = parts[0].body
+				} else {
+					body = readBody(t, resp)
+				}
+				if !bytes.Equal(body, want.Bytes()) {
+					t.Errorf("Accept %s: not transcoded to Explicit VR Little Endian", accept)
+				}
+			}
+			// A compressed instance keeps its syntax when none is named.
+			for _, r := range recs {
+				if r.TransferSyntaxUID != gateway.TSJPEGBaseline {
+					continue
+				}
+				p := "/dicomweb/studies/" + r.StudyInstanceUID + "/series/" + r.SeriesInstanceUID + "/instances/" + r.SOPInstanceUID
+				parts := readParts(t, g.get(t, p, "Accept", `multipart/related; type="application/dicom"`), "application/dicom")
+				if len(parts) != 1 || !bytes.Equal(parts[0].body, byName["us-jpeg-encapsulated"]) {
+					t.Errorf("JPEG Baseline instance without a syntax: not the stored bytes")
 				}
 			}
 			// Preference order: JPEG Baseline first (cannot), explicit next.
@@ -105,12 +132,20 @@ func TestWADOTranscode(t *testing.T) {
 					t.Errorf("Accept %s: status %d %s, want 406", accept, resp.StatusCode, body)
 				}
 			}
-			// WADO-URI.
+			// WADO-URI: no transferSyntax is the default too; "*" the stored bytes.
 			uri := "/dicomweb/wado?requestType=WADO&studyUID=" + implicitRec.StudyInstanceUID + "&seriesUID=" + implicitRec.SeriesInstanceUID +
 				"&objectUID=" + implicitRec.SOPInstanceUID + "&contentType=application/dicom&transferSyntax="
 			resp = g.get(t, uri+gateway.TSExplicitLE)
 			if body := readBody(t, resp); resp.StatusCode != http.StatusOK || !bytes.Equal(body, want.Bytes()) {
 				t.Errorf("WADO-URI transferSyntax=explicit: status %d or bytes differ", resp.StatusCode)
+			}
+			resp = g.get(t, uri)
+			if body := readBody(t, resp); resp.StatusCode != http.StatusOK || !bytes.Equal(body, want.Bytes()) {
+				t.Errorf("WADO-URI without transferSyntax: status %d or not transcoded", resp.StatusCode)
+			}
+			resp = g.get(t, uri+"*")
+			if body := readBody(t, resp); resp.StatusCode != http.StatusOK || !bytes.Equal(body, implicit) {
+				t.Errorf("WADO-URI transferSyntax=*: status %d or not the stored bytes", resp.StatusCode)
 			}
 			resp = g.get(t, uri+"1.2.840.10008.1.2.4.50")
 			if readBody(t, resp); resp.StatusCode != http.StatusNotAcceptable {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/gin-gonic/gin"
@@ -53,7 +54,7 @@ func (s *Server) writeMultipart(c *gin.Context, partType string, parts []part) {
 		}
 	}
 	mw := multipart.NewWriter(c.Writer)
-	c.Header("Content-Type", fmt.Sprintf("%s; type=%q; boundary=%s", mediaMultipart, partType, mw.Boundary()))
+	c.Header("Content-Type", multipartContentType(partType, parts, mw.Boundary()))
 	c.Status(http.StatusOK)
 	buf := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(buf)
@@ -93,6 +94,27 @@ func (s *Server) writeMultipart(c *gin.Context, partType string, parts []part) {
 	if err := mw.Close(); err != nil {
 		s.abortStream(c, len(parts), err)
 	}
+}
+
+// multipartContentType is the Content-Type of a multipart/related response
+// (PS3.18 8.7.1, 8.7.3.5.2): type is the bare media type of the parts, and
+// the transfer syntax, when every part has the same one, is a parameter of
+// its own (a study of mixed syntaxes names none: each part says its own).
+func multipartContentType(partType string, parts []part, boundary string) string {
+	ts := ""
+	for i, p := range parts {
+		_, pts, _ := strings.Cut(p.contentType, "; transfer-syntax=")
+		if i > 0 && pts != ts {
+			ts = ""
+			break
+		}
+		ts = pts
+	}
+	ct := fmt.Sprintf("%s; type=%q", mediaMultipart, partType)
+	if ts != "" {
+		ct += "; transfer-syntax=" + ts
+	}
+	return ct + "; boundary=" + boundary
 }
 
 // partsOpenedAhead is how many parts after the one being copied are opened

@@ -19,9 +19,9 @@ import (
 // [&imageQuality=q]. contentType may list several types in order of
 // preference (9.1.2.1.6); without it an image is rendered as JPEG and any
 // other object is sent as application/dicom. The object is sent as stored,
-// or transcoded when transferSyntax asks for Explicit VR Little Endian and
-// it is stored in Implicit VR Little Endian or Explicit VR Big Endian
-// (gateway.CanTranscode); any other transferSyntax is 406. anonymize=yes is refused (400) rather than ignored.
+// or transcoded to Explicit VR Little Endian when it is stored in Implicit
+// VR Little Endian or Explicit VR Big Endian (gateway.CanTranscode) and
+// transferSyntax asks for that or is absent; any other transferSyntax is 406. anonymize=yes is refused (400) rather than ignored.
 func (s *Server) handleWADOURI(c *gin.Context) {
 	q := c.Request.URL.Query()
 	if rt := q.Get("requestType"); rt != "WADO" {
@@ -66,8 +66,14 @@ func (s *Server) handleWADOURI(c *gin.Context) {
 		s.render(c, rec, req, []mediaRange{{mediaType: ch.mediaType, q: 1}})
 		return
 	}
+	// No transferSyntax: as in WADO-RS, an instance stored in Implicit VR
+	// Little Endian or Explicit VR Big Endian comes in Explicit VR Little
+	// Endian, anything else as stored; "*" is always the stored bytes.
 	ts := strings.TrimSpace(q.Get("transferSyntax"))
-	if ts == "" || ts == "*" {
+	switch {
+	case ts == "" && gateway.CanTranscode(rec.TransferSyntaxUID, gateway.TSExplicitLE):
+		ts = gateway.TSExplicitLE
+	case ts == "" || ts == "*":
 		ts = rec.TransferSyntaxUID
 	}
 	if ts != rec.TransferSyntaxUID && !gateway.CanTranscode(rec.TransferSyntaxUID, ts) {
