@@ -209,6 +209,9 @@ func (s *Server) handleStow(c *gin.Context) {
 		c.Header("Warning", w)
 	}
 	resp := s.stowResponse(c, study, stored, failed)
+	if loc := stowLocation(resp, stored); loc != "" {
+		c.Header("Content-Location", loc)
+	}
 	if wantXML, multi := stowAnswerXML(c.Request); wantXML {
 		err = writeDICOMXML(c, status, resp, multi)
 	} else {
@@ -270,6 +273,29 @@ func (s *Server) refused(c *gin.Context, study string, part int, ie *gateway.Ins
 		sopClassUID: ie.SOPClassUID, sopInstanceUID: ie.SOPInstanceUID, reason: ie.Reason,
 		unavailable: errors.Is(ie, gateway.ErrUnavailable), comment: ie.Comment,
 	}}
+}
+
+// stowLocation is the Content-Location of a STOW-RS response (PS3.18
+// 10.5.3: a response that created resources names them): the study's URL,
+// the response's RetrieveURL, when at least one instance was stored and all
+// of them are in one study. Instances of several studies have no single
+// resource to name, so the header is left out; each stored instance's
+// RetrieveURL in the ReferencedSOPSequence still says where it is.
+func stowLocation(resp gateway.Dataset, stored []*gateway.InstanceRecord) string {
+	if len(stored) == 0 {
+		return ""
+	}
+	url := resp[tagRetrieveURL].Value
+	if len(url) != 1 {
+		return ""
+	}
+	for _, r := range stored[1:] {
+		if r.StudyInstanceUID != stored[0].StudyInstanceUID {
+			return ""
+		}
+	}
+	loc, _ := url[0].(string)
+	return loc
 }
 
 // stowResponse builds the Store Instances Response Module (PS3.18 I.1).

@@ -111,6 +111,7 @@ func multipartBody(t testing.TB, parts ...stowPart) (*bytes.Buffer, string) {
 // stowResult is a decoded STOW-RS answer.
 type stowResult struct {
 	status int
+	header http.Header
 	body   []byte
 	ds     gateway.Dataset
 }
@@ -150,7 +151,7 @@ func (s *stowServer) post(t testing.TB, path, contentType string, body io.Reader
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	res := stowResult{status: resp.StatusCode, body: b}
+	res := stowResult{status: resp.StatusCode, header: resp.Header, body: b}
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/dicom+json") {
 		if err := json.Unmarshal(b, &res.ds); err != nil {
 			t.Fatalf("response is not DICOM JSON: %v: %s", err, b)
