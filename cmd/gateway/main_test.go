@@ -52,9 +52,16 @@ func MustRunMain(t *testing.T, cfg *Config, logs io.Writer) *Main {
 	return m
 }
 
+// get GETs u with "Accept: */*", as curl does (a DICOMweb retrieve with no
+// Accept header is 406).
 func get(t *testing.T, u string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(u)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "*/*")
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,7 +73,12 @@ func TestTwoReplicasShareState(t *testing.T) {
 
 	metadata := func(g *Gateway) []byte {
 		u := g.URL() + "/dicomweb/studies/" + study[0].StudyInstanceUID + "/series/" + study[0].SeriesInstanceUID + "/metadata"
-		resp, err := http.Get(u)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept", "application/dicom+json")
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
