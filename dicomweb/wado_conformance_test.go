@@ -49,7 +49,8 @@ func recPath(r *gateway.InstanceRecord) string {
 // TestWADOContentLocation: every part of a multipart retrieve names the
 // resource it holds: the instance's URL at study, series and instance
 // level, the frame's URL for frames (and for the frames of encapsulated
-// pixel bulk data), the bulk data URI for other bulk data. The URLs follow
+// pixel bulk data), the bulk data URI for other bulk data, the instance's
+// metadata URL for each part of DICOM XML metadata. The URLs follow
 // the public base (X-Forwarded-*), like BulkDataURIs.
 func TestWADOContentLocation(t *testing.T) {
 	for _, backend := range wadoBackends {
@@ -82,6 +83,21 @@ func TestWADOContentLocation(t *testing.T) {
 			parts = readParts(t, g.get(t, recPath(implicit), "Accept", anyTS), "application/dicom")
 			if len(parts) != 1 || parts[0].location != base+recPath(implicit) {
 				t.Errorf("instance: Content-Location %q, want %q", parts[0].location, base+recPath(implicit))
+			}
+			// DICOM XML metadata: one part an instance, naming its metadata.
+			want = map[string]bool{}
+			for _, r := range byTS {
+				want[base+recPath(r)+"/metadata"] = true
+			}
+			parts = readParts(t, g.get(t, "/dicomweb/studies/"+study+"/metadata", "Accept", `multipart/related; type="application/dicom+xml"`), "application/dicom+xml")
+			if len(parts) != len(want) {
+				t.Fatalf("XML metadata: %d parts, want %d", len(parts), len(want))
+			}
+			for i, p := range parts {
+				if !want[p.location] {
+					t.Errorf("XML metadata part %d: Content-Location %q is not an instance's metadata URL", i, p.location)
+				}
+				delete(want, p.location)
 			}
 			// Behind a proxy: the forwarded public URL.
 			parts = readParts(t, g.get(t, recPath(implicit), "Accept", anyTS,

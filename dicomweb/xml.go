@@ -86,7 +86,7 @@ func writeDICOMXML(c *gin.Context, status int, ds gateway.Dataset, multi bool) e
 	parts := newNativeDICOMParts(bw)
 	c.Header("Content-Type", parts.contentType())
 	c.Status(status)
-	if err := parts.write(ds, ""); err != nil {
+	if err := parts.write(ds, "", ""); err != nil {
 		return err
 	}
 	if err := parts.close(); err != nil {
@@ -108,7 +108,7 @@ func (s *Server) writeSearchXML(c *gin.Context, level gateway.QueryLevel, items 
 	var err error
 	for _, d := range items {
 		d, prefix := withRetrieveURL(d, level, base)
-		if err = parts.write(d, prefix); err != nil {
+		if err = parts.write(d, prefix, ""); err != nil {
 			break
 		}
 	}
@@ -147,13 +147,14 @@ func (s *Server) writeMetadataXML(c *gin.Context, base string, read func(func(ga
 	buf := make([]byte, 0, 16<<10)
 	n := 0
 	err := read(func(e gateway.MetadataEntry, prepared []byte) error {
-		buf = gateway.AppendPreparedMetadata(buf[:0], prepared, instanceURL(base, e.StudyInstanceUID, e.SeriesInstanceUID, e.SOPInstanceUID))
+		inst := instanceURL(base, e.StudyInstanceUID, e.SeriesInstanceUID, e.SOPInstanceUID)
+		buf = gateway.AppendPreparedMetadata(buf[:0], prepared, inst)
 		var ds gateway.Dataset
 		if err := json.Unmarshal(buf, &ds); err != nil {
 			return fmt.Errorf("prepared metadata of instance %s: %v: %w", e.SOPInstanceUID, err, gateway.ErrUnavailable)
 		}
 		n++
-		return parts.write(ds, "")
+		return parts.write(ds, "", inst+"/metadata")
 	})
 	if err != nil && !c.Writer.Written() {
 		h.Del("Content-Encoding")
@@ -193,9 +194,14 @@ func (p *nativeDICOMParts) contentType() string {
 }
 
 // write adds ds as one part; relative BulkDataURIs are made absolute with
-// bulkPrefix.
-func (p *nativeDICOMParts) write(ds gateway.Dataset, bulkPrefix string) error {
-	pw, err := p.mw.CreatePart(textproto.MIMEHeader{"Content-Type": {mediaDICOMXML}})
+// bulkPrefix. location, when set, is the part's Content-Location: the URL
+// of the resource the part represents (an instance's metadata).
+func (p *nativeDICOMParts) write(ds gateway.Dataset, bulkPrefix, location string) error {
+	h := textproto.MIMEHeader{"Content-Type": {mediaDICOMXML}}
+	if location != "" {
+		h.Set("Content-Location", location)
+	}
+	pw, err := p.mw.CreatePart(h)
 	if err != nil {
 		return err
 	}
