@@ -40,6 +40,15 @@ func (s *Server) qidoRoutes(base string) []route {
 // take the event the answer is 503.
 func (s *Server) handleSearch(level gateway.QueryLevel) gin.HandlerFunc {
 	return func(c *gin.Context) {
+		// The media type is settled first: an Accept naming nothing a
+		// search can answer in (a bare application/dicom+xml, image/jpeg)
+		// is 406 before any search or audit; no Accept means DICOM JSON.
+		accept := parseAccept(c.Request.Header.Values("Accept"))
+		form, ok := negotiate(accept, searchOffers)
+		if !ok {
+			s.writeError(c, notAcceptable(accept, "search results", searchOffers))
+			return
+		}
 		// ParseQuery percent-decodes; raw UTF-8 (unencoded) is accepted as is.
 		params, err := url.ParseQuery(c.Request.URL.RawQuery)
 		if err != nil {
@@ -72,7 +81,7 @@ func (s *Server) handleSearch(level gateway.QueryLevel) gin.HandlerFunc {
 		if res.More {
 			c.Writer.Header().Add("Warning", warningFrom(agent, remainingText(res)))
 		}
-		if wantsSearchXML(c.Request) {
+		if form.multipart {
 			s.writeSearchXML(c, level, res.Items)
 			return
 		}

@@ -43,14 +43,6 @@ var xmlMultipartOffer = offer{multipart: true, mediaType: mediaDICOMXML}
 // application/json) first, then DICOM XML.
 var searchOffers = []offer{{mediaType: mediaDICOMJSON}, {mediaType: mediaJSON}, xmlMultipartOffer}
 
-// wantsSearchXML reports whether a QIDO-RS client prefers
-// multipart/related; type="application/dicom+xml" to DICOM JSON. An
-// Accept header nothing here matches keeps the JSON answer.
-func wantsSearchXML(r *http.Request) bool {
-	ch, ok := negotiate(parseAccept(r.Header.Values("Accept")), searchOffers)
-	return ok && ch.multipart
-}
-
 // stowAnswerXML reports whether a STOW-RS client asked for its response in
 // DICOM XML rather than the default DICOM JSON, and whether as a
 // multipart/related body of one part (Accept: multipart/related;

@@ -145,6 +145,15 @@ func TestDICOMXMLSearch(t *testing.T) {
 					t.Errorf("Accept %q: Content-Type %q, want DICOM JSON", accept, ct)
 				}
 			}
+			// An Accept naming only what a search cannot answer in is 406
+			// (PS3.18 8.7), not a JSON answer the client did not ask for.
+			for _, accept := range []string{"application/dicom+xml", "image/jpeg", "multipart/related; type=\"application/dicom\""} {
+				resp := g.get(t, "/dicomweb/studies", "Accept", accept)
+				body := readBody(t, resp)
+				if resp.StatusCode != http.StatusNotAcceptable {
+					t.Errorf("Accept %q: status %d, want 406: %.200s", accept, resp.StatusCode, body)
+				}
+			}
 			validateNativeDICOM(t, docs)
 		})
 	}
