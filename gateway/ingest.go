@@ -429,6 +429,18 @@ func (in *Ingester) deleteBlob(ctx context.Context, key string) {
 }
 
 func (in *Ingester) auditReplace(ctx context.Context, old, rec *InstanceRecord) {
+	in.auditStored(ctx, rec, "audit of an instance replacement not written", map[string]any{
+		"replaced":         rec.SOPInstanceUID,
+		"old_sha256":       old.SHA256,
+		"new_sha256":       rec.SHA256,
+		"duplicate_policy": string(DuplicateReplace),
+	})
+}
+
+// auditStored records a store that altered something (a replacement, a
+// zeroed preamble) with detail, for rec's study and patient; a failure to
+// write it is logged with failure, never returned: the instance is stored.
+func (in *Ingester) auditStored(ctx context.Context, rec *InstanceRecord, failure string, detail map[string]any) {
 	if in.Auditor == nil {
 		return
 	}
@@ -438,20 +450,15 @@ func (in *Ingester) auditReplace(ctx context.Context, old, rec *InstanceRecord) 
 		Action:    ActionStore,
 		Outcome:   OutcomeSuccess,
 		StudyUIDs: []string{rec.StudyInstanceUID},
-		Detail: map[string]any{
-			"replaced":         rec.SOPInstanceUID,
-			"old_sha256":       old.SHA256,
-			"new_sha256":       rec.SHA256,
-			"duplicate_policy": string(DuplicateReplace),
-		},
+		Detail:    detail,
 	}
 	if id := rec.Metadata.String(TagPatientID); id != "" {
 		ev.PatientIDs = []string{id}
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := in.Auditor.Record(ctx, ev); err != nil {
-		in.logger().ErrorContext(ctx, "audit of an instance replacement not written", LogKeySOPUID, rec.SOPInstanceUID, LogKeyError, err.Error())
+	if err := in.Auditor.Record(actx, ev); err != nil {
+		in.logger().ErrorContext(ctx, failure, LogKeySOPUID, rec.SOPInstanceUID, LogKeyError, err.Error())
 	}
 }
 

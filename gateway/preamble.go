@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"time"
 )
 
 // PreamblePolicy says what Store does with an instance whose 128-byte
@@ -102,31 +101,12 @@ func (in *Ingester) auditZeroedPreamble(ctx context.Context, rec *InstanceRecord
 	origSHA := hex.EncodeToString(orig.Sum(nil))
 	in.logger().WarnContext(ctx, "executable preamble zeroed", LogKeySOPUID, rec.SOPInstanceUID, "preamble", kind,
 		"original_sha256", origSHA, "stored_sha256", rec.SHA256)
-	if in.Auditor == nil {
-		return
-	}
-	ev := &AuditEvent{
-		Time:      in.now().UTC(),
-		Actor:     PrincipalFrom(ctx),
-		Action:    ActionStore,
-		Outcome:   OutcomeSuccess,
-		StudyUIDs: []string{rec.StudyInstanceUID},
-		Detail: map[string]any{
-			"preamble_zeroed":  rec.SOPInstanceUID,
-			"preamble":         kind,
-			"original_sha256":  origSHA,
-			"stored_sha256":    rec.SHA256,
-			"preamble_policy":  string(PreambleZero),
-			"sop_instance_uid": rec.SOPInstanceUID,
-		},
-	}
-	if id := rec.Metadata.String(TagPatientID); id != "" {
-		ev.PatientIDs = []string{id}
-	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := in.Auditor.Record(actx, ev); err != nil {
-		in.logger().ErrorContext(ctx, "audit of a zeroed preamble not written", LogKeySOPUID, rec.SOPInstanceUID,
-			"original_sha256", origSHA, LogKeyError, err.Error())
-	}
+	in.auditStored(ctx, rec, "audit of a zeroed preamble not written (its original SHA-256 is in the warning above)", map[string]any{
+		"preamble_zeroed":  rec.SOPInstanceUID,
+		"preamble":         kind,
+		"original_sha256":  origSHA,
+		"stored_sha256":    rec.SHA256,
+		"preamble_policy":  string(PreambleZero),
+		"sop_instance_uid": rec.SOPInstanceUID,
+	})
 }
