@@ -91,6 +91,7 @@ func (s *Server) handleStow(c *gin.Context) {
 		inFlight = make(chan struct{}, stowFinishesInFlight)
 	)
 	maxParts := s.Limits.maxParts()
+	source := s.routingSource(c) // once per request, not per instance
 	for {
 		part, err := mr.NextRawPart()
 		if errors.Is(err, io.EOF) {
@@ -151,7 +152,7 @@ func (s *Server) handleStow(c *gin.Context) {
 		partNo := parts // parts moves on while this finish runs
 		finishes.Go(func() {
 			defer func() { <-inFlight }()
-			s.finishStow(c, study, partNo, pending, o, &refused)
+			s.finishStow(c, study, source, partNo, pending, o, &refused)
 		})
 	}
 	finishes.Wait()
@@ -241,7 +242,7 @@ type stowOutcome struct {
 // finishStow makes one read part durable, indexes and routes it, and
 // records the outcome in o. It runs concurrently with the request's reading
 // of later parts.
-func (s *Server) finishStow(c *gin.Context, study string, part int, pending *gateway.PendingInstance, o *stowOutcome, log *refusalLog) {
+func (s *Server) finishStow(c *gin.Context, study, source string, part int, pending *gateway.PendingInstance, o *stowOutcome, log *refusalLog) {
 	rec, err := pending.Finish(c.Request.Context())
 	if err != nil {
 		ie, ok := errors.AsType[*gateway.InstanceError](err)
@@ -252,7 +253,7 @@ func (s *Server) finishStow(c *gin.Context, study string, part int, pending *gat
 		*o = *s.refused(c, study, part, ie, log)
 		return
 	}
-	if err := s.route(c, rec); err != nil {
+	if err := s.route(c, rec, source); err != nil {
 		// Stored, but its routing rule could not queue the transfer:
 		// report it failed so that the sender resends it. The resend is
 		// idempotent (identical bytes) and routes it again, so nothing
@@ -523,16 +524,24 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// route hands a newly stored instance to the routing rules. The source is
-// the sending centre when the request may speak for one (peerauth.go), else
-// the principal's name.
-func (s *Server) route(c *gin.Context, rec *gateway.InstanceRecord) error {
+// routingSource is the source routing rules see for a STOW-RS request: the
+// sending centre when the request may speak for one (peerauth.go), else the
+// principal's name.
+func (s *Server) routingSource(c *gin.Context) string {
+	if s.Router == nil {
+		return ""
+	}
+	if source, ok := s.sourceCentre(c); ok {
+		return source
+	}
+	return gateway.PrincipalFrom(c.Request.Context()).Name
+}
+
+// route hands a newly stored instance to the routing rules with the
+// request's routingSource.
+func (s *Server) route(c *gin.Context, rec *gateway.InstanceRecord, source string) error {
 	if s.Router == nil {
 		return nil
-	}
-	source, ok := s.sourceCentre(c)
-	if !ok {
-		source = gateway.PrincipalFrom(c.Request.Context()).Name
 	}
 	if err := s.Router.Ingested(c.Request.Context(), rec, source); err != nil {
 		s.Logger.WarnContext(c.Request.Context(), "routing rule not applied; instance reported failed so the sender resends it",
@@ -554,7 +563,9 @@ func drainPart(part io.Reader) bool {
 }
 
 // readLead reads up to len(b) bytes of r. Unlike io.ReadFull it returns
-// r's own error: nil when b was filled, io.EOF when the part ended first.
+// r's own error: nil when b was filled, io.EOF when the part ended first,
+// and a multipart reader's io.ErrUnexpectedEOF (a body cut off before its
+// closing boundary: 400) as it is, not as a short part.
 func readLead(r io.Reader, b []byte) (int, error) {
 	n := 0
 	for n < len(b) {

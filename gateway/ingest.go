@@ -99,11 +99,10 @@ func (in *Ingester) Store(ctx context.Context, r io.Reader, opts StoreOptions) (
 // instance's lock (and, on a filesystem store, an open temporary file) until
 // Finish returns.
 type PendingInstance struct {
-	SOPClassUID, SOPInstanceUID string
-	finish                      func(ctx context.Context) (*InstanceRecord, error)
-	once                        sync.Once
-	rec                         *InstanceRecord
-	err                         error
+	finish func(ctx context.Context) (*InstanceRecord, error)
+	once   sync.Once
+	rec    *InstanceRecord
+	err    error
 }
 
 // Finish makes the instance durable and indexes it, and returns what Store
@@ -111,15 +110,6 @@ type PendingInstance struct {
 func (p *PendingInstance) Finish(ctx context.Context) (*InstanceRecord, error) {
 	p.once.Do(func() { p.rec, p.err = p.finish(ctx) })
 	return p.rec, p.err
-}
-
-func finished(rec *InstanceRecord, err error) *PendingInstance {
-	p := &PendingInstance{rec: rec, err: err}
-	if rec != nil {
-		p.SOPClassUID, p.SOPInstanceUID = rec.SOPClassUID, rec.SOPInstanceUID
-	}
-	p.once.Do(func() {})
-	return p
 }
 
 // Begin does the part of Store that reads r: it parses, checks and streams
@@ -136,9 +126,9 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 	// The header's memory is held until Finish has indexed it (its
 	// encodings are made from the Dataset there).
 	acct := &headerAccount{shared: in.HeaderMemory, ctx: ctx}
-	headerHandedOver := false
+	handedOver := false // to Finish, which releases the header and the lock
 	defer func() {
-		if !headerHandedOver {
+		if !handedOver {
 			acct.release()
 		}
 	}()
@@ -187,7 +177,6 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 		}
 		return nil, unavailable("lock instance", fmt.Errorf("another upload of this instance is still running: %w", err))
 	}
-	handedOver := false // to Finish, which unlocks
 	defer func() {
 		if !handedOver {
 			unlock()
@@ -228,7 +217,8 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 			return nil, annotate(body.failure(err))
 		}
 		if body.sha() == existing.SHA256 && body.n == existing.Size {
-			return finished(existing, nil), nil
+			// Already stored: nothing is left for Finish but to answer.
+			return &PendingInstance{finish: func(context.Context) (*InstanceRecord, error) { return existing, nil }}, nil
 		}
 		return nil, fail(ReasonDuplicateRejected, fmt.Errorf("instance %s is already stored with different content (policy %s): %w", h.SOPInstanceUID, DuplicateReject, ErrConflict))
 	}
@@ -276,7 +266,16 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 		Metadata:          h.Dataset,
 	}
 
-	pending := &PendingInstance{SOPClassUID: h.SOPClassUID, SOPInstanceUID: h.SOPInstanceUID}
+	// stored says what a successful Finish did: the zeroed preamble's
+	// audit, the log line, and UIDs that break PS3.5 9.1.
+	stored := func(ctx context.Context, what string) {
+		if origSum != nil {
+			in.auditZeroedPreamble(ctx, rec, preamble, origSum)
+		}
+		in.logger().InfoContext(ctx, what, LogKeyStudyUID, rec.StudyInstanceUID, LogKeySeriesUID, rec.SeriesInstanceUID, LogKeySOPUID, rec.SOPInstanceUID, "size", rec.Size)
+		in.logDeviations(ctx, rec)
+	}
+	pending := &PendingInstance{}
 	pending.finish = func(ctx context.Context) (*InstanceRecord, error) {
 		defer acct.release()
 		defer unlock()
@@ -307,11 +306,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 				in.deleteBlob(ctx, old)
 			}
 			in.auditReplace(ctx, existing, rec)
-			if origSum != nil {
-				in.auditZeroedPreamble(ctx, rec, preamble, origSum)
-			}
-			in.logger().InfoContext(ctx, "instance replaced", LogKeyStudyUID, rec.StudyInstanceUID, LogKeySOPUID, rec.SOPInstanceUID, "size", rec.Size)
-			in.logDeviations(ctx, rec)
+			stored(ctx, "instance replaced")
 			return rec, nil
 		}
 
@@ -340,14 +335,10 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 			in.logger().ErrorContext(ctx, "instance indexed by another upload while locked", LogKeySOPUID, rec.SOPInstanceUID)
 			return nil, fail(ReasonDuplicateRejected, fmt.Errorf("instance %s was stored concurrently with different content: %w", h.SOPInstanceUID, ErrConflict))
 		}
-		if origSum != nil {
-			in.auditZeroedPreamble(ctx, rec, preamble, origSum)
-		}
-		in.logger().InfoContext(ctx, "instance stored", LogKeyStudyUID, rec.StudyInstanceUID, LogKeySeriesUID, rec.SeriesInstanceUID, LogKeySOPUID, rec.SOPInstanceUID, "size", rec.Size)
-		in.logDeviations(ctx, rec)
+		stored(ctx, "instance stored")
 		return rec, nil
 	}
-	handedOver, headerHandedOver = true, true
+	handedOver = true
 	return pending, nil
 }
 
