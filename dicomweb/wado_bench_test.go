@@ -2,19 +2,14 @@ package dicomweb_test
 
 import (
 	"bytes"
-	"context"
-	"encoding/json"
 	"io"
-	"net"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
+	"github.com/dicom-gateway/gateway/internal/orthanctest"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
 
@@ -120,65 +115,13 @@ func latencies(b *testing.B, f func()) {
 	b.ReportMetric(float64(d[min(len(d)-1, len(d)*99/100)].Nanoseconds()), "p99-ns")
 }
 
-// startOrthanc starts Orthanc with the DICOMweb plugin on free loopback
-// ports and returns its URL, or "" when Orthanc is not installed.
+// startOrthanc starts Orthanc with the DICOMweb plugin (orthanctest) and
+// returns its URL, or "" when Orthanc is not installed: the benchmark then
+// reports the gateway's figures only.
 func startOrthanc(b *testing.B) string {
-	bin, err := exec.LookPath("Orthanc")
-	if err != nil {
+	if _, err := exec.LookPath("Orthanc"); err != nil {
 		b.Log("Orthanc not installed: gateway figures only")
 		return ""
 	}
-	dir := b.TempDir()
-	httpPort, dicomPort := freePort(b), freePort(b)
-	cfg := map[string]any{
-		"Name":                  "bench",
-		"StorageDirectory":      filepath.Join(dir, "db"),
-		"IndexDirectory":        filepath.Join(dir, "db"),
-		"HttpPort":              httpPort,
-		"DicomPort":             dicomPort,
-		"RemoteAccessAllowed":   false,
-		"AuthenticationEnabled": false,
-		"Plugins":               []string{"/usr/share/orthanc/plugins/libOrthancDicomWeb.so"},
-		"DicomWeb":              map[string]any{"Enable": true, "Root": "/dicom-web/"},
-	}
-	raw, _ := json.Marshal(cfg)
-	cfgPath := filepath.Join(dir, "orthanc.json")
-	if err := os.WriteFile(cfgPath, raw, 0o600); err != nil {
-		b.Fatal(err)
-	}
-	cmd := exec.Command(bin, cfgPath)
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	url := "http://127.0.0.1:" + strconv.Itoa(httpPort)
-	ctx, cancel := context.WithTimeout(b.Context(), 30*time.Second)
-	defer cancel()
-	for ctx.Err() == nil {
-		if resp, err := http.Get(url + "/system"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return url
-			}
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	b.Fatal("Orthanc did not start within 30 s")
-	return ""
-}
-
-func freePort(b *testing.B) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return orthanctest.Start(b, orthanctest.Options{}).URL
 }
