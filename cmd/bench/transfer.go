@@ -362,14 +362,7 @@ func backendArgs(be *gatewayBackend) []string {
 // gives each gateway its Redis prefix and bucket (nil: embedded).
 func (tb *transferBench) gatewayCases(ctx context.Context, label string, backend func(role string) *gatewayBackend) []forwardCase {
 	cases := tb.newCases("gateway", label)
-	fail := func(err error) []forwardCase {
-		for i := range cases {
-			if cases[i].err == nil && cases[i].d == 0 {
-				cases[i].err = err
-			}
-		}
-		return cases
-	}
+	fail := func(err error) []forwardCase { return failUnmeasured(cases, err) }
 	slug := "gateway-" + strings.NewReplacer(" ", "", "(", "", ")", "", "+", "-").Replace(label)
 	dir := filepath.Join(tb.work, slug)
 	be := func(role string) *gatewayBackend {
@@ -378,13 +371,7 @@ func (tb *transferBench) gatewayCases(ctx context.Context, label string, backend
 		}
 		return backend(role)
 	}
-	// Receivers' ports are fixed up front: the sender's peers name them.
-	portDirect, err1 := cluster.FreePort()
-	portWAN, err2 := cluster.FreePort()
-	if err := errors.Join(err1, err2); err != nil {
-		return fail(err)
-	}
-	proxy, err := wanproxy.Listen("127.0.0.1:0", fmt.Sprintf("127.0.0.1:%d", portWAN), tb.cfg.link)
+	portDirect, portWAN, proxy, err := tb.receiverLinks()
 	if err != nil {
 		return fail(err)
 	}
@@ -528,25 +515,36 @@ func (tb *transferBench) forwardGateway(parent context.Context, sender *cluster.
 	return d, nil
 }
 
+// failUnmeasured gives err to every case not measured yet and returns cases.
+func failUnmeasured(cases []forwardCase, err error) []forwardCase {
+	for i := range cases {
+		if cases[i].err == nil && cases[i].d == 0 {
+			cases[i].err = err
+		}
+	}
+	return cases
+}
+
+// receiverLinks reserves the ports of a system's two receivers, the direct
+// one and the one behind the WAN emulator, and starts the emulator in front
+// of the second: the sender's configuration names both before they start.
+func (tb *transferBench) receiverLinks() (portDirect, portWAN int, proxy *wanproxy.Proxy, err error) {
+	portDirect, err1 := cluster.FreePort()
+	portWAN, err2 := cluster.FreePort()
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, 0, nil, err
+	}
+	proxy, err = wanproxy.Listen("127.0.0.1:0", fmt.Sprintf("127.0.0.1:%d", portWAN), tb.cfg.link)
+	return portDirect, portWAN, proxy, err
+}
+
 // ---- Orthanc → Orthanc ----
 
 func (tb *transferBench) orthancCases(ctx context.Context) []forwardCase {
 	cases := tb.newCases("orthanc", "its own (files + SQLite)")
-	fail := func(err error) []forwardCase {
-		for i := range cases {
-			if cases[i].err == nil && cases[i].d == 0 {
-				cases[i].err = err
-			}
-		}
-		return cases
-	}
+	fail := func(err error) []forwardCase { return failUnmeasured(cases, err) }
 	dir := filepath.Join(tb.work, "orthanc")
-	portDirect, err1 := cluster.FreePort()
-	portWAN, err2 := cluster.FreePort()
-	if err := errors.Join(err1, err2); err != nil {
-		return fail(err)
-	}
-	proxy, err := wanproxy.Listen("127.0.0.1:0", fmt.Sprintf("127.0.0.1:%d", portWAN), tb.cfg.link)
+	portDirect, portWAN, proxy, err := tb.receiverLinks()
 	if err != nil {
 		return fail(err)
 	}
