@@ -201,9 +201,14 @@ func (b *stagedFile) Size() int64 { return b.size }
 
 // Abort removes the temporary file.
 func (b *stagedFile) Abort() {
-	if b.ended.Swap(true) {
-		return
+	if !b.ended.Swap(true) {
+		b.discard()
 	}
+}
+
+// discard closes and removes the temporary file; a second Close, after a
+// Commit that closed it, only errs.
+func (b *stagedFile) discard() {
 	b.f.Close()
 	b.s.root.Remove(b.tmp) // best effort: New clears what is left
 }
@@ -217,8 +222,7 @@ func (b *stagedFile) Commit(ctx context.Context, _ string) error {
 	committed := false
 	defer func() {
 		if !committed {
-			b.f.Close()            // already closed on the success path; a second Close only errs
-			b.s.root.Remove(b.tmp) // best effort: New clears what is left
+			b.discard()
 		}
 	}()
 	if err := b.f.Sync(); err != nil {

@@ -242,45 +242,22 @@ func checkKey(key string) error {
 	return nil
 }
 
-// Put reads r into a part-sized pooled buffer. A stream that ends within it
-// goes up in one PUT with a known size (which minio-go may retry, the buffer
-// being seekable); a longer one in a multipart upload of such parts, which is
-// aborted, even after ctx ended, if anything fails. A Put cancelled after the
+// Put is Stage then Commit: a stream that ends within a part goes up in one
+// PUT with a known size (which minio-go may retry, the buffer being
+// seekable); a longer one in a multipart upload of part-sized chunks, which
+// is aborted, even after ctx ended, if anything fails. A Put cancelled after the
 // server committed the object but before the answer arrived reports the
 // cancellation although the object exists: the same holds for any remote
 // store.
 func (s *BlobStore) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
-	if err := checkKey(key); err != nil {
-		return 0, fmt.Errorf("put: %w", err)
-	}
-	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("put %s: %w", key, err)
-	}
-	bp := s.bufs.Get().(*[]byte)
-	defer s.bufs.Put(bp)
-	buf := *bp
-	n, rerr := io.ReadFull(r, buf)
-	switch {
-	case rerr == io.EOF || rerr == io.ErrUnexpectedEOF:
-		if err := ctx.Err(); err != nil {
-			return 0, fmt.Errorf("put %s: %w", key, err)
-		}
-		_, err := s.client.PutObject(ctx, s.bucket, key, bytes.NewReader(buf[:n]), int64(n), minio.PutObjectOptions{})
-		if err != nil {
-			return 0, fmt.Errorf("put %s: %w", key, translate(err))
-		}
-		return int64(n), nil
-	case rerr != nil:
-		return 0, fmt.Errorf("put %s: read: %w", key, rerr)
-	}
-	up, err := s.uploadParts(ctx, key, r, buf)
+	b, err := s.Stage(ctx, key, r)
 	if err != nil {
-		return 0, fmt.Errorf("put %s: %w", key, err)
-	}
-	if err := up.Commit(ctx, ""); err != nil {
 		return 0, err
 	}
-	return up.size, nil
+	if err := b.Commit(ctx, ""); err != nil {
+		return 0, err
+	}
+	return b.Size(), nil
 }
 
 // OverNetwork implements gateway.NetworkStore: every Get is a request to
