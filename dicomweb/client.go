@@ -282,7 +282,7 @@ func multipartLength(boundary string, batch []*gateway.InstanceRecord) (int64, e
 func (c *Client) writeParts(ctx context.Context, mw *multipart.Writer, batch []*gateway.InstanceRecord) error {
 	parts := make([]part, len(batch))
 	for i, rec := range batch {
-		parts[i] = part{length: rec.Size, open: func(ctx context.Context) (io.ReadCloser, error) { return c.Blobs.Get(ctx, rec.Key(), 0, -1) }}
+		parts[i].open = func(ctx context.Context) (io.ReadCloser, error) { return c.Blobs.Get(ctx, rec.Key(), 0, -1) }
 	}
 	ahead := openAhead(ctx, parts, gateway.OverNetwork(c.Blobs))
 	defer ahead.close()

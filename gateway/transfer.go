@@ -425,8 +425,9 @@ func (s *Transfers) Retry(ctx context.Context, id string) (*Transfer, error) {
 // sent in one STOW-RS request of its transfer transferID (the X-Transfer-ID
 // header; source from X-Source-Centre, total from X-Transfer-Instances, 0 if
 // absent), in one step: each entry says whether the instance was stored, or
-// why not. The STOW-RS handler calls it once per such request, so a request
-// of many instances costs one state write, not one each.
+// why not (the other fields of batch's entries are filled in here). The
+// STOW-RS handler calls it once per such request, so a request of many
+// instances costs one state write, not one each.
 func (s *Transfers) RecordIncoming(ctx context.Context, transferID, source string, total int, batch []IncomingInstance) error {
 	if err := ValidateTransferID(transferID); err != nil {
 		return fmt.Errorf("X-Transfer-ID: %w", err)
@@ -438,12 +439,11 @@ func (s *Transfers) RecordIncoming(ctx context.Context, transferID, source strin
 		return nil
 	}
 	now := s.now()
-	full := make([]IncomingInstance, len(batch))
-	for i, in := range batch {
+	for i := range batch {
+		in := &batch[i]
 		in.TransferID, in.Source, in.Destination, in.Total, in.At = transferID, source, s.Name, total, now
-		full[i] = in
 	}
-	_, err := s.Queue.RecordIncoming(ctx, full)
+	_, err := s.Queue.RecordIncoming(ctx, batch)
 	return err
 }
 
