@@ -10,19 +10,10 @@ import (
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
-// appendExplicit appends one Explicit VR Little Endian element.
+// appendExplicit appends one Explicit VR Little Endian element
+// (explicitElement, in append form).
 func appendExplicit(b []byte, tag uint32, vr string, value []byte) []byte {
-	b = binary.LittleEndian.AppendUint16(b, uint16(tag>>16))
-	b = binary.LittleEndian.AppendUint16(b, uint16(tag))
-	b = append(b, vr...)
-	switch vr {
-	case "OB", "OW", "SQ", "UN", "UT":
-		b = append(b, 0, 0)
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(value)))
-	default:
-		b = binary.LittleEndian.AppendUint16(b, uint16(len(value)))
-	}
-	return append(b, value...)
+	return append(b, explicitElement(uint16(tag>>16), uint16(tag), vr, value)...)
 }
 
 func evenUID(s string) []byte {
