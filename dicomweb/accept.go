@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -273,9 +274,9 @@ func truncate(s string, n int) string {
 func instanceOffers(ts string, single bool) []offer {
 	syntaxes := []string{ts}
 	def := ""
-	if gateway.CanTranscode(ts, gateway.TSExplicitLE) {
-		syntaxes = append(syntaxes, gateway.TSExplicitLE)
-		def = gateway.TSExplicitLE
+	if dicomcodec.CanTranscode(ts, dicomcodec.TSExplicitLE) {
+		syntaxes = append(syntaxes, dicomcodec.TSExplicitLE)
+		def = dicomcodec.TSExplicitLE
 	}
 	o := []offer{{multipart: true, mediaType: mediaDICOM, syntaxes: syntaxes, defaultSyntax: def}}
 	if single {
@@ -288,8 +289,8 @@ func instanceOffers(ts string, single bool) []offer {
 // little-endian pixels are the same bytes in implicit and explicit VR, and
 // Explicit VR Little Endian is the octet-stream default (PS3.18 8.7.3.5).
 func pixelSyntaxes(ts string) []string {
-	if ts == gateway.TSImplicitLE || ts == gateway.TSExplicitLE {
-		return []string{gateway.TSExplicitLE, gateway.TSImplicitLE}
+	if ts == dicomcodec.TSImplicitLE || ts == dicomcodec.TSExplicitLE {
+		return []string{dicomcodec.TSExplicitLE, dicomcodec.TSImplicitLE}
 	}
 	return []string{ts}
 }
@@ -334,7 +335,7 @@ func imageMediaType(ts string) string {
 		return "image/jhc"
 	case "1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112":
 		return "image/jxl"
-	case gateway.TSRLELossless:
+	case dicomcodec.TSRLELossless:
 		return "image/dicom-rle"
 	case "1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101":
 		return "video/mpeg"

@@ -36,6 +36,7 @@ const statusClientClosedRequest = 499
 // statusOf returns the HTTP status for err: the first sentinel it wraps, 413
 // for *http.MaxBytesError, 500 otherwise.
 func statusOf(err error) int {
+	err = gateway.FromCodec(err) // a dicomcodec error as the domain sees it
 	if errors.Is(err, context.Canceled) {
 		// The client went away (or the server is stopping): nobody reads
 		// the answer, and it is not the server's error.

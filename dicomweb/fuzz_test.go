@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
 
@@ -53,7 +53,7 @@ func FuzzMultipart(f *testing.F) {
 	// Small inflate bound: a generated deflate stream may legitimately
 	// inflate to the default 4 GiB, which costs seconds of CPU per input
 	// (TestSecurityHostileBodies covers that case with a flat heap).
-	s.Ingester.HeaderLimits = gateway.HeaderLimits{MaxInflatedBytes: 16 << 20}
+	s.Ingester.HeaderLimits = dicomcodec.HeaderLimits{MaxInflatedBytes: 16 << 20}
 	ts := s.Handler()
 	allowed := map[int]bool{200: true, 202: true, 400: true, 409: true, 413: true, 415: true, 503: true}
 	f.Fuzz(func(t *testing.T, contentType string, body []byte) {

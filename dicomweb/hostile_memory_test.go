@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -229,7 +230,7 @@ func TestStowPartLimit(t *testing.T) {
 func TestSecurityHeaderMemoryShared(t *testing.T) {
 	const explicitLE = "1.2.840.10008.1.2.1"
 	s := embeddedServer(t, nil)
-	budget := gateway.NewHeaderMemory(3 << 20)
+	budget := dicomcodec.NewHeaderMemory(3 << 20)
 	budget.Wait = 0 // refuse at once: the upload holding it is held open by the test
 	s.Ingester.HeaderMemory = budget
 	ts := newAuthTestServer(t, s)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -95,7 +96,7 @@ func (s *Server) handleSearch(level gateway.QueryLevel) gin.HandlerFunc {
 				bw.WriteByte(',')
 			}
 			d, prefix := withRetrieveURL(d, level, base)
-			buf = gateway.AppendDatasetJSON(buf[:0], d, prefix)
+			buf = dicomcodec.AppendDatasetJSON(buf[:0], d, prefix)
 			bw.Write(buf)
 		}
 		bw.WriteByte(']')
@@ -142,8 +143,8 @@ func remainingText(res *gateway.SearchResult) string {
 // withRetrieveURL returns d with RetrieveURL (0008,1190) for the item's
 // level, and the prefix that makes relative BulkDataURIs absolute (the
 // instance's URL; instance-level items are the only ones that carry them).
-func withRetrieveURL(d gateway.Dataset, level gateway.QueryLevel, base string) (gateway.Dataset, string) {
-	study, series, sop := d.String(gateway.TagStudyInstanceUID), d.String(gateway.TagSeriesInstanceUID), d.String(gateway.TagSOPInstanceUID)
+func withRetrieveURL(d dicomcodec.Dataset, level gateway.QueryLevel, base string) (dicomcodec.Dataset, string) {
+	study, series, sop := d.String(dicomcodec.TagStudyInstanceUID), d.String(dicomcodec.TagSeriesInstanceUID), d.String(dicomcodec.TagSOPInstanceUID)
 	u := base + "/studies/" + study
 	prefix := ""
 	if level >= gateway.LevelSeries {
@@ -153,11 +154,11 @@ func withRetrieveURL(d gateway.Dataset, level gateway.QueryLevel, base string) (
 		u += "/instances/" + sop
 		prefix = u + "/"
 	}
-	out := make(gateway.Dataset, len(d)+1)
+	out := make(dicomcodec.Dataset, len(d)+1)
 	for t, a := range d {
 		out[t] = a
 	}
-	out[gateway.TagRetrieveURL] = gateway.Attribute{VR: "UR", Value: []any{u}}
+	out[gateway.TagRetrieveURL] = dicomcodec.Attribute{VR: "UR", Value: []any{u}}
 	return out, prefix
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/storage/bolt"
@@ -49,11 +50,11 @@ func TestQIDOFuzzyMatching(t *testing.T) {
 			}
 			storagetest.LoadQueryFixture(t, index)
 			rec := storagetest.Record(fuzzyStudy, fuzzyStudy+".1", fuzzyStudy+".1.1", map[string]any{
-				gateway.TagPatientName: gateway.PersonName{Alphabetic: "Evans^Mary"},
-				gateway.TagPatientID:   "P077",
-				gateway.TagStudyDate:   "20180101",
-				"00080090":             gateway.PersonName{Alphabetic: "Philips^Anna"},
-				"00081030":             "KNEE",
+				dicomcodec.TagPatientName: dicomcodec.PersonName{Alphabetic: "Evans^Mary"},
+				dicomcodec.TagPatientID:   "P077",
+				dicomcodec.TagStudyDate:   "20180101",
+				"00080090":                dicomcodec.PersonName{Alphabetic: "Philips^Anna"},
+				"00081030":                "KNEE",
 			})
 			if _, _, err := index.PutInstance(t.Context(), rec); err != nil {
 				t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/syncbuf"
@@ -16,7 +17,7 @@ import (
 
 // postStow sends the instances to g in one STOW-RS request and returns the
 // status, the Warning header and the decoded answer.
-func postStow(t *testing.T, g *wadoGateway, instances ...[]byte) (int, string, gateway.Dataset) {
+func postStow(t *testing.T, g *wadoGateway, instances ...[]byte) (int, string, dicomcodec.Dataset) {
 	t.Helper()
 	var parts []stowPart
 	for _, data := range instances {
@@ -34,7 +35,7 @@ func postStow(t *testing.T, g *wadoGateway, instances ...[]byte) (int, string, g
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var ds gateway.Dataset
+	var ds dicomcodec.Dataset
 	if err := json.NewDecoder(resp.Body).Decode(&ds); err != nil {
 		t.Fatalf("STOW answer (status %d) is not DICOM JSON: %v", resp.StatusCode, err)
 	}
@@ -82,7 +83,7 @@ func TestStowVendorUIDsWithLeadingZeros(t *testing.T) {
 			if len(items) != 1 {
 				t.Fatalf("ReferencedSOPSequence has %d items, want 1", len(items))
 			}
-			item := items[0].(gateway.Dataset)
+			item := items[0].(dicomcodec.Dataset)
 			if got := item["00081196"]; got.VR != "US" || len(got.Value) != 1 || got.Value[0] != int64(gateway.WarningDataSetMismatch) {
 				t.Errorf("WarningReason %+v, want US 0xB007", got)
 			}
@@ -105,12 +106,12 @@ func TestStowVendorUIDsWithLeadingZeros(t *testing.T) {
 				t.Errorf("retrieved %d parts, want the original bytes", len(parts))
 			}
 			resp := g.get(t, "/dicomweb/studies/"+study+"/series/"+series+"/instances/"+sop+"/metadata")
-			var meta []gateway.Dataset
+			var meta []dicomcodec.Dataset
 			if err := json.Unmarshal(readBody(t, resp), &meta); err != nil || resp.StatusCode != http.StatusOK || len(meta) != 1 || meta[0].String("00080018") != sop {
 				t.Errorf("metadata: status %d, %v, %d objects", resp.StatusCode, err, len(meta))
 			}
 			resp = g.get(t, "/dicomweb/studies?StudyInstanceUID="+study)
-			var found []gateway.Dataset
+			var found []dicomcodec.Dataset
 			if err := json.Unmarshal(readBody(t, resp), &found); err != nil || len(found) != 1 || found[0].String("0020000D") != study {
 				t.Errorf("QIDO-RS: status %d, %v, %d studies", resp.StatusCode, err, len(found))
 			}
@@ -120,7 +121,7 @@ func TestStowVendorUIDsWithLeadingZeros(t *testing.T) {
 			if status != http.StatusOK || warning != "" {
 				t.Errorf("conformant instance: status %d, Warning %q, want 200 and none", status, warning)
 			}
-			if item := ds["00081199"].Value[0].(gateway.Dataset); len(item["00081196"].Value) != 0 {
+			if item := ds["00081199"].Value[0].(dicomcodec.Dataset); len(item["00081196"].Value) != 0 {
 				t.Errorf("conformant instance has a WarningReason")
 			}
 

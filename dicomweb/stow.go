@@ -16,6 +16,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -282,7 +283,7 @@ func (s *Server) refused(c *gin.Context, study string, part int, ie *gateway.Ins
 // of them are in one study. Instances of several studies have no single
 // resource to name, so the header is left out; each stored instance's
 // RetrieveURL in the ReferencedSOPSequence still says where it is.
-func stowLocation(resp gateway.Dataset, stored []*gateway.InstanceRecord) string {
+func stowLocation(resp dicomcodec.Dataset, stored []*gateway.InstanceRecord) string {
 	if len(stored) == 0 {
 		return ""
 	}
@@ -300,25 +301,25 @@ func stowLocation(resp gateway.Dataset, stored []*gateway.InstanceRecord) string
 }
 
 // stowResponse builds the Store Instances Response Module (PS3.18 I.1).
-func (s *Server) stowResponse(c *gin.Context, study string, stored []*gateway.InstanceRecord, failed []stowFailure) gateway.Dataset {
+func (s *Server) stowResponse(c *gin.Context, study string, stored []*gateway.InstanceRecord, failed []stowFailure) dicomcodec.Dataset {
 	base := s.baseURL(c)
 	studies := map[string]bool{}
 	for _, r := range stored {
 		studies[r.StudyInstanceUID] = true
 	}
-	resp := gateway.Dataset{tagRetrieveURL: {VR: "UR"}}
+	resp := dicomcodec.Dataset{tagRetrieveURL: {VR: "UR"}}
 	if study == "" && len(studies) == 1 {
 		for st := range studies {
 			study = st
 		}
 	}
 	if study != "" {
-		resp[tagRetrieveURL] = gateway.Attribute{VR: "UR", Value: []any{base + "/studies/" + study}}
+		resp[tagRetrieveURL] = dicomcodec.Attribute{VR: "UR", Value: []any{base + "/studies/" + study}}
 	}
 	if len(stored) > 0 {
 		items := make([]any, 0, len(stored))
 		for _, r := range stored {
-			item := gateway.Dataset{
+			item := dicomcodec.Dataset{
 				tagReferencedSOPClassUID:   {VR: "UI", Value: []any{r.SOPClassUID}},
 				tagReferencedSOPInstanceID: {VR: "UI", Value: []any{r.SOPInstanceUID}},
 				tagRetrieveURL:             {VR: "UR", Value: []any{base + "/studies/" + r.StudyInstanceUID + "/series/" + r.SeriesInstanceUID + "/instances/" + r.SOPInstanceUID}},
@@ -326,28 +327,28 @@ func (s *Server) stowResponse(c *gin.Context, study string, stored []*gateway.In
 			addWarningReason(item, r)
 			items = append(items, item)
 		}
-		resp[tagReferencedSOPSequence] = gateway.Attribute{VR: "SQ", Value: items}
+		resp[tagReferencedSOPSequence] = dicomcodec.Attribute{VR: "SQ", Value: items}
 	}
 	if len(failed) > 0 {
 		items := make([]any, 0, len(failed))
 		for _, f := range failed {
-			item := gateway.Dataset{
+			item := dicomcodec.Dataset{
 				tagReferencedSOPClassUID:   {VR: "UI"},
 				tagReferencedSOPInstanceID: {VR: "UI"},
 				tagFailureReason:           {VR: "US", Value: []any{int64(f.reason)}},
 			}
 			if f.sopClassUID != "" {
-				item[tagReferencedSOPClassUID] = gateway.Attribute{VR: "UI", Value: []any{f.sopClassUID}}
+				item[tagReferencedSOPClassUID] = dicomcodec.Attribute{VR: "UI", Value: []any{f.sopClassUID}}
 			}
 			if f.sopInstanceUID != "" {
-				item[tagReferencedSOPInstanceID] = gateway.Attribute{VR: "UI", Value: []any{f.sopInstanceUID}}
+				item[tagReferencedSOPInstanceID] = dicomcodec.Attribute{VR: "UI", Value: []any{f.sopInstanceUID}}
 			}
 			if f.comment != "" {
-				item[tagErrorComment] = gateway.Attribute{VR: "LO", Value: []any{f.comment[:min(len(f.comment), 64)]}}
+				item[tagErrorComment] = dicomcodec.Attribute{VR: "LO", Value: []any{f.comment[:min(len(f.comment), 64)]}}
 			}
 			items = append(items, item)
 		}
-		resp[tagFailedSOPSequence] = gateway.Attribute{VR: "SQ", Value: items}
+		resp[tagFailedSOPSequence] = dicomcodec.Attribute{VR: "SQ", Value: items}
 	}
 	return resp
 }
@@ -364,7 +365,7 @@ func (s *Server) auditStow(c *gin.Context, study string, stored []*gateway.Insta
 		if !slices.Contains(studies, r.StudyInstanceUID) {
 			studies = append(studies, r.StudyInstanceUID)
 		}
-		if id := r.Metadata.String(gateway.TagPatientID); id != "" && !slices.Contains(patients, id) {
+		if id := r.Metadata.String(dicomcodec.TagPatientID); id != "" && !slices.Contains(patients, id) {
 			patients = append(patients, id)
 		}
 		bytes += r.Size

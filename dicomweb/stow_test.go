@@ -19,6 +19,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/backendtest"
@@ -113,14 +114,14 @@ type stowResult struct {
 	status int
 	header http.Header
 	body   []byte
-	ds     gateway.Dataset
+	ds     dicomcodec.Dataset
 }
 
 func (r stowResult) failureReasons() []int64 {
 	var out []int64
 	if a, ok := r.ds["00081198"]; ok {
 		for _, it := range a.Value {
-			v := it.(gateway.Dataset)["00081197"].Value
+			v := it.(dicomcodec.Dataset)["00081197"].Value
 			if len(v) == 1 {
 				out = append(out, v[0].(int64))
 			}
@@ -202,7 +203,7 @@ func TestStowCorpus(t *testing.T) {
 					t.Fatal(err)
 				}
 				res := s.stow(t, "/dicomweb/studies", dicomPart(data))
-				h, perr := gateway.ParseHeader(bytes.NewReader(data), gateway.HeaderLimits{})
+				h, perr := dicomcodec.ParseHeader(bytes.NewReader(data), dicomcodec.HeaderLimits{})
 				switch res.status {
 				case http.StatusOK:
 					if res.referenced() != 1 {
@@ -387,7 +388,7 @@ func TestStowStatusCodes(t *testing.T) {
 		if got, want := res.ds.String("00081190"), s.srv.URL+"/dicomweb/studies/"+testStudy; got != want {
 			t.Errorf("RetrieveURL = %q, want %q", got, want)
 		}
-		item := res.ds["00081199"].Value[0].(gateway.Dataset)
+		item := res.ds["00081199"].Value[0].(dicomcodec.Dataset)
 		if got, want := item.String("00081190"), s.srv.URL+"/dicomweb/studies/"+testStudy+"/series/"+testSeries+"/instances/"+testSOP(1); got != want {
 			t.Errorf("instance RetrieveURL = %q, want %q", got, want)
 		}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -28,9 +29,9 @@ func warnedCount(stored []*gateway.InstanceRecord) int {
 
 // addWarningReason adds the Warning Reason to the Referenced SOP Sequence
 // item of a stored instance that carries a warning.
-func addWarningReason(item gateway.Dataset, r *gateway.InstanceRecord) {
+func addWarningReason(item dicomcodec.Dataset, r *gateway.InstanceRecord) {
 	if len(r.UIDDeviations()) > 0 {
-		item[tagWarningReason] = gateway.Attribute{VR: "US", Value: []any{int64(gateway.WarningDataSetMismatch)}}
+		item[tagWarningReason] = dicomcodec.Attribute{VR: "US", Value: []any{int64(gateway.WarningDataSetMismatch)}}
 	}
 }
 

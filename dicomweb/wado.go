@@ -14,6 +14,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -256,7 +257,7 @@ func (s *Server) handleFrames(c *gin.Context) {
 	if !ok {
 		return
 	}
-	ranges := make([][]gateway.ByteRange, len(frames))
+	ranges := make([][]dicomcodec.ByteRange, len(frames))
 	locations := make([]string, len(frames))
 	inst := recordURL(s.baseURL(c), rec)
 	for i, n := range frames {
@@ -284,11 +285,11 @@ func frameURL(inst string, n int) string {
 // servePixels negotiates and streams pixel data: one part per entry of
 // ranges (a frame, or the whole native value), each labelled with its
 // transfer syntax and with the URL of what it holds (locations[i]).
-func (s *Server) servePixels(c *gin.Context, rec *gateway.InstanceRecord, ranges [][]gateway.ByteRange, locations []string, single bool, detail map[string]any) {
+func (s *Server) servePixels(c *gin.Context, rec *gateway.InstanceRecord, ranges [][]dicomcodec.ByteRange, locations []string, single bool, detail map[string]any) {
 	syntaxes := pixelSyntaxes(rec.TransferSyntaxUID)
 	swap := swappablePixels(rec, ranges)
 	if swap {
-		syntaxes = append(syntaxes, gateway.TSExplicitLE)
+		syntaxes = append(syntaxes, dicomcodec.TSExplicitLE)
 	}
 	offers := frameOffers(rec.TransferSyntaxUID, syntaxes, rec.PixelData.Encapsulated, single)
 	ch, ok := negotiate(parseAccept(c.Request.Header.Values("Accept")), offers)
@@ -307,10 +308,10 @@ func (s *Server) servePixels(c *gin.Context, rec *gateway.InstanceRecord, ranges
 		return
 	}
 	r := s.retriever()
-	open := func(ctx context.Context, rs []gateway.ByteRange) (io.ReadCloser, error) {
+	open := func(ctx context.Context, rs []dicomcodec.ByteRange) (io.ReadCloser, error) {
 		rc, err := r.OpenRanges(ctx, rec, rs)
-		if err == nil && swap && ch.transferSyntax == gateway.TSExplicitLE {
-			rc = gateway.SwapBytes16(rc) // big endian OW words to little endian
+		if err == nil && swap && ch.transferSyntax == dicomcodec.TSExplicitLE {
+			rc = dicomcodec.SwapBytes16(rc) // big endian OW words to little endian
 		}
 		return rc, err
 	}
@@ -332,7 +333,7 @@ func (s *Server) servePixels(c *gin.Context, rec *gateway.InstanceRecord, ranges
 	s.writeMultipart(c, ch.mediaType, parts)
 }
 
-func rangesLength(rs []gateway.ByteRange) int64 {
+func rangesLength(rs []dicomcodec.ByteRange) int64 {
 	var n int64
 	for _, r := range rs {
 		n += r.Length
@@ -355,7 +356,7 @@ func (s *Server) handleBulkData(c *gin.Context) {
 	if isPixelDataPath(path) && rec.PixelData != nil {
 		// Encapsulated pixel data comes one frame a part, each part naming
 		// its frame's URL; native pixel data is one part, the bulk data.
-		var ranges [][]gateway.ByteRange
+		var ranges [][]dicomcodec.ByteRange
 		var locations []string
 		if rec.PixelData.Encapsulated {
 			for n := 1; n <= rec.Frames(); n++ {
@@ -373,7 +374,7 @@ func (s *Server) handleBulkData(c *gin.Context) {
 				s.writeError(c, err)
 				return
 			}
-			ranges, locations = [][]gateway.ByteRange{rs}, []string{bulkURL}
+			ranges, locations = [][]dicomcodec.ByteRange{rs}, []string{bulkURL}
 		}
 		s.servePixels(c, rec, ranges, locations, len(ranges) == 1, map[string]any{"bulkdata": path})
 		return
@@ -394,8 +395,8 @@ func (s *Server) handleBulkData(c *gin.Context) {
 		}
 	}()
 	syntaxes := pixelSyntaxes(rec.TransferSyntaxUID)
-	if rec.TransferSyntaxUID == gateway.TSDeflatedExplicitLE {
-		syntaxes = []string{gateway.TSExplicitLE}
+	if rec.TransferSyntaxUID == dicomcodec.TSDeflatedExplicitLE {
+		syntaxes = []string{dicomcodec.TSExplicitLE}
 	}
 	offers := []offer{{multipart: true, mediaType: mediaOctetStream, syntaxes: syntaxes}, {mediaType: mediaOctetStream, syntaxes: syntaxes}}
 	accept := parseAccept(c.Request.Header.Values("Accept"))
@@ -423,8 +424,8 @@ func (s *Server) handleBulkData(c *gin.Context) {
 // swappablePixels reports whether rec's pixel ranges can also be served in
 // Explicit VR Little Endian by swapping bytes: native OW pixel data of an
 // Explicit VR Big Endian instance, every range a whole number of words.
-func swappablePixels(rec *gateway.InstanceRecord, ranges [][]gateway.ByteRange) bool {
-	if rec.TransferSyntaxUID != gateway.TSExplicitBE || rec.PixelData.Encapsulated || rec.Metadata[gateway.TagPixelData].VR != "OW" {
+func swappablePixels(rec *gateway.InstanceRecord, ranges [][]dicomcodec.ByteRange) bool {
+	if rec.TransferSyntaxUID != dicomcodec.TSExplicitBE || rec.PixelData.Encapsulated || rec.Metadata[dicomcodec.TagPixelData].VR != "OW" {
 		return false
 	}
 	for _, rs := range ranges {
@@ -441,7 +442,7 @@ func swappablePixels(rec *gateway.InstanceRecord, ranges [][]gateway.ByteRange) 
 // Pixel Data, Float Pixel Data or Double Float Pixel Data element.
 func isPixelDataPath(path string) bool {
 	switch strings.ToUpper(path) {
-	case gateway.TagPixelData, "7FE00008", "7FE00009":
+	case dicomcodec.TagPixelData, "7FE00008", "7FE00009":
 		return true
 	}
 	return false

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/synth"
@@ -168,7 +169,7 @@ func TestWADOMetadataCaching(t *testing.T) {
 			if resp.StatusCode != http.StatusOK || etag == "" {
 				t.Fatalf("status %d, ETag %q", resp.StatusCode, etag)
 			}
-			var arr []map[string]gateway.Attribute
+			var arr []map[string]dicomcodec.Attribute
 			if err := json.Unmarshal(body, &arr); err != nil {
 				t.Fatal(err)
 			}
@@ -176,7 +177,7 @@ func TestWADOMetadataCaching(t *testing.T) {
 				t.Fatalf("%d instances, want %d", got, want)
 			}
 			for _, md := range arr {
-				uri := md[gateway.TagPixelData].BulkDataURI
+				uri := md[dicomcodec.TagPixelData].BulkDataURI
 				if !strings.HasPrefix(uri, "https://pacs.example.nhs.uk/") || !strings.Contains(uri, "/instances/") || !strings.HasSuffix(uri, "/bulkdata/7FE00010") {
 					t.Errorf("Pixel Data BulkDataURI %q: not absolute under the public base URL", uri)
 				}
@@ -461,12 +462,12 @@ func TestWADOForwardedBase(t *testing.T) {
 	ins := g.synthStudy(t, synth.StudySpec{Seed: 19, Rows: 8, Columns: 8})
 	resp := g.get(t, synthPath(ins[0])+"/metadata",
 		"X-Forwarded-Proto", "https", "X-Forwarded-Host", "pacs.example.nhs.uk", "X-Forwarded-Prefix", "/gw")
-	var arr []map[string]gateway.Attribute
+	var arr []map[string]dicomcodec.Attribute
 	if err := json.Unmarshal(readBody(t, resp), &arr); err != nil || len(arr) != 1 {
 		t.Fatalf("metadata: %v", err)
 	}
 	want := "https://pacs.example.nhs.uk/gw" + synthPath(ins[0]) + "/bulkdata/7FE00010"
-	if got := arr[0][gateway.TagPixelData].BulkDataURI; got != want {
+	if got := arr[0][dicomcodec.TagPixelData].BulkDataURI; got != want {
 		t.Errorf("BulkDataURI %q, want %q", got, want)
 	}
 	// RFC 7239 Forwarded (first element: the proxy nearest the client) wins
@@ -482,7 +483,7 @@ func TestWADOForwardedBase(t *testing.T) {
 		if err := json.Unmarshal(readBody(t, resp), &arr); err != nil || len(arr) != 1 {
 			t.Fatalf("metadata: %v", err)
 		}
-		if got, want := arr[0][gateway.TagPixelData].BulkDataURI, tc.want+synthPath(ins[0])+"/bulkdata/7FE00010"; got != want {
+		if got, want := arr[0][dicomcodec.TagPixelData].BulkDataURI, tc.want+synthPath(ins[0])+"/bulkdata/7FE00010"; got != want {
 			t.Errorf("Forwarded %q: BulkDataURI %q, want %q", tc.forwarded, got, want)
 		}
 	}

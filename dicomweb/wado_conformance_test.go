@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
@@ -34,7 +35,7 @@ func casesGateway(t *testing.T, backend string) (*wadoGateway, map[string]*gatew
 	for _, r := range recs {
 		byTS[r.TransferSyntaxUID] = r
 	}
-	for _, ts := range []string{gateway.TSExplicitLE, gateway.TSImplicitLE, gateway.TSJPEGBaseline} {
+	for _, ts := range []string{dicomcodec.TSExplicitLE, dicomcodec.TSImplicitLE, dicomcodec.TSJPEGBaseline} {
 		if byTS[ts] == nil {
 			t.Fatalf("no stored instance in %s", ts)
 		}
@@ -58,7 +59,7 @@ func TestWADOContentLocation(t *testing.T) {
 			g, byTS := casesGateway(t, backend)
 			base := g.srv.URL
 			anyTS := `multipart/related; type="application/dicom"; transfer-syntax=*`
-			study := byTS[gateway.TSJPEGBaseline].StudyInstanceUID
+			study := byTS[dicomcodec.TSJPEGBaseline].StudyInstanceUID
 			parts := readParts(t, g.get(t, "/dicomweb/studies/"+study, "Accept", anyTS), "application/dicom")
 			want := map[string]bool{}
 			for _, r := range byTS {
@@ -73,7 +74,7 @@ func TestWADOContentLocation(t *testing.T) {
 				}
 				delete(want, p.location)
 			}
-			implicit := byTS[gateway.TSImplicitLE]
+			implicit := byTS[dicomcodec.TSImplicitLE]
 			parts = readParts(t, g.get(t, "/dicomweb/studies/"+study+"/series/"+implicit.SeriesInstanceUID, "Accept", anyTS), "application/dicom")
 			for i, p := range parts {
 				if !strings.HasPrefix(p.location, base+"/dicomweb/studies/"+study+"/series/"+implicit.SeriesInstanceUID+"/instances/") {
@@ -123,7 +124,7 @@ func TestWADOContentLocation(t *testing.T) {
 			if want := base + recPath(implicit) + "/bulkdata/7FE00010"; len(parts) != 1 || parts[0].location != want {
 				t.Errorf("native pixel bulk data: %d parts, Content-Location %q, want %q", len(parts), parts[0].location, want)
 			}
-			jpeg := byTS[gateway.TSJPEGBaseline]
+			jpeg := byTS[dicomcodec.TSJPEGBaseline]
 			parts = readParts(t, g.get(t, recPath(jpeg)+"/bulkdata/7FE00010", "Accept", `multipart/related; type="image/jpeg"`), "image/jpeg")
 			if len(parts) != jpeg.Frames() {
 				t.Fatalf("encapsulated pixel bulk data: %d parts, want %d", len(parts), jpeg.Frames())
@@ -134,7 +135,7 @@ func TestWADOContentLocation(t *testing.T) {
 				}
 			}
 			// Other bulk data (a private OB value): its URI.
-			explicit := byTS[gateway.TSExplicitLE]
+			explicit := byTS[dicomcodec.TSExplicitLE]
 			parts = readParts(t, g.get(t, recPath(explicit)+"/bulkdata/00091001", "Accept", `multipart/related; type="application/octet-stream"`), "application/octet-stream")
 			if want := base + recPath(explicit) + "/bulkdata/00091001"; len(parts) != 1 || parts[0].location != want {
 				t.Errorf("bulk data: Content-Location %q, want %q", parts[0].location, want)
@@ -150,14 +151,14 @@ func TestWADOMultipartContentType(t *testing.T) {
 	for _, backend := range wadoBackends {
 		t.Run(backend, func(t *testing.T) {
 			g, byTS := casesGateway(t, backend)
-			implicit := byTS[gateway.TSImplicitLE]
+			implicit := byTS[dicomcodec.TSImplicitLE]
 			for _, tt := range []struct {
 				path, accept, wantType, wantTS string
 			}{
-				{recPath(implicit), `multipart/related; type="application/dicom"; transfer-syntax=*`, "application/dicom", gateway.TSImplicitLE},
-				{recPath(implicit), `multipart/related; type="application/dicom"`, "application/dicom", gateway.TSExplicitLE},
-				{recPath(implicit) + "/frames/1", `multipart/related; type="application/octet-stream"`, "application/octet-stream", gateway.TSExplicitLE},
-				{recPath(byTS[gateway.TSJPEGBaseline]) + "/frames/1", `multipart/related; type="image/jpeg"`, "image/jpeg", gateway.TSJPEGBaseline},
+				{recPath(implicit), `multipart/related; type="application/dicom"; transfer-syntax=*`, "application/dicom", dicomcodec.TSImplicitLE},
+				{recPath(implicit), `multipart/related; type="application/dicom"`, "application/dicom", dicomcodec.TSExplicitLE},
+				{recPath(implicit) + "/frames/1", `multipart/related; type="application/octet-stream"`, "application/octet-stream", dicomcodec.TSExplicitLE},
+				{recPath(byTS[dicomcodec.TSJPEGBaseline]) + "/frames/1", `multipart/related; type="image/jpeg"`, "image/jpeg", dicomcodec.TSJPEGBaseline},
 				// Three syntaxes in one study: each part says its own.
 				{"/dicomweb/studies/" + implicit.StudyInstanceUID, `multipart/related; type="application/dicom"; transfer-syntax=*`, "application/dicom", ""},
 			} {
@@ -195,7 +196,7 @@ func TestWADOAcceptErrors(t *testing.T) {
 	for _, backend := range wadoBackends {
 		t.Run(backend, func(t *testing.T) {
 			g, byTS := casesGateway(t, backend)
-			explicit, jpeg := byTS[gateway.TSExplicitLE], byTS[gateway.TSJPEGBaseline]
+			explicit, jpeg := byTS[dicomcodec.TSExplicitLE], byTS[dicomcodec.TSJPEGBaseline]
 			study := "/dicomweb/studies/" + explicit.StudyInstanceUID
 			series := study + "/series/" + explicit.SeriesInstanceUID
 			dicomResources := []string{

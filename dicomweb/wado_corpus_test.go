@@ -15,17 +15,17 @@ import (
 	"github.com/suyashkumar/dicom"
 	"github.com/suyashkumar/dicom/pkg/tag"
 
-	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // viewerTags are what a viewer needs to draw an image (OHIF shows a black or
 // wrong image without them): when the instance's header has one, its
 // metadata must carry the same value.
 var viewerTags = []string{
-	gateway.TagRows, gateway.TagColumns, gateway.TagBitsAllocated, gateway.TagBitsStored,
-	gateway.TagPixelRepresentation, gateway.TagSamplesPerPixel, gateway.TagPhotometricInterpretation,
-	gateway.TagRescaleIntercept, gateway.TagRescaleSlope, gateway.TagWindowCenter, gateway.TagWindowWidth,
-	gateway.TagSeriesNumber, gateway.TagInstanceNumber, gateway.TagNumberOfFrames,
+	dicomcodec.TagRows, dicomcodec.TagColumns, dicomcodec.TagBitsAllocated, dicomcodec.TagBitsStored,
+	dicomcodec.TagPixelRepresentation, dicomcodec.TagSamplesPerPixel, dicomcodec.TagPhotometricInterpretation,
+	dicomcodec.TagRescaleIntercept, dicomcodec.TagRescaleSlope, dicomcodec.TagWindowCenter, dicomcodec.TagWindowWidth,
+	dicomcodec.TagSeriesNumber, dicomcodec.TagInstanceNumber, dicomcodec.TagNumberOfFrames,
 }
 
 // TestWADOCorpus stores every corpus file the gateway accepts and checks,
@@ -103,12 +103,12 @@ func checkWADORetrieve(t *testing.T, g *wadoGateway, ci wadoCorpusInstance) {
 	// No syntax named: Implicit VR Little Endian and Explicit VR Big Endian
 	// come transcoded to Explicit VR Little Endian, the rest as stored.
 	want, wantTS := ci.data, rec.TransferSyntaxUID
-	if gateway.CanTranscode(rec.TransferSyntaxUID, gateway.TSExplicitLE) {
+	if dicomcodec.CanTranscode(rec.TransferSyntaxUID, dicomcodec.TSExplicitLE) {
 		var buf bytes.Buffer
-		if _, err := gateway.TranscodeToExplicitLE(&buf, bytes.NewReader(ci.data)); err != nil {
+		if _, err := dicomcodec.TranscodeToExplicitLE(&buf, bytes.NewReader(ci.data)); err != nil {
 			t.Fatal(err)
 		}
-		want, wantTS = buf.Bytes(), gateway.TSExplicitLE
+		want, wantTS = buf.Bytes(), dicomcodec.TSExplicitLE
 	}
 	parts := readParts(t, g.get(t, ci.path(), "Accept", `multipart/related; type="application/dicom"`), "application/dicom")
 	if len(parts) != 1 || !bytes.Equal(parts[0].body, want) {
@@ -146,7 +146,7 @@ func checkWADOMetadata(t *testing.T, g *wadoGateway, ci wadoCorpusInstance) {
 	if !bytes.Equal(fromSeries, inst[0]) {
 		t.Fatalf("the instance's object in series metadata differs from its instance metadata:\n%.300s\nwant\n%.300s", fromSeries, inst[0])
 	}
-	var arr []map[string]gateway.Attribute
+	var arr []map[string]dicomcodec.Attribute
 	if err := json.Unmarshal(append(append([]byte("["), fromSeries...), ']'), &arr); err != nil || len(arr) != 1 {
 		t.Fatalf("metadata: %d objects, err %v", len(arr), err)
 	}
@@ -166,13 +166,13 @@ func checkWADOMetadata(t *testing.T, g *wadoGateway, ci wadoCorpusInstance) {
 		}
 	}
 	prefix := g.srv.URL + ci.path() + "/bulkdata/"
-	for path, uri := range bulkDataURIs(gateway.Dataset(md), "") {
+	for path, uri := range bulkDataURIs(dicomcodec.Dataset(md), "") {
 		if !strings.HasPrefix(uri, prefix+path) {
 			t.Errorf("%s BulkDataURI %q is not absolute under %s", path, uri, prefix)
 			continue
 		}
 		resp := g.get(t, uri, "Accept", "multipart/related; type=application/octet-stream; transfer-syntax=*")
-		isPixels := path == gateway.TagPixelData || path == "7FE00008" || path == "7FE00009"
+		isPixels := path == dicomcodec.TagPixelData || path == "7FE00008" || path == "7FE00009"
 		if resp.StatusCode == http.StatusNotAcceptable && (!isPixels || ci.rec.PixelData == nil) {
 			t.Logf("%s: 406 %s", path, errorBody(t, resp))
 			continue // an undefined-length OB, or a deflated dataset: refused with a reason
@@ -197,14 +197,14 @@ func checkWADOMetadata(t *testing.T, g *wadoGateway, ci wadoCorpusInstance) {
 
 // bulkDataURIs maps each BulkDataURI of ds, also inside sequence items, to
 // its path ("7FE00010", "54000100/0/54001010").
-func bulkDataURIs(ds gateway.Dataset, prefix string) map[string]string {
+func bulkDataURIs(ds dicomcodec.Dataset, prefix string) map[string]string {
 	out := map[string]string{}
 	for tg, a := range ds {
 		if a.BulkDataURI != "" {
 			out[prefix+tg] = a.BulkDataURI
 		}
 		for i, v := range a.Value {
-			if item, ok := v.(gateway.Dataset); ok {
+			if item, ok := v.(dicomcodec.Dataset); ok {
 				maps.Copy(out, bulkDataURIs(item, fmt.Sprintf("%s%s/%d/", prefix, tg, i)))
 			}
 		}
@@ -249,7 +249,7 @@ func checkWADOBulkValue(t *testing.T, ci wadoCorpusInstance, path string, got []
 	if !ok {
 		return
 	}
-	if ci.rec.TransferSyntaxUID == gateway.TSExplicitBE && el.RawValueRepresentation == "OW" {
+	if ci.rec.TransferSyntaxUID == dicomcodec.TSExplicitBE && el.RawValueRepresentation == "OW" {
 		return // the library re-encodes OW little-endian
 	}
 	if !bytes.Equal(got, want) {
@@ -294,7 +294,7 @@ func checkWADOFrames(t *testing.T, g *wadoGateway, ci wadoCorpusInstance) {
 	rec := ci.rec
 	if rec.PixelData == nil {
 		want := http.StatusNotFound
-		for _, tg := range []string{gateway.TagPixelData, "7FE00008", "7FE00009"} {
+		for _, tg := range []string{dicomcodec.TagPixelData, "7FE00008", "7FE00009"} {
 			if _, ok := rec.Metadata[tg]; ok {
 				want = http.StatusNotAcceptable // there, but not locatable (deflated)
 			}
@@ -339,14 +339,14 @@ func checkWADOFrames(t *testing.T, g *wadoGateway, ci wadoCorpusInstance) {
 	}
 	// Big endian OW pixels asked for as Explicit VR Little Endian: each
 	// 16-bit word swapped.
-	if rec.TransferSyntaxUID == gateway.TSExplicitBE && rec.Metadata[gateway.TagPixelData].VR == "OW" && want != nil {
-		resp := g.get(t, framesPath, "Accept", "multipart/related; type=application/octet-stream; transfer-syntax="+gateway.TSExplicitLE)
+	if rec.TransferSyntaxUID == dicomcodec.TSExplicitBE && rec.Metadata[dicomcodec.TagPixelData].VR == "OW" && want != nil {
+		resp := g.get(t, framesPath, "Accept", "multipart/related; type=application/octet-stream; transfer-syntax="+dicomcodec.TSExplicitLE)
 		for i, p := range readParts(t, resp, "application/octet-stream") {
 			w := bytes.Clone(want[i])
 			for j := 0; j+1 < len(w); j += 2 {
 				w[j], w[j+1] = w[j+1], w[j]
 			}
-			if !bytes.Equal(p.body, w) || !strings.HasSuffix(p.contentType, "transfer-syntax="+gateway.TSExplicitLE) {
+			if !bytes.Equal(p.body, w) || !strings.HasSuffix(p.contentType, "transfer-syntax="+dicomcodec.TSExplicitLE) {
 				t.Errorf("frame %d as Explicit VR Little Endian: %q, bytes not the swapped words", i+1, p.contentType)
 			}
 		}
@@ -442,7 +442,7 @@ func checkWADORendered(t *testing.T, g *wadoGateway, ci wadoCorpusInstance) {
 			if suffix == "/thumbnail" && (cfg.Width > 128 || cfg.Height > 128) {
 				t.Errorf("thumbnail %dx%d exceeds 128x128", cfg.Width, cfg.Height)
 			}
-			if rows, ok := ci.rec.Metadata.Number(gateway.TagRows, 0); ok && suffix == "/rendered" && cfg.Height != int(rows) {
+			if rows, ok := ci.rec.Metadata.Number(dicomcodec.TagRows, 0); ok && suffix == "/rendered" && cfg.Height != int(rows) {
 				t.Errorf("rendered height %d, want Rows %v", cfg.Height, rows)
 			}
 		case http.StatusNotAcceptable, http.StatusNotFound:

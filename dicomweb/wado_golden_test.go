@@ -11,8 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/dicomweb"
-	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/dicomjsontest"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
@@ -228,11 +228,11 @@ func stringValue(ds map[string]any, tag string) string {
 
 func studyUIDOf(t *testing.T, data []byte) string {
 	t.Helper()
-	h, err := gateway.ParseHeader(bytes.NewReader(data), gateway.HeaderLimits{})
+	h, err := dicomcodec.ParseHeader(bytes.NewReader(data), dicomcodec.HeaderLimits{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return h.Dataset.String(gateway.TagStudyInstanceUID)
+	return h.Dataset.String(dicomcodec.TagStudyInstanceUID)
 }
 
 // checkBulkData fetches every BulkDataURI of a metadata body from the test

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/backendtest"
@@ -188,7 +189,7 @@ type wadoCorpusInstance struct {
 	g      *wadoGateway
 	name   string
 	data   []byte
-	header *gateway.Header
+	header *dicomcodec.Header
 	rec    *gateway.InstanceRecord
 }
 
@@ -216,7 +217,7 @@ func storeCorpusForWADO(t *testing.T, backend string) []wadoCorpusInstance {
 			if err != nil {
 				t.Fatal(err)
 			}
-			h, err := gateway.ParseHeader(bytes.NewReader(data), gateway.HeaderLimits{})
+			h, err := dicomcodec.ParseHeader(bytes.NewReader(data), dicomcodec.HeaderLimits{})
 			if err != nil || gateway.ValidateUID(h.SOPInstanceUID) != nil {
 				continue // refused by any gateway: STOW tests cover why
 			}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
@@ -30,7 +31,7 @@ func TestWADOTranscode(t *testing.T) {
 			}
 			implicit, explicit := byName["mr-multiframe-implicit"], byName["ct-sequences-explicit"]
 			var want bytes.Buffer
-			if _, err := gateway.TranscodeToExplicitLE(&want, bytes.NewReader(implicit)); err != nil {
+			if _, err := dicomcodec.TranscodeToExplicitLE(&want, bytes.NewReader(implicit)); err != nil {
 				t.Fatal(err)
 			}
 			recs, err := g.index.ListInstances(t.Context(), studyUIDOf(t, implicit), "")
@@ -39,19 +40,19 @@ func TestWADOTranscode(t *testing.T) {
 			}
 			var implicitRec *gateway.InstanceRecord
 			for _, r := range recs {
-				if r.TransferSyntaxUID == gateway.TSImplicitLE {
+				if r.TransferSyntaxUID == dicomcodec.TSImplicitLE {
 					implicitRec = r
 				}
 			}
 			instPath := "/dicomweb/studies/" + implicitRec.StudyInstanceUID + "/series/" + implicitRec.SeriesInstanceUID + "/instances/" + implicitRec.SOPInstanceUID
-			asExplicit := `multipart/related; type="application/dicom"; transfer-syntax=` + gateway.TSExplicitLE
+			asExplicit := `multipart/related; type="application/dicom"; transfer-syntax=` + dicomcodec.TSExplicitLE
 
 			// One instance, asked for in Explicit VR Little Endian.
 			parts := readParts(t, g.get(t, instPath, "Accept", asExplicit), "application/dicom")
 			if len(parts) != 1 || !bytes.Equal(parts[0].body, want.Bytes()) {
 				t.Fatalf("instance: %d parts, or bytes differ from the transcode", len(parts))
 			}
-			if got := parts[0].contentType; got != "application/dicom; transfer-syntax="+gateway.TSExplicitLE {
+			if got := parts[0].contentType; got != "application/dicom; transfer-syntax="+dicomcodec.TSExplicitLE {
 				t.Errorf("part Content-Type %q", got)
 			}
 			// The whole study holds a JPEG Baseline instance, which cannot be
@@ -102,7 +103,7 @@ func TestWADOTranscode(t *testing.T) {
 			}
 			// A compressed instance keeps its syntax when none is named.
 			for _, r := range recs {
-				if r.TransferSyntaxUID != gateway.TSJPEGBaseline {
+				if r.TransferSyntaxUID != dicomcodec.TSJPEGBaseline {
 					continue
 				}
 				p := "/dicomweb/studies/" + r.StudyInstanceUID + "/series/" + r.SeriesInstanceUID + "/instances/" + r.SOPInstanceUID
@@ -118,7 +119,7 @@ func TestWADOTranscode(t *testing.T) {
 				t.Error("q-value list: not transcoded to the acceptable syntax")
 			}
 			// A bare application/dicom body.
-			resp = g.get(t, instPath, "Accept", "application/dicom; transfer-syntax="+gateway.TSExplicitLE)
+			resp = g.get(t, instPath, "Accept", "application/dicom; transfer-syntax="+dicomcodec.TSExplicitLE)
 			if body := readBody(t, resp); resp.StatusCode != http.StatusOK || !bytes.Equal(body, want.Bytes()) {
 				t.Errorf("bare body: status %d, or bytes differ", resp.StatusCode)
 			}
@@ -135,7 +136,7 @@ func TestWADOTranscode(t *testing.T) {
 			// WADO-URI: no transferSyntax is the default too; "*" the stored bytes.
 			uri := "/dicomweb/wado?requestType=WADO&studyUID=" + implicitRec.StudyInstanceUID + "&seriesUID=" + implicitRec.SeriesInstanceUID +
 				"&objectUID=" + implicitRec.SOPInstanceUID + "&contentType=application/dicom&transferSyntax="
-			resp = g.get(t, uri+gateway.TSExplicitLE)
+			resp = g.get(t, uri+dicomcodec.TSExplicitLE)
 			if body := readBody(t, resp); resp.StatusCode != http.StatusOK || !bytes.Equal(body, want.Bytes()) {
 				t.Errorf("WADO-URI transferSyntax=explicit: status %d or bytes differ", resp.StatusCode)
 			}

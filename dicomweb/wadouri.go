@@ -9,6 +9,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -71,12 +72,12 @@ func (s *Server) handleWADOURI(c *gin.Context) {
 	// Endian, anything else as stored; "*" is always the stored bytes.
 	ts := strings.TrimSpace(q.Get("transferSyntax"))
 	switch {
-	case ts == "" && gateway.CanTranscode(rec.TransferSyntaxUID, gateway.TSExplicitLE):
-		ts = gateway.TSExplicitLE
+	case ts == "" && dicomcodec.CanTranscode(rec.TransferSyntaxUID, dicomcodec.TSExplicitLE):
+		ts = dicomcodec.TSExplicitLE
 	case ts == "" || ts == "*":
 		ts = rec.TransferSyntaxUID
 	}
-	if ts != rec.TransferSyntaxUID && !gateway.CanTranscode(rec.TransferSyntaxUID, ts) {
+	if ts != rec.TransferSyntaxUID && !dicomcodec.CanTranscode(rec.TransferSyntaxUID, ts) {
 		s.writeError(c, fmt.Errorf("instance %s is stored as %s, transferSyntax=%s asked (transcoding is to Explicit VR Little Endian only, from Implicit VR Little Endian or Explicit VR Big Endian): %w",
 			rec.SOPInstanceUID, rec.TransferSyntaxUID, truncate(ts, 64), gateway.ErrNotAcceptable))
 		return

@@ -18,6 +18,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -67,7 +68,7 @@ func stowAnswerXML(r *http.Request) (wantXML, multi bool) {
 // writeDICOMXML answers with ds as DICOM XML: one NativeDicomModel
 // document, bare (application/dicom+xml) or, when multi, as the single part
 // of a multipart/related; type="application/dicom+xml" body.
-func writeDICOMXML(c *gin.Context, status int, ds gateway.Dataset, multi bool) error {
+func writeDICOMXML(c *gin.Context, status int, ds dicomcodec.Dataset, multi bool) error {
 	bw := bufio.NewWriterSize(c.Writer, 32<<10)
 	if !multi {
 		c.Header("Content-Type", mediaDICOMXML+"; charset=utf-8")
@@ -91,7 +92,7 @@ func writeDICOMXML(c *gin.Context, status int, ds gateway.Dataset, multi bool) e
 // multipart/related; type="application/dicom+xml", one part per match (no
 // part when nothing matched), each with its RetrieveURL as the JSON answer
 // has it.
-func (s *Server) writeSearchXML(c *gin.Context, level gateway.QueryLevel, items []gateway.Dataset) {
+func (s *Server) writeSearchXML(c *gin.Context, level gateway.QueryLevel, items []dicomcodec.Dataset) {
 	base := s.baseURL(c)
 	bw := bufio.NewWriterSize(c.Writer, 64<<10)
 	parts := newNativeDICOMParts(bw)
@@ -141,7 +142,7 @@ func (s *Server) writeMetadataXML(c *gin.Context, base string, read func(func(ga
 	err := read(func(e gateway.MetadataEntry, prepared []byte) error {
 		inst := instanceURL(base, e.StudyInstanceUID, e.SeriesInstanceUID, e.SOPInstanceUID)
 		buf = gateway.AppendPreparedMetadata(buf[:0], prepared, inst)
-		var ds gateway.Dataset
+		var ds dicomcodec.Dataset
 		if err := json.Unmarshal(buf, &ds); err != nil {
 			return fmt.Errorf("prepared metadata of instance %s: %v: %w", e.SOPInstanceUID, err, gateway.ErrUnavailable)
 		}
@@ -188,7 +189,7 @@ func (p *nativeDICOMParts) contentType() string {
 // write adds ds as one part; relative BulkDataURIs are made absolute with
 // bulkPrefix. location, when set, is the part's Content-Location: the URL
 // of the resource the part represents (an instance's metadata).
-func (p *nativeDICOMParts) write(ds gateway.Dataset, bulkPrefix, location string) error {
+func (p *nativeDICOMParts) write(ds dicomcodec.Dataset, bulkPrefix, location string) error {
 	h := textproto.MIMEHeader{"Content-Type": {mediaDICOMXML}}
 	if location != "" {
 		h.Set("Content-Location", location)
@@ -210,7 +211,7 @@ func (p *nativeDICOMParts) close() error { return p.mw.Close() }
 // it (values keep their spaces; dcm4che writes it too), although the A.1.6
 // schema does not declare it; testdata/NativeDICOM-document.rnc says so.
 // Write errors stay in b: the caller's Flush reports them.
-func writeNativeDICOM(b *bufio.Writer, ds gateway.Dataset, bulkPrefix string) {
+func writeNativeDICOM(b *bufio.Writer, ds dicomcodec.Dataset, bulkPrefix string) {
 	b.WriteString(xml.Header)
 	b.WriteString(`<NativeDicomModel xmlns="` + nativeDICOMNamespace + `" xml:space="preserve">` + "\n")
 	writeXMLDataset(b, ds, bulkPrefix)
@@ -223,7 +224,7 @@ func writeNativeDICOM(b *bufio.Writer, ds gateway.Dataset, bulkPrefix string) {
 // (from BulkDataURI) and InlineBinary; at most one kind per attribute, as
 // the schema's choice requires. An empty or non-finite value keeps its
 // place as an empty <Value>, as JSON's null does.
-func writeXMLDataset(b *bufio.Writer, ds gateway.Dataset, bulkPrefix string) {
+func writeXMLDataset(b *bufio.Writer, ds dicomcodec.Dataset, bulkPrefix string) {
 	for _, k := range slices.Sorted(maps.Keys(ds)) {
 		a := ds[k]
 		b.WriteString(`<DicomAttribute tag="`)
@@ -231,7 +232,7 @@ func writeXMLDataset(b *bufio.Writer, ds gateway.Dataset, bulkPrefix string) {
 		b.WriteString(`" vr="`)
 		writeEscaped(b, a.VR)
 		b.WriteByte('"')
-		if kw := gateway.TagKeyword(k); kw != "" {
+		if kw := dicomcodec.TagKeyword(k); kw != "" {
 			b.WriteString(` keyword="` + kw + `"`)
 		}
 		if pc := privateCreator(ds, k); pc != "" {
@@ -264,11 +265,11 @@ func writeXMLValues(b *bufio.Writer, values []any, bulkPrefix string) {
 	for i, v := range values {
 		n := strconv.Itoa(i + 1)
 		switch v := v.(type) {
-		case gateway.Dataset:
+		case dicomcodec.Dataset:
 			b.WriteString(`<Item number="` + n + `">`)
 			writeXMLDataset(b, v, bulkPrefix)
 			b.WriteString("</Item>")
-		case gateway.PersonName:
+		case dicomcodec.PersonName:
 			b.WriteString(`<PersonName number="` + n + `">`)
 			writePNGroup(b, "Alphabetic", v.Alphabetic)
 			writePNGroup(b, "Ideographic", v.Ideographic)
@@ -335,7 +336,7 @@ func xmlValueText(v any) (string, bool) {
 // privateCreator is the Private Creator of a private data element
 // (gggg,xxyy with gggg odd and xx ≥ 0x10): the value of (gggg,00xx) in the
 // same dataset (PS3.5 7.8.1), or "".
-func privateCreator(ds gateway.Dataset, tag string) string {
+func privateCreator(ds dicomcodec.Dataset, tag string) string {
 	if len(tag) != 8 {
 		return ""
 	}

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
@@ -55,7 +56,7 @@ func TestDICOMXMLMetadata(t *testing.T) {
 			for _, p := range paths {
 				want := decodeJSONArray(t, readBody(t, g.get(t, p)))
 				parts := readParts(t, g.get(t, p, "Accept", acceptXML), "application/dicom+xml")
-				got := make([]gateway.Dataset, len(parts))
+				got := make([]dicomcodec.Dataset, len(parts))
 				for i, part := range parts {
 					if part.contentType != "application/dicom+xml" {
 						t.Errorf("%s part %d: Content-Type %q, want application/dicom+xml", p, i, part.contentType)
@@ -89,7 +90,7 @@ func TestDICOMXMLMetadata(t *testing.T) {
 			resp.Body = io.NopCloser(zr)
 			parts := readParts(t, resp, "application/dicom+xml")
 			want := decodeJSONArray(t, readBody(t, g.get(t, paths[0])))
-			got := make([]gateway.Dataset, len(parts))
+			got := make([]dicomcodec.Dataset, len(parts))
 			for i, part := range parts {
 				got[i] = parseNativeDICOM(t, part.body)
 			}
@@ -128,7 +129,7 @@ func TestDICOMXMLSearch(t *testing.T) {
 					t.Fatalf("%s: no JSON results", q)
 				}
 				parts := readParts(t, g.get(t, q, "Accept", acceptXML), "application/dicom+xml")
-				got := make([]gateway.Dataset, len(parts))
+				got := make([]dicomcodec.Dataset, len(parts))
 				for i, part := range parts {
 					got[i] = parseNativeDICOM(t, part.body)
 					docs = append(docs, part.body)
@@ -208,7 +209,7 @@ func TestDICOMXMLStowResponse(t *testing.T) {
 					}
 					doc = readBody(t, resp)
 				}
-				compareDatasets(t, "STOW "+accept, []gateway.Dataset{parseNativeDICOM(t, doc)}, []gateway.Dataset{normalizeDataset(jsonRes.ds)})
+				compareDatasets(t, "STOW "+accept, []dicomcodec.Dataset{parseNativeDICOM(t, doc)}, []dicomcodec.Dataset{normalizeDataset(jsonRes.ds)})
 				docs = append(docs, doc)
 			}
 			validateNativeDICOM(t, docs)
@@ -224,7 +225,7 @@ func TestDICOMXMLCorpusMetadata(t *testing.T) {
 	for _, ci := range storeCorpusForWADO(t, "embedded") {
 		want := decodeJSONArray(t, readBody(t, ci.g.get(t, ci.path()+"/metadata")))
 		parts := readParts(t, ci.g.get(t, ci.path()+"/metadata", "Accept", acceptXML), "application/dicom+xml")
-		got := make([]gateway.Dataset, len(parts))
+		got := make([]dicomcodec.Dataset, len(parts))
 		for i, part := range parts {
 			got[i] = parseNativeDICOM(t, part.body)
 			docs = append(docs, part.body)
@@ -329,7 +330,7 @@ func (g *xmlNameGroup) value() string {
 // dataset with the value types DICOM JSON decodes to, checking what the
 // schema cannot: value numbers 1..n in order, one kind of content per
 // attribute, keywords from the data dictionary, the xml:space directive.
-func parseNativeDICOM(t *testing.T, doc []byte) gateway.Dataset {
+func parseNativeDICOM(t *testing.T, doc []byte) dicomcodec.Dataset {
 	t.Helper()
 	var m xmlNativeModel
 	if err := xml.Unmarshal(doc, &m); err != nil {
@@ -341,18 +342,18 @@ func parseNativeDICOM(t *testing.T, doc []byte) gateway.Dataset {
 	return xmlDataset(t, m.Attrs)
 }
 
-func xmlDataset(t *testing.T, attrs []xmlAttribute) gateway.Dataset {
+func xmlDataset(t *testing.T, attrs []xmlAttribute) dicomcodec.Dataset {
 	t.Helper()
-	ds := gateway.Dataset{}
+	ds := dicomcodec.Dataset{}
 	for i, x := range attrs {
 		if i > 0 && attrs[i-1].Tag >= x.Tag {
 			t.Errorf("tag %s after %s: attributes not in ascending order", x.Tag, attrs[i-1].Tag)
 		}
-		if kw := gateway.TagKeyword(x.Tag); x.Keyword != kw {
+		if kw := dicomcodec.TagKeyword(x.Tag); x.Keyword != kw {
 			t.Errorf("tag %s keyword %q, want %q", x.Tag, x.Keyword, kw)
 		}
 		kinds := 0
-		a := gateway.Attribute{VR: x.VR}
+		a := dicomcodec.Attribute{VR: x.VR}
 		if x.BulkData != nil {
 			kinds++
 			a.BulkDataURI = x.BulkData.URI
@@ -379,7 +380,7 @@ func xmlDataset(t *testing.T, attrs []xmlAttribute) gateway.Dataset {
 			kinds++
 			for j, pn := range x.Names {
 				checkNumber(t, x.Tag, j, pn.Number)
-				a.Value = append(a.Value, gateway.PersonName{Alphabetic: pn.Alphabetic.value(), Ideographic: pn.Ideographic.value(), Phonetic: pn.Phonetic.value()})
+				a.Value = append(a.Value, dicomcodec.PersonName{Alphabetic: pn.Alphabetic.value(), Ideographic: pn.Ideographic.value(), Phonetic: pn.Phonetic.value()})
 			}
 		}
 		if kinds > 1 {
@@ -434,9 +435,9 @@ func xmlValue(t *testing.T, vr, s string) any {
 }
 
 // decodeJSONArray decodes a DICOM JSON array, normalized as XML reads.
-func decodeJSONArray(t *testing.T, b []byte) []gateway.Dataset {
+func decodeJSONArray(t *testing.T, b []byte) []dicomcodec.Dataset {
 	t.Helper()
-	var arr []gateway.Dataset
+	var arr []dicomcodec.Dataset
 	if err := json.Unmarshal(b, &arr); err != nil {
 		t.Fatalf("not a DICOM JSON array: %v: %.300s", err, b)
 	}
@@ -449,8 +450,8 @@ func decodeJSONArray(t *testing.T, b []byte) []gateway.Dataset {
 // normalizeDataset maps what XML cannot tell apart from JSON's null to
 // null: an empty string value and a non-finite number are both an empty
 // <Value>.
-func normalizeDataset(ds gateway.Dataset) gateway.Dataset {
-	out := gateway.Dataset{}
+func normalizeDataset(ds dicomcodec.Dataset) dicomcodec.Dataset {
+	out := dicomcodec.Dataset{}
 	for k, a := range ds {
 		if a.Value != nil {
 			vals := slices.Clone(a.Value)
@@ -464,7 +465,7 @@ func normalizeDataset(ds gateway.Dataset) gateway.Dataset {
 					if math.IsNaN(x) || math.IsInf(x, 0) {
 						vals[i] = nil
 					}
-				case gateway.Dataset:
+				case dicomcodec.Dataset:
 					vals[i] = normalizeDataset(x)
 				}
 			}
@@ -476,7 +477,7 @@ func normalizeDataset(ds gateway.Dataset) gateway.Dataset {
 }
 
 // compareDatasets fails on the first attribute that differs.
-func compareDatasets(t *testing.T, what string, got, want []gateway.Dataset) {
+func compareDatasets(t *testing.T, what string, got, want []dicomcodec.Dataset) {
 	t.Helper()
 	if len(got) != len(want) {
 		t.Fatalf("%s: %d XML parts, %d JSON objects", what, len(got), len(want))
@@ -505,7 +506,7 @@ type xmlCoverage struct {
 	ideographic, phonetic, items, bulk, inline, privateCreator int
 }
 
-func (c *xmlCoverage) add(ds gateway.Dataset) {
+func (c *xmlCoverage) add(ds dicomcodec.Dataset) {
 	for _, a := range ds {
 		if a.BulkDataURI != "" {
 			c.bulk++
@@ -515,14 +516,14 @@ func (c *xmlCoverage) add(ds gateway.Dataset) {
 		}
 		for _, v := range a.Value {
 			switch x := v.(type) {
-			case gateway.PersonName:
+			case dicomcodec.PersonName:
 				if x.Ideographic != "" {
 					c.ideographic++
 				}
 				if x.Phonetic != "" {
 					c.phonetic++
 				}
-			case gateway.Dataset:
+			case dicomcodec.Dataset:
 				c.items++
 				c.add(x)
 			}

@@ -11,6 +11,8 @@ import (
 	"io"
 	"strconv"
 	"strings"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // maxBulkDataDepth bounds how deep a bulk data path may reach into sequences.
@@ -56,23 +58,23 @@ func parseBulkDataPath(path string) ([]bulkStep, error) {
 // there: pixel data after it is not read). Paths into sequences give the
 // 0-based item index between tags. ErrNotFound when the element is absent;
 // ErrNotAcceptable for a deflated dataset or an element of undefined length.
-func (r *Retriever) BulkData(ctx context.Context, rec *InstanceRecord, path string) (ByteRange, error) {
+func (r *Retriever) BulkData(ctx context.Context, rec *InstanceRecord, path string) (dicomcodec.ByteRange, error) {
 	steps, err := parseBulkDataPath(path)
 	if err != nil {
-		return ByteRange{}, err
+		return dicomcodec.ByteRange{}, err
 	}
-	if rec.TransferSyntaxUID == TSDeflatedExplicitLE {
-		return ByteRange{}, fmt.Errorf("bulk data of a deflated dataset has no byte range: %w", ErrNotAcceptable)
+	if rec.TransferSyntaxUID == dicomcodec.TSDeflatedExplicitLE {
+		return dicomcodec.ByteRange{}, fmt.Errorf("bulk data of a deflated dataset has no byte range: %w", ErrNotAcceptable)
 	}
 	rc, err := r.Blobs.Get(ctx, rec.Key(), 0, -1)
 	if err != nil {
-		return ByteRange{}, err
+		return dicomcodec.ByteRange{}, err
 	}
 	defer rc.Close()
 	w := &elementWalker{r: bufio.NewReaderSize(rc, 64<<10)}
 	br, err := w.find(rec.TransferSyntaxUID, steps)
 	if err != nil {
-		return ByteRange{}, notFoundAtEOF(err, rec, path)
+		return dicomcodec.ByteRange{}, notFoundAtEOF(err, rec, path)
 	}
 	return br, nil
 }
@@ -90,12 +92,12 @@ func notFoundAtEOF(err error, rec *InstanceRecord, path string) error {
 // from its start up to the element, which is then streamed: no byte range
 // exists in the compressed object.
 func (r *Retriever) OpenBulkData(ctx context.Context, rec *InstanceRecord, path string) (io.ReadCloser, int64, error) {
-	if rec.TransferSyntaxUID != TSDeflatedExplicitLE {
+	if rec.TransferSyntaxUID != dicomcodec.TSDeflatedExplicitLE {
 		br, err := r.BulkData(ctx, rec, path)
 		if err != nil {
 			return nil, 0, err
 		}
-		rc, err := r.OpenRanges(ctx, rec, []ByteRange{br})
+		rc, err := r.OpenRanges(ctx, rec, []dicomcodec.ByteRange{br})
 		return rc, br.Length, err
 	}
 	steps, err := parseBulkDataPath(path)
@@ -202,14 +204,14 @@ func (w *elementWalker) skipMeta() error {
 }
 
 // find skips the preamble and meta group, then walks the dataset to steps.
-func (w *elementWalker) find(ts string, steps []bulkStep) (ByteRange, error) {
+func (w *elementWalker) find(ts string, steps []bulkStep) (dicomcodec.ByteRange, error) {
 	if err := w.skipMeta(); err != nil {
-		return ByteRange{}, err
+		return dicomcodec.ByteRange{}, err
 	}
 	switch ts {
-	case TSImplicitLE:
+	case dicomcodec.TSImplicitLE:
 		w.explicit = false
-	case TSExplicitBE:
+	case dicomcodec.TSExplicitBE:
 		w.order = binary.BigEndian
 	}
 	return w.walk(steps, -1, 0)
@@ -254,43 +256,43 @@ func (w *elementWalker) header() (bdHeader, error) {
 
 // walk reads elements until end (an absolute offset; -1 = until EOF or an
 // item delimiter) looking for steps[0]; depth bounds nesting.
-func (w *elementWalker) walk(steps []bulkStep, end int64, depth int) (ByteRange, error) {
+func (w *elementWalker) walk(steps []bulkStep, end int64, depth int) (dicomcodec.ByteRange, error) {
 	if depth > maxBulkDataDepth {
-		return ByteRange{}, fmt.Errorf("sequences nested deeper than %d: %w", maxBulkDataDepth, ErrNotAcceptable)
+		return dicomcodec.ByteRange{}, fmt.Errorf("sequences nested deeper than %d: %w", maxBulkDataDepth, ErrNotAcceptable)
 	}
 	for end < 0 || w.pos < end {
 		h, err := w.header()
 		if err != nil {
-			return ByteRange{}, err
+			return dicomcodec.ByteRange{}, err
 		}
 		if h.tag == bdItemDelim {
-			return ByteRange{}, io.EOF // end of this item, not found
+			return dicomcodec.ByteRange{}, io.EOF // end of this item, not found
 		}
 		if h.tag == steps[0].tag {
 			if len(steps) == 1 {
 				if h.length == bdUndefinedLength {
-					return ByteRange{}, fmt.Errorf("element %08X has undefined length: %w", h.tag, ErrNotAcceptable)
+					return dicomcodec.ByteRange{}, fmt.Errorf("element %08X has undefined length: %w", h.tag, ErrNotAcceptable)
 				}
-				return ByteRange{Offset: w.pos, Length: int64(h.length)}, nil
+				return dicomcodec.ByteRange{Offset: w.pos, Length: int64(h.length)}, nil
 			}
 			return w.intoItem(h, steps, depth)
 		}
 		if h.length == bdUndefinedLength {
 			if err := w.skipUndefined(h, depth); err != nil {
-				return ByteRange{}, err
+				return dicomcodec.ByteRange{}, err
 			}
 			continue
 		}
 		if err := w.skip(int64(h.length)); err != nil {
-			return ByteRange{}, err
+			return dicomcodec.ByteRange{}, err
 		}
 	}
-	return ByteRange{}, io.EOF
+	return dicomcodec.ByteRange{}, io.EOF
 }
 
 // intoItem descends into item steps[0].item of the sequence whose header
 // was just read and continues with steps[1:].
-func (w *elementWalker) intoItem(h bdHeader, steps []bulkStep, depth int) (ByteRange, error) {
+func (w *elementWalker) intoItem(h bdHeader, steps []bulkStep, depth int) (dicomcodec.ByteRange, error) {
 	seqEnd := int64(-1)
 	if h.length != bdUndefinedLength {
 		seqEnd = w.pos + int64(h.length)
@@ -303,10 +305,10 @@ func (w *elementWalker) intoItem(h bdHeader, steps []bulkStep, depth int) (ByteR
 	for i := 0; seqEnd < 0 || w.pos < seqEnd; i++ {
 		ih, err := w.header()
 		if err != nil {
-			return ByteRange{}, err
+			return dicomcodec.ByteRange{}, err
 		}
 		if ih.tag == bdSequenceDelim || ih.tag != bdItem {
-			return ByteRange{}, io.EOF
+			return dicomcodec.ByteRange{}, io.EOF
 		}
 		itemEnd := int64(-1)
 		if ih.length != bdUndefinedLength {
@@ -317,15 +319,15 @@ func (w *elementWalker) intoItem(h bdHeader, steps []bulkStep, depth int) (ByteR
 		}
 		if itemEnd >= 0 {
 			if err := w.skip(int64(ih.length)); err != nil {
-				return ByteRange{}, err
+				return dicomcodec.ByteRange{}, err
 			}
 			continue
 		}
 		if err := w.skipItemBody(depth + 1); err != nil {
-			return ByteRange{}, err
+			return dicomcodec.ByteRange{}, err
 		}
 	}
-	return ByteRange{}, io.EOF
+	return dicomcodec.ByteRange{}, io.EOF
 }
 
 // skipUndefined skips the value of an element of undefined length: a

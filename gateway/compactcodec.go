@@ -8,6 +8,8 @@ import (
 	"math"
 	"slices"
 	"unicode/utf8"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // The compact form of a Dataset is what indexes store for the study- and
@@ -31,7 +33,7 @@ const compactVersion = 1
 var errCompact = errors.New("compact dataset: malformed")
 
 // AppendCompact appends the compact form of d to dst.
-func AppendCompact(dst []byte, d Dataset) ([]byte, error) {
+func AppendCompact(dst []byte, d dicomcodec.Dataset) ([]byte, error) {
 	nvals := 0
 	for _, a := range d {
 		nvals += len(a.Value)
@@ -77,7 +79,7 @@ func AppendCompact(dst []byte, d Dataset) ([]byte, error) {
 				}
 			case float64:
 				dst = binary.LittleEndian.AppendUint64(append(dst, 'f'), math.Float64bits(x))
-			case PersonName:
+			case dicomcodec.PersonName:
 				dst = append(dst, 'p')
 				dst = appendStr(dst, x.Alphabetic)
 				dst = appendStr(dst, x.Ideographic)
@@ -90,7 +92,7 @@ func AppendCompact(dst []byte, d Dataset) ([]byte, error) {
 
 // plainAttribute reports whether a's values survive a JSON round trip
 // unchanged, so that the compact form may hold them as they are.
-func plainAttribute(a Attribute) bool {
+func plainAttribute(a dicomcodec.Attribute) bool {
 	if a.BulkDataURI != "" || a.InlineBinary != "" {
 		return false
 	}
@@ -105,7 +107,7 @@ func plainAttribute(a Attribute) bool {
 			ok = intVR(a.VR)
 		case float64:
 			ok = !math.IsNaN(x) && !math.IsInf(x, 0) && (a.VR == "DS" || a.VR == "FD" || a.VR == "FL")
-		case PersonName:
+		case dicomcodec.PersonName:
 			ok = a.VR == "PN" && utf8.ValidString(x.Alphabetic) && utf8.ValidString(x.Ideographic) && utf8.ValidString(x.Phonetic)
 		}
 		if !ok {
@@ -138,7 +140,7 @@ func appendStr(dst []byte, s string) []byte {
 
 // DecodeCompact reads a Dataset written by AppendCompact. The strings of the
 // result share s's memory.
-func DecodeCompact(s string) (Dataset, error) {
+func DecodeCompact(s string) (dicomcodec.Dataset, error) {
 	r := compactReader{s: s}
 	if r.byte() != compactVersion {
 		return nil, fmt.Errorf("%w: unknown version", errCompact)
@@ -147,11 +149,11 @@ func DecodeCompact(s string) (Dataset, error) {
 	if r.err != nil || nattrs > uint64(len(s)) || nvals > uint64(len(s)) {
 		return nil, errCompact
 	}
-	d := make(Dataset, nattrs+5) // room for the computed attributes
+	d := make(dicomcodec.Dataset, nattrs+5) // room for the computed attributes
 	vals := make([]any, 0, nvals)
 	for range nattrs {
 		tag, vr := r.str(), r.str()
-		a := Attribute{VR: vr}
+		a := dicomcodec.Attribute{VR: vr}
 		switch r.byte() {
 		case 'j':
 			if r.err == nil {
@@ -256,7 +258,7 @@ func (r *compactReader) value() any {
 		r.i += 8
 		return math.Float64frombits(bits)
 	case 'p':
-		return PersonName{Alphabetic: r.str(), Ideographic: r.str(), Phonetic: r.str()}
+		return dicomcodec.PersonName{Alphabetic: r.str(), Ideographic: r.str(), Phonetic: r.str()}
 	}
 	r.fail()
 	return nil

@@ -5,26 +5,28 @@ import (
 	"math"
 	"reflect"
 	"testing"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // TestCompactRoundTrip checks that DecodeCompact(AppendCompact(d)) is what a
 // DICOM JSON round trip of d gives, including the attributes the compact
 // form keeps as JSON.
 func TestCompactRoundTrip(t *testing.T) {
-	d := Dataset{
-		TagPatientName:    {VR: "PN", Value: []any{PersonName{Alphabetic: "Müller^Hans", Ideographic: "山田^太郎"}, PersonName{}}},
-		TagPatientID:      {VR: "LO", Value: []any{"PID1", nil, ""}},
-		TagStudyDate:      {VR: "DA", Value: []any{"20200101"}},
-		"00101010":        {VR: "AS"},
-		"00101020":        {VR: "DS", Value: []any{1.75, -0.0, 1e300}},
-		"00101030":        {VR: "DS", Value: []any{int64(70)}}, // decodes as float64
-		"00201208":        {VR: "IS", Value: []any{int64(-3), uint64(7), uint64(math.MaxUint64)}},
-		"00281050":        {VR: "DS", Value: []any{math.NaN()}}, // written as null
-		"00081030":        {VR: "LO", Value: []any{"bad \xff utf-8"}},
-		"00081110":        {VR: "SQ", Value: []any{Dataset{"00081155": {VR: "UI", Value: []any{"1.2.3"}}}}},
-		"00091001":        {VR: "OB", InlineBinary: "AAEC"},
-		TagSOPInstanceUID: {VR: "UI", Value: []any{}},
-		"00200052":        {VR: "", Value: []any{"x"}},
+	d := dicomcodec.Dataset{
+		dicomcodec.TagPatientName:    {VR: "PN", Value: []any{dicomcodec.PersonName{Alphabetic: "Müller^Hans", Ideographic: "山田^太郎"}, dicomcodec.PersonName{}}},
+		dicomcodec.TagPatientID:      {VR: "LO", Value: []any{"PID1", nil, ""}},
+		dicomcodec.TagStudyDate:      {VR: "DA", Value: []any{"20200101"}},
+		"00101010":                   {VR: "AS"},
+		"00101020":                   {VR: "DS", Value: []any{1.75, -0.0, 1e300}},
+		"00101030":                   {VR: "DS", Value: []any{int64(70)}}, // decodes as float64
+		"00201208":                   {VR: "IS", Value: []any{int64(-3), uint64(7), uint64(math.MaxUint64)}},
+		"00281050":                   {VR: "DS", Value: []any{math.NaN()}}, // written as null
+		"00081030":                   {VR: "LO", Value: []any{"bad \xff utf-8"}},
+		"00081110":                   {VR: "SQ", Value: []any{dicomcodec.Dataset{"00081155": {VR: "UI", Value: []any{"1.2.3"}}}}},
+		"00091001":                   {VR: "OB", InlineBinary: "AAEC"},
+		dicomcodec.TagSOPInstanceUID: {VR: "UI", Value: []any{}},
+		"00200052":                   {VR: "", Value: []any{"x"}},
 	}
 	b, err := AppendCompact(nil, d)
 	if err != nil {
@@ -38,7 +40,7 @@ func TestCompactRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var want Dataset
+	var want dicomcodec.Dataset
 	if err := json.Unmarshal(j, &want); err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +62,7 @@ func TestCompactRoundTrip(t *testing.T) {
 func TestCompactStudy(t *testing.T) {
 	want := &StudySummary{
 		StudyInstanceUID: "1.2.3", Series: 2, Instances: 5,
-		Attrs:      Dataset{TagPatientID: {VR: "LO", Value: []any{"P1"}}},
+		Attrs:      dicomcodec.Dataset{dicomcodec.TagPatientID: {VR: "LO", Value: []any{"P1"}}},
 		Modalities: map[string]int{"CT": 3, "MR": 2}, SOPClasses: map[string]int{"1.2.840.10008.5.1.4.1.1.2": 5},
 	}
 	b, err := want.AppendCompact(nil)

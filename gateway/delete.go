@@ -7,6 +7,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // deleteLockTTL bounds how long one instance's delete holds its lease.
@@ -57,7 +59,7 @@ func (p *DeletePlan) PatientIDs() []string { return PatientIDsOf(p.Records) }
 func PatientIDsOf(recs []*InstanceRecord) []string {
 	var ids []string
 	for _, r := range recs {
-		if id := r.Metadata.String(TagPatientID); id != "" && !slices.Contains(ids, id) {
+		if id := r.Metadata.String(dicomcodec.TagPatientID); id != "" && !slices.Contains(ids, id) {
 			ids = append(ids, id)
 		}
 	}

@@ -3,6 +3,8 @@ package gateway
 import (
 	"errors"
 	"fmt"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // Sentinel errors shared by every layer. Backends translate their own
@@ -69,3 +71,56 @@ func (e *InstanceError) Error() string {
 }
 
 func (e *InstanceError) Unwrap() error { return e.Err }
+
+// codecErrors is the one mapping from the codec's failures to the domain's:
+// the sentinel a dicomcodec error becomes, and the STOW-RS FailureReason of
+// an instance refused for it (0: the failure is not an instance's refusal).
+var codecErrors = []struct {
+	codec  error
+	domain error
+	reason uint16
+}{
+	{dicomcodec.ErrMalformed, ErrInvalid, ReasonCannotUnderstand},
+	{dicomcodec.ErrLimit, ErrInvalid, ReasonCannotUnderstand},
+	{dicomcodec.ErrUnsupportedTransferSyntax, ErrInvalid, ReasonTransferSyntaxUnsupported},
+	{dicomcodec.ErrMemoryBudget, ErrUnavailable, ReasonOutOfResources},
+	{dicomcodec.ErrInvalidUID, ErrInvalid, 0},
+	{dicomcodec.ErrInvalidInput, ErrInvalid, 0},
+}
+
+// codecError is a dicomcodec error seen as a domain error: its text is the
+// codec's, and errors.Is finds both the codec's sentinel and the domain's.
+type codecError struct {
+	err    error
+	domain error
+}
+
+func (e *codecError) Error() string   { return e.err.Error() }
+func (e *codecError) Unwrap() []error { return []error{e.err, e.domain} }
+
+// FromCodec translates an error of package dicomcodec into the domain's
+// terms: it then also wraps ErrInvalid, ErrUnavailable…, and a failure that
+// refuses an instance (unreadable data, an unsupported transfer syntax, a
+// spent header memory budget) is an *InstanceError with its FailureReason.
+// Any other error (nil, a read error, one already translated) is returned
+// as it is. Every error a codec call can return passes through it before
+// anything maps it to an HTTP status or a STOW reason.
+func FromCodec(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := errors.AsType[*codecError](err); ok {
+		return err
+	}
+	for _, m := range codecErrors {
+		if !errors.Is(err, m.codec) {
+			continue
+		}
+		translated := &codecError{err: err, domain: m.domain}
+		if m.reason != 0 {
+			return &InstanceError{Reason: m.reason, Err: translated}
+		}
+		return translated
+	}
+	return err
+}

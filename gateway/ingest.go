@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // DuplicatePolicy says what Store does with an instance whose SOP Instance
@@ -56,11 +58,11 @@ type Ingester struct {
 	// MaxInstanceBytes bounds one instance; 0 means unlimited.
 	MaxInstanceBytes int64
 	// HeaderLimits bound the header parser; zero fields take the defaults.
-	HeaderLimits HeaderLimits
+	HeaderLimits dicomcodec.HeaderLimits
 	// HeaderMemory, when set, bounds the memory the headers of all
 	// concurrent Stores hold together (an instance over it is refused as
 	// unavailable); nil bounds each Store by HeaderLimits only.
-	HeaderMemory *HeaderMemory
+	HeaderMemory *dicomcodec.HeaderMemory
 	// LockTTL bounds how long a crashed replica's lease on a SOP Instance
 	// UID blocks others (a live holder renews it). 0 means 30 s.
 	LockTTL time.Duration
@@ -125,16 +127,16 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 	var head bytes.Buffer
 	// The header's memory is held until Finish has indexed it (its
 	// encodings are made from the Dataset there).
-	acct := &headerAccount{shared: in.HeaderMemory, ctx: ctx}
+	acct := dicomcodec.NewHeaderAccount(ctx, in.HeaderMemory)
 	handedOver := false // to Finish, which releases the header and the lock
 	defer func() {
 		if !handedOver {
-			acct.release()
+			acct.Release()
 		}
 	}()
-	h, err := parseHeader(io.TeeReader(lim, &head), in.HeaderLimits, acct)
+	h, err := dicomcodec.ParseHeaderAccounted(io.TeeReader(lim, &head), in.HeaderLimits, acct)
 	if err != nil {
-		return nil, err
+		return nil, FromCodec(err)
 	}
 	if err := in.validate(h, opts); err != nil {
 		return nil, err
@@ -277,7 +279,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 	}
 	pending := &PendingInstance{}
 	pending.finish = func(ctx context.Context) (*InstanceRecord, error) {
-		defer acct.release()
+		defer acct.Release()
 		defer unlock()
 		if healing && (existing.SHA256 != rec.SHA256 || existing.Size != rec.Size) && in.policy() == DuplicateReject {
 			if staged != nil {
@@ -352,7 +354,7 @@ func (in *Ingester) logDeviations(ctx context.Context, rec *InstanceRecord) {
 
 // validate checks what makes an instance storable: its UIDs (ValidateUID:
 // PS3.5 9.1, a leading zero tolerated), its SOP class and its study.
-func (in *Ingester) validate(h *Header, opts StoreOptions) error {
+func (in *Ingester) validate(h *dicomcodec.Header, opts StoreOptions) error {
 	fail := func(reason uint16, err error) error {
 		uid := h.SOPInstanceUID
 		if ValidateUID(uid) != nil {
@@ -443,7 +445,7 @@ func (in *Ingester) auditStored(ctx context.Context, rec *InstanceRecord, failur
 		StudyUIDs: []string{rec.StudyInstanceUID},
 		Detail:    detail,
 	}
-	if id := rec.Metadata.String(TagPatientID); id != "" {
+	if id := rec.Metadata.String(dicomcodec.TagPatientID); id != "" {
 		ev.PatientIDs = []string{id}
 	}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -477,12 +479,12 @@ func (l *instanceLimit) Read(p []byte) (int, error) {
 type checkedReader struct {
 	r          io.Reader
 	sum        hash.Hash
-	tail       *TailScanner
+	tail       *dicomcodec.TailScanner
 	headerLeft int64
 	n          int64
 	err        error
 	done       bool
-	layout     *PixelDataLayout
+	layout     *dicomcodec.PixelDataLayout
 }
 
 func (c *checkedReader) Read(p []byte) (int, error) {
@@ -504,16 +506,16 @@ func (c *checkedReader) Read(p []byte) (int, error) {
 		}
 		if len(rest) > 0 {
 			if _, werr := c.tail.Write(rest); werr != nil {
-				c.err = werr
-				return 0, werr
+				c.err = FromCodec(werr)
+				return 0, c.err
 			}
 		}
 	}
 	if errors.Is(err, io.EOF) {
 		layout, ferr := c.tail.Finish()
 		if ferr != nil {
-			c.err = ferr
-			return 0, ferr
+			c.err = FromCodec(ferr)
+			return 0, c.err
 		}
 		c.layout, c.done = layout, true
 		return n, io.EOF

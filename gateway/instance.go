@@ -3,47 +3,26 @@ package gateway
 import (
 	"context"
 	"time"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
-
-// ByteRange is a span of an instance's stored bytes.
-type ByteRange struct {
-	Offset int64 `json:"offset"`
-	Length int64 `json:"length"`
-}
-
-// PixelDataLayout says where the Pixel Data value lies in the stored object,
-// so that WADO-RS frames are served with range reads rather than whole-object
-// reads. It is recorded at ingest while the bytes stream past.
-type PixelDataLayout struct {
-	// ValueOffset is the offset of the first byte of the Pixel Data value
-	// (after its tag, VR and length); ValueLength is -1 when undefined
-	// (encapsulated).
-	ValueOffset int64 `json:"value_offset"`
-	ValueLength int64 `json:"value_length"`
-	// Encapsulated is true for compressed transfer syntaxes.
-	Encapsulated bool `json:"encapsulated"`
-	// Frames lists, per frame (index 0 = frame 1), the byte ranges that make
-	// up that frame: one range for native data, one or more fragments for
-	// encapsulated data. Empty when frames could not be located.
-	Frames [][]ByteRange `json:"frames,omitempty"`
-}
 
 // InstanceRecord is what the index keeps about one stored instance: its
 // identity, where and how its bytes are stored, and its header as DICOM JSON
 // (pixel data and other large binary values as BulkDataURIs), from which QIDO
 // results and WADO metadata are built without opening the blob.
 type InstanceRecord struct {
-	StudyInstanceUID  string           `json:"study_uid"`
-	SeriesInstanceUID string           `json:"series_uid"`
-	SOPInstanceUID    string           `json:"sop_instance_uid"`
-	SOPClassUID       string           `json:"sop_class_uid"`
-	TransferSyntaxUID string           `json:"transfer_syntax_uid"`
-	Size              int64            `json:"size"`
-	SHA256            string           `json:"sha256"` // hex of the stored bytes
-	NumberOfFrames    int              `json:"number_of_frames"`
-	PixelData         *PixelDataLayout `json:"pixel_data,omitempty"`
-	StoredAt          time.Time        `json:"stored_at"`
-	Metadata          Dataset          `json:"metadata"`
+	StudyInstanceUID  string                      `json:"study_uid"`
+	SeriesInstanceUID string                      `json:"series_uid"`
+	SOPInstanceUID    string                      `json:"sop_instance_uid"`
+	SOPClassUID       string                      `json:"sop_class_uid"`
+	TransferSyntaxUID string                      `json:"transfer_syntax_uid"`
+	Size              int64                       `json:"size"`
+	SHA256            string                      `json:"sha256"` // hex of the stored bytes
+	NumberOfFrames    int                         `json:"number_of_frames"`
+	PixelData         *dicomcodec.PixelDataLayout `json:"pixel_data,omitempty"`
+	StoredAt          time.Time                   `json:"stored_at"`
+	Metadata          dicomcodec.Dataset          `json:"metadata"`
 }
 
 // Key is the blob storage key of the record's bytes.

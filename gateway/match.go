@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // MatchKind is a matching type of PS3.4 C.2.2.2.
@@ -41,14 +43,14 @@ func (c *Condition) Tag() string { return c.Path[0] }
 // Matches reports whether d satisfies the condition. Person names match
 // case-insensitively; fuzzy applies the fuzzy person-name rule (see
 // MatchPersonNameFuzzy).
-func (c *Condition) Matches(d Dataset, fuzzy bool) bool {
+func (c *Condition) Matches(d dicomcodec.Dataset, fuzzy bool) bool {
 	if c.Kind == MatchUniversal {
 		return true
 	}
 	return c.matchPath(d, c.Path, fuzzy)
 }
 
-func (c *Condition) matchPath(d Dataset, path []string, fuzzy bool) bool {
+func (c *Condition) matchPath(d dicomcodec.Dataset, path []string, fuzzy bool) bool {
 	a, ok := d[path[0]]
 	if len(path) > 1 {
 		if !ok {
@@ -103,7 +105,7 @@ func (c *Condition) matchValue(vr string, v any) bool {
 	return false
 }
 
-func (c *Condition) matchPersonName(pn PersonName, fuzzy bool) bool {
+func (c *Condition) matchPersonName(pn dicomcodec.PersonName, fuzzy bool) bool {
 	q := c.Values[0]
 	if c.Kind == MatchList {
 		for _, v := range c.Values {
@@ -127,12 +129,6 @@ func (c *Condition) matchPersonName(pn PersonName, fuzzy bool) bool {
 	return false
 }
 
-// String returns the PN value as DICOM encodes it: the component groups
-// joined by "=", trailing empty groups dropped.
-func (p PersonName) String() string {
-	return strings.TrimRight(p.Alphabetic+"="+p.Ideographic+"="+p.Phonetic, "=")
-}
-
 // MatchPersonNameFuzzy is the gateway's fuzzymatching=true rule for person
 // names: every word of the query (words are separated by ^, spaces, commas
 // or =; * and ? allowed) must match some word of one component group of the
@@ -142,7 +138,7 @@ func (p PersonName) String() string {
 // Smith). So "john smi" and "jon smyth" match "Smith^John", and "山田"
 // matches "Yamada^Tarou=山田^太郎" (words without a Latin letter have no
 // code and match by their start only).
-func MatchPersonNameFuzzy(query string, pn PersonName) bool {
+func MatchPersonNameFuzzy(query string, pn dicomcodec.PersonName) bool {
 	qwords := nameWords(query)
 	if len(qwords) == 0 {
 		return true
@@ -201,7 +197,7 @@ func FoldName(s string) string { return strings.ToUpper(s) }
 // NameKeys returns the folded keys under which an index lists the person
 // names of tag in d for prefix search: each whole component group and each
 // word of it (for fuzzy matching).
-func NameKeys(d Dataset, tag string) []string {
+func NameKeys(d dicomcodec.Dataset, tag string) []string {
 	a, ok := d[tag]
 	if !ok {
 		return nil
@@ -228,7 +224,7 @@ func NameKeys(d Dataset, tag string) []string {
 // NamePhoneticKeys returns the Soundex codes of the words of the person
 // names of tag in d, once each (words without one left out): the keys an
 // index lists a study under for the phonetic part of fuzzy matching.
-func NamePhoneticKeys(d Dataset, tag string) []string {
+func NamePhoneticKeys(d dicomcodec.Dataset, tag string) []string {
 	a, ok := d[tag]
 	if !ok {
 		return nil
@@ -250,7 +246,7 @@ func NamePhoneticKeys(d Dataset, tag string) []string {
 // names of tag in d, once each: a name matched without fuzzy matching whose
 // pattern starts with a literal prefix matches only if one of them starts
 // with the folded prefix (IndexHints.NamePrefix).
-func NameGroupKeys(d Dataset, tag string) []string {
+func NameGroupKeys(d dicomcodec.Dataset, tag string) []string {
 	a, ok := d[tag]
 	if !ok {
 		return nil
@@ -333,7 +329,7 @@ func textOf(v any) (string, bool) {
 		return strconv.Itoa(x), true
 	case float64:
 		return strconv.FormatFloat(x, 'f', -1, 64), true
-	case PersonName:
+	case dicomcodec.PersonName:
 		return x.String(), true
 	case map[string]any:
 		return personNameFromMap(x).String(), true
@@ -343,13 +339,13 @@ func textOf(v any) (string, bool) {
 
 // PersonNamesOf returns the values of a PN attribute, accepting PersonName,
 // the map a JSON decoder produces and DICOM-encoded strings.
-func PersonNamesOf(a Attribute) []PersonName {
-	out := make([]PersonName, 0, len(a.Value))
+func PersonNamesOf(a dicomcodec.Attribute) []dicomcodec.PersonName {
+	out := make([]dicomcodec.PersonName, 0, len(a.Value))
 	for _, v := range a.Value {
 		switch x := v.(type) {
-		case PersonName:
+		case dicomcodec.PersonName:
 			out = append(out, x)
-		case *PersonName:
+		case *dicomcodec.PersonName:
 			if x != nil {
 				out = append(out, *x)
 			}
@@ -360,35 +356,35 @@ func PersonNamesOf(a Attribute) []PersonName {
 			for len(g) < 3 {
 				g = append(g, "")
 			}
-			out = append(out, PersonName{Alphabetic: g[0], Ideographic: g[1], Phonetic: g[2]})
+			out = append(out, dicomcodec.PersonName{Alphabetic: g[0], Ideographic: g[1], Phonetic: g[2]})
 		}
 	}
 	return out
 }
 
-func personNameFromMap(m map[string]any) PersonName {
+func personNameFromMap(m map[string]any) dicomcodec.PersonName {
 	s := func(k string) string { v, _ := m[k].(string); return v }
-	return PersonName{Alphabetic: s("Alphabetic"), Ideographic: s("Ideographic"), Phonetic: s("Phonetic")}
+	return dicomcodec.PersonName{Alphabetic: s("Alphabetic"), Ideographic: s("Ideographic"), Phonetic: s("Phonetic")}
 }
 
 // ItemsOf returns the items of an SQ attribute, accepting Dataset values and
 // the maps a JSON decoder produces (whose attributes are decoded on the fly).
-func ItemsOf(a Attribute) []Dataset {
-	out := make([]Dataset, 0, len(a.Value))
+func ItemsOf(a dicomcodec.Attribute) []dicomcodec.Dataset {
+	out := make([]dicomcodec.Dataset, 0, len(a.Value))
 	for _, v := range a.Value {
 		switch x := v.(type) {
-		case Dataset:
+		case dicomcodec.Dataset:
 			out = append(out, x)
-		case map[string]Attribute:
-			out = append(out, Dataset(x))
+		case map[string]dicomcodec.Attribute:
+			out = append(out, dicomcodec.Dataset(x))
 		case map[string]any:
-			item := Dataset{}
+			item := dicomcodec.Dataset{}
 			for t, raw := range x {
 				m, ok := raw.(map[string]any)
 				if !ok {
 					continue
 				}
-				attr := Attribute{}
+				attr := dicomcodec.Attribute{}
 				attr.VR, _ = m["vr"].(string)
 				attr.Value, _ = m["Value"].([]any)
 				item[t] = attr

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/internal/testcorpus"
 )
 
@@ -21,13 +22,13 @@ import (
 // both must decode to the same JSON value.
 func TestAppendDatasetJSON(t *testing.T) {
 	const prefix = "https://pacs.example/dicomweb/studies/1/series/2/instances/3/"
-	check := func(t *testing.T, ds Dataset) {
+	check := func(t *testing.T, ds dicomcodec.Dataset) {
 		t.Helper()
 		want, err := json.Marshal(absolutize(ds, prefix))
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := AppendDatasetJSON(nil, ds, prefix)
+		got := dicomcodec.AppendDatasetJSON(nil, ds, prefix)
 		var g, w any
 		if err := json.Unmarshal(got, &g); err != nil {
 			t.Fatalf("encoder wrote invalid JSON: %v\n%s", err, got)
@@ -40,19 +41,19 @@ func TestAppendDatasetJSON(t *testing.T) {
 		// bytes as the direct encoding under the instance's URL.
 		rec := &InstanceRecord{StudyInstanceUID: "1", SeriesInstanceUID: "2", SOPInstanceUID: "3", Metadata: ds}
 		_, prepared := PrepareMetadata(rec)
-		if n := bytes.Count(prepared, []byte{MetadataURLMarker}); n != bytes.Count(got, []byte(prefix)) {
+		if n := bytes.Count(prepared, []byte{dicomcodec.MetadataURLMarker}); n != bytes.Count(got, []byte(prefix)) {
 			t.Errorf("prepared metadata has %d URL markers, want one per relative BulkDataURI (%d)", n, bytes.Count(got, []byte(prefix)))
 		}
 		if expanded := AppendPreparedMetadata(nil, prepared, strings.TrimSuffix(prefix, "/")); !bytes.Equal(expanded, got) {
 			t.Errorf("prepared metadata expands to\n%s\nwant\n%s", expanded, got)
 		}
 	}
-	check(t, Dataset{
-		"00100010": {VR: "PN", Value: []any{PersonName{Alphabetic: "Yamada^Tarou", Ideographic: "山田^太郎"}}},
+	check(t, dicomcodec.Dataset{
+		"00100010": {VR: "PN", Value: []any{dicomcodec.PersonName{Alphabetic: "Yamada^Tarou", Ideographic: "山田^太郎"}}},
 		"00081030": {VR: "LO", Value: []any{"a\"b\\c\n\t\x01<&>\u2028", nil, "bad \xff utf8"}},
 		"00281050": {VR: "DS", Value: []any{1e-7, 1e21, -0.5, 40.0, math.NaN(), math.Inf(1)}},
 		"00280010": {VR: "US", Value: []any{int64(512)}},
-		"00081115": {VR: "SQ", Value: []any{Dataset{"00091010": {VR: "OB", BulkDataURI: "bulkdata/00081115/0/00091010"}}}},
+		"00081115": {VR: "SQ", Value: []any{dicomcodec.Dataset{"00091010": {VR: "OB", BulkDataURI: "bulkdata/00081115/0/00091010"}}}},
 		"7FE00010": {VR: "OW", BulkDataURI: "bulkdata/7FE00010"},
 		"00091011": {VR: "OB", InlineBinary: "AAEC"},
 		"00091012": {VR: "OB", BulkDataURI: "https://elsewhere/x"},
@@ -62,7 +63,7 @@ func TestAppendDatasetJSON(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		h, err := ParseHeader(bytes.NewReader(data), HeaderLimits{})
+		h, err := dicomcodec.ParseHeader(bytes.NewReader(data), dicomcodec.HeaderLimits{})
 		if err != nil {
 			continue
 		}
@@ -74,14 +75,14 @@ func TestAppendDatasetJSON(t *testing.T) {
 // sequence items) prefixed with prefix, for encoders that marshal the
 // Dataset itself (QIDO-RS). Datasets without one are returned as they are;
 // changed ones are copied, so index records are never modified.
-func absolutize(ds Dataset, prefix string) Dataset {
+func absolutize(ds dicomcodec.Dataset, prefix string) dicomcodec.Dataset {
 	out, _ := absolutizeDataset(ds, prefix)
 	return out
 }
 
 // absolutizeDataset is absolutize that also reports whether it copied.
-func absolutizeDataset(ds Dataset, prefix string) (Dataset, bool) {
-	var out Dataset
+func absolutizeDataset(ds dicomcodec.Dataset, prefix string) (dicomcodec.Dataset, bool) {
+	var out dicomcodec.Dataset
 	for tag, a := range ds {
 		if na, changed := absolutizeAttr(a, prefix); changed {
 			if out == nil {
@@ -96,7 +97,7 @@ func absolutizeDataset(ds Dataset, prefix string) (Dataset, bool) {
 	return out, true
 }
 
-func absolutizeAttr(a Attribute, prefix string) (Attribute, bool) {
+func absolutizeAttr(a dicomcodec.Attribute, prefix string) (dicomcodec.Attribute, bool) {
 	changed := false
 	if relativeURI(a.BulkDataURI) {
 		a.BulkDataURI = prefix + a.BulkDataURI
@@ -104,7 +105,7 @@ func absolutizeAttr(a Attribute, prefix string) (Attribute, bool) {
 	}
 	var items []any
 	for i, v := range a.Value {
-		item, ok := v.(Dataset)
+		item, ok := v.(dicomcodec.Dataset)
 		if !ok {
 			continue
 		}
@@ -127,7 +128,7 @@ func absolutizeAttr(a Attribute, prefix string) (Attribute, bool) {
 // TestPreparedMetadataHostileURL: a public URL taken from a client's
 // X-Forwarded-Prefix cannot break out of the JSON string.
 func TestPreparedMetadataHostileURL(t *testing.T) {
-	rec := &InstanceRecord{Metadata: Dataset{"7FE00010": {VR: "OW", BulkDataURI: "bulkdata/7FE00010"}}}
+	rec := &InstanceRecord{Metadata: dicomcodec.Dataset{"7FE00010": {VR: "OW", BulkDataURI: "bulkdata/7FE00010"}}}
 	_, prepared := PrepareMetadata(rec)
 	out := AppendPreparedMetadata(nil, prepared, `https://h/x","vr":"PN"}\`+"\x00")
 	var v map[string]map[string]any
@@ -143,12 +144,12 @@ func TestPreparedMetadataHostileURL(t *testing.T) {
 // exactly as CompareInstances sorts the records.
 func TestMetadataOrder(t *testing.T) {
 	mk := func(series, sop string, seriesNo, instNo any) *InstanceRecord {
-		md := Dataset{TagPatientID: {VR: "LO", Value: []any{"PID-" + sop}}}
+		md := dicomcodec.Dataset{dicomcodec.TagPatientID: {VR: "LO", Value: []any{"PID-" + sop}}}
 		if seriesNo != nil {
-			md[TagSeriesNumber] = Attribute{VR: "IS", Value: []any{seriesNo}}
+			md[dicomcodec.TagSeriesNumber] = dicomcodec.Attribute{VR: "IS", Value: []any{seriesNo}}
 		}
 		if instNo != nil {
-			md[TagInstanceNumber] = Attribute{VR: "IS", Value: []any{instNo}}
+			md[dicomcodec.TagInstanceNumber] = dicomcodec.Attribute{VR: "IS", Value: []any{instNo}}
 		}
 		return &InstanceRecord{StudyInstanceUID: "1", SeriesInstanceUID: series, SOPInstanceUID: sop, Metadata: md}
 	}
@@ -194,4 +195,10 @@ func TestMetadataOrder(t *testing.T) {
 			t.Errorf("DecodeMetadataEntry(%d bytes): err=%v, want ErrUnavailable", len(bad), err)
 		}
 	}
+}
+
+// relativeURI is the test of AppendDatasetJSON for a BulkDataURI it
+// prefixes: not empty, not absolute, no scheme.
+func relativeURI(u string) bool {
+	return u != "" && !strings.HasPrefix(u, "/") && !strings.Contains(u, "://")
 }

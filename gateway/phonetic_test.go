@@ -4,6 +4,8 @@ import (
 	"net/url"
 	"slices"
 	"testing"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // TestSoundex checks the published examples of American Soundex (the US
@@ -63,11 +65,11 @@ func TestSoundex(t *testing.T) {
 // prefix or by Soundex code, every query word needed, wildcards by prefix
 // only, ideographic words by prefix only.
 func TestMatchPersonNameFuzzy(t *testing.T) {
-	smith := PersonName{Alphabetic: "Smith^John"}
-	yamada := PersonName{Alphabetic: "Yamada^Tarou", Ideographic: "山田^太郎", Phonetic: "やまだ^たろう"}
+	smith := dicomcodec.PersonName{Alphabetic: "Smith^John"}
+	yamada := dicomcodec.PersonName{Alphabetic: "Yamada^Tarou", Ideographic: "山田^太郎", Phonetic: "やまだ^たろう"}
 	for _, tt := range []struct {
 		query string
-		pn    PersonName
+		pn    dicomcodec.PersonName
 		want  bool
 	}{
 		{"smi", smith, true},             // prefix
@@ -95,8 +97,8 @@ func TestMatchPersonNameFuzzy(t *testing.T) {
 // hints of a fuzzy query look for, and that a wildcard or ideographic first
 // word asks for no code.
 func TestFuzzyHintsAndKeys(t *testing.T) {
-	d := Dataset{TagPatientName: {VR: "PN", Value: []any{PersonName{Alphabetic: "Smith^John", Ideographic: "山田"}}}}
-	if keys := NamePhoneticKeys(d, TagPatientName); !slices.Equal(keys, []string{"S530", "J500"}) {
+	d := dicomcodec.Dataset{dicomcodec.TagPatientName: {VR: "PN", Value: []any{dicomcodec.PersonName{Alphabetic: "Smith^John", Ideographic: "山田"}}}}
+	if keys := NamePhoneticKeys(d, dicomcodec.TagPatientName); !slices.Equal(keys, []string{"S530", "J500"}) {
 		t.Errorf("NamePhoneticKeys = %q, want [S530 J500] (no code for an ideograph)", keys)
 	}
 	for _, tt := range []struct {

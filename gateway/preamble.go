@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"hash"
 	"io"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // PreamblePolicy says what Store does with an instance whose 128-byte
@@ -38,45 +40,16 @@ func ParsePreamblePolicy(s string) (PreamblePolicy, error) {
 	return "", fmt.Errorf("preamble_policy %q: want refuse or zero: %w", s, ErrInvalid)
 }
 
-// preambleLen is the length of the Part 10 preamble (PS3.10 7.1).
-const preambleLen = 128
-
-// ExecutablePreamble names the executable format whose header starts the
-// preamble p ("" when none): PE (a DOS "MZ" header), ELF, Mach-O (thin or
-// fat) or a script ("#!"). A TIFF header ("II*\0", "MM\0*"), which
-// dual-format DICOM/TIFF files carry on purpose, is not executable, nor is
-// the usual all-zero preamble.
-func ExecutablePreamble(p []byte) string {
-	for _, f := range []struct {
-		name  string
-		magic string
-	}{
-		{"PE (MZ)", "MZ"},
-		{"ELF", "\x7fELF"},
-		{"Mach-O", "\xfe\xed\xfa\xce"},
-		{"Mach-O", "\xfe\xed\xfa\xcf"},
-		{"Mach-O", "\xce\xfa\xed\xfe"},
-		{"Mach-O", "\xcf\xfa\xed\xfe"},
-		{"Mach-O universal", "\xca\xfe\xba\xbe"},
-		{"script (#!)", "#!"},
-	} {
-		if bytes.HasPrefix(p, []byte(f.magic)) {
-			return f.name
-		}
-	}
-	return ""
-}
-
 // checkPreamble applies the policy to the preamble at the start of head
 // (the bytes the header parser read). It returns the executable format
 // found ("" for none), or, under PreambleRefuse, an error wrapping
 // ErrInvalid naming it (Store refuses the instance with
 // ReasonCannotUnderstand, 0xC000).
 func (in *Ingester) checkPreamble(head []byte) (kind string, err error) {
-	if len(head) < preambleLen {
+	if len(head) < dicomcodec.PreambleLen {
 		return "", nil
 	}
-	kind = ExecutablePreamble(head[:preambleLen])
+	kind = dicomcodec.ExecutablePreamble(head[:dicomcodec.PreambleLen])
 	if kind != "" && in.PreamblePolicy != PreambleZero {
 		return kind, fmt.Errorf(
 			"the 128-byte preamble is an executable header (%s): the file would also run as a program (CVE-2019-11687); refused by preamble_policy %s: %w", kind, PreambleRefuse, ErrInvalid)
@@ -90,8 +63,8 @@ func (in *Ingester) checkPreamble(head []byte) (kind string, err error) {
 // already in memory.
 func zeroPreamble(head *bytes.Buffer, rest io.Reader) (src io.Reader, orig hash.Hash) {
 	orig = sha256.New()
-	orig.Write(head.Next(preambleLen))
-	return io.MultiReader(bytes.NewReader(make([]byte, preambleLen)), io.TeeReader(io.MultiReader(head, rest), orig)), orig
+	orig.Write(head.Next(dicomcodec.PreambleLen))
+	return io.MultiReader(bytes.NewReader(make([]byte, dicomcodec.PreambleLen)), io.TeeReader(io.MultiReader(head, rest), orig)), orig
 }
 
 // auditZeroedPreamble records that rec was stored with its executable

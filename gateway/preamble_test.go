@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -24,7 +25,7 @@ func TestExecutablePreamble(t *testing.T) {
 		{pad("\xca\xfe\xba\xbe"), "Mach-O universal"},
 		{pad("#!/bin/sh"), "script (#!)"},
 	} {
-		if got := gateway.ExecutablePreamble(tt.preamble); got != tt.want {
+		if got := dicomcodec.ExecutablePreamble(tt.preamble); got != tt.want {
 			t.Errorf("ExecutablePreamble(%q) = %q, want %q", tt.preamble[:8], got, tt.want)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"math"
 	"strings"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // Prepared metadata is each instance's DICOM JSON object (PS3.18 F.2),
@@ -25,14 +27,6 @@ import (
 //     InstanceNumber, so entries sort as CompareInstances sorts records, a
 //     digest of the prepared JSON, from which an ETag is made without
 //     reading the JSON itself, and the Patient ID, for the audit event.
-
-// MetadataURLMarker stands, in prepared metadata, for the URL of the
-// instance followed by "/".
-const MetadataURLMarker = 0x00
-
-// preparedPrefix is the BulkDataURI prefix that makes AppendDatasetJSON
-// write the marker.
-const preparedPrefix = "\x00"
 
 // metadataOrderVersion starts an encoded order entry.
 const metadataOrderVersion = 0x01
@@ -56,7 +50,7 @@ type MetadataEntry struct {
 // it with its encoded order entry (MetadataEntry.EncodeOrder). An index
 // stores both whenever it stores rec.
 func PrepareMetadata(rec *InstanceRecord) (order, prepared []byte) {
-	prepared = AppendDatasetJSON(nil, rec.Metadata, preparedPrefix)
+	prepared = dicomcodec.AppendDatasetJSON(nil, rec.Metadata, dicomcodec.PreparedPrefix)
 	e := NewMetadataEntry(rec, prepared)
 	return e.EncodeOrder(), prepared
 }
@@ -76,10 +70,10 @@ func orderOf(rec *InstanceRecord) MetadataEntry {
 		StudyInstanceUID:  rec.StudyInstanceUID,
 		SeriesInstanceUID: rec.SeriesInstanceUID,
 		SOPInstanceUID:    rec.SOPInstanceUID,
-		PatientID:         rec.Metadata.String(TagPatientID),
+		PatientID:         rec.Metadata.String(dicomcodec.TagPatientID),
 	}
-	e.seriesNumber, e.hasSeriesNumber = numberOf(rec.Metadata, TagSeriesNumber)
-	e.instanceNumber, e.hasInstanceNumber = numberOf(rec.Metadata, TagInstanceNumber)
+	e.seriesNumber, e.hasSeriesNumber = numberOf(rec.Metadata, dicomcodec.TagSeriesNumber)
+	e.instanceNumber, e.hasInstanceNumber = numberOf(rec.Metadata, dicomcodec.TagInstanceNumber)
 	return e
 }
 
@@ -153,12 +147,12 @@ func compareOptional(x float64, okx bool, y float64, oky bool) int {
 // MetadataURLMarker replaced by instanceURL + "/" (JSON-escaped: the URL may
 // carry a client's X-Forwarded-Prefix).
 func AppendPreparedMetadata(b, prepared []byte, instanceURL string) []byte {
-	if bytes.IndexByte(prepared, MetadataURLMarker) < 0 {
+	if bytes.IndexByte(prepared, dicomcodec.MetadataURLMarker) < 0 {
 		return append(b, prepared...)
 	}
-	escaped := string(appendEscaped(nil, instanceURL+"/"))
+	escaped := string(dicomcodec.AppendEscaped(nil, instanceURL+"/"))
 	for {
-		i := bytes.IndexByte(prepared, MetadataURLMarker)
+		i := bytes.IndexByte(prepared, dicomcodec.MetadataURLMarker)
 		if i < 0 {
 			return append(b, prepared...)
 		}

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // Tags of attributes computed by the index rather than read from instances.
@@ -21,19 +23,19 @@ const (
 // studyLevelTags are the Patient and Study module attributes the index keeps
 // per study (PS3.18 Table 10.6.3-3 plus what PACS commonly search on).
 var studyLevelTags = setOf(
-	TagSpecificCharacterSet, TagTimezoneOffsetFromUTC,
-	TagPatientName, TagPatientID, "00100021", TagPatientBirthDate, "00100032", TagPatientSex,
+	dicomcodec.TagSpecificCharacterSet, TagTimezoneOffsetFromUTC,
+	dicomcodec.TagPatientName, dicomcodec.TagPatientID, "00100021", dicomcodec.TagPatientBirthDate, "00100032", dicomcodec.TagPatientSex,
 	"00101000", "00101001", "00101002", "00101010", "00101020", "00101030", "00102160", "00104000",
-	TagStudyDate, TagStudyTime, TagAccessionNumber, "00080051", "00080090", "00081030", "00081032",
-	"00081048", "00081060", "00081080", "00081110", "00081120", TagStudyInstanceUID, TagStudyID,
+	dicomcodec.TagStudyDate, dicomcodec.TagStudyTime, dicomcodec.TagAccessionNumber, "00080051", "00080090", "00081030", "00081032",
+	"00081048", "00081060", "00081080", "00081110", "00081120", dicomcodec.TagStudyInstanceUID, dicomcodec.TagStudyID,
 	"00321032", "00321060",
 )
 
 // seriesLevelTags are the General Series and Equipment attributes the index
 // keeps per series (PS3.18 Table 10.6.3-4 plus common search keys).
 var seriesLevelTags = setOf(
-	TagSpecificCharacterSet, TagTimezoneOffsetFromUTC,
-	TagModality, TagSeriesInstanceUID, TagSeriesNumber, "0008103E", "00080021", "00080031",
+	dicomcodec.TagSpecificCharacterSet, TagTimezoneOffsetFromUTC,
+	dicomcodec.TagModality, dicomcodec.TagSeriesInstanceUID, dicomcodec.TagSeriesNumber, "0008103E", "00080021", "00080031",
 	"00400244", "00400245", "00400275", "00180015", "00200060", "00080080", "00081010",
 	"00080070", "00081070", "00081050", "00181030", "00081040",
 )
@@ -41,7 +43,7 @@ var seriesLevelTags = setOf(
 // computedStudyTags and computedSeriesTags are matched against the values
 // the index computes.
 var (
-	computedStudyTags = setOf(TagModalitiesInStudy, TagSOPClassesInStudy, TagNumberOfStudyRelatedSeries,
+	computedStudyTags = setOf(dicomcodec.TagModalitiesInStudy, TagSOPClassesInStudy, TagNumberOfStudyRelatedSeries,
 		TagNumberOfStudyRelatedInstances, TagInstanceAvailability)
 	computedSeriesTags = setOf(TagNumberOfSeriesRelatedInstances, TagInstanceAvailability)
 )
@@ -49,16 +51,16 @@ var (
 // Attributes each level returns by default (PS3.18 Tables 10.6.3-3, -4, -5);
 // RetrieveURL is added by the HTTP layer, which knows the base URL.
 var (
-	studyReturnTags = []string{TagSpecificCharacterSet, TagStudyDate, TagStudyTime, TagAccessionNumber,
-		TagInstanceAvailability, TagModalitiesInStudy, "00080090", TagTimezoneOffsetFromUTC, TagPatientName,
-		TagPatientID, TagPatientBirthDate, TagPatientSex, TagStudyInstanceUID, TagStudyID,
+	studyReturnTags = []string{dicomcodec.TagSpecificCharacterSet, dicomcodec.TagStudyDate, dicomcodec.TagStudyTime, dicomcodec.TagAccessionNumber,
+		TagInstanceAvailability, dicomcodec.TagModalitiesInStudy, "00080090", TagTimezoneOffsetFromUTC, dicomcodec.TagPatientName,
+		dicomcodec.TagPatientID, dicomcodec.TagPatientBirthDate, dicomcodec.TagPatientSex, dicomcodec.TagStudyInstanceUID, dicomcodec.TagStudyID,
 		TagNumberOfStudyRelatedSeries, TagNumberOfStudyRelatedInstances}
-	seriesReturnTags = []string{TagSpecificCharacterSet, TagModality, TagTimezoneOffsetFromUTC, "0008103E",
-		TagSeriesInstanceUID, TagSeriesNumber, TagNumberOfSeriesRelatedInstances, "00400244", "00400245",
+	seriesReturnTags = []string{dicomcodec.TagSpecificCharacterSet, dicomcodec.TagModality, TagTimezoneOffsetFromUTC, "0008103E",
+		dicomcodec.TagSeriesInstanceUID, dicomcodec.TagSeriesNumber, TagNumberOfSeriesRelatedInstances, "00400244", "00400245",
 		"00400275", TagInstanceAvailability}
-	instanceReturnTags = []string{TagSpecificCharacterSet, TagSOPClassUID, TagSOPInstanceUID,
-		TagInstanceAvailability, TagTimezoneOffsetFromUTC, TagInstanceNumber, TagRows, TagColumns,
-		"00280100", TagNumberOfFrames, TagStudyInstanceUID, TagSeriesInstanceUID}
+	instanceReturnTags = []string{dicomcodec.TagSpecificCharacterSet, dicomcodec.TagSOPClassUID, dicomcodec.TagSOPInstanceUID,
+		TagInstanceAvailability, TagTimezoneOffsetFromUTC, dicomcodec.TagInstanceNumber, dicomcodec.TagRows, dicomcodec.TagColumns,
+		"00280100", dicomcodec.TagNumberOfFrames, dicomcodec.TagStudyInstanceUID, dicomcodec.TagSeriesInstanceUID}
 )
 
 func setOf(tags ...string) map[string]bool {
@@ -77,13 +79,13 @@ func IsStudyLevel(tag string) bool { return studyLevelTags[tag] || computedStudy
 func IsSeriesLevel(tag string) bool { return seriesLevelTags[tag] || computedSeriesTags[tag] }
 
 // StudyAttrs returns the study-level attributes of an instance's metadata.
-func StudyAttrs(md Dataset) Dataset { return subset(md, studyLevelTags) }
+func StudyAttrs(md dicomcodec.Dataset) dicomcodec.Dataset { return subset(md, studyLevelTags) }
 
 // SeriesAttrs returns the series-level attributes of an instance's metadata.
-func SeriesAttrs(md Dataset) Dataset { return subset(md, seriesLevelTags) }
+func SeriesAttrs(md dicomcodec.Dataset) dicomcodec.Dataset { return subset(md, seriesLevelTags) }
 
-func subset(md Dataset, tags map[string]bool) Dataset {
-	out := Dataset{}
+func subset(md dicomcodec.Dataset, tags map[string]bool) dicomcodec.Dataset {
+	out := dicomcodec.Dataset{}
 	for t, a := range md {
 		if tags[t] {
 			out[t] = a
@@ -93,7 +95,7 @@ func subset(md Dataset, tags map[string]bool) Dataset {
 }
 
 // Modality returns the instance's Modality (the first value), "" if absent.
-func (r *InstanceRecord) Modality() string { return r.Metadata.String(TagModality) }
+func (r *InstanceRecord) Modality() string { return r.Metadata.String(dicomcodec.TagModality) }
 
 // StudySummary is what an index keeps per study: the study-level attributes
 // of the most recently stored instance and the counts from which the
@@ -101,20 +103,20 @@ func (r *InstanceRecord) Modality() string { return r.Metadata.String(TagModalit
 // per value, so that deleting an instance can remove a value exactly when its
 // last instance goes.
 type StudySummary struct {
-	StudyInstanceUID string         `json:"study_uid"`
-	Attrs            Dataset        `json:"attrs"`
-	Series           int            `json:"series"`
-	Instances        int            `json:"instances"`
-	Modalities       map[string]int `json:"modalities,omitempty"`
-	SOPClasses       map[string]int `json:"sop_classes,omitempty"`
+	StudyInstanceUID string             `json:"study_uid"`
+	Attrs            dicomcodec.Dataset `json:"attrs"`
+	Series           int                `json:"series"`
+	Instances        int                `json:"instances"`
+	Modalities       map[string]int     `json:"modalities,omitempty"`
+	SOPClasses       map[string]int     `json:"sop_classes,omitempty"`
 }
 
 // SeriesSummary is what an index keeps per series.
 type SeriesSummary struct {
-	StudyInstanceUID  string  `json:"study_uid"`
-	SeriesInstanceUID string  `json:"series_uid"`
-	Attrs             Dataset `json:"attrs"`
-	Instances         int     `json:"instances"`
+	StudyInstanceUID  string             `json:"study_uid"`
+	SeriesInstanceUID string             `json:"series_uid"`
+	Attrs             dicomcodec.Dataset `json:"attrs"`
+	Instances         int                `json:"instances"`
 }
 
 // AddInstance counts rec into s; newSeries says rec is its series' first.
@@ -161,51 +163,51 @@ func (s *StudySummary) RemoveInstance(rec *InstanceRecord, seriesGone bool) {
 // Dataset returns the study's attributes with the computed ones:
 // ModalitiesInStudy, SOPClassesInStudy (sorted), NumberOfStudyRelatedSeries,
 // NumberOfStudyRelatedInstances and InstanceAvailability (ONLINE).
-func (s *StudySummary) Dataset() Dataset {
-	d := make(Dataset, len(s.Attrs)+5)
+func (s *StudySummary) Dataset() dicomcodec.Dataset {
+	d := make(dicomcodec.Dataset, len(s.Attrs)+5)
 	for t, a := range s.Attrs {
 		d[t] = a
 	}
-	d[TagStudyInstanceUID] = Attribute{VR: "UI", Value: []any{s.StudyInstanceUID}}
+	d[dicomcodec.TagStudyInstanceUID] = dicomcodec.Attribute{VR: "UI", Value: []any{s.StudyInstanceUID}}
 	if mods := sortedKeys(s.Modalities); len(mods) > 0 {
-		d[TagModalitiesInStudy] = Attribute{VR: "CS", Value: mods}
+		d[dicomcodec.TagModalitiesInStudy] = dicomcodec.Attribute{VR: "CS", Value: mods}
 	}
 	if cls := sortedKeys(s.SOPClasses); len(cls) > 0 {
-		d[TagSOPClassesInStudy] = Attribute{VR: "UI", Value: cls}
+		d[TagSOPClassesInStudy] = dicomcodec.Attribute{VR: "UI", Value: cls}
 	}
-	d[TagNumberOfStudyRelatedSeries] = Attribute{VR: "IS", Value: []any{int64(s.Series)}}
-	d[TagNumberOfStudyRelatedInstances] = Attribute{VR: "IS", Value: []any{int64(s.Instances)}}
-	d[TagInstanceAvailability] = Attribute{VR: "CS", Value: []any{"ONLINE"}}
+	d[TagNumberOfStudyRelatedSeries] = dicomcodec.Attribute{VR: "IS", Value: []any{int64(s.Series)}}
+	d[TagNumberOfStudyRelatedInstances] = dicomcodec.Attribute{VR: "IS", Value: []any{int64(s.Instances)}}
+	d[TagInstanceAvailability] = dicomcodec.Attribute{VR: "CS", Value: []any{"ONLINE"}}
 	return d
 }
 
 // Dataset returns the series' attributes with NumberOfSeriesRelatedInstances
 // and InstanceAvailability.
-func (s *SeriesSummary) Dataset() Dataset {
-	d := make(Dataset, len(s.Attrs)+3)
+func (s *SeriesSummary) Dataset() dicomcodec.Dataset {
+	d := make(dicomcodec.Dataset, len(s.Attrs)+3)
 	for t, a := range s.Attrs {
 		d[t] = a
 	}
-	d[TagSeriesInstanceUID] = Attribute{VR: "UI", Value: []any{s.SeriesInstanceUID}}
-	d[TagNumberOfSeriesRelatedInstances] = Attribute{VR: "IS", Value: []any{int64(s.Instances)}}
-	d[TagInstanceAvailability] = Attribute{VR: "CS", Value: []any{"ONLINE"}}
+	d[dicomcodec.TagSeriesInstanceUID] = dicomcodec.Attribute{VR: "UI", Value: []any{s.SeriesInstanceUID}}
+	d[TagNumberOfSeriesRelatedInstances] = dicomcodec.Attribute{VR: "IS", Value: []any{int64(s.Instances)}}
+	d[TagInstanceAvailability] = dicomcodec.Attribute{VR: "CS", Value: []any{"ONLINE"}}
 	return d
 }
 
 // InstanceDataset returns an instance's attributes for QIDO-RS: its metadata
 // with InstanceAvailability, and NumberOfFrames from the record when the
 // header lacks it.
-func InstanceDataset(r *InstanceRecord) Dataset {
-	d := make(Dataset, len(r.Metadata)+2)
+func InstanceDataset(r *InstanceRecord) dicomcodec.Dataset {
+	d := make(dicomcodec.Dataset, len(r.Metadata)+2)
 	for t, a := range r.Metadata {
 		d[t] = a
 	}
-	d[TagInstanceAvailability] = Attribute{VR: "CS", Value: []any{"ONLINE"}}
-	if _, ok := d[TagSOPInstanceUID]; !ok {
-		d[TagSOPInstanceUID] = Attribute{VR: "UI", Value: []any{r.SOPInstanceUID}}
+	d[TagInstanceAvailability] = dicomcodec.Attribute{VR: "CS", Value: []any{"ONLINE"}}
+	if _, ok := d[dicomcodec.TagSOPInstanceUID]; !ok {
+		d[dicomcodec.TagSOPInstanceUID] = dicomcodec.Attribute{VR: "UI", Value: []any{r.SOPInstanceUID}}
 	}
-	if _, ok := d[TagSOPClassUID]; !ok && r.SOPClassUID != "" {
-		d[TagSOPClassUID] = Attribute{VR: "UI", Value: []any{r.SOPClassUID}}
+	if _, ok := d[dicomcodec.TagSOPClassUID]; !ok && r.SOPClassUID != "" {
+		d[dicomcodec.TagSOPClassUID] = dicomcodec.Attribute{VR: "UI", Value: []any{r.SOPClassUID}}
 	}
 	return d
 }
@@ -227,8 +229,8 @@ func sortedKeys(m map[string]int) []any {
 
 // StudyDateKey is the sort key of a study's date: YYYYMMDD as a number, 0
 // when absent or malformed. Studies are listed newest first.
-func StudyDateKey(attrs Dataset) int64 {
-	s := attrs.String(TagStudyDate)
+func StudyDateKey(attrs dicomcodec.Dataset) int64 {
+	s := attrs.String(dicomcodec.TagStudyDate)
 	if len(s) != 8 {
 		return 0
 	}
@@ -252,7 +254,7 @@ func CompareStudies(a, b *StudySummary) int {
 // CompareSeries orders a study's series: SeriesNumber (absent last), then
 // Series Instance UID.
 func CompareSeries(a, b *SeriesSummary) int {
-	if c := compareNumber(a.Attrs, b.Attrs, TagSeriesNumber); c != 0 {
+	if c := compareNumber(a.Attrs, b.Attrs, dicomcodec.TagSeriesNumber); c != 0 {
 		return c
 	}
 	return strings.Compare(a.SeriesInstanceUID, b.SeriesInstanceUID)
@@ -265,7 +267,7 @@ func CompareInstances(a, b *InstanceRecord) int {
 	return CompareMetadataEntries(orderOf(a), orderOf(b))
 }
 
-func compareNumber(a, b Dataset, tag string) int {
+func compareNumber(a, b dicomcodec.Dataset, tag string) int {
 	x, okx := numberOf(a, tag)
 	y, oky := numberOf(b, tag)
 	return compareOptional(x, okx, y, oky)
@@ -273,7 +275,7 @@ func compareNumber(a, b Dataset, tag string) int {
 
 // numberOf returns the first value of tag as a number, accepting int64,
 // float64 (JSON) and numeric strings.
-func numberOf(d Dataset, tag string) (float64, bool) {
+func numberOf(d dicomcodec.Dataset, tag string) (float64, bool) {
 	a, ok := d[tag]
 	if !ok || len(a.Value) == 0 {
 		return 0, false

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // QueryLevel is the QIDO-RS level searched.
@@ -158,7 +160,7 @@ func resolvePath(name string) ([]string, string, error) {
 	path := make([]string, len(parts))
 	vr := ""
 	for i, p := range parts {
-		e, ok := LookupAttribute(p)
+		e, ok := dicomcodec.LookupAttribute(p)
 		if !ok {
 			return nil, "", fmt.Errorf("%s: unknown attribute: %w", name, ErrInvalid)
 		}
@@ -351,23 +353,23 @@ func (q *Query) Hints() IndexHints {
 		}
 		exact := c.Kind == MatchSingle && len(c.Values) == 1
 		switch c.Tag() {
-		case TagStudyInstanceUID:
+		case dicomcodec.TagStudyInstanceUID:
 			if (c.Kind == MatchSingle || c.Kind == MatchList) && h.StudyUIDs == nil {
 				h.StudyUIDs = c.Values
 			}
-		case TagPatientID:
+		case dicomcodec.TagPatientID:
 			if exact {
 				h.PatientID = c.Values[0]
 			}
-		case TagAccessionNumber:
+		case dicomcodec.TagAccessionNumber:
 			if exact {
 				h.AccessionNumber = c.Values[0]
 			}
-		case TagModalitiesInStudy, TagModality:
+		case dicomcodec.TagModalitiesInStudy, dicomcodec.TagModality:
 			if c.Kind == MatchSingle || c.Kind == MatchList {
 				h.Modalities = c.Values
 			}
-		case TagPatientName:
+		case dicomcodec.TagPatientName:
 			if c.Kind == MatchList || c.Kind == MatchUniversal {
 				continue
 			}
@@ -388,7 +390,7 @@ func (q *Query) Hints() IndexHints {
 				v = v[:i]
 			}
 			h.NamePrefix = FoldName(v)
-		case TagStudyDate:
+		case dicomcodec.TagStudyDate:
 			h.HasDate = c.Kind != MatchUniversal
 			if c.Kind == MatchSingle {
 				n, _ := strconv.ParseInt(c.Values[0], 10, 64)
@@ -430,13 +432,13 @@ const (
 // CompareStudies, series by CompareSeries, instances by CompareInstances),
 // matched on every condition, then Offset skipped and Limit returned.
 func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, error) {
-	res := &SearchResult{Items: []Dataset{}}
+	res := &SearchResult{Items: []dicomcodec.Dataset{}}
 	skip := q.Offset
 	returnTags := q.ReturnTags()
 	// emit adds one match; past a full page it counts the match in
 	// Remaining instead, and returns false once that count reaches
 	// MaxCountedRemaining (the search stops there).
-	emit := func(d Dataset) bool {
+	emit := func(d dicomcodec.Dataset) bool {
 		if skip > 0 {
 			skip--
 			return true
@@ -451,10 +453,10 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 			return true
 		}
 		res.Items = append(res.Items, q.project(d, returnTags))
-		if uid := d.String(TagStudyInstanceUID); uid != "" && !slices.Contains(res.StudyUIDs, uid) {
+		if uid := d.String(dicomcodec.TagStudyInstanceUID); uid != "" && !slices.Contains(res.StudyUIDs, uid) {
 			res.StudyUIDs = append(res.StudyUIDs, uid)
 		}
-		if pid := d.String(TagPatientID); pid != "" && !slices.Contains(res.PatientIDs, pid) {
+		if pid := d.String(dicomcodec.TagPatientID); pid != "" && !slices.Contains(res.PatientIDs, pid) {
 			res.PatientIDs = append(res.PatientIDs, pid)
 		}
 		return true
@@ -505,7 +507,7 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 				return false, err
 			}
 			slices.SortFunc(series, CompareSeries)
-			seriesData := make(map[string]Dataset, len(series))
+			seriesData := make(map[string]dicomcodec.Dataset, len(series))
 			for _, se := range series {
 				if q.SeriesInstanceUID != "" && se.SeriesInstanceUID != q.SeriesInstanceUID {
 					continue
@@ -552,7 +554,7 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 	return res, nil
 }
 
-func (q *Query) matchAll(d Dataset, conds []Condition) bool {
+func (q *Query) matchAll(d dicomcodec.Dataset, conds []Condition) bool {
 	for i := range conds {
 		if !conds[i].Matches(d, q.FuzzyMatching) {
 			return false
@@ -561,8 +563,8 @@ func (q *Query) matchAll(d Dataset, conds []Condition) bool {
 	return true
 }
 
-func merge(parent, child Dataset) Dataset {
-	out := make(Dataset, len(parent)+len(child))
+func merge(parent, child dicomcodec.Dataset) dicomcodec.Dataset {
+	out := make(dicomcodec.Dataset, len(parent)+len(child))
 	for t, a := range parent {
 		out[t] = a
 	}
@@ -602,18 +604,18 @@ func (q *Query) ReturnTags() []string {
 
 // project returns the attributes of d that q returns; tags is
 // q.ReturnTags(), computed once per search.
-func (q *Query) project(d Dataset, tags []string) Dataset {
+func (q *Query) project(d dicomcodec.Dataset, tags []string) dicomcodec.Dataset {
 	if q.IncludeAll {
 		return d
 	}
-	out := make(Dataset, len(tags)+3)
+	out := make(dicomcodec.Dataset, len(tags)+3)
 	for _, t := range tags {
 		if a, ok := d[t]; ok {
 			out[t] = a
 		}
 	}
 	// The level's identifying UIDs are always returned.
-	for _, t := range []string{TagStudyInstanceUID, TagSeriesInstanceUID, TagSOPInstanceUID} {
+	for _, t := range []string{dicomcodec.TagStudyInstanceUID, dicomcodec.TagSeriesInstanceUID, dicomcodec.TagSOPInstanceUID} {
 		if a, ok := d[t]; ok {
 			out[t] = a
 		}
@@ -624,7 +626,7 @@ func (q *Query) project(d Dataset, tags []string) Dataset {
 // SearchResult holds one page of matches, each the DICOM JSON of a study,
 // series or instance with the attributes the level returns.
 type SearchResult struct {
-	Items []Dataset
+	Items []dicomcodec.Dataset
 	// More is true when matches beyond Offset+len(Items) exist.
 	More bool
 	// Remaining counts the matches after this page (PS3.18 8.3.4.4.1 asks

@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -22,7 +23,7 @@ func TestLookupAttribute(t *testing.T) {
 		{"NoSuchKeyword", "", "", false},
 		{"0010001", "", "", false},
 	} {
-		e, ok := gateway.LookupAttribute(tt.name)
+		e, ok := dicomcodec.LookupAttribute(tt.name)
 		if ok != tt.ok || e.Tag != tt.tag || e.VR != tt.vr {
 			t.Errorf("LookupAttribute(%q) = %+v, %v; want tag %s vr %s ok %v", tt.name, e, ok, tt.tag, tt.vr, tt.ok)
 		}
@@ -93,11 +94,11 @@ func FuzzQIDOQuery(f *testing.F) {
 		"ModalitiesInStudy=CT%5CMR", "StudyTime=1030-", "limit=10&offset=5", "PatientName=*?*&fuzzymatching=true"} {
 		f.Add(s)
 	}
-	d := gateway.Dataset{
-		gateway.TagPatientName: {VR: "PN", Value: []any{gateway.PersonName{Alphabetic: "Smith^John", Ideographic: "山田"}}},
-		gateway.TagStudyDate:   {VR: "DA", Value: []any{"20200115"}},
-		gateway.TagStudyTime:   {VR: "TM", Value: []any{"101500.5"}},
-		"00081110":             {VR: "SQ", Value: []any{gateway.Dataset{"00081155": {VR: "UI", Value: []any{"1.2.3"}}}}},
+	d := dicomcodec.Dataset{
+		dicomcodec.TagPatientName: {VR: "PN", Value: []any{dicomcodec.PersonName{Alphabetic: "Smith^John", Ideographic: "山田"}}},
+		dicomcodec.TagStudyDate:   {VR: "DA", Value: []any{"20200115"}},
+		dicomcodec.TagStudyTime:   {VR: "TM", Value: []any{"101500.5"}},
+		"00081110":                {VR: "SQ", Value: []any{dicomcodec.Dataset{"00081155": {VR: "UI", Value: []any{"1.2.3"}}}}},
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
 		params, err := url.ParseQuery(raw)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/testcorpus"
 )
@@ -68,4 +69,31 @@ func TestRecordCodecRoundTrip(t *testing.T) {
 			t.Errorf("DecodeRecord(%q) accepted malformed input", bad)
 		}
 	}
+}
+
+// parseFile parses a whole file: the header with dicomcodec.ParseHeader
+// and the rest through Tail, as ingest does (the codec's tests have the
+// same helper).
+func parseFile(t testing.TB, data []byte) (*dicomcodec.Header, *dicomcodec.PixelDataLayout, error) {
+	t.Helper()
+	h, err := dicomcodec.ParseHeader(bytes.NewReader(data), dicomcodec.HeaderLimits{})
+	if err != nil {
+		return nil, nil, err
+	}
+	if h.HeaderLength > int64(len(data)) {
+		t.Fatalf("HeaderLength %d beyond the %d bytes of input", h.HeaderLength, len(data))
+	}
+	tail := h.Tail()
+	// Feed the tail in small uneven pieces: the scanner must not depend on
+	// how the stream is cut.
+	rest := data[h.HeaderLength:]
+	for i := 0; len(rest) > 0; i++ {
+		n := min(len(rest), 1+(i*7919)%4099)
+		if _, err := tail.Write(rest[:n]); err != nil {
+			return h, nil, err
+		}
+		rest = rest[n:]
+	}
+	layout, err := tail.Finish()
+	return h, layout, err
 }

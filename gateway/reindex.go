@@ -7,13 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // DescribeBlob reads a stored instance once, streaming, and returns the
 // index record it should have: the same header parse, SHA-256 and pixel data
 // layout as ingest, with StoredAt taken from the blob's modification time.
 // It is how the index is rebuilt from object storage, the source of truth.
-func DescribeBlob(ctx context.Context, blobs BlobStore, info BlobInfo, lim HeaderLimits) (*InstanceRecord, error) {
+func DescribeBlob(ctx context.Context, blobs BlobStore, info BlobInfo, lim dicomcodec.HeaderLimits) (*InstanceRecord, error) {
 	study, series, sop, ok := ParseInstanceKey(info.Key)
 	if !ok {
 		return nil, fmt.Errorf("%s is not an instance key: %w", info.Key, ErrInvalid)
@@ -24,9 +26,9 @@ func DescribeBlob(ctx context.Context, blobs BlobStore, info BlobInfo, lim Heade
 	}
 	defer rc.Close()
 	var head bytes.Buffer
-	h, err := ParseHeader(io.TeeReader(rc, &head), lim)
+	h, err := dicomcodec.ParseHeader(io.TeeReader(rc, &head), lim)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", info.Key, err)
+		return nil, fmt.Errorf("%s: %w", info.Key, FromCodec(err))
 	}
 	if h.StudyInstanceUID != study || h.SeriesInstanceUID != series || h.SOPInstanceUID != sop {
 		return nil, fmt.Errorf("%s holds instance %s of study %s series %s: %w", info.Key, h.SOPInstanceUID, h.StudyInstanceUID, h.SeriesInstanceUID, ErrConflict)
@@ -64,7 +66,7 @@ type ReindexProgress struct {
 // twice, or over an index that already holds some entries, gives the same
 // index. A blob that cannot be described is reported and skipped; an index
 // that cannot be written stops the run.
-func Reindex(ctx context.Context, blobs BlobStore, index Index, lim HeaderLimits, progress func(ReindexProgress)) (ReindexProgress, error) {
+func Reindex(ctx context.Context, blobs BlobStore, index Index, lim dicomcodec.HeaderLimits, progress func(ReindexProgress)) (ReindexProgress, error) {
 	var p ReindexProgress
 	err := blobs.Walk(ctx, "studies/", func(info BlobInfo) error {
 		if _, _, _, ok := ParseInstanceKey(info.Key); !ok {

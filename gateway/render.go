@@ -10,6 +10,8 @@ import (
 	"io"
 	"math"
 	"strings"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // MaxRenderFrameBytes bounds the frame a rendered or thumbnail request may
@@ -76,24 +78,24 @@ func renderParamsOf(rec *InstanceRecord) (*renderParams, error) {
 		return def
 	}
 	p := &renderParams{
-		rows:          int(num(TagRows, 0)),
-		cols:          int(num(TagColumns, 0)),
-		spp:           int(num(TagSamplesPerPixel, 1)),
-		bitsAllocated: int(num(TagBitsAllocated, 0)),
-		signed:        num(TagPixelRepresentation, 0) == 1,
-		planar:        num(TagPlanarConfiguration, 0) == 1,
-		photometric:   strings.ToUpper(strings.TrimSpace(md.String(TagPhotometricInterpretation))),
-		slope:         num(TagRescaleSlope, 1),
-		intercept:     num(TagRescaleIntercept, 0),
+		rows:          int(num(dicomcodec.TagRows, 0)),
+		cols:          int(num(dicomcodec.TagColumns, 0)),
+		spp:           int(num(dicomcodec.TagSamplesPerPixel, 1)),
+		bitsAllocated: int(num(dicomcodec.TagBitsAllocated, 0)),
+		signed:        num(dicomcodec.TagPixelRepresentation, 0) == 1,
+		planar:        num(dicomcodec.TagPlanarConfiguration, 0) == 1,
+		photometric:   strings.ToUpper(strings.TrimSpace(md.String(dicomcodec.TagPhotometricInterpretation))),
+		slope:         num(dicomcodec.TagRescaleSlope, 1),
+		intercept:     num(dicomcodec.TagRescaleIntercept, 0),
 		order:         binary.LittleEndian,
 	}
-	p.bitsStored = int(num(TagBitsStored, float64(p.bitsAllocated)))
-	p.highBit = int(num(TagHighBit, float64(p.bitsStored-1)))
+	p.bitsStored = int(num(dicomcodec.TagBitsStored, float64(p.bitsAllocated)))
+	p.highBit = int(num(dicomcodec.TagHighBit, float64(p.bitsStored-1)))
 	if p.slope == 0 {
 		p.slope = 1
 	}
-	if c, ok := md.Number(TagWindowCenter, 0); ok {
-		if w, ok := md.Number(TagWindowWidth, 0); ok && w > 0 {
+	if c, ok := md.Number(dicomcodec.TagWindowCenter, 0); ok {
+		if w, ok := md.Number(dicomcodec.TagWindowWidth, 0); ok && w > 0 {
 			p.center, p.width, p.hasWindow = c, w, true
 		}
 	}
@@ -102,12 +104,12 @@ func renderParamsOf(rec *InstanceRecord) (*renderParams, error) {
 	}
 	ts := rec.TransferSyntaxUID
 	switch {
-	case ts == TSJPEGBaseline:
+	case ts == dicomcodec.TSJPEGBaseline:
 		return p, nil
-	case ts == TSExplicitBE:
+	case ts == dicomcodec.TSExplicitBE:
 		p.order = binary.BigEndian
-	case ts == TSImplicitLE || ts == TSExplicitLE:
-	case ts == TSRLELossless:
+	case ts == dicomcodec.TSImplicitLE || ts == dicomcodec.TSExplicitLE:
+	case ts == dicomcodec.TSRLELossless:
 		p.rle = true
 	default:
 		return nil, fmt.Errorf("instance %s: rendering from transfer syntax %s is not supported (fetch the frames instead): %w", rec.SOPInstanceUID, ts, ErrNotAcceptable)
@@ -148,7 +150,7 @@ func Render(rec *InstanceRecord, frame io.Reader, size int64, opts RenderOptions
 		return nil, fmt.Errorf("read frame: %w", err)
 	}
 	var img image.Image
-	if rec.TransferSyntaxUID == TSJPEGBaseline {
+	if rec.TransferSyntaxUID == dicomcodec.TSJPEGBaseline {
 		// The decoder allocates the image its own SOF header declares: a
 		// few bytes of JPEG claiming 24000×24000 would cost gigabytes.
 		// Only a frame of the header's Rows × Columns (already bounded by

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -37,7 +38,7 @@ func jpegFrame(t *testing.T, w, h, claimW, claimH int) []byte {
 // One whose SOF claims 20000×20000 under an 8×8 header is refused before
 // the decoder allocates the image (it cost 593 MB and 4.7 s a request).
 func TestRenderJPEGChecksItsDimensions(t *testing.T) {
-	rec := nativeRecord(8, 8, 1, 8, gateway.TSJPEGBaseline, nil)
+	rec := nativeRecord(8, 8, 1, 8, dicomcodec.TSJPEGBaseline, nil)
 	rec.PixelData.Encapsulated = true
 
 	good := jpegFrame(t, 8, 8, 8, 8)

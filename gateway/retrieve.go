@@ -8,6 +8,8 @@ import (
 	"math"
 	"strconv"
 	"strings"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // MaxFramesPerRequest bounds the frame numbers one WADO-RS frames request may
@@ -105,7 +107,7 @@ func (r *Retriever) Instance(ctx context.Context, studyUID, seriesUID, sopInstan
 // closes it. The reader fails with io.ErrUnexpectedEOF if the blob holds
 // fewer bytes than the record says, so truncation is never silent.
 func (r *Retriever) Open(ctx context.Context, rec *InstanceRecord) (io.ReadCloser, error) {
-	return r.OpenRanges(ctx, rec, []ByteRange{{Offset: 0, Length: rec.Size}})
+	return r.OpenRanges(ctx, rec, []dicomcodec.ByteRange{{Offset: 0, Length: rec.Size}})
 }
 
 // OpenAs returns a reader over rec's instance in transfer syntax ts: the
@@ -118,7 +120,7 @@ func (r *Retriever) OpenAs(ctx context.Context, rec *InstanceRecord, ts string) 
 	if ts == "" || ts == rec.TransferSyntaxUID {
 		return r.Open(ctx, rec)
 	}
-	if !CanTranscode(rec.TransferSyntaxUID, ts) {
+	if !dicomcodec.CanTranscode(rec.TransferSyntaxUID, ts) {
 		return nil, fmt.Errorf("instance %s is stored as %s and cannot be transcoded to %s: %w", rec.SOPInstanceUID, rec.TransferSyntaxUID, ts, ErrNotAcceptable)
 	}
 	src, err := r.Open(ctx, rec)
@@ -127,9 +129,9 @@ func (r *Retriever) OpenAs(ctx context.Context, rec *InstanceRecord, ts string) 
 	}
 	pr, pw := io.Pipe()
 	go func() {
-		_, err := TranscodeToExplicitLE(pw, src)
+		_, err := dicomcodec.TranscodeToExplicitLE(pw, src)
 		src.Close()
-		pw.CloseWithError(err)
+		pw.CloseWithError(FromCodec(err))
 	}()
 	return pr, nil
 }
@@ -139,7 +141,7 @@ func (r *Retriever) OpenAs(ctx context.Context, rec *InstanceRecord, ts string) 
 // before OpenRanges returns, so a missing blob is reported here (ErrNotFound)
 // rather than after a response has started; the rest are opened as the
 // reader reaches them. Each range must deliver exactly its Length bytes.
-func (r *Retriever) OpenRanges(ctx context.Context, rec *InstanceRecord, ranges []ByteRange) (io.ReadCloser, error) {
+func (r *Retriever) OpenRanges(ctx context.Context, rec *InstanceRecord, ranges []dicomcodec.ByteRange) (io.ReadCloser, error) {
 	rr := &rangeReader{ctx: ctx, blobs: r.Blobs, key: rec.Key(), ranges: ranges}
 	if err := rr.next(); err != nil {
 		return nil, err
@@ -152,7 +154,7 @@ type rangeReader struct {
 	ctx    context.Context
 	blobs  BlobStore
 	key    string
-	ranges []ByteRange
+	ranges []dicomcodec.ByteRange
 	cur    io.ReadCloser
 	left   int64 // bytes still expected from cur
 }
@@ -265,7 +267,7 @@ func (rec *InstanceRecord) Frames() int {
 // ErrNotFound when the instance has no pixel data or n is beyond its frames;
 // ErrNotAcceptable when the frame cannot be located without decoding (a
 // deflated dataset, or bit-packed frames that do not start on a byte).
-func (rec *InstanceRecord) FrameRanges(n int) ([]ByteRange, error) {
+func (rec *InstanceRecord) FrameRanges(n int) ([]dicomcodec.ByteRange, error) {
 	pd := rec.PixelData
 	if pd == nil {
 		return nil, noPixelData(rec)
@@ -277,7 +279,7 @@ func (rec *InstanceRecord) FrameRanges(n int) ([]ByteRange, error) {
 	if n <= len(pd.Frames) {
 		return pd.Frames[n-1], nil
 	}
-	if pd.Encapsulated || pd.ValueLength < 0 || rec.TransferSyntaxUID == TSDeflatedExplicitLE {
+	if pd.Encapsulated || pd.ValueLength < 0 || rec.TransferSyntaxUID == dicomcodec.TSDeflatedExplicitLE {
 		return nil, fmt.Errorf("frame %d of instance %s cannot be located in its %s pixel data: %w", n, rec.SOPInstanceUID, rec.TransferSyntaxUID, ErrNotAcceptable)
 	}
 	size, err := nativeFrameSize(rec.Metadata)
@@ -288,14 +290,14 @@ func (rec *InstanceRecord) FrameRanges(n int) ([]ByteRange, error) {
 	if off+size > pd.ValueLength {
 		return nil, fmt.Errorf("frame %d of instance %s lies beyond its pixel data (%d bytes): %w", n, rec.SOPInstanceUID, pd.ValueLength, ErrNotFound)
 	}
-	return []ByteRange{{Offset: pd.ValueOffset + off, Length: size}}, nil
+	return []dicomcodec.ByteRange{{Offset: pd.ValueOffset + off, Length: size}}, nil
 }
 
 // noPixelData explains why rec has no pixel data layout: it has none
 // (ErrNotFound), or its dataset is deflated, so the pixel data exists but
 // cannot be located without inflating the whole object (ErrNotAcceptable).
 func noPixelData(rec *InstanceRecord) error {
-	for _, t := range []string{TagPixelData, "7FE00008", "7FE00009"} {
+	for _, t := range []string{dicomcodec.TagPixelData, "7FE00008", "7FE00009"} {
 		if _, ok := rec.Metadata[t]; ok {
 			return fmt.Errorf("instance %s: pixel data of a %s dataset cannot be located without inflating it (fetch the instance, or its bulkdata/7FE00010 whole): %w",
 				rec.SOPInstanceUID, rec.TransferSyntaxUID, ErrNotAcceptable)
@@ -306,11 +308,11 @@ func noPixelData(rec *InstanceRecord) error {
 
 // nativeFrameSize is Rows × Columns × SamplesPerPixel × BitsAllocated / 8,
 // ErrNotAcceptable when frames do not start on a byte boundary.
-func nativeFrameSize(md Dataset) (int64, error) {
-	rows, _ := md.Number(TagRows, 0)
-	cols, _ := md.Number(TagColumns, 0)
-	bits, _ := md.Number(TagBitsAllocated, 0)
-	spp, ok := md.Number(TagSamplesPerPixel, 0)
+func nativeFrameSize(md dicomcodec.Dataset) (int64, error) {
+	rows, _ := md.Number(dicomcodec.TagRows, 0)
+	cols, _ := md.Number(dicomcodec.TagColumns, 0)
+	bits, _ := md.Number(dicomcodec.TagBitsAllocated, 0)
+	spp, ok := md.Number(dicomcodec.TagSamplesPerPixel, 0)
 	if !ok {
 		spp = 1
 	}
@@ -342,80 +344,23 @@ func (r *Retriever) OpenFrame(ctx context.Context, rec *InstanceRecord, n int) (
 // PixelDataRanges returns the byte ranges of the whole Pixel Data value of
 // rec: the value for native data, the fragments of every frame in order for
 // encapsulated data (without item headers or the offset table).
-func (rec *InstanceRecord) PixelDataRanges() ([]ByteRange, error) {
+func (rec *InstanceRecord) PixelDataRanges() ([]dicomcodec.ByteRange, error) {
 	pd := rec.PixelData
 	if pd == nil {
 		return nil, noPixelData(rec)
 	}
-	if !pd.Encapsulated && pd.ValueLength >= 0 && rec.TransferSyntaxUID != TSDeflatedExplicitLE {
-		return []ByteRange{{Offset: pd.ValueOffset, Length: pd.ValueLength}}, nil
+	if !pd.Encapsulated && pd.ValueLength >= 0 && rec.TransferSyntaxUID != dicomcodec.TSDeflatedExplicitLE {
+		return []dicomcodec.ByteRange{{Offset: pd.ValueOffset, Length: pd.ValueLength}}, nil
 	}
 	if len(pd.Frames) == 0 {
 		return nil, fmt.Errorf("pixel data of instance %s cannot be located: %w", rec.SOPInstanceUID, ErrNotAcceptable)
 	}
-	var all []ByteRange
+	var all []dicomcodec.ByteRange
 	for _, f := range pd.Frames {
 		all = append(all, f...)
 	}
 	return all, nil
 }
-
-// Number returns the i-th value of a numeric attribute (IS, DS, US, FD …) as a
-// float64. It accepts the Go types an Attribute holds after ingest (int64,
-// float64) and after a JSON round trip through the Index (float64,
-// json.Number, numeric strings).
-func (d Dataset) Number(tag string, i int) (float64, bool) {
-	a, ok := d[tag]
-	if !ok || i < 0 || i >= len(a.Value) {
-		return 0, false
-	}
-	switch v := a.Value[i].(type) {
-	case float64:
-		return v, true
-	case int64:
-		return float64(v), true
-	case int:
-		return float64(v), true
-	case uint64:
-		return float64(v), true
-	case uint16:
-		return float64(v), true
-	case float32:
-		return float64(v), true
-	case interface{ Float64() (float64, error) }: // json.Number
-		f, err := v.Float64()
-		return f, err == nil
-	case string:
-		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-		return f, err == nil
-	}
-	return 0, false
-}
-
-// Tags used by WADO to locate and render pixel data, as Dataset keys.
-const (
-	TagSamplesPerPixel           = "00280002"
-	TagPhotometricInterpretation = "00280004"
-	TagPlanarConfiguration       = "00280006"
-	TagBitsAllocated             = "00280100"
-	TagBitsStored                = "00280101"
-	TagHighBit                   = "00280102"
-	TagPixelRepresentation       = "00280103"
-	TagWindowCenter              = "00281050"
-	TagWindowWidth               = "00281051"
-	TagRescaleIntercept          = "00281052"
-	TagRescaleSlope              = "00281053"
-)
-
-// Transfer syntaxes WADO treats specially.
-const (
-	TSImplicitLE         = "1.2.840.10008.1.2"
-	TSExplicitLE         = "1.2.840.10008.1.2.1"
-	TSExplicitBE         = "1.2.840.10008.1.2.2"
-	TSDeflatedExplicitLE = "1.2.840.10008.1.2.1.99"
-	TSJPEGBaseline       = "1.2.840.10008.1.2.4.50"
-	TSRLELossless        = "1.2.840.10008.1.2.5"
-)
 
 // errIsNotFound reports whether err is ErrNotFound; used where a missing blob
 // or record means the work is already done.

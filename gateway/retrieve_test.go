@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -40,13 +41,13 @@ func TestParseFrameList(t *testing.T) {
 
 // nativeRecord is a record of a native image with the given geometry, its
 // Pixel Data value at offset 1000.
-func nativeRecord(rows, cols, frames, bits int, ts string, extra gateway.Dataset) *gateway.InstanceRecord {
-	md := gateway.Dataset{
-		gateway.TagRows:                      {VR: "US", Value: []any{float64(rows)}},
-		gateway.TagColumns:                   {VR: "US", Value: []any{int64(cols)}},
-		gateway.TagBitsAllocated:             {VR: "US", Value: []any{float64(bits)}},
-		gateway.TagSamplesPerPixel:           {VR: "US", Value: []any{float64(1)}},
-		gateway.TagPhotometricInterpretation: {VR: "CS", Value: []any{"MONOCHROME2"}},
+func nativeRecord(rows, cols, frames, bits int, ts string, extra dicomcodec.Dataset) *gateway.InstanceRecord {
+	md := dicomcodec.Dataset{
+		dicomcodec.TagRows:                      {VR: "US", Value: []any{float64(rows)}},
+		dicomcodec.TagColumns:                   {VR: "US", Value: []any{int64(cols)}},
+		dicomcodec.TagBitsAllocated:             {VR: "US", Value: []any{float64(bits)}},
+		dicomcodec.TagSamplesPerPixel:           {VR: "US", Value: []any{float64(1)}},
+		dicomcodec.TagPhotometricInterpretation: {VR: "CS", Value: []any{"MONOCHROME2"}},
 	}
 	for k, v := range extra {
 		md[k] = v
@@ -55,16 +56,16 @@ func nativeRecord(rows, cols, frames, bits int, ts string, extra gateway.Dataset
 	return &gateway.InstanceRecord{
 		StudyInstanceUID: "1.2.3", SeriesInstanceUID: "1.2.3.4", SOPInstanceUID: "1.2.3.4.5",
 		TransferSyntaxUID: ts, NumberOfFrames: frames,
-		PixelData: &gateway.PixelDataLayout{ValueOffset: 1000, ValueLength: size},
+		PixelData: &dicomcodec.PixelDataLayout{ValueOffset: 1000, ValueLength: size},
 		Metadata:  md,
 	}
 }
 
 func TestFrameRanges(t *testing.T) {
-	rec := nativeRecord(4, 3, 5, 16, gateway.TSExplicitLE, nil)
+	rec := nativeRecord(4, 3, 5, 16, dicomcodec.TSExplicitLE, nil)
 	for n := 1; n <= 5; n++ {
 		got, err := rec.FrameRanges(n)
-		want := []gateway.ByteRange{{Offset: 1000 + int64(n-1)*24, Length: 24}}
+		want := []dicomcodec.ByteRange{{Offset: 1000 + int64(n-1)*24, Length: 24}}
 		if err != nil || !slices.Equal(got, want) {
 			t.Errorf("FrameRanges(%d) = %v, %v; want %v", n, got, err, want)
 		}
@@ -75,7 +76,7 @@ func TestFrameRanges(t *testing.T) {
 		}
 	}
 	// A recorded layout wins over the computed one.
-	rec.PixelData.Frames = [][]gateway.ByteRange{{{Offset: 7, Length: 1}}, {{Offset: 9, Length: 2}, {Offset: 20, Length: 3}}}
+	rec.PixelData.Frames = [][]dicomcodec.ByteRange{{{Offset: 7, Length: 1}}, {{Offset: 9, Length: 2}, {Offset: 20, Length: 3}}}
 	rec.NumberOfFrames = 2
 	if got, err := rec.FrameRanges(2); err != nil || len(got) != 2 || got[1].Offset != 20 {
 		t.Errorf("FrameRanges(2) with layout = %v, %v", got, err)
@@ -84,7 +85,7 @@ func TestFrameRanges(t *testing.T) {
 	if _, err := noPixels.FrameRanges(1); !errors.Is(err, gateway.ErrNotFound) {
 		t.Errorf("no pixel data: err=%v, want ErrNotFound", err)
 	}
-	bitPacked := nativeRecord(3, 3, 2, 1, gateway.TSExplicitLE, nil)
+	bitPacked := nativeRecord(3, 3, 2, 1, dicomcodec.TSExplicitLE, nil)
 	if _, err := bitPacked.FrameRanges(2); !errors.Is(err, gateway.ErrNotAcceptable) {
 		t.Errorf("bit-packed 3x3 frame: err=%v, want ErrNotAcceptable", err)
 	}
@@ -104,14 +105,14 @@ func le16(vals ...int) []byte {
 }
 
 func TestRenderGreyscale(t *testing.T) {
-	num := func(v float64) gateway.Attribute { return gateway.Attribute{VR: "DS", Value: []any{v}} }
-	signed := gateway.Dataset{
-		gateway.TagPixelRepresentation: {VR: "US", Value: []any{float64(1)}},
-		gateway.TagBitsStored:          {VR: "US", Value: []any{float64(16)}},
-		gateway.TagRescaleSlope:        num(2),
-		gateway.TagRescaleIntercept:    num(-100),
-		gateway.TagWindowCenter:        num(0),
-		gateway.TagWindowWidth:         num(201),
+	num := func(v float64) dicomcodec.Attribute { return dicomcodec.Attribute{VR: "DS", Value: []any{v}} }
+	signed := dicomcodec.Dataset{
+		dicomcodec.TagPixelRepresentation: {VR: "US", Value: []any{float64(1)}},
+		dicomcodec.TagBitsStored:          {VR: "US", Value: []any{float64(16)}},
+		dicomcodec.TagRescaleSlope:        num(2),
+		dicomcodec.TagRescaleIntercept:    num(-100),
+		dicomcodec.TagWindowCenter:        num(0),
+		dicomcodec.TagWindowWidth:         num(201),
 	}
 	// Modality values: 2*v-100 → -300, -100, 0, 100, 300, 50
 	data := le16(-100, 0, 50, 100, 200, 75)
@@ -121,10 +122,10 @@ func TestRenderGreyscale(t *testing.T) {
 		opts gateway.RenderOptions
 		want []uint8
 	}{
-		{"header window", nativeRecord(2, 3, 1, 16, gateway.TSExplicitLE, signed), gateway.RenderOptions{}, []uint8{0, 0, 128, 255, 255, 191}},
-		{"explicit window", nativeRecord(2, 3, 1, 16, gateway.TSExplicitLE, signed), gateway.RenderOptions{Window: true, WindowCenter: 0, WindowWidth: 601}, []uint8{0, 85, 128, 170, 255, 149}},
-		{"min max default", nativeRecord(2, 3, 1, 16, gateway.TSImplicitLE, gateway.Dataset{
-			gateway.TagPixelRepresentation: {VR: "US", Value: []any{float64(1)}},
+		{"header window", nativeRecord(2, 3, 1, 16, dicomcodec.TSExplicitLE, signed), gateway.RenderOptions{}, []uint8{0, 0, 128, 255, 255, 191}},
+		{"explicit window", nativeRecord(2, 3, 1, 16, dicomcodec.TSExplicitLE, signed), gateway.RenderOptions{Window: true, WindowCenter: 0, WindowWidth: 601}, []uint8{0, 85, 128, 170, 255, 149}},
+		{"min max default", nativeRecord(2, 3, 1, 16, dicomcodec.TSImplicitLE, dicomcodec.Dataset{
+			dicomcodec.TagPixelRepresentation: {VR: "US", Value: []any{float64(1)}},
 		}), gateway.RenderOptions{}, []uint8{0, 85, 127, 170, 255, 148}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -141,8 +142,8 @@ func TestRenderGreyscale(t *testing.T) {
 			}
 		})
 	}
-	mono1 := nativeRecord(1, 2, 1, 8, gateway.TSExplicitLE, gateway.Dataset{
-		gateway.TagPhotometricInterpretation: {VR: "CS", Value: []any{"MONOCHROME1"}},
+	mono1 := nativeRecord(1, 2, 1, 8, dicomcodec.TSExplicitLE, dicomcodec.Dataset{
+		dicomcodec.TagPhotometricInterpretation: {VR: "CS", Value: []any{"MONOCHROME1"}},
 	})
 	img, err := gateway.Render(mono1, bytes.NewReader([]byte{0, 255}), 2, gateway.RenderOptions{})
 	if err != nil {
@@ -166,10 +167,10 @@ func closeBytes(a, b []uint8, tol int) bool {
 }
 
 func TestRenderColourAndFit(t *testing.T) {
-	rgb := nativeRecord(2, 2, 1, 8, gateway.TSExplicitLE, gateway.Dataset{
-		gateway.TagSamplesPerPixel:           {VR: "US", Value: []any{float64(3)}},
-		gateway.TagPhotometricInterpretation: {VR: "CS", Value: []any{"RGB"}},
-		gateway.TagPlanarConfiguration:       {VR: "US", Value: []any{float64(1)}},
+	rgb := nativeRecord(2, 2, 1, 8, dicomcodec.TSExplicitLE, dicomcodec.Dataset{
+		dicomcodec.TagSamplesPerPixel:           {VR: "US", Value: []any{float64(3)}},
+		dicomcodec.TagPhotometricInterpretation: {VR: "CS", Value: []any{"RGB"}},
+		dicomcodec.TagPlanarConfiguration:       {VR: "US", Value: []any{float64(1)}},
 	})
 	// planar: RRRR GGGG BBBB
 	data := []byte{10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120}
@@ -199,8 +200,8 @@ func TestRenderRefuses(t *testing.T) {
 	if err := gateway.CheckRenderable(j2k); !errors.Is(err, gateway.ErrNotAcceptable) {
 		t.Errorf("JPEG 2000: err=%v, want ErrNotAcceptable", err)
 	}
-	palette := nativeRecord(2, 2, 1, 8, gateway.TSExplicitLE, gateway.Dataset{
-		gateway.TagPhotometricInterpretation: {VR: "CS", Value: []any{"PALETTE COLOR"}},
+	palette := nativeRecord(2, 2, 1, 8, dicomcodec.TSExplicitLE, dicomcodec.Dataset{
+		dicomcodec.TagPhotometricInterpretation: {VR: "CS", Value: []any{"PALETTE COLOR"}},
 	})
 	if err := gateway.CheckRenderable(palette); !errors.Is(err, gateway.ErrNotAcceptable) {
 		t.Errorf("palette: err=%v, want ErrNotAcceptable", err)
@@ -240,12 +241,12 @@ func TestRenderRLE(t *testing.T) {
 		for i, v := range samples {
 			binary.LittleEndian.PutUint16(native[2*i:], v)
 		}
-		want, err := gateway.Render(nativeRecord(2, 3, 1, 16, gateway.TSExplicitLE, nil), bytes.NewReader(native), int64(len(native)), gateway.RenderOptions{})
+		want, err := gateway.Render(nativeRecord(2, 3, 1, 16, dicomcodec.TSExplicitLE, nil), bytes.NewReader(native), int64(len(native)), gateway.RenderOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		rle := rleFrame(samples)
-		rec := nativeRecord(2, 3, 1, 16, gateway.TSRLELossless, nil)
+		rec := nativeRecord(2, 3, 1, 16, dicomcodec.TSRLELossless, nil)
 		rec.PixelData.Encapsulated = true
 		got, err := gateway.Render(rec, bytes.NewReader(rle), int64(len(rle)), gateway.RenderOptions{})
 		if err != nil {
@@ -255,7 +256,7 @@ func TestRenderRLE(t *testing.T) {
 			t.Errorf("RLE rendered %v, native %v", g, w)
 		}
 	}
-	rec := nativeRecord(2, 3, 1, 16, gateway.TSRLELossless, nil)
+	rec := nativeRecord(2, 3, 1, 16, dicomcodec.TSRLELossless, nil)
 	if _, err := gateway.Render(rec, bytes.NewReader(make([]byte, 10)), 10, gateway.RenderOptions{}); !errors.Is(err, gateway.ErrNotAcceptable) {
 		t.Errorf("truncated RLE frame: err=%v, want ErrNotAcceptable", err)
 	}

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // RouteRule forwards instances to peers automatically as they are stored:
@@ -66,7 +68,7 @@ func (r RouteRule) Validate(peers []Peer) error {
 		return fmt.Errorf("route %s: settle_time may not be negative", r.Name)
 	}
 	for k := range r.Match {
-		if _, ok := LookupAttribute(k); !ok {
+		if _, ok := dicomcodec.LookupAttribute(k); !ok {
 			return fmt.Errorf("route %s: match: unknown attribute %q (use a keyword such as Modality or a tag such as 00080060)", r.Name, k)
 		}
 	}
@@ -75,14 +77,14 @@ func (r RouteRule) Validate(peers []Peer) error {
 
 // Matches reports whether the instance rec, stored by source, matches r.
 func (r RouteRule) Matches(rec *InstanceRecord, source string) bool {
-	if len(r.Modality) > 0 && !slices.Contains(r.Modality, rec.Metadata.String(TagModality)) {
+	if len(r.Modality) > 0 && !slices.Contains(r.Modality, rec.Metadata.String(dicomcodec.TagModality)) {
 		return false
 	}
 	if len(r.Source) > 0 && !slices.Contains(r.Source, source) {
 		return false
 	}
 	for k, want := range r.Match {
-		e, ok := LookupAttribute(k)
+		e, ok := dicomcodec.LookupAttribute(k)
 		if !ok || !Wildcard(want, rec.Metadata.String(e.Tag), false) {
 			return false
 		}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/storage/bolt"
 )
@@ -13,9 +14,9 @@ import (
 func routed(modality, institution string) *gateway.InstanceRecord {
 	return &gateway.InstanceRecord{
 		StudyInstanceUID: "1.2.3", SeriesInstanceUID: "1.2.3.1", SOPInstanceUID: "1.2.3.1.1",
-		Metadata: gateway.Dataset{
-			gateway.TagModality: {VR: "CS", Value: []any{modality}},
-			"00080080":          {VR: "LO", Value: []any{institution}},
+		Metadata: dicomcodec.Dataset{
+			dicomcodec.TagModality: {VR: "CS", Value: []any{modality}},
+			"00080080":             {VR: "LO", Value: []any{institution}},
 		},
 	}
 }
@@ -37,7 +38,7 @@ func TestRouteRuleMatches(t *testing.T) {
 		{routed("CT", "Hampshire General"), "pacs-2", false},
 	} {
 		if got := rule.Matches(tt.rec, tt.source); got != tt.want {
-			t.Errorf("Matches(%s, %s) = %v, want %v", tt.rec.Metadata.String(gateway.TagModality), tt.source, got, tt.want)
+			t.Errorf("Matches(%s, %s) = %v, want %v", tt.rec.Metadata.String(dicomcodec.TagModality), tt.source, got, tt.want)
 		}
 	}
 	peers := []gateway.Peer{{Name: "surrey", URL: "http://s/dicomweb"}}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // Peer is another centre's DICOMweb endpoint: this gateway, Orthanc with its
@@ -523,7 +525,7 @@ func (s *Transfers) studyPatientIDs(ctx context.Context, studyUID string) []stri
 	}
 	seen := map[string]bool{}
 	for _, r := range recs {
-		if id := r.Metadata.String(TagPatientID); id != "" && !seen[id] {
+		if id := r.Metadata.String(dicomcodec.TagPatientID); id != "" && !seen[id] {
 			seen[id] = true
 			ids = append(ids, id)
 		}

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -43,7 +44,7 @@ func TestValidateUID(t *testing.T) {
 			t.Errorf("ValidateUID(%q) = %v, not ErrInvalid", tt.uid, err)
 		}
 		if tt.ok {
-			if got := gateway.UIDDeviation(tt.uid) != ""; got != tt.deviation {
+			if got := dicomcodec.UIDDeviation(tt.uid) != ""; got != tt.deviation {
 				t.Errorf("UIDDeviation(%q) reported=%v, want %v", tt.uid, got, tt.deviation)
 			}
 		}

@@ -29,7 +29,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 type centre struct {
@@ -174,7 +174,7 @@ func run(ctx context.Context, bin, data, sendDir string, exitAfter bool) error {
 
 type studyFile struct {
 	path string
-	h    *gateway.Header
+	h    *dicomcodec.Header
 }
 
 // studyFiles parses the header of every file in dir and checks they are one study.
@@ -193,7 +193,7 @@ func studyFiles(dir string) ([]studyFile, string, error) {
 		if err != nil {
 			return nil, "", err
 		}
-		h, err := gateway.ParseHeader(f, gateway.HeaderLimits{})
+		h, err := dicomcodec.ParseHeader(f, dicomcodec.HeaderLimits{})
 		f.Close()
 		if err != nil {
 			return nil, "", fmt.Errorf("%s: %w", p, err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/storage/bolt"
@@ -171,11 +172,11 @@ func wireServices(m *Main, b *Backends, reg prometheus.Registerer) {
 		Auditor:          auditor,
 		MaxInstanceBytes: cfg.MaxInstanceBytes,
 		PreamblePolicy:   gateway.PreamblePolicy(cmp.Or(cfg.File.PreamblePolicy, string(gateway.PreambleRefuse))),
-		HeaderLimits:     gateway.HeaderLimits{MaxElements: cfg.MaxHeaderElements},
+		HeaderLimits:     dicomcodec.HeaderLimits{MaxElements: cfg.MaxHeaderElements},
 		Logger:           m.Logger,
 	}
 	if cfg.MaxHeaderMemory > 0 {
-		m.Server.Ingester.HeaderMemory = gateway.NewHeaderMemory(cfg.MaxHeaderMemory)
+		m.Server.Ingester.HeaderMemory = dicomcodec.NewHeaderMemory(cfg.MaxHeaderMemory)
 	}
 	host, _ := os.Hostname()
 	m.Transfers = &gateway.Transfers{

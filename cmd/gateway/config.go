@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 )
@@ -122,8 +123,8 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.Int64Var(&cfg.MaxRequestBytes, "max-request-bytes", 64<<30, "largest STOW-RS request body in bytes (0 = unlimited)")
 	fs.Int64Var(&cfg.MaxInstanceBytes, "max-instance-bytes", 4<<30, "largest single instance in bytes")
 	fs.IntVar(&cfg.MaxStowParts, "max-stow-parts", dicomweb.DefaultMaxStowParts, "most parts (instances) in one STOW-RS request; 413 beyond")
-	fs.IntVar(&cfg.MaxHeaderElements, "max-header-elements", gateway.DefaultHeaderLimits.MaxElements, "most elements (nested ones included) in one instance's header; its parsed memory is bounded at 256 bytes an element")
-	fs.Int64Var(&cfg.MaxHeaderMemory, "max-header-memory", gateway.DefaultHeaderMemory, "memory the headers of all concurrent uploads may hold together, in bytes; an instance that finds it spent waits up to 10s, then gets 503 with Retry-After (0 = no shared bound)")
+	fs.IntVar(&cfg.MaxHeaderElements, "max-header-elements", dicomcodec.DefaultHeaderLimits.MaxElements, "most elements (nested ones included) in one instance's header; its parsed memory is bounded at 256 bytes an element")
+	fs.Int64Var(&cfg.MaxHeaderMemory, "max-header-memory", dicomcodec.DefaultHeaderMemory, "memory the headers of all concurrent uploads may hold together, in bytes; an instance that finds it spent waits up to 10s, then gets 503 with Retry-After (0 = no shared bound)")
 	fs.IntVar(&cfg.MaxConcurrentStow, "max-concurrent-stow", dicomweb.DefaultMaxConcurrentStow, "STOW-RS requests served at once; beyond it 503 with Retry-After (0 = no bound)")
 	fs.IntVar(&cfg.MaxConcurrentRetrieve, "max-concurrent-retrieve", dicomweb.DefaultMaxConcurrentRetrieve, "WADO-RS requests served at once; beyond it 503 with Retry-After (0 = no bound)")
 	fs.IntVar(&cfg.MaxConnections, "max-connections", dicomweb.DefaultMaxConnections, "client connections open at once; beyond it a new connection is closed at once (0 = no cap)")

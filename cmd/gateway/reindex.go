@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -46,7 +47,7 @@ func runReindex(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 	var failures []string
-	p, err := gateway.Reindex(ctx, b.Blobs, b.Index, gateway.HeaderLimits{MaxElements: cfg.MaxHeaderElements}, func(p gateway.ReindexProgress) {
+	p, err := gateway.Reindex(ctx, b.Blobs, b.Index, dicomcodec.HeaderLimits{MaxElements: cfg.MaxHeaderElements}, func(p gateway.ReindexProgress) {
 		if p.Err != nil && len(failures) < 100 {
 			failures = append(failures, p.Err.Error())
 		}

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -237,7 +238,7 @@ func storeFile(ctx context.Context, client *http.Client, url, token, path string
 		io.Copy(io.Discard, resp.Body)
 		return size, ""
 	}
-	var ds gateway.Dataset
+	var ds dicomcodec.Dataset
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&ds); err == nil {
 		if resp.StatusCode == http.StatusAccepted && len(ds["00081198"].Value) == 0 && len(ds["00081199"].Value) > 0 {
 			// Stored with a warning (PS3.18 10.5.3: 202 without failures),
@@ -245,7 +246,7 @@ func storeFile(ctx context.Context, client *http.Client, url, token, path string
 			return size, ""
 		}
 		for _, it := range ds["00081198"].Value {
-			if item, ok := it.(gateway.Dataset); ok {
+			if item, ok := it.(dicomcodec.Dataset); ok {
 				if v := item["00081197"].Value; len(v) == 1 {
 					code, _ := v[0].(int64)
 					name := reasonNames[code]

@@ -14,6 +14,7 @@ import (
 
 	bbolt "go.etcd.io/bbolt"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -503,7 +504,7 @@ func listStudy(tx *bbolt.Tx, s *gateway.StudySummary) error {
 	if err := tx.Bucket(bucketStudyOrder).Put(key, orderValue(s)); err != nil {
 		return err
 	}
-	for _, lk := range lookupKeys(key, s.Attrs.String(gateway.TagPatientID), s.Attrs.String(gateway.TagAccessionNumber)) {
+	for _, lk := range lookupKeys(key, s.Attrs.String(dicomcodec.TagPatientID), s.Attrs.String(dicomcodec.TagAccessionNumber)) {
 		if err := tx.Bucket(bucketStudyLookup).Put(lk, nil); err != nil {
 			return err
 		}
@@ -517,7 +518,7 @@ func unlistStudy(tx *bbolt.Tx, s *gateway.StudySummary) error {
 	if err := tx.Bucket(bucketStudyOrder).Delete(key); err != nil {
 		return err
 	}
-	for _, lk := range lookupKeys(key, s.Attrs.String(gateway.TagPatientID), s.Attrs.String(gateway.TagAccessionNumber)) {
+	for _, lk := range lookupKeys(key, s.Attrs.String(dicomcodec.TagPatientID), s.Attrs.String(dicomcodec.TagAccessionNumber)) {
 		if err := tx.Bucket(bucketStudyLookup).Delete(lk); err != nil {
 			return err
 		}
@@ -651,12 +652,12 @@ func orderValue(s *gateway.StudySummary) []byte {
 	for m := range s.Modalities {
 		mods = append(mods, m)
 	}
-	names := gateway.NameKeys(s.Attrs, gateway.TagPatientName)
-	for _, code := range gateway.NamePhoneticKeys(s.Attrs, gateway.TagPatientName) {
+	names := gateway.NameKeys(s.Attrs, dicomcodec.TagPatientName)
+	for _, code := range gateway.NamePhoneticKeys(s.Attrs, dicomcodec.TagPatientName) {
 		names = append(names, gateway.PhoneticKeyMark+code)
 	}
 	return []byte(strings.Join([]string{
-		s.Attrs.String(gateway.TagPatientID), s.Attrs.String(gateway.TagAccessionNumber),
+		s.Attrs.String(dicomcodec.TagPatientID), s.Attrs.String(dicomcodec.TagAccessionNumber),
 		strings.Join(mods, "\x01"), strings.Join(names, "\x01"),
 	}, "\x00"))
 }

@@ -11,6 +11,7 @@ import (
 
 	bbolt "go.etcd.io/bbolt"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/storage/storagetest"
 )
@@ -88,7 +89,7 @@ func TestLookupBackfill(t *testing.T) {
 	}
 	for i, pid := range []string{"P1", "P2", "P1"} {
 		study := fmt.Sprintf("1.2.7.%d", i+1)
-		rec := storagetest.Record(study, study+".1", study+".1.1", map[string]any{gateway.TagPatientID: pid, gateway.TagAccessionNumber: "A" + pid})
+		rec := storagetest.Record(study, study+".1", study+".1.1", map[string]any{dicomcodec.TagPatientID: pid, dicomcodec.TagAccessionNumber: "A" + pid})
 		if _, _, err := x.PutInstance(t.Context(), rec); err != nil {
 			t.Fatal(err)
 		}
@@ -140,7 +141,7 @@ func TestPhoneticBackfill(t *testing.T) {
 	for i, name := range []string{"Smith^John", "Jones^Ann"} {
 		study := fmt.Sprintf("1.2.8.%d", i+1)
 		rec := storagetest.Record(study, study+".1", study+".1.1", map[string]any{
-			gateway.TagPatientName: gateway.PersonName{Alphabetic: name}, gateway.TagStudyDate: "20240101"})
+			dicomcodec.TagPatientName: dicomcodec.PersonName{Alphabetic: name}, dicomcodec.TagStudyDate: "20240101"})
 		if _, _, err := x.PutInstance(t.Context(), rec); err != nil {
 			t.Fatal(err)
 		}

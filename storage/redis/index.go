@@ -16,6 +16,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -305,15 +306,15 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) ([]any, erro
 		return nil, fmt.Errorf("encode series attributes: %w", err)
 	}
 	md := rec.Metadata
-	names := gateway.NameKeys(md, gateway.TagPatientName)
+	names := gateway.NameKeys(md, dicomcodec.TagPatientName)
 	order, prepared := gateway.PrepareMetadata(rec)
 	return []any{
 		x.prefix, mode, rec.SOPInstanceUID, rec.StudyInstanceUID, rec.SeriesInstanceUID, data,
 		indexValue(rec.Modality()), indexValue(rec.SOPClassUID), sattrs, eattrs,
-		strconv.FormatInt(gateway.StudyDateKey(md), 10), indexValue(md.String(gateway.TagPatientID)),
-		indexValue(md.String(gateway.TagAccessionNumber)), strings.Join(names, "\x01"),
-		strings.Join(namePrefixes(gateway.NameGroupKeys(md, gateway.TagPatientName)), "\x01"),
-		order, prepared, strings.Join(gateway.NamePhoneticKeys(md, gateway.TagPatientName), "\x01"),
+		strconv.FormatInt(gateway.StudyDateKey(md), 10), indexValue(md.String(dicomcodec.TagPatientID)),
+		indexValue(md.String(dicomcodec.TagAccessionNumber)), strings.Join(names, "\x01"),
+		strings.Join(namePrefixes(gateway.NameGroupKeys(md, dicomcodec.TagPatientName)), "\x01"),
+		order, prepared, strings.Join(gateway.NamePhoneticKeys(md, dicomcodec.TagPatientName), "\x01"),
 	}, nil
 }
 
@@ -849,19 +850,19 @@ func (x *Index) studies(ctx context.Context, uids []string) ([]*gateway.StudySum
 // decodeAttrs returns the attributes of a study or series hash: its compact
 // ca field, or the attrs JSON of a hash written before ca existed; nil when
 // the hash is gone.
-func decodeAttrs(h map[string]string) (gateway.Dataset, error) {
+func decodeAttrs(h map[string]string) (dicomcodec.Dataset, error) {
 	if ca := h["ca"]; ca != "" {
 		return gateway.DecodeCompact(ca)
 	}
 	if h["attrs"] == "" {
 		return nil, nil
 	}
-	var d gateway.Dataset
+	var d dicomcodec.Dataset
 	if err := json.Unmarshal([]byte(h["attrs"]), &d); err != nil {
 		return nil, err
 	}
 	if d == nil {
-		d = gateway.Dataset{}
+		d = dicomcodec.Dataset{}
 	}
 	return d, nil
 }

@@ -10,34 +10,35 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
 // Record builds an InstanceRecord for tests with the given UIDs and header
 // attributes (tag → value; PN values as gateway.PersonName).
 func Record(study, series, sop string, attrs map[string]any) *gateway.InstanceRecord {
-	md := gateway.Dataset{
-		gateway.TagStudyInstanceUID:  {VR: "UI", Value: []any{study}},
-		gateway.TagSeriesInstanceUID: {VR: "UI", Value: []any{series}},
-		gateway.TagSOPInstanceUID:    {VR: "UI", Value: []any{sop}},
-		gateway.TagSOPClassUID:       {VR: "UI", Value: []any{"1.2.840.10008.5.1.4.1.1.2"}},
+	md := dicomcodec.Dataset{
+		dicomcodec.TagStudyInstanceUID:  {VR: "UI", Value: []any{study}},
+		dicomcodec.TagSeriesInstanceUID: {VR: "UI", Value: []any{series}},
+		dicomcodec.TagSOPInstanceUID:    {VR: "UI", Value: []any{sop}},
+		dicomcodec.TagSOPClassUID:       {VR: "UI", Value: []any{"1.2.840.10008.5.1.4.1.1.2"}},
 	}
 	for t, v := range attrs {
-		vr := gateway.TagVR(t)
+		vr := dicomcodec.TagVR(t)
 		switch x := v.(type) {
 		case []any:
-			md[t] = gateway.Attribute{VR: vr, Value: x}
+			md[t] = dicomcodec.Attribute{VR: vr, Value: x}
 		case nil:
-			md[t] = gateway.Attribute{VR: vr}
+			md[t] = dicomcodec.Attribute{VR: vr}
 		default:
-			md[t] = gateway.Attribute{VR: vr, Value: []any{x}}
+			md[t] = dicomcodec.Attribute{VR: vr, Value: []any{x}}
 		}
 	}
 	return &gateway.InstanceRecord{
 		StudyInstanceUID:  study,
 		SeriesInstanceUID: series,
 		SOPInstanceUID:    sop,
-		SOPClassUID:       md.String(gateway.TagSOPClassUID),
+		SOPClassUID:       md.String(dicomcodec.TagSOPClassUID),
 		TransferSyntaxUID: "1.2.840.10008.1.2.1",
 		Size:              1234,
 		SHA256:            "00",
@@ -122,8 +123,8 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 	})
 	t.Run("ReplaceInstanceOverwrites", func(t *testing.T) {
 		x, ctx := newIndex(t), t.Context()
-		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{gateway.TagModality: "CT"}))
-		rec := Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{gateway.TagModality: "MR"})
+		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{dicomcodec.TagModality: "CT"}))
+		rec := Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{dicomcodec.TagModality: "MR"})
 		rec.SHA256 = "cc"
 		if err := x.ReplaceInstance(ctx, rec); err != nil {
 			t.Fatal(err)
@@ -136,7 +137,7 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 			t.Fatalf("SHA256=%q, want cc", got.SHA256)
 		}
 		assertCounts(t, x, "1.2.3", 1, 1)
-		if got, want := studyValues(t, x, "1.2.3", gateway.TagModalitiesInStudy), []string{"MR"}; !slices.Equal(got, want) {
+		if got, want := studyValues(t, x, "1.2.3", dicomcodec.TagModalitiesInStudy), []string{"MR"}; !slices.Equal(got, want) {
 			t.Fatalf("ModalitiesInStudy=%v, want %v", got, want)
 		}
 	})
@@ -164,8 +165,8 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 	})
 	t.Run("DeleteInstanceRemoves", func(t *testing.T) {
 		x, ctx := newIndex(t), t.Context()
-		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{gateway.TagModality: "CT"}))
-		mustPut(t, x, Record("1.2.3", "1.2.3.2", "1.2.3.2.1", map[string]any{gateway.TagModality: "SR"}))
+		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{dicomcodec.TagModality: "CT"}))
+		mustPut(t, x, Record("1.2.3", "1.2.3.2", "1.2.3.2.1", map[string]any{dicomcodec.TagModality: "SR"}))
 		if err := x.DeleteInstance(ctx, "1.2.3.2.1"); err != nil {
 			t.Fatal(err)
 		}
@@ -173,7 +174,7 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 			t.Fatalf("after delete: err=%v, want ErrNotFound", err)
 		}
 		assertCounts(t, x, "1.2.3", 1, 1)
-		if got, want := studyValues(t, x, "1.2.3", gateway.TagModalitiesInStudy), []string{"CT"}; !slices.Equal(got, want) {
+		if got, want := studyValues(t, x, "1.2.3", dicomcodec.TagModalitiesInStudy), []string{"CT"}; !slices.Equal(got, want) {
 			t.Fatalf("ModalitiesInStudy=%v, want %v", got, want)
 		}
 		if err := x.DeleteInstance(ctx, "1.2.3.1.1"); err != nil {
@@ -194,10 +195,10 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		x, ctx := newIndex(t), t.Context()
 		// Series 2 (SeriesNumber 1) comes before series 1 (SeriesNumber 2);
 		// within a series by InstanceNumber, then SOP Instance UID.
-		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{gateway.TagSeriesNumber: int64(2), gateway.TagInstanceNumber: int64(1)}))
-		mustPut(t, x, Record("1.2.3", "1.2.3.2", "1.2.3.2.9", map[string]any{gateway.TagSeriesNumber: int64(1), gateway.TagInstanceNumber: int64(2)}))
-		mustPut(t, x, Record("1.2.3", "1.2.3.2", "1.2.3.2.10", map[string]any{gateway.TagSeriesNumber: int64(1), gateway.TagInstanceNumber: int64(10)}))
-		mustPut(t, x, Record("1.2.3", "1.2.3.2", "1.2.3.2.3", map[string]any{gateway.TagSeriesNumber: int64(1), gateway.TagInstanceNumber: int64(2)}))
+		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{dicomcodec.TagSeriesNumber: int64(2), dicomcodec.TagInstanceNumber: int64(1)}))
+		mustPut(t, x, Record("1.2.3", "1.2.3.2", "1.2.3.2.9", map[string]any{dicomcodec.TagSeriesNumber: int64(1), dicomcodec.TagInstanceNumber: int64(2)}))
+		mustPut(t, x, Record("1.2.3", "1.2.3.2", "1.2.3.2.10", map[string]any{dicomcodec.TagSeriesNumber: int64(1), dicomcodec.TagInstanceNumber: int64(10)}))
+		mustPut(t, x, Record("1.2.3", "1.2.3.2", "1.2.3.2.3", map[string]any{dicomcodec.TagSeriesNumber: int64(1), dicomcodec.TagInstanceNumber: int64(2)}))
 		mustPut(t, x, Record("1.2.4", "1.2.4.1", "1.2.4.1.1", nil))
 		recs, err := x.ListInstances(ctx, "1.2.3", "")
 		if err != nil {
@@ -234,13 +235,13 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		x, ctx := newIndex(t), t.Context()
 		ct := "1.2.840.10008.5.1.4.1.1.2"
 		sr := "1.2.840.10008.5.1.4.1.1.88.11"
-		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{gateway.TagModality: "CT"}))
-		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.2", map[string]any{gateway.TagModality: "CT"}))
-		r := Record("1.2.3", "1.2.3.2", "1.2.3.2.1", map[string]any{gateway.TagModality: "SR", gateway.TagSOPClassUID: sr})
+		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{dicomcodec.TagModality: "CT"}))
+		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.2", map[string]any{dicomcodec.TagModality: "CT"}))
+		r := Record("1.2.3", "1.2.3.2", "1.2.3.2.1", map[string]any{dicomcodec.TagModality: "SR", dicomcodec.TagSOPClassUID: sr})
 		r.SOPClassUID = sr
 		mustPut(t, x, r)
 		assertCounts(t, x, "1.2.3", 2, 3)
-		if got, want := studyValues(t, x, "1.2.3", gateway.TagModalitiesInStudy), []string{"CT", "SR"}; !slices.Equal(got, want) {
+		if got, want := studyValues(t, x, "1.2.3", dicomcodec.TagModalitiesInStudy), []string{"CT", "SR"}; !slices.Equal(got, want) {
 			t.Fatalf("ModalitiesInStudy=%v, want %v", got, want)
 		}
 		if got, want := studyValues(t, x, "1.2.3", gateway.TagSOPClassesInStudy), []string{ct, sr}; !slices.Equal(got, want) {
@@ -261,7 +262,7 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(res.Items) != 1 || res.Items[0].String(gateway.TagSeriesInstanceUID) != "1.2.3.1" {
+		if len(res.Items) != 1 || res.Items[0].String(dicomcodec.TagSeriesInstanceUID) != "1.2.3.1" {
 			t.Fatalf("series after delete: %v, want only 1.2.3.1", res.Items)
 		}
 		if got, want := intValue(res.Items[0], gateway.TagNumberOfSeriesRelatedInstances), int64(1); got != want {
@@ -346,7 +347,7 @@ func recordSOPs(recs []*gateway.InstanceRecord) []string {
 	return out
 }
 
-func studyDataset(t *testing.T, x gateway.Index, study string) gateway.Dataset {
+func studyDataset(t *testing.T, x gateway.Index, study string) dicomcodec.Dataset {
 	t.Helper()
 	res, err := x.Search(t.Context(), &gateway.Query{Level: gateway.LevelStudy, StudyInstanceUID: study, IncludeAll: true})
 	if err != nil {
@@ -367,7 +368,7 @@ func studyValues(t *testing.T, x gateway.Index, study, tag string) []string {
 	return out
 }
 
-func intValue(d gateway.Dataset, tag string) int64 {
+func intValue(d dicomcodec.Dataset, tag string) int64 {
 	a := d[tag]
 	if len(a.Value) == 0 {
 		return -1
@@ -425,24 +426,24 @@ type fixtureSeries struct {
 }
 
 var queryFixture = []fixtureStudy{
-	{uid: qS1, name: gateway.PersonName{Alphabetic: "Smith^John"}, pid: "P001", date: "20200115", time: "101500", accession: "A100", sex: "M",
+	{uid: qS1, name: dicomcodec.PersonName{Alphabetic: "Smith^John"}, pid: "P001", date: "20200115", time: "101500", accession: "A100", sex: "M",
 		series: []fixtureSeries{{"CT", 1, classCT, 2}, {"SR", 2, classSR, 1}},
 		extra: map[string]any{
 			"00081030": "CT CHEST",
-			"00081110": []any{gateway.Dataset{
+			"00081110": []any{dicomcodec.Dataset{
 				"00081150": {VR: "UI", Value: []any{"1.2.840.10008.3.1.2.3.1"}},
 				"00081155": {VR: "UI", Value: []any{"1.2.3.99.1"}},
 			}},
 		}},
-	{uid: qS2, name: gateway.PersonName{Alphabetic: "Smyth^Jane"}, pid: "P002", date: "20200301", time: "083000", accession: "A200", sex: "F",
+	{uid: qS2, name: dicomcodec.PersonName{Alphabetic: "Smyth^Jane"}, pid: "P002", date: "20200301", time: "083000", accession: "A200", sex: "F",
 		series: []fixtureSeries{{"MR", 1, classCT, 1}}},
-	{uid: qS3, name: gateway.PersonName{Alphabetic: "Müller^Hans"}, pid: "P003", date: "20191231", time: "235959", accession: "A300", sex: "M",
+	{uid: qS3, name: dicomcodec.PersonName{Alphabetic: "Müller^Hans"}, pid: "P003", date: "20191231", time: "235959", accession: "A300", sex: "M",
 		series: []fixtureSeries{{"CT", 1, classCT, 1}}},
-	{uid: qS4, name: gateway.PersonName{Alphabetic: "Yamada^Tarou", Ideographic: "山田^太郎", Phonetic: "やまだ^たろう"}, pid: "P004", date: "20210610", time: "120000", accession: "A400", sex: "M",
+	{uid: qS4, name: dicomcodec.PersonName{Alphabetic: "Yamada^Tarou", Ideographic: "山田^太郎", Phonetic: "やまだ^たろう"}, pid: "P004", date: "20210610", time: "120000", accession: "A400", sex: "M",
 		series: []fixtureSeries{{"US", 1, classCT, 1}}},
-	{uid: qS5, name: gateway.PersonName{Alphabetic: "Smith^John"}, pid: "P001", date: "20210101", accession: "A500", sex: "M",
+	{uid: qS5, name: dicomcodec.PersonName{Alphabetic: "Smith^John"}, pid: "P001", date: "20210101", accession: "A500", sex: "M",
 		series: []fixtureSeries{{"MR", 2, classCT, 1}, {"CT", 1, classCT, 1}}},
-	{uid: qS6, name: gateway.PersonName{Alphabetic: "O'Brien^Pat"}, pid: "P006", sex: "O",
+	{uid: qS6, name: dicomcodec.PersonName{Alphabetic: "O'Brien^Pat"}, pid: "P006", sex: "O",
 		series: []fixtureSeries{{"MG", 1, classCT, 1}}},
 }
 
@@ -458,25 +459,25 @@ func LoadQueryFixture(t *testing.T, x gateway.Index) {
 		for i, se := range st.series {
 			for j := 1; j <= se.instances; j++ {
 				attrs := map[string]any{
-					gateway.TagPatientName:          st.name,
-					gateway.TagPatientID:            st.pid,
-					gateway.TagPatientSex:           st.sex,
-					gateway.TagAccessionNumber:      st.accession,
-					gateway.TagModality:             se.modality,
-					gateway.TagSeriesNumber:         se.number,
-					gateway.TagInstanceNumber:       int64(j),
-					gateway.TagSOPClassUID:          se.class,
-					gateway.TagRows:                 int64(256 * j),
-					gateway.TagSpecificCharacterSet: "ISO_IR 192",
+					dicomcodec.TagPatientName:          st.name,
+					dicomcodec.TagPatientID:            st.pid,
+					dicomcodec.TagPatientSex:           st.sex,
+					dicomcodec.TagAccessionNumber:      st.accession,
+					dicomcodec.TagModality:             se.modality,
+					dicomcodec.TagSeriesNumber:         se.number,
+					dicomcodec.TagInstanceNumber:       int64(j),
+					dicomcodec.TagSOPClassUID:          se.class,
+					dicomcodec.TagRows:                 int64(256 * j),
+					dicomcodec.TagSpecificCharacterSet: "ISO_IR 192",
 				}
 				if st.date != "" {
-					attrs[gateway.TagStudyDate] = st.date
+					attrs[dicomcodec.TagStudyDate] = st.date
 				}
 				if st.time != "" {
-					attrs[gateway.TagStudyTime] = st.time
+					attrs[dicomcodec.TagStudyTime] = st.time
 				}
 				if st.accession == "" {
-					delete(attrs, gateway.TagAccessionNumber)
+					delete(attrs, dicomcodec.TagAccessionNumber)
 				}
 				for k, v := range st.extra {
 					attrs[k] = v
@@ -701,17 +702,17 @@ func TestIndexQueries(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 			t.Fatal(err)
 		}
 		d := res.Items[0]
-		for _, tag := range []string{gateway.TagStudyDate, gateway.TagStudyTime, gateway.TagAccessionNumber, gateway.TagModalitiesInStudy,
-			gateway.TagPatientName, gateway.TagPatientID, gateway.TagPatientSex, gateway.TagStudyInstanceUID,
+		for _, tag := range []string{dicomcodec.TagStudyDate, dicomcodec.TagStudyTime, dicomcodec.TagAccessionNumber, dicomcodec.TagModalitiesInStudy,
+			dicomcodec.TagPatientName, dicomcodec.TagPatientID, dicomcodec.TagPatientSex, dicomcodec.TagStudyInstanceUID,
 			gateway.TagNumberOfStudyRelatedSeries, gateway.TagNumberOfStudyRelatedInstances, gateway.TagInstanceAvailability} {
 			if _, ok := d[tag]; !ok {
-				t.Errorf("study result lacks %s (%s)", tag, gateway.TagKeyword(tag))
+				t.Errorf("study result lacks %s (%s)", tag, dicomcodec.TagKeyword(tag))
 			}
 		}
 		if _, ok := d["00081030"]; ok {
 			t.Errorf("StudyDescription returned without includefield")
 		}
-		if got, want := fmt.Sprint(d[gateway.TagModalitiesInStudy].Value), "[CT SR]"; got != want {
+		if got, want := fmt.Sprint(d[dicomcodec.TagModalitiesInStudy].Value), "[CT SR]"; got != want {
 			t.Errorf("ModalitiesInStudy=%s, want %s", got, want)
 		}
 		if got, want := personName(d), "Smith^John"; got != want {
@@ -765,20 +766,20 @@ func TestIndexQueries(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 			t.Fatal(err)
 		}
 		d := res.Items[0]
-		if got, want := d.String(gateway.TagPatientID), "P001"; got != want {
+		if got, want := d.String(dicomcodec.TagPatientID), "P001"; got != want {
 			t.Errorf("PatientID=%q, want %q", got, want)
 		}
 		if got, want := intValue(d, gateway.TagNumberOfSeriesRelatedInstances), int64(2); got != want {
 			t.Errorf("NumberOfSeriesRelatedInstances=%d, want %d", got, want)
 		}
-		if got, want := d.String(gateway.TagModality), "CT"; got != want {
+		if got, want := d.String(dicomcodec.TagModality), "CT"; got != want {
 			t.Errorf("Modality=%q, want %q", got, want)
 		}
 		res, err = x.Search(t.Context(), parseQuery(t, gateway.LevelSeries, qS1, "", ""))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, ok := res.Items[0][gateway.TagPatientID]; ok {
+		if _, ok := res.Items[0][dicomcodec.TagPatientID]; ok {
 			t.Errorf("/studies/{study}/series returned PatientID, a study attribute")
 		}
 	})
@@ -801,12 +802,12 @@ func testRemainingBounded(t *testing.T, x gateway.Index) {
 	const big = "1.2.826.0.1.3680043.10.1017.1"
 	manyInstances := gateway.MaxCountedRemaining + 5
 	for j := 1; j <= manyInstances; j++ {
-		mustPut(t, x, Record(big, big+".1", fmt.Sprintf("%s.1.%d", big, j), map[string]any{gateway.TagPatientID: "PBIG", gateway.TagStudyDate: "20300101"}))
+		mustPut(t, x, Record(big, big+".1", fmt.Sprintf("%s.1.%d", big, j), map[string]any{dicomcodec.TagPatientID: "PBIG", dicomcodec.TagStudyDate: "20300101"}))
 	}
 	manyStudies := gateway.MaxCountedStudies + 10
 	for i := 1; i <= manyStudies; i++ {
 		st := fmt.Sprintf("1.2.826.0.1.3680043.10.1017.2.%d", i)
-		mustPut(t, x, Record(st, st+".1", st+".1.1", map[string]any{gateway.TagPatientID: "PMANY", gateway.TagStudyDate: "20250101"}))
+		mustPut(t, x, Record(st, st+".1", st+".1.1", map[string]any{dicomcodec.TagPatientID: "PMANY", dicomcodec.TagStudyDate: "20250101"}))
 	}
 	for _, tt := range []struct {
 		name   string
@@ -852,10 +853,10 @@ func parseQuery(t *testing.T, level gateway.QueryLevel, study, series, raw strin
 	return q
 }
 
-func levelUIDs(level gateway.QueryLevel, items []gateway.Dataset) []string {
+func levelUIDs(level gateway.QueryLevel, items []dicomcodec.Dataset) []string {
 	tag := map[gateway.QueryLevel]string{
-		gateway.LevelStudy: gateway.TagStudyInstanceUID, gateway.LevelSeries: gateway.TagSeriesInstanceUID,
-		gateway.LevelInstance: gateway.TagSOPInstanceUID,
+		gateway.LevelStudy: dicomcodec.TagStudyInstanceUID, gateway.LevelSeries: dicomcodec.TagSeriesInstanceUID,
+		gateway.LevelInstance: dicomcodec.TagSOPInstanceUID,
 	}[level]
 	var out []string
 	for _, d := range items {
@@ -864,8 +865,8 @@ func levelUIDs(level gateway.QueryLevel, items []gateway.Dataset) []string {
 	return out
 }
 
-func personName(d gateway.Dataset) string {
-	pns := gateway.PersonNamesOf(d[gateway.TagPatientName])
+func personName(d dicomcodec.Dataset) string {
+	pns := gateway.PersonNamesOf(d[dicomcodec.TagPatientName])
 	if len(pns) == 0 {
 		return ""
 	}

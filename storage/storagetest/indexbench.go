@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -58,19 +59,19 @@ func benchRecords(n int) []*gateway.InstanceRecord {
 		name := benchFamily[patient%len(benchFamily)] + "^" + benchGiven[(patient/len(benchFamily))%len(benchGiven)]
 		date := start.AddDate(0, 0, r.IntN(25*365)).Format("20060102")
 		recs[i] = Record(study, study+".1", study+".1.1", map[string]any{
-			gateway.TagPatientName:      gateway.PersonName{Alphabetic: name},
-			gateway.TagPatientID:        fmt.Sprintf("PID%07d", patient),
-			gateway.TagPatientBirthDate: "19600101",
-			gateway.TagPatientSex:       []string{"F", "M"}[patient%2],
-			gateway.TagStudyDate:        date,
-			gateway.TagStudyTime:        "101500",
-			gateway.TagAccessionNumber:  fmt.Sprintf("ACC%08d", i+1),
-			gateway.TagModality:         benchModalities[r.IntN(len(benchModalities))],
-			gateway.TagStudyID:          "1",
-			gateway.TagSeriesNumber:     int64(1),
-			gateway.TagInstanceNumber:   int64(1),
-			"00081030":                  "BENCHMARK STUDY",
-			"00080090":                  gateway.PersonName{Alphabetic: "Referrer^Doctor"},
+			dicomcodec.TagPatientName:      dicomcodec.PersonName{Alphabetic: name},
+			dicomcodec.TagPatientID:        fmt.Sprintf("PID%07d", patient),
+			dicomcodec.TagPatientBirthDate: "19600101",
+			dicomcodec.TagPatientSex:       []string{"F", "M"}[patient%2],
+			dicomcodec.TagStudyDate:        date,
+			dicomcodec.TagStudyTime:        "101500",
+			dicomcodec.TagAccessionNumber:  fmt.Sprintf("ACC%08d", i+1),
+			dicomcodec.TagModality:         benchModalities[r.IntN(len(benchModalities))],
+			dicomcodec.TagStudyID:          "1",
+			dicomcodec.TagSeriesNumber:     int64(1),
+			dicomcodec.TagInstanceNumber:   int64(1),
+			"00081030":                     "BENCHMARK STUDY",
+			"00080090":                     dicomcodec.PersonName{Alphabetic: "Referrer^Doctor"},
 		})
 	}
 	return recs
@@ -106,8 +107,8 @@ func BenchIndexQueries(b *testing.B, x gateway.Index) {
 	studies := make([]benchStudy, len(recs))
 	for i, rec := range recs {
 		md := rec.Metadata
-		studies[i] = benchStudy{md.String(gateway.TagPatientID), md.String(gateway.TagPatientName),
-			md.String(gateway.TagStudyDate), md.String(gateway.TagAccessionNumber)}
+		studies[i] = benchStudy{md.String(dicomcodec.TagPatientID), md.String(dicomcodec.TagPatientName),
+			md.String(dicomcodec.TagStudyDate), md.String(dicomcodec.TagAccessionNumber)}
 	}
 	recs = nil
 	r := rand.New(rand.NewPCG(2, 2))

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -22,16 +23,16 @@ func testStudyLookups(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		for i := range n {
 			study := fmt.Sprintf("1.2.9.%d", i+1)
 			recs = append(recs, Record(study, study+".1", study+".1.1", map[string]any{
-				gateway.TagPatientID:       "PAGED",
-				gateway.TagAccessionNumber: fmt.Sprintf("ACC%d", i%7),
-				gateway.TagStudyDate:       fmt.Sprintf("2020%02d%02d", 1+i/28, 1+i%28), // distinct, increasing with i
+				dicomcodec.TagPatientID:       "PAGED",
+				dicomcodec.TagAccessionNumber: fmt.Sprintf("ACC%d", i%7),
+				dicomcodec.TagStudyDate:       fmt.Sprintf("2020%02d%02d", 1+i/28, 1+i%28), // distinct, increasing with i
 			}))
 			want = append([]string{study}, want...)
 		}
 		for i := range 50 {
 			study := fmt.Sprintf("1.2.8.%d", i+1)
 			recs = append(recs, Record(study, study+".1", study+".1.1", map[string]any{
-				gateway.TagPatientID: "OTHER", gateway.TagAccessionNumber: "ACC0", gateway.TagStudyDate: "20200615",
+				dicomcodec.TagPatientID: "OTHER", dicomcodec.TagAccessionNumber: "ACC0", dicomcodec.TagStudyDate: "20200615",
 			}))
 		}
 		putAll(t, x, recs)
@@ -62,7 +63,7 @@ func testStudyLookups(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		// A study whose only instance is replaced under another patient
 		// moves between the lookups; a deleted one leaves them.
 		moved := Record("1.2.9.1", "1.2.9.1.1", "1.2.9.1.1.1", map[string]any{
-			gateway.TagPatientID: "MOVED", gateway.TagAccessionNumber: "ACC0", gateway.TagStudyDate: "20200101",
+			dicomcodec.TagPatientID: "MOVED", dicomcodec.TagAccessionNumber: "ACC0", dicomcodec.TagStudyDate: "20200101",
 		})
 		if err := x.ReplaceInstance(ctx, moved); err != nil {
 			t.Fatal(err)

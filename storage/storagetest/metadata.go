@@ -9,6 +9,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -41,13 +42,13 @@ func TestMetadataReader(t *testing.T, newIndex func(t *testing.T) gateway.Index)
 	t.Run("MetadataFollowsListOrder", func(t *testing.T) {
 		x, ctx := newIndex(t), t.Context()
 		recs := []*gateway.InstanceRecord{
-			Record("1.2.3", "1.2.3.9", "1.2.3.9.1", map[string]any{gateway.TagSeriesNumber: int64(1), gateway.TagInstanceNumber: int64(10)}),
-			Record("1.2.3", "1.2.3.9", "1.2.3.9.2", map[string]any{gateway.TagSeriesNumber: int64(1), gateway.TagInstanceNumber: int64(2)}),
-			Record("1.2.3", "1.2.3.9", "1.2.3.9.3", map[string]any{gateway.TagSeriesNumber: int64(1)}),
-			Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{gateway.TagSeriesNumber: int64(2), gateway.TagInstanceNumber: int64(1)}),
-			Record("1.2.3", "1.2.3.1", "1.2.3.1.2", map[string]any{gateway.TagSeriesNumber: int64(2), gateway.TagInstanceNumber: int64(-1)}),
+			Record("1.2.3", "1.2.3.9", "1.2.3.9.1", map[string]any{dicomcodec.TagSeriesNumber: int64(1), dicomcodec.TagInstanceNumber: int64(10)}),
+			Record("1.2.3", "1.2.3.9", "1.2.3.9.2", map[string]any{dicomcodec.TagSeriesNumber: int64(1), dicomcodec.TagInstanceNumber: int64(2)}),
+			Record("1.2.3", "1.2.3.9", "1.2.3.9.3", map[string]any{dicomcodec.TagSeriesNumber: int64(1)}),
+			Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{dicomcodec.TagSeriesNumber: int64(2), dicomcodec.TagInstanceNumber: int64(1)}),
+			Record("1.2.3", "1.2.3.1", "1.2.3.1.2", map[string]any{dicomcodec.TagSeriesNumber: int64(2), dicomcodec.TagInstanceNumber: int64(-1)}),
 		}
-		recs[0].Metadata[gateway.TagPixelData] = gateway.Attribute{VR: "OW", BulkDataURI: "bulkdata/7FE00010"}
+		recs[0].Metadata[dicomcodec.TagPixelData] = dicomcodec.Attribute{VR: "OW", BulkDataURI: "bulkdata/7FE00010"}
 		for _, r := range recs {
 			mustPut(t, x, r)
 		}
@@ -92,13 +93,13 @@ func TestMetadataReader(t *testing.T, newIndex func(t *testing.T) gateway.Index)
 	})
 	t.Run("MetadataFollowsReplaceAndDelete", func(t *testing.T) {
 		x, ctx := newIndex(t), t.Context()
-		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{gateway.TagInstanceNumber: int64(1)}))
-		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.2", map[string]any{gateway.TagInstanceNumber: int64(2)}))
+		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{dicomcodec.TagInstanceNumber: int64(1)}))
+		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.2", map[string]any{dicomcodec.TagInstanceNumber: int64(2)}))
 		before, err := x.MetadataEntries(ctx, "1.2.3", "")
 		if err != nil {
 			t.Fatal(err)
 		}
-		replaced := Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{gateway.TagInstanceNumber: int64(3), "00081030": "Replaced"})
+		replaced := Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{dicomcodec.TagInstanceNumber: int64(3), "00081030": "Replaced"})
 		if err := x.ReplaceInstance(ctx, replaced); err != nil {
 			t.Fatal(err)
 		}
@@ -136,7 +137,7 @@ func TestMetadataReader(t *testing.T, newIndex func(t *testing.T) gateway.Index)
 		n := gateway.MetadataBatch*2 + 3
 		recs := make([]*gateway.InstanceRecord, n)
 		for i := range recs {
-			recs[i] = Record("1.2.3", "1.2.3.1", fmt.Sprintf("1.2.3.1.%d", i+1), map[string]any{gateway.TagInstanceNumber: int64(n - i)})
+			recs[i] = Record("1.2.3", "1.2.3.1", fmt.Sprintf("1.2.3.1.%d", i+1), map[string]any{dicomcodec.TagInstanceNumber: int64(n - i)})
 		}
 		putAll(t, x, recs)
 		entries, err := x.MetadataEntries(ctx, "1.2.3", "1.2.3.1")

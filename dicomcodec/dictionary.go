@@ -1,4 +1,4 @@
-package gateway
+package dicomcodec
 
 //go:generate go run gendictionary.go
 

@@ -1,4 +1,9 @@
-package gateway
+package dicomcodec
+
+import (
+	"strconv"
+	"strings"
+)
 
 // Attribute is one DICOM attribute in the DICOM JSON model (PS3.18 Annex F.2).
 // Value holds, according to VR:
@@ -70,3 +75,41 @@ const (
 	TagColumns              = "00280011"
 	TagPixelData            = "7FE00010"
 )
+
+// String returns the PN value as DICOM encodes it: the component groups
+// joined by "=", trailing empty groups dropped.
+func (p PersonName) String() string {
+	return strings.TrimRight(p.Alphabetic+"="+p.Ideographic+"="+p.Phonetic, "=")
+}
+
+// Number returns the i-th value of a numeric attribute (IS, DS, US, FD …) as a
+// float64. It accepts the Go types an Attribute holds after ingest (int64,
+// float64) and after a JSON round trip through the Index (float64,
+// json.Number, numeric strings).
+func (d Dataset) Number(tag string, i int) (float64, bool) {
+	a, ok := d[tag]
+	if !ok || i < 0 || i >= len(a.Value) {
+		return 0, false
+	}
+	switch v := a.Value[i].(type) {
+	case float64:
+		return v, true
+	case int64:
+		return float64(v), true
+	case int:
+		return float64(v), true
+	case uint64:
+		return float64(v), true
+	case uint16:
+		return float64(v), true
+	case float32:
+		return float64(v), true
+	case interface{ Float64() (float64, error) }: // json.Number
+		f, err := v.Float64()
+		return f, err == nil
+	case string:
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		return f, err == nil
+	}
+	return 0, false
+}

@@ -1,4 +1,4 @@
-package gateway_test
+package dicomcodec_test
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 	"testing"
 	"testing/iotest"
 
-	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/internal/dicomjsontest"
 	"github.com/dicom-gateway/gateway/internal/synth"
 	"github.com/dicom-gateway/gateway/internal/testcorpus"
@@ -43,8 +43,8 @@ func TestTranscodeToExplicitLE(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if h, err := gateway.ParseHeader(bytes.NewReader(data), gateway.HeaderLimits{}); err == nil &&
-			(h.TransferSyntaxUID == gateway.TSImplicitLE || h.TransferSyntaxUID == gateway.TSExplicitBE) {
+		if h, err := dicomcodec.ParseHeader(bytes.NewReader(data), dicomcodec.HeaderLimits{}); err == nil &&
+			(h.TransferSyntaxUID == dicomcodec.TSImplicitLE || h.TransferSyntaxUID == dicomcodec.TSExplicitBE) {
 			inputs = append(inputs, input{f.Name, data})
 		}
 	}
@@ -55,22 +55,22 @@ func TestTranscodeToExplicitLE(t *testing.T) {
 	for _, in := range inputs {
 		t.Run(in.name, func(t *testing.T) {
 			var out bytes.Buffer
-			n, err := gateway.TranscodeToExplicitLE(&out, bytes.NewReader(in.data))
+			n, err := dicomcodec.TranscodeToExplicitLE(&out, bytes.NewReader(in.data))
 			if err != nil {
 				t.Fatal(err)
 			}
 			if n != int64(out.Len()) {
 				t.Fatalf("returned %d bytes, wrote %d", n, out.Len())
 			}
-			orig, err := gateway.ParseHeader(bytes.NewReader(in.data), gateway.HeaderLimits{})
+			orig, err := dicomcodec.ParseHeader(bytes.NewReader(in.data), dicomcodec.HeaderLimits{})
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := gateway.ParseHeader(bytes.NewReader(out.Bytes()), gateway.HeaderLimits{})
+			got, err := dicomcodec.ParseHeader(bytes.NewReader(out.Bytes()), dicomcodec.HeaderLimits{})
 			if err != nil {
 				t.Fatalf("transcoded instance does not parse: %v", err)
 			}
-			if got.TransferSyntaxUID != gateway.TSExplicitLE {
+			if got.TransferSyntaxUID != dicomcodec.TSExplicitLE {
 				t.Fatalf("transcoded syntax %s", got.TransferSyntaxUID)
 			}
 			if a, b := datasetJSON(t, orig.Dataset), datasetJSON(t, got.Dataset); a != b {
@@ -82,7 +82,7 @@ func TestTranscodeToExplicitLE(t *testing.T) {
 			if orig.PixelData != nil {
 				op, gp := orig.PixelData, got.PixelData
 				want := bytes.Clone(in.data[op.ValueOffset : op.ValueOffset+op.ValueLength])
-				if orig.TransferSyntaxUID == gateway.TSExplicitBE && orig.Dataset[gateway.TagPixelData].VR == "OW" {
+				if orig.TransferSyntaxUID == dicomcodec.TSExplicitBE && orig.Dataset[dicomcodec.TagPixelData].VR == "OW" {
 					for i := 0; i+1 < len(want); i += 2 {
 						want[i], want[i+1] = want[i+1], want[i]
 					}
@@ -111,9 +111,9 @@ func TestTranscodeToExplicitLE(t *testing.T) {
 
 // datasetJSON is ds as JSON without group lengths (the transcode drops
 // them).
-func datasetJSON(t *testing.T, ds gateway.Dataset) string {
+func datasetJSON(t *testing.T, ds dicomcodec.Dataset) string {
 	t.Helper()
-	clean := gateway.Dataset{}
+	clean := dicomcodec.Dataset{}
 	for k, v := range ds {
 		if !strings.HasSuffix(k, "0000") {
 			clean[k] = v
@@ -149,7 +149,7 @@ func runDcm2json(t *testing.T, bin string, data []byte) (map[string]any, error) 
 }
 
 // TestTranscodeEdges: a value too long for its VR's 16-bit length becomes
-// UN with its bytes intact; malformed or non-implicit input is ErrInvalid,
+// UN with its bytes intact; malformed or non-implicit input is ErrMalformed,
 // never a panic.
 func TestTranscodeEdges(t *testing.T) {
 	implicit := synthImplicit(t)
@@ -161,7 +161,7 @@ func TestTranscodeEdges(t *testing.T) {
 		el = append(el, long...)
 		data := insertBeforePixelData(t, implicit, el)
 		var out bytes.Buffer
-		if _, err := gateway.TranscodeToExplicitLE(&out, bytes.NewReader(data)); err != nil {
+		if _, err := dicomcodec.TranscodeToExplicitLE(&out, bytes.NewReader(data)); err != nil {
 			t.Fatal(err)
 		}
 		i := bytes.Index(out.Bytes(), []byte{0x40, 0x00, 0x00, 0x14})
@@ -171,15 +171,15 @@ func TestTranscodeEdges(t *testing.T) {
 		}
 		// Read back, the UN is read with the dictionary's VR (PS3.5 6.2.2),
 		// so the metadata is the same as the original's.
-		orig, err := gateway.ParseHeader(bytes.NewReader(data), gateway.HeaderLimits{})
+		orig, err := dicomcodec.ParseHeader(bytes.NewReader(data), dicomcodec.HeaderLimits{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if h, err := gateway.ParseHeader(bytes.NewReader(out.Bytes()), gateway.HeaderLimits{}); err != nil || h.Dataset["00401400"].VR != "LT" ||
-			datasetJSON(t, gateway.Dataset{"00401400": h.Dataset["00401400"]}) != datasetJSON(t, gateway.Dataset{"00401400": orig.Dataset["00401400"]}) {
+		if h, err := dicomcodec.ParseHeader(bytes.NewReader(out.Bytes()), dicomcodec.HeaderLimits{}); err != nil || h.Dataset["00401400"].VR != "LT" ||
+			datasetJSON(t, dicomcodec.Dataset{"00401400": h.Dataset["00401400"]}) != datasetJSON(t, dicomcodec.Dataset{"00401400": orig.Dataset["00401400"]}) {
 			t.Fatalf("output: err %v, (0040,1400) read back differs from the original's", err)
 		}
-		if _, err := gateway.ParseHeader(bytes.NewReader(out.Bytes()), gateway.HeaderLimits{}); err != nil {
+		if _, err := dicomcodec.ParseHeader(bytes.NewReader(out.Bytes()), dicomcodec.HeaderLimits{}); err != nil {
 			t.Fatalf("output does not parse: %v", err)
 		}
 	})
@@ -191,14 +191,14 @@ func TestTranscodeEdges(t *testing.T) {
 		"Empty":           nil,
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := gateway.TranscodeToExplicitLE(&bytes.Buffer{}, bytes.NewReader(data))
-			if !errors.Is(err, gateway.ErrInvalid) {
-				t.Fatalf("err=%v, want ErrInvalid", err)
+			_, err := dicomcodec.TranscodeToExplicitLE(&bytes.Buffer{}, bytes.NewReader(data))
+			if !errors.Is(err, dicomcodec.ErrMalformed) {
+				t.Fatalf("err=%v, want ErrMalformed", err)
 			}
 		})
 	}
-	if !gateway.CanTranscode(gateway.TSImplicitLE, gateway.TSExplicitLE) || !gateway.CanTranscode(gateway.TSExplicitBE, gateway.TSExplicitLE) ||
-		gateway.CanTranscode(gateway.TSExplicitLE, gateway.TSImplicitLE) || gateway.CanTranscode(gateway.TSJPEGBaseline, gateway.TSExplicitLE) {
+	if !dicomcodec.CanTranscode(dicomcodec.TSImplicitLE, dicomcodec.TSExplicitLE) || !dicomcodec.CanTranscode(dicomcodec.TSExplicitBE, dicomcodec.TSExplicitLE) ||
+		dicomcodec.CanTranscode(dicomcodec.TSExplicitLE, dicomcodec.TSImplicitLE) || dicomcodec.CanTranscode(dicomcodec.TSJPEGBaseline, dicomcodec.TSExplicitLE) {
 		t.Fatal("CanTranscode offers something other than implicit LE or explicit BE → explicit LE")
 	}
 }
@@ -233,7 +233,7 @@ func TestTranscodeStreams(t *testing.T) {
 	in := io.MultiReader(bytes.NewReader(head), io.LimitReader(zeros{}, pixels))
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	n, err := gateway.TranscodeToExplicitLE(io.Discard, in)
+	n, err := dicomcodec.TranscodeToExplicitLE(io.Discard, in)
 	runtime.ReadMemStats(&after)
 	if err != nil {
 		t.Fatal(err)
@@ -268,26 +268,26 @@ func FuzzTranscode(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		if h, err := gateway.ParseHeader(bytes.NewReader(data), gateway.HeaderLimits{}); err == nil && gateway.CanTranscode(h.TransferSyntaxUID, gateway.TSExplicitLE) {
+		if h, err := dicomcodec.ParseHeader(bytes.NewReader(data), dicomcodec.HeaderLimits{}); err == nil && dicomcodec.CanTranscode(h.TransferSyntaxUID, dicomcodec.TSExplicitLE) {
 			f.Add(data)
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var out bytes.Buffer
-		n, err := gateway.TranscodeToExplicitLE(&out, bytes.NewReader(data))
+		n, err := dicomcodec.TranscodeToExplicitLE(&out, bytes.NewReader(data))
 		if err != nil {
-			if !errors.Is(err, gateway.ErrInvalid) {
-				t.Fatalf("error %v is not ErrInvalid", err)
+			if !errors.Is(err, dicomcodec.ErrMalformed) {
+				t.Fatalf("error %v is not ErrMalformed", err)
 			}
 			return
 		}
 		if n != int64(out.Len()) || n > 3*int64(len(data))+64 {
 			t.Fatalf("%d bytes in, %d out (reported %d)", len(data), out.Len(), n)
 		}
-		if _, err := gateway.ParseHeader(bytes.NewReader(data), gateway.HeaderLimits{}); err != nil {
+		if _, err := dicomcodec.ParseHeader(bytes.NewReader(data), dicomcodec.HeaderLimits{}); err != nil {
 			return // the input was not a valid instance; the output need not be either
 		}
-		if _, err := gateway.ParseHeader(bytes.NewReader(out.Bytes()), gateway.HeaderLimits{}); err != nil {
+		if _, err := dicomcodec.ParseHeader(bytes.NewReader(out.Bytes()), dicomcodec.HeaderLimits{}); err != nil {
 			t.Fatalf("a valid instance transcoded into one that does not parse: %v", err)
 		}
 	})
@@ -309,7 +309,7 @@ func TestSwapBytes16(t *testing.T) {
 		"one byte": iotest.OneByteReader(bytes.NewReader(in)),
 		"half":     iotest.HalfReader(bytes.NewReader(in)),
 	} {
-		got, err := io.ReadAll(iotest.OneByteReader(gateway.SwapBytes16(io.NopCloser(r))))
+		got, err := io.ReadAll(iotest.OneByteReader(dicomcodec.SwapBytes16(io.NopCloser(r))))
 		if err != nil || !bytes.Equal(got, want) {
 			t.Errorf("%s: %d bytes, err %v; want %d swapped bytes", name, len(got), err, len(want))
 		}

@@ -1,4 +1,4 @@
-package gateway
+package dicomcodec
 
 import (
 	"context"
@@ -13,11 +13,11 @@ import (
 func TestHeaderMemoryWaits(t *testing.T) {
 	m := NewHeaderMemory(2 * headerChunk)
 	m.Wait = time.Hour // only a release or the context ends this wait
-	a := &headerAccount{shared: m}
+	a := &HeaderAccount{shared: m}
 	if err := a.charge(2 * headerChunk); err != nil {
 		t.Fatal(err)
 	}
-	b := &headerAccount{shared: m, ctx: t.Context()}
+	b := &HeaderAccount{shared: m, ctx: t.Context()}
 	got := make(chan error, 1)
 	go func() { got <- b.charge(10) }()
 	select {
@@ -25,7 +25,7 @@ func TestHeaderMemoryWaits(t *testing.T) {
 		t.Fatalf("charged while all memory was held: %v", err)
 	default:
 	}
-	a.release()
+	a.Release()
 	if err := <-got; err != nil {
 		t.Fatalf("after the release: %v", err)
 	}
@@ -34,17 +34,17 @@ func TestHeaderMemoryWaits(t *testing.T) {
 	}
 
 	ctx, cancel := context.WithCancel(t.Context())
-	c := &headerAccount{shared: m, ctx: ctx}
+	c := &HeaderAccount{shared: m, ctx: ctx}
 	go func() { got <- c.charge(2 * headerChunk) }()
 	cancel()
-	if err := <-got; !errors.Is(err, ErrUnavailable) {
-		t.Errorf("waiting charge with its context ended: %v, want ErrUnavailable", err)
+	if err := <-got; !errors.Is(err, ErrMemoryBudget) {
+		t.Errorf("waiting charge with its context ended: %v, want ErrMemoryBudget", err)
 	}
-	if err := c.charge(3 * headerChunk); !errors.Is(err, ErrUnavailable) {
-		t.Errorf("more than the whole budget: %v, want ErrUnavailable at once", err)
+	if err := c.charge(3 * headerChunk); !errors.Is(err, ErrMemoryBudget) {
+		t.Errorf("more than the whole budget: %v, want ErrMemoryBudget at once", err)
 	}
-	b.release()
-	c.release()
+	b.Release()
+	c.Release()
 	if m.Free() != 2*headerChunk {
 		t.Errorf("free after every release = %d", m.Free())
 	}

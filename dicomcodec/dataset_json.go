@@ -1,4 +1,4 @@
-package gateway
+package dicomcodec
 
 import (
 	"bytes"
@@ -111,7 +111,7 @@ func decodeJSONValue(vr string, v json.RawMessage) (any, error) {
 			return nil, err
 		}
 		if f != math.Trunc(f) || math.Abs(f) > 1<<63 {
-			return nil, fmt.Errorf("%s is not an integer: %w", s, ErrInvalid)
+			return nil, fmt.Errorf("%s is not an integer: %w", s, ErrInvalidInput)
 		}
 		return int64(f), nil
 	default:

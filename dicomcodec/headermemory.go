@@ -1,4 +1,4 @@
-package gateway
+package dicomcodec
 
 import (
 	"bytes"
@@ -136,9 +136,10 @@ func (m *HeaderMemory) Free() int64 {
 // so that the lock is taken a few times per header, not per element.
 const headerChunk = 1 << 20
 
-// headerAccount is what one header parse holds of a HeaderMemory (nil:
-// none, nothing is shared).
-type headerAccount struct {
+// HeaderAccount is what one header parse holds of a HeaderMemory (nil:
+// none, nothing is shared). The holder calls Release when it lets go of the
+// Header.
+type HeaderAccount struct {
 	shared *HeaderMemory
 	ctx    context.Context // bounds a wait for shared memory; nil: no wait
 	used   int64
@@ -146,8 +147,8 @@ type headerAccount struct {
 }
 
 // charge records n more bytes in use, taking from the shared budget in
-// headerChunk steps; it fails with ErrUnavailable when the budget is spent.
-func (a *headerAccount) charge(n int64) error {
+// headerChunk steps; it fails with ErrMemoryBudget when the budget is spent.
+func (a *HeaderAccount) charge(n int64) error {
 	a.used += n
 	if a.shared == nil || a.used <= a.held {
 		return nil
@@ -159,17 +160,23 @@ func (a *headerAccount) charge(n int64) error {
 	}
 	if !a.shared.take(ctx, step) {
 		a.used -= n
-		return &InstanceError{Reason: ReasonOutOfResources, Err: fmt.Errorf("the headers of concurrent uploads hold all of their %d-byte memory budget; retry later: %w", a.shared.size, ErrUnavailable)}
+		return fmt.Errorf("the headers of concurrent uploads hold all of their %d-byte memory budget; retry later: %w", a.shared.size, ErrMemoryBudget)
 	}
 	a.held += step
 	return nil
 }
 
-// refund returns bytes charged but not used (a short read).
-func (a *headerAccount) refund(n int64) { a.used -= n }
+// NewHeaderAccount returns an account charging shared (nil: no shared
+// budget); ctx bounds how long a charge waits for memory to be given back.
+func NewHeaderAccount(ctx context.Context, shared *HeaderMemory) *HeaderAccount {
+	return &HeaderAccount{shared: shared, ctx: ctx}
+}
 
-// release gives back everything the account holds.
-func (a *headerAccount) release() {
+// refund returns bytes charged but not used (a short read).
+func (a *HeaderAccount) refund(n int64) { a.used -= n }
+
+// Release gives back everything the account holds.
+func (a *HeaderAccount) Release() {
 	if a.shared != nil && a.held > 0 {
 		a.shared.give(a.held)
 	}

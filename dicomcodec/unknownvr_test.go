@@ -1,4 +1,4 @@
-package gateway_test
+package dicomcodec_test
 
 import (
 	"bytes"

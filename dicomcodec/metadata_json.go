@@ -1,4 +1,4 @@
-package gateway
+package dicomcodec
 
 import (
 	"encoding/json"
@@ -9,9 +9,17 @@ import (
 	"unicode/utf8"
 )
 
+// MetadataURLMarker stands, in prepared metadata, for the URL of the
+// instance followed by "/".
+const MetadataURLMarker = 0x00
+
+// PreparedPrefix is the BulkDataURI prefix that makes AppendDatasetJSON
+// write the marker.
+const PreparedPrefix = "\x00"
+
 // AppendDatasetJSON appends ds as a DICOM JSON object (PS3.18 F.2): tags in
 // ascending order, relative BulkDataURIs (also inside sequence items) made
-// absolute with prefix, non-finite numbers as null. The prefix "\x00" is
+// absolute with prefix, non-finite numbers as null. The prefix PreparedPrefix is
 // PrepareMetadata's: it writes a raw MetadataURLMarker instead. It is what
 // Attribute.MarshalJSON writes, without reflection or a copy of the
 // dataset: a 1,000-instance series encodes in milliseconds.
@@ -50,12 +58,12 @@ func appendAttributeJSON(b []byte, a Attribute, prefix string) []byte {
 		b = append(b, `,"BulkDataURI":`...)
 		if relativeURI(a.BulkDataURI) {
 			b = append(b, '"')
-			if prefix == preparedPrefix {
+			if prefix == PreparedPrefix {
 				b = append(b, MetadataURLMarker) // raw: everywhere else it is escaped
 			} else {
-				b = appendEscaped(b, prefix)
+				b = AppendEscaped(b, prefix)
 			}
-			b = appendEscaped(b, a.BulkDataURI)
+			b = AppendEscaped(b, a.BulkDataURI)
 			b = append(b, '"')
 		} else {
 			b = appendMetadataString(b, a.BulkDataURI)
@@ -130,12 +138,12 @@ func appendJSONFloat(b []byte, f float64) []byte {
 // becomes U+FFFD.
 func appendMetadataString(b []byte, s string) []byte {
 	b = append(b, '"')
-	b = appendEscaped(b, s)
+	b = AppendEscaped(b, s)
 	return append(b, '"')
 }
 
-// appendEscaped writes s as the inside of a JSON string.
-func appendEscaped(b []byte, s string) []byte {
+// AppendEscaped writes s as the inside of a JSON string.
+func AppendEscaped(b []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	start := 0
 	for i := 0; i < len(s); {

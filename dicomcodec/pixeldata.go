@@ -1,4 +1,4 @@
-package gateway
+package dicomcodec
 
 import (
 	"encoding/binary"
@@ -81,7 +81,7 @@ func (s *TailScanner) fail(format string, args ...any) error {
 	return s.err
 }
 
-// Write consumes p. It returns an *InstanceError as soon as the data cannot
+// Write consumes p. It returns an error wrapping ErrMalformed as soon as the data cannot
 // be a well-formed instance.
 func (s *TailScanner) Write(p []byte) (int, error) {
 	if s.err != nil {

@@ -1,4 +1,4 @@
-package gateway
+package dicomcodec
 
 // Some conversion tools write Explicit VR files in which standard elements,
 // the identifying UIDs among them, carry VR UN (the VR of an element the

@@ -1,4 +1,4 @@
-package gateway
+package dicomcodec
 
 import (
 	"bufio"
@@ -216,28 +216,40 @@ func knownVR(vr string) bool {
 
 // notUnderstood is the error of an instance ParseHeader cannot read.
 func notUnderstood(format string, args ...any) error {
-	return &InstanceError{Reason: ReasonCannotUnderstand, Err: fmt.Errorf(format+": %w", append(args, ErrInvalid)...)}
+	return fmt.Errorf(format+": %w", append(args, ErrMalformed)...)
 }
 
 // tooLarge is the error of an instance over a HeaderLimits bound.
 func tooLarge(format string, args ...any) error {
-	return &InstanceError{Reason: ReasonCannotUnderstand, Err: fmt.Errorf(format+": %w", append(args, ErrInvalid)...)}
+	return fmt.Errorf(format+": %w", append(args, ErrLimit)...)
+}
+
+// isDataError reports whether err is one of the codec's own verdicts on the
+// data (as opposed to a read error of the source).
+func isDataError(err error) bool {
+	for _, e := range []error{ErrMalformed, ErrLimit, ErrUnsupportedTransferSyntax, ErrMemoryBudget} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // ParseHeader reads a DICOM Part 10 instance from r up to its top-level
 // Pixel Data element and returns its header. It does not read past the end
 // of that element's tag, VR and length (the bytes it buffered from r beyond
 // that point are lost to the caller: tee r to keep them). Bad input of any
-// kind, including a panic in a decoder, becomes an *InstanceError wrapping
-// ErrInvalid; a read error from r is returned wrapped as it is. lim bounds
+// kind, including a panic in a decoder, is an error wrapping ErrMalformed,
+// ErrLimit or ErrUnsupportedTransferSyntax; a read error from r is returned wrapped as it is. lim bounds
 // the work; its zero value means DefaultHeaderLimits.
 func ParseHeader(r io.Reader, lim HeaderLimits) (h *Header, err error) {
-	return parseHeader(r, lim, &headerAccount{})
+	return ParseHeaderAccounted(r, lim, &HeaderAccount{})
 }
 
-// parseHeader is ParseHeader charging the header's memory to acct (which
-// the caller releases when it lets go of the Header).
-func parseHeader(r io.Reader, lim HeaderLimits, acct *headerAccount) (h *Header, err error) {
+// ParseHeaderAccounted is ParseHeader charging the header's memory to acct
+// (which the caller releases when it lets go of the Header); past the budget
+// it fails with ErrMemoryBudget.
+func ParseHeaderAccounted(r io.Reader, lim HeaderLimits, acct *HeaderAccount) (h *Header, err error) {
 	deflated := false
 	defer func() {
 		if v := recover(); v != nil {
@@ -249,7 +261,7 @@ func parseHeader(r io.Reader, lim HeaderLimits, acct *headerAccount) (h *Header,
 		// io.ErrUnexpectedEOF from the multipart reader, stays a read error
 		// of the request, except inside deflate, where flate reports every
 		// early end that way.)
-		if _, ok := errors.AsType[*InstanceError](err); err != nil && !ok {
+		if err != nil && !isDataError(err) {
 			var ce flate.CorruptInputError
 			if errors.Is(err, io.EOF) || (deflated && errors.Is(err, io.ErrUnexpectedEOF)) || errors.As(err, &ce) ||
 				errors.Is(err, zlib.ErrChecksum) || errors.Is(err, zlib.ErrHeader) {
@@ -270,7 +282,7 @@ func parseHeader(r io.Reader, lim HeaderLimits, acct *headerAccount) (h *Header,
 	}
 	ts, ok := lookupTransferSyntax(p.h.TransferSyntaxUID)
 	if !ok {
-		return nil, &InstanceError{Reason: ReasonTransferSyntaxUnsupported, Err: fmt.Errorf("transfer syntax %q is not supported: %w", printable(p.h.TransferSyntaxUID), ErrInvalid)}
+		return nil, fmt.Errorf("transfer syntax %q is not supported: %w", Printable(p.h.TransferSyntaxUID), ErrUnsupportedTransferSyntax)
 	}
 	p.h.ts = ts
 	if ts.deflated {
@@ -320,7 +332,7 @@ type countingReader struct {
 	r    io.Reader
 	n    int64
 	max  int64
-	acct *headerAccount // charged for the bytes read (a caller tees them), nil once the header is read
+	acct *HeaderAccount // charged for the bytes read (a caller tees them), nil once the header is read
 }
 
 func (c *countingReader) Read(b []byte) (int, error) {
@@ -365,7 +377,7 @@ type parser struct {
 	kept     int64 // value bytes kept in memory
 	elements int
 	cost     int64 // estimated memory of the Dataset built so far
-	acct     *headerAccount
+	acct     *HeaderAccount
 	deflated bool
 	lim      HeaderLimits
 	h        *Header
@@ -820,7 +832,7 @@ func (p *parser) stopAtPixelData(t uint32, explicit bool, bo binary.ByteOrder) e
 	if explicit {
 		vr = string(b[4:6])
 		if !longVR(vr) {
-			return notUnderstood("pixel data has VR %q", printable(vr))
+			return notUnderstood("pixel data has VR %q", Printable(vr))
 		}
 		if vr == "UN" {
 			vr = pixelDataVRForUN(t, p.h.Dataset)
@@ -1019,7 +1031,7 @@ func (p *parser) decodeValue(key, vr string, raw []byte, bo binary.ByteOrder, st
 			if err != nil {
 				f, ferr := strconv.ParseFloat(v, 64)
 				if ferr != nil || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
-					p.warn("(%s,%s) IS value %q is not an integer", key[:4], key[4:], printable(v))
+					p.warn("(%s,%s) IS value %q is not an integer", key[:4], key[4:], Printable(v))
 					a.Value = append(a.Value, nil)
 					continue
 				}
@@ -1036,7 +1048,7 @@ func (p *parser) decodeValue(key, vr string, raw []byte, bo binary.ByteOrder, st
 			}
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-				p.warn("(%s,%s) DS value %q is not a decimal number", key[:4], key[4:], printable(v))
+				p.warn("(%s,%s) DS value %q is not a decimal number", key[:4], key[4:], Printable(v))
 				a.Value = append(a.Value, nil)
 				continue
 			}

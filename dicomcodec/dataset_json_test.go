@@ -1,4 +1,4 @@
-package gateway_test
+package dicomcodec_test
 
 import (
 	"encoding/json"
@@ -6,7 +6,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/internal/testcorpus"
 )
 
@@ -27,7 +27,7 @@ func TestDatasetJSONRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: marshal: %v", f.Name, err)
 		}
-		var got gateway.Dataset
+		var got dicomcodec.Dataset
 		if err := json.Unmarshal(b, &got); err != nil {
 			t.Fatalf("%s: unmarshal: %v", f.Name, err)
 		}
@@ -43,17 +43,17 @@ func TestDatasetJSONRoundTrip(t *testing.T) {
 
 func TestAttributeJSON(t *testing.T) {
 	for _, tt := range []struct {
-		in   gateway.Attribute
+		in   dicomcodec.Attribute
 		want string
 	}{
-		{gateway.Attribute{VR: "PN", Value: []any{gateway.PersonName{Alphabetic: "Doe^Jane"}, nil}}, `{"vr":"PN","Value":[{"Alphabetic":"Doe^Jane"},null]}`},
-		{gateway.Attribute{VR: "IS", Value: []any{int64(-3), int64(9007199254740993)}}, `{"vr":"IS","Value":[-3,9007199254740993]}`},
-		{gateway.Attribute{VR: "UV", Value: []any{uint64(1<<64 - 1)}}, `{"vr":"UV","Value":[18446744073709551615]}`},
-		{gateway.Attribute{VR: "DS", Value: []any{0.5, 1e300}}, `{"vr":"DS","Value":[0.5,1e+300]}`},
-		{gateway.Attribute{VR: "AT", Value: []any{"00100010"}}, `{"vr":"AT","Value":["00100010"]}`},
-		{gateway.Attribute{VR: "LO"}, `{"vr":"LO"}`},
-		{gateway.Attribute{VR: "OB", BulkDataURI: "bulkdata/7FE00010"}, `{"vr":"OB","BulkDataURI":"bulkdata/7FE00010"}`},
-		{gateway.Attribute{VR: "SQ", Value: []any{gateway.Dataset{"00080100": {VR: "SH", Value: []any{"T-1"}}}, gateway.Dataset{}}}, `{"vr":"SQ","Value":[{"00080100":{"vr":"SH","Value":["T-1"]}},{}]}`},
+		{dicomcodec.Attribute{VR: "PN", Value: []any{dicomcodec.PersonName{Alphabetic: "Doe^Jane"}, nil}}, `{"vr":"PN","Value":[{"Alphabetic":"Doe^Jane"},null]}`},
+		{dicomcodec.Attribute{VR: "IS", Value: []any{int64(-3), int64(9007199254740993)}}, `{"vr":"IS","Value":[-3,9007199254740993]}`},
+		{dicomcodec.Attribute{VR: "UV", Value: []any{uint64(1<<64 - 1)}}, `{"vr":"UV","Value":[18446744073709551615]}`},
+		{dicomcodec.Attribute{VR: "DS", Value: []any{0.5, 1e300}}, `{"vr":"DS","Value":[0.5,1e+300]}`},
+		{dicomcodec.Attribute{VR: "AT", Value: []any{"00100010"}}, `{"vr":"AT","Value":["00100010"]}`},
+		{dicomcodec.Attribute{VR: "LO"}, `{"vr":"LO"}`},
+		{dicomcodec.Attribute{VR: "OB", BulkDataURI: "bulkdata/7FE00010"}, `{"vr":"OB","BulkDataURI":"bulkdata/7FE00010"}`},
+		{dicomcodec.Attribute{VR: "SQ", Value: []any{dicomcodec.Dataset{"00080100": {VR: "SH", Value: []any{"T-1"}}}, dicomcodec.Dataset{}}}, `{"vr":"SQ","Value":[{"00080100":{"vr":"SH","Value":["T-1"]}},{}]}`},
 	} {
 		b, err := json.Marshal(tt.in)
 		if err != nil {
@@ -62,7 +62,7 @@ func TestAttributeJSON(t *testing.T) {
 		if got := string(b); got != tt.want {
 			t.Errorf("Marshal(%#v) = %s, want %s", tt.in, got, tt.want)
 		}
-		var back gateway.Attribute
+		var back dicomcodec.Attribute
 		if err := json.Unmarshal(b, &back); err != nil {
 			t.Fatal(err)
 		}

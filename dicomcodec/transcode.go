@@ -1,4 +1,4 @@
-package gateway
+package dicomcodec
 
 import (
 	"bufio"
@@ -43,7 +43,7 @@ func CanTranscode(from, to string) bool {
 //     for byte.
 //
 // It returns the bytes written. A malformed input (which ingest would have
-// refused) is an error wrapping ErrInvalid; an error from r or w is
+// refused) is an error wrapping ErrMalformed; an error from r or w is
 // returned as it is.
 func TranscodeToExplicitLE(w io.Writer, r io.Reader) (int64, error) {
 	cw := &countingWriter{w: w}
@@ -151,7 +151,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 }
 
 func malformed(format string, args ...any) error {
-	return fmt.Errorf("transcode: "+format+": %w", append(args, ErrInvalid)...)
+	return fmt.Errorf("transcode: "+format+": %w", append(args, ErrMalformed)...)
 }
 
 func (t *transcoder) read(n int) ([]byte, error) {

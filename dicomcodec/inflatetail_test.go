@@ -1,4 +1,4 @@
-package gateway_test
+package dicomcodec_test
 
 import (
 	"bytes"
@@ -7,7 +7,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // appendExplicit appends one Explicit VR Little Endian element
@@ -82,7 +82,7 @@ func TestDeflatedHeaderStopsAtPixelData(t *testing.T) {
 	if h.SOPInstanceUID != "1.2.826.0.1.3680043.10.1466.16.1" || h.StudyInstanceUID == "" || h.NumberOfFrames != 1 {
 		t.Errorf("header = sop %q study %q frames %d", h.SOPInstanceUID, h.StudyInstanceUID, h.NumberOfFrames)
 	}
-	if a := h.Dataset[gateway.TagPixelData]; a.BulkDataURI == "" {
+	if a := h.Dataset[dicomcodec.TagPixelData]; a.BulkDataURI == "" {
 		t.Errorf("pixel data attribute = %+v, want a BulkDataURI", a)
 	}
 	if layout != nil {
@@ -118,9 +118,8 @@ func TestDeflatedTailRefusesBrokenRest(t *testing.T) {
 			if h == nil {
 				t.Fatalf("header refused (%v): the damage is after it", err)
 			}
-			var ie *gateway.InstanceError
-			if !errors.As(err, &ie) || ie.Reason != gateway.ReasonCannotUnderstand {
-				t.Fatalf("err = %v, want an *InstanceError 0xC000", err)
+			if !errors.Is(err, dicomcodec.ErrMalformed) {
+				t.Fatalf("err = %v, want ErrMalformed (refused with 0xC000)", err)
 			}
 		})
 	}
@@ -135,10 +134,9 @@ func TestDeflatedHeaderBoundsCompressedBytes(t *testing.T) {
 	metaEnd := 132 + 12 + int(binary.LittleEndian.Uint32(file[140:144]))
 	empty := []byte{0x00, 0x00, 0x00, 0xff, 0xff} // BFINAL=0, stored, LEN 0, NLEN 0xFFFF
 	data := append(bytes.Clone(file[:metaEnd]), bytes.Repeat(empty, (2<<20)/len(empty))...)
-	_, err := gateway.ParseHeader(bytes.NewReader(data), gateway.HeaderLimits{MaxHeaderBytes: 1 << 20})
-	var ie *gateway.InstanceError
-	if !errors.As(err, &ie) || !errors.Is(err, gateway.ErrInvalid) {
-		t.Fatalf("err = %v, want an *InstanceError (compressed header over the limit)", err)
+	_, err := dicomcodec.ParseHeader(bytes.NewReader(data), dicomcodec.HeaderLimits{MaxHeaderBytes: 1 << 20})
+	if !errors.Is(err, dicomcodec.ErrLimit) {
+		t.Fatalf("err = %v, want ErrLimit (compressed header over the limit)", err)
 	}
 }
 
@@ -146,7 +144,7 @@ func TestDeflatedHeaderBoundsCompressedBytes(t *testing.T) {
 // upload that failed) is released by Close, and further writes fail.
 func TestDeflatedTailCloseEndsInflater(t *testing.T) {
 	data, _ := deflatedInstance(t, 1<<20, flate.NoCompression)
-	h, err := gateway.ParseHeader(bytes.NewReader(data), gateway.HeaderLimits{})
+	h, err := dicomcodec.ParseHeader(bytes.NewReader(data), dicomcodec.HeaderLimits{})
 	if err != nil {
 		t.Fatal(err)
 	}

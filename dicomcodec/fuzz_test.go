@@ -1,17 +1,15 @@
-package gateway_test
+package dicomcodec_test
 
 import (
-	"errors"
 	"os"
 	"testing"
 
-	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/testcorpus"
 )
 
 // FuzzParseHeader feeds arbitrary bytes to ParseHeader and the TailScanner,
 // seeded from every corpus file (as archive/zip's fuzz test seeds from
-// testdata): any outcome but an *InstanceError or success is a bug, and so
+// testdata): any outcome but a data error (isDataError) or success is a bug, and so
 // is a panic or an unbounded allocation (the limits are small here).
 func FuzzParseHeader(f *testing.F) {
 	for _, file := range testcorpus.Files(f) {
@@ -30,8 +28,8 @@ func FuzzParseHeader(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		h, layout, err := parseFile(t, data)
 		if err != nil {
-			if _, ok := errors.AsType[*gateway.InstanceError](err); !ok {
-				t.Fatalf("error %v (%T) is not an *InstanceError", err, err)
+			if !isDataError(err) {
+				t.Fatalf("error %v (%T) is not one of the codec's data errors", err, err)
 			}
 			return
 		}

@@ -1,4 +1,4 @@
-package gateway_test
+package dicomcodec_test
 
 import (
 	"bytes"
@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // headerInstance is an Explicit VR Little Endian instance without pixel
@@ -65,21 +65,20 @@ func TestParseHeaderBoundsParsedMemory(t *testing.T) {
 		{"6 MB of US values", headerInstance("1.2.826.0.1.3680043.10.1466.16.15", append(appendExplicit(nil, 0x00090010, "LO", []byte("PROBE ")), usValues...)), "memory"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := gateway.ParseHeader(bytes.NewReader(tt.data), gateway.HeaderLimits{})
-			var ie *gateway.InstanceError
-			if !errors.As(err, &ie) || !errors.Is(err, gateway.ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("%d bytes: err = %v, want an *InstanceError naming %s", len(tt.data), err, tt.want)
+			_, err := dicomcodec.ParseHeader(bytes.NewReader(tt.data), dicomcodec.HeaderLimits{})
+			if !errors.Is(err, dicomcodec.ErrLimit) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("%d bytes: err = %v, want ErrLimit naming %s", len(tt.data), err, tt.want)
 			}
 		})
 	}
 
 	// Within the bounds, the same shapes parse.
 	small := headerInstance("1.2.826.0.1.3680043.10.1466.16.16", emptyElementItems(20_000))
-	if _, err := gateway.ParseHeader(bytes.NewReader(small), gateway.HeaderLimits{}); err != nil {
+	if _, err := dicomcodec.ParseHeader(bytes.NewReader(small), dicomcodec.HeaderLimits{}); err != nil {
 		t.Errorf("20,000 elements: %v", err)
 	}
 	// MaxDatasetMemory follows MaxElements unless set.
-	if _, err := gateway.ParseHeader(bytes.NewReader(small), gateway.HeaderLimits{MaxElements: 30_000, MaxDatasetMemory: 1 << 20}); err == nil {
+	if _, err := dicomcodec.ParseHeader(bytes.NewReader(small), dicomcodec.HeaderLimits{MaxElements: 30_000, MaxDatasetMemory: 1 << 20}); err == nil {
 		t.Errorf("20,000 elements within a 1 MiB parsed-memory bound")
 	}
 }
