@@ -33,6 +33,7 @@ lint: ## go vet, gofmt, and the dependency-direction check of STYLE.md
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
 	@! $(GO) list -deps ./gateway | grep -E 'gin-gonic|minio|go-redis|/dicomweb|/storage' || { echo "package gateway must not import those"; exit 1; }
+	@! $(GO) list -deps -f '{{if not .Standard}}{{.ImportPath}}{{end}}' ./dicomcodec | grep -vE '^(github.com/dicom-gateway/gateway/dicomcodec|github.com/suyashkumar/dicom(/.*)?|golang.org/x/text(/.*)?)$$' || { echo "package dicomcodec imports only the standard library, suyashkumar/dicom and golang.org/x/text"; exit 1; }
 
 fmt: ## gofmt the tree
 	gofmt -w $$(git ls-files '*.go')
@@ -41,8 +42,8 @@ bench: ## storage benchmarks against the real servers (figures in README)
 	scripts/testenv.sh $(GO) test -run '^$$' -bench . -benchtime=3x ./storage/...
 
 fuzz: ## run each fuzz target for FUZZTIME (default 10m), one after another; new findings land in testdata/fuzz as corpus
-	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./gateway/
-	$(GO) test -run '^$$' -fuzz '^FuzzTranscode$$' -fuzztime $(FUZZTIME) ./gateway/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./dicomcodec/
+	$(GO) test -run '^$$' -fuzz '^FuzzTranscode$$' -fuzztime $(FUZZTIME) ./dicomcodec/
 	$(GO) test -run '^$$' -fuzz '^FuzzQIDOQuery$$' -fuzztime $(FUZZTIME) ./gateway/
 	$(GO) test -run '^$$' -fuzz '^FuzzMultipart$$' -fuzztime $(FUZZTIME) ./dicomweb/
 
