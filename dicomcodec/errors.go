@@ -28,4 +28,8 @@ var (
 	// a transcode target it refuses, data that breaks the rules of the
 	// target encoding).
 	ErrInvalidInput = errors.New("invalid input")
+	// ErrCannotRender: Render cannot make an image of a frame (its
+	// photometric interpretation, bit depth or transfer syntax, or a frame
+	// that breaks its header); the frame can still be served as stored.
+	ErrCannotRender = errors.New("not renderable")
 )

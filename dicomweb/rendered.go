@@ -12,6 +12,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -26,7 +27,7 @@ var renderSlots = make(chan struct{}, 4)
 // renderRequest is a rendered or thumbnail request, parsed.
 type renderRequest struct {
 	frame   int
-	opts    gateway.RenderOptions
+	opts    dicomcodec.RenderOptions
 	quality int
 }
 

@@ -86,6 +86,7 @@ var codecErrors = []struct {
 	{dicomcodec.ErrMemoryBudget, ErrUnavailable, ReasonOutOfResources},
 	{dicomcodec.ErrInvalidUID, ErrInvalid, 0},
 	{dicomcodec.ErrInvalidInput, ErrInvalid, 0},
+	{dicomcodec.ErrCannotRender, ErrNotAcceptable, 0},
 }
 
 // codecError is a dicomcodec error seen as a domain error: its text is the

@@ -26,6 +26,7 @@ func TestFromCodec(t *testing.T) {
 		{dicomcodec.ErrMemoryBudget, gateway.ErrUnavailable, gateway.ReasonOutOfResources},
 		{dicomcodec.ErrInvalidUID, gateway.ErrInvalid, 0},
 		{dicomcodec.ErrInvalidInput, gateway.ErrInvalid, 0},
+		{dicomcodec.ErrCannotRender, gateway.ErrNotAcceptable, 0},
 	} {
 		in := fmt.Errorf("element 7: %w", tt.codec)
 		got := gateway.FromCodec(in)

@@ -42,7 +42,7 @@ func TestRenderJPEGChecksItsDimensions(t *testing.T) {
 	rec.PixelData.Encapsulated = true
 
 	good := jpegFrame(t, 8, 8, 8, 8)
-	if img, err := gateway.Render(rec, bytes.NewReader(good), int64(len(good)), gateway.RenderOptions{}); err != nil || img.Bounds().Dx() != 8 {
+	if img, err := gateway.Render(rec, bytes.NewReader(good), int64(len(good)), dicomcodec.RenderOptions{}); err != nil || img.Bounds().Dx() != 8 {
 		t.Fatalf("matching 8×8 JPEG: %v", err)
 	}
 
@@ -57,7 +57,7 @@ func TestRenderJPEGChecksItsDimensions(t *testing.T) {
 			frame := jpegFrame(t, 8, 8, tt.claimW, tt.claimH)
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
-			_, err := gateway.Render(rec, bytes.NewReader(frame), int64(len(frame)), gateway.RenderOptions{})
+			_, err := gateway.Render(rec, bytes.NewReader(frame), int64(len(frame)), dicomcodec.RenderOptions{})
 			runtime.ReadMemStats(&after)
 			if !errors.Is(err, gateway.ErrNotAcceptable) {
 				t.Fatalf("err = %v, want ErrNotAcceptable", err)

@@ -119,14 +119,14 @@ func TestRenderGreyscale(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		rec  *gateway.InstanceRecord
-		opts gateway.RenderOptions
+		opts dicomcodec.RenderOptions
 		want []uint8
 	}{
-		{"header window", nativeRecord(2, 3, 1, 16, dicomcodec.TSExplicitLE, signed), gateway.RenderOptions{}, []uint8{0, 0, 128, 255, 255, 191}},
-		{"explicit window", nativeRecord(2, 3, 1, 16, dicomcodec.TSExplicitLE, signed), gateway.RenderOptions{Window: true, WindowCenter: 0, WindowWidth: 601}, []uint8{0, 85, 128, 170, 255, 149}},
+		{"header window", nativeRecord(2, 3, 1, 16, dicomcodec.TSExplicitLE, signed), dicomcodec.RenderOptions{}, []uint8{0, 0, 128, 255, 255, 191}},
+		{"explicit window", nativeRecord(2, 3, 1, 16, dicomcodec.TSExplicitLE, signed), dicomcodec.RenderOptions{Window: true, WindowCenter: 0, WindowWidth: 601}, []uint8{0, 85, 128, 170, 255, 149}},
 		{"min max default", nativeRecord(2, 3, 1, 16, dicomcodec.TSImplicitLE, dicomcodec.Dataset{
 			dicomcodec.TagPixelRepresentation: {VR: "US", Value: []any{float64(1)}},
-		}), gateway.RenderOptions{}, []uint8{0, 85, 127, 170, 255, 148}},
+		}), dicomcodec.RenderOptions{}, []uint8{0, 85, 127, 170, 255, 148}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			img, err := gateway.Render(tt.rec, bytes.NewReader(data), int64(len(data)), tt.opts)
@@ -145,7 +145,7 @@ func TestRenderGreyscale(t *testing.T) {
 	mono1 := nativeRecord(1, 2, 1, 8, dicomcodec.TSExplicitLE, dicomcodec.Dataset{
 		dicomcodec.TagPhotometricInterpretation: {VR: "CS", Value: []any{"MONOCHROME1"}},
 	})
-	img, err := gateway.Render(mono1, bytes.NewReader([]byte{0, 255}), 2, gateway.RenderOptions{})
+	img, err := gateway.Render(mono1, bytes.NewReader([]byte{0, 255}), 2, dicomcodec.RenderOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestRenderColourAndFit(t *testing.T) {
 	})
 	// planar: RRRR GGGG BBBB
 	data := []byte{10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120}
-	img, err := gateway.Render(rgb, bytes.NewReader(data), int64(len(data)), gateway.RenderOptions{})
+	img, err := gateway.Render(rgb, bytes.NewReader(data), int64(len(data)), dicomcodec.RenderOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +182,7 @@ func TestRenderColourAndFit(t *testing.T) {
 	if got, want := []uint32{r >> 8, g >> 8, b >> 8}, []uint32{20, 60, 100}; !slices.Equal(got, want) {
 		t.Errorf("pixel (1,0)=%v, want %v", got, want)
 	}
-	small, err := gateway.Render(rgb, bytes.NewReader(data), int64(len(data)), gateway.RenderOptions{MaxWidth: 1, MaxHeight: 1})
+	small, err := gateway.Render(rgb, bytes.NewReader(data), int64(len(data)), dicomcodec.RenderOptions{MaxWidth: 1, MaxHeight: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,14 +241,14 @@ func TestRenderRLE(t *testing.T) {
 		for i, v := range samples {
 			binary.LittleEndian.PutUint16(native[2*i:], v)
 		}
-		want, err := gateway.Render(nativeRecord(2, 3, 1, 16, dicomcodec.TSExplicitLE, nil), bytes.NewReader(native), int64(len(native)), gateway.RenderOptions{})
+		want, err := gateway.Render(nativeRecord(2, 3, 1, 16, dicomcodec.TSExplicitLE, nil), bytes.NewReader(native), int64(len(native)), dicomcodec.RenderOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		rle := rleFrame(samples)
 		rec := nativeRecord(2, 3, 1, 16, dicomcodec.TSRLELossless, nil)
 		rec.PixelData.Encapsulated = true
-		got, err := gateway.Render(rec, bytes.NewReader(rle), int64(len(rle)), gateway.RenderOptions{})
+		got, err := gateway.Render(rec, bytes.NewReader(rle), int64(len(rle)), dicomcodec.RenderOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -257,7 +257,7 @@ func TestRenderRLE(t *testing.T) {
 		}
 	}
 	rec := nativeRecord(2, 3, 1, 16, dicomcodec.TSRLELossless, nil)
-	if _, err := gateway.Render(rec, bytes.NewReader(make([]byte, 10)), 10, gateway.RenderOptions{}); !errors.Is(err, gateway.ErrNotAcceptable) {
+	if _, err := gateway.Render(rec, bytes.NewReader(make([]byte, 10)), 10, dicomcodec.RenderOptions{}); !errors.Is(err, gateway.ErrNotAcceptable) {
 		t.Errorf("truncated RLE frame: err=%v, want ErrNotAcceptable", err)
 	}
 }
