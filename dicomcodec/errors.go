@@ -32,4 +32,8 @@ var (
 	// photometric interpretation, bit depth or transfer syntax, or a frame
 	// that breaks its header); the frame can still be served as stored.
 	ErrCannotRender = errors.New("not renderable")
+	// ErrUnlocatable: FindElement cannot give the byte range of an element
+	// (undefined length, sequences nested beyond its bound, no Part 10
+	// header); the instance can still be served whole.
+	ErrUnlocatable = errors.New("element cannot be located")
 )

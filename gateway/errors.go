@@ -87,6 +87,7 @@ var codecErrors = []struct {
 	{dicomcodec.ErrInvalidUID, ErrInvalid, 0},
 	{dicomcodec.ErrInvalidInput, ErrInvalid, 0},
 	{dicomcodec.ErrCannotRender, ErrNotAcceptable, 0},
+	{dicomcodec.ErrUnlocatable, ErrNotAcceptable, 0},
 }
 
 // codecError is a dicomcodec error seen as a domain error: its text is the

@@ -27,6 +27,7 @@ func TestFromCodec(t *testing.T) {
 		{dicomcodec.ErrInvalidUID, gateway.ErrInvalid, 0},
 		{dicomcodec.ErrInvalidInput, gateway.ErrInvalid, 0},
 		{dicomcodec.ErrCannotRender, gateway.ErrNotAcceptable, 0},
+		{dicomcodec.ErrUnlocatable, gateway.ErrNotAcceptable, 0},
 	} {
 		in := fmt.Errorf("element 7: %w", tt.codec)
 		got := gateway.FromCodec(in)
