@@ -38,7 +38,7 @@ func DecodeRecord(b []byte) (*InstanceRecord, error) {
 	var rec InstanceRecord
 	if len(b) > 0 && b[0] == '{' {
 		if err := json.Unmarshal(b, &rec); err != nil {
-			return nil, fmt.Errorf("decode instance record: %w", err)
+			return nil, fmt.Errorf("decode instance record: %w", FromCodec(err))
 		}
 		return &rec, nil
 	}
@@ -51,7 +51,7 @@ func DecodeRecord(b []byte) (*InstanceRecord, error) {
 	}
 	head := b[1+k : 1+k+int(n)]
 	if err := json.Unmarshal(head, &rec); err != nil {
-		return nil, fmt.Errorf("decode instance record: %w", err)
+		return nil, fmt.Errorf("decode instance record: %w", FromCodec(err))
 	}
 	md, err := DecodeCompact(string(b[1+k+int(n):]))
 	if err != nil {
