@@ -158,7 +158,7 @@ func DecodeCompact(s string) (dicomcodec.Dataset, error) {
 		case 'j':
 			if r.err == nil {
 				if err := json.Unmarshal([]byte(r.str()), &a); err != nil {
-					return nil, fmt.Errorf("compact dataset: %s: %w", tag, err)
+					return nil, fmt.Errorf("compact dataset: %s: %w", tag, FromCodec(err))
 				}
 			}
 		case 'v':
