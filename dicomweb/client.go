@@ -1,19 +1,15 @@
 package dicomweb
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"mime/multipart"
 	"net/http"
-	"net/textproto"
 	"net/url"
 	"os"
 	"strconv"
@@ -21,15 +17,16 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dicom-gateway/gateway/client"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
 // Headers that tie a STOW-RS request to the sender's transfer, so that the
 // receiving gateway records an incoming transfer under the same ID.
 const (
-	HeaderTransferID        = "X-Transfer-ID"
-	HeaderSourceCentre      = "X-Source-Centre"
-	HeaderTransferInstances = "X-Transfer-Instances"
+	HeaderTransferID        = client.HeaderTransferID
+	HeaderSourceCentre      = client.HeaderSourceCentre
+	HeaderTransferInstances = client.HeaderTransferInstances
 )
 
 // Client is the gateway.Sender: it stores instances at a peer with STOW-RS
@@ -122,7 +119,8 @@ func (c *Client) peerClientFor(p gateway.Peer) (*peerClient, error) {
 	tr.MaxIdleConnsPerHost = parallel + 2
 	tr.ResponseHeaderTimeout = 10 * time.Minute
 	tr.WriteBufferSize, tr.ReadBufferSize = 256<<10, 64<<10
-	pc := &peerClient{http: &http.Client{Transport: tr}, sem: make(chan struct{}, parallel)}
+	sem := make(chan struct{}, parallel)
+	pc := &peerClient{http: &http.Client{Transport: &boundedTransport{sem: sem, next: tr}}, sem: sem}
 	if c.peers == nil {
 		c.peers = map[string]*peerClient{}
 	}
@@ -130,29 +128,43 @@ func (c *Client) peerClientFor(p gateway.Peer) (*peerClient, error) {
 	return pc, nil
 }
 
-func (c *Client) authorize(req *http.Request, p gateway.Peer) {
-	switch {
-	case p.Token != "":
-		req.Header.Set("Authorization", "Bearer "+p.Token.Reveal())
-	case p.Username != "":
-		req.SetBasicAuth(p.Username, p.Password.Reveal())
-	}
+// peerAPI is the shared client for peer, sending through pc (its TLS
+// settings and request bound) with the peer's current credentials; admin is
+// its admin API root, when the call needs it.
+func (c *Client) peerAPI(pc *peerClient, p gateway.Peer, admin string) *client.Client {
 	ua := c.UserAgent
 	if ua == "" {
 		ua = "dicom-gateway"
 	}
-	req.Header.Set("User-Agent", ua)
+	api := &client.Client{DICOMweb: p.URL, Admin: admin, HTTP: pc.http, UserAgent: ua}
+	switch {
+	case p.Token != "":
+		api.Token = p.Token.Reveal()
+	case p.Username != "":
+		api.Username, api.Password = p.Username, p.Password.Reveal()
+	}
+	return api
 }
 
-// do sends req within p's request bound.
-func (pc *peerClient) do(req *http.Request) (*http.Response, error) {
+// boundedTransport holds one of sem's slots from the moment a request is
+// sent until its answer's header arrives, bounding the requests in flight
+// to one peer across every transfer.
+type boundedTransport struct {
+	sem  chan struct{}
+	next http.RoundTripper
+}
+
+func (t *boundedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	select {
-	case pc.sem <- struct{}{}:
+	case t.sem <- struct{}{}:
 	case <-req.Context().Done():
+		if req.Body != nil {
+			req.Body.Close()
+		}
 		return nil, req.Context().Err()
 	}
-	defer func() { <-pc.sem }()
-	return pc.http.Do(req)
+	defer func() { <-t.sem }()
+	return t.next.RoundTrip(req)
 }
 
 // batches splits instances into STOW-RS requests of at most maxBytes (an
@@ -247,109 +259,68 @@ type localError struct{ err error }
 func (e *localError) Error() string { return e.err.Error() }
 func (e *localError) Unwrap() error { return e.err }
 
-func partHeader() textproto.MIMEHeader {
-	h := textproto.MIMEHeader{}
-	h.Set("Content-Type", "application/dicom")
-	return h
+// blobPart is one instance of a batch as a client.Instance: its bytes are
+// read from blob storage while the request is sent (opened ahead by the
+// batch's opener) and checked against the index's size and SHA-256.
+type blobPart struct {
+	rec   *gateway.InstanceRecord
+	ahead *opener
+	i     int
 }
 
-// multipartLength is the exact length of the body writeParts produces, so
-// the request carries a Content-Length (some STOW-RS servers refuse chunked
-// bodies).
-func multipartLength(boundary string, batch []*gateway.InstanceRecord) (int64, error) {
-	var framing bytes.Buffer
-	mw := multipart.NewWriter(&framing)
-	if err := mw.SetBoundary(boundary); err != nil {
-		return 0, err
+func (p *blobPart) Size() int64 { return p.rec.Size }
+
+func (p *blobPart) WriteTo(w io.Writer) (int64, error) {
+	rc, err := p.ahead.open(p.i)
+	if err != nil {
+		return 0, &localError{fmt.Errorf("reading instance %s from local storage: %w", p.rec.SOPInstanceUID, err)}
 	}
-	var n int64
-	for _, rec := range batch {
-		if _, err := mw.CreatePart(partHeader()); err != nil {
-			return 0, err
-		}
-		n += rec.Size
+	buf := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(buf)
+	sum := sha256.New()
+	n, err := io.CopyBuffer(w, io.TeeReader(rc, sum), *buf)
+	cerr := rc.Close()
+	if err != nil {
+		return n, err
 	}
-	if err := mw.Close(); err != nil {
-		return 0, err
+	if cerr != nil {
+		return n, &localError{fmt.Errorf("reading instance %s from local storage: %w", p.rec.SOPInstanceUID, cerr)}
 	}
-	return n + int64(framing.Len()), nil
+	if n != p.rec.Size || (p.rec.SHA256 != "" && hex.EncodeToString(sum.Sum(nil)) != p.rec.SHA256) {
+		return n, &localError{fmt.Errorf("local copy of instance %s is corrupt: its size or SHA-256 differs from the index; not sent", p.rec.SOPInstanceUID)}
+	}
+	return n, nil
 }
 
-// writeParts streams each instance of batch from blob storage into mw,
-// checking its size and SHA-256 against the index as it goes. The next
+// blobParts makes batch the instances of one STOW-RS request. The next
 // instances' blobs are opened while one is copied (openAhead), so an object
-// store's per-request latency overlaps the network instead of adding up.
-func (c *Client) writeParts(ctx context.Context, mw *multipart.Writer, batch []*gateway.InstanceRecord) error {
+// store's per-request latency overlaps the network instead of adding up;
+// the returned close releases what was opened but not sent.
+func (c *Client) blobParts(ctx context.Context, batch []*gateway.InstanceRecord) ([]client.Instance, func()) {
 	parts := make([]part, len(batch))
 	for i, rec := range batch {
 		parts[i].open = func(ctx context.Context) (io.ReadCloser, error) { return c.Blobs.Get(ctx, rec.Key(), 0, -1) }
 	}
 	ahead := openAhead(ctx, parts, gateway.OverNetwork(c.Blobs))
-	defer ahead.close()
-	buf := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(buf)
+	out := make([]client.Instance, len(batch))
 	for i, rec := range batch {
-		w, err := mw.CreatePart(partHeader())
-		if err != nil {
-			return err
-		}
-		rc, err := ahead.open(i)
-		if err != nil {
-			return &localError{fmt.Errorf("reading instance %s from local storage: %w", rec.SOPInstanceUID, err)}
-		}
-		sum := sha256.New()
-		n, err := io.CopyBuffer(w, io.TeeReader(rc, sum), *buf)
-		cerr := rc.Close()
-		if err != nil {
-			return err
-		}
-		if cerr != nil {
-			return &localError{fmt.Errorf("reading instance %s from local storage: %w", rec.SOPInstanceUID, cerr)}
-		}
-		if n != rec.Size || (rec.SHA256 != "" && hex.EncodeToString(sum.Sum(nil)) != rec.SHA256) {
-			return &localError{fmt.Errorf("local copy of instance %s is corrupt: its size or SHA-256 differs from the index; not sent", rec.SOPInstanceUID)}
-		}
+		out[i] = &blobPart{rec: rec, ahead: ahead, i: i}
 	}
-	return mw.Close()
+	return out, ahead.close
 }
 
 // stow sends one batch and returns the peer's answer per instance.
 func (c *Client) stow(ctx context.Context, pc *peerClient, peer gateway.Peer, h gateway.SendHeader, batch []*gateway.InstanceRecord) ([]gateway.SendResult, error) {
-	pr, pw := io.Pipe()
-	mw := multipart.NewWriter(pw)
-	length, err := multipartLength(mw.Boundary(), batch)
-	if err != nil {
-		return nil, &gateway.SendError{Peer: peer.Name, Err: err}
-	}
-	u := strings.TrimRight(peer.URL, "/") + "/studies/" + url.PathEscape(batch[0].StudyInstanceUID)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, pr)
-	if err != nil {
-		return nil, &gateway.SendError{Peer: peer.Name, Err: err}
-	}
-	req.ContentLength = length
-	req.Header.Set("Content-Type", `multipart/related; type="application/dicom"; boundary=`+mw.Boundary())
-	req.Header.Set("Accept", "application/dicom+json")
-	req.Header.Set(HeaderTransferID, h.TransferID)
-	req.Header.Set(HeaderSourceCentre, h.Source)
+	header := http.Header{}
+	header.Set(client.HeaderTransferID, h.TransferID)
+	header.Set(client.HeaderSourceCentre, h.Source)
 	if h.Total > 0 {
-		req.Header.Set(HeaderTransferInstances, strconv.Itoa(h.Total))
+		header.Set(client.HeaderTransferInstances, strconv.Itoa(h.Total))
 	}
-	c.authorize(req, peer)
-
-	var writeErr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		writeErr = c.writeParts(ctx, mw, batch)
-		pw.CloseWithError(writeErr)
-	}()
-	resp, err := pc.do(req)
-	pr.CloseWithError(errors.New("request finished")) // unblocks the writer if the request ended early
-	<-done
-	if le, ok := errors.AsType[*localError](writeErr); ok {
-		if resp != nil {
-			resp.Body.Close()
-		}
+	parts, release := c.blobParts(ctx, batch)
+	resp, err := c.peerAPI(pc, peer, "").Store(ctx, batch[0].StudyInstanceUID, parts, header)
+	release()
+	if le, ok := errors.AsType[*localError](err); ok {
 		temporary := errors.Is(le, gateway.ErrUnavailable)
 		return nil, &gateway.SendError{Peer: peer.Name, Temporary: temporary, Err: le}
 	}
@@ -357,36 +328,34 @@ func (c *Client) stow(ctx context.Context, pc *peerClient, peer gateway.Peer, h 
 		if ctx.Err() != nil {
 			return nil, context.Cause(ctx)
 		}
-		return nil, &gateway.SendError{Peer: peer.Name, Temporary: true, Err: fmt.Errorf("sending to %s: %w", redactURL(u), unwrapURLError(err))}
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
-	if err != nil {
-		return nil, &gateway.SendError{Peer: peer.Name, Status: resp.StatusCode, Temporary: true, Err: fmt.Errorf("reading the STOW-RS answer: %w", err)}
+		return nil, &gateway.SendError{Peer: peer.Name, Temporary: true, Err: fmt.Errorf("sending to %s: %w", redactURL(peer.URL), unwrapURLError(err))}
 	}
 	switch resp.StatusCode {
 	case http.StatusOK, http.StatusAccepted, http.StatusConflict:
-		res, perr := parseStowResponse(body, batch, resp.StatusCode == http.StatusOK)
+		res, perr := parseStowResponse(resp, batch)
 		if perr != nil {
 			if resp.StatusCode == http.StatusConflict {
-				return nil, &gateway.SendError{Peer: peer.Name, Status: resp.StatusCode, Err: fmt.Errorf("the request was refused: %s", snippet(body))}
+				return nil, &gateway.SendError{Peer: peer.Name, Status: resp.StatusCode, Err: fmt.Errorf("the request was refused: %s", client.Snippet(resp.Body))}
 			}
 			return nil, &gateway.SendError{Peer: peer.Name, Status: resp.StatusCode, Temporary: true, Err: fmt.Errorf("unreadable STOW-RS answer: %w", perr)}
 		}
 		return res, nil
 	}
-	return nil, statusError(peer, resp, body, length)
+	var length int64
+	for _, rec := range batch {
+		length += rec.Size
+	}
+	return nil, statusError(peer, resp.StatusCode, resp.Header, resp.Body, length)
 }
 
 // statusError turns a failed answer into a SendError an admin can act on.
-func statusError(peer gateway.Peer, resp *http.Response, body []byte, length int64) *gateway.SendError {
-	e := &gateway.SendError{Peer: peer.Name, Status: resp.StatusCode}
-	code := resp.StatusCode
+func statusError(peer gateway.Peer, code int, header http.Header, body []byte, length int64) *gateway.SendError {
+	e := &gateway.SendError{Peer: peer.Name, Status: code}
 	switch {
 	case code == http.StatusTooManyRequests || code == http.StatusRequestTimeout || code >= 500:
 		e.Temporary = true
-		e.RetryAfter = retryAfter(resp.Header.Get("Retry-After"), time.Now())
-		e.Err = fmt.Errorf("the peer is busy or unavailable: %s", snippet(body))
+		e.RetryAfter = retryAfter(header.Get("Retry-After"), time.Now())
+		e.Err = fmt.Errorf("the peer is busy or unavailable: %s", client.Snippet(body))
 	case code == http.StatusUnauthorized || code == http.StatusForbidden:
 		e.Err = fmt.Errorf("the peer refused this gateway's credentials; check the token or username/password configured for peer %s and its roles there", peer.Name)
 	case code == http.StatusNotFound:
@@ -394,7 +363,7 @@ func statusError(peer gateway.Peer, resp *http.Response, body []byte, length int
 	case code == http.StatusRequestEntityTooLarge:
 		e.Err = fmt.Errorf("a request of %d bytes is too large for the peer; lower max_request_bytes for peer %s", length, peer.Name)
 	default:
-		e.Err = fmt.Errorf("the request was refused: %s", snippet(body))
+		e.Err = fmt.Errorf("the request was refused: %s", client.Snippet(body))
 	}
 	return e
 }
@@ -414,17 +383,6 @@ func retryAfter(v string, now time.Time) time.Duration {
 	return 0
 }
 
-func snippet(body []byte) string {
-	s := strings.TrimSpace(string(body))
-	if len(s) > 300 {
-		s = s[:300] + "…"
-	}
-	if s == "" {
-		return "no details given"
-	}
-	return strings.ToValidUTF8(s, "?")
-}
-
 func unwrapURLError(err error) error {
 	if ue, ok := errors.AsType[*url.Error](err); ok {
 		return ue.Err
@@ -441,95 +399,25 @@ func redactURL(u string) string {
 	return p.Scheme + "://" + p.Host
 }
 
-// jsonAttr is one attribute of a DICOM JSON object, values left raw.
-type jsonAttr struct {
-	VR    string            `json:"vr"`
-	Value []json.RawMessage `json:"Value"`
-}
-
-type jsonObject map[string]jsonAttr
-
-func (o jsonObject) str(tag string) string {
-	a, ok := o[tag]
-	if !ok || len(a.Value) == 0 {
-		return ""
-	}
-	var s string
-	_ = json.Unmarshal(a.Value[0], &s)
-	return s
-}
-
-func (o jsonObject) items(tag string) []jsonObject {
-	var out []jsonObject
-	for _, raw := range o[tag].Value {
-		var item jsonObject
-		if json.Unmarshal(raw, &item) == nil {
-			out = append(out, item)
-		}
-	}
-	return out
-}
-
-// failureReasons names the STOW-RS FailureReason codes in words.
-var failureReasons = map[uint16]string{
-	gateway.ReasonProcessingFailure:         "processing failure",
-	gateway.ReasonDuplicateRejected:         "a different instance with this SOP Instance UID is already stored",
-	gateway.ReasonNoSuchSOPClass:            "SOP class not supported",
-	gateway.ReasonOutOfResources:            "out of resources",
-	gateway.ReasonDataSetSOPClassMismatch:   "data set does not match its SOP class",
-	gateway.ReasonCannotUnderstand:          "cannot understand the data set",
-	gateway.ReasonStudyUIDMismatch:          "Study Instance UID does not match the request",
-	gateway.ReasonTransferSyntaxUnsupported: "transfer syntax not supported",
-}
-
-// ReasonText is the admin-readable form of a FailureReason code.
-func ReasonText(code uint16) string {
-	if s, ok := failureReasons[code]; ok {
-		return fmt.Sprintf("%s (0x%04X)", s, code)
-	}
-	return fmt.Sprintf("refused with FailureReason 0x%04X", code)
-}
-
 // parseStowResponse reads the peer's STOW-RS answer: ReferencedSOPSequence
 // items are stored, FailedSOPSequence items refused with a FailureReason.
 // An instance of the batch the answer does not mention is reported as a
 // retryable failure, except after a 200 with no sequences at all, which
 // PS3.18 defines as "all stored".
-func parseStowResponse(body []byte, batch []*gateway.InstanceRecord, allOK bool) ([]gateway.SendResult, error) {
-	var obj jsonObject
-	trimmed := bytes.TrimSpace(body)
-	switch {
-	case len(trimmed) == 0:
-	case trimmed[0] == '[':
-		var arr []jsonObject
-		if err := json.Unmarshal(trimmed, &arr); err != nil {
-			return nil, err
-		}
-		if len(arr) > 0 {
-			obj = arr[0]
-		}
-	default:
-		if err := json.Unmarshal(trimmed, &obj); err != nil {
-			return nil, err
-		}
+func parseStowResponse(resp *client.StoreResponse, batch []*gateway.InstanceRecord) ([]gateway.SendResult, error) {
+	ans, err := resp.Answer()
+	if err != nil {
+		return nil, err
 	}
 	byUID := map[string]gateway.SendResult{}
-	for _, it := range obj.items("00081199") {
-		uid := it.str("00081155")
-		byUID[uid] = gateway.SendResult{SOPInstanceUID: uid, OK: true}
+	for _, it := range ans.Stored {
+		byUID[it.SOPInstanceUID] = gateway.SendResult{SOPInstanceUID: it.SOPInstanceUID, OK: true}
 	}
-	for _, it := range obj.items("00081198") {
-		uid := it.str("00081155")
-		var code uint16
-		if a := it["00081197"]; len(a.Value) > 0 {
-			var n float64
-			if json.Unmarshal(a.Value[0], &n) == nil {
-				code = uint16(n)
-			}
-		}
-		byUID[uid] = gateway.SendResult{SOPInstanceUID: uid, Reason: ReasonText(code), ReasonCode: code, Retryable: code&0xFF00 == 0xA700}
+	for _, it := range ans.Failed {
+		byUID[it.SOPInstanceUID] = gateway.SendResult{SOPInstanceUID: it.SOPInstanceUID, Reason: gateway.ReasonText(it.Reason), ReasonCode: it.Reason, Retryable: gateway.ReasonRetryable(it.Reason)}
 	}
 	none := len(byUID) == 0
+	allOK := resp.StatusCode == http.StatusOK
 	out := make([]gateway.SendResult, 0, len(batch))
 	for _, rec := range batch {
 		r, ok := byUID[rec.SOPInstanceUID]
@@ -556,9 +444,13 @@ func (c *Client) Verify(ctx context.Context, peer gateway.Peer, studyUID string,
 	if err != nil {
 		return nil, &gateway.SendError{Peer: peer.Name, Err: err}
 	}
-	listed, err := c.qidoInstances(ctx, pc, peer, studyUID)
+	uids, err := c.peerAPI(pc, peer, "").StudyInstances(ctx, studyUID, qidoPage)
 	if err != nil {
-		return nil, err
+		return nil, queryError(ctx, peer, peer.URL, err)
+	}
+	listed := make(map[string]bool, len(uids))
+	for _, uid := range uids {
+		listed[uid] = true
 	}
 	v := &gateway.Verification{}
 	for _, rec := range instances {
@@ -568,9 +460,13 @@ func (c *Client) Verify(ctx context.Context, peer gateway.Peer, studyUID string,
 	}
 	v.Checked = fmt.Sprintf("qido: %d/%d instances listed", len(instances)-len(v.Missing), len(instances))
 	if peer.Gateway {
-		sums, err := c.remoteSHA256(ctx, pc, peer, studyUID)
+		admin, err := AdminURL(peer)
 		if err != nil {
-			return nil, err
+			return nil, &gateway.SendError{Peer: peer.Name, Err: err}
+		}
+		sums, err := c.peerAPI(pc, peer, admin).StudySHA256(ctx, studyUID, true)
+		if err != nil {
+			return nil, queryError(ctx, peer, admin, err)
 		}
 		same := 0
 		for _, rec := range instances {
@@ -589,72 +485,26 @@ func (c *Client) Verify(ctx context.Context, peer gateway.Peer, studyUID string,
 	return v, nil
 }
 
-// get performs a GET within the peer's request bound and returns the body
-// of a 2xx answer (nil for 204 and, when notFoundEmpty, 404).
-func (c *Client) get(ctx context.Context, pc *peerClient, peer gateway.Peer, u, accept string, notFoundEmpty bool) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return nil, &gateway.SendError{Peer: peer.Name, Err: err}
+// queryError turns a failed QIDO-RS or admin API call into a SendError.
+func queryError(ctx context.Context, peer gateway.Peer, u string, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
-	req.Header.Set("Accept", accept)
-	c.authorize(req, peer)
-	resp, err := pc.do(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+	if se, ok := errors.AsType[*client.Error](err); ok {
+		e := statusError(peer, se.StatusCode, se.Header, se.Body, 0)
+		if se.StatusCode == http.StatusNotFound {
+			e.Err = fmt.Errorf("not found at %s", redactURL(u))
 		}
-		return nil, &gateway.SendError{Peer: peer.Name, Temporary: true, Err: fmt.Errorf("querying %s: %w", redactURL(u), unwrapURLError(err))}
+		return e
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return nil, &gateway.SendError{Peer: peer.Name, Status: resp.StatusCode, Temporary: true, Err: err}
+	if _, ok := errors.AsType[*url.Error](err); ok {
+		return &gateway.SendError{Peer: peer.Name, Temporary: true, Err: fmt.Errorf("querying %s: %w", redactURL(u), unwrapURLError(err))}
 	}
-	switch {
-	case resp.StatusCode == http.StatusNoContent, resp.StatusCode == http.StatusNotFound && notFoundEmpty:
-		return nil, nil
-	case resp.StatusCode/100 == 2:
-		return body, nil
-	}
-	e := statusError(peer, resp, body, 0)
-	if resp.StatusCode == http.StatusNotFound {
-		e.Err = fmt.Errorf("not found at %s", redactURL(u))
-	}
-	return nil, e
+	return &gateway.SendError{Peer: peer.Name, Temporary: true, Err: err}
 }
 
 // qidoPage is the page size asked for; a peer may answer with fewer.
 const qidoPage = 1000
-
-func (c *Client) qidoInstances(ctx context.Context, pc *peerClient, peer gateway.Peer, studyUID string) (map[string]bool, error) {
-	listed := map[string]bool{}
-	base := strings.TrimRight(peer.URL, "/") + "/studies/" + url.PathEscape(studyUID) + "/instances"
-	for offset := 0; ; {
-		u := fmt.Sprintf("%s?limit=%d&offset=%d&includefield=00080018", base, qidoPage, offset)
-		body, err := c.get(ctx, pc, peer, u, "application/dicom+json", true)
-		if err != nil {
-			return nil, err
-		}
-		if len(bytes.TrimSpace(body)) == 0 {
-			return listed, nil
-		}
-		var page []jsonObject
-		if err := json.Unmarshal(body, &page); err != nil {
-			return nil, &gateway.SendError{Peer: peer.Name, Temporary: true, Err: fmt.Errorf("unreadable QIDO-RS answer: %w", err)}
-		}
-		fresh := 0
-		for _, o := range page {
-			if uid := o.str("00080018"); uid != "" && !listed[uid] {
-				listed[uid] = true
-				fresh++
-			}
-		}
-		if len(page) == 0 || fresh == 0 {
-			return listed, nil
-		}
-		offset += len(page)
-	}
-}
 
 // AdminURL returns the peer's admin API root: AdminURL if configured, else
 // URL with a trailing /dicomweb replaced by /api/v1.
@@ -669,27 +519,10 @@ func AdminURL(p gateway.Peer) (string, error) {
 	return "", fmt.Errorf("peer %s: cannot derive the admin API from url %s; set admin_url", p.Name, gateway.RedactURL(p.URL))
 }
 
-// studySHA256 is the answer of GET /api/v1/studies/{study}/sha256.
+// studySHA256 is the answer of GET /api/v1/studies/{study}/sha256, which
+// client.Client.StudySHA256 reads.
 type studySHA256 struct {
 	StudyUID  string            `json:"study_uid"`
 	Source    string            `json:"source"`
 	Instances map[string]string `json:"instances"`
-}
-
-func (c *Client) remoteSHA256(ctx context.Context, pc *peerClient, peer gateway.Peer, studyUID string) (map[string]string, error) {
-	admin, err := AdminURL(peer)
-	if err != nil {
-		return nil, &gateway.SendError{Peer: peer.Name, Err: err}
-	}
-	body, err := c.get(ctx, pc, peer, admin+"/studies/"+url.PathEscape(studyUID)+"/sha256?recompute=true", "application/json", true)
-	if err != nil {
-		return nil, err
-	}
-	var ans studySHA256
-	if len(body) > 0 {
-		if err := json.Unmarshal(body, &ans); err != nil {
-			return nil, &gateway.SendError{Peer: peer.Name, Temporary: true, Err: fmt.Errorf("unreadable SHA-256 answer: %w", err)}
-		}
-	}
-	return ans.Instances, nil
 }

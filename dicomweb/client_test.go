@@ -4,14 +4,18 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
+	"mime"
 	"mime/multipart"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/dicom-gateway/gateway/client"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/storage/filesystem"
 )
@@ -60,7 +64,7 @@ func TestRequestBytes(t *testing.T) {
 }
 
 // TestMultipartLengthIsExact: the Content-Length computed up front equals
-// the body writeParts streams, and the body parses back into the instances;
+// the body the client streams from blob storage, and the body parses back into the instances;
 // a blob whose hash differs from the index is refused as a local error.
 func TestMultipartLengthIsExact(t *testing.T) {
 	blobs, err := filesystem.New(t.TempDir())
@@ -81,20 +85,36 @@ func TestMultipartLengthIsExact(t *testing.T) {
 		stored[r.Key()] = data
 		batch = append(batch, r)
 	}
+	// A receiver that keeps what it was sent.
+	var got struct {
+		contentLength int64
+		contentType   string
+		body          []byte
+	}
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.contentLength, got.contentType = r.ContentLength, r.Header.Get("Content-Type")
+		got.body, _ = io.ReadAll(r.Body)
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer ts.Close()
 	c := NewClient(blobs)
-	var body bytes.Buffer
-	mw := multipart.NewWriter(&body)
-	want, err := multipartLength(mw.Boundary(), batch)
+	send := func() error {
+		parts, release := c.blobParts(t.Context(), batch)
+		defer release()
+		_, err := (&client.Client{DICOMweb: ts.URL}).Store(t.Context(), "", parts, nil)
+		return err
+	}
+	if err := send(); err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(got.body)) != got.contentLength {
+		t.Fatalf("body is %d bytes, Content-Length said %d", len(got.body), got.contentLength)
+	}
+	_, params, err := mime.ParseMediaType(got.contentType)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.writeParts(t.Context(), mw, batch); err != nil {
-		t.Fatal(err)
-	}
-	if got := int64(body.Len()); got != want {
-		t.Fatalf("body is %d bytes, Content-Length said %d", got, want)
-	}
-	mr := multipart.NewReader(&body, mw.Boundary())
+	mr := multipart.NewReader(bytes.NewReader(got.body), params["boundary"])
 	for i := 0; ; i++ {
 		p, err := mr.NextRawPart()
 		if err == io.EOF {
@@ -113,9 +133,9 @@ func TestMultipartLengthIsExact(t *testing.T) {
 	}
 
 	batch[2].SHA256 = strings.Repeat("0", 64)
-	err = c.writeParts(t.Context(), multipart.NewWriter(io.Discard), batch)
-	if _, ok := err.(*localError); !ok || !strings.Contains(err.Error(), "corrupt") {
-		t.Fatalf("writeParts with a corrupt blob = %v, want a local corruption error", err)
+	err = send()
+	if _, ok := errors.AsType[*localError](err); !ok || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("sending a corrupt blob = %v, want a local corruption error", err)
 	}
 }
 
@@ -126,7 +146,7 @@ func TestParseStowResponse(t *testing.T) {
 	 "00081198":{"vr":"SQ","Value":[
 	   {"00081155":{"vr":"UI","Value":["2"]},"00081197":{"vr":"US","Value":[272]}},
 	   {"00081155":{"vr":"UI","Value":["3"]},"00081197":{"vr":"US","Value":[42752]}}]}}`
-	res, err := parseStowResponse([]byte(body), []*gateway.InstanceRecord{rec("1", 10), rec("2", 10), rec("3", 10), rec("4", 10)}, false)
+	res, err := parseStowResponse(&client.StoreResponse{StatusCode: http.StatusAccepted, Body: []byte(body)}, []*gateway.InstanceRecord{rec("1", 10), rec("2", 10), rec("3", 10), rec("4", 10)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,11 +159,11 @@ func TestParseStowResponse(t *testing.T) {
 	if !slices.Equal(res, want) {
 		t.Fatalf("results\n%+v\nwant\n%+v", res, want)
 	}
-	res, err = parseStowResponse(nil, []*gateway.InstanceRecord{rec("1", 10)}, true)
+	res, err = parseStowResponse(&client.StoreResponse{StatusCode: http.StatusOK}, []*gateway.InstanceRecord{rec("1", 10)})
 	if err != nil || len(res) != 1 || !res[0].OK {
 		t.Fatalf("empty 200 answer = %+v, %v; want all stored", res, err)
 	}
-	if _, err := parseStowResponse([]byte("<html>"), nil, false); err == nil {
+	if _, err := parseStowResponse(&client.StoreResponse{StatusCode: http.StatusAccepted, Body: []byte("<html>")}, nil); err == nil {
 		t.Fatal("an HTML answer parsed")
 	}
 }

@@ -295,7 +295,7 @@ func incomingOf(studyUID, sopUID string, size int64, err error) gateway.Incoming
 	if err != nil {
 		in.Reason = err.Error()
 		if ie, ok := errors.AsType[*gateway.InstanceError](err); ok && ie.Reason != 0 {
-			in.Reason = ReasonText(ie.Reason) + ": " + ie.Err.Error()
+			in.Reason = gateway.ReasonText(ie.Reason) + ": " + ie.Err.Error()
 		}
 	}
 	return in

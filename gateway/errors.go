@@ -49,6 +49,33 @@ const (
 	WarningDataSetMismatch   uint16 = 0xB007
 )
 
+// reasonTexts names each FailureReason for people: the transfer sender's
+// refusals, the admin API's per-instance failures and gateway store's
+// summary all read this one table.
+var reasonTexts = map[uint16]string{
+	ReasonProcessingFailure:         "processing failure",
+	ReasonDuplicateRejected:         "a different instance with this SOP Instance UID is already stored",
+	ReasonNoSuchSOPClass:            "SOP class not supported",
+	ReasonOutOfResources:            "out of resources",
+	ReasonDataSetSOPClassMismatch:   "data set does not match its SOP class or the study: missing UIDs or another study",
+	ReasonCannotUnderstand:          "cannot understand the data set: not DICOM, malformed or truncated",
+	ReasonStudyUIDMismatch:          "Study Instance UID does not match the request",
+	ReasonTransferSyntaxUnsupported: "transfer syntax not supported",
+}
+
+// ReasonText is the readable form of a STOW-RS FailureReason code, with
+// the code: "out of resources (0xA700)".
+func ReasonText(code uint16) string {
+	if s, ok := reasonTexts[code]; ok {
+		return fmt.Sprintf("%s (0x%04X)", s, code)
+	}
+	return fmt.Sprintf("refused with FailureReason 0x%04X", code)
+}
+
+// ReasonRetryable reports whether a FailureReason may succeed if sent
+// again later: the A7xx class, "out of resources" (PS3.4 Annex GG.4).
+func ReasonRetryable(code uint16) bool { return code&0xFF00 == 0xA700 }
+
 // InstanceError is the failure of one instance inside a STOW-RS request. It
 // carries the FailureReason that dicomweb writes into the FailedSOPSequence.
 type InstanceError struct {

@@ -2,24 +2,20 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"io/fs"
-	"mime/multipart"
 	"net/http"
-	"net/textproto"
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/dicom-gateway/gateway/dicomcodec"
+	"github.com/dicom-gateway/gateway/client"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -76,8 +72,7 @@ func runStore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	failures := map[string][]string{} // reason → files
 	var skipped []string
 	start := time.Now()
-	client := &http.Client{}
-	url := strings.TrimRight(*base, "/") + "/studies"
+	api := &client.Client{DICOMweb: *base, Token: *token}
 
 	done := make(chan struct{})
 	go func() {
@@ -103,7 +98,7 @@ func runStore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 					mu.Unlock()
 					continue
 				}
-				n, reason := storeFile(ctx, client, url, *token, path)
+				n, reason := storeFile(ctx, api, path)
 				bytesSent.Add(n)
 				if reason == "" {
 					stored.Add(1)
@@ -182,81 +177,32 @@ func printProgress(w io.Writer, stored, failed, n int64, d time.Duration) {
 		stored, failed, float64(n)/1e6, float64(stored+failed)/sec, float64(n)/1e6/sec)
 }
 
-// reasonNames names the FailureReason codes in the summary.
-var reasonNames = map[int64]string{
-	int64(gateway.ReasonProcessingFailure):         "processing failure",
-	int64(gateway.ReasonDuplicateRejected):         "duplicate with different content",
-	int64(gateway.ReasonNoSuchSOPClass):            "SOP class not supported",
-	int64(gateway.ReasonOutOfResources):            "out of resources / storage unavailable",
-	int64(gateway.ReasonDataSetSOPClassMismatch):   "data set does not match (missing UIDs or other study)",
-	int64(gateway.ReasonCannotUnderstand):          "cannot understand (not DICOM, malformed or truncated)",
-	int64(gateway.ReasonTransferSyntaxUnsupported): "transfer syntax not supported",
-}
-
 // storeFile sends one file as a one-part STOW-RS request, streamed, and
 // returns the bytes sent and "" or the reason it was not stored.
-func storeFile(ctx context.Context, client *http.Client, url, token, path string) (int64, string) {
-	f, err := os.Open(path)
+func storeFile(ctx context.Context, api *client.Client, path string) (int64, string) {
+	f, err := client.NewFile(path)
 	if err != nil {
 		return 0, "cannot read file"
 	}
-	defer f.Close()
-	info, _ := f.Stat()
-	pr, pw := io.Pipe()
-	mw := multipart.NewWriter(pw)
-	go func() {
-		part, err := mw.CreatePart(textproto.MIMEHeader{"Content-Type": {"application/dicom"}})
-		if err == nil {
-			_, err = io.Copy(part, f)
-		}
-		if err == nil {
-			err = mw.Close()
-		}
-		pw.CloseWithError(err)
-	}()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, pr)
+	resp, err := api.Store(ctx, "", []client.Instance{f}, nil)
 	if err != nil {
-		pr.CloseWithError(err)
-		return 0, "bad --url"
-	}
-	req.Header.Set("Content-Type", `multipart/related; type="application/dicom"; boundary=`+mw.Boundary())
-	req.Header.Set("Accept", "application/dicom+json")
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := client.Do(req)
-	pr.CloseWithError(io.ErrClosedPipe)
-	if err != nil {
+		if _, ok := errors.AsType[*client.InstanceWriteError](err); ok {
+			return 0, "cannot read file"
+		}
 		return 0, "request failed: " + err.Error()
 	}
-	defer resp.Body.Close()
-	size := int64(0)
-	if info != nil {
-		size = info.Size()
-	}
 	if resp.StatusCode == http.StatusOK {
-		io.Copy(io.Discard, resp.Body)
-		return size, ""
+		return f.Size(), ""
 	}
-	var ds dicomcodec.Dataset
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&ds); err == nil {
-		if resp.StatusCode == http.StatusAccepted && len(ds["00081198"].Value) == 0 && len(ds["00081199"].Value) > 0 {
+	if ans, err := resp.Answer(); err == nil {
+		if resp.StatusCode == http.StatusAccepted && len(ans.Failed) == 0 && len(ans.Stored) > 0 {
 			// Stored with a warning (PS3.18 10.5.3: 202 without failures),
 			// e.g. a UID with a leading zero in a component.
-			return size, ""
+			return f.Size(), ""
 		}
-		for _, it := range ds["00081198"].Value {
-			if item, ok := it.(dicomcodec.Dataset); ok {
-				if v := item["00081197"].Value; len(v) == 1 {
-					code, _ := v[0].(int64)
-					name := reasonNames[code]
-					if name == "" {
-						name = "failure"
-					}
-					return size, fmt.Sprintf("0x%04X %s", code, name)
-				}
-			}
+		if len(ans.Failed) > 0 {
+			return f.Size(), gateway.ReasonText(ans.Failed[0].Reason)
 		}
 	}
-	return size, fmt.Sprintf("HTTP %d", resp.StatusCode)
+	return f.Size(), fmt.Sprintf("HTTP %d", resp.StatusCode)
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,12 +8,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/dicom-gateway/gateway/client"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -34,10 +33,8 @@ Common flags (also GATEWAY_URL, GATEWAY_TOKEN):
 
 // transferCLI talks to a gateway's admin API.
 type transferCLI struct {
-	base   string
-	token  string
+	api    *client.Client
 	json   bool
-	http   *http.Client
 	stdout io.Writer
 }
 
@@ -50,9 +47,9 @@ func runTransfer(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("transfer "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cli := &transferCLI{http: &http.Client{Timeout: time.Minute}, stdout: stdout}
-	fs.StringVar(&cli.base, "url", envOr("GATEWAY_URL", "http://127.0.0.1:8080"), "gateway base URL")
-	fs.StringVar(&cli.token, "token", os.Getenv("GATEWAY_TOKEN"), "bearer token")
+	cli := &transferCLI{stdout: stdout}
+	base := fs.String("url", envOr("GATEWAY_URL", "http://127.0.0.1:8080"), "gateway base URL")
+	token := fs.String("token", os.Getenv("GATEWAY_TOKEN"), "bearer token")
 	fs.BoolVar(&cli.json, "json", false, "print JSON")
 	study := fs.String("study", "", "Study Instance UID")
 	to := fs.String("to", "", "destination peer")
@@ -73,7 +70,9 @@ func runTransfer(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		pos = append(pos, fs.Arg(0))
 		args = fs.Args()[1:]
 	}
-	cli.base = strings.TrimRight(cli.base, "/")
+	cli.api = client.New(*base)
+	cli.api.Token = *token
+	cli.api.HTTP = &http.Client{Timeout: time.Minute}
 	needID := func() (string, error) {
 		if len(pos) != 1 {
 			return "", fmt.Errorf("transfer %s needs one transfer ID", sub)
@@ -89,28 +88,17 @@ func runTransfer(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if *urgent {
 			p = gateway.PriorityUrgent
 		}
-		var t gateway.Transfer
-		if err := cli.do(ctx, http.MethodPost, "/api/v1/transfers", gateway.CreateTransfer{StudyUID: *study, Destination: *to, Priority: p}, &t); err != nil {
+		t, err := cli.api.CreateTransfer(ctx, gateway.CreateTransfer{StudyUID: *study, Destination: *to, Priority: p})
+		if err != nil {
 			return err
 		}
-		return cli.printTransfer(&t)
+		return cli.printTransfer(t)
 	case "list":
-		q := url.Values{}
-		for k, v := range map[string]string{"state": *state, "study_uid": *study, "destination": *to} {
-			if v != "" {
-				q.Set(k, v)
-			}
-		}
-		if *incoming {
-			q.Set("direction", gateway.DirectionIncoming)
-		}
-		var ans struct {
-			Transfers []*gateway.Transfer `json:"transfers"`
-		}
-		if err := cli.do(ctx, http.MethodGet, "/api/v1/transfers?"+q.Encode(), nil, &ans); err != nil {
+		ts, err := cli.api.ListTransfers(ctx, client.TransferQuery{State: *state, StudyUID: *study, Destination: *to, Incoming: *incoming})
+		if err != nil {
 			return err
 		}
-		return cli.printList(ans.Transfers)
+		return cli.printList(ts)
 	case "show":
 		id, err := needID()
 		if err != nil {
@@ -119,35 +107,37 @@ func runTransfer(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if *watch {
 			return cli.watch(ctx, id, *interval)
 		}
-		var t gateway.Transfer
-		if err := cli.do(ctx, http.MethodGet, "/api/v1/transfers/"+url.PathEscape(id), nil, &t); err != nil {
+		t, err := cli.api.Transfer(ctx, id)
+		if err != nil {
 			return err
 		}
-		return cli.printTransfer(&t)
+		return cli.printTransfer(t)
 	case "cancel", "retry":
 		id, err := needID()
 		if err != nil {
 			return err
 		}
-		var t gateway.Transfer
-		if err := cli.do(ctx, http.MethodPost, "/api/v1/transfers/"+url.PathEscape(id)+"/"+sub, nil, &t); err != nil {
+		action := cli.api.CancelTransfer
+		if sub == "retry" {
+			action = cli.api.RetryTransfer
+		}
+		t, err := action(ctx, id)
+		if err != nil {
 			return err
 		}
-		return cli.printTransfer(&t)
+		return cli.printTransfer(t)
 	case "peers":
-		var ans struct {
-			Peers []map[string]any `json:"peers"`
-		}
-		if err := cli.do(ctx, http.MethodGet, "/api/v1/peers", nil, &ans); err != nil {
+		peers, err := cli.api.Peers(ctx)
+		if err != nil {
 			return err
 		}
 		if cli.json {
-			return json.NewEncoder(cli.stdout).Encode(ans)
+			return json.NewEncoder(cli.stdout).Encode(map[string]any{"peers": peers})
 		}
 		tw := tabwriter.NewWriter(cli.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "NAME\tURL\tAUTH\tGATEWAY")
-		for _, p := range ans.Peers {
-			fmt.Fprintf(tw, "%v\t%v\t%v\t%v\n", p["name"], p["url"], p["auth"], p["gateway"])
+		for _, p := range peers {
+			fmt.Fprintf(tw, "%v\t%v\t%v\t%v\n", p.Name, p.URL, p.Auth, p.Gateway)
 		}
 		return tw.Flush()
 	}
@@ -159,48 +149,6 @@ func envOr(key, def string) string {
 		return v
 	}
 	return def
-}
-
-// do sends one API request and decodes the JSON answer into out; an error
-// answer becomes an error carrying the gateway's message.
-func (c *transferCLI) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		data, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(data)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
-	if err != nil {
-		return err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode/100 != 2 {
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return fmt.Errorf("%s (HTTP %d)", e.Error, resp.StatusCode)
-		}
-		return fmt.Errorf("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(data)))
-	}
-	return json.Unmarshal(data, out)
 }
 
 func (c *transferCLI) printList(ts []*gateway.Transfer) error {
@@ -257,13 +205,13 @@ func (c *transferCLI) watch(ctx context.Context, id string, every time.Duration)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
-		var t gateway.Transfer
-		if err := c.do(ctx, http.MethodGet, "/api/v1/transfers/"+url.PathEscape(id), nil, &t); err != nil {
+		t, err := c.api.Transfer(ctx, id)
+		if err != nil {
 			return err
 		}
 		if t.State.Terminal() {
 			fmt.Fprintln(c.stdout)
-			return c.printTransfer(&t)
+			return c.printTransfer(t)
 		}
 		fmt.Fprintf(c.stdout, "\r%s %-9s %s %d/%d %s   ", t.ID, t.State, bar(t.InstancesSent, t.InstancesTotal, 30), t.InstancesSent, t.InstancesTotal, humanBytes(t.BytesSent))
 		select {
