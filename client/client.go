@@ -38,6 +38,14 @@ type Client struct {
 	Username, Password string
 	// UserAgent, when set, is sent with every request.
 	UserAgent string
+	// RetryStaleConnection has Store send a request again, once, on a new
+	// connection, when its connection failed before 1 MiB of the body was
+	// sent: a kept-alive connection the server closed just as the request
+	// went out (Orthanc closes connections idle for 500 ms, and Go retries
+	// only requests it can replay itself). Set it only when every
+	// Instance's WriteTo can run twice; STOW-RS of the same bytes is
+	// idempotent.
+	RetryStaleConnection bool
 }
 
 // New returns a Client for the gateway at base (scheme://host:port): its
@@ -186,6 +194,17 @@ func (c *Client) adminJSON(ctx context.Context, method, path string, in, out any
 		return nil
 	}
 	return json.Unmarshal(data, out)
+}
+
+// GetJSON GETs u, an absolute URL (a server's own REST API, such as
+// Orthanc's), with the client's credentials and decodes a 2xx answer into
+// out.
+func (c *Client) GetJSON(ctx context.Context, u string, out any) error {
+	body, err := c.get(ctx, u, "application/json", false)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(body, out)
 }
 
 // CreateTransfer asks the gateway to send a study to a peer

@@ -153,15 +153,32 @@ func (c *Client) Store(ctx context.Context, studyUID string, instances []Instanc
 	if studyUID != "" {
 		u += "/" + url.PathEscape(studyUID)
 	}
+	resp, sent, err := c.store(ctx, u, instances, header)
+	if err != nil && c.RetryStaleConnection && sent < staleConnectionBytes && ctx.Err() == nil {
+		if _, ok := errors.AsType[*InstanceWriteError](err); !ok {
+			c.httpClient().CloseIdleConnections()
+			resp, _, err = c.store(ctx, u, instances, header)
+		}
+	}
+	return resp, err
+}
+
+// staleConnectionBytes: a request whose connection failed before this
+// much of its body was sent is retried under RetryStaleConnection.
+const staleConnectionBytes = 1 << 20
+
+// store sends one STOW-RS request and returns its answer and how many body
+// bytes went into the pipe.
+func (c *Client) store(ctx context.Context, u string, instances []Instance, header http.Header) (*StoreResponse, int64, error) {
 	pr, pw := io.Pipe()
 	mw := multipart.NewWriter(pw)
 	length, err := multipartLength(mw.Boundary(), instances)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	req, err := c.newRequest(ctx, http.MethodPost, u, pr)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	req.ContentLength = length
 	for k, vs := range header {
@@ -170,11 +187,12 @@ func (c *Client) Store(ctx context.Context, studyUID string, instances []Instanc
 	req.Header.Set("Content-Type", `multipart/related; type="application/dicom"; boundary=`+mw.Boundary())
 	req.Header.Set("Accept", "application/dicom+json")
 
+	cw := &countingWriter{w: pw}
 	var writeErr error
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		writeErr = writeParts(pw, instances, mw.Boundary())
+		writeErr = writeParts(cw, instances, mw.Boundary())
 		pw.CloseWithError(writeErr)
 	}()
 	resp, err := c.httpClient().Do(req)
@@ -186,17 +204,30 @@ func (c *Client) Store(ctx context.Context, studyUID string, instances []Instanc
 		if resp != nil {
 			resp.Body.Close()
 		}
-		return nil, writeErr
+		return nil, cw.n, writeErr
 	}
 	if err != nil {
-		return nil, err
+		return nil, cw.n, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
 	if err != nil {
-		return nil, fmt.Errorf("reading the STOW-RS answer: %w", err)
+		return nil, cw.n, fmt.Errorf("reading the STOW-RS answer: %w", err)
 	}
-	return &StoreResponse{StatusCode: resp.StatusCode, Header: resp.Header, Body: body}, nil
+	return &StoreResponse{StatusCode: resp.StatusCode, Header: resp.Header, Body: body}, cw.n, nil
+}
+
+// countingWriter counts the bytes written through it; read only after the
+// writer goroutine has ended.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (cw *countingWriter) Write(p []byte) (int, error) {
+	n, err := cw.w.Write(p)
+	cw.n += int64(n)
+	return n, err
 }
 
 // InstanceWriteError is the failure of an instance's WriteTo.

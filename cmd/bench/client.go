@@ -2,19 +2,16 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/dicom-gateway/gateway/client"
+	"github.com/dicom-gateway/gateway/internal/cluster"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
 
@@ -31,7 +28,9 @@ func newClient(conns int) *http.Client {
 	// one just as it closes fails, and Go retries only replayable requests.
 	// Dropping idle connections first keeps the bench out of that race.
 	tr.IdleConnTimeout = 250 * time.Millisecond
-	return &http.Client{Transport: tr}
+	// No request of the bench may hang: ten minutes is far beyond the
+	// slowest STOW-RS batch.
+	return &http.Client{Transport: tr, Timeout: 10 * time.Minute}
 }
 
 // httpError is a non-2xx answer, kept verbatim for the report.
@@ -50,168 +49,52 @@ func readErr(resp *http.Response) error {
 	return &httpError{resp.Request.Method, resp.Request.URL.Path, resp.Status, strings.TrimSpace(string(b))}
 }
 
-// stowBody streams instances as one multipart/related request body, with
-// the exact Content-Length computed up front (some servers refuse chunked
-// uploads). Pixel data is generated while it is sent, never held whole.
-type stowBody struct {
-	boundary  string
-	length    int64
-	bytes     int64 // DICOM bytes only, without multipart framing
-	instances []synth.Instance
+// stowClient is the project's client for a target's DICOMweb root,
+// sending through c. Requests that meet a connection the server had just
+// closed are retried once (RetryStaleConnection): synthetic instances are
+// generated again for the retry.
+func stowClient(c *http.Client, root string) *client.Client {
+	return &client.Client{DICOMweb: root, HTTP: c, RetryStaleConnection: true}
 }
 
-func newStowBody(instances []synth.Instance) *stowBody {
-	var b [12]byte
-	_, _ = rand.Read(b[:])
-	s := &stowBody{boundary: "bench-" + hex.EncodeToString(b[:]), instances: instances}
-	for _, in := range instances {
-		n := in.Size()
-		s.bytes += n
-		s.length += int64(len(s.partHeader())) + n + 2
+// checkStored fails unless the STOW-RS answer is 200 with no
+// FailedSOPSequence and every instance of the request referenced.
+func checkStored(resp *client.StoreResponse, err error, n int) error {
+	if err != nil {
+		return err
 	}
-	s.length += int64(len(s.trailer()))
-	return s
-}
-
-func (s *stowBody) partHeader() string {
-	return "--" + s.boundary + "\r\nContent-Type: application/dicom\r\n\r\n"
-}
-func (s *stowBody) trailer() string { return "--" + s.boundary + "--\r\n" }
-
-func (s *stowBody) contentType() string {
-	return `multipart/related; type="application/dicom"; boundary=` + s.boundary
-}
-
-func (s *stowBody) writeTo(w io.Writer) error {
-	for _, in := range s.instances {
-		if _, err := io.WriteString(w, s.partHeader()); err != nil {
-			return err
-		}
-		if _, err := in.WriteTo(w); err != nil {
-			return err
-		}
-		if _, err := io.WriteString(w, "\r\n"); err != nil {
-			return err
-		}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("STOW: HTTP %d: %.600s", resp.StatusCode, client.Snippet(resp.Body))
 	}
-	_, err := io.WriteString(w, s.trailer())
-	return err
+	ans, err := resp.Answer()
+	if err != nil {
+		return fmt.Errorf("STOW response is not DICOM JSON: %v: %.200s", err, resp.Body)
+	}
+	if len(ans.Failed) > 0 {
+		return fmt.Errorf("STOW: %d of %d instances failed: %.300s", len(ans.Failed), n, resp.Body)
+	}
+	if len(ans.Stored) != n {
+		return fmt.Errorf("STOW: %d instances referenced in the answer, want %d", len(ans.Stored), n)
+	}
+	return nil
 }
 
 // stow sends instances in one STOW-RS request to root/studies and checks
-// that the answer is 200 with no FailedSOPSequence. A connection that fails
-// before 1 MiB of the body is sent (a kept-alive connection the server had
-// just closed) is retried once; STOW of the same bytes is idempotent.
+// the answer (checkStored).
 func stow(ctx context.Context, c *http.Client, root string, instances []synth.Instance) error {
-	sent, err := stowOnce(ctx, c, root, instances)
-	var he *httpError
-	if err != nil && !errors.As(err, &he) && sent < 1<<20 && ctx.Err() == nil {
-		if tr, ok := c.Transport.(*http.Transport); ok {
-			tr.CloseIdleConnections()
-		}
-		_, err = stowOnce(ctx, c, root, instances)
-	}
-	return err
-}
-
-type countingWriter struct {
-	w io.Writer
-	n atomic.Int64
-}
-
-func (cw *countingWriter) Write(p []byte) (int, error) {
-	n, err := cw.w.Write(p)
-	cw.n.Add(int64(n))
-	return n, err
-}
-
-func stowOnce(ctx context.Context, c *http.Client, root string, instances []synth.Instance) (sent int64, err error) {
-	body := newStowBody(instances)
-	pr, pw := io.Pipe()
-	cw := &countingWriter{w: pw}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		pw.CloseWithError(body.writeTo(cw))
-	}()
-	defer func() { sent = cw.n.Load() }() // runs after wg.Wait: the writer is done
-	defer wg.Wait()
-	defer pr.Close() // unblocks the writer if the request ends early
-
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, root+"/studies", pr)
-	if err != nil {
-		return 0, err
-	}
-	req.ContentLength = body.length
-	req.Header.Set("Content-Type", body.contentType())
-	req.Header.Set("Accept", "application/dicom+json")
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, readErr(resp)
-	}
-	var out map[string]struct {
-		Value []json.RawMessage `json:"Value"`
-	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return 0, err
-	}
-	if err := json.Unmarshal(data, &out); err != nil {
-		return 0, fmt.Errorf("STOW response is not DICOM JSON: %v: %.200s", err, data)
-	}
-	if f := out["00081198"]; len(f.Value) > 0 {
-		return 0, fmt.Errorf("STOW: %d of %d instances failed: %.300s", len(f.Value), len(instances), data)
-	}
-	if got := len(out["00081199"].Value); got != len(instances) {
-		return 0, fmt.Errorf("STOW: %d instances referenced in the answer, want %d", got, len(instances))
-	}
-	return 0, nil
+	resp, err := stowClient(c, root).Store(ctx, "", cluster.Instances(instances), nil)
+	return checkStored(resp, err, len(instances))
 }
 
 // stowAll sends instances in requests of batch instances each, conc at a
 // time, and returns the wall time. The first error stops it.
-func stowAll(parent context.Context, c *http.Client, root string, instances []synth.Instance, batch, conc int) (time.Duration, error) {
-	batch, conc = max(batch, 1), max(conc, 1)
-	ctx, cancel := context.WithCancel(parent)
-	defer cancel()
-	var (
-		next     atomic.Int64
-		firstErr error
-		once     sync.Once
-		wg       sync.WaitGroup
-	)
-	nBatches := (len(instances) + batch - 1) / batch
+func stowAll(ctx context.Context, c *http.Client, root string, instances []synth.Instance, batch, conc int) (time.Duration, error) {
 	start := time.Now()
-	for range conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= nBatches || ctx.Err() != nil {
-					return
-				}
-				part := instances[i*batch : min((i+1)*batch, len(instances))]
-				rctx, rcancel := context.WithTimeout(ctx, 10*time.Minute)
-				err := stow(rctx, c, root, part)
-				rcancel()
-				if err != nil {
-					once.Do(func() { firstErr = err; cancel() })
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if firstErr == nil {
-		firstErr = parent.Err() // interrupted: workers stopped without an error of their own
-	}
-	return time.Since(start), firstErr
+	err := stowClient(c, root).StoreAll(ctx, cluster.Instances(instances), batch, conc,
+		func(part []client.Instance, resp *client.StoreResponse, err error) error {
+			return checkStored(resp, err, len(part))
+		})
+	return time.Since(start), err
 }
 
 // get fetches url with accept, reads the whole body and returns its length
@@ -267,5 +150,3 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	i := int(p/100*float64(len(s))+0.999999) - 1
 	return s[min(max(i, 0), len(s)-1)]
 }
-
-var errSkipped = errors.New("skipped")

@@ -40,8 +40,6 @@ type target struct {
 	ctBytes                 int64
 }
 
-func (t *target) isGateway() bool { return strings.HasPrefix(t.name, "gateway") }
-
 func (t *target) pid() int {
 	if t.cmd == nil || t.cmd.Process == nil {
 		return 0

@@ -28,6 +28,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dicom-gateway/gateway/client"
+	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/cluster"
 	"github.com/dicom-gateway/gateway/internal/synth"
 	"github.com/dicom-gateway/gateway/internal/wanproxy"
@@ -476,7 +478,7 @@ func (tb *transferBench) forwardGateway(parent context.Context, sender *cluster.
 	start := time.Now()
 	var ids []string
 	for _, study := range b.studies {
-		t, err := cluster.CreateTransfer(ctx, sender.URL(), study, peer)
+		t, err := cluster.CreateTransfer(ctx, sender.Client(), study, peer)
 		if err != nil {
 			return 0, fmt.Errorf("create transfer: %w", err)
 		}
@@ -486,14 +488,14 @@ func (tb *transferBench) forwardGateway(parent context.Context, sender *cluster.
 	for len(ids) > 0 {
 		var pending []string
 		for _, id := range ids {
-			t, err := cluster.GetTransfer(ctx, sender.URL(), id)
+			t, err := sender.Client().Transfer(ctx, id)
 			if err != nil {
 				return 0, err
 			}
 			switch {
-			case t.State == "completed":
+			case t.State == gateway.StateCompleted:
 				instances += t.InstancesTotal
-			case t.Finished():
+			case t.State.Terminal():
 				return 0, fmt.Errorf("transfer %s of study %s ended %s: %s", id, t.StudyUID, t.State, t.LastError)
 			default:
 				pending = append(pending, id)
@@ -568,7 +570,7 @@ func (tb *transferBench) orthancCases(ctx context.Context) []forwardCase {
 		ID            string
 		MainDicomTags struct{ StudyInstanceUID string }
 	}
-	if err := cluster.GetJSON(ctx, tb.client, senderBase+"/studies?expand", &studies); err != nil {
+	if err := (&client.Client{HTTP: tb.client}).GetJSON(ctx, senderBase+"/studies?expand", &studies); err != nil {
 		return fail(err)
 	}
 	orthancID := map[string]string{}
@@ -669,7 +671,7 @@ func (tb *transferBench) forwardOrthanc(parent context.Context, sender, receiver
 	resp.Body.Close()
 	for {
 		var st struct{ CountInstances int }
-		if err := cluster.GetJSON(ctx, tb.client, receiverBase+"/statistics", &st); err != nil {
+		if err := (&client.Client{HTTP: tb.client}).GetJSON(ctx, receiverBase+"/statistics", &st); err != nil {
 			return 0, err
 		}
 		if st.CountInstances >= want {

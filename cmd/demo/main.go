@@ -9,11 +9,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -25,11 +23,12 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
-	"strings"
 	"syscall"
 	"time"
 
+	"github.com/dicom-gateway/gateway/client"
 	"github.com/dicom-gateway/gateway/dicomcodec"
+	"github.com/dicom-gateway/gateway/gateway"
 )
 
 type centre struct {
@@ -114,21 +113,20 @@ func run(ctx context.Context, bin, data, sendDir string, exitAfter bool) error {
 		return err
 	}
 	fmt.Printf("\n== forwarding study %s (%d instances) to surrey\n", studyUID, len(files))
-	var tr map[string]any
-	body, _ := json.Marshal(map[string]string{"study_uid": studyUID, "destination": "surrey", "priority": "normal"})
-	if err := call(ctx, http.MethodPost, hampshire.base+"/api/v1/transfers", body, http.StatusAccepted, &tr); err != nil {
+	api := client.New(hampshire.base)
+	tr, err := api.CreateTransfer(ctx, gateway.CreateTransfer{StudyUID: studyUID, Destination: "surrey", Priority: gateway.PriorityNormal})
+	if err != nil {
 		return fmt.Errorf("create transfer: %w", err)
 	}
-	id := fmt.Sprint(tr["id"])
+	id := tr.ID
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		if err := call(ctx, http.MethodGet, hampshire.base+"/api/v1/transfers/"+url.PathEscape(id), nil, http.StatusOK, &tr); err != nil {
+		if tr, err = api.Transfer(ctx, id); err != nil {
 			return err
 		}
-		fmt.Printf("transfer %s: %-9v %v/%v instances, %v bytes, attempts %v %v\n", id, tr["state"],
-			tr["instances_sent"], tr["instances_total"], tr["bytes_sent"], tr["attempts"], orEmpty(tr["last_error"]))
-		state := fmt.Sprint(tr["state"])
-		if state == "completed" || state == "failed" || state == "cancelled" {
+		fmt.Printf("transfer %s: %-9v %v/%v instances, %v bytes, attempts %v %v\n", id, tr.State,
+			tr.InstancesSent, tr.InstancesTotal, tr.BytesSent, tr.Attempts, orEmpty(tr.LastError))
+		if tr.State.Terminal() {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -140,10 +138,14 @@ func run(ctx context.Context, bin, data, sendDir string, exitAfter bool) error {
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-	if tr["state"] != "completed" {
-		return fmt.Errorf("transfer ended %v: %v", tr["state"], tr["last_error"])
+	if tr.State != gateway.StateCompleted {
+		return fmt.Errorf("transfer ended %v: %v", tr.State, tr.LastError)
 	}
-	fmt.Printf("verified by hampshire: %v (%v)\n", tr["verified"], tr["verification"])
+	verified := "not checked"
+	if tr.Verified != nil {
+		verified = fmt.Sprint(*tr.Verified)
+	}
+	fmt.Printf("verified by hampshire: %s (%s)\n", verified, tr.Verification)
 
 	fmt.Println("\n== checking every instance at surrey against the original file (SHA-256 of WADO-URI retrieve)")
 	for _, f := range files {
@@ -234,24 +236,6 @@ func waitReady(ctx context.Context, base string) error {
 	return last
 }
 
-func call(ctx context.Context, method, u string, body []byte, want int, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != want {
-		return fmt.Errorf("%s %s: %s: %s", method, u, resp.Status, strings.TrimSpace(string(data)))
-	}
-	return json.Unmarshal(data, out)
-}
-
 func fileSHA256(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -285,9 +269,9 @@ func urlSHA256(ctx context.Context, u string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-func orEmpty(v any) string {
-	if v == nil || v == "" {
+func orEmpty(lastError string) string {
+	if lastError == "" {
 		return ""
 	}
-	return fmt.Sprintf("(last error: %v)", v)
+	return "(last error: " + lastError + ")"
 }

@@ -154,7 +154,7 @@ func (r *recorder) report(window time.Duration) {
 	fmt.Printf("\n== throughput per %v window (successful requests; STOW instances and MB stored)\n", window)
 	fmt.Printf("%-15s %8s %8s %9s %8s %8s %8s %10s\n", "window", "stow/s", "inst/s", "MB/s", "qido/s", "wado/s", "errors", "503s")
 	type win struct {
-		stow, inst, qido, wado, errs, shed int
+		stow, qido, wado, errs, shed int
 		mb                                 float64
 	}
 	var wins []win

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -16,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dicom-gateway/gateway/client"
 	"github.com/dicom-gateway/gateway/internal/cluster"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
@@ -152,28 +152,19 @@ func (s *soak) stowLoop(ctx context.Context, client int) {
 // stowOnce sends the instances in one STOW-RS request and returns those
 // the answer did not confirm as stored.
 func (s *soak) stowOnce(ctx context.Context, c *http.Client, study []synth.Instance) []synth.Instance {
-	body, ct := cluster.StowBody(study)
-	defer body.Close()
+	api := s.d.hampshire.Client()
+	api.HTTP = c
+	start := time.Now()
 	// Not ctx: a request in flight when the traffic stops runs to its end,
 	// so that its outcome is known.
-	req, _ := http.NewRequestWithContext(context.WithoutCancel(ctx), http.MethodPost, s.d.hampshire.URL()+"/dicomweb/studies", body)
-	req.Header.Set("Content-Type", ct)
-	req.Header.Set("Accept", "application/dicom+json")
-	req.Header.Set("Expect", "100-continue")
-	start := time.Now()
-	resp, err := c.Do(req)
-	status := statusOf(resp, err)
-	var answer []byte
-	ra := ""
-	if err == nil {
-		answer, _ = io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-		resp.Body.Close()
-		ra = resp.Header.Get("Retry-After")
-	}
+	resp, err := api.Store(context.WithoutCancel(ctx), "", cluster.Instances(study), http.Header{"Expect": {"100-continue"}})
+	status, ra := storeStatus(resp, err)
 	stored := map[string]bool{}
 	if status == http.StatusOK || status == http.StatusAccepted {
-		for _, sop := range referencedSOPs(answer) {
-			stored[sop] = true
+		if ans, err := resp.Answer(); err == nil {
+			for _, it := range ans.Stored {
+				stored[it.SOPInstanceUID] = true
+			}
 		}
 		if status == http.StatusOK && len(stored) != len(study) {
 			s.rec.violation("STOW 200 confirms %d of %d instances", len(stored), len(study))
@@ -212,28 +203,39 @@ func (s *soak) stowOnce(ctx context.Context, c *http.Client, study []synth.Insta
 	return rest
 }
 
-// referencedSOPs lists the ReferencedSOPInstanceUID of each item of the
-// ReferencedSOPSequence of a STOW-RS answer in DICOM JSON.
-func referencedSOPs(answer []byte) []string {
-	var ds map[string]struct {
-		Value json.RawMessage `json:"Value"`
+// rawRequest sends a request the client would never build (garbage
+// bodies, wrong media types) and returns its status and Retry-After.
+func (s *soak) rawRequest(ctx context.Context, c *http.Client, method, u, ct string, body func() io.Reader, header map[string]string) (int, string, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = body()
 	}
-	if json.Unmarshal(answer, &ds) != nil {
-		return nil
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return 0, "", err
 	}
-	var items []map[string]struct {
-		Value []any `json:"Value"`
+	if ct != "" {
+		req.Header.Set("Content-Type", ct)
 	}
-	if json.Unmarshal(ds["00081199"].Value, &items) != nil {
-		return nil
+	for k, v := range header {
+		req.Header.Set(k, v)
 	}
-	var out []string
-	for _, item := range items {
-		if v := item["00081155"].Value; len(v) == 1 {
-			out = append(out, fmt.Sprint(v[0]))
-		}
+	resp, err := c.Do(req)
+	if err != nil {
+		return statusOf(nil, err), "", err
 	}
-	return out
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, resp.Header.Get("Retry-After"), nil
+}
+
+// storeStatus is a STOW-RS outcome as the recorder counts it: the
+// answer's status and Retry-After, or what statusOf makes of the error.
+func storeStatus(resp *client.StoreResponse, err error) (status int, retryAfter string) {
+	if err != nil {
+		return statusOf(nil, err), ""
+	}
+	return resp.StatusCode, resp.Header.Get("Retry-After")
 }
 
 var qidoQueries = []string{
@@ -465,6 +467,8 @@ func (s *soak) burst(ctx context.Context) {
 		{name: "oversized request", method: "POST", path: "/dicomweb/studies", ct: "multipart/related; type=\"application/dicom\"; boundary=x", body: garbage(maxRequestBytes + 1<<20), oversized: true},
 	}
 	c := newClient(60 * time.Second)
+	api := s.d.hampshire.Client()
+	api.HTTP = c
 	var wg sync.WaitGroup
 	for w := range 8 {
 		wg.Go(func() {
@@ -473,31 +477,18 @@ func (s *soak) burst(ctx context.Context) {
 					if (i+w+round)%2 == 1 && bc.oversized {
 						continue // fewer of the big ones
 					}
-					var body io.Reader
-					if bc.body != nil {
-						body = bc.body()
-					}
-					ct := bc.ct
-					if bc.stow != nil {
-						rc, stowCT := cluster.StowBody(bc.stow)
-						defer rc.Close()
-						body, ct = rc, stowCT
-					}
-					req, _ := http.NewRequestWithContext(context.WithoutCancel(ctx), bc.method, base+bc.path, body)
-					if ct != "" {
-						req.Header.Set("Content-Type", ct)
-					}
-					for k, v := range bc.header {
-						req.Header.Set(k, v)
-					}
 					start := time.Now()
-					resp, err := c.Do(req)
-					status := statusOf(resp, err)
-					ra := ""
-					if err == nil {
-						_, _ = io.Copy(io.Discard, resp.Body)
-						resp.Body.Close()
-						ra = resp.Header.Get("Retry-After")
+					var (
+						status int
+						ra     string
+						err    error
+					)
+					if bc.stow != nil {
+						var resp *client.StoreResponse
+						resp, err = api.Store(context.WithoutCancel(ctx), "", cluster.Instances(bc.stow), nil)
+						status, ra = storeStatus(resp, err)
+					} else {
+						status, ra, err = s.rawRequest(context.WithoutCancel(ctx), c, bc.method, base+bc.path, bc.ct, bc.body, bc.header)
 					}
 					// An oversized upload may be cut by the server after its
 					// 413 (the client then sees a reset): not a hang.

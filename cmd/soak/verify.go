@@ -2,15 +2,14 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-
+	"net/url"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/dicom-gateway/gateway/client"
 	"github.com/dicom-gateway/gateway/internal/cluster"
 )
 
@@ -20,7 +19,9 @@ import (
 // audit chains intact.
 func (s *soak) verify(ctx context.Context) {
 	h, sr := s.d.hampshire, s.d.surrey
-	c := &http.Client{Timeout: 2 * time.Minute}
+	httpc := &http.Client{Timeout: 2 * time.Minute}
+	hc, sc := h.Client(), sr.Client()
+	hc.HTTP, sc.HTTP = httpc, httpc
 	for _, g := range []*cluster.Gateway{h, sr} {
 		if err := g.WaitReady(ctx, time.Minute); err != nil {
 			s.rec.violation("%s not ready after the traffic: %v", g.Name, err)
@@ -35,7 +36,7 @@ func (s *soak) verify(ctx context.Context) {
 	for {
 		pending := 0
 		for _, st := range []string{"queued", "running"} {
-			ts, err := listTransfers(ctx, c, h.URL(), st)
+			ts, err := hc.ListTransfers(ctx, client.TransferQuery{State: st, Limit: 10000})
 			if err != nil {
 				s.rec.violation("list transfers: %v", err)
 				return
@@ -47,7 +48,7 @@ func (s *soak) verify(ctx context.Context) {
 		}
 		if time.Now().After(deadline) {
 			s.rec.violation("%d transfers still queued or running %v after the traffic stopped", pending, time.Since(deadline.Add(-max(3*time.Minute, s.o.duration/2))).Round(time.Second))
-			ts, _ := listTransfers(ctx, c, h.URL(), "running")
+			ts, _ := hc.ListTransfers(ctx, client.TransferQuery{State: "running", Limit: 10000})
 			for i, t := range ts {
 				if i < 5 {
 					s.rec.violation("  stuck: transfer %s of study %s, %d/%d sent, attempts %d, updated %s, last error %q",
@@ -65,7 +66,7 @@ func (s *soak) verify(ctx context.Context) {
 		}
 	}
 	for _, st := range []string{"failed", "cancelled"} {
-		ts, err := listTransfers(ctx, c, h.URL(), st)
+		ts, err := hc.ListTransfers(ctx, client.TransferQuery{State: st, Limit: 10000})
 		if err != nil {
 			s.rec.violation("list transfers: %v", err)
 			return
@@ -79,16 +80,16 @@ func (s *soak) verify(ctx context.Context) {
 			s.rec.violation("... and %d more transfers %s", len(ts)-5, st)
 		}
 	}
-	completed, _ := listTransfers(ctx, c, h.URL(), "completed")
+	completed, _ := hc.ListTransfers(ctx, client.TransferQuery{State: "completed", Limit: 10000})
 	s.rec.announce("transfers completed: %d", len(completed))
 
 	// Every instance, at both ends.
-	hInst, err := allInstances(ctx, c, h.URL())
+	hInst, err := allInstances(ctx, hc)
 	if err != nil {
 		s.rec.violation("list hampshire's instances: %v", err)
 		return
 	}
-	sInst, err := allInstances(ctx, c, sr.URL())
+	sInst, err := allInstances(ctx, sc)
 	if err != nil {
 		s.rec.violation("list surrey's instances: %v", err)
 		return
@@ -132,8 +133,8 @@ func (s *soak) verify(ctx context.Context) {
 	for range 4 {
 		wg.Go(func() {
 			for st := range work {
-				hs, err1 := cluster.StudySHA256(ctx, c, h.URL(), st, true)
-				ss, err2 := cluster.StudySHA256(ctx, c, sr.URL(), st, true)
+				hs, err1 := hc.StudySHA256(ctx, st, true)
+				ss, err2 := sc.StudySHA256(ctx, st, true)
 				if err1 != nil {
 					s.rec.violation("hampshire sha256 of study %s: %v", st, err1)
 				}
@@ -204,66 +205,35 @@ func (s *soak) verify(ctx context.Context) {
 	s.rec.announce("verified %d acknowledged instances byte-identical at hampshire; %d of %d studies compared with surrey (missing at surrey %d, differing %d, extra %d)",
 		checked, len(results), len(order), missingS, differ, extra)
 
-	for _, g := range []*cluster.Gateway{h, sr} {
-		ok, n, detail, err := cluster.AuditVerify(ctx, c, g.URL())
+	for _, g := range []struct {
+		name string
+		api  *client.Client
+	}{{h.Name, hc}, {sr.Name, sc}} {
+		res, err := g.api.AuditVerify(ctx)
 		switch {
 		case err != nil:
-			s.rec.violation("%s audit verify: %v", g.Name, err)
-		case !ok:
-			s.rec.violation("%s audit chain broken after %d records: %s", g.Name, n, detail)
+			s.rec.violation("%s audit verify: %v", g.name, err)
+		case !res.OK:
+			s.rec.violation("%s audit chain broken after %d records: %s %s", g.name, res.Records, res.FirstBroken, res.Reason)
 		default:
-			s.rec.announce("%s audit chain verifies: %d records", g.Name, n)
+			s.rec.announce("%s audit chain verifies: %d records", g.name, res.Records)
 		}
 	}
-}
-
-func listTransfers(ctx context.Context, c *http.Client, base, state string) ([]cluster.Transfer, error) {
-	var out struct {
-		Transfers []cluster.Transfer `json:"transfers"`
-	}
-	err := cluster.GetJSON(ctx, c, base+"/api/v1/transfers?limit=10000&state="+state, &out)
-	return out.Transfers, err
 }
 
 type instanceRef struct{ study, sop string }
 
 // allInstances pages through QIDO-RS /instances.
-func allInstances(ctx context.Context, c *http.Client, base string) ([]instanceRef, error) {
+func allInstances(ctx context.Context, api *client.Client) ([]instanceRef, error) {
 	const page = 5000
 	var out []instanceRef
 	for offset := 0; ; offset += page {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/dicomweb/instances?limit=%d&offset=%d", base, page, offset), nil)
-		req.Header.Set("Accept", "application/dicom+json")
-		resp, err := c.Do(req)
+		items, err := api.Search(ctx, "/instances", url.Values{"limit": {fmt.Sprint(page)}, "offset": {fmt.Sprint(offset)}})
 		if err != nil {
-			return nil, err
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			return nil, err
-		}
-		if resp.StatusCode == http.StatusNoContent {
-			return out, nil
-		}
-		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("QIDO /instances offset %d: %s: %.300s", offset, resp.Status, b)
-		}
-		var items []map[string]struct {
-			Value []any `json:"Value"`
-		}
-		if err := json.Unmarshal(b, &items); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("QIDO /instances offset %d: %w", offset, err)
 		}
 		for _, it := range items {
-			var ref instanceRef
-			if v := it["0020000D"].Value; len(v) > 0 {
-				ref.study = fmt.Sprint(v[0])
-			}
-			if v := it["00080018"].Value; len(v) > 0 {
-				ref.sop = fmt.Sprint(v[0])
-			}
-			out = append(out, ref)
+			out = append(out, instanceRef{study: it.Str("0020000D"), sop: it.Str("00080018")})
 		}
 		if len(items) < page {
 			return out, nil

@@ -3,10 +3,10 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"testing"
 	"time"
 
+	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
 
@@ -40,12 +40,12 @@ func TestReceiverKilledKeepsAcknowledged(t *testing.T) {
 
 			study := synth.Study(synth.StudySpec{Seed: 6104, Series: 2, InstancesPerSeries: 24, Rows: 512, Columns: 512})
 			storeStudy(t, ctx, hampshire, study)
-			tr, err := CreateTransfer(ctx, hampshire.URL(), study[0].StudyInstanceUID, "surrey")
+			tr, err := CreateTransfer(ctx, hampshire.Client(), study[0].StudyInstanceUID, "surrey")
 			if err != nil {
 				t.Fatal(err)
 			}
 			killed := false
-			_, _ = WaitTransfer(ctx, hampshire.URL(), tr.ID, time.Minute, func(x *Transfer) bool {
+			_, _ = waitTransfer(ctx, hampshire, tr.ID, time.Minute, func(x *gateway.Transfer) bool {
 				if !killed && x.InstancesSent >= 4 && x.InstancesSent < len(study)-8 {
 					killed = true
 					if err := surrey.Kill(); err != nil {
@@ -62,7 +62,7 @@ func TestReceiverKilledKeepsAcknowledged(t *testing.T) {
 				t.Fatal(err)
 			}
 			mustStart(t, ctx, hampshire) // its API tells what was acknowledged; the lease keeps the transfer for 3 s
-			atKill, err := GetTransfer(ctx, hampshire.URL(), tr.ID)
+			atKill, err := hampshire.Client().Transfer(ctx, tr.ID)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -85,7 +85,7 @@ func TestReceiverKilledKeepsAcknowledged(t *testing.T) {
 			for _, in := range study {
 				want[in.SOPInstanceUID] = SHA256(in)
 			}
-			got, err := StudySHA256(ctx, http.DefaultClient, surrey.URL(), study[0].StudyInstanceUID, true)
+			got, err := surrey.Client().StudySHA256(ctx, study[0].StudyInstanceUID, true)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -100,7 +100,7 @@ func TestReceiverKilledKeepsAcknowledged(t *testing.T) {
 			t.Logf("after the restart surrey holds %d instances (%d acknowledged)", len(got), len(acknowledged))
 
 			mustStart(t, ctx, hampshire)
-			done, err := WaitTransfer(ctx, hampshire.URL(), tr.ID, 90*time.Second, nil)
+			done, err := waitTransfer(ctx, hampshire, tr.ID, 90*time.Second, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dicom-gateway/gateway/client"
+	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
 
@@ -141,11 +142,19 @@ func storeStudy(t *testing.T, ctx context.Context, g *Gateway, study []synth.Ins
 		for j < len(study) && study[j].SeriesInstanceUID == study[i].SeriesInstanceUID {
 			j++
 		}
-		if err := StowAll(ctx, g.URL(), study[i:j]); err != nil {
+		if err := StoreAll(ctx, g.Client(), study[i:j]); err != nil {
 			t.Fatal(err)
 		}
 		i = j
 	}
+}
+
+// waitTransfer polls g's transfer until it is finished, stop (may be nil)
+// returns true for the state seen, ctx ends or timeout passes.
+func waitTransfer(ctx context.Context, g *Gateway, id string, timeout time.Duration, stop func(*gateway.Transfer) bool) (*gateway.Transfer, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return g.Client().WaitTransfer(ctx, id, 100*time.Millisecond, stop)
 }
 
 // checkArrived checks that the gateway holds exactly the study's instances
@@ -157,7 +166,7 @@ func checkArrived(t *testing.T, ctx context.Context, g *Gateway, study []synth.I
 	for _, in := range study {
 		want[in.SOPInstanceUID] = SHA256(in)
 	}
-	got, err := StudySHA256(ctx, http.DefaultClient, g.URL(), study[0].StudyInstanceUID, true)
+	got, err := g.Client().StudySHA256(ctx, study[0].StudyInstanceUID, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +181,7 @@ func checkArrived(t *testing.T, ctx context.Context, g *Gateway, study []synth.I
 			t.Errorf("instance %s differs: sha256 %s, sent %s", sop, g, sum)
 		}
 	}
-	uids, err := QIDOInstances(ctx, http.DefaultClient, g.URL(), study[0].StudyInstanceUID)
+	uids, err := g.Client().StudyInstances(ctx, study[0].StudyInstanceUID, 10000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,15 +223,15 @@ func TestSenderKilledMidTransfer(t *testing.T) {
 			storeStudy(t, ctx, hampshire, study)
 			t.Logf("stored %d instances at hampshire in %v", len(study), time.Since(t0).Round(time.Millisecond))
 			t0 = time.Now()
-			tr, err := CreateTransfer(ctx, hampshire.URL(), study[0].StudyInstanceUID, "surrey")
+			tr, err := CreateTransfer(ctx, hampshire.Client(), study[0].StudyInstanceUID, "surrey")
 			if err != nil {
 				t.Fatal(err)
 			}
 
 			// Kill once some, not all, instances are confirmed.
-			var atKill *Transfer
+			var atKill *gateway.Transfer
 			lastSent := -1
-			_, err = WaitTransfer(ctx, hampshire.URL(), tr.ID, 45*time.Second, func(x *Transfer) bool {
+			_, err = waitTransfer(ctx, hampshire, tr.ID, 45*time.Second, func(x *gateway.Transfer) bool {
 				if x.InstancesSent != lastSent {
 					lastSent = x.InstancesSent
 					t.Logf("%v: %s %d/%d sent, attempts %d", time.Since(t0).Round(time.Millisecond), x.State, x.InstancesSent, x.InstancesTotal, x.Attempts)
@@ -242,7 +251,7 @@ func TestSenderKilledMidTransfer(t *testing.T) {
 
 			start := time.Now()
 			mustStart(t, ctx, hampshire)
-			done, err := WaitTransfer(ctx, hampshire.URL(), tr.ID, 60*time.Second, nil)
+			done, err := waitTransfer(ctx, hampshire, tr.ID, 60*time.Second, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -260,7 +269,7 @@ func TestSenderKilledMidTransfer(t *testing.T) {
 			}
 			checkArrived(t, ctx, surrey, study)
 			checkArrived(t, ctx, hampshire, study)
-			ts, err := ListTransfers(ctx, http.DefaultClient, hampshire.URL(), study[0].StudyInstanceUID)
+			ts, err := hampshire.Client().ListTransfers(ctx, client.TransferQuery{StudyUID: study[0].StudyInstanceUID, Limit: 10000})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -285,18 +294,18 @@ func TestDestinationDownThenBack(t *testing.T) {
 
 	study := synth.Study(synth.StudySpec{Seed: 6002, Series: 2, InstancesPerSeries: 3})
 	storeStudy(t, ctx, hampshire, study)
-	tr, err := CreateTransfer(ctx, hampshire.URL(), study[0].StudyInstanceUID, "surrey")
+	tr, err := CreateTransfer(ctx, hampshire.Client(), study[0].StudyInstanceUID, "surrey")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var down *Transfer
+	var down *gateway.Transfer
 	deadline := time.Now().Add(20 * time.Second)
 	for down == nil && time.Now().Before(deadline) {
-		x, err := GetTransfer(ctx, hampshire.URL(), tr.ID)
+		x, err := hampshire.Client().Transfer(ctx, tr.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if x.Finished() {
+		if x.State.Terminal() {
 			t.Fatalf("transfer %s while surrey is down: %q", x.State, x.LastError)
 		}
 		if x.Attempts >= 2 && x.LastError != "" {
@@ -311,7 +320,7 @@ func TestDestinationDownThenBack(t *testing.T) {
 
 	mustStart(t, ctx, surrey)
 	start := time.Now()
-	done, err := WaitTransfer(ctx, hampshire.URL(), tr.ID, 60*time.Second, nil)
+	done, err := waitTransfer(ctx, hampshire, tr.ID, 60*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,15 +350,15 @@ func TestDestinationRefusesInstances(t *testing.T) {
 	for i := range clash {
 		clash[i].PixelSeed += 99 // same UIDs, other bytes
 	}
-	if err := StowAll(ctx, surrey.URL(), clash); err != nil {
+	if err := StoreAll(ctx, surrey.Client(), clash); err != nil {
 		t.Fatal(err)
 	}
 
-	tr, err := CreateTransfer(ctx, hampshire.URL(), study[0].StudyInstanceUID, "surrey")
+	tr, err := CreateTransfer(ctx, hampshire.Client(), study[0].StudyInstanceUID, "surrey")
 	if err != nil {
 		t.Fatal(err)
 	}
-	done, err := WaitTransfer(ctx, hampshire.URL(), tr.ID, 60*time.Second, nil)
+	done, err := waitTransfer(ctx, hampshire, tr.ID, 60*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,12 +409,12 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 
 	study := synth.Study(synth.StudySpec{Seed: 6004, Series: 2, InstancesPerSeries: 10, Rows: 512, Columns: 1024})
 	storeStudy(t, ctx, hampshire, study)
-	tr, err := CreateTransfer(ctx, hampshire.URL(), study[0].StudyInstanceUID, "surrey")
+	tr, err := CreateTransfer(ctx, hampshire.Client(), study[0].StudyInstanceUID, "surrey")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var atKill *Transfer
-	_, _ = WaitTransfer(ctx, hampshire.URL(), tr.ID, 45*time.Second, func(x *Transfer) bool {
+	var atKill *gateway.Transfer
+	_, _ = waitTransfer(ctx, hampshire, tr.ID, 45*time.Second, func(x *gateway.Transfer) bool {
 		if atKill == nil && x.InstancesSent >= 2 && x.InstancesSent < len(study) {
 			atKill = x
 			if err := surrey.Kill(); err != nil {
@@ -421,7 +430,7 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 	time.Sleep(time.Second)
 	mustStart(t, ctx, surrey)
 	start := time.Now()
-	done, err := WaitTransfer(ctx, hampshire.URL(), tr.ID, 60*time.Second, nil)
+	done, err := waitTransfer(ctx, hampshire, tr.ID, 60*time.Second, nil)
 	if err != nil {
 		t.Fatalf("%v (a receiver killed while storing must not block the resent instances)", err)
 	}

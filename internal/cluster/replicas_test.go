@@ -3,7 +3,6 @@ package cluster
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
 
@@ -57,7 +57,7 @@ func TestTwoReplicasShareState(t *testing.T) {
 		}
 		wg.Go(func() {
 			for _, in := range order {
-				if err := StowAll(ctx, g.URL(), []synth.Instance{in}); err != nil {
+				if err := StoreAll(ctx, g.Client(), []synth.Instance{in}); err != nil {
 					errs <- fmt.Errorf("sender %d to %s: %w", i, g.Dir, err)
 				}
 			}
@@ -94,19 +94,10 @@ func TestTwoReplicasShareState(t *testing.T) {
 		t.Error("the replicas answer different series metadata")
 	}
 
-	type verify struct {
-		OK      bool  `json:"ok"`
-		Records int64 `json:"records"`
-	}
-	check := func(g *Gateway) verify {
-		resp, err := http.Get(g.URL() + "/api/v1/audit/verify")
+	check := func(g *Gateway) *gateway.VerifyResult {
+		v, err := g.Client().AuditVerify(ctx)
 		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var v verify
-		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil || resp.StatusCode != http.StatusOK {
-			t.Fatalf("audit verify at %s: %d %v", g.Name, resp.StatusCode, err)
+			t.Fatalf("audit verify at %s: %v", g.Name, err)
 		}
 		return v
 	}
