@@ -155,7 +155,7 @@ func (r *recorder) report(window time.Duration) {
 	fmt.Printf("%-15s %8s %8s %9s %8s %8s %8s %10s\n", "window", "stow/s", "inst/s", "MB/s", "qido/s", "wado/s", "errors", "503s")
 	type win struct {
 		stow, qido, wado, errs, shed int
-		mb                                 float64
+		mb                           float64
 	}
 	var wins []win
 	for _, s := range samples {
