@@ -40,7 +40,9 @@ type SyslogExporter struct {
 	Hostname, AppName string
 	// QueueSize bounds the events waiting to be sent (default 10,000).
 	QueueSize int
-	// Logger receives connection problems, never message contents.
+	// Logger receives connection problems, never message contents; nil
+	// discards them (the exporter never falls back to a process-wide
+	// logger).
 	Logger *slog.Logger
 
 	queue   chan []byte
@@ -151,7 +153,7 @@ func (e *SyslogExporter) logger() *slog.Logger {
 	if e.Logger != nil {
 		return e.Logger
 	}
-	return slog.Default()
+	return slog.New(slog.DiscardHandler)
 }
 
 // run sends queued messages, reconnecting with backoff (1 s doubling to 30
@@ -185,11 +187,14 @@ func (e *SyslogExporter) run(ctx context.Context) {
 				}
 				conn, backoff = c, time.Second
 			}
-			conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
-			var err error
-			if e.network == "udp" {
+			// A connection that cannot take a deadline could block this
+			// sender for ever: drop it like one whose write failed.
+			err := conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			switch {
+			case err != nil:
+			case e.network == "udp":
 				_, err = conn.Write(msg)
-			} else {
+			default:
 				_, err = io.WriteString(conn, strconv.Itoa(len(msg))+" ")
 				if err == nil {
 					_, err = conn.Write(msg)

@@ -74,7 +74,6 @@ func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger) (_ *Bac
 	}
 
 	if cfg.RedisURL != "" {
-		redis.SetLogger(logger)
 		client, err := redis.Open(cfg.RedisURL, cfg.RedisPrefix)
 		if err != nil {
 			return nil, fmt.Errorf("--redis-url: %w", err)

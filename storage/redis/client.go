@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -69,18 +68,3 @@ func translate(err error) error {
 }
 
 var _ = translate
-
-// slogPrinter routes go-redis's internal messages (connection pool dial
-// failures and the like) into the gateway's structured log instead of raw
-// stderr lines.
-type slogPrinter struct{ logger *slog.Logger }
-
-func (p slogPrinter) Printf(ctx context.Context, format string, v ...any) {
-	p.logger.WarnContext(ctx, "redis client", "message", fmt.Sprintf(format, v...))
-}
-
-// SetLogger sends go-redis's internal log lines to logger. go-redis keeps
-// one process-wide logger, so call it once at start-up.
-func SetLogger(logger *slog.Logger) {
-	goredis.SetLogger(slogPrinter{logger})
-}
