@@ -133,8 +133,6 @@ var errRequestDone = errors.New("request finished")
 // transport in 64 KiB pieces, while large writes pass straight through.
 const bodyBuffer = 64 << 10
 
-var bodyWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bodyBuffer) }}
-
 // Store sends instances as one multipart/related STOW-RS request to the
 // DICOMweb root's /studies (or /studies/{studyUID} when studyUID is set),
 // with header's fields added. The body is streamed: a goroutine writes each
@@ -245,13 +243,11 @@ func partHeader() textproto.MIMEHeader {
 	return textproto.MIMEHeader{"Content-Type": {"application/dicom"}}
 }
 
-// writeParts writes the multipart body into w (through a pooled buffer).
+// writeParts writes the multipart body into w (through a bodyBuffer).
 // An instance that writes other than its Size bytes is an error: the
 // request's Content-Length would be wrong.
 func writeParts(w io.Writer, instances []Instance, boundary string) error {
-	bw := bodyWriters.Get().(*bufio.Writer)
-	bw.Reset(w)
-	defer func() { bw.Reset(nil); bodyWriters.Put(bw) }()
+	bw := bufio.NewWriterSize(w, bodyBuffer)
 	mw := multipart.NewWriter(bw)
 	if err := mw.SetBoundary(boundary); err != nil {
 		return err
