@@ -2,8 +2,11 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // BlobInfo describes one stored object.
@@ -29,16 +32,45 @@ type BlobInfo struct {
 // are safe for concurrent use.
 //
 // Keys are slash-separated relative paths, as InstanceKey builds them: a key
-// that is empty, has an empty, "." or ".." element or an element starting
-// with ".", or holds a backslash or a control character is rejected with
-// ErrInvalid by Put, Get, Stat and Delete, so that no key can name a file
-// outside a filesystem store or differ between backends.
+// that CheckBlobKey refuses is rejected with ErrInvalid by Put, Get, Stat and
+// Delete (and Stage), so that no key can name a file outside a filesystem
+// store or differ between backends. Backends leave that check to the
+// decorator that every caller puts in front of them (storage/blobwrap's
+// CheckKeys), so that the rule is written once.
 type BlobStore interface {
 	Put(ctx context.Context, key string, r io.Reader) (size int64, err error)
 	Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error)
 	Stat(ctx context.Context, key string) (BlobInfo, error)
 	Delete(ctx context.Context, key string) error
 	Walk(ctx context.Context, prefix string, fn func(BlobInfo) error) error
+}
+
+// CheckBlobKey enforces the key rule of BlobStore: a key is 1 to 1024 bytes
+// of UTF-8 without a backslash or a control character, made of non-empty
+// slash-separated elements none of which starts with "." (so no ".", ".."
+// or hidden name, no leading, trailing or doubled slash).
+func CheckBlobKey(key string) error {
+	if !validBlobKey(key) {
+		return fmt.Errorf("key %q: %w", key, ErrInvalid)
+	}
+	return nil
+}
+
+func validBlobKey(key string) bool {
+	if key == "" || len(key) > 1024 || !utf8.ValidString(key) {
+		return false
+	}
+	for _, c := range key {
+		if c < 0x20 || c == 0x7f || c == '\\' {
+			return false
+		}
+	}
+	for elem := range strings.SplitSeq(key, "/") {
+		if elem == "" || elem[0] == '.' {
+			return false
+		}
+	}
+	return true
 }
 
 // Pinger is implemented by every backend that can be unreachable; /readyz

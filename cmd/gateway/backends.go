@@ -15,6 +15,7 @@ import (
 	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/blobwrap"
 	"github.com/dicom-gateway/gateway/storage/bolt"
 	"github.com/dicom-gateway/gateway/storage/filesystem"
 	"github.com/dicom-gateway/gateway/storage/redis"
@@ -38,8 +39,9 @@ type Backends struct {
 }
 
 // OpenBackends opens the configured backends. An unreachable S3 or Redis does
-// not stop start-up: /readyz reports it until it answers.
-func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger) (_ *Backends, err error) {
+// not stop start-up: /readyz reports it until it answers. The blob store runs
+// behind blobwrap.Wrap: keys checked, operations metered on reg.
+func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger, reg prometheus.Registerer) (_ *Backends, err error) {
 	b := &Backends{Ready: map[string]gateway.Pinger{}}
 	queueOpts := gateway.QueueOptions{VisibilityTimeout: cfg.TransferLease}
 	defer func() {
@@ -62,14 +64,14 @@ func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger) (_ *Bac
 			b.retryInBackground(func(ctx context.Context) error { return store.EnsureBucket(ctx) })
 		}
 		cancel()
-		b.Blobs, b.BlobKind = store, "s3"
+		b.Blobs, b.BlobKind = blobwrap.Wrap(store, reg, "s3"), "s3"
 		b.Ready["s3"] = store
 	} else {
 		store, err := filesystem.New(filepath.Join(cfg.DataDir, "blobs"))
 		if err != nil {
 			return nil, fmt.Errorf("--data-dir: %w", err)
 		}
-		b.Blobs, b.BlobKind = store, "filesystem"
+		b.Blobs, b.BlobKind = blobwrap.Wrap(store, reg, "filesystem"), "filesystem"
 		b.Ready["filesystem"] = store
 	}
 

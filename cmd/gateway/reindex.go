@@ -7,6 +7,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
@@ -22,7 +24,7 @@ func runReindex(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	logger := newLogger(io.Discard, "error")
-	b, err := OpenBackends(ctx, cfg, logger)
+	b, err := OpenBackends(ctx, cfg, logger, prometheus.NewRegistry()) // nothing scrapes a one-shot command
 	if err != nil {
 		return err
 	}

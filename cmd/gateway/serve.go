@@ -101,7 +101,7 @@ func (m *Main) Run(ctx context.Context) error {
 	if err := m.startAuditExport(); err != nil {
 		return err
 	}
-	b, err := OpenBackends(ctx, cfg, m.Logger)
+	b, err := OpenBackends(ctx, cfg, m.Logger, reg)
 	if err != nil {
 		return err
 	}

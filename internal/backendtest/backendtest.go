@@ -2,14 +2,18 @@
 // either family, so that every HTTP-level test can run on the embedded
 // default (files + bbolt in a temporary directory) and on production (a
 // fresh MinIO bucket + a fresh Redis key prefix) with one line. Servers come
-// from storagetest, so a missing MinIO or Redis fails the test.
+// from storagetest, so a missing MinIO or Redis fails the test. The blob
+// store runs behind blobwrap.Wrap, as in the gateway.
 package backendtest
 
 import (
 	"path/filepath"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/blobwrap"
 	"github.com/dicom-gateway/gateway/storage/bolt"
 	"github.com/dicom-gateway/gateway/storage/filesystem"
 	"github.com/dicom-gateway/gateway/storage/redis"
@@ -76,7 +80,7 @@ func Open(t testing.TB, kind string, opts Options) *Backends {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b.Blobs, b.Index, b.AuditLog, b.Queue, b.DB = blobs, index, auditLog, queue, db
+		b.Blobs, b.Index, b.AuditLog, b.Queue, b.DB = blobwrap.Wrap(blobs, prometheus.NewRegistry(), "filesystem"), index, auditLog, queue, db
 	case Production:
 		m := storagetest.MinIO(t)
 		blobs, err := s3.New(s3.Config{Endpoint: m.Endpoint, Bucket: m.Bucket(t), AccessKey: m.AccessKey, SecretKey: gateway.Secret(m.SecretKey), Region: "us-east-1"})
@@ -92,7 +96,7 @@ func Open(t testing.TB, kind string, opts Options) *Backends {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b.Blobs, b.Index, b.AuditLog, b.Queue, b.Redis = blobs, redis.NewIndex(c), redis.NewAuditLog(c, opts.GatewayName), queue, c
+		b.Blobs, b.Index, b.AuditLog, b.Queue, b.Redis = blobwrap.Wrap(blobs, prometheus.NewRegistry(), "s3"), redis.NewIndex(c), redis.NewAuditLog(c, opts.GatewayName), queue, c
 	default:
 		t.Fatalf("backendtest: unknown backend family %q", kind)
 	}

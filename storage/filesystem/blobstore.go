@@ -15,14 +15,14 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"unicode/utf8"
 
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
 // tmpDir holds Put's temporary files, inside root so that the final rename
 // stays on one filesystem and is atomic. Keys cannot name it: no key element
-// may start with ".".
+// may start with "." (gateway.CheckBlobKey, enforced in front of the store
+// by blobwrap.CheckKeys).
 const tmpDir = ".tmp"
 
 // copyBufferSize bounds the memory of one Put: the stream passes through a
@@ -100,33 +100,6 @@ func (s *BlobStore) Ping(ctx context.Context) error {
 	return nil
 }
 
-// checkKey enforces the key rule of gateway.BlobStore: clean relative
-// slash-separated paths, no element starting with ".", no backslash or
-// control character.
-func checkKey(key string) error {
-	if !validKey(key) {
-		return fmt.Errorf("key %q: %w", key, gateway.ErrInvalid)
-	}
-	return nil
-}
-
-func validKey(key string) bool {
-	if key == "" || len(key) > 1024 || !utf8.ValidString(key) {
-		return false
-	}
-	for _, c := range key {
-		if c < 0x20 || c == 0x7f || c == '\\' {
-			return false
-		}
-	}
-	for elem := range strings.SplitSeq(key, "/") {
-		if elem == "" || elem[0] == '.' {
-			return false
-		}
-	}
-	return true
-}
-
 // classify maps filesystem failures to the gateway's sentinels: a missing
 // file is ErrNotFound; a full, read-only, failing or forbidden disk is
 // ErrUnavailable (the STOW answer is "out of resources", retry later).
@@ -164,9 +137,6 @@ func (s *BlobStore) Stage(ctx context.Context, key string, r io.Reader) (gateway
 }
 
 func (s *BlobStore) stage(ctx context.Context, key string, r io.Reader) (*stagedFile, error) {
-	if err := checkKey(key); err != nil {
-		return nil, fmt.Errorf("put: %w", err)
-	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("put %s: %w", key, err)
 	}
@@ -370,9 +340,6 @@ func (o *object) Close() error { return o.f.Close() }
 // end of the object. The open file keeps its content even if a Put replaces
 // key meanwhile.
 func (s *BlobStore) Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
-	if err := checkKey(key); err != nil {
-		return nil, fmt.Errorf("get: %w", err)
-	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("get %s: %w", key, err)
 	}
@@ -403,9 +370,6 @@ func (s *BlobStore) Get(ctx context.Context, key string, offset, length int64) (
 
 // Stat returns key's size and modification time.
 func (s *BlobStore) Stat(ctx context.Context, key string) (gateway.BlobInfo, error) {
-	if err := checkKey(key); err != nil {
-		return gateway.BlobInfo{}, fmt.Errorf("stat: %w", err)
-	}
 	if err := ctx.Err(); err != nil {
 		return gateway.BlobInfo{}, fmt.Errorf("stat %s: %w", key, err)
 	}
@@ -422,9 +386,6 @@ func (s *BlobStore) Stat(ctx context.Context, key string) (gateway.BlobInfo, err
 // Delete removes key, syncs its directory, and removes the directories the
 // removal left empty, so that deleted studies leave no trace in the tree.
 func (s *BlobStore) Delete(ctx context.Context, key string) error {
-	if err := checkKey(key); err != nil {
-		return fmt.Errorf("delete: %w", err)
-	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("delete %s: %w", key, err)
 	}
@@ -459,7 +420,7 @@ func (s *BlobStore) Walk(ctx context.Context, prefix string, fn func(gateway.Blo
 	start := "."
 	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
 		start = prefix[:i]
-		if !validKey(start) {
+		if gateway.CheckBlobKey(start) != nil {
 			return nil // no key lies under an invalid directory
 		}
 	}

@@ -9,7 +9,10 @@ import (
 	"testing"
 	"testing/iotest"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/blobwrap"
 	"github.com/dicom-gateway/gateway/storage/filesystem"
 	"github.com/dicom-gateway/gateway/storage/storagetest"
 )
@@ -24,8 +27,16 @@ func newStore(tb testing.TB) *filesystem.BlobStore {
 	return s
 }
 
+// TestBlobStore runs the suite through the decorators every store runs
+// behind: the store itself leaves the key rule to blobwrap.CheckKeys.
 func TestBlobStore(t *testing.T) {
-	storagetest.TestBlobStore(t, func(t *testing.T) gateway.BlobStore { return newStore(t) })
+	storagetest.TestBlobStore(t, func(t *testing.T) gateway.BlobStore {
+		return blobwrap.Wrap(newStore(t), prometheus.NewRegistry(), "filesystem")
+	})
+}
+
+func TestDecoratorsKeepInterfaces(t *testing.T) {
+	storagetest.TestDecoratorsKeepInterfaces(t, newStore(t))
 }
 
 func BenchmarkBlobStore(b *testing.B) {

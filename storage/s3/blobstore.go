@@ -6,14 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -222,26 +220,6 @@ func translate(err error) error {
 	return err
 }
 
-// checkKey enforces the key rule of gateway.BlobStore (the same rule as the
-// filesystem store, so that a key valid on one backend is valid on both).
-func checkKey(key string) error {
-	ok := key != "" && len(key) <= 1024 && utf8.ValidString(key) && fs.ValidPath(key)
-	for _, c := range key {
-		if c < 0x20 || c == 0x7f || c == '\\' {
-			ok = false
-		}
-	}
-	for elem := range strings.SplitSeq(key, "/") {
-		if elem == "" || elem[0] == '.' {
-			ok = false
-		}
-	}
-	if !ok {
-		return fmt.Errorf("key %q: %w", key, gateway.ErrInvalid)
-	}
-	return nil
-}
-
 // Put is Stage then Commit: a stream that ends within a part goes up in one
 // PUT with a known size (which minio-go may retry, the buffer being
 // seekable); a longer one in a multipart upload of part-sized chunks, which
@@ -271,9 +249,6 @@ func (s *BlobStore) OverNetwork() bool { return true }
 // completed by Commit. Either way nothing is visible under key before
 // Commit, and Abort leaves a previous object untouched.
 func (s *BlobStore) Stage(ctx context.Context, key string, r io.Reader) (gateway.StagedBlob, error) {
-	if err := checkKey(key); err != nil {
-		return nil, fmt.Errorf("put: %w", err)
-	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("put %s: %w", key, err)
 	}
@@ -455,9 +430,6 @@ func (s *BlobStore) uploadParts(ctx context.Context, key string, r io.Reader, bu
 // the end of the object is not a satisfiable S3 range, so on InvalidRange a
 // Stat tells "empty" from "beyond the end".
 func (s *BlobStore) Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
-	if err := checkKey(key); err != nil {
-		return nil, fmt.Errorf("get: %w", err)
-	}
 	if offset < 0 {
 		return nil, fmt.Errorf("get %s: negative offset %d: %w", key, offset, gateway.ErrInvalid)
 	}
@@ -533,9 +505,6 @@ func (o *object) Close() error { return o.body.Close() }
 
 // Stat issues a HEAD request.
 func (s *BlobStore) Stat(ctx context.Context, key string) (gateway.BlobInfo, error) {
-	if err := checkKey(key); err != nil {
-		return gateway.BlobInfo{}, fmt.Errorf("stat: %w", err)
-	}
 	info, err := s.client.StatObject(ctx, s.bucket, key, minio.StatObjectOptions{})
 	if err != nil {
 		return gateway.BlobInfo{}, fmt.Errorf("stat %s: %w", key, translate(err))
@@ -559,7 +528,7 @@ func (s *BlobStore) Delete(ctx context.Context, key string) error {
 // Walk lists the bucket from prefix with ListObjectsV2, which S3 defines to
 // return keys in lexical (UTF-8 binary) order, 1,000 per request.
 func (s *BlobStore) Walk(ctx context.Context, prefix string, fn func(gateway.BlobInfo) error) error {
-	if i := strings.LastIndexByte(prefix, '/'); i >= 0 && checkKey(prefix[:i]) != nil {
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 && gateway.CheckBlobKey(prefix[:i]) != nil {
 		return nil // no valid key lies under an invalid directory; S3 would reject ".."
 	}
 	ctx, cancel := context.WithCancel(ctx) // stops minio's listing when fn fails

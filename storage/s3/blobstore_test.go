@@ -16,8 +16,10 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/blobwrap"
 	"github.com/dicom-gateway/gateway/storage/s3"
 	"github.com/dicom-gateway/gateway/storage/storagetest"
 )
@@ -44,8 +46,16 @@ func newStore(tb testing.TB, cfg s3.Config) *s3.BlobStore {
 	return s
 }
 
+// TestBlobStore runs the suite through the decorators every store runs
+// behind: the store itself leaves the key rule to blobwrap.CheckKeys.
 func TestBlobStore(t *testing.T) {
-	storagetest.TestBlobStore(t, func(t *testing.T) gateway.BlobStore { return newStore(t, config(t)) })
+	storagetest.TestBlobStore(t, func(t *testing.T) gateway.BlobStore {
+		return blobwrap.Wrap(newStore(t, config(t)), prometheus.NewRegistry(), "s3")
+	})
+}
+
+func TestDecoratorsKeepInterfaces(t *testing.T) {
+	storagetest.TestDecoratorsKeepInterfaces(t, newStore(t, config(t)))
 }
 
 func BenchmarkBlobStore(b *testing.B) {

@@ -19,7 +19,10 @@ import (
 	"testing/iotest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/blobwrap"
 )
 
 // Sizes used by the suite. bigSize is streamed, never held in memory;
@@ -629,6 +632,14 @@ func testInvalidKey(t *testing.T, newStore func(t *testing.T) gateway.BlobStore)
 		if err := s.Delete(t.Context(), key); !errors.Is(err, gateway.ErrInvalid) {
 			t.Errorf("Delete(%q) err = %v, want ErrInvalid", key, err)
 		}
+		if st, ok := s.(gateway.Stager); ok {
+			if b, err := st.Stage(t.Context(), key, bytes.NewReader([]byte("x"))); !errors.Is(err, gateway.ErrInvalid) {
+				if err == nil {
+					b.Abort()
+				}
+				t.Errorf("Stage(%q) err = %v, want ErrInvalid", key, err)
+			}
+		}
 	}
 	if got := keys(t, s, ""); len(got) != 0 {
 		t.Errorf("Walk after invalid Puts = %q, want nothing", got)
@@ -791,5 +802,36 @@ func testStage(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) {
 	}
 	if got := keys(t, s, ""); len(got) != n+4 {
 		t.Errorf("Walk lists %d objects, want %d (staged files must not show): %q", len(got), n+4, got)
+	}
+}
+
+// TestDecoratorsKeepInterfaces checks that bare, wrapped in the decorators
+// every store runs behind (blobwrap.Wrap), still has each optional
+// interface bare has, and Stage exactly when bare has it: a decorator that
+// hid gateway.Stager would silently turn off staged ingest, one that hid
+// gateway.NetworkStore the read-ahead of multi-instance WADO.
+func TestDecoratorsKeepInterfaces(t *testing.T, bare gateway.BlobStore) {
+	w := blobwrap.Wrap(bare, prometheus.NewRegistry(), "test")
+	_, bareStager := bare.(gateway.Stager)
+	if _, ok := w.(gateway.Stager); ok != bareStager {
+		t.Errorf("wrapped %T: Stager = %v, bare store: %v", bare, ok, bareStager)
+	}
+	if _, ok := bare.(gateway.Pinger); ok {
+		if _, ok := w.(gateway.Pinger); !ok {
+			t.Errorf("wrapped %T is no gateway.Pinger", bare)
+		}
+	}
+	if _, ok := bare.(io.Closer); ok {
+		if _, ok := w.(io.Closer); !ok {
+			t.Errorf("wrapped %T is no io.Closer", bare)
+		}
+	}
+	if got, want := gateway.OverNetwork(w), gateway.OverNetwork(bare); got != want {
+		t.Errorf("OverNetwork(wrapped %T) = %v, bare store: %v", bare, got, want)
+	}
+	if p, ok := w.(gateway.Pinger); ok {
+		if err := p.Ping(t.Context()); err != nil {
+			t.Errorf("Ping through the decorators: %v", err)
+		}
 	}
 }

@@ -1,0 +1,91 @@
+// Package blobwrap holds the decorators every gateway.BlobStore runs behind:
+// CheckKeys enforces the key rule of the contract, WithMetrics records each
+// operation on an injected Prometheus registry. Both return a store with the
+// same optional interfaces as the one they wrap (gateway.Stager,
+// gateway.Pinger, gateway.NetworkStore, io.Closer), so that wrapping never
+// turns off a fast path such as staged ingest. It imports gateway and the
+// Prometheus client only.
+package blobwrap
+
+import (
+	"context"
+	"io"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// ops is the per-call behaviour a decorator adds around its inner store.
+// Stage is only called when the inner store is a gateway.Stager.
+type ops interface {
+	gateway.BlobStore
+	gateway.Stager
+}
+
+// wrapped is a decorator over inner without Stage; the optional interfaces
+// other than Stager forward to inner and, when inner lacks one, give the
+// answer a caller gets from a store without it (Ping nil: nothing to be
+// unreachable; OverNetwork false; Close nil: nothing to release).
+type wrapped struct {
+	ops
+	inner gateway.BlobStore
+}
+
+var (
+	_ gateway.Pinger       = wrapped{}
+	_ gateway.NetworkStore = wrapped{}
+	_ io.Closer            = wrapped{}
+)
+
+// Stage is shadowed so that a wrapped store without staging is no Stager:
+// ingest then takes Put, as it does on the bare store.
+func (wrapped) Stage() {}
+
+func (w wrapped) Ping(ctx context.Context) error {
+	if p, ok := w.inner.(gateway.Pinger); ok {
+		return p.Ping(ctx)
+	}
+	return nil
+}
+
+func (w wrapped) OverNetwork() bool { return gateway.OverNetwork(w.inner) }
+
+func (w wrapped) Close() error {
+	if c, ok := w.inner.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
+}
+
+// wrappedStager is a decorator over a gateway.Stager.
+type wrappedStager struct {
+	wrapped
+}
+
+func (w wrappedStager) Stage(ctx context.Context, key string, r io.Reader) (gateway.StagedBlob, error) {
+	return w.ops.Stage(ctx, key, r)
+}
+
+var _ gateway.Stager = wrappedStager{}
+
+// wrap returns the decorator d over inner, a Stager exactly when inner is.
+func wrap(inner gateway.BlobStore, d ops) gateway.BlobStore {
+	w := wrapped{ops: d, inner: inner}
+	if _, ok := inner.(gateway.Stager); ok {
+		return wrappedStager{w}
+	}
+	return w
+}
+
+// stager returns inner's Stage; only called by decorators built through
+// wrap, which route Stage to them only when inner has it.
+func stager(inner gateway.BlobStore) gateway.Stager { return inner.(gateway.Stager) }
+
+// Wrap is the stack every store the gateway opens runs behind: keys are
+// checked first, so that a refused key is neither sent to the store nor
+// counted as one of its operations; then each operation is metered on reg
+// under store=name.
+func Wrap(b gateway.BlobStore, reg prometheus.Registerer, name string) gateway.BlobStore {
+	return CheckKeys(WithMetrics(b, reg, name))
+}
