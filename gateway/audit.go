@@ -634,9 +634,3 @@ func (v *AuditVerifier) Finish(headSeq int64, headHash string) VerifyResult {
 	}
 	return v.result
 }
-
-// AuditCommitter group-commits audit events for a backend (see
-// GroupCommitter): under load each commit carries many events, so the chain
-// head is read and written, and storage synced, once per batch rather than
-// per event. Its Commit appends the batch to the chain in order.
-type AuditCommitter = GroupCommitter[*AuditEvent]

@@ -28,7 +28,7 @@ var (
 )
 
 // AuditLog is the gateway.AuditLog of the embedded store. Concurrent Records
-// are group-committed (gateway.AuditCommitter): one bbolt transaction, and so
+// are group-committed (groupcommit.Committer): one bbolt transaction, and so
 // one fsync, per batch, reading the chain head inside it, so the chain stays
 // linear even with several AuditLogs on one DB. (bbolt's own DB.Batch would
 // also coalesce, but waits up to 10 ms for company even when alone.)

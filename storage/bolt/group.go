@@ -5,13 +5,13 @@ import (
 
 	bbolt "go.etcd.io/bbolt"
 
-	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/internal/groupcommit"
 )
 
-// txCommitter group-commits write functions (gateway.GroupCommitter), so
+// txCommitter group-commits write functions (groupcommit.Committer), so
 // that under concurrent STOW-RS each bbolt transaction, and its fsyncs,
 // carries many index writes instead of one.
-type txCommitter = gateway.GroupCommitter[func(*bbolt.Tx) error]
+type txCommitter = groupcommit.Committer[func(*bbolt.Tx) error]
 
 func newTxCommitter(db *bbolt.DB) *txCommitter {
 	return &txCommitter{Commit: func(_ context.Context, fns []func(*bbolt.Tx) error) []error {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/internal/lease"
 )
 
 // Buckets of the index. Keys joining UIDs use NUL, which no UID contains.
@@ -142,7 +143,7 @@ func unavailable(op string, err error) error {
 // Lock takes an in-process lease on sopInstanceUID. bbolt allows one process
 // per file, so an in-process lease excludes every writer of this index.
 func (x *Index) Lock(ctx context.Context, sopInstanceUID string, ttl time.Duration) (func(), error) {
-	token := gateway.LeaseToken()
+	token := lease.Token()
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -166,7 +167,7 @@ func (x *Index) Lock(ctx context.Context, sopInstanceUID string, ttl time.Durati
 					delete(x.locks, sopInstanceUID)
 				}
 			}
-			return gateway.HoldLease(ttl, renew, release), nil
+			return lease.Hold(ttl, renew, release), nil
 		}
 		x.mu.Unlock()
 		select {

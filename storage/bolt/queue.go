@@ -13,6 +13,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/internal/lease"
 )
 
 var (
@@ -239,7 +240,7 @@ func (q *Queue) Claim(ctx context.Context, consumer string, wait time.Duration) 
 }
 
 func (q *Queue) tryClaim(consumer string) (*gateway.Lease, error) {
-	var lease *gateway.Lease
+	var claimed *gateway.Lease
 	now := q.opts.Now()
 	err := q.db.Update(func(tx *bbolt.Tx) error {
 		qb := tx.Bucket(bucketTransferQueue)
@@ -263,11 +264,11 @@ func (q *Queue) tryClaim(consumer string) (*gateway.Lease, error) {
 				drop = append(drop, slices.Clone(k))
 				continue
 			}
-			it.Owner, it.Token, it.LeaseUntil = consumer, gateway.LeaseToken(), now.Add(q.opts.VisibilityTimeout)
+			it.Owner, it.Token, it.LeaseUntil = consumer, lease.Token(), now.Add(q.opts.VisibilityTimeout)
 			if err := qPutJSON(qb, k, it); err != nil {
 				return err
 			}
-			lease = &gateway.Lease{TransferID: it.ID, Consumer: consumer, Token: it.Token}
+			claimed = &gateway.Lease{TransferID: it.ID, Consumer: consumer, Token: it.Token}
 			return nil
 		}
 		return nil
@@ -275,7 +276,7 @@ func (q *Queue) tryClaim(consumer string) (*gateway.Lease, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bolt: claim: %w", err)
 	}
-	return lease, nil
+	return claimed, nil
 }
 
 func (q *Queue) dropItem(tx *bbolt.Tx, key []byte) error {

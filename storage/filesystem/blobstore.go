@@ -17,6 +17,7 @@ import (
 	"syscall"
 
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/internal/groupcommit"
 )
 
 // tmpDir holds Put's temporary files, inside root so that the final rename
@@ -42,8 +43,8 @@ const renameAttempts = 10
 // not share a root.
 type BlobStore struct {
 	root     *os.Root
-	bufs     sync.Pool                      // *[]byte of copyBufferSize
-	dirSyncs gateway.GroupCommitter[string] // directory syncs after renames, shared by concurrent commits
+	bufs     sync.Pool                     // *[]byte of copyBufferSize
+	dirSyncs groupcommit.Committer[string] // directory syncs after renames, shared by concurrent commits
 }
 
 var (
@@ -208,7 +209,7 @@ func (b *stagedFile) Commit(ctx context.Context, _ string) error {
 		return fmt.Errorf("put %s: %w", b.key, err)
 	}
 	committed = true
-	// The directory sync runs with its own deadline (GroupCommitter): the
+	// The directory sync runs with its own deadline (groupcommit.Committer): the
 	// object is already in place, and leaving its directory unsynced because
 	// this caller gave up would make a nil answer to another caller a lie.
 	if err := b.s.dirSyncs.Record(context.WithoutCancel(ctx), path.Dir(b.key)); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -11,6 +11,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/internal/groupcommit"
 )
 
 // Keys of the audit log, all with the hash tag {audit} so that the append
@@ -61,12 +62,12 @@ return {1, ARGV[3], ARGV[4]}
 
 // AuditLog is the gateway.AuditLog on Redis, shared by every replica using
 // the same key prefix. Concurrent Records in one process are group-committed
-// (gateway.AuditCommitter): one append script per batch, not per event.
+// (groupcommit.Committer): one append script per batch, not per event.
 type AuditLog struct {
 	c         *Client
 	gateway   string
 	now       func() time.Time
-	committer gateway.AuditCommitter
+	committer groupcommit.Committer[*gateway.AuditEvent]
 	keys      *gateway.AuditKeys // nil: plain SHA-256 chain (SetKeys)
 
 	// The cached chain head, used only inside Commit (one caller at a time).
@@ -82,7 +83,7 @@ var _ gateway.AuditScanner = (*AuditLog)(nil)
 // into every record.
 func NewAuditLog(c *Client, gatewayName string) *AuditLog {
 	l := &AuditLog{c: c, gateway: gatewayName, now: time.Now}
-	l.committer = gateway.AuditCommitter{Commit: l.commit, MaxBatch: auditMaxBatch, Timeout: auditFlushTimeout}
+	l.committer = groupcommit.Committer[*gateway.AuditEvent]{Commit: l.commit, MaxBatch: auditMaxBatch, Timeout: auditFlushTimeout}
 	return l
 }
 

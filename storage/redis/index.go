@@ -18,6 +18,7 @@ import (
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/internal/lease"
 )
 
 // Index is the production gateway.Index on Redis, shared by every replica.
@@ -211,7 +212,7 @@ return 0
 // while another holder has it; unlock deletes it only if the token is still
 // ours (a lease that expired and was taken by another is left alone).
 func (x *Index) Lock(ctx context.Context, sopInstanceUID string, ttl time.Duration) (func(), error) {
-	token := gateway.LeaseToken()
+	token := lease.Token()
 	key := x.key("lock", sopInstanceUID)
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
@@ -241,7 +242,7 @@ func (x *Index) Lock(ctx context.Context, sopInstanceUID string, ttl time.Durati
 				// Best effort: a lease not released expires after ttl.
 				_ = unlockScript.Run(rctx, x.rdb, []string{key}, token).Err()
 			}
-			return gateway.HoldLease(ttl, renew, release), nil
+			return lease.Hold(ttl, renew, release), nil
 		}
 		select {
 		case <-ctx.Done():

@@ -1,4 +1,7 @@
-package gateway
+// Package groupcommit batches concurrent callers' writes into shared
+// commits, for the backends that sync once per commit (bbolt transactions,
+// directory fsyncs, the Redis audit chain). Only storage backends import it.
+package groupcommit
 
 import (
 	"context"
@@ -6,7 +9,7 @@ import (
 	"time"
 )
 
-// GroupCommitter batches concurrent callers' items into shared commits:
+// Committer batches concurrent callers' items into shared commits:
 // callers queue up, and one caller at a time (the oldest waiting) hands
 // everything queued, up to MaxBatch items in order, to Commit. A lone
 // caller commits at once (nobody waits for company, unlike bbolt's
@@ -15,7 +18,7 @@ import (
 // batches until its own item is done, then hands the job to the oldest
 // caller still waiting, so nobody commits for others for ever. No
 // goroutine is started and nothing needs closing.
-type GroupCommitter[T any] struct {
+type Committer[T any] struct {
 	// Commit stores batch and returns one error per item (nil, or a short
 	// slice: the rest succeeded). It runs in one caller at a time.
 	Commit func(ctx context.Context, batch []T) []error
@@ -47,7 +50,7 @@ type groupResult struct {
 
 // Record queues item and returns once the batch carrying it was committed,
 // with the item's own outcome.
-func (c *GroupCommitter[T]) Record(ctx context.Context, item T) error {
+func (c *Committer[T]) Record(ctx context.Context, item T) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
