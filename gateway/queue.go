@@ -11,7 +11,8 @@ import (
 // TransferState is where a transfer stands. A transfer moves queued →
 // running → completed | failed | cancelled; a failed or cancelled one goes
 // back to queued when an admin retries it, and a running one goes back to
-// queued while it waits to retry after a network error.
+// queued while it waits to retry after a network error. The exact rules are
+// TransferTransitionAllowed.
 type TransferState string
 
 const (
@@ -21,6 +22,55 @@ const (
 	StateFailed    TransferState = "failed"
 	StateCancelled TransferState = "cancelled"
 )
+
+// TransferStates lists every state, in the order of a transfer's life.
+func TransferStates() []TransferState {
+	return []TransferState{StateQueued, StateRunning, StateCompleted, StateFailed, StateCancelled}
+}
+
+// TransitionActor is who changes a transfer's state: a worker holding its
+// lease (Save, Defer, Finish) or an admin (Cancel, Requeue).
+type TransitionActor string
+
+const (
+	ActorWorker TransitionActor = "worker"
+	ActorAdmin  TransitionActor = "admin"
+)
+
+// TransferTransitionAllowed is the one statement of which state changes of
+// an outgoing transfer the queue allows, and by whom:
+//
+//   - a worker holding the lease of a queued or running transfer moves it
+//     to running (Save), back to queued (Defer), or to completed, failed or
+//     cancelled (Finish); a lease does not survive into any other state, and
+//     a transfer an admin cancelled stays cancelled whatever its worker does;
+//   - an admin cancels a queued or running transfer, and queues a failed or
+//     cancelled one again (Requeue);
+//   - nothing leaves completed.
+//
+// from == to is no change and is not a transition. The bolt queue enforces
+// these rules by calling this function; the Redis queue's Lua scripts carry
+// their own copy, and storagetest.TestQueue drives every (actor, from, to)
+// through each backend and compares the outcome with this function.
+// Incoming transfers (records of what a peer sent) follow ApplyIncoming.
+func TransferTransitionAllowed(by TransitionActor, from, to TransferState) bool {
+	if from == to {
+		return false
+	}
+	switch by {
+	case ActorWorker:
+		return (from == StateQueued || from == StateRunning) &&
+			(to == StateQueued || to == StateRunning || to.Terminal())
+	case ActorAdmin:
+		switch to {
+		case StateCancelled:
+			return from == StateQueued || from == StateRunning
+		case StateQueued:
+			return from == StateFailed || from == StateCancelled
+		}
+	}
+	return false
+}
 
 // Terminal reports whether no worker will touch a transfer in state s again
 // unless an admin retries it.
@@ -180,17 +230,33 @@ func (o QueueOptions) WithDefaults() QueueOptions {
 	return o
 }
 
-// Queue is the durable transfer store and work queue: the transfer records,
-// their per-instance progress, and a priority queue with at-least-once
-// delivery that the transfer workers consume. Implementations: storage/bolt
-// (embedded) and storage/redis (Redis Streams with consumer groups, shared by
-// every replica). All methods are safe for concurrent use, also by several
-// processes sharing one backend where the backend allows it.
-//
-// Enqueue stores t and queues it, to be handed out no earlier than
-// notBefore (zero: now). It is idempotent on t.ID: if a transfer with that
-// ID exists it changes nothing and returns the stored one and false, so a
-// retried request never queues a study twice.
+// The transfer queue's contract is split by caller: each small interface
+// below is what one kind of caller needs, and Queue, which the backends
+// implement, embeds them all. Every method is safe for concurrent use, also
+// by several processes sharing one backend where the backend allows it;
+// methods taking an ID return ErrNotFound for an unknown ID, and
+// unreachable backends return ErrUnavailable. Which state changes each
+// method may make is TransferTransitions.
+
+// TransferEnqueuer stores new transfers. Enqueue stores t and queues it, to
+// be handed out no earlier than notBefore (zero: now). It is idempotent on
+// t.ID: if a transfer with that ID exists it changes nothing and returns the
+// stored one and false, so a retried request never queues a study twice.
+type TransferEnqueuer interface {
+	Enqueue(ctx context.Context, t *Transfer, notBefore time.Time) (stored *Transfer, created bool, err error)
+}
+
+// TransferLister reads transfer records and their per-instance progress.
+// Instances returns an outgoing transfer's progress ordered by SOP Instance
+// UID; IncomingInstances an incoming transfer's (Source, ID).
+type TransferLister interface {
+	Get(ctx context.Context, id string) (*Transfer, error)
+	List(ctx context.Context, f TransferFilter) ([]*Transfer, error)
+	Instances(ctx context.Context, id string) ([]InstanceProgress, error)
+	IncomingInstances(ctx context.Context, source, id string) ([]InstanceProgress, error)
+}
+
+// TransferClaimer is the transfer workers' side of the queue.
 //
 // Claim hands out the next transfer due: every urgent one before any normal
 // one, oldest first, and transfers whose lease expired (their consumer died)
@@ -206,48 +272,59 @@ func (o QueueOptions) WithDefaults() QueueOptions {
 // ErrConflict when the lease is no longer held; Save and Defer also when the
 // transfer was cancelled meanwhile (Finish then keeps state cancelled and
 // still releases the lease). Shutting down without Finish leaves the lease to
-// expire: nothing is acknowledged that was not done.
-//
-// Cancel moves a queued or running transfer to cancelled (ErrConflict in a
-// terminal state). Requeue stores t (an admin retry: state queued, counters
-// the caller reset) if the stored transfer is failed or cancelled and no
-// longer held, else ErrConflict. Postpone moves the not-before time of a
-// transfer that is queued and not yet handed out (ErrConflict otherwise).
-// Get and the methods taking an ID return ErrNotFound for an unknown ID.
-//
-// SetInstances records per-instance progress (last write per SOP Instance
-// UID wins), Instances returns it ordered by SOP Instance UID, and
-// ResetInstances deletes the entries in the given state. RecordIncoming
-// creates or updates the incoming transfer (Source, TransferID) with a batch
-// of its instances (all of that one transfer, applied in order and
-// atomically: one request's instances cost one write), returning the
-// transfer after the batch; a repeated instance is counted once; an empty
-// batch is ErrInvalid; IncomingInstances returns
-// its per-instance state. Depth counts transfers
-// waiting to be handed out, by priority. Unreachable backends return
-// ErrUnavailable.
-type Queue interface {
-	Enqueue(ctx context.Context, t *Transfer, notBefore time.Time) (stored *Transfer, created bool, err error)
-	Get(ctx context.Context, id string) (*Transfer, error)
-	List(ctx context.Context, f TransferFilter) ([]*Transfer, error)
-
+// expire: nothing is acknowledged that was not done. SetInstances records
+// per-instance progress (last write per SOP Instance UID wins).
+type TransferClaimer interface {
 	Claim(ctx context.Context, consumer string, wait time.Duration) (*Lease, error)
 	Extend(ctx context.Context, l *Lease) (*Transfer, error)
 	Save(ctx context.Context, l *Lease, t *Transfer) error
 	Finish(ctx context.Context, l *Lease, t *Transfer) error
 	Defer(ctx context.Context, l *Lease, t *Transfer, until time.Time) error
+	SetInstances(ctx context.Context, id string, p []InstanceProgress) error
+}
 
+// TransferController is the admin's and the router's side. Cancel moves a
+// queued or running transfer to cancelled (ErrConflict in a terminal state).
+// Requeue stores t (an admin retry: state queued, counters the caller reset)
+// if the stored transfer is failed or cancelled and no longer held, else
+// ErrConflict. Postpone moves the not-before time of a transfer that is
+// queued and not yet handed out (ErrConflict otherwise). ResetInstances
+// deletes the per-instance entries in the given state.
+type TransferController interface {
 	Cancel(ctx context.Context, id string) (*Transfer, error)
 	Requeue(ctx context.Context, t *Transfer) error
 	Postpone(ctx context.Context, id string, until time.Time) error
-
-	SetInstances(ctx context.Context, id string, p []InstanceProgress) error
-	Instances(ctx context.Context, id string) ([]InstanceProgress, error)
 	ResetInstances(ctx context.Context, id string, state string) error
+}
 
+// IncomingRecorder keeps, at a receiving gateway, what peers sent.
+// RecordIncoming creates or updates the incoming transfer (Source,
+// TransferID) with a batch of its instances (all of that one transfer,
+// applied in order and atomically: one request's instances cost one write),
+// returning the transfer after the batch; a repeated instance is counted
+// once; an empty batch is ErrInvalid.
+type IncomingRecorder interface {
 	RecordIncoming(ctx context.Context, batch []IncomingInstance) (*Transfer, error)
-	IncomingInstances(ctx context.Context, source, id string) ([]InstanceProgress, error)
+}
+
+// QueueDepther counts transfers waiting to be handed out, by priority (for
+// metrics).
+type QueueDepther interface {
 	Depth(ctx context.Context) (map[Priority]int, error)
+}
+
+// Queue is the durable transfer store and work queue: the transfer records,
+// their per-instance progress, and a priority queue with at-least-once
+// delivery that the transfer workers consume. Implementations: storage/bolt
+// (embedded) and storage/redis (Redis Streams with consumer groups, shared by
+// every replica); storage/storagetest.TestQueue is its conformance suite.
+type Queue interface {
+	TransferEnqueuer
+	TransferLister
+	TransferClaimer
+	TransferController
+	IncomingRecorder
+	QueueDepther
 }
 
 // NewTransferID returns a new random transfer ID ("tr-" and 20 hex digits).

@@ -406,7 +406,7 @@ func (s *Transfers) Retry(ctx context.Context, id string) (*Transfer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if t.State != StateFailed && t.State != StateCancelled {
+	if !TransferTransitionAllowed(ActorAdmin, t.State, StateQueued) {
 		return nil, fmt.Errorf("transfer %s is %s; only a failed or cancelled transfer can be retried: %w", id, t.State, ErrConflict)
 	}
 	if err := s.Queue.ResetInstances(ctx, id, InstanceRefused); err != nil {

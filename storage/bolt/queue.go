@@ -334,8 +334,8 @@ func (q *Queue) Save(ctx context.Context, l *gateway.Lease, t *gateway.Transfer)
 		if err != nil {
 			return err
 		}
-		if old.State == gateway.StateCancelled {
-			return fmt.Errorf("transfer %s was cancelled: %w", l.TransferID, gateway.ErrConflict)
+		if old.State != t.State && !gateway.TransferTransitionAllowed(gateway.ActorWorker, old.State, t.State) {
+			return fmt.Errorf("transfer %s was %s: %w", l.TransferID, old.State, gateway.ErrConflict)
 		}
 		return qPutJSON(tx.Bucket(bucketTransfers), []byte(l.TransferID), t)
 	})
@@ -353,8 +353,8 @@ func (q *Queue) Finish(ctx context.Context, l *gateway.Lease, t *gateway.Transfe
 			return err
 		}
 		cp := *t
-		if old.State == gateway.StateCancelled {
-			cp.State = gateway.StateCancelled
+		if !gateway.TransferTransitionAllowed(gateway.ActorWorker, old.State, cp.State) {
+			cp.State = old.State // cancelled by an admin meanwhile: it stays cancelled
 		}
 		if err := q.dropItem(tx, key); err != nil {
 			return err
@@ -374,8 +374,8 @@ func (q *Queue) Defer(ctx context.Context, l *gateway.Lease, t *gateway.Transfer
 		if err != nil {
 			return err
 		}
-		if old.State == gateway.StateCancelled {
-			return fmt.Errorf("transfer %s was cancelled: %w", l.TransferID, gateway.ErrConflict)
+		if old.State != gateway.StateQueued && !gateway.TransferTransitionAllowed(gateway.ActorWorker, old.State, gateway.StateQueued) {
+			return fmt.Errorf("transfer %s was %s: %w", l.TransferID, old.State, gateway.ErrConflict)
 		}
 		*it = queueItem{ID: it.ID, NotBefore: until}
 		if err := qPutJSON(tx.Bucket(bucketTransferQueue), key, it); err != nil {
@@ -400,7 +400,7 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*gateway.Transfer, error
 		if err != nil {
 			return err
 		}
-		if t.State.Terminal() {
+		if !gateway.TransferTransitionAllowed(gateway.ActorAdmin, t.State, gateway.StateCancelled) {
 			return fmt.Errorf("transfer %s is already %s: %w", id, t.State, gateway.ErrConflict)
 		}
 		if t.State == gateway.StateQueued {
@@ -424,7 +424,7 @@ func (q *Queue) Requeue(ctx context.Context, t *gateway.Transfer) error {
 		if err != nil {
 			return err
 		}
-		if old.State != gateway.StateFailed && old.State != gateway.StateCancelled {
+		if !gateway.TransferTransitionAllowed(gateway.ActorAdmin, old.State, gateway.StateQueued) {
 			return fmt.Errorf("transfer %s is %s, only a failed or cancelled transfer can be retried: %w", t.ID, old.State, gateway.ErrConflict)
 		}
 		if tx.Bucket(bucketTransferQueueIDs).Get([]byte(t.ID)) != nil {

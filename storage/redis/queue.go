@@ -37,6 +37,11 @@ import (
 // pending entry (XPENDING names its consumer); XAUTOCLAIM hands an entry
 // whose consumer stopped extending it to another consumer, after which the
 // old consumer's scripts see it is no longer theirs.
+//
+// The scripts' state checks are a copy of gateway.TransferTransitionAllowed
+// in Lua (a script cannot call Go); storagetest.TestQueue's Transitions
+// drives every (actor, from, to) through this queue and fails when the copy
+// and the rules differ.
 type Queue struct {
 	rdb         goredis.UniversalClient
 	prefix      string

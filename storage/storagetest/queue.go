@@ -20,6 +20,7 @@ type NewQueueFunc func(t *testing.T, opts gateway.QueueOptions) gateway.Queue
 // the real clock with short visibility timeouts, so it sleeps a little.
 func TestQueue(t *testing.T, newQueue NewQueueFunc) {
 	long := gateway.QueueOptions{VisibilityTimeout: time.Minute}
+	t.Run("Transitions", func(t *testing.T) { testTransitions(t, newQueue) })
 	t.Run("EnqueueIsIdempotent", func(t *testing.T) {
 		q := newQueue(t, long)
 		ctx := t.Context()
@@ -564,14 +565,14 @@ func newTransfer(name string, p gateway.Priority) *gateway.Transfer {
 	}
 }
 
-func mustEnqueue(t *testing.T, q gateway.Queue, tr *gateway.Transfer) {
+func mustEnqueue(t *testing.T, q gateway.TransferEnqueuer, tr *gateway.Transfer) {
 	t.Helper()
 	if _, _, err := q.Enqueue(t.Context(), tr, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func claim(t *testing.T, q gateway.Queue, consumer string, wait time.Duration) *gateway.Lease {
+func claim(t *testing.T, q gateway.TransferClaimer, consumer string, wait time.Duration) *gateway.Lease {
 	t.Helper()
 	l, err := q.Claim(t.Context(), consumer, wait)
 	if err != nil {
