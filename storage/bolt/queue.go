@@ -216,27 +216,23 @@ func qSortNewestFirst(ts []*gateway.Transfer) {
 // first, then by age) and polls while waiting, as well as waking on every
 // Enqueue, Defer and Requeue of this process.
 func (q *Queue) Claim(ctx context.Context, consumer string, wait time.Duration) (*gateway.Lease, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		wake := q.wakeCh()
-		l, err := q.tryClaim(consumer)
-		if l != nil || err != nil {
-			return l, err
-		}
-		remaining := time.Until(deadline)
-		if remaining <= 0 {
+	var wake <-chan struct{}
+	return lease.PollClaim(ctx, wait,
+		func(context.Context) (*gateway.Lease, error) {
+			wake = q.wakeCh() // taken before the scan, so that no wake-up after it is missed
+			return q.tryClaim(consumer)
+		},
+		func(ctx context.Context, d time.Duration) (*gateway.Lease, error) {
+			timer := time.NewTimer(min(d, 50*time.Millisecond))
+			defer timer.Stop()
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-wake:
+			case <-timer.C:
+			}
 			return nil, nil
-		}
-		timer := time.NewTimer(min(remaining, 50*time.Millisecond))
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return nil, ctx.Err()
-		case <-wake:
-			timer.Stop()
-		case <-timer.C:
-		}
-	}
+		})
 }
 
 func (q *Queue) tryClaim(consumer string) (*gateway.Lease, error) {

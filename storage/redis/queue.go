@@ -13,6 +13,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/internal/lease"
 )
 
 // Queue is the production gateway.Queue on Redis, shared by every replica.
@@ -393,70 +394,65 @@ func (q *Queue) List(ctx context.Context, f gateway.TransferFilter) ([]*gateway.
 // extending it (XAUTOCLAIM) or a new one (XREADGROUP); then a blocking
 // XREADGROUP over both streams (Block > 0; Block 0 would wait forever).
 func (q *Queue) Claim(ctx context.Context, consumer string, wait time.Duration) (*gateway.Lease, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		if err := q.ensureGroups(ctx); err != nil {
-			return nil, err
-		}
-		if err := q.promote(ctx); err != nil {
-			return nil, err
-		}
-		l, err := q.claimNow(ctx, consumer)
-		if l != nil || err != nil {
-			return l, err
-		}
-		remaining := time.Until(deadline)
-		if remaining <= 0 {
-			return nil, nil
-		}
-		// Short blocks so that delayed transfers falling due are promoted.
-		block := min(remaining, 500*time.Millisecond)
-		if block < time.Millisecond {
-			block = time.Millisecond
-		}
-		res, err := q.rdb.XReadGroup(ctx, &goredis.XReadGroupArgs{
-			Group: queueGroup, Consumer: consumer, Count: 1, Block: block,
-			Streams: []string{q.stream(gateway.PriorityUrgent), q.stream(gateway.PriorityNormal), ">", ">"},
-		}).Result()
-		if errors.Is(err, goredis.Nil) {
-			continue
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			if strings.Contains(err.Error(), "NOGROUP") {
-				q.groupsReady.Store(false)
-			}
-			return nil, translate(err)
-		}
-		var got []entry
-		for _, s := range res {
-			for _, m := range s.Messages {
-				got = append(got, entry{stream: s.Stream, msg: m})
-			}
-		}
-		slices.SortStableFunc(got, func(a, b entry) int {
-			return boolInt(b.stream == q.stream(gateway.PriorityUrgent)) - boolInt(a.stream == q.stream(gateway.PriorityUrgent))
-		})
-		var lease *gateway.Lease
-		for _, e := range got {
-			if lease != nil {
-				id, _ := e.msg.Values["id"].(string)
-				if err := queueGiveBackScript.Run(ctx, q.rdb, []string{q.tkey(id), e.stream}, queueGroup, e.msg.ID, id).Err(); err != nil {
-					return nil, translate(err)
-				}
-				continue
-			}
-			lease, err = q.accept(ctx, consumer, e)
-			if err != nil {
+	return lease.PollClaim(ctx, wait,
+		func(ctx context.Context) (*gateway.Lease, error) {
+			if err := q.ensureGroups(ctx); err != nil {
 				return nil, err
 			}
+			if err := q.promote(ctx); err != nil {
+				return nil, err
+			}
+			return q.claimNow(ctx, consumer)
+		},
+		func(ctx context.Context, remaining time.Duration) (*gateway.Lease, error) {
+			return q.readBlocking(ctx, consumer, remaining)
+		})
+}
+
+// readBlocking waits for a new entry on either stream, at most 500 ms so
+// that delayed transfers falling due are promoted, and accepts the first,
+// urgent before normal, giving back any other it was handed.
+func (q *Queue) readBlocking(ctx context.Context, consumer string, remaining time.Duration) (*gateway.Lease, error) {
+	block := max(min(remaining, 500*time.Millisecond), time.Millisecond)
+	res, err := q.rdb.XReadGroup(ctx, &goredis.XReadGroupArgs{
+		Group: queueGroup, Consumer: consumer, Count: 1, Block: block,
+		Streams: []string{q.stream(gateway.PriorityUrgent), q.stream(gateway.PriorityNormal), ">", ">"},
+	}).Result()
+	if errors.Is(err, goredis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
-		if lease != nil {
-			return lease, nil
+		if strings.Contains(err.Error(), "NOGROUP") {
+			q.groupsReady.Store(false)
+		}
+		return nil, translate(err)
+	}
+	var got []entry
+	for _, s := range res {
+		for _, m := range s.Messages {
+			got = append(got, entry{stream: s.Stream, msg: m})
 		}
 	}
+	slices.SortStableFunc(got, func(a, b entry) int {
+		return boolInt(b.stream == q.stream(gateway.PriorityUrgent)) - boolInt(a.stream == q.stream(gateway.PriorityUrgent))
+	})
+	var accepted *gateway.Lease
+	for _, e := range got {
+		if accepted != nil {
+			id, _ := e.msg.Values["id"].(string)
+			if err := queueGiveBackScript.Run(ctx, q.rdb, []string{q.tkey(id), e.stream}, queueGroup, e.msg.ID, id).Err(); err != nil {
+				return nil, translate(err)
+			}
+			continue
+		}
+		if accepted, err = q.accept(ctx, consumer, e); err != nil {
+			return nil, err
+		}
+	}
+	return accepted, nil
 }
 
 type entry struct {

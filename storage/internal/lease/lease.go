@@ -1,12 +1,15 @@
-// Package lease holds what the index backends share to hold an Index.Lock
-// lease: its holder's token and the renewal loop. Only storage backends
-// import it.
+// Package lease holds what the backends share about leases: the holder's
+// token and the renewal loop of an Index.Lock lease, and the waiting loop of
+// a transfer queue's Claim. Only storage backends import it.
 package lease
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"time"
+
+	"github.com/dicom-gateway/gateway/gateway"
 )
 
 // Token is a random token naming one holder of an Index.Lock lease, so
@@ -42,5 +45,31 @@ func Hold(ttl time.Duration, renew, release func()) (unlock func()) {
 		close(stop)
 		<-stopped
 		release()
+	}
+}
+
+// PollClaim is the waiting loop of every gateway.Queue's Claim: it calls
+// try, which claims a due transfer without waiting, and while nothing is due
+// and wait has not passed, block, which waits at most d for a transfer to
+// become due (a wake-up, a poll interval) and may claim one itself (a
+// blocking stream read does). A lease or an error from either ends the loop;
+// so does wait passing with nothing due (nil, nil).
+func PollClaim(ctx context.Context, wait time.Duration,
+	try func(ctx context.Context) (*gateway.Lease, error),
+	block func(ctx context.Context, d time.Duration) (*gateway.Lease, error),
+) (*gateway.Lease, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		l, err := try(ctx)
+		if l != nil || err != nil {
+			return l, err
+		}
+		remaining := time.Until(deadline)
+		if remaining <= 0 {
+			return nil, nil
+		}
+		if l, err := block(ctx, remaining); l != nil || err != nil {
+			return l, err
+		}
 	}
 }
