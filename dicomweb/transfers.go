@@ -309,53 +309,49 @@ func printableOr(s string) string {
 }
 
 // TransferCollector exports the transfer metrics on a Prometheus registry:
-// queue depth by priority, transfers by state (of the 10,000 most recent),
-// and bytes sent and automatic retries per peer since start.
+// queue depth by priority (one Depth call per scrape), and counters since
+// start of the transfers this process moved into each state, bytes sent and
+// automatic retries per peer, which gateway.Transfers counts as they happen,
+// so that a scrape lists no transfers.
 type TransferCollector struct {
-	t                            *gateway.Transfers
-	depth, byState, bytes, retry *prometheus.Desc
+	t                                *gateway.Transfers
+	depthDesc, changes, bytes, retry *prometheus.Desc
 }
 
 // NewTransferCollector returns the collector for t; register it with
 // reg.MustRegister.
 func NewTransferCollector(t *gateway.Transfers) *TransferCollector {
 	return &TransferCollector{
-		t:       t,
-		depth:   prometheus.NewDesc("gateway_transfer_queue_depth", "Transfers waiting to be handed to a worker, by priority.", []string{"priority"}, nil),
-		byState: prometheus.NewDesc("gateway_transfers", "Outgoing transfers by state (of the 10,000 most recent).", []string{"state"}, nil),
-		bytes:   prometheus.NewDesc("gateway_transfer_sent_bytes_total", "Bytes of instances confirmed by each peer since start.", []string{"peer"}, nil),
-		retry:   prometheus.NewDesc("gateway_transfer_retries_total", "Automatic transfer retries after a temporary failure, per peer, since start.", []string{"peer"}, nil),
+		t:         t,
+		depthDesc: prometheus.NewDesc("gateway_transfer_queue_depth", "Transfers waiting to be handed to a worker, by priority.", []string{"priority"}, nil),
+		changes:   prometheus.NewDesc("gateway_transfer_state_changes_total", "Outgoing transfers this process moved into each state since start (created, retried or deferred: queued; started: running; ended: completed, failed, cancelled).", []string{"state"}, nil),
+		bytes:     prometheus.NewDesc("gateway_transfer_sent_bytes_total", "Bytes of instances confirmed by each peer since start.", []string{"peer"}, nil),
+		retry:     prometheus.NewDesc("gateway_transfer_retries_total", "Automatic transfer retries after a temporary failure, per peer, since start.", []string{"peer"}, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (tc *TransferCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- tc.depth
-	ch <- tc.byState
+	ch <- tc.depthDesc
+	ch <- tc.changes
 	ch <- tc.bytes
 	ch <- tc.retry
 }
 
-// Collect implements prometheus.Collector; the queue is asked with a short
-// deadline, and a failing queue only leaves those series out.
+// Collect implements prometheus.Collector; the queue is asked for its depth
+// with a short deadline, and a failing queue only leaves that series out.
 func (tc *TransferCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if d, err := tc.t.Queue.Depth(ctx); err == nil {
 		for p, n := range d {
-			ch <- prometheus.MustNewConstMetric(tc.depth, prometheus.GaugeValue, float64(n), string(p))
-		}
-	}
-	if ts, err := tc.t.Queue.List(ctx, gateway.TransferFilter{Limit: 10000}); err == nil {
-		counts := map[gateway.TransferState]int{gateway.StateQueued: 0, gateway.StateRunning: 0, gateway.StateCompleted: 0, gateway.StateFailed: 0, gateway.StateCancelled: 0}
-		for _, t := range ts {
-			counts[t.State]++
-		}
-		for st, n := range counts {
-			ch <- prometheus.MustNewConstMetric(tc.byState, prometheus.GaugeValue, float64(n), string(st))
+			ch <- prometheus.MustNewConstMetric(tc.depthDesc, prometheus.GaugeValue, float64(n), string(p))
 		}
 	}
 	stats := tc.t.Stats()
+	for _, st := range gateway.TransferStates() {
+		ch <- prometheus.MustNewConstMetric(tc.changes, prometheus.CounterValue, float64(stats.StateChanges[st]), string(st))
+	}
 	for _, p := range tc.t.Peers {
 		ch <- prometheus.MustNewConstMetric(tc.bytes, prometheus.CounterValue, float64(stats.BytesSent[p.Name]), p.Name)
 		ch <- prometheus.MustNewConstMetric(tc.retry, prometheus.CounterValue, float64(stats.Retries[p.Name]), p.Name)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -214,10 +215,18 @@ func (p RetryPolicy) Backoff(n int, retryAfter time.Duration, rnd func() float64
 	return max(d, min(retryAfter, time.Hour))
 }
 
-// TransferStats are cumulative counters for metrics, per peer.
+// TransferStats are cumulative counters for metrics since start. They are
+// counted as things happen, so that a scrape costs no queue listing.
 type TransferStats struct {
 	BytesSent map[string]int64 // by peer
 	Retries   map[string]int64 // automatic retries, by peer
+	// StateChanges counts the outgoing transfers this process moved into
+	// each state (created, retried or deferred → queued, started → running,
+	// and so on), as the queue accepted them. A worker stopping for an
+	// admin's cancel counts nothing (the admin's Cancel counted it); one
+	// whose attempt ended in the instant an admin cancelled counts its own
+	// outcome, which the queue then overrode with cancelled.
+	StateChanges map[TransferState]int64
 }
 
 // Transfers creates, runs and reports transfers of studies to peer centres.
@@ -332,6 +341,7 @@ func (s *Transfers) Create(ctx context.Context, req CreateTransfer) (*Transfer, 
 		return nil, err
 	}
 	if created {
+		s.changed(StateQueued)
 		s.audit(ctx, PrincipalFrom(ctx), ActionTransferCreated, OutcomeSuccess, stored, nil)
 		s.logger().InfoContext(ctx, "transfer queued", LogKeyTransferID, stored.ID, LogKeyStudyUID, stored.StudyUID, LogKeyPeer, stored.Destination)
 	}
@@ -390,6 +400,7 @@ func (s *Transfers) Cancel(ctx context.Context, id string) (*Transfer, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.changed(StateCancelled)
 	s.audit(ctx, PrincipalFrom(ctx), ActionTransferCancel, OutcomeSuccess, t, nil)
 	s.logger().InfoContext(ctx, "transfer cancelled", LogKeyTransferID, id)
 	return t, nil
@@ -418,6 +429,7 @@ func (s *Transfers) Retry(ctx context.Context, id string) (*Transfer, error) {
 	if err := s.Queue.Requeue(ctx, t); err != nil {
 		return nil, err
 	}
+	s.changed(StateQueued)
 	s.audit(ctx, PrincipalFrom(ctx), ActionTransferRetried, OutcomeSuccess, t, nil)
 	s.logger().InfoContext(ctx, "transfer retried by admin", LogKeyTransferID, id)
 	return t, nil
@@ -449,28 +461,35 @@ func (s *Transfers) RecordIncoming(ctx context.Context, transferID, source strin
 	return err
 }
 
-// Stats returns a copy of the cumulative per-peer counters.
+// Stats returns a copy of the cumulative counters.
 func (s *Transfers) Stats() TransferStats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := TransferStats{BytesSent: map[string]int64{}, Retries: map[string]int64{}}
-	for k, v := range s.stats.BytesSent {
-		out.BytesSent[k] = v
+	return TransferStats{
+		BytesSent:    maps.Clone(s.stats.BytesSent),
+		Retries:      maps.Clone(s.stats.Retries),
+		StateChanges: maps.Clone(s.stats.StateChanges),
 	}
-	for k, v := range s.stats.Retries {
-		out.Retries[k] = v
-	}
-	return out
 }
 
 func (s *Transfers) count(peer string, bytes int64, retries int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stats.BytesSent == nil {
-		s.stats = TransferStats{BytesSent: map[string]int64{}, Retries: map[string]int64{}}
+		s.stats.BytesSent, s.stats.Retries = map[string]int64{}, map[string]int64{}
 	}
 	s.stats.BytesSent[peer] += bytes
 	s.stats.Retries[peer] += retries
+}
+
+// changed counts one transfer this process moved into state st.
+func (s *Transfers) changed(st TransferState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stats.StateChanges == nil {
+		s.stats.StateChanges = map[TransferState]int64{}
+	}
+	s.stats.StateChanges[st]++
 }
 
 // workerPrincipal is the actor of the state changes workers make.
@@ -644,6 +663,7 @@ func (s *Transfers) process(ctx context.Context, l *Lease) {
 		log.InfoContext(ctx, "transfer not started", LogKeyError, err.Error())
 		return
 	}
+	s.changed(StateRunning)
 	if first {
 		if err := s.auditOrErr(ctx, workerPrincipal, ActionTransferStarted, OutcomeSuccess, t, nil); err != nil {
 			// Fail closed: nothing is sent without its audit record. The
@@ -913,6 +933,7 @@ func (r *run) finish(ctx context.Context, o *attemptResult) {
 			log.WarnContext(ctx, "completed transfer not recorded", LogKeyError, err.Error())
 			return
 		}
+		s.changed(StateCompleted)
 		s.audit(ctx, workerPrincipal, ActionTransferVerified, OutcomeSuccess, t, map[string]any{"verification": t.Verification})
 		s.audit(ctx, workerPrincipal, ActionTransferComplete, OutcomeSuccess, t, map[string]any{"bytes_sent": t.BytesSent})
 		log.InfoContext(ctx, "transfer completed", "instances", t.InstancesTotal, "bytes", t.BytesSent)
@@ -941,6 +962,7 @@ func (r *run) finish(ctx context.Context, o *attemptResult) {
 		log.WarnContext(ctx, "transfer retry not scheduled", LogKeyError, err.Error())
 		return
 	}
+	s.changed(StateQueued)
 	s.count(t.Destination, 0, 1)
 	s.audit(ctx, workerPrincipal, ActionTransferRetried, OutcomeFailure, t, map[string]any{"automatic": true, "next_attempt_at": next.Format(time.RFC3339)})
 	log.WarnContext(ctx, "transfer attempt failed; will retry", "attempt", t.Attempts, "next_attempt_at", next, LogKeyError, reason)
@@ -953,6 +975,7 @@ func (r *run) fail(ctx context.Context, reason string) {
 		s.logger().WarnContext(ctx, "failed transfer not recorded", LogKeyTransferID, t.ID, LogKeyError, err.Error())
 		return
 	}
+	s.changed(StateFailed)
 	s.audit(ctx, workerPrincipal, ActionTransferFailed, OutcomeFailure, t, nil)
 	s.logger().WarnContext(ctx, "transfer failed", LogKeyTransferID, t.ID, LogKeyPeer, t.Destination, LogKeyError, reason)
 }
