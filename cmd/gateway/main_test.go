@@ -86,6 +86,14 @@ func TestOperationalEndpoints(t *testing.T) {
 	if !strings.Contains(body, "gateway_http_request_duration_seconds_bucket") {
 		t.Errorf("/metrics has no latency histogram")
 	}
+	for _, series := range []string{
+		`gateway_blob_operations_total{operation="put",store="filesystem"} 0`,
+		`gateway_transfer_state_changes_total{state="queued"} 0`,
+	} {
+		if !strings.Contains(body, series) {
+			t.Errorf("/metrics lacks %s (the blob store must run behind blobwrap.Wrap on the served registry)", series)
+		}
+	}
 }
 
 func TestReadyzNamesBackendsThatAreDown(t *testing.T) {
