@@ -16,31 +16,47 @@ import (
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
-// ops is the per-call behaviour a decorator adds around its inner store.
-// Stage is only called when the inner store is a gateway.Stager.
+// ops is a decorator's own behaviour around its inner store. Its Stage is
+// only reached when the inner store is a gateway.Stager (wrap exposes Stage
+// only then).
 type ops interface {
 	gateway.BlobStore
 	gateway.Stager
 }
 
-// wrapped is a decorator over inner without Stage; the optional interfaces
-// other than Stager forward to inner and, when inner lacks one, give the
-// answer a caller gets from a store without it (Ping nil: nothing to be
-// unreachable; OverNetwork false; Close nil: nothing to release).
+// wrapped is a decorator d over inner, without Stage. The optional
+// interfaces other than Stager forward to inner and, when inner lacks one,
+// give the answer a caller gets from a store without it (Ping nil: nothing
+// to be unreachable; OverNetwork false; Close nil: nothing to release).
 type wrapped struct {
-	ops
+	d     ops
 	inner gateway.BlobStore
 }
 
 var (
+	_ gateway.BlobStore    = wrapped{}
 	_ gateway.Pinger       = wrapped{}
 	_ gateway.NetworkStore = wrapped{}
 	_ io.Closer            = wrapped{}
 )
 
-// Stage is shadowed so that a wrapped store without staging is no Stager:
-// ingest then takes Put, as it does on the bare store.
-func (wrapped) Stage() {}
+func (w wrapped) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
+	return w.d.Put(ctx, key, r)
+}
+
+func (w wrapped) Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
+	return w.d.Get(ctx, key, offset, length)
+}
+
+func (w wrapped) Stat(ctx context.Context, key string) (gateway.BlobInfo, error) {
+	return w.d.Stat(ctx, key)
+}
+
+func (w wrapped) Delete(ctx context.Context, key string) error { return w.d.Delete(ctx, key) }
+
+func (w wrapped) Walk(ctx context.Context, prefix string, fn func(gateway.BlobInfo) error) error {
+	return w.d.Walk(ctx, prefix, fn)
+}
 
 func (w wrapped) Ping(ctx context.Context) error {
 	if p, ok := w.inner.(gateway.Pinger); ok {
@@ -58,20 +74,20 @@ func (w wrapped) Close() error {
 	return nil
 }
 
-// wrappedStager is a decorator over a gateway.Stager.
+// wrappedStager is a decorator over a gateway.Stager: wrapped plus Stage.
 type wrappedStager struct {
 	wrapped
 }
 
-func (w wrappedStager) Stage(ctx context.Context, key string, r io.Reader) (gateway.StagedBlob, error) {
-	return w.ops.Stage(ctx, key, r)
-}
-
 var _ gateway.Stager = wrappedStager{}
+
+func (w wrappedStager) Stage(ctx context.Context, key string, r io.Reader) (gateway.StagedBlob, error) {
+	return w.d.Stage(ctx, key, r)
+}
 
 // wrap returns the decorator d over inner, a Stager exactly when inner is.
 func wrap(inner gateway.BlobStore, d ops) gateway.BlobStore {
-	w := wrapped{ops: d, inner: inner}
+	w := wrapped{d: d, inner: inner}
 	if _, ok := inner.(gateway.Stager); ok {
 		return wrappedStager{w}
 	}
