@@ -1,10 +1,10 @@
 // Package blobwrap holds the decorators every gateway.BlobStore runs behind:
 // CheckKeys enforces the key rule of the contract, WithMetrics records each
-// operation on an injected Prometheus registry. Both return a store with the
-// same optional interfaces as the one they wrap (gateway.Stager,
-// gateway.Pinger, gateway.NetworkStore, io.Closer), so that wrapping never
-// turns off a fast path such as staged ingest. It imports gateway and the
-// Prometheus client only.
+// operation on an injected Prometheus registry. Both return a store that is
+// a gateway.Stager exactly when the wrapped one is, and that forwards
+// gateway.Pinger, gateway.NetworkStore and io.Closer to it, so that wrapping
+// never turns off a fast path such as staged ingest or WADO read-ahead. It
+// imports gateway and the Prometheus client only.
 package blobwrap
 
 import (
