@@ -17,6 +17,7 @@ import (
 	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/storage/internal/lease"
+	"github.com/dicom-gateway/gateway/storage/internal/recordcodec"
 )
 
 // Buckets of the index. Keys joining UIDs use NUL, which no UID contains.
@@ -441,7 +442,7 @@ func getRecord(tx *bbolt.Tx, sop string) (*gateway.InstanceRecord, error) {
 	if v == nil {
 		return nil, fmt.Errorf("instance %s: %w", sop, gateway.ErrNotFound)
 	}
-	rec, err := gateway.DecodeRecord(v)
+	rec, err := recordcodec.Decode(v)
 	if err != nil {
 		return nil, fmt.Errorf("decode instance %s: %w", sop, err)
 	}
@@ -451,7 +452,7 @@ func getRecord(tx *bbolt.Tx, sop string) (*gateway.InstanceRecord, error) {
 func seriesKey(study, series string) []byte { return []byte(study + "\x00" + series) }
 
 func addRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
-	data, err := gateway.EncodeRecord(rec)
+	data, err := recordcodec.Encode(rec)
 	if err != nil {
 		return err
 	}
@@ -589,10 +590,10 @@ func removeRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
 	return putStudy(tx, study)
 }
 
-// putStudy stores a study summary in the compact form (gateway.AppendCompact),
+// putStudy stores a study summary in the compact form (recordcodec.AppendStudy),
 // which searches decode without encoding/json.
 func putStudy(tx *bbolt.Tx, s *gateway.StudySummary) error {
-	data, err := s.AppendCompact(nil)
+	data, err := recordcodec.AppendStudy(nil, s)
 	if err != nil {
 		return err
 	}
@@ -613,7 +614,7 @@ func getStudy(tx *bbolt.Tx, study string) (*gateway.StudySummary, error) {
 		return nil, fmt.Errorf("study %s: %w", study, gateway.ErrNotFound)
 	}
 	if len(v) > 0 && v[0] != '{' {
-		s, err := gateway.DecodeCompactStudy(string(v))
+		s, err := recordcodec.DecodeStudy(string(v))
 		if err != nil {
 			return nil, fmt.Errorf("decode study %s: %w", study, err)
 		}

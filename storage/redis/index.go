@@ -19,6 +19,7 @@ import (
 	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/storage/internal/lease"
+	"github.com/dicom-gateway/gateway/storage/internal/recordcodec"
 )
 
 // Index is the production gateway.Index on Redis, shared by every replica.
@@ -27,7 +28,7 @@ import (
 // the Lua scripts stay valid on Redis Cluster):
 //
 //	{idx}:i:<sop>              hash: rec (InstanceRecord JSON), st, se, mod, cls
-//	{idx}:s:<study>            hash: ca (study-level attributes, gateway.AppendCompact), n, ns,
+//	{idx}:s:<study>            hash: ca (study-level attributes, recordcodec.AppendCompact), n, ns,
 //	                           m:<modality>, c:<sop class> counts, and the values it is indexed
 //	                           under: d, pid, acc, names, np, ph
 //	{idx}:ss:<study>           set of series UIDs
@@ -294,15 +295,15 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) ([]any, erro
 			return nil, fmt.Errorf("index record: %w", err)
 		}
 	}
-	data, err := gateway.EncodeRecord(rec)
+	data, err := recordcodec.Encode(rec)
 	if err != nil {
 		return nil, err
 	}
-	sattrs, err := gateway.AppendCompact(nil, gateway.StudyAttrs(rec.Metadata))
+	sattrs, err := recordcodec.AppendCompact(nil, gateway.StudyAttrs(rec.Metadata))
 	if err != nil {
 		return nil, fmt.Errorf("encode study attributes: %w", err)
 	}
-	eattrs, err := gateway.AppendCompact(nil, gateway.SeriesAttrs(rec.Metadata))
+	eattrs, err := recordcodec.AppendCompact(nil, gateway.SeriesAttrs(rec.Metadata))
 	if err != nil {
 		return nil, fmt.Errorf("encode series attributes: %w", err)
 	}
@@ -374,7 +375,7 @@ func decodeRecord(v any) (*gateway.InstanceRecord, error) {
 	if !ok {
 		return nil, fmt.Errorf("redis index: record is %T: %w", v, gateway.ErrUnavailable)
 	}
-	rec, err := gateway.DecodeRecord([]byte(s))
+	rec, err := recordcodec.Decode([]byte(s))
 	if err != nil {
 		return nil, fmt.Errorf("redis index: decode record: %v: %w", err, gateway.ErrUnavailable)
 	}
@@ -853,7 +854,7 @@ func (x *Index) studies(ctx context.Context, uids []string) ([]*gateway.StudySum
 // the hash is gone.
 func decodeAttrs(h map[string]string) (dicomcodec.Dataset, error) {
 	if ca := h["ca"]; ca != "" {
-		return gateway.DecodeCompact(ca)
+		return recordcodec.DecodeCompact(ca)
 	}
 	if h["attrs"] == "" {
 		return nil, nil

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/internal/recordcodec"
 	"github.com/dicom-gateway/gateway/storage/storagetest"
 )
 
@@ -47,7 +48,7 @@ func (l legacyIndex) downgrade(ctx context.Context, study string) {
 		if err != nil {
 			continue // gone
 		}
-		d, err := gateway.DecodeCompact(ca)
+		d, err := recordcodec.DecodeCompact(ca)
 		if err != nil {
 			l.t.Fatal(err)
 		}

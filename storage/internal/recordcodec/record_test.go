@@ -1,4 +1,4 @@
-package gateway_test
+package recordcodec_test
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/testcorpus"
+	"github.com/dicom-gateway/gateway/storage/internal/recordcodec"
 )
 
 // TestRecordCodecRoundTrip: for every corpus header, the stored record form
@@ -40,22 +41,22 @@ func TestRecordCodecRoundTrip(t *testing.T) {
 		if err := json.Unmarshal(js, &want); err != nil {
 			t.Fatal(err)
 		}
-		enc, err := gateway.EncodeRecord(rec)
+		enc, err := recordcodec.Encode(rec)
 		if err != nil {
 			t.Fatalf("%s: %v", file.Name, err)
 		}
-		again, _ := gateway.EncodeRecord(rec)
+		again, _ := recordcodec.Encode(rec)
 		if !bytes.Equal(enc, again) {
 			t.Errorf("%s: two encodings of one record differ", file.Name)
 		}
-		got, err := gateway.DecodeRecord(enc)
+		got, err := recordcodec.Decode(enc)
 		if err != nil {
 			t.Fatalf("%s: %v", file.Name, err)
 		}
 		if !reflect.DeepEqual(got, &want) {
 			t.Errorf("%s: decoded record differs from the JSON round trip", file.Name)
 		}
-		legacy, err := gateway.DecodeRecord(js)
+		legacy, err := recordcodec.Decode(js)
 		if err != nil || !reflect.DeepEqual(legacy, &want) {
 			t.Errorf("%s: all-JSON form: %v", file.Name, err)
 		}
@@ -65,8 +66,8 @@ func TestRecordCodecRoundTrip(t *testing.T) {
 		t.Fatal("no corpus file made a record: the test proved nothing")
 	}
 	for _, bad := range [][]byte{nil, {0x01}, {0x01, 0xFF}, {0x02, 0, 0}, []byte("{")} {
-		if _, err := gateway.DecodeRecord(bad); err == nil {
-			t.Errorf("DecodeRecord(%q) accepted malformed input", bad)
+		if _, err := recordcodec.Decode(bad); err == nil {
+			t.Errorf("Decode(%q) accepted malformed input", bad)
 		}
 	}
 }

@@ -1,22 +1,27 @@
-package gateway
+// Package recordcodec is how the index backends store instance records,
+// datasets and study summaries: a compact binary form that reads back
+// without encoding/json. Only storage backends import it.
+package recordcodec
 
 import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/dicom-gateway/gateway/gateway"
 )
 
-// recordVersion marks the stored form written by EncodeRecord; the older
+// recordVersion marks the stored form written by Encode; the older
 // form is the record's JSON, which starts with '{'.
 const recordVersion = 0x01
 
-// EncodeRecord is how the index backends store an InstanceRecord: a version
+// Encode is how the index backends store a gateway.InstanceRecord: a version
 // byte, the record's fields other than Metadata as JSON, then Metadata in
 // the compact form (AppendCompact). Reading a series of 1,000 records back
 // (WADO-RS series metadata, transfers) then costs no per-attribute JSON
 // decoding. Equal records encode to equal bytes.
-func EncodeRecord(rec *InstanceRecord) ([]byte, error) {
+func Encode(rec *gateway.InstanceRecord) ([]byte, error) {
 	shallow := *rec
 	shallow.Metadata = nil
 	head, err := json.Marshal(&shallow)
@@ -32,13 +37,13 @@ func EncodeRecord(rec *InstanceRecord) ([]byte, error) {
 
 var errRecord = errors.New("stored instance record: malformed")
 
-// DecodeRecord reads a record written by EncodeRecord, or by the earlier
+// Decode reads a record written by Encode, or by the earlier
 // all-JSON form.
-func DecodeRecord(b []byte) (*InstanceRecord, error) {
-	var rec InstanceRecord
+func Decode(b []byte) (*gateway.InstanceRecord, error) {
+	var rec gateway.InstanceRecord
 	if len(b) > 0 && b[0] == '{' {
 		if err := json.Unmarshal(b, &rec); err != nil {
-			return nil, fmt.Errorf("decode instance record: %w", FromCodec(err))
+			return nil, fmt.Errorf("decode instance record: %w", gateway.FromCodec(err))
 		}
 		return &rec, nil
 	}
@@ -51,7 +56,7 @@ func DecodeRecord(b []byte) (*InstanceRecord, error) {
 	}
 	head := b[1+k : 1+k+int(n)]
 	if err := json.Unmarshal(head, &rec); err != nil {
-		return nil, fmt.Errorf("decode instance record: %w", FromCodec(err))
+		return nil, fmt.Errorf("decode instance record: %w", gateway.FromCodec(err))
 	}
 	md, err := DecodeCompact(string(b[1+k+int(n):]))
 	if err != nil {

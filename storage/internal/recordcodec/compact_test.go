@@ -1,4 +1,4 @@
-package gateway
+package recordcodec
 
 import (
 	"encoding/json"
@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
+	"github.com/dicom-gateway/gateway/gateway"
 )
 
 // TestCompactRoundTrip checks that DecodeCompact(AppendCompact(d)) is what a
@@ -60,25 +61,25 @@ func TestCompactRoundTrip(t *testing.T) {
 }
 
 func TestCompactStudy(t *testing.T) {
-	want := &StudySummary{
+	want := &gateway.StudySummary{
 		StudyInstanceUID: "1.2.3", Series: 2, Instances: 5,
 		Attrs:      dicomcodec.Dataset{dicomcodec.TagPatientID: {VR: "LO", Value: []any{"P1"}}},
 		Modalities: map[string]int{"CT": 3, "MR": 2}, SOPClasses: map[string]int{"1.2.840.10008.5.1.4.1.1.2": 5},
 	}
-	b, err := want.AppendCompact(nil)
+	b, err := AppendStudy(nil, want)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := DecodeCompactStudy(string(b))
+	got, err := DecodeStudy(string(b))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("DecodeCompactStudy = %#v, want %#v", got, want)
+		t.Errorf("DecodeStudy = %#v, want %#v", got, want)
 	}
 	for i := range len(b) {
-		if _, err := DecodeCompactStudy(string(b[:i])); err == nil {
-			t.Fatalf("DecodeCompactStudy of %d of %d bytes: no error", i, len(b))
+		if _, err := DecodeStudy(string(b[:i])); err == nil {
+			t.Fatalf("DecodeStudy of %d of %d bytes: no error", i, len(b))
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package gateway
+package recordcodec
 
 import (
 	"encoding/binary"
@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
+	"github.com/dicom-gateway/gateway/gateway"
 )
 
 // The compact form of a Dataset is what indexes store for the study- and
@@ -158,7 +159,7 @@ func DecodeCompact(s string) (dicomcodec.Dataset, error) {
 		case 'j':
 			if r.err == nil {
 				if err := json.Unmarshal([]byte(r.str()), &a); err != nil {
-					return nil, fmt.Errorf("compact dataset: %s: %w", tag, FromCodec(err))
+					return nil, fmt.Errorf("compact dataset: %s: %w", tag, gateway.FromCodec(err))
 				}
 			}
 		case 'v':
@@ -264,10 +265,10 @@ func (r *compactReader) value() any {
 	return nil
 }
 
-// AppendCompact appends the compact form of s (its counts, then its
-// attributes as AppendCompact writes a Dataset) to dst; DecodeCompactStudy
-// reads it back.
-func (s *StudySummary) AppendCompact(dst []byte) ([]byte, error) {
+// AppendStudy appends the compact form of s (its counts, then its
+// attributes as AppendCompact writes a Dataset) to dst; DecodeStudy reads it
+// back.
+func AppendStudy(dst []byte, s *gateway.StudySummary) ([]byte, error) {
 	dst = append(dst, 'S')
 	dst = appendStr(dst, s.StudyInstanceUID)
 	dst = binary.AppendVarint(dst, int64(s.Series))
@@ -281,13 +282,13 @@ func (s *StudySummary) AppendCompact(dst []byte) ([]byte, error) {
 	return AppendCompact(dst, s.Attrs)
 }
 
-// DecodeCompactStudy reads a StudySummary written by its AppendCompact.
-func DecodeCompactStudy(s string) (*StudySummary, error) {
+// DecodeStudy reads a study summary written by AppendStudy.
+func DecodeStudy(s string) (*gateway.StudySummary, error) {
 	r := compactReader{s: s}
 	if r.byte() != 'S' {
 		return nil, fmt.Errorf("%w: not a study summary", errCompact)
 	}
-	st := &StudySummary{StudyInstanceUID: r.str()}
+	st := &gateway.StudySummary{StudyInstanceUID: r.str()}
 	st.Series, st.Instances = int(r.varint()), int(r.varint())
 	for _, m := range []*map[string]int{&st.Modalities, &st.SOPClasses} {
 		n := r.uvarint()
