@@ -732,14 +732,14 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 					k, v = c.Prev()
 				}
 			case h.DateHigh > 0:
-				k, v = c.Seek(fmt.Appendf(slices.Clip(prefix), "%08d\x01", h.DateHigh))
+				k, _ = c.Seek(fmt.Appendf(slices.Clip(prefix), "%08d\x01", h.DateHigh))
 				if k == nil {
 					k, v = c.Last()
 				} else {
 					k, v = c.Prev()
 				}
 			case prefix != nil:
-				k, v = c.Seek(append(slices.Clip(prefix), 0xFF))
+				k, _ = c.Seek(append(slices.Clip(prefix), 0xFF))
 				if k == nil {
 					k, v = c.Last()
 				} else {
@@ -754,7 +754,7 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 					k = k[len(prefix):] // the order key
 					v = order.Get(k)
 				}
-				date, uid := k, k
+				var date, uid []byte
 				if len(k) > 8 && k[8] == 0 { // orderKey: 8 digits, NUL, UID
 					date, uid = k[:8], k[9:]
 				} else {

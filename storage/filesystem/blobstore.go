@@ -181,7 +181,7 @@ func (b *stagedFile) Abort() {
 // Commit that closed it, only errs.
 func (b *stagedFile) discard() {
 	b.f.Close()
-	b.s.root.Remove(b.tmp) // best effort: New clears what is left
+	_ = b.s.root.Remove(b.tmp) // best effort: New clears what is left
 }
 
 // Commit syncs the file, renames it onto its key and syncs the directory;

@@ -377,7 +377,7 @@ func (u *multipartUpload) Abort() {
 func (u *multipartUpload) abort(ctx context.Context) {
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
 	defer cancel()
-	u.s.core.AbortMultipartUpload(actx, u.s.bucket, u.key, u.uploadID) // best effort: the bucket's lifecycle rule removes what is left
+	_ = u.s.core.AbortMultipartUpload(actx, u.s.bucket, u.key, u.uploadID) // best effort: the bucket's lifecycle rule removes what is left
 }
 
 // uploadParts starts a multipart upload and uploads buf, which is full, and

@@ -19,7 +19,7 @@ func TestCompactRoundTrip(t *testing.T) {
 		dicomcodec.TagPatientID:      {VR: "LO", Value: []any{"PID1", nil, ""}},
 		dicomcodec.TagStudyDate:      {VR: "DA", Value: []any{"20200101"}},
 		"00101010":                   {VR: "AS"},
-		"00101020":                   {VR: "DS", Value: []any{1.75, -0.0, 1e300}},
+		"00101020":                   {VR: "DS", Value: []any{1.75, math.Copysign(0, -1), 1e300}},
 		"00101030":                   {VR: "DS", Value: []any{int64(70)}}, // decodes as float64
 		"00201208":                   {VR: "IS", Value: []any{int64(-3), uint64(7), uint64(math.MaxUint64)}},
 		"00281050":                   {VR: "DS", Value: []any{math.NaN()}}, // written as null
