@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/storage/blobwrap"
@@ -38,7 +37,11 @@ func value(t *testing.T, reg *prometheus.Registry, name, store, op string) (floa
 			continue
 		}
 		for _, m := range f.GetMetric() {
-			if label(m, "store") != store || label(m, "operation") != op {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["store"] != store || labels["operation"] != op {
 				continue
 			}
 			if h := m.GetHistogram(); h != nil {
@@ -48,15 +51,6 @@ func value(t *testing.T, reg *prometheus.Registry, name, store, op string) (floa
 		}
 	}
 	return 0, false
-}
-
-func label(m *dto.Metric, name string) string {
-	for _, l := range m.GetLabel() {
-		if l.GetName() == name {
-			return l.GetValue()
-		}
-	}
-	return ""
 }
 
 // TestMetricsCountOperations drives each operation through Wrap over a real
