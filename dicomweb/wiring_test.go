@@ -1,6 +1,11 @@
 package dicomweb_test
 
 import (
+	"os"
+	"testing"
+
+	"github.com/gin-gonic/gin"
+
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 )
@@ -21,4 +26,11 @@ func (w testWiring) server() *dicomweb.Server {
 	}
 	w.Services = gateway.NewServices(w.ServiceDeps)
 	return dicomweb.New(w.Config)
+}
+
+// TestMain runs the package's tests with gin in release mode, as gateway's
+// main does: debug mode lists every route of every test server on stdout.
+func TestMain(m *testing.M) {
+	gin.SetMode(gin.ReleaseMode)
+	os.Exit(m.Run())
 }
