@@ -108,9 +108,6 @@ func New(cfg Config) *Server {
 	return s
 }
 
-// Services returns the use cases the server serves.
-func (s *Server) Services() *gateway.Services { return s.svc }
-
 // Handler builds the gin engine with every route of routes().
 func (s *Server) Handler() http.Handler {
 	s.metrics = newHTTPMetrics(s.Registerer)
