@@ -33,14 +33,6 @@ type StoreService struct {
 	logger    *slog.Logger
 }
 
-// MaxInstanceBytes is the bound on one instance (0 = unlimited).
-func (s *StoreService) MaxInstanceBytes() int64 {
-	if s.ingester == nil {
-		return 0
-	}
-	return s.ingester.MaxInstanceBytes
-}
-
 // StoreRequest describes one request that stores instances.
 type StoreRequest struct {
 	Caller Caller
