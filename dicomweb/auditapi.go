@@ -67,39 +67,10 @@ func parseAuditFilter(q url.Values) (gateway.AuditFilter, error) {
 	return f, nil
 }
 
-// auditLogOrUnavailable returns the audit log, or answers 503 when the
-// server has none.
-func (s *Server) auditLogOrUnavailable(c *gin.Context) gateway.AuditLog {
-	if s.AuditLog == nil {
-		s.writeError(c, fmt.Errorf("audit log not configured: %w", gateway.ErrUnavailable))
-		return nil
-	}
-	return s.AuditLog
-}
-
-// recordAuditUse audits a read of the audit log itself. It fails closed: an
-// error means the answer must not be sent.
-func (s *Server) recordAuditUse(c *gin.Context, ev *gateway.AuditEvent) error {
-	auditor := s.Auditor
-	if auditor == nil {
-		auditor = s.AuditLog
-	}
-	ev.Actor = gateway.PrincipalFrom(c.Request.Context())
-	ev.Action = gateway.ActionAuditUsed
-	if ev.Outcome == "" {
-		ev.Outcome = gateway.OutcomeSuccess
-	}
-	return auditor.Record(c.Request.Context(), ev)
-}
-
 // handleAuditQuery answers GET /audit: {"events":[…],"next":…}, or with
 // format=fhir a FHIR R4 searchset Bundle of AuditEvents whose next link
 // carries the cursor.
 func (s *Server) handleAuditQuery(c *gin.Context) {
-	log := s.auditLogOrUnavailable(c)
-	if log == nil {
-		return
-	}
 	q := c.Request.URL.Query()
 	format := q.Get("format")
 	if format != "" && format != "json" && format != "fhir" {
@@ -111,26 +82,17 @@ func (s *Server) handleAuditQuery(c *gin.Context) {
 		s.writeError(c, err)
 		return
 	}
-	page, err := log.Query(c.Request.Context(), f)
-	if err != nil {
-		s.writeError(c, err)
-		return
-	}
+	// The filter as given, for the audit event; the patient ID goes in
+	// the event's own field, never its detail.
 	filter := map[string]any{}
 	for _, k := range []string{"study_uid", "actor", "action", "since", "until", "limit", "next", "format"} {
 		if v := q.Get(k); v != "" {
 			filter[k] = v
 		}
 	}
-	use := &gateway.AuditEvent{Detail: map[string]any{"operation": "query", "filter": filter, "count": len(page.Events)}}
-	if f.StudyUID != "" {
-		use.StudyUIDs = []string{f.StudyUID}
-	}
-	if f.PatientID != "" {
-		use.PatientIDs = []string{f.PatientID} // in the record's patient field, not its detail
-	}
-	if err := s.recordAuditUse(c, use); err != nil {
-		s.writeError(c, fmt.Errorf("audit of an audit log query: %w", err))
+	page, err := s.svc.Audit.Query(c.Request.Context(), s.caller(c), f, filter)
+	if err != nil {
+		s.writeError(c, err)
 		return
 	}
 	if format != "fhir" {
@@ -146,7 +108,7 @@ func (s *Server) handleAuditQuery(c *gin.Context) {
 	if page.Next != "" {
 		nextURL = s.auditURL(c, q, page.Next)
 	}
-	body := gateway.FHIRAuditBundle(page.Events, self, nextURL, time.Now())
+	body := gateway.FHIRAuditBundle(page.Events, self, nextURL, s.svc.Audit.Now())
 	c.Header("Content-Type", "application/fhir+json; charset=utf-8")
 	c.JSON(http.StatusOK, body)
 }
@@ -172,21 +134,9 @@ func (s *Server) auditURL(c *gin.Context, q url.Values, next string) string {
 // handleAuditVerify answers GET /audit/verify with the chain check:
 // {"ok":true,"records":N} or {"ok":false,"records":N,"first_broken":…,"reason":…}.
 func (s *Server) handleAuditVerify(c *gin.Context) {
-	log := s.auditLogOrUnavailable(c)
-	if log == nil {
-		return
-	}
-	res, err := log.Verify(c.Request.Context())
+	res, err := s.svc.Audit.Verify(c.Request.Context(), s.caller(c))
 	if err != nil {
 		s.writeError(c, err)
-		return
-	}
-	detail := map[string]any{"operation": "verify", "ok": res.OK, "records": res.Records}
-	if !res.OK {
-		detail["first_broken"], detail["reason"] = res.FirstBroken, res.Reason
-	}
-	if err := s.recordAuditUse(c, &gateway.AuditEvent{Detail: detail}); err != nil {
-		s.writeError(c, fmt.Errorf("audit of an audit log verification: %w", err))
 		return
 	}
 	c.JSON(http.StatusOK, res)

@@ -76,10 +76,7 @@ func newAuditGateway(t *testing.T) *auditGateway {
 		t.Fatal(err)
 	}
 	auditor := &switchAuditor{next: log}
-	s := &dicomweb.Server{
-		Name: "hampshire", Blobs: blobs, Index: index, Auditor: auditor, AuditLog: log, Auth: auth,
-		Ingester: &gateway.Ingester{Blobs: blobs, Index: index},
-	}
+	s := testWiring{Config: dicomweb.Config{Auth: auth}, ServiceDeps: gateway.ServiceDeps{Name: "hampshire", Blobs: blobs, Index: index, Auditor: auditor, AuditLog: log, Ingester: &gateway.Ingester{Blobs: blobs, Index: index}}}.server()
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
 	return &auditGateway{srv: srv, db: db, log: log, auditor: auditor}
@@ -430,8 +427,7 @@ func BenchmarkStowAudit(b *testing.B) {
 				b.Cleanup(func() { c.Close() })
 				auditor = redis.NewAuditLog(c, "bench")
 			}
-			s := &dicomweb.Server{Name: "bench", Blobs: blobs, Index: index, Auditor: auditor,
-				Ingester: &gateway.Ingester{Blobs: blobs, Index: index, Auditor: auditor}}
+			s := testWiring{ServiceDeps: gateway.ServiceDeps{Name: "bench", Blobs: blobs, Index: index, Auditor: auditor, Ingester: &gateway.Ingester{Blobs: blobs, Index: index, Auditor: auditor}}}.server()
 			srv := httptest.NewServer(s.Handler())
 			b.Cleanup(srv.Close)
 			var next atomic.Int64

@@ -339,19 +339,5 @@ func (s *Server) tooManyRequests(c *gin.Context, wait float64) {
 }
 
 func (s *Server) recordAuthFailure(c *gin.Context, action string, p gateway.Principal, reason string) {
-	if s.Auditor == nil {
-		return
-	}
-	if p.Name == "" {
-		p.Name = "anonymous"
-	}
-	ev := &gateway.AuditEvent{
-		Actor:   p,
-		Action:  action,
-		Outcome: gateway.OutcomeFailure,
-		Detail:  map[string]any{"method": c.Request.Method, "route": c.FullPath(), "reason": reason},
-	}
-	if err := s.Auditor.Record(c.Request.Context(), ev); err != nil {
-		s.Logger.ErrorContext(c.Request.Context(), "audit of auth failure not written", gateway.LogKeyError, err.Error())
-	}
+	s.svc.RecordRefusal(c.Request.Context(), p, action, map[string]any{"method": c.Request.Method, "route": c.FullPath(), "reason": reason})
 }

@@ -70,8 +70,28 @@ func tokenPerRole(t testing.TB) (AuthConfig, map[gateway.Role]string) {
 	return cfg, tokens
 }
 
-// authTestServer is a real HTTP server around s (nil backends unless the
-// caller set them), with an audit recorder and captured logs.
+// wiring is what an internal test varies of a server: its HTTP config
+// and the backends its services run on (nil unless set). serve builds it
+// with the constructors gateway serve uses, gateway.NewServices and New.
+type wiring struct {
+	cfg  Config
+	deps gateway.ServiceDeps
+}
+
+// serve builds the server w describes (named "test" unless named).
+func (w wiring) serve() *Server {
+	if w.deps.Name == "" {
+		w.deps.Name = "test"
+	}
+	if w.deps.Logger == nil {
+		w.deps.Logger = w.cfg.Logger
+	}
+	w.cfg.Services = gateway.NewServices(w.deps)
+	return New(w.cfg)
+}
+
+// authTestServer is a real HTTP server around the server w describes, with
+// an audit recorder (unless w has an auditor) and captured logs.
 type authTestServer struct {
 	*httptest.Server
 	s     *Server
@@ -79,15 +99,15 @@ type authTestServer struct {
 	logs  *syncbuf.Buffer
 }
 
-func newAuthTestServer(t *testing.T, s *Server) *authTestServer {
+func newAuthTestServer(t *testing.T, w wiring) *authTestServer {
 	t.Helper()
-	ts := &authTestServer{s: s, audit: &authAuditRecorder{}, logs: &syncbuf.Buffer{}}
-	if s.Name == "" {
-		s.Name = "test"
+	ts := &authTestServer{audit: &authAuditRecorder{}, logs: &syncbuf.Buffer{}}
+	if w.deps.Auditor == nil {
+		w.deps.Auditor = ts.audit
 	}
-	s.Auditor = ts.audit
-	s.Logger = slog.New(slog.NewJSONHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ts.Server = httptest.NewServer(s.Handler())
+	w.cfg.Logger = slog.New(slog.NewJSONHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ts.s = w.serve()
+	ts.Server = httptest.NewServer(ts.s.Handler())
 	t.Cleanup(ts.Close)
 	return ts
 }
@@ -149,11 +169,11 @@ func TestAuthEveryRouteEnforcesItsRole(t *testing.T) {
 	}
 	for _, tt := range []struct {
 		name        string
-		server      func(t *testing.T) *Server
+		server      func(t *testing.T) wiring
 		panicsFatal bool
 	}{
-		{"nil backends", func(*testing.T) *Server { return &Server{Auth: auth} }, false},
-		{"embedded backends", func(t *testing.T) *Server { return embeddedServer(t, auth) }, true},
+		{"nil backends", func(*testing.T) wiring { return wiring{cfg: Config{Auth: auth}} }, false},
+		{"embedded backends", func(t *testing.T) wiring { return embeddedServer(t, auth) }, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ts := newAuthTestServer(t, tt.server(t))
@@ -200,16 +220,16 @@ func TestAuthEveryRouteEnforcesItsRole(t *testing.T) {
 	}
 }
 
-// embeddedServer is a Server on the embedded backends in a temporary
+// embeddedServer is a server on the embedded backends in a temporary
 // directory, with transfers configured but not started.
-func embeddedServer(t testing.TB, auth *Authenticator) *Server {
+func embeddedServer(t testing.TB, auth *Authenticator) wiring {
 	t.Helper()
 	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
-	return &Server{
-		Blobs: b.Blobs, Index: b.Index, AuditLog: b.AuditLog, Auth: auth,
+	return wiring{cfg: Config{Auth: auth}, deps: gateway.ServiceDeps{
+		Blobs: b.Blobs, Index: b.Index, AuditLog: b.AuditLog,
 		Ingester:  &gateway.Ingester{Blobs: b.Blobs, Index: b.Index},
 		Transfers: &gateway.Transfers{Name: "test", Queue: b.Queue, Index: b.Index, Sender: NewClient(b.Blobs)},
-	}
+	}}
 }
 
 // TestAuthFailuresAreAudited checks the audit records of a 401 and a 403
@@ -221,7 +241,7 @@ func TestAuthFailuresAreAudited(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := newAuthTestServer(t, &Server{Auth: auth})
+	ts := newAuthTestServer(t, wiring{cfg: Config{Auth: auth}})
 	wrong := randomToken(t)
 	for _, tt := range []struct {
 		name, authorization string
@@ -286,7 +306,7 @@ func TestAuthSecretsNeverLeak(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := newAuthTestServer(t, &Server{Auth: auth})
+	ts := newAuthTestServer(t, wiring{cfg: Config{Auth: auth}})
 	wrongPassword := "wrong " + randomToken(t)
 	basic := func(u, p string) string { return "Basic " + base64.StdEncoding.EncodeToString([]byte(u+":"+p)) }
 	secrets := []string{tokens[gateway.RoleAdmin], tokens[gateway.RoleRead], password, wrongPassword,
@@ -335,7 +355,7 @@ func TestAuthBasic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := newAuthTestServer(t, &Server{Auth: auth})
+	ts := newAuthTestServer(t, wiring{cfg: Config{Auth: auth}})
 	basic := func(up string) string { return "Basic " + base64.StdEncoding.EncodeToString([]byte(up)) }
 	for _, tt := range []struct {
 		name, authorization string
@@ -380,7 +400,7 @@ func TestAuthChallengesNameEveryScheme(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := newAuthTestServer(t, &Server{Auth: auth})
+	ts := newAuthTestServer(t, wiring{cfg: Config{Auth: auth}})
 	_, hdr, _ := ts.do(t, http.MethodGet, "/metrics", "")
 	want := []string{`Bearer realm="dicom-gateway"`, `Basic realm="dicom-gateway", charset="UTF-8"`}
 	if got := hdr.Values("WWW-Authenticate"); !slices.Equal(got, want) {

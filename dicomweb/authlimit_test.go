@@ -58,7 +58,7 @@ func frozenLimiter(t *testing.T, burst int) *RateLimiter {
 func TestAuthFailuresPerUsername(t *testing.T) {
 	const burst = 3
 	auth := basicUsersAuth(t, map[string]string{"pacs": "pacs-pw", "admin": "admin-pw"})
-	ts := newAuthTestServer(t, &Server{Auth: auth, RateLimit: frozenLimiter(t, burst)})
+	ts := newAuthTestServer(t, wiring{cfg: Config{Auth: auth, RateLimit: frozenLimiter(t, burst)}})
 
 	for i := range burst {
 		if code, _, _ := ts.do(t, http.MethodGet, "/metrics", basicHeader("admin", "guess-"+strconv.Itoa(i))); code != http.StatusUnauthorized {
@@ -118,7 +118,7 @@ func TestAuthFailuresIPv6PerSlash64(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := newAuthTestServer(t, &Server{Auth: auth, RateLimit: frozenLimiter(t, 2)})
+	ts := newAuthTestServer(t, wiring{cfg: Config{Auth: auth, RateLimit: frozenLimiter(t, 2)}})
 	h := ts.Config.Handler
 	from := func(addr string) int {
 		req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/metrics", nil)
@@ -147,7 +147,7 @@ func TestAuthFailuresIPv6PerSlash64(t *testing.T) {
 // the slots free.
 func TestAuthBasicBcryptBounded(t *testing.T) {
 	auth := basicUsersAuth(t, map[string]string{"pacs": "pacs-pw"})
-	ts := newAuthTestServer(t, &Server{Auth: auth})
+	ts := newAuthTestServer(t, wiring{cfg: Config{Auth: auth}})
 	slots := auth.basic.slots
 	for range cap(slots.admit) {
 		slots.admit <- struct{}{}
@@ -204,9 +204,9 @@ func TestBcryptSlots(t *testing.T) {
 // shows a password written into a peer URL (config load refuses such URLs;
 // this is the second line).
 func TestPeersAPIRedactsURLCredentials(t *testing.T) {
-	ts := newAuthTestServer(t, &Server{Transfers: &gateway.Transfers{Peers: []gateway.Peer{
+	ts := newAuthTestServer(t, wiring{deps: gateway.ServiceDeps{Transfers: &gateway.Transfers{Peers: []gateway.Peer{
 		{Name: "surrey", URL: "https://pacs:hunter2@surrey.example/dicomweb", AdminURL: "https://pacs:hunter2@surrey.example/api/v1"},
-	}}})
+	}}}})
 	code, _, body := ts.do(t, http.MethodGet, "/api/v1/peers", "")
 	if code != http.StatusOK || !strings.Contains(body, "surrey.example") {
 		t.Fatalf("GET /api/v1/peers = %d %s", code, body)

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -59,7 +58,7 @@ func (g *gatedBlobs) Get(ctx context.Context, key string, off, n int64) (io.Read
 // and without touching storage; once a slot is free requests succeed again.
 func TestBackpressure(t *testing.T) {
 	var gated *gatedBlobs
-	s := newStowServer(t, stowBackends[0], func(s *dicomweb.Server) {
+	s := newStowServer(t, stowBackends[0], func(s *testWiring) {
 		gated = &gatedBlobs{BlobStore: s.Blobs, open: make(chan struct{})}
 		s.Blobs = gated
 		s.Ingester.Blobs = gated

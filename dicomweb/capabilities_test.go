@@ -16,7 +16,7 @@ import (
 // without an id and left out of the README's conformance table.
 func TestEveryDICOMwebRouteNamesItsTransaction(t *testing.T) {
 	const dw = "/dicomweb"
-	s := &Server{}
+	s := New(Config{})
 	for _, r := range s.routes() {
 		if r.path != dw && !strings.HasPrefix(r.path, dw+"/") {
 			continue
@@ -70,7 +70,7 @@ func decodeWADL(t *testing.T, rec *httptest.ResponseRecorder) wadlApplication {
 // and media types, and nothing else is.
 func TestCapabilitiesDescribeEveryRoute(t *testing.T) {
 	const dw = "/dicomweb"
-	s := &Server{}
+	s := New(Config{})
 	app := decodeWADL(t, capabilitiesRequest(t, s.Handler(), dw, "", ""))
 	if got, want := app.Resources.Base, "http://127.0.0.1:8080/dicomweb/"; got != want {
 		t.Errorf("resources base=%q, want %q", got, want)
@@ -122,7 +122,7 @@ func TestCapabilitiesDescribeEveryRoute(t *testing.T) {
 // TestCapabilitiesOfAResource checks OPTIONS on a resource: the resource and
 // those below it, its Allow header, template parameters, and negotiation.
 func TestCapabilitiesOfAResource(t *testing.T) {
-	h := (&Server{}).Handler()
+	h := New(Config{}).Handler()
 	rec := capabilitiesRequest(t, h, "/dicomweb/studies/1.2.3", mediaWADL, "")
 	app := decodeWADL(t, rec)
 	if got, want := rec.Header().Get("Allow"), "DELETE, GET, OPTIONS, POST"; got != want {
@@ -167,7 +167,7 @@ func TestCapabilitiesNeedReadAndKeepCORSPreflight(t *testing.T) {
 		t.Fatal(err)
 	}
 	const viewer = "https://viewer.example.nhs.uk"
-	h := (&Server{Auth: auth, CORSOrigins: []string{viewer}}).Handler()
+	h := New(Config{Auth: auth, CORSOrigins: []string{viewer}}).Handler()
 	if rec := capabilitiesRequest(t, h, "/dicomweb", "", ""); rec.Code != http.StatusUnauthorized {
 		t.Errorf("no credentials: status=%d, want 401", rec.Code)
 	}

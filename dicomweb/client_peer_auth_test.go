@@ -429,20 +429,23 @@ func TestPeerBasicAuth(t *testing.T) {
 		base64.StdEncoding.EncodeToString([]byte(username + ":" + wrong)),
 	}
 	pki := testpki.NewCA(t, "peer-auth test CA")
-	hampshire, surrey := newCentre(t, "hampshire", backendtest.Embedded), newCentre(t, "surrey", backendtest.Embedded)
 	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
 	}
-	surrey.server.Auth, err = dicomweb.NewAuthenticator(dicomweb.AuthConfig{Basic: []dicomweb.BasicConfig{
+	surreyAuth, err := dicomweb.NewAuthenticator(dicomweb.AuthConfig{Basic: []dicomweb.BasicConfig{
 		{Name: "hampshire", Username: username, PasswordHash: string(hash), Roles: []gateway.Role{gateway.RoleStore, gateway.RoleRead}},
 	}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	surreyLog, surreyAudit := &syncbuf.Buffer{}, &transferAudit{}
-	surrey.server.Logger = slog.New(slog.NewTextHandler(surreyLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	surrey.server.Auditor = surreyAudit
+	hampshire := newCentre(t, "hampshire", backendtest.Embedded)
+	surrey := newCentre(t, "surrey", backendtest.Embedded, func(w *testWiring) {
+		w.Auth = surreyAuth
+		w.Config.Logger = slog.New(slog.NewTextHandler(surreyLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		w.Auditor = surreyAudit
+	})
 	rec := &recorder{next: surrey.handler}
 	srv, _ := serveTLS(t, rec, &tls.Config{Certificates: []tls.Certificate{pki.Server(t, "surrey").TLS}})
 
@@ -531,15 +534,15 @@ func TestPeerBasicAuth(t *testing.T) {
 func TestPeerBearerToken(t *testing.T) {
 	const token = "tok-5e1c7a9b-peer-auth-test-31f0"
 	pki := testpki.NewCA(t, "peer-auth test CA")
-	hampshire, surrey := newCentre(t, "hampshire", backendtest.Embedded), newCentre(t, "surrey", backendtest.Embedded)
 	sum := sha256.Sum256([]byte(token))
-	var err error
-	surrey.server.Auth, err = dicomweb.NewAuthenticator(dicomweb.AuthConfig{Tokens: []dicomweb.TokenConfig{
+	surreyAuth, err := dicomweb.NewAuthenticator(dicomweb.AuthConfig{Tokens: []dicomweb.TokenConfig{
 		{Name: "hampshire", SHA256: hex.EncodeToString(sum[:]), Roles: []gateway.Role{gateway.RoleStore, gateway.RoleRead, gateway.RoleTransfer}},
 	}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	hampshire := newCentre(t, "hampshire", backendtest.Embedded)
+	surrey := newCentre(t, "surrey", backendtest.Embedded, func(w *testWiring) { w.Auth = surreyAuth })
 	rec := &recorder{next: surrey.handler}
 	srv, _ := serveTLS(t, rec, &tls.Config{Certificates: []tls.Certificate{pki.Server(t, "surrey").TLS}})
 	ins := hampshire.store(t, synth.StudySpec{Seed: 817, Series: 2, InstancesPerSeries: 2})

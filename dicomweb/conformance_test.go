@@ -191,7 +191,7 @@ type conformanceRow struct {
 // go test ./dicomweb -run TestConformanceTable -update rewrites the README.
 func TestConformanceTable(t *testing.T) {
 	const dw = "/dicomweb"
-	s := embeddedServer(t, nil)
+	s := embeddedServer(t, nil).serve()
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
 	p := &conformanceProbe{t: t, srv: srv}

@@ -127,8 +127,8 @@ func TestSlowClientRefusedBeforeBody(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plain := serveReal(t, &dicomweb.Server{Name: "test", Auth: auth})
-	limited := serveReal(t, &dicomweb.Server{Name: "test", Auth: auth, RateLimit: limiter})
+	plain := serveReal(t, testWiring{Config: dicomweb.Config{Auth: auth}, ServiceDeps: gateway.ServiceDeps{Name: "test"}}.server())
+	limited := serveReal(t, testWiring{Config: dicomweb.Config{Auth: auth, RateLimit: limiter}, ServiceDeps: gateway.ServiceDeps{Name: "test"}}.server())
 	// net/http drains up to 256 KiB of an unread body before answering on
 	// a kept-alive connection, and all of a chunked one before closing: a
 	// client that sends nothing held the answer or the connection.
@@ -171,7 +171,7 @@ func TestSlowClientRefusedBeforeBody(t *testing.T) {
 // network error to retry). Over TLS, as peers send.
 func TestRefusalReachesSendingClient(t *testing.T) {
 	auth, _ := tokenAuth(t, dicomweb.TokenConfig{Name: "pacs", Roles: []gateway.Role{gateway.RoleStore}})
-	s := &dicomweb.Server{Name: "test", Auth: auth}
+	s := testWiring{Config: dicomweb.Config{Auth: auth}, ServiceDeps: gateway.ServiceDeps{Name: "test"}}.server()
 	pki := testpki.NewCA(t, "refusal test CA")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -205,12 +205,7 @@ func TestRefusalReachesSendingClient(t *testing.T) {
 func TestSlowClientBodyDeadlines(t *testing.T) {
 	auth, tokens := tokenAuth(t, dicomweb.TokenConfig{Name: "admin", Roles: []gateway.Role{gateway.RoleAdmin}})
 	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
-	s := &dicomweb.Server{
-		Name: "test", Auth: auth, Timeouts: shortTimeouts,
-		Blobs: b.Blobs, Index: b.Index, AuditLog: b.AuditLog,
-		Ingester:  &gateway.Ingester{Blobs: b.Blobs, Index: b.Index},
-		Transfers: &gateway.Transfers{Name: "test", Queue: b.Queue, Index: b.Index},
-	}
+	s := testWiring{Config: dicomweb.Config{Auth: auth, Timeouts: shortTimeouts}, ServiceDeps: gateway.ServiceDeps{Name: "test", Blobs: b.Blobs, Index: b.Index, AuditLog: b.AuditLog, Ingester: &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}, Transfers: &gateway.Transfers{Name: "test", Queue: b.Queue, Index: b.Index}}}.server()
 	addr := serveReal(t, s)
 	for _, tt := range []struct{ name, head, body string }{
 		{"admin API", "POST /api/v1/transfers HTTP/1.1\r\nHost: " + addr + "\r\nContent-Type: application/json\r\nContent-Length: 1000",
@@ -233,10 +228,7 @@ func TestSlowClientBodyDeadlines(t *testing.T) {
 // off like one that sends nothing.
 func TestSlowClientStowTrickle(t *testing.T) {
 	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
-	addr := serveReal(t, &dicomweb.Server{
-		Name: "test", Timeouts: shortTimeouts, Blobs: b.Blobs, Index: b.Index,
-		Ingester: &gateway.Ingester{Blobs: b.Blobs, Index: b.Index},
-	})
+	addr := serveReal(t, testWiring{Config: dicomweb.Config{Timeouts: shortTimeouts}, ServiceDeps: gateway.ServiceDeps{Name: "test", Blobs: b.Blobs, Index: b.Index, Ingester: &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}}}.server())
 	conn := dialRaw(t, addr, "POST /dicomweb/studies HTTP/1.1\r\nHost: "+addr+
 		"\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary=b\r\nContent-Length: 100000000",
 		"--b\r\nContent-Type: application/dicom\r\n\r\n")
@@ -271,15 +263,13 @@ func TestStalledReaderFreesRetrieveSlot(t *testing.T) {
 	for _, backend := range stowBackends {
 		t.Run(backend.name, func(t *testing.T) {
 			blobs, index := backend.open(t)
-			s := &dicomweb.Server{
-				Name: "test", Blobs: blobs, Index: index, Timeouts: shortTimeouts, MaxConcurrentRetrieve: 1,
-				Ingester: &gateway.Ingester{Blobs: blobs, Index: index},
-			}
+			w := testWiring{Config: dicomweb.Config{Timeouts: shortTimeouts, MaxConcurrentRetrieve: 1}, ServiceDeps: gateway.ServiceDeps{Name: "test", Blobs: blobs, Index: index, Ingester: &gateway.Ingester{Blobs: blobs, Index: index}}}
+			s := w.server()
 			const study, series = "1.2.826.0.1.3680043.10.1.8", "1.2.826.0.1.3680043.10.1.8.1"
 			// 32 MB: far more than the kernel's socket buffers hold (on
 			// Linux at most 4 MiB sending and 6 MiB receiving by default).
 			data := makeInstance(study, series, testSOP(0), 4000, 4000, 9)
-			if _, err := s.Ingester.Store(t.Context(), bytes.NewReader(data), gateway.StoreOptions{}); err != nil {
+			if _, err := w.Ingester.Store(t.Context(), bytes.NewReader(data), gateway.StoreOptions{}); err != nil {
 				t.Fatal(err)
 			}
 			addr := serveReal(t, s)
@@ -336,7 +326,7 @@ func TestStalledReaderFreesRetrieveSlot(t *testing.T) {
 // soon as it is accepted (and counted); once a connection closes, its slot
 // serves the next client.
 func TestConnectionCap(t *testing.T) {
-	s := &dicomweb.Server{Name: "test", MaxConnections: 2}
+	s := testWiring{Config: dicomweb.Config{MaxConnections: 2}, ServiceDeps: gateway.ServiceDeps{Name: "test"}}.server()
 	addr := serveReal(t, s)
 	var held []net.Conn
 	for range 2 {

@@ -23,7 +23,8 @@ var statusByErr = []struct {
 	{gateway.ErrForbidden, http.StatusForbidden},
 	{gateway.ErrNotAcceptable, http.StatusNotAcceptable},
 	{gateway.ErrUnavailable, http.StatusServiceUnavailable},
-	{errRateLimited, http.StatusTooManyRequests},               // ratelimit.go; Retry-After set by the caller
+	{errRateLimited, http.StatusTooManyRequests},
+	{gateway.ErrBusy, http.StatusTooManyRequests},              // a SHA-256 recompute; Retry-After set by the caller               // ratelimit.go; Retry-After set by the caller
 	{errUnsupportedMediaType, http.StatusUnsupportedMediaType}, // multipart.go: a STOW body that is not multipart/related DICOM
 	{errMisdirected, http.StatusMisdirectedRequest},            // origin.go: a foreign Host without auth
 }

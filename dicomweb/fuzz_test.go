@@ -47,14 +47,14 @@ func FuzzMultipart(f *testing.F) {
 	f.Add(`multipart/related; type="application/dicom"; boundary=b`, []byte("--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b--"))
 
 	s := embeddedServer(f, nil)
-	s.Auditor = s.AuditLog
-	s.Limits = Limits{MaxRequestBytes: 8 << 20}
-	s.Ingester.MaxInstanceBytes = 4 << 20
+	s.deps.Auditor = s.deps.AuditLog
+	s.cfg.Limits = Limits{MaxRequestBytes: 8 << 20}
+	s.deps.Ingester.MaxInstanceBytes = 4 << 20
 	// Small inflate bound: a generated deflate stream may legitimately
 	// inflate to the default 4 GiB, which costs seconds of CPU per input
 	// (TestSecurityHostileBodies covers that case with a flat heap).
-	s.Ingester.HeaderLimits = dicomcodec.HeaderLimits{MaxInflatedBytes: 16 << 20}
-	ts := s.Handler()
+	s.deps.Ingester.HeaderLimits = dicomcodec.HeaderLimits{MaxInflatedBytes: 16 << 20}
+	ts := s.serve().Handler()
 	allowed := map[int]bool{200: true, 202: true, 400: true, 409: true, 413: true, 415: true, 503: true}
 	f.Fuzz(func(t *testing.T, contentType string, body []byte) {
 		req := httptest.NewRequest(http.MethodPost, "/dicomweb/studies", bytes.NewReader(body))

@@ -91,14 +91,14 @@ func TestSecurityDeflatedUploadStreams(t *testing.T) {
 		t.Errorf("peak heap growth %d MiB while a 96 MiB deflated instance was stored, want at most 32 MiB", peak>>20)
 	}
 	sent := <-sum
-	rec, err := s.Index.GetInstance(t.Context(), sop)
+	rec, err := s.deps.Index.GetInstance(t.Context(), sop)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rec.SHA256 != sent.sha256 || rec.Size != sent.size {
 		t.Errorf("stored SHA-256 %s size %d differ from the bytes sent", rec.SHA256, rec.Size)
 	}
-	rc, err := s.Blobs.Get(t.Context(), rec.Key(), 0, -1)
+	rc, err := s.deps.Blobs.Get(t.Context(), rec.Key(), 0, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestSecurityStowPartFlood(t *testing.T) {
 // line.
 func TestStowPartLimit(t *testing.T) {
 	s := embeddedServer(t, nil)
-	s.Limits.MaxParts = 3
+	s.cfg.Limits.MaxParts = 3
 	ts := newAuthTestServer(t, s)
 	instance := func(sop string) []byte {
 		meta, d := part10("1.2.840.10008.1.2.1", sop)
@@ -214,7 +214,7 @@ func TestStowPartLimit(t *testing.T) {
 		t.Fatalf("4 instances, limit 3: status = %d %s, want 413", status, msg)
 	}
 	for i, sop := range sops {
-		_, err := s.Index.GetInstance(t.Context(), sop+"1")
+		_, err := s.deps.Index.GetInstance(t.Context(), sop+"1")
 		if stored := err == nil; stored != (i < 3) {
 			t.Errorf("instance %d of the refused request stored = %v (err %v)", i+1, stored, err)
 		}
@@ -232,7 +232,7 @@ func TestSecurityHeaderMemoryShared(t *testing.T) {
 	s := embeddedServer(t, nil)
 	budget := dicomcodec.NewHeaderMemory(3 << 20)
 	budget.Wait = 0 // refuse at once: the upload holding it is held open by the test
-	s.Ingester.HeaderMemory = budget
+	s.deps.Ingester.HeaderMemory = budget
 	ts := newAuthTestServer(t, s)
 
 	// Upload A: a header with a 2.5 MiB private value, sent up to its end

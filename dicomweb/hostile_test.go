@@ -82,11 +82,11 @@ func TestSecurityHostileUIDs(t *testing.T) {
 	}
 }
 
-func testHostileUIDs(t *testing.T, s *Server) {
-	spy := &spyBlobs{BlobStore: s.Blobs}
-	s.Blobs = spy
-	s.Ingester = &gateway.Ingester{Blobs: spy, Index: s.Index}
-	ts := newAuthTestServer(t, s)
+func testHostileUIDs(t *testing.T, w wiring) {
+	spy := &spyBlobs{BlobStore: w.deps.Blobs}
+	w.deps.Blobs = spy
+	w.deps.Ingester = &gateway.Ingester{Blobs: spy, Index: w.deps.Index}
+	ts := newAuthTestServer(t, w)
 	bad := []struct {
 		name, raw  string // raw: as written in the URL
 		splitsPath bool
@@ -103,7 +103,7 @@ func testHostileUIDs(t *testing.T, s *Server) {
 		{"backslash", `1.2%5C3`, false},
 	}
 	n := 0
-	for _, rt := range s.routes() {
+	for _, rt := range ts.s.routes() {
 		segs := strings.Split(rt.path, "/")
 		for i, seg := range segs {
 			if !uidParams[seg] {
@@ -335,14 +335,14 @@ func TestSecurityHostileBodies(t *testing.T) {
 	}
 }
 
-func testHostileBodies(t *testing.T, s *Server, cases []struct {
+func testHostileBodies(t *testing.T, w wiring, cases []struct {
 	name string
 	body func() io.Reader
 	want []int
 }) {
-	s.Limits = Limits{MaxRequestBytes: 32 << 20}
-	s.Ingester.MaxInstanceBytes = 8 << 20
-	ts := newAuthTestServer(t, s)
+	w.cfg.Limits = Limits{MaxRequestBytes: 32 << 20}
+	w.deps.Ingester.MaxInstanceBytes = 8 << 20
+	ts := newAuthTestServer(t, w)
 	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
 			body, ctype := stowBody(nil, tt.body())
@@ -371,7 +371,7 @@ func testHostileBodies(t *testing.T, s *Server, cases []struct {
 		})
 	}
 	var stored int
-	_ = s.Blobs.Walk(t.Context(), "", func(bi gateway.BlobInfo) error {
+	_ = w.deps.Blobs.Walk(t.Context(), "", func(bi gateway.BlobInfo) error {
 		if !strings.Contains(bi.Key, "1.2.826.0.1.3680043.10.1466.8.7") {
 			stored++
 		}
@@ -386,19 +386,19 @@ func testHostileBodies(t *testing.T, s *Server, cases []struct {
 // run on: the embedded default, and S3 (MinIO) + Redis.
 var hostileBackends = []struct {
 	name string
-	open func(t *testing.T) *Server
+	open func(t *testing.T) wiring
 }{
-	{"embedded", func(t *testing.T) *Server { return embeddedServer(t, nil) }},
+	{"embedded", func(t *testing.T) wiring { return embeddedServer(t, nil) }},
 	{"minio+redis", productionServer},
 }
 
-// productionServer is a Server on a fresh MinIO bucket and Redis prefix.
-func productionServer(t *testing.T) *Server {
+// productionServer is a server on a fresh MinIO bucket and Redis prefix.
+func productionServer(t *testing.T) wiring {
 	b := backendtest.Open(t, backendtest.Production, backendtest.Options{})
-	return &Server{
+	return wiring{deps: gateway.ServiceDeps{
 		Blobs: b.Blobs, Index: b.Index, AuditLog: b.AuditLog,
 		Ingester: &gateway.Ingester{Blobs: b.Blobs, Index: b.Index},
-	}
+	}}
 }
 
 // TestSecurityEndlessPartWithoutRequestLimit: with no request limit, a part
@@ -406,10 +406,10 @@ func productionServer(t *testing.T) *Server {
 // the request ends with 413 once oversizeDrain more bytes have been thrown
 // away, and nothing is stored.
 func TestSecurityEndlessPartWithoutRequestLimit(t *testing.T) {
-	s := embeddedServer(t, nil)
-	s.Limits = Limits{MaxRequestBytes: 0}
-	s.Ingester.MaxInstanceBytes = 1 << 20
-	ts := newAuthTestServer(t, s)
+	w := embeddedServer(t, nil)
+	w.cfg.Limits = Limits{MaxRequestBytes: 0}
+	w.deps.Ingester.MaxInstanceBytes = 1 << 20
+	ts := newAuthTestServer(t, w)
 	meta, d := part10("1.2.840.10008.1.2.1", "1.2.826.0.1.3680043.10.1466.8.9")
 	head := append(meta, d...)
 	head = binary.LittleEndian.AppendUint16(head, 0x7FE0)
@@ -429,7 +429,7 @@ func TestSecurityEndlessPartWithoutRequestLimit(t *testing.T) {
 		t.Errorf("status = %d, want 413", resp.StatusCode)
 	}
 	n := 0
-	_ = s.Blobs.Walk(t.Context(), "", func(gateway.BlobInfo) error { n++; return nil })
+	_ = w.deps.Blobs.Walk(t.Context(), "", func(gateway.BlobInfo) error { n++; return nil })
 	if n != 0 {
 		t.Errorf("%d blobs stored, want 0", n)
 	}
@@ -447,7 +447,7 @@ func containsInt(xs []int, x int) bool {
 // TestSecuritySlowClient checks that a client that never finishes its
 // request headers is cut by ReadHeaderTimeout.
 func TestSecuritySlowClient(t *testing.T) {
-	s := &Server{}
+	s := New(Config{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

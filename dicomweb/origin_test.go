@@ -21,19 +21,17 @@ type browserGateway struct {
 
 const browserStudy, browserSeries = "1.2.826.0.1.3680043.10.1.9", "1.2.826.0.1.3680043.10.1.9.1"
 
-func newBrowserGateway(t *testing.T, configure func(*dicomweb.Server)) *browserGateway {
+func newBrowserGateway(t *testing.T, configure func(*testWiring)) *browserGateway {
 	t.Helper()
 	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
 	tr := &gateway.Transfers{Name: "test", Queue: b.Queue, Index: b.Index, Sender: dicomweb.NewClient(b.Blobs),
 		Peers: []gateway.Peer{{Name: "surrey", URL: "http://127.0.0.1:9/dicomweb"}}}
-	s := &dicomweb.Server{
-		Name: "test", Blobs: b.Blobs, Index: b.Index, AuditLog: b.AuditLog,
-		Ingester: &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}, Transfers: tr,
-	}
+	w := testWiring{ServiceDeps: gateway.ServiceDeps{Name: "test", Blobs: b.Blobs, Index: b.Index, AuditLog: b.AuditLog, Ingester: &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}, Transfers: tr}}
 	if configure != nil {
-		configure(s)
+		configure(&w)
 	}
-	if _, err := s.Ingester.Store(t.Context(), bytes.NewReader(makeInstance(browserStudy, browserSeries, testSOP(0), 4, 4, 1)), gateway.StoreOptions{}); err != nil {
+	s := w.server()
+	if _, err := w.Ingester.Store(t.Context(), bytes.NewReader(makeInstance(browserStudy, browserSeries, testSOP(0), 4, 4, 1)), gateway.StoreOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	return &browserGateway{addr: serveReal(t, s), transfers: tr}
@@ -111,7 +109,7 @@ func TestNoAuthServesLoopbackHostsOnly(t *testing.T) {
 // real name; a rebound page has no credentials).
 func TestAuthServesAnyHost(t *testing.T) {
 	auth, tokens := tokenAuth(t, dicomweb.TokenConfig{Name: "viewer", Roles: []gateway.Role{gateway.RoleRead}})
-	g := newBrowserGateway(t, func(s *dicomweb.Server) { s.Auth = auth })
+	g := newBrowserGateway(t, func(s *testWiring) { s.Auth = auth })
 	if code, _, _, _ := g.do(t, http.MethodGet, "/dicomweb/studies", "pacs.example.nhs.uk", "", "Authorization", "Bearer "+tokens["viewer"]); code != http.StatusOK {
 		t.Errorf("QIDO with a real host name and a token: %d, want 200", code)
 	}
@@ -129,11 +127,11 @@ func TestCrossOriginWritesRefused(t *testing.T) {
 	auth, tokens := tokenAuth(t, dicomweb.TokenConfig{Name: "admin", Roles: []gateway.Role{gateway.RoleAdmin}})
 	for _, mode := range []struct {
 		name          string
-		configure     func(*dicomweb.Server)
+		configure     func(*testWiring)
 		authorization string
 	}{
-		{"no auth", func(s *dicomweb.Server) { s.CORSOrigins = []string{"https://viewer.example.nhs.uk", "*"} }, ""},
-		{"auth", func(s *dicomweb.Server) {
+		{"no auth", func(s *testWiring) { s.CORSOrigins = []string{"https://viewer.example.nhs.uk", "*"} }, ""},
+		{"auth", func(s *testWiring) {
 			s.Auth = auth
 			s.CORSOrigins = []string{"https://viewer.example.nhs.uk", "*"}
 		}, "Bearer " + tokens["admin"]},
@@ -204,7 +202,7 @@ func TestCrossOriginWritesRefused(t *testing.T) {
 // any other origin read without credentials (never an echoed origin with
 // Access-Control-Allow-Credentials); the admin API gets no CORS headers.
 func TestCORSOriginsAndWildcard(t *testing.T) {
-	g := newBrowserGateway(t, func(s *dicomweb.Server) { s.CORSOrigins = []string{"https://viewer.example.nhs.uk", "*"} })
+	g := newBrowserGateway(t, func(s *testWiring) { s.CORSOrigins = []string{"https://viewer.example.nhs.uk", "*"} })
 	const listed, other = "https://viewer.example.nhs.uk", "https://elsewhere.example"
 	for _, tt := range []struct {
 		name, method, path, origin string

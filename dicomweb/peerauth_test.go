@@ -22,13 +22,9 @@ func newPeerGateway(t *testing.T, auth *dicomweb.Authenticator) *peerGateway {
 	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
 	tr := &gateway.Transfers{Name: "hampshire", Queue: b.Queue, Index: b.Index, Sender: dicomweb.NewClient(b.Blobs),
 		Peers: []gateway.Peer{{Name: "cardiff", URL: "http://127.0.0.1:9/dicomweb"}}}
-	s := &dicomweb.Server{
-		Name: "hampshire", Blobs: b.Blobs, Index: b.Index, AuditLog: b.AuditLog, Auth: auth,
-		Ingester: &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}, Transfers: tr,
-		Router: &gateway.Router{Transfers: tr, Rules: []gateway.RouteRule{
-			{Name: "surrey-to-cardiff", Source: []string{"surrey"}, Destinations: []string{"cardiff"}},
-		}},
-	}
+	s := testWiring{Config: dicomweb.Config{Auth: auth}, ServiceDeps: gateway.ServiceDeps{Name: "hampshire", Blobs: b.Blobs, Index: b.Index, AuditLog: b.AuditLog, Ingester: &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}, Transfers: tr, Router: &gateway.Router{Transfers: tr, Rules: []gateway.RouteRule{
+		{Name: "surrey-to-cardiff", Source: []string{"surrey"}, Destinations: []string{"cardiff"}},
+	}}}}.server()
 	return &peerGateway{url: "http://" + serveReal(t, s), transfers: tr}
 }
 

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -67,7 +66,7 @@ func TestStowExecutablePreambleRefused(t *testing.T) {
 func TestStowExecutablePreambleZeroed(t *testing.T) {
 	for _, b := range stowBackends {
 		t.Run(b.name, func(t *testing.T) {
-			s := newStowServer(t, b, func(s *dicomweb.Server) {
+			s := newStowServer(t, b, func(s *testWiring) {
 				s.Ingester.PreamblePolicy = gateway.PreambleZero
 				s.Ingester.Auditor = s.Auditor
 			})

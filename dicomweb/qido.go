@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/gin-gonic/gin"
 
@@ -61,16 +59,12 @@ func (s *Server) handleSearch(level gateway.QueryLevel) gin.HandlerFunc {
 			s.writeError(c, err)
 			return
 		}
-		if s.Index == nil {
-			s.writeError(c, fmt.Errorf("no index configured: %w", gateway.ErrUnavailable))
-			return
+		keys := make([]string, 0, len(params))
+		for k := range params {
+			keys = append(keys, k)
 		}
-		res, err := s.Index.Search(c.Request.Context(), q)
+		res, err := s.svc.Query.Search(c.Request.Context(), s.caller(c), q, keys)
 		if err != nil {
-			s.writeError(c, err)
-			return
-		}
-		if err := s.auditSearch(c, q, params, res); err != nil {
 			s.writeError(c, err)
 			return
 		}
@@ -160,40 +154,4 @@ func withRetrieveURL(d dicomcodec.Dataset, level gateway.QueryLevel, base string
 	}
 	out[gateway.TagRetrieveURL] = dicomcodec.Attribute{VR: "UR", Value: []any{u}}
 	return out, prefix
-}
-
-// auditSearch records the search: the parameter names (never their values,
-// which may be patient names or IDs), the level, the result count, and the
-// study UIDs and patient IDs of the results in the event's own fields.
-func (s *Server) auditSearch(c *gin.Context, q *gateway.Query, params url.Values, res *gateway.SearchResult) error {
-	if s.Auditor == nil {
-		return nil
-	}
-	keys := make([]string, 0, len(params))
-	for k := range params {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	ctx := c.Request.Context()
-	ev := &gateway.AuditEvent{
-		Time:       time.Now().UTC(),
-		Gateway:    s.Name,
-		Actor:      gateway.PrincipalFrom(ctx),
-		Action:     gateway.ActionQuery,
-		Outcome:    gateway.OutcomeSuccess,
-		StudyUIDs:  res.StudyUIDs,
-		PatientIDs: res.PatientIDs,
-		Detail: map[string]any{
-			"route":   c.FullPath(),
-			"level":   q.Level.String(),
-			"keys":    keys,
-			"results": len(res.Items),
-			"more":    res.More,
-		},
-	}
-	if err := s.Auditor.Record(ctx, ev); err != nil {
-		s.Logger.ErrorContext(ctx, "audit event not written: query refused", gateway.LogKeyError, err.Error())
-		return fmt.Errorf("audit log unavailable, query refused: %w", gateway.ErrUnavailable)
-	}
-	return nil
 }

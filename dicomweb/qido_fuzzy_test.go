@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
-	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/storage/bolt"
 	"github.com/dicom-gateway/gateway/storage/redis"
@@ -59,7 +58,7 @@ func TestQIDOFuzzyMatching(t *testing.T) {
 			if _, _, err := index.PutInstance(t.Context(), rec); err != nil {
 				t.Fatal(err)
 			}
-			srv := httptest.NewServer((&dicomweb.Server{Name: "test", Index: index}).Handler())
+			srv := httptest.NewServer(testWiring{ServiceDeps: gateway.ServiceDeps{Name: "test", Index: index}}.server().Handler())
 			t.Cleanup(srv.Close)
 			for _, tt := range []struct {
 				query string

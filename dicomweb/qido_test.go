@@ -12,7 +12,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/storage/bolt"
 	"github.com/dicom-gateway/gateway/storage/redis"
@@ -37,11 +36,11 @@ func newQIDOServer(t *testing.T, auditor gateway.Auditor) (*httptest.Server, *bo
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &dicomweb.Server{Name: "test", Index: index, Auditor: audit, AuditLog: audit}
+	w := testWiring{ServiceDeps: gateway.ServiceDeps{Name: "test", Index: index, Auditor: audit, AuditLog: audit}}
 	if auditor != nil {
-		s.Auditor = auditor
+		w.Auditor = auditor
 	}
-	srv := httptest.NewServer(s.Handler())
+	srv := httptest.NewServer(w.server().Handler())
 	t.Cleanup(srv.Close)
 	return srv, audit
 }
@@ -358,7 +357,7 @@ func TestQIDOPaginationWarning(t *testing.T) {
 				}
 			}
 			storagetest.LoadQueryFixture(t, index)
-			srv := httptest.NewServer((&dicomweb.Server{Name: "test", Index: index}).Handler())
+			srv := httptest.NewServer(testWiring{ServiceDeps: gateway.ServiceDeps{Name: "test", Index: index}}.server().Handler())
 			t.Cleanup(srv.Close)
 			host := strings.TrimPrefix(srv.URL, "http://")
 			for _, tt := range []struct {

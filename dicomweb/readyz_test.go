@@ -32,7 +32,7 @@ func TestReadyzHidesBackendErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := newAuthTestServer(t, &Server{Auth: auth, Ready: map[string]gateway.Pinger{"redis": downPinger{}, "s3": upPinger{}}})
+	ts := newAuthTestServer(t, wiring{cfg: Config{Auth: auth, Ready: map[string]gateway.Pinger{"redis": downPinger{}, "s3": upPinger{}}}})
 
 	for _, tt := range []struct {
 		name, authorization string
@@ -71,7 +71,7 @@ func TestReadyzHidesBackendErrors(t *testing.T) {
 		t.Errorf("the backend error is not in the log:\n%s", ts.logs.String())
 	}
 
-	local := newAuthTestServer(t, &Server{Ready: map[string]gateway.Pinger{"redis": downPinger{}}})
+	local := newAuthTestServer(t, wiring{cfg: Config{Ready: map[string]gateway.Pinger{"redis": downPinger{}}}})
 	if code, _, body := local.do(t, http.MethodGet, "/readyz", ""); code != http.StatusServiceUnavailable || !strings.Contains(body, "connection refused") {
 		t.Errorf("/readyz without auth (loopback, local admin) = %d %s, want the error text", code, body)
 	}

@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
-	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/syncbuf"
 )
@@ -47,8 +46,8 @@ func postStow(t *testing.T, g *wadoGateway, instances ...[]byte) (int, string, d
 func loggedWADOGateway(t *testing.T, backend string) (*wadoGateway, *syncbuf.Buffer) {
 	logs := &syncbuf.Buffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	g := newWADOGatewayOn(t, backend, func(s *dicomweb.Server) {
-		s.Logger = logger
+	g := newWADOGatewayOn(t, backend, func(s *testWiring) {
+		s.Config.Logger = logger
 		s.Ingester.Logger = logger
 	})
 	return g, logs

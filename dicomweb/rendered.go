@@ -20,10 +20,6 @@ import (
 // viewport.
 const thumbnailSize = 128
 
-// renderSlots bounds concurrent renders in the process: each holds a frame
-// (up to gateway.MaxRenderFrameBytes) and its decoded image in memory.
-var renderSlots = make(chan struct{}, 4)
-
 // renderRequest is a rendered or thumbnail request, parsed.
 type renderRequest struct {
 	frame   int
@@ -61,44 +57,22 @@ func (s *Server) serveRendered(c *gin.Context, thumbnail bool) {
 	s.render(c, rec, req, parseAccept(c.Request.Header.Values("Accept")))
 }
 
-// render negotiates the image type, checks that the frame can be decoded,
-// audits, decodes and encodes it, and answers it with its length. The image
-// is encoded before the status line, so a decode failure is a clean error.
+// render negotiates the image type and has the retrieve service check,
+// audit and decode the frame; it encodes the image and answers it with its
+// length. The image is encoded before the status line, so a decode failure
+// is a clean error.
 func (s *Server) render(c *gin.Context, rec *gateway.InstanceRecord, req renderRequest, accept []mediaRange) {
 	ch, ok := negotiate(accept, renderedOffers)
 	if !ok {
 		s.writeError(c, notAcceptable(accept, "rendered image", renderedOffers))
 		return
 	}
-	if err := gateway.CheckRenderable(rec); err != nil {
-		s.writeError(c, err)
-		return
-	}
-	ctx := c.Request.Context()
-	select { // decoding holds a frame and an image in memory: bound how many at once
-	case renderSlots <- struct{}{}:
-		defer func() { <-renderSlots }()
-	case <-ctx.Done():
-		s.writeError(c, fmt.Errorf("rendering: %w", gateway.ErrUnavailable))
-		return
-	}
-	frame, size, err := s.retriever().OpenFrame(ctx, rec, req.frame)
-	if err != nil {
-		s.writeError(c, err)
-		return
-	}
-	defer frame.Close()
-	if err := s.auditRetrieve(c, []*gateway.InstanceRecord{rec}, map[string]any{"rendered": ch.mediaType, "frames": req.frame, "bytes": size}); err != nil {
-		s.writeError(c, err)
-		return
-	}
-	img, err := gateway.Render(rec, frame, size, req.opts)
-	if err != nil {
-		s.writeError(c, err)
-		return
-	}
 	var buf bytes.Buffer
-	if err := encodeImage(&buf, img, ch.mediaType, req.quality); err != nil {
+	detail := map[string]any{"rendered": ch.mediaType, "frames": req.frame}
+	err := s.svc.Retrieve.Render(c.Request.Context(), s.caller(c), rec, req.frame, req.opts, detail, func(img image.Image) error {
+		return encodeImage(&buf, img, ch.mediaType, req.quality)
+	})
+	if err != nil {
 		s.writeError(c, err)
 		return
 	}

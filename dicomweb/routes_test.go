@@ -7,7 +7,7 @@ import (
 // TestEveryRouteDeclaresARole walks the routing table: a route without a
 // role would be served to anyone once auth is configured.
 func TestEveryRouteDeclaresARole(t *testing.T) {
-	s := &Server{}
+	s := New(Config{})
 	seen := map[string]bool{}
 	for _, r := range s.routes() {
 		key := r.method + " " + r.path

@@ -190,7 +190,7 @@ func TestSecurityOIDC(t *testing.T) {
 	}
 
 	t.Run("over HTTP", func(t *testing.T) {
-		ts := newAuthTestServer(t, &Server{Auth: auth})
+		ts := newAuthTestServer(t, wiring{cfg: Config{Auth: auth}})
 		tok := signJWT(t, jwt.SigningMethodRS256, "rsa-1", rsaKey, claims(nil))
 		if code, _, _ := ts.do(t, http.MethodGet, "/metrics", "Bearer "+tok); code != http.StatusForbidden {
 			t.Errorf("read token on /metrics: got %d, want 403", code)
@@ -304,9 +304,8 @@ func TestSecurityMTLS(t *testing.T) {
 	if tlsConf.ClientAuth != tls.VerifyClientCertIfGiven || tlsConf.MinVersion != tls.VersionTLS12 {
 		t.Fatalf("ClientAuth = %v, MinVersion = %x; want VerifyClientCertIfGiven, TLS 1.2", tlsConf.ClientAuth, tlsConf.MinVersion)
 	}
-	s := &Server{Auth: auth}
 	rec := &authAuditRecorder{}
-	s.Auditor = rec
+	s := wiring{cfg: Config{Auth: auth}, deps: gateway.ServiceDeps{Auditor: rec}}.serve()
 	srv := httptest.NewUnstartedServer(s.Handler())
 	// TLS exactly as gateway serve sets it up (httptest's StartTLS would
 	// add its own certificate beside ServerTLS's GetCertificate).
@@ -453,7 +452,7 @@ func TestRateLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := newAuthTestServer(t, &Server{Auth: auth, RateLimit: rl})
+	ts := newAuthTestServer(t, wiring{cfg: Config{Auth: auth, RateLimit: rl}})
 	admin := "Bearer " + tokens[gateway.RoleAdmin]
 	for i := range 3 {
 		if code, _, _ := ts.do(t, http.MethodGet, "/metrics", admin); code != http.StatusOK {
@@ -481,7 +480,7 @@ func TestRateLimit(t *testing.T) {
 	// failures (not audited), while a good token from the same address
 	// (another user behind the same NAT) still works.
 	rl2, _ := NewRateLimiter(RateLimitConfig{RequestsPerSecond: 0.01, Burst: 3})
-	ts2 := newAuthTestServer(t, &Server{Auth: auth, RateLimit: rl2})
+	ts2 := newAuthTestServer(t, wiring{cfg: Config{Auth: auth, RateLimit: rl2}})
 	for i := range 3 {
 		if code, _, _ := ts2.do(t, http.MethodGet, "/metrics", "Bearer guess-"+strconv.Itoa(i)); code != http.StatusUnauthorized {
 			t.Fatalf("guess %d: got %d, want 401", i, code)

@@ -37,19 +37,14 @@ func (l Limits) maxParts() int {
 	return l.MaxParts
 }
 
-// Server serves the gateway's HTTP surface. Fill the exported fields, then
-// call Handler once.
-type Server struct {
-	Name      string // this centre's name
-	Blobs     gateway.BlobStore
-	Index     gateway.Index
-	Auditor   gateway.Auditor
-	Ingester  *gateway.Ingester
-	Transfers *gateway.Transfers
-	// Router forwards newly stored instances that match a routing rule;
-	// nil when no rules are configured.
-	Router   *gateway.Router
-	AuditLog gateway.AuditLog
+// Config is what the HTTP layer is built from: the use cases it serves and
+// how it serves them. Zero fields take defaults.
+type Config struct {
+	// Services are the gateway's use cases (gateway.NewServices), built
+	// once and shared with the other front ends; nil serves none of them
+	// (every DICOMweb and admin route answers 503), for tests of the HTTP
+	// layer alone.
+	Services *gateway.Services
 
 	// Auth authenticates requests; nil means no auth (loopback only), every
 	// request acting as the local principal with all roles.
@@ -86,17 +81,36 @@ type Server struct {
 	// MaxConnections caps the client connections LimitListener lets in at
 	// once; 0 = no cap.
 	MaxConnections int
+}
 
-	metrics   *httpMetrics
-	recompute *recomputeGate // SHA-256 ?recompute=true (recompute.go)
+// serverConfig is Config embedded in Server under a name other packages
+// cannot set: a Server is built by New.
+type serverConfig = Config
+
+// Server serves the gateway's HTTP surface: parse a request, call one use
+// case of Services, encode the answer. Build it with New, then call Handler
+// once.
+type Server struct {
+	serverConfig
+	svc *gateway.Services
+
+	metrics *httpMetrics
+}
+
+// New returns the server for cfg: the one constructor the gateway's serve
+// command and every test use.
+func New(cfg Config) *Server {
+	s := &Server{serverConfig: cfg, svc: cfg.Services}
+	if s.svc == nil {
+		s.svc = gateway.NewServices(gateway.ServiceDeps{Logger: cfg.Logger})
+	}
+	s.defaults()
+	return s
 }
 
 // Handler builds the gin engine with every route of routes().
 func (s *Server) Handler() http.Handler {
-	gin.SetMode(gin.ReleaseMode)
-	s.defaults()
 	s.metrics = newHTTPMetrics(s.Registerer)
-	s.recompute = newRecomputeGate(maxConcurrentRecompute)
 	r := gin.New()
 	r.ContextWithFallback = true
 	if err := r.SetTrustedProxies(s.TrustedProxies); err != nil {
@@ -140,7 +154,7 @@ func (s *Server) defaults() {
 }
 
 func (s *Server) handleHealthz(c *gin.Context) {
-	c.JSON(http.StatusOK, gin.H{"status": "ok", "name": s.Name})
+	c.JSON(http.StatusOK, gin.H{"status": "ok", "name": s.svc.Name})
 }
 
 // handleReadyz pings every backend with a short deadline and names the ones

@@ -2,16 +2,13 @@ package dicomweb
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -40,18 +37,12 @@ func (s *Server) stowRoutes(base string) []route {
 	}
 }
 
-// stowFailure is one instance that was not stored.
-type stowFailure struct {
-	sopClassUID, sopInstanceUID string
-	reason                      uint16
-	unavailable                 bool
-	comment                     string // Error Comment (0000,0902), rarely set
-}
-
 // handleStow stores every part of a multipart/related request, one at a
-// time as it arrives, and answers with the Store Instances Response Module:
-// 200 all stored, 202 some failed, 409 none stored, 503 none stored because
-// storage is unavailable; 400, 413 and 415 for a request that cannot be read.
+// time as it arrives, through the store service (which pipelines each
+// part's sync and index write with the reading of the next parts), and
+// answers with the Store Instances Response Module: 200 all stored, 202
+// some failed, 409 none stored, 503 none stored because storage is
+// unavailable; 400, 413 and 415 for a request that cannot be read.
 func (s *Server) handleStow(c *gin.Context) {
 	ctx := c.Request.Context()
 	study := c.Param("study")
@@ -66,8 +57,9 @@ func (s *Server) handleStow(c *gin.Context) {
 		s.writeError(c, err)
 		return
 	}
-	if s.Ingester == nil {
-		s.writeError(c, fmt.Errorf("no storage configured: %w", gateway.ErrUnavailable))
+	batch, err := s.svc.Store.Begin(ctx, s.storeRequest(c, study))
+	if err != nil {
+		s.writeError(c, err)
 		return
 	}
 	var src io.Reader = c.Request.Body
@@ -78,21 +70,10 @@ func (s *Server) handleStow(c *gin.Context) {
 	mr := newPartReader(body, boundary)
 
 	var (
-		stored  []*gateway.InstanceRecord
-		failed  []stowFailure
-		refused refusalLog
-		reqErr  error
-		parts   int
-		// One outcome per DICOM part, in order: parts are read one after
-		// another, and each stored part's Finish (sync, index write,
-		// routing) runs while the next parts are read, at most
-		// stowFinishesInFlight at once.
-		outcomes []*stowOutcome
-		finishes sync.WaitGroup
-		inFlight = make(chan struct{}, stowFinishesInFlight)
+		reqErr error
+		parts  int
 	)
 	maxParts := s.Limits.maxParts()
-	source := s.routingSource(c) // once per request, not per instance
 	for {
 		part, err := mr.NextRawPart()
 		if errors.Is(err, io.EOF) {
@@ -108,8 +89,7 @@ func (s *Server) handleStow(c *gin.Context) {
 			break
 		}
 		if ok, mt := partIsDICOM(part.Header); !ok {
-			refused.add(parts, "", gateway.ReasonCannotUnderstand, "part Content-Type "+truncate(mt, 100))
-			outcomes = append(outcomes, &stowOutcome{failure: &stowFailure{reason: gateway.ReasonCannotUnderstand}})
+			batch.Refuse(parts, gateway.ReasonCannotUnderstand, "part Content-Type "+truncate(mt, 100))
 			continue
 		}
 		// A part too short for the preamble and "DICM" (an empty part, say)
@@ -117,9 +97,15 @@ func (s *Server) handleStow(c *gin.Context) {
 		var lead [132]byte
 		n, err := readLead(part, lead[:])
 		if errors.Is(err, io.EOF) {
-			refused.add(parts, "", gateway.ReasonCannotUnderstand, fmt.Sprintf("part of %d bytes is not a DICOM Part 10 instance", n))
-			outcomes = append(outcomes, &stowOutcome{failure: &stowFailure{reason: gateway.ReasonCannotUnderstand}})
+			batch.Refuse(parts, gateway.ReasonCannotUnderstand, fmt.Sprintf("part of %d bytes is not a DICOM Part 10 instance", n))
 			continue
+		}
+		if err == nil {
+			err = batch.Add(parts, io.MultiReader(bytes.NewReader(lead[:]), part))
+			if errors.Is(err, gateway.ErrTooLarge) {
+				reqErr = err // a part far over --max-instance-bytes
+				break
+			}
 		}
 		if err != nil {
 			if reqErr = multipartError(err, body); reqErr == nil || errors.Is(reqErr, io.EOF) {
@@ -127,52 +113,11 @@ func (s *Server) handleStow(c *gin.Context) {
 			}
 			break
 		}
-		pending, err := s.Ingester.Begin(ctx, io.MultiReader(bytes.NewReader(lead[:]), part), gateway.StoreOptions{StudyInstanceUID: study})
-		if err != nil {
-			ie, ok := errors.AsType[*gateway.InstanceError](err)
-			if !ok {
-				reqErr = multipartError(err, body)
-				if reqErr == nil || errors.Is(reqErr, io.EOF) {
-					reqErr = fmt.Errorf("read part %d: %v: %w", parts, err, gateway.ErrInvalid)
-				}
-				break
-			}
-			if errors.Is(err, gateway.ErrTooLarge) && !drainPart(part) {
-				// The part goes on far past the limit (maybe for ever):
-				// refuse the rest of the request rather than read it all.
-				// What was stored before stays stored.
-				reqErr = fmt.Errorf("part %d is larger than --max-instance-bytes %d: %w", parts, s.Ingester.MaxInstanceBytes, gateway.ErrTooLarge)
-				break
-			}
-			outcomes = append(outcomes, s.refused(c, study, parts, ie, &refused))
-			continue
-		}
-		o := &stowOutcome{}
-		outcomes = append(outcomes, o)
-		inFlight <- struct{}{}
-		partNo := parts // parts moves on while this finish runs
-		finishes.Go(func() {
-			defer func() { <-inFlight }()
-			s.finishStow(c, study, source, partNo, pending, o, &refused)
-		})
 	}
-	finishes.Wait()
-	refused.log(ctx, s.Logger)
-	var incoming []gateway.IncomingInstance
-	for _, o := range outcomes {
-		switch {
-		case o.err != nil && reqErr == nil:
-			reqErr = o.err
-		case o.failure != nil:
-			failed = append(failed, *o.failure)
-		case o.rec != nil:
-			stored = append(stored, o.rec)
-		}
-		if o.incoming != nil {
-			incoming = append(incoming, *o.incoming)
-		}
+	res := batch.Wait()
+	if reqErr == nil {
+		reqErr = res.Err
 	}
-	s.recordIncoming(c, incoming)
 	if reqErr == nil && parts == 0 {
 		reqErr = fmt.Errorf("the multipart/related body has no parts: %w", gateway.ErrInvalid)
 	}
@@ -186,17 +131,17 @@ func (s *Server) handleStow(c *gin.Context) {
 			reqErr = fmt.Errorf("read request body: %v: %w", reqErr, gateway.ErrInvalid)
 			status = http.StatusBadRequest
 		}
-	case len(failed) > 0 && len(stored) > 0:
+	case len(res.Failed) > 0 && len(res.Stored) > 0:
 		status = http.StatusAccepted
-	case len(failed) > 0 && !slices.ContainsFunc(failed, func(f stowFailure) bool { return !f.unavailable }):
+	case len(res.Failed) > 0 && !slices.ContainsFunc(res.Failed, func(f gateway.StoreFailure) bool { return !f.Unavailable }):
 		status = http.StatusServiceUnavailable
-	case len(failed) > 0:
+	case len(res.Failed) > 0:
 		status = http.StatusConflict
-	case warnedCount(stored) > 0:
+	case res.Warned() > 0:
 		status = http.StatusAccepted // PS3.18 10.5.3: stored, with warnings
 	}
 
-	if err := s.auditStow(c, study, stored, failed, status, reqErr); err != nil {
+	if err := batch.Close(res, status, reqErr); err != nil {
 		s.writeError(c, fmt.Errorf("audit not recorded: %w", err))
 		return
 	}
@@ -207,11 +152,11 @@ func (s *Server) handleStow(c *gin.Context) {
 	if status == http.StatusServiceUnavailable {
 		c.Header("Retry-After", "5")
 	}
-	if w := s.stowWarning(stored); w != "" {
+	if w := s.stowWarning(res.Stored); w != "" {
 		c.Header("Warning", w)
 	}
-	resp := s.stowResponse(c, study, stored, failed)
-	if loc := stowLocation(resp, stored); loc != "" {
+	resp := s.stowResponse(c, study, res.Stored, res.Failed)
+	if loc := stowLocation(resp, res.Stored); loc != "" {
 		c.Header("Content-Location", loc)
 	}
 	if wantXML, multi := stowAnswerXML(c.Request); wantXML {
@@ -224,57 +169,22 @@ func (s *Server) handleStow(c *gin.Context) {
 	}
 }
 
-// stowFinishesInFlight bounds the stored parts of one STOW-RS request whose
-// sync and index write run while later parts are read: enough to keep a
-// disk's queue and the index's group commit busy, each holding only an open
-// temporary file and a parsed header.
-const stowFinishesInFlight = 16
-
-// stowOutcome is what became of one part of a STOW-RS request: stored
-// (rec), refused (failure), or err, an error that ends the request (the
-// client went away while the part was being finished).
-type stowOutcome struct {
-	rec      *gateway.InstanceRecord
-	failure  *stowFailure
-	err      error
-	incoming *gateway.IncomingInstance // what an incoming transfer records of it
+// storeRequest is the store service's view of a STOW-RS request: who sends
+// it, the study the URL names, and, when the credential may speak for a
+// centre (peerauth.go), that centre and its transfer headers.
+func (s *Server) storeRequest(c *gin.Context, study string) gateway.StoreRequest {
+	req := gateway.StoreRequest{Caller: s.caller(c), StudyInstanceUID: study}
+	if centre, ok := s.sourceCentre(c); ok {
+		req.SourceCentre = centre
+		req.TransferID = c.GetHeader(HeaderTransferID)
+		req.TransferInstances, _ = strconv.Atoi(c.GetHeader(HeaderTransferInstances))
+	}
+	return req
 }
 
-// finishStow makes one read part durable, indexes and routes it, and
-// records the outcome in o. It runs concurrently with the request's reading
-// of later parts.
-func (s *Server) finishStow(c *gin.Context, study, source string, part int, pending *gateway.PendingInstance, o *stowOutcome, log *refusalLog) {
-	rec, err := pending.Finish(c.Request.Context())
-	if err != nil {
-		ie, ok := errors.AsType[*gateway.InstanceError](err)
-		if !ok {
-			o.err = fmt.Errorf("store part %d: %w", part, err)
-			return
-		}
-		*o = *s.refused(c, study, part, ie, log)
-		return
-	}
-	if err := s.route(c, rec, source); err != nil {
-		// Stored, but its routing rule could not queue the transfer:
-		// report it failed so that the sender resends it. The resend is
-		// idempotent (identical bytes) and routes it again, so nothing
-		// stored here is silently left unforwarded.
-		o.failure = &stowFailure{sopClassUID: rec.SOPClassUID, sopInstanceUID: rec.SOPInstanceUID,
-			reason: gateway.ReasonOutOfResources, unavailable: true}
-		return
-	}
-	in := incomingOf(rec.StudyInstanceUID, rec.SOPInstanceUID, rec.Size, nil)
-	o.rec, o.incoming = rec, &in
-}
-
-// refused records one refused part, in log for the request's log line.
-func (s *Server) refused(c *gin.Context, study string, part int, ie *gateway.InstanceError, log *refusalLog) *stowOutcome {
-	log.add(part, ie.SOPInstanceUID, ie.Reason, ie.Err.Error())
-	in := incomingOf(study, ie.SOPInstanceUID, 0, ie)
-	return &stowOutcome{incoming: &in, failure: &stowFailure{
-		sopClassUID: ie.SOPClassUID, sopInstanceUID: ie.SOPInstanceUID, reason: ie.Reason,
-		unavailable: errors.Is(ie, gateway.ErrUnavailable), comment: ie.Comment,
-	}}
+// caller is the request's principal and route, as the services audit them.
+func (s *Server) caller(c *gin.Context) gateway.Caller {
+	return gateway.Caller{Principal: gateway.PrincipalFrom(c.Request.Context()), Route: c.FullPath()}
 }
 
 // stowLocation is the Content-Location of a STOW-RS response (PS3.18
@@ -301,7 +211,7 @@ func stowLocation(resp dicomcodec.Dataset, stored []*gateway.InstanceRecord) str
 }
 
 // stowResponse builds the Store Instances Response Module (PS3.18 I.1).
-func (s *Server) stowResponse(c *gin.Context, study string, stored []*gateway.InstanceRecord, failed []stowFailure) dicomcodec.Dataset {
+func (s *Server) stowResponse(c *gin.Context, study string, stored []*gateway.InstanceRecord, failed []gateway.StoreFailure) dicomcodec.Dataset {
 	base := s.baseURL(c)
 	studies := map[string]bool{}
 	for _, r := range stored {
@@ -335,78 +245,22 @@ func (s *Server) stowResponse(c *gin.Context, study string, stored []*gateway.In
 			item := dicomcodec.Dataset{
 				tagReferencedSOPClassUID:   {VR: "UI"},
 				tagReferencedSOPInstanceID: {VR: "UI"},
-				tagFailureReason:           {VR: "US", Value: []any{int64(f.reason)}},
+				tagFailureReason:           {VR: "US", Value: []any{int64(f.Reason)}},
 			}
-			if f.sopClassUID != "" {
-				item[tagReferencedSOPClassUID] = dicomcodec.Attribute{VR: "UI", Value: []any{f.sopClassUID}}
+			if f.SOPClassUID != "" {
+				item[tagReferencedSOPClassUID] = dicomcodec.Attribute{VR: "UI", Value: []any{f.SOPClassUID}}
 			}
-			if f.sopInstanceUID != "" {
-				item[tagReferencedSOPInstanceID] = dicomcodec.Attribute{VR: "UI", Value: []any{f.sopInstanceUID}}
+			if f.SOPInstanceUID != "" {
+				item[tagReferencedSOPInstanceID] = dicomcodec.Attribute{VR: "UI", Value: []any{f.SOPInstanceUID}}
 			}
-			if f.comment != "" {
-				item[tagErrorComment] = dicomcodec.Attribute{VR: "LO", Value: []any{f.comment[:min(len(f.comment), 64)]}}
+			if f.Comment != "" {
+				item[tagErrorComment] = dicomcodec.Attribute{VR: "LO", Value: []any{f.Comment[:min(len(f.Comment), 64)]}}
 			}
 			items = append(items, item)
 		}
 		resp[tagFailedSOPSequence] = dicomcodec.Attribute{VR: "SQ", Value: items}
 	}
 	return resp
-}
-
-// auditStow records one event for the request. An error means the event
-// was not durably written; the request must then fail (closed).
-func (s *Server) auditStow(c *gin.Context, study string, stored []*gateway.InstanceRecord, failed []stowFailure, status int, reqErr error) error {
-	if s.Auditor == nil {
-		return nil
-	}
-	var studies, patients []string
-	var bytes int64
-	for _, r := range stored {
-		if !slices.Contains(studies, r.StudyInstanceUID) {
-			studies = append(studies, r.StudyInstanceUID)
-		}
-		if id := r.Metadata.String(dicomcodec.TagPatientID); id != "" && !slices.Contains(patients, id) {
-			patients = append(patients, id)
-		}
-		bytes += r.Size
-	}
-	if study != "" && !slices.Contains(studies, study) {
-		studies = append(studies, study)
-	}
-	reasons := map[string]int{}
-	for _, f := range failed {
-		reasons[fmt.Sprintf("0x%04X", f.reason)]++
-	}
-	outcome := gateway.OutcomeSuccess
-	switch {
-	case status >= 500:
-		outcome = gateway.OutcomeError
-	case status != http.StatusOK && (status != http.StatusAccepted || len(failed) > 0):
-		outcome = gateway.OutcomeFailure // a 202 without failures is a success with warnings
-	}
-	detail := map[string]any{
-		"route": c.FullPath(), "status": status,
-		"stored": len(stored), "failed": len(failed), "bytes": bytes,
-	}
-	if len(reasons) > 0 {
-		detail["failure_reasons"] = reasons
-	}
-	if n := warnedCount(stored); n > 0 {
-		detail["warned"] = n
-	}
-	if reqErr != nil {
-		detail["error"] = reqErr.Error()
-	}
-	return s.Auditor.Record(c.Request.Context(), &gateway.AuditEvent{
-		Time:       time.Now().UTC(),
-		Gateway:    s.Name,
-		Actor:      gateway.PrincipalFrom(c.Request.Context()),
-		Action:     gateway.ActionStore,
-		Outcome:    outcome,
-		StudyUIDs:  studies,
-		PatientIDs: patients,
-		Detail:     detail,
-	})
 }
 
 // baseURL is the public DICOMweb root of this gateway, without a trailing
@@ -525,44 +379,6 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// routingSource is the source routing rules see for a STOW-RS request: the
-// sending centre when the request may speak for one (peerauth.go), else the
-// principal's name.
-func (s *Server) routingSource(c *gin.Context) string {
-	if s.Router == nil {
-		return ""
-	}
-	if source, ok := s.sourceCentre(c); ok {
-		return source
-	}
-	return gateway.PrincipalFrom(c.Request.Context()).Name
-}
-
-// route hands a newly stored instance to the routing rules with the
-// request's routingSource.
-func (s *Server) route(c *gin.Context, rec *gateway.InstanceRecord, source string) error {
-	if s.Router == nil {
-		return nil
-	}
-	if err := s.Router.Ingested(c.Request.Context(), rec, source); err != nil {
-		s.Logger.WarnContext(c.Request.Context(), "routing rule not applied; instance reported failed so the sender resends it",
-			gateway.LogKeyStudyUID, rec.StudyInstanceUID, gateway.LogKeySOPUID, rec.SOPInstanceUID, gateway.LogKeyError, err.Error())
-		return err
-	}
-	return nil
-}
-
-// oversizeDrain is how much more of a part over the instance limit is read
-// and discarded so that the request's next parts can still be stored.
-const oversizeDrain = 64 << 20
-
-// drainPart discards the rest of a refused part, and reports whether it
-// ended within oversizeDrain bytes.
-func drainPart(part io.Reader) bool {
-	n, err := io.CopyN(io.Discard, part, oversizeDrain+1)
-	return n <= oversizeDrain && (err == nil || errors.Is(err, io.EOF))
-}
-
 // readLead reads up to len(b) bytes of r. Unlike io.ReadFull it returns
 // r's own error: nil when b was filled, io.EOF when the part ended first,
 // and a multipart reader's io.ErrUnexpectedEOF (a body cut off before its
@@ -580,43 +396,4 @@ func readLead(r io.Reader, b []byte) (int, error) {
 		}
 	}
 	return n, nil
-}
-
-// maxRefusalExamples is how many refused parts the request's log line
-// describes one by one.
-const maxRefusalExamples = 5
-
-// refusalLog gathers the parts a STOW-RS request refused into one log
-// line at its end, so that a request of many bad parts is one line, not
-// one per part.
-type refusalLog struct {
-	mu       sync.Mutex // parts are finished concurrently
-	count    int
-	byReason map[string]int
-	examples []any
-}
-
-func (r *refusalLog) add(part int, sopInstanceUID string, reason uint16, detail string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	code := fmt.Sprintf("0x%04X", reason)
-	if r.byReason == nil {
-		r.byReason = map[string]int{}
-	}
-	r.count++
-	r.byReason[code]++
-	if len(r.examples) < maxRefusalExamples {
-		r.examples = append(r.examples, slog.Group(strconv.Itoa(part),
-			gateway.LogKeySOPUID, sopInstanceUID, "failure_reason", code, gateway.LogKeyError, truncate(detail, 300)))
-	}
-}
-
-func (r *refusalLog) log(ctx context.Context, logger *slog.Logger) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.count == 0 {
-		return
-	}
-	logger.InfoContext(ctx, "stow parts refused", "refused", r.count, "failure_reasons", r.byReason,
-		slog.Group("first_parts", r.examples...))
 }

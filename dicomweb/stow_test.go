@@ -20,7 +20,6 @@ import (
 	"testing"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
-	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/backendtest"
 	"github.com/dicom-gateway/gateway/internal/testcorpus"
@@ -51,20 +50,17 @@ type stowServer struct {
 	audit *stowAudit
 }
 
-func newStowServer(t testing.TB, b stowBackend, configure func(*dicomweb.Server)) *stowServer {
+func newStowServer(t testing.TB, b stowBackend, configure func(*testWiring)) *stowServer {
 	t.Helper()
 	blobs, index := b.open(t)
 	audit := &stowAudit{}
-	s := &dicomweb.Server{
-		Name: "test", Blobs: blobs, Index: index, Auditor: audit,
-		Ingester: &gateway.Ingester{Blobs: blobs, Index: index},
-	}
+	w := testWiring{ServiceDeps: gateway.ServiceDeps{Name: "test", Blobs: blobs, Index: index, Auditor: audit, Ingester: &gateway.Ingester{Blobs: blobs, Index: index}}}
 	if configure != nil {
-		configure(s)
+		configure(&w)
 	}
-	srv := httptest.NewServer(s.Handler())
+	srv := httptest.NewServer(w.server().Handler())
 	t.Cleanup(srv.Close)
-	return &stowServer{srv: srv, blobs: s.Blobs, index: index, audit: audit}
+	return &stowServer{srv: srv, blobs: w.Blobs, index: index, audit: audit}
 }
 
 // stowAudit records events; fail makes Record fail as an unreachable log would.
@@ -442,7 +438,7 @@ func TestStowStatusCodes(t *testing.T) {
 		}
 	})
 	t.Run("413 over the limits", func(t *testing.T) {
-		s := newStowServer(t, stowBackends[0], func(s *dicomweb.Server) { s.Limits.MaxRequestBytes = 2000 })
+		s := newStowServer(t, stowBackends[0], func(s *testWiring) { s.Limits.MaxRequestBytes = 2000 })
 		big := makeInstance(testStudy, testSeries, testSOP(5), 64, 64, 3)
 		if res := s.stow(t, "/dicomweb/studies", dicomPart(big)); res.status != http.StatusRequestEntityTooLarge {
 			t.Errorf("request over MaxRequestBytes: status %d, want 413: %s", res.status, res.body)
@@ -450,7 +446,7 @@ func TestStowStatusCodes(t *testing.T) {
 		if _, err := s.index.GetInstance(t.Context(), testSOP(5)); !errors.Is(err, gateway.ErrNotFound) {
 			t.Errorf("instance of a refused request indexed: %v", err)
 		}
-		s2 := newStowServer(t, stowBackends[0], func(s *dicomweb.Server) { s.Ingester.MaxInstanceBytes = 2000 })
+		s2 := newStowServer(t, stowBackends[0], func(s *testWiring) { s.Ingester.MaxInstanceBytes = 2000 })
 		res := s2.stow(t, "/dicomweb/studies", dicomPart(big), dicomPart(good(6)))
 		if res.status != http.StatusAccepted || len(res.failureReasons()) != 1 || res.failureReasons()[0] != int64(gateway.ReasonOutOfResources) {
 			t.Errorf("instance over MaxInstanceBytes: status %d: %s", res.status, res.body)
@@ -466,7 +462,7 @@ func TestStowStatusCodes(t *testing.T) {
 		}
 	})
 	t.Run("503 storage unavailable", func(t *testing.T) {
-		s := newStowServer(t, stowBackends[0], func(s *dicomweb.Server) {
+		s := newStowServer(t, stowBackends[0], func(s *testWiring) {
 			s.Blobs = failingBlobs{s.Blobs}
 			s.Ingester.Blobs = s.Blobs
 		})
@@ -583,7 +579,7 @@ func TestStowDuplicates(t *testing.T) {
 
 // TestStowDuplicateReplace replaces under the "replace" policy.
 func TestStowDuplicateReplace(t *testing.T) {
-	s := newStowServer(t, stowBackends[0], func(s *dicomweb.Server) { s.Ingester.DuplicatePolicy = gateway.DuplicateReplace })
+	s := newStowServer(t, stowBackends[0], func(s *testWiring) { s.Ingester.DuplicatePolicy = gateway.DuplicateReplace })
 	first := makeInstance(testStudy, testSeries, testSOP(1), 8, 8, 1)
 	second := makeInstance(testStudy, testSeries, testSOP(1), 8, 8, 2)
 	s.stow(t, "/dicomweb/studies", dicomPart(first))

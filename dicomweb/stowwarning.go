@@ -16,17 +16,6 @@ import (
 // 0xB006 (nothing is discarded) fits but 0xB007, "Data Set does not match
 // SOP Class": the instance does not conform, and is kept as it is.
 
-// warnedCount is how many stored instances carry a warning.
-func warnedCount(stored []*gateway.InstanceRecord) int {
-	n := 0
-	for _, r := range stored {
-		if len(r.UIDDeviations()) > 0 {
-			n++
-		}
-	}
-	return n
-}
-
 // addWarningReason adds the Warning Reason to the Referenced SOP Sequence
 // item of a stored instance that carries a warning.
 func addWarningReason(item dicomcodec.Dataset, r *gateway.InstanceRecord) {
@@ -52,7 +41,7 @@ func (s *Server) stowWarning(stored []*gateway.InstanceRecord) string {
 	if n == 0 {
 		return ""
 	}
-	agent := s.Name
+	agent := s.svc.Name
 	if agent == "" || !validHost(agent) {
 		agent = "gateway"
 	}

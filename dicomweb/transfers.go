@@ -2,14 +2,11 @@ package dicomweb
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strconv"
 	"time"
 
@@ -38,11 +35,11 @@ func (s *Server) transferRoutes(base string) []route {
 
 // transfersOrUnavailable answers 503 when transfers are not configured.
 func (s *Server) transfersOrUnavailable(c *gin.Context) *gateway.Transfers {
-	if s.Transfers == nil {
+	if s.svc.Transfers == nil {
 		s.writeError(c, fmt.Errorf("transfers are not configured on this gateway: %w", gateway.ErrUnavailable))
 		return nil
 	}
-	return s.Transfers
+	return s.svc.Transfers
 }
 
 func (s *Server) handleTransferCreate(c *gin.Context) {
@@ -152,81 +149,31 @@ func newPeerView(p gateway.Peer) peerView {
 
 func (s *Server) handlePeers(c *gin.Context) {
 	peers := []peerView{}
-	if s.Transfers != nil {
-		for _, p := range s.Transfers.Peers {
+	if s.svc.Transfers != nil {
+		for _, p := range s.svc.Transfers.Peers {
 			peers = append(peers, newPeerView(p))
 		}
 	}
 	c.JSON(http.StatusOK, gin.H{"peers": peers})
 }
 
-// instanceSHA256 returns the SHA-256 of an instance: from the index, or,
-// with recompute, from the bytes in blob storage (which proves what is
-// stored, not what was recorded at ingest).
-func (s *Server) instanceSHA256(ctx context.Context, rec *gateway.InstanceRecord, recompute bool) (string, error) {
-	if !recompute {
-		return rec.SHA256, nil
-	}
-	rc, err := s.Blobs.Get(ctx, rec.Key(), 0, -1)
-	if err != nil {
-		return "", err
-	}
-	defer rc.Close()
-	sum := sha256.New()
-	if _, err := io.Copy(sum, rc); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(sum.Sum(nil)), nil
-}
-
 func (s *Server) handleInstanceSHA256(c *gin.Context) {
-	sop := c.Param("sop")
-	if err := gateway.ValidateUID(sop); err != nil {
-		s.writeError(c, err)
-		return
-	}
-	rec, err := s.Index.GetInstance(c.Request.Context(), sop)
+	recompute := c.Query("recompute") == "true"
+	d, err := s.svc.Verify.InstanceSHA256(c.Request.Context(), s.caller(c), c.Param("sop"), recompute)
 	if err != nil {
-		s.writeError(c, err)
+		s.writeSHA256Error(c, err)
 		return
 	}
-	recompute, release, ok := s.beginSHA256(c, rec.StudyInstanceUID, []*gateway.InstanceRecord{rec})
-	if !ok {
-		return
-	}
-	defer release()
-	sum, err := s.instanceSHA256(c.Request.Context(), rec, recompute)
-	if err != nil {
-		s.writeError(c, err)
-		return
-	}
-	c.JSON(http.StatusOK, gin.H{"sop_instance_uid": sop, "study_uid": rec.StudyInstanceUID, "size": rec.Size, "sha256": sum})
+	c.JSON(http.StatusOK, gin.H{"sop_instance_uid": d.SOPInstanceUID, "study_uid": d.StudyUID, "size": d.Size, "sha256": d.SHA256})
 }
 
 func (s *Server) handleStudySHA256(c *gin.Context) {
 	study := c.Param("study")
-	if err := gateway.ValidateUID(study); err != nil {
-		s.writeError(c, err)
-		return
-	}
-	recs, err := s.Index.ListInstances(c.Request.Context(), study, "")
+	recompute := c.Query("recompute") == "true"
+	sums, err := s.svc.Verify.StudySHA256(c.Request.Context(), s.caller(c), study, recompute)
 	if err != nil {
-		s.writeError(c, err)
+		s.writeSHA256Error(c, err)
 		return
-	}
-	recompute, release, ok := s.beginSHA256(c, study, recs)
-	if !ok {
-		return
-	}
-	defer release()
-	sums := make(map[string]string, len(recs))
-	for _, rec := range recs {
-		sum, err := s.instanceSHA256(c.Request.Context(), rec, recompute)
-		if err != nil {
-			s.writeError(c, fmt.Errorf("instance %s: %w", rec.SOPInstanceUID, err))
-			return
-		}
-		sums[rec.SOPInstanceUID] = sum
 	}
 	source := "index"
 	if recompute {
@@ -235,77 +182,13 @@ func (s *Server) handleStudySHA256(c *gin.Context) {
 	c.JSON(http.StatusOK, studySHA256{StudyUID: study, Source: source, Instances: sums})
 }
 
-// beginSHA256 admits a SHA-256 request for recs of study: with
-// ?recompute=true only through the recompute gate (429 with Retry-After
-// beyond it), and only once the read is audited like any retrieve (the
-// answer confirms which instances, and so which patient's, are stored
-// here). ok false means the answer has been written.
-func (s *Server) beginSHA256(c *gin.Context, study string, recs []*gateway.InstanceRecord) (recompute bool, release func(), ok bool) {
-	recompute = c.Query("recompute") == "true"
-	release = func() {}
-	if recompute {
-		var err error
-		if release, err = s.recompute.enter(study); err != nil {
-			c.Header("Retry-After", strconv.Itoa(recomputeRetryAfter))
-			s.writeError(c, err)
-			return false, nil, false
-		}
+// writeSHA256Error answers err; a recompute refused because enough are
+// running (gateway.ErrBusy: 429) says when to retry.
+func (s *Server) writeSHA256Error(c *gin.Context, err error) {
+	if errors.Is(err, gateway.ErrBusy) {
+		c.Header("Retry-After", strconv.Itoa(int(gateway.RecomputeRetryAfter/time.Second)))
 	}
-	source := "index"
-	if recompute {
-		source = "storage"
-	}
-	if err := s.audit(c, gateway.ActionRetrieve, gateway.OutcomeSuccess, subjectOfRecords(recs, []string{study}),
-		map[string]any{"what": "sha256", "sha256_source": source, "bytes": 0}); err != nil {
-		release()
-		s.writeError(c, err)
-		return false, nil, false
-	}
-	return recompute, release, true
-}
-
-// recordIncoming notes, for a STOW-RS request that carries X-Transfer-ID
-// from a peer gateway (sourceCentre, peerauth.go), the outcome of its
-// instances as an incoming transfer. The STOW-RS handler calls it with the
-// request's instances. A request without the header, or from a credential
-// that is not a peer's, is ignored. Failures to record are logged, never
-// fail the store.
-func (s *Server) recordIncoming(c *gin.Context, batch []gateway.IncomingInstance) {
-	id := c.GetHeader(HeaderTransferID)
-	batch = slices.DeleteFunc(batch, func(in gateway.IncomingInstance) bool { return in.SOPInstanceUID == "" })
-	if id == "" || len(batch) == 0 || s.Transfers == nil {
-		return
-	}
-	source, ok := s.sourceCentre(c)
-	if !ok {
-		return
-	}
-	total, _ := strconv.Atoi(c.GetHeader(HeaderTransferInstances))
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request.Context()), 10*time.Second)
-	defer cancel()
-	if rerr := s.Transfers.RecordIncoming(ctx, id, source, total, batch); rerr != nil {
-		s.Logger.WarnContext(ctx, "incoming transfer not recorded", gateway.LogKeyTransferID, printableOr(id), gateway.LogKeyError, rerr.Error())
-	}
-}
-
-// incomingOf is what RecordIncoming keeps of one instance of a STOW-RS
-// request: stored (err nil) or refused, with the reason in words.
-func incomingOf(studyUID, sopUID string, size int64, err error) gateway.IncomingInstance {
-	in := gateway.IncomingInstance{StudyUID: studyUID, SOPInstanceUID: sopUID, OK: err == nil, Bytes: size}
-	if err != nil {
-		in.Reason = err.Error()
-		if ie, ok := errors.AsType[*gateway.InstanceError](err); ok && ie.Reason != 0 {
-			in.Reason = gateway.ReasonText(ie.Reason) + ": " + ie.Err.Error()
-		}
-	}
-	return in
-}
-
-func printableOr(s string) string {
-	if printableToken(s, 64) {
-		return s
-	}
-	return "(invalid)"
+	s.writeError(c, err)
 }
 
 // TransferCollector exports the transfer metrics on a Prometheus registry:

@@ -28,7 +28,7 @@ type centre struct {
 	blobs     gateway.BlobStore
 	index     gateway.Index
 	queue     gateway.Queue
-	server    *dicomweb.Server
+	ingester  *gateway.Ingester
 	transfers *gateway.Transfers
 	handler   http.Handler
 	http      *httptest.Server
@@ -65,7 +65,7 @@ var backends = []string{"embedded", "production"}
 
 // newCentre builds a centre on the given backend family. Its transfer
 // workers retry fast (tens of milliseconds) and heartbeat often.
-func newCentre(t testing.TB, name, backend string) *centre {
+func newCentre(t testing.TB, name, backend string, configure ...func(*testWiring)) *centre {
 	t.Helper()
 	c := &centre{name: name}
 	b := backendtest.Open(t, backend, backendtest.Options{GatewayName: name, Queue: gateway.QueueOptions{VisibilityTimeout: 2 * time.Second}})
@@ -76,12 +76,12 @@ func newCentre(t testing.TB, name, backend string) *centre {
 		Workers: 2, Heartbeat: 200 * time.Millisecond,
 		RetryPolicy: gateway.RetryPolicy{Base: 20 * time.Millisecond, Max: 200 * time.Millisecond, MaxAttempts: 100},
 	}
-	c.server = &dicomweb.Server{
-		Name: name, Blobs: c.blobs, Index: c.index,
-		Ingester:  &gateway.Ingester{Blobs: c.blobs, Index: c.index},
-		Transfers: c.transfers,
+	w := testWiring{ServiceDeps: gateway.ServiceDeps{Name: name, Blobs: c.blobs, Index: c.index, Ingester: &gateway.Ingester{Blobs: c.blobs, Index: c.index}, Transfers: c.transfers}}
+	for _, f := range configure {
+		f(&w)
 	}
-	c.handler = c.server.Handler()
+	c.ingester = w.Ingester
+	c.handler = w.server().Handler()
 	c.http = httptest.NewServer(c.handler)
 	t.Cleanup(c.http.Close)
 	return c
@@ -122,7 +122,7 @@ func (c *centre) store(t testing.TB, spec synth.StudySpec) []synth.Instance {
 	t.Helper()
 	ins := synth.Study(spec)
 	for _, in := range ins {
-		if _, err := c.server.Ingester.Store(t.Context(), bytes.NewReader(encoded(t, in)), gateway.StoreOptions{}); err != nil {
+		if _, err := c.ingester.Store(t.Context(), bytes.NewReader(encoded(t, in)), gateway.StoreOptions{}); err != nil {
 			t.Fatalf("store %s: %v", in.SOPInstanceUID, err)
 		}
 	}
@@ -348,7 +348,7 @@ func TestTransferRefusedInstances(t *testing.T) {
 			clash := []synth.Instance{ins[1], ins[4]}
 			for _, in := range clash {
 				in.PixelSeed++ // same UIDs, other pixels
-				if _, err := surrey.server.Ingester.Store(t.Context(), bytes.NewReader(encoded(t, in)), gateway.StoreOptions{}); err != nil {
+				if _, err := surrey.ingester.Store(t.Context(), bytes.NewReader(encoded(t, in)), gateway.StoreOptions{}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -553,8 +553,8 @@ func TestTransferResumedAfterWorkerStops(t *testing.T) {
 // (it has no storage), so the next attempt waits at least 5 s although the
 // backoff policy alone would retry within 200 ms.
 func TestTransferHonoursRetryAfter(t *testing.T) {
-	hampshire, surrey := newCentre(t, "hampshire", "embedded"), newCentre(t, "surrey", "embedded")
-	surrey.server.Ingester = nil
+	hampshire := newCentre(t, "hampshire", "embedded")
+	surrey := newCentre(t, "surrey", "embedded", func(w *testWiring) { w.Ingester = nil })
 	hampshire.transfers.Peers = []gateway.Peer{peerOf(surrey)}
 	hampshire.start(t)
 	ins := hampshire.store(t, synth.StudySpec{Seed: 606})

@@ -21,7 +21,7 @@ func newUITestServer(t *testing.T) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{Name: "test", Auth: auth}
+	s := wiring{cfg: Config{Auth: auth}}.serve()
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
 	return srv

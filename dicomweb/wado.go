@@ -2,15 +2,10 @@ package dicomweb
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
-	"maps"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/gin-gonic/gin"
 
@@ -62,102 +57,17 @@ func (s *Server) acceptChecked(k resourceKind, h gin.HandlerFunc) gin.HandlerFun
 	}
 }
 
-func (s *Server) retriever() *gateway.Retriever {
-	return &gateway.Retriever{Blobs: s.Blobs, Index: s.Index}
-}
-
-// auditRetrieve records who read which studies (and so which patients)
+// auditRetrieve records who reads which studies (and so which patients)
 // before any byte is sent. If the audit log cannot take the event the request
 // fails with 503 and nothing is sent: patient data is never served unaudited.
 func (s *Server) auditRetrieve(c *gin.Context, recs []*gateway.InstanceRecord, detail map[string]any) error {
-	return s.audit(c, gateway.ActionRetrieve, gateway.OutcomeSuccess, subjectOfRecords(recs, nil), detail)
-}
-
-// auditSubject is what an audit event says was touched.
-type auditSubject struct {
-	studies, series, patientIDs []string
-	instances                   int
-	bytes                       int64
-	sopInstanceUID              string // when there is one instance
-}
-
-// subjectOfRecords describes recs; studies, when given, are named even if
-// recs is empty (a delete of orphan blobs).
-func subjectOfRecords(recs []*gateway.InstanceRecord, studies []string) auditSubject {
-	sub := auditSubject{studies: studies, instances: len(recs), patientIDs: gateway.PatientIDsOf(recs)}
-	for _, r := range recs {
-		sub.add(r.StudyInstanceUID, r.SeriesInstanceUID)
-		sub.bytes += r.Size
-	}
-	if len(recs) == 1 {
-		sub.sopInstanceUID = recs[0].SOPInstanceUID
-	}
-	return sub
-}
-
-// subjectOfEntries describes the instances whose prepared metadata is sent.
-func subjectOfEntries(entries []gateway.MetadataEntry) auditSubject {
-	sub := auditSubject{instances: len(entries)}
-	for _, e := range entries {
-		sub.add(e.StudyInstanceUID, e.SeriesInstanceUID)
-		if e.PatientID != "" && !slices.Contains(sub.patientIDs, e.PatientID) {
-			sub.patientIDs = append(sub.patientIDs, e.PatientID)
-		}
-	}
-	if len(entries) == 1 {
-		sub.sopInstanceUID = entries[0].SOPInstanceUID
-	}
-	return sub
-}
-
-func (sub *auditSubject) add(study, series string) {
-	if !slices.Contains(sub.studies, study) {
-		sub.studies = append(sub.studies, study)
-	}
-	if !slices.Contains(sub.series, series) {
-		sub.series = append(sub.series, series)
-	}
-}
-
-// audit records one event about sub.
-func (s *Server) audit(c *gin.Context, action, outcome string, sub auditSubject, detail map[string]any) error {
-	if s.Auditor == nil {
-		return nil
-	}
-	if detail == nil {
-		detail = map[string]any{}
-	}
-	detail["route"] = c.FullPath()
-	detail["instances"] = sub.instances
-	detail["series_uids"] = sub.series
-	if sub.sopInstanceUID != "" {
-		detail["sop_instance_uid"] = sub.sopInstanceUID
-	}
-	if _, ok := detail["bytes"]; !ok && action == gateway.ActionRetrieve {
-		detail["bytes"] = sub.bytes
-	}
-	ctx := c.Request.Context()
-	ev := &gateway.AuditEvent{
-		Time:       time.Now().UTC(),
-		Gateway:    s.Name,
-		Actor:      gateway.PrincipalFrom(ctx),
-		Action:     action,
-		Outcome:    outcome,
-		StudyUIDs:  sub.studies,
-		PatientIDs: sub.patientIDs,
-		Detail:     detail,
-	}
-	if err := s.Auditor.Record(ctx, ev); err != nil {
-		s.Logger.ErrorContext(ctx, "audit event not written: request refused", "action", action, gateway.LogKeyError, err.Error())
-		return fmt.Errorf("audit log unavailable, request refused (nothing was sent or changed): %w", gateway.ErrUnavailable)
-	}
-	return nil
+	return s.svc.Retrieve.AuditRead(c.Request.Context(), s.caller(c), recs, detail)
 }
 
 // ---- retrieve instances ----
 
 func (s *Server) handleRetrieveStudy(c *gin.Context) {
-	recs, err := s.retriever().Study(c.Request.Context(), c.Param("study"))
+	recs, err := s.svc.Retrieve.Study(c.Request.Context(), c.Param("study"))
 	if err != nil {
 		s.writeError(c, err)
 		return
@@ -166,7 +76,7 @@ func (s *Server) handleRetrieveStudy(c *gin.Context) {
 }
 
 func (s *Server) handleRetrieveSeries(c *gin.Context) {
-	recs, err := s.retriever().Series(c.Request.Context(), c.Param("study"), c.Param("series"))
+	recs, err := s.svc.Retrieve.Series(c.Request.Context(), c.Param("study"), c.Param("series"))
 	if err != nil {
 		s.writeError(c, err)
 		return
@@ -184,7 +94,7 @@ func (s *Server) handleRetrieveInstance(c *gin.Context) {
 
 // instance resolves the instance named by the path or answers the error.
 func (s *Server) instance(c *gin.Context) (*gateway.InstanceRecord, bool) {
-	rec, err := s.retriever().Instance(c.Request.Context(), c.Param("study"), c.Param("series"), c.Param("instance"))
+	rec, err := s.svc.Retrieve.Instance(c.Request.Context(), c.Param("study"), c.Param("series"), c.Param("instance"))
 	if err != nil {
 		s.writeError(c, err)
 		return nil, false
@@ -216,7 +126,7 @@ func (s *Server) retrieveInstances(c *gin.Context, recs []*gateway.InstanceRecor
 		s.writeError(c, err)
 		return
 	}
-	r := s.retriever()
+	r := s.svc.Retrieve
 	// length is the stored size, or unknown (-1) for a transcode.
 	length := func(rec *gateway.InstanceRecord, ts string) int64 {
 		if ts != rec.TransferSyntaxUID {
@@ -307,7 +217,7 @@ func (s *Server) servePixels(c *gin.Context, rec *gateway.InstanceRecord, ranges
 		s.writeError(c, err)
 		return
 	}
-	r := s.retriever()
+	r := s.svc.Retrieve
 	open := func(ctx context.Context, rs []dicomcodec.ByteRange) (io.ReadCloser, error) {
 		rc, err := r.OpenRanges(ctx, rec, rs)
 		if err == nil && swap && ch.transferSyntax == dicomcodec.TSExplicitLE {
@@ -383,7 +293,7 @@ func (s *Server) handleBulkData(c *gin.Context) {
 	// no frame layout: located by walking the stored header (inflating it
 	// for a deflated dataset). Its bytes are little endian except in an
 	// explicit big-endian dataset.
-	r := s.retriever()
+	r := s.svc.Retrieve
 	body, length, err := r.OpenBulkData(c.Request.Context(), rec, path)
 	if err != nil {
 		s.writeError(c, err)
@@ -450,54 +360,23 @@ func isPixelDataPath(path string) bool {
 
 // ---- delete ----
 
-func (s *Server) deleter() *gateway.Deleter {
-	return &gateway.Deleter{Blobs: s.Blobs, Index: s.Index}
-}
-
 func (s *Server) handleDeleteStudy(c *gin.Context) {
-	p, err := s.deleter().PlanStudy(c.Request.Context(), c.Param("study"))
-	s.runDelete(c, p, err)
+	s.serveDelete(c, c.Param("study"), "", "")
 }
 
 func (s *Server) handleDeleteSeries(c *gin.Context) {
-	p, err := s.deleter().PlanSeries(c.Request.Context(), c.Param("study"), c.Param("series"))
-	s.runDelete(c, p, err)
+	s.serveDelete(c, c.Param("study"), c.Param("series"), "")
 }
 
 func (s *Server) handleDeleteInstance(c *gin.Context) {
-	p, err := s.deleter().PlanInstance(c.Request.Context(), c.Param("study"), c.Param("series"), c.Param("instance"))
-	s.runDelete(c, p, err)
+	s.serveDelete(c, c.Param("study"), c.Param("series"), c.Param("instance"))
 }
 
-// runDelete audits the delete before removing anything (an audit failure is
-// 503 and nothing is deleted), carries it out, and audits a failure a second
-// time so the log shows that the delete did not complete.
-func (s *Server) runDelete(c *gin.Context, p *gateway.DeletePlan, err error) {
+// serveDelete deletes through the delete service (which audits before
+// removing anything) and answers what was removed.
+func (s *Server) serveDelete(c *gin.Context, study, series, sop string) {
+	p, res, err := s.svc.Delete.Delete(c.Request.Context(), s.caller(c), study, series, sop)
 	if err != nil {
-		s.writeError(c, err)
-		return
-	}
-	detail := map[string]any{"orphan_blobs": len(p.OrphanKeys)}
-	if p.SeriesInstanceUID != "" {
-		detail["series_uid"] = p.SeriesInstanceUID
-	}
-	if err := s.auditDelete(c, gateway.OutcomeSuccess, p, detail); err != nil {
-		s.writeError(c, err)
-		return
-	}
-	// The delete outlives a client that hangs up: a half-done delete is what
-	// we want to avoid. Bounded by its own timeout.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request.Context()), 10*time.Minute)
-	defer cancel()
-	res, err := s.deleter().Execute(ctx, p)
-	if err != nil {
-		detail["error"] = err.Error()
-		if aerr := s.auditDelete(c, gateway.OutcomeError, p, detail); aerr != nil {
-			s.Logger.ErrorContext(c.Request.Context(), "audit of failed delete not written", gateway.LogKeyError, aerr.Error())
-		}
-		if statusOf(err) == http.StatusInternalServerError && !errors.Is(err, context.DeadlineExceeded) {
-			err = fmt.Errorf("%w (%w)", err, gateway.ErrUnavailable)
-		}
 		s.writeError(c, err)
 		return
 	}
@@ -509,10 +388,4 @@ func (s *Server) runDelete(c *gin.Context, p *gateway.DeletePlan, err error) {
 		"deleted_blobs":     res.Blobs,
 		"deleted_bytes":     res.Bytes,
 	})
-}
-
-func (s *Server) auditDelete(c *gin.Context, outcome string, p *gateway.DeletePlan, detail map[string]any) error {
-	d := make(map[string]any, len(detail))
-	maps.Copy(d, detail)
-	return s.audit(c, gateway.ActionDelete, outcome, subjectOfRecords(p.Records, p.StudyUIDs()), d)
 }

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
-	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
@@ -160,7 +159,7 @@ func TestWADOErrors(t *testing.T) {
 func TestWADOMetadataCaching(t *testing.T) {
 	for _, backend := range wadoBackends {
 		t.Run(backend, func(t *testing.T) {
-			g := newWADOGatewayOn(t, backend, func(s *dicomweb.Server) { s.PublicBaseURL = "https://pacs.example.nhs.uk" })
+			g := newWADOGatewayOn(t, backend, func(s *testWiring) { s.PublicBaseURL = "https://pacs.example.nhs.uk" })
 			ins := g.synthStudy(t, synth.StudySpec{Seed: 13, InstancesPerSeries: 5, Rows: 8, Columns: 8})
 			path := "/dicomweb/studies/" + ins[0].StudyInstanceUID + "/series/" + ins[0].SeriesInstanceUID + "/metadata"
 			resp := g.get(t, path)
@@ -225,7 +224,11 @@ func TestWADOMetadataCaching(t *testing.T) {
 func TestWADOAudit(t *testing.T) {
 	for _, backend := range wadoBackends {
 		t.Run(backend, func(t *testing.T) {
-			g := newWADOGatewayOn(t, backend, nil)
+			auditor := &switchAuditor{}
+			g := newWADOGatewayOn(t, backend, func(w *testWiring) {
+				auditor.next = w.Auditor
+				w.Auditor = auditor
+			})
 			ins := g.synthStudy(t, synth.StudySpec{Seed: 14, Rows: 8, Columns: 8})
 			study := ins[0].StudyInstanceUID
 			readParts(t, g.get(t, "/dicomweb/studies/"+study), "application/dicom")
@@ -240,7 +243,7 @@ func TestWADOAudit(t *testing.T) {
 				t.Errorf("actor %q, want %q", got, want)
 			}
 
-			g.s.Auditor = downAuditor{}
+			auditor.fail.Store(true)
 			for _, path := range []string{"/dicomweb/studies/" + study, "/dicomweb/studies/" + study + "/metadata", synthPath(ins[0]) + "/frames/1", synthPath(ins[0]) + "/rendered"} {
 				resp := g.get(t, path)
 				if got, want := resp.StatusCode, http.StatusServiceUnavailable; got != want {
@@ -266,7 +269,7 @@ func TestWADOAudit(t *testing.T) {
 // response missing an instance.
 func TestWADOAbortMidStream(t *testing.T) {
 	var fb *midStreamFailingBlobs
-	g := newWADOGateway(t, func(s *dicomweb.Server) {
+	g := newWADOGateway(t, func(s *testWiring) {
 		fb = &midStreamFailingBlobs{BlobStore: s.Blobs}
 		s.Blobs = fb
 	})
@@ -428,7 +431,7 @@ func TestWADORenderedAndURI(t *testing.T) {
 // TestCORS: configured origins get CORS headers and preflights answer
 // without credentials; others get none.
 func TestCORS(t *testing.T) {
-	g := newWADOGateway(t, func(s *dicomweb.Server) { s.CORSOrigins = []string{"https://viewer.example.nhs.uk"} })
+	g := newWADOGateway(t, func(s *testWiring) { s.CORSOrigins = []string{"https://viewer.example.nhs.uk"} })
 	ins := g.synthStudy(t, synth.StudySpec{Seed: 18, Rows: 8, Columns: 8})
 	path := "/dicomweb/studies/" + ins[0].StudyInstanceUID + "/metadata"
 	resp := g.do(t, http.MethodOptions, path, "Origin", "https://viewer.example.nhs.uk", "Access-Control-Request-Method", "GET",

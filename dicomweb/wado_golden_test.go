@@ -12,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
-	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/internal/dicomjsontest"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
@@ -44,7 +43,7 @@ func TestMetadataGolden(t *testing.T) {
 	}
 	for _, backend := range []string{"embedded", "s3+redis"} {
 		t.Run(backend, func(t *testing.T) {
-			g := newWADOGatewayOn(t, backend, func(s *dicomweb.Server) { s.PublicBaseURL = goldenBaseURL })
+			g := newWADOGatewayOn(t, backend, func(s *testWiring) { s.PublicBaseURL = goldenBaseURL })
 			for _, c := range cases {
 				if status := g.ingest(t, c.Data); status != http.StatusOK {
 					t.Fatalf("store %s: %d", c.Name, status)

@@ -26,11 +26,12 @@ import (
 // wadoGateway is a dicomweb.Server on real backends, served by httptest on
 // loopback.
 type wadoGateway struct {
-	srv   *httptest.Server
-	s     *dicomweb.Server
-	blobs gateway.BlobStore
-	index gateway.Index
-	audit auditQuerier
+	srv      *httptest.Server
+	s        *dicomweb.Server
+	ingester *gateway.Ingester
+	blobs    gateway.BlobStore
+	index    gateway.Index
+	audit    auditQuerier
 }
 
 type auditQuerier interface {
@@ -43,14 +44,13 @@ type auditQuerier interface {
 var wadoBackends = []string{"embedded", "s3+redis"}
 
 // newWADOGateway starts a gateway on the embedded backends; configure may
-// adjust the Server (wrap Blobs, set Auditor, CORS) before its handler is
-// built.
-func newWADOGateway(t testing.TB, configure func(s *dicomweb.Server)) *wadoGateway {
+// adjust its wiring (wrap Blobs, set Auditor, CORS) before it is built.
+func newWADOGateway(t testing.TB, configure func(s *testWiring)) *wadoGateway {
 	return newWADOGatewayOn(t, "embedded", configure)
 }
 
 // newWADOGatewayOn starts a gateway on the named backend family.
-func newWADOGatewayOn(t testing.TB, backend string, configure func(s *dicomweb.Server)) *wadoGateway {
+func newWADOGatewayOn(t testing.TB, backend string, configure func(s *testWiring)) *wadoGateway {
 	t.Helper()
 	var (
 		blobs gateway.BlobStore
@@ -63,18 +63,12 @@ func newWADOGatewayOn(t testing.TB, backend string, configure func(s *dicomweb.S
 	}
 	b := backendtest.Open(t, kind, backendtest.Options{})
 	blobs, index, audit = b.Blobs, b.Index, b.AuditLog
-	s := &dicomweb.Server{
-		Name:     "test",
-		Blobs:    blobs,
-		Index:    index,
-		Auditor:  audit,
-		AuditLog: audit,
-		Ingester: &gateway.Ingester{Blobs: blobs, Index: index},
-	}
+	w := testWiring{ServiceDeps: gateway.ServiceDeps{Name: "test", Blobs: blobs, Index: index, Auditor: audit, AuditLog: audit, Ingester: &gateway.Ingester{Blobs: blobs, Index: index}}}
 	if configure != nil {
-		configure(s)
+		configure(&w)
 	}
-	g := &wadoGateway{s: s, blobs: s.Blobs, index: index, audit: audit}
+	s := w.server()
+	g := &wadoGateway{s: s, ingester: w.Ingester, blobs: w.Blobs, index: index, audit: audit}
 	g.srv = httptest.NewServer(s.Handler())
 	t.Cleanup(g.srv.Close)
 	return g
@@ -84,7 +78,7 @@ func newWADOGatewayOn(t testing.TB, backend string, configure func(s *dicomweb.S
 // returns 200, or 409 when it refuses the instance.
 func (g *wadoGateway) ingest(t testing.TB, data []byte) int {
 	t.Helper()
-	if _, err := g.s.Ingester.Store(t.Context(), bytes.NewReader(data), gateway.StoreOptions{}); err != nil {
+	if _, err := g.ingester.Store(t.Context(), bytes.NewReader(data), gateway.StoreOptions{}); err != nil {
 		return http.StatusConflict
 	}
 	return http.StatusOK
@@ -249,14 +243,6 @@ func (g *wadoGateway) auditEvents(t testing.TB, study, action string) []*gateway
 		t.Fatal(err)
 	}
 	return page.Events
-}
-
-// downAuditor is a fault a real audit log cannot be made to produce on
-// demand: every Record fails.
-type downAuditor struct{}
-
-func (downAuditor) Record(context.Context, *gateway.AuditEvent) error {
-	return fmt.Errorf("audit disk full: %w", gateway.ErrUnavailable)
 }
 
 // midStreamFailingBlobs wraps a real BlobStore and makes every Get of

@@ -29,13 +29,13 @@ func (s *Server) handleSeriesMetadata(c *gin.Context) {
 // entries, a batched read of JSON bytes and a copy.
 func (s *Server) servePreparedMetadata(c *gin.Context, studyUID, seriesUID string) {
 	ctx := c.Request.Context()
-	entries, err := s.retriever().MetadataEntries(ctx, studyUID, seriesUID)
+	entries, err := s.svc.Retrieve.MetadataEntries(ctx, studyUID, seriesUID)
 	if err != nil {
 		s.writeError(c, err)
 		return
 	}
 	s.serveMetadata(c, entries, func(fn func(gateway.MetadataEntry, []byte) error) error {
-		return s.Index.ReadMetadata(ctx, entries, fn)
+		return s.svc.Retrieve.ReadMetadata(ctx, entries, fn)
 	})
 }
 
@@ -76,7 +76,7 @@ func (s *Server) serveMetadata(c *gin.Context, entries []gateway.MetadataEntry, 
 		c.Status(http.StatusNotModified)
 		return
 	}
-	if err := s.audit(c, gateway.ActionRetrieve, gateway.OutcomeSuccess, subjectOfEntries(entries), map[string]any{"metadata": true, "bytes": 0}); err != nil {
+	if err := s.svc.Retrieve.AuditMetadataRead(c.Request.Context(), s.caller(c), entries); err != nil {
 		s.writeError(c, err)
 		return
 	}

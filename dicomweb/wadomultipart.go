@@ -43,7 +43,7 @@ type part struct {
 // buffers for it, never a heap buffer, so memory stays bounded.
 func (s *Server) writeMultipart(c *gin.Context, partType string, parts []part) {
 	ctx := c.Request.Context()
-	ahead := openAhead(ctx, parts, gateway.OverNetwork(s.Blobs))
+	ahead := openAhead(ctx, parts, s.svc.Retrieve.OverNetwork())
 	defer ahead.close()
 	var firstBody io.ReadCloser
 	if len(parts) > 0 {

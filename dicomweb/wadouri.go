@@ -39,7 +39,7 @@ func (s *Server) handleWADOURI(c *gin.Context) {
 		s.writeError(c, fmt.Errorf("anonymize=%q is not supported: %w", truncate(a, 10), gateway.ErrInvalid))
 		return
 	}
-	rec, err := s.retriever().Instance(c.Request.Context(), q.Get("studyUID"), q.Get("seriesUID"), q.Get("objectUID"))
+	rec, err := s.svc.Retrieve.Instance(c.Request.Context(), q.Get("studyUID"), q.Get("seriesUID"), q.Get("objectUID"))
 	if err != nil {
 		s.writeError(c, err)
 		return
@@ -86,7 +86,7 @@ func (s *Server) handleWADOURI(c *gin.Context) {
 		s.writeError(c, err)
 		return
 	}
-	r := s.retriever()
+	r := s.svc.Retrieve
 	c.Header("Content-Disposition", `attachment; filename="`+rec.SOPInstanceUID+`.dcm"`)
 	size := rec.Size
 	if ts != rec.TransferSyntaxUID {

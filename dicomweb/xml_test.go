@@ -39,7 +39,7 @@ func TestDICOMXMLMetadata(t *testing.T) {
 			g := newWADOGatewayOn(t, backend, nil)
 			var recs []*gateway.InstanceRecord
 			for _, mc := range synth.MetadataCases() {
-				rec, err := g.s.Ingester.Store(t.Context(), bytes.NewReader(mc.Data), gateway.StoreOptions{})
+				rec, err := g.ingester.Store(t.Context(), bytes.NewReader(mc.Data), gateway.StoreOptions{})
 				if err != nil {
 					t.Fatalf("%s: %v", mc.Name, err)
 				}

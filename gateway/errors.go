@@ -31,6 +31,9 @@ var (
 	// accepts (media type or transfer syntax we cannot produce); wrap it with
 	// what was asked and what is stored.
 	ErrNotAcceptable = errors.New("not acceptable")
+	// ErrBusy: the work asked for is already running as often as it may
+	// (a SHA-256 recompute of the same study); retry later, not at once.
+	ErrBusy = errors.New("busy")
 )
 
 // STOW-RS FailureReason and WarningReason codes (PS3.4 Annex GG.4 / PS3.18 10.5).

@@ -150,9 +150,10 @@ func (b *Backends) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// wireServices builds the domain services over the backends and hands them
-// to the HTTP server.
-func wireServices(m *Main, b *Backends, reg prometheus.Registerer) {
+// wireServices builds the gateway's use cases over the backends, once:
+// the HTTP server and every other front end are handed the same
+// m.Services. It also sets m.Transfers.
+func wireServices(m *Main, b *Backends, reg prometheus.Registerer) *gateway.Services {
 	cfg := m.Config
 	var auditor gateway.Auditor = b.AuditLog
 	if e := m.AuditExporter; e != nil {
@@ -165,9 +166,7 @@ func wireServices(m *Main, b *Backends, reg prometheus.Registerer) {
 				func() float64 { return float64(e.Dropped()) }),
 		)
 	}
-	m.Server.AuditLog = b.AuditLog
-	m.Server.Auditor = auditor
-	m.Server.Ingester = &gateway.Ingester{
+	ingester := &gateway.Ingester{
 		Blobs:            b.Blobs,
 		Index:            b.Index,
 		Auditor:          auditor,
@@ -177,7 +176,7 @@ func wireServices(m *Main, b *Backends, reg prometheus.Registerer) {
 		Logger:           m.Logger,
 	}
 	if cfg.MaxHeaderMemory > 0 {
-		m.Server.Ingester.HeaderMemory = dicomcodec.NewHeaderMemory(cfg.MaxHeaderMemory)
+		ingester.HeaderMemory = dicomcodec.NewHeaderMemory(cfg.MaxHeaderMemory)
 	}
 	host, _ := os.Hostname()
 	m.Transfers = &gateway.Transfers{
@@ -196,9 +195,20 @@ func wireServices(m *Main, b *Backends, reg prometheus.Registerer) {
 		// its predecessor's pending entries as its own.
 		Consumer: fmt.Sprintf("%s-%s-%d-%d", cfg.Name, host, os.Getpid(), time.Now().UnixNano()%1e6),
 	}
-	m.Server.Transfers = m.Transfers
 	reg.MustRegister(dicomweb.NewTransferCollector(m.Transfers))
+	var router *gateway.Router
 	if len(cfg.File.Routes) > 0 {
-		m.Server.Router = &gateway.Router{Rules: cfg.File.Routes, Transfers: m.Transfers, Logger: m.Logger}
+		router = &gateway.Router{Rules: cfg.File.Routes, Transfers: m.Transfers, Logger: m.Logger}
 	}
+	return gateway.NewServices(gateway.ServiceDeps{
+		Name:      cfg.Name,
+		Blobs:     b.Blobs,
+		Index:     b.Index,
+		Auditor:   auditor,
+		AuditLog:  b.AuditLog,
+		Ingester:  ingester,
+		Transfers: m.Transfers,
+		Router:    router,
+		Logger:    m.Logger,
+	})
 }

@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/gin-gonic/gin"
 )
 
 const usage = `gateway: DICOM transfer gateway
@@ -50,6 +52,9 @@ var commands = map[string]func(ctx context.Context, args []string, stdout, stder
 }
 
 func main() {
+	// gin's debug mode lists every route and warns on stdout: that is for
+	// developing gin apps. Set once, here, for the whole process.
+	gin.SetMode(gin.ReleaseMode)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if len(os.Args) < 2 {

@@ -10,9 +10,12 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gin-gonic/gin"
 
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/syncbuf"
@@ -68,6 +71,13 @@ func get(t *testing.T, u string) (int, string) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body)
+}
+
+// TestMain runs the tests with gin in release mode, as main does (Run, which
+// the tests call, leaves the process-wide mode to main).
+func TestMain(m *testing.M) {
+	gin.SetMode(gin.ReleaseMode)
+	os.Exit(m.Run())
 }
 
 func TestOperationalEndpoints(t *testing.T) {

@@ -59,8 +59,10 @@ type Main struct {
 	Logger *slog.Logger
 
 	// Set by Run.
-	Addr      string // the address actually listened on
-	Backends  *Backends
+	Addr     string // the address actually listened on
+	Backends *Backends
+	// Services are the use cases every front end calls (wireServices).
+	Services  *gateway.Services
 	Server    *dicomweb.Server
 	Transfers *gateway.Transfers
 	// AuditExporter is set when audit events are exported to syslog.
@@ -107,10 +109,9 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.Backends = b
 
-	m.Server = &dicomweb.Server{
-		Name:                  cfg.Name,
-		Blobs:                 b.Blobs,
-		Index:                 b.Index,
+	m.Services = wireServices(m, b, reg)
+	m.Server = dicomweb.New(dicomweb.Config{
+		Services:              m.Services,
 		Auth:                  auth,
 		RateLimit:             rateLimit,
 		TrustedProxies:        cfg.File.TrustedProxies,
@@ -124,8 +125,7 @@ func (m *Main) Run(ctx context.Context) error {
 		Logger:                m.Logger,
 		Registerer:            reg,
 		Gatherer:              reg,
-	}
-	wireServices(m, b, reg)
+	})
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

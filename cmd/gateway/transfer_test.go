@@ -38,11 +38,13 @@ func TestTransferCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	tr := &gateway.Transfers{Name: "hampshire", Queue: q, Index: index, Peers: []gateway.Peer{{Name: "surrey", URL: "http://127.0.0.1:1/dicomweb"}}}
-	srv := &dicomweb.Server{Name: "hampshire", Blobs: blobs, Index: index, Transfers: tr, Ingester: &gateway.Ingester{Blobs: blobs, Index: index}}
+	ingester := &gateway.Ingester{Blobs: blobs, Index: index}
+	srv := dicomweb.New(dicomweb.Config{Services: gateway.NewServices(gateway.ServiceDeps{
+		Name: "hampshire", Blobs: blobs, Index: index, Transfers: tr, Ingester: ingester})})
 	ts := httptest.NewServer(srv.Handler())
 	defer ts.Close()
 	in := synth.Study(synth.StudySpec{Seed: 801})[0]
-	if _, err := srv.Ingester.Store(t.Context(), in.Reader(), gateway.StoreOptions{}); err != nil {
+	if _, err := ingester.Store(t.Context(), in.Reader(), gateway.StoreOptions{}); err != nil {
 		t.Fatal(err)
 	}
 
