@@ -45,6 +45,9 @@ type Peer struct {
 	// it such a peer is refused at start-up; with it, and for
 	// tls.insecure_skip_verify, the gateway logs a warning (Insecure).
 	AllowInsecure bool `yaml:"allow_insecure" json:"allow_insecure"`
+	// DIMSE, when set, makes the peer a DICOM application entity reached by
+	// C-STORE instead of a DICOMweb root (peer_dimse.go).
+	DIMSE *DIMSEPeer `yaml:"dimse" json:"dimse,omitempty"`
 }
 
 // PeerTLS are the TLS settings for one peer: a CA bundle to trust instead of
@@ -63,6 +66,9 @@ func (p Peer) Validate() error {
 	}
 	if strings.ContainsAny(p.Name, " /\\:") {
 		return fmt.Errorf("peer %s: name may not contain spaces, slashes or colons", p.Name)
+	}
+	if p.DIMSE != nil {
+		return p.validateDIMSE()
 	}
 	if err := p.checkPeerURL("url", p.URL); err != nil {
 		return err
