@@ -1,0 +1,158 @@
+package dimse
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/dicom-gateway/gateway/gateway"
+)
+
+// The Query/Retrieve information models C-MOVE is offered for, and the
+// C-MOVE command fields and statuses (PS3.4 C.4.2).
+const (
+	StudyRootMove   = "1.2.840.10008.5.1.4.1.2.2.2"
+	PatientRootMove = "1.2.840.10008.5.1.4.1.2.1.2"
+
+	CommandCMoveRQ  uint16 = 0x0021
+	CommandCMoveRSP uint16 = 0x8021
+
+	elMoveDestination uint16 = 0x0600
+	elRemainingSubOps uint16 = 0x1020
+	elCompletedSubOps uint16 = 0x1021
+	elFailedSubOps    uint16 = 0x1022
+	elWarningSubOps   uint16 = 0x1023
+
+	StatusMoveDestinationUnknown Status = 0xA801
+	StatusSubOpsFailed           Status = 0xB000 // warning: one or more sub-operations failed
+	StatusUnableToSubOps         Status = 0xA702
+)
+
+// Mover answers C-MOVE: which stored instances a move names, and where its
+// Move Destination AE title is (through the adapter in cmd/gateway: the
+// index, the audit log and the DIMSE peers of the configuration).
+type Mover interface {
+	// Instances returns the stored instances of a study, of a series of
+	// it (series != ""), or the listed ones (sops), and records the
+	// retrieve in the audit log; an audit that cannot be written fails it.
+	Instances(ctx context.Context, c Caller, destination, study, series string, sops []string) ([]*gateway.InstanceRecord, error)
+	// Destination returns the DIMSE peer whose called AE title is ae.
+	Destination(ae string) (gateway.Peer, bool)
+}
+
+// move answers one C-MOVE: the instances go to the destination by C-STORE
+// over an association of their own (the Sender's), with a pending response
+// after each, then the final counts.
+func (a *association) move(in *incoming) error {
+	pc := a.contexts[in.ctxID]
+	msgID, _ := in.cmd.Uint16(elMessageID)
+	respond := func(status Status, remaining, completed, failed, warning int, comment string) error {
+		rsp := NewCommand()
+		rsp.SetString(elAffectedSOPClassUID, pc.AbstractSyntax, true)
+		rsp.SetUint16(elCommandField, CommandCMoveRSP)
+		rsp.SetUint16(elMessageIDRespondedTo, msgID)
+		rsp.SetUint16(elCommandDataSetType, dataSetAbsent)
+		rsp.SetUint16(elStatus, uint16(status))
+		if status == StatusPending {
+			rsp.SetUint16(elRemainingSubOps, uint16(min(remaining, 0xFFFF)))
+		}
+		rsp.SetUint16(elCompletedSubOps, uint16(min(completed, 0xFFFF)))
+		rsp.SetUint16(elFailedSubOps, uint16(min(failed, 0xFFFF)))
+		rsp.SetUint16(elWarningSubOps, uint16(min(warning, 0xFFFF)))
+		if comment != "" {
+			rsp.SetString(elErrorComment, comment[:min(len(comment), 64)], false)
+		}
+		if err := a.out.sendCommand(in.ctxID, rsp); err != nil {
+			return fmt.Errorf("sending a C-MOVE response: %w", err)
+		}
+		return nil
+	}
+	dest := in.cmd.String(elMoveDestination)
+	peer, ok := a.s.Mover.Destination(dest)
+	if !ok {
+		return respond(StatusMoveDestinationUnknown, 0, 0, 0, 0, "move destination "+dest+" is not a DIMSE peer of this gateway")
+	}
+	ident, err := parseIdentifier(in.ident, pc.TransferSyntax[0] == ExplicitVRLittleEndian)
+	if err != nil {
+		return respond(StatusIdentifierMismatch, 0, 0, 0, 0, err.Error())
+	}
+	_, study, series, sops, err := moveKeys(ident)
+	if err != nil {
+		return respond(StatusIdentifierMismatch, 0, 0, 0, 0, err.Error())
+	}
+	recs, err := a.s.Mover.Instances(a.s.ctx, a.caller, dest, study, series, sops)
+	if err != nil {
+		a.log.Warn("C-MOVE: instances not listed", "error", err.Error())
+		if errors.Is(err, gateway.ErrNotFound) {
+			return respond(StatusSuccess, 0, 0, 0, 0, "")
+		}
+		return respond(StatusOutOfResources, 0, 0, 0, 0, err.Error())
+	}
+	total, completed, failed, warning := len(recs), 0, 0, 0
+	var sendErr error
+	if total > 0 {
+		peer.MaxParallel = 1 // pending responses in order, from this goroutine
+		snd := a.s.MoveSender
+		sendErr = snd.Send(a.s.ctx, peer, gateway.SendHeader{Source: a.s.AETitle, Total: total}, recs, func(res []gateway.SendResult) {
+			for _, r := range res {
+				if r.OK {
+					completed++
+				} else {
+					failed++
+				}
+			}
+			if err := respond(StatusPending, total-completed-failed-warning, completed, failed, warning, ""); err != nil {
+				a.log.Warn("C-MOVE pending response not sent", "error", err.Error())
+			}
+		})
+	}
+	failed += total - completed - failed - warning // never attempted: the association broke
+	switch {
+	case sendErr != nil && completed == 0:
+		a.log.Warn("C-MOVE sub-operations failed", "destination", dest, "error", sendErr.Error())
+		return respond(StatusUnableToSubOps, 0, completed, failed, warning, sendErr.Error())
+	case failed > 0:
+		return respond(StatusSubOpsFailed, 0, completed, failed, warning, "")
+	}
+	return respond(StatusSuccess, 0, completed, failed, warning, "")
+}
+
+// moveKeys reads the unique keys of a C-MOVE identifier (PS3.4 C.4.2.2.1):
+// the level and the UIDs down to it.
+func moveKeys(ident []element) (level, study, series string, sops []string, err error) {
+	for _, e := range ident {
+		v := strings.TrimRight(string(e.value), " \x00")
+		switch e.tag {
+		case tagQueryRetrieveLevel:
+			level = strings.TrimSpace(v)
+		case "0020000D":
+			study = v
+		case "0020000E":
+			series = v
+		case "00080018":
+			for _, s := range strings.Split(v, `\`) {
+				if s = strings.TrimSpace(s); s != "" {
+					sops = append(sops, s)
+				}
+			}
+		}
+	}
+	for _, u := range append([]string{study, series}, sops...) {
+		if u != "" && gateway.ValidateUID(u) != nil {
+			return "", "", "", nil, fmt.Errorf("%q is not a UID", u)
+		}
+	}
+	switch {
+	case study == "" || strings.Contains(study, `\`):
+		return "", "", "", nil, errors.New("C-MOVE needs one Study Instance UID")
+	case level == "STUDY":
+		series, sops = "", nil
+	case level == "SERIES" && series != "" && !strings.Contains(series, `\`):
+		sops = nil
+	case level == "IMAGE" && len(sops) > 0:
+	default:
+		return "", "", "", nil, fmt.Errorf("level %q without its unique key", level)
+	}
+	return level, study, series, sops, nil
+}
