@@ -50,6 +50,8 @@ type Config struct {
 	LogLevel              string
 	AuditSyslog           string // URL; overrides audit_syslog.url of the file
 	AuditKeyFile          string // --audit-key-file: keys of the audit chain (gateway.AuditKeys)
+	DicomListen           string // --dicom-listen: DIMSE listener address, off when empty (dicom.go)
+	DicomAETitle          string // --dicom-ae-title
 
 	// AuditKeys are read from AuditKeyFile by parseServeConfig; nil without one.
 	AuditKeys *gateway.AuditKeys
@@ -74,6 +76,8 @@ type FileConfig struct {
 	// PreamblePolicy is what ingest does with an executable preamble
 	// (CVE-2019-11687): refuse (default) or zero (gateway.PreamblePolicy).
 	PreamblePolicy string `yaml:"preamble_policy"`
+	// Dicom configures the DIMSE listener of --dicom-listen (dicom.go).
+	Dicom DicomConfig `yaml:"dicom"`
 }
 
 // AuditSyslogConfig is where audit events are exported (see
@@ -134,6 +138,7 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.AuditKeyFile, "audit-key-file", "", "file with the secret keys of the audit chain (HMAC); keep it outside --data-dir and Redis")
 	fs.StringVar(&cfg.AuditSyslog, "audit-syslog", "", "also export audit events as DICOM audit messages to this syslog receiver (tls://host:6514, tcp://… or udp://…)")
+	addDicomFlags(fs, cfg)
 	return fs
 }
 
@@ -267,6 +272,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	errs = append(errs, c.validateDicom()...)
 	seen := map[string]bool{}
 	for i, p := range c.File.Peers {
 		if err := p.Validate(); err != nil {

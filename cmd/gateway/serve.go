@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/dicom-gateway/gateway/dicomweb"
+	"github.com/dicom-gateway/gateway/dimse"
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
@@ -67,6 +68,10 @@ type Main struct {
 	Transfers *gateway.Transfers
 	// AuditExporter is set when audit events are exported to syslog.
 	AuditExporter *gateway.SyslogExporter
+	// Dicom is the DIMSE listener when --dicom-listen is set; DicomAddr
+	// the address it listens on.
+	Dicom     *dimse.Server
+	DicomAddr string
 
 	httpServer *http.Server
 	listener   net.Listener
@@ -148,6 +153,9 @@ func (m *Main) Run(ctx context.Context) error {
 		}
 		m.serveDone <- m.httpServer.Serve(ln)
 	}()
+	if err := m.startDicom(); err != nil {
+		return err
+	}
 	if err := m.Transfers.Run(context.WithoutCancel(ctx)); err != nil {
 		return fmt.Errorf("start transfer workers: %w", err)
 	}
@@ -194,6 +202,9 @@ func (m *Main) Close(ctx context.Context) error {
 			if err := <-m.serveDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errs = append(errs, err)
 			}
+		}
+		if err := m.closeDicom(ctx); err != nil {
+			errs = append(errs, err)
 		}
 		if m.Transfers != nil {
 			// Unfinished transfers stay unacknowledged in the queue, for

@@ -36,7 +36,12 @@ type Orthanc struct {
 	URL string
 	// DICOMweb is its DICOMweb root (URL + "/dicom-web").
 	DICOMweb string
-	client   *http.Client
+	// DICOMPort is the port of its DICOM (DIMSE) server when
+	// Options.DICOM is set.
+	DICOMPort int
+	// PID is the Orthanc process's ID (for benchmarks reading its memory).
+	PID    int
+	client *http.Client
 }
 
 // Options shape the started Orthanc.
@@ -44,6 +49,22 @@ type Options struct {
 	// Servers are the DICOMweb servers Orthanc may send to
 	// (DicomWeb.Servers): name → DICOMweb root URL.
 	Servers map[string]string
+	// DICOM, when set, enables Orthanc's DICOM server (DIMSE) on a free
+	// loopback port, with the modalities it may send to.
+	DICOM *DICOMOptions
+}
+
+// DICOMOptions shape Orthanc's DICOM server.
+type DICOMOptions struct {
+	AETitle    string              // Orthanc's own AE title (DicomAet)
+	Modalities map[string]Modality // DicomModalities: name → AE
+}
+
+// Modality is a DICOM peer Orthanc knows (REST /modalities/{name}).
+type Modality struct {
+	AETitle string
+	Host    string
+	Port    int
 }
 
 // Start starts Orthanc for t and stops it when t ends. On a failed test
@@ -86,6 +107,20 @@ func Start(t testing.TB, opts Options) *Orthanc {
 			"Servers": servers,
 		},
 	}
+	dicomPort := 0
+	if opts.DICOM != nil {
+		if dicomPort, err = freePort(); err != nil {
+			t.Fatalf("orthanctest: %v", err)
+		}
+		modalities := map[string]any{}
+		for name, m := range opts.DICOM.Modalities {
+			modalities[name] = []any{m.AETitle, m.Host, m.Port}
+		}
+		cfg["DicomServerEnabled"] = true
+		cfg["DicomPort"] = dicomPort
+		cfg["DicomAet"] = opts.DICOM.AETitle
+		cfg["DicomModalities"] = modalities
+	}
 	raw, err := json.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -120,6 +155,8 @@ func Start(t testing.TB, opts Options) *Orthanc {
 		client: &http.Client{Timeout: 60 * time.Second},
 	}
 	o.DICOMweb = o.URL + "/dicom-web"
+	o.DICOMPort = dicomPort
+	o.PID = cmd.Process.Pid
 	// The DICOMweb root answers only once the plugin has loaded.
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()

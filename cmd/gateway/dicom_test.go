@@ -1,0 +1,596 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/suyashkumar/dicom"
+
+	"github.com/dicom-gateway/gateway/dimse"
+	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/internal/orthanctest"
+	"github.com/dicom-gateway/gateway/internal/synth"
+	"github.com/dicom-gateway/gateway/internal/testcorpus"
+)
+
+// dicomConfig is testConfig with the DIMSE listener on a free loopback port.
+func dicomConfig(t testing.TB, extra ...string) *Config {
+	t.Helper()
+	args := append([]string{"--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--name", "hampshire",
+		"--dicom-listen", "127.0.0.1:0", "--dicom-ae-title", "HAMPSHIRE"}, extra...)
+	cfg, err := parseServeConfig(args, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// needTool returns the path of a DCMTK tool, skipping the test when it is
+// missing (failing it under CI=true).
+func needTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s missing: apt-get install dcmtk", name)
+		}
+		t.Skipf("%s missing: apt-get install dcmtk", name)
+	}
+	return p
+}
+
+func dcmtk(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	p := needTool(t, name)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, p, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return string(out)
+}
+
+func datasetSum(t *testing.T, r io.Reader) string {
+	t.Helper()
+	ds, err := dimse.SkipFileMeta(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, ds); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func fileDatasetSum(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	return datasetSum(t, f)
+}
+
+// wadoInstance retrieves one instance with WADO-RS and returns its Part 10
+// bytes.
+func wadoInstance(t *testing.T, base, study, series, sop string) []byte {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, base+"/dicomweb/studies/"+study+"/series/"+series+"/instances/"+sop, nil)
+	req.Header.Set("Accept", `multipart/related; type="application/dicom"; transfer-syntax=*`)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("WADO-RS %s: %d", sop, resp.StatusCode)
+	}
+	_, params, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	part, err := multipart.NewReader(resp.Body, params["boundary"]).NextPart()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := io.ReadAll(part)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// storeLocal stores one instance through the gateway's store service, as
+// STOW-RS would.
+func storeLocal(t *testing.T, m *Main, r io.Reader) {
+	t.Helper()
+	b, err := m.Services.Store.Begin(t.Context(), gateway.StoreRequest{Caller: gateway.Caller{Principal: gateway.Principal{Name: "test"}, Route: "test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, failure, err := b.Store(1, r)
+	if err != nil || failure != nil {
+		t.Fatalf("store: %v %+v", err, failure)
+	}
+	if err := b.Close(b.Wait(), http.StatusOK, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDicomListenStoreSCU: storescu sends corpus files to gateway serve
+// --dicom-listen; QIDO-RS finds the study, WADO-RS returns the dataset
+// byte for byte with the calling AE title as Source AE, and the audit log
+// names the calling AE title as the actor.
+func TestDicomListenStoreSCU(t *testing.T) {
+	m := MustRunMain(t, dicomConfig(t), nil)
+	base := "http://" + m.Addr
+	_, port, _ := net.SplitHostPort(m.DicomAddr)
+	dcmtk(t, "echoscu", "-aet", "MODALITY", "-aec", "HAMPSHIRE", "127.0.0.1", port)
+	src := testcorpus.Dir(t)
+	file := filepath.Join(src, "ct_explicit_le_ge_small.dcm")
+	dcmtk(t, "storescu", "-aet", "MODALITY", "-aec", "HAMPSHIRE", "-R", "127.0.0.1", port, file)
+
+	const (
+		study  = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
+		series = "1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322"
+		sop    = "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
+	)
+	code, body := get(t, base+"/dicomweb/studies?StudyInstanceUID="+study)
+	if code != http.StatusOK || !strings.Contains(body, study) {
+		t.Fatalf("QIDO-RS: %d %s", code, body)
+	}
+	data := wadoInstance(t, base, study, series, sop)
+	// DCMTK re-serialises what it sends (lengths, padding), so the
+	// reference is the dataset as it crossed the wire, kept bit for bit by
+	// storescp +B.
+	wire := t.TempDir()
+	scp := startStoreSCP(t, wire)
+	dcmtk(t, "storescu", "-aec", "PACS", "-R", "127.0.0.1", strconv.Itoa(scp), file)
+	sent, _ := os.ReadDir(wire)
+	if len(sent) != 1 {
+		t.Fatalf("storescp kept %d files", len(sent))
+	}
+	if got, want := datasetSum(t, bytes.NewReader(data)), fileDatasetSum(t, filepath.Join(wire, sent[0].Name())); got != want {
+		t.Errorf("WADO-RS dataset SHA-256 %s, sent %s", got, want)
+	}
+	if !bytes.Contains(data[:512], []byte("MODALITY")) {
+		t.Error("File Meta Information does not carry the calling AE title as Source AE")
+	}
+	// The association is audited once the gateway has seen storescu close
+	// it, which may be just after storescu exits.
+	for range 250 {
+		if code, body = get(t, base+"/api/v1/audit?actor=MODALITY&action=store"); strings.Contains(body, study) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code != http.StatusOK || !strings.Contains(body, `"route":"DIMSE C-STORE HAMPSHIRE"`) || !strings.Contains(body, study) || !strings.Contains(body, `"method":"dimse"`) {
+		t.Errorf("audit: %d %s", code, body)
+	}
+}
+
+// startStoreSCP runs DCMTK's storescp (+B: datasets written exactly as
+// received) on a free port and returns the port.
+func startStoreSCP(t *testing.T, dir string) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	startStoreSCPOn(t, dir, port)
+	return port
+}
+
+// startStoreSCPOn is startStoreSCP on a given port.
+func startStoreSCPOn(t *testing.T, dir string, port int) {
+	t.Helper()
+	p, err := exec.LookPath("storescp")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("storescp missing: apt-get install dcmtk")
+		}
+		t.Skip("storescp missing: apt-get install dcmtk")
+	}
+	cmd := exec.Command(p, "+B", "+xa", "-aet", "PACS", "-od", dir, strconv.Itoa(port))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for i := 0; ; i++ {
+		cl, err := dimse.Dial(t.Context(), "127.0.0.1:"+strconv.Itoa(port), dimse.DialOptions{CallingAE: "PROBE", CalledAE: "PACS",
+			Contexts: []dimse.PresentationContext{{AbstractSyntax: dimse.VerificationSOPClass, TransferSyntax: []string{dimse.ImplicitVRLittleEndian}}}})
+		if err == nil {
+			_ = cl.Release()
+			return
+		}
+		if i == 200 {
+			t.Fatalf("storescp not answering: %v", err)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// waitTransfer polls the admin API until the transfer ends.
+func waitTransfer(t *testing.T, base, id string) map[string]any {
+	t.Helper()
+	for range 600 {
+		_, body := get(t, base+"/api/v1/transfers/"+id)
+		var tr map[string]any
+		if err := json.Unmarshal([]byte(body), &tr); err != nil {
+			t.Fatalf("transfer %s: %s", id, body)
+		}
+		switch tr["state"] {
+		case "completed", "failed", "cancelled":
+			return tr
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("transfer %s did not end", id)
+	return nil
+}
+
+func createTransfer(t *testing.T, base, study, dest string) string {
+	t.Helper()
+	resp, err := http.Post(base+"/api/v1/transfers", "application/json",
+		strings.NewReader(`{"study_uid":"`+study+`","destination":"`+dest+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var tr struct{ ID string }
+	if err := json.NewDecoder(resp.Body).Decode(&tr); err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("create transfer: %d %v", resp.StatusCode, err)
+	}
+	return tr.ID
+}
+
+// TestDicomTransferToStoreSCP: a peer with dimse: receives a study through
+// the transfer queue by C-STORE, each dataset arriving byte for byte. The
+// peer is down at first: the attempt fails as temporary and the queue
+// retries it once the peer is up.
+func TestDicomTransferToStoreSCP(t *testing.T) {
+	out := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cfg := dicomConfig(t)
+	cfg.File.Peers = []gateway.Peer{{Name: "pacs", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: port, CalledAE: "PACS"}}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	m := MustRunMain(t, cfg, nil)
+	base := "http://" + m.Addr
+	insts := synth.Study(synth.StudySpec{Seed: 1901, InstancesPerSeries: 5})
+	want := map[string]bool{}
+	for _, in := range insts {
+		var b bytes.Buffer
+		in.WriteTo(&b)
+		want[datasetSum(t, bytes.NewReader(b.Bytes()))] = true
+		storeLocal(t, m, &b)
+	}
+	id := createTransfer(t, base, insts[0].StudyInstanceUID, "pacs")
+	for i := 0; ; i++ {
+		_, body := get(t, base+"/api/v1/transfers/"+id)
+		var tr map[string]any
+		json.Unmarshal([]byte(body), &tr)
+		if tr["last_error"] != nil && tr["last_error"] != "" {
+			if tr["state"] != "queued" && tr["state"] != "running" {
+				t.Fatalf("peer down: transfer %v, want it queued for a retry", tr)
+			}
+			break
+		}
+		if i == 600 {
+			t.Fatalf("no failed attempt recorded while the peer is down: %v", tr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	startStoreSCPOn(t, out, port)
+	tr := waitTransfer(t, base, id)
+	if tr["state"] != "completed" || tr["instances_sent"] != float64(len(insts)) {
+		t.Fatalf("transfer %v", tr)
+	}
+	entries, _ := os.ReadDir(out)
+	if len(entries) != len(insts) {
+		t.Fatalf("storescp received %d files, want %d", len(entries), len(insts))
+	}
+	for _, e := range entries {
+		if !want[fileDatasetSum(t, filepath.Join(out, e.Name()))] {
+			t.Errorf("%s differs from every dataset sent", e.Name())
+		}
+	}
+}
+
+// TestDicomOrthancBothWays: Orthanc sends a study to the gateway by C-STORE
+// (REST /modalities/{name}/store), and the gateway delivers another study
+// to Orthanc by C-STORE through a transfer; each side then holds the
+// dataset byte for byte.
+func TestDicomOrthancBothWays(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gwPort := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	o := orthanctest.Start(t, orthanctest.Options{DICOM: &orthanctest.DICOMOptions{
+		AETitle:    "ORTHANC",
+		Modalities: map[string]orthanctest.Modality{"hampshire": {AETitle: "HAMPSHIRE", Host: "127.0.0.1", Port: gwPort}},
+	}})
+	cfg := dicomConfig(t)
+	cfg.DicomListen = "127.0.0.1:" + strconv.Itoa(gwPort)
+	cfg.File.Peers = []gateway.Peer{
+		{Name: "orthanc", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: o.DICOMPort, CalledAE: "ORTHANC"}},
+		{Name: "orthanc-commit", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: o.DICOMPort, CalledAE: "ORTHANC", StorageCommitment: true, CommitmentTimeout: time.Minute}},
+	}
+	m := MustRunMain(t, cfg, nil)
+	base := "http://" + m.Addr
+
+	// Orthanc → gateway.
+	in := synth.Study(synth.StudySpec{Seed: 1902})[0]
+	var b bytes.Buffer
+	in.WriteTo(&b)
+	id := o.Upload(t, b.Bytes())
+	var job map[string]any
+	if status := o.JSON(t, http.MethodPost, "/modalities/hampshire/store", map[string]any{"Resources": []string{id}, "Synchronous": true}, &job); status != http.StatusOK {
+		t.Fatalf("Orthanc C-STORE to the gateway: %d %v", status, job)
+	}
+	got := wadoInstance(t, base, in.StudyInstanceUID, in.SeriesInstanceUID, in.SOPInstanceUID)
+	if datasetSum(t, bytes.NewReader(got)) != datasetSum(t, bytes.NewReader(o.File(t, in.SOPInstanceUID))) {
+		t.Error("the gateway's dataset differs from Orthanc's")
+	}
+	if !bytes.Contains(got[:512], []byte("ORTHANC")) {
+		t.Error("Source AE is not Orthanc's calling AE title")
+	}
+
+	// Gateway → Orthanc.
+	out := synth.Study(synth.StudySpec{Seed: 1903, InstancesPerSeries: 3})
+	for _, x := range out {
+		var b bytes.Buffer
+		x.WriteTo(&b)
+		storeLocal(t, m, &b)
+	}
+	tr := waitTransfer(t, base, createTransfer(t, base, out[0].StudyInstanceUID, "orthanc"))
+	if tr["state"] != "completed" {
+		t.Fatalf("transfer to Orthanc: %v", tr)
+	}
+	for _, x := range out {
+		var b bytes.Buffer
+		x.WriteTo(&b)
+		stored := o.File(t, x.SOPInstanceUID)
+		if stored == nil {
+			t.Fatalf("Orthanc does not hold %s", x.SOPInstanceUID)
+		}
+		if datasetSum(t, bytes.NewReader(stored)) != datasetSum(t, &b) {
+			t.Errorf("Orthanc's dataset of %s differs from the one sent", x.SOPInstanceUID)
+		}
+	}
+
+	// Gateway → Orthanc with storage commitment: Orthanc reports on an
+	// association of its own to --dicom-listen; the transfer completes
+	// with every instance committed.
+	committed := synth.Study(synth.StudySpec{Seed: 1906, InstancesPerSeries: 3})
+	for _, x := range committed {
+		storeLocal(t, m, x.Reader())
+	}
+	tr = waitTransfer(t, base, createTransfer(t, base, committed[0].StudyInstanceUID, "orthanc-commit"))
+	if tr["state"] != "completed" || !strings.HasPrefix(fmt.Sprint(tr["verification"]), "storage commitment: 3/3 instances committed") {
+		t.Fatalf("transfer with storage commitment: %v", tr)
+	}
+}
+
+// TestDicomConfig: the dicom: section and a dimse: peer parse from the
+// YAML of DESIGN.md; mistakes are refused with the key to fix.
+func TestDicomConfig(t *testing.T) {
+	dir := t.TempDir()
+	write := func(body string) string {
+		p := filepath.Join(dir, strconv.Itoa(len(body))+".yaml")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write(`
+dicom:
+  allow:
+    - {ae_title: PACS1, hosts: [10.0.0.7, 10.1.0.0/16], roles: [store]}
+  max_associations: 8
+  max_pdu_length: 65536
+peers:
+  - name: pacs
+    dimse: {host: 10.0.0.9, port: 104, called_ae: PACS, storage_commitment: true, commitment_timeout: 90s}
+`)
+	cfg, err := parseServeConfig([]string{"--config", good, "--dicom-listen", "0.0.0.0:11112", "--dicom-ae-title", "GATEWAY"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := cfg.File.Dicom.Allow; len(a) != 1 || a[0].AETitle != "PACS1" || len(a[0].Hosts) != 2 || a[0].Roles[0] != gateway.RoleStore {
+		t.Errorf("dicom.allow = %+v", a)
+	}
+	if d := cfg.File.Peers[0].DIMSE; d == nil || d.Host != "10.0.0.9" || d.Port != 104 || d.CalledAE != "PACS" || !d.StorageCommitment || d.CommitmentTimeout != 90*time.Second {
+		t.Errorf("peer dimse = %+v", d)
+	}
+	// GATEWAY_DICOM_LISTEN is read like every other flag.
+	cfg, err = parseServeConfig(nil, func(k string) string {
+		if k == "GATEWAY_DICOM_LISTEN" {
+			return "127.0.0.1:11112"
+		}
+		return ""
+	}, io.Discard)
+	if err != nil || cfg.DicomListen != "127.0.0.1:11112" || cfg.DicomAETitle != "GATEWAY" {
+		t.Errorf("GATEWAY_DICOM_LISTEN: %v %+v", err, cfg)
+	}
+	for name, c := range map[string]struct {
+		yaml string
+		args []string
+	}{
+		"other machines without an allow list": {"", []string{"--dicom-listen", "0.0.0.0:11112"}},
+		"AE title too long":                    {"", []string{"--dicom-ae-title", "AN_AE_TITLE_OVER_16"}},
+		"host name in hosts":                   {"dicom:\n  allow:\n    - {ae_title: A, hosts: [pacs.example.org], roles: [store]}\n", nil},
+		"unknown role":                         {"dicom:\n  allow:\n    - {ae_title: A, hosts: [10.0.0.1], roles: [push]}\n", nil},
+		"no hosts":                             {"dicom:\n  allow:\n    - {ae_title: A, roles: [store]}\n", nil},
+		"dimse peer without port":              {"peers:\n  - name: p\n    dimse: {host: h, called_ae: P}\n", nil},
+		"dimse peer with a url too":            {"peers:\n  - name: p\n    url: http://127.0.0.1:1/dicomweb\n    dimse: {host: h, port: 104, called_ae: P}\n", nil},
+		"tiny max_pdu_length":                  {"dicom:\n  max_pdu_length: 100\n", nil},
+	} {
+		args := c.args
+		if c.yaml != "" {
+			args = append(args, "--config", write(c.yaml))
+		}
+		if _, err := parseServeConfig(args, func(string) string { return "" }, io.Discard); err == nil {
+			t.Errorf("%s: accepted, want an error", name)
+		}
+	}
+}
+
+// findResponses runs findscu with keys against the gateway, extracting
+// each match to a file, and returns the matches as tag → value.
+func findResponses(t *testing.T, port string, keys ...string) []map[string]string {
+	t.Helper()
+	dir := t.TempDir()
+	args := []string{"-S", "-aet", "VIEWER", "-aec", "HAMPSHIRE", "-X", "-od", dir}
+	for _, k := range keys {
+		args = append(args, "-k", k)
+	}
+	dcmtk(t, "findscu", append(args, "127.0.0.1", port)...)
+	entries, _ := os.ReadDir(dir)
+	var out []map[string]string
+	for _, e := range entries {
+		ds, err := dicom.ParseFile(filepath.Join(dir, e.Name()), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]string{}
+		for _, el := range ds.Elements {
+			if el.Tag.Group == 0x0002 {
+				continue
+			}
+			m[fmt.Sprintf("%04X%04X", el.Tag.Group, el.Tag.Element)] = strings.Trim(fmt.Sprint(el.Value.GetValue()), "[]")
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// TestDicomFindSCU: findscu queries the index at STUDY, SERIES and IMAGE
+// level with the matching rules QIDO-RS applies, and the query is audited
+// with the calling AE title as actor and without the key values.
+func TestDicomFindSCU(t *testing.T) {
+	m := MustRunMain(t, dicomConfig(t), nil)
+	_, port, _ := net.SplitHostPort(m.DicomAddr)
+	a := synth.Study(synth.StudySpec{Seed: 1904, Series: 2, InstancesPerSeries: 2})
+	b := synth.Study(synth.StudySpec{Seed: 1905, Patient: 1})
+	for _, in := range append(a, b...) {
+		storeLocal(t, m, in.Reader())
+	}
+	studies := findResponses(t, port, "QueryRetrieveLevel=STUDY", "PatientID="+a[0].PatientID, "StudyInstanceUID", "PatientName", "NumberOfStudyRelatedInstances")
+	if len(studies) != 1 || studies[0]["0020000D"] != a[0].StudyInstanceUID || studies[0]["00201208"] != "4" || studies[0]["00100010"] == "" {
+		t.Fatalf("study level by PatientID: %v", studies)
+	}
+	all := findResponses(t, port, "QueryRetrieveLevel=STUDY", "StudyInstanceUID")
+	if len(all) != 2 {
+		t.Errorf("universal study query: %d matches, want 2", len(all))
+	}
+	series := findResponses(t, port, "QueryRetrieveLevel=SERIES", "StudyInstanceUID="+a[0].StudyInstanceUID, "SeriesInstanceUID", "Modality")
+	if len(series) != 2 || series[0]["00080060"] != "CT" {
+		t.Errorf("series level: %v", series)
+	}
+	images := findResponses(t, port, "QueryRetrieveLevel=IMAGE", "StudyInstanceUID="+a[0].StudyInstanceUID, "SeriesInstanceUID="+a[0].SeriesInstanceUID, "SOPInstanceUID")
+	if len(images) != 2 {
+		t.Errorf("image level: %v", images)
+	}
+	wild := findResponses(t, port, "QueryRetrieveLevel=STUDY", "PatientName="+strings.SplitN(a[0].PatientName, "^", 2)[0][:3]+"*", "StudyInstanceUID")
+	if len(wild) != 1 || wild[0]["0020000D"] != a[0].StudyInstanceUID {
+		t.Errorf("wildcard on PatientName: %v", wild)
+	}
+	_, body := get(t, "http://"+m.Addr+"/api/v1/audit?actor=VIEWER&action=query")
+	if !strings.Contains(body, `"route":"DIMSE C-FIND HAMPSHIRE"`) || strings.Contains(body, a[0].PatientName) || !strings.Contains(body, `"00100020"`) {
+		t.Errorf("audit of C-FIND: %s", body)
+	}
+}
+
+// TestDicomMoveSCU: movescu retrieves a study and then one series from the
+// gateway to itself (its Move Destination is a DIMSE peer of the
+// configuration); the instances arrive byte for byte (movescu +B), an
+// unknown destination is refused with A801, and the move is audited as a
+// retrieve by the calling AE title.
+func TestDicomMoveSCU(t *testing.T) {
+	movescu := needTool(t, "movescu")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	viewerPort := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cfg := dicomConfig(t)
+	cfg.File.Peers = []gateway.Peer{{Name: "viewer", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: viewerPort, CalledAE: "VIEWER"}}}
+	m := MustRunMain(t, cfg, nil)
+	_, port, _ := net.SplitHostPort(m.DicomAddr)
+	insts := synth.Study(synth.StudySpec{Seed: 1907, Series: 2, InstancesPerSeries: 3})
+	want := map[string]string{}
+	for _, in := range insts {
+		var b bytes.Buffer
+		in.WriteTo(&b)
+		want[in.SOPInstanceUID] = datasetSum(t, bytes.NewReader(b.Bytes()))
+		storeLocal(t, m, &b)
+	}
+	move := func(keys ...string) []os.DirEntry {
+		dir := t.TempDir()
+		args := []string{"-S", "+B", "-aet", "VIEWER", "-aec", "HAMPSHIRE", "-aem", "VIEWER", "+P", strconv.Itoa(viewerPort), "-od", dir}
+		for _, k := range keys {
+			args = append(args, "-k", k)
+		}
+		// With +B movescu writes into its working directory, not -od.
+		cmd := exec.CommandContext(t.Context(), movescu, append(args, "127.0.0.1", port)...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("movescu: %v\n%s", err, out)
+		}
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			sop := strings.TrimPrefix(strings.TrimSuffix(e.Name(), ".dcm"), "CT.")
+			if want[sop] == "" || fileDatasetSum(t, filepath.Join(dir, e.Name())) != want[sop] {
+				t.Errorf("received %s: not an instance of the study as stored", e.Name())
+			}
+		}
+		return entries
+	}
+	if got := move("QueryRetrieveLevel=STUDY", "StudyInstanceUID="+insts[0].StudyInstanceUID); len(got) != len(insts) {
+		t.Errorf("study move: %d instances arrived, want %d", len(got), len(insts))
+	}
+	if got := move("QueryRetrieveLevel=SERIES", "StudyInstanceUID="+insts[0].StudyInstanceUID, "SeriesInstanceUID="+insts[0].SeriesInstanceUID); len(got) != 3 {
+		t.Errorf("series move: %d instances arrived, want 3", len(got))
+	}
+	// An unknown Move Destination is refused with A801.
+	out, err := exec.CommandContext(t.Context(), movescu, "-S", "-aet", "VIEWER", "-aec", "HAMPSHIRE", "-aem", "NOBODY", "-k", "QueryRetrieveLevel=STUDY",
+		"-k", "StudyInstanceUID="+insts[0].StudyInstanceUID, "127.0.0.1", port).CombinedOutput()
+	if !strings.Contains(string(out), "MoveDestinationUnknown") {
+		t.Errorf("unknown move destination: %v\n%s", err, out)
+	}
+	_, body := get(t, "http://"+m.Addr+"/api/v1/audit?actor=VIEWER&action=retrieve")
+	if !strings.Contains(body, `"route":"DIMSE C-MOVE HAMPSHIRE"`) || !strings.Contains(body, insts[0].StudyInstanceUID) {
+		t.Errorf("audit of C-MOVE: %s", body)
+	}
+}
