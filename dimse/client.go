@@ -2,6 +2,7 @@ package dimse
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,8 @@ type DialOptions struct {
 	// association and release requests (default 30 s); PDUTimeout bounds
 	// one PDU's sending and a response's arrival (default 60 s).
 	ARTIM, PDUTimeout time.Duration
+	// TLS, when set, runs the association over TLS (PS3.15 B.1).
+	TLS *tls.Config
 }
 
 // Client is an association this end requested (a service class user).
@@ -55,8 +58,15 @@ func Dial(ctx context.Context, addr string, o DialOptions) (*Client, error) {
 	artim := cmpOr(o.ARTIM, 30*time.Second)
 	pduTimeout := cmpOr(o.PDUTimeout, 60*time.Second)
 	maxPDU := cmpOr(o.MaxPDULength, defaultMaxPDULength)
-	d := net.Dialer{Timeout: artim}
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	var nc net.Conn
+	var err error
+	if o.TLS != nil {
+		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: artim}, Config: o.TLS}
+		nc, err = d.DialContext(ctx, "tcp", addr)
+	} else {
+		d := net.Dialer{Timeout: artim}
+		nc, err = d.DialContext(ctx, "tcp", addr)
+	}
 	if err != nil {
 		return nil, err
 	}

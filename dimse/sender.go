@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -40,7 +41,30 @@ type Sender struct {
 	// associations of their own (shared with the Server); nil accepts them
 	// only on the requesting association.
 	Commitments *Commitments
-	Logger      *slog.Logger
+	// TLSConfig returns the TLS configuration for a peer with dimse.tls
+	// (from its tls: settings); nil refuses such peers.
+	TLSConfig func(gateway.Peer) (*tls.Config, error)
+	Logger    *slog.Logger
+}
+
+// dialOptions are the association options towards peer.
+func (s *Sender) dialOptions(peer gateway.Peer, contexts []PresentationContext) (DialOptions, error) {
+	d := peer.DIMSE
+	o := DialOptions{
+		CallingAE: cmpOr(d.CallingAE, cmpOr(s.CallingAE, "GATEWAY")), CalledAE: d.CalledAE, Contexts: contexts,
+		MaxPDULength: s.MaxPDULength, ARTIM: s.ARTIM, PDUTimeout: s.PDUTimeout,
+	}
+	if d.TLS {
+		if s.TLSConfig == nil {
+			return o, &gateway.SendError{Peer: peer.Name, Err: errors.New("dimse.tls is set but this gateway has no TLS client configuration")}
+		}
+		conf, err := s.TLSConfig(peer)
+		if err != nil {
+			return o, &gateway.SendError{Peer: peer.Name, Err: fmt.Errorf("tls: %w", err)}
+		}
+		o.TLS = conf
+	}
+	return o, nil
 }
 
 // maxContextPairs bounds the (SOP class, transfer syntax) pairs of one
@@ -131,12 +155,12 @@ func (s *Sender) sendAssociation(ctx context.Context, peer gateway.Peer, instanc
 			proposed = append(proposed, PresentationContext{AbstractSyntax: k.class, TransferSyntax: []string{ExplicitVRLittleEndian}})
 		}
 	}
-	calling := cmpOr(d.CallingAE, cmpOr(s.CallingAE, "GATEWAY"))
 	addr := net.JoinHostPort(d.Host, strconv.Itoa(d.Port))
-	cl, err := Dial(ctx, addr, DialOptions{
-		CallingAE: calling, CalledAE: d.CalledAE, Contexts: proposed,
-		MaxPDULength: s.MaxPDULength, ARTIM: s.ARTIM, PDUTimeout: s.PDUTimeout,
-	})
+	opts, err := s.dialOptions(peer, proposed)
+	if err != nil {
+		return err
+	}
+	cl, err := Dial(ctx, addr, opts)
 	if err != nil {
 		temporary := true
 		if rj, ok := errors.AsType[*RejectError](err); ok {
@@ -248,11 +272,11 @@ func (s *Sender) Verify(ctx context.Context, peer gateway.Peer, studyUID string,
 		return &gateway.Verification{OK: true, Checked: fmt.Sprintf("c-store: %d/%d instances acknowledged with a success status (DIMSE offers no SHA-256 read-back)", len(instances), len(instances))}, nil
 	}
 	addr := net.JoinHostPort(d.Host, strconv.Itoa(d.Port))
-	cl, err := Dial(ctx, addr, DialOptions{
-		CallingAE: cmpOr(d.CallingAE, cmpOr(s.CallingAE, "GATEWAY")), CalledAE: d.CalledAE,
-		Contexts:     []PresentationContext{{AbstractSyntax: StorageCommitmentClass, TransferSyntax: []string{ImplicitVRLittleEndian}}},
-		MaxPDULength: s.MaxPDULength, ARTIM: s.ARTIM, PDUTimeout: s.PDUTimeout,
-	})
+	opts, err := s.dialOptions(peer, []PresentationContext{{AbstractSyntax: StorageCommitmentClass, TransferSyntax: []string{ImplicitVRLittleEndian}}})
+	if err != nil {
+		return nil, err
+	}
+	cl, err := Dial(ctx, addr, opts)
 	if err != nil {
 		temporary := true
 		if rj, ok := errors.AsType[*RejectError](err); ok {

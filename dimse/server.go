@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -115,7 +116,7 @@ type Server struct {
 	Logger                         *slog.Logger
 
 	mu       sync.Mutex
-	ln       net.Listener
+	lns      []net.Listener
 	conns    map[net.Conn]bool // value: waiting for the next PDU (idle)
 	wg       sync.WaitGroup
 	slots    chan struct{} // one per admitted association
@@ -154,28 +155,49 @@ func cmpOr[T comparable](v, def T) T {
 // Listen binds addr and starts accepting associations; a bind error is
 // returned at once.
 func (s *Server) Listen(addr string) error {
+	_, err := s.listen(addr, nil)
+	return err
+}
+
+// ListenTLS binds addr for associations over TLS with conf (PS3.15 B.1: on
+// a port of its own) and returns the address bound. The handshake is part
+// of the wait for the association request, so ARTIM bounds it.
+func (s *Server) ListenTLS(addr string, conf *tls.Config) (net.Addr, error) {
+	if conf == nil {
+		return nil, errors.New("dimse: ListenTLS without a TLS configuration")
+	}
+	return s.listen(addr, conf)
+}
+
+func (s *Server) listen(addr string, conf *tls.Config) (net.Addr, error) {
 	if err := ValidateAETitle(s.AETitle); err != nil {
-		return fmt.Errorf("--dicom-ae-title: %w", err)
+		return nil, fmt.Errorf("--dicom-ae-title: %w", err)
 	}
 	if s.Store == nil {
-		return errors.New("dimse: Server.Store is required")
+		return nil, errors.New("dimse: Server.Store is required")
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	if conf != nil {
+		ln = tls.NewListener(ln, conf)
 	}
 	s.Serve(ln)
-	return nil
+	return ln.Addr(), nil
 }
 
-// Serve starts accepting associations on ln in the background.
+// Serve starts accepting associations on ln in the background; a Server
+// may serve several listeners (plain and TLS), sharing its limits.
 func (s *Server) Serve(ln net.Listener) {
 	s.mu.Lock()
-	s.ln = ln
-	s.conns = map[net.Conn]bool{}
-	s.slots = make(chan struct{}, s.maxAssociations())
-	s.overflow = make(chan struct{}, s.maxAssociations())
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if s.conns == nil {
+		s.conns = map[net.Conn]bool{}
+		s.slots = make(chan struct{}, s.maxAssociations())
+		s.overflow = make(chan struct{}, s.maxAssociations())
+		s.ctx, s.cancel = context.WithCancel(context.Background())
+	}
+	s.lns = append(s.lns, ln)
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go func() {
@@ -184,14 +206,14 @@ func (s *Server) Serve(ln net.Listener) {
 	}()
 }
 
-// Addr is the address listened on.
+// Addr is the address of the first listener.
 func (s *Server) Addr() net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.ln == nil {
+	if len(s.lns) == 0 {
 		return nil
 	}
-	return s.ln.Addr()
+	return s.lns[0].Addr()
 }
 
 // Close stops accepting, lets running associations finish until ctx ends,
@@ -199,12 +221,16 @@ func (s *Server) Addr() net.Addr {
 // waits for every goroutine.
 func (s *Server) Close(ctx context.Context) error {
 	s.mu.Lock()
-	if s.closed || s.ln == nil {
+	if s.closed || len(s.lns) == 0 {
 		s.mu.Unlock()
 		return nil
 	}
 	s.closed = true
-	err := s.ln.Close()
+	var errs []error
+	for _, ln := range s.lns {
+		errs = append(errs, ln.Close())
+	}
+	err := errors.Join(errs...)
 	// Idle associations lose nothing by ending now; those in the middle
 	// of a message finish it (markIdle ends them before the next wait).
 	for c, idle := range s.conns {

@@ -22,7 +22,10 @@ type DIMSEPeer struct {
 	// same association or one it opens to --dicom-listen, which must then
 	// be set and admit the peer). CommitmentTimeout bounds the wait for the
 	// report (default 2m); without one the attempt is retried later.
-	StorageCommitment bool          `yaml:"storage_commitment" json:"storage_commitment"`
+	StorageCommitment bool `yaml:"storage_commitment" json:"storage_commitment"`
+	// TLS runs the associations over TLS (PS3.15 B.1) with the peer's tls:
+	// settings (ca_file, cert_file/key_file for the client certificate).
+	TLS               bool          `yaml:"tls" json:"tls"`
 	CommitmentTimeout time.Duration `yaml:"commitment_timeout" json:"commitment_timeout,omitempty"`
 }
 
@@ -46,6 +49,12 @@ func (p Peer) validateDIMSE() error {
 	}
 	if d.CommitmentTimeout < 0 {
 		return fmt.Errorf("peer %s: dimse.commitment_timeout may not be negative", p.Name)
+	}
+	if p.TLS.InsecureSkipVerify {
+		return fmt.Errorf("peer %s: tls.insecure_skip_verify is not offered for DIMSE peers: give the peer's CA in tls.ca_file", p.Name)
+	}
+	if !d.TLS && (p.TLS.CAFile != "" || p.TLS.CertFile != "") {
+		return fmt.Errorf("peer %s: tls: settings without dimse.tls: true would be ignored", p.Name)
 	}
 	if p.URL != "" || p.Token != "" || p.Username != "" || p.Gateway || p.AdminURL != "" {
 		return fmt.Errorf("peer %s: dimse is set, so url, token, username/password, gateway and admin_url do not apply: remove them", p.Name)

@@ -52,6 +52,7 @@ type Config struct {
 	AuditKeyFile          string // --audit-key-file: keys of the audit chain (gateway.AuditKeys)
 	DicomListen           string // --dicom-listen: DIMSE listener address, off when empty (dicom.go)
 	DicomAETitle          string // --dicom-ae-title
+	DicomTLSListen        string // --dicom-tls-listen: DIMSE over TLS (PS3.15 B.1), off when empty
 
 	// AuditKeys are read from AuditKeyFile by parseServeConfig; nil without one.
 	AuditKeys *gateway.AuditKeys

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
+	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/dimse"
 	"github.com/dicom-gateway/gateway/gateway"
 )
@@ -33,11 +35,16 @@ type DicomConfig struct {
 	// PDUTimeout bounds one PDU's arrival once begun (default 60s).
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	PDUTimeout  time.Duration `yaml:"pdu_timeout"`
+	// TLSClientCAFile is the CA bundle client certificates on
+	// --dicom-tls-listen must chain to: both ends authenticate (PS3.15
+	// B.1). The server certificate is the tls: section's.
+	TLSClientCAFile string `yaml:"tls_client_ca_file"`
 }
 
 func addDicomFlags(fs *flag.FlagSet, cfg *Config) {
 	fs.StringVar(&cfg.DicomListen, "dicom-listen", "", "DIMSE (DICOM upper layer) address, e.g. 127.0.0.1:11112; off when empty")
 	fs.StringVar(&cfg.DicomAETitle, "dicom-ae-title", "GATEWAY", "this gateway's AE title: the called AE of the listener, the calling AE towards DIMSE peers")
+	fs.StringVar(&cfg.DicomTLSListen, "dicom-tls-listen", "", "DIMSE over TLS with client certificates (PS3.15 B.1), e.g. 0.0.0.0:2762; needs tls.cert_file/key_file and dicom.tls_client_ca_file; off when empty")
 }
 
 // validateDicom checks the dicom: section and the DIMSE flags.
@@ -56,6 +63,14 @@ func (c *Config) validateDicom() []error {
 	if d.MaxPDULength != 0 && d.MaxPDULength < 4096 {
 		errs = append(errs, fmt.Errorf("dicom.max_pdu_length %d: at least 4096", d.MaxPDULength))
 	}
+	if c.DicomTLSListen != "" {
+		if !c.File.TLS.Enabled() || d.TLSClientCAFile == "" {
+			errs = append(errs, errors.New("--dicom-tls-listen needs the server certificate (tls.cert_file, tls.key_file) and the CA of the callers' certificates (dicom.tls_client_ca_file) in --config"))
+		}
+		if !isLoopback(c.DicomTLSListen) && len(d.Allow) == 0 {
+			errs = append(errs, fmt.Errorf("--dicom-tls-listen %s admits no caller from another machine: list calling AE titles and their hosts in dicom.allow of --config", c.DicomTLSListen))
+		}
+	}
 	if c.DicomListen != "" && !isLoopback(c.DicomListen) && len(d.Allow) == 0 {
 		errs = append(errs, fmt.Errorf("--dicom-listen %s admits no caller from another machine: list calling AE titles and their hosts in dicom.allow of --config, or bind a loopback address such as 127.0.0.1:11112", c.DicomListen))
 	}
@@ -73,15 +88,18 @@ func (m *Main) startDicom() error {
 	dimseSender := &dimse.Sender{
 		Blobs: m.Backends.Blobs, CallingAE: cfg.DicomAETitle, MaxPDULength: cfg.File.Dicom.MaxPDULength,
 		PDUTimeout: cfg.File.Dicom.PDUTimeout, Commitments: commitments, Logger: m.Logger,
+		TLSConfig: func(p gateway.Peer) (*tls.Config, error) {
+			return dicomweb.ClientTLSConfig(dicomweb.ClientTLSOptions{CAFile: p.TLS.CAFile, CertFile: p.TLS.CertFile, KeyFile: p.TLS.KeyFile})
+		},
 	}
 	m.Transfers.Sender = peerSender{web: m.Transfers.Sender, dimse: dimseSender}
 	for _, p := range cfg.File.Peers {
-		if p.DIMSE != nil && !isLoopback(net.JoinHostPort(p.DIMSE.Host, "0")) {
-			m.Logger.Warn("DIMSE PEER WITHOUT TLS: patient data sent to this peer by C-STORE crosses the network in clear; protect the path (VPN, TLS tunnel)",
+		if p.DIMSE != nil && !p.DIMSE.TLS && !isLoopback(net.JoinHostPort(p.DIMSE.Host, "0")) {
+			m.Logger.Warn("DIMSE PEER WITHOUT TLS: patient data sent to this peer by C-STORE crosses the network in clear; set dimse.tls with its tls: settings, or protect the path",
 				gateway.LogKeyPeer, p.Name, "host", p.DIMSE.Host)
 		}
 	}
-	if cfg.DicomListen == "" {
+	if cfg.DicomListen == "" && cfg.DicomTLSListen == "" {
 		return nil
 	}
 	access, err := dimse.NewAccess(cfg.File.Dicom.Allow, !cfg.File.Auth.Enabled())
@@ -102,12 +120,26 @@ func (m *Main) startDicom() error {
 		PDUTimeout:      cfg.File.Dicom.PDUTimeout,
 		Logger:          m.Logger.With("component", "dimse"),
 	}
-	if err := m.Dicom.Listen(cfg.DicomListen); err != nil {
-		m.Dicom = nil
-		return fmt.Errorf("--dicom-listen %s: %w", cfg.DicomListen, err)
+	if cfg.DicomListen != "" {
+		if err := m.Dicom.Listen(cfg.DicomListen); err != nil {
+			return fmt.Errorf("--dicom-listen %s: %w", cfg.DicomListen, err)
+		}
+		m.DicomAddr = m.Dicom.Addr().String()
 	}
-	m.DicomAddr = m.Dicom.Addr().String()
-	m.Logger.Info("DIMSE listening", "addr", m.DicomAddr, "ae_title", cfg.DicomAETitle, "allow_rules", len(cfg.File.Dicom.Allow))
+	if cfg.DicomTLSListen != "" {
+		conf, err := dicomweb.ServerTLSConfig(dicomweb.TLSConfig{CertFile: cfg.File.TLS.CertFile, KeyFile: cfg.File.TLS.KeyFile,
+			MinVersion: cfg.File.TLS.MinVersion, ClientCAFile: cfg.File.Dicom.TLSClientCAFile})
+		if err != nil {
+			return fmt.Errorf("--dicom-tls-listen: %w", err)
+		}
+		conf.ClientAuth = tls.RequireAndVerifyClientCert // PS3.15 B.1: both ends authenticate
+		addr, err := m.Dicom.ListenTLS(cfg.DicomTLSListen, conf)
+		if err != nil {
+			return fmt.Errorf("--dicom-tls-listen %s: %w", cfg.DicomTLSListen, err)
+		}
+		m.DicomTLSAddr = addr.String()
+	}
+	m.Logger.Info("DIMSE listening", "addr", m.DicomAddr, "tls_addr", m.DicomTLSAddr, "ae_title", cfg.DicomAETitle, "allow_rules", len(cfg.File.Dicom.Allow))
 	return nil
 }
 

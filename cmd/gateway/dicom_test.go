@@ -27,6 +27,7 @@ import (
 	"github.com/dicom-gateway/gateway/internal/orthanctest"
 	"github.com/dicom-gateway/gateway/internal/synth"
 	"github.com/dicom-gateway/gateway/internal/testcorpus"
+	"github.com/dicom-gateway/gateway/internal/testpki"
 )
 
 // dicomConfig is testConfig with the DIMSE listener on a free loopback port.
@@ -454,6 +455,9 @@ peers:
 		"dimse peer without port":              {"peers:\n  - name: p\n    dimse: {host: h, called_ae: P}\n", nil},
 		"dimse peer with a url too":            {"peers:\n  - name: p\n    url: http://127.0.0.1:1/dicomweb\n    dimse: {host: h, port: 104, called_ae: P}\n", nil},
 		"tiny max_pdu_length":                  {"dicom:\n  max_pdu_length: 100\n", nil},
+		"TLS port without certificates":        {"", []string{"--dicom-tls-listen", "127.0.0.1:2762"}},
+		"insecure_skip_verify on a dimse peer": {"peers:\n  - name: p\n    dimse: {host: h, port: 104, called_ae: P, tls: true}\n    tls: {insecure_skip_verify: true}\n", nil},
+		"tls settings without dimse.tls":       {"peers:\n  - name: p\n    dimse: {host: h, port: 104, called_ae: P}\n    tls: {ca_file: /etc/ca.pem}\n", nil},
 	} {
 		args := c.args
 		if c.yaml != "" {
@@ -592,5 +596,36 @@ func TestDicomMoveSCU(t *testing.T) {
 	_, body := get(t, "http://"+m.Addr+"/api/v1/audit?actor=VIEWER&action=retrieve")
 	if !strings.Contains(body, `"route":"DIMSE C-MOVE HAMPSHIRE"`) || !strings.Contains(body, insts[0].StudyInstanceUID) {
 		t.Errorf("audit of C-MOVE: %s", body)
+	}
+}
+
+// TestDicomTLSListen: gateway serve --dicom-tls-listen takes echoscu and
+// storescu over TLS with a client certificate of the configured CA, and
+// refuses a caller whose certificate another CA issued.
+func TestDicomTLSListen(t *testing.T) {
+	ca := testpki.NewCA(t, "centre-ca")
+	server := ca.Server(t, "gateway")
+	client := ca.Client(t, "MODALITY")
+	stranger := testpki.NewCA(t, "other-ca").Client(t, "MODALITY")
+	cfgFile := filepath.Join(t.TempDir(), "gateway.yaml")
+	yaml := "tls: {cert_file: " + server.CertFile + ", key_file: " + server.KeyFile + "}\n" +
+		"dicom: {tls_client_ca_file: " + ca.File + ", allow: [{ae_title: MODALITY, hosts: [127.0.0.1], roles: [store]}]}\n" +
+		"auth: {tokens: [{name: admin, sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, roles: [admin]}]}\n"
+	if err := os.WriteFile(cfgFile, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := dicomConfig(t, "--config", cfgFile, "--dicom-tls-listen", "127.0.0.1:0")
+	m := MustRunMain(t, cfg, nil)
+	_, port, _ := net.SplitHostPort(m.DicomTLSAddr)
+	dcmtk(t, "echoscu", "-aet", "MODALITY", "-aec", "HAMPSHIRE", "+tls", client.KeyFile, client.CertFile, "+cf", ca.File, "127.0.0.1", port)
+	file := filepath.Join(testcorpus.Dir(t), "ct_explicit_le_ge_small.dcm")
+	dcmtk(t, "storescu", "-aet", "MODALITY", "-aec", "HAMPSHIRE", "-R", "+tls", client.KeyFile, client.CertFile, "+cf", ca.File, "127.0.0.1", port, file)
+	if _, err := m.Backends.Index.GetInstance(t.Context(), "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"); err != nil {
+		t.Errorf("not stored over TLS: %v", err)
+	}
+	out, err := exec.CommandContext(t.Context(), needTool(t, "echoscu"), "-aet", "MODALITY", "-aec", "HAMPSHIRE",
+		"+tls", stranger.KeyFile, stranger.CertFile, "+cf", ca.File, "127.0.0.1", port).CombinedOutput()
+	if err == nil {
+		t.Errorf("a certificate of another CA was accepted:\n%s", out)
 	}
 }

@@ -70,8 +70,9 @@ type Main struct {
 	AuditExporter *gateway.SyslogExporter
 	// Dicom is the DIMSE listener when --dicom-listen is set; DicomAddr
 	// the address it listens on.
-	Dicom     *dimse.Server
-	DicomAddr string
+	Dicom        *dimse.Server
+	DicomAddr    string
+	DicomTLSAddr string // --dicom-tls-listen's address
 
 	httpServer *http.Server
 	listener   net.Listener
