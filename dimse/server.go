@@ -446,79 +446,54 @@ func (s *Server) serveConn(nc net.Conn, admitted bool) {
 // offers it.
 func (s *Server) negotiate(pc PresentationContext, caller Caller) PresentationContext {
 	ans := PresentationContext{ID: pc.ID, TransferSyntax: []string{pc.TransferSyntax[0]}}
-	switch {
-	case pc.AbstractSyntax == VerificationSOPClass:
-		for _, ts := range pc.TransferSyntax {
-			if ts == ImplicitVRLittleEndian || ts == ExplicitVRLittleEndian {
-				ans.TransferSyntax = []string{ts}
-				return ans
-			}
-		}
-		ans.Result = ResultTransferSyntaxNotSupported
-		return ans
-	case pc.AbstractSyntax == StudyRootFind || pc.AbstractSyntax == PatientRootFind:
-		if s.Finder == nil {
-			ans.Result = ResultAbstractSyntaxNotSupported
-			return ans
-		}
-		if !caller.Principal().Has(gateway.RoleRead) {
-			ans.Result = ResultUserRejection
-			return ans
-		}
-		for _, ts := range pc.TransferSyntax {
-			if ts == ImplicitVRLittleEndian || ts == ExplicitVRLittleEndian {
-				ans.TransferSyntax = []string{ts}
-				return ans
-			}
-		}
-		ans.Result = ResultTransferSyntaxNotSupported
-		return ans
-	case pc.AbstractSyntax == StudyRootMove || pc.AbstractSyntax == PatientRootMove:
-		if s.Mover == nil || s.MoveSender == nil {
-			ans.Result = ResultAbstractSyntaxNotSupported
-			return ans
-		}
-		if !caller.Principal().Has(gateway.RoleRead) {
-			ans.Result = ResultUserRejection
-			return ans
-		}
-		for _, ts := range pc.TransferSyntax {
-			if ts == ImplicitVRLittleEndian || ts == ExplicitVRLittleEndian {
-				ans.TransferSyntax = []string{ts}
-				return ans
-			}
-		}
-		ans.Result = ResultTransferSyntaxNotSupported
-		return ans
-	case pc.AbstractSyntax == StorageCommitmentClass:
-		if s.Commitments == nil {
-			ans.Result = ResultAbstractSyntaxNotSupported
-			return ans
-		}
-		for _, ts := range pc.TransferSyntax {
-			if ts == ImplicitVRLittleEndian || ts == ExplicitVRLittleEndian {
-				ans.TransferSyntax = []string{ts}
-				return ans
-			}
-		}
-		ans.Result = ResultTransferSyntaxNotSupported
-		return ans
-	case IsStorageSOPClass(pc.AbstractSyntax):
-		if !caller.Principal().Has(gateway.RoleStore) {
-			ans.Result = ResultUserRejection
-			return ans
-		}
-		for _, ts := range pc.TransferSyntax {
-			if s.Store.AcceptsTransferSyntax(ts) {
-				ans.TransferSyntax = []string{ts}
-				return ans
-			}
-		}
-		ans.Result = ResultTransferSyntaxNotSupported
+	refuse := func(result byte) PresentationContext {
+		ans.Result = result
 		return ans
 	}
-	ans.Result = ResultAbstractSyntaxNotSupported
-	return ans
+	// choose accepts the first proposed syntax that accepts(ts) allows.
+	choose := func(accepts func(ts string) bool) PresentationContext {
+		for _, ts := range pc.TransferSyntax {
+			if accepts(ts) {
+				ans.TransferSyntax = []string{ts}
+				return ans
+			}
+		}
+		return refuse(ResultTransferSyntaxNotSupported)
+	}
+	// Commands and identifiers (echo, find, move, commitment) are only
+	// ever exchanged in the two uncompressed little-endian syntaxes.
+	littleEndian := func(ts string) bool { return ts == ImplicitVRLittleEndian || ts == ExplicitVRLittleEndian }
+	switch {
+	case pc.AbstractSyntax == VerificationSOPClass:
+		return choose(littleEndian)
+	case pc.AbstractSyntax == StudyRootFind || pc.AbstractSyntax == PatientRootFind:
+		if s.Finder == nil {
+			return refuse(ResultAbstractSyntaxNotSupported)
+		}
+		if !caller.Principal().Has(gateway.RoleRead) {
+			return refuse(ResultUserRejection)
+		}
+		return choose(littleEndian)
+	case pc.AbstractSyntax == StudyRootMove || pc.AbstractSyntax == PatientRootMove:
+		if s.Mover == nil || s.MoveSender == nil {
+			return refuse(ResultAbstractSyntaxNotSupported)
+		}
+		if !caller.Principal().Has(gateway.RoleRead) {
+			return refuse(ResultUserRejection)
+		}
+		return choose(littleEndian)
+	case pc.AbstractSyntax == StorageCommitmentClass:
+		if s.Commitments == nil {
+			return refuse(ResultAbstractSyntaxNotSupported)
+		}
+		return choose(littleEndian)
+	case IsStorageSOPClass(pc.AbstractSyntax):
+		if !caller.Principal().Has(gateway.RoleStore) {
+			return refuse(ResultUserRejection)
+		}
+		return choose(s.Store.AcceptsTransferSyntax)
+	}
+	return refuse(ResultAbstractSyntaxNotSupported)
 }
 
 func remoteAddr(nc net.Conn) netip.Addr {
