@@ -1,8 +1,9 @@
 // Package dicomcodec reads and writes DICOM: the Part 10 header reader with
 // its limits, the pixel data scanner that finds frames while the bytes
-// stream past, transcoding between the uncompressed transfer syntaxes, the
-// data dictionary, the Dataset with its DICOM JSON encoding (PS3.18 F.2),
-// and the syntax of UIDs. It knows nothing of storage, transfers or HTTP.
+// stream past, transcoding between the uncompressed transfer syntaxes,
+// rewriting an instance's patient identity while it streams (identity.go),
+// the data dictionary, the Dataset with its DICOM JSON encoding (PS3.18
+// F.2), and the syntax of UIDs. It knows nothing of storage, transfers or HTTP.
 //
 // It imports only the standard library and two packages of
 // github.com/suyashkumar/dicom: pkg/tag (the data dictionary) and

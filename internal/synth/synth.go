@@ -28,29 +28,40 @@ const (
 
 // Instance describes one synthetic instance. Zero fields get defaults.
 type Instance struct {
-	PatientName        string // PN, e.g. "Doe^Jane"
-	PatientID          string
-	PatientBirthDate   string // YYYYMMDD
-	PatientSex         string
-	StudyInstanceUID   string
-	SeriesInstanceUID  string
-	SOPInstanceUID     string
-	SOPClassUID        string
-	StudyDate          string
-	StudyTime          string
-	AccessionNumber    string
-	StudyID            string
-	StudyDescription   string
-	SeriesDescription  string
-	Modality           string
-	ReferringPhysician string
-	SeriesNumber       int
-	InstanceNumber     int
-	Rows, Columns      int
-	Frames             int
+	PatientName       string // PN, e.g. "Doe^Jane"
+	PatientID         string
+	IssuerOfPatientID string
+	// OtherPatientIDs become items of the Other Patient IDs Sequence
+	// (0010,1002), e.g. the NHS number with issuer "NHS"; written with
+	// undefined lengths when UndefinedLengthSequences is set.
+	OtherPatientIDs          []OtherPatientID
+	UndefinedLengthSequences bool
+	PatientBirthDate         string // YYYYMMDD
+	PatientSex               string
+	StudyInstanceUID         string
+	SeriesInstanceUID        string
+	SOPInstanceUID           string
+	SOPClassUID              string
+	StudyDate                string
+	StudyTime                string
+	AccessionNumber          string
+	StudyID                  string
+	StudyDescription         string
+	SeriesDescription        string
+	Modality                 string
+	ReferringPhysician       string
+	SeriesNumber             int
+	InstanceNumber           int
+	Rows, Columns            int
+	Frames                   int
 	// PixelSeed seeds the pseudo-random pixel values, so equal seeds give
 	// byte-identical instances.
 	PixelSeed uint64
+}
+
+// OtherPatientID is one item of the Other Patient IDs Sequence.
+type OtherPatientID struct {
+	ID, Issuer string
 }
 
 func (in *Instance) defaults() {
@@ -87,6 +98,9 @@ type element struct {
 	tag   uint32
 	vr    string
 	value []byte
+	// undefinedLength writes 0xFFFFFFFF as the length (value then ends
+	// with its own delimiter).
+	undefinedLength bool
 }
 
 func str(tag uint32, vr, v string) element {
@@ -98,11 +112,11 @@ func str(tag uint32, vr, v string) element {
 			b = append(b, ' ')
 		}
 	}
-	return element{tag, vr, b}
+	return element{tag: tag, vr: vr, value: b}
 }
 
 func us(tag uint32, v int) element {
-	return element{tag, "US", binary.LittleEndian.AppendUint16(nil, uint16(v))}
+	return element{tag: tag, vr: "US", value: binary.LittleEndian.AppendUint16(nil, uint16(v))}
 }
 
 func (in Instance) dataset() []element {
@@ -143,6 +157,12 @@ func (in Instance) dataset() []element {
 	if in.Frames > 1 {
 		els = append(els, str(0x00280008, "IS", strconv.Itoa(in.Frames)))
 	}
+	if in.IssuerOfPatientID != "" {
+		els = append(els, str(0x00100021, "LO", in.IssuerOfPatientID))
+	}
+	if len(in.OtherPatientIDs) > 0 {
+		els = append(els, in.otherPatientIDs())
+	}
 	ints := map[uint32]int{0x00280002: 1, 0x00280010: in.Rows, 0x00280011: in.Columns, 0x00280100: 16, 0x00280101: 12, 0x00280102: 11, 0x00280103: 0}
 	for i, e := range els {
 		if v, ok := ints[e.tag]; ok {
@@ -151,6 +171,34 @@ func (in Instance) dataset() []element {
 	}
 	sort.Slice(els, func(i, j int) bool { return els[i].tag < els[j].tag })
 	return els
+}
+
+// otherPatientIDs encodes the Other Patient IDs Sequence: each item holds
+// Patient ID, Issuer of Patient ID and Type of Patient ID (TEXT).
+func (in Instance) otherPatientIDs() element {
+	var seq []byte
+	for _, o := range in.OtherPatientIDs {
+		var item []byte
+		for _, e := range []element{str(0x00100020, "LO", o.ID), str(0x00100021, "LO", o.Issuer), str(0x00100022, "CS", "TEXT")} {
+			item = appendElement(item, e)
+		}
+		seq = binary.LittleEndian.AppendUint32(seq, 0xE000FFFE)
+		if in.UndefinedLengthSequences {
+			seq = binary.LittleEndian.AppendUint32(seq, 0xFFFFFFFF)
+			seq = append(seq, item...)
+			seq = binary.LittleEndian.AppendUint32(seq, 0xE00DFFFE)
+			seq = binary.LittleEndian.AppendUint32(seq, 0)
+			continue
+		}
+		seq = binary.LittleEndian.AppendUint32(seq, uint32(len(item)))
+		seq = append(seq, item...)
+	}
+	if in.UndefinedLengthSequences {
+		seq = binary.LittleEndian.AppendUint32(seq, 0xE0DDFFFE)
+		seq = binary.LittleEndian.AppendUint32(seq, 0)
+		return element{0x00101002, "SQ", seq, true}
+	}
+	return element{0x00101002, "SQ", seq, false}
 }
 
 func longForm(vr string) bool {
@@ -167,7 +215,11 @@ func appendElement(b []byte, e element) []byte {
 	b = append(b, e.vr...)
 	if longForm(e.vr) {
 		b = append(b, 0, 0)
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(e.value)))
+		if e.undefinedLength {
+			b = binary.LittleEndian.AppendUint32(b, 0xFFFFFFFF)
+		} else {
+			b = binary.LittleEndian.AppendUint32(b, uint32(len(e.value)))
+		}
 	} else {
 		b = binary.LittleEndian.AppendUint16(b, uint16(len(e.value)))
 	}
@@ -180,7 +232,7 @@ func (in Instance) Header() []byte {
 	in.defaults()
 	var meta []byte
 	for _, e := range []element{
-		{0x00020001, "OB", []byte{0, 1}},
+		{tag: 0x00020001, vr: "OB", value: []byte{0, 1}},
 		str(0x00020002, "UI", in.SOPClassUID),
 		str(0x00020003, "UI", in.SOPInstanceUID),
 		str(0x00020010, "UI", ExplicitVRLittleEndian),
@@ -191,7 +243,7 @@ func (in Instance) Header() []byte {
 	}
 	b := make([]byte, 128, 1024)
 	b = append(b, "DICM"...)
-	b = appendElement(b, element{0x00020000, "UL", binary.LittleEndian.AppendUint32(nil, uint32(len(meta)))})
+	b = appendElement(b, element{tag: 0x00020000, vr: "UL", value: binary.LittleEndian.AppendUint32(nil, uint32(len(meta)))})
 	b = append(b, meta...)
 	for _, e := range in.dataset() {
 		b = appendElement(b, e)
