@@ -76,6 +76,11 @@ func (s *Server) handleSearch(level gateway.QueryLevel) gin.HandlerFunc {
 		if res.More {
 			c.Writer.Header().Add("Warning", warningFrom(agent, remainingText(res)))
 		}
+		for _, d := range res.Items {
+			if _, _, flagged := gateway.IdentityConflictOf(d); flagged {
+				c.Writer.Header().Add("Warning", warningFrom(agent, "study "+d.String(dicomcodec.TagStudyInstanceUID)+" holds instances of more than one patient identity (IDENTITY CONFLICT in 00091001)"))
+			}
+		}
 		if form.multipart {
 			s.writeSearchXML(c, level, res.Items)
 			return

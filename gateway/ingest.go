@@ -312,6 +312,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 			return rec, nil
 		}
 
+		in.checkIdentity(ctx, rec) // identity_conflict.go
 		got, created, err := in.Index.PutInstance(ctx, rec)
 		if err != nil {
 			// The write may have landed with its reply lost (Redis restarted):

@@ -29,6 +29,7 @@ var studyLevelTags = setOf(
 	dicomcodec.TagStudyDate, dicomcodec.TagStudyTime, dicomcodec.TagAccessionNumber, "00080051", "00080090", "00081030", "00081032",
 	"00081048", "00081060", "00081080", "00081110", "00081120", dicomcodec.TagStudyInstanceUID, dicomcodec.TagStudyID,
 	"00321032", "00321060",
+	TagGatewayPrivateCreator, TagIdentityConflict, // identity_conflict.go
 )
 
 // seriesLevelTags are the General Series and Equipment attributes the index
@@ -54,7 +55,8 @@ var (
 	studyReturnTags = []string{dicomcodec.TagSpecificCharacterSet, dicomcodec.TagStudyDate, dicomcodec.TagStudyTime, dicomcodec.TagAccessionNumber,
 		TagInstanceAvailability, dicomcodec.TagModalitiesInStudy, "00080090", TagTimezoneOffsetFromUTC, dicomcodec.TagPatientName,
 		dicomcodec.TagPatientID, dicomcodec.TagPatientBirthDate, dicomcodec.TagPatientSex, dicomcodec.TagStudyInstanceUID, dicomcodec.TagStudyID,
-		TagNumberOfStudyRelatedSeries, TagNumberOfStudyRelatedInstances}
+		TagNumberOfStudyRelatedSeries, TagNumberOfStudyRelatedInstances,
+		TagGatewayPrivateCreator, TagIdentityConflict} // returned when a study is flagged (identity_conflict.go)
 	seriesReturnTags = []string{dicomcodec.TagSpecificCharacterSet, dicomcodec.TagModality, TagTimezoneOffsetFromUTC, "0008103E",
 		dicomcodec.TagSeriesInstanceUID, dicomcodec.TagSeriesNumber, TagNumberOfSeriesRelatedInstances, "00400244", "00400245",
 		"00400275", TagInstanceAvailability}

@@ -612,6 +612,7 @@
     StudyInstanceUID: '0020000D', PatientName: '00100010', PatientID: '00100020', StudyDate: '00080020',
     StudyTime: '00080030', StudyDescription: '00081030', ModalitiesInStudy: '00080061', AccessionNumber: '00080050',
     NumberOfStudyRelatedSeries: '00201206', NumberOfStudyRelatedInstances: '00201208',
+    IdentityConflict: '00091001', // the gateway's flag: the study holds more than one patient identity
   };
   function dcmValues(ds, tag) {
     const el = ds && ds[tag];
@@ -700,13 +701,26 @@
     renderStudies();
   }
 
+  // patientIDCell shows the Patient ID and, for a study the gateway flagged
+  // (instances of another patient identity arrived for it), the other one.
+  function patientIDCell(ds) {
+    const cell = h('td', { text: dcmString(ds, TAG.PatientID) || '—' });
+    const flag = dcmValues(ds, TAG.IdentityConflict);
+    if (flag[0] === 'IDENTITY CONFLICT') {
+      const other = [flag[1], flag[2]].filter(Boolean).join(' / ');
+      cell.append(' ', h('span', { class: 'state state-failed identity-conflict', title: 'Instances of another patient identity were stored under this study; check before use.',
+        text: `identity conflict${other ? ': also ' + other : ''}` }));
+    }
+    return cell;
+  }
+
   function renderStudies() {
     $('studies-body').replaceChildren(...studies.map((ds) => {
       const uid = dcmString(ds, TAG.StudyInstanceUID);
       const series = dcmString(ds, TAG.NumberOfStudyRelatedSeries), inst = dcmString(ds, TAG.NumberOfStudyRelatedInstances);
       return h('tr', { 'data-study-uid': uid },
         h('td', { text: dcmPN(ds, TAG.PatientName) || '—' }),
-        h('td', { text: dcmString(ds, TAG.PatientID) || '—' }),
+        patientIDCell(ds),
         h('td', { class: 'nowrap', text: dcmDate(dcmString(ds, TAG.StudyDate)) || '—' }),
         h('td', { text: dcmString(ds, TAG.StudyDescription) }),
         h('td', { text: dcmValues(ds, TAG.ModalitiesInStudy).join(', ') || '—' }),
