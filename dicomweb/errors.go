@@ -77,5 +77,10 @@ func (s *Server) writeError(c *gin.Context, err error) {
 	if c.Writer.Header().Get("Connection") == "close" {
 		stopReading(c) // conn_limits.go
 	}
+	if w, ok := c.Get(mountErrorWriter); ok {
+		c.Abort()
+		w.(func(*gin.Context, int, string))(c, status, msg) // a Mount's own format
+		return
+	}
 	c.AbortWithStatusJSON(status, gin.H{"error": msg})
 }

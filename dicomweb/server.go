@@ -81,6 +81,8 @@ type Config struct {
 	// MaxConnections caps the client connections LimitListener lets in at
 	// once; 0 = no cap.
 	MaxConnections int
+	// Mounts are routes other packages serve (the FHIR facade at /fhir).
+	Mounts []Mount
 }
 
 // serverConfig is Config embedded in Server under a name other packages
@@ -124,8 +126,12 @@ func (s *Server) Handler() http.Handler {
 	r.Use(s.deadlines(stow), s.requestID, s.recoverPanic, s.observe, s.loopbackHostOnly, s.cors, s.sameOriginWrites)
 	r.HandleMethodNotAllowed = true
 	limits := s.concurrencyLimits("/dicomweb")
+	mountErrors := s.mountErrorWriters()
 	for _, rt := range s.routes() {
 		handlers := []gin.HandlerFunc{}
+		if h := mountErrors[rt.method+" "+rt.path]; h != nil {
+			handlers = append(handlers, h)
+		}
 		if rt.role != "" {
 			handlers = append(handlers, s.authorize(rt.role))
 		}

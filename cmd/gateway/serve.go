@@ -131,6 +131,7 @@ func (m *Main) Run(ctx context.Context) error {
 		Logger:                m.Logger,
 		Registerer:            reg,
 		Gatherer:              reg,
+		Mounts:                fhirMounts(m),
 	})
 
 	ln, err := net.Listen("tcp", cfg.Listen)
