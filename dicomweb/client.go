@@ -266,6 +266,9 @@ type blobPart struct {
 	rec   *gateway.InstanceRecord
 	ahead *opener
 	i     int
+	// rewrite, when set, transforms the stored bytes on the way out
+	// (identity coercion); rec then carries the rewritten size and SHA-256.
+	rewrite func(*gateway.InstanceRecord, io.ReadCloser) io.ReadCloser
 }
 
 func (p *blobPart) Size() int64 { return p.rec.Size }
@@ -274,6 +277,9 @@ func (p *blobPart) WriteTo(w io.Writer) (int64, error) {
 	rc, err := p.ahead.open(p.i)
 	if err != nil {
 		return 0, &localError{fmt.Errorf("reading instance %s from local storage: %w", p.rec.SOPInstanceUID, err)}
+	}
+	if p.rewrite != nil {
+		rc = p.rewrite(p.rec, rc)
 	}
 	buf := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(buf)
@@ -296,7 +302,7 @@ func (p *blobPart) WriteTo(w io.Writer) (int64, error) {
 // instances' blobs are opened while one is copied (openAhead), so an object
 // store's per-request latency overlaps the network instead of adding up;
 // the returned close releases what was opened but not sent.
-func (c *Client) blobParts(ctx context.Context, batch []*gateway.InstanceRecord) ([]client.Instance, func()) {
+func (c *Client) blobParts(ctx context.Context, batch []*gateway.InstanceRecord, rewrite func(*gateway.InstanceRecord, io.ReadCloser) io.ReadCloser) ([]client.Instance, func()) {
 	parts := make([]part, len(batch))
 	for i, rec := range batch {
 		parts[i].open = func(ctx context.Context) (io.ReadCloser, error) { return c.Blobs.Get(ctx, rec.Key(), 0, -1) }
@@ -304,7 +310,7 @@ func (c *Client) blobParts(ctx context.Context, batch []*gateway.InstanceRecord)
 	ahead := openAhead(ctx, parts, gateway.OverNetwork(c.Blobs))
 	out := make([]client.Instance, len(batch))
 	for i, rec := range batch {
-		out[i] = &blobPart{rec: rec, ahead: ahead, i: i}
+		out[i] = &blobPart{rec: rec, ahead: ahead, i: i, rewrite: rewrite}
 	}
 	return out, ahead.close
 }
@@ -317,7 +323,7 @@ func (c *Client) stow(ctx context.Context, pc *peerClient, peer gateway.Peer, h 
 	if h.Total > 0 {
 		header.Set(client.HeaderTransferInstances, strconv.Itoa(h.Total))
 	}
-	parts, release := c.blobParts(ctx, batch)
+	parts, release := c.blobParts(ctx, batch, h.Rewrite)
 	resp, err := c.peerAPI(pc, peer, "").Store(ctx, batch[0].StudyInstanceUID, parts, header)
 	release()
 	if le, ok := errors.AsType[*localError](err); ok {

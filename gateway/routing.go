@@ -40,6 +40,9 @@ type RouteRule struct {
 	// transfer starts, so that a study arriving over several STOW-RS
 	// requests becomes one transfer (default 30s).
 	SettleTime time.Duration `yaml:"settle_time" json:"settle_time,omitempty"`
+	// Coerce, when set, is the identity rule of the transfers this rule
+	// creates, instead of their destination peer's (coerce.go).
+	Coerce *CoerceRule `yaml:"coerce" json:"coerce,omitempty"`
 }
 
 // DefaultSettleTime is the settle time of a rule that sets none.

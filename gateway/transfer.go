@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
@@ -48,6 +49,8 @@ type Peer struct {
 	// DIMSE, when set, makes the peer a DICOM application entity reached by
 	// C-STORE instead of a DICOMweb root (peer_dimse.go).
 	DIMSE *DIMSEPeer `yaml:"dimse" json:"dimse,omitempty"`
+	// Coerce rewrites patient identity on the way to this peer (coerce.go).
+	Coerce *CoerceRule `yaml:"coerce" json:"coerce,omitempty"`
 }
 
 // PeerTLS are the TLS settings for one peer: a CA bundle to trust instead of
@@ -110,6 +113,12 @@ type SendHeader struct {
 	TransferID string
 	Source     string // this centre's name
 	Total      int    // instances in the whole transfer
+	// Rewrite, when set, transforms each instance's stored bytes on the
+	// way out (identity coercion); the instances passed with it carry the
+	// size and SHA-256 of the rewritten bytes. Every Sender must send what
+	// it returns, never the stored bytes: those carry the identity the
+	// destination must not receive.
+	Rewrite func(rec *InstanceRecord, original io.ReadCloser) io.ReadCloser
 }
 
 // SendResult is the destination's answer for one instance.
@@ -251,6 +260,8 @@ type Transfers struct {
 	Peers   []Peer
 	Auditor Auditor // may be nil
 	Logger  *slog.Logger
+	// Coercer applies the peers' identity rules; nil: none.
+	Coercer *Coercer
 
 	// Workers is the number of transfers run at once (default 4); Consumer
 	// prefixes their consumer names, and must differ between replicas
@@ -779,10 +790,14 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 	t.InstancesTotal, t.InstancesSent, t.InstancesFailed = len(recs), sent, failed
 	r.mu.Unlock()
 
+	header := SendHeader{TransferID: t.ID, Source: s.Name, Total: len(recs)}
+	if o := s.coerce(ctx, t, peer, &recs, &pending, &header); o != nil {
+		return o
+	}
 	var unconfirmed []string
 	if len(pending) > 0 {
 		confirmed := map[string]bool{}
-		sendErr := s.Sender.Send(ctx, peer, SendHeader{TransferID: t.ID, Source: s.Name, Total: len(recs)}, pending, func(res []SendResult) {
+		sendErr := s.Sender.Send(ctx, peer, header, pending, func(res []SendResult) {
 			for _, x := range res {
 				confirmed[x.SOPInstanceUID] = x.OK || !x.Retryable
 			}

@@ -116,6 +116,9 @@ func (m *Main) Run(ctx context.Context) error {
 	m.Backends = b
 
 	m.Services = wireServices(m, b, reg)
+	if err := wireIdentity(m); err != nil {
+		return err
+	}
 	m.Server = dicomweb.New(dicomweb.Config{
 		Services:              m.Services,
 		Auth:                  auth,

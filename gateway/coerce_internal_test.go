@@ -1,0 +1,66 @@
+package gateway
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestCoercerLookupFollowsTheFile: the admin edits the lookup file and the
+// next transfer uses it, no restart; a file broken meanwhile is an error,
+// not a silent fallback to the old mapping.
+func TestCoercerLookupFollowsTheFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ids.csv")
+	write := func(content string, mtime time.Time) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(path, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t0 := time.Now().Add(-time.Hour)
+	write("9434765919,S1\n", t0)
+	c, err := NewCoercer([]Peer{{Name: "surrey", Coerce: &CoerceRule{To: CoerceLocal, Issuer: "SURREY", LookupFile: path}}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		content string
+		want    string // local ID of 9434765919, "" for an error
+	}{
+		{"9434765919,S1\n", "S1"},
+		{"# moved\n9434765919,S2\n", "S2"},
+		{"9434765919\n", ""},
+		{"9434765919,S3\n", "S3"},
+	} {
+		t0 = t0.Add(time.Minute)
+		write(step.content, t0)
+		ids, err := c.lookup("peer:surrey")
+		switch {
+		case step.want == "" && err == nil:
+			t.Errorf("%q: read as %v, want an error", step.content, ids)
+		case step.want == "" && !strings.Contains(err.Error(), "line 1"):
+			t.Errorf("%q: error %v does not name the line", step.content, err)
+		case step.want != "" && (err != nil || ids["9434765919"] != step.want):
+			t.Errorf("%q: %v %v, want %s", step.content, ids, err, step.want)
+		}
+	}
+	for _, bad := range []*CoerceRule{{To: "both"}, {To: CoerceLocal, Issuer: "SURREY"}, {To: CoerceLocal, LookupFile: path}} {
+		if _, err := NewCoercer([]Peer{{Name: "surrey", Coerce: bad}}, nil, nil); err == nil {
+			t.Errorf("rule %+v accepted", *bad)
+		}
+	}
+	// The C-STORE sender does not rewrite: a rule on a DIMSE peer, directly
+	// or through a route, is refused rather than silently not applied.
+	pacs := Peer{Name: "pacs", DIMSE: &DIMSEPeer{}}
+	if _, err := NewCoercer([]Peer{{Name: pacs.Name, DIMSE: pacs.DIMSE, Coerce: &CoerceRule{To: CoerceNational}}}, nil, nil); err == nil {
+		t.Error("coerce on a DIMSE peer accepted")
+	}
+	if _, err := NewCoercer([]Peer{pacs}, []RouteRule{{Name: "r", Destinations: []string{"pacs"}, Coerce: &CoerceRule{To: CoerceNational}}}, nil); err == nil {
+		t.Error("coerce on a route to a DIMSE peer accepted")
+	}
+}
