@@ -26,6 +26,7 @@ forbid ./gateway "$drivers|^$mod/(dicomweb|storage|client|cmd|internal)" "a driv
 forbid ./client "$drivers|^$mod/(dicomweb|storage|cmd|internal)" "a driver or a layer (every layer imports the client)"
 forbid ./storage/... "^$mod/(dicomweb|client|cmd)" "the HTTP layer or the client (backends serve the domain)"
 forbid ./dicomweb "github.com/minio|github.com/redis|go.etcd.io/bbolt|^$mod/(storage|cmd)" "a storage driver or backend (dicomweb sees the domain's interfaces)"
+forbid ./fhir "github.com/minio|github.com/redis|go.etcd.io/bbolt|^$mod/(dicomweb|storage|client|cmd|internal)" "a storage driver or another layer (the FHIR facade sees the domain and the codec; cmd mounts it)"
 forbid ./dimse "$drivers|^$mod/(dicomweb|storage|client|cmd|internal)" "a driver or another layer (DIMSE, like DICOMweb, sees the domain and the codec only)"
 # The codec is a leaf: the standard library, the DICOM parser and its
 # character sets, nothing else (an allow list, so a new dependency is a
