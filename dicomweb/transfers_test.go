@@ -60,6 +60,20 @@ func (a *transferAudit) find(action string) []gateway.AuditEvent {
 	return out
 }
 
+// await is find for events the worker writes just after the state change a
+// test waited for (the queue records completion first, then the audit
+// follows): it waits up to five seconds for want events of action.
+func (a *transferAudit) await(action string, want int) []gateway.AuditEvent {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		evs := a.find(action)
+		if len(evs) >= want || time.Now().After(deadline) {
+			return evs
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // backends names the two backend families every transfer test runs on.
 var backends = []string{"embedded", "production"}
 
@@ -256,7 +270,7 @@ func TestTransferArrivesByteIdentical(t *testing.T) {
 			}
 			assertArrived(t, surrey, ins)
 			for _, action := range []string{gateway.ActionTransferCreated, gateway.ActionTransferStarted, gateway.ActionTransferComplete, gateway.ActionTransferVerified} {
-				evs := hampshire.audit.find(action)
+				evs := hampshire.audit.await(action, 1)
 				if len(evs) != 1 {
 					t.Errorf("%d %s audit events, want 1", len(evs), action)
 					continue
