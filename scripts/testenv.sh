@@ -2,9 +2,10 @@
 # testenv.sh CMD...: installs what is missing (redis-server, dcmtk, orthanc,
 # orthanc-dicomweb and jing from Debian,
 # MinIO built with go install at a pinned version and cached outside the
-# repo), starts both on loopback, exports their addresses as
-# GATEWAY_TEST_REDIS_URL and GATEWAY_TEST_S3_*, runs CMD, and stops both
-# whatever CMD's outcome. Used by make test, make bench and .ci/run.
+# repo), starts Redis, a 3-master Redis Cluster and MinIO on loopback,
+# exports their addresses as GATEWAY_TEST_REDIS_URL,
+# GATEWAY_TEST_REDIS_CLUSTER_URL and GATEWAY_TEST_S3_*, runs CMD, and stops
+# them whatever CMD's outcome. Used by make test, make bench and .ci/run.
 set -euo pipefail
 
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c   # pinned: @latest is a moving pseudo-version
@@ -58,9 +59,10 @@ if [ "$(sha256sum "$FHIR_SCHEMA" 2>/dev/null | cut -d' ' -f1)" != "$FHIR_SCHEMA_
 fi
 
 STATE=$(mktemp -d "${TMPDIR:-/tmp}/gateway-testenv.XXXXXX")
-REDIS_PID= MINIO_PID=
+REDIS_PID= MINIO_PID= CLUSTER_PIDS=
 cleanup() {
   [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true
+  for p in $CLUSTER_PIDS; do kill "$p" 2>/dev/null || true; done
   [ -n "$MINIO_PID" ] && kill "$MINIO_PID" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$STATE"
@@ -91,10 +93,65 @@ done
 redis-cli -s "$STATE/redis.sock" ping 2>/dev/null | grep -q PONG || { log "redis did not start:"; cat "$STATE/redis.log" >&2; exit 1; }
 
 export GATEWAY_TEST_REDIS_URL="unix://$STATE/redis.sock?db=0"
+
+# The cluster: three masters on loopback TCP (a cluster announces host:port
+# to its clients, so no unix sockets), each with its bus on port+10000, AOF
+# as the README recommends. Ports are drawn at random and the whole start is
+# retried when one was taken meanwhile (several testenvs may run at once).
+free_port() {
+  local p
+  for _ in $(seq 200); do
+    p=$((20000 + RANDOM % 10000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null; then
+      echo "$p"; return 0
+    fi
+  done
+  return 1
+}
+start_cluster() {
+  local ports=() p dir
+  for i in 1 2 3; do
+    p=$(free_port) || return 1
+    ports+=("$p")
+    dir="$STATE/cluster/$p"; mkdir -p "$dir"
+    redis-server --port "$p" --bind 127.0.0.1 --dir "$dir" --cluster-enabled yes \
+      --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+      --save "" --appendonly yes --appendfsync everysec --daemonize no --logfile "$dir/redis.log" &
+    CLUSTER_PIDS="$CLUSTER_PIDS $!"
+  done
+  for p in "${ports[@]}"; do
+    for _ in $(seq 500); do redis-cli -p "$p" ping 2>/dev/null | grep -q PONG && break; sleep 0.02; done
+    redis-cli -p "$p" ping 2>/dev/null | grep -q PONG || return 1
+  done
+  redis-cli --cluster create "127.0.0.1:${ports[0]}" "127.0.0.1:${ports[1]}" "127.0.0.1:${ports[2]}" \
+    --cluster-replicas 0 --cluster-yes >"$STATE/cluster/create.log" 2>&1 || return 1
+  for _ in $(seq 500); do
+    if redis-cli -p "${ports[0]}" cluster info 2>/dev/null | grep -q '^cluster_state:ok' &&
+       redis-cli -p "${ports[2]}" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; then
+      GATEWAY_TEST_REDIS_CLUSTER_URL="redis://127.0.0.1:${ports[0]}?addr=127.0.0.1:${ports[1]}&addr=127.0.0.1:${ports[2]}"
+      return 0
+    fi
+    sleep 0.02
+  done
+  return 1
+}
+GATEWAY_TEST_REDIS_CLUSTER_URL=
+for attempt in 1 2 3; do
+  start_cluster && break
+  log "redis cluster did not start (attempt $attempt)"
+  for p in $CLUSTER_PIDS; do kill "$p" 2>/dev/null || true; done
+  wait $CLUSTER_PIDS 2>/dev/null || true
+  CLUSTER_PIDS=; rm -rf "$STATE/cluster"
+done
+if [ -z "$GATEWAY_TEST_REDIS_CLUSTER_URL" ]; then
+  cat "$STATE"/cluster/*/redis.log "$STATE/cluster/create.log" >&2 2>/dev/null || true
+  log "redis cluster did not start"; exit 1
+fi
+export GATEWAY_TEST_REDIS_CLUSTER_URL
 export GATEWAY_TEST_S3_ENDPOINT="127.0.0.1:$PORT"
 export GATEWAY_TEST_S3_ACCESS_KEY=gatewaytest
 export GATEWAY_TEST_S3_SECRET_KEY=gatewaytest-secret
 export GATEWAY_TEST_TOOLS="$TOOLS"
 export GATEWAY_TEST_FHIR_SCHEMA="$FHIR_SCHEMA"
-log "redis on $GATEWAY_TEST_REDIS_URL, MinIO on $GATEWAY_TEST_S3_ENDPOINT"
+log "redis on $GATEWAY_TEST_REDIS_URL, redis cluster on $GATEWAY_TEST_REDIS_CLUSTER_URL, MinIO on $GATEWAY_TEST_S3_ENDPOINT"
 "$@"
