@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -21,19 +22,48 @@ type Client struct {
 	prefix string
 }
 
-// Open connects to the Redis at url (redis://host:port/db or
-// unix:///path?db=N). Keys are written under prefix (e.g. "gw:").
-func Open(url, prefix string) (*Client, error) {
-	opts, err := goredis.ParseURL(url)
+// Open connects to the Redis at rawURL: one server (redis://host:port/db or
+// unix:///path?db=N) or a Redis Cluster, named by one or more seed
+// addresses as redis://h1:p1?addr=h2:p2&addr=h3:p3 (go-redis's cluster URL;
+// a cluster reached through one seed repeats it: redis://h1:p1?addr=h1:p1).
+// The addr parameter is what tells a cluster from a single server, which
+// changes the index's key layout (see Index). Keys are written under prefix
+// (e.g. "gw:").
+func Open(rawURL, prefix string) (*Client, error) {
+	if IsClusterURL(rawURL) {
+		opts, err := goredis.ParseClusterURL(rawURL)
+		if err != nil {
+			return nil, fmt.Errorf("redis cluster url: %w", err)
+		}
+		return &Client{rdb: goredis.NewClusterClient(opts), prefix: prefix}, nil
+	}
+	opts, err := goredis.ParseURL(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("redis url: %w", err)
 	}
 	return &Client{rdb: goredis.NewClient(opts), prefix: prefix}, nil
 }
 
-// NewClient wraps an existing go-redis client.
+// IsClusterURL reports whether rawURL names a Redis Cluster: a redis:// or
+// rediss:// URL with at least one addr query parameter.
+func IsClusterURL(rawURL string) bool {
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+		return false
+	}
+	return u.Query().Has("addr")
+}
+
+// NewClient wraps an existing go-redis client (a *goredis.ClusterClient
+// makes it a cluster client).
 func NewClient(rdb goredis.UniversalClient, prefix string) *Client {
 	return &Client{rdb: rdb, prefix: prefix}
+}
+
+// Cluster reports whether the client talks to a Redis Cluster.
+func (c *Client) Cluster() bool {
+	_, ok := c.rdb.(*goredis.ClusterClient)
+	return ok
 }
 
 // Redis returns the go-redis client for the stores in this package.

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,90 +25,294 @@ import (
 
 // Index is the production gateway.Index on Redis, shared by every replica.
 //
-// Keys (under the client prefix, all in the one hash slot "{idx}" so that
-// the Lua scripts stay valid on Redis Cluster):
+// Keys live in shards, each under one hash tag: on a single server one shard
+// with the tag {idx} (the layout every earlier version wrote, so an existing
+// index is read as it is); on a Redis Cluster ClusterShards shards whose tags
+// are chosen to fall evenly over the 16,384 slots, so the shards spread over
+// the masters. A study belongs to the shard shardOf(its UID) picks, and
+// everything about it lives there, beside that shard's search sets. Under a
+// shard prefix <sh> ("{idx}:" or "{<tag>}:", after the client prefix):
 //
-//	{idx}:i:<sop>              hash: rec (InstanceRecord JSON), st, se, mod, cls
-//	{idx}:s:<study>            hash: ca (study-level attributes, recordcodec.AppendCompact), n, ns,
-//	                           m:<modality>, c:<sop class> counts, and the values it is indexed
-//	                           under: d, pid, acc, names, np, ph
-//	{idx}:ss:<study>           set of series UIDs
-//	{idx}:e:<study>:<series>   hash: ca (series-level attributes, compact), n
-//	{idx}:ei:<study>:<series>  set of SOP Instance UIDs
-//	{idx}:x:date               zset of study UIDs scored by StudyDate (YYYYMMDD, 0 = none)
-//	{idx}:x:pid:<id>, {idx}:x:acc:<accession>, {idx}:x:mod:<modality>
-//	                           zsets of study UIDs scored by StudyDate
-//	{idx}:x:name               zset (all scores 0) of "<NAME KEY>\x00<study>" for
-//	                           ZRANGEBYLEX prefix search on upper-cased patient names
-//	{idx}:x:ph:<code>          zset of study UIDs scored by StudyDate, one per Soundex code of
-//	                           a patient-name word (gateway.NamePhoneticKeys), for fuzzy matching
-//	{idx}:x:np:<hex prefix>    zset of study UIDs scored by StudyDate, one per 1-, 2- and 3-byte
-//	                           prefix of the whole name groups (gateway.NameGroupKeys): a
-//	                           name-prefix search without fuzzy matching walks it newest first,
-//	                           as far as its page needs, instead of ordering every match
-//	{idx}:x:npok               set when every study has its np entries (the index was empty
-//	                           when they were introduced); without it name searches use x:name
-//	{idx}:x:phok               set when every study is in its x:ph zsets (the
-//	                           index was empty when they were introduced); without it a fuzzy
-//	                           name search walks x:date and the engine compares codes
-//	{idx}:lock:<sop>           lease token
+//	<sh>i:<sop>              hash: rec (InstanceRecord JSON), st, se, mod, cls
+//	<sh>s:<study>            hash: ca (study-level attributes, recordcodec.AppendCompact), n, ns,
+//	                         m:<modality>, c:<sop class> counts, and the values it is indexed
+//	                         under: d, pid, acc, names, np, ph
+//	<sh>ss:<study>           set of series UIDs
+//	<sh>e:<study>:<series>   hash: ca (series-level attributes, compact), n
+//	<sh>ei:<study>:<series>  set of SOP Instance UIDs
+//	<sh>x:date               zset of the shard's study UIDs scored by StudyDate (YYYYMMDD, 0 = none)
+//	<sh>x:pid:<id>, <sh>x:acc:<accession>, <sh>x:mod:<modality>
+//	                         zsets of study UIDs scored by StudyDate
+//	<sh>x:name               zset (all scores 0) of "<NAME KEY>\x00<study>" for
+//	                         ZRANGEBYLEX prefix search on upper-cased patient names
+//	<sh>x:ph:<code>          zset of study UIDs scored by StudyDate, one per Soundex code of
+//	                         a patient-name word (gateway.NamePhoneticKeys), for fuzzy matching
+//	<sh>x:np:<hex prefix>    zset of study UIDs scored by StudyDate, one per 1-, 2- and 3-byte
+//	                         prefix of the whole name groups (gateway.NameGroupKeys): a
+//	                         name-prefix search without fuzzy matching walks it newest first,
+//	                         as far as its page needs, instead of ordering every match
+//	<sh>x:npok               set when every study of the shard has its np entries (the shard
+//	                         was empty when they were introduced); without it name searches use x:name
+//	<sh>x:phok               set when every study is in its x:ph zsets (likewise); without it
+//	                         a fuzzy name search walks x:date and the engine compares codes
+//
+// and outside the shards: {idx}:lock:<sop> (single server) or lock:{<sop>}
+// (cluster), the lease token; on a cluster also l:{<sop>}, the study UID an
+// instance is indexed under, because GetInstance and DeleteInstance are
+// asked by SOP Instance UID alone and the instance's keys live in its
+// study's shard. The locator is written before the instance and deleted
+// after it, so a locator may point at nothing (a write that failed half
+// way) but an indexed instance always has one.
+//
+// A search over every study (by date, patient, name, modality...) reads the
+// same search set in every shard in one pipeline (go-redis sends each
+// master its part concurrently) and merges the shards' newest-first walks,
+// so the order and paging are those of one set.
 //
 // The summaries hold their attributes in the compact form, so that a page of
 // 100 studies decodes without encoding/json; hashes written before it hold
 // attrs (DICOM JSON) instead, which searches still read and the next write
 // of the study replaces.
 //
-// Every write is one Lua script, so records, summaries and secondary indexes
-// change together, and a script re-run by go-redis after a lost reply is a
-// no-op: put recognises its own record, replace rewrites the same state.
+// Every write is one Lua script on one shard, so records, summaries and
+// secondary indexes change together, and a script re-run by go-redis after
+// a lost reply is a no-op: put recognises its own record, replace rewrites
+// the same state. A script touches only keys declared in KEYS (Redis Cluster
+// requires it, and it keeps a script on one slot). Which secondary-index
+// keys a write touches depends on what is stored (the study's previous
+// patient ID, modalities...), so Go declares the keys the new record needs,
+// the script first works out every key it would touch and, when one is not
+// declared, changes nothing and returns the missing ones; Go declares them
+// and runs it again (usually never, at most a few times under concurrent
+// rewrites of one study).
 type Index struct {
-	rdb    goredis.UniversalClient
-	prefix string
-	npok   atomic.Bool // x:npok seen
-	phok   atomic.Bool // x:phok seen
+	rdb     goredis.UniversalClient
+	base    string      // the client prefix
+	shards  []string    // key prefix of each shard: base + "{tag}:"
+	cluster bool        // shards spread over a cluster: instances have locators
+	npok    atomic.Bool // x:npok seen
+	phok    atomic.Bool // x:phok seen
 }
 
 var _ gateway.Index = (*Index)(nil)
 
-// NewIndex returns the index stored under c's key prefix.
+// ClusterShards is the number of shards of the index on a Redis Cluster.
+// More shards than masters, so that adding masters (and moving slots to
+// them) spreads the index further without rewriting it; few enough that a
+// search over every study, which reads every shard, stays cheap. Changing
+// it moves studies between shards: an index written with another count is
+// rebuilt with gateway reindex.
+const ClusterShards = 64
+
+// NewIndex returns the index stored under c's key prefix: one shard on a
+// single server, ClusterShards on a cluster.
 func NewIndex(c *Client) *Index {
-	return &Index{rdb: c.Redis(), prefix: c.Key("{idx}:")}
+	if c.Cluster() {
+		return newShardedIndex(c, ClusterShards)
+	}
+	return &Index{rdb: c.Redis(), base: c.Key(""), shards: []string{c.Key("{idx}:")}}
 }
 
-func (x *Index) key(parts ...string) string { return x.prefix + strings.Join(parts, ":") }
+// NewShardedIndex returns the cluster layout with n shards on whatever c
+// talks to (tests run it on a single server too).
+func NewShardedIndex(c *Client, n int) *Index { return newShardedIndex(c, n) }
 
-// writeScript puts or replaces one instance. ARGV: prefix, mode ("put" or
-// "replace"), sop, study, series, rec, modality, sop class, study attrs,
-// series attrs (both compact), date, patient id, accession, name keys joined
-// by \1, name prefixes (namePrefixes) joined by \1, metadata order entry,
-// prepared metadata (gateway.PrepareMetadata), name Soundex codes joined by
-// \1.
-// Returns {1} when written, {0, existing rec} when put found a record.
+func newShardedIndex(c *Client, n int) *Index {
+	x := &Index{rdb: c.Redis(), base: c.Key(""), cluster: true}
+	for _, tag := range shardTags(n) {
+		x.shards = append(x.shards, c.Key("{"+tag+"}:"))
+	}
+	// The sharded layout is newer than the np and ph zsets: every study in
+	// it was written with them.
+	x.npok.Store(true)
+	x.phok.Store(true)
+	return x
+}
+
+// shardTags returns n hash tags whose Redis Cluster slots fall one in each
+// n-th of the slot space, so that masters owning equal slot ranges (what
+// redis-cli --cluster create and rebalance produce) hold equal numbers of
+// shards.
+func shardTags(n int) []string {
+	tags := make([]string, n)
+	found := 0
+	for j := 0; found < n; j++ {
+		tag := "x" + strconv.Itoa(j)
+		b := int(clusterSlot(tag)) * n / clusterSlots
+		if tags[b] == "" {
+			tags[b] = tag
+			found++
+		}
+	}
+	return tags
+}
+
+const clusterSlots = 16384
+
+// clusterSlot is Redis Cluster's key slot of a hash tag: CRC16 (XMODEM)
+// modulo 16384.
+func clusterSlot(tag string) uint16 {
+	var crc uint16
+	for i := 0; i < len(tag); i++ {
+		crc ^= uint16(tag[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc % clusterSlots
+}
+
+// shardOf returns the shard of a study: FNV-1a of its UID.
+func (x *Index) shardOf(studyUID string) int {
+	if len(x.shards) == 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(studyUID))
+	return int(h.Sum32() % uint32(len(x.shards)))
+}
+
+// skey returns the key of parts in shard sh.
+func (x *Index) skey(sh int, parts ...string) string {
+	return x.shards[sh] + strings.Join(parts, ":")
+}
+
+// studyKey returns the key of parts in the shard of studyUID.
+func (x *Index) studyKey(studyUID string, parts ...string) string {
+	return x.skey(x.shardOf(studyUID), parts...)
+}
+
+// instanceKey returns the record hash of sop indexed under studyUID.
+func (x *Index) instanceKey(studyUID, sop string) string { return x.studyKey(studyUID, "i", sop) }
+
+// lockKey returns the lease key of sop: in the {idx} slot on a single
+// server (where earlier versions put it, so replicas of both agree), in its
+// own slot on a cluster.
+func (x *Index) lockKey(sop string) string {
+	if x.cluster {
+		return x.base + "lock:{" + sop + "}"
+	}
+	return x.shards[0] + "lock:" + sop
+}
+
+// locatorKey returns the key holding the study UID sop is indexed under
+// (cluster layout only).
+func (x *Index) locatorKey(sop string) string { return x.base + "l:{" + sop + "}" }
+
+// locate returns the study sop is indexed under, "" when unknown.
+func (x *Index) locate(ctx context.Context, sop string) (string, error) {
+	if !x.cluster {
+		return "", nil
+	}
+	st, err := x.rdb.Get(ctx, x.locatorKey(sop)).Result()
+	if errors.Is(err, goredis.Nil) {
+		return "", nil
+	}
+	return st, translate(err)
+}
+
+// luaDeclaredKeys is the start of every index script: the keys it may touch
+// are KEYS; need(name) reports whether the key of name under the shard
+// prefix P is one of them and otherwise records it as missing, so the
+// script can plan every key before changing anything and return the missing
+// ones instead of touching an undeclared key.
+const luaDeclaredKeys = `
+local declared, missing, missingSeen = {}, {}, {}
+for _, k in ipairs(KEYS) do declared[k] = true end
+local function need(name)
+  local k = P .. name
+  if declared[k] then return true end
+  if not missingSeen[k] then missingSeen[k] = true; missing[#missing + 1] = k end
+  return false
+end
+local function split(s)
+  local t = {}
+  for part in string.gmatch(s or '', '[^\1]+') do t[#t + 1] = part end
+  return t
+end
+
+-- planStudy needs the secondary-index keys study's summary is listed under,
+-- with its modalities' zsets when mods is true.
+local function planStudy(study, mods)
+  if not need('s:' .. study) then return end
+  local sk = P .. 's:' .. study
+  local v = redis.call('HMGET', sk, 'pid', 'acc', 'np', 'ph')
+  if v[1] and v[1] ~= '' then need('x:pid:' .. v[1]) end
+  if v[2] and v[2] ~= '' then need('x:acc:' .. v[2]) end
+  for _, n in ipairs(split(v[3])) do need('x:np:' .. n) end
+  for _, c in ipairs(split(v[4])) do need('x:ph:' .. c) end
+  if mods then
+    for _, f in ipairs(redis.call('HKEYS', sk)) do
+      if string.sub(f, 1, 2) == 'm:' then need('x:mod:' .. string.sub(f, 3)) end
+    end
+  end
+end
+
+-- planRemove needs the keys remove() touches.
+local function planRemove()
+  local v = redis.call('HMGET', ik, 'st', 'se', 'mod')
+  local ost, ose, omod = v[1], v[2], v[3]
+  need('s:' .. ost); need('ss:' .. ost); need('e:' .. ost .. ':' .. ose); need('ei:' .. ost .. ':' .. ose)
+  need('x:date'); need('x:name')
+  if omod and omod ~= '' then need('x:mod:' .. omod) end
+  if #missing > 0 then return end
+  local n = tonumber(redis.call('HGET', P .. 's:' .. ost, 'n') or '0')
+  planStudy(ost, n <= 1)
+end
+`
+
+// writeScript puts or replaces one instance. KEYS: the keys it may touch,
+// KEYS[1] the instance hash (see writeKeys). ARGV: shard prefix, mode
+// ("put" or "replace"), sop, study, series, rec, modality, sop class, study
+// attrs, series attrs (both compact), date, patient id, accession, name
+// keys joined by \1, name prefixes (namePrefixes) joined by \1, metadata
+// order entry, prepared metadata (gateway.PrepareMetadata), name Soundex
+// codes joined by \1.
+// Returns {1} when written, {0, existing rec} when put found a record, {2,
+// missing keys...} when it needs keys not declared (nothing changed).
 var writeScript = goredis.NewScript(`
 local P, mode, sop, st, se, rec = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local mod, cls, sattrs, eattrs, d, pid, acc, names = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
 local np, ord, md, ph = ARGV[15], ARGV[16], ARGV[17], ARGV[18]
-local ik = P .. 'i:' .. sop
-
-` + luaIndexFunctions + `
-if redis.call('EXISTS', ik) == 1 then
-  local old = redis.call('HGET', ik, 'rec')
-  if mode == 'put' then
-    if old == rec then return {1} end
-    return {0, old}
-  end
+local ik = KEYS[1]
+` + luaDeclaredKeys + luaIndexFunctions + `
+local old = redis.call('HGET', ik, 'rec')
+if old then
   if old == rec then return {1} end
-  remove()
+  if mode == 'put' then return {0, old} end
 end
 
-redis.call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls, 'ord', ord, 'md', md)
+-- Plan: every key this write touches must be declared.
 local sk, ek = P .. 's:' .. st, P .. 'e:' .. st .. ':' .. se
+for _, name in ipairs({'s:' .. st, 'e:' .. st .. ':' .. se, 'ei:' .. st .. ':' .. se, 'ss:' .. st, 'x:date', 'x:npok', 'x:phok', 'x:name'}) do need(name) end
+if pid ~= '' then need('x:pid:' .. pid) end
+if acc ~= '' then need('x:acc:' .. acc) end
+for _, n in ipairs(split(np)) do need('x:np:' .. n) end
+for _, c in ipairs(split(ph)) do need('x:ph:' .. c) end
+if mod ~= '' then need('x:mod:' .. mod) end
+if old then planRemove() end
+if #missing == 0 then
+  local od = redis.call('HGET', sk, 'd')
+  planStudy(st, od and od ~= d)
+end
+if #missing > 0 then
+  table.insert(missing, 1, 2)
+  return missing
+end
+
+if old then remove() end
+redis.call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls, 'ord', ord, 'md', md)
 redis.call('SADD', P .. 'ei:' .. st .. ':' .. se, sop)
 local newSeries = redis.call('SADD', P .. 'ss:' .. st, se) == 1
 redis.call('HSET', ek, 'ca', eattrs)
 redis.call('HDEL', ek, 'attrs')
 redis.call('HINCRBY', ek, 'n', 1)
 
+local od = redis.call('HGET', sk, 'd')
 unindex(sk, st)
 if redis.call('EXISTS', P .. 'x:date') == 0 then
   redis.call('SET', P .. 'x:npok', '1')
@@ -126,23 +331,22 @@ if acc ~= '' then redis.call('ZADD', P .. 'x:acc:' .. acc, score, st) end
 for _, n in ipairs(split(names)) do redis.call('ZADD', P .. 'x:name', 0, n .. '\0' .. st) end
 for _, n in ipairs(split(np)) do redis.call('ZADD', P .. 'x:np:' .. n, score, st) end
 for _, c in ipairs(split(ph)) do redis.call('ZADD', P .. 'x:ph:' .. c, score, st) end
-for _, f in ipairs(redis.call('HKEYS', sk)) do
-  if string.sub(f, 1, 2) == 'm:' then redis.call('ZADD', P .. 'x:mod:' .. string.sub(f, 3), score, st) end
+if mod ~= '' then redis.call('ZADD', P .. 'x:mod:' .. mod, score, st) end
+if od and od ~= d then
+  -- The study's date changed: its other modalities' zsets are rescored.
+  for _, f in ipairs(redis.call('HKEYS', sk)) do
+    if string.sub(f, 1, 2) == 'm:' then redis.call('ZADD', P .. 'x:mod:' .. string.sub(f, 3), score, st) end
+  end
 end
 return {1}
 `)
 
 // luaIndexFunctions are the Lua functions writeScript and deleteScript
 // share, so that replacing and deleting an instance undo its index entries
-// the same way. They use the calling script's P (key prefix), ik (instance
-// key) and sop.
+// the same way. They use the calling script's P (shard prefix), ik
+// (instance key) and sop, and touch only keys planRemove and planStudy
+// needed.
 const luaIndexFunctions = `
-local function split(s)
-  local t = {}
-  for part in string.gmatch(s or '', '[^\1]+') do t[#t + 1] = part end
-  return t
-end
-
 -- unindex removes study st from the secondary indexes it is listed under.
 local function unindex(sk, study)
   local v = redis.call('HMGET', sk, 'pid', 'acc', 'names', 'np', 'ph')
@@ -172,7 +376,8 @@ local function remove()
     for _, f in ipairs(fields) do
       if string.sub(f, 1, 2) == 'm:' then redis.call('ZREM', P .. 'x:mod:' .. string.sub(f, 3), ost) end
     end
-    redis.call('DEL', sk, P .. 'ss:' .. ost)
+    redis.call('DEL', sk)
+    redis.call('DEL', P .. 'ss:' .. ost)
     return
   end
   if seriesGone then redis.call('HINCRBY', sk, 'ns', -1) end
@@ -186,16 +391,66 @@ local function remove()
 end
 `
 
-// deleteScript removes one instance. ARGV: prefix, sop. Returns 0 when the
-// instance does not exist.
+// deleteScript removes one instance. KEYS: the keys it may touch, KEYS[1]
+// the instance hash. ARGV: shard prefix, sop. Returns 0 when the instance
+// does not exist, 1 when deleted, {2, missing keys...} like writeScript.
 var deleteScript = goredis.NewScript(`
 local P, sop = ARGV[1], ARGV[2]
-local ik = P .. 'i:' .. sop
-` + luaIndexFunctions + `
+local ik = KEYS[1]
+` + luaDeclaredKeys + luaIndexFunctions + `
 if redis.call('EXISTS', ik) == 0 then return 0 end
+planRemove()
+if #missing > 0 then
+  table.insert(missing, 1, 2)
+  return missing
+end
 remove()
 return 1
 `)
+
+// unlocateScript deletes a locator only if it still names the study the
+// instance was deleted from.
+var unlocateScript = goredis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// maxKeyPlans bounds the runs of a script that keeps finding keys it needs
+// (each run declares what the previous found missing; only concurrent
+// rewrites of the same study make it need more than two).
+const maxKeyPlans = 8
+
+// runPlanned runs an index script, declaring the keys it reports missing
+// until it runs with every key it needs.
+func (x *Index) runPlanned(ctx context.Context, script *goredis.Script, keys []string, args ...any) (any, error) {
+	for range maxKeyPlans {
+		res, err := script.Run(ctx, x.rdb, keys, args...).Result()
+		if err != nil {
+			return nil, translate(err)
+		}
+		missing, ok := plannedMissing(res)
+		if !ok {
+			return res, nil
+		}
+		keys = append(keys, missing...)
+	}
+	return nil, fmt.Errorf("redis index: the keys of an index write kept changing: %w", gateway.ErrUnavailable)
+}
+
+// plannedMissing returns the keys of a script's {2, keys...} answer.
+func plannedMissing(res any) ([]string, bool) {
+	a, ok := res.([]any)
+	if !ok || len(a) == 0 || a[0] != int64(2) {
+		return nil, false
+	}
+	keys := make([]string, 0, len(a)-1)
+	for _, k := range a[1:] {
+		if s, ok := k.(string); ok {
+			keys = append(keys, s)
+		}
+	}
+	return keys, true
+}
 
 // unlockScript deletes a lease only if it still holds the caller's token.
 var unlockScript = goredis.NewScript(`
@@ -214,7 +469,7 @@ return 0
 // ours (a lease that expired and was taken by another is left alone).
 func (x *Index) Lock(ctx context.Context, sopInstanceUID string, ttl time.Duration) (func(), error) {
 	token := lease.Token()
-	key := x.key("lock", sopInstanceUID)
+	key := x.lockKey(sopInstanceUID)
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -276,47 +531,115 @@ func (x *Index) ReplaceInstance(ctx context.Context, rec *gateway.InstanceRecord
 	return err
 }
 
+// write runs writeScript for rec. On a cluster the instance's locator is
+// consulted first: an instance indexed under another study (so perhaps
+// another shard) is found there (put) or deleted from there (replace), and
+// the locator is set before the instance is written.
 func (x *Index) write(ctx context.Context, mode string, rec *gateway.InstanceRecord) ([]any, error) {
-	args, err := x.writeArgs(mode, rec)
+	keys, args, err := x.writeArgs(mode, rec)
 	if err != nil {
 		return nil, err
 	}
-	res, err := writeScript.Run(ctx, x.rdb, nil, args...).Slice()
-	if err != nil {
-		return nil, translate(err)
+	if x.cluster {
+		if res, done, err := x.relocate(ctx, mode, rec); err != nil || done {
+			return res, err
+		}
 	}
-	return res, nil
+	res, err := x.runPlanned(ctx, writeScript, keys, args...)
+	if err != nil {
+		return nil, err
+	}
+	a, ok := res.([]any)
+	if !ok {
+		return nil, fmt.Errorf("redis index: write answered %T: %w", res, gateway.ErrUnavailable)
+	}
+	return a, nil
 }
 
-// writeArgs validates rec and builds writeScript's ARGV.
-func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) ([]any, error) {
+// relocate prepares a cluster write of rec: when the instance is indexed
+// under another study, put answers with that record (done) and replace
+// deletes it; then the locator names rec's study.
+func (x *Index) relocate(ctx context.Context, mode string, rec *gateway.InstanceRecord) (res []any, done bool, err error) {
+	sop := rec.SOPInstanceUID
+	st, err := x.locate(ctx, sop)
+	if err != nil {
+		return nil, false, err
+	}
+	if st != "" && st != rec.StudyInstanceUID {
+		old, err := x.rdb.HGet(ctx, x.instanceKey(st, sop), "rec").Result()
+		switch {
+		case errors.Is(err, goredis.Nil):
+			// A locator left by a write that failed half way.
+		case err != nil:
+			return nil, false, translate(err)
+		case mode == "put":
+			return []any{int64(0), old}, true, nil
+		default:
+			if err := x.deleteFrom(ctx, st, sop); err != nil && !errors.Is(err, gateway.ErrNotFound) {
+				return nil, false, err
+			}
+		}
+	}
+	if st != rec.StudyInstanceUID {
+		if err := x.rdb.Set(ctx, x.locatorKey(sop), rec.StudyInstanceUID, 0).Err(); err != nil {
+			return nil, false, translate(err)
+		}
+	}
+	return nil, false, nil
+}
+
+// writeArgs validates rec and builds writeScript's KEYS (those the new
+// record needs; the script asks for any other) and ARGV.
+func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) (keys []string, args []any, err error) {
 	for _, uid := range []string{rec.StudyInstanceUID, rec.SeriesInstanceUID, rec.SOPInstanceUID} {
 		if err := gateway.ValidateUID(uid); err != nil {
-			return nil, fmt.Errorf("index record: %w", err)
+			return nil, nil, fmt.Errorf("index record: %w", err)
 		}
 	}
 	data, err := recordcodec.Encode(rec)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	sattrs, err := recordcodec.AppendCompact(nil, gateway.StudyAttrs(rec.Metadata))
 	if err != nil {
-		return nil, fmt.Errorf("encode study attributes: %w", err)
+		return nil, nil, fmt.Errorf("encode study attributes: %w", err)
 	}
 	eattrs, err := recordcodec.AppendCompact(nil, gateway.SeriesAttrs(rec.Metadata))
 	if err != nil {
-		return nil, fmt.Errorf("encode series attributes: %w", err)
+		return nil, nil, fmt.Errorf("encode series attributes: %w", err)
 	}
 	md := rec.Metadata
 	names := gateway.NameKeys(md, dicomcodec.TagPatientName)
+	prefixes := namePrefixes(gateway.NameGroupKeys(md, dicomcodec.TagPatientName))
+	codes := gateway.NamePhoneticKeys(md, dicomcodec.TagPatientName)
+	pid, acc, mod := indexValue(md.String(dicomcodec.TagPatientID)), indexValue(md.String(dicomcodec.TagAccessionNumber)), indexValue(rec.Modality())
+	st, se := rec.StudyInstanceUID, rec.SeriesInstanceUID
+	sh := x.shardOf(st)
+	keys = []string{
+		x.skey(sh, "i", rec.SOPInstanceUID), x.skey(sh, "s", st), x.skey(sh, "e", st, se), x.skey(sh, "ei", st, se),
+		x.skey(sh, "ss", st), x.skey(sh, "x", "date"), x.skey(sh, "x", "npok"), x.skey(sh, "x", "phok"), x.skey(sh, "x", "name"),
+	}
+	if pid != "" {
+		keys = append(keys, x.skey(sh, "x", "pid", pid))
+	}
+	if acc != "" {
+		keys = append(keys, x.skey(sh, "x", "acc", acc))
+	}
+	if mod != "" {
+		keys = append(keys, x.skey(sh, "x", "mod", mod))
+	}
+	for _, p := range prefixes {
+		keys = append(keys, x.skey(sh, "x", "np", p))
+	}
+	for _, c := range codes {
+		keys = append(keys, x.skey(sh, "x", "ph", c))
+	}
 	order, prepared := gateway.PrepareMetadata(rec)
-	return []any{
-		x.prefix, mode, rec.SOPInstanceUID, rec.StudyInstanceUID, rec.SeriesInstanceUID, data,
-		indexValue(rec.Modality()), indexValue(rec.SOPClassUID), sattrs, eattrs,
-		strconv.FormatInt(gateway.StudyDateKey(md), 10), indexValue(md.String(dicomcodec.TagPatientID)),
-		indexValue(md.String(dicomcodec.TagAccessionNumber)), strings.Join(names, "\x01"),
-		strings.Join(namePrefixes(gateway.NameGroupKeys(md, dicomcodec.TagPatientName)), "\x01"),
-		order, prepared, strings.Join(gateway.NamePhoneticKeys(md, dicomcodec.TagPatientName), "\x01"),
+	return keys, []any{
+		x.shards[sh], mode, rec.SOPInstanceUID, st, se, data,
+		mod, indexValue(rec.SOPClassUID), sattrs, eattrs,
+		strconv.FormatInt(gateway.StudyDateKey(md), 10), pid, acc, strings.Join(names, "\x01"),
+		strings.Join(prefixes, "\x01"), order, prepared, strings.Join(codes, "\x01"),
 	}, nil
 }
 
@@ -341,20 +664,39 @@ func namePrefixes(names []string) []string {
 // benchmarks): each is PutInstance, records already indexed are left as
 // they are.
 func (x *Index) PutInstances(ctx context.Context, recs []*gateway.InstanceRecord) error {
+	if x.cluster {
+		// The locators first, so that a put never races its own locator; an
+		// instance with a locator to another study takes PutInstance's path.
+		for _, rec := range recs {
+			if _, _, err := x.PutInstance(ctx, rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	if err := writeScript.Load(ctx, x.rdb).Err(); err != nil {
 		return translate(err)
 	}
 	for chunk := range slices.Chunk(recs, 500) {
 		pipe := x.rdb.Pipeline()
-		for _, rec := range chunk {
-			args, err := x.writeArgs("put", rec)
+		cmds := make([]*goredis.Cmd, len(chunk))
+		for i, rec := range chunk {
+			keys, args, err := x.writeArgs("put", rec)
 			if err != nil {
 				return err
 			}
-			writeScript.EvalSha(ctx, pipe, nil, args...)
+			cmds[i] = writeScript.EvalSha(ctx, pipe, keys, args...)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			return translate(err)
+		}
+		for i, c := range cmds {
+			if _, ok := plannedMissing(c.Val()); ok {
+				// Needed keys of the study's earlier values: run it alone.
+				if _, _, err := x.PutInstance(ctx, chunk[i]); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	return nil
@@ -384,7 +726,14 @@ func decodeRecord(v any) (*gateway.InstanceRecord, error) {
 
 // GetInstance returns the record of sopInstanceUID or ErrNotFound.
 func (x *Index) GetInstance(ctx context.Context, sopInstanceUID string) (*gateway.InstanceRecord, error) {
-	s, err := x.rdb.HGet(ctx, x.key("i", sopInstanceUID), "rec").Result()
+	st, err := x.locate(ctx, sopInstanceUID)
+	if err != nil {
+		return nil, err
+	}
+	if x.cluster && st == "" {
+		return nil, fmt.Errorf("instance %s: %w", sopInstanceUID, gateway.ErrNotFound)
+	}
+	s, err := x.rdb.HGet(ctx, x.instanceKey(st, sopInstanceUID), "rec").Result()
 	if err != nil {
 		if errors.Is(err, goredis.Nil) {
 			return nil, fmt.Errorf("instance %s: %w", sopInstanceUID, gateway.ErrNotFound)
@@ -394,14 +743,45 @@ func (x *Index) GetInstance(ctx context.Context, sopInstanceUID string) (*gatewa
 	return decodeRecord(s)
 }
 
+// getInstance returns the record of sop in study studyUID or ErrNotFound.
+func (x *Index) getInstance(ctx context.Context, studyUID, sop string) (*gateway.InstanceRecord, error) {
+	s, err := x.rdb.HGet(ctx, x.instanceKey(studyUID, sop), "rec").Result()
+	if err != nil {
+		if errors.Is(err, goredis.Nil) {
+			return nil, fmt.Errorf("instance %s: %w", sop, gateway.ErrNotFound)
+		}
+		return nil, translate(err)
+	}
+	return decodeRecord(s)
+}
+
 // DeleteInstance removes the record of sopInstanceUID or returns ErrNotFound.
 func (x *Index) DeleteInstance(ctx context.Context, sopInstanceUID string) error {
-	n, err := deleteScript.Run(ctx, x.rdb, nil, x.prefix, sopInstanceUID).Int()
+	st, err := x.locate(ctx, sopInstanceUID)
 	if err != nil {
-		return translate(err)
+		return err
 	}
-	if n == 0 {
+	if x.cluster && st == "" {
 		return fmt.Errorf("instance %s: %w", sopInstanceUID, gateway.ErrNotFound)
+	}
+	return x.deleteFrom(ctx, st, sopInstanceUID)
+}
+
+// deleteFrom deletes sop from the shard of study st (any study on a single
+// server), then its locator if it still names st.
+func (x *Index) deleteFrom(ctx context.Context, st, sop string) error {
+	sh := x.shardOf(st)
+	res, err := x.runPlanned(ctx, deleteScript, []string{x.skey(sh, "i", sop)}, x.shards[sh], sop)
+	if err != nil {
+		return err
+	}
+	if x.cluster {
+		if err := unlocateScript.Run(ctx, x.rdb, []string{x.locatorKey(sop)}, st).Err(); err != nil {
+			return translate(err)
+		}
+	}
+	if res == int64(0) {
+		return fmt.Errorf("instance %s: %w", sop, gateway.ErrNotFound)
 	}
 	return nil
 }
@@ -424,14 +804,14 @@ func (x *Index) ListInstances(ctx context.Context, studyUID, seriesUID string) (
 func (x *Index) members(ctx context.Context, studyUID, seriesUID string) (sops, series []string, err error) {
 	seriesUIDs := []string{seriesUID}
 	if seriesUID == "" {
-		if seriesUIDs, err = x.rdb.SMembers(ctx, x.key("ss", studyUID)).Result(); err != nil {
+		if seriesUIDs, err = x.rdb.SMembers(ctx, x.studyKey(studyUID, "ss", studyUID)).Result(); err != nil {
 			return nil, nil, translate(err)
 		}
 	}
 	pipe := x.rdb.Pipeline()
 	cmds := make([]*goredis.StringSliceCmd, len(seriesUIDs))
 	for i, se := range seriesUIDs {
-		cmds[i] = pipe.SMembers(ctx, x.key("ei", studyUID, se))
+		cmds[i] = pipe.SMembers(ctx, x.studyKey(studyUID, "ei", studyUID, se))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, nil, translate(err)
@@ -457,7 +837,7 @@ func (x *Index) MetadataEntries(ctx context.Context, studyUID, seriesUID string)
 	pipe := x.rdb.Pipeline()
 	cmds := make([]*goredis.SliceCmd, len(sops))
 	for i, sop := range sops {
-		cmds[i] = pipe.HMGet(ctx, x.key("i", sop), "ord", "se")
+		cmds[i] = pipe.HMGet(ctx, x.instanceKey(studyUID, sop), "ord", "se")
 	}
 	if len(sops) > 0 {
 		if _, err := pipe.Exec(ctx); err != nil {
@@ -472,7 +852,7 @@ func (x *Index) MetadataEntries(ctx context.Context, studyUID, seriesUID string)
 		}
 		order, _ := v[0].(string)
 		if order == "" {
-			rec, err := x.GetInstance(ctx, sops[i])
+			rec, err := x.getInstance(ctx, studyUID, sops[i])
 			if errors.Is(err, gateway.ErrNotFound) {
 				continue
 			}
@@ -503,7 +883,7 @@ func (x *Index) ReadMetadata(ctx context.Context, entries []gateway.MetadataEntr
 		pipe := x.rdb.Pipeline()
 		cmds := make([]*goredis.StringCmd, len(batch))
 		for i, e := range batch {
-			cmds[i] = pipe.HGet(ctx, x.key("i", e.SOPInstanceUID), "md")
+			cmds[i] = pipe.HGet(ctx, x.instanceKey(e.StudyInstanceUID, e.SOPInstanceUID), "md")
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
 			return translate(err)
@@ -511,7 +891,7 @@ func (x *Index) ReadMetadata(ctx context.Context, entries []gateway.MetadataEntr
 		for i, e := range batch {
 			prepared, err := cmds[i].Bytes()
 			if errors.Is(err, goredis.Nil) {
-				rec, err := x.GetInstance(ctx, e.SOPInstanceUID)
+				rec, err := x.getInstance(ctx, e.StudyInstanceUID, e.SOPInstanceUID)
 				if errors.Is(err, gateway.ErrNotFound) {
 					continue // deleted since it was listed
 				}
@@ -539,7 +919,7 @@ func (x *Index) instances(ctx context.Context, studyUID, seriesUID string) ([]*g
 	pipe := x.rdb.Pipeline()
 	gets := make([]*goredis.StringCmd, len(sops))
 	for i, sop := range sops {
-		gets[i] = pipe.HGet(ctx, x.key("i", sop), "rec")
+		gets[i] = pipe.HGet(ctx, x.instanceKey(studyUID, sop), "rec")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
 		return nil, translate(err)
@@ -575,12 +955,13 @@ type searchSource struct{ x *Index }
 
 // namePrefixIndexed reports whether every study is listed in the x:np zsets
 // (x:npok); an index written before they existed searches names with
-// x:name. A true answer is remembered: the flag is never removed.
+// x:name. A true answer is remembered: the flag is never removed. (Only the
+// single-server layout can predate them.)
 func (x *Index) namePrefixIndexed(ctx context.Context) bool {
 	if x.npok.Load() {
 		return true
 	}
-	n, err := x.rdb.Exists(ctx, x.key("x", "npok")).Result()
+	n, err := x.rdb.Exists(ctx, x.skey(0, "x", "npok")).Result()
 	if err == nil && n == 1 {
 		x.npok.Store(true)
 	}
@@ -593,11 +974,37 @@ func (x *Index) phoneticIndexed(ctx context.Context) bool {
 	if x.phok.Load() {
 		return true
 	}
-	n, err := x.rdb.Exists(ctx, x.key("x", "phok")).Result()
+	n, err := x.rdb.Exists(ctx, x.skey(0, "x", "phok")).Result()
 	if err == nil && n == 1 {
 		x.phok.Store(true)
 	}
 	return n == 1
+}
+
+// everyShard returns the key of parts in each shard.
+func (x *Index) everyShard(parts ...string) []string {
+	keys := make([]string, len(x.shards))
+	for sh := range x.shards {
+		keys[sh] = x.skey(sh, parts...)
+	}
+	return keys
+}
+
+// tmpKeys returns a fresh temporary key name in each shard.
+func (x *Index) tmpKeys() []string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return x.everyShard("tmp", hex.EncodeToString(b[:]))
+}
+
+// dropKeys deletes keys one command each (they are in different slots on a
+// cluster), in one pipeline, whatever ctx's state.
+func (x *Index) dropKeys(ctx context.Context, keys []string) {
+	pipe := x.rdb.Pipeline()
+	for _, k := range keys {
+		pipe.Del(context.WithoutCancel(ctx), k)
+	}
+	_, _ = pipe.Exec(context.WithoutCancel(ctx))
 }
 
 func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func([]*gateway.StudySummary) (bool, error)) error {
@@ -606,19 +1013,19 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 	case h.StudyUIDs != nil:
 		return s.unordered(ctx, h.StudyUIDs, h, fn)
 	case h.PatientID != "":
-		return s.ordered(ctx, x.key("x", "pid", indexValue(h.PatientID)), h, fn)
+		return s.ordered(ctx, x.everyShard("x", "pid", indexValue(h.PatientID)), h, fn)
 	case h.AccessionNumber != "":
-		return s.ordered(ctx, x.key("x", "acc", indexValue(h.AccessionNumber)), h, fn)
+		return s.ordered(ctx, x.everyShard("x", "acc", indexValue(h.AccessionNumber)), h, fn)
 	case h.NamePrefix != "" && !h.NameWord && x.namePrefixIndexed(ctx):
 		// Every study with a name group starting with NamePrefix is in the
 		// zset of its first bytes; the engine matches the rest. Fuzzy
 		// matching (a prefix of any word) uses x:name below.
 		p := h.NamePrefix[:min(len(h.NamePrefix), namePrefixLen)]
-		return s.ordered(ctx, x.key("x", "np", hex.EncodeToString([]byte(p))), h, fn)
+		return s.ordered(ctx, x.everyShard("x", "np", hex.EncodeToString([]byte(p))), h, fn)
 	case h.NamePhonetic != "" && !x.phoneticIndexed(ctx):
 		// Studies indexed before the x:ph zsets existed are in none: walk
 		// every study, the engine compares codes.
-		return s.ordered(ctx, x.key("x", "date"), h, fn)
+		return s.ordered(ctx, x.everyShard("x", "date"), h, fn)
 	case h.NamePhonetic != "":
 		return s.fuzzyName(ctx, h, fn)
 	case h.NamePrefix != "":
@@ -628,93 +1035,110 @@ func (s searchSource) Studies(ctx context.Context, h gateway.IndexHints, fn func
 		if err != nil {
 			return err
 		}
-		return s.unordered(ctx, uids, h, fn)
+		return s.unordered(ctx, slices.Concat(uids...), h, fn)
 	case len(h.Modalities) == 1:
-		return s.ordered(ctx, x.key("x", "mod", indexValue(h.Modalities[0])), h, fn)
+		return s.ordered(ctx, x.everyShard("x", "mod", indexValue(h.Modalities[0])), h, fn)
 	case len(h.Modalities) > 1:
-		var b [8]byte
-		_, _ = rand.Read(b[:])
-		tmp := x.key("tmp", hex.EncodeToString(b[:]))
-		keys := make([]string, len(h.Modalities))
-		for i, m := range h.Modalities {
-			keys[i] = x.key("x", "mod", indexValue(m))
+		tmp := x.tmpKeys()
+		pipe := x.rdb.Pipeline() // not MULTI: the shards are in different slots
+		for sh, t := range tmp {
+			keys := make([]string, len(h.Modalities))
+			for i, m := range h.Modalities {
+				keys[i] = x.skey(sh, "x", "mod", indexValue(m))
+			}
+			pipe.ZUnionStore(ctx, t, &goredis.ZStore{Keys: keys, Aggregate: "MAX"})
+			pipe.Expire(ctx, t, time.Minute)
 		}
-		pipe := x.rdb.TxPipeline()
-		pipe.ZUnionStore(ctx, tmp, &goredis.ZStore{Keys: keys, Aggregate: "MAX"})
-		pipe.Expire(ctx, tmp, time.Minute)
 		if _, err := pipe.Exec(ctx); err != nil {
 			return translate(err)
 		}
-		defer x.rdb.Del(context.WithoutCancel(ctx), tmp)
+		defer x.dropKeys(ctx, tmp)
 		return s.ordered(ctx, tmp, h, fn)
 	}
-	return s.ordered(ctx, x.key("x", "date"), h, fn)
+	return s.ordered(ctx, x.everyShard("x", "date"), h, fn)
 }
 
 // nameWordPrefix returns the studies with a patient-name key (a whole group
-// or a word) starting with prefix, from x:name, in no order.
-func (s searchSource) nameWordPrefix(ctx context.Context, prefix string) ([]string, error) {
-	members, err := s.x.rdb.ZRangeByLex(ctx, s.x.key("x", "name"), &goredis.ZRangeBy{
-		Min: "[" + prefix, Max: "[" + prefix + "\xff",
-	}).Result()
-	if err != nil {
+// or a word) starting with prefix, from each shard's x:name, in no order:
+// one slice per shard.
+func (s searchSource) nameWordPrefix(ctx context.Context, prefix string) ([][]string, error) {
+	pipe := s.x.rdb.Pipeline()
+	cmds := make([]*goredis.StringSliceCmd, len(s.x.shards))
+	for sh := range s.x.shards {
+		cmds[sh] = pipe.ZRangeByLex(ctx, s.x.skey(sh, "x", "name"), &goredis.ZRangeBy{
+			Min: "[" + prefix, Max: "[" + prefix + "\xff",
+		})
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, translate(err)
 	}
-	seen := make(map[string]bool, len(members))
-	uids := make([]string, 0, len(members))
-	for _, m := range members {
-		_, uid, ok := strings.Cut(m, "\x00")
-		if ok && !seen[uid] {
-			seen[uid] = true
-			uids = append(uids, uid)
+	out := make([][]string, len(cmds))
+	for sh, c := range cmds {
+		members := c.Val()
+		seen := make(map[string]bool, len(members))
+		for _, m := range members {
+			_, uid, ok := strings.Cut(m, "\x00")
+			if ok && !seen[uid] {
+				seen[uid] = true
+				out[sh] = append(out[sh], uid)
+			}
 		}
 	}
-	return uids, nil
+	return out, nil
 }
 
 // fuzzyName walks the studies whose first name word matches the fuzzy
 // query's first word: by Soundex code (the x:ph zset, already in date
-// order) or by prefix (x:name, usually few for a whole word). The prefix
-// matches are scored by date (ZINTERSTORE with x:date) and merged with the
-// code's zset in a temporary zset, walked newest first as far as the page
-// needs, so a common code costs no more than its page.
+// order) or by prefix (x:name, usually few for a whole word). In each shard
+// the prefix matches are scored by date (ZINTERSTORE with x:date) and merged
+// with the code's zset in a temporary zset, walked newest first as far as
+// the page needs, so a common code costs no more than its page.
 func (s searchSource) fuzzyName(ctx context.Context, h gateway.IndexHints, fn func([]*gateway.StudySummary) (bool, error)) error {
 	x := s.x
-	code := x.key("x", "ph", h.NamePhonetic)
+	codes := x.everyShard("x", "ph", h.NamePhonetic)
 	uids, err := s.nameWordPrefix(ctx, h.NamePrefix)
 	if err != nil {
 		return err
 	}
-	if len(uids) == 0 {
-		return s.ordered(ctx, code, h, fn)
-	}
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	tmp := x.key("tmp", hex.EncodeToString(b[:]))
-	set, dated := tmp+":set", tmp+":dated"
-	pipe := x.rdb.TxPipeline()
-	for chunk := range slices.Chunk(uids, 1000) {
-		members := make([]any, len(chunk))
-		for i, u := range chunk {
-			members[i] = u
+	tmp := x.tmpKeys()
+	walk := slices.Clone(codes)
+	var made []string
+	pipe := x.rdb.Pipeline() // not MULTI: the shards are in different slots
+	for sh, shardUIDs := range uids {
+		if len(shardUIDs) == 0 {
+			continue
 		}
-		pipe.SAdd(ctx, set, members...)
+		set, dated := tmp[sh]+":set", tmp[sh]+":dated"
+		for chunk := range slices.Chunk(shardUIDs, 1000) {
+			members := make([]any, len(chunk))
+			for i, u := range chunk {
+				members[i] = u
+			}
+			pipe.SAdd(ctx, set, members...)
+		}
+		pipe.ZInterStore(ctx, dated, &goredis.ZStore{Keys: []string{x.skey(sh, "x", "date"), set}, Weights: []float64{1, 0}})
+		pipe.ZUnionStore(ctx, tmp[sh], &goredis.ZStore{Keys: []string{codes[sh], dated}, Aggregate: "MAX"})
+		pipe.Del(ctx, set)
+		pipe.Del(ctx, dated)
+		pipe.Expire(ctx, tmp[sh], time.Minute)
+		walk[sh] = tmp[sh]
+		made = append(made, tmp[sh])
 	}
-	pipe.ZInterStore(ctx, dated, &goredis.ZStore{Keys: []string{x.key("x", "date"), set}, Weights: []float64{1, 0}})
-	pipe.ZUnionStore(ctx, tmp, &goredis.ZStore{Keys: []string{code, dated}, Aggregate: "MAX"})
-	pipe.Del(ctx, set, dated)
-	pipe.Expire(ctx, tmp, time.Minute)
+	if len(made) == 0 {
+		return s.ordered(ctx, codes, h, fn)
+	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return translate(err)
 	}
-	defer x.rdb.Del(context.WithoutCancel(ctx), tmp)
-	return s.ordered(ctx, tmp, h, fn)
+	defer x.dropKeys(ctx, made)
+	return s.ordered(ctx, walk, h, fn)
 }
 
-// ordered walks a zset of study UIDs scored by StudyDate, newest first (ties
-// by UID descending, as gateway.CompareStudies), in growing batches.
-func (s searchSource) ordered(ctx context.Context, key string, h gateway.IndexHints, fn func([]*gateway.StudySummary) (bool, error)) error {
-	by := &goredis.ZRangeBy{Max: "+inf", Min: "-inf"}
+// ordered walks zsets of study UIDs scored by StudyDate (the same search
+// set, one per shard) newest first (ties by UID descending, as
+// gateway.CompareStudies), in growing batches.
+func (s searchSource) ordered(ctx context.Context, keys []string, h gateway.IndexHints, fn func([]*gateway.StudySummary) (bool, error)) error {
+	by := goredis.ZRangeBy{Max: "+inf", Min: "-inf"}
 	if h.DateHigh > 0 {
 		by.Max = strconv.FormatInt(h.DateHigh, 10)
 	}
@@ -725,9 +1149,12 @@ func (s searchSource) ordered(ctx context.Context, key string, h gateway.IndexHi
 	if h.Want > 0 {
 		count = int64(min(max(h.Want, 16), 1024))
 	}
+	if len(keys) > 1 {
+		return s.merged(ctx, keys, by, count, fn)
+	}
 	for {
 		by.Count = count
-		uids, err := s.x.rdb.ZRevRangeByScore(ctx, key, by).Result()
+		uids, err := s.x.rdb.ZRevRangeByScore(ctx, keys[0], &by).Result()
 		if err != nil {
 			return translate(err)
 		}
@@ -749,9 +1176,114 @@ func (s searchSource) ordered(ctx context.Context, key string, h gateway.IndexHi
 	}
 }
 
+// shardCursor is one shard's place in a merged walk: the members read and
+// not yet handed on, and where its next read starts.
+type shardCursor struct {
+	key    string
+	buf    []goredis.Z
+	offset int64
+	count  int64
+	done   bool
+}
+
+// merged walks the shards' zsets as one: it reads the next members of every
+// shard whose read members are used up (one pipeline, which go-redis splits
+// by master and sends concurrently), then hands on members in
+// gateway.CompareStudies order as long as every shard not yet exhausted
+// still has a read member to compare, so no shard's later member can come
+// before one handed on. Batches grow like the single walk's.
+func (s searchSource) merged(ctx context.Context, keys []string, by goredis.ZRangeBy, count int64, fn func([]*gateway.StudySummary) (bool, error)) error {
+	per := max(8, 2*count/int64(len(keys)))
+	cursors := make([]*shardCursor, len(keys))
+	for i, k := range keys {
+		cursors[i] = &shardCursor{key: k, count: per}
+	}
+	for {
+		pipe := s.x.rdb.Pipeline()
+		cmds := make([]*goredis.ZSliceCmd, len(cursors))
+		reads := 0
+		for i, c := range cursors {
+			if len(c.buf) == 0 && !c.done {
+				r := by
+				r.Offset, r.Count = c.offset, c.count
+				cmds[i] = pipe.ZRevRangeByScoreWithScores(ctx, c.key, &r)
+				reads++
+			}
+		}
+		if reads > 0 {
+			if _, err := pipe.Exec(ctx); err != nil {
+				return translate(err)
+			}
+		}
+		for i, cmd := range cmds {
+			if cmd == nil {
+				continue
+			}
+			c := cursors[i]
+			c.buf = cmd.Val()
+			c.offset += int64(len(c.buf))
+			c.done = int64(len(c.buf)) < c.count
+			c.count = min(c.count*2, 1024)
+		}
+		var batch []string
+		for int64(len(batch)) < count {
+			best, blocked := -1, false
+			for i, c := range cursors {
+				if len(c.buf) == 0 {
+					if !c.done {
+						blocked = true
+						break
+					}
+					continue
+				}
+				if best < 0 || newerMember(c.buf[0], cursors[best].buf[0]) {
+					best = i
+				}
+			}
+			if blocked || best < 0 {
+				break
+			}
+			batch = append(batch, cursors[best].buf[0].Member.(string))
+			cursors[best].buf = cursors[best].buf[1:]
+		}
+		if len(batch) > 0 {
+			studies, err := s.x.studies(ctx, batch)
+			if err != nil {
+				return err
+			}
+			if len(studies) > 0 {
+				more, err := fn(studies)
+				if err != nil || !more {
+					return err
+				}
+			}
+			count = min(count*2, 1024)
+		}
+		finished := true
+		for _, c := range cursors {
+			if len(c.buf) > 0 || !c.done {
+				finished = false
+			}
+		}
+		if finished {
+			return nil
+		}
+	}
+}
+
+// newerMember reports whether a comes before b in a newest-first walk:
+// higher score, then higher UID (ZREVRANGEBYSCORE's order within a zset).
+func newerMember(a, b goredis.Z) bool {
+	if a.Score != b.Score {
+		return a.Score > b.Score
+	}
+	return a.Member.(string) > b.Member.(string)
+}
+
 // unordered sorts uids into gateway.CompareStudies order by their date
-// scores (one pipeline of ZMSCOREs of 1,000, no summary decoded), then fetches the
-// summaries batch by batch, only as far as the search reads.
+// scores (one pipeline of ZMSCOREs of 1,000 on each study's shard, no
+// summary decoded), then fetches the summaries batch by batch, only as far
+// as the search reads.
 func (s searchSource) unordered(ctx context.Context, uids []string, h gateway.IndexHints, fn func([]*gateway.StudySummary) (bool, error)) error {
 	type cand struct {
 		uid  string
@@ -759,17 +1291,26 @@ func (s searchSource) unordered(ctx context.Context, uids []string, h gateway.In
 	}
 	cands := make([]cand, 0, len(uids))
 	if len(uids) > 0 {
+		byShard := make([][]string, len(s.x.shards))
+		for _, uid := range uids {
+			sh := s.x.shardOf(uid)
+			byShard[sh] = append(byShard[sh], uid)
+		}
 		pipe := s.x.rdb.Pipeline()
 		var cmds []*goredis.FloatSliceCmd
-		for chunk := range slices.Chunk(uids, 1000) {
-			cmds = append(cmds, pipe.ZMScore(ctx, s.x.key("x", "date"), chunk...))
+		var asked [][]string
+		for sh, shardUIDs := range byShard {
+			for chunk := range slices.Chunk(shardUIDs, 1000) {
+				cmds = append(cmds, pipe.ZMScore(ctx, s.x.skey(sh, "x", "date"), chunk...))
+				asked = append(asked, chunk)
+			}
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			return translate(err)
 		}
 		for i, c := range cmds {
 			scores := c.Val()
-			for j, uid := range uids[i*1000 : min((i+1)*1000, len(uids))] {
+			for j, uid := range asked[i] {
 				if j < len(scores) {
 					cands = append(cands, cand{uid, scores[j]})
 				}
@@ -818,7 +1359,7 @@ func (x *Index) studies(ctx context.Context, uids []string) ([]*gateway.StudySum
 	pipe := x.rdb.Pipeline()
 	cmds := make([]*goredis.MapStringStringCmd, len(uids))
 	for i, uid := range uids {
-		cmds[i] = pipe.HGetAll(ctx, x.key("s", uid))
+		cmds[i] = pipe.HGetAll(ctx, x.studyKey(uid, "s", uid))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, translate(err)
@@ -871,14 +1412,14 @@ func decodeAttrs(h map[string]string) (dicomcodec.Dataset, error) {
 
 func (s searchSource) Series(ctx context.Context, studyUID string) ([]*gateway.SeriesSummary, error) {
 	x := s.x
-	series, err := x.rdb.SMembers(ctx, x.key("ss", studyUID)).Result()
+	series, err := x.rdb.SMembers(ctx, x.studyKey(studyUID, "ss", studyUID)).Result()
 	if err != nil {
 		return nil, translate(err)
 	}
 	pipe := x.rdb.Pipeline()
 	cmds := make([]*goredis.MapStringStringCmd, len(series))
 	for i, se := range series {
-		cmds[i] = pipe.HGetAll(ctx, x.key("e", studyUID, se))
+		cmds[i] = pipe.HGetAll(ctx, x.studyKey(studyUID, "e", studyUID, se))
 	}
 	if len(series) > 0 {
 		if _, err := pipe.Exec(ctx); err != nil {

@@ -39,25 +39,69 @@ func RedisURL(t testing.TB) string {
 	return ""
 }
 
+// RedisClusterURL returns the seed URL of the 3-master Redis Cluster started
+// by make test (GATEWAY_TEST_REDIS_CLUSTER_URL, several addresses as
+// redis://h1:p1?addr=h2:p2&addr=h3:p3). A missing cluster fails the test;
+// it skips only when GATEWAY_TEST_SKIP contains "redis-cluster" and CI is
+// not "true".
+func RedisClusterURL(t testing.TB) string {
+	t.Helper()
+	if u := os.Getenv("GATEWAY_TEST_REDIS_CLUSTER_URL"); u != "" {
+		return u
+	}
+	if skipAllowed("redis-cluster") {
+		t.Skip("redis cluster skipped by GATEWAY_TEST_SKIP")
+	}
+	t.Fatal("GATEWAY_TEST_REDIS_CLUSTER_URL is unset: run make test, which starts a Redis Cluster")
+	return ""
+}
+
+// RedisServers returns the Redis deployments every Redis suite runs
+// against, by name: the single server and the cluster.
+func RedisServers(t testing.TB) map[string]string {
+	t.Helper()
+	return map[string]string{"single": RedisURL(t), "cluster": RedisClusterURL(t)}
+}
+
 // RedisPrefix returns a key prefix unique to this test, and deletes every key
-// under it when the test ends.
+// under it in the single Redis when the test ends.
 func RedisPrefix(t testing.TB) string {
 	t.Helper()
+	return RedisPrefixIn(t, RedisURL(t))
+}
+
+// RedisPrefixIn is RedisPrefix for the Redis at url, a single server or a
+// cluster (a URL with addr parameters), whose every master is scanned.
+func RedisPrefixIn(t testing.TB, url string) string {
+	t.Helper()
 	prefix := "test:" + RandomName() + ":"
-	url := RedisURL(t)
 	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		deleteKeys := func(ctx context.Context, rdb *goredis.Client) error {
+			iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+			for iter.Next(ctx) {
+				rdb.Del(ctx, iter.Val())
+			}
+			return nil
+		}
+		if strings.Contains(url, "addr=") {
+			opts, err := goredis.ParseClusterURL(url)
+			if err != nil {
+				return
+			}
+			rdb := goredis.NewClusterClient(opts)
+			defer rdb.Close()
+			_ = rdb.ForEachMaster(ctx, deleteKeys)
+			return
+		}
 		opts, err := goredis.ParseURL(url)
 		if err != nil {
 			return
 		}
 		rdb := goredis.NewClient(opts)
 		defer rdb.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			rdb.Del(ctx, iter.Val())
-		}
+		_ = deleteKeys(ctx, rdb)
 	})
 	return prefix
 }

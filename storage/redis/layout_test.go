@@ -1,0 +1,6 @@
+package redis
+
+// key returns the key of parts in the single-server layout's one shard,
+// where indexes written by earlier versions live (the legacy tests write
+// their old forms there).
+func (x *Index) key(parts ...string) string { return x.skey(0, parts...) }
