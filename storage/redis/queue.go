@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -129,23 +130,20 @@ redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
 return 1
 `)
 
-// KEYS: d:urgent, q:urgent, d:normal, q:normal. ARGV: nowMs, transfer key prefix.
+// queuePromoteScript moves one transfer whose time has come from its
+// delayed set to its stream (the ids are read first, so that the script
+// declares the transfer's hash among its keys). KEYS: t, delayed, stream.
+// ARGV: id, nowMs. Returns 1 when promoted.
 var queuePromoteScript = goredis.NewScript(`
-local n = 0
-for i = 0, 1 do
-  local dz, st = KEYS[1 + 2*i], KEYS[2 + 2*i]
-  local ids = redis.call('ZRANGEBYSCORE', dz, '-inf', ARGV[1], 'LIMIT', 0, 100)
-  for _, id in ipairs(ids) do
-    redis.call('ZREM', dz, id)
-    local tk = ARGV[2] .. id
-    if redis.call('HGET', tk, 'state') == 'queued' and redis.call('HGET', tk, 'entry') == '' then
-      local e = redis.call('XADD', st, '*', 'id', id)
-      redis.call('HSET', tk, 'entry', e)
-      n = n + 1
-    end
-  end
+local sc = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not sc or tonumber(sc) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('HGET', KEYS[1], 'state') == 'queued' and redis.call('HGET', KEYS[1], 'entry') == '' then
+  local e = redis.call('XADD', KEYS[3], '*', 'id', ARGV[1])
+  redis.call('HSET', KEYS[1], 'entry', e)
+  return 1
 end
-return n
+return 0
 `)
 
 // KEYS: t, stream. ARGV: group, entry. Acknowledges and deletes an entry
@@ -467,11 +465,27 @@ func boolInt(b bool) int {
 	return 0
 }
 
+// promote moves up to 100 transfers per priority whose time has come from
+// the delayed sets to the streams, one script each.
 func (q *Queue) promote(ctx context.Context) error {
-	err := queuePromoteScript.Run(ctx, q.rdb,
-		[]string{q.delayed(gateway.PriorityUrgent), q.stream(gateway.PriorityUrgent), q.delayed(gateway.PriorityNormal), q.stream(gateway.PriorityNormal)},
-		ms(q.opts.Now()), q.prefix+"t:").Err()
-	return translate(err)
+	now := ms(q.opts.Now())
+	prios := []gateway.Priority{gateway.PriorityUrgent, gateway.PriorityNormal}
+	pipe := q.rdb.Pipeline()
+	due := make([]*goredis.StringSliceCmd, len(prios))
+	for i, p := range prios {
+		due[i] = pipe.ZRangeByScore(ctx, q.delayed(p), &goredis.ZRangeBy{Min: "-inf", Max: strconv.FormatInt(now, 10), Count: 100})
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return translate(err)
+	}
+	for i, p := range prios {
+		for _, id := range due[i].Val() {
+			if err := queuePromoteScript.Run(ctx, q.rdb, []string{q.tkey(id), q.delayed(p), q.stream(p)}, id, now).Err(); err != nil {
+				return translate(err)
+			}
+		}
+	}
+	return nil
 }
 
 func (q *Queue) claimNow(ctx context.Context, consumer string) (*gateway.Lease, error) {
