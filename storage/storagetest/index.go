@@ -329,6 +329,34 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 	})
 	TestMetadataReader(t, newIndex)
 	testStudyLookups(t, newIndex)
+	t.Run("ReplaceRewritesSearchValues", func(t *testing.T) {
+		// A study with two modalities whose patient ID, date and one
+		// modality change: every search set follows (in Redis the write
+		// touches sets of the old values it only learns from what is stored).
+		x, ctx := newIndex(t), t.Context()
+		attrs := func(pid, date, mod string) map[string]any {
+			return map[string]any{dicomcodec.TagPatientID: pid, dicomcodec.TagStudyDate: date, dicomcodec.TagModality: mod}
+		}
+		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", attrs("P1", "20200101", "CT")))
+		mustPut(t, x, Record("1.2.3", "1.2.3.2", "1.2.3.2.1", attrs("P1", "20200101", "SR")))
+		if err := x.ReplaceInstance(ctx, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", attrs("P2", "20210101", "MR"))); err != nil {
+			t.Fatal(err)
+		}
+		for raw, want := range map[string]int{
+			"PatientID=P1": 0, "PatientID=P2": 1,
+			"ModalitiesInStudy=SR&StudyDate=20210101": 1, "ModalitiesInStudy=SR&StudyDate=20200101": 0,
+			"ModalitiesInStudy=MR&StudyDate=20210101": 1, "ModalitiesInStudy=CT": 0,
+			"StudyDate=20210101": 1, "StudyDate=20200101": 0,
+		} {
+			res, err := x.Search(ctx, parseQuery(t, gateway.LevelStudy, "", "", raw))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Items) != want {
+				t.Errorf("%s: %d studies, want %d", raw, len(res.Items), want)
+			}
+		}
+	})
 	t.Run("Queries", func(t *testing.T) { TestIndexQueries(t, newIndex) })
 }
 
