@@ -664,35 +664,37 @@ func namePrefixes(names []string) []string {
 // benchmarks): each is PutInstance, records already indexed are left as
 // they are.
 func (x *Index) PutInstances(ctx context.Context, recs []*gateway.InstanceRecord) error {
-	if x.cluster {
-		// The locators first, so that a put never races its own locator; an
-		// instance with a locator to another study takes PutInstance's path.
-		for _, rec := range recs {
-			if _, _, err := x.PutInstance(ctx, rec); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
 	if err := writeScript.Load(ctx, x.rdb).Err(); err != nil {
 		return translate(err)
 	}
 	for chunk := range slices.Chunk(recs, 500) {
+		alone, err := x.locateBatch(ctx, chunk)
+		if err != nil {
+			return err
+		}
 		pipe := x.rdb.Pipeline()
 		cmds := make([]*goredis.Cmd, len(chunk))
 		for i, rec := range chunk {
+			if alone[i] {
+				continue
+			}
 			keys, args, err := x.writeArgs("put", rec)
 			if err != nil {
 				return err
 			}
 			cmds[i] = writeScript.EvalSha(ctx, pipe, keys, args...)
 		}
-		if _, err := pipe.Exec(ctx); err != nil {
+		if _, err := pipe.Exec(ctx); err != nil && !goredis.HasErrorPrefix(err, "NOSCRIPT") {
 			return translate(err)
 		}
 		for i, c := range cmds {
-			if _, ok := plannedMissing(c.Val()); ok {
-				// Needed keys of the study's earlier values: run it alone.
+			if c != nil {
+				_, missing := plannedMissing(c.Val())
+				// Needed keys of the study's earlier values, or a master
+				// that lost its script cache (restarted, failed over).
+				alone[i] = missing || c.Err() != nil
+			}
+			if alone[i] {
 				if _, _, err := x.PutInstance(ctx, chunk[i]); err != nil {
 					return err
 				}
@@ -700,6 +702,41 @@ func (x *Index) PutInstances(ctx context.Context, recs []*gateway.InstanceRecord
 		}
 	}
 	return nil
+}
+
+// locateBatch sets the locators of a batch of puts on a cluster and reports
+// which records must take PutInstance's path alone: those whose instance is
+// indexed under another study.
+func (x *Index) locateBatch(ctx context.Context, recs []*gateway.InstanceRecord) ([]bool, error) {
+	alone := make([]bool, len(recs))
+	if !x.cluster {
+		return alone, nil
+	}
+	pipe := x.rdb.Pipeline()
+	gets := make([]*goredis.StringCmd, len(recs))
+	for i, rec := range recs {
+		if err := gateway.ValidateUID(rec.SOPInstanceUID); err != nil {
+			return nil, fmt.Errorf("index record: %w", err)
+		}
+		gets[i] = pipe.Get(ctx, x.locatorKey(rec.SOPInstanceUID))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+		return nil, translate(err)
+	}
+	pipe = x.rdb.Pipeline()
+	for i, rec := range recs {
+		switch st := gets[i].Val(); st {
+		case rec.StudyInstanceUID:
+		case "":
+			pipe.Set(ctx, x.locatorKey(rec.SOPInstanceUID), rec.StudyInstanceUID, 0)
+		default:
+			alone[i] = true
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, translate(err)
+	}
+	return alone, nil
 }
 
 // indexValue makes a value safe inside a key and a Lua \1-joined list.

@@ -1,6 +1,8 @@
 package redis_test
 
 import (
+	"fmt"
+	"net/url"
 	"testing"
 
 	"github.com/dicom-gateway/gateway/gateway"
@@ -57,4 +59,53 @@ func BenchmarkQIDO(b *testing.B) {
 		x = redis.NewIndex(c)
 	}
 	storagetest.BenchIndexQueries(b, x)
+}
+
+// TestPutInstancesBulk: the bulk put of reindex, on both deployments,
+// leaves indexed instances as they are (also one indexed under another
+// study, which on a cluster lives in another shard) and indexes the rest so
+// that they are found by SOP Instance UID and by a search over every study.
+func TestPutInstancesBulk(t *testing.T) {
+	for name, addr := range storagetest.RedisServers(t) {
+		t.Run(name, func(t *testing.T) {
+			x, ctx := redis.NewIndex(openClient(t, addr)), t.Context()
+			first := storagetest.Record("1.2.9", "1.2.9.1", "1.2.9.1.1", nil)
+			if _, _, err := x.PutInstance(ctx, first); err != nil {
+				t.Fatal(err)
+			}
+			var recs []*gateway.InstanceRecord
+			for i := range 40 {
+				study := fmt.Sprintf("1.2.%d", 100+i)
+				recs = append(recs, storagetest.Record(study, study+".1", study+".1.1", nil), storagetest.Record(study, study+".1", study+".1.2", nil))
+			}
+			moved := storagetest.Record("1.2.8", "1.2.8.1", "1.2.9.1.1", nil) // already indexed under 1.2.9
+			recs = append(recs, moved)
+			if err := x.PutInstances(ctx, recs); err != nil {
+				t.Fatal(err)
+			}
+			for _, rec := range recs {
+				got, err := x.GetInstance(ctx, rec.SOPInstanceUID)
+				if err != nil {
+					t.Fatalf("GetInstance(%s): %v", rec.SOPInstanceUID, err)
+				}
+				if rec != moved && got.StudyInstanceUID != rec.StudyInstanceUID {
+					t.Errorf("%s in study %s, want %s", rec.SOPInstanceUID, got.StudyInstanceUID, rec.StudyInstanceUID)
+				}
+			}
+			if got, err := x.GetInstance(ctx, "1.2.9.1.1"); err != nil || got.StudyInstanceUID != "1.2.9" {
+				t.Errorf("instance indexed before the bulk put: %v, %v; want it left in study 1.2.9", got, err)
+			}
+			q, err := gateway.ParseQuery(gateway.LevelStudy, "", "", url.Values{"limit": {"1000"}}, gateway.QueryLimits{Default: 100, Max: 1000})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := x.Search(ctx, q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Items) != 41 {
+				t.Errorf("search over every study: %d studies, want 41", len(res.Items))
+			}
+		})
+	}
 }
