@@ -39,15 +39,22 @@ func searchAll(t *testing.T, addr string, queries []string) map[string]any {
 }
 
 // TestReindexRebuildsTheSameIndex stores studies, throws the index away,
-// runs gateway reindex, and checks that QIDO answers exactly as before.
+// runs gateway reindex, and checks that QIDO answers exactly as before. On
+// Redis: a single server, a cluster, and the migration from a single
+// server's layout to a cluster's (the index rebuilt on the cluster from
+// object storage answers as the single server did).
 func TestReindexRebuildsTheSameIndex(t *testing.T) {
-	for _, backend := range []string{"embedded", "redis+s3"} {
+	for _, backend := range []string{"embedded", "redis+s3", "rediscluster+s3", "redis+s3 to rediscluster"} {
 		t.Run(backend, func(t *testing.T) {
 			cfg := testConfig(t)
 			args := []string{"--data-dir", cfg.DataDir}
-			if backend == "redis+s3" {
+			if backend != "embedded" {
 				s := storagetest.MinIO(t)
-				cfg.RedisURL, cfg.RedisPrefix = storagetest.RedisURL(t), storagetest.RedisPrefix(t)
+				cfg.RedisURL = storagetest.RedisURL(t)
+				if backend == "rediscluster+s3" {
+					cfg.RedisURL = storagetest.RedisClusterURL(t)
+				}
+				cfg.RedisPrefix = storagetest.RedisPrefixIn(t, cfg.RedisURL)
 				cfg.S3Endpoint, cfg.S3AccessKey, cfg.S3SecretKey, cfg.S3Bucket = s.Endpoint, s.AccessKey, gateway.Secret(s.SecretKey), s.Bucket(t)
 			}
 			m := NewMain(cfg, newLogger(io.Discard, "error"))
@@ -86,7 +93,10 @@ func TestReindexRebuildsTheSameIndex(t *testing.T) {
 					t.Fatal(err)
 				}
 			} else {
-				cfg.RedisPrefix = storagetest.RedisPrefix(t)
+				if backend == "redis+s3 to rediscluster" {
+					cfg.RedisURL = storagetest.RedisClusterURL(t)
+				}
+				cfg.RedisPrefix = storagetest.RedisPrefixIn(t, cfg.RedisURL)
 				args = []string{"--redis-url", cfg.RedisURL, "--redis-prefix", cfg.RedisPrefix,
 					"--s3-endpoint", cfg.S3Endpoint, "--s3-bucket", cfg.S3Bucket,
 					"--s3-access-key", cfg.S3AccessKey, "--s3-secret-key", cfg.S3SecretKey.Reveal()}
