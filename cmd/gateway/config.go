@@ -119,7 +119,7 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.Var(secretFlag{&cfg.S3SecretKey}, "s3-secret-key", "S3 secret key")
 	fs.StringVar(&cfg.S3Region, "s3-region", "", "S3 region")
 	fs.BoolVar(&cfg.S3TLS, "s3-tls", false, "use HTTPS to the S3 endpoint")
-	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis state when set, e.g. redis://127.0.0.1:6379/0")
+	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis state when set, e.g. redis://127.0.0.1:6379/0; a Redis Cluster as redis://h1:p1?addr=h2:p2&addr=h3:p3")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", "gw:", "prefix of every Redis key this gateway writes")
 	fs.StringVar(&cfg.Name, "name", "gateway", "this centre's name, used in audit and transfers")
 	fs.StringVar(&cfg.ConfigPath, "config", "", "YAML file: peers, routing rules, tokens/roles, TLS")
