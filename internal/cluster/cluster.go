@@ -206,8 +206,11 @@ func poll(ctx context.Context, p *Proc, timeout time.Duration, check func() erro
 type Redis struct {
 	Dir  string
 	Port int
-	mu   sync.Mutex
-	proc *Proc
+	// ClusterEnabled starts it as a Redis Cluster node (nodes.conf in Dir,
+	// node timeout 2 s), to be joined by StartRedisCluster.
+	ClusterEnabled bool
+	mu             sync.Mutex
+	proc           *Proc
 }
 
 // StartRedis starts redis-server on 127.0.0.1:port (0: a free port) with
@@ -232,11 +235,14 @@ func (r *Redis) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p, err := start("redis-server", filepath.Join(r.Dir, "redis.stdout"), nil, bin,
-		"--bind", "127.0.0.1", "--port", strconv.Itoa(r.Port), "--dir", r.Dir,
+	args := []string{"--bind", "127.0.0.1", "--port", strconv.Itoa(r.Port), "--dir", r.Dir,
 		"--save", "", "--appendonly", "yes", "--appendfsync", "always",
 		"--daemonize", "no", "--logfile", filepath.Join(r.Dir, "redis.log"),
-		"--protected-mode", "no")
+		"--protected-mode", "no"}
+	if r.ClusterEnabled {
+		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000")
+	}
+	p, err := start("redis-server", filepath.Join(r.Dir, "redis.stdout"), nil, bin, args...)
 	if err != nil {
 		return err
 	}
@@ -251,16 +257,7 @@ func (r *Redis) Start(ctx context.Context) error {
 }
 
 func (r *Redis) ping() error {
-	c, err := net.DialTimeout("tcp", r.Addr(), time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := io.WriteString(c, "PING\r\n"); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
+	line, err := r.command("PING")
 	if err != nil {
 		return err
 	}
@@ -268,6 +265,139 @@ func (r *Redis) ping() error {
 		return fmt.Errorf("PING: %s", strings.TrimSpace(line))
 	}
 	return nil
+}
+
+// command sends one inline command and returns the first line of the
+// answer, or the whole bulk string of a bulk answer.
+func (r *Redis) command(cmd string) (string, error) {
+	c, err := net.DialTimeout("tcp", r.Addr(), time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := io.WriteString(c, cmd+"\r\n"); err != nil {
+		return "", err
+	}
+	br := bufio.NewReader(c)
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "$") {
+		return line, err
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(line[1:]))
+	if err != nil || n < 0 {
+		return line, err
+	}
+	b := make([]byte, n)
+	_, err = io.ReadFull(br, b)
+	return string(b), err
+}
+
+// RedisCluster is a Redis Cluster of masters without replicas, each a
+// Redis with AOF (appendfsync always) in its own directory.
+type RedisCluster struct {
+	Masters []*Redis
+}
+
+// StartRedisCluster starts n cluster nodes with their data under dir,
+// joins them with redis-cli --cluster create (no replicas, slots split
+// evenly) and waits until every node says cluster_state:ok.
+func StartRedisCluster(ctx context.Context, dir string, n int) (*RedisCluster, error) {
+	rc := &RedisCluster{}
+	var addrs []string
+	for i := range n {
+		port, err := freeClusterPort()
+		if err != nil {
+			return nil, err
+		}
+		r := &Redis{Dir: filepath.Join(dir, strconv.Itoa(i)), Port: port, ClusterEnabled: true}
+		if err := os.MkdirAll(r.Dir, 0o755); err != nil {
+			return nil, err
+		}
+		if err := r.Start(ctx); err != nil {
+			rc.Kill()
+			return nil, err
+		}
+		rc.Masters = append(rc.Masters, r)
+		addrs = append(addrs, r.Addr())
+	}
+	cli, err := exec.LookPath("redis-cli")
+	if err != nil {
+		rc.Kill()
+		return nil, fmt.Errorf("redis-cli not on PATH (apt-get install redis-tools): %w", ErrToolMissing)
+	}
+	args := append([]string{"--cluster", "create"}, addrs...)
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {
+		rc.Kill()
+		return nil, fmt.Errorf("redis-cli --cluster create: %w\n%s", err, out)
+	}
+	if err := rc.WaitOK(ctx); err != nil {
+		rc.Kill()
+		return nil, err
+	}
+	return rc, nil
+}
+
+// freeClusterPort returns a port whose cluster bus port (port + 10000) was
+// free too a moment ago.
+func freeClusterPort() (int, error) {
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := 20000 + ln.Addr().(*net.TCPAddr).Port%20000
+		ln.Close()
+		a, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		b, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port+10000))
+		a.Close()
+		if err != nil {
+			continue
+		}
+		b.Close()
+		return port, nil
+	}
+	return 0, errors.New("no free port pair for a cluster node")
+}
+
+// WaitOK waits until every running node reports cluster_state:ok.
+func (rc *RedisCluster) WaitOK(ctx context.Context) error {
+	return poll(ctx, nil, 30*time.Second, func() error {
+		for _, r := range rc.Masters {
+			info, err := r.command("CLUSTER INFO")
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(info, "cluster_state:ok") {
+				return fmt.Errorf("%s: cluster not ok", r.Addr())
+			}
+		}
+		return nil
+	})
+}
+
+// URL is the --redis-url of the cluster: every master as a seed.
+func (rc *RedisCluster) URL() string {
+	u := "redis://" + rc.Masters[0].Addr()
+	for i, r := range rc.Masters[1:] {
+		sep := "&"
+		if i == 0 {
+			sep = "?"
+		}
+		u += sep + "addr=" + r.Addr()
+	}
+	return u
+}
+
+// Kill SIGKILLs every node.
+func (rc *RedisCluster) Kill() {
+	for _, r := range rc.Masters {
+		_ = r.Kill()
+	}
 }
 
 // Addr is host:port.
