@@ -109,3 +109,10 @@ func TestPutInstancesBulk(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkQIDOCluster is BenchmarkQIDO on the 3-master cluster (64 shards:
+// every search over all studies reads every shard and merges), to compare
+// with BenchmarkQIDO at the same GATEWAY_BENCH_STUDIES.
+func BenchmarkQIDOCluster(b *testing.B) {
+	storagetest.BenchIndexQueries(b, redis.NewIndex(openClient(b, storagetest.RedisClusterURL(b))))
+}
