@@ -62,7 +62,10 @@ import (
 // asked by SOP Instance UID alone and the instance's keys live in its
 // study's shard. The locator is written before the instance and deleted
 // after it, so a locator may point at nothing (a write that failed half
-// way) but an indexed instance always has one.
+// way) but an indexed instance always has one. Two puts of one SOP Instance
+// UID under two studies at the same moment would both be written (in two
+// shards); ingest and delete hold Lock on the SOP Instance UID, which
+// serialises them.
 //
 // A search over every study (by date, patient, name, modality...) reads the
 // same search set in every shard in one pipeline (go-redis sends each
