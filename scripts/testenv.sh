@@ -121,11 +121,11 @@ start_cluster() {
   done
   for p in "${ports[@]}"; do
     for _ in $(seq 500); do redis-cli -p "$p" ping 2>/dev/null | grep -q PONG && break; sleep 0.02; done
-    redis-cli -p "$p" ping 2>/dev/null | grep -q PONG || return 1
+    redis-cli -p "$p" ping 2>/dev/null | grep -q PONG || { log "cluster node on port $p did not start: $(tail -3 "$STATE/cluster/$p/redis.log" 2>/dev/null)"; return 1; }
   done
   redis-cli --cluster create "127.0.0.1:${ports[0]}" "127.0.0.1:${ports[1]}" "127.0.0.1:${ports[2]}" \
-    --cluster-replicas 0 --cluster-yes >"$STATE/cluster/create.log" 2>&1 || return 1
-  for _ in $(seq 500); do
+    --cluster-replicas 0 --cluster-yes >"$STATE/cluster/create.log" 2>&1 || { log "redis-cli --cluster create: $(tail -3 "$STATE/cluster/create.log")"; return 1; }
+  for _ in $(seq 1500); do
     if redis-cli -p "${ports[0]}" cluster info 2>/dev/null | grep -q '^cluster_state:ok' &&
        redis-cli -p "${ports[2]}" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; then
       GATEWAY_TEST_REDIS_CLUSTER_URL="redis://127.0.0.1:${ports[0]}?addr=127.0.0.1:${ports[1]}&addr=127.0.0.1:${ports[2]}"
@@ -133,6 +133,7 @@ start_cluster() {
     fi
     sleep 0.02
   done
+  log "cluster_state not ok: $(redis-cli -p "${ports[0]}" cluster info 2>&1 | head -3 | tr '\r\n' '  ')"
   return 1
 }
 GATEWAY_TEST_REDIS_CLUSTER_URL=
