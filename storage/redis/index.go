@@ -219,13 +219,23 @@ func (x *Index) locate(ctx context.Context, sop string) (string, error) {
 }
 
 // luaDeclaredKeys is the start of every index script: the keys it may touch
-// are KEYS; need(name) reports whether the key of name under the shard
+// are KEYS, and every command goes through call, which refuses any other;
+// need(name) reports whether the key of name under the shard
 // prefix P is one of them and otherwise records it as missing, so the
 // script can plan every key before changing anything and return the missing
 // ones instead of touching an undeclared key.
 const luaDeclaredKeys = `
 local declared, missing, missingSeen = {}, {}, {}
 for _, k in ipairs(KEYS) do declared[k] = true end
+-- call is redis.call for commands whose first argument is their only key;
+-- it refuses an undeclared key, so that a slip in the plan fails loudly
+-- (every suite runs through it) instead of touching a key Redis Cluster
+-- did not route.
+local rcall = redis.call
+local function call(cmd, key, ...)
+  if not declared[key] then error('index script: key not in KEYS: ' .. tostring(key)) end
+  return rcall(cmd, key, ...)
+end
 local function need(name)
   local k = P .. name
   if declared[k] then return true end
@@ -243,13 +253,13 @@ end
 local function planStudy(study, mods)
   if not need('s:' .. study) then return end
   local sk = P .. 's:' .. study
-  local v = redis.call('HMGET', sk, 'pid', 'acc', 'np', 'ph')
+  local v = call('HMGET', sk, 'pid', 'acc', 'np', 'ph')
   if v[1] and v[1] ~= '' then need('x:pid:' .. v[1]) end
   if v[2] and v[2] ~= '' then need('x:acc:' .. v[2]) end
   for _, n in ipairs(split(v[3])) do need('x:np:' .. n) end
   for _, c in ipairs(split(v[4])) do need('x:ph:' .. c) end
   if mods then
-    for _, f in ipairs(redis.call('HKEYS', sk)) do
+    for _, f in ipairs(call('HKEYS', sk)) do
       if string.sub(f, 1, 2) == 'm:' then need('x:mod:' .. string.sub(f, 3)) end
     end
   end
@@ -257,13 +267,13 @@ end
 
 -- planRemove needs the keys remove() touches.
 local function planRemove()
-  local v = redis.call('HMGET', ik, 'st', 'se', 'mod')
+  local v = call('HMGET', ik, 'st', 'se', 'mod')
   local ost, ose, omod = v[1], v[2], v[3]
   need('s:' .. ost); need('ss:' .. ost); need('e:' .. ost .. ':' .. ose); need('ei:' .. ost .. ':' .. ose)
   need('x:date'); need('x:name')
   if omod and omod ~= '' then need('x:mod:' .. omod) end
   if #missing > 0 then return end
-  local n = tonumber(redis.call('HGET', P .. 's:' .. ost, 'n') or '0')
+  local n = tonumber(call('HGET', P .. 's:' .. ost, 'n') or '0')
   planStudy(ost, n <= 1)
 end
 `
@@ -283,7 +293,7 @@ local mod, cls, sattrs, eattrs, d, pid, acc, names = ARGV[7], ARGV[8], ARGV[9], 
 local np, ord, md, ph = ARGV[15], ARGV[16], ARGV[17], ARGV[18]
 local ik = KEYS[1]
 ` + luaDeclaredKeys + luaIndexFunctions + `
-local old = redis.call('HGET', ik, 'rec')
+local old = call('HGET', ik, 'rec')
 if old then
   if old == rec then return {1} end
   if mode == 'put' then return {0, old} end
@@ -299,7 +309,7 @@ for _, c in ipairs(split(ph)) do need('x:ph:' .. c) end
 if mod ~= '' then need('x:mod:' .. mod) end
 if old then planRemove() end
 if #missing == 0 then
-  local od = redis.call('HGET', sk, 'd')
+  local od = call('HGET', sk, 'd')
   planStudy(st, od and od ~= d)
 end
 if #missing > 0 then
@@ -308,37 +318,37 @@ if #missing > 0 then
 end
 
 if old then remove() end
-redis.call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls, 'ord', ord, 'md', md)
-redis.call('SADD', P .. 'ei:' .. st .. ':' .. se, sop)
-local newSeries = redis.call('SADD', P .. 'ss:' .. st, se) == 1
-redis.call('HSET', ek, 'ca', eattrs)
-redis.call('HDEL', ek, 'attrs')
-redis.call('HINCRBY', ek, 'n', 1)
+call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls, 'ord', ord, 'md', md)
+call('SADD', P .. 'ei:' .. st .. ':' .. se, sop)
+local newSeries = call('SADD', P .. 'ss:' .. st, se) == 1
+call('HSET', ek, 'ca', eattrs)
+call('HDEL', ek, 'attrs')
+call('HINCRBY', ek, 'n', 1)
 
-local od = redis.call('HGET', sk, 'd')
+local od = call('HGET', sk, 'd')
 unindex(sk, st)
-if redis.call('EXISTS', P .. 'x:date') == 0 then
-  redis.call('SET', P .. 'x:npok', '1')
-  redis.call('SET', P .. 'x:phok', '1')
+if call('EXISTS', P .. 'x:date') == 0 then
+  call('SET', P .. 'x:npok', '1')
+  call('SET', P .. 'x:phok', '1')
 end
-redis.call('HSET', sk, 'ca', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names, 'np', np, 'ph', ph)
-redis.call('HDEL', sk, 'attrs')
-redis.call('HINCRBY', sk, 'n', 1)
-if newSeries then redis.call('HINCRBY', sk, 'ns', 1) else redis.call('HINCRBY', sk, 'ns', 0) end
-if mod ~= '' then redis.call('HINCRBY', sk, 'm:' .. mod, 1) end
-if cls ~= '' then redis.call('HINCRBY', sk, 'c:' .. cls, 1) end
+call('HSET', sk, 'ca', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names, 'np', np, 'ph', ph)
+call('HDEL', sk, 'attrs')
+call('HINCRBY', sk, 'n', 1)
+if newSeries then call('HINCRBY', sk, 'ns', 1) else call('HINCRBY', sk, 'ns', 0) end
+if mod ~= '' then call('HINCRBY', sk, 'm:' .. mod, 1) end
+if cls ~= '' then call('HINCRBY', sk, 'c:' .. cls, 1) end
 local score = tonumber(d)
-redis.call('ZADD', P .. 'x:date', score, st)
-if pid ~= '' then redis.call('ZADD', P .. 'x:pid:' .. pid, score, st) end
-if acc ~= '' then redis.call('ZADD', P .. 'x:acc:' .. acc, score, st) end
-for _, n in ipairs(split(names)) do redis.call('ZADD', P .. 'x:name', 0, n .. '\0' .. st) end
-for _, n in ipairs(split(np)) do redis.call('ZADD', P .. 'x:np:' .. n, score, st) end
-for _, c in ipairs(split(ph)) do redis.call('ZADD', P .. 'x:ph:' .. c, score, st) end
-if mod ~= '' then redis.call('ZADD', P .. 'x:mod:' .. mod, score, st) end
+call('ZADD', P .. 'x:date', score, st)
+if pid ~= '' then call('ZADD', P .. 'x:pid:' .. pid, score, st) end
+if acc ~= '' then call('ZADD', P .. 'x:acc:' .. acc, score, st) end
+for _, n in ipairs(split(names)) do call('ZADD', P .. 'x:name', 0, n .. '\0' .. st) end
+for _, n in ipairs(split(np)) do call('ZADD', P .. 'x:np:' .. n, score, st) end
+for _, c in ipairs(split(ph)) do call('ZADD', P .. 'x:ph:' .. c, score, st) end
+if mod ~= '' then call('ZADD', P .. 'x:mod:' .. mod, score, st) end
 if od and od ~= d then
   -- The study's date changed: its other modalities' zsets are rescored.
-  for _, f in ipairs(redis.call('HKEYS', sk)) do
-    if string.sub(f, 1, 2) == 'm:' then redis.call('ZADD', P .. 'x:mod:' .. string.sub(f, 3), score, st) end
+  for _, f in ipairs(call('HKEYS', sk)) do
+    if string.sub(f, 1, 2) == 'm:' then call('ZADD', P .. 'x:mod:' .. string.sub(f, 3), score, st) end
   end
 end
 return {1}
@@ -352,44 +362,44 @@ return {1}
 const luaIndexFunctions = `
 -- unindex removes study st from the secondary indexes it is listed under.
 local function unindex(sk, study)
-  local v = redis.call('HMGET', sk, 'pid', 'acc', 'names', 'np', 'ph')
-  if v[1] and v[1] ~= '' then redis.call('ZREM', P .. 'x:pid:' .. v[1], study) end
-  if v[2] and v[2] ~= '' then redis.call('ZREM', P .. 'x:acc:' .. v[2], study) end
-  for _, n in ipairs(split(v[3])) do redis.call('ZREM', P .. 'x:name', n .. '\0' .. study) end
-  for _, n in ipairs(split(v[4])) do redis.call('ZREM', P .. 'x:np:' .. n, study) end
-  for _, c in ipairs(split(v[5])) do redis.call('ZREM', P .. 'x:ph:' .. c, study) end
-  redis.call('ZREM', P .. 'x:date', study)
+  local v = call('HMGET', sk, 'pid', 'acc', 'names', 'np', 'ph')
+  if v[1] and v[1] ~= '' then call('ZREM', P .. 'x:pid:' .. v[1], study) end
+  if v[2] and v[2] ~= '' then call('ZREM', P .. 'x:acc:' .. v[2], study) end
+  for _, n in ipairs(split(v[3])) do call('ZREM', P .. 'x:name', n .. '\0' .. study) end
+  for _, n in ipairs(split(v[4])) do call('ZREM', P .. 'x:np:' .. n, study) end
+  for _, c in ipairs(split(v[5])) do call('ZREM', P .. 'x:ph:' .. c, study) end
+  call('ZREM', P .. 'x:date', study)
 end
 
 local function remove()
-  local v = redis.call('HMGET', ik, 'st', 'se', 'mod', 'cls')
+  local v = call('HMGET', ik, 'st', 'se', 'mod', 'cls')
   local ost, ose, omod, ocls = v[1], v[2], v[3], v[4]
-  redis.call('DEL', ik)
+  call('DEL', ik)
   local sk, ek = P .. 's:' .. ost, P .. 'e:' .. ost .. ':' .. ose
-  redis.call('SREM', P .. 'ei:' .. ost .. ':' .. ose, sop)
+  call('SREM', P .. 'ei:' .. ost .. ':' .. ose, sop)
   local seriesGone = false
-  if redis.call('HINCRBY', ek, 'n', -1) <= 0 then
-    redis.call('DEL', ek)
-    redis.call('SREM', P .. 'ss:' .. ost, ose)
+  if call('HINCRBY', ek, 'n', -1) <= 0 then
+    call('DEL', ek)
+    call('SREM', P .. 'ss:' .. ost, ose)
     seriesGone = true
   end
-  if redis.call('HINCRBY', sk, 'n', -1) <= 0 then
+  if call('HINCRBY', sk, 'n', -1) <= 0 then
     unindex(sk, ost)
-    local fields = redis.call('HKEYS', sk)
+    local fields = call('HKEYS', sk)
     for _, f in ipairs(fields) do
-      if string.sub(f, 1, 2) == 'm:' then redis.call('ZREM', P .. 'x:mod:' .. string.sub(f, 3), ost) end
+      if string.sub(f, 1, 2) == 'm:' then call('ZREM', P .. 'x:mod:' .. string.sub(f, 3), ost) end
     end
-    redis.call('DEL', sk)
-    redis.call('DEL', P .. 'ss:' .. ost)
+    call('DEL', sk)
+    call('DEL', P .. 'ss:' .. ost)
     return
   end
-  if seriesGone then redis.call('HINCRBY', sk, 'ns', -1) end
-  if omod and omod ~= '' and redis.call('HINCRBY', sk, 'm:' .. omod, -1) <= 0 then
-    redis.call('HDEL', sk, 'm:' .. omod)
-    redis.call('ZREM', P .. 'x:mod:' .. omod, ost)
+  if seriesGone then call('HINCRBY', sk, 'ns', -1) end
+  if omod and omod ~= '' and call('HINCRBY', sk, 'm:' .. omod, -1) <= 0 then
+    call('HDEL', sk, 'm:' .. omod)
+    call('ZREM', P .. 'x:mod:' .. omod, ost)
   end
-  if ocls and ocls ~= '' and redis.call('HINCRBY', sk, 'c:' .. ocls, -1) <= 0 then
-    redis.call('HDEL', sk, 'c:' .. ocls)
+  if ocls and ocls ~= '' and call('HINCRBY', sk, 'c:' .. ocls, -1) <= 0 then
+    call('HDEL', sk, 'c:' .. ocls)
   end
 end
 `
@@ -401,7 +411,7 @@ var deleteScript = goredis.NewScript(`
 local P, sop = ARGV[1], ARGV[2]
 local ik = KEYS[1]
 ` + luaDeclaredKeys + luaIndexFunctions + `
-if redis.call('EXISTS', ik) == 0 then return 0 end
+if call('EXISTS', ik) == 0 then return 0 end
 planRemove()
 if #missing > 0 then
   table.insert(missing, 1, 2)
