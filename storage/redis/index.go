@@ -30,7 +30,8 @@ import (
 //	{idx}:i:<sop>              hash: rec (InstanceRecord JSON), st, se, mod, cls
 //	{idx}:s:<study>            hash: ca (study-level attributes, recordcodec.AppendCompact), n, ns,
 //	                           m:<modality>, c:<sop class> counts, and the values it is indexed
-//	                           under: d, pid, acc, names, np, ph
+//	                           under: d, pid, acc, names, np, ph; b (bytes) and rt (received,
+//	                           Unix ms) for retention (usage.go)
 //	{idx}:ss:<study>           set of series UIDs
 //	{idx}:e:<study>:<series>   hash: ca (series-level attributes, compact), n
 //	{idx}:ei:<study>:<series>  set of SOP Instance UIDs
@@ -51,6 +52,7 @@ import (
 //	                           index was empty when they were introduced); without it a fuzzy
 //	                           name search walks x:date and the engine compares codes
 //	{idx}:lock:<sop>           lease token
+//	{idx}:x:recv, {idx}:x:bytes study usage for retention: usage.go
 //
 // The summaries hold their attributes in the compact form, so that a page of
 // 100 studies decodes without encoding/json; hashes written before it hold
@@ -81,15 +83,15 @@ func (x *Index) key(parts ...string) string { return x.prefix + strings.Join(par
 // series attrs (both compact), date, patient id, accession, name keys joined
 // by \1, name prefixes (namePrefixes) joined by \1, metadata order entry,
 // prepared metadata (gateway.PrepareMetadata), name Soundex codes joined by
-// \1.
+// \1, size, stored at (Unix ms; both for the study usage, usage.go).
 // Returns {1} when written, {0, existing rec} when put found a record.
 var writeScript = goredis.NewScript(`
 local P, mode, sop, st, se, rec = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local mod, cls, sattrs, eattrs, d, pid, acc, names = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
-local np, ord, md, ph = ARGV[15], ARGV[16], ARGV[17], ARGV[18]
+local np, ord, md, ph, size, at = ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19], ARGV[20]
 local ik = P .. 'i:' .. sop
 
-` + luaIndexFunctions + `
+` + luaUsageFunctions + luaIndexFunctions + `
 if redis.call('EXISTS', ik) == 1 then
   local old = redis.call('HGET', ik, 'rec')
   if mode == 'put' then
@@ -100,7 +102,7 @@ if redis.call('EXISTS', ik) == 1 then
   remove()
 end
 
-redis.call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls, 'ord', ord, 'md', md)
+redis.call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls, 'ord', ord, 'md', md, 'sz', size)
 local sk, ek = P .. 's:' .. st, P .. 'e:' .. st .. ':' .. se
 redis.call('SADD', P .. 'ei:' .. st .. ':' .. se, sop)
 local newSeries = redis.call('SADD', P .. 'ss:' .. st, se) == 1
@@ -116,6 +118,7 @@ end
 redis.call('HSET', sk, 'ca', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names, 'np', np, 'ph', ph)
 redis.call('HDEL', sk, 'attrs')
 redis.call('HINCRBY', sk, 'n', 1)
+usage_add(sk, st, size, at)
 if newSeries then redis.call('HINCRBY', sk, 'ns', 1) else redis.call('HINCRBY', sk, 'ns', 0) end
 if mod ~= '' then redis.call('HINCRBY', sk, 'm:' .. mod, 1) end
 if cls ~= '' then redis.call('HINCRBY', sk, 'c:' .. cls, 1) end
@@ -155,8 +158,8 @@ local function unindex(sk, study)
 end
 
 local function remove()
-  local v = redis.call('HMGET', ik, 'st', 'se', 'mod', 'cls')
-  local ost, ose, omod, ocls = v[1], v[2], v[3], v[4]
+  local v = redis.call('HMGET', ik, 'st', 'se', 'mod', 'cls', 'sz')
+  local ost, ose, omod, ocls, osz = v[1], v[2], v[3], v[4], tonumber(v[5]) or 0
   redis.call('DEL', ik)
   local sk, ek = P .. 's:' .. ost, P .. 'e:' .. ost .. ':' .. ose
   redis.call('SREM', P .. 'ei:' .. ost .. ':' .. ose, sop)
@@ -166,7 +169,9 @@ local function remove()
     redis.call('SREM', P .. 'ss:' .. ost, ose)
     seriesGone = true
   end
-  if redis.call('HINCRBY', sk, 'n', -1) <= 0 then
+  local studyGone = redis.call('HINCRBY', sk, 'n', -1) <= 0
+  usage_remove(sk, ost, osz, studyGone)
+  if studyGone then
     unindex(sk, ost)
     local fields = redis.call('HKEYS', sk)
     for _, f in ipairs(fields) do
@@ -191,7 +196,7 @@ end
 var deleteScript = goredis.NewScript(`
 local P, sop = ARGV[1], ARGV[2]
 local ik = P .. 'i:' .. sop
-` + luaIndexFunctions + `
+` + luaUsageFunctions + luaIndexFunctions + `
 if redis.call('EXISTS', ik) == 0 then return 0 end
 remove()
 return 1
@@ -317,6 +322,7 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) ([]any, erro
 		indexValue(md.String(dicomcodec.TagAccessionNumber)), strings.Join(names, "\x01"),
 		strings.Join(namePrefixes(gateway.NameGroupKeys(md, dicomcodec.TagPatientName)), "\x01"),
 		order, prepared, strings.Join(gateway.NamePhoneticKeys(md, dicomcodec.TagPatientName), "\x01"),
+		strconv.FormatInt(rec.Size, 10), strconv.FormatInt(rec.StoredAt.UnixMilli(), 10),
 	}, nil
 }
 
