@@ -115,20 +115,28 @@ type Retention struct {
 	wg     sync.WaitGroup
 }
 
-// NewRetention returns the retention runner of svc, which audits with svc's
-// recorder and deletes with svc.Delete.
-func (svc *Services) NewRetention(p RetentionPolicy, usage UsageIndex, holds HoldStore, transfers TransferLister, locker interface {
-	Lock(ctx context.Context, name string, ttl time.Duration) (func(), error)
-},
-) *Retention {
-	return &Retention{
-		Policy: p, Usage: usage, Holds: holds, Transfers: transfers, Locker: locker,
-		Delete: svc.Delete, audit: svc.audit, logger: svc.audit.logger,
+// newRetention returns the retention runner of svc, built on d: usage from
+// the index when it reports usage, the index's lease, the transfers' queue
+// (a study with a pending transfer is kept), svc's audit recorder and
+// DeleteService.
+func newRetention(svc *Services, d ServiceDeps) *Retention {
+	r := &Retention{
+		Policy: d.Retention, Holds: d.Holds, Delete: svc.Delete, audit: svc.audit, logger: svc.audit.logger,
 		stats: RetentionStats{Skipped: map[string]int64{}},
 	}
+	if u, ok := d.Index.(UsageIndex); ok {
+		r.Usage = u
+	}
+	if d.Index != nil {
+		r.Locker = d.Index
+	}
+	if d.Transfers != nil && d.Transfers.Queue != nil {
+		r.Transfers = d.Transfers.Queue
+	}
+	return r
 }
 
-// RetentionCaller is the caller of retention's own deletions and events.
+// retentionCaller is the caller of retention's own deletions and events.
 var retentionCaller = Caller{Principal: Principal{Name: RetentionActor, Method: "policy"}, Route: "retention"}
 
 // Plan returns what a run would delete now, without deleting.
