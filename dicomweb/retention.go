@@ -38,6 +38,10 @@ type holdRequest struct {
 // handleHoldSet answers PUT /studies/{study}/hold {"reason":"…"} with the
 // hold stored (200), replacing one already there.
 func (s *Server) handleHoldSet(c *gin.Context) {
+	if err := gateway.ValidateUID(c.Param("study")); err != nil {
+		s.writeError(c, fmt.Errorf("study: %w", err))
+		return
+	}
 	if mt, _, err := mime.ParseMediaType(c.GetHeader("Content-Type")); err != nil || mt != "application/json" {
 		s.writeError(c, fmt.Errorf("Content-Type %q: the admin API takes application/json: %w", truncate(c.GetHeader("Content-Type"), 100), errUnsupportedMediaType))
 		return
