@@ -95,10 +95,10 @@ local ik = P .. 'i:' .. sop
 if redis.call('EXISTS', ik) == 1 then
   local old = redis.call('HGET', ik, 'rec')
   if mode == 'put' then
-    if old == rec then return {1} end
+    if old == rec then usage_backfill(ik, st, size, at) return {1} end
     return {0, old}
   end
-  if old == rec then return {1} end
+  if old == rec then usage_backfill(ik, st, size, at) return {1} end
   remove()
 end
 

@@ -23,8 +23,9 @@ import (
 //	{idx}:x:bytes     the sum of every study's b
 //
 // A study counts once it is in x:recv (ZCARD gives the number of studies).
-// Instances indexed before these fields existed count 0 bytes and their
-// studies enter x:recv at their next write.
+// Instances indexed before these fields existed count 0 bytes until they
+// are written again: gateway reindex rewrites every record, and a rewrite
+// of an unchanged record adds its usage once (usage_backfill).
 
 // luaUsageFunctions keep the usage in writeScript and deleteScript. They
 // use the calling script's P (key prefix). size and at are decimal strings.
@@ -38,6 +39,14 @@ local function usage_add(sk, study, size, at)
   end
   redis.call('ZADD', P .. 'x:recv', rt, study)
   redis.call('INCRBY', P .. 'x:bytes', size)
+end
+
+-- usage_backfill counts an instance indexed before its size was kept, once.
+local function usage_backfill(ik, study, size, at)
+  if redis.call('HEXISTS', ik, 'sz') == 0 then
+    redis.call('HSET', ik, 'sz', size)
+    usage_add(P .. 's:' .. study, study, size, at)
+  end
 end
 
 local function usage_remove(sk, study, size, gone)
