@@ -538,3 +538,60 @@ func TestRetentionAdminAPIAuth(t *testing.T) {
 		}
 	}
 }
+
+// TestRetentionPendingTransferRules: which transfers keep a study, on each
+// queue backend: a failed one (an admin may retry it) and a completed one
+// whose verification failed do; a cancelled one does not; an older failed
+// transfer to a destination that a newer verified one reached does not.
+func TestRetentionPendingTransferRules(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, kind string) {
+		e := newRetentionEnv(t, kind, gateway.RetentionPolicy{})
+		q, ctx := e.b.Queue, t.Context()
+		n := 0
+		// finish enqueues a transfer of study to dest and ends it in state.
+		finish := func(study, dest string, state gateway.TransferState, verified *bool) {
+			t.Helper()
+			n++
+			tr := &gateway.Transfer{ID: fmt.Sprintf("tr-rules-%d", n), StudyUID: study, Destination: dest,
+				Priority: gateway.PriorityNormal, State: gateway.StateQueued, Direction: gateway.DirectionOutgoing,
+				Source: "hampshire", CreatedAt: retentionNow.Add(time.Duration(n) * time.Minute)}
+			if _, _, err := q.Enqueue(ctx, tr, time.Time{}); err != nil {
+				t.Fatal(err)
+			}
+			if state == gateway.StateCancelled {
+				if _, err := q.Cancel(ctx, tr.ID); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			l, err := q.Claim(ctx, "worker-rules", time.Second)
+			if err != nil || l == nil || l.TransferID != tr.ID {
+				t.Fatalf("claim = %+v, %v; want %s", l, err, tr.ID)
+			}
+			done := *tr
+			done.State, done.Verified = state, verified
+			if err := q.Finish(ctx, l, &done); err != nil {
+				t.Fatal(err)
+			}
+		}
+		yes, no := true, false
+		finish("1.2.826.9.1", "surrey", gateway.StateFailed, nil)
+		finish("1.2.826.9.2", "surrey", gateway.StateCompleted, &no)
+		finish("1.2.826.9.3", "surrey", gateway.StateCancelled, nil)
+		finish("1.2.826.9.4", "surrey", gateway.StateFailed, nil)
+		finish("1.2.826.9.4", "surrey", gateway.StateCompleted, &yes)
+		finish("1.2.826.9.5", "surrey", gateway.StateCompleted, &yes)
+		finish("1.2.826.9.5", "dorset", gateway.StateFailed, nil)
+		for study, want := range map[string]bool{
+			"1.2.826.9.1": true, "1.2.826.9.2": true, "1.2.826.9.3": false, "1.2.826.9.4": false, "1.2.826.9.5": true, "1.2.826.9.6": false,
+		} {
+			got, err := gateway.PendingTransfer(ctx, q, study)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (got != nil) != want {
+				t.Errorf("study %s: pending transfer %+v, want pending=%v", study, got, want)
+			}
+		}
+	})
+}
