@@ -1,14 +1,66 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/dicom-gateway/gateway/gateway"
 )
+
+const retentionUsage = `Usage:
+  gateway retention plan [serve flags: --config, --data-dir | --redis-url, --s3-…]
+
+plan opens the backends as gateway serve does and prints, as JSON, what the
+retention policy of --config would delete now and which due studies it
+would keep (held, transfer pending), deleting nothing. The embedded state
+file is held by one process at a time: stop gateway serve first, or ask the
+running gateway (GET /api/v1/retention/plan).
+`
+
+// runRetention is the gateway retention subcommand.
+func runRetention(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, retentionUsage)
+		return nil
+	}
+	if args[0] != "plan" {
+		fmt.Fprint(stderr, retentionUsage)
+		return fmt.Errorf("unknown retention command %q", args[0])
+	}
+	cfg, err := parseServeConfig(args[1:], os.Getenv, stderr)
+	if err != nil {
+		return err
+	}
+	policy, err := cfg.File.Retention.Policy()
+	if err != nil {
+		return err
+	}
+	b, err := OpenBackends(ctx, cfg, newLogger(io.Discard, "error"), prometheus.NewRegistry()) // nothing scrapes a one-shot command
+	if err != nil {
+		return err
+	}
+	defer b.Close(context.Background())
+	svc := gateway.NewServices(gateway.ServiceDeps{
+		Name: cfg.Name, Blobs: b.Blobs, Index: b.Index, Holds: b.Holds, Retention: policy,
+		Transfers: &gateway.Transfers{Name: cfg.Name, Queue: b.Queue, Index: b.Index},
+	})
+	plan, err := svc.Retention.Plan(ctx)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(plan)
+}
 
 // RetentionConfig is the retention: part of --config (README "Retention and
 // legal hold"). Ages are Go durations or days ("2555d"); sizes are bytes

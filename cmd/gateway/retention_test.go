@@ -1,7 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
+	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -97,5 +102,47 @@ func TestRetentionRunnerInServe(t *testing.T) {
 	}
 	if status, _ := get(t, "http://"+m.Addr+"/dicomweb/studies/"+study+"/metadata"); status != http.StatusNotFound {
 		t.Errorf("metadata of the deleted study = %d, want 404", status)
+	}
+}
+
+// TestRetentionPlanCommand: gateway retention plan, on the state a stopped
+// gateway left, prints the study the policy would delete and deletes
+// nothing.
+func TestRetentionPlanCommand(t *testing.T) {
+	cfg := testConfig(t)
+	m := NewMain(cfg, newLogger(io.Discard, "error"))
+	if err := m.Run(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	insts := synth.Study(synth.StudySpec{Seed: 1802, Rows: 8, Columns: 8})
+	body, ct := stowBody(t, insts)
+	resp, err := http.Post("http://"+m.Addr+"/dicomweb/studies", ct, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("STOW = %d", resp.StatusCode)
+	}
+	if err := m.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(t.TempDir(), "gateway.yaml")
+	if err := os.WriteFile(conf, []byte("retention: {max_bytes: 1B}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"plan", "--data-dir", cfg.DataDir, "--config", conf}
+	for range 2 { // a plan deletes nothing: the second finds the same study
+		var stdout bytes.Buffer
+		if err := runRetention(t.Context(), args, &stdout, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		var plan gateway.RetentionPlan
+		if err := json.Unmarshal(stdout.Bytes(), &plan); err != nil {
+			t.Fatalf("%v: %s", err, stdout.String())
+		}
+		if len(plan.Delete) != 1 || plan.Delete[0].StudyInstanceUID != insts[0].StudyInstanceUID || plan.Delete[0].Rule != gateway.RetentionRuleMaxBytes {
+			t.Fatalf("plan = %s", stdout.String())
+		}
 	}
 }
