@@ -62,16 +62,7 @@ func (s *Server) handleHoldSet(c *gin.Context) {
 }
 
 func (s *Server) handleHoldShow(c *gin.Context) {
-	study := c.Param("study")
-	if err := gateway.ValidateUID(study); err != nil {
-		s.writeError(c, fmt.Errorf("study: %w", err))
-		return
-	}
-	if s.svc.Retention.Holds == nil {
-		s.writeError(c, fmt.Errorf("legal holds: no state backend: %w", gateway.ErrUnavailable))
-		return
-	}
-	h, err := s.svc.Retention.Holds.GetHold(c.Request.Context(), study)
+	h, err := s.svc.Retention.Hold(c.Request.Context(), c.Param("study"))
 	if err != nil {
 		s.writeError(c, err)
 		return

@@ -321,6 +321,13 @@ func TestRetentionHoldSurvives(t *testing.T) {
 		if status != http.StatusOK {
 			t.Fatalf("PUT hold = %d %s", status, body)
 		}
+		status, body = e.api(t, http.MethodGet, "/api/v1/studies/1.2.826.4.1/hold", admin, nil)
+		if status != http.StatusOK || !strings.Contains(string(body), "litigation 2026/17") {
+			t.Fatalf("GET hold = %d %s", status, body)
+		}
+		if status, _ := e.api(t, http.MethodGet, "/api/v1/studies/1.2.826.4.2/hold", admin, nil); status != http.StatusNotFound {
+			t.Fatalf("GET hold of a study without one = %d, want 404", status)
+		}
 		status, body = e.api(t, http.MethodGet, "/api/v1/holds", admin, nil)
 		var list struct{ Holds []gateway.Hold }
 		if err := json.Unmarshal(body, &list); status != http.StatusOK || err != nil || len(list.Holds) != 1 ||

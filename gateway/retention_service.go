@@ -494,6 +494,17 @@ func (r *Retention) ClearHold(ctx context.Context, caller Caller, study string) 
 	return r.Holds.DeleteHold(ctx, study)
 }
 
+// Hold returns the legal hold on study, ErrNotFound when there is none.
+func (r *Retention) Hold(ctx context.Context, study string) (*Hold, error) {
+	if err := ValidateUID(study); err != nil {
+		return nil, fmt.Errorf("study: %w", err)
+	}
+	if r.Holds == nil {
+		return nil, fmt.Errorf("legal holds: no state backend: %w", ErrUnavailable)
+	}
+	return r.Holds.GetHold(ctx, study)
+}
+
 // ListHolds returns every legal hold.
 func (r *Retention) ListHolds(ctx context.Context) ([]Hold, error) {
 	if r.Holds == nil {
