@@ -268,7 +268,9 @@ func (x *identityRewriter) header(implicit bool) (tag uint32, vr string, vl uint
 	tag = uint32(binary.LittleEndian.Uint16(b))<<16 | uint32(binary.LittleEndian.Uint16(b[2:]))
 	if implicit || tag>>16 == 0xFFFE {
 		raw = make([]byte, 8)
-		io.ReadFull(x.r, raw)
+		if _, err := io.ReadFull(x.r, raw); err != nil { // cannot fail after Peek(8); checked all the same
+			return 0, "", 0, nil, rewriteMalformed("element header truncated")
+		}
 		return tag, "", binary.LittleEndian.Uint32(raw[4:]), raw, nil
 	}
 	vr = string(b[4:6])
@@ -277,7 +279,9 @@ func (x *identityRewriter) header(implicit bool) (tag uint32, vr string, vl uint
 	}
 	if !longVR(vr) {
 		raw = make([]byte, 8)
-		io.ReadFull(x.r, raw)
+		if _, err := io.ReadFull(x.r, raw); err != nil { // cannot fail after Peek(8); checked all the same
+			return 0, "", 0, nil, rewriteMalformed("element header truncated")
+		}
 		return tag, vr, uint32(binary.LittleEndian.Uint16(raw[6:])), raw, nil
 	}
 	raw = make([]byte, 12)

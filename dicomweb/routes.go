@@ -42,6 +42,7 @@ func (s *Server) routes() []route {
 	r = append(r, s.capabilityRoutes(dw, r)...)
 	r = append(r, s.transferRoutes("/api/v1")...)
 	r = append(r, s.auditRoutes("/api/v1")...)
+	r = append(r, s.retentionRoutes("/api/v1")...)
 	r = append(r, s.uiRoutes("/ui")...)
 	for _, m := range s.Mounts {
 		r = append(r, route{m.Method, m.Path, m.Role, m.Handler})

@@ -28,6 +28,17 @@ const deleteTimeout = 10 * time.Minute
 // removing that names no cause (storage refused, connection lost) wraps
 // ErrUnavailable: a retry of the same delete completes what is left.
 func (s *DeleteService) Delete(ctx context.Context, caller Caller, studyUID, seriesUID, sopInstanceUID string) (*DeletePlan, DeleteResult, error) {
+	return s.delete(ctx, caller, studyUID, seriesUID, sopInstanceUID, nil)
+}
+
+// DeleteStudy is Delete of a whole study with why added to the detail of
+// its audit events: a delete nobody asked for by request (retention) says
+// which rule made it.
+func (s *DeleteService) DeleteStudy(ctx context.Context, caller Caller, studyUID string, why map[string]any) (*DeletePlan, DeleteResult, error) {
+	return s.delete(ctx, caller, studyUID, "", "", why)
+}
+
+func (s *DeleteService) delete(ctx context.Context, caller Caller, studyUID, seriesUID, sopInstanceUID string, why map[string]any) (*DeletePlan, DeleteResult, error) {
 	var p *DeletePlan
 	var err error
 	switch {
@@ -42,6 +53,7 @@ func (s *DeleteService) Delete(ctx context.Context, caller Caller, studyUID, ser
 		return nil, DeleteResult{}, err
 	}
 	detail := map[string]any{"orphan_blobs": len(p.OrphanKeys)}
+	maps.Copy(detail, why)
 	if p.SeriesInstanceUID != "" {
 		detail["series_uid"] = p.SeriesInstanceUID
 	}

@@ -39,6 +39,12 @@ type ServiceDeps struct {
 	// Router forwards newly stored instances that match a routing rule; nil
 	// when no rules are configured.
 	Router *Router
+	// Holds keeps the legal holds; nil means holds are unavailable (and
+	// retention deletes nothing).
+	Holds HoldStore
+	// Retention is the centre's retention policy (zero: none); its runner
+	// is started by the caller (Services.Retention.Start).
+	Retention RetentionPolicy
 	// Now is the services' clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -57,6 +63,8 @@ type Services struct {
 	Verify   *VerifyService
 	// Transfers is the transfer service (nil when not configured).
 	Transfers *Transfers
+	// Retention applies the retention policy and keeps the legal holds.
+	Retention *Retention
 
 	audit auditRecorder
 }
@@ -71,7 +79,7 @@ func NewServices(d ServiceDeps) *Services {
 	}
 	a := auditRecorder{name: d.Name, auditor: d.Auditor, now: d.Now, logger: d.Logger}
 	retriever := &Retriever{Blobs: d.Blobs, Index: d.Index}
-	return &Services{
+	svc := &Services{
 		Name: d.Name,
 		Store: &StoreService{ingester: d.Ingester, router: d.Router, transfers: d.Transfers,
 			audit: a, logger: d.Logger},
@@ -83,6 +91,8 @@ func NewServices(d ServiceDeps) *Services {
 		Transfers: d.Transfers,
 		audit:     a,
 	}
+	svc.Retention = newRetention(svc, d)
+	return svc
 }
 
 // RecordRefusal audits a request a front end refused before it reached a

@@ -31,6 +31,7 @@ type Backends struct {
 	Index     gateway.Index
 	AuditLog  gateway.AuditLog
 	Queue     gateway.Queue
+	Holds     gateway.HoldStore
 	Ready     map[string]gateway.Pinger
 	BlobKind  string
 	StateKind string
@@ -85,6 +86,7 @@ func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger, reg pro
 		b.StateKind = "redis"
 		b.Index = redis.NewIndex(client)
 		b.AuditLog = redis.NewAuditLog(client, cfg.Name)
+		b.Holds = redis.NewHolds(client)
 		queue, err := redis.NewQueue(ctx, client, queueOpts)
 		if err != nil {
 			logger.Warn("transfer queue not prepared yet; the workers retry until redis answers", gateway.LogKeyBackend, "redis", gateway.LogKeyError, err.Error())
@@ -105,6 +107,9 @@ func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger, reg pro
 			return nil, err
 		}
 		if b.Queue, err = bolt.NewQueue(db, queueOpts); err != nil {
+			return nil, err
+		}
+		if b.Holds, err = bolt.NewHolds(db); err != nil {
 			return nil, err
 		}
 	}
@@ -200,7 +205,9 @@ func wireServices(m *Main, b *Backends, reg prometheus.Registerer) *gateway.Serv
 	if len(cfg.File.Routes) > 0 {
 		router = &gateway.Router{Rules: cfg.File.Routes, Transfers: m.Transfers, Logger: m.Logger}
 	}
-	return gateway.NewServices(gateway.ServiceDeps{
+	// Validate has parsed it already.
+	retention, _ := cfg.File.Retention.Policy()
+	svc := gateway.NewServices(gateway.ServiceDeps{
 		Name:      cfg.Name,
 		Blobs:     b.Blobs,
 		Index:     b.Index,
@@ -209,6 +216,10 @@ func wireServices(m *Main, b *Backends, reg prometheus.Registerer) *gateway.Serv
 		Ingester:  ingester,
 		Transfers: m.Transfers,
 		Router:    router,
+		Holds:     b.Holds,
+		Retention: retention,
 		Logger:    m.Logger,
 	})
+	reg.MustRegister(dicomweb.NewRetentionCollector(svc.Retention))
+	return svc
 }

@@ -79,6 +79,9 @@ type FileConfig struct {
 	PreamblePolicy string `yaml:"preamble_policy"`
 	// Dicom configures the DIMSE listener of --dicom-listen (dicom.go).
 	Dicom DicomConfig `yaml:"dicom"`
+	// Retention deletes the oldest studies by age or bytes held
+	// (retention.go); none by default.
+	Retention RetentionConfig `yaml:"retention"`
 }
 
 // AuditSyslogConfig is where audit events are exported (see
@@ -250,6 +253,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, err)
 	}
 	if _, err := gateway.ParsePreamblePolicy(c.File.PreamblePolicy); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := c.File.Retention.Policy(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := dicomweb.ValidateCORSOrigins(splitList(c.CORSOrigins)); err != nil {

@@ -1,6 +1,6 @@
 // Command gateway is the DICOM transfer gateway: one binary that serves
 // DICOMweb and the admin API (gateway serve) and the command-line tools that
-// talk to it or to its storage (store, reindex, transfer, audit).
+// talk to it or to its storage (store, reindex, transfer, audit, retention).
 package main
 
 import (
@@ -24,6 +24,7 @@ Usage:
   gateway transfer …             create, list, show, cancel, retry transfers
   gateway audit verify           check the audit log's hash chain
   gateway reindex [serve flags]  rebuild the index from object storage
+  gateway retention plan [serve flags]  what the retention policy would delete now
   gateway new-token NAME ROLE... make a bearer token and its auth.tokens entry
   gateway hash-password          bcrypt a password (stdin) for auth.basic
   gateway version                print the version
@@ -45,6 +46,7 @@ var commands = map[string]func(ctx context.Context, args []string, stdout, stder
 	"healthcheck":   runHealthcheck,
 	"transfer":      runTransfer,
 	"audit":         runAudit,
+	"retention":     runRetention,
 	"version": func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 		fmt.Fprintln(stdout, version)
 		return nil

@@ -164,6 +164,11 @@ func (m *Main) Run(ctx context.Context) error {
 	if err := m.Transfers.Run(context.WithoutCancel(ctx)); err != nil {
 		return fmt.Errorf("start transfer workers: %w", err)
 	}
+	if p := m.Services.Retention.Policy; p.Enabled() {
+		m.Services.Retention.Start(ctx)
+		m.Logger.Info("retention runner started", "interval", p.RunInterval().String(), "dry_run", p.DryRun,
+			"max_age", p.MaxAge.String(), "max_bytes", p.MaxBytes, "rules", len(p.Rules))
+	}
 	m.Logger.Info("gateway listening", "addr", m.Addr, "name", cfg.Name,
 		"blob_store", b.BlobKind, "state", b.StateKind, "auth", auth != nil, "tls", tlsConf != nil)
 	m.warnInsecurePeers(cfg.File.Peers)
@@ -216,6 +221,12 @@ func (m *Main) Close(ctx context.Context) error {
 			// this gateway's next start or another replica.
 			if err := m.Transfers.Close(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("stop transfer workers: %w", err))
+			}
+		}
+		if m.Services != nil && m.Services.Retention != nil {
+			// A deletion under way completes; the next run goes on.
+			if err := m.Services.Retention.Close(ctx); err != nil {
+				errs = append(errs, err)
 			}
 		}
 		if m.AuditExporter != nil {

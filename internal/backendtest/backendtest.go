@@ -44,6 +44,7 @@ type Backends struct {
 	Index    gateway.Index
 	AuditLog gateway.AuditLog
 	Queue    gateway.Queue
+	Holds    gateway.HoldStore
 	DB       *bolt.DB
 	Redis    *redis.Client
 }
@@ -80,7 +81,11 @@ func Open(t testing.TB, kind string, opts Options) *Backends {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b.Blobs, b.Index, b.AuditLog, b.Queue, b.DB = blobwrap.Wrap(blobs, prometheus.NewRegistry(), "filesystem"), index, auditLog, queue, db
+		holds, err := bolt.NewHolds(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Blobs, b.Index, b.AuditLog, b.Queue, b.Holds, b.DB = blobwrap.Wrap(blobs, prometheus.NewRegistry(), "filesystem"), index, auditLog, queue, holds, db
 	case Production:
 		m := storagetest.MinIO(t)
 		blobs, err := s3.New(s3.Config{Endpoint: m.Endpoint, Bucket: m.Bucket(t), AccessKey: m.AccessKey, SecretKey: gateway.Secret(m.SecretKey), Region: "us-east-1"})
@@ -97,6 +102,7 @@ func Open(t testing.TB, kind string, opts Options) *Backends {
 			t.Fatal(err)
 		}
 		b.Blobs, b.Index, b.AuditLog, b.Queue, b.Redis = blobwrap.Wrap(blobs, prometheus.NewRegistry(), "s3"), redis.NewIndex(c), redis.NewAuditLog(c, opts.GatewayName), queue, c
+		b.Holds = redis.NewHolds(c)
 	default:
 		t.Fatalf("backendtest: unknown backend family %q", kind)
 	}

@@ -29,7 +29,7 @@ var (
 	bucketSeries         = []byte("index.series")          // study \0 series → SeriesSummary JSON
 	bucketStudyOrder     = []byte("index.study_order")     // StudyDate (8 digits) \0 study → orderValue
 	bucketStudyLookup    = []byte("index.study_lookup")    // 'p' or 'a' \0 PatientID or AccessionNumber \0 order key → empty
-	bucketIndexMeta      = []byte("index.meta")            // "lookups" → "1" once bucketStudyLookup lists every study; "phonetic" → "1" once every order entry has its phonetic name keys
+	bucketIndexMeta      = []byte("index.meta")            // "lookups" → "1" once bucketStudyLookup lists every study; "phonetic" → "1" once every order entry has its phonetic name keys; "usage" → "1" once the usage buckets (usage.go) count every instance
 )
 
 // Index is the embedded gateway.Index: instance records, study and series
@@ -60,12 +60,20 @@ var _ gateway.Index = (*Index)(nil)
 // they held phonetic name keys (from the study summaries, once).
 func NewIndex(db *DB) (*Index, error) {
 	err := db.bolt.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketInstances, bucketStudyInstances, bucketMetadata, bucketStudies, bucketSeries, bucketStudyOrder, bucketStudyLookup, bucketIndexMeta} {
+		for _, b := range [][]byte{bucketInstances, bucketStudyInstances, bucketMetadata, bucketStudies, bucketSeries, bucketStudyOrder, bucketStudyLookup, bucketIndexMeta, bucketStudyUsage, bucketStudyReceived, bucketUsageTotals} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
 		meta := tx.Bucket(bucketIndexMeta)
+		if meta.Get([]byte("usage")) == nil {
+			if err := backfillUsage(tx); err != nil {
+				return err
+			}
+			if err := meta.Put([]byte("usage"), []byte("1")); err != nil {
+				return err
+			}
+		}
 		if meta.Get([]byte("phonetic")) == nil {
 			if err := backfillPhonetic(tx); err != nil {
 				return err
@@ -496,6 +504,9 @@ func addRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
 	if err := listStudy(tx, study); err != nil {
 		return err
 	}
+	if err := addUsage(tx, rec); err != nil {
+		return err
+	}
 	return putStudy(tx, study)
 }
 
@@ -556,6 +567,9 @@ func removeRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
 	}
 	key := []byte(rec.StudyInstanceUID + "\x00" + rec.SeriesInstanceUID + "\x00" + rec.SOPInstanceUID)
 	if err := tx.Bucket(bucketStudyInstances).Delete(key); err != nil {
+		return err
+	}
+	if err := removeUsage(tx, rec); err != nil {
 		return err
 	}
 	sk := seriesKey(rec.StudyInstanceUID, rec.SeriesInstanceUID)

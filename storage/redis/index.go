@@ -33,10 +33,11 @@ import (
 // everything about it lives there, beside that shard's search sets. Under a
 // shard prefix <sh> ("{idx}:" or "{<tag>}:", after the client prefix):
 //
-//	<sh>i:<sop>              hash: rec (InstanceRecord JSON), st, se, mod, cls
+//	<sh>i:<sop>              hash: rec (InstanceRecord JSON), st, se, mod, cls; sz (size, usage.go)
 //	<sh>s:<study>            hash: ca (study-level attributes, recordcodec.AppendCompact), n, ns,
 //	                         m:<modality>, c:<sop class> counts, and the values it is indexed
-//	                         under: d, pid, acc, names, np, ph
+//	                         under: d, pid, acc, names, np, ph; b (bytes) and rt (received,
+//	                         Unix ms) for retention (usage.go)
 //	<sh>ss:<study>           set of series UIDs
 //	<sh>e:<study>:<series>   hash: ca (series-level attributes, compact), n
 //	<sh>ei:<study>:<series>  set of SOP Instance UIDs
@@ -55,6 +56,7 @@ import (
 //	                         was empty when they were introduced); without it name searches use x:name
 //	<sh>x:phok               set when every study is in its x:ph zsets (likewise); without it
 //	                         a fuzzy name search walks x:date and the engine compares codes
+//	<sh>x:recv, <sh>x:bytes  the shard's study usage for retention: usage.go
 //
 // and outside the shards: {idx}:lock:<sop> (single server) or lock:{<sop>}
 // (cluster), the lease token; on a cluster also l:{<sop>}, the study UID an
@@ -270,7 +272,7 @@ local function planRemove()
   local v = call('HMGET', ik, 'st', 'se', 'mod')
   local ost, ose, omod = v[1], v[2], v[3]
   need('s:' .. ost); need('ss:' .. ost); need('e:' .. ost .. ':' .. ose); need('ei:' .. ost .. ':' .. ose)
-  need('x:date'); need('x:name')
+  need('x:date'); need('x:name'); need('x:recv'); need('x:bytes')
   if omod and omod ~= '' then need('x:mod:' .. omod) end
   if #missing > 0 then return end
   local n = tonumber(call('HGET', P .. 's:' .. ost, 'n') or '0')
@@ -284,24 +286,25 @@ end
 // attrs, series attrs (both compact), date, patient id, accession, name
 // keys joined by \1, name prefixes (namePrefixes) joined by \1, metadata
 // order entry, prepared metadata (gateway.PrepareMetadata), name Soundex
-// codes joined by \1.
+// codes joined by \1, size, stored at (Unix ms; both for the study usage,
+// usage.go).
 // Returns {1} when written, {0, existing rec} when put found a record, {2,
 // missing keys...} when it needs keys not declared (nothing changed).
 var writeScript = goredis.NewScript(`
 local P, mode, sop, st, se, rec = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local mod, cls, sattrs, eattrs, d, pid, acc, names = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
-local np, ord, md, ph = ARGV[15], ARGV[16], ARGV[17], ARGV[18]
+local np, ord, md, ph, size, at = ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19], ARGV[20]
 local ik = KEYS[1]
-` + luaDeclaredKeys + luaIndexFunctions + `
+` + luaDeclaredKeys + luaUsageFunctions + luaIndexFunctions + `
 local old = call('HGET', ik, 'rec')
 if old then
-  if old == rec then return {1} end
+  if old == rec then usage_backfill(ik, st, size, at) return {1} end
   if mode == 'put' then return {0, old} end
 end
 
 -- Plan: every key this write touches must be declared.
 local sk, ek = P .. 's:' .. st, P .. 'e:' .. st .. ':' .. se
-for _, name in ipairs({'s:' .. st, 'e:' .. st .. ':' .. se, 'ei:' .. st .. ':' .. se, 'ss:' .. st, 'x:date', 'x:npok', 'x:phok', 'x:name'}) do need(name) end
+for _, name in ipairs({'s:' .. st, 'e:' .. st .. ':' .. se, 'ei:' .. st .. ':' .. se, 'ss:' .. st, 'x:date', 'x:npok', 'x:phok', 'x:name', 'x:recv', 'x:bytes'}) do need(name) end
 if pid ~= '' then need('x:pid:' .. pid) end
 if acc ~= '' then need('x:acc:' .. acc) end
 for _, n in ipairs(split(np)) do need('x:np:' .. n) end
@@ -318,7 +321,7 @@ if #missing > 0 then
 end
 
 if old then remove() end
-call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls, 'ord', ord, 'md', md)
+call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls, 'ord', ord, 'md', md, 'sz', size)
 call('SADD', P .. 'ei:' .. st .. ':' .. se, sop)
 local newSeries = call('SADD', P .. 'ss:' .. st, se) == 1
 call('HSET', ek, 'ca', eattrs)
@@ -334,6 +337,7 @@ end
 call('HSET', sk, 'ca', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names, 'np', np, 'ph', ph)
 call('HDEL', sk, 'attrs')
 call('HINCRBY', sk, 'n', 1)
+usage_add(sk, st, size, at)
 if newSeries then call('HINCRBY', sk, 'ns', 1) else call('HINCRBY', sk, 'ns', 0) end
 if mod ~= '' then call('HINCRBY', sk, 'm:' .. mod, 1) end
 if cls ~= '' then call('HINCRBY', sk, 'c:' .. cls, 1) end
@@ -372,8 +376,8 @@ local function unindex(sk, study)
 end
 
 local function remove()
-  local v = call('HMGET', ik, 'st', 'se', 'mod', 'cls')
-  local ost, ose, omod, ocls = v[1], v[2], v[3], v[4]
+  local v = call('HMGET', ik, 'st', 'se', 'mod', 'cls', 'sz')
+  local ost, ose, omod, ocls, osz = v[1], v[2], v[3], v[4], tonumber(v[5]) or 0
   call('DEL', ik)
   local sk, ek = P .. 's:' .. ost, P .. 'e:' .. ost .. ':' .. ose
   call('SREM', P .. 'ei:' .. ost .. ':' .. ose, sop)
@@ -383,7 +387,9 @@ local function remove()
     call('SREM', P .. 'ss:' .. ost, ose)
     seriesGone = true
   end
-  if call('HINCRBY', sk, 'n', -1) <= 0 then
+  local studyGone = call('HINCRBY', sk, 'n', -1) <= 0
+  usage_remove(sk, ost, osz, studyGone)
+  if studyGone then
     unindex(sk, ost)
     local fields = call('HKEYS', sk)
     for _, f in ipairs(fields) do
@@ -410,7 +416,7 @@ end
 var deleteScript = goredis.NewScript(`
 local P, sop = ARGV[1], ARGV[2]
 local ik = KEYS[1]
-` + luaDeclaredKeys + luaIndexFunctions + `
+` + luaDeclaredKeys + luaUsageFunctions + luaIndexFunctions + `
 if call('EXISTS', ik) == 0 then return 0 end
 planRemove()
 if #missing > 0 then
@@ -631,6 +637,7 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) (keys []stri
 	keys = []string{
 		x.skey(sh, "i", rec.SOPInstanceUID), x.skey(sh, "s", st), x.skey(sh, "e", st, se), x.skey(sh, "ei", st, se),
 		x.skey(sh, "ss", st), x.skey(sh, "x", "date"), x.skey(sh, "x", "npok"), x.skey(sh, "x", "phok"), x.skey(sh, "x", "name"),
+		x.skey(sh, "x", "recv"), x.skey(sh, "x", "bytes"),
 	}
 	if pid != "" {
 		keys = append(keys, x.skey(sh, "x", "pid", pid))
@@ -653,6 +660,7 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) (keys []stri
 		mod, indexValue(rec.SOPClassUID), sattrs, eattrs,
 		strconv.FormatInt(gateway.StudyDateKey(md), 10), pid, acc, strings.Join(names, "\x01"),
 		strings.Join(prefixes, "\x01"), order, prepared, strings.Join(codes, "\x01"),
+		strconv.FormatInt(rec.Size, 10), strconv.FormatInt(rec.StoredAt.UnixMilli(), 10),
 	}, nil
 }
 
@@ -1236,49 +1244,72 @@ type shardCursor struct {
 	done   bool
 }
 
-// merged walks the shards' zsets as one: it reads the next members of every
-// shard whose read members are used up (one pipeline, which go-redis splits
-// by master and sends concurrently), then hands on members in
-// gateway.CompareStudies order as long as every shard not yet exhausted
+// shardMerge walks the same zset of every shard as one: next reads the next
+// members of every shard whose read members are used up (one pipeline,
+// which go-redis splits by master and sends concurrently), then hands on
+// members in the walk's order as long as every shard not yet exhausted
 // still has a read member to compare, so no shard's later member can come
-// before one handed on. Batches grow like the single walk's.
-func (s searchSource) merged(ctx context.Context, keys []string, by goredis.ZRangeBy, count int64, fn func([]*gateway.StudySummary) (bool, error)) error {
-	per := max(8, 2*count/int64(len(keys)))
-	cursors := make([]*shardCursor, len(keys))
-	for i, k := range keys {
-		cursors[i] = &shardCursor{key: k, count: per}
+// before one handed on. Each shard's reads grow like a single walk's.
+type shardMerge struct {
+	rdb     goredis.UniversalClient
+	cursors []*shardCursor
+	// read queues on pipe the read of count members of key from offset on,
+	// in the walk's order.
+	read func(ctx context.Context, pipe goredis.Pipeliner, key string, offset, count int64) *goredis.ZSliceCmd
+	// before reports whether a comes before b in the walk.
+	before func(a, b goredis.Z) bool
+	// skip, when set, drops members as they are read (a resumed walk's
+	// members at or before its cursor).
+	skip func(goredis.Z) bool
+}
+
+// newShardMerge starts a walk of keys (one per shard), reading per members
+// of each at first.
+func newShardMerge(rdb goredis.UniversalClient, keys []string, per int64, before func(a, b goredis.Z) bool,
+	read func(ctx context.Context, pipe goredis.Pipeliner, key string, offset, count int64) *goredis.ZSliceCmd) *shardMerge {
+	m := &shardMerge{rdb: rdb, read: read, before: before}
+	for _, k := range keys {
+		m.cursors = append(m.cursors, &shardCursor{key: k, count: per})
 	}
+	return m
+}
+
+// next returns the walk's next members, at most n and at least one, or
+// none when every shard is exhausted.
+func (m *shardMerge) next(ctx context.Context, n int64) ([]goredis.Z, error) {
 	for {
-		pipe := s.x.rdb.Pipeline()
-		cmds := make([]*goredis.ZSliceCmd, len(cursors))
+		pipe := m.rdb.Pipeline()
+		cmds := make([]*goredis.ZSliceCmd, len(m.cursors))
 		reads := 0
-		for i, c := range cursors {
+		for i, c := range m.cursors {
 			if len(c.buf) == 0 && !c.done {
-				r := by
-				r.Offset, r.Count = c.offset, c.count
-				cmds[i] = pipe.ZRevRangeByScoreWithScores(ctx, c.key, &r)
+				cmds[i] = m.read(ctx, pipe, c.key, c.offset, c.count)
 				reads++
 			}
 		}
 		if reads > 0 {
 			if _, err := pipe.Exec(ctx); err != nil {
-				return translate(err)
+				return nil, translate(err)
 			}
 		}
 		for i, cmd := range cmds {
 			if cmd == nil {
 				continue
 			}
-			c := cursors[i]
-			c.buf = cmd.Val()
-			c.offset += int64(len(c.buf))
-			c.done = int64(len(c.buf)) < c.count
+			c := m.cursors[i]
+			read := cmd.Val()
+			c.offset += int64(len(read))
+			c.done = int64(len(read)) < c.count
 			c.count = min(c.count*2, 1024)
+			if m.skip != nil {
+				read = slices.DeleteFunc(read, m.skip)
+			}
+			c.buf = read
 		}
-		var batch []string
-		for int64(len(batch)) < count {
+		var batch []goredis.Z
+		for int64(len(batch)) < n {
 			best, blocked := -1, false
-			for i, c := range cursors {
+			for i, c := range m.cursors {
 				if len(c.buf) == 0 {
 					if !c.done {
 						blocked = true
@@ -1286,38 +1317,60 @@ func (s searchSource) merged(ctx context.Context, keys []string, by goredis.ZRan
 					}
 					continue
 				}
-				if best < 0 || newerMember(c.buf[0], cursors[best].buf[0]) {
+				if best < 0 || m.before(c.buf[0], m.cursors[best].buf[0]) {
 					best = i
 				}
 			}
 			if blocked || best < 0 {
 				break
 			}
-			batch = append(batch, cursors[best].buf[0].Member.(string))
-			cursors[best].buf = cursors[best].buf[1:]
+			batch = append(batch, m.cursors[best].buf[0])
+			m.cursors[best].buf = m.cursors[best].buf[1:]
 		}
 		if len(batch) > 0 {
-			studies, err := s.x.studies(ctx, batch)
-			if err != nil {
-				return err
-			}
-			if len(studies) > 0 {
-				more, err := fn(studies)
-				if err != nil || !more {
-					return err
-				}
-			}
-			count = min(count*2, 1024)
+			return batch, nil
 		}
 		finished := true
-		for _, c := range cursors {
+		for _, c := range m.cursors {
 			if len(c.buf) > 0 || !c.done {
 				finished = false
 			}
 		}
 		if finished {
-			return nil
+			return nil, nil
 		}
+	}
+}
+
+// merged walks the shards' zsets as one newest first (shardMerge), handing
+// fn batches of summaries that grow like the single walk's.
+func (s searchSource) merged(ctx context.Context, keys []string, by goredis.ZRangeBy, count int64, fn func([]*gateway.StudySummary) (bool, error)) error {
+	m := newShardMerge(s.x.rdb, keys, max(8, 2*count/int64(len(keys))), newerMember,
+		func(ctx context.Context, pipe goredis.Pipeliner, key string, offset, n int64) *goredis.ZSliceCmd {
+			r := by
+			r.Offset, r.Count = offset, n
+			return pipe.ZRevRangeByScoreWithScores(ctx, key, &r)
+		})
+	for {
+		batch, err := m.next(ctx, count)
+		if err != nil || len(batch) == 0 {
+			return err
+		}
+		uids := make([]string, len(batch))
+		for i, z := range batch {
+			uids[i] = z.Member.(string)
+		}
+		studies, err := s.x.studies(ctx, uids)
+		if err != nil {
+			return err
+		}
+		if len(studies) > 0 {
+			more, err := fn(studies)
+			if err != nil || !more {
+				return err
+			}
+		}
+		count = min(count*2, 1024)
 	}
 }
 

@@ -1,0 +1,16 @@
+package bolt
+
+import bbolt "go.etcd.io/bbolt"
+
+// DropUsageForTest removes the usage buckets and their backfill mark, as
+// an index written before they existed has neither.
+func DropUsageForTest(db *DB) error {
+	return db.bolt.Update(func(tx *bbolt.Tx) error {
+		for _, b := range [][]byte{bucketStudyUsage, bucketStudyReceived, bucketUsageTotals} {
+			if err := tx.DeleteBucket(b); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketIndexMeta).Delete([]byte("usage"))
+	})
+}
