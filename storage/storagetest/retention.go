@@ -158,6 +158,31 @@ func TestUsageIndex(t *testing.T, newIndex func(t *testing.T) UsageIndexUnderTes
 			t.Fatalf("UsageTotals=%+v, want %+v", tot, want)
 		}
 	})
+	t.Run("ReplaceIntoAnotherStudyMovesUsage", func(t *testing.T) {
+		// The instance leaves its first study (gone: it had no other) for
+		// another; on a sharded index the two studies may be in two shards.
+		x, ctx := newIndex(t), t.Context()
+		mustPut(t, x, usageRecord("1.9.2", 1, 5, "MR", base.Add(time.Hour)))
+		rec := usageRecord("1.9.1", 1, 100, "CT", base)
+		mustPut(t, x, rec)
+		moved := Record("1.9.2", "1.9.2.1", rec.SOPInstanceUID, map[string]any{dicomcodec.TagModality: "CT"})
+		moved.Size, moved.StoredAt = 100, base.Add(2*time.Hour)
+		if err := x.ReplaceInstance(ctx, moved); err != nil {
+			t.Fatal(err)
+		}
+		got := allByReceived(t, x, 10)
+		if len(got) != 1 || got[0].StudyInstanceUID != "1.9.2" || got[0].Bytes != 105 || got[0].Instances != 2 ||
+			!got[0].ReceivedAt.Equal(base.Add(2*time.Hour)) {
+			t.Fatalf("StudiesByReceived=%+v, want only 1.9.2 with 105 bytes, 2 instances, received at the moved instance's time", got)
+		}
+		tot, err := x.UsageTotals(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := (gateway.UsageTotals{Bytes: 105, Studies: 1}); tot != want {
+			t.Fatalf("UsageTotals=%+v, want %+v", tot, want)
+		}
+	})
 	t.Run("PagesResumeWithinOneMillisecond", func(t *testing.T) {
 		x := newIndex(t)
 		var want []string
