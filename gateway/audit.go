@@ -71,7 +71,9 @@ type Auditor interface {
 }
 
 // AuditLog is the append-only, hash-chained audit store. Implementations:
-// storage/bolt (embedded default) and storage/redis (shared by replicas).
+// storage/bolt (embedded default) and storage/redis (shared by replicas),
+// which hold the live log, and AuditArchive, which puts the segments
+// sealed into the blob store in front of either (the gateway's log).
 //
 // Record appends ev as the next record of one linear chain, even when several
 // replicas append to one backend at once: it sets ev.Seq (1, 2, 3, … without
@@ -84,7 +86,8 @@ type Auditor interface {
 //
 // Query returns one page of the records that match every filter of f, in
 // chain order (oldest first); see AuditFilter. Verify reads the whole chain
-// and reports the first record that was changed, removed or reordered; it
+// (a live log alone: from the last record trimmed into a segment) and
+// reports the first record that was changed, removed or reordered; it
 // returns an error only when the store cannot be read. All methods are safe
 // for concurrent use.
 type AuditLog interface {
@@ -149,11 +152,19 @@ type AuditPage struct {
 // VerifyResult is the outcome of checking the chain. Records counts the
 // records read. When OK is false, FirstBroken is the ID of the first record
 // that is missing or does not fit the chain, and Reason says why.
+//
+// With sealed segments (AuditArchive) Records counts every position once;
+// Segments and Sealed count the segments and the records read from them,
+// and InBoth the records found both in a segment and, not yet trimmed, in
+// the live log (each checked against the other).
 type VerifyResult struct {
 	OK          bool   `json:"ok"`
 	Records     int64  `json:"records"`
 	FirstBroken string `json:"first_broken,omitempty"`
 	Reason      string `json:"reason,omitempty"`
+	Segments    int    `json:"segments,omitempty"`
+	Sealed      int64  `json:"sealed,omitempty"`
+	InBoth      int64  `json:"in_both,omitempty"`
 }
 
 // AuditRecordID is the ID of the record at position seq of the chain: the
@@ -463,14 +474,9 @@ func DecodeAuditCursor(s string) (int64, error) {
 // (binary search over positions); a record timed at or after
 // Until+AuditClockSkew ends it.
 func QueryAudit(ctx context.Context, s AuditScanner, f AuditFilter) (*AuditPage, error) {
-	limit := f.Limit
-	switch {
-	case limit < 0:
-		return nil, fmt.Errorf("limit %d: %w", limit, ErrInvalid)
-	case limit == 0:
-		limit = DefaultAuditLimit
-	case limit > MaxAuditLimit:
-		limit = MaxAuditLimit
+	limit, err := auditLimit(f.Limit)
+	if err != nil {
+		return nil, err
 	}
 	after, err := DecodeAuditCursor(f.Cursor)
 	if err != nil {
@@ -553,11 +559,23 @@ func firstAtOrAfter(ctx context.Context, s AuditScanner, head int64, t time.Time
 // AuditVerifier checks a chain that a backend feeds to it record by record in
 // position order, then against the stored chain head. The first fault found
 // is the one reported; later records are only counted.
+//
+// With sealed segments the chain comes in two parts: AuditArchive first
+// feeds the segments' records (after Archived), then the backend calls Live
+// with the position and hash its live log starts after, and feeds its live
+// records. A live record that a segment also holds (sealed, not yet
+// trimmed) must be the same record: it is counted in InBoth, not twice.
 type AuditVerifier struct {
 	keys   *AuditKeys
 	next   int64 // position expected next
 	prev   string
 	result VerifyResult
+
+	archived   bool             // segments come first: the live log must continue them
+	liveBase   int64            // positions from here on are remembered while segments are read
+	sealed     map[int64]string // hash by position, from liveBase on, of segment records
+	lastSealed int64            // last position read from a segment, once Live is called
+	live       bool
 }
 
 // NewAuditVerifier returns a verifier expecting position 1 first. With keys
@@ -569,54 +587,124 @@ func NewAuditVerifier(keys *AuditKeys) *AuditVerifier {
 	return &AuditVerifier{keys: keys, next: 1, result: VerifyResult{OK: true}}
 }
 
+// Archived tells v that sealed segments are fed first and that the live log
+// starts after liveBase: segment records from liveBase on are remembered so
+// that their live copies can be compared.
+func (v *AuditVerifier) Archived(liveBase int64) {
+	v.archived, v.liveBase, v.sealed = true, liveBase, map[int64]string{}
+}
+
+// StartAt makes v expect position seq+1 next, chained to hash: the first
+// record of a segment, or of a live log whose older records were sealed.
+func (v *AuditVerifier) StartAt(seq int64, hash string) { v.next, v.prev = seq+1, hash }
+
+// Next returns the position v expects next and the hash it must chain to.
+func (v *AuditVerifier) Next() (int64, string) { return v.next, v.prev }
+
+// Result is the result so far (Finish adds the head's checks).
+func (v *AuditVerifier) Result() VerifyResult { return v.result }
+
+// Failf marks the chain broken at seq unless an earlier fault was found.
+func (v *AuditVerifier) Failf(seq int64, format string, args ...any) {
+	if v.result.OK {
+		v.fail(seq, format, args...)
+	}
+}
+
 func (v *AuditVerifier) fail(seq int64, format string, args ...any) {
 	v.result.OK = false
 	v.result.FirstBroken = AuditRecordID(seq)
 	v.result.Reason = fmt.Sprintf(format, args...)
 }
 
-// Add checks raw, the record stored at position pos. Positions must ascend.
-func (v *AuditVerifier) Add(pos int64, raw []byte) {
-	v.result.Records++
-	if !v.result.OK {
+// Live tells v that the live log's records follow, starting after base,
+// whose hash is baseHash ("" for base 0). Without Archived, v trusts base:
+// it checks the live log alone. After Archived, the live log must continue
+// the segments read: no position may lie in neither.
+func (v *AuditVerifier) Live(base int64, baseHash string) {
+	v.live = true
+	if !v.archived {
+		v.StartAt(base, baseHash)
 		return
+	}
+	v.lastSealed = v.next - 1
+	if v.result.OK {
+		want, known := "", base == 0
+		switch {
+		case base == v.lastSealed:
+			want, known = v.prev, true
+		case base < v.lastSealed && base > 0:
+			want, known = v.sealed[base]
+		}
+		switch {
+		case base > v.lastSealed:
+			v.fail(v.lastSealed+1, "records %s to %s are in no sealed segment and no longer in the live log: a segment was removed", AuditRecordID(v.lastSealed+1), AuditRecordID(base))
+		case !known || want != baseHash:
+			v.fail(base+1, "the live log does not continue the sealed segments: the hash it starts from differs from record %s's", AuditRecordID(base))
+		}
+	}
+	v.StartAt(base, baseHash)
+}
+
+// Add checks raw, the record stored at position pos. Positions must ascend.
+func (v *AuditVerifier) Add(pos int64, raw []byte) { v.add(pos, raw) }
+
+// add is Add returning the decoded record when it fits the chain (nil once
+// the chain is broken).
+func (v *AuditVerifier) add(pos int64, raw []byte) *AuditEvent {
+	inBoth := v.live && pos <= v.lastSealed && v.archived
+	if inBoth {
+		v.result.InBoth++
+	} else {
+		v.result.Records++
+	}
+	if !v.result.OK {
+		return nil
 	}
 	if pos != v.next {
 		v.fail(v.next, "record %s is missing (the next stored record is %s)", AuditRecordID(v.next), AuditRecordID(pos))
-		return
+		return nil
 	}
 	ev, err := DecodeAuditEvent(raw)
 	if err != nil {
 		v.fail(pos, "record is not valid JSON: %v", err)
-		return
+		return nil
 	}
 	switch {
 	case ev.Seq != pos || ev.ID != AuditRecordID(pos):
 		v.fail(pos, "position %d holds record seq %d id %q: records were reordered or moved", pos, ev.Seq, ev.ID)
-		return
+		return nil
 	case ev.PrevHash != v.prev:
 		v.fail(pos, "prev_hash does not match the hash of the record before it: a record was changed, removed or reordered")
-		return
+		return nil
 	}
 	switch {
 	case v.keys != nil && ev.KeyID == "" && pos > v.keys.unkeyed:
 		v.fail(pos, "record is not keyed although an audit key is configured: it was written or rewritten without the key (if it predates the key, set unkeyed-records in the audit key file)")
-		return
+		return nil
 	case v.keys == nil && ev.KeyID != "":
 		v.fail(pos, "record is keyed with %q: verification needs the audit key file (--audit-key-file)", ev.KeyID)
-		return
+		return nil
 	}
 	h, err := v.keys.auditSum(ev)
 	if err != nil {
 		v.fail(pos, "hash cannot be computed: %v", err)
-		return
+		return nil
 	}
 	if h != ev.Hash {
 		v.fail(pos, "hash does not match the record's content: the record was changed")
-		return
+		return nil
+	}
+	if inBoth && v.sealed[pos] != ev.Hash {
+		v.fail(pos, "the live record differs from its sealed copy")
+		return nil
+	}
+	if v.archived && !v.live && pos >= v.liveBase {
+		v.sealed[pos] = ev.Hash
 	}
 	v.prev = ev.Hash
 	v.next++
+	return ev
 }
 
 // Finish compares the chain read so far with the stored head (the position
@@ -625,6 +713,8 @@ func (v *AuditVerifier) Finish(headSeq int64, headHash string) VerifyResult {
 	last := v.next - 1
 	switch {
 	case !v.result.OK:
+	case v.archived && headSeq < v.lastSealed:
+		v.fail(headSeq+1, "sealed segments hold records up to %s, beyond the live log's head (%d records)", AuditRecordID(v.lastSealed), headSeq)
 	case last < headSeq:
 		v.fail(v.next, "record %s is missing: the chain head says %d records, %d were found", AuditRecordID(v.next), headSeq, last)
 	case last > headSeq:

@@ -121,3 +121,35 @@ type StagedBlob interface {
 	Commit(ctx context.Context, sha256Hex string) error
 	Abort()
 }
+
+// ObjectLock is a write-once retention lock on an object: until Until
+// nobody can delete or overwrite the version written. Mode is
+// ObjectLockCompliance (not even the bucket's root account can shorten
+// it) or ObjectLockGovernance (users with the bypass permission can). It
+// is about one object's immutability, not the retention policy that
+// deletes old studies (Retention).
+type ObjectLock struct {
+	Mode  string
+	Until time.Time
+}
+
+// ObjectLock modes, as S3 Object Lock names them.
+const (
+	ObjectLockCompliance = "COMPLIANCE"
+	ObjectLockGovernance = "GOVERNANCE"
+)
+
+// RetentionLocker is implemented by blob stores that can write an object
+// under an ObjectLock (S3 Object Lock, on a bucket created with it enabled).
+// CanRetain returns nil when PutRetained will lock, and an error wrapping
+// errors.ErrUnsupported when this store or bucket cannot (no Object Lock on
+// the bucket, or a filesystem store: the decorators of storage/blobwrap
+// answer so for a store without the method). PutRetained is Put whose
+// object is locked until ret.Until; it fails rather than write an unlocked
+// object. A locked version stays readable and undeletable until then; on a
+// versioned bucket a later Put of the key adds a version and leaves the
+// locked one in place.
+type RetentionLocker interface {
+	CanRetain(ctx context.Context) error
+	PutRetained(ctx context.Context, key string, r io.Reader, ret ObjectLock) (int64, error)
+}

@@ -27,14 +27,18 @@ import (
 // files under --data-dir; Redis when --redis-url is set, else the embedded
 // state file under --data-dir. No other code knows which one it has.
 type Backends struct {
-	Blobs     gateway.BlobStore
-	Index     gateway.Index
-	AuditLog  gateway.AuditLog
-	Queue     gateway.Queue
-	Holds     gateway.HoldStore
-	Ready     map[string]gateway.Pinger
-	BlobKind  string
-	StateKind string
+	Blobs    gateway.BlobStore
+	Index    gateway.Index
+	AuditLog gateway.AuditLog
+	// AuditArchive is AuditLog: the sealed segments in the blob store
+	// followed by the state store's live log. Its sealing loop runs only
+	// under gateway serve (RunAuditArchive).
+	AuditArchive *gateway.AuditArchive
+	Queue        gateway.Queue
+	Holds        gateway.HoldStore
+	Ready        map[string]gateway.Pinger
+	BlobKind     string
+	StateKind    string
 
 	closers []func() error
 }
@@ -116,7 +120,78 @@ func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger, reg pro
 	if cfg.AuditKeys != nil {
 		b.AuditLog.(interface{ SetKeys(*gateway.AuditKeys) }).SetKeys(cfg.AuditKeys)
 	}
+	if err := b.openAuditArchive(ctx, cfg, logger, reg); err != nil {
+		return nil, err
+	}
 	return b, nil
+}
+
+// openAuditArchive puts the audit archive in front of the live log: its
+// segments go to --audit-archive-bucket when set (created with Object Lock
+// when --audit-retention-days asks for it), else to the blob store.
+func (b *Backends) openAuditArchive(ctx context.Context, cfg *Config, logger *slog.Logger, reg prometheus.Registerer) error {
+	segments := b.Blobs
+	if cfg.AuditArchiveBucket != "" {
+		store, err := s3.New(s3.Config{
+			Endpoint: cfg.S3Endpoint, Bucket: cfg.AuditArchiveBucket, AccessKey: cfg.S3AccessKey,
+			SecretKey: cfg.S3SecretKey, Region: cfg.S3Region, TLS: cfg.S3TLS,
+		})
+		if err != nil {
+			return fmt.Errorf("--audit-archive-bucket: %w", err)
+		}
+		ensure := store.EnsureBucket
+		if cfg.AuditRetentionDays > 0 {
+			ensure = store.EnsureLockedBucket
+		}
+		ensureCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := ensure(ensureCtx); err != nil {
+			logger.Warn("audit archive bucket not checked yet; retrying in the background", gateway.LogKeyBackend, "s3", gateway.LogKeyError, err.Error())
+			b.retryInBackground(ensure)
+		}
+		cancel()
+		segments = blobwrap.Wrap(store, reg, "s3-audit")
+		b.Ready["s3-audit"] = store
+	}
+	live, ok := b.AuditLog.(gateway.AuditArchiveBackend)
+	if !ok {
+		return fmt.Errorf("audit log %T cannot be archived", b.AuditLog)
+	}
+	mode, _ := auditRetentionMode(cfg.AuditRetentionMode)
+	b.AuditArchive = &gateway.AuditArchive{
+		Live: live, Blobs: segments, Keys: cfg.AuditKeys,
+		Age: cfg.AuditArchiveAfter, RetentionMode: mode, RetentionDays: cfg.AuditRetentionDays,
+		Gateway: cfg.Name, Logger: logger,
+	}
+	b.AuditLog = b.AuditArchive
+	a := b.AuditArchive
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "gateway_audit_sealed_records_total",
+			Help: "Audit records this replica sealed into segments in the blob store (--audit-archive-after)."},
+			func() float64 { return float64(a.SealedRecords()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "gateway_audit_seal_failures_total",
+			Help: "Audit sealing runs that failed (see the log); records stay in the live log until a run succeeds."},
+			func() float64 { return float64(a.SealFailures()) }),
+	)
+	return nil
+}
+
+// auditSealInterval is how often gateway serve runs a sealing pass.
+const auditSealInterval = time.Hour
+
+// RunAuditArchive starts the sealing loop when --audit-archive-after is
+// set; Close stops it (a run cut short leaves a state the next run
+// completes).
+func (b *Backends) RunAuditArchive() {
+	if b.AuditArchive == nil || b.AuditArchive.Age <= 0 {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.AuditArchive.Run(ctx, auditSealInterval)
+	}()
+	b.closers = append(b.closers, func() error { cancel(); <-done; return nil })
 }
 
 // retryInBackground runs fn every 2 s until it succeeds or the backends

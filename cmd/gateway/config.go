@@ -53,6 +53,12 @@ type Config struct {
 	DicomListen           string // --dicom-listen: DIMSE listener address, off when empty (dicom.go)
 	DicomAETitle          string // --dicom-ae-title
 	DicomTLSListen        string // --dicom-tls-listen: DIMSE over TLS (PS3.15 B.1), off when empty
+	// AuditArchiveAfter seals audit records older than it into segments in
+	// the blob store and trims them from the state store; 0 (default) off.
+	AuditArchiveAfter  time.Duration
+	AuditArchiveBucket string // S3 bucket of the segments; empty: --s3-bucket
+	AuditRetentionDays int    // Object Lock on each segment for this long; 0: none
+	AuditRetentionMode string // compliance or governance
 
 	// AuditKeys are read from AuditKeyFile by parseServeConfig; nil without one.
 	AuditKeys *gateway.AuditKeys
@@ -142,6 +148,10 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.AuditKeyFile, "audit-key-file", "", "file with the secret keys of the audit chain (HMAC); keep it outside --data-dir and Redis")
 	fs.StringVar(&cfg.AuditSyslog, "audit-syslog", "", "also export audit events as DICOM audit messages to this syslog receiver (tls://host:6514, tcp://… or udp://…)")
+	fs.DurationVar(&cfg.AuditArchiveAfter, "audit-archive-after", 0, "seal audit records older than this (e.g. 720h) into hash-chained segments in the blob store, then trim them from the state store; 0 = off")
+	fs.StringVar(&cfg.AuditArchiveBucket, "audit-archive-bucket", "", "S3 bucket for the audit segments (created with Object Lock when --audit-retention-days is set); default --s3-bucket")
+	fs.IntVar(&cfg.AuditRetentionDays, "audit-retention-days", 0, "lock each audit segment with S3 Object Lock for this many days (needs a bucket with Object Lock); 0 = no lock")
+	fs.StringVar(&cfg.AuditRetentionMode, "audit-retention-mode", "compliance", "Object Lock mode of audit segments: compliance (nobody can shorten it) or governance (users with the bypass permission can)")
 	addDicomFlags(fs, cfg)
 	return fs
 }
@@ -280,6 +290,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	errs = append(errs, c.validateDicom()...)
+	errs = append(errs, c.validateAuditArchive()...)
 	seen := map[string]bool{}
 	for i, p := range c.File.Peers {
 		if err := p.Validate(); err != nil {
@@ -291,6 +302,45 @@ func (c *Config) Validate() error {
 		seen[p.Name] = true
 	}
 	return errors.Join(errs...)
+}
+
+// validateAuditArchive checks the --audit-archive-* and --audit-retention-*
+// flags.
+func (c *Config) validateAuditArchive() []error {
+	var errs []error
+	if c.AuditArchiveAfter < 0 {
+		errs = append(errs, fmt.Errorf("--audit-archive-after %v: 0 (off) or more", c.AuditArchiveAfter))
+	}
+	if c.AuditArchiveAfter > 0 && c.AuditArchiveAfter < time.Hour {
+		errs = append(errs, fmt.Errorf("--audit-archive-after %v: at least 1h (records younger than the clock skew must stay live)", c.AuditArchiveAfter))
+	}
+	if _, ok := auditRetentionMode(c.AuditRetentionMode); !ok {
+		errs = append(errs, fmt.Errorf("--audit-retention-mode %q: compliance or governance", c.AuditRetentionMode))
+	}
+	if c.AuditRetentionDays < 0 {
+		errs = append(errs, fmt.Errorf("--audit-retention-days %d: 0 (no lock) or more", c.AuditRetentionDays))
+	}
+	if c.AuditRetentionDays > 0 && c.AuditArchiveAfter == 0 {
+		errs = append(errs, errors.New("--audit-retention-days without --audit-archive-after: nothing is sealed to lock"))
+	}
+	if c.AuditRetentionDays > 0 && c.S3Endpoint == "" {
+		errs = append(errs, errors.New("--audit-retention-days needs --s3-endpoint: the filesystem store cannot lock objects (use an S3 bucket with Object Lock, see --audit-archive-bucket)"))
+	}
+	if c.AuditArchiveBucket != "" && c.S3Endpoint == "" {
+		errs = append(errs, errors.New("--audit-archive-bucket needs --s3-endpoint"))
+	}
+	return errs
+}
+
+// auditRetentionMode maps --audit-retention-mode to the Object Lock mode.
+func auditRetentionMode(flag string) (string, bool) {
+	switch strings.ToLower(flag) {
+	case "compliance":
+		return gateway.ObjectLockCompliance, true
+	case "governance":
+		return gateway.ObjectLockGovernance, true
+	}
+	return "", false
 }
 
 // isLoopback reports whether every address listen can bind is a loopback one.

@@ -113,6 +113,7 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	b.RunAuditArchive()
 	m.Backends = b
 
 	m.Services = wireServices(m, b, reg)

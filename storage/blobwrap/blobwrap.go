@@ -2,13 +2,16 @@
 // CheckKeys enforces the key rule of the contract, WithMetrics records each
 // operation on an injected Prometheus registry. Both return a store that is
 // a gateway.Stager exactly when the wrapped one is, and that forwards
-// gateway.Pinger, gateway.NetworkStore and io.Closer to it, so that wrapping
+// gateway.Pinger, gateway.NetworkStore, gateway.RetentionLocker and
+// io.Closer to it, so that wrapping
 // never turns off a fast path such as staged ingest or WADO read-ahead. It
 // imports gateway and the Prometheus client only.
 package blobwrap
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,10 +21,12 @@ import (
 
 // ops is a decorator's own behaviour around its inner store. Its Stage is
 // only reached when the inner store is a gateway.Stager (wrap exposes Stage
-// only then).
+// only then); its PutRetained only after the inner store's CanRetain said
+// yes (see gateway.RetentionLocker).
 type ops interface {
 	gateway.BlobStore
 	gateway.Stager
+	PutRetained(ctx context.Context, key string, r io.Reader, ret gateway.ObjectLock) (int64, error)
 }
 
 // wrapped is a decorator d over inner, without Stage. The optional
@@ -34,10 +39,11 @@ type wrapped struct {
 }
 
 var (
-	_ gateway.BlobStore    = wrapped{}
-	_ gateway.Pinger       = wrapped{}
-	_ gateway.NetworkStore = wrapped{}
-	_ io.Closer            = wrapped{}
+	_ gateway.BlobStore       = wrapped{}
+	_ gateway.Pinger          = wrapped{}
+	_ gateway.NetworkStore    = wrapped{}
+	_ gateway.RetentionLocker = wrapped{}
+	_ io.Closer               = wrapped{}
 )
 
 func (w wrapped) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
@@ -66,6 +72,26 @@ func (w wrapped) Ping(ctx context.Context) error {
 }
 
 func (w wrapped) OverNetwork() bool { return gateway.OverNetwork(w.inner) }
+
+// CanRetain forwards to the inner store; one without the method cannot lock.
+func (w wrapped) CanRetain(ctx context.Context) error {
+	if l, ok := w.inner.(gateway.RetentionLocker); ok {
+		return l.CanRetain(ctx)
+	}
+	return fmt.Errorf("this blob store cannot lock objects: %w", errors.ErrUnsupported)
+}
+
+func (w wrapped) PutRetained(ctx context.Context, key string, r io.Reader, ret gateway.ObjectLock) (int64, error) {
+	if _, ok := w.inner.(gateway.RetentionLocker); !ok {
+		return 0, fmt.Errorf("put %s: this blob store cannot lock objects: %w", key, errors.ErrUnsupported)
+	}
+	return w.d.PutRetained(ctx, key, r, ret)
+}
+
+// locker returns inner as a RetentionLocker; only called by decorators
+// built through wrap, which route PutRetained to them only when inner has
+// it.
+func locker(inner gateway.BlobStore) gateway.RetentionLocker { return inner.(gateway.RetentionLocker) }
 
 func (w wrapped) Close() error {
 	if c, ok := w.inner.(io.Closer); ok {

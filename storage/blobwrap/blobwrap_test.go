@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -169,5 +170,29 @@ func TestNoStagerStaysNoStager(t *testing.T) {
 	}
 	if _, err := w.Put(t.Context(), "a/b", strings.NewReader("x")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A store that cannot lock (the filesystem) says so through the
+// decorators, and PutRetained writes nothing rather than an unlocked
+// object; the MinIO lock test in storage/redis covers a store that can.
+func TestNoRetentionLockerCannotRetain(t *testing.T) {
+	w := blobwrap.Wrap(newFilesystem(t), prometheus.NewRegistry(), "filesystem")
+	l, ok := w.(gateway.RetentionLocker)
+	if !ok {
+		t.Fatal("the decorators do not forward gateway.RetentionLocker")
+	}
+	if err := l.CanRetain(t.Context()); !errors.Is(err, errors.ErrUnsupported) {
+		t.Errorf("CanRetain on a filesystem store = %v, want ErrUnsupported", err)
+	}
+	ret := gateway.ObjectLock{Mode: gateway.ObjectLockCompliance, Until: time.Now().Add(time.Hour)}
+	if _, err := l.PutRetained(t.Context(), "audit/x", strings.NewReader("x"), ret); !errors.Is(err, errors.ErrUnsupported) {
+		t.Errorf("PutRetained on a filesystem store = %v, want ErrUnsupported", err)
+	}
+	if _, err := w.Stat(t.Context(), "audit/x"); !errors.Is(err, gateway.ErrNotFound) {
+		t.Errorf("PutRetained left an object: %v", err)
+	}
+	if _, err := l.PutRetained(t.Context(), "../x", strings.NewReader("x"), ret); !errors.Is(err, errors.ErrUnsupported) && !errors.Is(err, gateway.ErrInvalid) {
+		t.Errorf("PutRetained of a bad key = %v", err)
 	}
 }

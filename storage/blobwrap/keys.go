@@ -8,8 +8,8 @@ import (
 	"github.com/dicom-gateway/gateway/gateway"
 )
 
-// CheckKeys returns b behind the key rule of gateway.BlobStore: Put, Stage,
-// Get, Stat and Delete refuse a key that gateway.CheckBlobKey refuses with
+// CheckKeys returns b behind the key rule of gateway.BlobStore: Put, PutRetained,
+// Stage, Get, Stat and Delete refuse a key that gateway.CheckBlobKey refuses with
 // ErrInvalid before b sees it. Walk takes a prefix, not a key, and passes
 // through. The backends do not check keys themselves: this is the one copy
 // of the check, and every store the gateway opens runs behind it.
@@ -26,6 +26,13 @@ func (k keyChecker) Put(ctx context.Context, key string, r io.Reader) (int64, er
 		return 0, fmt.Errorf("put: %w", err)
 	}
 	return k.BlobStore.Put(ctx, key, r)
+}
+
+func (k keyChecker) PutRetained(ctx context.Context, key string, r io.Reader, ret gateway.ObjectLock) (int64, error) {
+	if err := gateway.CheckBlobKey(key); err != nil {
+		return 0, fmt.Errorf("put: %w", err)
+	}
+	return locker(k.BlobStore).PutRetained(ctx, key, r, ret)
 }
 
 func (k keyChecker) Stage(ctx context.Context, key string, r io.Reader) (gateway.StagedBlob, error) {

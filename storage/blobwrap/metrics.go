@@ -115,6 +115,14 @@ func (w *metered) Put(ctx context.Context, key string, r io.Reader) (int64, erro
 	return n, err
 }
 
+// PutRetained is counted as a put.
+func (w *metered) PutRetained(ctx context.Context, key string, r io.Reader, ret gateway.ObjectLock) (int64, error) {
+	start := time.Now()
+	n, err := locker(w.BlobStore).PutRetained(ctx, key, r, ret)
+	w.done(OpPut, start, n, err)
+	return n, err
+}
+
 func (w *metered) Stage(ctx context.Context, key string, r io.Reader) (gateway.StagedBlob, error) {
 	start := time.Now()
 	b, err := stager(w.BlobStore).Stage(ctx, key, r)

@@ -17,11 +17,14 @@ import (
 // The audit log lives in one top-level bucket:
 //
 //	audit/head           8-byte big-endian seq of the last record + its hash
+//	audit/base           the same for the last record trimmed (sealed into a
+//	                     segment by gateway.AuditArchive); absent before any
 //	audit/records/<seq>  the record's JSON, keyed by 8-byte big-endian seq
 //	audit/index/<term><seq>  empty; term = SHA-256(field NUL value)[:16]
 var (
 	auditBucket   = []byte("audit")
 	auditHead     = []byte("head")
+	auditBase     = []byte("base")
 	auditRecords  = []byte("records")
 	auditIndex    = []byte("index")
 	auditTermSize = 16
@@ -42,6 +45,7 @@ type AuditLog struct {
 
 var _ gateway.AuditLog = (*AuditLog)(nil)
 var _ gateway.AuditScanner = (*AuditLog)(nil)
+var _ gateway.AuditArchiveBackend = (*AuditLog)(nil)
 
 // NewAuditLog opens the audit log in db, creating its bucket if needed.
 // gatewayName goes into every record.
@@ -71,8 +75,11 @@ func auditTermPrefix(t gateway.AuditTerm) []byte {
 }
 
 // auditReadHead returns the chain head: the last seq and its hash.
-func auditReadHead(b *bbolt.Bucket) (int64, string) {
-	v := b.Get(auditHead)
+func auditReadHead(b *bbolt.Bucket) (int64, string) { return auditReadPoint(b, auditHead) }
+
+// auditReadPoint returns the seq and hash stored under key (head or base).
+func auditReadPoint(b *bbolt.Bucket, key []byte) (int64, string) {
+	v := b.Get(key)
 	if len(v) < 8 {
 		return 0, ""
 	}
@@ -165,12 +172,18 @@ func (l *AuditLog) AuditRecords(ctx context.Context, seqs []int64) ([]*gateway.A
 	return out, err
 }
 
-// Verify checks the whole chain in one read transaction; see
-// gateway.AuditLog.
+// Verify checks the live chain in one read transaction, from its base;
+// see gateway.AuditLog (gateway.AuditArchive checks the sealed part).
 func (l *AuditLog) Verify(ctx context.Context) (gateway.VerifyResult, error) {
+	return l.VerifyLive(ctx, gateway.NewAuditVerifier(l.keys))
+}
+
+// VerifyLive implements gateway.AuditArchiveBackend in one read
+// transaction.
+func (l *AuditLog) VerifyLive(ctx context.Context, v *gateway.AuditVerifier) (gateway.VerifyResult, error) {
 	var res gateway.VerifyResult
 	err := l.view(func(b *bbolt.Bucket) error {
-		v := gateway.NewAuditVerifier(l.keys)
+		v.Live(auditReadPoint(b, auditBase))
 		c := b.Bucket(auditRecords).Cursor()
 		for k, raw := c.First(); k != nil; k, raw = c.Next() {
 			if len(k) != 8 {
@@ -185,6 +198,116 @@ func (l *AuditLog) Verify(ctx context.Context) (gateway.VerifyResult, error) {
 		return nil
 	})
 	return res, err
+}
+
+// AuditBase implements gateway.AuditArchiveBackend.
+func (l *AuditLog) AuditBase(ctx context.Context) (int64, string, error) {
+	var seq int64
+	var hash string
+	err := l.view(func(b *bbolt.Bucket) error {
+		seq, hash = auditReadPoint(b, auditBase)
+		return nil
+	})
+	return seq, hash, err
+}
+
+// auditRawBatch is how many records AuditRaw reads per read transaction,
+// so that a long read does not hold one transaction (and its pages) open.
+const auditRawBatch = 1000
+
+// AuditRaw implements gateway.AuditArchiveBackend.
+func (l *AuditLog) AuditRaw(ctx context.Context, from, to int64, fn func(seq int64, raw []byte) error) error {
+	type rec struct {
+		seq int64
+		raw []byte
+	}
+	for from <= to {
+		var batch []rec
+		err := l.view(func(b *bbolt.Bucket) error {
+			c := b.Bucket(auditRecords).Cursor()
+			for k, raw := c.Seek(auditSeqKey(from)); k != nil && len(batch) < auditRawBatch; k, raw = c.Next() {
+				seq := int64(binary.BigEndian.Uint64(k))
+				if len(k) != 8 || seq > to {
+					break
+				}
+				batch = append(batch, rec{seq, bytes.Clone(raw)})
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if len(batch) == 0 {
+			return nil
+		}
+		for _, r := range batch {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := fn(r.seq, r.raw); err != nil {
+				return err
+			}
+		}
+		from = batch[len(batch)-1].seq + 1
+	}
+	return nil
+}
+
+// AuditTrim implements gateway.AuditArchiveBackend: one transaction per
+// thousand records, each removing them with their index entries and
+// moving the base past them.
+func (l *AuditLog) AuditTrim(ctx context.Context, through int64, hash string) error {
+	for {
+		done := false
+		err := l.db.Update(func(tx *bbolt.Tx) error {
+			b := tx.Bucket(auditBucket)
+			recs, ix := b.Bucket(auditRecords), b.Bucket(auditIndex)
+			base, _ := auditReadPoint(b, auditBase)
+			if base >= through {
+				done = true
+				return nil
+			}
+			last, err := gateway.DecodeAuditEvent(recs.Get(auditSeqKey(through)))
+			if err != nil || last.Hash != hash {
+				return fmt.Errorf("record %d is not the sealed record it should be: %w", through, gateway.ErrConflict)
+			}
+			end := min(through, base+auditRawBatch)
+			endHash := ""
+			for seq := base + 1; seq <= end; seq++ {
+				raw := recs.Get(auditSeqKey(seq))
+				if raw == nil {
+					return fmt.Errorf("record %d to trim is missing: %w", seq, gateway.ErrConflict)
+				}
+				ev, err := gateway.DecodeAuditEvent(raw)
+				if err != nil {
+					return fmt.Errorf("record %d to trim: %v: %w", seq, err, gateway.ErrConflict)
+				}
+				for _, t := range gateway.AuditTerms(ev) {
+					if err := ix.Delete(append(auditTermPrefix(t), auditSeqKey(seq)...)); err != nil {
+						return err
+					}
+				}
+				if err := recs.Delete(auditSeqKey(seq)); err != nil {
+					return err
+				}
+				endHash = ev.Hash
+			}
+			done = end == through
+			return b.Put(auditBase, append(auditSeqKey(end), endHash...))
+		})
+		if err != nil {
+			if errors.Is(err, gateway.ErrConflict) {
+				return fmt.Errorf("audit trim: %w", err)
+			}
+			return fmt.Errorf("audit trim: %v: %w", err, gateway.ErrUnavailable)
+		}
+		if done {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
 }
 
 func (l *AuditLog) view(fn func(b *bbolt.Bucket) error) error {

@@ -7,6 +7,8 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/blobwrap"
+	"github.com/dicom-gateway/gateway/storage/filesystem"
 	"github.com/dicom-gateway/gateway/storage/storagetest"
 )
 
@@ -78,4 +80,16 @@ func TestAuditLog(t *testing.T) {
 // fsyncs; concurrent Records share a commit through DB.Batch).
 func BenchmarkAuditRecord(b *testing.B) {
 	storagetest.BenchAuditLog(b, func(b *testing.B) storagetest.AuditStore { return newTestAuditLog(b) })
+}
+
+func TestAuditArchive(t *testing.T) {
+	storagetest.TestAuditArchive(t,
+		func(t *testing.T) storagetest.AuditStore { return newTestAuditLog(t) },
+		func(t *testing.T) gateway.BlobStore {
+			fs, err := filesystem.New(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return blobwrap.CheckKeys(fs)
+		})
 }

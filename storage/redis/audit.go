@@ -17,7 +17,9 @@ import (
 // Keys of the audit log, all with the hash tag {audit} so that the append
 // script's keys share one Redis Cluster slot:
 //
-//	{audit}:head               hash: seq, hash of the last record
+//	{audit}:head               hash: seq, hash of the last record; base_seq,
+//	                           base_hash of the last record trimmed (sealed
+//	                           into a segment by gateway.AuditArchive)
 //	{audit}:rec                hash: seq → the record's JSON
 //	{audit}:ix:<field>:<hash>  sorted set of seqs (score = seq) per index term;
 //	                           the term's value is hashed, so patient IDs never
@@ -78,6 +80,7 @@ type AuditLog struct {
 
 var _ gateway.AuditLog = (*AuditLog)(nil)
 var _ gateway.AuditScanner = (*AuditLog)(nil)
+var _ gateway.AuditArchiveBackend = (*AuditLog)(nil)
 
 // NewAuditLog returns the audit log under c's key prefix; gatewayName goes
 // into every record.
@@ -268,51 +271,164 @@ func (l *AuditLog) raw(ctx context.Context, seqs []int64) ([][]byte, error) {
 	return out, nil
 }
 
-// Verify checks the whole chain; see gateway.AuditLog. It reads the head and
-// the number of stored records in one transaction, then the records up to
-// that head in batches, so appends running meanwhile do not disturb it.
+// Verify checks the live chain from its base; see gateway.AuditLog
+// (gateway.AuditArchive checks the sealed part).
 func (l *AuditLog) Verify(ctx context.Context) (gateway.VerifyResult, error) {
+	return l.VerifyLive(ctx, gateway.NewAuditVerifier(l.keys))
+}
+
+// VerifyLive implements gateway.AuditArchiveBackend. It reads the head, the
+// base and the number of stored records in one transaction, then the
+// records between base and head in batches, so that appends running
+// meanwhile do not disturb it.
+func (l *AuditLog) VerifyLive(ctx context.Context, v *gateway.AuditVerifier) (gateway.VerifyResult, error) {
 	var headCmd *goredis.SliceCmd
 	var lenCmd *goredis.IntCmd
 	_, err := l.c.rdb.TxPipelined(ctx, func(p goredis.Pipeliner) error {
-		headCmd = p.HMGet(ctx, l.c.Key(auditHeadKey), "seq", "hash")
+		headCmd = p.HMGet(ctx, l.c.Key(auditHeadKey), "seq", "hash", "base_seq", "base_hash")
 		lenCmd = p.HLen(ctx, l.c.Key(auditRecKey))
 		return nil
 	})
 	if err != nil {
 		return gateway.VerifyResult{}, translate(err)
 	}
-	headSeq, headHash, err := auditHeadFrom(headCmd.Val())
+	headSeq, headHash, err := auditHeadFrom(headCmd.Val()[:2])
 	if err != nil {
 		return gateway.VerifyResult{}, err
 	}
-	v := gateway.NewAuditVerifier(l.keys)
+	base, baseHash, err := auditHeadFrom(headCmd.Val()[2:])
+	if err != nil {
+		return gateway.VerifyResult{}, err
+	}
+	v.Live(base, baseHash)
 	var present int64
-	const chunk = 1000
-	for from := int64(1); from <= headSeq; from += chunk {
-		seqs := make([]int64, 0, chunk)
-		for s := from; s < from+chunk && s <= headSeq; s++ {
-			seqs = append(seqs, s)
-		}
-		raws, err := l.raw(ctx, seqs)
-		if err != nil {
-			return gateway.VerifyResult{}, err
-		}
-		for i, raw := range raws {
-			if raw != nil {
-				present++
-				v.Add(seqs[i], raw)
-			}
-		}
+	err = l.AuditRaw(ctx, base+1, headSeq, func(seq int64, raw []byte) error {
+		present++
+		v.Add(seq, raw)
+		return nil
+	})
+	if err != nil {
+		return gateway.VerifyResult{}, err
 	}
 	res := v.Finish(headSeq, headHash)
 	if extra := lenCmd.Val() - present; res.OK && extra > 0 {
 		res.Records += extra
 		res.OK = false
 		res.FirstBroken = gateway.AuditRecordID(headSeq + 1)
-		res.Reason = fmt.Sprintf("%d records lie beyond the chain head (%d records)", extra, headSeq)
+		res.Reason = fmt.Sprintf("%d records lie outside the live chain (base %d, head %d)", extra, base, headSeq)
 	}
 	return res, nil
+}
+
+// AuditBase implements gateway.AuditArchiveBackend.
+func (l *AuditLog) AuditBase(ctx context.Context) (int64, string, error) {
+	vals, err := l.c.rdb.HMGet(ctx, l.c.Key(auditHeadKey), "base_seq", "base_hash").Result()
+	if err != nil {
+		return 0, "", translate(err)
+	}
+	return auditHeadFrom(vals)
+}
+
+// auditRawBatch is how many records one HMGET of AuditRaw reads.
+const auditRawBatch = 1000
+
+// AuditRaw implements gateway.AuditArchiveBackend.
+func (l *AuditLog) AuditRaw(ctx context.Context, from, to int64, fn func(seq int64, raw []byte) error) error {
+	for ; from <= to; from += auditRawBatch {
+		seqs := make([]int64, 0, auditRawBatch)
+		for s := from; s < from+auditRawBatch && s <= to; s++ {
+			seqs = append(seqs, s)
+		}
+		raws, err := l.raw(ctx, seqs)
+		if err != nil {
+			return err
+		}
+		for i, raw := range raws {
+			if raw == nil {
+				continue
+			}
+			if err := fn(seqs[i], raw); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// auditTrimScript removes records and their index entries up to a new base,
+// if the base is still the one the caller read (another replica trimming
+// the same records makes it a no-op).
+//
+// KEYS: head, rec, index keys… ARGV: expected base, new base seq, new base
+// hash, then the record fields to delete.
+var auditTrimScript = goredis.NewScript(`
+local base = redis.call('HGET', KEYS[1], 'base_seq') or '0'
+if base ~= ARGV[1] then
+  return 0
+end
+for i = 4, #ARGV do
+  redis.call('HDEL', KEYS[2], ARGV[i])
+end
+for i = 3, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'base_seq', ARGV[2], 'base_hash', ARGV[3])
+return 1
+`)
+
+// AuditTrim implements gateway.AuditArchiveBackend: one script per
+// thousand records, each removing them with their index entries and
+// moving the base past them.
+func (l *AuditLog) AuditTrim(ctx context.Context, through int64, hash string) error {
+	for {
+		base, _, err := l.AuditBase(ctx)
+		if err != nil {
+			return err
+		}
+		if base >= through {
+			return nil
+		}
+		last, err := l.raw(ctx, []int64{through})
+		if err != nil {
+			return err
+		}
+		if ev, err := gateway.DecodeAuditEvent(last[0]); last[0] == nil || err != nil || ev.Hash != hash {
+			return fmt.Errorf("audit trim: record %d is not the sealed record it should be: %w", through, gateway.ErrConflict)
+		}
+		end := min(through, base+auditRawBatch)
+		keys := []string{l.c.Key(auditHeadKey), l.c.Key(auditRecKey)}
+		seen := map[string]bool{}
+		args := []any{strconv.FormatInt(base, 10), strconv.FormatInt(end, 10), ""}
+		next := base + 1
+		err = l.AuditRaw(ctx, base+1, end, func(seq int64, raw []byte) error {
+			if seq != next {
+				return fmt.Errorf("audit trim: record %d to trim is missing: %w", next, gateway.ErrConflict)
+			}
+			next++
+			ev, err := gateway.DecodeAuditEvent(raw)
+			if err != nil {
+				return fmt.Errorf("audit trim: record %d: %v: %w", seq, err, gateway.ErrConflict)
+			}
+			for _, t := range gateway.AuditTerms(ev) {
+				if k := l.indexKey(t); !seen[k] {
+					seen[k] = true
+					keys = append(keys, k)
+				}
+			}
+			args[2] = ev.Hash
+			args = append(args, strconv.FormatInt(seq, 10))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if next != end+1 {
+			return fmt.Errorf("audit trim: record %d to trim is missing: %w", next, gateway.ErrConflict)
+		}
+		if err := auditTrimScript.Run(ctx, l.c.rdb, keys, args...).Err(); err != nil {
+			return translate(err)
+		}
+	}
 }
 
 // SetKeys makes the log sign new records with keys' current key (HMAC) and

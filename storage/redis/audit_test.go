@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/blobwrap"
+	"github.com/dicom-gateway/gateway/storage/s3"
 	"github.com/dicom-gateway/gateway/storage/storagetest"
 )
 
@@ -71,4 +73,19 @@ func TestAuditLog(t *testing.T) {
 // script per group commit, replicas racing on the chain head.
 func BenchmarkAuditRecord(b *testing.B) {
 	storagetest.BenchAuditLog(b, func(b *testing.B) storagetest.AuditStore { return newTestAuditLog(b) })
+}
+
+// TestAuditArchive runs the archive suite over the Redis log with its
+// segments in a MinIO bucket.
+func TestAuditArchive(t *testing.T) {
+	storagetest.TestAuditArchive(t,
+		func(t *testing.T) storagetest.AuditStore { return newTestAuditLog(t) },
+		func(t *testing.T) gateway.BlobStore {
+			m := storagetest.MinIO(t)
+			store, err := s3.New(s3.Config{Endpoint: m.Endpoint, Bucket: m.Bucket(t), AccessKey: m.AccessKey, SecretKey: gateway.Secret(m.SecretKey)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return blobwrap.CheckKeys(store)
+		})
 }

@@ -89,10 +89,11 @@ type BlobStore struct {
 }
 
 var (
-	_ gateway.BlobStore    = (*BlobStore)(nil)
-	_ gateway.Pinger       = (*BlobStore)(nil)
-	_ gateway.Stager       = (*BlobStore)(nil)
-	_ gateway.NetworkStore = (*BlobStore)(nil)
+	_ gateway.BlobStore       = (*BlobStore)(nil)
+	_ gateway.Pinger          = (*BlobStore)(nil)
+	_ gateway.Stager          = (*BlobStore)(nil)
+	_ gateway.NetworkStore    = (*BlobStore)(nil)
+	_ gateway.RetentionLocker = (*BlobStore)(nil)
 )
 
 // New checks cfg and returns a store for its bucket. It does not contact the
@@ -236,6 +237,62 @@ func (s *BlobStore) Put(ctx context.Context, key string, r io.Reader) (int64, er
 		return 0, err
 	}
 	return b.Size(), nil
+}
+
+// CanRetain implements gateway.RetentionLocker: the bucket must have been
+// created with Object Lock enabled (S3 cannot turn it on later).
+func (s *BlobStore) CanRetain(ctx context.Context) error {
+	enabled, _, _, _, err := s.client.GetObjectLockConfig(ctx, s.bucket)
+	var er minio.ErrorResponse
+	if errors.As(err, &er) && (er.Code == "ObjectLockConfigurationNotFoundError" || er.StatusCode == http.StatusNotFound && er.Code != minio.NoSuchBucket) {
+		return fmt.Errorf("s3: bucket %s was created without Object Lock: %w", s.bucket, errors.ErrUnsupported)
+	}
+	if err != nil {
+		return fmt.Errorf("s3: object lock of bucket %s: %w", s.bucket, translate(err))
+	}
+	if enabled != "Enabled" {
+		return fmt.Errorf("s3: bucket %s was created without Object Lock: %w", s.bucket, errors.ErrUnsupported)
+	}
+	return nil
+}
+
+// PutRetained implements gateway.RetentionLocker: one streamed upload (in
+// parts of PartSize, so memory stays bounded) with the Object Lock mode and
+// retain-until date; minio-go sends the content checksum that S3 requires
+// of such uploads.
+func (s *BlobStore) PutRetained(ctx context.Context, key string, r io.Reader, ret gateway.ObjectLock) (int64, error) {
+	mode := minio.RetentionMode(ret.Mode)
+	if !mode.IsValid() || ret.Until.IsZero() {
+		return 0, fmt.Errorf("put %s: retention %q until %v: %w", key, ret.Mode, ret.Until, gateway.ErrInvalid)
+	}
+	info, err := s.client.PutObject(ctx, s.bucket, key, r, -1, minio.PutObjectOptions{
+		Mode: mode, RetainUntilDate: ret.Until.UTC(), PartSize: uint64(s.partSize),
+	})
+	if err != nil {
+		return 0, fmt.Errorf("put %s: %w", key, translate(err))
+	}
+	return info.Size, nil
+}
+
+// EnsureLockedBucket creates the bucket with Object Lock enabled if it does
+// not exist (a bucket that exists keeps the setting it was created with).
+func (s *BlobStore) EnsureLockedBucket(ctx context.Context) error {
+	ok, err := s.client.BucketExists(ctx, s.bucket)
+	if err != nil {
+		return fmt.Errorf("s3: bucket %s: %w", s.bucket, translate(err))
+	}
+	if ok {
+		return nil
+	}
+	err = s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: s.region, ObjectLocking: true})
+	var er minio.ErrorResponse
+	if errors.As(err, &er) && er.Code == minio.BucketAlreadyOwnedByYou {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("s3: make bucket %s: %w", s.bucket, translate(err))
+	}
+	return nil
 }
 
 // OverNetwork implements gateway.NetworkStore: every Get is a request to

@@ -164,3 +164,30 @@ func RandomName() string {
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
+
+// LockedBucket creates a fresh bucket with S3 Object Lock (and so
+// versioning) enabled for this test. When the test ends it removes every
+// version, bypassing GOVERNANCE retention: tests lock in that mode, since
+// a COMPLIANCE lock cannot be lifted before its date.
+func (s MinIOServer) LockedBucket(t testing.TB) string {
+	t.Helper()
+	client, err := minio.New(s.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "test-lock-" + RandomName()
+	if err := client.MakeBucket(t.(interface{ Context() context.Context }).Context(), name, minio.MakeBucketOptions{ObjectLocking: true}); err != nil {
+		t.Fatalf("make bucket with object lock: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for obj := range client.ListObjects(ctx, name, minio.ListObjectsOptions{Recursive: true, WithVersions: true}) {
+			if obj.Err == nil {
+				client.RemoveObject(ctx, name, obj.Key, minio.RemoveObjectOptions{VersionID: obj.VersionID, GovernanceBypass: true})
+			}
+		}
+		client.RemoveBucket(ctx, name)
+	})
+	return name
+}
