@@ -297,11 +297,23 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 				return nil, unavailable("store blob", err)
 			}
 		}
+		// The prepared metadata goes before the index entry, so an indexed
+		// instance always has it (a leftover of a failed write is never read:
+		// reads follow the index).
+		if err := (&MetadataStore{Blobs: in.Blobs}).Put(ctx, rec); err != nil {
+			if existing == nil {
+				in.deleteBlob(ctx, key) // not indexed: leave nothing behind
+			}
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, unavailable("store metadata", err)
+		}
 		if existing != nil { // DuplicateReplace, or healing a lost blob
 			if existing.SHA256 == rec.SHA256 && existing.Size == rec.Size {
 				return existing, nil
 			}
-			if err := in.Index.ReplaceInstance(ctx, rec); err != nil {
+			if err := in.Index.ReplaceInstance(ctx, IndexRecord(rec)); err != nil {
 				return nil, unavailable("replace index entry", err)
 			}
 			if old := existing.Key(); old != key {
@@ -313,7 +325,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 		}
 
 		in.checkIdentity(ctx, rec) // identity_conflict.go
-		got, created, err := in.Index.PutInstance(ctx, rec)
+		got, created, err := in.Index.PutInstance(ctx, IndexRecord(rec))
 		if err != nil {
 			// The write may have landed with its reply lost (Redis restarted):
 			// ask again before deciding what to do with the blob.

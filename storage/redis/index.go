@@ -81,14 +81,16 @@ func (x *Index) key(parts ...string) string { return x.prefix + strings.Join(par
 // writeScript puts or replaces one instance. ARGV: prefix, mode ("put" or
 // "replace"), sop, study, series, rec, modality, sop class, study attrs,
 // series attrs (both compact), date, patient id, accession, name keys joined
-// by \1, name prefixes (namePrefixes) joined by \1, metadata order entry,
-// prepared metadata (gateway.PrepareMetadata), name Soundex codes joined by
-// \1, size, stored at (Unix ms; both for the study usage, usage.go).
+// by \1, name prefixes (namePrefixes) joined by \1, metadata order entry
+// (gateway.MetadataOrder), name Soundex codes joined by \1, size, stored at
+// (Unix ms; both for the study usage, usage.go). The prepared metadata is
+// not kept here (gateway.MetadataStore); a record replaced or deleted loses
+// the "md" field earlier versions stored beside it.
 // Returns {1} when written, {0, existing rec} when put found a record.
 var writeScript = goredis.NewScript(`
 local P, mode, sop, st, se, rec = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local mod, cls, sattrs, eattrs, d, pid, acc, names = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
-local np, ord, md, ph, size, at = ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19], ARGV[20]
+local np, ord, ph, size, at = ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19]
 local ik = P .. 'i:' .. sop
 
 ` + luaUsageFunctions + luaIndexFunctions + `
@@ -102,7 +104,7 @@ if redis.call('EXISTS', ik) == 1 then
   remove()
 end
 
-redis.call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls, 'ord', ord, 'md', md, 'sz', size)
+redis.call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls, 'ord', ord, 'sz', size)
 local sk, ek = P .. 's:' .. st, P .. 'e:' .. st .. ':' .. se
 redis.call('SADD', P .. 'ei:' .. st .. ':' .. se, sop)
 local newSeries = redis.call('SADD', P .. 'ss:' .. st, se) == 1
@@ -314,14 +316,13 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) ([]any, erro
 	}
 	md := rec.Metadata
 	names := gateway.NameKeys(md, dicomcodec.TagPatientName)
-	order, prepared := gateway.PrepareMetadata(rec)
 	return []any{
 		x.prefix, mode, rec.SOPInstanceUID, rec.StudyInstanceUID, rec.SeriesInstanceUID, data,
 		indexValue(rec.Modality()), indexValue(rec.SOPClassUID), sattrs, eattrs,
 		strconv.FormatInt(gateway.StudyDateKey(md), 10), indexValue(md.String(dicomcodec.TagPatientID)),
 		indexValue(md.String(dicomcodec.TagAccessionNumber)), strings.Join(names, "\x01"),
 		strings.Join(namePrefixes(gateway.NameGroupKeys(md, dicomcodec.TagPatientName)), "\x01"),
-		order, prepared, strings.Join(gateway.NamePhoneticKeys(md, dicomcodec.TagPatientName), "\x01"),
+		gateway.MetadataOrder(rec), strings.Join(gateway.NamePhoneticKeys(md, dicomcodec.TagPatientName), "\x01"),
 		strconv.FormatInt(rec.Size, 10), strconv.FormatInt(rec.StoredAt.UnixMilli(), 10),
 	}, nil
 }
@@ -485,8 +486,7 @@ func (x *Index) MetadataEntries(ctx context.Context, studyUID, seriesUID string)
 			if err != nil {
 				return nil, err
 			}
-			_, prepared := gateway.PrepareMetadata(rec)
-			entries = append(entries, gateway.NewMetadataEntry(rec, prepared))
+			entries = append(entries, gateway.NewMetadataEntry(rec))
 			continue
 		}
 		e, err := gateway.DecodeMetadataEntry(studyUID, series[i], sops[i], []byte(order))
@@ -500,38 +500,6 @@ func (x *Index) MetadataEntries(ctx context.Context, studyUID, seriesUID string)
 	}
 	slices.SortFunc(entries, gateway.CompareMetadataEntries)
 	return entries, nil
-}
-
-// ReadMetadata fetches the prepared metadata (hash field "md") of
-// gateway.MetadataBatch instances per pipelined round trip.
-func (x *Index) ReadMetadata(ctx context.Context, entries []gateway.MetadataEntry, fn func(gateway.MetadataEntry, []byte) error) error {
-	for batch := range slices.Chunk(entries, gateway.MetadataBatch) {
-		pipe := x.rdb.Pipeline()
-		cmds := make([]*goredis.StringCmd, len(batch))
-		for i, e := range batch {
-			cmds[i] = pipe.HGet(ctx, x.key("i", e.SOPInstanceUID), "md")
-		}
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
-			return translate(err)
-		}
-		for i, e := range batch {
-			prepared, err := cmds[i].Bytes()
-			if errors.Is(err, goredis.Nil) {
-				rec, err := x.GetInstance(ctx, e.SOPInstanceUID)
-				if errors.Is(err, gateway.ErrNotFound) {
-					continue // deleted since it was listed
-				}
-				if err != nil {
-					return err
-				}
-				_, prepared = gateway.PrepareMetadata(rec) // indexed before prepared metadata existed
-			}
-			if err := fn(e, prepared); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
 }
 
 func (x *Index) instances(ctx context.Context, studyUID, seriesUID string) ([]*gateway.InstanceRecord, error) {

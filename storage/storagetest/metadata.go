@@ -11,17 +11,41 @@ import (
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/storage/filesystem"
 )
 
 // TestMetadataReader is the part of the gateway.Index suite (TestIndex) that covers
-// gateway.MetadataReader: prepared metadata follows every put, replace and
-// delete, lists in ListInstances order and reads in batches.
+// gateway.MetadataReader: entries follow every put, replace and delete and
+// list in ListInstances order, and the prepared metadata they name reads
+// back through a gateway.MetadataStore (on a filesystem blob store: the
+// store's own suites run it on every blob store), written as ingest writes
+// it, beside the index entry.
 func TestMetadataReader(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
+	stores := map[gateway.Index]*gateway.MetadataStore{}
+	metadataOf := func(t *testing.T, x gateway.Index) *gateway.MetadataStore {
+		t.Helper()
+		if m, ok := stores[x]; ok {
+			return m
+		}
+		blobs, err := filesystem.New(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		stores[x] = &gateway.MetadataStore{Blobs: blobs}
+		return stores[x]
+	}
+	mustPut := func(t *testing.T, x gateway.Index, rec *gateway.InstanceRecord) {
+		t.Helper()
+		if err := metadataOf(t, x).Put(t.Context(), rec); err != nil {
+			t.Fatal(err)
+		}
+		mustPut(t, x, rec)
+	}
 	readAll := func(t *testing.T, x gateway.Index, entries []gateway.MetadataEntry) ([]string, [][]byte) {
 		t.Helper()
 		var sops []string
 		var values [][]byte
-		err := x.ReadMetadata(t.Context(), entries, func(e gateway.MetadataEntry, b []byte) error {
+		err := metadataOf(t, x).Read(t.Context(), entries, func(e gateway.MetadataEntry, b []byte) error {
 			sops = append(sops, e.SOPInstanceUID)
 			values = append(values, bytes.Clone(b))
 			return nil
@@ -73,8 +97,8 @@ func TestMetadataReader(t *testing.T, newIndex func(t *testing.T) gateway.Index)
 				if !bytes.Equal(values[i], want) {
 					t.Errorf("prepared metadata of %s:\n got %s\nwant %s", rec.SOPInstanceUID, values[i], want)
 				}
-				if sum := sha256.Sum256(values[i]); !bytes.Equal(entries[i].Digest[:], sum[:16]) {
-					t.Errorf("digest of %s does not match its prepared metadata", rec.SOPInstanceUID)
+				if entries[i].Digest != gateway.NewMetadataEntry(rec).Digest {
+					t.Errorf("digest of %s is not its record's", rec.SOPInstanceUID)
 				}
 				if entries[i].StudyInstanceUID != "1.2.3" || entries[i].SeriesInstanceUID != rec.SeriesInstanceUID {
 					t.Errorf("entry %d names study %s series %s, want 1.2.3 %s", i, entries[i].StudyInstanceUID, entries[i].SeriesInstanceUID, rec.SeriesInstanceUID)
@@ -100,6 +124,11 @@ func TestMetadataReader(t *testing.T, newIndex func(t *testing.T) gateway.Index)
 			t.Fatal(err)
 		}
 		replaced := Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{dicomcodec.TagInstanceNumber: int64(3), "00081030": "Replaced"})
+		replaced.SHA256 = fmt.Sprintf("%x", sha256.Sum256([]byte("other bytes")))
+		m := metadataOf(t, x)
+		if err := m.Put(ctx, replaced); err != nil {
+			t.Fatal(err)
+		}
 		if err := x.ReplaceInstance(ctx, replaced); err != nil {
 			t.Fatal(err)
 		}
@@ -120,6 +149,9 @@ func TestMetadataReader(t *testing.T, newIndex func(t *testing.T) gateway.Index)
 		if err := x.DeleteInstance(ctx, "1.2.3.1.2"); err != nil {
 			t.Fatal(err)
 		}
+		if err := m.Delete(ctx, "1.2.3", "1.2.3.1", "1.2.3.1.2"); err != nil {
+			t.Fatal(err)
+		}
 		// A list taken before the delete reads on without the deleted instance.
 		sops, _ := readAll(t, x, after)
 		if want := []string{"1.2.3.1.1"}; !slices.Equal(sops, want) {
@@ -134,16 +166,23 @@ func TestMetadataReader(t *testing.T, newIndex func(t *testing.T) gateway.Index)
 	})
 	t.Run("MetadataReadsInBatches", func(t *testing.T) {
 		x, ctx := newIndex(t), t.Context()
-		n := gateway.MetadataBatch*2 + 3
+		n := 2*256 + 3
 		recs := make([]*gateway.InstanceRecord, n)
 		for i := range recs {
 			recs[i] = Record("1.2.3", "1.2.3.1", fmt.Sprintf("1.2.3.1.%d", i+1), map[string]any{dicomcodec.TagInstanceNumber: int64(n - i)})
 		}
 		putAll(t, x, recs)
+		for _, r := range recs {
+			if err := metadataOf(t, x).Put(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
 		entries, err := x.MetadataEntries(ctx, "1.2.3", "1.2.3.1")
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Twice: the first read builds the series object, the second serves it.
+		readAll(t, x, entries)
 		sops, values := readAll(t, x, entries)
 		if len(sops) != n {
 			t.Fatalf("ReadMetadata visited %d instances, want %d", len(sops), n)
@@ -158,7 +197,7 @@ func TestMetadataReader(t *testing.T, newIndex func(t *testing.T) gateway.Index)
 		}
 		stop := errors.New("stop")
 		calls := 0
-		err = x.ReadMetadata(ctx, entries, func(gateway.MetadataEntry, []byte) error {
+		err = metadataOf(t, x).Read(ctx, entries, func(gateway.MetadataEntry, []byte) error {
 			calls++
 			if calls == 3 {
 				return stop
