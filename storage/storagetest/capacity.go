@@ -200,7 +200,9 @@ func BenchCapacity(b *testing.B, x gateway.Index, memory func(context.Context) (
 
 	reps := envInt("GATEWAY_BENCH_QUERIES", 200)
 	r := rand.New(rand.NewPCG(3, 3))
-	pick := func() *gateway.InstanceRecord { return capacityRecord(tmpl, shape, studies, r.IntN(studies)*shape.perStudy()) }
+	pick := func() *gateway.InstanceRecord {
+		return capacityRecord(tmpl, shape, studies, r.IntN(studies)*shape.perStudy())
+	}
 	search := func(level gateway.QueryLevel, study, series, params string) (*gateway.SearchResult, error) {
 		v, err := url.ParseQuery(params)
 		if err != nil {
