@@ -240,10 +240,12 @@ func (d *Deleter) deleteRecord(ctx context.Context, rec *InstanceRecord) (blobs,
 	} else if !errIsNotFound(err) {
 		return blobs, 0, fmt.Errorf("instance %s: delete index entry: %w", rec.SOPInstanceUID, err)
 	}
-	// After the index entry: a read that listed the instance before finds
-	// its metadata or skips it, and a retry of a failed delete finds the
-	// record gone and the metadata still to remove only if this failed.
-	if err := (&MetadataStore{Blobs: d.Blobs}).Delete(ctx, rec.StudyInstanceUID, rec.SeriesInstanceUID, rec.SOPInstanceUID); err != nil {
+	// The series' metadata object holds the instance's header too. A read
+	// that listed the instance before the delete may write the object again
+	// (without it: the blob is gone); such an object is never served, since
+	// the entries it was built from no longer exist, and the next read of
+	// the series replaces it.
+	if err := (&MetadataStore{Blobs: d.Blobs}).Delete(ctx, rec.StudyInstanceUID, rec.SeriesInstanceUID); err != nil {
 		return blobs, instances, fmt.Errorf("instance %s: %w", rec.SOPInstanceUID, err)
 	}
 	return blobs, instances, nil

@@ -297,18 +297,6 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 				return nil, unavailable("store blob", err)
 			}
 		}
-		// The prepared metadata goes before the index entry, so an indexed
-		// instance always has it (a leftover of a failed write is never read:
-		// reads follow the index).
-		if err := (&MetadataStore{Blobs: in.Blobs}).Put(ctx, rec); err != nil {
-			if existing == nil {
-				in.deleteBlob(ctx, key) // not indexed: leave nothing behind
-			}
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			return nil, unavailable("store metadata", err)
-		}
 		if existing != nil { // DuplicateReplace, or healing a lost blob
 			if existing.SHA256 == rec.SHA256 && existing.Size == rec.Size {
 				return existing, nil

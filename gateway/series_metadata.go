@@ -14,44 +14,28 @@ import (
 	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
-// MetadataStore keeps the prepared metadata (PrepareMetadata) of every
-// instance in the blob store, beside the instances and never under their
-// prefix:
-//
-//   - metadata/<study>/<series>/<sop>.json, one per instance, written when
-//     the instance is stored (Ingest, Reindex) and removed with it (Deleter):
-//     the source of truth, written by whoever stores that instance, so two
-//     uploads adding to one series at once can never lose each other's;
-//   - metadata/<study>/<series>/series, the series' instances in order in
-//     one object, which Read streams with one GET. It is a cache, built by
-//     the first read after the series changed: its header carries a hash of
-//     the series' index entries (SOP Instance UIDs and digests, in order),
-//     and a read whose entries hash differently rebuilds it from the
-//     per-instance objects. Writers never touch it, so there is nothing to
-//     lock: a stale or half-raced copy is only ever rebuilt, never served.
-//
-// Rebuilding on read rather than on every store keeps a 1,000-instance
-// upload from rewriting a growing series object a thousand times.
+// MetadataStore serves the prepared metadata (PrepareMetadata) of a
+// series from one object in the blob store, metadata/<study>/<series>/series,
+// beside the instances and never under their prefix. The object is a cache
+// of what the instance blobs hold: it is built by the first read of the
+// series and rebuilt by the first read after the series changed, never
+// written on the store path, so storing an instance costs no extra write
+// and two uploads into one series have nothing to race on. Its header
+// carries a hash of the series' index entries (SOP Instance UIDs and
+// digests, in order) and a table of the entries it holds: a read whose
+// entries hash the same streams it with one GET; a read whose entries
+// differ rebuilds it, copying the instances that did not change from the old
+// object and preparing only the new or replaced ones from their blobs
+// (their headers, not their pixel data). A stale object is never served.
 type MetadataStore struct {
 	Blobs BlobStore
-	// HeaderLimits bound the header parse of an instance stored before
-	// prepared metadata moved to the blob store (whose object is made from
-	// its blob on first read).
+	// HeaderLimits bound the header parse of an instance blob.
 	HeaderLimits dicomcodec.HeaderLimits
 }
 
-// InstanceMetadataKey is the key of one instance's prepared metadata.
-func InstanceMetadataKey(studyUID, seriesUID, sopInstanceUID string) string {
-	return seriesMetadataPrefix(studyUID, seriesUID) + mustUID(sopInstanceUID) + ".json"
-}
-
-// SeriesMetadataKey is the key of a series' cached metadata object.
+// SeriesMetadataKey is the key of a series' metadata object.
 func SeriesMetadataKey(studyUID, seriesUID string) string {
-	return seriesMetadataPrefix(studyUID, seriesUID) + "series"
-}
-
-func seriesMetadataPrefix(studyUID, seriesUID string) string {
-	return "metadata/" + mustUID(studyUID) + "/" + mustUID(seriesUID) + "/"
+	return "metadata/" + mustUID(studyUID) + "/" + mustUID(seriesUID) + "/series"
 }
 
 // mustUID returns uid, panicking if it is not valid: keys are built only
@@ -63,41 +47,31 @@ func mustUID(uid string) string {
 	return uid
 }
 
-// Put stores the prepared metadata of rec, which must carry the whole header
-// (the record as ingest or DescribeBlob built it).
-func (m *MetadataStore) Put(ctx context.Context, rec *InstanceRecord) error {
-	_, prepared := PrepareMetadata(rec)
-	if _, err := m.Blobs.Put(ctx, InstanceMetadataKey(rec.StudyInstanceUID, rec.SeriesInstanceUID, rec.SOPInstanceUID), bytes.NewReader(prepared)); err != nil {
-		return fmt.Errorf("store metadata of instance %s: %w", rec.SOPInstanceUID, err)
+// Delete removes a series' metadata object, which holds the metadata of
+// instances being deleted. Absent is not an error.
+func (m *MetadataStore) Delete(ctx context.Context, studyUID, seriesUID string) error {
+	if err := m.Blobs.Delete(ctx, SeriesMetadataKey(studyUID, seriesUID)); err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("delete metadata of series %s: %w", seriesUID, err)
 	}
 	return nil
 }
 
-// Delete removes the prepared metadata of one instance and the cached
-// object of its series (which holds it too). Absent objects are not an
-// error.
-func (m *MetadataStore) Delete(ctx context.Context, studyUID, seriesUID, sopInstanceUID string) error {
-	for _, key := range []string{InstanceMetadataKey(studyUID, seriesUID, sopInstanceUID), SeriesMetadataKey(studyUID, seriesUID)} {
-		if err := m.Blobs.Delete(ctx, key); err != nil && !errors.Is(err, ErrNotFound) {
-			return fmt.Errorf("delete metadata of instance %s: %w", sopInstanceUID, err)
-		}
-	}
-	return nil
-}
-
-// metadataFetchAhead is how many per-instance objects a rebuild fetches at
-// once: enough to hide a network store's latency, few enough that memory
-// stays a few hundred KiB.
+// metadataFetchAhead is how many instances a rebuild prepares at once:
+// enough to hide a network store's latency, few enough that memory stays a
+// few hundred KiB.
 const metadataFetchAhead = 16
 
 // seriesObjectMagic starts a series object; the version is its last byte.
-var seriesObjectMagic = []byte("GWSERIESMD\x01")
+// After it: the hash of the entries it holds (seriesVersion), their count,
+// per entry its SOP Instance UID and digest, then per entry its prepared
+// JSON; strings and JSON are each preceded by their length as a uvarint.
+var seriesObjectMagic = []byte("GWSERIESMD\x02")
 
 // Read calls fn with the prepared JSON of each entry, in the order given,
-// holding one instance's JSON (or metadataFetchAhead of them while a series
-// object is rebuilt) at a time. The bytes are valid only during the call. An
-// instance deleted since it was listed is skipped; an error from fn stops
-// the read and is returned.
+// holding one instance's JSON (metadataFetchAhead of them while a series
+// object is rebuilt) at a time. The bytes are valid only during the call.
+// An instance deleted since it was listed is skipped; an error from fn
+// stops the read and is returned.
 func (m *MetadataStore) Read(ctx context.Context, entries []MetadataEntry, fn func(MetadataEntry, []byte) error) error {
 	runs := seriesRuns(entries)
 	seen := map[string]int{}
@@ -106,7 +80,8 @@ func (m *MetadataStore) Read(ctx context.Context, entries []MetadataEntry, fn fu
 	}
 	for _, run := range runs {
 		// A series split over several runs (instances disagreeing on their
-		// SeriesNumber) would make its runs overwrite each other's object.
+		// SeriesNumber) would make its runs overwrite each other's object;
+		// one instance is prepared as fast as an object is read.
 		cache := len(run) > 1 && seen[run[0].SeriesInstanceUID] == 1
 		if err := m.readRun(ctx, run, cache, fn); err != nil {
 			return err
@@ -143,18 +118,32 @@ func seriesVersion(run []MetadataEntry) [sha256.Size]byte {
 	return v
 }
 
-// readRun reads one series' entries: from its series object when that is
-// current, else from the per-instance objects, writing a new series object
-// as it goes when cache is set.
+// readRun reads one series' entries: from its object when that is current,
+// else by rebuilding it (when cache is set) while serving.
 func (m *MetadataStore) readRun(ctx context.Context, run []MetadataEntry, cache bool, fn func(MetadataEntry, []byte) error) error {
-	study, series := run[0].StudyInstanceUID, run[0].SeriesInstanceUID
 	if !cache {
-		return m.readInstances(ctx, run, nil, fn)
+		return m.readInstances(ctx, run, nil, nil, fn)
 	}
+	study, series := run[0].StudyInstanceUID, run[0].SeriesInstanceUID
 	version := seriesVersion(run)
-	served, err := m.readSeriesObject(ctx, study, series, version, run, fn)
-	if served || err != nil {
+	old, err := m.openSeriesObject(ctx, study, series)
+	if err != nil {
 		return err
+	}
+	if old != nil {
+		defer old.rc.Close()
+		if old.version == version && len(old.toc) == len(run) {
+			var buf []byte
+			for i, e := range run {
+				if buf, err = old.body(i, buf[:0]); err != nil {
+					return fmt.Errorf("metadata object of series %s is corrupt: %w", series, ErrUnavailable)
+				}
+				if err := fn(e, buf); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
 	}
 	pr, pw := io.Pipe()
 	putDone := make(chan error, 1)
@@ -167,7 +156,12 @@ func (m *MetadataStore) readRun(ctx context.Context, run []MetadataEntry, cache 
 	w.Write(seriesObjectMagic)
 	w.Write(version[:])
 	w.Write(binary.AppendUvarint(nil, uint64(len(run))))
-	err = m.readInstances(ctx, run, w, fn)
+	for _, e := range run {
+		w.Write(binary.AppendUvarint(nil, uint64(len(e.SOPInstanceUID))))
+		w.WriteString(e.SOPInstanceUID)
+		w.Write(e.Digest[:])
+	}
+	err = m.readInstances(ctx, run, old, w, fn)
 	if err == nil && w.Flush() == nil {
 		pw.Close()
 	} else {
@@ -186,45 +180,71 @@ func (m *MetadataStore) readRun(ctx context.Context, run []MetadataEntry, cache 
 // not match its version (an instance vanished while it was built).
 var errSeriesObjectAbandoned = errors.New("series metadata object abandoned")
 
-// readSeriesObject serves run from the series object if its version is
-// version. served is false, with a nil error, when there is no such
-// object or it is stale: nothing was passed to fn.
-func (m *MetadataStore) readSeriesObject(ctx context.Context, study, series string, version [sha256.Size]byte, run []MetadataEntry, fn func(MetadataEntry, []byte) error) (served bool, err error) {
+// seriesObject is a series object open for reading, its header read.
+type seriesObject struct {
+	rc      io.ReadCloser
+	br      *bufio.Reader
+	version [sha256.Size]byte
+	toc     []tocEntry
+	next    int // the entry whose body br is at
+}
+
+type tocEntry struct {
+	sop    string
+	digest [16]byte
+}
+
+// openSeriesObject opens a series' object and reads its header. It returns
+// nil, with no error, when there is none or it is not one this version
+// reads: a rebuild then prepares every instance.
+func (m *MetadataStore) openSeriesObject(ctx context.Context, study, series string) (*seriesObject, error) {
 	rc, err := m.Blobs.Get(ctx, SeriesMetadataKey(study, series), 0, -1)
 	if errors.Is(err, ErrNotFound) {
-		return false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("read metadata of series %s: %w", series, err)
+		return nil, fmt.Errorf("read metadata of series %s: %w", series, err)
 	}
-	defer rc.Close()
-	br := bufio.NewReaderSize(rc, 64<<10)
-	head := make([]byte, len(seriesObjectMagic)+sha256.Size)
-	if _, err := io.ReadFull(br, head); err != nil || !bytes.Equal(head[:len(seriesObjectMagic)], seriesObjectMagic) || !bytes.Equal(head[len(seriesObjectMagic):], version[:]) {
-		return false, nil // stale, from another version, or cut short: rebuild
+	o := &seriesObject{rc: rc, br: bufio.NewReaderSize(rc, 64<<10)}
+	magic := make([]byte, len(seriesObjectMagic))
+	if _, err := io.ReadFull(o.br, magic); err != nil || !bytes.Equal(magic, seriesObjectMagic) {
+		rc.Close()
+		return nil, nil
 	}
-	n, err := binary.ReadUvarint(br)
-	if err != nil || n != uint64(len(run)) {
-		return false, nil
+	_, err = io.ReadFull(o.br, o.version[:])
+	n, err2 := binary.ReadUvarint(o.br)
+	if err != nil || err2 != nil || n > 1<<24 {
+		rc.Close()
+		return nil, nil
 	}
-	corrupt := func(what string) error {
-		return fmt.Errorf("metadata object of series %s is corrupt (%s): %w", series, what, ErrUnavailable)
-	}
-	var buf []byte
-	for _, e := range run {
-		sop, err := readChunk(br, buf[:0], 64)
-		if err != nil || string(sop) != e.SOPInstanceUID {
-			return true, corrupt("instance UID")
+	o.toc = make([]tocEntry, 0, min(n, 4096))
+	for range n {
+		sop, err := readChunk(o.br, nil, 64)
+		var t tocEntry
+		if _, err2 := io.ReadFull(o.br, t.digest[:]); err != nil || err2 != nil {
+			rc.Close()
+			return nil, nil
 		}
-		buf, err = readChunk(br, buf[:0], 1<<30)
+		t.sop = string(sop)
+		o.toc = append(o.toc, t)
+	}
+	return o, nil
+}
+
+// body returns the prepared JSON of entry i of the table, which must not be
+// before the last one read, skipping the bodies in between.
+func (o *seriesObject) body(i int, buf []byte) ([]byte, error) {
+	for ; o.next < i; o.next++ {
+		n, err := binary.ReadUvarint(o.br)
 		if err != nil {
-			return true, corrupt("instance metadata")
+			return nil, err
 		}
-		if err := fn(e, buf); err != nil {
-			return true, err
+		if _, err := o.br.Discard(int(min(n, 1<<30))); err != nil {
+			return nil, err
 		}
 	}
-	return true, nil
+	o.next++
+	return readChunk(o.br, buf, 1<<30)
 }
 
 // readChunk reads a uvarint length (at most limit) and that many bytes into
@@ -245,27 +265,49 @@ func readChunk(br *bufio.Reader, buf []byte, limit uint64) ([]byte, error) {
 	return buf, err
 }
 
-// readInstances reads run from the per-instance objects, metadataFetchAhead
-// at a time, calling fn and appending each to the series object w (if not
-// nil). An instance whose object is missing (stored before prepared
-// metadata moved to the blob store) is prepared from its blob, and its
-// object written; an instance whose blob is gone too was deleted since it was
-// listed: it is skipped, and the series object abandoned.
-func (m *MetadataStore) readInstances(ctx context.Context, run []MetadataEntry, w *bufio.Writer, fn func(MetadataEntry, []byte) error) error {
+// readInstances reads run, metadataFetchAhead at a time, calling fn and
+// appending each instance's JSON to the series object w (if not nil): an
+// instance that old holds with the same digest is copied from it (the
+// instances old and run share sort the same way, so old is read once, front
+// to back); any other is prepared from its blob. An instance whose blob is
+// gone was deleted since it was listed: it is skipped, and the series object
+// abandoned.
+func (m *MetadataStore) readInstances(ctx context.Context, run []MetadataEntry, old *seriesObject, w *bufio.Writer, fn func(MetadataEntry, []byte) error) error {
+	kept := make([]int, len(run)) // index in old's table, or -1
+	var inOld map[string]int
+	if old != nil {
+		inOld = make(map[string]int, len(old.toc))
+		for i, t := range old.toc {
+			inOld[t.sop] = i
+		}
+	}
+	last := -1
+	for i, e := range run {
+		kept[i] = -1
+		if j, ok := inOld[e.SOPInstanceUID]; ok && j > last && old.toc[j].digest == e.Digest {
+			kept[i], last = j, j
+		}
+	}
 	type fetched struct {
 		b   []byte
 		err error
 	}
 	abandoned := false
-	for len(run) > 0 {
-		batch := run[:min(len(run), metadataFetchAhead)]
-		run = run[len(batch):]
+	for start := 0; start < len(run); start += metadataFetchAhead {
+		batch := run[start:min(len(run), start+metadataFetchAhead)]
 		got := make([]fetched, len(batch))
 		var wg sync.WaitGroup
 		for i, e := range batch {
-			wg.Go(func() {
-				got[i].b, got[i].err = m.instance(ctx, e)
-			})
+			if kept[start+i] < 0 {
+				wg.Go(func() { got[i].b, got[i].err = m.instance(ctx, e) })
+			}
+		}
+		for i, e := range batch {
+			if j := kept[start+i]; j >= 0 {
+				if got[i].b, got[i].err = old.body(j, nil); got[i].err != nil {
+					got[i].b, got[i].err = m.instance(ctx, e) // old object cut short: prepare it
+				}
+			}
 		}
 		wg.Wait()
 		for i, e := range batch {
@@ -277,8 +319,6 @@ func (m *MetadataStore) readInstances(ctx context.Context, run []MetadataEntry, 
 				return got[i].err
 			}
 			if w != nil && !abandoned {
-				w.Write(binary.AppendUvarint(nil, uint64(len(e.SOPInstanceUID))))
-				w.WriteString(e.SOPInstanceUID)
 				w.Write(binary.AppendUvarint(nil, uint64(len(got[i].b))))
 				w.Write(got[i].b)
 			}
@@ -293,35 +333,21 @@ func (m *MetadataStore) readInstances(ctx context.Context, run []MetadataEntry, 
 	return nil
 }
 
-// instance returns the prepared JSON of one instance: its object, or, for an
-// instance stored before there were such objects, the JSON prepared from its
-// blob (and written as its object for next time). ErrNotFound when neither
-// exists.
+// instance prepares one instance's metadata from its blob, reading its
+// header only. ErrNotFound when the blob is gone.
 func (m *MetadataStore) instance(ctx context.Context, e MetadataEntry) ([]byte, error) {
-	rc, err := m.Blobs.Get(ctx, InstanceMetadataKey(e.StudyInstanceUID, e.SeriesInstanceUID, e.SOPInstanceUID), 0, -1)
-	if err == nil {
-		defer rc.Close()
-		b, err := io.ReadAll(rc)
-		if err != nil {
-			return nil, fmt.Errorf("read metadata of instance %s: %w", e.SOPInstanceUID, err)
-		}
-		return b, nil
-	}
-	if !errors.Is(err, ErrNotFound) {
-		return nil, fmt.Errorf("read metadata of instance %s: %w", e.SOPInstanceUID, err)
-	}
-	rc, err = m.Blobs.Get(ctx, InstanceKey(e.StudyInstanceUID, e.SeriesInstanceUID, e.SOPInstanceUID), 0, -1)
+	rc, err := m.Blobs.Get(ctx, InstanceKey(e.StudyInstanceUID, e.SeriesInstanceUID, e.SOPInstanceUID), 0, -1)
 	if err != nil {
-		return nil, err
+		if errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("read instance %s for its metadata: %w", e.SOPInstanceUID, err)
 	}
 	defer rc.Close()
 	h, err := dicomcodec.ParseHeader(rc, m.HeaderLimits)
 	if err != nil {
-		return nil, fmt.Errorf("prepare metadata of instance %s from its blob: %w", e.SOPInstanceUID, FromCodec(err))
+		return nil, fmt.Errorf("prepare metadata of instance %s: %w", e.SOPInstanceUID, FromCodec(err))
 	}
-	rec := &InstanceRecord{StudyInstanceUID: e.StudyInstanceUID, SeriesInstanceUID: e.SeriesInstanceUID, SOPInstanceUID: e.SOPInstanceUID, Metadata: h.Dataset}
-	_, prepared := PrepareMetadata(rec)
-	// Best effort: without the object the next read prepares it again.
-	_, _ = m.Blobs.Put(ctx, InstanceMetadataKey(e.StudyInstanceUID, e.SeriesInstanceUID, e.SOPInstanceUID), bytes.NewReader(prepared))
+	_, prepared := PrepareMetadata(&InstanceRecord{Metadata: h.Dataset})
 	return prepared, nil
 }

@@ -14,15 +14,15 @@ import (
 )
 
 // TestMetadataStore runs gateway.MetadataStore on a blob store: prepared
-// metadata reads back in entry order from the per-instance objects and then
-// from the series object, a series object never outlives a change of its
-// series, concurrent writers to one series lose nothing, an instance stored
-// before metadata objects existed is prepared from its blob, and deleted
-// instances are skipped.
+// metadata reads back in entry order, prepared from the instance blobs and
+// then from the series object; a series object is never served for a
+// series that changed, and a rebuild copies unchanged instances from the
+// old object; instances added by concurrent uploads are all there; deleted
+// instances are skipped; a read stopped part way writes no object.
 func TestMetadataStore(t *testing.T, newBlobs func(t *testing.T) gateway.BlobStore) {
-	// store puts the instances of a synthetic series as ingest does (blob,
-	// then prepared metadata) and returns their whole records in order.
-	store := func(t *testing.T, blobs gateway.BlobStore, m *gateway.MetadataStore, seed uint64, n int, withMetadata bool) []*gateway.InstanceRecord {
+	// store puts the instances of a synthetic series as ingest does and
+	// returns their whole records in order.
+	store := func(t *testing.T, blobs gateway.BlobStore, seed uint64, n int) []*gateway.InstanceRecord {
 		t.Helper()
 		var recs []*gateway.InstanceRecord
 		for _, in := range synth.Study(synth.StudySpec{Seed: seed, InstancesPerSeries: n}) {
@@ -40,11 +40,6 @@ func TestMetadataStore(t *testing.T, newBlobs func(t *testing.T) gateway.BlobSto
 			rec, err := gateway.DescribeBlob(t.Context(), blobs, info, dicomcodec.HeaderLimits{})
 			if err != nil {
 				t.Fatal(err)
-			}
-			if withMetadata {
-				if err := m.Put(t.Context(), rec); err != nil {
-					t.Fatal(err)
-				}
 			}
 			recs = append(recs, rec)
 		}
@@ -94,34 +89,53 @@ func TestMetadataStore(t *testing.T, newBlobs func(t *testing.T) gateway.BlobSto
 	t.Run("SeriesObjectFollowsChanges", func(t *testing.T) {
 		blobs := newBlobs(t)
 		m := &gateway.MetadataStore{Blobs: blobs}
-		recs := store(t, blobs, m, 41, 5, true)
-		sops, values := read(t, m, entriesOf(recs))
-		check(t, recs, sops, values)
+		recs := store(t, blobs, 41, 6)
+		first := recs[:5]
+		sops, values := read(t, m, entriesOf(first))
+		check(t, first, sops, values)
 		if !seriesObject(t, blobs, recs[0]) {
 			t.Fatal("no series object after the first read")
 		}
-		// Served from the series object: remove an instance's own object
-		// and the read still has it.
-		if err := blobs.Delete(t.Context(), gateway.InstanceMetadataKey(recs[2].StudyInstanceUID, recs[2].SeriesInstanceUID, recs[2].SOPInstanceUID)); err != nil {
+		// Served from the series object: with an instance's blob gone, the
+		// same list still reads whole.
+		if err := blobs.Delete(t.Context(), recs[2].Key()); err != nil {
 			t.Fatal(err)
 		}
+		sops, values = read(t, m, entriesOf(first))
+		check(t, first, sops, values)
+		// The series changed (an instance added): the object built for five
+		// is not served for six; the rebuild copies the unchanged ones from
+		// it (recs[2], whose blob is gone, can only come from there) and
+		// prepares the new one from its blob.
 		sops, values = read(t, m, entriesOf(recs))
 		check(t, recs, sops, values)
-		// One instance fewer in the index: the series object (built for five)
-		// is not served for four.
+		// One instance fewer: rebuilt again, without it.
 		fewer := slices.Delete(slices.Clone(recs), 1, 2)
 		sops, values = read(t, m, entriesOf(fewer))
 		check(t, fewer, sops, values)
+		// A replaced instance (another digest) is prepared again, not copied.
+		changed := slices.Clone(fewer)
+		other := *changed[0]
+		other.SHA256 = "replaced"
+		changed[0] = &other
+		if err := blobs.Delete(t.Context(), other.Key()); err != nil {
+			t.Fatal(err)
+		}
+		sops, values = read(t, m, entriesOf(changed))
+		check(t, changed[1:], sops, values) // skipped: its blob is gone, and the old copy is of other content
 	})
-	t.Run("ConcurrentWritersLoseNothing", func(t *testing.T) {
+	t.Run("ConcurrentUploadsLoseNothing", func(t *testing.T) {
 		blobs := newBlobs(t)
 		m := &gateway.MetadataStore{Blobs: blobs}
-		recs := store(t, blobs, m, 42, 8, false)
-		read(t, m, entriesOf(recs[:2])) // a series object for two instances
+		recs := store(t, blobs, 42, 12)
+		// Readers racing over growing lists of one series, as uploads land
+		// between reads: each sees its own list whole, and the last list
+		// reads whole after all of them.
 		var wg sync.WaitGroup
-		for _, r := range recs {
+		for k := 2; k <= len(recs); k += 2 {
 			wg.Go(func() {
-				if err := m.Put(context.WithoutCancel(t.Context()), r); err != nil {
+				err := m.Read(context.WithoutCancel(t.Context()), entriesOf(recs[:k]), func(gateway.MetadataEntry, []byte) error { return nil })
+				if err != nil {
 					t.Error(err)
 				}
 			})
@@ -130,27 +144,15 @@ func TestMetadataStore(t *testing.T, newBlobs func(t *testing.T) gateway.BlobSto
 		sops, values := read(t, m, entriesOf(recs))
 		check(t, recs, sops, values)
 	})
-	t.Run("PreparedFromBlobWhenMissing", func(t *testing.T) {
-		blobs := newBlobs(t)
-		m := &gateway.MetadataStore{Blobs: blobs}
-		recs := store(t, blobs, m, 43, 3, false) // as stored by a version that kept metadata in the index
-		sops, values := read(t, m, entriesOf(recs[:1]))
-		check(t, recs[:1], sops, values)
-		if _, err := blobs.Stat(t.Context(), gateway.InstanceMetadataKey(recs[0].StudyInstanceUID, recs[0].SeriesInstanceUID, recs[0].SOPInstanceUID)); err != nil {
-			t.Fatalf("metadata object not written after it was prepared from the blob: %v", err)
-		}
-		sops, values = read(t, m, entriesOf(recs))
-		check(t, recs, sops, values)
-	})
 	t.Run("DeletedInstanceSkipped", func(t *testing.T) {
 		blobs := newBlobs(t)
 		m := &gateway.MetadataStore{Blobs: blobs}
-		recs := store(t, blobs, m, 44, 4, true)
+		recs := store(t, blobs, 44, 4)
 		gone := recs[1]
 		if err := blobs.Delete(t.Context(), gone.Key()); err != nil {
 			t.Fatal(err)
 		}
-		if err := m.Delete(t.Context(), gone.StudyInstanceUID, gone.SeriesInstanceUID, gone.SOPInstanceUID); err != nil {
+		if err := m.Delete(t.Context(), gone.StudyInstanceUID, gone.SeriesInstanceUID); err != nil {
 			t.Fatal(err)
 		}
 		sops, values := read(t, m, entriesOf(recs)) // a list taken before the delete
@@ -163,7 +165,7 @@ func TestMetadataStore(t *testing.T, newBlobs func(t *testing.T) gateway.BlobSto
 	t.Run("StopsOnCallbackError", func(t *testing.T) {
 		blobs := newBlobs(t)
 		m := &gateway.MetadataStore{Blobs: blobs}
-		recs := store(t, blobs, m, 45, 40, true)
+		recs := store(t, blobs, 45, 40)
 		stop := errors.New("stop")
 		calls := 0
 		err := m.Read(t.Context(), entriesOf(recs), func(gateway.MetadataEntry, []byte) error {
