@@ -206,29 +206,40 @@ func (m *MetadataStore) openSeriesObject(ctx context.Context, study, series stri
 		return nil, fmt.Errorf("read metadata of series %s: %w", series, err)
 	}
 	o := &seriesObject{rc: rc, br: bufio.NewReaderSize(rc, 64<<10)}
-	magic := make([]byte, len(seriesObjectMagic))
-	if _, err := io.ReadFull(o.br, magic); err != nil || !bytes.Equal(magic, seriesObjectMagic) {
+	if !o.readHeader() {
 		rc.Close()
 		return nil, nil
 	}
-	_, err = io.ReadFull(o.br, o.version[:])
-	n, err2 := binary.ReadUvarint(o.br)
-	if err != nil || err2 != nil || n > 1<<24 {
-		rc.Close()
-		return nil, nil
+	return o, nil
+}
+
+// readHeader reads the magic, version and table of o, reporting whether
+// they are well formed.
+func (o *seriesObject) readHeader() bool {
+	magic := make([]byte, len(seriesObjectMagic))
+	if _, err := io.ReadFull(o.br, magic); err != nil || !bytes.Equal(magic, seriesObjectMagic) {
+		return false
+	}
+	if _, err := io.ReadFull(o.br, o.version[:]); err != nil {
+		return false
+	}
+	n, err := binary.ReadUvarint(o.br)
+	if err != nil || n > 1<<24 {
+		return false
 	}
 	o.toc = make([]tocEntry, 0, min(n, 4096))
 	for range n {
 		sop, err := readChunk(o.br, nil, 64)
-		var t tocEntry
-		if _, err2 := io.ReadFull(o.br, t.digest[:]); err != nil || err2 != nil {
-			rc.Close()
-			return nil, nil
+		if err != nil {
+			return false
 		}
-		t.sop = string(sop)
+		t := tocEntry{sop: string(sop)}
+		if _, err := io.ReadFull(o.br, t.digest[:]); err != nil {
+			return false
+		}
 		o.toc = append(o.toc, t)
 	}
-	return o, nil
+	return true
 }
 
 // body returns the prepared JSON of entry i of the table, which must not be
