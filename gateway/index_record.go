@@ -18,8 +18,8 @@ var instanceLevelTags = setOf(dicomcodec.TagSOPClassUID, dicomcodec.TagSOPInstan
 // retrieval needs without opening the blob (the Image Pixel attributes of
 // group 0028 for frames and rendering, and the pixel data elements' bulk data
 // references). The rest of the header — private groups, sequences, the
-// acquisition details that make a CT header 15 KB — stays in the blob and
-// in its prepared metadata (MetadataStore), which WADO-RS metadata serves.
+// acquisition details that make a CT header 15 KB — stays in the blob, from
+// which its prepared metadata is made for WADO-RS (MetadataStore).
 // Index memory per instance is what bounds how many instances one
 // deployment holds.
 func IndexRecord(rec *InstanceRecord) *InstanceRecord {

@@ -14,12 +14,12 @@ import (
 )
 
 // Prepared metadata is each instance's DICOM JSON object (PS3.18 F.2),
-// rendered once when the instance is stored, so that WADO-RS series and
-// study metadata copy bytes instead of decoding and encoding every attribute
-// of every instance on each request. The prepared JSON lives in the blob
-// store (MetadataStore), not in the index: it is the whole header, ten times
-// what QIDO needs, and index memory is what limits how many instances one
-// deployment holds. In it every BulkDataURI that is relative to the
+// rendered once from its header into its series' metadata object in the
+// blob store (MetadataStore), so that WADO-RS series and study metadata copy
+// bytes instead of decoding and encoding every attribute of every instance
+// on each request. It is not kept in the index: it is the whole header, ten
+// times what QIDO needs, and index memory is what limits how many instances
+// one deployment holds. In it every BulkDataURI that is relative to the
 // instance's URL starts with MetadataURLMarker (a NUL byte, which the
 // encoder escapes everywhere else as \u0000) for the server to replace with
 // the public URL it answers under, which only a request knows.
