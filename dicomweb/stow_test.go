@@ -241,7 +241,7 @@ func TestStowCorpus(t *testing.T) {
 			}
 			// Every refused instance left nothing behind: each blob is indexed.
 			n := 0
-			if err := s.blobs.Walk(context.Background(), "", func(bi gateway.BlobInfo) error { n++; return nil }); err != nil {
+			if err := s.blobs.Walk(context.Background(), "studies/", func(bi gateway.BlobInfo) error { n++; return nil }); err != nil {
 				t.Fatal(err)
 			}
 			if n != len(stored) {
@@ -615,7 +615,7 @@ func TestStowConcurrentIdentical(t *testing.T) {
 				t.Errorf("stored instance differs from the upload")
 			}
 			n := 0
-			s.blobs.Walk(t.Context(), "", func(gateway.BlobInfo) error { n++; return nil })
+			s.blobs.Walk(t.Context(), "studies/", func(gateway.BlobInfo) error { n++; return nil })
 			if n != 1 {
 				t.Errorf("%d blobs, want 1", n)
 			}

@@ -24,9 +24,10 @@ func (s *Server) handleSeriesMetadata(c *gin.Context) {
 }
 
 // servePreparedMetadata answers study or series metadata from the prepared
-// metadata the index keeps (gateway.MetadataReader): no blob is opened and
-// no attribute is decoded, so a 1,000-instance series is a list of small
-// entries, a batched read of JSON bytes and a copy.
+// metadata in the blob store (gateway.MetadataStore), listed by the index
+// (gateway.MetadataReader): no instance is opened and no attribute is
+// decoded, so a 1,000-instance series is a list of small entries, one
+// streamed object and a copy.
 func (s *Server) servePreparedMetadata(c *gin.Context, studyUID, seriesUID string) {
 	ctx := c.Request.Context()
 	entries, err := s.svc.Retrieve.MetadataEntries(ctx, studyUID, seriesUID)
@@ -44,10 +45,9 @@ func (s *Server) handleInstanceMetadata(c *gin.Context) {
 	if !ok {
 		return
 	}
-	_, prepared := gateway.PrepareMetadata(rec)
-	entry := gateway.NewMetadataEntry(rec, prepared)
-	s.serveMetadata(c, []gateway.MetadataEntry{entry}, func(fn func(gateway.MetadataEntry, []byte) error) error {
-		return fn(entry, prepared)
+	entries := []gateway.MetadataEntry{gateway.NewMetadataEntry(rec)}
+	s.serveMetadata(c, entries, func(fn func(gateway.MetadataEntry, []byte) error) error {
+		return s.svc.Retrieve.ReadMetadata(c.Request.Context(), entries, fn)
 	})
 }
 

@@ -44,7 +44,7 @@ func corpusDir(t *testing.T, names ...string) string {
 func (ts *testServer) storedDatasets(t *testing.T) []string {
 	t.Helper()
 	var keys []string
-	if err := ts.b.Blobs.Walk(t.Context(), "", func(bi gateway.BlobInfo) error {
+	if err := ts.b.Blobs.Walk(t.Context(), "studies/", func(bi gateway.BlobInfo) error {
 		keys = append(keys, bi.Key)
 		return nil
 	}); err != nil {

@@ -294,7 +294,7 @@ func (ts *testServer) storeSCU(t *testing.T, opts []string, paths ...string) {
 func (ts *testServer) records(t *testing.T) []*gateway.InstanceRecord {
 	t.Helper()
 	var recs []*gateway.InstanceRecord
-	if err := ts.b.Blobs.Walk(t.Context(), "", func(bi gateway.BlobInfo) error {
+	if err := ts.b.Blobs.Walk(t.Context(), "studies/", func(bi gateway.BlobInfo) error {
 		parts := strings.Split(bi.Key, "/")
 		rec, err := ts.b.Index.GetInstance(t.Context(), strings.TrimSuffix(parts[len(parts)-1], ".dcm"))
 		recs = append(recs, rec)

@@ -240,6 +240,14 @@ func (d *Deleter) deleteRecord(ctx context.Context, rec *InstanceRecord) (blobs,
 	} else if !errIsNotFound(err) {
 		return blobs, 0, fmt.Errorf("instance %s: delete index entry: %w", rec.SOPInstanceUID, err)
 	}
+	// The series' metadata object holds the instance's header too. A read
+	// that listed the instance before the delete may write the object again
+	// (without it: the blob is gone); such an object is never served, since
+	// the entries it was built from no longer exist, and the next read of
+	// the series replaces it.
+	if err := (&MetadataStore{Blobs: d.Blobs}).Delete(ctx, rec.StudyInstanceUID, rec.SeriesInstanceUID); err != nil {
+		return blobs, instances, fmt.Errorf("instance %s: %w", rec.SOPInstanceUID, err)
+	}
 	return blobs, instances, nil
 }
 

@@ -301,7 +301,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 			if existing.SHA256 == rec.SHA256 && existing.Size == rec.Size {
 				return existing, nil
 			}
-			if err := in.Index.ReplaceInstance(ctx, rec); err != nil {
+			if err := in.Index.ReplaceInstance(ctx, IndexRecord(rec)); err != nil {
 				return nil, unavailable("replace index entry", err)
 			}
 			if old := existing.Key(); old != key {
@@ -313,7 +313,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 		}
 
 		in.checkIdentity(ctx, rec) // identity_conflict.go
-		got, created, err := in.Index.PutInstance(ctx, rec)
+		got, created, err := in.Index.PutInstance(ctx, IndexRecord(rec))
 		if err != nil {
 			// The write may have landed with its reply lost (Redis restarted):
 			// ask again before deciding what to do with the blob.

@@ -160,12 +160,12 @@ func TestMetadataOrder(t *testing.T) {
 	}
 	entries := make([]MetadataEntry, len(recs))
 	for i, r := range recs {
-		order, prepared := PrepareMetadata(r)
+		order := MetadataOrder(r)
 		e, err := DecodeMetadataEntry(r.StudyInstanceUID, r.SeriesInstanceUID, r.SOPInstanceUID, order)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := NewMetadataEntry(r, prepared); e != want {
+		if want := NewMetadataEntry(r); e != want {
 			t.Fatalf("entry round trip: got %+v, want %+v", e, want)
 		}
 		if e.PatientID != "PID-"+r.SOPInstanceUID {

@@ -14,19 +14,22 @@ import (
 )
 
 // Prepared metadata is each instance's DICOM JSON object (PS3.18 F.2),
-// rendered once when the index stores the instance, so that WADO-RS series
-// and study metadata copy bytes instead of decoding and encoding every
-// attribute of every instance on each request. An index keeps, per
-// instance, two values next to its record:
+// rendered once from its header into its series' metadata object in the
+// blob store (MetadataStore), so that WADO-RS series and study metadata copy
+// bytes instead of decoding and encoding every attribute of every instance
+// on each request. It is not kept in the index: it is the whole header, ten
+// times what QIDO needs, and index memory is what limits how many instances
+// one deployment holds. In it every BulkDataURI that is relative to the
+// instance's URL starts with MetadataURLMarker (a NUL byte, which the
+// encoder escapes everywhere else as \u0000) for the server to replace with
+// the public URL it answers under, which only a request knows.
 //
-//   - the prepared JSON, in which every BulkDataURI that is relative to the
-//     instance's URL starts with MetadataURLMarker (a NUL byte, which the
-//     encoder escapes everywhere else as \u0000) for the server to replace
-//     with the public URL it answers under, which only a request knows;
-//   - a small order entry (MetadataEntry.EncodeOrder): SeriesNumber and
-//     InstanceNumber, so entries sort as CompareInstances sorts records, a
-//     digest of the prepared JSON, from which an ETag is made without
-//     reading the JSON itself, and the Patient ID, for the audit event.
+// An index keeps, per instance, a small order entry
+// (MetadataEntry.EncodeOrder, built by MetadataOrder): SeriesNumber and
+// InstanceNumber, so entries sort as CompareInstances sorts records, a
+// digest that changes whenever the instance's bytes change, from which ETags
+// and the validity of a series' cached metadata are derived without reading
+// any JSON, and the Patient ID, for the audit event.
 
 // metadataOrderVersion starts an encoded order entry.
 const metadataOrderVersion = 0x01
@@ -39,7 +42,8 @@ type MetadataEntry struct {
 	// PatientID is the instance's Patient ID, for the audit event of a
 	// metadata read.
 	PatientID string
-	// Digest is the first 16 bytes of the SHA-256 of the prepared JSON.
+	// Digest identifies the instance's content (NewMetadataEntry): equal
+	// digests, equal prepared JSON.
 	Digest [16]byte
 
 	seriesNumber, instanceNumber       float64
@@ -47,20 +51,35 @@ type MetadataEntry struct {
 }
 
 // PrepareMetadata renders rec's metadata as prepared DICOM JSON and returns
-// it with its encoded order entry (MetadataEntry.EncodeOrder). An index
-// stores both whenever it stores rec.
+// it with its encoded order entry (MetadataOrder). rec must carry the whole
+// header: the record as ingest and DescribeBlob build it, not the lean copy
+// an index keeps (IndexRecord).
 func PrepareMetadata(rec *InstanceRecord) (order, prepared []byte) {
-	prepared = dicomcodec.AppendDatasetJSON(nil, rec.Metadata, dicomcodec.PreparedPrefix)
-	e := NewMetadataEntry(rec, prepared)
-	return e.EncodeOrder(), prepared
+	return MetadataOrder(rec), dicomcodec.AppendDatasetJSON(nil, rec.Metadata, dicomcodec.PreparedPrefix)
 }
 
-// NewMetadataEntry returns the entry of rec, whose prepared JSON is
-// prepared.
-func NewMetadataEntry(rec *InstanceRecord, prepared []byte) MetadataEntry {
+// MetadataOrder is the order entry an index stores beside rec
+// (MetadataEntry.EncodeOrder of NewMetadataEntry(rec)).
+func MetadataOrder(rec *InstanceRecord) []byte { return NewMetadataEntry(rec).EncodeOrder() }
+
+// preparedFormat names the form PrepareMetadata renders. It is part of
+// every digest, so that changing the form changes every ETag and
+// invalidates every cached series object.
+const preparedFormat = "prepared-metadata/1"
+
+// NewMetadataEntry returns the entry of rec. Its digest covers the SHA-256
+// of the instance's stored bytes, from which the prepared JSON is rendered,
+// so it is the same for the lean record the index keeps as for the whole
+// one.
+func NewMetadataEntry(rec *InstanceRecord) MetadataEntry {
 	e := orderOf(rec)
-	sum := sha256.Sum256(prepared)
-	copy(e.Digest[:], sum[:])
+	h := sha256.New()
+	h.Write([]byte(preparedFormat))
+	h.Write([]byte{0})
+	h.Write([]byte(rec.SOPInstanceUID))
+	h.Write([]byte{0})
+	h.Write([]byte(rec.SHA256))
+	copy(e.Digest[:], h.Sum(nil))
 	return e
 }
 
@@ -162,8 +181,9 @@ func AppendPreparedMetadata(b, prepared []byte, instanceURL string) []byte {
 	}
 }
 
-// MetadataReader is what an Index offers for WADO-RS metadata: prepared
-// JSON listed and read without decoding records.
+// MetadataReader is what an Index offers for WADO-RS metadata: the
+// instances of a study or series listed, in order, without decoding records.
+// The prepared JSON itself is read from a MetadataStore.
 type MetadataReader interface {
 	// MetadataEntries returns the entries of a study's instances (or of one
 	// series when seriesUID is not empty), sorted by
@@ -171,14 +191,4 @@ type MetadataReader interface {
 	// small (UIDs, two numbers, a digest), so a study of any size lists
 	// without holding its metadata.
 	MetadataEntries(ctx context.Context, studyUID, seriesUID string) ([]MetadataEntry, error)
-	// ReadMetadata calls fn with the prepared JSON of each entry, in the
-	// order given, fetching a bounded batch at a time. The bytes are valid
-	// only during the call. An instance deleted since it was listed is
-	// skipped; an error from fn stops the read and is returned.
-	ReadMetadata(ctx context.Context, entries []MetadataEntry, fn func(MetadataEntry, []byte) error) error
 }
-
-// MetadataBatch is how many instances' prepared metadata an index reads at
-// a time in ReadMetadata: a few hundred KiB of JSON for typical images
-// (2–3 KiB each), so memory stays flat whatever the size of the study.
-const MetadataBatch = 256

@@ -62,7 +62,8 @@ type ReindexProgress struct {
 }
 
 // Reindex rebuilds index entries for every instance blob in blobs: each one
-// is described (DescribeBlob) and written with ReplaceInstance, so running it
+// is described (DescribeBlob) and its lean record (IndexRecord) written
+// with ReplaceInstance, so running it
 // twice, or over an index that already holds some entries, gives the same
 // index. A blob that cannot be described is reported and skipped; an index
 // that cannot be written stops the run.
@@ -82,7 +83,7 @@ func Reindex(ctx context.Context, blobs BlobStore, index Index, lim dicomcodec.H
 			p.Failed++
 			p.Err = err
 		} else {
-			if err := index.ReplaceInstance(ctx, rec); err != nil {
+			if err := index.ReplaceInstance(ctx, IndexRecord(rec)); err != nil {
 				return fmt.Errorf("index %s: %w", info.Key, err)
 			}
 			p.Indexed++

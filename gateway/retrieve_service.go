@@ -22,13 +22,18 @@ const renderConcurrency = 4
 type RetrieveService struct {
 	*Retriever
 	index       Index
+	metadata    *MetadataStore
 	audit       auditRecorder
 	overNetwork bool
 	renderSlots chan struct{}
 }
 
 func newRetrieveService(r *Retriever, blobs BlobStore, index Index, a auditRecorder) *RetrieveService {
-	return &RetrieveService{Retriever: r, index: index, audit: a, overNetwork: blobs != nil && OverNetwork(blobs),
+	var metadata *MetadataStore
+	if blobs != nil {
+		metadata = &MetadataStore{Blobs: blobs}
+	}
+	return &RetrieveService{Retriever: r, index: index, metadata: metadata, audit: a, overNetwork: blobs != nil && OverNetwork(blobs),
 		renderSlots: make(chan struct{}, renderConcurrency)}
 }
 
@@ -37,12 +42,12 @@ func newRetrieveService(r *Retriever, blobs BlobStore, index Index, a auditRecor
 func (s *RetrieveService) OverNetwork() bool { return s.overNetwork }
 
 // ReadMetadata calls fn with the prepared metadata of each entry, in order
-// (Index.ReadMetadata).
+// (MetadataStore.Read).
 func (s *RetrieveService) ReadMetadata(ctx context.Context, entries []MetadataEntry, fn func(MetadataEntry, []byte) error) error {
-	if s.index == nil {
-		return fmt.Errorf("no index configured: %w", ErrUnavailable)
+	if s.metadata == nil {
+		return fmt.Errorf("no blob store configured: %w", ErrUnavailable)
 	}
-	return s.index.ReadMetadata(ctx, entries, fn)
+	return s.metadata.Read(ctx, entries, fn)
 }
 
 // AuditRead records that caller is about to be sent recs (or part of them:

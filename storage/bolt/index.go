@@ -24,7 +24,7 @@ import (
 var (
 	bucketInstances      = []byte("index.instances")       // sop uid → InstanceRecord JSON
 	bucketStudyInstances = []byte("index.study_instances") // study \0 series \0 sop → metadata order entry (empty before)
-	bucketMetadata       = []byte("index.metadata")        // sop uid → prepared metadata (gateway.PrepareMetadata)
+	bucketMetadata       = []byte("index.metadata")        // sop uid → prepared metadata written by earlier versions; only deleted now (gateway.MetadataStore holds it)
 	bucketStudies        = []byte("index.studies")         // study uid → StudySummary, compact (JSON before)
 	bucketSeries         = []byte("index.series")          // study \0 series → SeriesSummary JSON
 	bucketStudyOrder     = []byte("index.study_order")     // StudyDate (8 digits) \0 study → orderValue
@@ -364,8 +364,7 @@ func (x *Index) MetadataEntries(ctx context.Context, studyUID, seriesUID string)
 				if err != nil {
 					return err
 				}
-				_, prepared := gateway.PrepareMetadata(rec)
-				entries = append(entries, gateway.NewMetadataEntry(rec, prepared))
+				entries = append(entries, gateway.NewMetadataEntry(rec))
 				continue
 			}
 			e, err := gateway.DecodeMetadataEntry(study, series, sop, v)
@@ -384,53 +383,6 @@ func (x *Index) MetadataEntries(ctx context.Context, studyUID, seriesUID string)
 	}
 	slices.SortFunc(entries, gateway.CompareMetadataEntries)
 	return entries, nil
-}
-
-// ReadMetadata copies gateway.MetadataBatch prepared values at a time out
-// of a read transaction and calls fn outside it, so a slow client never
-// holds a transaction open (which would stall the file's growth).
-func (x *Index) ReadMetadata(ctx context.Context, entries []gateway.MetadataEntry, fn func(gateway.MetadataEntry, []byte) error) error {
-	var buf []byte
-	var ends []int // end of each entry's value in buf; -1 when deleted
-	for batch := range slices.Chunk(entries, gateway.MetadataBatch) {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		buf, ends = buf[:0], ends[:0]
-		err := x.db.View(func(tx *bbolt.Tx) error {
-			for _, e := range batch {
-				v := tx.Bucket(bucketMetadata).Get([]byte(e.SOPInstanceUID))
-				if v == nil {
-					rec, err := getRecord(tx, e.SOPInstanceUID)
-					if errors.Is(err, gateway.ErrNotFound) {
-						ends = append(ends, -1)
-						continue
-					}
-					if err != nil {
-						return err
-					}
-					_, v = gateway.PrepareMetadata(rec) // indexed before prepared metadata existed
-				}
-				buf = append(buf, v...)
-				ends = append(ends, len(buf))
-			}
-			return nil
-		})
-		if err != nil {
-			return unavailable("read metadata", err)
-		}
-		start := 0
-		for i, e := range batch {
-			if ends[i] < 0 {
-				continue
-			}
-			if err := fn(e, buf[start:ends[i]]); err != nil {
-				return err
-			}
-			start = ends[i]
-		}
-	}
-	return nil
 }
 
 func checkRecord(ctx context.Context, rec *gateway.InstanceRecord) error {
@@ -467,10 +419,7 @@ func addRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
 	if err := tx.Bucket(bucketInstances).Put([]byte(rec.SOPInstanceUID), data); err != nil {
 		return err
 	}
-	order, prepared := gateway.PrepareMetadata(rec)
-	if err := tx.Bucket(bucketMetadata).Put([]byte(rec.SOPInstanceUID), prepared); err != nil {
-		return err
-	}
+	order := gateway.MetadataOrder(rec)
 	key := []byte(rec.StudyInstanceUID + "\x00" + rec.SeriesInstanceUID + "\x00" + rec.SOPInstanceUID)
 	if err := tx.Bucket(bucketStudyInstances).Put(key, order); err != nil {
 		return err

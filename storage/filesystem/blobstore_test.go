@@ -35,6 +35,14 @@ func TestBlobStore(t *testing.T) {
 	})
 }
 
+// TestMetadataStore runs gateway.MetadataStore's prepared metadata objects
+// on this store, behind the decorators.
+func TestMetadataStore(t *testing.T) {
+	storagetest.TestMetadataStore(t, func(t *testing.T) gateway.BlobStore {
+		return blobwrap.Wrap(newStore(t), prometheus.NewRegistry(), "filesystem")
+	})
+}
+
 func TestDecoratorsKeepInterfaces(t *testing.T) {
 	storagetest.TestDecoratorsKeepInterfaces(t, newStore(t))
 }

@@ -281,19 +281,21 @@ end
 `
 
 // writeScript puts or replaces one instance. KEYS: the keys it may touch,
-// KEYS[1] the instance hash (see writeKeys). ARGV: shard prefix, mode
+// KEYS[1] the instance hash (see writeArgs). ARGV: shard prefix, mode
 // ("put" or "replace"), sop, study, series, rec, modality, sop class, study
 // attrs, series attrs (both compact), date, patient id, accession, name
 // keys joined by \1, name prefixes (namePrefixes) joined by \1, metadata
-// order entry, prepared metadata (gateway.PrepareMetadata), name Soundex
-// codes joined by \1, size, stored at (Unix ms; both for the study usage,
-// usage.go).
+// order entry (gateway.MetadataOrder), name Soundex codes joined by \1,
+// size, stored at (Unix ms; both for the study usage, usage.go). The
+// prepared metadata is not kept here (gateway.MetadataStore); a record
+// replaced or deleted loses the "md" field earlier versions stored beside
+// it.
 // Returns {1} when written, {0, existing rec} when put found a record, {2,
 // missing keys...} when it needs keys not declared (nothing changed).
 var writeScript = goredis.NewScript(`
 local P, mode, sop, st, se, rec = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local mod, cls, sattrs, eattrs, d, pid, acc, names = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
-local np, ord, md, ph, size, at = ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19], ARGV[20]
+local np, ord, ph, size, at = ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19]
 local ik = KEYS[1]
 ` + luaDeclaredKeys + luaUsageFunctions + luaIndexFunctions + `
 local old = call('HGET', ik, 'rec')
@@ -321,7 +323,7 @@ if #missing > 0 then
 end
 
 if old then remove() end
-call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls, 'ord', ord, 'md', md, 'sz', size)
+call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls, 'ord', ord, 'sz', size)
 call('SADD', P .. 'ei:' .. st .. ':' .. se, sop)
 local newSeries = call('SADD', P .. 'ss:' .. st, se) == 1
 call('HSET', ek, 'ca', eattrs)
@@ -654,12 +656,11 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) (keys []stri
 	for _, c := range codes {
 		keys = append(keys, x.skey(sh, "x", "ph", c))
 	}
-	order, prepared := gateway.PrepareMetadata(rec)
 	return keys, []any{
 		x.shards[sh], mode, rec.SOPInstanceUID, st, se, data,
 		mod, indexValue(rec.SOPClassUID), sattrs, eattrs,
 		strconv.FormatInt(gateway.StudyDateKey(md), 10), pid, acc, strings.Join(names, "\x01"),
-		strings.Join(prefixes, "\x01"), order, prepared, strings.Join(codes, "\x01"),
+		strings.Join(prefixes, "\x01"), gateway.MetadataOrder(rec), strings.Join(codes, "\x01"),
 		strconv.FormatInt(rec.Size, 10), strconv.FormatInt(rec.StoredAt.UnixMilli(), 10),
 	}, nil
 }
@@ -917,8 +918,7 @@ func (x *Index) MetadataEntries(ctx context.Context, studyUID, seriesUID string)
 			if err != nil {
 				return nil, err
 			}
-			_, prepared := gateway.PrepareMetadata(rec)
-			entries = append(entries, gateway.NewMetadataEntry(rec, prepared))
+			entries = append(entries, gateway.NewMetadataEntry(rec))
 			continue
 		}
 		e, err := gateway.DecodeMetadataEntry(studyUID, series[i], sops[i], []byte(order))
@@ -932,38 +932,6 @@ func (x *Index) MetadataEntries(ctx context.Context, studyUID, seriesUID string)
 	}
 	slices.SortFunc(entries, gateway.CompareMetadataEntries)
 	return entries, nil
-}
-
-// ReadMetadata fetches the prepared metadata (hash field "md") of
-// gateway.MetadataBatch instances per pipelined round trip.
-func (x *Index) ReadMetadata(ctx context.Context, entries []gateway.MetadataEntry, fn func(gateway.MetadataEntry, []byte) error) error {
-	for batch := range slices.Chunk(entries, gateway.MetadataBatch) {
-		pipe := x.rdb.Pipeline()
-		cmds := make([]*goredis.StringCmd, len(batch))
-		for i, e := range batch {
-			cmds[i] = pipe.HGet(ctx, x.instanceKey(e.StudyInstanceUID, e.SOPInstanceUID), "md")
-		}
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
-			return translate(err)
-		}
-		for i, e := range batch {
-			prepared, err := cmds[i].Bytes()
-			if errors.Is(err, goredis.Nil) {
-				rec, err := x.getInstance(ctx, e.StudyInstanceUID, e.SOPInstanceUID)
-				if errors.Is(err, gateway.ErrNotFound) {
-					continue // deleted since it was listed
-				}
-				if err != nil {
-					return err
-				}
-				_, prepared = gateway.PrepareMetadata(rec) // indexed before prepared metadata existed
-			}
-			if err := fn(e, prepared); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
 }
 
 func (x *Index) instances(ctx context.Context, studyUID, seriesUID string) ([]*gateway.InstanceRecord, error) {
