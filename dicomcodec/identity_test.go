@@ -12,7 +12,7 @@ import (
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
 
-func encode(t *testing.T, in synth.Instance) []byte {
+func encode(t testing.TB, in synth.Instance) []byte {
 	t.Helper()
 	var b bytes.Buffer
 	if _, err := in.WriteTo(&b); err != nil {

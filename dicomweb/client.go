@@ -302,15 +302,15 @@ func (p *blobPart) WriteTo(w io.Writer) (int64, error) {
 // instances' blobs are opened while one is copied (openAhead), so an object
 // store's per-request latency overlaps the network instead of adding up;
 // the returned close releases what was opened but not sent.
-func (c *Client) blobParts(ctx context.Context, batch []*gateway.InstanceRecord, rewrite func(*gateway.InstanceRecord, io.ReadCloser) io.ReadCloser) ([]client.Instance, func()) {
+func (c *Client) blobParts(ctx context.Context, batch []*gateway.InstanceRecord, h gateway.SendHeader) ([]client.Instance, func()) {
 	parts := make([]part, len(batch))
 	for i, rec := range batch {
-		parts[i].open = func(ctx context.Context) (io.ReadCloser, error) { return c.Blobs.Get(ctx, rec.Key(), 0, -1) }
+		parts[i].open = func(ctx context.Context) (io.ReadCloser, error) { return c.Blobs.Get(ctx, h.StoredKey(rec), 0, -1) }
 	}
 	ahead := openAhead(ctx, parts, gateway.OverNetwork(c.Blobs))
 	out := make([]client.Instance, len(batch))
 	for i, rec := range batch {
-		out[i] = &blobPart{rec: rec, ahead: ahead, i: i, rewrite: rewrite}
+		out[i] = &blobPart{rec: rec, ahead: ahead, i: i, rewrite: h.Rewrite}
 	}
 	return out, ahead.close
 }
@@ -323,7 +323,7 @@ func (c *Client) stow(ctx context.Context, pc *peerClient, peer gateway.Peer, h 
 	if h.Total > 0 {
 		header.Set(client.HeaderTransferInstances, strconv.Itoa(h.Total))
 	}
-	parts, release := c.blobParts(ctx, batch, h.Rewrite)
+	parts, release := c.blobParts(ctx, batch, h)
 	resp, err := c.peerAPI(pc, peer, "").Store(ctx, batch[0].StudyInstanceUID, parts, header)
 	release()
 	if le, ok := errors.AsType[*localError](err); ok {

@@ -99,7 +99,7 @@ func TestMultipartLengthIsExact(t *testing.T) {
 	defer ts.Close()
 	c := NewClient(blobs)
 	send := func() error {
-		parts, release := c.blobParts(t.Context(), batch, nil)
+		parts, release := c.blobParts(t.Context(), batch, gateway.SendHeader{})
 		defer release()
 		_, err := (&client.Client{DICOMweb: ts.URL}).Store(t.Context(), "", parts, nil)
 		return err

@@ -84,7 +84,7 @@ func (s *Sender) Send(ctx context.Context, peer gateway.Peer, h gateway.SendHead
 	}
 	lanes := min(max(peer.MaxParallel, 1), len(instances))
 	if lanes <= 1 {
-		return s.sendLane(ctx, peer, instances, report)
+		return s.sendLane(ctx, peer, h, instances, report)
 	}
 	var mu sync.Mutex
 	serialised := func(res []gateway.SendResult) {
@@ -104,7 +104,7 @@ func (s *Sender) Send(ctx context.Context, peer gateway.Peer, h gateway.SendHead
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.sendLane(ctx, peer, lane, serialised); err != nil {
+			if err := s.sendLane(ctx, peer, h, lane, serialised); err != nil {
 				errs[i] = err
 				cancel(err) // one broken lane stops the others: the attempt is retried whole
 			}
@@ -120,7 +120,7 @@ func (s *Sender) Send(ctx context.Context, peer gateway.Peer, h gateway.SendHead
 }
 
 // sendLane sends instances over one association at a time.
-func (s *Sender) sendLane(ctx context.Context, peer gateway.Peer, instances []*gateway.InstanceRecord, report func([]gateway.SendResult)) error {
+func (s *Sender) sendLane(ctx context.Context, peer gateway.Peer, h gateway.SendHeader, instances []*gateway.InstanceRecord, report func([]gateway.SendResult)) error {
 	for len(instances) > 0 {
 		keys := map[contextKey]bool{}
 		n := 0
@@ -131,7 +131,7 @@ func (s *Sender) sendLane(ctx context.Context, peer gateway.Peer, instances []*g
 			}
 			keys[k] = true
 		}
-		if err := s.sendAssociation(ctx, peer, instances[:n], keys, report); err != nil {
+		if err := s.sendAssociation(ctx, peer, h, instances[:n], keys, report); err != nil {
 			return err
 		}
 		instances = instances[n:]
@@ -139,7 +139,7 @@ func (s *Sender) sendLane(ctx context.Context, peer gateway.Peer, instances []*g
 	return nil
 }
 
-func (s *Sender) sendAssociation(ctx context.Context, peer gateway.Peer, instances []*gateway.InstanceRecord, keys map[contextKey]bool, report func([]gateway.SendResult)) error {
+func (s *Sender) sendAssociation(ctx context.Context, peer gateway.Peer, h gateway.SendHeader, instances []*gateway.InstanceRecord, keys map[contextKey]bool, report func([]gateway.SendResult)) error {
 	d := peer.DIMSE
 	var proposed []PresentationContext
 	fallback := map[string]bool{}
@@ -175,7 +175,7 @@ func (s *Sender) sendAssociation(ctx context.Context, peer gateway.Peer, instanc
 		}
 	}()
 	for _, rec := range instances {
-		res, err := s.storeOne(ctx, cl, rec)
+		res, err := s.storeOne(ctx, cl, h, rec)
 		if err != nil {
 			return &gateway.SendError{Peer: peer.Name, Temporary: true, Err: fmt.Errorf("C-STORE of %s: %w", rec.SOPInstanceUID, err)}
 		}
@@ -189,9 +189,12 @@ func (s *Sender) sendAssociation(ctx context.Context, peer gateway.Peer, instanc
 	return nil
 }
 
-// storeOne sends one instance. An error means the association broke; a
-// refusal is a SendResult.
-func (s *Sender) storeOne(ctx context.Context, cl *Client, rec *gateway.InstanceRecord) (gateway.SendResult, error) {
+// storeOne sends one instance: its stored bytes (h.StoredKey) through
+// h.Rewrite when set (identity coercion, de-identification: rec then
+// carries the UIDs, size and SHA-256 of the rewritten bytes, and the
+// C-STORE names rec's SOP Instance UID). An error means the association
+// broke; a refusal is a SendResult.
+func (s *Sender) storeOne(ctx context.Context, cl *Client, h gateway.SendHeader, rec *gateway.InstanceRecord) (gateway.SendResult, error) {
 	refused := func(code uint16, retryable bool, format string, args ...any) gateway.SendResult {
 		return gateway.SendResult{SOPInstanceUID: rec.SOPInstanceUID, Reason: fmt.Sprintf(format, args...), ReasonCode: code, Retryable: retryable}
 	}
@@ -205,12 +208,15 @@ func (s *Sender) storeOne(ctx context.Context, cl *Client, rec *gateway.Instance
 				"the peer accepted SOP class %s neither in the stored transfer syntax %s nor in one it can be transcoded to", rec.SOPClassUID, rec.TransferSyntaxUID), nil
 		}
 	}
-	blob, err := s.Blobs.Get(ctx, rec.Key(), 0, -1)
+	blob, err := s.Blobs.Get(ctx, h.StoredKey(rec), 0, -1)
 	if err != nil {
 		if errors.Is(err, gateway.ErrNotFound) {
 			return refused(gateway.ReasonProcessingFailure, false, "the stored instance is gone from this gateway's blob store"), nil
 		}
 		return gateway.SendResult{}, fmt.Errorf("reading the stored instance: %w", err)
+	}
+	if h.Rewrite != nil {
+		blob = h.Rewrite(rec, blob)
 	}
 	defer func() { _ = blob.Close() }() // read-only: nothing to lose on close
 	var src io.Reader = blob

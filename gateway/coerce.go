@@ -116,27 +116,14 @@ func NewCoercer(peers []Peer, routes []RouteRule, blobs BlobStore) (*Coercer, er
 		c.rules[key] = *r
 		return nil
 	}
-	// The DIMSE sender does not apply SendHeader.Rewrite: a rule on a
-	// peer reached by C-STORE would send the identity it exists to keep
-	// from the destination, so it is refused at start-up.
-	dimse := map[string]bool{}
+	// Both senders (STOW-RS and C-STORE) send what SendHeader.Rewrite
+	// returns, so a rule applies to DICOMweb and DIMSE peers alike.
 	for _, p := range peers {
-		if p.DIMSE != nil {
-			dimse[p.Name] = true
-			if p.Coerce != nil {
-				return nil, fmt.Errorf("peer %s: coerce is not supported for a DIMSE peer (its C-STORE sender sends stored bytes)", p.Name)
-			}
-		}
 		if err := add("peer:"+p.Name, p.Coerce); err != nil {
 			return nil, err
 		}
 	}
 	for _, r := range routes {
-		for _, d := range r.Destinations {
-			if r.Coerce != nil && dimse[d] {
-				return nil, fmt.Errorf("route %s: coerce is not supported for DIMSE peer %s (its C-STORE sender sends stored bytes)", r.Name, d)
-			}
-		}
 		if err := add("route:"+r.Name, r.Coerce); err != nil {
 			return nil, err
 		}

@@ -51,6 +51,8 @@ type Peer struct {
 	DIMSE *DIMSEPeer `yaml:"dimse" json:"dimse,omitempty"`
 	// Coerce rewrites patient identity on the way to this peer (coerce.go).
 	Coerce *CoerceRule `yaml:"coerce" json:"coerce,omitempty"`
+	// Deidentify sends instances to this peer de-identified (deidentify.go).
+	Deidentify *DeidentifyRule `yaml:"deidentify" json:"deidentify,omitempty"`
 }
 
 // PeerTLS are the TLS settings for one peer: a CA bundle to trust instead of
@@ -119,6 +121,18 @@ type SendHeader struct {
 	// it returns, never the stored bytes: those carry the identity the
 	// destination must not receive.
 	Rewrite func(rec *InstanceRecord, original io.ReadCloser) io.ReadCloser
+	// BlobKey, when set, names the stored bytes of an instance whose
+	// record carries the UIDs the destination will hold instead of ours
+	// (de-identification); senders read blobs through StoredKey.
+	BlobKey func(rec *InstanceRecord) string
+}
+
+// StoredKey is the blob key of rec's stored bytes.
+func (h SendHeader) StoredKey(rec *InstanceRecord) string {
+	if h.BlobKey != nil {
+		return h.BlobKey(rec)
+	}
+	return rec.Key()
 }
 
 // SendResult is the destination's answer for one instance.
@@ -262,6 +276,8 @@ type Transfers struct {
 	Logger  *slog.Logger
 	// Coercer applies the peers' identity rules; nil: none.
 	Coercer *Coercer
+	// Deidentifier applies the peers' de-identification rules; nil: none.
+	Deidentifier *Deidentifier
 
 	// Workers is the number of transfers run at once (default 4); Consumer
 	// prefixes their consumer names, and must differ between replicas
@@ -794,10 +810,16 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 	if o := s.coerce(ctx, t, peer, &recs, &pending, &header); o != nil {
 		return o
 	}
+	// view translates a de-identified destination's UIDs back to ours.
+	view, o := s.deidentify(ctx, t, peer, &recs, &pending, &header)
+	if o != nil {
+		return o
+	}
 	var unconfirmed []string
 	if len(pending) > 0 {
 		confirmed := map[string]bool{}
 		sendErr := s.Sender.Send(ctx, peer, header, pending, func(res []SendResult) {
+			res = view.sourceResults(res)
 			for _, x := range res {
 				confirmed[x.SOPInstanceUID] = x.OK || !x.Retryable
 			}
@@ -821,8 +843,8 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 			return &attemptResult{temporary: sendErr, retryAfter: ra}
 		}
 		for _, rec := range pending {
-			if !confirmed[rec.SOPInstanceUID] {
-				unconfirmed = append(unconfirmed, rec.SOPInstanceUID)
+			if uid := view.sourceUID(rec.SOPInstanceUID); !confirmed[uid] {
+				unconfirmed = append(unconfirmed, uid)
 			}
 		}
 	}
@@ -843,7 +865,7 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 	if len(unconfirmed) > 0 {
 		return &attemptResult{temporary: fmt.Errorf("%s did not confirm %d of %d instances (first %s); they will be sent again", peer.Name, len(unconfirmed), len(recs), unconfirmed[0])}
 	}
-	v, err := s.Sender.Verify(ctx, peer, t.StudyUID, recs)
+	v, err := s.Sender.Verify(ctx, peer, view.studyUID(t.StudyUID), recs)
 	if err != nil {
 		if ctx.Err() != nil {
 			return &attemptResult{stop: context.Cause(ctx)}
@@ -854,6 +876,7 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 		}
 		return &attemptResult{temporary: fmt.Errorf("verification at %s: %w", peer.Name, err)}
 	}
+	v.Missing, v.Mismatched = view.sourceUIDs(v.Missing), view.sourceUIDs(v.Mismatched)
 	r.mu.Lock()
 	t.Verified, t.Verification = &v.OK, v.Checked
 	r.mu.Unlock()

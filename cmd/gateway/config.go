@@ -59,9 +59,12 @@ type Config struct {
 	AuditArchiveBucket string // S3 bucket of the segments; empty: --s3-bucket
 	AuditRetentionDays int    // Object Lock on each segment for this long; 0: none
 	AuditRetentionMode string // compliance or governance
+	DeidentifyKeyFile  string // --deidentify-key-file: key of the UID mapping of peers[].deidentify
 
 	// AuditKeys are read from AuditKeyFile by parseServeConfig; nil without one.
 	AuditKeys *gateway.AuditKeys
+	// DeidentifyKey is read from DeidentifyKeyFile by parseServeConfig.
+	DeidentifyKey []byte
 
 	File FileConfig // from --config
 }
@@ -152,6 +155,7 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.AuditArchiveBucket, "audit-archive-bucket", "", "S3 bucket for the audit segments (created with Object Lock when --audit-retention-days is set); default --s3-bucket")
 	fs.IntVar(&cfg.AuditRetentionDays, "audit-retention-days", 0, "lock each audit segment with S3 Object Lock for this many days (needs a bucket with Object Lock); 0 = no lock")
 	fs.StringVar(&cfg.AuditRetentionMode, "audit-retention-mode", "compliance", "Object Lock mode of audit segments: compliance (nobody can shorten it) or governance (users with the bypass permission can)")
+	fs.StringVar(&cfg.DeidentifyKeyFile, "deidentify-key-file", "", "file with the secret key (hex, at least 32 bytes) that maps UIDs for peers with deidentify; keep it outside --data-dir and Redis, and keep it: a new key gives a resent study new UIDs")
 	addDicomFlags(fs, cfg)
 	return fs
 }
@@ -191,6 +195,13 @@ func parseServeConfig(args []string, getenv func(string) string, stderr io.Write
 			return nil, err
 		}
 		cfg.AuditKeys = keys
+	}
+	if cfg.DeidentifyKeyFile != "" {
+		key, err := loadDeidentifyKey(cfg.DeidentifyKeyFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.DeidentifyKey = key
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strconv"
 )
@@ -57,6 +58,17 @@ type Instance struct {
 	// PixelSeed seeds the pseudo-random pixel values, so equal seeds give
 	// byte-identical instances.
 	PixelSeed uint64
+	// Extra are further elements of the dataset, merged in tag order; one
+	// with the tag of a built-in element replaces it.
+	Extra []Element
+}
+
+// Element is an extra element of an Instance (Explicit VR Little Endian,
+// defined length): Value is the encoded value, of even length.
+type Element struct {
+	Tag   uint32
+	VR    string
+	Value []byte
 }
 
 // OtherPatientID is one item of the Other Patient IDs Sequence.
@@ -167,6 +179,14 @@ func (in Instance) dataset() []element {
 	for i, e := range els {
 		if v, ok := ints[e.tag]; ok {
 			els[i] = us(e.tag, v)
+		}
+	}
+	for _, x := range in.Extra {
+		e := element{tag: x.Tag, vr: x.VR, value: x.Value}
+		if i := slices.IndexFunc(els, func(o element) bool { return o.tag == x.Tag }); i >= 0 {
+			els[i] = e
+		} else {
+			els = append(els, e)
 		}
 	}
 	sort.Slice(els, func(i, j int) bool { return els[i].tag < els[j].tag })

@@ -1,0 +1,144 @@
+package dicomcodec_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"math/big"
+	"strings"
+	"testing"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
+	"github.com/dicom-gateway/gateway/internal/synth"
+)
+
+// testMapUID is a deterministic UID mapping for tests.
+func testMapUID(uid string) string {
+	sum := sha256.Sum256([]byte("test\x00" + uid))
+	return "2.25." + new(big.Int).SetBytes(sum[:16]).String()
+}
+
+func deidentify(t testing.TB, src []byte, o dicomcodec.DeidentifyOptions) ([]byte, error) {
+	t.Helper()
+	var out bytes.Buffer
+	n, err := dicomcodec.Deidentify(&out, bytes.NewReader(src), o)
+	if err == nil && n != int64(out.Len()) {
+		t.Fatalf("Deidentify returned %d, wrote %d", n, out.Len())
+	}
+	return out.Bytes(), err
+}
+
+// TestDeidentifyProfile: an instance carrying every attribute of PS3.15
+// Table E.1-1 comes out with each removed, emptied, replaced or kept as its
+// action says, under the basic profile and under each option; no probe
+// value survives the basic profile anywhere in the bytes; UIDs (file meta
+// included) are mapped; the markers are set; pixel data is byte-identical;
+// the output is the same on every pass.
+func TestDeidentifyProfile(t *testing.T) {
+	probe := synth.ProfileProbe("1.2.826.0.1.3680043.10.999.1", "1.2.826.0.1.3680043.10.999.1.1", 2)
+	for _, o := range []dicomcodec.DeidentifyOptions{
+		{MapUID: testMapUID},
+		{MapUID: testMapUID, RetainFullDates: true},
+		{MapUID: testMapUID, RetainPatientCharacteristics: true},
+	} {
+		for _, in := range probe {
+			src := encode(t, in)
+			out, err := deidentify(t, src, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hs, err := dicomcodec.ParseHeader(bytes.NewReader(src), dicomcodec.HeaderLimits{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ho, err := dicomcodec.ParseHeader(bytes.NewReader(out), dicomcodec.HeaderLimits{})
+			if err != nil {
+				t.Fatalf("de-identified instance does not parse: %v", err)
+			}
+			if v := synth.ProfileViolations(hs.Dataset, ho.Dataset, o); len(v) > 0 {
+				t.Errorf("options %+v: %d violations, first %v", o.RetainFullDates || o.RetainPatientCharacteristics, len(v), v[:min(len(v), 10)])
+			}
+			if !o.RetainFullDates && !o.RetainPatientCharacteristics && bytes.Contains(out, []byte("PHI")) {
+				i := bytes.Index(out, []byte("PHI"))
+				t.Errorf("a probe value survived the basic profile: …%q…", out[max(0, i-16):min(len(out), i+16)])
+			}
+			if got, want := ho.SOPInstanceUID, testMapUID(in.SOPInstanceUID); got != want {
+				t.Errorf("SOP Instance UID %s, want %s", got, want)
+			}
+			if !bytes.Contains(out[:512], []byte(testMapUID(in.SOPInstanceUID))) {
+				t.Errorf("file meta lacks the mapped Media Storage SOP Instance UID")
+			}
+			d := ho.Dataset
+			if d.String("00120062") != "YES" || !strings.HasPrefix(d.String("00120063"), "Basic Profile") {
+				t.Errorf("Patient Identity Removed %q, method %q", d.String("00120062"), d.String("00120063"))
+			}
+			codes := map[string]bool{}
+			for _, it := range d["00120064"].Value {
+				codes[it.(dicomcodec.Dataset).String("00080100")] = true
+			}
+			if !codes["113100"] || codes["113106"] != o.RetainFullDates || codes["113108"] != o.RetainPatientCharacteristics {
+				t.Errorf("method codes %v for options %+v", codes, o)
+			}
+			if !bytes.Equal(src[hs.HeaderLength:], out[ho.HeaderLength:]) {
+				t.Errorf("pixel data differs")
+			}
+			again, err := deidentify(t, src, o)
+			if err != nil || !bytes.Equal(again, out) {
+				t.Errorf("a second pass gives other bytes (%v)", err)
+			}
+		}
+	}
+}
+
+// TestDeidentifyUndefinedLengths: sequences of undefined length are walked
+// like defined ones (the Other Patient IDs Sequence, X, goes), and input
+// that is not a Part 10 instance fails with ErrMalformed.
+func TestDeidentifyUndefinedLengths(t *testing.T) {
+	in := synth.Instance{PatientID: "PHIPID", PatientName: "PHI^NAME", StudyInstanceUID: "1.2.3", SeriesInstanceUID: "1.2.3.4", SOPInstanceUID: "1.2.3.4.5",
+		OtherPatientIDs: []synth.OtherPatientID{{ID: "PHI943", Issuer: "NHS"}}, UndefinedLengthSequences: true, Rows: 4, Columns: 4}
+	out, err := deidentify(t, encode(t, in), dicomcodec.DeidentifyOptions{MapUID: testMapUID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(out, []byte("PHI")) {
+		t.Errorf("identity survived")
+	}
+	if _, err := deidentify(t, []byte("not dicom"), dicomcodec.DeidentifyOptions{MapUID: testMapUID}); !errors.Is(err, dicomcodec.ErrMalformed) {
+		t.Errorf("non-DICOM input: %v, want ErrMalformed", err)
+	}
+}
+
+// FuzzDeidentify feeds arbitrary bytes to Deidentify: it fails with one of
+// the codec's data errors or succeeds, never panics; what it writes parses,
+// carries no private attribute at the top level and is the same on every
+// pass.
+func FuzzDeidentify(f *testing.F) {
+	o := dicomcodec.DeidentifyOptions{MapUID: testMapUID}
+	for _, in := range synth.ProfileProbe("1.2.3", "1.2.3.4", 1) {
+		f.Add(encode(f, in))
+	}
+	f.Add(encode(f, synth.Instance{OtherPatientIDs: []synth.OtherPatientID{{ID: "1", Issuer: "NHS"}}, UndefinedLengthSequences: true, Rows: 2, Columns: 2}))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		out, err := deidentify(t, data, o)
+		if err != nil {
+			if !isDataError(err) {
+				t.Fatalf("error %v (%T) is not one of the codec's data errors", err, err)
+			}
+			return
+		}
+		again, _ := deidentify(t, data, o)
+		if !bytes.Equal(out, again) {
+			t.Fatalf("two passes differ")
+		}
+		h, err := dicomcodec.ParseHeader(bytes.NewReader(out), dicomcodec.HeaderLimits{})
+		if err != nil {
+			return // the input's own damage past what the rewriter checks
+		}
+		for key := range h.Dataset {
+			if b, err := hex.DecodeString(key[:4]); err == nil && b[1]%2 == 1 {
+				t.Fatalf("private attribute %s survived", key)
+			}
+		}
+	})
+}

@@ -1,0 +1,284 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"strings"
+	"time"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
+)
+
+// ActionTransferDeidentified records that a transfer sent a study
+// de-identified, with the profile, its options and the study's UID
+// mapping.
+const ActionTransferDeidentified = "transfer.deidentified"
+
+// ProfileBasic is the PS3.15 Annex E Basic Application Level
+// Confidentiality Profile, the one profile peers[].deidentify.profile
+// names.
+const ProfileBasic = "basic"
+
+// DeidentifyRule is peers[].deidentify in the --config YAML: instances sent
+// to the peer leave with the profile applied (dicomcodec.Deidentify) and
+// their UIDs replaced by a keyed mapping.
+type DeidentifyRule struct {
+	Profile string `yaml:"profile" json:"profile"`
+	// RetainLongitudinalTemporal keeps dates and times (Retain
+	// Longitudinal Temporal Information with Full Dates Option).
+	RetainLongitudinalTemporal bool `yaml:"retain_longitudinal_temporal" json:"retain_longitudinal_temporal"`
+	// RetainPatientCharacteristics keeps sex, age, size, weight, smoking
+	// and pregnancy status and the like.
+	RetainPatientCharacteristics bool `yaml:"retain_patient_characteristics" json:"retain_patient_characteristics"`
+}
+
+// MinDeidentifyKeyBytes is the shortest UID mapping key accepted.
+const MinDeidentifyKeyBytes = 32
+
+// Deidentifier applies the peers' de-identification rules to outgoing
+// transfers. UIDs are mapped with HMAC-SHA-256 under a secret key: the
+// same source UID sent to the same peer always becomes the same UID, so a
+// study sent again is a duplicate at the destination and references
+// between its instances stay coherent, while nobody without the key can
+// recompute the mapping (an unkeyed hash of a UID is reversed by hashing
+// the UIDs one suspects, which are far from secret). Build it with
+// NewDeidentifier.
+type Deidentifier struct {
+	Blobs BlobStore
+	key   []byte
+	rules map[string]DeidentifyRule // by peer name
+}
+
+// NewDeidentifier checks the deidentify rules of peers. key is the UID
+// mapping key (--deidentify-key-file); a rule without one is refused, as
+// is a peer with both coerce and deidentify (de-identification removes the
+// identity coercion would choose).
+func NewDeidentifier(peers []Peer, key []byte, blobs BlobStore) (*Deidentifier, error) {
+	d := &Deidentifier{Blobs: blobs, key: key, rules: map[string]DeidentifyRule{}}
+	for _, p := range peers {
+		if p.Deidentify == nil {
+			continue
+		}
+		if p.Deidentify.Profile != ProfileBasic {
+			return nil, fmt.Errorf("peer %s: deidentify.profile %q: want basic", p.Name, p.Deidentify.Profile)
+		}
+		if p.Coerce != nil {
+			return nil, fmt.Errorf("peer %s: coerce and deidentify exclude each other: de-identification removes the patient identity", p.Name)
+		}
+		if len(key) < MinDeidentifyKeyBytes {
+			return nil, fmt.Errorf("peer %s: deidentify needs --deidentify-key-file (at least %d bytes in hex, e.g. openssl rand -hex 32): the UID mapping is keyed", p.Name, MinDeidentifyKeyBytes)
+		}
+		d.rules[p.Name] = *p.Deidentify
+	}
+	return d, nil
+}
+
+// ParseDeidentifyKey reads a key file: the key in hex on its first
+// non-comment line. Errors never echo the key.
+func ParseDeidentifyKey(r io.Reader) ([]byte, error) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line, _, _ := strings.Cut(sc.Text(), "#")
+		if line = strings.TrimSpace(line); line == "" {
+			continue
+		}
+		key, err := hex.DecodeString(line)
+		if err != nil || len(key) < MinDeidentifyKeyBytes {
+			return nil, fmt.Errorf("de-identification key must be at least %d bytes in hex (openssl rand -hex 32): %w", MinDeidentifyKeyBytes, ErrInvalid)
+		}
+		return key, nil
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("de-identification key file holds no key: %w", ErrInvalid)
+}
+
+// MapUID returns the UID that uid becomes at peer: "2.25." and the
+// decimal of 128 bits of HMAC-SHA-256(key, peer, uid), shaped as an RFC
+// 9562 version 8 UUID. Distinct peers get unrelated UIDs, so two
+// recipients cannot link their copies by UID.
+func (d *Deidentifier) MapUID(peer, uid string) string {
+	m := hmac.New(sha256.New, d.key)
+	m.Write([]byte("dicom-gateway uid\x00" + peer + "\x00" + uid))
+	sum := m.Sum(nil)[:16]
+	sum[6] = sum[6]&0x0F | 0x80
+	sum[8] = sum[8]&0x3F | 0x80
+	return "2.25." + new(big.Int).SetBytes(sum).String()
+}
+
+func (d *Deidentifier) options(peer string, rule DeidentifyRule) dicomcodec.DeidentifyOptions {
+	return dicomcodec.DeidentifyOptions{
+		RetainFullDates:              rule.RetainLongitudinalTemporal,
+		RetainPatientCharacteristics: rule.RetainPatientCharacteristics,
+		MapUID:                       func(uid string) string { return d.MapUID(peer, uid) },
+	}
+}
+
+// uidView translates between the UIDs this gateway holds and those a
+// de-identified destination holds. Its zero value (no de-identification)
+// translates nothing.
+type uidView struct {
+	study  string            // the study's UID at the destination
+	source map[string]string // destination SOP Instance UID → ours
+}
+
+func (v *uidView) studyUID(ours string) string {
+	if v == nil || v.study == "" {
+		return ours
+	}
+	return v.study
+}
+
+func (v *uidView) sourceUID(theirs string) string {
+	if v == nil {
+		return theirs
+	}
+	if s, ok := v.source[theirs]; ok {
+		return s
+	}
+	return theirs
+}
+
+func (v *uidView) sourceUIDs(theirs []string) []string {
+	out := make([]string, len(theirs))
+	for i, u := range theirs {
+		out[i] = v.sourceUID(u)
+	}
+	return out
+}
+
+// sourceResults returns res with the SOP Instance UIDs this gateway holds:
+// progress is recorded under them, so a resumed transfer skips what was
+// confirmed whatever the destination calls it.
+func (v *uidView) sourceResults(res []SendResult) []SendResult {
+	if v == nil {
+		return res
+	}
+	out := make([]SendResult, len(res))
+	for i, r := range res {
+		r.SOPInstanceUID = v.sourceUID(r.SOPInstanceUID)
+		out[i] = r
+	}
+	return out
+}
+
+// deidPlan is a transfer's instances as the destination receives them.
+type deidPlan struct {
+	opts     dicomcodec.DeidentifyOptions
+	out      map[string]*InstanceRecord // by our SOP Instance UID
+	stored   map[string]string          // destination SOP Instance UID → our blob key
+	view     *uidView
+	studyMap map[string]string
+}
+
+// plan maps every instance's UIDs and streams each through the profile
+// once, hashing both sides: the original against the index (a corrupt
+// local copy is not sent), the output for the request's Content-Length and
+// for verifying what the peer stored.
+func (d *Deidentifier) plan(ctx context.Context, peer string, rule DeidentifyRule, recs []*InstanceRecord) (*deidPlan, error) {
+	p := &deidPlan{opts: d.options(peer, rule), out: map[string]*InstanceRecord{}, stored: map[string]string{},
+		view: &uidView{source: map[string]string{}}, studyMap: map[string]string{}}
+	for _, rec := range recs {
+		out := *rec
+		out.StudyInstanceUID = d.MapUID(peer, rec.StudyInstanceUID)
+		out.SeriesInstanceUID = d.MapUID(peer, rec.SeriesInstanceUID)
+		out.SOPInstanceUID = d.MapUID(peer, rec.SOPInstanceUID)
+		out.Metadata = nil // the identifying header stays here
+		p.view.study = out.StudyInstanceUID
+		p.view.source[out.SOPInstanceUID] = rec.SOPInstanceUID
+		p.stored[out.SOPInstanceUID] = rec.Key()
+		p.studyMap[rec.StudyInstanceUID] = out.StudyInstanceUID
+
+		rc, err := d.Blobs.Get(ctx, rec.Key(), 0, -1)
+		if err != nil {
+			return nil, fmt.Errorf("reading instance %s for de-identification: %w", rec.SOPInstanceUID, err)
+		}
+		orig, sent := sha256.New(), sha256.New()
+		n, err := dicomcodec.Deidentify(sent, io.TeeReader(rc, orig), p.opts)
+		cerr := rc.Close()
+		if refusedByCodec(err) {
+			return nil, fmt.Errorf("%w: instance %s cannot be de-identified: %v", errRefused, rec.SOPInstanceUID, err)
+		}
+		if err = errors.Join(err, cerr); err != nil {
+			return nil, fmt.Errorf("reading instance %s for de-identification: %w", rec.SOPInstanceUID, err)
+		}
+		if rec.SHA256 != "" && hex.EncodeToString(orig.Sum(nil)) != rec.SHA256 {
+			return nil, fmt.Errorf("%w: local copy of instance %s is corrupt (SHA-256 differs from the index)", errRefused, rec.SOPInstanceUID)
+		}
+		out.Size, out.SHA256 = n, hex.EncodeToString(sent.Sum(nil))
+		p.out[rec.SOPInstanceUID] = &out
+	}
+	return p, nil
+}
+
+func (p *deidPlan) outbound(recs []*InstanceRecord) []*InstanceRecord {
+	out := make([]*InstanceRecord, len(recs))
+	for i, r := range recs {
+		out[i] = p.out[r.SOPInstanceUID]
+	}
+	return out
+}
+
+// rewrite is the SendHeader.Rewrite of the plan.
+func (p *deidPlan) rewrite(_ *InstanceRecord, original io.ReadCloser) io.ReadCloser {
+	pr, pw := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, err := dicomcodec.Deidentify(pw, original, p.opts)
+		pw.CloseWithError(errors.Join(err, original.Close()))
+	}()
+	return &pipeReadCloser{PipeReader: pr, done: done}
+}
+
+// deidentify is the transfer's hook: for a peer with a deidentify rule it
+// plans the de-identification of recs, swaps recs and pending for their
+// outbound records (the destination's UIDs, the size and SHA-256 of what is
+// sent), sets h.Rewrite and h.BlobKey, audits the mapping, and returns the
+// view that translates the destination's answers back to our UIDs. An
+// instance the profile cannot be applied to fails the transfer for good.
+func (s *Transfers) deidentify(ctx context.Context, t *Transfer, peer Peer, recs, pending *[]*InstanceRecord, h *SendHeader) (*uidView, *attemptResult) {
+	if s.Deidentifier == nil {
+		return nil, nil
+	}
+	rule, ok := s.Deidentifier.rules[peer.Name]
+	if !ok {
+		return nil, nil
+	}
+	p, err := s.Deidentifier.plan(ctx, peer.Name, rule, *recs)
+	if errors.Is(err, errRefused) {
+		return nil, &attemptResult{permanent: err}
+	}
+	if err != nil {
+		return nil, &attemptResult{temporary: err}
+	}
+	*recs, *pending = p.outbound(*recs), p.outbound(*pending)
+	h.Rewrite = p.rewrite
+	h.BlobKey = func(rec *InstanceRecord) string {
+		if k, ok := p.stored[rec.SOPInstanceUID]; ok {
+			return k
+		}
+		return rec.Key()
+	}
+	if len(*pending) > 0 && s.Auditor != nil {
+		ev := &AuditEvent{Time: s.now(), Gateway: s.Name, Actor: workerPrincipal, Action: ActionTransferDeidentified,
+			Outcome: OutcomeSuccess, StudyUIDs: []string{t.StudyUID, p.view.studyUID(t.StudyUID)}, PatientIDs: s.studyPatientIDs(ctx, t.StudyUID),
+			Detail: map[string]any{"transfer_id": t.ID, "destination": peer.Name, "profile": rule.Profile,
+				"retain_longitudinal_temporal": rule.RetainLongitudinalTemporal, "retain_patient_characteristics": rule.RetainPatientCharacteristics,
+				"study_uid_mapping": p.studyMap, "instances": len(*pending)}}
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := s.Auditor.Record(actx, ev); err != nil {
+			return nil, &attemptResult{temporary: fmt.Errorf("de-identification could not be audited, nothing sent: %w", err)}
+		}
+	}
+	return p.view, nil
+}
