@@ -6,6 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -141,4 +144,56 @@ func FuzzDeidentify(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestDeidentifyImplicitVR: the probe converted to Implicit VR Little
+// Endian by DCMTK's dcmconv (VRs from the dictionary, sequences re-encoded
+// by another implementation) comes out with the profile applied just the
+// same, still in Implicit VR, pixel data identical.
+func TestDeidentifyImplicitVR(t *testing.T) {
+	dcmconv, err := exec.LookPath("dcmconv")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("dcmconv missing: apt-get install dcmtk")
+		}
+		t.Skip("dcmconv missing: apt-get install dcmtk")
+	}
+	dir := t.TempDir()
+	in := synth.ProfileProbe("1.2.826.0.1.3680043.10.999.2", "1.2.826.0.1.3680043.10.999.2.1", 2)[1]
+	src, dst := filepath.Join(dir, "in.dcm"), filepath.Join(dir, "implicit.dcm")
+	if err := os.WriteFile(src, encode(t, in), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.CommandContext(t.Context(), dcmconv, "+ti", src, dst).CombinedOutput(); err != nil {
+		t.Fatalf("dcmconv: %v\n%s", err, out)
+	}
+	implicit, err := os.ReadFile(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := dicomcodec.DeidentifyOptions{MapUID: testMapUID}
+	out, err := deidentify(t, implicit, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs, err := dicomcodec.ParseHeader(bytes.NewReader(implicit), dicomcodec.HeaderLimits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ho, err := dicomcodec.ParseHeader(bytes.NewReader(out), dicomcodec.HeaderLimits{})
+	if err != nil {
+		t.Fatalf("de-identified instance does not parse: %v", err)
+	}
+	if ho.TransferSyntaxUID != "1.2.840.10008.1.2" {
+		t.Errorf("transfer syntax %s, want Implicit VR LE kept", ho.TransferSyntaxUID)
+	}
+	if v := synth.ProfileViolations(hs.Dataset, ho.Dataset, o); len(v) > 0 {
+		t.Errorf("%d violations, first %v", len(v), v[:min(len(v), 10)])
+	}
+	if bytes.Contains(out, []byte("PHI")) {
+		t.Errorf("a probe value survived")
+	}
+	if !bytes.Equal(implicit[hs.HeaderLength:], out[ho.HeaderLength:]) {
+		t.Errorf("pixel data differs")
+	}
 }

@@ -19,7 +19,8 @@ const probeUIDRoot = "1.2.826.0.1.3680043.10.999."
 // ProfileProbe is a study for testing de-identification: n CT instances of
 // one series, each carrying, besides the usual attributes, a value for every
 // attribute of PS3.15 Table E.1-1 (dicomcodec.ConfidentialityProfile)
-// except the command group, those that follow Pixel Data and the retired
+// except the command group, the file meta (whose Media Storage SOP
+// Instance UID the meta carries), those that follow Pixel Data and the retired
 // curves; two private elements (a creator and its data); and references
 // that must stay coherent: a shared Frame of Reference UID and, in the
 // Referenced Image Sequence of each instance, the previous instance (the
@@ -35,7 +36,7 @@ func ProfileProbe(study, series string, n int) []Instance {
 		prev := fmt.Sprintf("%s.%d", series, (i+n-1)%n+1)
 		for _, a := range dicomcodec.ConfidentialityProfile() {
 			switch g := a.Tag >> 16; {
-			case g == 0x0000, g == 0xFFFA, g == 0xFFFC, g&0xFF00 == 0x5000:
+			case g == 0x0000, g == 0x0002, g == 0xFFFA, g == 0xFFFC, g&0xFF00 == 0x5000:
 				continue
 			}
 			vr := dicomcodec.TagVR(fmt.Sprintf("%08X", a.Tag))
@@ -83,7 +84,7 @@ func probeValue(tag uint32, vr string) []byte {
 	case "UI":
 		return pad([]byte(probeUIDRoot+strconv.FormatUint(uint64(tag), 10)), 0)
 	case "UR":
-		return []byte("http://phi.invalid/" + ProbeValue(tag) + " ")
+		return pad([]byte("http://phi.invalid/"+ProbeValue(tag)), ' ')
 	case "US", "SS":
 		return binary.LittleEndian.AppendUint16(nil, 7)
 	case "UL", "SL", "FL", "AT", "OF", "OL":
