@@ -457,14 +457,16 @@ func (d *deidentifier) dataset(end int64, implicit bool, depth int, top bool) er
 }
 
 // isSequence reports whether an element is to be walked as a sequence, and
-// in which encoding its items are: a VR of SQ, a UN of undefined length
-// (PS3.5 6.2.2: its items are Implicit VR LE), in implicit VR a dictionary
-// SQ or any undefined length.
-func isSequence(vr string, vl uint32, implicit bool) (seq bool, itemsImplicit bool) {
+// in which encoding its items are: a VR of SQ, a UN of undefined length or
+// of a tag the dictionary calls SQ (PS3.5 6.2.2: a sequence whose VR the
+// sender did not know, its items in Implicit VR LE; walked, not copied
+// opaque, so nothing identifying rides through in it), in implicit VR a
+// dictionary SQ or any undefined length.
+func isSequence(tag uint32, vr string, vl uint32, implicit bool) (seq bool, itemsImplicit bool) {
 	switch {
 	case vr == "SQ":
 		return true, implicit
-	case vr == "UN" && vl == undefinedLen:
+	case vr == "UN" && (vl == undefinedLen || dictVR(tag, 0) == "SQ"):
 		return true, true
 	case implicit && vl == undefinedLen:
 		return true, true
@@ -481,7 +483,7 @@ func (d *deidentifier) element(tag uint32, vr string, vl uint32, implicit bool, 
 		return d.copyN(int64(vl))
 	}
 	act := d.o.Action(tag)
-	seq, itemsImplicit := isSequence(vr, vl, implicit)
+	seq, itemsImplicit := isSequence(tag, vr, vl, implicit)
 	if act == 'X' {
 		return d.skipValue(vl, implicit, depth)
 	}

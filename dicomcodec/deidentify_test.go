@@ -3,6 +3,7 @@ package dicomcodec_test
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"math/big"
@@ -195,5 +196,34 @@ func TestDeidentifyImplicitVR(t *testing.T) {
 	}
 	if !bytes.Equal(implicit[hs.HeaderLength:], out[ho.HeaderLength:]) {
 		t.Errorf("pixel data differs")
+	}
+}
+
+// TestDeidentifyUNSequence: a sequence that reached this gateway as UN of
+// defined length (its sender did not know the VR; the items are Implicit
+// VR LE) is walked like any other: its identifying items are cleaned and
+// its references mapped, not copied through opaque.
+func TestDeidentifyUNSequence(t *testing.T) {
+	var item []byte
+	for _, e := range []struct {
+		tag uint32
+		v   string
+	}{{0x00081155, "1.2.3.4.9\x00"}, {0x00100010, "PHI^UNSEQ "}} {
+		item = binary.LittleEndian.AppendUint16(item, uint16(e.tag>>16))
+		item = binary.LittleEndian.AppendUint16(item, uint16(e.tag))
+		item = binary.LittleEndian.AppendUint32(item, uint32(len(e.v)))
+		item = append(item, e.v...)
+	}
+	seq := binary.LittleEndian.AppendUint32(nil, 0xE000FFFE)
+	seq = binary.LittleEndian.AppendUint32(seq, uint32(len(item)))
+	seq = append(seq, item...)
+	in := synth.Instance{PatientID: "X", StudyInstanceUID: "1.2.3", SeriesInstanceUID: "1.2.3.4", SOPInstanceUID: "1.2.3.4.5", Rows: 2, Columns: 2,
+		Extra: []synth.Element{{Tag: 0x00081140, VR: "UN", Value: seq}}}
+	out, err := deidentify(t, encode(t, in), dicomcodec.DeidentifyOptions{MapUID: testMapUID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(out, []byte("PHI")) || !bytes.Contains(out, []byte(testMapUID("1.2.3.4.9"))) {
+		t.Errorf("UN sequence: name left %v, reference mapped %v", bytes.Contains(out, []byte("PHI")), bytes.Contains(out, []byte(testMapUID("1.2.3.4.9"))))
 	}
 }
