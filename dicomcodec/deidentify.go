@@ -445,7 +445,8 @@ func (d *deidentifier) dataset(end int64, implicit bool, depth int, top bool) er
 			return err
 		}
 		if replaced {
-			if err := d.skipValue(vl, implicit, depth); err != nil {
+			_, itemsImplicit := isSequence(tag, vr, vl, implicit)
+			if err := d.skipValue(vl, itemsImplicit, depth); err != nil {
 				return err
 			}
 			continue
@@ -484,12 +485,13 @@ func (d *deidentifier) element(tag uint32, vr string, vl uint32, implicit bool, 
 	}
 	act := d.o.Action(tag)
 	seq, itemsImplicit := isSequence(tag, vr, vl, implicit)
+	// A skipped sequence's items are read in their own encoding.
 	if act == 'X' {
-		return d.skipValue(vl, implicit, depth)
+		return d.skipValue(vl, itemsImplicit, depth)
 	}
 	if act == 'Z' {
 		d.writeHeader(tag, vr, implicit, 0)
-		return d.skipValue(vl, implicit, depth)
+		return d.skipValue(vl, itemsImplicit, depth)
 	}
 	if seq {
 		// K, D and U of a sequence: its items are cleaned by the same

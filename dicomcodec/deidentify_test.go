@@ -227,3 +227,43 @@ func TestDeidentifyUNSequence(t *testing.T) {
 		t.Errorf("UN sequence: name left %v, reference mapped %v", bytes.Contains(out, []byte("PHI")), bytes.Contains(out, []byte(testMapUID("1.2.3.4.9"))))
 	}
 }
+
+// TestDeidentifyRemovesUNSequence: a removed attribute that is a sequence
+// of undefined length encoded as UN (Implicit VR LE items inside an
+// Explicit VR dataset) is skipped through its delimiters in that encoding.
+func TestDeidentifyRemovesUNSequence(t *testing.T) {
+	var item []byte
+	item = binary.LittleEndian.AppendUint32(item, 0x00100010)
+	item = binary.LittleEndian.AppendUint32(item, 10)
+	item = append(item, "PHI^UNSEQ "...)
+	for _, tag := range []uint32{0xE00DFFFE} {
+		item = binary.LittleEndian.AppendUint32(item, tag)
+		item = binary.LittleEndian.AppendUint32(item, 0)
+	}
+	seq := binary.LittleEndian.AppendUint32(nil, 0xE000FFFE)
+	seq = binary.LittleEndian.AppendUint32(seq, 0xFFFFFFFF)
+	seq = append(seq, item...)
+	seq = binary.LittleEndian.AppendUint32(seq, 0xE0DDFFFE)
+	seq = binary.LittleEndian.AppendUint32(seq, 0)
+	// (0010,1002) Other Patient IDs Sequence, X; written with a defined
+	// length by synth, so patch in the undefined one.
+	in := synth.Instance{PatientID: "X", StudyInstanceUID: "1.2.3", SeriesInstanceUID: "1.2.3.4", SOPInstanceUID: "1.2.3.4.5", Rows: 2, Columns: 2,
+		Extra: []synth.Element{{Tag: 0x00101002, VR: "UN", Value: seq}}}
+	src := encode(t, in)
+	hdr := []byte{0x10, 0x00, 0x02, 0x10, 'U', 'N', 0, 0}
+	i := bytes.Index(src, hdr)
+	if i < 0 {
+		t.Fatal("no (0010,1002) in the instance")
+	}
+	binary.LittleEndian.PutUint32(src[i+8:], 0xFFFFFFFF)
+	out, err := deidentify(t, src, dicomcodec.DeidentifyOptions{MapUID: testMapUID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(out, []byte("PHI")) {
+		t.Error("the removed sequence's content survived")
+	}
+	if _, err := dicomcodec.ParseHeader(bytes.NewReader(out), dicomcodec.HeaderLimits{}); err != nil {
+		t.Errorf("output does not parse: %v", err)
+	}
+}
