@@ -231,3 +231,75 @@ func TestDeidentifyConfig(t *testing.T) {
 		t.Errorf("short key: %v (must fail without echoing the key)", err)
 	}
 }
+
+// TestDicomPeerRewrites: the rewrite rules reach DIMSE peers through the
+// transfer queue: a study sent by C-STORE to a peer with deidentify arrives
+// at storescp under the mapped UIDs with nothing of the probe values left,
+// and one sent to a peer with coerce arrives under the NHS number.
+func TestDicomPeerRewrites(t *testing.T) {
+	research, pacs := t.TempDir(), t.TempDir()
+	cfg := dicomConfig(t)
+	cfg.DeidentifyKey = bytes.Repeat([]byte{0x24}, 32)
+	cfg.File.Peers = []gateway.Peer{
+		{Name: "research", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: startStoreSCP(t, research), CalledAE: "PACS"}, Deidentify: &gateway.DeidentifyRule{Profile: gateway.ProfileBasic}},
+		{Name: "pacs", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: startStoreSCP(t, pacs), CalledAE: "PACS"}, Coerce: &gateway.CoerceRule{To: gateway.CoerceNational}},
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	m := MustRunMain(t, cfg, nil)
+	base := "http://" + m.Addr
+	probe := synth.ProfileProbe(synth.UID(86, 1), synth.UID(86, 1, 1), 2)
+	coerced := synth.Instance{PatientName: "Doe^Jane", PatientID: "H123456", IssuerOfPatientID: "HAMPSHIRE",
+		OtherPatientIDs:  []synth.OtherPatientID{{ID: testNHSNumber, Issuer: "NHS"}},
+		StudyInstanceUID: synth.UID(86, 2), SeriesInstanceUID: synth.UID(86, 2, 1), SOPInstanceUID: synth.UID(86, 2, 1, 1), Rows: 4, Columns: 4}
+	for _, in := range append(probe, coerced) {
+		var b bytes.Buffer
+		if _, err := in.WriteTo(&b); err != nil {
+			t.Fatal(err)
+		}
+		storeLocal(t, m, &b)
+	}
+	for _, tt := range []struct{ study, peer string }{{probe[0].StudyInstanceUID, "research"}, {coerced.StudyInstanceUID, "pacs"}} {
+		if tr := waitTransfer(t, base, createTransfer(t, base, tt.study, tt.peer)); tr["state"] != "completed" {
+			t.Fatalf("transfer to %s: %v", tt.peer, tr)
+		}
+	}
+	mapper, err := gateway.NewDeidentifier(nil, cfg.DeidentifyKey, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(research)
+	if len(entries) != len(probe) {
+		t.Fatalf("research peer received %d files, want %d", len(entries), len(probe))
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(research, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := dicomcodec.ParseHeader(bytes.NewReader(b), dicomcodec.HeaderLimits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(probe, func(in synth.Instance) bool { return mapper.MapUID("research", in.SOPInstanceUID) == h.SOPInstanceUID }) ||
+			h.StudyInstanceUID != mapper.MapUID("research", probe[0].StudyInstanceUID) || bytes.Contains(b, []byte("PHI")) || bytes.Contains(b, []byte("PROBE")) {
+			t.Errorf("%s at the research peer: SOP %s study %s, probe values left %v", e.Name(), h.SOPInstanceUID, h.StudyInstanceUID, bytes.Contains(b, []byte("PHI")))
+		}
+	}
+	entries, _ = os.ReadDir(pacs)
+	if len(entries) != 1 {
+		t.Fatalf("pacs received %d files, want 1", len(entries))
+	}
+	b, err := os.ReadFile(filepath.Join(pacs, entries[0].Name()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := dicomcodec.ParseHeader(bytes.NewReader(b), dicomcodec.HeaderLimits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Dataset.String(dicomcodec.TagPatientID) != testNHSNumber || h.SOPInstanceUID != coerced.SOPInstanceUID {
+		t.Errorf("coerced instance at pacs: Patient ID %q, SOP %s", h.Dataset.String(dicomcodec.TagPatientID), h.SOPInstanceUID)
+	}
+}
