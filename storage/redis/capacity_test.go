@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/storage/redis"
@@ -31,15 +34,50 @@ func BenchmarkCapacity(b *testing.B) {
 	})
 }
 
+// BenchmarkCapacityCluster is BenchmarkCapacity on the 3-master Redis
+// Cluster scripts/testenv.sh starts (GATEWAY_TEST_REDIS_CLUSTER_URL); memory
+// is used_memory summed over the masters, so the figure includes each
+// instance's locator key and the shards' own search sets:
+//
+//	GATEWAY_BENCH_INSTANCES=1000000 scripts/testenv.sh go test -run '^$' -bench CapacityCluster -benchtime 1x ./storage/redis/
+func BenchmarkCapacityCluster(b *testing.B) {
+	c, err := redis.Open(storagetest.RedisClusterURL(b), storagetest.RedisPrefix(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	storagetest.BenchCapacity(b, redis.NewIndex(c), func(ctx context.Context) (int64, error) {
+		return usedMemory(ctx, c)
+	})
+}
+
 // BenchmarkReindex times gateway reindex from MinIO into Redis
 // (GATEWAY_BENCH_REINDEX instances, default 200).
 func BenchmarkReindex(b *testing.B) {
 	storagetest.BenchReindex(b, newTestBlobStore(b), newTestIndex(b))
 }
 
-// usedMemory is INFO memory's used_memory on the server c talks to.
+// usedMemory is INFO memory's used_memory on the server c talks to, or
+// the sum over the masters of a cluster.
 func usedMemory(ctx context.Context, c *redis.Client) (int64, error) {
-	info, err := c.Redis().Info(ctx, "memory").Result()
+	cc, ok := c.Redis().(*goredis.ClusterClient)
+	if !ok {
+		return nodeUsedMemory(ctx, c.Redis())
+	}
+	var mu sync.Mutex
+	var total int64
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, node *goredis.Client) error {
+		n, err := nodeUsedMemory(ctx, node)
+		mu.Lock()
+		total += n
+		mu.Unlock()
+		return err
+	})
+	return total, err
+}
+
+func nodeUsedMemory(ctx context.Context, node goredis.Cmdable) (int64, error) {
+	info, err := node.Info(ctx, "memory").Result()
 	if err != nil {
 		return 0, err
 	}
