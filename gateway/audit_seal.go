@@ -68,11 +68,14 @@ func (a *AuditArchive) Seal(ctx context.Context) (AuditSealReport, error) {
 }
 
 func (a *AuditArchive) seal(ctx context.Context, ret *ObjectLock, rep *AuditSealReport) error {
-	segs, err := a.segments(ctx)
+	// The base is read before the segments are listed: a segment is always
+	// written before the records it holds are trimmed, so the list then
+	// reaches at least this base even while another replica seals.
+	base, _, err := a.Live.AuditBase(ctx)
 	if err != nil {
 		return err
 	}
-	base, _, err := a.Live.AuditBase(ctx)
+	segs, err := a.segments(ctx)
 	if err != nil {
 		return err
 	}
@@ -96,7 +99,7 @@ func (a *AuditArchive) seal(ctx context.Context, ret *ObjectLock, rep *AuditSeal
 		prevSHA, lastSealed, lastHead = objSHA, s.last, seal.Head
 		if s.last > base {
 			if err := a.Live.AuditTrim(ctx, s.last, seal.Head); err != nil {
-				return fmt.Errorf("trim audit records to %d: %w", s.last, err)
+				return a.unlessSealedElsewhere(ctx, base, fmt.Errorf("trim audit records to %d: %w", s.last, err))
 			}
 			rep.Trimmed += s.last - max(base, s.first-1)
 			base = s.last
@@ -132,7 +135,9 @@ func (a *AuditArchive) seal(ctx context.Context, ret *ObjectLock, rep *AuditSeal
 		rep.Segments = append(rep.Segments, s.key)
 		rep.Sealed += seal.Records
 		if err := a.Live.AuditTrim(ctx, s.last, seal.Head); err != nil {
-			return fmt.Errorf("trim audit records to %d: %w", s.last, err)
+			// Another replica wrote the same segment (boundaries depend on
+			// the records alone) and trimmed first: its trim is ours.
+			return a.unlessSealedElsewhere(ctx, lastSealed, fmt.Errorf("trim audit records to %d: %w", s.last, err))
 		}
 		rep.Trimmed += seal.Records
 		prevSHA, lastSealed, lastHead = objSHA, s.last, seal.Head
@@ -140,9 +145,10 @@ func (a *AuditArchive) seal(ctx context.Context, ret *ObjectLock, rep *AuditSeal
 }
 
 // unlessSealedElsewhere returns err, or nil when the live log was trimmed
-// past lastSealed meanwhile: another replica sealed the same records (and
-// their disappearance is what failed this run), so this run stops and the
-// next one goes on from the segments as they are then.
+// past lastSealed meanwhile: another replica sealed or trimmed the same
+// records (and their disappearance is what failed this run's read, write or
+// trim), so this run stops and the next one goes on from the segments as
+// they are then.
 func (a *AuditArchive) unlessSealedElsewhere(ctx context.Context, lastSealed int64, err error) error {
 	if base, _, berr := a.Live.AuditBase(ctx); berr == nil && base > lastSealed {
 		return nil
