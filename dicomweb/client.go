@@ -444,7 +444,9 @@ func parseStowResponse(resp *client.StoreResponse, batch []*gateway.InstanceReco
 
 // Verify implements gateway.Sender: QIDO-RS lists the study's instances at
 // the peer, page by page; for a gateway peer the SHA-256 of every stored
-// instance, recomputed there from its storage, is compared with ours.
+// instance is compared with ours: the one the peer recorded as the bytes
+// streamed into its storage or, with peer.VerifyReread, one it computes
+// again from its storage.
 func (c *Client) Verify(ctx context.Context, peer gateway.Peer, studyUID string, instances []*gateway.InstanceRecord) (*gateway.Verification, error) {
 	pc, err := c.peerClientFor(peer)
 	if err != nil {
@@ -470,7 +472,7 @@ func (c *Client) Verify(ctx context.Context, peer gateway.Peer, studyUID string,
 		if err != nil {
 			return nil, &gateway.SendError{Peer: peer.Name, Err: err}
 		}
-		sums, err := c.peerAPI(pc, peer, admin).StudySHA256(ctx, studyUID, true)
+		sums, err := c.peerAPI(pc, peer, admin).StudySHA256(ctx, studyUID, peer.VerifyReread)
 		if err != nil {
 			return nil, queryError(ctx, peer, admin, err)
 		}
@@ -485,7 +487,11 @@ func (c *Client) Verify(ctx context.Context, peer gateway.Peer, studyUID string,
 				v.Mismatched = append(v.Mismatched, rec.SOPInstanceUID)
 			}
 		}
-		v.Checked += fmt.Sprintf("; sha256: %d/%d identical", same, len(instances))
+		how := "recorded at ingest"
+		if peer.VerifyReread {
+			how = "re-read from storage"
+		}
+		v.Checked += fmt.Sprintf("; sha256: %d/%d identical (%s)", same, len(instances), how)
 	}
 	v.OK = len(v.Missing) == 0 && len(v.Mismatched) == 0
 	return v, nil

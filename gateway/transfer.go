@@ -41,6 +41,13 @@ type Peer struct {
 	// The peer's credential then needs the transfer role too.
 	Gateway  bool   `yaml:"gateway" json:"gateway"`
 	AdminURL string `yaml:"admin_url" json:"admin_url,omitempty"`
+	// VerifyReread makes that comparison use digests the peer computes again
+	// from its storage, a second pass over every byte sent, instead of the
+	// digests it recorded while the bytes streamed into durable storage (and
+	// which an S3 store had the server check on upload). The recorded ones
+	// already prove the peer stored what we sent; the re-read also proves
+	// the peer's storage reads it back, at the cost of reading the study.
+	VerifyReread bool `yaml:"verify_reread" json:"verify_reread,omitempty"`
 	// AllowInsecure accepts a plain http URL to a host that is not
 	// loopback (a private network the operator protects otherwise). Without
 	// it such a peer is refused at start-up; with it, and for

@@ -1,0 +1,74 @@
+package dicomweb_test
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/dicom-gateway/gateway/dicomweb"
+	"github.com/dicom-gateway/gateway/internal/synth"
+)
+
+// TestVerifyRecordedOrReread: by default a gateway peer's verification
+// compares the SHA-256 it recorded while the bytes streamed into its
+// storage, without reading them again; with verify_reread it computes them
+// again from storage. An instance overwritten in the peer's storage behind
+// its index (what only a re-read can see) shows the difference: the
+// recorded digests still match what was sent, the re-read finds the
+// altered instance. On both backend families.
+func TestVerifyRecordedOrReread(t *testing.T) {
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			hampshire := newCentre(t, "hampshire", backend)
+			surrey := newCentre(t, "surrey", backend)
+			ins := hampshire.store(t, synth.StudySpec{Seed: 933, Series: 1, InstancesPerSeries: 3})
+			peer := peerOf(surrey)
+			c := dicomweb.NewClient(hampshire.blobs)
+			results, err := sendStudy(t, c, hampshire, peer, ins)
+			if err != nil {
+				t.Fatal(err)
+			}
+			assertAllSent(t, results, ins)
+			recs, err := hampshire.index.ListInstances(t.Context(), ins[0].StudyInstanceUID, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			v, err := c.Verify(t.Context(), peer, ins[0].StudyInstanceUID, recs)
+			if want := fmt.Sprintf("sha256: %d/%d identical (recorded at ingest)", len(ins), len(ins)); err != nil || !v.OK || !strings.Contains(v.Checked, want) {
+				t.Fatalf("default verification %+v, %v; want OK and %q", v, err, want)
+			}
+
+			// Overwrite one instance's bytes in surrey's storage, behind its index.
+			altered := recs[1]
+			var orig bytes.Buffer
+			rc, err := surrey.blobs.Get(t.Context(), altered.Key(), 0, -1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := orig.ReadFrom(rc); err != nil {
+				t.Fatal(err)
+			}
+			rc.Close()
+			b := orig.Bytes()
+			b[len(b)-1] ^= 0xff
+			if _, err := surrey.blobs.Put(t.Context(), altered.Key(), bytes.NewReader(b)); err != nil {
+				t.Fatal(err)
+			}
+
+			v, err = c.Verify(t.Context(), peer, ins[0].StudyInstanceUID, recs)
+			if err != nil || !v.OK {
+				t.Errorf("recorded digests after the storage was altered: %+v, %v; want OK (they describe what was stored)", v, err)
+			}
+			peer.VerifyReread = true
+			v, err = c.Verify(t.Context(), peer, ins[0].StudyInstanceUID, recs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.OK || len(v.Mismatched) != 1 || v.Mismatched[0] != altered.SOPInstanceUID || !strings.Contains(v.Checked, "re-read from storage") {
+				t.Errorf("re-read verification %+v; want the altered instance %s mismatched", v, altered.SOPInstanceUID)
+			}
+		})
+	}
+}
