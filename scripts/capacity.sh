@@ -17,16 +17,8 @@ cleanup() {
   rm -rf "$DIR"
 }
 trap cleanup EXIT
-free_port() {
-  local p
-  for _ in $(seq 200); do
-    p=$((20000 + RANDOM % 10000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null; then
-      echo "$p"; return 0
-    fi
-  done
-  return 1
-}
+# shellcheck source=free_port.sh
+source "$(dirname "${BASH_SOURCE[0]}")/free_port.sh"
 start() { # start PORT [cluster flags…]
   local p=$1; shift
   mkdir -p "$DIR/$p"

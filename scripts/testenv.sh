@@ -98,16 +98,8 @@ export GATEWAY_TEST_REDIS_URL="unix://$STATE/redis.sock?db=0"
 # to its clients, so no unix sockets), each with its bus on port+10000, AOF
 # as the README recommends. Ports are drawn at random and the whole start is
 # retried when one was taken meanwhile (several testenvs may run at once).
-free_port() {
-  local p
-  for _ in $(seq 200); do
-    p=$((20000 + RANDOM % 10000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null; then
-      echo "$p"; return 0
-    fi
-  done
-  return 1
-}
+# shellcheck source=free_port.sh
+source "$(dirname "${BASH_SOURCE[0]}")/free_port.sh"
 start_cluster() {
   local ports=() p dir
   for i in 1 2 3; do
