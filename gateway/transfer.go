@@ -43,8 +43,9 @@ type Peer struct {
 	AdminURL string `yaml:"admin_url" json:"admin_url,omitempty"`
 	// VerifyReread makes that comparison use digests the peer computes again
 	// from its storage, a second pass over every byte sent, instead of the
-	// digests it recorded while the bytes streamed into durable storage (and
-	// which an S3 store had the server check on upload). The recorded ones
+	// digests it recorded while the bytes streamed into durable storage (an
+	// S3 store signs a small object's PUT with that digest, which the server
+	// checks). The recorded ones
 	// already prove the peer stored what we sent; the re-read also proves
 	// the peer's storage reads it back, at the cost of reading the study.
 	VerifyReread bool `yaml:"verify_reread" json:"verify_reread,omitempty"`
