@@ -129,14 +129,9 @@ func Deidentify(w io.Writer, r io.Reader, o DeidentifyOptions) (int64, error) {
 	if o.MapUID == nil {
 		return 0, fmt.Errorf("de-identification without a UID mapping: %w", ErrInvalidInput)
 	}
-	cw := &countingWriter{w: w}
-	bw := bufio.NewWriterSize(cw, 64<<10)
-	d := &deidentifier{r: bufio.NewReaderSize(r, 64<<10), w: bw, o: o}
-	err := d.run()
-	if ferr := bw.Flush(); err == nil {
-		err = ferr
-	}
-	return cw.n, err
+	return rewriteStream(w, r, func(br *bufio.Reader, bw *bufio.Writer) error {
+		return (&deidentifier{r: br, w: bw, o: o}).run()
+	})
 }
 
 type deidentifier struct {

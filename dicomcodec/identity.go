@@ -59,14 +59,9 @@ func RewriteIdentity(w io.Writer, r io.Reader, e IdentityEdit) (int64, error) {
 	if len(e.PatientID) > maxIdentityLO || len(e.Issuer) > maxIdentityLO || e.PatientID == "" {
 		return 0, fmt.Errorf("coerced Patient ID %d and issuer %d characters: LO holds 1 to 64: %w", len(e.PatientID), len(e.Issuer), ErrInvalidInput)
 	}
-	cw := &countingWriter{w: w}
-	bw := bufio.NewWriterSize(cw, 64<<10)
-	rw := &identityRewriter{r: bufio.NewReaderSize(r, 64<<10), w: bw, edit: e}
-	err := rw.run()
-	if ferr := bw.Flush(); err == nil {
-		err = ferr
-	}
-	return cw.n, err
+	return rewriteStream(w, r, func(br *bufio.Reader, bw *bufio.Writer) error {
+		return (&identityRewriter{r: br, w: bw, edit: e}).run()
+	})
 }
 
 type identityRewriter struct {
@@ -361,19 +356,7 @@ func (x *identityRewriter) item(depth int) error {
 // appendElement appends an element of the dataset's encoding with a
 // defined length.
 func (x *identityRewriter) appendElement(b []byte, tag uint32, vr string, v []byte) []byte {
-	b = binary.LittleEndian.AppendUint16(b, uint16(tag>>16))
-	b = binary.LittleEndian.AppendUint16(b, uint16(tag))
-	switch {
-	case x.implicit:
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(v)))
-	case longVR(vr):
-		b = append(b, vr[0], vr[1], 0, 0)
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(v)))
-	default:
-		b = append(b, vr[0], vr[1])
-		b = binary.LittleEndian.AppendUint16(b, uint16(len(v)))
-	}
-	return append(b, v...)
+	return appendElementLE(b, tag, vr, x.implicit, v)
 }
 
 func padded(v string, pad byte) []byte {

@@ -139,6 +139,19 @@ func (t *transcoder) copySwapped(n int64, unit int) error {
 	return nil
 }
 
+// rewriteStream runs a streaming rewriter (Deidentify, RewriteIdentity)
+// from r to w through 64 KiB buffers, flushes what it wrote even after an
+// error, and returns the bytes that reached w.
+func rewriteStream(w io.Writer, r io.Reader, run func(*bufio.Reader, *bufio.Writer) error) (int64, error) {
+	cw := &countingWriter{w: w}
+	bw := bufio.NewWriterSize(cw, 64<<10)
+	err := run(bufio.NewReaderSize(r, 64<<10), bw)
+	if ferr := bw.Flush(); err == nil {
+		err = ferr
+	}
+	return cw.n, err
+}
+
 type countingWriter struct {
 	w io.Writer
 	n int64
