@@ -792,14 +792,7 @@ func (x *Index) GetInstance(ctx context.Context, sopInstanceUID string) (*gatewa
 	if x.cluster && st == "" {
 		return nil, fmt.Errorf("instance %s: %w", sopInstanceUID, gateway.ErrNotFound)
 	}
-	s, err := x.rdb.HGet(ctx, x.instanceKey(st, sopInstanceUID), "rec").Result()
-	if err != nil {
-		if errors.Is(err, goredis.Nil) {
-			return nil, fmt.Errorf("instance %s: %w", sopInstanceUID, gateway.ErrNotFound)
-		}
-		return nil, translate(err)
-	}
-	return decodeRecord(s)
+	return x.getInstance(ctx, st, sopInstanceUID)
 }
 
 // getInstance returns the record of sop in study studyUID or ErrNotFound.

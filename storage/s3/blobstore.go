@@ -155,6 +155,12 @@ func New(cfg Config) (*BlobStore, error) {
 // EnsureBucket creates the bucket if it does not exist. A bucket that exists
 // already, or is created concurrently by another replica, is fine.
 func (s *BlobStore) EnsureBucket(ctx context.Context) error {
+	return s.ensureBucket(ctx, minio.MakeBucketOptions{Region: s.region})
+}
+
+// ensureBucket creates the bucket with opts unless it exists or another
+// replica creates it first.
+func (s *BlobStore) ensureBucket(ctx context.Context, opts minio.MakeBucketOptions) error {
 	ok, err := s.client.BucketExists(ctx, s.bucket)
 	if err != nil {
 		return fmt.Errorf("s3: bucket %s: %w", s.bucket, translate(err))
@@ -162,7 +168,7 @@ func (s *BlobStore) EnsureBucket(ctx context.Context) error {
 	if ok {
 		return nil
 	}
-	err = s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: s.region})
+	err = s.client.MakeBucket(ctx, s.bucket, opts)
 	var er minio.ErrorResponse
 	if errors.As(err, &er) && er.Code == minio.BucketAlreadyOwnedByYou {
 		return nil
@@ -277,22 +283,7 @@ func (s *BlobStore) PutRetained(ctx context.Context, key string, r io.Reader, re
 // EnsureLockedBucket creates the bucket with Object Lock enabled if it does
 // not exist (a bucket that exists keeps the setting it was created with).
 func (s *BlobStore) EnsureLockedBucket(ctx context.Context) error {
-	ok, err := s.client.BucketExists(ctx, s.bucket)
-	if err != nil {
-		return fmt.Errorf("s3: bucket %s: %w", s.bucket, translate(err))
-	}
-	if ok {
-		return nil
-	}
-	err = s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: s.region, ObjectLocking: true})
-	var er minio.ErrorResponse
-	if errors.As(err, &er) && er.Code == minio.BucketAlreadyOwnedByYou {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("s3: make bucket %s: %w", s.bucket, translate(err))
-	}
-	return nil
+	return s.ensureBucket(ctx, minio.MakeBucketOptions{Region: s.region, ObjectLocking: true})
 }
 
 // OverNetwork implements gateway.NetworkStore: every Get is a request to
