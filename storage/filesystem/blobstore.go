@@ -36,15 +36,27 @@ const copyBufferSize = 1 << 20
 const renameAttempts = 10
 
 // BlobStore is a gateway.BlobStore over local files: the object under key
-// "a/b/c" is the file root/a/b/c. Put writes root/.tmp/<random>.part, syncs
-// it and renames it onto the key, so readers see the old or the new object,
-// never a partial one, and a crash leaves at most a temporary file, removed
-// by the next New. Safe for concurrent use by one process; two processes must
-// not share a root.
+// "a/b/c" is the file root/a/b/c. Put writes a file without a name on
+// Linux (O_TMPFILE in root/.tmp; elsewhere, or where the filesystem lacks
+// it, the named file root/.tmp/<random>.part), syncs it, then gives it the
+// key's name (a link, or a rename when the key exists) and syncs the
+// directory, so readers see the old or the new object, never a partial
+// one, and a crash leaves at most a temporary file, removed by the next New.
+// Safe for concurrent use by one process; two processes must not share a
+// root.
 type BlobStore struct {
 	root     *os.Root
-	bufs     sync.Pool                     // *[]byte of copyBufferSize
-	dirSyncs groupcommit.Committer[string] // directory syncs after renames, shared by concurrent commits
+	tmp      *os.File                       // the open directory root/.tmp
+	unnamed  bool                           // Put writes unnamed files (O_TMPFILE), probed by New
+	bufs     sync.Pool                      // *[]byte of copyBufferSize
+	dirSyncs groupcommit.Committer[dirSync] // directory syncs after renames, shared by concurrent commits
+}
+
+// dirSync asks for a sync of directory name, through f when the caller has
+// it open (nil: opened by name).
+type dirSync struct {
+	name string
+	f    *os.File
 }
 
 var (
@@ -74,15 +86,43 @@ func New(dir string) (*BlobStore, error) {
 		root.Close()
 		return nil, fmt.Errorf("filesystem blob store: %w", classify(err))
 	}
-	s := &BlobStore{root: root}
+	tmp, err := root.Open(tmpDir)
+	if err != nil {
+		root.Close()
+		return nil, fmt.Errorf("filesystem blob store: %w", classify(err))
+	}
+	s := &BlobStore{root: root, tmp: tmp}
+	s.unnamed = s.unnamedFilesWork()
 	s.bufs.New = func() any { b := make([]byte, copyBufferSize); return &b }
 	s.dirSyncs.Commit = s.syncDirs
 	return s, nil
 }
 
+// unnamedFilesWork reports whether this system and filesystem let Put
+// write an unnamed file and link it afterwards (Linux ≥ 3.11 on ext4, XFS,
+// btrfs, tmpfs…, with /proc mounted): it tries once, in .tmp.
+func (s *BlobStore) unnamedFilesWork() bool {
+	f, err := openUnnamed(s.tmp)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	name, err := tempBase()
+	if err != nil {
+		return false
+	}
+	if err := linkUnnamed(f, s.tmp, name); err != nil {
+		return false
+	}
+	return s.root.Remove(tmpDir+"/"+name) == nil
+}
+
 // Close releases the root directory. Readers returned by Get stay usable
 // until they are closed.
-func (s *BlobStore) Close() error { return s.root.Close() }
+func (s *BlobStore) Close() error {
+	s.tmp.Close()
+	return s.root.Close()
+}
 
 // Ping reports whether the root directory and its temporary directory are
 // still accessible (a removed or unmounted data directory fails), as
@@ -141,11 +181,16 @@ func (s *BlobStore) stage(ctx context.Context, key string, r io.Reader) (*staged
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("put %s: %w", key, err)
 	}
-	tmp, err := tempName()
-	if err != nil {
-		return nil, fmt.Errorf("put %s: %w", key, err)
+	var (
+		f   *os.File
+		err error
+	)
+	tmp := "" // an unnamed file has none
+	if s.unnamed {
+		f, err = openUnnamed(s.tmp)
+	} else if tmp, err = tempName(); err == nil {
+		f, err = s.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	}
-	f, err := s.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("put %s: create temporary file: %w", key, classify(err))
 	}
@@ -163,7 +208,7 @@ func (s *BlobStore) stage(ctx context.Context, key string, r io.Reader) (*staged
 type stagedFile struct {
 	s        *BlobStore
 	f        *os.File
-	tmp, key string
+	tmp, key string // tmp is "" for an unnamed file
 	size     int64
 	ended    atomic.Bool // Commit or Abort ran
 }
@@ -180,12 +225,15 @@ func (b *stagedFile) Abort() {
 // discard closes and removes the temporary file; a second Close, after a
 // Commit that closed it, only errs.
 func (b *stagedFile) discard() {
-	b.f.Close()
-	_ = b.s.root.Remove(b.tmp) // best effort: New clears what is left
+	b.f.Close() // an unnamed file is gone with it
+	if b.tmp != "" {
+		_ = b.s.root.Remove(b.tmp) // best effort: New clears what is left
+	}
 }
 
-// Commit syncs the file, renames it onto its key and syncs the directory;
-// concurrent commits into one directory share its sync (dirSyncs).
+// Commit syncs the file, names it with its key (links or renames it) and
+// syncs the directory; concurrent commits into one directory share its
+// sync (dirSyncs).
 func (b *stagedFile) Commit(ctx context.Context, _ string) error {
 	if b.ended.Swap(true) {
 		return fmt.Errorf("put %s: staged object already committed or aborted: %w", b.key, gateway.ErrInvalid)
@@ -199,6 +247,21 @@ func (b *stagedFile) Commit(ctx context.Context, _ string) error {
 	if err := b.f.Sync(); err != nil {
 		return fmt.Errorf("put %s: sync: %w", b.key, classify(err))
 	}
+	if b.tmp == "" {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("put %s: %w", b.key, err)
+		}
+		dir, err := b.s.linkOnto(b.f, b.key)
+		if err != nil {
+			return fmt.Errorf("put %s: %w", b.key, err)
+		}
+		defer dir.Close()
+		committed = true
+		if err := b.f.Close(); err != nil {
+			return fmt.Errorf("put %s: close: %w", b.key, classify(err))
+		}
+		return b.syncDir(ctx, dirSync{name: path.Dir(b.key), f: dir})
+	}
 	if err := b.f.Close(); err != nil {
 		return fmt.Errorf("put %s: close: %w", b.key, classify(err))
 	}
@@ -209,10 +272,15 @@ func (b *stagedFile) Commit(ctx context.Context, _ string) error {
 		return fmt.Errorf("put %s: %w", b.key, err)
 	}
 	committed = true
-	// The directory sync runs with its own deadline (groupcommit.Committer): the
-	// object is already in place, and leaving its directory unsynced because
-	// this caller gave up would make a nil answer to another caller a lie.
-	if err := b.s.dirSyncs.Record(context.WithoutCancel(ctx), path.Dir(b.key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	return b.syncDir(ctx, dirSync{name: path.Dir(b.key)})
+}
+
+// syncDir makes the new name durable. The directory sync runs with its own
+// deadline (groupcommit.Committer): the object is already in place, and
+// leaving its directory unsynced because this caller gave up would make a
+// nil answer to another caller a lie.
+func (b *stagedFile) syncDir(ctx context.Context, d dirSync) error {
+	if err := b.s.dirSyncs.Record(context.WithoutCancel(ctx), d); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		// The object is in place but may not survive a crash; a concurrent
 		// Delete of key may have removed the directory (ErrNotExist): fine.
 		return fmt.Errorf("put %s: sync directory: %w", b.key, classify(err))
@@ -222,14 +290,18 @@ func (b *stagedFile) Commit(ctx context.Context, _ string) error {
 
 // syncDirs syncs each distinct directory of batch once: the commits of
 // several objects into one series directory share one directory sync.
-func (s *BlobStore) syncDirs(_ context.Context, batch []string) []error {
+func (s *BlobStore) syncDirs(_ context.Context, batch []dirSync) []error {
 	errs := make([]error, len(batch))
 	done := map[string]error{}
-	for i, dir := range batch {
-		err, ok := done[dir]
+	for i, d := range batch {
+		err, ok := done[d.name]
 		if !ok {
-			err = s.syncDir(dir)
-			done[dir] = err
+			if d.f != nil {
+				err = d.f.Sync()
+			} else {
+				err = s.syncDir(d.name)
+			}
+			done[d.name] = err
 		}
 		errs[i] = err
 	}
@@ -238,11 +310,20 @@ func (s *BlobStore) syncDirs(_ context.Context, batch []string) []error {
 
 // tempName returns a fresh name under tmpDir.
 func tempName() (string, error) {
+	base, err := tempBase()
+	if err != nil {
+		return "", err
+	}
+	return tmpDir + "/" + base, nil
+}
+
+// tempBase returns a fresh file name for tmpDir.
+func tempBase() (string, error) {
 	var b [12]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", err
 	}
-	return tmpDir + "/" + hex.EncodeToString(b[:]) + ".part", nil
+	return hex.EncodeToString(b[:]) + ".part", nil
 }
 
 // copy streams r to w through a pooled buffer, checking ctx between reads so
@@ -312,6 +393,90 @@ func (s *BlobStore) rename(tmp, key string) error {
 			return fmt.Errorf("rename: %w", classify(err))
 		}
 	}
+}
+
+// linkOnto gives the synced unnamed file f the name key and returns key's
+// directory, open (the caller syncs and closes it). A new key is a link; an
+// existing one is replaced atomically by a rename of a link made in .tmp.
+// A concurrent Delete may prune the directory between its creation and the
+// link (ENOENT); then it is created again.
+func (s *BlobStore) linkOnto(f *os.File, key string) (*os.File, error) {
+	dirName, base := path.Split(key)
+	dirName = path.Clean(dirName)
+	for attempt := 1; ; attempt++ {
+		dir, err := s.openDir(dirName)
+		if err != nil {
+			return nil, err
+		}
+		err = linkUnnamed(f, dir, base)
+		switch {
+		case err == nil:
+			return dir, nil
+		case errors.Is(err, syscall.EEXIST):
+			err = s.replaceWith(f, dir, base)
+		case errors.Is(err, fs.ErrNotExist) && attempt < renameAttempts:
+			dir.Close()
+			continue
+		default:
+			err = fmt.Errorf("link: %w", classify(err))
+		}
+		if err != nil {
+			dir.Close()
+			return nil, err
+		}
+		return dir, nil
+	}
+}
+
+// replaceWith replaces base in dir with the unnamed file f: linked in .tmp
+// first, then renamed over base, so readers see the old or the new object.
+func (s *BlobStore) replaceWith(f, dir *os.File, base string) error {
+	name, err := tempBase()
+	if err != nil {
+		return err
+	}
+	if err := linkUnnamed(f, s.tmp, name); err != nil {
+		return fmt.Errorf("link: %w", classify(err))
+	}
+	err = renameAt(s.tmp, name, dir, base)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ENOTEMPTY), errors.Is(err, fs.ErrExist):
+		err = fmt.Errorf("the key is a prefix of other keys: %w", gateway.ErrInvalid)
+	default:
+		err = fmt.Errorf("rename: %w", classify(err))
+	}
+	_ = s.root.Remove(tmpDir + "/" + name) // best effort: New clears what is left
+	return err
+}
+
+// openDir opens directory dir, creating it and its parents when missing.
+func (s *BlobStore) openDir(dir string) (*os.File, error) {
+	d, err := s.root.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := s.root.MkdirAll(dir, 0o750); err != nil {
+			if errors.Is(err, syscall.ENOTDIR) || errors.Is(err, fs.ErrExist) {
+				return nil, fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
+			}
+			return nil, fmt.Errorf("create directory: %w", classify(err))
+		}
+		d, err = s.root.Open(dir)
+	}
+	if errors.Is(err, syscall.ENOTDIR) {
+		return nil, fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open directory: %w", classify(err))
+	}
+	if fi, err := d.Stat(); err != nil || !fi.IsDir() {
+		d.Close()
+		if err != nil {
+			return nil, fmt.Errorf("open directory: %w", classify(err))
+		}
+		return nil, fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
+	}
+	return d, nil
 }
 
 // syncDir makes a rename or removal in dir durable.

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -19,20 +21,50 @@ import (
 
 func newStore(tb testing.TB) *filesystem.BlobStore {
 	tb.Helper()
-	s, err := filesystem.New(tb.TempDir())
+	return openStore(tb, tb.TempDir(), false)
+}
+
+// openStore opens the store in dir, writing named temporary files when
+// named is set (the way of systems without O_TMPFILE).
+func openStore(tb testing.TB, dir string, named bool) *filesystem.BlobStore {
+	tb.Helper()
+	s, err := filesystem.New(dir)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { s.Close() })
+	if named {
+		filesystem.UseNamedTemporaryFiles(s)
+	}
 	return s
 }
 
+// writeModes are the two ways Put writes: unnamed files (O_TMPFILE, what
+// Linux uses) and named temporary files (the fallback).
+var writeModes = []struct {
+	name  string
+	named bool
+}{{"unnamed", false}, {"named", true}}
+
+// TestUnnamedFilesOnLinux: on Linux the store writes unnamed files, so the
+// suites below test the path production takes.
+func TestUnnamedFilesOnLinux(t *testing.T) {
+	if got, want := filesystem.WritesUnnamedFiles(newStore(t)), runtime.GOOS == "linux"; got != want {
+		t.Errorf("writes unnamed files = %v on %s, want %v", got, runtime.GOOS, want)
+	}
+}
+
 // TestBlobStore runs the suite through the decorators every store runs
-// behind: the store itself leaves the key rule to blobwrap.CheckKeys.
+// behind (the store itself leaves the key rule to blobwrap.CheckKeys), once
+// for each way of writing.
 func TestBlobStore(t *testing.T) {
-	storagetest.TestBlobStore(t, func(t *testing.T) gateway.BlobStore {
-		return blobwrap.Wrap(newStore(t), prometheus.NewRegistry(), "filesystem")
-	})
+	for _, m := range writeModes {
+		t.Run(m.name, func(t *testing.T) {
+			storagetest.TestBlobStore(t, func(t *testing.T) gateway.BlobStore {
+				return blobwrap.Wrap(openStore(t, t.TempDir(), m.named), prometheus.NewRegistry(), "filesystem")
+			})
+		})
+	}
 }
 
 // TestMetadataStore runs gateway.MetadataStore's prepared metadata objects
@@ -51,33 +83,49 @@ func BenchmarkBlobStore(b *testing.B) {
 	storagetest.BenchBlobStore(b, func(b *testing.B) gateway.BlobStore { return newStore(b) })
 }
 
-// TestNoTemporaryFilesLeft: a failed or cancelled Put removes its temporary
-// file, and a successful one renames it away.
+// TestNoTemporaryFilesLeft: a failed or cancelled Put leaves no temporary
+// file, a successful one, new or replacing a key, renames or links it
+// away, in either way of writing.
 func TestNoTemporaryFilesLeft(t *testing.T) {
-	dir := t.TempDir()
-	s, err := filesystem.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	key := gateway.InstanceKey("1.2.3", "1.2.3.4", "1.2.3.4.5")
-	if _, err := s.Put(t.Context(), key, strings.NewReader("ok")); err != nil {
-		t.Fatal(err)
-	}
-	boom := errors.New("boom")
-	if _, err := s.Put(t.Context(), key, io.MultiReader(strings.NewReader("partial"), iotest.ErrReader(boom))); !errors.Is(err, boom) {
-		t.Fatalf("Put err = %v, want %v", err, boom)
-	}
-	entries, err := os.ReadDir(filepath.Join(dir, ".tmp"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(entries) != 0 {
-		t.Errorf(".tmp holds %d entries after Puts, want 0", len(entries))
-	}
-	got, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(key)))
-	if err != nil || string(got) != "ok" {
-		t.Errorf("file = %q, %v; want %q", got, err, "ok")
+	for _, m := range writeModes {
+		t.Run(m.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := openStore(t, dir, m.named)
+			key := gateway.InstanceKey("1.2.3", "1.2.3.4", "1.2.3.4.5")
+			if _, err := s.Put(t.Context(), key, strings.NewReader("first")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Put(t.Context(), key, strings.NewReader("ok")); err != nil {
+				t.Fatal(err)
+			}
+			boom := errors.New("boom")
+			if _, err := s.Put(t.Context(), key, io.MultiReader(strings.NewReader("partial"), iotest.ErrReader(boom))); !errors.Is(err, boom) {
+				t.Fatalf("Put err = %v, want %v", err, boom)
+			}
+			staged, err := s.Stage(t.Context(), gateway.InstanceKey("1.2.3", "1.2.3.4", "1.2.3.4.6"), strings.NewReader("aborted"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			staged.Abort()
+			entries, err := os.ReadDir(filepath.Join(dir, ".tmp"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(entries) != 0 {
+				t.Errorf(".tmp holds %d entries after Puts, want 0", len(entries))
+			}
+			got, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(key)))
+			if err != nil || string(got) != "ok" {
+				t.Errorf("file = %q, %v; want %q", got, err, "ok")
+			}
+			series, err := os.ReadDir(filepath.Join(dir, filepath.FromSlash(path.Dir(key))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(series) != 1 {
+				t.Errorf("series directory holds %d entries, want only the stored key", len(series))
+			}
+		})
 	}
 }
 
@@ -105,6 +153,12 @@ func TestNewClearsTemporaryFiles(t *testing.T) {
 // TestSymlinkCannotEscape: a symbolic link inside the root that points
 // outside it is not followed, so no key reaches a file outside the root.
 func TestSymlinkCannotEscape(t *testing.T) {
+	for _, m := range writeModes {
+		t.Run(m.name, func(t *testing.T) { testSymlinkCannotEscape(t, m.named) })
+	}
+}
+
+func testSymlinkCannotEscape(t *testing.T, named bool) {
 	dir, outside := t.TempDir(), t.TempDir()
 	if err := os.WriteFile(filepath.Join(outside, "secret.dcm"), []byte("secret"), 0o640); err != nil {
 		t.Fatal(err)
@@ -112,11 +166,7 @@ func TestSymlinkCannotEscape(t *testing.T) {
 	if err := os.Symlink(outside, filepath.Join(dir, "studies")); err != nil {
 		t.Fatal(err)
 	}
-	s, err := filesystem.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openStore(t, dir, named)
 	if rc, err := s.Get(t.Context(), "studies/secret.dcm", 0, -1); err == nil {
 		rc.Close()
 		t.Fatal("Get through a symlink out of the root succeeded")
@@ -187,5 +237,32 @@ func TestPingUnavailable(t *testing.T) {
 	}
 	if err := s.Ping(t.Context()); !errors.Is(err, gateway.ErrUnavailable) {
 		t.Errorf("Ping after removing the directory: err = %v, want ErrUnavailable", err)
+	}
+}
+
+// TestKeyConflictsAreInvalid: a key that names a directory of other keys,
+// or lies under an object, is refused as gateway.ErrInvalid, in either way
+// of writing, and the objects already stored are untouched.
+func TestKeyConflictsAreInvalid(t *testing.T) {
+	for _, m := range writeModes {
+		t.Run(m.name, func(t *testing.T) {
+			s := openStore(t, t.TempDir(), m.named)
+			if _, err := s.Put(t.Context(), "a/b/c", strings.NewReader("c")); err != nil {
+				t.Fatal(err)
+			}
+			for _, key := range []string{"a/b", "a/b/c/d"} {
+				if _, err := s.Put(t.Context(), key, strings.NewReader("x")); !errors.Is(err, gateway.ErrInvalid) {
+					t.Errorf("Put(%s) err = %v, want ErrInvalid", key, err)
+				}
+			}
+			rc, err := s.Get(t.Context(), "a/b/c", 0, -1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			if got, _ := io.ReadAll(rc); string(got) != "c" {
+				t.Errorf("a/b/c = %q after the refused Puts, want %q", got, "c")
+			}
+		})
 	}
 }

@@ -1,0 +1,8 @@
+package filesystem
+
+// UseNamedTemporaryFiles makes s write named temporary files, as on a
+// system without O_TMPFILE, so that tests cover both ways of writing.
+func UseNamedTemporaryFiles(s *BlobStore) { s.unnamed = false }
+
+// WritesUnnamedFiles reports whether s writes unnamed files (O_TMPFILE).
+func WritesUnnamedFiles(s *BlobStore) bool { return s.unnamed }
