@@ -9,6 +9,7 @@ import (
 	"mime/multipart"
 	"net/textproto"
 	"strings"
+	"sync"
 
 	"github.com/dicom-gateway/gateway/gateway"
 )
@@ -126,8 +127,19 @@ func multipartError(err error, body *bodyReader) error {
 // the read and write system calls per instance.
 const partReadBuffer = 256 << 10
 
+// partReadBuffers pools the read buffers of STOW-RS requests: allocating
+// (and zeroing) 256 KiB per request was a tenth of the CPU of a
+// one-instance request.
+var partReadBuffers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, partReadBuffer) }}
+
 // newPartReader reads the parts of body one at a time, unaltered
-// (NextRawPart: no quoted-printable decoding).
-func newPartReader(body io.Reader, boundary string) *multipart.Reader {
-	return multipart.NewReader(bufio.NewReaderSize(body, partReadBuffer), boundary)
+// (NextRawPart: no quoted-printable decoding). The caller calls release
+// once nothing reads the parts any more.
+func newPartReader(body io.Reader, boundary string) (mr *multipart.Reader, release func()) {
+	br := partReadBuffers.Get().(*bufio.Reader)
+	br.Reset(body)
+	return multipart.NewReader(br, boundary), func() {
+		br.Reset(nil)
+		partReadBuffers.Put(br)
+	}
 }

@@ -67,7 +67,7 @@ func (s *Server) handleStow(c *gin.Context) {
 		src = http.MaxBytesReader(c.Writer, c.Request.Body, s.Limits.MaxRequestBytes)
 	}
 	body := &bodyReader{r: src, rc: http.NewResponseController(c.Writer), idle: s.Timeouts.withDefaults().StowIdle}
-	mr := newPartReader(body, boundary)
+	mr, releaseReader := newPartReader(body, boundary)
 
 	var (
 		reqErr error
@@ -115,6 +115,7 @@ func (s *Server) handleStow(c *gin.Context) {
 		}
 	}
 	res := batch.Wait()
+	releaseReader() // every part was read by its Add: nothing reads the body now
 	if reqErr == nil {
 		reqErr = res.Err
 	}
