@@ -289,21 +289,42 @@ func (b *stagedFile) syncDir(ctx context.Context, d dirSync) error {
 }
 
 // syncDirs syncs each distinct directory of batch once: the commits of
-// several objects into one series directory share one directory sync.
+// several objects into one series directory share one directory sync. Open
+// handles of one name are compared by identity (os.SameFile): a directory
+// pruned by a Delete and created again between two commits is another
+// directory, synced on its own.
 func (s *BlobStore) syncDirs(_ context.Context, batch []dirSync) []error {
+	type synced struct {
+		fi  fs.FileInfo // nil when synced by name
+		err error
+	}
 	errs := make([]error, len(batch))
-	done := map[string]error{}
+	done := map[string][]synced{}
 	for i, d := range batch {
-		err, ok := done[d.name]
-		if !ok {
-			if d.f != nil {
-				err = d.f.Sync()
-			} else {
-				err = s.syncDir(d.name)
+		var fi fs.FileInfo
+		if d.f != nil {
+			var err error
+			if fi, err = d.f.Stat(); err != nil {
+				errs[i] = err
+				continue
 			}
-			done[d.name] = err
 		}
-		errs[i] = err
+		found := false
+		for _, prev := range done[d.name] {
+			if (fi == nil && prev.fi == nil) || (fi != nil && prev.fi != nil && os.SameFile(fi, prev.fi)) {
+				errs[i], found = prev.err, true
+				break
+			}
+		}
+		if found {
+			continue
+		}
+		if d.f != nil {
+			errs[i] = d.f.Sync()
+		} else {
+			errs[i] = s.syncDir(d.name)
+		}
+		done[d.name] = append(done[d.name], synced{fi: fi, err: errs[i]})
 	}
 	return errs
 }
