@@ -50,6 +50,14 @@ type BlobStore struct {
 	unnamed  bool                           // Put writes unnamed files (O_TMPFILE), probed by New
 	bufs     sync.Pool                      // *[]byte of copyBufferSize
 	dirSyncs groupcommit.Committer[dirSync] // directory syncs after renames, shared by concurrent commits
+	// mkdirMu is held while directories are created and their entries
+	// synced (ensureDir); a Put that finds its directory takes it once, so
+	// it cannot acknowledge an object in a directory whose own entry is
+	// not yet durable.
+	mkdirMu sync.Mutex
+	// onDirSync, when set (tests), is called with each directory synced
+	// by name.
+	onDirSync func(dir string)
 }
 
 // dirSync asks for a sync of directory name, through f when the caller has
@@ -396,11 +404,8 @@ func (s *BlobStore) copy(ctx context.Context, w io.Writer, r io.Reader) (int64, 
 func (s *BlobStore) rename(tmp, key string) error {
 	dir := path.Dir(key)
 	for attempt := 1; ; attempt++ {
-		if err := s.root.MkdirAll(dir, 0o750); err != nil {
-			if errors.Is(err, syscall.ENOTDIR) || errors.Is(err, fs.ErrExist) {
-				return fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
-			}
-			return fmt.Errorf("create directory: %w", classify(err))
+		if err := s.ensureDir(dir); err != nil {
+			return err
 		}
 		err := s.root.Rename(tmp, key)
 		switch {
@@ -472,15 +477,18 @@ func (s *BlobStore) replaceWith(f, dir *os.File, base string) error {
 	return err
 }
 
-// openDir opens directory dir, creating it and its parents when missing.
+// openDir opens directory dir, creating it and its parents when missing
+// (ensureDir).
 func (s *BlobStore) openDir(dir string) (*os.File, error) {
 	d, err := s.root.Open(dir)
+	if err == nil {
+		// Another Put may have created dir and still be syncing its entry.
+		s.mkdirMu.Lock()
+		s.mkdirMu.Unlock() //nolint:staticcheck // SA2001: an empty critical section; waiting for ensureDir is the point
+	}
 	if errors.Is(err, fs.ErrNotExist) {
-		if err := s.root.MkdirAll(dir, 0o750); err != nil {
-			if errors.Is(err, syscall.ENOTDIR) || errors.Is(err, fs.ErrExist) {
-				return nil, fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
-			}
-			return nil, fmt.Errorf("create directory: %w", classify(err))
+		if err := s.ensureDir(dir); err != nil {
+			return nil, err
 		}
 		d, err = s.root.Open(dir)
 	}
@@ -500,8 +508,54 @@ func (s *BlobStore) openDir(dir string) (*os.File, error) {
 	return d, nil
 }
 
+// ensureDir creates dir and its missing parents and makes their entries
+// durable: each new directory's entry is in its parent, which is synced.
+// (On a journalled file system the sync of the object's own directory
+// would carry them along; on ext4 without a journal, or by POSIX, it does
+// not, and a crash could lose a study's first acknowledged instance with
+// the directory that held it.) It costs a few syncs once per new series.
+func (s *BlobStore) ensureDir(dir string) error {
+	s.mkdirMu.Lock()
+	defer s.mkdirMu.Unlock()
+	var missing []string
+	for d := dir; d != "."; d = path.Dir(d) {
+		fi, err := s.root.Stat(d)
+		if err == nil {
+			if !fi.IsDir() {
+				return fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
+			}
+			break
+		}
+		if errors.Is(err, syscall.ENOTDIR) {
+			return fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("create directory: %w", classify(err))
+		}
+		missing = append(missing, d)
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	if err := s.root.MkdirAll(dir, 0o750); err != nil {
+		if errors.Is(err, syscall.ENOTDIR) || errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
+		}
+		return fmt.Errorf("create directory: %w", classify(err))
+	}
+	for _, d := range missing {
+		if err := s.syncDir(path.Dir(d)); err != nil {
+			return fmt.Errorf("sync directory %s: %w", path.Dir(d), classify(err))
+		}
+	}
+	return nil
+}
+
 // syncDir makes a rename or removal in dir durable.
 func (s *BlobStore) syncDir(dir string) error {
+	if s.onDirSync != nil {
+		s.onDirSync(dir)
+	}
 	d, err := s.root.Open(dir)
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -262,6 +263,45 @@ func TestKeyConflictsAreInvalid(t *testing.T) {
 			defer rc.Close()
 			if got, _ := io.ReadAll(rc); string(got) != "c" {
 				t.Errorf("a/b/c = %q after the refused Puts, want %q", got, "c")
+			}
+		})
+	}
+}
+
+// TestNewDirectoriesAreSynced: the first Put into a new series creates its
+// directories and syncs the parent of each, so that a crash cannot lose the
+// directory holding an acknowledged object; a second Put into the same
+// series creates nothing and syncs none of them again.
+func TestNewDirectoriesAreSynced(t *testing.T) {
+	for _, m := range writeModes {
+		t.Run(m.name, func(t *testing.T) {
+			s := openStore(t, t.TempDir(), m.named)
+			var synced []string
+			filesystem.OnDirSync(s, func(dir string) { synced = append(synced, dir) })
+			first := gateway.InstanceKey("1.2.3", "1.2.3.4", "1.2.3.4.5")
+			if _, err := s.Put(t.Context(), first, strings.NewReader("x")); err != nil {
+				t.Fatal(err)
+			}
+			var want []string
+			for d := path.Dir(path.Dir(first)); ; d = path.Dir(d) { // each new directory's parent, up to the root
+				want = append(want, d)
+				if d == "." {
+					break
+				}
+			}
+			for _, d := range want {
+				if !slices.Contains(synced, d) {
+					t.Errorf("directory %q was not synced after its new subdirectory was created; synced %q", d, synced)
+				}
+			}
+			synced = nil
+			if _, err := s.Put(t.Context(), gateway.InstanceKey("1.2.3", "1.2.3.4", "1.2.3.4.6"), strings.NewReader("y")); err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range synced {
+				if slices.Contains(want, d) {
+					t.Errorf("second Put into the series synced the parent directory %q again", d)
+				}
 			}
 		})
 	}

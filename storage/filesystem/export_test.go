@@ -6,3 +6,6 @@ func UseNamedTemporaryFiles(s *BlobStore) { s.unnamed = false }
 
 // WritesUnnamedFiles reports whether s writes unnamed files (O_TMPFILE).
 func WritesUnnamedFiles(s *BlobStore) bool { return s.unnamed }
+
+// OnDirSync makes s call fn with each directory it syncs by name.
+func OnDirSync(s *BlobStore, fn func(dir string)) { s.onDirSync = fn }
