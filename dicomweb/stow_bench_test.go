@@ -69,13 +69,16 @@ func BenchmarkStowRequests(b *testing.B) {
 	}{{"small", 160, 160}, {"ct", 512, 512}} {
 		for _, perRequest := range []int{1, 20} {
 			b.Run(fmt.Sprintf("%s/per-request=%d", size.name, perRequest), func(b *testing.B) {
-				benchStowRequests(b, size.rows, size.cols, perRequest)
+				benchStowRequests(b, size.rows, size.cols, perRequest, false)
 			})
 		}
 	}
+	// One instance of a new study per request: every request creates its
+	// study's directories (and syncs their parents).
+	b.Run("small/new-study-per-request", func(b *testing.B) { benchStowRequests(b, 160, 160, 1, true) })
 }
 
-func benchStowRequests(b *testing.B, rows, cols, perRequest int) {
+func benchStowRequests(b *testing.B, rows, cols, perRequest int, studyPerRequest bool) {
 	be := backendtest.Open(b, backendtest.Embedded, backendtest.Options{})
 	w := testWiring{ServiceDeps: gateway.ServiceDeps{Name: "bench", Blobs: be.Blobs, Index: be.Index, Auditor: be.AuditLog,
 		Ingester: &gateway.Ingester{Blobs: be.Blobs, Index: be.Index, Auditor: be.AuditLog}}}
@@ -87,7 +90,11 @@ func benchStowRequests(b *testing.B, rows, cols, perRequest int) {
 		parts := make([]stowPart, perRequest)
 		for j := range parts {
 			n := i*perRequest + j
-			parts[j] = dicomPart(makeInstance(testStudy, testSeries, testSOP(n), rows, cols, byte(n)))
+			study, series := testStudy, testSeries
+			if studyPerRequest {
+				study, series = fmt.Sprintf("%s.%d", testStudy, i+1), fmt.Sprintf("%s.%d", testSeries, i+1)
+			}
+			parts[j] = dicomPart(makeInstance(study, series, testSOP(n), rows, cols, byte(n)))
 		}
 		body, boundary := multipartBody(b, parts...)
 		bodies[i], types[i] = body.Bytes(), `multipart/related; type="application/dicom"; boundary=`+boundary

@@ -50,14 +50,22 @@ type BlobStore struct {
 	unnamed  bool                           // Put writes unnamed files (O_TMPFILE), probed by New
 	bufs     sync.Pool                      // *[]byte of copyBufferSize
 	dirSyncs groupcommit.Committer[dirSync] // directory syncs after renames, shared by concurrent commits
-	// mkdirMu is held while directories are created and their entries
-	// synced (ensureDir); a Put that finds its directory takes it once, so
-	// it cannot acknowledge an object in a directory whose own entry is
-	// not yet durable.
-	mkdirMu sync.Mutex
+	// dirsMu guards newDirs: the directories created (ensureDir) whose
+	// entries in their parents are not yet synced. A Put waits for those
+	// on its key's path (waitDirs), so it never acknowledges an object in
+	// a directory that a crash could still take away.
+	dirsMu  sync.Mutex
+	newDirs map[string]*dirCreation
 	// onDirSync, when set (tests), is called with each directory synced
 	// by name.
 	onDirSync func(dir string)
+}
+
+// dirCreation is the sync of the entries of directories one ensureDir
+// created: done is closed once err, its outcome, is set.
+type dirCreation struct {
+	done chan struct{}
+	err  error
 }
 
 // dirSync asks for a sync of directory name, through f when the caller has
@@ -99,7 +107,7 @@ func New(dir string) (*BlobStore, error) {
 		root.Close()
 		return nil, fmt.Errorf("filesystem blob store: %w", classify(err))
 	}
-	s := &BlobStore{root: root, tmp: tmp}
+	s := &BlobStore{root: root, tmp: tmp, newDirs: map[string]*dirCreation{}}
 	s.unnamed = s.unnamedFilesWork()
 	s.bufs.New = func() any { b := make([]byte, copyBufferSize); return &b }
 	s.dirSyncs.Commit = s.syncDirs
@@ -483,8 +491,10 @@ func (s *BlobStore) openDir(dir string) (*os.File, error) {
 	d, err := s.root.Open(dir)
 	if err == nil {
 		// Another Put may have created dir and still be syncing its entry.
-		s.mkdirMu.Lock()
-		s.mkdirMu.Unlock() //nolint:staticcheck // SA2001: an empty critical section; waiting for ensureDir is the point
+		if err := s.waitDirs(dir); err != nil {
+			d.Close()
+			return nil, err
+		}
 	}
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := s.ensureDir(dir); err != nil {
@@ -513,39 +523,94 @@ func (s *BlobStore) openDir(dir string) (*os.File, error) {
 // (On a journalled file system the sync of the object's own directory
 // would carry them along; on ext4 without a journal, or by POSIX, it does
 // not, and a crash could lose a study's first acknowledged instance with
-// the directory that held it.) It costs a few syncs once per new series.
+// the directory that held it.) The parents are synced at once, in
+// parallel, once per new series; meanwhile the new directories are listed
+// in newDirs, so that a Put finding one waits for the syncs.
 func (s *BlobStore) ensureDir(dir string) error {
-	s.mkdirMu.Lock()
-	defer s.mkdirMu.Unlock()
+	s.dirsMu.Lock()
+	missing, err := s.missingDirs(dir)
+	if err == nil && len(missing) > 0 {
+		err = s.root.MkdirAll(dir, 0o750)
+		if errors.Is(err, syscall.ENOTDIR) || errors.Is(err, fs.ErrExist) {
+			err = fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
+		} else if err != nil {
+			err = fmt.Errorf("create directory: %w", classify(err))
+		}
+	}
+	if err != nil || len(missing) == 0 {
+		s.dirsMu.Unlock()
+		if err != nil {
+			return err
+		}
+		return s.waitDirs(dir)
+	}
+	c := &dirCreation{done: make(chan struct{})}
+	for _, d := range missing {
+		s.newDirs[d] = c
+	}
+	s.dirsMu.Unlock()
+
+	c.err = s.syncParents(missing)
+	s.dirsMu.Lock()
+	for _, d := range missing {
+		if s.newDirs[d] == c {
+			delete(s.newDirs, d)
+		}
+	}
+	s.dirsMu.Unlock()
+	close(c.done)
+	if c.err != nil {
+		return fmt.Errorf("sync directory: %w", classify(c.err))
+	}
+	return s.waitDirs(dir) // its existing ancestors may be another Put's new ones
+}
+
+// missingDirs lists dir and those of its ancestors that do not exist,
+// deepest first.
+func (s *BlobStore) missingDirs(dir string) ([]string, error) {
 	var missing []string
 	for d := dir; d != "."; d = path.Dir(d) {
 		fi, err := s.root.Stat(d)
-		if err == nil {
-			if !fi.IsDir() {
-				return fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
-			}
-			break
-		}
-		if errors.Is(err, syscall.ENOTDIR) {
-			return fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
-		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("create directory: %w", classify(err))
+		switch {
+		case err == nil && !fi.IsDir(), errors.Is(err, syscall.ENOTDIR):
+			return nil, fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
+		case err == nil:
+			return missing, nil
+		case !errors.Is(err, fs.ErrNotExist):
+			return nil, fmt.Errorf("create directory: %w", classify(err))
 		}
 		missing = append(missing, d)
 	}
-	if len(missing) == 0 {
-		return nil
+	return missing, nil
+}
+
+// syncParents syncs the parent of each of dirs, in parallel, and returns
+// the first failure.
+func (s *BlobStore) syncParents(dirs []string) error {
+	errs := make([]error, len(dirs))
+	var wg sync.WaitGroup
+	for i, d := range dirs {
+		wg.Go(func() { errs[i] = s.syncDir(path.Dir(d)) })
 	}
-	if err := s.root.MkdirAll(dir, 0o750); err != nil {
-		if errors.Is(err, syscall.ENOTDIR) || errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// waitDirs waits until the directories on dir's path that other Puts
+// created have their entries synced, and returns the first failure.
+func (s *BlobStore) waitDirs(dir string) error {
+	s.dirsMu.Lock()
+	var waits []*dirCreation
+	for d := dir; d != "."; d = path.Dir(d) {
+		if c, ok := s.newDirs[d]; ok && !slices.Contains(waits, c) {
+			waits = append(waits, c)
 		}
-		return fmt.Errorf("create directory: %w", classify(err))
 	}
-	for _, d := range missing {
-		if err := s.syncDir(path.Dir(d)); err != nil {
-			return fmt.Errorf("sync directory %s: %w", path.Dir(d), classify(err))
+	s.dirsMu.Unlock()
+	for _, c := range waits {
+		<-c.done
+		if c.err != nil {
+			return fmt.Errorf("sync directory: %w", classify(c.err))
 		}
 	}
 	return nil

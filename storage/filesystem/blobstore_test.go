@@ -2,6 +2,7 @@ package filesystem_test
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path"
@@ -9,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"testing/iotest"
 
@@ -276,8 +278,15 @@ func TestNewDirectoriesAreSynced(t *testing.T) {
 	for _, m := range writeModes {
 		t.Run(m.name, func(t *testing.T) {
 			s := openStore(t, t.TempDir(), m.named)
-			var synced []string
-			filesystem.OnDirSync(s, func(dir string) { synced = append(synced, dir) })
+			var (
+				mu     sync.Mutex // the parents are synced in parallel
+				synced []string
+			)
+			filesystem.OnDirSync(s, func(dir string) {
+				mu.Lock()
+				defer mu.Unlock()
+				synced = append(synced, dir)
+			})
 			first := gateway.InstanceKey("1.2.3", "1.2.3.4", "1.2.3.4.5")
 			if _, err := s.Put(t.Context(), first, strings.NewReader("x")); err != nil {
 				t.Fatal(err)
@@ -302,6 +311,53 @@ func TestNewDirectoriesAreSynced(t *testing.T) {
 				if slices.Contains(want, d) {
 					t.Errorf("second Put into the series synced the parent directory %q again", d)
 				}
+			}
+		})
+	}
+}
+
+// TestConcurrentPutsIntoNewStudies: concurrent Puts into new and shared
+// directories, while Deletes prune them, all succeed and read back.
+func TestConcurrentPutsIntoNewStudies(t *testing.T) {
+	for _, m := range writeModes {
+		t.Run(m.name, func(t *testing.T) {
+			s := openStore(t, t.TempDir(), m.named)
+			var wg sync.WaitGroup
+			errs := make(chan error, 64)
+			for w := range 8 {
+				wg.Go(func() {
+					for i := range 20 {
+						study := fmt.Sprintf("1.2.%d", i%5) // shared by workers
+						key := gateway.InstanceKey(study, study+".1", fmt.Sprintf("%s.1.%d.%d", study, w, i))
+						body := fmt.Sprintf("w%d i%d", w, i)
+						if _, err := s.Put(t.Context(), key, strings.NewReader(body)); err != nil {
+							errs <- fmt.Errorf("Put %s: %w", key, err)
+							return
+						}
+						rc, err := s.Get(t.Context(), key, 0, -1)
+						if err != nil {
+							errs <- fmt.Errorf("Get %s: %w", key, err)
+							return
+						}
+						got, _ := io.ReadAll(rc)
+						rc.Close()
+						if string(got) != body {
+							errs <- fmt.Errorf("Get %s = %q, want %q", key, got, body)
+							return
+						}
+						if i%3 == 0 { // prune: the directory may go and come back
+							if err := s.Delete(t.Context(), key); err != nil {
+								errs <- fmt.Errorf("Delete %s: %w", key, err)
+								return
+							}
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
 			}
 		})
 	}
