@@ -240,8 +240,10 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 			l.open.Inc()
 			return &limitedConn{Conn: c, release: l.release}, nil
 		default:
-			_ = c.Close()
+			// Counted before the close: whoever sees the connection end
+			// (a client, a test) then also sees it counted.
 			l.refused.Inc()
+			_ = c.Close()
 			l.warn()
 		}
 	}

@@ -486,21 +486,22 @@ func (s *BlobStore) replaceWith(f, dir *os.File, base string) error {
 }
 
 // openDir opens directory dir, creating it and its parents when missing
-// (ensureDir).
+// (ensureDir); a concurrent Delete may prune it again before it is opened,
+// and then it is created again.
 func (s *BlobStore) openDir(dir string) (*os.File, error) {
 	d, err := s.root.Open(dir)
+	for attempt := 1; errors.Is(err, fs.ErrNotExist) && attempt < renameAttempts; attempt++ {
+		if err := s.ensureDir(dir); err != nil {
+			return nil, err
+		}
+		d, err = s.root.Open(dir)
+	}
 	if err == nil {
 		// Another Put may have created dir and still be syncing its entry.
 		if err := s.waitDirs(dir); err != nil {
 			d.Close()
 			return nil, err
 		}
-	}
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := s.ensureDir(dir); err != nil {
-			return nil, err
-		}
-		d, err = s.root.Open(dir)
 	}
 	if errors.Is(err, syscall.ENOTDIR) {
 		return nil, fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
@@ -585,12 +586,18 @@ func (s *BlobStore) missingDirs(dir string) ([]string, error) {
 }
 
 // syncParents syncs the parent of each of dirs, in parallel, and returns
-// the first failure.
+// the failures. A parent that a concurrent Delete pruned is no failure: the
+// directory created in it went with it, and the Put that needs it finds it
+// missing and creates it again.
 func (s *BlobStore) syncParents(dirs []string) error {
 	errs := make([]error, len(dirs))
 	var wg sync.WaitGroup
 	for i, d := range dirs {
-		wg.Go(func() { errs[i] = s.syncDir(path.Dir(d)) })
+		wg.Go(func() {
+			if err := s.syncDir(path.Dir(d)); !errors.Is(err, fs.ErrNotExist) {
+				errs[i] = err
+			}
+		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)
@@ -709,7 +716,11 @@ func (s *BlobStore) Delete(ctx context.Context, key string) error {
 	if err := s.syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("delete %s: sync directory: %w", key, classify(err))
 	}
-	// Remove fails on a directory that is not empty, which ends the pruning.
+	// Remove fails on a directory that is not empty, which ends the
+	// pruning. It holds dirsMu so that no ensureDir is between creating a
+	// directory and creating the next one inside it.
+	s.dirsMu.Lock()
+	defer s.dirsMu.Unlock()
 	for ; dir != "."; dir = path.Dir(dir) {
 		if s.root.Remove(dir) != nil {
 			break
