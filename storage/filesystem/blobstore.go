@@ -31,8 +31,8 @@ const tmpDir = ".tmp"
 const copyBufferSize = 1 << 20
 
 // renameAttempts bounds how often Put recreates a directory that a
-// concurrent Delete removed (it prunes empty directories) between Put's
-// MkdirAll and Rename.
+// concurrent Delete removed (it prunes empty directories) between its
+// creation and the link or rename into it.
 const renameAttempts = 10
 
 // BlobStore is a gateway.BlobStore over local files: the object under key
@@ -46,10 +46,10 @@ const renameAttempts = 10
 // root.
 type BlobStore struct {
 	root     *os.Root
-	tmp      *os.File                       // the open directory root/.tmp
-	unnamed  bool                           // Put writes unnamed files (O_TMPFILE), probed by New
-	bufs     sync.Pool                      // *[]byte of copyBufferSize
-	dirSyncs groupcommit.Committer[dirSync] // directory syncs after renames, shared by concurrent commits
+	tmp      *os.File                        // the open directory root/.tmp
+	unnamed  bool                            // Put writes unnamed files (O_TMPFILE), probed by New
+	bufs     sync.Pool                       // *[]byte of copyBufferSize
+	dirSyncs groupcommit.Committer[*os.File] // syncs of the open directories objects were placed in, shared by concurrent commits
 	// dirsMu guards newDirs: the directories created (ensureDir) whose
 	// entries in their parents are not yet synced. A Put waits for those
 	// on its key's path (waitDirs), so it never acknowledges an object in
@@ -66,13 +66,6 @@ type BlobStore struct {
 type dirCreation struct {
 	done chan struct{}
 	err  error
-}
-
-// dirSync asks for a sync of directory name, through f when the caller has
-// it open (nil: opened by name).
-type dirSync struct {
-	name string
-	f    *os.File
 }
 
 var (
@@ -171,8 +164,8 @@ func classify(err error) error {
 	return err
 }
 
-// Put streams r into a temporary file, syncs it, renames it onto key and
-// syncs the directory, so that a nil error means the object survives a crash.
+// Put streams r into a temporary file, syncs it, names it key (a link or a
+// rename) and syncs the directory, so that a nil error means the object survives a crash.
 // On any failure, or if ctx ends before the rename, the temporary file is
 // removed and key is untouched.
 func (s *BlobStore) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
@@ -263,40 +256,41 @@ func (b *stagedFile) Commit(ctx context.Context, _ string) error {
 	if err := b.f.Sync(); err != nil {
 		return fmt.Errorf("put %s: sync: %w", b.key, classify(err))
 	}
-	if b.tmp == "" {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("put %s: %w", b.key, err)
-		}
-		dir, err := b.s.linkOnto(b.f, b.key)
-		if err != nil {
-			return fmt.Errorf("put %s: %w", b.key, err)
-		}
-		defer dir.Close()
-		committed = true
+	// A named file is closed before its rename (some systems refuse to
+	// rename an open file); an unnamed one stays open to be linked.
+	if b.tmp != "" {
 		if err := b.f.Close(); err != nil {
 			return fmt.Errorf("put %s: close: %w", b.key, classify(err))
 		}
-		return b.syncDir(ctx, dirSync{name: path.Dir(b.key), f: dir})
-	}
-	if err := b.f.Close(); err != nil {
-		return fmt.Errorf("put %s: close: %w", b.key, classify(err))
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("put %s: %w", b.key, err)
 	}
-	if err := b.s.rename(b.tmp, b.key); err != nil {
+	dir, err := b.s.place(b.key, func(dir *os.File, base string) error {
+		if b.tmp == "" {
+			return b.s.linkOrReplace(b.f, dir, base)
+		}
+		return placeError("rename", b.s.root.Rename(b.tmp, b.key))
+	})
+	if err != nil {
 		return fmt.Errorf("put %s: %w", b.key, err)
 	}
+	defer dir.Close()
 	committed = true
-	return b.syncDir(ctx, dirSync{name: path.Dir(b.key)})
+	if b.tmp == "" {
+		if err := b.f.Close(); err != nil {
+			return fmt.Errorf("put %s: close: %w", b.key, classify(err))
+		}
+	}
+	return b.syncDir(ctx, dir)
 }
 
 // syncDir makes the new name durable. The directory sync runs with its own
 // deadline (groupcommit.Committer): the object is already in place, and
 // leaving its directory unsynced because this caller gave up would make a
 // nil answer to another caller a lie.
-func (b *stagedFile) syncDir(ctx context.Context, d dirSync) error {
-	if err := b.s.dirSyncs.Record(context.WithoutCancel(ctx), d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+func (b *stagedFile) syncDir(ctx context.Context, dir *os.File) error {
+	if err := b.s.dirSyncs.Record(context.WithoutCancel(ctx), dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		// The object is in place but may not survive a crash; a concurrent
 		// Delete of key may have removed the directory (ErrNotExist): fine.
 		return fmt.Errorf("put %s: sync directory: %w", b.key, classify(err))
@@ -305,42 +299,29 @@ func (b *stagedFile) syncDir(ctx context.Context, d dirSync) error {
 }
 
 // syncDirs syncs each distinct directory of batch once: the commits of
-// several objects into one series directory share one directory sync. Open
-// handles of one name are compared by identity (os.SameFile): a directory
+// several objects into one series directory share one directory sync.
+// Directories are told apart by identity (os.SameFile), not by name: one
 // pruned by a Delete and created again between two commits is another
 // directory, synced on its own.
-func (s *BlobStore) syncDirs(_ context.Context, batch []dirSync) []error {
+func (s *BlobStore) syncDirs(_ context.Context, batch []*os.File) []error {
 	type synced struct {
-		fi  fs.FileInfo // nil when synced by name
+		fi  fs.FileInfo
 		err error
 	}
 	errs := make([]error, len(batch))
-	done := map[string][]synced{}
+	var done []synced
 	for i, d := range batch {
-		var fi fs.FileInfo
-		if d.f != nil {
-			var err error
-			if fi, err = d.f.Stat(); err != nil {
-				errs[i] = err
-				continue
-			}
-		}
-		found := false
-		for _, prev := range done[d.name] {
-			if (fi == nil && prev.fi == nil) || (fi != nil && prev.fi != nil && os.SameFile(fi, prev.fi)) {
-				errs[i], found = prev.err, true
-				break
-			}
-		}
-		if found {
+		fi, err := d.Stat()
+		if err != nil {
+			errs[i] = err
 			continue
 		}
-		if d.f != nil {
-			errs[i] = d.f.Sync()
-		} else {
-			errs[i] = s.syncDir(d.name)
+		if j := slices.IndexFunc(done, func(p synced) bool { return os.SameFile(p.fi, fi) }); j >= 0 {
+			errs[i] = done[j].err
+			continue
 		}
-		done[d.name] = append(done[d.name], synced{fi: fi, err: errs[i]})
+		errs[i] = d.Sync()
+		done = append(done, synced{fi: fi, err: errs[i]})
 	}
 	return errs
 }
@@ -406,35 +387,12 @@ func (s *BlobStore) copy(ctx context.Context, w io.Writer, r io.Reader) (int64, 
 	}
 }
 
-// rename moves tmp onto key, creating key's directories. A concurrent Delete
-// may prune the directory between MkdirAll and Rename; then it is created
+// place names a synced temporary file key with put, which gets key's
+// directory open and the key's last element, and returns that directory,
+// open (the caller syncs and closes it). A concurrent Delete may prune the
+// directory between its creation and put (ENOENT); then it is created
 // again.
-func (s *BlobStore) rename(tmp, key string) error {
-	dir := path.Dir(key)
-	for attempt := 1; ; attempt++ {
-		if err := s.ensureDir(dir); err != nil {
-			return err
-		}
-		err := s.root.Rename(tmp, key)
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, fs.ErrNotExist) && attempt < renameAttempts:
-			continue
-		case errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ENOTEMPTY), errors.Is(err, fs.ErrExist):
-			return fmt.Errorf("the key is a prefix of other keys: %w", gateway.ErrInvalid)
-		default:
-			return fmt.Errorf("rename: %w", classify(err))
-		}
-	}
-}
-
-// linkOnto gives the synced unnamed file f the name key and returns key's
-// directory, open (the caller syncs and closes it). A new key is a link; an
-// existing one is replaced atomically by a rename of a link made in .tmp.
-// A concurrent Delete may prune the directory between its creation and the
-// link (ENOENT); then it is created again.
-func (s *BlobStore) linkOnto(f *os.File, key string) (*os.File, error) {
+func (s *BlobStore) place(key string, put func(dir *os.File, base string) error) (*os.File, error) {
 	dirName, base := path.Split(key)
 	dirName = path.Clean(dirName)
 	for attempt := 1; ; attempt++ {
@@ -442,24 +400,44 @@ func (s *BlobStore) linkOnto(f *os.File, key string) (*os.File, error) {
 		if err != nil {
 			return nil, err
 		}
-		err = linkUnnamed(f, dir, base)
-		switch {
-		case err == nil:
+		err = put(dir, base)
+		if err == nil {
 			return dir, nil
-		case errors.Is(err, syscall.EEXIST):
-			err = s.replaceWith(f, dir, base)
-		case errors.Is(err, fs.ErrNotExist) && attempt < renameAttempts:
-			dir.Close()
-			continue
-		default:
-			err = fmt.Errorf("link: %w", classify(err))
 		}
-		if err != nil {
-			dir.Close()
+		dir.Close()
+		if !errors.Is(err, fs.ErrNotExist) || attempt >= renameAttempts {
 			return nil, err
 		}
-		return dir, nil
 	}
+}
+
+// linkOrReplace gives the synced unnamed file f the name base in dir: a
+// link, or when base exists, replaceWith.
+func (s *BlobStore) linkOrReplace(f, dir *os.File, base string) error {
+	err := linkUnnamed(f, dir, base)
+	if errors.Is(err, syscall.EEXIST) {
+		return s.replaceWith(f, dir, base)
+	}
+	return placeError("link", err)
+}
+
+// placeError says what a failed link or rename onto a key means: a key
+// that names a directory of other keys is invalid; a missing directory
+// stays fs.ErrNotExist (place retries it).
+func placeError(op string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ENOTEMPTY), errors.Is(err, fs.ErrExist):
+		return fmt.Errorf("the key is a prefix of other keys: %w", gateway.ErrInvalid)
+	default:
+		return fmt.Errorf("%s: %w", op, classify(err))
+	}
+}
+
+// errParentIsObject is the error of a key that lies under another key.
+func errParentIsObject() error {
+	return fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
 }
 
 // replaceWith replaces base in dir with the unnamed file f: linked in .tmp
@@ -472,16 +450,10 @@ func (s *BlobStore) replaceWith(f, dir *os.File, base string) error {
 	if err := linkUnnamed(f, s.tmp, name); err != nil {
 		return fmt.Errorf("link: %w", classify(err))
 	}
-	err = renameAt(s.tmp, name, dir, base)
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ENOTEMPTY), errors.Is(err, fs.ErrExist):
-		err = fmt.Errorf("the key is a prefix of other keys: %w", gateway.ErrInvalid)
-	default:
-		err = fmt.Errorf("rename: %w", classify(err))
+	err = placeError("rename", renameAt(s.tmp, name, dir, base))
+	if err != nil {
+		_ = s.root.Remove(tmpDir + "/" + name) // best effort: New clears what is left
 	}
-	_ = s.root.Remove(tmpDir + "/" + name) // best effort: New clears what is left
 	return err
 }
 
@@ -504,7 +476,7 @@ func (s *BlobStore) openDir(dir string) (*os.File, error) {
 		}
 	}
 	if errors.Is(err, syscall.ENOTDIR) {
-		return nil, fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
+		return nil, errParentIsObject()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open directory: %w", classify(err))
@@ -514,7 +486,7 @@ func (s *BlobStore) openDir(dir string) (*os.File, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open directory: %w", classify(err))
 		}
-		return nil, fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
+		return nil, errParentIsObject()
 	}
 	return d, nil
 }
@@ -533,7 +505,7 @@ func (s *BlobStore) ensureDir(dir string) error {
 	if err == nil && len(missing) > 0 {
 		err = s.root.MkdirAll(dir, 0o750)
 		if errors.Is(err, syscall.ENOTDIR) || errors.Is(err, fs.ErrExist) {
-			err = fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
+			err = errParentIsObject()
 		} else if err != nil {
 			err = fmt.Errorf("create directory: %w", classify(err))
 		}
@@ -574,7 +546,7 @@ func (s *BlobStore) missingDirs(dir string) ([]string, error) {
 		fi, err := s.root.Stat(d)
 		switch {
 		case err == nil && !fi.IsDir(), errors.Is(err, syscall.ENOTDIR):
-			return nil, fmt.Errorf("a parent of the key is an object: %w", gateway.ErrInvalid)
+			return nil, errParentIsObject()
 		case err == nil:
 			return missing, nil
 		case !errors.Is(err, fs.ErrNotExist):
