@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -430,39 +429,12 @@ func BenchmarkStowAudit(b *testing.B) {
 			s := testWiring{ServiceDeps: gateway.ServiceDeps{Name: "bench", Blobs: blobs, Index: index, Auditor: auditor, Ingester: &gateway.Ingester{Blobs: blobs, Index: index, Auditor: auditor}}}.server()
 			srv := httptest.NewServer(s.Handler())
 			b.Cleanup(srv.Close)
-			var next atomic.Int64
-			var failed atomic.Value
-			var wg sync.WaitGroup
 			b.ResetTimer()
-			for range 8 {
-				wg.Go(func() {
-					for {
-						i := next.Add(1)
-						if i > int64(b.N) {
-							return
-						}
-						body, boundary := multipartBody(b, dicomPart(makeInstance(testStudy, testSeries, testSOP(int(i)), 16, 16, 1)))
-						req, _ := http.NewRequest(http.MethodPost, srv.URL+"/dicomweb/studies", body)
-						req.Header.Set("Content-Type", `multipart/related; type="application/dicom"; boundary=`+boundary)
-						resp, err := http.DefaultClient.Do(req)
-						if err != nil {
-							failed.Store(err)
-							return
-						}
-						io.Copy(io.Discard, resp.Body)
-						resp.Body.Close()
-						if resp.StatusCode != http.StatusOK {
-							failed.Store(fmt.Errorf("STOW status %d", resp.StatusCode))
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
+			stowConcurrently(b, srv.URL, 8, func(i int) (io.Reader, string) {
+				body, boundary := multipartBody(b, dicomPart(makeInstance(testStudy, testSeries, testSOP(i+1), 16, 16, 1)))
+				return body, `multipart/related; type="application/dicom"; boundary=` + boundary
+			})
 			b.StopTimer()
-			if err, _ := failed.Load().(error); err != nil {
-				b.Fatal(err)
-			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "instances/s")
 		})
 	}

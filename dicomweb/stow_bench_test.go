@@ -100,19 +100,29 @@ func benchStowRequests(b *testing.B, rows, cols, perRequest int, studyPerRequest
 		bodies[i], types[i] = body.Bytes(), `multipart/related; type="application/dicom"; boundary=`+boundary
 		bytesPerRequest = body.Len()
 	}
+	b.SetBytes(int64(bytesPerRequest))
+	b.ResetTimer()
+	stowConcurrently(b, srv.URL, 4, func(i int) (io.Reader, string) { return bytes.NewReader(bodies[i]), types[i] })
+	b.StopTimer()
+	b.ReportMetric(float64(b.N*perRequest)/b.Elapsed().Seconds(), "instances/s")
+}
+
+// stowConcurrently sends b.N STOW-RS requests to the DICOMweb server at
+// url from clients concurrent clients; body gives request i's body and
+// Content-Type. Any request not answered 200 fails the benchmark.
+func stowConcurrently(b *testing.B, url string, clients int, body func(i int) (io.Reader, string)) {
 	var next atomic.Int64
 	var failed atomic.Value
 	var wg sync.WaitGroup
-	b.SetBytes(int64(bytesPerRequest))
-	b.ResetTimer()
-	for range 4 {
+	for range clients {
 		wg.Go(func() {
 			for {
-				i := next.Add(1)
-				if i > int64(b.N) {
+				i := int(next.Add(1)) - 1
+				if i >= b.N {
 					return
 				}
-				resp, err := http.Post(srv.URL+"/dicomweb/studies", types[i-1], bytes.NewReader(bodies[i-1]))
+				r, contentType := body(i)
+				resp, err := http.Post(url+"/dicomweb/studies", contentType, r)
 				if err != nil {
 					failed.Store(err)
 					return
@@ -127,9 +137,7 @@ func benchStowRequests(b *testing.B, rows, cols, perRequest int, studyPerRequest
 		})
 	}
 	wg.Wait()
-	b.StopTimer()
 	if err, _ := failed.Load().(error); err != nil {
 		b.Fatal(err)
 	}
-	b.ReportMetric(float64(b.N*perRequest)/b.Elapsed().Seconds(), "instances/s")
 }
