@@ -266,7 +266,7 @@ func (tb *transferBench) run(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	tb.emit(tb.forwardTable(cases))
+	tb.emit(tb.forwardTable(cases, parts))
 	tb.emit(retrieveTable(tb.retrieves, parts))
 	tb.emit(partsTable(parts))
 	tb.emit(fmt.Sprintf("Load average (1/5/15 min) at start: %s; at end: %s. The run took %s.\n\n", start, loadavg(), time.Since(t0).Round(time.Second)))
@@ -687,11 +687,14 @@ func (tb *transferBench) forwardOrthanc(parent context.Context, sender, receiver
 
 // ---- report ----
 
-func (tb *transferBench) forwardTable(cases []forwardCase) string {
+func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) string {
 	var s strings.Builder
 	fmt.Fprintf(&s, "### Forwarding, sender → receiver, until the receiver has everything\n\n")
-	s.WriteString("| system | backend | link | data | instances | MB | seconds | MB/s | instances/s | share of the link | plain HTTP upload MB/s | ÷ plain HTTP upload | gateway/orthanc (MB/s) | sender peak RSS MiB | receiver peak RSS MiB |\n")
-	s.WriteString("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	s.WriteString("| system | backend | link | data | instances | MB | seconds | MB/s | instances/s | share of the link | plain HTTP upload MB/s | ÷ plain HTTP upload | gateway/orthanc (MB/s) | ÷ MinIO PUT, 4 at once | ÷ MinIO GET → PUT, 4 at once | sender peak RSS MiB | receiver peak RSS MiB |\n")
+	s.WriteString("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	// The gateway's default max_parallel: 4 requests in flight, each
+	// storing one instance at a time into MinIO at the receiver.
+	minioPutRate, minioCopyRate := minioRate(parts, minioPut, 4), minioRate(parts, minioCopy, 4)
 	type key struct {
 		wan   bool
 		batch *batch
@@ -711,7 +714,7 @@ func (tb *transferBench) forwardTable(cases []forwardCase) string {
 	for _, c := range cases {
 		cells := []string{c.system, c.backend, tb.linkName(c.wan), c.batch.label, fmt.Sprint(c.batch.instances), fmt.Sprintf("%.1f", float64(c.batch.bytes)/mb)}
 		if c.err != nil {
-			cells = append(cells, "not measurable: "+cellEscape(c.err.Error()), "", "", "", "", "", "", "", "")
+			cells = append(cells, "not measurable: "+cellEscape(c.err.Error()), "", "", "", "", "", "", "", "", "", "")
 			s.WriteString("| " + strings.Join(cells, " | ") + " |\n")
 			continue
 		}
@@ -733,8 +736,17 @@ func (tb *transferBench) forwardTable(cases []forwardCase) string {
 		} else if o := orthanc[key{c.wan, c.batch}]; o > 0 {
 			ratio = fmt.Sprintf("%.2f", rate/o)
 		}
+		vsPut, vsCopy := "—", "—"
+		if strings.Contains(c.backend, "minio") && !c.wan {
+			if minioPutRate > 0 {
+				vsPut = fmt.Sprintf("%.2f", rate/minioPutRate)
+			}
+			if minioCopyRate > 0 {
+				vsCopy = fmt.Sprintf("%.2f", rate/minioCopyRate)
+			}
+		}
 		cells = append(cells, fmt.Sprintf("%.1f", c.d.Seconds()), fmt.Sprintf("%.1f", rate), fmt.Sprintf("%.1f", float64(c.batch.instances)/c.d.Seconds()),
-			share, httpRate, vsHTTP, ratio, mib(c.senderHWM), mib(c.receiverHWM))
+			share, httpRate, vsHTTP, ratio, vsPut, vsCopy, mib(c.senderHWM), mib(c.receiverHWM))
 		s.WriteString("| " + strings.Join(cells, " | ") + " |\n")
 	}
 	s.WriteString("\nOne receiver per system and link gets the batches in turn, each timed on its own. " +
@@ -742,7 +754,9 @@ func (tb *transferBench) forwardTable(cases []forwardCase) string {
 		"which includes the sender's verification (QIDO-RS listing and SHA-256 of every instance at the receiver). " +
 		"Orthanc: time from `POST /dicom-web/servers/{name}/stow` with the batch's studies until the receiver's `/statistics` counts every instance. " +
 		"Share of the link: MB/s ÷ the WAN's MB/s. Plain HTTP upload: one POST of the batch's byte count from a Go client to a Go server that discards it, " +
-		"over the same kind of link (loopback, or a WAN proxy with the same settings), just before the case, so that both see the same load of the machine. Peak RSS: VmHWM of the process, reset before each batch; " +
+		"over the same kind of link (loopback, or a WAN proxy with the same settings), just before the case, so that both see the same load of the machine. " +
+		"÷ MinIO (redis+minio on loopback): the same run's minio-go rates for the same object sizes, 4 at once (the sender's default max_parallel): PUT alone, " +
+		"and GET → PUT, each object read and written back, which is the MinIO work of this case (both gateways use the one MinIO). Peak RSS: VmHWM of the process, reset before each batch; " +
 		"for redis+minio the gateway process only (Redis and MinIO are separate processes, shared by all gateways, each gateway with its own key prefix and bucket).\n\n")
 	return s.String()
 }

@@ -260,7 +260,7 @@ func (tb *transferBench) minioRates(ctx context.Context) []partRate {
 	ep := os.Getenv("GATEWAY_TEST_S3_ENDPOINT")
 	unavailable := func(err error) []partRate {
 		for _, c := range tb.cfg.partConc {
-			rows = append(rows, partRate{name: "MinIO: PUT (minio-go)", conc: c, err: err}, partRate{name: "MinIO: GET (minio-go)", conc: c, err: err})
+			rows = append(rows, partRate{name: minioPut, conc: c, err: err}, partRate{name: minioGet, conc: c, err: err}, partRate{name: minioCopy, conc: c, err: err})
 		}
 		return rows
 	}
@@ -278,11 +278,15 @@ func (tb *transferBench) minioRates(ctx context.Context) []partRate {
 	}
 	for _, conc := range tb.cfg.partConc {
 		bucket := fmt.Sprintf("bt-%s-probe-%d", tb.runID, conc)
-		put := partRate{name: "MinIO: PUT (minio-go)", detail: "one object per instance size, size known, 16 MiB parts", conc: conc, bytes: total, ops: len(sizes)}
-		get := partRate{name: "MinIO: GET (minio-go)", detail: "the same objects, read to the end", conc: conc, bytes: total, ops: len(sizes)}
-		if err := mc.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil {
-			put.err, get.err = err, err
-			rows = append(rows, put, get)
+		put := partRate{name: minioPut, detail: "one object per instance size, size known, 16 MiB parts", conc: conc, bytes: total, ops: len(sizes)}
+		get := partRate{name: minioGet, detail: "the same objects, read to the end", conc: conc, bytes: total, ops: len(sizes)}
+		cp := partRate{name: minioCopy, detail: "each object GET and its body streamed into a PUT to a second bucket: the MinIO work of forwarding between two gateways that share one MinIO",
+			conc: conc, bytes: total, ops: len(sizes)}
+		copyBucket := bucket + "-copy"
+		if err := errors.Join(mc.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}), mc.MakeBucket(ctx, copyBucket, minio.MakeBucketOptions{})); err != nil {
+			put.err, get.err, cp.err = err, err, err
+			rows = append(rows, put, get, cp)
+			tb.removeProbeBuckets(ctx, mc, bucket, copyBucket)
 			continue
 		}
 		key := func(i int) string { return fmt.Sprintf("probe/%06d", i) }
@@ -311,9 +315,54 @@ func (tb *transferBench) minioRates(ctx context.Context) []partRate {
 			})
 			get.d = time.Since(start)
 		}
-		rows = append(rows, put, get)
-		// Empty and remove the bucket, so that MinIO is as before.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		if get.err != nil {
+			cp.err = errors.New("GET failed")
+		} else {
+			start = time.Now()
+			cp.err = forEach(ctx, len(sizes), conc, func(ctx context.Context, i int) error {
+				o, err := mc.GetObject(ctx, bucket, key(i), minio.GetObjectOptions{})
+				if err != nil {
+					return err
+				}
+				defer o.Close()
+				_, err = mc.PutObject(ctx, copyBucket, key(i), o, sizes[i], minio.PutObjectOptions{ContentType: "application/dicom", PartSize: 16 << 20})
+				return err
+			})
+			cp.d = time.Since(start)
+		}
+		rows = append(rows, put, get, cp)
+		tb.removeProbeBuckets(ctx, mc, bucket, copyBucket)
+	}
+	return rows
+}
+
+// The MinIO rates measured with minio-go (minioRates).
+const (
+	minioPut  = "MinIO: PUT (minio-go)"
+	minioGet  = "MinIO: GET (minio-go)"
+	minioCopy = "MinIO: GET → PUT (minio-go)"
+)
+
+// minioRate is the rate of the MinIO part name at concurrency conc in
+// parts, 0 when it was not measured.
+func minioRate(parts []partRate, name string, conc int) float64 {
+	for _, p := range parts {
+		if p.name == name && p.conc == conc && p.err == nil && p.d > 0 {
+			return p.mbps()
+		}
+	}
+	return 0
+}
+
+// removeProbeBuckets empties and removes the probe buckets, so that MinIO
+// is as before.
+func (tb *transferBench) removeProbeBuckets(ctx context.Context, mc *minio.Client, buckets ...string) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	for _, bucket := range buckets {
+		if ok, err := mc.BucketExists(cctx, bucket); err != nil || !ok {
+			continue
+		}
 		objs := mc.ListObjects(cctx, bucket, minio.ListObjectsOptions{Recursive: true})
 		for e := range mc.RemoveObjects(cctx, bucket, objs, minio.RemoveObjectsOptions{}) {
 			logf("transfer: removing the MinIO probe objects: %v", e.Err)
@@ -321,9 +370,7 @@ func (tb *transferBench) minioRates(ctx context.Context) []partRate {
 		if err := mc.RemoveBucket(cctx, bucket); err != nil {
 			logf("transfer: removing bucket %s: %v", bucket, err)
 		}
-		cancel()
 	}
-	return rows
 }
 
 func partsTable(parts []partRate) string {

@@ -56,17 +56,13 @@ func retrieveTable(results []retrieveResult, parts []partRate) string {
 	var s strings.Builder
 	s.WriteString("### Whole-study retrieve (WADO-RS) from the loopback receiver, after the transfer\n\n")
 	s.WriteString("| system | backend | studies | MB | seconds | MB/s | gateway/orthanc | ÷ MinIO GET, 8 at once |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
-	var orthanc, minioGet float64
+	var orthanc float64
 	for _, r := range results {
 		if r.system == "orthanc" && r.err == nil {
 			orthanc = float64(r.bytes) / mb / r.d.Seconds()
 		}
 	}
-	for _, p := range parts {
-		if p.name == "MinIO: GET (minio-go)" && p.conc == 8 && p.err == nil {
-			minioGet = p.mbps()
-		}
-	}
+	getRate := minioRate(parts, minioGet, 8)
 	for _, r := range results {
 		if r.err != nil {
 			fmt.Fprintf(&s, "| %s | %s | %d | not measurable: %s | | | | |\n", r.system, r.backend, r.studies, cellEscape(r.err.Error()))
@@ -79,8 +75,8 @@ func retrieveTable(results []retrieveResult, parts []partRate) string {
 		} else if orthanc > 0 {
 			ratio = fmt.Sprintf("%.2f", rate/orthanc)
 		}
-		if strings.Contains(r.backend, "minio") && minioGet > 0 {
-			vsMinIO = fmt.Sprintf("%.2f", rate/minioGet)
+		if strings.Contains(r.backend, "minio") && getRate > 0 {
+			vsMinIO = fmt.Sprintf("%.2f", rate/getRate)
 		}
 		fmt.Fprintf(&s, "| %s | %s | %d | %.1f | %.2f | %.1f | %s | %s |\n", r.system, r.backend, r.studies, float64(r.bytes)/mb, r.d.Seconds(), rate, ratio, vsMinIO)
 	}
