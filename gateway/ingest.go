@@ -72,6 +72,39 @@ type Ingester struct {
 	LockWait time.Duration
 	Now      func() time.Time
 	Logger   *slog.Logger
+	// ObserveStage, when set, is told how long each stage of storing an
+	// instance took (StageReceive, StageDurable, StageIndex; StoreBatch
+	// adds StageAudit per request), so that an admin can see which of the
+	// network, the disk, the index or the audit log bounds ingest.
+	ObserveStage func(stage StoreStage, d time.Duration)
+}
+
+// StoreStage names a stage of storing instances, for Ingester.ObserveStage.
+type StoreStage string
+
+const (
+	// StageReceive is reading an instance from its sender: parsing its
+	// header and streaming it to the blob store (the whole write, for a
+	// blob store that does not stage).
+	StageReceive StoreStage = "receive"
+	// StageDurable is making a staged blob durable under its key: its sync,
+	// its name, its directory's sync (Stager's Commit).
+	StageDurable StoreStage = "durable"
+	// StageIndex is writing the instance's index entry.
+	StageIndex StoreStage = "index"
+	// StageAudit is recording a request's audit event (once per request,
+	// not per instance).
+	StageAudit StoreStage = "audit"
+)
+
+// StoreStages lists every StoreStage, for metrics that exist from the start.
+var StoreStages = []StoreStage{StageReceive, StageDurable, StageIndex, StageAudit}
+
+// observe reports the time since start of stage to ObserveStage.
+func (in *Ingester) observe(stage StoreStage, start time.Time) {
+	if in.ObserveStage != nil {
+		in.ObserveStage(stage, time.Since(start))
+	}
 }
 
 // Store reads one DICOM Part 10 instance from r and stores it unchanged.
@@ -123,6 +156,7 @@ func (p *PendingInstance) Finish(ctx context.Context) (*InstanceRecord, error) {
 // another. Begin's errors are Store's; after a nil error the caller must
 // call Finish (until then the instance's lock is held).
 func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (_ *PendingInstance, err error) {
+	defer in.observe(StageReceive, time.Now())
 	lim := &instanceLimit{r: r, max: in.MaxInstanceBytes}
 	var head bytes.Buffer
 	// The header's memory is held until Finish has indexed it (its
@@ -290,7 +324,10 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 			return nil, fail(ReasonDuplicateRejected, fmt.Errorf("instance %s is indexed with different content (policy %s): %w", h.SOPInstanceUID, DuplicateReject, ErrConflict))
 		}
 		if staged != nil {
-			if err := staged.Commit(ctx, rec.SHA256); err != nil {
+			start := time.Now()
+			err := staged.Commit(ctx, rec.SHA256)
+			in.observe(StageDurable, start)
+			if err != nil {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
 				}
@@ -301,7 +338,10 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 			if existing.SHA256 == rec.SHA256 && existing.Size == rec.Size {
 				return existing, nil
 			}
-			if err := in.Index.ReplaceInstance(ctx, IndexRecord(rec)); err != nil {
+			start := time.Now()
+			err := in.Index.ReplaceInstance(ctx, IndexRecord(rec))
+			in.observe(StageIndex, start)
+			if err != nil {
 				return nil, unavailable("replace index entry", err)
 			}
 			if old := existing.Key(); old != key {
@@ -313,7 +353,9 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 		}
 
 		in.checkIdentity(ctx, rec) // identity_conflict.go
+		start := time.Now()
 		got, created, err := in.Index.PutInstance(ctx, IndexRecord(rec))
+		in.observe(StageIndex, start)
 		if err != nil {
 			// The write may have landed with its reply lost (Redis restarted):
 			// ask again before deciding what to do with the blob.

@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/url"
 	"slices"
 	"strings"
@@ -199,5 +200,55 @@ func TestVerifyServiceRecompute(t *testing.T) {
 	}
 	if _, err := svc.Verify.InstanceSHA256(t.Context(), caller, "1.2.3.4.5", false); !errors.Is(err, gateway.ErrNotFound) {
 		t.Errorf("unknown instance: %v, want ErrNotFound", err)
+	}
+}
+
+// TestStoreStagesObserved: each instance stored reports how long it took to
+// receive, to make durable and to index, and each request its audit record;
+// an instance already stored with the same bytes is received and answered
+// without being written or indexed again.
+func TestStoreStagesObserved(t *testing.T) {
+	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
+	var mu sync.Mutex
+	seen := map[gateway.StoreStage]int{}
+	in := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index, ObserveStage: func(s gateway.StoreStage, d time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		if d < 0 {
+			t.Errorf("stage %s took %v", s, d)
+		}
+		seen[s]++
+	}}
+	svc := gateway.NewServices(gateway.ServiceDeps{Name: "hampshire", Blobs: b.Blobs, Index: b.Index, Auditor: &eventLog{}, Ingester: in})
+	ins := synth.Study(synth.StudySpec{Seed: 2021, Series: 1, InstancesPerSeries: 3})
+	store := func() {
+		t.Helper()
+		batch, err := svc.Store.Begin(t.Context(), gateway.StoreRequest{Caller: gateway.Caller{Route: "test"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, x := range ins {
+			if err := batch.Add(i+1, x.Reader()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res := batch.Wait()
+		if len(res.Stored) != len(ins) {
+			t.Fatalf("%d of %d stored: %+v", len(res.Stored), len(ins), res.Failed)
+		}
+		if err := batch.Close(res, 200, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store()
+	want := map[gateway.StoreStage]int{gateway.StageReceive: 3, gateway.StageDurable: 3, gateway.StageIndex: 3, gateway.StageAudit: 1}
+	if !maps.Equal(seen, want) {
+		t.Errorf("stages observed %v, want %v", seen, want)
+	}
+	clear(seen)
+	store() // the same bytes again: idempotent
+	want = map[gateway.StoreStage]int{gateway.StageReceive: 3, gateway.StageAudit: 1}
+	if !maps.Equal(seen, want) {
+		t.Errorf("stages observed for a resend %v, want %v", seen, want)
 	}
 }

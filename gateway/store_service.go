@@ -308,6 +308,9 @@ func (b *StoreBatch) Close(res *StoreResult, status int, reqErr error) error {
 	}
 	ev := a.event(b.req.Caller, ActionStore, outcome)
 	ev.StudyUIDs, ev.PatientIDs, ev.Detail = studies, patients, detail
+	if in := b.svc.ingester; in != nil {
+		defer in.observe(StageAudit, time.Now())
+	}
 	return a.auditor.Record(b.ctx, ev)
 }
 

@@ -99,9 +99,11 @@ func TestOperationalEndpoints(t *testing.T) {
 	for _, series := range []string{
 		`gateway_blob_operations_total{operation="put",store="filesystem"} 0`,
 		`gateway_transfer_state_changes_total{state="queued"} 0`,
+		`gateway_store_stage_duration_seconds_count{stage="durable"} 0`,
+		`gateway_store_stage_duration_seconds_count{stage="audit"} 0`,
 	} {
 		if !strings.Contains(body, series) {
-			t.Errorf("/metrics lacks %s (the blob store must run behind blobwrap.Wrap on the served registry)", series)
+			t.Errorf("/metrics lacks %s (the blob store must run behind blobwrap.Wrap, and the ingester report its stages, on the served registry)", series)
 		}
 	}
 }
