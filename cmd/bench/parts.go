@@ -42,12 +42,22 @@ func (b *bench) stowPart(ctx context.Context, t *target, instances []synth.Insta
 	if err := b.alive(t); err != nil {
 		return failed(err)
 	}
+	// A gateway says how long each stage of storing took (its /metrics).
+	var stagesBefore stageSums
+	if t.name != targetOrthanc {
+		stagesBefore, _ = scrapeStages(ctx, b.client, t.root)
+	}
 	d, err := stowAll(ctx, b.client, t.root, instances, b.cfg.batch, b.cfg.conc)
 	if err != nil {
 		return failed(err)
 	}
 	bytes := sum(instances)
 	m := newMetrics()
+	if stagesBefore != nil {
+		if after, err := scrapeStages(ctx, b.client, t.root); err == nil {
+			m.s["stages"] = describeStages(stagesBefore, after)
+		}
+	}
 	m.v["n"] = float64(len(instances))
 	m.v["mb"] = float64(bytes) / mb
 	m.v["sec"] = d.Seconds()
@@ -59,6 +69,7 @@ func (b *bench) stowPart(ctx context.Context, t *target, instances []synth.Insta
 var stowCols = []column{
 	{"n", "instances", 0, false}, {"mb", "MB", 1, false}, {"sec", "seconds", 2, false},
 	{"ips", "instances/s", 1, true}, {"mbps", "MB/s", 1, true},
+	{"stages", "gateway: mean ms per stage (audit: per request)", 0, false},
 }
 
 func (b *bench) partA(ctx context.Context, t *target) metrics {
