@@ -243,11 +243,17 @@ func (b *bench) run(ctx context.Context) (err error) {
 				title: fmt.Sprintf("(a) STOW-RS of %d small instances (160x160x16-bit, %.1f KB each), %d per request, %d concurrent",
 					b.cfg.smallN, float64(smallInstances(1)[0].Size())/1e3, b.cfg.batch, b.cfg.conc),
 				cols: stowCols, notes: []string{stagesNote}})
+			if n := b.minioPutNote(ctx, smallInstances(b.cfg.smallN), tab); n != "" {
+				tab.notes = append(tab.notes, n)
+			}
 		case 'b':
 			tab = b.perTarget(ctx, "b", b.partB, &table{
 				title: fmt.Sprintf("(b) STOW-RS of a %d-slice CT study (512x512x16-bit, %.0f KB each), %d per request, %d concurrent",
 					b.cfg.ctN, float64(ctInstances(1)[0].Size())/1e3, b.cfg.batch, b.cfg.conc),
 				cols: stowCols, notes: []string{stagesNote}})
+			if n := b.minioPutNote(ctx, ctInstances(b.cfg.ctN), tab); n != "" {
+				tab.notes = append(tab.notes, n)
+			}
 		case 'c':
 			in := bigInstance(b.cfg.bigFrames)
 			tab = b.perTarget(ctx, "c", b.partC, &table{

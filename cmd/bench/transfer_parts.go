@@ -286,7 +286,7 @@ func (tb *transferBench) minioRates(ctx context.Context) []partRate {
 		if err := errors.Join(mc.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}), mc.MakeBucket(ctx, copyBucket, minio.MakeBucketOptions{})); err != nil {
 			put.err, get.err, cp.err = err, err, err
 			rows = append(rows, put, get, cp)
-			tb.removeProbeBuckets(ctx, mc, bucket, copyBucket)
+			removeBuckets(ctx, mc, bucket, copyBucket)
 			continue
 		}
 		key := func(i int) string { return fmt.Sprintf("probe/%06d", i) }
@@ -331,7 +331,7 @@ func (tb *transferBench) minioRates(ctx context.Context) []partRate {
 			cp.d = time.Since(start)
 		}
 		rows = append(rows, put, get, cp)
-		tb.removeProbeBuckets(ctx, mc, bucket, copyBucket)
+		removeBuckets(ctx, mc, bucket, copyBucket)
 	}
 	return rows
 }
@@ -354,9 +354,9 @@ func minioRate(parts []partRate, name string, conc int) float64 {
 	return 0
 }
 
-// removeProbeBuckets empties and removes the probe buckets, so that MinIO
+// removeBuckets empties and removes the probe buckets, so that MinIO
 // is as before.
-func (tb *transferBench) removeProbeBuckets(ctx context.Context, mc *minio.Client, buckets ...string) {
+func removeBuckets(ctx context.Context, mc *minio.Client, buckets ...string) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
 	for _, bucket := range buckets {
