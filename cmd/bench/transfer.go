@@ -201,7 +201,10 @@ type forwardCase struct {
 	linkErr     error
 	senderHWM   int64 // bytes; 0 when not read
 	receiverHWM int64
-	err         error
+	// receiverStages is a gateway receiver's mean time per store stage
+	// over the case (describeStages), "" when not read.
+	receiverStages string
+	err            error
 }
 
 func (tb *transferBench) run(ctx context.Context) error {
@@ -267,6 +270,7 @@ func (tb *transferBench) run(ctx context.Context) error {
 		return ctx.Err()
 	}
 	tb.emit(tb.forwardTable(cases, parts))
+	tb.emit(tb.receiverStagesTable(cases))
 	tb.emit(retrieveTable(tb.retrieves, parts))
 	tb.emit(partsTable(parts))
 	tb.emit(fmt.Sprintf("Load average (1/5/15 min) at start: %s; at end: %s. The run took %s.\n\n", start, loadavg(), time.Since(t0).Round(time.Second)))
@@ -425,7 +429,11 @@ func (tb *transferBench) gatewayCases(ctx context.Context, label string, backend
 				_ = resetHWM(p.Pid())
 			}
 			c.link, c.linkErr = tb.sink.upload(ctx, wan, c.batch.bytes)
+			stagesBefore, _ := scrapeStages(ctx, tb.client, receiver.URL()+"/dicomweb")
 			c.d, c.err = tb.forwardGateway(ctx, sender, peerName, c.batch)
+			if stagesAfter, err := scrapeStages(ctx, tb.client, receiver.URL()+"/dicomweb"); err == nil && stagesBefore != nil {
+				c.receiverStages = describeStages(stagesBefore, stagesAfter)
+			}
 			c.senderHWM = hwm(sender.Proc())
 			c.receiverHWM = hwm(receiver.Proc())
 			if c.err != nil {
@@ -758,5 +766,25 @@ func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) str
 		"÷ MinIO (redis+minio on loopback): the same run's minio-go rates for the same object sizes, 4 at once (the sender's default max_parallel): PUT alone, " +
 		"and GET → PUT, each object read and written back, which is the MinIO work of this case (both gateways use the one MinIO). Peak RSS: VmHWM of the process, reset before each batch; " +
 		"for redis+minio the gateway process only (Redis and MinIO are separate processes, shared by all gateways, each gateway with its own key prefix and bucket).\n\n")
+	return s.String()
+}
+
+// receiverStagesTable says where each gateway receiver spent its time
+// while a case was forwarded to it (its store stages, from its /metrics).
+func (tb *transferBench) receiverStagesTable(cases []forwardCase) string {
+	var s strings.Builder
+	s.WriteString("### The receiving gateway's store stages while forwarding\n\n| backend | link | data | mean ms per stage (audit: per request) |\n|---|---|---|---|\n")
+	rows := 0
+	for _, c := range cases {
+		if c.system != "gateway" || c.err != nil || c.receiverStages == "" {
+			continue
+		}
+		fmt.Fprintf(&s, "| %s | %s | %s | %s |\n", c.backend, tb.linkName(c.wan), c.batch.label, c.receiverStages)
+		rows++
+	}
+	if rows == 0 {
+		return ""
+	}
+	s.WriteString("\n" + stagesNote + "\n\n")
 	return s.String()
 }
