@@ -469,7 +469,8 @@ func (s *BlobStore) openDir(dir string) (*os.File, error) {
 		d, err = s.root.Open(dir)
 	}
 	if err == nil {
-		// Another Put may have created dir and still be syncing its entry.
+		// Another Put may have created dir or an ancestor and still be
+		// syncing its entry.
 		if err := s.waitDirs(dir); err != nil {
 			d.Close()
 			return nil, err
@@ -498,7 +499,8 @@ func (s *BlobStore) openDir(dir string) (*os.File, error) {
 // not, and a crash could lose a study's first acknowledged instance with
 // the directory that held it.) The parents are synced at once, in
 // parallel, once per new series; meanwhile the new directories are listed
-// in newDirs, so that a Put finding one waits for the syncs.
+// in newDirs, so that a Put finding one waits for the syncs (openDir waits
+// for those on dir's path, its own and other Puts', once dir is open).
 func (s *BlobStore) ensureDir(dir string) error {
 	s.dirsMu.Lock()
 	missing, err := s.missingDirs(dir)
@@ -512,10 +514,7 @@ func (s *BlobStore) ensureDir(dir string) error {
 	}
 	if err != nil || len(missing) == 0 {
 		s.dirsMu.Unlock()
-		if err != nil {
-			return err
-		}
-		return s.waitDirs(dir)
+		return err
 	}
 	c := &dirCreation{done: make(chan struct{})}
 	for _, d := range missing {
@@ -535,7 +534,7 @@ func (s *BlobStore) ensureDir(dir string) error {
 	if c.err != nil {
 		return fmt.Errorf("sync directory: %w", classify(c.err))
 	}
-	return s.waitDirs(dir) // its existing ancestors may be another Put's new ones
+	return nil
 }
 
 // missingDirs lists dir and those of its ancestors that do not exist,
