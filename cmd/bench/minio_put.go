@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
@@ -22,12 +21,10 @@ import (
 // gateway when the ratio nears 1. "" when tab has no redis+minio row or no
 // MinIO is configured.
 func (b *bench) minioPutNote(ctx context.Context, instances []synth.Instance, tab *table) string {
-	ep := os.Getenv("GATEWAY_TEST_S3_ENDPOINT")
-	measured := slices.ContainsFunc(tab.rows, func(r row) bool { return strings.Contains(r.target, "minio") })
-	if ep == "" || !measured {
+	if os.Getenv("GATEWAY_TEST_S3_ENDPOINT") == "" || !slices.ContainsFunc(tab.rows, func(r row) bool { return strings.Contains(r.target, "minio") }) {
 		return "" // no redis+minio gateway in this run: nothing to compare
 	}
-	mc, err := minio.New(ep, &minio.Options{Creds: credentials.NewStaticV4(os.Getenv("GATEWAY_TEST_S3_ACCESS_KEY"), os.Getenv("GATEWAY_TEST_S3_SECRET_KEY"), "")})
+	mc, err := testMinIO()
 	if err != nil {
 		return "MinIO's own PUT rate: not measurable: " + err.Error()
 	}

@@ -257,19 +257,12 @@ func (tb *transferBench) diskRate(ctx context.Context, conc int) partRate {
 // MinIO of GATEWAY_TEST_S3_*, then GETs them all, at each -part-conc.
 func (tb *transferBench) minioRates(ctx context.Context) []partRate {
 	var rows []partRate
-	ep := os.Getenv("GATEWAY_TEST_S3_ENDPOINT")
-	unavailable := func(err error) []partRate {
+	mc, err := testMinIO()
+	if err != nil {
 		for _, c := range tb.cfg.partConc {
 			rows = append(rows, partRate{name: minioPut, conc: c, err: err}, partRate{name: minioGet, conc: c, err: err}, partRate{name: minioCopy, conc: c, err: err})
 		}
 		return rows
-	}
-	if ep == "" {
-		return unavailable(errors.New("GATEWAY_TEST_S3_ENDPOINT unset: run through scripts/testenv.sh"))
-	}
-	mc, err := minio.New(ep, &minio.Options{Creds: credentials.NewStaticV4(os.Getenv("GATEWAY_TEST_S3_ACCESS_KEY"), os.Getenv("GATEWAY_TEST_S3_SECRET_KEY"), "")})
-	if err != nil {
-		return unavailable(err)
 	}
 	sizes := tb.sizes()
 	var total int64
@@ -334,6 +327,16 @@ func (tb *transferBench) minioRates(ctx context.Context) []partRate {
 		removeBuckets(ctx, mc, bucket, copyBucket)
 	}
 	return rows
+}
+
+// testMinIO is a client of the MinIO of GATEWAY_TEST_S3_* (scripts/testenv.sh
+// starts one), for measuring MinIO's own rates beside the gateway's.
+func testMinIO() (*minio.Client, error) {
+	ep := os.Getenv("GATEWAY_TEST_S3_ENDPOINT")
+	if ep == "" {
+		return nil, errors.New("GATEWAY_TEST_S3_ENDPOINT unset: run through scripts/testenv.sh")
+	}
+	return minio.New(ep, &minio.Options{Creds: credentials.NewStaticV4(os.Getenv("GATEWAY_TEST_S3_ACCESS_KEY"), os.Getenv("GATEWAY_TEST_S3_SECRET_KEY"), "")})
 }
 
 // The MinIO rates measured with minio-go (minioRates).
