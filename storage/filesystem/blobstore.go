@@ -30,20 +30,6 @@ const tmpDir = ".tmp"
 // pooled buffer of this size, whatever the object's size.
 const copyBufferSize = 1 << 20
 
-// sharedSyncFrom is the number of commits in progress from which a commit
-// leaves its file unsynced until one syncfs, shared with the other commits
-// of its directory-sync batch, makes it durable together with its name.
-// Each fsync ends with a flush of the disk's write cache, so N concurrent
-// commits pay N flushes where a shared syncfs pays one or two; but a
-// syncfs also writes back every other dirty file of the filesystem, which
-// costs more than one fsync when few commits would share it. Measured on
-// ext4 with BenchmarkStowRequests and BenchmarkTransferStudy (README,
-// Performance): 20-instance CT requests and forwarding a study a fifth
-// faster, 20-instance 50 KB requests unchanged; one-instance requests
-// from 4 clients, which stay under this bound, were a quarter slower when
-// forced to share.
-const sharedSyncFrom = 8
-
 // renameAttempts bounds how often Put recreates a directory that a
 // concurrent Delete removed (it prunes empty directories) between its
 // creation and the link or rename into it.
@@ -56,30 +42,14 @@ const renameAttempts = 10
 // key's name (a link, or a rename when the key exists) and syncs the
 // directory, so readers see the old or the new object, never a partial
 // one, and a crash leaves at most a temporary file, removed by the next New.
-// Under many concurrent commits (sharedSyncFrom) a new key's unnamed file
-// is linked first and made durable, with its name, by one syncfs shared
-// with the other commits before Commit returns: a power loss in between
-// may leave that file short or empty under its key. It was neither
-// acknowledged nor indexed; a resend replaces it, and reindex reports it
-// unreadable and skips it. A file that replaces a stored key is always
-// synced before the rename, so a stored object is never lost.
 // Safe for concurrent use by one process; two processes must not share a
 // root.
 type BlobStore struct {
 	root     *os.Root
-	tmp      *os.File                       // the open directory root/.tmp
-	unnamed  bool                           // Put writes unnamed files (O_TMPFILE), probed by New
-	bufs     sync.Pool                      // *[]byte of copyBufferSize
-	dirSyncs groupcommit.Committer[dirSync] // syncs of the open directories objects were placed in, shared by concurrent commits
-	// syncing counts the commits in progress: from sharedSyncFrom on, a
-	// commit leaves its file's sync to the shared directory sync, which
-	// then syncs the whole filesystem once (syncFilesystemFor).
-	syncing atomic.Int64
-	// sharedSyncs is whether commits may share a syncfs: it works here
-	// (Linux) and files are unnamed (a named temporary file is synced
-	// before its rename). Tests set sharedSyncFrom to force either way.
-	sharedSyncs    bool
-	sharedSyncFrom int64
+	tmp      *os.File                        // the open directory root/.tmp
+	unnamed  bool                            // Put writes unnamed files (O_TMPFILE), probed by New
+	bufs     sync.Pool                       // *[]byte of copyBufferSize
+	dirSyncs groupcommit.Committer[*os.File] // syncs of the open directories objects were placed in, shared by concurrent commits
 	// dirsMu guards newDirs: the directories created (ensureDir) whose
 	// entries in their parents are not yet synced. A Put waits for those
 	// on its key's path (waitDirs), so it never acknowledges an object in
@@ -89,9 +59,6 @@ type BlobStore struct {
 	// onDirSync, when set (tests), is called with each directory synced
 	// by name.
 	onDirSync func(dir string)
-	// onFilesystemSync, when set (tests), is called before each syncfs
-	// shared by commits.
-	onFilesystemSync func()
 }
 
 // dirCreation is the sync of the entries of directories one ensureDir
@@ -137,8 +104,6 @@ func New(dir string) (*BlobStore, error) {
 	s.unnamed = s.unnamedFilesWork()
 	s.bufs.New = func() any { b := make([]byte, copyBufferSize); return &b }
 	s.dirSyncs.Commit = s.syncDirs
-	s.sharedSyncs = s.unnamed && syncFilesystem(s.tmp) == nil
-	s.sharedSyncFrom = sharedSyncFrom
 	return s, nil
 }
 
@@ -277,11 +242,7 @@ func (b *stagedFile) discard() {
 
 // Commit syncs the file, names it with its key (links or renames it) and
 // syncs the directory; concurrent commits into one directory share its
-// sync (dirSyncs). From sharedSyncFrom commits in progress, an unnamed
-// file is linked unsynced, and the shared sync is a syncfs that makes the
-// files and names of the whole batch durable (syncFilesystemFor), followed
-// by a check of this file's own writeback errors, which that syncfs may
-// have reported to another caller.
+// sync (dirSyncs).
 func (b *stagedFile) Commit(ctx context.Context, _ string) error {
 	if b.ended.Swap(true) {
 		return fmt.Errorf("put %s: staged object already committed or aborted: %w", b.key, gateway.ErrInvalid)
@@ -292,13 +253,8 @@ func (b *stagedFile) Commit(ctx context.Context, _ string) error {
 			b.discard()
 		}
 	}()
-	syncing := b.s.syncing.Add(1)
-	defer b.s.syncing.Add(-1)
-	shared := b.s.sharedSyncs && b.tmp == "" && syncing >= b.s.sharedSyncFrom
-	if !shared {
-		if err := b.f.Sync(); err != nil {
-			return fmt.Errorf("put %s: sync: %w", b.key, classify(err))
-		}
+	if err := b.f.Sync(); err != nil {
+		return fmt.Errorf("put %s: sync: %w", b.key, classify(err))
 	}
 	// A named file is closed before its rename (some systems refuse to
 	// rename an open file); an unnamed one stays open to be linked.
@@ -312,7 +268,7 @@ func (b *stagedFile) Commit(ctx context.Context, _ string) error {
 	}
 	dir, err := b.s.place(b.key, func(dir *os.File, base string) error {
 		if b.tmp == "" {
-			return b.s.linkOrReplace(b.f, dir, base, !shared)
+			return b.s.linkOrReplace(b.f, dir, base)
 		}
 		return placeError("rename", b.s.root.Rename(b.tmp, b.key))
 	})
@@ -321,34 +277,20 @@ func (b *stagedFile) Commit(ctx context.Context, _ string) error {
 	}
 	defer dir.Close()
 	committed = true
-	if b.tmp == "" && !shared {
+	if b.tmp == "" {
 		if err := b.f.Close(); err != nil {
 			return fmt.Errorf("put %s: close: %w", b.key, classify(err))
 		}
 	}
-	err = b.syncDir(ctx, dirSync{dir: dir, filesystem: shared})
-	if shared {
-		if err == nil {
-			err = writebackError(b.f)
-		}
-		b.f.Close()
-	}
-	return err
-}
-
-// dirSync is one commit's part of a shared directory sync (syncDirs): its
-// directory, and whether its file still needs syncing too (filesystem).
-type dirSync struct {
-	dir        *os.File
-	filesystem bool
+	return b.syncDir(ctx, dir)
 }
 
 // syncDir makes the new name durable. The directory sync runs with its own
 // deadline (groupcommit.Committer): the object is already in place, and
 // leaving its directory unsynced because this caller gave up would make a
 // nil answer to another caller a lie.
-func (b *stagedFile) syncDir(ctx context.Context, ds dirSync) error {
-	if err := b.s.dirSyncs.Record(context.WithoutCancel(ctx), ds); err != nil && !errors.Is(err, fs.ErrNotExist) {
+func (b *stagedFile) syncDir(ctx context.Context, dir *os.File) error {
+	if err := b.s.dirSyncs.Record(context.WithoutCancel(ctx), dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		// The object is in place but may not survive a crash; a concurrent
 		// Delete of key may have removed the directory (ErrNotExist): fine.
 		return fmt.Errorf("put %s: sync directory: %w", b.key, classify(err))
@@ -358,27 +300,17 @@ func (b *stagedFile) syncDir(ctx context.Context, ds dirSync) error {
 
 // syncDirs syncs each distinct directory of batch once: the commits of
 // several objects into one series directory share one directory sync.
-// When a commit of the batch left its file unsynced, one sync of the whole
-// filesystem serves them all instead (syncFilesystemFor).
 // Directories are told apart by identity (os.SameFile), not by name: one
 // pruned by a Delete and created again between two commits is another
 // directory, synced on its own.
-func (s *BlobStore) syncDirs(_ context.Context, batch []dirSync) []error {
+func (s *BlobStore) syncDirs(_ context.Context, batch []*os.File) []error {
 	type synced struct {
 		fi  fs.FileInfo
 		err error
 	}
 	errs := make([]error, len(batch))
-	if slices.ContainsFunc(batch, func(d dirSync) bool { return d.filesystem }) {
-		err := s.syncFilesystemFor(batch[0].dir)
-		for i := range errs {
-			errs[i] = err
-		}
-		return errs
-	}
 	var done []synced
-	for i, ds := range batch {
-		d := ds.dir
+	for i, d := range batch {
 		fi, err := d.Stat()
 		if err != nil {
 			errs[i] = err
@@ -392,23 +324,6 @@ func (s *BlobStore) syncDirs(_ context.Context, batch []dirSync) []error {
 		done = append(done, synced{fi: fi, err: errs[i]})
 	}
 	return errs
-}
-
-// syncFilesystemFor makes durable, with one syncfs, every file and name
-// written so far, then syncs dir, one of the batch's directories. The
-// syncfs covers the files and the directory entries on filesystems with a
-// journal (ext4's default, XFS, btrfs). On ext4 without a journal it writes
-// the directory blocks only after its flush of the disk's cache, so the
-// directory's fsync that follows, with nothing left to write, is that
-// flush for all of them.
-func (s *BlobStore) syncFilesystemFor(dir *os.File) error {
-	if s.onFilesystemSync != nil {
-		s.onFilesystemSync()
-	}
-	if err := syncFilesystem(s.tmp); err != nil {
-		return err
-	}
-	return dir.Sync()
 }
 
 // tempName returns a fresh name under tmpDir.
@@ -496,18 +411,11 @@ func (s *BlobStore) place(key string, put func(dir *os.File, base string) error)
 	}
 }
 
-// linkOrReplace gives the unnamed file f the name base in dir: a link, or
-// when base exists, replaceWith. An unsynced f (synced false, left to a
-// shared syncfs) is synced before it replaces a stored object, so that a
-// crash cannot leave the key with neither the old bytes nor the new.
-func (s *BlobStore) linkOrReplace(f, dir *os.File, base string, synced bool) error {
+// linkOrReplace gives the synced unnamed file f the name base in dir: a
+// link, or when base exists, replaceWith.
+func (s *BlobStore) linkOrReplace(f, dir *os.File, base string) error {
 	err := linkUnnamed(f, dir, base)
 	if errors.Is(err, syscall.EEXIST) {
-		if !synced {
-			if err := f.Sync(); err != nil {
-				return fmt.Errorf("sync: %w", classify(err))
-			}
-		}
 		return s.replaceWith(f, dir, base)
 	}
 	return placeError("link", err)

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"testing/iotest"
 
@@ -25,37 +24,30 @@ import (
 
 func newStore(tb testing.TB) *filesystem.BlobStore {
 	tb.Helper()
-	return openStore(tb, tb.TempDir(), writeMode{})
+	return openStore(tb, tb.TempDir(), false)
 }
 
-// openStore opens the store in dir, writing the way m says.
-func openStore(tb testing.TB, dir string, m writeMode) *filesystem.BlobStore {
+// openStore opens the store in dir, writing named temporary files when
+// named is set (the way of systems without O_TMPFILE).
+func openStore(tb testing.TB, dir string, named bool) *filesystem.BlobStore {
 	tb.Helper()
 	s, err := filesystem.New(dir)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { s.Close() })
-	if m.named {
+	if named {
 		filesystem.UseNamedTemporaryFiles(s)
-	}
-	if m.sharedSync {
-		filesystem.SetSharedSyncFrom(s, 1)
 	}
 	return s
 }
 
-// writeMode is a way Put writes: an unnamed file (O_TMPFILE, what Linux
-// uses) or a named temporary file (the fallback, named), each synced on
-// its own, or with a syncfs shared by the concurrent commits even when
-// only one is in progress (sharedSync; Linux only, elsewhere it is the
-// unnamed way).
-type writeMode struct {
-	name              string
-	named, sharedSync bool
-}
-
-var writeModes = []writeMode{{name: "unnamed"}, {name: "named", named: true}, {name: "shared-sync", sharedSync: true}}
+// writeModes are the two ways Put writes: unnamed files (O_TMPFILE, what
+// Linux uses) and named temporary files (the fallback).
+var writeModes = []struct {
+	name  string
+	named bool
+}{{"unnamed", false}, {"named", true}}
 
 // TestUnnamedFilesOnLinux: on Linux the store writes unnamed files, so the
 // suites below test the path production takes.
@@ -72,7 +64,7 @@ func TestBlobStore(t *testing.T) {
 	for _, m := range writeModes {
 		t.Run(m.name, func(t *testing.T) {
 			storagetest.TestBlobStore(t, func(t *testing.T) gateway.BlobStore {
-				return blobwrap.Wrap(openStore(t, t.TempDir(), m), prometheus.NewRegistry(), "filesystem")
+				return blobwrap.Wrap(openStore(t, t.TempDir(), m.named), prometheus.NewRegistry(), "filesystem")
 			})
 		})
 	}
@@ -101,7 +93,7 @@ func TestNoTemporaryFilesLeft(t *testing.T) {
 	for _, m := range writeModes {
 		t.Run(m.name, func(t *testing.T) {
 			dir := t.TempDir()
-			s := openStore(t, dir, m)
+			s := openStore(t, dir, m.named)
 			key := gateway.InstanceKey("1.2.3", "1.2.3.4", "1.2.3.4.5")
 			if _, err := s.Put(t.Context(), key, strings.NewReader("first")); err != nil {
 				t.Fatal(err)
@@ -165,11 +157,11 @@ func TestNewClearsTemporaryFiles(t *testing.T) {
 // outside it is not followed, so no key reaches a file outside the root.
 func TestSymlinkCannotEscape(t *testing.T) {
 	for _, m := range writeModes {
-		t.Run(m.name, func(t *testing.T) { testSymlinkCannotEscape(t, m) })
+		t.Run(m.name, func(t *testing.T) { testSymlinkCannotEscape(t, m.named) })
 	}
 }
 
-func testSymlinkCannotEscape(t *testing.T, m writeMode) {
+func testSymlinkCannotEscape(t *testing.T, named bool) {
 	dir, outside := t.TempDir(), t.TempDir()
 	if err := os.WriteFile(filepath.Join(outside, "secret.dcm"), []byte("secret"), 0o640); err != nil {
 		t.Fatal(err)
@@ -177,7 +169,7 @@ func testSymlinkCannotEscape(t *testing.T, m writeMode) {
 	if err := os.Symlink(outside, filepath.Join(dir, "studies")); err != nil {
 		t.Fatal(err)
 	}
-	s := openStore(t, dir, m)
+	s := openStore(t, dir, named)
 	if rc, err := s.Get(t.Context(), "studies/secret.dcm", 0, -1); err == nil {
 		rc.Close()
 		t.Fatal("Get through a symlink out of the root succeeded")
@@ -257,7 +249,7 @@ func TestPingUnavailable(t *testing.T) {
 func TestKeyConflictsAreInvalid(t *testing.T) {
 	for _, m := range writeModes {
 		t.Run(m.name, func(t *testing.T) {
-			s := openStore(t, t.TempDir(), m)
+			s := openStore(t, t.TempDir(), m.named)
 			if _, err := s.Put(t.Context(), "a/b/c", strings.NewReader("c")); err != nil {
 				t.Fatal(err)
 			}
@@ -285,7 +277,7 @@ func TestKeyConflictsAreInvalid(t *testing.T) {
 func TestNewDirectoriesAreSynced(t *testing.T) {
 	for _, m := range writeModes {
 		t.Run(m.name, func(t *testing.T) {
-			s := openStore(t, t.TempDir(), m)
+			s := openStore(t, t.TempDir(), m.named)
 			var (
 				mu     sync.Mutex // the parents are synced in parallel
 				synced []string
@@ -329,7 +321,7 @@ func TestNewDirectoriesAreSynced(t *testing.T) {
 func TestConcurrentPutsIntoNewStudies(t *testing.T) {
 	for _, m := range writeModes {
 		t.Run(m.name, func(t *testing.T) {
-			s := openStore(t, t.TempDir(), m)
+			s := openStore(t, t.TempDir(), m.named)
 			var wg sync.WaitGroup
 			errs := make(chan error, 64)
 			for w := range 8 {
@@ -366,63 +358,6 @@ func TestConcurrentPutsIntoNewStudies(t *testing.T) {
 			close(errs)
 			for err := range errs {
 				t.Error(err)
-			}
-		})
-	}
-}
-
-// TestSharedSyncsOnLinux: on Linux the store may share a syncfs among
-// concurrent commits, so the shared-sync mode above tests a path
-// production takes.
-func TestSharedSyncsOnLinux(t *testing.T) {
-	if got, want := filesystem.SharedSyncs(newStore(t)), runtime.GOOS == "linux"; got != want {
-		t.Errorf("shares syncs = %v on %s, want %v", got, runtime.GOOS, want)
-	}
-}
-
-// TestWhenCommitsShareASync: a lone commit syncs its own file; commits
-// that may share (from the first, here) sync the filesystem, and what
-// they stored reads back.
-func TestWhenCommitsShareASync(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("syncfs is Linux only")
-	}
-	for _, shared := range []bool{false, true} {
-		t.Run(fmt.Sprintf("shared=%v", shared), func(t *testing.T) {
-			s := openStore(t, t.TempDir(), writeMode{sharedSync: shared})
-			var n atomic.Int64 // filesystem syncs
-			filesystem.OnFilesystemSync(s, func() { n.Add(1) })
-			var wg sync.WaitGroup
-			for i := range 8 {
-				wg.Go(func() {
-					key := gateway.InstanceKey("1.2.3", "1.2.3.4", fmt.Sprintf("1.2.3.4.%d", i))
-					body := strings.Repeat(fmt.Sprint(i), 1000)
-					if _, err := s.Put(t.Context(), key, strings.NewReader(body)); err != nil {
-						t.Errorf("Put %s: %v", key, err)
-						return
-					}
-					rc, err := s.Get(t.Context(), key, 0, -1)
-					if err != nil {
-						t.Errorf("Get %s: %v", key, err)
-						return
-					}
-					defer rc.Close()
-					if got, _ := io.ReadAll(rc); string(got) != body {
-						t.Errorf("Get %s: %d bytes, want %d", key, len(got), len(body))
-					}
-				})
-				if !shared {
-					wg.Wait() // one commit at a time
-				}
-			}
-			wg.Wait()
-			switch got := n.Load(); {
-			case shared && got == 0:
-				t.Error("commits that may share synced no filesystem, want at least one syncfs")
-			case shared && got > 8:
-				t.Errorf("8 commits synced the filesystem %d times, want at most one each", got)
-			case !shared && got != 0:
-				t.Errorf("lone commits synced the filesystem %d times, want 0 (each syncs its file)", got)
 			}
 		})
 	}
