@@ -21,7 +21,8 @@ import (
 // gateway when the ratio nears 1. "" when tab has no redis+minio row or no
 // MinIO is configured.
 func (b *bench) minioPutNote(ctx context.Context, instances []synth.Instance, tab *table) string {
-	if os.Getenv("GATEWAY_TEST_S3_ENDPOINT") == "" || !slices.ContainsFunc(tab.rows, func(r row) bool { return strings.Contains(r.target, "minio") }) {
+	i := slices.IndexFunc(tab.rows, func(r row) bool { return strings.Contains(r.target, "minio") })
+	if os.Getenv("GATEWAY_TEST_S3_ENDPOINT") == "" || i < 0 {
 		return "" // no redis+minio gateway in this run: nothing to compare
 	}
 	mc, err := testMinIO()
@@ -29,10 +30,8 @@ func (b *bench) minioPutNote(ctx context.Context, instances []synth.Instance, ta
 		return "MinIO's own PUT rate: not measurable: " + err.Error()
 	}
 	gatewayRate := 0.0
-	for _, r := range tab.rows {
-		if strings.Contains(r.target, "minio") && r.m.err == nil {
-			gatewayRate = r.m.v["ips"]
-		}
+	if tab.rows[i].m.err == nil {
+		gatewayRate = tab.rows[i].m.v["ips"]
 	}
 	var figures []string
 	for _, conc := range []int{b.cfg.conc, 16} {

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/dicom-gateway/gateway/gateway"
 )
 
 // stageSums is what a gateway's /metrics says of its store stages
@@ -18,9 +20,6 @@ type stageSums map[string][2]float64
 const stagesNote = "Stages: the gateway's `gateway_store_stage_duration_seconds` over the part (its /metrics before and after), mean milliseconds: " +
 	"receive (read one instance from the request and write it), durable (its sync, name and directory sync), index (its index entry), " +
 	"per instance; audit (the request's audit record), per request. Under concurrent requests each stage includes waiting for the disk or for a shared commit."
-
-// storeStages are the stages in the order an instance goes through them.
-var storeStages = []string{"receive", "durable", "index", "audit"}
 
 // scrapeStages reads the store stage histograms of the gateway whose
 // DICOMweb root is root (its /metrics is beside /dicomweb).
@@ -64,7 +63,8 @@ func scrapeStages(ctx context.Context, c *http.Client, root string) (stageSums, 
 // scrapes, in milliseconds: per instance, and per request for the audit.
 func describeStages(before, after stageSums) string {
 	var parts []string
-	for _, s := range storeStages {
+	for _, stage := range gateway.StoreStages { // in the order an instance goes through them
+		s := string(stage)
 		sum, n := after[s][0]-before[s][0], after[s][1]-before[s][1]
 		if n <= 0 {
 			continue
