@@ -229,6 +229,12 @@ func (b *bench) run(ctx context.Context) (err error) {
 		}
 	}
 
+	if want["redis"] {
+		logf("warming MinIO (untimed)")
+		if n := warmMinIO(ctx, smallInstances(max(b.cfg.smallN, 1000))); n != "" {
+			notes = append(notes, n)
+		}
+	}
 	b.emit(b.header(notes))
 	for _, p := range b.cfg.parts {
 		if ctx.Err() != nil {
