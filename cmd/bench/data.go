@@ -15,13 +15,15 @@ import (
 const multiFrameGrayscaleWordSC = "1.2.840.10008.5.1.4.1.1.7.2"
 
 // smallInstances are (a): n instances of 160x160x16-bit (about 51 KB), one
-// study, one series (also the series of the metadata figure in (e)).
-func smallInstances(n int) []synth.Instance {
+// study, one series (also the series of the metadata figure in (e)). Each
+// round of -rounds stores its own copy: the same pixels under other UIDs.
+func smallInstances(n, round int) []synth.Instance {
+	study := uint64(round + 1)
 	out := make([]synth.Instance, n)
 	for i := range out {
 		out[i] = synth.Instance{
 			PatientName: "Benchmark^Small", PatientID: "BENCH-SMALL", PatientBirthDate: "19700101", PatientSex: "O",
-			StudyInstanceUID: synth.UID(1, 1), SeriesInstanceUID: synth.UID(1, 1, 1), SOPInstanceUID: synth.UID(1, 1, 1, uint64(i+1)),
+			StudyInstanceUID: synth.UID(1, study), SeriesInstanceUID: synth.UID(1, study, 1), SOPInstanceUID: synth.UID(1, study, 1, uint64(i+1)),
 			SOPClassUID: synth.SecondaryCapture, Modality: "OT",
 			StudyDate: "19990101", StudyTime: "120000", AccessionNumber: "BENCHSMALL", StudyID: "1",
 			StudyDescription: "bench small instances", SeriesDescription: "small",
@@ -31,13 +33,15 @@ func smallInstances(n int) []synth.Instance {
 	return out
 }
 
-// ctInstances are (b): n CT slices of 512x512x16-bit, one study, one series.
-func ctInstances(n int) []synth.Instance {
+// ctInstances are (b): n CT slices of 512x512x16-bit, one study, one
+// series, a copy of its own for each round as smallInstances.
+func ctInstances(n, round int) []synth.Instance {
+	study := uint64(round + 1)
 	out := make([]synth.Instance, n)
 	for i := range out {
 		out[i] = synth.Instance{
 			PatientName: "Benchmark^CT", PatientID: "BENCH-CT", PatientBirthDate: "19700101", PatientSex: "O",
-			StudyInstanceUID: synth.UID(2, 1), SeriesInstanceUID: synth.UID(2, 1, 1), SOPInstanceUID: synth.UID(2, 1, 1, uint64(i+1)),
+			StudyInstanceUID: synth.UID(2, study), SeriesInstanceUID: synth.UID(2, study, 1), SOPInstanceUID: synth.UID(2, study, 1, uint64(i+1)),
 			SOPClassUID: synth.CTImageStorage, Modality: "CT",
 			StudyDate: "19990101", StudyTime: "120000", AccessionNumber: "BENCHCT", StudyID: "2",
 			StudyDescription: "bench CT study", SeriesDescription: "axial",

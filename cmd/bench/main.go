@@ -44,6 +44,8 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/dicom-gateway/gateway/internal/synth"
 )
 
 type config struct {
@@ -54,6 +56,7 @@ type config struct {
 	cleanup                               string
 	conc, batch, loadBatch                int
 	smallN, ctN, bigFrames                int
+	rounds                                int
 	qidoMax, qidoProbe, queries           int
 	qidoBudget, queryTime                 time.Duration
 	retrieveReps, metaReps, frames        int
@@ -90,6 +93,7 @@ func main() {
 	flag.StringVar(&cfg.cleanup, "cleanup", "auto", "remove the redis+minio gateway's Redis keys and bucket at the end: yes, no, or auto (yes unless GATEWAY_TEST_TOOLS is set, i.e. the servers are scripts/testenv.sh's throw-away ones)")
 	flag.IntVar(&cfg.conc, "concurrency", 4, "concurrent requests for STOW and loading")
 	flag.IntVar(&cfg.batch, "batch", 1, "instances per STOW request in (a) and (b)")
+	flag.IntVar(&cfg.rounds, "rounds", 1, "(a) and (b): rounds, each storing a fresh copy of the data on every target in turn (reversed order every other round); rows give the median round, a note the gateway ÷ orthanc ratio of each round")
 	flag.IntVar(&cfg.loadBatch, "load-batch", 50, "studies per STOW request when loading (d)")
 	flag.IntVar(&cfg.smallN, "small-instances", 1000, "(a) number of small instances (one series, also (e)'s metadata series)")
 	flag.IntVar(&cfg.ctN, "ct-slices", 200, "(b) CT slices 512x512")
@@ -231,7 +235,7 @@ func (b *bench) run(ctx context.Context) (err error) {
 
 	if want["redis"] {
 		logf("warming MinIO (untimed)")
-		if n := warmMinIO(ctx, smallInstances(max(b.cfg.smallN, 1000))); n != "" {
+		if n := warmMinIO(ctx, smallInstances(max(b.cfg.smallN, 1000), 0)); n != "" {
 			notes = append(notes, n)
 		}
 	}
@@ -245,19 +249,19 @@ func (b *bench) run(ctx context.Context) (err error) {
 		var tab *table
 		switch p {
 		case 'a':
-			tab = b.perTarget(ctx, "a", b.partA, &table{
+			tab = b.stowRounds(ctx, "a", func(round int) []synth.Instance { return smallInstances(b.cfg.smallN, round) }, b.setSmall, &table{
 				title: fmt.Sprintf("(a) STOW-RS of %d small instances (160x160x16-bit, %.1f KB each), %d per request, %d concurrent",
-					b.cfg.smallN, float64(smallInstances(1)[0].Size())/1e3, b.cfg.batch, b.cfg.conc),
+					b.cfg.smallN, float64(smallInstances(1, 0)[0].Size())/1e3, b.cfg.batch, b.cfg.conc),
 				cols: stowCols, notes: []string{stagesNote}})
-			if n := b.minioPutNote(ctx, smallInstances(b.cfg.smallN), tab); n != "" {
+			if n := b.minioPutNote(ctx, smallInstances(b.cfg.smallN, 0), tab); n != "" {
 				tab.notes = append(tab.notes, n)
 			}
 		case 'b':
-			tab = b.perTarget(ctx, "b", b.partB, &table{
+			tab = b.stowRounds(ctx, "b", func(round int) []synth.Instance { return ctInstances(b.cfg.ctN, round) }, b.setCT, &table{
 				title: fmt.Sprintf("(b) STOW-RS of a %d-slice CT study (512x512x16-bit, %.0f KB each), %d per request, %d concurrent",
-					b.cfg.ctN, float64(ctInstances(1)[0].Size())/1e3, b.cfg.batch, b.cfg.conc),
+					b.cfg.ctN, float64(ctInstances(1, 0)[0].Size())/1e3, b.cfg.batch, b.cfg.conc),
 				cols: stowCols, notes: []string{stagesNote}})
-			if n := b.minioPutNote(ctx, ctInstances(b.cfg.ctN), tab); n != "" {
+			if n := b.minioPutNote(ctx, ctInstances(b.cfg.ctN, 0), tab); n != "" {
 				tab.notes = append(tab.notes, n)
 			}
 		case 'c':

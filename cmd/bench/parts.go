@@ -1,12 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -38,14 +40,69 @@ func (b *bench) alive(t *target) error {
 
 // ---- (a) and (b): STOW throughput ----
 
-func (b *bench) stowPart(ctx context.Context, t *target, instances []synth.Instance) metrics {
+// stowRounds runs a STOW part: in each of -rounds rounds every target
+// stores data(round), its own copy, one target after the other, in the
+// order of the targets in odd rounds and the reverse in even ones, so that
+// no target always goes first (a cold MinIO or page cache) or last. A
+// row gives the median round (instances/s, MB/s), each round's rate, and
+// the gateway's store stages over all its rounds; stored is told of each
+// target's last stored copy. A target that fails a round is not run again.
+func (b *bench) stowRounds(ctx context.Context, part string, data func(round int) []synth.Instance, stored func(*target, []synth.Instance), tab *table) *table {
+	rounds := max(b.cfg.rounds, 1)
+	runs := make([][]metrics, len(b.targets))
+	stagesBefore := make([]stageSums, len(b.targets))
+	for i, t := range b.targets {
+		if t.name != targetOrthanc && b.alive(t) == nil {
+			stagesBefore[i], _ = scrapeStages(ctx, b.client, t.root)
+		}
+	}
+	for round := range rounds {
+		ins := data(round)
+		order := make([]int, len(b.targets))
+		for i := range order {
+			order[i] = i
+		}
+		if round%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, i := range order {
+			t := b.targets[i]
+			if k := len(runs[i]); k > 0 && runs[i][k-1].err != nil {
+				continue
+			}
+			if ctx.Err() != nil {
+				runs[i] = append(runs[i], failed(ctx.Err()))
+				continue
+			}
+			logf("(%s) %s, round %d of %d …", part, t.name, round+1, rounds)
+			m := b.stowOnce(ctx, t, ins)
+			if m.err != nil {
+				logf("(%s) %s: %v", part, t.name, m.err)
+			} else if stored != nil {
+				stored(t, ins)
+			}
+			runs[i] = append(runs[i], m)
+		}
+	}
+	for i, t := range b.targets {
+		m := medianRun(runs[i])
+		if m.err == nil && stagesBefore[i] != nil {
+			if after, err := scrapeStages(ctx, b.client, t.root); err == nil {
+				m.s["stages"] = describeStages(stagesBefore[i], after)
+			}
+		}
+		tab.rows = append(tab.rows, row{label: t.name, target: t.name, m: m})
+	}
+	if rounds > 1 {
+		tab.notes = append(tab.notes, roundsNote(b.targets, runs))
+	}
+	return tab
+}
+
+// stowOnce stores instances on t and measures the rate.
+func (b *bench) stowOnce(ctx context.Context, t *target, instances []synth.Instance) metrics {
 	if err := b.alive(t); err != nil {
 		return failed(err)
-	}
-	// A gateway says how long each stage of storing took (its /metrics).
-	var stagesBefore stageSums
-	if t.name != targetOrthanc {
-		stagesBefore, _ = scrapeStages(ctx, b.client, t.root)
 	}
 	d, err := stowAll(ctx, b.client, t.root, instances, b.cfg.batch, b.cfg.conc)
 	if err != nil {
@@ -53,11 +110,6 @@ func (b *bench) stowPart(ctx context.Context, t *target, instances []synth.Insta
 	}
 	bytes := sum(instances)
 	m := newMetrics()
-	if stagesBefore != nil {
-		if after, err := scrapeStages(ctx, b.client, t.root); err == nil {
-			m.s["stages"] = describeStages(stagesBefore, after)
-		}
-	}
 	m.v["n"] = float64(len(instances))
 	m.v["mb"] = float64(bytes) / mb
 	m.v["sec"] = d.Seconds()
@@ -66,28 +118,72 @@ func (b *bench) stowPart(ctx context.Context, t *target, instances []synth.Insta
 	return m
 }
 
+// medianRun is the round of runs with the median rate (the lower middle
+// one of an even count), carrying each round's rate in its "rounds" cell;
+// the first failure if any round failed.
+func medianRun(runs []metrics) metrics {
+	if len(runs) == 0 {
+		return failed(errors.New("not run"))
+	}
+	var rates []string
+	for _, m := range runs {
+		if m.err != nil {
+			return m
+		}
+		rates = append(rates, fmtNum(m.v["ips"], 1))
+	}
+	sorted := slices.Clone(runs)
+	slices.SortFunc(sorted, func(x, y metrics) int { return cmp.Compare(x.v["ips"], y.v["ips"]) })
+	m := sorted[(len(sorted)-1)/2]
+	m.s["rounds"] = strings.Join(rates, " · ")
+	return m
+}
+
+// roundsNote gives, for each gateway target, its instances/s divided by
+// Orthanc's in the same round: pairs measured minutes apart on a machine
+// whose speed drifts compare better than the medians do.
+func roundsNote(targets []*target, runs [][]metrics) string {
+	oi := slices.IndexFunc(targets, func(t *target) bool { return t.name == targetOrthanc })
+	if oi < 0 {
+		return "Rounds: the row's figures are those of its median round (instances/s); the rounds column lists every round's."
+	}
+	var per []string
+	for i, t := range targets {
+		if i == oi {
+			continue
+		}
+		var ratios []float64
+		for r := range min(len(runs[i]), len(runs[oi])) {
+			g, o := runs[i][r], runs[oi][r]
+			if g.err != nil || o.err != nil || o.v["ips"] == 0 {
+				break
+			}
+			ratios = append(ratios, g.v["ips"]/o.v["ips"])
+		}
+		if len(ratios) == 0 {
+			continue
+		}
+		cells := make([]string, len(ratios))
+		for k, r := range ratios {
+			cells[k] = fmtNum(r, 2)
+		}
+		sorted := slices.Sorted(slices.Values(ratios))
+		per = append(per, fmt.Sprintf("%s %s (median %s)", t.name, strings.Join(cells, ", "), fmtNum(sorted[(len(sorted)-1)/2], 2)))
+	}
+	return "Rounds: the row's figures are those of its median round (instances/s); the rounds column lists every round's. " +
+		"Gateway ÷ orthanc instances/s round by round: " + strings.Join(per, "; ") + "."
+}
+
 var stowCols = []column{
 	{"n", "instances", 0, false}, {"mb", "MB", 1, false}, {"sec", "seconds", 2, false},
 	{"ips", "instances/s", 1, true}, {"mbps", "MB/s", 1, true},
+	{"rounds", "instances/s of each round", 0, false},
 	{"stages", "gateway: mean ms per stage (audit: per request)", 0, false},
 }
 
-func (b *bench) partA(ctx context.Context, t *target) metrics {
-	ins := smallInstances(b.cfg.smallN)
-	m := b.stowPart(ctx, t, ins)
-	if m.err == nil {
-		t.smallStudy, t.smallSeries = ins[0].StudyInstanceUID, ins[0].SeriesInstanceUID
-	}
-	return m
-}
-
-func (b *bench) partB(ctx context.Context, t *target) metrics {
-	ins := ctInstances(b.cfg.ctN)
-	m := b.stowPart(ctx, t, ins)
-	if m.err == nil {
-		b.setCT(t, ins)
-	}
-	return m
+// setSmall notes the series of (a) that (e) reads metadata from.
+func (b *bench) setSmall(t *target, ins []synth.Instance) {
+	t.smallStudy, t.smallSeries = ins[0].StudyInstanceUID, ins[0].SeriesInstanceUID
 }
 
 func (b *bench) setCT(t *target, ins []synth.Instance) {
@@ -195,14 +291,14 @@ const (
 // did not run or failed.
 func (b *bench) ensureWADOData(ctx context.Context, t *target) error {
 	if t.smallSeries == "" {
-		ins := smallInstances(b.cfg.smallN)
+		ins := smallInstances(b.cfg.smallN, 0)
 		if _, err := stowAll(ctx, b.client, t.root, ins, max(b.cfg.batch, 10), b.cfg.conc); err != nil {
 			return fmt.Errorf("storing the %d-instance series: %w", len(ins), err)
 		}
 		t.smallStudy, t.smallSeries = ins[0].StudyInstanceUID, ins[0].SeriesInstanceUID
 	}
 	if t.ctStudy == "" {
-		ins := ctInstances(b.cfg.ctN)
+		ins := ctInstances(b.cfg.ctN, 0)
 		if _, err := stowAll(ctx, b.client, t.root, ins, max(b.cfg.batch, 10), b.cfg.conc); err != nil {
 			return fmt.Errorf("storing the CT study: %w", err)
 		}
