@@ -93,7 +93,7 @@ func main() {
 	flag.StringVar(&cfg.cleanup, "cleanup", "auto", "remove the redis+minio gateway's Redis keys and bucket at the end: yes, no, or auto (yes unless GATEWAY_TEST_TOOLS is set, i.e. the servers are scripts/testenv.sh's throw-away ones)")
 	flag.IntVar(&cfg.conc, "concurrency", 4, "concurrent requests for STOW and loading")
 	flag.IntVar(&cfg.batch, "batch", 1, "instances per STOW request in (a) and (b)")
-	flag.IntVar(&cfg.rounds, "rounds", 1, "(a) and (b): rounds, each storing a fresh copy of the data on every target in turn (reversed order every other round); rows give the median round, a note the gateway ÷ orthanc ratio of each round")
+	flag.IntVar(&cfg.rounds, "rounds", 3, "(a) and (b): rounds, each storing a fresh copy of the data on every target in turn (reversed order every other round); rows give the median round, a note the gateway ÷ orthanc ratio of each round")
 	flag.IntVar(&cfg.loadBatch, "load-batch", 50, "studies per STOW request when loading (d)")
 	flag.IntVar(&cfg.smallN, "small-instances", 1000, "(a) number of small instances (one series, also (e)'s metadata series)")
 	flag.IntVar(&cfg.ctN, "ct-slices", 200, "(b) CT slices 512x512")
