@@ -330,8 +330,13 @@ call('HSET', ek, 'ca', eattrs)
 call('HDEL', ek, 'attrs')
 call('HINCRBY', ek, 'n', 1)
 
-local od = call('HGET', sk, 'd')
-unindex(sk, st)
+-- A study already listed under exactly these values (every instance of a
+-- study after its first, usually) keeps its secondary-index entries:
+-- taking them out and putting them back was most of this script's work.
+local cur = call('HMGET', sk, 'pid', 'acc', 'names', 'np', 'ph', 'd')
+local od = cur[6]
+local listed = od == d and cur[1] == pid and cur[2] == acc and cur[3] == names and cur[4] == np and cur[5] == ph
+if not listed then unindex(sk, st) end
 if call('EXISTS', P .. 'x:date') == 0 then
   call('SET', P .. 'x:npok', '1')
   call('SET', P .. 'x:phok', '1')
@@ -344,12 +349,14 @@ if newSeries then call('HINCRBY', sk, 'ns', 1) else call('HINCRBY', sk, 'ns', 0)
 if mod ~= '' then call('HINCRBY', sk, 'm:' .. mod, 1) end
 if cls ~= '' then call('HINCRBY', sk, 'c:' .. cls, 1) end
 local score = tonumber(d)
-call('ZADD', P .. 'x:date', score, st)
-if pid ~= '' then call('ZADD', P .. 'x:pid:' .. pid, score, st) end
-if acc ~= '' then call('ZADD', P .. 'x:acc:' .. acc, score, st) end
-for _, n in ipairs(split(names)) do call('ZADD', P .. 'x:name', 0, n .. '\0' .. st) end
-for _, n in ipairs(split(np)) do call('ZADD', P .. 'x:np:' .. n, score, st) end
-for _, c in ipairs(split(ph)) do call('ZADD', P .. 'x:ph:' .. c, score, st) end
+if not listed then
+  call('ZADD', P .. 'x:date', score, st)
+  if pid ~= '' then call('ZADD', P .. 'x:pid:' .. pid, score, st) end
+  if acc ~= '' then call('ZADD', P .. 'x:acc:' .. acc, score, st) end
+  for _, n in ipairs(split(names)) do call('ZADD', P .. 'x:name', 0, n .. '\0' .. st) end
+  for _, n in ipairs(split(np)) do call('ZADD', P .. 'x:np:' .. n, score, st) end
+  for _, c in ipairs(split(ph)) do call('ZADD', P .. 'x:ph:' .. c, score, st) end
+end
 if mod ~= '' then call('ZADD', P .. 'x:mod:' .. mod, score, st) end
 if od and od ~= d then
   -- The study's date changed: its other modalities' zsets are rescored.

@@ -357,6 +357,38 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 			}
 		}
 	})
+	t.Run("LaterInstancesKeepOrMoveSearchValues", func(t *testing.T) {
+		// More instances of a study with the same study-level values keep
+		// it found by each of them (Redis leaves its entries alone then);
+		// one with other values moves the study to those (the last
+		// instance's study attributes are the study's).
+		x, ctx := newIndex(t), t.Context()
+		attrs := func(pid, name, acc, date string) map[string]any {
+			return map[string]any{dicomcodec.TagPatientID: pid, dicomcodec.TagPatientName: dicomcodec.PersonName{Alphabetic: name},
+				dicomcodec.TagAccessionNumber: acc, dicomcodec.TagStudyDate: date, dicomcodec.TagModality: "CT"}
+		}
+		search := func(want map[string]int) {
+			t.Helper()
+			for raw, n := range want {
+				res, err := x.Search(ctx, parseQuery(t, gateway.LevelStudy, "", "", raw))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(res.Items) != n {
+					t.Errorf("%s: %d studies, want %d", raw, len(res.Items), n)
+				}
+			}
+		}
+		for i := range 3 {
+			mustPut(t, x, Record("1.2.3", "1.2.3.1", fmt.Sprintf("1.2.3.1.%d", i+1), attrs("P1", "DOE^JOHN", "A1", "20200101")))
+		}
+		search(map[string]int{"PatientID=P1": 1, "PatientName=DOE*": 1, "PatientName=D*": 1, "AccessionNumber=A1": 1,
+			"StudyDate=20200101": 1, "ModalitiesInStudy=CT": 1, "PatientName=SMITH*": 0})
+		mustPut(t, x, Record("1.2.3", "1.2.3.2", "1.2.3.2.1", attrs("P2", "SMITH^ANN", "A2", "20210101")))
+		search(map[string]int{"PatientID=P1": 0, "PatientName=DOE*": 0, "PatientName=D*": 0, "AccessionNumber=A1": 0,
+			"StudyDate=20200101": 0, "PatientID=P2": 1, "PatientName=SMITH*": 1, "AccessionNumber=A2": 1,
+			"StudyDate=20210101": 1, "ModalitiesInStudy=CT&StudyDate=20210101": 1})
+	})
 	t.Run("Queries", func(t *testing.T) { TestIndexQueries(t, newIndex) })
 }
 
