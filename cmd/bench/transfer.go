@@ -23,6 +23,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -45,6 +46,9 @@ type transferConfig struct {
 	partConc                              []int
 	caseTimeout                           time.Duration
 	keep, small                           bool
+	// rounds repeats every system's cases, each round with fresh senders
+	// and receivers, the systems in reversed order every other round.
+	rounds int
 }
 
 const (
@@ -71,6 +75,7 @@ func transferMain(args []string, stdout, stderr io.Writer) int {
 	partConc := fs.String("part-conc", "1,4,8", "concurrencies of the raw disk and MinIO measurements (8: the GETs a gateway reading from S3 keeps ahead)")
 	fs.DurationVar(&cfg.caseTimeout, "case-timeout", 10*time.Minute, "longest one forwarding case may take")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the work directory (logs) instead of removing it")
+	fs.IntVar(&cfg.rounds, "rounds", 1, "run every system's cases this many times, each round with fresh senders and receivers and the systems in reversed order every other round; a note gives the gateway ÷ orthanc ratio and share of the link round by round")
 	fs.BoolVar(&cfg.small, "small", false, "smoke run (1–2 minutes): 2 studies, 40 CT slices, a 32 MiB instance")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -101,8 +106,8 @@ func transferMain(args []string, stdout, stderr io.Writer) int {
 		}
 		cfg.partConc = append(cfg.partConc, n)
 	}
-	if cfg.studies < 1 || cfg.instances < cfg.studies || cfg.bigMiB < 0 || cfg.peerMaxParallel < 0 {
-		fmt.Fprintln(stderr, "bench transfer: need -studies >= 1, -instances >= -studies, -big-mib >= 0, -peer-max-parallel >= 0")
+	if cfg.studies < 1 || cfg.instances < cfg.studies || cfg.bigMiB < 0 || cfg.peerMaxParallel < 0 || cfg.rounds < 1 {
+		fmt.Fprintln(stderr, "bench transfer: need -studies >= 1, -instances >= -studies, -big-mib >= 0, -peer-max-parallel >= 0, -rounds >= 1")
 		return 2
 	}
 	if err := cfg.link.Validate(); err != nil {
@@ -125,7 +130,10 @@ type transferBench struct {
 	client *http.Client
 	runID  string
 	work   string
-	data   []synth.Instance
+	// round is the round running (from 0): its cases, retrieves and
+	// backend names carry it.
+	round int
+	data  []synth.Instance
 	// studyUIDs in data, in order.
 	studyUIDs []string
 	bytes     int64
@@ -192,6 +200,7 @@ func (tb *transferBench) emit(s string) {
 // forwardCase is one row of the forwarding table.
 type forwardCase struct {
 	system, backend string
+	round           int
 	wan             bool
 	batch           *batch
 	d               time.Duration
@@ -253,17 +262,31 @@ func (tb *transferBench) run(ctx context.Context) error {
 
 	parts := tb.measureParts(ctx)
 	var cases []forwardCase
-	for _, s := range tb.cfg.systems {
-		if ctx.Err() != nil {
-			break
+	for round := range tb.cfg.rounds {
+		tb.round = round
+		tb.work = filepath.Join(work, fmt.Sprintf("round%d", round+1))
+		if err := os.MkdirAll(tb.work, 0o700); err != nil {
+			return err
 		}
-		switch s {
-		case systemEmbedded:
-			cases = append(cases, tb.gatewayCases(ctx, "embedded (files + bolt)", nil)...)
-		case systemRedis:
-			cases = append(cases, tb.redisCases(ctx)...)
-		case systemOrthanc:
-			cases = append(cases, tb.orthancCases(ctx)...)
+		systems := slices.Clone(tb.cfg.systems)
+		if round%2 == 1 {
+			slices.Reverse(systems)
+		}
+		for _, s := range systems {
+			if ctx.Err() != nil {
+				break
+			}
+			switch s {
+			case systemEmbedded:
+				cases = append(cases, tb.gatewayCases(ctx, "embedded (files + bolt)", nil)...)
+			case systemRedis:
+				cases = append(cases, tb.redisCases(ctx)...)
+			case systemOrthanc:
+				cases = append(cases, tb.orthancCases(ctx)...)
+			}
+		}
+		if !tb.cfg.keep {
+			_ = os.RemoveAll(tb.work) // the senders' copies of the data
 		}
 	}
 	if ctx.Err() != nil {
@@ -322,7 +345,7 @@ func (tb *transferBench) newCases(system, backend string) []forwardCase {
 	var cases []forwardCase
 	for _, wan := range []bool{false, true} {
 		for i := range tb.batches {
-			cases = append(cases, forwardCase{system: system, backend: backend, wan: wan, batch: &tb.batches[i]})
+			cases = append(cases, forwardCase{system: system, backend: backend, round: tb.round, wan: wan, batch: &tb.batches[i]})
 		}
 	}
 	return cases
@@ -348,7 +371,7 @@ func (tb *transferBench) redisCases(ctx context.Context) []forwardCase {
 		return cases
 	}
 	backend := func(role string) *gatewayBackend {
-		name := "bt-" + tb.runID + "-" + role
+		name := fmt.Sprintf("bt-%s-r%d-%s", tb.runID, tb.round+1, role)
 		return &gatewayBackend{redisURL: url, redisPrefix: name + ":", s3Endpoint: ep, s3Bucket: name,
 			s3Access: os.Getenv("GATEWAY_TEST_S3_ACCESS_KEY"), s3Key: os.Getenv("GATEWAY_TEST_S3_SECRET_KEY")}
 	}
@@ -444,7 +467,7 @@ func (tb *transferBench) gatewayCases(ctx context.Context, label string, backend
 		}
 		if err == nil && !wan && len(tb.batches) > 0 {
 			ct := tb.batches[0]
-			r := retrieveResult{system: "gateway", backend: label, studies: len(ct.studies)}
+			r := retrieveResult{system: "gateway", backend: label, round: tb.round, studies: len(ct.studies)}
 			logf("transfer: gateway %s: whole-study retrieve of %d studies …", label, len(ct.studies))
 			r.bytes, r.d, r.err = tb.retrieveStudies(ctx, receiver.URL()+"/dicomweb", ct.studies)
 			tb.retrieves = append(tb.retrieves, r)
@@ -623,7 +646,7 @@ func (tb *transferBench) orthancCases(ctx context.Context) []forwardCase {
 		}
 		if receiver.startErr == nil && !wan && len(tb.batches) > 0 {
 			ct := tb.batches[0]
-			r := retrieveResult{system: "orthanc", backend: "its own (files + SQLite)", studies: len(ct.studies)}
+			r := retrieveResult{system: "orthanc", backend: "its own (files + SQLite)", round: tb.round, studies: len(ct.studies)}
 			logf("transfer: orthanc: whole-study retrieve of %d studies …", len(ct.studies))
 			r.bytes, r.d, r.err = tb.retrieveStudies(ctx, receiver.root, ct.studies)
 			tb.retrieves = append(tb.retrieves, r)
@@ -703,14 +726,10 @@ func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) str
 	// The gateway's default max_parallel: 4 requests in flight, each
 	// storing one instance at a time into MinIO at the receiver.
 	minioPutRate, minioCopyRate := minioRate(parts, minioPut, 4), minioRate(parts, minioCopy, 4)
-	type key struct {
-		wan   bool
-		batch *batch
-	}
-	orthanc := map[key]float64{}
+	orthanc := map[caseKey]float64{}
 	for _, c := range cases {
 		if c.system == "orthanc" && c.err == nil {
-			orthanc[key{c.wan, c.batch}] = float64(c.batch.bytes) / mb / c.d.Seconds()
+			orthanc[c.key()] = float64(c.batch.bytes) / mb / c.d.Seconds()
 		}
 	}
 	mib := func(b int64) string {
@@ -720,7 +739,7 @@ func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) str
 		return fmt.Sprintf("%.0f", float64(b)/(1<<20))
 	}
 	for _, c := range cases {
-		cells := []string{c.system, c.backend, tb.linkName(c.wan), c.batch.label, fmt.Sprint(c.batch.instances), fmt.Sprintf("%.1f", float64(c.batch.bytes)/mb)}
+		cells := []string{tb.systemCell(c.system, c.round), c.backend, tb.linkName(c.wan), c.batch.label, fmt.Sprint(c.batch.instances), fmt.Sprintf("%.1f", float64(c.batch.bytes)/mb)}
 		if c.err != nil {
 			cells = append(cells, "not measurable: "+cellEscape(c.err.Error()), "", "", "", "", "", "", "", "", "", "")
 			s.WriteString("| " + strings.Join(cells, " | ") + " |\n")
@@ -741,7 +760,7 @@ func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) str
 		ratio := "—"
 		if c.system == "orthanc" {
 			ratio = "1"
-		} else if o := orthanc[key{c.wan, c.batch}]; o > 0 {
+		} else if o := orthanc[c.key()]; o > 0 {
 			ratio = fmt.Sprintf("%.2f", rate/o)
 		}
 		vsPut, vsCopy := "—", "—"
@@ -766,7 +785,86 @@ func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) str
 		"÷ MinIO (redis+minio on loopback): the same run's minio-go rates for the same object sizes, 4 at once (the sender's default max_parallel): PUT alone, " +
 		"and GET → PUT, each object read and written back, which is the MinIO work of this case (both gateways use the one MinIO). Peak RSS: VmHWM of the process, reset before each batch; " +
 		"for redis+minio the gateway process only (Redis and MinIO are separate processes, shared by all gateways, each gateway with its own key prefix and bucket).\n\n")
+	if tb.cfg.rounds > 1 {
+		s.WriteString(tb.roundsNote(cases, orthanc))
+	}
 	return s.String()
+}
+
+// caseKey is what a gateway case is compared with Orthanc's on: the same
+// round, link and data.
+type caseKey struct {
+	round int
+	wan   bool
+	batch *batch
+}
+
+func (c *forwardCase) key() caseKey { return caseKey{c.round, c.wan, c.batch} }
+
+// systemCell names a system in a table, with its round when there are
+// several.
+func (tb *transferBench) systemCell(system string, round int) string {
+	if tb.cfg.rounds > 1 {
+		return fmt.Sprintf("%s, round %d", system, round+1)
+	}
+	return system
+}
+
+// roundsNote gives, for each gateway backend, link and data, its MB/s ÷
+// Orthanc's of the same round and its share of the emulated link, round by
+// round, with the median of each.
+func (tb *transferBench) roundsNote(cases []forwardCase, orthanc map[caseKey]float64) string {
+	type series struct {
+		label          string
+		ratios, shares []float64
+	}
+	var order []string
+	all := map[string]*series{}
+	for _, c := range cases {
+		if c.system != "gateway" || c.err != nil {
+			continue
+		}
+		label := fmt.Sprintf("%s, %s, %s", c.backend, tb.linkName(c.wan), c.batch.label)
+		sr := all[label]
+		if sr == nil {
+			sr = &series{label: label}
+			all[label] = sr
+			order = append(order, label)
+		}
+		rate := float64(c.batch.bytes) / mb / c.d.Seconds()
+		if o := orthanc[c.key()]; o > 0 {
+			sr.ratios = append(sr.ratios, rate/o)
+		}
+		if c.wan && tb.cfg.link.Mbit > 0 {
+			sr.shares = append(sr.shares, 100*rate/(tb.cfg.link.Mbit/8))
+		}
+	}
+	list := func(v []float64, format string) string {
+		cells := make([]string, len(v))
+		for i, x := range v {
+			cells[i] = fmt.Sprintf(format, x)
+		}
+		sorted := slices.Sorted(slices.Values(v))
+		return strings.Join(cells, ", ") + " (median " + fmt.Sprintf(format, sorted[(len(sorted)-1)/2]) + ")"
+	}
+	var lines []string
+	for _, label := range order {
+		sr := all[label]
+		var parts []string
+		if len(sr.ratios) > 0 {
+			parts = append(parts, "gateway/orthanc "+list(sr.ratios, "%.2f"))
+		}
+		if len(sr.shares) > 0 {
+			parts = append(parts, "share of the link "+list(sr.shares, "%.0f %%"))
+		}
+		if len(parts) > 0 {
+			lines = append(lines, "- "+label+": "+strings.Join(parts, "; "))
+		}
+	}
+	if len(lines) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("Round by round (%d rounds; each compared with Orthanc in the same round):\n\n%s\n\n", tb.cfg.rounds, strings.Join(lines, "\n"))
 }
 
 // receiverStagesTable says where each gateway receiver spent its time
@@ -779,7 +877,11 @@ func (tb *transferBench) receiverStagesTable(cases []forwardCase) string {
 		if c.system != "gateway" || c.err != nil || c.receiverStages == "" {
 			continue
 		}
-		fmt.Fprintf(&s, "| %s | %s | %s | %s |\n", c.backend, tb.linkName(c.wan), c.batch.label, c.receiverStages)
+		backend := c.backend
+		if tb.cfg.rounds > 1 {
+			backend = fmt.Sprintf("%s, round %d", c.backend, c.round+1)
+		}
+		fmt.Fprintf(&s, "| %s | %s | %s | %s |\n", backend, tb.linkName(c.wan), c.batch.label, c.receiverStages)
 		rows++
 	}
 	if rows == 0 {

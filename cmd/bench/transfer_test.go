@@ -5,6 +5,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
@@ -73,5 +74,36 @@ func TestSubcommandsRejectBadFlags(t *testing.T) {
 		if got := transferMain(args, io.Discard, &stderr); got != 2 {
 			t.Errorf("transfer %v exited %d, want 2", args, got)
 		}
+	}
+}
+
+// TestTransferRoundsNote: with several rounds, each gateway case is divided
+// by Orthanc's case of the same round, link and data, and the WAN cases
+// give their share of the link, round by round.
+func TestTransferRoundsNote(t *testing.T) {
+	tb := &transferBench{cfg: transferConfig{rounds: 2}}
+	tb.cfg.link.Mbit = 800 // 100 MB/s
+	b := &batch{label: "data", bytes: 100 * mb}
+	cases := []forwardCase{
+		{system: "gateway", backend: "embedded", round: 0, batch: b, d: 500 * time.Millisecond},             // 200 MB/s
+		{system: "orthanc", backend: "orthanc", round: 0, batch: b, d: time.Second},                         // 100 MB/s
+		{system: "orthanc", backend: "orthanc", round: 1, batch: b, d: 2 * time.Second},                     // 50 MB/s
+		{system: "gateway", backend: "embedded", round: 1, batch: b, d: time.Second},                        // 100 MB/s
+		{system: "gateway", backend: "embedded", round: 0, wan: true, batch: b, d: 1250 * time.Millisecond}, // 80 MB/s
+	}
+	orthanc := map[caseKey]float64{}
+	for _, c := range cases {
+		if c.system == "orthanc" {
+			orthanc[c.key()] = float64(c.batch.bytes) / mb / c.d.Seconds()
+		}
+	}
+	note := tb.roundsNote(cases, orthanc)
+	for _, want := range []string{"embedded, loopback, data: gateway/orthanc 2.00, 2.00 (median 2.00)", "share of the link 80 % (median 80 %)"} {
+		if !strings.Contains(note, want) {
+			t.Errorf("note lacks %q:\n%s", want, note)
+		}
+	}
+	if strings.Contains(note, "orthanc, loopback") {
+		t.Errorf("Orthanc's own cases are listed:\n%s", note)
 	}
 }
