@@ -140,8 +140,9 @@ func medianRun(runs []metrics) metrics {
 }
 
 // roundsNote gives, for each gateway target, its instances/s divided by
-// Orthanc's in the same round: pairs measured minutes apart on a machine
-// whose speed drifts compare better than the medians do.
+// Orthanc's in the same round: the targets of one round run seconds apart,
+// so on a machine whose speed drifts such pairs compare better than the
+// medians of all rounds do.
 func roundsNote(targets []*target, runs [][]metrics) string {
 	oi := slices.IndexFunc(targets, func(t *target) bool { return t.name == targetOrthanc })
 	if oi < 0 {
