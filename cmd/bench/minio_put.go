@@ -71,7 +71,8 @@ func putAll(ctx context.Context, mc *minio.Client, bucket, prefix string, instan
 // minioWarmRounds is how many times warmMinIO PUTs its objects: a MinIO
 // just started spends about twice the CPU per PUT on its first thousand
 // or so (measured 2026-12-05: 3.5-4.7 ms of MinIO CPU per 52 KB PUT in the
-// first thousand, 1.5-2.2 after, also when it had been idle for 90 s), so
+// first thousand, also when it had been idle for 90 s, 1.5-2.3 in most
+// later thousands), so
 // the first target of a run would otherwise pay MinIO's warm-up.
 const minioWarmRounds = 2
 

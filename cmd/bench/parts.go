@@ -164,15 +164,20 @@ func roundsNote(targets []*target, runs [][]metrics) string {
 		if len(ratios) == 0 {
 			continue
 		}
-		cells := make([]string, len(ratios))
-		for k, r := range ratios {
-			cells[k] = fmtNum(r, 2)
-		}
-		sorted := slices.Sorted(slices.Values(ratios))
-		per = append(per, fmt.Sprintf("%s %s (median %s)", t.name, strings.Join(cells, ", "), fmtNum(sorted[(len(sorted)-1)/2], 2)))
+		per = append(per, t.name+" "+withMedian(ratios, "%.2f"))
 	}
 	return "Rounds: the row's figures are those of its median round (instances/s); the rounds column lists every round's. " +
 		"Gateway ÷ orthanc instances/s round by round: " + strings.Join(per, "; ") + "."
+}
+
+// withMedian lists v in order, each with format, and then their median:
+// "1.50, 1.72, 1.68 (median 1.68)".
+func withMedian(v []float64, format string) string {
+	cells := make([]string, len(v))
+	for i, x := range v {
+		cells[i] = fmt.Sprintf(format, x)
+	}
+	return strings.Join(cells, ", ") + " (median " + fmt.Sprintf(format, median(v)) + ")"
 }
 
 var stowCols = []column{

@@ -839,23 +839,15 @@ func (tb *transferBench) roundsNote(cases []forwardCase, orthanc map[caseKey]flo
 			sr.shares = append(sr.shares, 100*rate/(tb.cfg.link.Mbit/8))
 		}
 	}
-	list := func(v []float64, format string) string {
-		cells := make([]string, len(v))
-		for i, x := range v {
-			cells[i] = fmt.Sprintf(format, x)
-		}
-		sorted := slices.Sorted(slices.Values(v))
-		return strings.Join(cells, ", ") + " (median " + fmt.Sprintf(format, sorted[(len(sorted)-1)/2]) + ")"
-	}
 	var lines []string
 	for _, label := range order {
 		sr := all[label]
 		var parts []string
 		if len(sr.ratios) > 0 {
-			parts = append(parts, "gateway/orthanc "+list(sr.ratios, "%.2f"))
+			parts = append(parts, "gateway/orthanc "+withMedian(sr.ratios, "%.2f"))
 		}
 		if len(sr.shares) > 0 {
-			parts = append(parts, "share of the link "+list(sr.shares, "%.0f %%"))
+			parts = append(parts, "share of the link "+withMedian(sr.shares, "%.0f %%"))
 		}
 		if len(parts) > 0 {
 			lines = append(lines, "- "+label+": "+strings.Join(parts, "; "))
