@@ -92,6 +92,9 @@ type StoredInstance struct {
 type FailedInstance struct {
 	SOPInstanceUID string
 	Reason         uint16
+	// Comment is the item's Error Comment (0000,0902), when the receiver
+	// gave one.
+	Comment string
 }
 
 // Answer decodes the DICOM JSON of the answer (an object, or an array
@@ -119,7 +122,7 @@ func (r *StoreResponse) Answer() (*StoreAnswer, error) {
 		a.Stored = append(a.Stored, StoredInstance{SOPInstanceUID: it.Str("00081155"), WarningReason: uint16(it.Int("00081196"))})
 	}
 	for _, it := range obj.Items("00081198") {
-		a.Failed = append(a.Failed, FailedInstance{SOPInstanceUID: it.Str("00081155"), Reason: uint16(it.Int("00081197"))})
+		a.Failed = append(a.Failed, FailedInstance{SOPInstanceUID: it.Str("00081155"), Reason: uint16(it.Int("00081197")), Comment: it.Str("00000902")})
 	}
 	return a, nil
 }
@@ -239,8 +242,21 @@ func (e *InstanceWriteError) Error() string {
 }
 func (e *InstanceWriteError) Unwrap() error { return e.Err }
 
-func partHeader() textproto.MIMEHeader {
-	return textproto.MIMEHeader{"Content-Type": {"application/dicom"}}
+// Digested is an Instance that knows the SHA-256 (hex) of the bytes its
+// WriteTo writes; its part then declares it in a Content-Digest header, for
+// a receiver to check (digest.go).
+type Digested interface {
+	SHA256() string
+}
+
+func partHeader(in Instance) textproto.MIMEHeader {
+	h := textproto.MIMEHeader{"Content-Type": {"application/dicom"}}
+	if d, ok := in.(Digested); ok {
+		if v := ContentDigestSHA256(d.SHA256()); v != "" {
+			h.Set(HeaderContentDigest, v)
+		}
+	}
+	return h
 }
 
 // writeParts writes the multipart body into w (through a bodyBuffer).
@@ -253,7 +269,7 @@ func writeParts(w io.Writer, instances []Instance, boundary string) error {
 		return err
 	}
 	for i, in := range instances {
-		pw, err := mw.CreatePart(partHeader())
+		pw, err := mw.CreatePart(partHeader(in))
 		if err != nil {
 			return err
 		}
@@ -285,7 +301,7 @@ func multipartLength(boundary string, instances []Instance) (int64, error) {
 		if size < 0 {
 			return -1, nil
 		}
-		if _, err := mw.CreatePart(partHeader()); err != nil {
+		if _, err := mw.CreatePart(partHeader(in)); err != nil {
 			return 0, err
 		}
 		n += size

@@ -266,12 +266,12 @@ func TestStoreAllStopsAtTheFirstError(t *testing.T) {
 // an object or an array, and refuses what is not JSON.
 func TestAnswer(t *testing.T) {
 	body := `[{"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["1"]},"00081196":{"vr":"US","Value":[45063]}}]},
-	 "00081198":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["2"]},"00081197":{"vr":"US","Value":[49152]}}]}}]`
+	 "00081198":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["2"]},"00081197":{"vr":"US","Value":[49152]},"00000902":{"vr":"LO","Value":["why"]}}]}}]`
 	a, err := (&StoreResponse{Body: []byte(body)}).Answer()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(a.Stored) != 1 || a.Stored[0] != (StoredInstance{"1", 0xB007}) || len(a.Failed) != 1 || a.Failed[0] != (FailedInstance{"2", 0xC000}) {
+	if len(a.Stored) != 1 || a.Stored[0] != (StoredInstance{"1", 0xB007}) || len(a.Failed) != 1 || a.Failed[0] != (FailedInstance{"2", 0xC000, "why"}) {
 		t.Fatalf("answer %+v", a)
 	}
 	if a, err := (&StoreResponse{}).Answer(); err != nil || len(a.Stored)+len(a.Failed) != 0 {

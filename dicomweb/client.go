@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net/http"
 	"net/url"
@@ -15,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dicom-gateway/gateway/client"
@@ -76,6 +78,13 @@ func requestBytes(total int64, parallel int, maxBytes int64) int64 {
 type peerClient struct {
 	http *http.Client
 	sem  chan struct{}
+	// digestsChecked: the peer's last STOW-RS answer said it compares each
+	// part's Content-Digest with the bytes it received
+	// (client.HeaderDigestsChecked). Instances sent to it are then not
+	// hashed here as well: a local copy that no longer matches its
+	// recorded SHA-256 is refused there before it is stored, and
+	// verification compares the SHA-256 the peer recorded with ours.
+	digestsChecked atomic.Bool
 }
 
 // NewClient returns a Client that reads instances from blobs.
@@ -269,9 +278,15 @@ type blobPart struct {
 	// rewrite, when set, transforms the stored bytes on the way out
 	// (identity coercion); rec then carries the rewritten size and SHA-256.
 	rewrite func(*gateway.InstanceRecord, io.ReadCloser) io.ReadCloser
+	// checkSum: compare the bytes sent with rec's SHA-256 here; false when
+	// the peer does it (peerClient.digestsChecked).
+	checkSum bool
 }
 
 func (p *blobPart) Size() int64 { return p.rec.Size }
+
+// SHA256 is declared in the part's Content-Digest (client.Digested).
+func (p *blobPart) SHA256() string { return p.rec.SHA256 }
 
 func (p *blobPart) WriteTo(w io.Writer) (int64, error) {
 	rc, err := p.ahead.open(p.i)
@@ -283,8 +298,13 @@ func (p *blobPart) WriteTo(w io.Writer) (int64, error) {
 	}
 	buf := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(buf)
-	sum := sha256.New()
-	n, err := io.CopyBuffer(w, io.TeeReader(rc, sum), *buf)
+	var src io.Reader = rc
+	var sum hash.Hash
+	if p.checkSum && p.rec.SHA256 != "" {
+		sum = sha256.New()
+		src = io.TeeReader(rc, sum)
+	}
+	n, err := io.CopyBuffer(w, src, *buf)
 	cerr := rc.Close()
 	if err != nil {
 		return n, err
@@ -292,7 +312,7 @@ func (p *blobPart) WriteTo(w io.Writer) (int64, error) {
 	if cerr != nil {
 		return n, &localError{fmt.Errorf("reading instance %s from local storage: %w", p.rec.SOPInstanceUID, cerr)}
 	}
-	if n != p.rec.Size || (p.rec.SHA256 != "" && hex.EncodeToString(sum.Sum(nil)) != p.rec.SHA256) {
+	if n != p.rec.Size || (sum != nil && hex.EncodeToString(sum.Sum(nil)) != p.rec.SHA256) {
 		return n, &localError{fmt.Errorf("local copy of instance %s is corrupt: its size or SHA-256 differs from the index; not sent", p.rec.SOPInstanceUID)}
 	}
 	return n, nil
@@ -302,7 +322,7 @@ func (p *blobPart) WriteTo(w io.Writer) (int64, error) {
 // instances' blobs are opened while one is copied (openAhead), so an object
 // store's per-request latency overlaps the network instead of adding up;
 // the returned close releases what was opened but not sent.
-func (c *Client) blobParts(ctx context.Context, batch []*gateway.InstanceRecord, h gateway.SendHeader) ([]client.Instance, func()) {
+func (c *Client) blobParts(ctx context.Context, batch []*gateway.InstanceRecord, h gateway.SendHeader, checkSum bool) ([]client.Instance, func()) {
 	parts := make([]part, len(batch))
 	for i, rec := range batch {
 		parts[i].open = func(ctx context.Context) (io.ReadCloser, error) { return c.Blobs.Get(ctx, h.StoredKey(rec), 0, -1) }
@@ -310,7 +330,7 @@ func (c *Client) blobParts(ctx context.Context, batch []*gateway.InstanceRecord,
 	ahead := openAhead(ctx, parts, gateway.OverNetwork(c.Blobs))
 	out := make([]client.Instance, len(batch))
 	for i, rec := range batch {
-		out[i] = &blobPart{rec: rec, ahead: ahead, i: i, rewrite: h.Rewrite}
+		out[i] = &blobPart{rec: rec, ahead: ahead, i: i, rewrite: h.Rewrite, checkSum: checkSum}
 	}
 	return out, ahead.close
 }
@@ -323,9 +343,15 @@ func (c *Client) stow(ctx context.Context, pc *peerClient, peer gateway.Peer, h 
 	if h.Total > 0 {
 		header.Set(client.HeaderTransferInstances, strconv.Itoa(h.Total))
 	}
-	parts, release := c.blobParts(ctx, batch, h)
+	// Only a gateway peer's digest check is relied on: its SHA-256 is
+	// also compared at verification, should it stop checking.
+	hashHere := !(peer.Gateway && pc.digestsChecked.Load())
+	parts, release := c.blobParts(ctx, batch, h, hashHere)
 	resp, err := c.peerAPI(pc, peer, "").Store(ctx, batch[0].StudyInstanceUID, parts, header)
 	release()
+	if resp != nil {
+		pc.digestsChecked.Store(strings.EqualFold(resp.Header.Get(client.HeaderDigestsChecked), client.DigestSHA256))
+	}
 	if le, ok := errors.AsType[*localError](err); ok {
 		temporary := errors.Is(le, gateway.ErrUnavailable)
 		return nil, &gateway.SendError{Peer: peer.Name, Temporary: temporary, Err: le}
@@ -420,7 +446,11 @@ func parseStowResponse(resp *client.StoreResponse, batch []*gateway.InstanceReco
 		byUID[it.SOPInstanceUID] = gateway.SendResult{SOPInstanceUID: it.SOPInstanceUID, OK: true}
 	}
 	for _, it := range ans.Failed {
-		byUID[it.SOPInstanceUID] = gateway.SendResult{SOPInstanceUID: it.SOPInstanceUID, Reason: gateway.ReasonText(it.Reason), ReasonCode: it.Reason, Retryable: gateway.ReasonRetryable(it.Reason)}
+		reason := gateway.ReasonText(it.Reason)
+		if it.Comment != "" {
+			reason += " (" + it.Comment + ")"
+		}
+		byUID[it.SOPInstanceUID] = gateway.SendResult{SOPInstanceUID: it.SOPInstanceUID, Reason: reason, ReasonCode: it.Reason, Retryable: gateway.ReasonRetryable(it.Reason)}
 	}
 	none := len(byUID) == 0
 	allOK := resp.StatusCode == http.StatusOK

@@ -98,8 +98,9 @@ func TestMultipartLengthIsExact(t *testing.T) {
 	}))
 	defer ts.Close()
 	c := NewClient(blobs)
+	checkSum := true
 	send := func() error {
-		parts, release := c.blobParts(t.Context(), batch, gateway.SendHeader{})
+		parts, release := c.blobParts(t.Context(), batch, gateway.SendHeader{}, checkSum)
 		defer release()
 		_, err := (&client.Client{DICOMweb: ts.URL}).Store(t.Context(), "", parts, nil)
 		return err
@@ -130,12 +131,25 @@ func TestMultipartLengthIsExact(t *testing.T) {
 		if !bytes.Equal(data, stored[batch[i].Key()]) {
 			t.Errorf("part %d differs", i)
 		}
+		// Each part declares its SHA-256 for the receiver to check.
+		if d, want := p.Header.Get(client.HeaderContentDigest), client.ContentDigestSHA256(batch[i].SHA256); d != want || d == "" {
+			t.Errorf("part %d Content-Digest %q, want %q", i, d, want)
+		}
 	}
 
 	batch[2].SHA256 = strings.Repeat("0", 64)
 	err = send()
 	if _, ok := errors.AsType[*localError](err); !ok || !strings.Contains(err.Error(), "corrupt") {
 		t.Fatalf("sending a corrupt blob = %v, want a local corruption error", err)
+	}
+	// Without the local check (the peer checks Content-Digest), the bytes
+	// go out with the recorded digest, for the peer to refuse.
+	checkSum = false
+	if err := send(); err != nil {
+		t.Fatalf("sending without the local check = %v", err)
+	}
+	if !bytes.Contains(got.body, []byte(client.ContentDigestSHA256(batch[2].SHA256))) {
+		t.Fatal("the part was not sent with its recorded digest")
 	}
 }
 
@@ -144,7 +158,7 @@ func TestMultipartLengthIsExact(t *testing.T) {
 func TestParseStowResponse(t *testing.T) {
 	body := `{"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["1"]}}]},
 	 "00081198":{"vr":"SQ","Value":[
-	   {"00081155":{"vr":"UI","Value":["2"]},"00081197":{"vr":"US","Value":[272]}},
+	   {"00081155":{"vr":"UI","Value":["2"]},"00081197":{"vr":"US","Value":[272]},"00000902":{"vr":"LO","Value":["Content-Digest mismatch"]}},
 	   {"00081155":{"vr":"UI","Value":["3"]},"00081197":{"vr":"US","Value":[42752]}}]}}`
 	res, err := parseStowResponse(&client.StoreResponse{StatusCode: http.StatusAccepted, Body: []byte(body)}, []*gateway.InstanceRecord{rec("1", 10), rec("2", 10), rec("3", 10), rec("4", 10)})
 	if err != nil {
@@ -152,7 +166,7 @@ func TestParseStowResponse(t *testing.T) {
 	}
 	want := []gateway.SendResult{
 		{SOPInstanceUID: "1", OK: true, Bytes: 10},
-		{SOPInstanceUID: "2", Reason: "processing failure (0x0110)", ReasonCode: 0x0110},
+		{SOPInstanceUID: "2", Reason: "processing failure (0x0110) (Content-Digest mismatch)", ReasonCode: 0x0110},
 		{SOPInstanceUID: "3", Reason: "out of resources (0xA700)", ReasonCode: 0xA700, Retryable: true},
 		{SOPInstanceUID: "4", Reason: "not mentioned in the peer's answer", Retryable: true},
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/dicom-gateway/gateway/client"
 	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 )
@@ -70,8 +71,9 @@ func (s *Server) handleStow(c *gin.Context) {
 	mr, releaseReader := newPartReader(body, boundary)
 
 	var (
-		reqErr error
-		parts  int
+		reqErr  error
+		parts   int
+		digests int // parts that declared a SHA-256 (Content-Digest), each checked
 	)
 	maxParts := s.Limits.maxParts()
 	for {
@@ -92,6 +94,14 @@ func (s *Server) handleStow(c *gin.Context) {
 			batch.Refuse(parts, gateway.ReasonCannotUnderstand, "part Content-Type "+truncate(mt, 100))
 			continue
 		}
+		sha, err := client.ParseContentDigestSHA256(strings.Join(part.Header.Values(client.HeaderContentDigest), ","))
+		if err != nil {
+			batch.Refuse(parts, gateway.ReasonCannotUnderstand, err.Error())
+			continue
+		}
+		if sha != "" {
+			digests++
+		}
 		// A part too short for the preamble and "DICM" (an empty part, say)
 		// is refused here, before the ingest allocates anything for it.
 		var lead [132]byte
@@ -101,7 +111,7 @@ func (s *Server) handleStow(c *gin.Context) {
 			continue
 		}
 		if err == nil {
-			err = batch.Add(parts, io.MultiReader(bytes.NewReader(lead[:]), part))
+			err = batch.AddWithSHA256(parts, io.MultiReader(bytes.NewReader(lead[:]), part), sha)
 			if errors.Is(err, gateway.ErrTooLarge) {
 				reqErr = err // a part far over --max-instance-bytes
 				break
@@ -116,6 +126,10 @@ func (s *Server) handleStow(c *gin.Context) {
 	}
 	res := batch.Wait()
 	releaseReader() // every part was read by its Add: nothing reads the body now
+	if digests > 0 {
+		// The sender may stop hashing what it sends us (client/digest.go).
+		c.Header(client.HeaderDigestsChecked, client.DigestSHA256)
+	}
 	if reqErr == nil {
 		reqErr = res.Err
 	}

@@ -84,6 +84,7 @@ func (a *stowAudit) Record(_ context.Context, ev *gateway.AuditEvent) error {
 type stowPart struct {
 	contentType string // "" = no Content-Type header
 	data        []byte
+	header      textproto.MIMEHeader // more part headers
 }
 
 func multipartBody(t testing.TB, parts ...stowPart) (*bytes.Buffer, string) {
@@ -92,6 +93,9 @@ func multipartBody(t testing.TB, parts ...stowPart) (*bytes.Buffer, string) {
 	mw := multipart.NewWriter(&body)
 	for _, p := range parts {
 		h := textproto.MIMEHeader{}
+		for k, vs := range p.header {
+			h[k] = vs
+		}
 		if p.contentType != "" {
 			h.Set("Content-Type", p.contentType)
 		}

@@ -38,6 +38,11 @@ type StoreOptions struct {
 	// StudyInstanceUID, when set (STOW-RS to /studies/{study}), refuses an
 	// instance of any other study.
 	StudyInstanceUID string
+	// SHA256, when set, is the SHA-256 (lower-case hex) the sender declared
+	// for the bytes it sent (a STOW-RS part's Content-Digest). An instance
+	// whose bytes differ is refused before anything is stored, so that a
+	// sender's corrupt copy, or bytes damaged on the way, never land here.
+	SHA256 string
 }
 
 // Ingester stores instances: it parses the header from a bounded prefix,
@@ -234,7 +239,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 	if preamble != "" {
 		src, origSum = zeroPreamble(&head, lim)
 	}
-	body := &checkedReader{r: src, sum: sha256.New(), tail: h.Tail(), headerLeft: h.HeaderLength}
+	body := &checkedReader{r: src, sum: sha256.New(), tail: h.Tail(), headerLeft: h.HeaderLength, want: opts.SHA256, sent: origSum}
 	defer body.tail.Close()
 
 	// An index entry whose blob is gone (lost after a failure) is healed by a
@@ -528,6 +533,13 @@ type checkedReader struct {
 	err        error
 	done       bool
 	layout     *dicomcodec.PixelDataLayout
+	// want, when set, is the sender's SHA-256 of the bytes it sent
+	// (StoreOptions.SHA256): at the end of the stream the digest must
+	// match, or the read fails, so that the store never commits the
+	// object. sent hashes the bytes as sent when they differ from the
+	// stored ones (a zeroed preamble); nil means sum.
+	want string
+	sent hash.Hash
 }
 
 func (c *checkedReader) Read(p []byte) (int, error) {
@@ -560,6 +572,10 @@ func (c *checkedReader) Read(p []byte) (int, error) {
 			c.err = FromCodec(ferr)
 			return 0, c.err
 		}
+		if derr := c.checkDigest(); derr != nil {
+			c.err = derr
+			return 0, c.err
+		}
 		c.layout, c.done = layout, true
 		return n, io.EOF
 	}
@@ -570,6 +586,23 @@ func (c *checkedReader) Read(p []byte) (int, error) {
 }
 
 func (c *checkedReader) sha() string { return hex.EncodeToString(c.sum.Sum(nil)) }
+
+// checkDigest compares the bytes as sent with the sender's declared
+// SHA-256, when it declared one.
+func (c *checkedReader) checkDigest() error {
+	if c.want == "" {
+		return nil
+	}
+	sent := c.sum
+	if c.sent != nil {
+		sent = c.sent
+	}
+	if got := hex.EncodeToString(sent.Sum(nil)); got != c.want {
+		return &InstanceError{Reason: ReasonProcessingFailure, Comment: "Content-Digest mismatch: bytes differ from those sent",
+			Err: fmt.Errorf("the %d bytes received have SHA-256 %s, not the %s the sender declared (Content-Digest): not stored: %w", c.n, got, c.want, ErrInvalid)}
+	}
+	return nil
+}
 
 // failure is the error to return for a stream that could not be read to
 // its end: the instance's own problem, or the read error as it is.

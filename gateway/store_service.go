@@ -133,8 +133,15 @@ func (s *StoreService) Begin(ctx context.Context, req StoreRequest) (*StoreBatch
 // over MaxInstanceBytes that goes on for more than oversizeDrain bytes past
 // it (ErrTooLarge). What was stored before stays stored.
 func (b *StoreBatch) Add(part int, r io.Reader) error {
+	return b.AddWithSHA256(part, r, "")
+}
+
+// AddWithSHA256 is Add for a part whose sender declared the SHA-256 of its
+// bytes (lower-case hex; "" for none): an instance whose bytes differ is
+// refused (ReasonProcessingFailure) and nothing of it is stored.
+func (b *StoreBatch) AddWithSHA256(part int, r io.Reader, sha256 string) error {
 	s := b.svc
-	pending, err := s.ingester.Begin(b.ctx, r, StoreOptions{StudyInstanceUID: b.req.StudyInstanceUID})
+	pending, err := s.ingester.Begin(b.ctx, r, StoreOptions{StudyInstanceUID: b.req.StudyInstanceUID, SHA256: sha256})
 	if err != nil {
 		ie, ok := errors.AsType[*InstanceError](err)
 		if !ok {

@@ -1,0 +1,39 @@
+package client
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+	"testing"
+)
+
+// TestContentDigestSHA256 round-trips a SHA-256 through the header value,
+// finds it among other members, and refuses a sha-256 member that cannot
+// be a SHA-256.
+func TestContentDigestSHA256(t *testing.T) {
+	sum := sha256.Sum256([]byte("hello"))
+	want := hex.EncodeToString(sum[:])
+	v := ContentDigestSHA256(want)
+	if v != "sha-256=:LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=:" {
+		t.Fatalf("ContentDigestSHA256 = %q", v) // SHA-256("hello") in base64
+	}
+	for _, h := range []string{v, "sha-512=:" + strings.Repeat("A", 88) + ":, " + v, " SHA-256 = :LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=: ;x=1"} {
+		got, err := ParseContentDigestSHA256(h)
+		if err != nil || got != want {
+			t.Errorf("ParseContentDigestSHA256(%q) = %q, %v; want %q", h, got, err, want)
+		}
+	}
+	for _, h := range []string{"", "sha-512=:AAAA:", "unixsum=:AAAA:"} {
+		if got, err := ParseContentDigestSHA256(h); got != "" || err != nil {
+			t.Errorf("ParseContentDigestSHA256(%q) = %q, %v; want no digest", h, got, err)
+		}
+	}
+	for _, h := range []string{"sha-256=:AAAA:", "sha-256=" + want, "sha-256=:not base64!:", "sha-256=:"} {
+		if got, err := ParseContentDigestSHA256(h); err == nil {
+			t.Errorf("ParseContentDigestSHA256(%q) = %q, want an error", h, got)
+		}
+	}
+	if ContentDigestSHA256("") != "" || ContentDigestSHA256("abc") != "" {
+		t.Error("ContentDigestSHA256 of a non-digest is not empty")
+	}
+}
