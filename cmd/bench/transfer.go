@@ -517,11 +517,23 @@ func (tb *transferBench) forwardGateway(parent context.Context, sender *cluster.
 	}
 	instances := 0
 	for len(ids) > 0 {
+		// One list request a tick, without per-instance progress: asking
+		// for each transfer (GET /transfers/{id}, which carries every
+		// instance's state) 20 times a second took CPU from the sender
+		// being measured (Orthanc's poll is one /statistics).
+		list, err := sender.Client().ListTransfers(ctx, client.TransferQuery{Destination: peer, Limit: 1000})
+		if err != nil {
+			return 0, err
+		}
+		byID := make(map[string]*gateway.Transfer, len(list))
+		for _, t := range list {
+			byID[t.ID] = t
+		}
 		var pending []string
 		for _, id := range ids {
-			t, err := sender.Client().Transfer(ctx, id)
-			if err != nil {
-				return 0, err
+			t, ok := byID[id]
+			if !ok {
+				return 0, fmt.Errorf("transfer %s is not in the sender's list of transfers to %s", id, peer)
 			}
 			switch {
 			case t.State == gateway.StateCompleted:
