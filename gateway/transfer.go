@@ -367,6 +367,7 @@ func (s *Transfers) Create(ctx context.Context, req CreateTransfer) (*Transfer, 
 			return nil, err
 		}
 		total = len(recs)
+		s.rememberPatientIDs(req.StudyUID, recs) // for the audit of its creation
 	}
 	if req.CreatedBy == "" {
 		req.CreatedBy = PrincipalFrom(ctx).Name
@@ -583,10 +584,16 @@ func (s *Transfers) studyPatientIDs(ctx context.Context, studyUID string) []stri
 	if err != nil {
 		return nil
 	}
-	seen := map[string]bool{}
+	return s.rememberPatientIDs(studyUID, recs)
+}
+
+// rememberPatientIDs caches and returns the patient IDs of recs, the
+// instances of studyUID, so that the audit events of its transfer do not
+// read the whole study from the index again.
+func (s *Transfers) rememberPatientIDs(studyUID string, recs []*InstanceRecord) []string {
+	var ids []string
 	for _, r := range recs {
-		if id := r.Metadata.String(dicomcodec.TagPatientID); id != "" && !seen[id] {
-			seen[id] = true
+		if id := r.Metadata.String(dicomcodec.TagPatientID); id != "" && !slices.Contains(ids, id) {
 			ids = append(ids, id)
 		}
 	}
