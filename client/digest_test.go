@@ -37,3 +37,24 @@ func TestContentDigestSHA256(t *testing.T) {
 		t.Error("ContentDigestSHA256 of a non-digest is not empty")
 	}
 }
+
+// FuzzParseContentDigest: any header value parses without panicking, and a
+// digest it returns is a SHA-256 in hex that the formatter writes back to
+// a value parsing to the same digest.
+func FuzzParseContentDigest(f *testing.F) {
+	for _, s := range []string{"sha-256=:LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=:", "sha-512=:AAAA:, sha-256=:AAAA:", "sha-256", "=,=:;", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		got, err := ParseContentDigestSHA256(v)
+		if err != nil || got == "" {
+			return
+		}
+		if b, herr := hex.DecodeString(got); herr != nil || len(b) != 32 {
+			t.Fatalf("ParseContentDigestSHA256(%q) = %q, not a SHA-256 in hex", v, got)
+		}
+		if again, err := ParseContentDigestSHA256(ContentDigestSHA256(got)); err != nil || again != got {
+			t.Fatalf("round trip of %q: %q, %v", got, again, err)
+		}
+	})
+}
