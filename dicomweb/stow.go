@@ -71,9 +71,11 @@ func (s *Server) handleStow(c *gin.Context) {
 	mr, releaseReader := newPartReader(body, boundary)
 
 	var (
-		reqErr  error
-		parts   int
-		digests int // parts that declared a SHA-256 (Content-Digest), each checked
+		reqErr error
+		parts  int
+		// checkedDigest: a part declared a SHA-256 (Content-Digest), and
+		// every such part is compared with its bytes.
+		checkedDigest bool
 	)
 	maxParts := s.Limits.maxParts()
 	for {
@@ -99,9 +101,7 @@ func (s *Server) handleStow(c *gin.Context) {
 			batch.Refuse(parts, gateway.ReasonCannotUnderstand, err.Error())
 			continue
 		}
-		if sha != "" {
-			digests++
-		}
+		checkedDigest = checkedDigest || sha != ""
 		// A part too short for the preamble and "DICM" (an empty part, say)
 		// is refused here, before the ingest allocates anything for it.
 		var lead [132]byte
@@ -126,7 +126,7 @@ func (s *Server) handleStow(c *gin.Context) {
 	}
 	res := batch.Wait()
 	releaseReader() // every part was read by its Add: nothing reads the body now
-	if digests > 0 {
+	if checkedDigest {
 		// The sender may stop hashing what it sends us (client/digest.go).
 		c.Header(client.HeaderDigestsChecked, client.DigestSHA256)
 	}

@@ -813,8 +813,8 @@ type caseKey struct {
 
 func (c *forwardCase) key() caseKey { return caseKey{c.round, c.wan, c.batch} }
 
-// systemCell names a system in a table, with its round when there are
-// several.
+// systemCell names a system (or a backend) in a table, with its round
+// when there are several.
 func (tb *transferBench) systemCell(system string, round int) string {
 	if tb.cfg.rounds > 1 {
 		return fmt.Sprintf("%s, round %d", system, round+1)
@@ -881,11 +881,7 @@ func (tb *transferBench) receiverStagesTable(cases []forwardCase) string {
 		if c.system != "gateway" || c.err != nil || c.receiverStages == "" {
 			continue
 		}
-		backend := c.backend
-		if tb.cfg.rounds > 1 {
-			backend = fmt.Sprintf("%s, round %d", c.backend, c.round+1)
-		}
-		fmt.Fprintf(&s, "| %s | %s | %s | %s |\n", backend, tb.linkName(c.wan), c.batch.label, c.receiverStages)
+		fmt.Fprintf(&s, "| %s | %s | %s | %s |\n", tb.systemCell(c.backend, c.round), tb.linkName(c.wan), c.batch.label, c.receiverStages)
 		rows++
 	}
 	if rows == 0 {
