@@ -69,17 +69,34 @@ func BenchmarkStowRequests(b *testing.B) {
 	}{{"small", 160, 160}, {"ct", 512, 512}} {
 		for _, perRequest := range []int{1, 20} {
 			b.Run(fmt.Sprintf("%s/per-request=%d", size.name, perRequest), func(b *testing.B) {
-				benchStowRequests(b, size.rows, size.cols, perRequest, false)
+				benchStowRequests(b, backendtest.Embedded, size.rows, size.cols, perRequest, false)
 			})
 		}
 	}
 	// One instance of a new study per request: every request creates its
 	// study's directories (and syncs their parents).
-	b.Run("small/new-study-per-request", func(b *testing.B) { benchStowRequests(b, 160, 160, 1, true) })
+	b.Run("small/new-study-per-request", func(b *testing.B) { benchStowRequests(b, backendtest.Embedded, 160, 160, 1, true) })
 }
 
-func benchStowRequests(b *testing.B, rows, cols, perRequest int, studyPerRequest bool) {
-	be := backendtest.Open(b, backendtest.Embedded, backendtest.Options{})
+// BenchmarkStowProductionRequests is BenchmarkStowRequests on the
+// production backends, Redis and MinIO started by scripts/testenv.sh: the
+// gateway's own cost per instance shows in -benchmem's B/op and
+// allocs/op, and in a CPU profile, beside MinIO's.
+func BenchmarkStowProductionRequests(b *testing.B) {
+	for _, size := range []struct {
+		name       string
+		rows, cols int
+	}{{"small", 160, 160}, {"ct", 512, 512}} {
+		for _, perRequest := range []int{1, 20} {
+			b.Run(fmt.Sprintf("%s/per-request=%d", size.name, perRequest), func(b *testing.B) {
+				benchStowRequests(b, backendtest.Production, size.rows, size.cols, perRequest, false)
+			})
+		}
+	}
+}
+
+func benchStowRequests(b *testing.B, kind string, rows, cols, perRequest int, studyPerRequest bool) {
+	be := backendtest.Open(b, kind, backendtest.Options{})
 	w := testWiring{ServiceDeps: gateway.ServiceDeps{Name: "bench", Blobs: be.Blobs, Index: be.Index, Auditor: be.AuditLog,
 		Ingester: &gateway.Ingester{Blobs: be.Blobs, Index: be.Index, Auditor: be.AuditLog}}}
 	srv := httptest.NewServer(w.server().Handler())

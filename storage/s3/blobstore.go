@@ -67,8 +67,9 @@ type Config struct {
 	StageMemory int64
 }
 
-// DefaultStageMemory is the default Config.StageMemory: 32 MiB, some sixty
-// CT slices waiting for their PUT while the next ones are read.
+// DefaultStageMemory is the default Config.StageMemory: 32 MiB, some thirty
+// CT slices (each counted at the 1 MiB buffer it is kept in: stageProbe)
+// waiting for their PUT while the next ones are read.
 const DefaultStageMemory = 32 << 20
 
 // BlobStore is a gateway.BlobStore on one S3 bucket; each key is an object
@@ -307,8 +308,7 @@ func (s *BlobStore) Stage(ctx context.Context, key string, r io.Reader) (gateway
 	pp := probeBufs.Get().(*[]byte)
 	n, rerr := io.ReadFull(r, *pp)
 	if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-		defer probeBufs.Put(pp)
-		return s.stageSmall(ctx, key, (*pp)[:n])
+		return s.stageProbe(ctx, key, pp, n)
 	}
 	if rerr != nil {
 		probeBufs.Put(pp)
@@ -342,18 +342,56 @@ func (s *BlobStore) stageSmall(ctx context.Context, key string, data []byte) (ga
 	if err := s.staging.Acquire(ctx, int64(len(data))); err != nil {
 		return nil, fmt.Errorf("put %s: %w", key, err)
 	}
-	return &stagedObject{s: s, key: key, data: bytes.Clone(data)}, nil
+	return &stagedObject{s: s, key: key, data: bytes.Clone(data), size: int64(len(data)), held: int64(len(data))}, nil
+}
+
+// stageProbe stages the object read whole into the probe buffer pp (its
+// first n bytes). An object that fills at least half of it keeps the
+// buffer itself until it ends, counted at the buffer's full size: copying
+// each CT slice into a fresh allocation was a tenth of a receiving
+// gateway's CPU on Redis + MinIO (the copy, the allocation and the garbage
+// collector's share). A smaller one is copied, so that StageMemory, not
+// the buffers' size, bounds what many tiny instances hold.
+func (s *BlobStore) stageProbe(ctx context.Context, key string, pp *[]byte, n int) (gateway.StagedBlob, error) {
+	if n < len(*pp)/2 {
+		defer probeBufs.Put(pp)
+		return s.stageSmall(ctx, key, (*pp)[:n])
+	}
+	held := int64(cap(*pp))
+	if err := s.staging.Acquire(ctx, held); err != nil {
+		probeBufs.Put(pp)
+		return nil, fmt.Errorf("put %s: %w", key, err)
+	}
+	return &stagedObject{s: s, key: key, data: (*pp)[:n], size: int64(n), held: held, probe: pp}, nil
 }
 
 // stagedObject is a small object held in memory until Commit PUTs it.
 type stagedObject struct {
-	s     *BlobStore
-	key   string
-	data  []byte
+	s    *BlobStore
+	key  string
+	data []byte // nil once the object ended
+	size int64
+	held int64 // bytes of StageMemory it holds
+	// probe, when set, is the probe buffer data lies in, handed back to
+	// probeBufs when the object ends (end).
+	probe *[]byte
 	ended atomic.Bool
 }
 
-func (o *stagedObject) Size() int64 { return int64(len(o.data)) }
+// end releases what the object holds. After a failed PUT its buffer is left
+// to the garbage collector rather than reused: net/http may still be
+// reading a request body when an early answer has already come back. A
+// successful PUT was answered after the server read, and checked the
+// SHA-256 of, every byte.
+func (o *stagedObject) end(reusable bool) {
+	o.s.staging.Release(o.held)
+	if o.probe != nil && reusable {
+		probeBufs.Put(o.probe)
+	}
+	o.probe, o.data = nil, nil
+}
+
+func (o *stagedObject) Size() int64 { return o.size }
 
 // Commit PUTs the object. With the caller's SHA-256 the request is signed
 // over it (X-Amz-Content-Sha256, checked by the server) instead of minio-go
@@ -363,11 +401,12 @@ func (o *stagedObject) Commit(ctx context.Context, sha256Hex string) error {
 	if o.ended.Swap(true) {
 		return fmt.Errorf("put %s: staged object already committed or aborted: %w", o.key, gateway.ErrInvalid)
 	}
-	defer o.s.staging.Release(int64(len(o.data)))
 	if err := ctx.Err(); err != nil {
+		o.end(true)
 		return fmt.Errorf("put %s: %w", o.key, err)
 	}
 	var err error
+	defer func() { o.end(err == nil) }()
 	if sha256Hex != "" {
 		_, err = o.s.core.PutObject(ctx, o.s.bucket, o.key, bytes.NewReader(o.data), int64(len(o.data)), "", sha256Hex, minio.PutObjectOptions{DisableContentSha256: true})
 	} else {
@@ -381,7 +420,7 @@ func (o *stagedObject) Commit(ctx context.Context, sha256Hex string) error {
 
 func (o *stagedObject) Abort() {
 	if !o.ended.Swap(true) {
-		o.s.staging.Release(int64(len(o.data)))
+		o.end(true)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -261,5 +262,121 @@ func TestStagedCommitSignsWithCallersHash(t *testing.T) {
 	}
 	if _, err := s.Stat(ctx, "1.2/3.4/5.7"); !errors.Is(err, gateway.ErrNotFound) {
 		t.Fatalf("after a refused Commit: Stat = %v, want ErrNotFound", err)
+	}
+}
+
+// TestStagedSlicesKeepTheirBytes stages CT-slice-sized objects, which keep
+// the probe buffer they were read into until they end, from several
+// goroutines at once, commits or aborts them in an order unlike the
+// staging order, and checks that every committed object holds its own
+// bytes: a buffer handed back to the pool while its object still needed
+// it would show as another object's bytes (or a SHA-256 the server
+// refuses).
+func TestStagedSlicesKeepTheirBytes(t *testing.T) {
+	s := newStore(t, config(t))
+	ctx := t.Context()
+	const workers, perWorker = 4, 6
+	content := func(w, i int) []byte {
+		return bytes.Repeat([]byte{byte(w), byte(i), 0x0d, 0x0a}, 600<<10/4) // 600 KiB: over half the probe
+	}
+	key := func(w, i int) string { return fmt.Sprintf("1.2/3.%d/5.%d", w, i) }
+	aborted := func(w, i int) bool { return (w+i)%5 == 0 }
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*perWorker)
+	for w := range workers {
+		wg.Go(func() {
+			var held []gateway.StagedBlob
+			for i := range perWorker {
+				staged, err := s.Stage(ctx, key(w, i), bytes.NewReader(content(w, i)))
+				if err != nil {
+					errs <- err
+					return
+				}
+				if got := staged.Size(); got != int64(len(content(w, i))) {
+					errs <- fmt.Errorf("%s: Size %d, want %d", key(w, i), got, len(content(w, i)))
+				}
+				held = append(held, staged)
+				if len(held) < 2 {
+					continue
+				}
+				// End the older of the two held: the newer was read into a
+				// buffer while the older still held its own.
+				j := i - 1
+				if aborted(w, j) {
+					held[0].Abort()
+				} else {
+					sum := sha256.Sum256(content(w, j))
+					if err := held[0].Commit(ctx, hex.EncodeToString(sum[:])); err != nil {
+						errs <- fmt.Errorf("commit %s: %w", key(w, j), err)
+					}
+				}
+				held = held[1:]
+			}
+			sum := sha256.Sum256(content(w, perWorker-1))
+			if err := held[0].Commit(ctx, hex.EncodeToString(sum[:])); err != nil {
+				errs <- fmt.Errorf("commit %s: %w", key(w, perWorker-1), err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for w := range workers {
+		for i := range perWorker {
+			if aborted(w, i) && i != perWorker-1 {
+				if _, err := s.Stat(ctx, key(w, i)); !errors.Is(err, gateway.ErrNotFound) {
+					t.Errorf("aborted %s: Stat = %v, want ErrNotFound", key(w, i), err)
+				}
+				continue
+			}
+			rc, err := s.Get(ctx, key(w, i), 0, -1)
+			if err != nil {
+				t.Errorf("get %s: %v", key(w, i), err)
+				continue
+			}
+			got, err := io.ReadAll(rc)
+			rc.Close()
+			if err != nil || !bytes.Equal(got, content(w, i)) {
+				t.Errorf("%s: stored %d bytes (err %v), not the %d staged", key(w, i), len(got), err, len(content(w, i)))
+			}
+		}
+	}
+}
+
+// TestStagedSliceCountsItsBuffer checks that an object kept in its probe
+// buffer counts the whole buffer against StageMemory: with room for five
+// MiB, a sixth 600 KiB object waits until one of the five ends. Counted at
+// its length, it would fit, and many such objects would hold far more
+// memory than StageMemory says.
+func TestStagedSliceCountsItsBuffer(t *testing.T) {
+	cfg := config(t)
+	cfg.PartSize, cfg.StageMemory = 5<<20, 5<<20
+	s := newStore(t, cfg)
+	ctx := t.Context()
+	data := bytes.Repeat([]byte{1, 2, 3, 4}, 600<<10/4)
+	var held []gateway.StagedBlob
+	for i := range 5 {
+		staged, err := s.Stage(ctx, fmt.Sprintf("1.2/3.4/5.%d", i), bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, staged)
+	}
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if staged, err := s.Stage(short, "1.2/3.4/5.5", bytes.NewReader(data)); err == nil {
+		staged.Abort()
+		t.Fatal("a sixth 600 KiB object was staged while five held 5 MiB of StageMemory")
+	}
+	held[0].Abort()
+	staged, err := s.Stage(ctx, "1.2/3.4/5.5", bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("after an Abort freed a buffer: %v", err)
+	}
+	staged.Abort()
+	for _, h := range held[1:] {
+		h.Abort()
 	}
 }
