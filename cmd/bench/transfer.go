@@ -210,6 +210,10 @@ type forwardCase struct {
 	linkErr     error
 	senderHWM   int64 // bytes; 0 when not read
 	receiverHWM int64
+	// senderCPU and receiverCPU are the CPU time (user + system) the two
+	// processes used during the case; 0 when not read. For redis+minio
+	// they leave out Redis and MinIO, shared by every gateway.
+	senderCPU, receiverCPU time.Duration
 	// receiverStages is a gateway receiver's mean time per store stage
 	// over the case (describeStages), "" when not read.
 	receiverStages string
@@ -453,7 +457,9 @@ func (tb *transferBench) gatewayCases(ctx context.Context, label string, backend
 			}
 			c.link, c.linkErr = tb.sink.upload(ctx, wan, c.batch.bytes)
 			stagesBefore, _ := scrapeStages(ctx, tb.client, receiver.URL()+"/dicomweb")
+			cpu := startCPU(procPid(sender.Proc()), procPid(receiver.Proc()))
 			c.d, c.err = tb.forwardGateway(ctx, sender, peerName, c.batch)
+			c.senderCPU, c.receiverCPU = cpu.used()
 			if stagesAfter, err := scrapeStages(ctx, tb.client, receiver.URL()+"/dicomweb"); err == nil && stagesBefore != nil {
 				c.receiverStages = describeStages(stagesBefore, stagesAfter)
 			}
@@ -483,6 +489,49 @@ func (tb *transferBench) gatewayCases(ctx context.Context, label string, backend
 		}
 	}
 	return cases
+}
+
+// cpuWindow is the CPU time of a sender and a receiver process at the start
+// of a case.
+type cpuWindow struct {
+	pids  [2]int
+	start [2]time.Duration
+	ok    [2]bool
+}
+
+// startCPU reads the CPU time of the sender and receiver processes (pid 0:
+// not read).
+func startCPU(sender, receiver int) cpuWindow {
+	w := cpuWindow{pids: [2]int{sender, receiver}}
+	for i, pid := range w.pids {
+		if pid != 0 {
+			t, err := cluster.ProcCPU(pid)
+			w.start[i], w.ok[i] = t, err == nil
+		}
+	}
+	return w
+}
+
+// used returns the CPU time each process used since startCPU; 0 for one
+// not read.
+func (w cpuWindow) used() (sender, receiver time.Duration) {
+	var d [2]time.Duration
+	for i, pid := range w.pids {
+		if !w.ok[i] {
+			continue
+		}
+		if t, err := cluster.ProcCPU(pid); err == nil {
+			d[i] = t - w.start[i]
+		}
+	}
+	return d[0], d[1]
+}
+
+func procPid(p *cluster.Proc) int {
+	if p == nil {
+		return 0
+	}
+	return p.Pid()
 }
 
 // hwm is the process's peak RSS (0 when it cannot be read).
@@ -649,7 +698,9 @@ func (tb *transferBench) orthancCases(ctx context.Context) []forwardCase {
 			}
 			_ = resetHWM(receiver.pid())
 			c.link, c.linkErr = tb.sink.upload(ctx, wan, c.batch.bytes)
+			cpu := startCPU(sender.pid(), receiver.pid())
 			c.d, c.err = tb.forwardOrthanc(ctx, sender, receiver, name, ids, held+c.batch.instances)
+			c.senderCPU, c.receiverCPU = cpu.used()
 			c.senderHWM, c.receiverHWM = targetHWM(sender), targetHWM(receiver)
 			if c.err == nil {
 				logf("transfer: … %.1f MB/s", float64(c.batch.bytes)/mb/c.d.Seconds())
@@ -733,8 +784,8 @@ func (tb *transferBench) forwardOrthanc(parent context.Context, sender, receiver
 func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) string {
 	var s strings.Builder
 	fmt.Fprintf(&s, "### Forwarding, sender → receiver, until the receiver has everything\n\n")
-	s.WriteString("| system | backend | link | data | instances | MB | seconds | MB/s | instances/s | share of the link | plain HTTP upload MB/s | ÷ plain HTTP upload | gateway/orthanc (MB/s) | ÷ MinIO PUT, 4 at once | ÷ MinIO GET → PUT, 4 at once | sender peak RSS MiB | receiver peak RSS MiB |\n")
-	s.WriteString("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	s.WriteString("| system | backend | link | data | instances | MB | seconds | MB/s | instances/s | share of the link | plain HTTP upload MB/s | ÷ plain HTTP upload | gateway/orthanc (MB/s) | ÷ MinIO PUT, 4 at once | ÷ MinIO GET → PUT, 4 at once | sender peak RSS MiB | receiver peak RSS MiB | sender CPU s per GB | receiver CPU s per GB |\n")
+	s.WriteString("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	// The gateway's default max_parallel: 4 requests in flight, each
 	// storing one instance at a time into MinIO at the receiver.
 	minioPutRate, minioCopyRate := minioRate(parts, minioPut, 4), minioRate(parts, minioCopy, 4)
@@ -750,10 +801,16 @@ func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) str
 		}
 		return fmt.Sprintf("%.0f", float64(b)/(1<<20))
 	}
+	perGB := func(c forwardCase, d time.Duration) string {
+		if d == 0 {
+			return "—"
+		}
+		return fmt.Sprintf("%.2f", d.Seconds()/(float64(c.batch.bytes)/1e9))
+	}
 	for _, c := range cases {
 		cells := []string{tb.systemCell(c.system, c.round), c.backend, tb.linkName(c.wan), c.batch.label, fmt.Sprint(c.batch.instances), fmt.Sprintf("%.1f", float64(c.batch.bytes)/mb)}
 		if c.err != nil {
-			cells = append(cells, "not measurable: "+cellEscape(c.err.Error()), "", "", "", "", "", "", "", "", "", "")
+			cells = append(cells, "not measurable: "+cellEscape(c.err.Error()), "", "", "", "", "", "", "", "", "", "", "", "")
 			s.WriteString("| " + strings.Join(cells, " | ") + " |\n")
 			continue
 		}
@@ -785,7 +842,7 @@ func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) str
 			}
 		}
 		cells = append(cells, fmt.Sprintf("%.1f", c.d.Seconds()), fmt.Sprintf("%.1f", rate), fmt.Sprintf("%.1f", float64(c.batch.instances)/c.d.Seconds()),
-			share, httpRate, vsHTTP, ratio, vsPut, vsCopy, mib(c.senderHWM), mib(c.receiverHWM))
+			share, httpRate, vsHTTP, ratio, vsPut, vsCopy, mib(c.senderHWM), mib(c.receiverHWM), perGB(c, c.senderCPU), perGB(c, c.receiverCPU))
 		s.WriteString("| " + strings.Join(cells, " | ") + " |\n")
 	}
 	s.WriteString("\nOne receiver per system and link gets the batches in turn, each timed on its own. " +
@@ -796,7 +853,9 @@ func (tb *transferBench) forwardTable(cases []forwardCase, parts []partRate) str
 		"over the same kind of link (loopback, or a WAN proxy with the same settings), just before the case, so that both see the same load of the machine. " +
 		"÷ MinIO (redis+minio on loopback): the same run's minio-go rates for the same object sizes, 4 at once (the sender's default max_parallel): PUT alone, " +
 		"and GET → PUT, each object read and written back, which is the MinIO work of this case (both gateways use the one MinIO). Peak RSS: VmHWM of the process, reset before each batch; " +
-		"for redis+minio the gateway process only (Redis and MinIO are separate processes, shared by all gateways, each gateway with its own key prefix and bucket).\n\n")
+		"for redis+minio the gateway process only (Redis and MinIO are separate processes, shared by all gateways, each gateway with its own key prefix and bucket). " +
+		"CPU s per GB: the user + system CPU time of the sending and of the receiving process during the case (/proc/<pid>/stat), per GB (10⁹ bytes) forwarded; " +
+		"less sensitive than MB/s to what else the machine is doing, and for redis+minio again the gateway process only.\n\n")
 	if tb.cfg.rounds > 1 {
 		s.WriteString(tb.roundsNote(cases, orthanc))
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -105,5 +106,49 @@ func TestTransferRoundsNote(t *testing.T) {
 	}
 	if strings.Contains(note, "orthanc, loopback") {
 		t.Errorf("Orthanc's own cases are listed:\n%s", note)
+	}
+}
+
+// TestForwardTableCPUPerGB: the CPU columns give each process's CPU
+// seconds per GB forwarded, "—" where not read, and every row has as many
+// cells as the header.
+func TestForwardTableCPUPerGB(t *testing.T) {
+	tb := &transferBench{}
+	b := &batch{label: "data", bytes: 500_000_000, instances: 10}
+	cases := []forwardCase{
+		{system: "gateway", backend: "embedded", batch: b, d: time.Second, senderCPU: 250 * time.Millisecond, receiverCPU: 1500 * time.Millisecond},
+		{system: "orthanc", backend: "orthanc", batch: b, d: 2 * time.Second},
+		{system: "gateway", backend: "embedded", wan: true, batch: b, err: errors.New("boom")},
+	}
+	table := tb.forwardTable(cases, nil)
+	var rows [][]string
+	for line := range strings.SplitSeq(table, "\n") {
+		if strings.HasPrefix(line, "| ") {
+			rows = append(rows, strings.Split(strings.Trim(line, "| "), " | "))
+		}
+	}
+	if len(rows) != 4 {
+		t.Fatalf("%d table rows, want a header and 3:\n%s", len(rows), table)
+	}
+	header := rows[0]
+	if header[len(header)-2] != "sender CPU s per GB" || header[len(header)-1] != "receiver CPU s per GB" {
+		t.Fatalf("header ends %q", header[len(header)-2:])
+	}
+	var lines []string
+	for line := range strings.SplitSeq(table, "\n") {
+		if strings.HasPrefix(line, "|") {
+			lines = append(lines, line)
+		}
+	}
+	for _, line := range lines[2:] { // the rows after the header and its rule
+		if got, want := strings.Count(line, "|"), strings.Count(lines[0], "|"); got != want {
+			t.Errorf("row has %d cell borders, the header %d: %s", got, want, line)
+		}
+	}
+	if got := rows[1][len(header)-2:]; got[0] != "0.50" || got[1] != "3.00" {
+		t.Errorf("gateway CPU per GB %q, want 0.50 and 3.00", got)
+	}
+	if got := rows[2][len(header)-2:]; got[0] != "—" || got[1] != "—" {
+		t.Errorf("unread CPU %q, want —", got)
 	}
 }

@@ -687,6 +687,33 @@ func ProcMemory(pid int) (Memory, error) {
 	return m, nil
 }
 
+// ProcCPU returns the CPU time (user and system) process pid has used so
+// far, from /proc/<pid>/stat, whose times are in USER_HZ (100 per second on
+// every Linux).
+func ProcCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, field 2, is in parentheses and may hold spaces:
+	// count the fields after its closing one (field 3 is the state).
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields after the command name", pid, len(f))
+	}
+	utime, uerr := strconv.ParseInt(f[11], 10, 64) // field 14
+	stime, serr := strconv.ParseInt(f[12], 10, 64) // field 15
+	if err := errors.Join(uerr, serr); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	const userHZ = 100
+	return time.Duration(utime+stime) * time.Second / userHZ, nil
+}
+
 // Memory samples the gateway's memory; an error when it is not running.
 func (g *Gateway) Memory() (Memory, error) {
 	p := g.Proc()

@@ -440,3 +440,28 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 	}
 	checkArrived(t, ctx, surrey, study)
 }
+
+// TestProcCPU: the CPU time of this process grows while it computes, and
+// a process that does not exist is an error.
+func TestProcCPU(t *testing.T) {
+	before, err := ProcCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := uint64(1)
+	for deadline := time.Now().Add(300 * time.Millisecond); time.Now().Before(deadline); {
+		for range 1000 {
+			x = x*6364136223846793005 + 1442695040888963407
+		}
+	}
+	after, err := ProcCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after-before < 100*time.Millisecond {
+		t.Errorf("CPU time grew by %v over 300 ms of computing (x=%d), want at least 100 ms", after-before, x)
+	}
+	if _, err := ProcCPU(1 << 30); err == nil {
+		t.Error("ProcCPU of a process that does not exist: no error")
+	}
+}
