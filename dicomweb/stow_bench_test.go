@@ -63,16 +63,7 @@ func BenchmarkStowManyParts(b *testing.B) {
 // instances (a duplicate would take the idempotent path), so the bodies
 // are made before the timer: b.N requests.
 func BenchmarkStowRequests(b *testing.B) {
-	for _, size := range []struct {
-		name       string
-		rows, cols int
-	}{{"small", 160, 160}, {"ct", 512, 512}} {
-		for _, perRequest := range []int{1, 20} {
-			b.Run(fmt.Sprintf("%s/per-request=%d", size.name, perRequest), func(b *testing.B) {
-				benchStowRequests(b, backendtest.Embedded, size.rows, size.cols, perRequest, false)
-			})
-		}
-	}
+	stowRequestSizes(b, backendtest.Embedded)
 	// One instance of a new study per request: every request creates its
 	// study's directories (and syncs their parents).
 	b.Run("small/new-study-per-request", func(b *testing.B) { benchStowRequests(b, backendtest.Embedded, 160, 160, 1, true) })
@@ -82,14 +73,18 @@ func BenchmarkStowRequests(b *testing.B) {
 // production backends, Redis and MinIO started by scripts/testenv.sh: the
 // gateway's own cost per instance shows in -benchmem's B/op and
 // allocs/op, and in a CPU profile, beside MinIO's.
-func BenchmarkStowProductionRequests(b *testing.B) {
+func BenchmarkStowProductionRequests(b *testing.B) { stowRequestSizes(b, backendtest.Production) }
+
+// stowRequestSizes runs benchStowRequests on the backends of kind for
+// small and CT-slice instances, 1 and 20 per request.
+func stowRequestSizes(b *testing.B, kind string) {
 	for _, size := range []struct {
 		name       string
 		rows, cols int
 	}{{"small", 160, 160}, {"ct", 512, 512}} {
 		for _, perRequest := range []int{1, 20} {
 			b.Run(fmt.Sprintf("%s/per-request=%d", size.name, perRequest), func(b *testing.B) {
-				benchStowRequests(b, backendtest.Production, size.rows, size.cols, perRequest, false)
+				benchStowRequests(b, kind, size.rows, size.cols, perRequest, false)
 			})
 		}
 	}
