@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -23,7 +24,24 @@ var (
 	bucketTransferInstances = []byte("transfer_instances") // id → bucket of sop → InstanceProgress JSON
 	bucketIncoming          = []byte("transfers_incoming") // source NUL id → Transfer JSON
 	bucketIncomingInstances = []byte("transfer_incoming_instances")
+	// The transfers in order of creation, for List: created-at key
+	// (listKey) → the transfer's key in bucketTransfers or bucketIncoming.
+	bucketTransfersByTime = []byte("transfers_by_time")
+	bucketIncomingByTime  = []byte("transfers_incoming_by_time")
 )
+
+// listScan bounds how many of the most recent transfers List examines, as
+// the Redis queue's does: a gateway keeps every transfer it ever made, and
+// the admin page lists them many times a minute.
+var listScan = 10000
+
+// listKey orders a transfer in a by-time bucket: its creation time (8
+// bytes, big-endian, sign bit flipped so that byte order is time order),
+// then its key in the main bucket.
+func listKey(created time.Time, key []byte) []byte {
+	b := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(key)), uint64(created.UnixNano())^1<<63)
+	return append(b, key...)
+}
 
 // queueItem is one transfer waiting in, or handed out from, the queue. A
 // lease is held while Owner is set and LeaseUntil has not passed.
@@ -58,7 +76,7 @@ func NewQueue(db *DB, opts gateway.QueueOptions) (*Queue, error) {
 				return err
 			}
 		}
-		return nil
+		return errors.Join(indexByTime(tx, bucketTransfers, bucketTransfersByTime), indexByTime(tx, bucketIncoming, bucketIncomingByTime))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bolt: create queue buckets: %w", err)
@@ -114,6 +132,27 @@ func qGetTransfer(tx *bbolt.Tx, id string) (*gateway.Transfer, error) {
 	return t, nil
 }
 
+// indexByTime creates the by-time bucket of the transfers in bucket main
+// when the file has none (a state file from before it): one pass over
+// them, in the transaction that creates the bucket, so the index is whole
+// or absent.
+func indexByTime(tx *bbolt.Tx, main, byTime []byte) error {
+	if tx.Bucket(byTime) != nil {
+		return nil
+	}
+	idx, err := tx.CreateBucket(byTime)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(main).ForEach(func(k, v []byte) error {
+		var t gateway.Transfer
+		if err := json.Unmarshal(v, &t); err != nil {
+			return fmt.Errorf("transfer %q: %w", k, err)
+		}
+		return idx.Put(listKey(t.CreatedAt, k), k)
+	})
+}
+
 // Enqueue implements gateway.Queue.
 func (q *Queue) Enqueue(ctx context.Context, t *gateway.Transfer, notBefore time.Time) (*gateway.Transfer, bool, error) {
 	var stored *gateway.Transfer
@@ -127,6 +166,9 @@ func (q *Queue) Enqueue(ctx context.Context, t *gateway.Transfer, notBefore time
 		cp := *t
 		cp.State = gateway.StateQueued
 		if err := qPutJSON(tx.Bucket(bucketTransfers), []byte(t.ID), &cp); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketTransfersByTime).Put(listKey(cp.CreatedAt, []byte(cp.ID)), []byte(cp.ID)); err != nil {
 			return err
 		}
 		if err := q.push(tx, cp.ID, cp.Priority, notBefore); err != nil {
@@ -170,15 +212,29 @@ func (q *Queue) Get(ctx context.Context, id string) (*gateway.Transfer, error) {
 	return t, err
 }
 
-// List implements gateway.Queue.
+// List implements gateway.Queue. It walks the by-time index newest first
+// and stops once it has f.Limit matches or has examined listScan
+// transfers: older ones are only found by Get.
 func (q *Queue) List(ctx context.Context, f gateway.TransferFilter) ([]*gateway.Transfer, error) {
-	bucket := bucketTransfers
+	main, byTime := bucketTransfers, bucketTransfersByTime
 	if f.Direction == gateway.DirectionIncoming {
-		bucket = bucketIncoming
+		main, byTime = bucketIncoming, bucketIncomingByTime
+	}
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
 	}
 	var out []*gateway.Transfer
 	err := q.db.View(func(tx *bbolt.Tx) error {
-		return tx.Bucket(bucket).ForEach(func(_, v []byte) error {
+		transfers := tx.Bucket(main)
+		c := tx.Bucket(byTime).Cursor()
+		examined := 0
+		for k, key := c.Last(); k != nil && examined < listScan && len(out) < limit; k, key = c.Prev() {
+			examined++
+			v := transfers.Get(key)
+			if v == nil {
+				continue
+			}
 			t := &gateway.Transfer{}
 			if err := json.Unmarshal(v, t); err != nil {
 				return err
@@ -186,20 +242,13 @@ func (q *Queue) List(ctx context.Context, f gateway.TransferFilter) ([]*gateway.
 			if f.Match(t) {
 				out = append(out, t)
 			}
-			return nil
-		})
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bolt: list transfers: %w", err)
 	}
 	qSortNewestFirst(out)
-	limit := f.Limit
-	if limit <= 0 {
-		limit = 100
-	}
-	if len(out) > limit {
-		out = out[:limit]
-	}
 	return out, nil
 }
 
@@ -547,9 +596,11 @@ func (q *Queue) RecordIncoming(ctx context.Context, batch []gateway.IncomingInst
 	err := q.db.Update(func(tx *bbolt.Tx) error {
 		var t *gateway.Transfer
 		cur := &gateway.Transfer{}
-		if ok, err := qGetJSON(tx.Bucket(bucketIncoming), key, cur); err != nil {
+		seen, err := qGetJSON(tx.Bucket(bucketIncoming), key, cur)
+		if err != nil {
 			return err
-		} else if ok {
+		}
+		if seen {
 			t = cur
 		}
 		ib, err := tx.Bucket(bucketIncomingInstances).CreateBucketIfNotExists(key)
@@ -568,6 +619,11 @@ func (q *Queue) RecordIncoming(ctx context.Context, batch []gateway.IncomingInst
 			}
 		}
 		out = t
+		if !seen {
+			if err := tx.Bucket(bucketIncomingByTime).Put(listKey(t.CreatedAt, key), key); err != nil {
+				return err
+			}
+		}
 		return qPutJSON(tx.Bucket(bucketIncoming), key, t)
 	})
 	if err != nil {
