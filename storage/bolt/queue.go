@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -213,8 +214,10 @@ func (q *Queue) Get(ctx context.Context, id string) (*gateway.Transfer, error) {
 }
 
 // List implements gateway.Queue. It walks the by-time index newest first
-// and stops once it has f.Limit matches or has examined listScan
-// transfers: older ones are only found by Get.
+// and stops once it has f.Limit matches or, unless f names a study, has
+// examined listScan transfers. A study's transfers are all looked at:
+// retention asks for them (PendingTransfer) to keep a study whose
+// transfer failed, however long ago.
 func (q *Queue) List(ctx context.Context, f gateway.TransferFilter) ([]*gateway.Transfer, error) {
 	main, byTime := bucketTransfers, bucketTransfersByTime
 	if f.Direction == gateway.DirectionIncoming {
@@ -228,8 +231,12 @@ func (q *Queue) List(ctx context.Context, f gateway.TransferFilter) ([]*gateway.
 	err := q.db.View(func(tx *bbolt.Tx) error {
 		transfers := tx.Bucket(main)
 		c := tx.Bucket(byTime).Cursor()
+		scan := listScan
+		if f.StudyUID != "" {
+			scan = math.MaxInt
+		}
 		examined := 0
-		for k, key := c.Last(); k != nil && examined < listScan && len(out) < limit; k, key = c.Prev() {
+		for k, key := c.Last(); k != nil && examined < scan && len(out) < limit; k, key = c.Prev() {
 			examined++
 			v := transfers.Get(key)
 			if v == nil {

@@ -113,7 +113,10 @@ func TestListIndexBuiltForOlderStateFile(t *testing.T) {
 // TestListExaminesTheNewestOnly: List reads transfers newest first and
 // stops after the newest listScan, as the Redis queue does, so that a
 // gateway with years of transfers answers the admin page without reading
-// them all; a filter that only older transfers match finds none.
+// them all; a filter by destination that only older transfers match finds
+// none.
+// A filter by study looks at all of them: retention must find a study's
+// failed transfer however old it is.
 func TestListExaminesTheNewestOnly(t *testing.T) {
 	defer bolt.SetListScanForTest(3)()
 	_, q := openQueue(t)
@@ -122,10 +125,23 @@ func TestListExaminesTheNewestOnly(t *testing.T) {
 	if got, want := listedIDs(t, q, gateway.TransferFilter{}), []string{"tr-5", "tr-4", "tr-3"}; !slices.Equal(got, want) {
 		t.Errorf("List examined beyond the newest 3: %v, want %v", got, want)
 	}
-	if got := listedIDs(t, q, gateway.TransferFilter{StudyUID: "1.2.3.1"}); len(got) != 0 {
-		t.Errorf("a filter only the oldest matches: %v, want none (beyond the scan)", got)
+	wales := &gateway.Transfer{ID: "tr-0", StudyUID: "1.2.3.0", Destination: "wales", Direction: gateway.DirectionOutgoing, Source: "hampshire", CreatedAt: t0}
+	if _, _, err := q.Enqueue(t.Context(), wales, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := listedIDs(t, q, gateway.TransferFilter{Destination: "wales"}); len(got) != 0 {
+		t.Errorf("a destination only the oldest transfer has: %v, want none (beyond the newest 3)", got)
 	}
 	if got := listedIDs(t, q, gateway.TransferFilter{StudyUID: "1.2.3.4"}); !slices.Equal(got, []string{"tr-4"}) {
-		t.Errorf("a filter within the scan: %v, want [tr-4]", got)
+		t.Errorf("a study within the scan: %v, want [tr-4]", got)
+	}
+	if got := listedIDs(t, q, gateway.TransferFilter{StudyUID: "1.2.3.1"}); !slices.Equal(got, []string{"tr-1"}) {
+		t.Errorf("the oldest transfer's study: %v, want [tr-1] (a study's transfers are all looked at)", got)
+	}
+	// Retention's question: the oldest transfer, still queued, keeps its
+	// study although it is beyond the newest three.
+	pending, err := gateway.PendingTransfer(t.Context(), q, "1.2.3.1")
+	if err != nil || pending == nil || pending.ID != "tr-1" {
+		t.Errorf("PendingTransfer of the oldest transfer's study: %v, %v; want tr-1", pending, err)
 	}
 }
