@@ -457,9 +457,9 @@ func (tb *transferBench) gatewayCases(ctx context.Context, label string, backend
 			}
 			c.link, c.linkErr = tb.sink.upload(ctx, wan, c.batch.bytes)
 			stagesBefore, _ := scrapeStages(ctx, tb.client, receiver.URL()+"/dicomweb")
-			cpu := startCPU(procPid(sender.Proc()), procPid(receiver.Proc()))
+			sent, received := cpuNow(procPid(sender.Proc())), cpuNow(procPid(receiver.Proc()))
 			c.d, c.err = tb.forwardGateway(ctx, sender, peerName, c.batch)
-			c.senderCPU, c.receiverCPU = cpu.used()
+			c.senderCPU, c.receiverCPU = sent.since(), received.since()
 			if stagesAfter, err := scrapeStages(ctx, tb.client, receiver.URL()+"/dicomweb"); err == nil && stagesBefore != nil {
 				c.receiverStages = describeStages(stagesBefore, stagesAfter)
 			}
@@ -491,40 +491,32 @@ func (tb *transferBench) gatewayCases(ctx context.Context, label string, backend
 	return cases
 }
 
-// cpuWindow is the CPU time of a sender and a receiver process at the start
-// of a case.
-type cpuWindow struct {
-	pids  [2]int
-	start [2]time.Duration
-	ok    [2]bool
+// cpuMark is the CPU time a process had used at one moment (ok: read).
+type cpuMark struct {
+	pid int
+	at  time.Duration
+	ok  bool
 }
 
-// startCPU reads the CPU time of the sender and receiver processes (pid 0:
-// not read).
-func startCPU(sender, receiver int) cpuWindow {
-	w := cpuWindow{pids: [2]int{sender, receiver}}
-	for i, pid := range w.pids {
-		if pid != 0 {
-			t, err := cluster.ProcCPU(pid)
-			w.start[i], w.ok[i] = t, err == nil
-		}
+// cpuNow marks process pid's CPU time (pid 0: not read).
+func cpuNow(pid int) cpuMark {
+	if pid == 0 {
+		return cpuMark{}
 	}
-	return w
+	t, err := cluster.ProcCPU(pid)
+	return cpuMark{pid: pid, at: t, ok: err == nil}
 }
 
-// used returns the CPU time each process used since startCPU; 0 for one
-// not read.
-func (w cpuWindow) used() (sender, receiver time.Duration) {
-	var d [2]time.Duration
-	for i, pid := range w.pids {
-		if !w.ok[i] {
-			continue
-		}
-		if t, err := cluster.ProcCPU(pid); err == nil {
-			d[i] = t - w.start[i]
-		}
+// since returns the CPU time the process used after m; 0 when not read.
+func (m cpuMark) since() time.Duration {
+	if !m.ok {
+		return 0
 	}
-	return d[0], d[1]
+	t, err := cluster.ProcCPU(m.pid)
+	if err != nil {
+		return 0
+	}
+	return t - m.at
 }
 
 func procPid(p *cluster.Proc) int {
@@ -535,16 +527,7 @@ func procPid(p *cluster.Proc) int {
 }
 
 // hwm is the process's peak RSS (0 when it cannot be read).
-func hwm(p *cluster.Proc) int64 {
-	if p == nil {
-		return 0
-	}
-	m, err := cluster.ProcMemory(p.Pid())
-	if err != nil {
-		return 0
-	}
-	return m.HWM
-}
+func hwm(p *cluster.Proc) int64 { return pidHWM(procPid(p)) }
 
 // forwardGateway asks sender for one transfer per study to peer and waits
 // until every one is completed (sent and verified by the sender). The
@@ -698,9 +681,9 @@ func (tb *transferBench) orthancCases(ctx context.Context) []forwardCase {
 			}
 			_ = resetHWM(receiver.pid())
 			c.link, c.linkErr = tb.sink.upload(ctx, wan, c.batch.bytes)
-			cpu := startCPU(sender.pid(), receiver.pid())
+			sent, received := cpuNow(sender.pid()), cpuNow(receiver.pid())
 			c.d, c.err = tb.forwardOrthanc(ctx, sender, receiver, name, ids, held+c.batch.instances)
-			c.senderCPU, c.receiverCPU = cpu.used()
+			c.senderCPU, c.receiverCPU = sent.since(), received.since()
 			c.senderHWM, c.receiverHWM = targetHWM(sender), targetHWM(receiver)
 			if c.err == nil {
 				logf("transfer: … %.1f MB/s", float64(c.batch.bytes)/mb/c.d.Seconds())
@@ -722,11 +705,14 @@ func (tb *transferBench) orthancCases(ctx context.Context) []forwardCase {
 	return cases
 }
 
-func targetHWM(t *target) int64 {
-	if t.pid() == 0 {
+func targetHWM(t *target) int64 { return pidHWM(t.pid()) }
+
+// pidHWM is process pid's peak RSS (0 for pid 0 or when it cannot be read).
+func pidHWM(pid int) int64 {
+	if pid == 0 {
 		return 0
 	}
-	_, h, err := procStatus(t.pid())
+	_, h, err := procStatus(pid)
 	if err != nil {
 		return 0
 	}
