@@ -217,7 +217,17 @@ type QueueOptions struct {
 	VisibilityTimeout time.Duration
 	// Now is the clock for records and not-before times (default time.Now).
 	Now func() time.Time
+	// ListScan bounds how many of the newest transfers a List that names
+	// no study examines (default DefaultListScan): a gateway keeps every
+	// transfer it ever made, and the admin page lists them many times a
+	// minute. A List by study examines all of that study's transfers,
+	// however old: retention asks for them (PendingTransfer) so as to keep
+	// a study whose transfer failed.
+	ListScan int
 }
+
+// DefaultListScan is QueueOptions.ListScan's default.
+const DefaultListScan = 10000
 
 // WithDefaults fills unset options.
 func (o QueueOptions) WithDefaults() QueueOptions {
@@ -226,6 +236,9 @@ func (o QueueOptions) WithDefaults() QueueOptions {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.ListScan <= 0 {
+		o.ListScan = DefaultListScan
 	}
 	return o
 }

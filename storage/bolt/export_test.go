@@ -15,23 +15,21 @@ func DropUsageForTest(db *DB) error {
 	})
 }
 
-// DropListIndexForTest removes the transfers' by-time buckets, as a state
-// file written before they existed has neither.
-func DropListIndexForTest(db *DB) error {
+// DropListIndexForTest removes the transfers' by-study buckets and, with
+// byTimeToo, their by-time buckets: a state file written before the
+// by-study index (2026-12-05) has no by-study buckets, and one written
+// before the by-time index has neither.
+func DropListIndexForTest(db *DB, byTimeToo bool) error {
+	drop := [][]byte{bucketTransfersByStudy, bucketIncomingByStudy}
+	if byTimeToo {
+		drop = append(drop, bucketTransfersByTime, bucketIncomingByTime)
+	}
 	return db.bolt.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketTransfersByTime, bucketIncomingByTime} {
+		for _, b := range drop {
 			if err := tx.DeleteBucket(b); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
-}
-
-// SetListScanForTest lowers how many transfers List examines, until the
-// returned function restores it.
-func SetListScanForTest(n int) (restore func()) {
-	old := listScan
-	listScan = n
-	return func() { listScan = old }
 }

@@ -1,12 +1,13 @@
 package bolt
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
+	"iter"
 	"slices"
 	"strings"
 	"sync"
@@ -29,12 +30,66 @@ var (
 	// (listKey) → the transfer's key in bucketTransfers or bucketIncoming.
 	bucketTransfersByTime = []byte("transfers_by_time")
 	bucketIncomingByTime  = []byte("transfers_incoming_by_time")
+	// The transfers of each study, for List by study (retention's
+	// question): study UID, NUL, listKey → the transfer's key.
+	bucketTransfersByStudy = []byte("transfers_by_study")
+	bucketIncomingByStudy  = []byte("transfers_incoming_by_study")
 )
 
-// listScan bounds how many of the most recent transfers List examines, as
-// the Redis queue's does: a gateway keeps every transfer it ever made, and
-// the admin page lists them many times a minute.
-var listScan = 10000
+// transferIndexes names the buckets of one direction's transfers: the
+// records (main) and the two indexes List reads, by time and by study.
+type transferIndexes struct {
+	main, byTime, byStudy []byte
+}
+
+var (
+	outgoingIndexes = transferIndexes{bucketTransfers, bucketTransfersByTime, bucketTransfersByStudy}
+	incomingIndexes = transferIndexes{bucketIncoming, bucketIncomingByTime, bucketIncomingByStudy}
+)
+
+// timeKey and studyKey are the keys of transfer t, stored under key, in
+// the by-time and the by-study index.
+func timeKey(t *gateway.Transfer, key []byte) []byte { return listKey(t.CreatedAt, key) }
+func studyKey(t *gateway.Transfer, key []byte) []byte {
+	return append(studyPrefix(t.StudyUID), listKey(t.CreatedAt, key)...)
+}
+
+// studyPrefix starts the keys of a study's transfers in a by-study bucket.
+func studyPrefix(study string) []byte { return append([]byte(study), 0) }
+
+// add puts the new transfer t, stored under key in ix.main, in both
+// indexes, in the transaction that first writes it.
+func (ix transferIndexes) add(tx *bbolt.Tx, t *gateway.Transfer, key []byte) error {
+	return errors.Join(
+		tx.Bucket(ix.byTime).Put(timeKey(t, key), key),
+		tx.Bucket(ix.byStudy).Put(studyKey(t, key), key))
+}
+
+// build creates each index that the file lacks (a state file from before
+// it) in one pass over the transfers, in the transaction that creates its
+// bucket, so an index is whole or absent.
+func (ix transferIndexes) build(tx *bbolt.Tx) error {
+	for name, key := range map[string]func(*gateway.Transfer, []byte) []byte{string(ix.byTime): timeKey, string(ix.byStudy): studyKey} {
+		if tx.Bucket([]byte(name)) != nil {
+			continue
+		}
+		idx, err := tx.CreateBucket([]byte(name))
+		if err != nil {
+			return err
+		}
+		err = tx.Bucket(ix.main).ForEach(func(k, v []byte) error {
+			var t gateway.Transfer
+			if err := json.Unmarshal(v, &t); err != nil {
+				return fmt.Errorf("transfer %q: %w", k, err)
+			}
+			return idx.Put(key(&t, k), k)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // listKey orders a transfer in a by-time bucket: its creation time (8
 // bytes, big-endian, sign bit flipped so that byte order is time order),
@@ -77,7 +132,7 @@ func NewQueue(db *DB, opts gateway.QueueOptions) (*Queue, error) {
 				return err
 			}
 		}
-		return errors.Join(indexByTime(tx, bucketTransfers, bucketTransfersByTime), indexByTime(tx, bucketIncoming, bucketIncomingByTime))
+		return errors.Join(outgoingIndexes.build(tx), incomingIndexes.build(tx))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bolt: create queue buckets: %w", err)
@@ -133,27 +188,6 @@ func qGetTransfer(tx *bbolt.Tx, id string) (*gateway.Transfer, error) {
 	return t, nil
 }
 
-// indexByTime creates the by-time bucket of the transfers in bucket main
-// when the file has none (a state file from before it): one pass over
-// them, in the transaction that creates the bucket, so the index is whole
-// or absent.
-func indexByTime(tx *bbolt.Tx, main, byTime []byte) error {
-	if tx.Bucket(byTime) != nil {
-		return nil
-	}
-	idx, err := tx.CreateBucket(byTime)
-	if err != nil {
-		return err
-	}
-	return tx.Bucket(main).ForEach(func(k, v []byte) error {
-		var t gateway.Transfer
-		if err := json.Unmarshal(v, &t); err != nil {
-			return fmt.Errorf("transfer %q: %w", k, err)
-		}
-		return idx.Put(listKey(t.CreatedAt, k), k)
-	})
-}
-
 // Enqueue implements gateway.Queue.
 func (q *Queue) Enqueue(ctx context.Context, t *gateway.Transfer, notBefore time.Time) (*gateway.Transfer, bool, error) {
 	var stored *gateway.Transfer
@@ -169,7 +203,7 @@ func (q *Queue) Enqueue(ctx context.Context, t *gateway.Transfer, notBefore time
 		if err := qPutJSON(tx.Bucket(bucketTransfers), []byte(t.ID), &cp); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketTransfersByTime).Put(listKey(cp.CreatedAt, []byte(cp.ID)), []byte(cp.ID)); err != nil {
+		if err := outgoingIndexes.add(tx, &cp, []byte(cp.ID)); err != nil {
 			return err
 		}
 		if err := q.push(tx, cp.ID, cp.Priority, notBefore); err != nil {
@@ -213,15 +247,16 @@ func (q *Queue) Get(ctx context.Context, id string) (*gateway.Transfer, error) {
 	return t, err
 }
 
-// List implements gateway.Queue. It walks the by-time index newest first
-// and stops once it has f.Limit matches or, unless f names a study, has
-// examined listScan transfers. A study's transfers are all looked at:
-// retention asks for them (PendingTransfer) to keep a study whose
-// transfer failed, however long ago.
+// List implements gateway.Queue. Without a study it walks the by-time
+// index newest first and stops once it has f.Limit matches or has examined
+// QueueOptions.ListScan transfers. With a study it reads all of that
+// study's transfers from the by-study index: retention asks for them
+// (PendingTransfer) to keep a study whose transfer failed, however long
+// ago.
 func (q *Queue) List(ctx context.Context, f gateway.TransferFilter) ([]*gateway.Transfer, error) {
-	main, byTime := bucketTransfers, bucketTransfersByTime
+	indexes := outgoingIndexes
 	if f.Direction == gateway.DirectionIncoming {
-		main, byTime = bucketIncoming, bucketIncomingByTime
+		indexes = incomingIndexes
 	}
 	limit := f.Limit
 	if limit <= 0 {
@@ -229,15 +264,12 @@ func (q *Queue) List(ctx context.Context, f gateway.TransferFilter) ([]*gateway.
 	}
 	var out []*gateway.Transfer
 	err := q.db.View(func(tx *bbolt.Tx) error {
-		transfers := tx.Bucket(main)
-		c := tx.Bucket(byTime).Cursor()
-		scan := listScan
+		transfers := tx.Bucket(indexes.main)
+		keys := newestByTime(tx.Bucket(indexes.byTime), q.opts.ListScan)
 		if f.StudyUID != "" {
-			scan = math.MaxInt
+			keys = newestOfStudy(tx.Bucket(indexes.byStudy), f.StudyUID)
 		}
-		examined := 0
-		for k, key := c.Last(); k != nil && examined < scan && len(out) < limit; k, key = c.Prev() {
-			examined++
+		for key := range keys {
 			v := transfers.Get(key)
 			if v == nil {
 				continue
@@ -248,6 +280,9 @@ func (q *Queue) List(ctx context.Context, f gateway.TransferFilter) ([]*gateway.
 			}
 			if f.Match(t) {
 				out = append(out, t)
+				if len(out) == limit {
+					break
+				}
 			}
 		}
 		return nil
@@ -257,6 +292,39 @@ func (q *Queue) List(ctx context.Context, f gateway.TransferFilter) ([]*gateway.
 	}
 	qSortNewestFirst(out)
 	return out, nil
+}
+
+// newestByTime yields the transfer keys of a by-time bucket, newest first,
+// at most scan of them.
+func newestByTime(b *bbolt.Bucket, scan int) iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		c := b.Cursor()
+		examined := 0
+		for k, key := c.Last(); k != nil && examined < scan; k, key = c.Prev() {
+			examined++
+			if !yield(key) {
+				return
+			}
+		}
+	}
+}
+
+// newestOfStudy yields the keys of all of a study's transfers from a
+// by-study bucket, newest first.
+func newestOfStudy(b *bbolt.Bucket, study string) iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		prefix := studyPrefix(study)
+		var keys [][]byte
+		c := b.Cursor()
+		for k, key := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, key = c.Next() {
+			keys = append(keys, key)
+		}
+		for _, key := range slices.Backward(keys) {
+			if !yield(key) {
+				return
+			}
+		}
+	}
 }
 
 func qSortNewestFirst(ts []*gateway.Transfer) {
@@ -627,7 +695,7 @@ func (q *Queue) RecordIncoming(ctx context.Context, batch []gateway.IncomingInst
 		}
 		out = t
 		if !seen {
-			if err := tx.Bucket(bucketIncomingByTime).Put(listKey(t.CreatedAt, key), key); err != nil {
+			if err := incomingIndexes.add(tx, t, key); err != nil {
 				return err
 			}
 		}

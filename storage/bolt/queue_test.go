@@ -55,23 +55,17 @@ func enqueueAt(t *testing.T, q *bolt.Queue, t0 time.Time, minutes map[string]int
 	}
 }
 
-func listedIDs(t *testing.T, q *bolt.Queue, f gateway.TransferFilter) []string {
-	t.Helper()
-	out, err := q.List(t.Context(), f)
-	if err != nil {
-		t.Fatal(err)
+// TestListIndexBuiltForOlderStateFile: a state file from before the
+// by-study index, or from before both it and the by-time index (their
+// buckets dropped), gets them when the queue opens, outgoing and incoming,
+// and lists as before.
+func TestListIndexBuiltForOlderStateFile(t *testing.T) {
+	for name, byTimeToo := range map[string]bool{"before the by-study index": false, "before both indexes": true} {
+		t.Run(name, func(t *testing.T) { testListIndexBuilt(t, byTimeToo) })
 	}
-	var ids []string
-	for _, tr := range out {
-		ids = append(ids, tr.ID)
-	}
-	return ids
 }
 
-// TestListIndexBuiltForOlderStateFile: a state file from before the
-// by-time index (its buckets dropped) gets the index when the queue opens,
-// outgoing and incoming, and lists newest first as before.
-func TestListIndexBuiltForOlderStateFile(t *testing.T) {
+func testListIndexBuilt(t *testing.T, byTimeToo bool) {
 	db, q := openQueue(t)
 	t0 := time.Date(2026, 12, 5, 9, 0, 0, 0, time.UTC)
 	enqueueAt(t, q, t0, map[string]int{"tr-c": 2, "tr-a": 4, "tr-d": 1, "tr-b": 3})
@@ -86,62 +80,35 @@ func TestListIndexBuiltForOlderStateFile(t *testing.T) {
 		f    gateway.TransferFilter
 		want []string
 	}{{gateway.TransferFilter{}, []string{"tr-a", "tr-b", "tr-c", "tr-d"}}, {gateway.TransferFilter{Direction: gateway.DirectionIncoming}, []string{"in-2", "in-1"}}} {
-		if got := listedIDs(t, q, before.f); !slices.Equal(got, before.want) {
+		if got := storagetest.ListedIDs(t, q, before.f); !slices.Equal(got, before.want) {
 			t.Errorf("%s, as written: %v, want %v", cmp.Or(before.f.Direction, "outgoing"), got, before.want)
 		}
 	}
-	if err := bolt.DropListIndexForTest(db); err != nil {
+	if err := bolt.DropListIndexForTest(db, byTimeToo); err != nil {
 		t.Fatal(err)
 	}
 	reopened, err := bolt.NewQueue(db, gateway.QueueOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := listedIDs(t, reopened, gateway.TransferFilter{}), []string{"tr-a", "tr-b", "tr-c", "tr-d"}; !slices.Equal(got, want) {
+	if got, want := storagetest.ListedIDs(t, reopened, gateway.TransferFilter{}), []string{"tr-a", "tr-b", "tr-c", "tr-d"}; !slices.Equal(got, want) {
 		t.Errorf("outgoing after the index was rebuilt: %v, want %v", got, want)
 	}
-	if got, want := listedIDs(t, reopened, gateway.TransferFilter{Direction: gateway.DirectionIncoming}), []string{"in-2", "in-1"}; !slices.Equal(got, want) {
+	if got, want := storagetest.ListedIDs(t, reopened, gateway.TransferFilter{Direction: gateway.DirectionIncoming}), []string{"in-2", "in-1"}; !slices.Equal(got, want) {
 		t.Errorf("incoming after the index was rebuilt: %v, want %v", got, want)
+	}
+	if got := storagetest.ListedIDs(t, reopened, gateway.TransferFilter{StudyUID: "1.2.3.d"}); !slices.Equal(got, []string{"tr-d"}) {
+		t.Errorf("a study after the index was rebuilt: %v, want [tr-d]", got)
+	}
+	if got := storagetest.ListedIDs(t, reopened, gateway.TransferFilter{StudyUID: "1.2.9", Direction: gateway.DirectionIncoming}); !slices.Equal(got, []string{"in-2", "in-1"}) {
+		t.Errorf("an incoming study after the index was rebuilt: %v, want [in-2 in-1]", got)
 	}
 	// New transfers join the rebuilt index.
 	enqueueAt(t, reopened, t0, map[string]int{"tr-e": 5})
-	if got := listedIDs(t, reopened, gateway.TransferFilter{Limit: 2}); !slices.Equal(got, []string{"tr-e", "tr-a"}) {
+	if got := storagetest.ListedIDs(t, reopened, gateway.TransferFilter{Limit: 2}); !slices.Equal(got, []string{"tr-e", "tr-a"}) {
 		t.Errorf("limit 2 after a new transfer: %v, want [tr-e tr-a]", got)
 	}
-}
-
-// TestListExaminesTheNewestOnly: List reads transfers newest first and
-// stops after the newest listScan, as the Redis queue does, so that a
-// gateway with years of transfers answers the admin page without reading
-// them all; a filter by destination that only older transfers match finds
-// none.
-// A filter by study looks at all of them: retention must find a study's
-// failed transfer however old it is.
-func TestListExaminesTheNewestOnly(t *testing.T) {
-	defer bolt.SetListScanForTest(3)()
-	_, q := openQueue(t)
-	t0 := time.Date(2026, 12, 5, 9, 0, 0, 0, time.UTC)
-	enqueueAt(t, q, t0, map[string]int{"tr-1": 1, "tr-2": 2, "tr-3": 3, "tr-4": 4, "tr-5": 5})
-	if got, want := listedIDs(t, q, gateway.TransferFilter{}), []string{"tr-5", "tr-4", "tr-3"}; !slices.Equal(got, want) {
-		t.Errorf("List examined beyond the newest 3: %v, want %v", got, want)
-	}
-	wales := &gateway.Transfer{ID: "tr-0", StudyUID: "1.2.3.0", Destination: "wales", Direction: gateway.DirectionOutgoing, Source: "hampshire", CreatedAt: t0}
-	if _, _, err := q.Enqueue(t.Context(), wales, time.Time{}); err != nil {
-		t.Fatal(err)
-	}
-	if got := listedIDs(t, q, gateway.TransferFilter{Destination: "wales"}); len(got) != 0 {
-		t.Errorf("a destination only the oldest transfer has: %v, want none (beyond the newest 3)", got)
-	}
-	if got := listedIDs(t, q, gateway.TransferFilter{StudyUID: "1.2.3.4"}); !slices.Equal(got, []string{"tr-4"}) {
-		t.Errorf("a study within the scan: %v, want [tr-4]", got)
-	}
-	if got := listedIDs(t, q, gateway.TransferFilter{StudyUID: "1.2.3.1"}); !slices.Equal(got, []string{"tr-1"}) {
-		t.Errorf("the oldest transfer's study: %v, want [tr-1] (a study's transfers are all looked at)", got)
-	}
-	// Retention's question: the oldest transfer, still queued, keeps its
-	// study although it is beyond the newest three.
-	pending, err := gateway.PendingTransfer(t.Context(), q, "1.2.3.1")
-	if err != nil || pending == nil || pending.ID != "tr-1" {
-		t.Errorf("PendingTransfer of the oldest transfer's study: %v, %v; want tr-1", pending, err)
+	if got := storagetest.ListedIDs(t, reopened, gateway.TransferFilter{StudyUID: "1.2.3.e"}); !slices.Equal(got, []string{"tr-e"}) {
+		t.Errorf("the new transfer's study: %v, want [tr-e]", got)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,8 +29,12 @@ import (
 //	{xfer}:t:<id>                      hash: json (the record), state, updated, prio, entry
 //	                                    (the stream entry ID while in a stream, else "")
 //	{xfer}:all                         sorted set of transfer IDs by creation time
+//	{xfer}:study:<study UID>           sorted set of the study's transfer IDs by creation time
 //	{xfer}:i:<id>                      hash: SOP Instance UID → progress JSON
 //	{xfer}:in:<source>:<id>, {xfer}:in:i:<source>:<id>, {xfer}:in:all   incoming transfers
+//	{xfer}:in-study:<study UID>        sorted set of the study's incoming transfers (<source>:<id>)
+//	{xfer}:study-index                 hash: out, in → the newest creation time (unix ms) that
+//	                                    indexStudies has put in the study sets
 //
 // The state field is authoritative; it is overlaid on the JSON when read, so
 // a cancel needs no JSON rewrite in Lua. Every change that must be atomic
@@ -49,17 +54,21 @@ type Queue struct {
 	prefix      string
 	opts        gateway.QueueOptions
 	groupsReady atomic.Bool
+
+	studyIndexMu    sync.Mutex
+	studyIndexReady atomic.Bool // indexStudies has run since this Queue was made
 }
 
 var _ gateway.Queue = (*Queue)(nil)
 
 const queueGroup = "workers"
 
-// NewQueue returns the transfer queue in c's Redis and creates the consumer
-// groups if needed.
+// NewQueue returns the transfer queue in c's Redis, creates the consumer
+// groups if needed, and puts the transfers written since the last start
+// in their study's set (ensureStudyIndex).
 func NewQueue(ctx context.Context, c *Client, opts gateway.QueueOptions) (*Queue, error) {
 	q := &Queue{rdb: c.rdb, prefix: c.Key("{xfer}:"), opts: opts.WithDefaults()}
-	return q, q.ensureGroups(ctx)
+	return q, errors.Join(q.ensureGroups(ctx), q.ensureStudyIndex(ctx))
 }
 
 // ensureGroups creates the streams and their consumer group once. A gateway
@@ -116,7 +125,7 @@ local function owns(stream, group, tkey, id, consumer)
 end
 `
 
-// KEYS: t, stream, delayed, all. ARGV: id, json, updated, prio, notBeforeMs, createdMs, nowMs.
+// KEYS: t, stream, delayed, all, study. ARGV: id, json, updated, prio, notBeforeMs, createdMs, nowMs.
 var queueEnqueueScript = goredis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'json', ARGV[2], 'state', 'queued', 'updated', ARGV[3], 'prio', ARGV[4], 'entry', '')
@@ -127,6 +136,7 @@ else
   redis.call('HSET', KEYS[1], 'entry', e)
 end
 redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
 return 1
 `)
 
@@ -288,7 +298,7 @@ func (q *Queue) Enqueue(ctx context.Context, t *gateway.Transfer, notBefore time
 		return nil, false, err
 	}
 	n, err := queueEnqueueScript.Run(ctx, q.rdb,
-		[]string{q.tkey(t.ID), q.stream(t.Priority), q.delayed(t.Priority), q.key("all")},
+		[]string{q.tkey(t.ID), q.stream(t.Priority), q.delayed(t.Priority), q.key("all"), q.key("study:" + t.StudyUID)},
 		t.ID, data, stamp(t.UpdatedAt), string(t.Priority), ms(notBefore), ms(t.CreatedAt), ms(q.opts.Now())).Int()
 	if err != nil {
 		return nil, false, translate(err)
@@ -336,21 +346,27 @@ func (q *Queue) Get(ctx context.Context, id string) (*gateway.Transfer, error) {
 	return decodeTransfer(id, vals)
 }
 
-// listScan bounds how many of the most recent transfers List examines.
-const listScan = 10000
-
-// List implements gateway.Queue.
+// List implements gateway.Queue. Without a study it examines the newest
+// QueueOptions.ListScan transfers; with one, all of that study's
+// transfers, from its set: retention asks for them (PendingTransfer) to
+// keep a study whose transfer failed, however long ago.
 func (q *Queue) List(ctx context.Context, f gateway.TransferFilter) ([]*gateway.Transfer, error) {
 	limit := f.Limit
 	if limit <= 0 {
 		limit = 100
 	}
-	incoming := f.Direction == gateway.DirectionIncoming
-	index, keyOf := q.key("all"), q.tkey
-	if incoming {
-		index, keyOf = q.key("in:all"), func(m string) string { return q.key("in:" + m) }
+	dir := outgoingLists
+	if f.Direction == gateway.DirectionIncoming {
+		dir = incomingLists
 	}
-	members, err := q.rdb.ZRevRange(ctx, index, 0, listScan-1).Result()
+	index, scan := q.key(dir.all), int64(q.opts.ListScan)
+	if f.StudyUID != "" {
+		if err := q.ensureStudyIndex(ctx); err != nil {
+			return nil, err
+		}
+		index, scan = q.key(dir.study+f.StudyUID), 0
+	}
+	members, err := q.rdb.ZRevRange(ctx, index, 0, scan-1).Result()
 	if err != nil {
 		return nil, translate(err)
 	}
@@ -359,10 +375,10 @@ func (q *Queue) List(ctx context.Context, f gateway.TransferFilter) ([]*gateway.
 		pipe := q.rdb.Pipeline()
 		cmds := make([]*goredis.SliceCmd, len(chunk))
 		for i, m := range chunk {
-			if incoming {
-				cmds[i] = pipe.HMGet(ctx, keyOf(m), "json")
+			if dir.incoming {
+				cmds[i] = pipe.HMGet(ctx, q.key(dir.record+m), "json")
 			} else {
-				cmds[i] = pipe.HMGet(ctx, keyOf(m), "json", "state", "updated")
+				cmds[i] = pipe.HMGet(ctx, q.key(dir.record+m), "json", "state", "updated")
 			}
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
@@ -386,6 +402,99 @@ func (q *Queue) List(ctx context.Context, f gateway.TransferFilter) ([]*gateway.
 	}
 	return out, nil
 }
+
+// transferLists names the keys List reads for one direction: the set of
+// all transfers, the prefix of a study's set and of a record (before the
+// set's member), and the field of the study-index hash.
+type transferLists struct {
+	all, study, record, mark string
+	incoming                 bool
+}
+
+var (
+	outgoingLists = transferLists{all: "all", study: "study:", record: "t:", mark: "out"}
+	incomingLists = transferLists{all: "in:all", study: "in-study:", record: "in:", mark: "in", incoming: true}
+)
+
+// studyIndexMargin is how far before the newest transfer a previous
+// indexStudies covered the next one starts: a transfer can be written
+// after one created a little later (replicas' clocks, a slow request).
+const studyIndexMargin = time.Hour
+
+// ensureStudyIndex puts in its study's set every transfer created since
+// the newest one a previous run covered (less studyIndexMargin), once per
+// Queue. Enqueue and RecordIncoming keep the sets from then on; this
+// covers transfers written before the sets existed, and those written by
+// replicas of an earlier version during a rolling upgrade (until the next
+// start of a replica of this one).
+func (q *Queue) ensureStudyIndex(ctx context.Context) error {
+	if q.studyIndexReady.Load() {
+		return nil
+	}
+	q.studyIndexMu.Lock()
+	defer q.studyIndexMu.Unlock()
+	if q.studyIndexReady.Load() {
+		return nil
+	}
+	for _, dir := range []transferLists{outgoingLists, incomingLists} {
+		if err := q.indexStudies(ctx, dir); err != nil {
+			return fmt.Errorf("redis: index transfers by study: %w", translate(err))
+		}
+	}
+	q.studyIndexReady.Store(true)
+	return nil
+}
+
+// indexStudies is ensureStudyIndex for one direction, a page of
+// studyIndexPage transfers at a time.
+func (q *Queue) indexStudies(ctx context.Context, dir transferLists) error {
+	mark := q.key("study-index")
+	from := "-inf"
+	covered, err := q.rdb.HGet(ctx, mark, dir.mark).Int64()
+	switch {
+	case err == nil:
+		from = strconv.FormatInt(covered-studyIndexMargin.Milliseconds(), 10)
+	case !errors.Is(err, goredis.Nil):
+		return err
+	}
+	newest := covered
+	for offset := int64(0); ; offset += studyIndexPage {
+		page, err := q.rdb.ZRangeByScoreWithScores(ctx, q.key(dir.all), &goredis.ZRangeBy{Min: from, Max: "+inf", Offset: offset, Count: studyIndexPage}).Result()
+		if err != nil {
+			return err
+		}
+		if len(page) == 0 {
+			break
+		}
+		read := q.rdb.Pipeline()
+		records := make([]*goredis.StringCmd, len(page))
+		for i, z := range page {
+			records[i] = read.HGet(ctx, q.key(dir.record+z.Member.(string)), "json")
+		}
+		if _, err := read.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+			return err
+		}
+		write := q.rdb.Pipeline()
+		for i, z := range page {
+			var t gateway.Transfer
+			if err := json.Unmarshal([]byte(records[i].Val()), &t); err != nil {
+				continue // a record gone or unreadable: List skips it too
+			}
+			write.ZAddNX(ctx, q.key(dir.study+t.StudyUID), z)
+			newest = max(newest, int64(z.Score))
+		}
+		if _, err := write.Exec(ctx); err != nil {
+			return err
+		}
+	}
+	if newest > covered {
+		return q.rdb.HSet(ctx, mark, dir.mark, newest).Err()
+	}
+	return nil
+}
+
+// studyIndexPage is how many transfers indexStudies reads per round trip.
+const studyIndexPage = 1000
 
 // Claim implements gateway.Queue: due delayed transfers are moved into
 // their stream; then, urgent before normal, an entry whose consumer stopped
@@ -772,6 +881,7 @@ func (q *Queue) RecordIncoming(ctx context.Context, batch []gateway.IncomingInst
 			pipe.HSet(ctx, rkey, "json", tj)
 			pipe.HSet(ctx, ikey, fields...)
 			pipe.ZAddNX(ctx, q.key("in:all"), goredis.Z{Score: float64(t.CreatedAt.UnixMilli()), Member: member})
+			pipe.ZAddNX(ctx, q.key("in-study:"+t.StudyUID), goredis.Z{Score: float64(t.CreatedAt.UnixMilli()), Member: member})
 			return nil
 		})
 		out = t

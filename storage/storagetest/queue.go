@@ -108,6 +108,67 @@ func TestQueue(t *testing.T, newQueue NewQueueFunc) {
 		}
 	})
 
+	t.Run("ListScansTheNewestButAllOfAStudy", func(t *testing.T) {
+		q := newQueue(t, gateway.QueueOptions{VisibilityTimeout: time.Minute, ListScan: 3})
+		ctx := t.Context()
+		base := time.Now().Add(-time.Hour).UTC()
+		// Five outgoing and five incoming transfers, one study each, the
+		// oldest first; the oldest outgoing one goes to wales.
+		for i := range 5 {
+			tr := newTransfer(fmt.Sprint(i), gateway.PriorityNormal)
+			tr.StudyUID = fmt.Sprintf("1.2.3.%d", i)
+			tr.CreatedAt = base.Add(time.Duration(i) * time.Minute)
+			if i == 0 {
+				tr.Destination = "wales"
+			}
+			mustEnqueue(t, q, tr)
+			in := gateway.IncomingInstance{Source: "surrey", Destination: "hampshire", TransferID: fmt.Sprintf("in-%d", i),
+				StudyUID: tr.StudyUID, SOPInstanceUID: tr.StudyUID + ".1", OK: true, Bytes: 10, At: tr.CreatedAt}
+			if _, err := q.RecordIncoming(ctx, []gateway.IncomingInstance{in}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		list := func(f gateway.TransferFilter) []string { t.Helper(); return ListedIDs(t, q, f) }
+		if got, want := list(gateway.TransferFilter{}), []string{"tr-test-4", "tr-test-3", "tr-test-2"}; !slices.Equal(got, want) {
+			t.Errorf("List examined beyond the newest 3: %v, want %v", got, want)
+		}
+		if got := list(gateway.TransferFilter{Destination: "wales"}); len(got) != 0 {
+			t.Errorf("a destination only the oldest transfer has: %v, want none (beyond the newest 3)", got)
+		}
+		if got, want := list(gateway.TransferFilter{Direction: gateway.DirectionIncoming}), []string{"in-4", "in-3", "in-2"}; !slices.Equal(got, want) {
+			t.Errorf("incoming List examined beyond the newest 3: %v, want %v", got, want)
+		}
+		// A study's transfers are all looked at, however old.
+		if got, want := list(gateway.TransferFilter{StudyUID: "1.2.3.0"}), []string{"tr-test-0"}; !slices.Equal(got, want) {
+			t.Errorf("the oldest transfer's study: %v, want %v", got, want)
+		}
+		if got, want := list(gateway.TransferFilter{StudyUID: "1.2.3.0", Destination: "wales", State: gateway.StateQueued}), []string{"tr-test-0"}; !slices.Equal(got, want) {
+			t.Errorf("the oldest transfer's study, destination and state: %v, want %v", got, want)
+		}
+		if got, want := list(gateway.TransferFilter{StudyUID: "1.2.3.0", Direction: gateway.DirectionIncoming}), []string{"in-0"}; !slices.Equal(got, want) {
+			t.Errorf("the oldest incoming transfer's study: %v, want %v", got, want)
+		}
+		if got := list(gateway.TransferFilter{StudyUID: "1.2.3"}); len(got) != 0 {
+			t.Errorf("a study whose UID starts the others': %v, want none", got)
+		}
+		// Retention's question: the oldest transfer, still queued, keeps
+		// its study although it is beyond the newest three.
+		pending, err := gateway.PendingTransfer(ctx, q, "1.2.3.0")
+		if err != nil || pending == nil || pending.ID != "tr-test-0" {
+			t.Errorf("PendingTransfer of the oldest transfer's study: %v, %v; want tr-test-0", pending, err)
+		}
+		// A second transfer of a study lists with the first, newest first.
+		again := newTransfer("5", gateway.PriorityNormal)
+		again.StudyUID, again.CreatedAt = "1.2.3.0", base.Add(10*time.Minute)
+		mustEnqueue(t, q, again)
+		if got, want := list(gateway.TransferFilter{StudyUID: "1.2.3.0"}), []string{"tr-test-5", "tr-test-0"}; !slices.Equal(got, want) {
+			t.Errorf("a study with two transfers: %v, want %v", got, want)
+		}
+		if got, want := list(gateway.TransferFilter{StudyUID: "1.2.3.0", Limit: 1}), []string{"tr-test-5"}; !slices.Equal(got, want) {
+			t.Errorf("a study with two transfers, limit 1: %v, want %v", got, want)
+		}
+	})
+
 	t.Run("UrgentBeforeNormalOldestFirst", func(t *testing.T) {
 		q := newQueue(t, long)
 		mustEnqueue(t, q, newTransfer("n1", gateway.PriorityNormal))
@@ -579,6 +640,17 @@ func claim(t *testing.T, q gateway.TransferClaimer, consumer string, wait time.D
 		t.Fatalf("Claim: %v", err)
 	}
 	return l
+}
+
+// ListedIDs lists q's transfers that pass f and returns their IDs, in
+// List's order; an error fails the test.
+func ListedIDs(t *testing.T, q gateway.TransferLister, f gateway.TransferFilter) []string {
+	t.Helper()
+	out, err := q.List(t.Context(), f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids(out)
 }
 
 func ids(ts []*gateway.Transfer) []string {
