@@ -2,6 +2,7 @@ package dicomweb_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -421,6 +422,159 @@ func TestRetentionPendingTransferSurvives(t *testing.T) {
 	})
 }
 
+// storeOnHoldCheck is the hold store of a run into which an instance
+// arrives while the run is under way: at the check made just before study
+// is deleted (the second GetHold of it; the first is the plan's), store
+// runs, then the check is answered as usual.
+type storeOnHoldCheck struct {
+	gateway.HoldStore
+	study string
+	store func()
+	calls int
+}
+
+func (h *storeOnHoldCheck) GetHold(ctx context.Context, study string) (*gateway.Hold, error) {
+	if study == h.study {
+		if h.calls++; h.calls == 2 {
+			h.store()
+		}
+	}
+	return h.HoldStore.GetHold(ctx, study)
+}
+
+// TestRetentionKeepsAStudyReceivedIntoDuringTheRun: an instance that
+// arrives in a planned study after the run's last check of it is not
+// deleted with it: the study is kept (received_since_planned), whole, and
+// the next run plans it anew, no longer due.
+func TestRetentionKeepsAStudyReceivedIntoDuringTheRun(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, kind string) {
+		e := newRetentionEnv(t, kind, gateway.RetentionPolicy{MaxAge: 30 * day})
+		e.putStudy(t, "1.2.826.10.1", "CT", 1, 100, 90*day)
+		e.putStudy(t, "1.2.826.10.2", "CT", 2, 100, 90*day)
+		fresh := storagetest.Record("1.2.826.10.2", "1.2.826.10.2.1", "1.2.826.10.2.1.9", map[string]any{dicomcodec.TagModality: "CT"})
+		e.svc.Retention.Holds = &storeOnHoldCheck{HoldStore: e.b.Holds, study: "1.2.826.10.2", store: func() {
+			size, err := e.b.Blobs.Put(t.Context(), fresh.Key(), bytes.NewReader(bytes.Repeat([]byte{9}, 100)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fresh.Size, fresh.StoredAt = size, retentionNow
+			if _, _, err := e.b.Index.PutInstance(t.Context(), fresh); err != nil {
+				t.Fatal(err)
+			}
+		}}
+		rep := e.run(t, e.svc.Retention)
+		if rep.Deleted != 1 || e.stored(t, "1.2.826.10.1") {
+			t.Fatalf("run: %+v; want the untouched due study deleted", rep)
+		}
+		recs, err := e.b.Index.ListInstances(t.Context(), "1.2.826.10.2", "")
+		if err != nil || len(recs) != 3 {
+			t.Fatalf("the study received into during the run has %d instances (%v), want all 3", len(recs), err)
+		}
+		if got := e.metric(t, "gateway_retention_skipped_studies_total", "reason", gateway.RetentionSkipReceived); got != 1 {
+			t.Errorf("skipped{%s} = %v, want 1", gateway.RetentionSkipReceived, got)
+		}
+		if got := rep.Plan.Delete[1].Skipped; got != gateway.RetentionSkipReceived {
+			t.Errorf("the kept study's candidate says skipped %q, want %q", got, gateway.RetentionSkipReceived)
+		}
+		for _, ev := range e.events(t, gateway.RetentionActor, gateway.ActionDelete) {
+			if slices.Contains(ev.StudyUIDs, "1.2.826.10.2") {
+				t.Errorf("a delete of the kept study was audited: %+v", ev)
+			}
+		}
+		if rep := e.run(t, e.svc.Retention); rep.Deleted != 0 || len(rep.Plan.Delete) != 0 {
+			t.Errorf("next run: %+v; want nothing due (the study was received into today)", rep)
+		}
+	})
+}
+
+// TestRetentionWalkGoesOnPastTheScanLimit: studies a longer rule keeps
+// fill the first run's scan; the next run goes on after them and deletes
+// the due CT study behind them, then, having reached the end, the run
+// after starts at the oldest again.
+func TestRetentionWalkGoesOnPastTheScanLimit(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, kind string) {
+		e := newRetentionEnv(t, kind, gateway.RetentionPolicy{MaxAge: 30 * day,
+			Rules: []gateway.RetentionRule{{Name: "ct", Modality: "CT", MaxAge: 2 * day}}, BatchSize: 2, ScanLimit: 4})
+		for i := range 5 {
+			e.putStudy(t, fmt.Sprintf("1.2.826.11.%d", i+1), "MR", 1, 100, time.Duration(20-i)*day)
+		}
+		e.putStudy(t, "1.2.826.11.9", "CT", 1, 100, 5*day)
+		rep := e.run(t, e.svc.Retention)
+		if rep.Deleted != 0 || rep.Plan.Examined != 4 || !rep.Plan.Truncated || rep.Plan.Resumed {
+			t.Fatalf("first run: deleted %d, examined %d, truncated %v, resumed %v; want 0, 4, true, false",
+				rep.Deleted, rep.Plan.Examined, rep.Plan.Truncated, rep.Plan.Resumed)
+		}
+		rep = e.run(t, e.svc.Retention)
+		if rep.Deleted != 1 || !rep.Plan.Resumed || e.stored(t, "1.2.826.11.9") {
+			t.Fatalf("second run: deleted %d, resumed %v; want the CT study behind the scan limit deleted", rep.Deleted, rep.Plan.Resumed)
+		}
+		if rep = e.run(t, e.svc.Retention); rep.Plan.Resumed || rep.Deleted != 0 {
+			t.Errorf("third run: resumed %v, deleted %d; want a walk from the oldest that deletes nothing", rep.Plan.Resumed, rep.Deleted)
+		}
+	})
+}
+
+// TestRetentionBytesGoOnPastHeldStudies: held studies at the old end fill
+// each run's scan; under max_bytes the next runs go on past them and
+// delete the unheld ones, and never a held one.
+func TestRetentionBytesGoOnPastHeldStudies(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, kind string) {
+		e := newRetentionEnv(t, kind, gateway.RetentionPolicy{MaxBytes: 300, BatchSize: 2, ScanLimit: 4})
+		var held, unheld []string
+		for i := range 4 {
+			held = append(held, fmt.Sprintf("1.2.826.12.%d", i+1))
+			e.putStudy(t, held[i], "MR", 1, 100, time.Duration(20-i)*day)
+			if _, err := e.svc.Retention.SetHold(t.Context(), gateway.Caller{Principal: gateway.Principal{Name: "records-officer"}}, held[i], "litigation"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := range 4 {
+			unheld = append(unheld, fmt.Sprintf("1.2.826.13.%d", i+1))
+			e.putStudy(t, unheld[i], "MR", 1, 100, time.Duration(10-i)*day)
+		}
+		for range 3 {
+			e.run(t, e.svc.Retention)
+		}
+		for _, study := range unheld {
+			if e.stored(t, study) {
+				t.Errorf("unheld study %s is still stored after three runs over the cap", study)
+			}
+		}
+		for _, study := range held {
+			if !e.stored(t, study) {
+				t.Errorf("held study %s was deleted", study)
+			}
+		}
+	})
+}
+
+// TestRetentionBytesOverTheCapStartAtTheOldest: a run under the cap passes
+// over studies no rule makes due and leaves its walk after them; when a
+// new study takes stored bytes over the cap, the next run starts at the
+// oldest again, so the oldest go first and the new one stays.
+func TestRetentionBytesOverTheCapStartAtTheOldest(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, kind string) {
+		e := newRetentionEnv(t, kind, gateway.RetentionPolicy{MaxAge: 30 * day, MaxBytes: 1000,
+			Rules: []gateway.RetentionRule{{Name: "ct", Modality: "CT", MaxAge: 2 * day}}, BatchSize: 2, ScanLimit: 2})
+		for i, study := range []string{"1.2.826.14.1", "1.2.826.14.2", "1.2.826.14.3"} {
+			e.putStudy(t, study, "MR", 1, 100, time.Duration(10-i)*day)
+		}
+		if rep := e.run(t, e.svc.Retention); rep.Deleted != 0 || rep.Plan.Examined != 2 {
+			t.Fatalf("run under the cap: deleted %d, examined %d; want 0, 2", rep.Deleted, rep.Plan.Examined)
+		}
+		e.putStudy(t, "1.2.826.14.4", "MR", 1, 1000, day)
+		rep := e.run(t, e.svc.Retention)
+		if rep.Plan.Resumed || rep.Deleted != 2 {
+			t.Fatalf("run over the cap: resumed %v, deleted %d; want a walk from the oldest deleting 2", rep.Plan.Resumed, rep.Deleted)
+		}
+		for study, want := range map[string]bool{"1.2.826.14.1": false, "1.2.826.14.2": false, "1.2.826.14.3": true, "1.2.826.14.4": true} {
+			if got := e.stored(t, study); got != want {
+				t.Errorf("study %s stored = %v, want %v", study, got, want)
+			}
+		}
+	})
+}
+
 // TestRetentionDryRunDeletesNothing: a dry-run policy plans and audits the
 // deletions it would make and deletes nothing.
 func TestRetentionDryRunDeletesNothing(t *testing.T) {
@@ -549,7 +703,9 @@ func TestRetentionAdminAPIAuth(t *testing.T) {
 // TestRetentionPendingTransferRules: which transfers keep a study, on each
 // queue backend: a failed one (an admin may retry it) and a completed one
 // whose verification failed do; a cancelled one does not; an older failed
-// transfer to a destination that a newer verified one reached does not.
+// transfer to a destination that a newer verified one reached does not; a
+// failed one behind a thousand newer ones does; an incoming one not
+// complete does while its peer sent within a day.
 func TestRetentionPendingTransferRules(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, kind string) {
 		e := newRetentionEnv(t, kind, gateway.RetentionPolicy{})
@@ -589,10 +745,27 @@ func TestRetentionPendingTransferRules(t *testing.T) {
 		finish("1.2.826.9.4", "surrey", gateway.StateCompleted, &yes)
 		finish("1.2.826.9.5", "surrey", gateway.StateCompleted, &yes)
 		finish("1.2.826.9.5", "dorset", gateway.StateFailed, nil)
+		// One failed transfer behind more than a thousand newer ones to
+		// another destination, all cancelled: every transfer of the study
+		// is read, not the newest thousand.
+		finish("1.2.826.9.7", "london", gateway.StateFailed, nil)
+		for range 1001 {
+			finish("1.2.826.9.7", "surrey", gateway.StateCancelled, nil)
+		}
+		// Incoming transfers not complete: one whose peer sent its last
+		// instance 25 hours ago (the sender gave up) no longer keeps its
+		// study; one an hour ago does.
+		for study, ago := range map[string]time.Duration{"1.2.826.9.8": 25 * time.Hour, "1.2.826.9.9": time.Hour} {
+			if _, err := q.RecordIncoming(ctx, []gateway.IncomingInstance{{TransferID: "tr-in-" + study, Source: "surrey",
+				Destination: "hampshire", StudyUID: study, SOPInstanceUID: study + ".1.1", OK: true, Bytes: 100, Total: 5, At: retentionNow.Add(-ago)}}); err != nil {
+				t.Fatal(err)
+			}
+		}
 		for study, want := range map[string]bool{
 			"1.2.826.9.1": true, "1.2.826.9.2": true, "1.2.826.9.3": false, "1.2.826.9.4": false, "1.2.826.9.5": true, "1.2.826.9.6": false,
+			"1.2.826.9.7": true, "1.2.826.9.8": false, "1.2.826.9.9": true,
 		} {
-			got, err := gateway.PendingTransfer(ctx, q, study)
+			got, err := gateway.PendingTransfer(ctx, q, study, retentionNow)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -28,17 +28,21 @@ const deleteTimeout = 10 * time.Minute
 // removing that names no cause (storage refused, connection lost) wraps
 // ErrUnavailable: a retry of the same delete completes what is left.
 func (s *DeleteService) Delete(ctx context.Context, caller Caller, studyUID, seriesUID, sopInstanceUID string) (*DeletePlan, DeleteResult, error) {
-	return s.delete(ctx, caller, studyUID, seriesUID, sopInstanceUID, nil)
+	return s.delete(ctx, caller, studyUID, seriesUID, sopInstanceUID, time.Time{}, nil)
 }
 
 // DeleteStudy is Delete of a whole study with why added to the detail of
 // its audit events: a delete nobody asked for by request (retention) says
-// which rule made it.
-func (s *DeleteService) DeleteStudy(ctx context.Context, caller Caller, studyUID string, why map[string]any) (*DeletePlan, DeleteResult, error) {
-	return s.delete(ctx, caller, studyUID, "", "", why)
+// which rule made it. A study that holds an instance stored after
+// receivedBy (the newest receipt retention planned it with, to the
+// millisecond; zero: no check) is not deleted: ErrConflict, before anything
+// is audited or removed, because a study received into since it was planned
+// may no longer be due.
+func (s *DeleteService) DeleteStudy(ctx context.Context, caller Caller, studyUID string, receivedBy time.Time, why map[string]any) (*DeletePlan, DeleteResult, error) {
+	return s.delete(ctx, caller, studyUID, "", "", receivedBy, why)
 }
 
-func (s *DeleteService) delete(ctx context.Context, caller Caller, studyUID, seriesUID, sopInstanceUID string, why map[string]any) (*DeletePlan, DeleteResult, error) {
+func (s *DeleteService) delete(ctx context.Context, caller Caller, studyUID, seriesUID, sopInstanceUID string, receivedBy time.Time, why map[string]any) (*DeletePlan, DeleteResult, error) {
 	var p *DeletePlan
 	var err error
 	switch {
@@ -51,6 +55,14 @@ func (s *DeleteService) delete(ctx context.Context, caller Caller, studyUID, ser
 	}
 	if err != nil {
 		return nil, DeleteResult{}, err
+	}
+	if !receivedBy.IsZero() {
+		for _, r := range p.Records {
+			if r.StoredAt.UnixMilli() > receivedBy.UnixMilli() {
+				return nil, DeleteResult{}, fmt.Errorf("study %s received an instance at %s, after %s: %w",
+					studyUID, r.StoredAt.UTC().Format(time.RFC3339Nano), receivedBy.UTC().Format(time.RFC3339Nano), ErrConflict)
+			}
+		}
 	}
 	detail := map[string]any{"orphan_blobs": len(p.OrphanKeys)}
 	maps.Copy(detail, why)

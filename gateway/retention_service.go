@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -27,6 +28,10 @@ const (
 const (
 	RetentionSkipHeld     = "held"
 	RetentionSkipTransfer = "transfer_pending"
+	// RetentionSkipReceived: the study received an instance after the run
+	// planned it (a PACS or a peer sent more), so it may no longer be due;
+	// the next run plans it again.
+	RetentionSkipReceived = "received_since_planned"
 )
 
 // RetentionCandidate is a study a plan deletes, or would delete but keeps.
@@ -57,6 +62,24 @@ type RetentionPlan struct {
 	// goes on).
 	Examined  int  `json:"examined"`
 	Truncated bool `json:"truncated"`
+	// Resumed says the walk began after the last study an earlier run
+	// examined, not at the oldest: a run examines at most ScanLimit
+	// studies, and the next one goes on from there, so that studies passed
+	// over (held, a transfer pending, kept longer by a rule) do not stop
+	// every run at the same place. The walk starts again at the oldest
+	// once it reaches the end, after a run with errors (to retry them), and
+	// when stored bytes go over max_bytes after a run that was under it
+	// (the oldest go first).
+	Resumed bool `json:"resumed"`
+}
+
+// retentionWalk is where the next run's walk starts.
+type retentionWalk struct {
+	after UsageCursor // the zero cursor: the oldest study
+	// overCap: stored bytes were over max_bytes when the run that left
+	// this walk stopped, so every study before after was deleted or kept
+	// for a reason; otherwise a run over the cap starts at the oldest.
+	overCap bool
 }
 
 // RetentionReport is what a run did.
@@ -111,6 +134,7 @@ type Retention struct {
 
 	mu     sync.Mutex
 	stats  RetentionStats
+	next   retentionWalk // guarded by mu
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -141,31 +165,56 @@ var retentionCaller = Caller{Principal: Principal{Name: RetentionActor, Method: 
 
 // Plan returns what a run would delete now, without deleting.
 func (r *Retention) Plan(ctx context.Context) (*RetentionPlan, error) {
+	plan, _, err := r.plan(ctx)
+	return plan, err
+}
+
+// plan is Plan, and where the run after this one starts if this one runs.
+func (r *Retention) plan(ctx context.Context) (*RetentionPlan, retentionWalk, error) {
+	r.mu.Lock()
+	walk := r.next
+	r.mu.Unlock()
+	plan, next, err := r.planFrom(ctx, walk)
+	return plan, next, err
+}
+
+func (r *Retention) planFrom(ctx context.Context, walk retentionWalk) (*RetentionPlan, retentionWalk, error) {
 	if r.Usage == nil {
-		return nil, fmt.Errorf("retention: the index does not report usage: %w", ErrUnavailable)
+		return nil, retentionWalk{}, fmt.Errorf("retention: the index does not report usage: %w", ErrUnavailable)
 	}
 	p := r.Policy
 	now := r.audit.now()
 	totals, err := r.Usage.UsageTotals(ctx)
 	if err != nil {
-		return nil, err
+		return nil, retentionWalk{}, err
 	}
 	plan := &RetentionPlan{At: now.UTC(), DryRun: p.DryRun, Held: totals, MaxBytes: p.MaxBytes,
 		Delete: []RetentionCandidate{}, Skipped: []RetentionCandidate{}}
 	if !p.Enabled() {
-		return plan, nil
+		return plan, retentionWalk{}, nil
 	}
 	remaining := totals.Bytes
 	minAge := p.minAge()
-	var cursor UsageCursor
+	overCap := p.MaxBytes > 0 && remaining > p.MaxBytes
+	cursor := walk.after
+	if overCap && !walk.overCap {
+		cursor = UsageCursor{} // studies passed over under the cap may be due by bytes now
+	}
+	plan.Resumed = !cursor.ReceivedAt.IsZero() || cursor.StudyInstanceUID != ""
+	// goOn is the walk of the next run when this one stops at a limit: on
+	// after the last study examined. If bytes are still over the cap, every
+	// study passed was due by bytes, so deleted or kept for a reason.
+	goOn := func() retentionWalk {
+		return retentionWalk{after: cursor, overCap: p.MaxBytes > 0 && remaining > p.MaxBytes}
+	}
 	const page = 100
 	for plan.Examined < p.scanLimit() {
 		studies, err := r.Usage.StudiesByReceived(ctx, cursor, min(page, p.scanLimit()-plan.Examined))
 		if err != nil {
-			return nil, err
+			return nil, retentionWalk{}, err
 		}
 		if len(studies) == 0 {
-			return plan, nil
+			return plan, retentionWalk{}, nil
 		}
 		for _, s := range studies {
 			cursor = UsageCursor{ReceivedAt: s.ReceivedAt, StudyInstanceUID: s.StudyInstanceUID}
@@ -178,14 +227,14 @@ func (r *Retention) Plan(ctx context.Context) (*RetentionPlan, error) {
 				if minAge > 0 && age > minAge {
 					continue // another rule may still be due further on
 				}
-				return plan, nil // the rest is younger than every rule, and bytes are under the cap
+				return plan, retentionWalk{}, nil // the rest is younger than every rule, and bytes are under the cap
 			}
 			if !ageDue {
 				rule = RetentionRuleMaxBytes
 			}
 			c := RetentionCandidate{StudyUsage: s, Rule: rule}
 			if c.Skipped, c.SkipDetail, err = r.keep(ctx, s.StudyInstanceUID); err != nil {
-				return nil, err
+				return nil, retentionWalk{}, err
 			}
 			if c.Skipped != "" {
 				plan.Skipped = append(plan.Skipped, c)
@@ -196,12 +245,12 @@ func (r *Retention) Plan(ctx context.Context) (*RetentionPlan, error) {
 			remaining -= s.Bytes
 			if len(plan.Delete) >= p.batchSize() {
 				plan.Truncated = true
-				return plan, nil
+				return plan, goOn(), nil
 			}
 		}
 	}
 	plan.Truncated = true
-	return plan, nil
+	return plan, goOn(), nil
 }
 
 // keep says why study must not be deleted now: a legal hold, or a transfer
@@ -221,7 +270,7 @@ func (r *Retention) keep(ctx context.Context, study string) (reason, detail stri
 	if r.Transfers == nil {
 		return "", "", nil
 	}
-	t, err := PendingTransfer(ctx, r.Transfers, study)
+	t, err := PendingTransfer(ctx, r.Transfers, study, r.audit.now())
 	if err != nil || t == nil {
 		return "", "", err
 	}
@@ -242,17 +291,22 @@ func transferStatus(t *Transfer) string {
 	return string(t.State)
 }
 
-// pendingListLimit bounds the transfers of one study read per direction.
-const pendingListLimit = 1000
+// incomingIdle is how long an incoming transfer that is not complete keeps
+// its study after the last instance its peer sent: a sender that gave up
+// (its transfer failed for good) never completes it, and its study must
+// not be kept for ever.
+const incomingIdle = 24 * time.Hour
 
 // PendingTransfer returns a transfer of study that is not done with, or nil:
 // for each destination, the newest outgoing transfer unless it is completed
 // and verified or cancelled (a failed one may be retried by an admin, so its
-// study must stay); an incoming transfer still running (a peer is sending).
-// An older failed transfer to a destination that a newer one reached does
-// not keep the study.
-func PendingTransfer(ctx context.Context, q TransferLister, study string) (*Transfer, error) {
-	out, err := q.List(ctx, TransferFilter{StudyUID: study, Direction: DirectionOutgoing, Limit: pendingListLimit})
+// study must stay); an incoming transfer still running that its peer sent
+// an instance of within incomingIdle before now. An older failed transfer
+// to a destination that a newer one reached does not keep the study. It
+// reads all of the study's transfers, however many and however old: a
+// bounded read would miss the one failed transfer behind many newer ones.
+func PendingTransfer(ctx context.Context, q TransferLister, study string, now time.Time) (*Transfer, error) {
+	out, err := q.List(ctx, TransferFilter{StudyUID: study, Direction: DirectionOutgoing, Limit: math.MaxInt})
 	if err != nil {
 		return nil, err
 	}
@@ -274,12 +328,14 @@ func PendingTransfer(ctx context.Context, q TransferLister, study string) (*Tran
 			return t, nil
 		}
 	}
-	in, err := q.List(ctx, TransferFilter{StudyUID: study, Direction: DirectionIncoming, State: StateRunning, Limit: pendingListLimit})
+	in, err := q.List(ctx, TransferFilter{StudyUID: study, Direction: DirectionIncoming, State: StateRunning, Limit: math.MaxInt})
 	if err != nil {
 		return nil, err
 	}
-	if len(in) > 0 {
-		return in[0], nil
+	for _, t := range in {
+		if now.Sub(t.UpdatedAt) < incomingIdle {
+			return t, nil
+		}
 	}
 	return nil, nil
 }
@@ -305,7 +361,7 @@ func (r *Retention) RunOnce(ctx context.Context) (*RetentionReport, error) {
 		return nil, err
 	}
 	defer unlock()
-	plan, err := r.Plan(ctx)
+	plan, next, err := r.plan(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -326,10 +382,13 @@ func (r *Retention) RunOnce(ctx context.Context) (*RetentionReport, error) {
 				continue
 			}
 			why := map[string]any{"retention_rule": c.Rule, "received_at": c.ReceivedAt.UTC().Format(time.RFC3339Nano)}
-			_, res, err := r.Delete.DeleteStudy(ctx, retentionCaller, c.StudyInstanceUID, why)
+			_, res, err := r.Delete.DeleteStudy(ctx, retentionCaller, c.StudyInstanceUID, c.ReceivedAt, why)
 			switch {
 			case errors.Is(err, ErrNotFound):
 				rep.Gone++
+			case errors.Is(err, ErrConflict):
+				c.Skipped, c.SkipDetail = RetentionSkipReceived, err.Error()
+				skipped[c.Skipped]++
 			case err != nil:
 				rep.Errors = append(rep.Errors, c.StudyInstanceUID+": "+err.Error())
 			default:
@@ -342,6 +401,10 @@ func (r *Retention) RunOnce(ctx context.Context) (*RetentionReport, error) {
 		}
 	}
 	r.mu.Lock()
+	if len(rep.Errors) > 0 {
+		next = retentionWalk{} // the failed deletions are retried from the oldest
+	}
+	r.next = next
 	r.stats.Runs++
 	r.stats.DeletedStudies += int64(rep.Deleted)
 	r.stats.ReclaimedBytes += rep.Reclaimed
@@ -369,7 +432,7 @@ func (r *Retention) auditRun(ctx context.Context, rep *RetentionReport, skipped 
 		"planned_bytes": plan.Bytes, "deleted": rep.Deleted, "reclaimed_bytes": rep.Reclaimed,
 		"gone": rep.Gone, "examined": plan.Examined, "truncated": plan.Truncated,
 		"held_bytes_before": plan.Held.Bytes, "skipped_held": skipped[RetentionSkipHeld],
-		"skipped_transfer_pending": skipped[RetentionSkipTransfer],
+		"skipped_transfer_pending": skipped[RetentionSkipTransfer], "skipped_received_since_planned": skipped[RetentionSkipReceived],
 	}
 	if len(rep.Errors) > 0 {
 		detail["errors"] = strings.Join(rep.Errors, "; ")

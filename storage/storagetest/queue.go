@@ -153,7 +153,7 @@ func TestQueue(t *testing.T, newQueue NewQueueFunc) {
 		}
 		// Retention's question: the oldest transfer, still queued, keeps
 		// its study although it is beyond the newest three.
-		pending, err := gateway.PendingTransfer(ctx, q, "1.2.3.0")
+		pending, err := gateway.PendingTransfer(ctx, q, "1.2.3.0", time.Now())
 		if err != nil || pending == nil || pending.ID != "tr-test-0" {
 			t.Errorf("PendingTransfer of the oldest transfer's study: %v, %v; want tr-test-0", pending, err)
 		}
