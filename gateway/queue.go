@@ -262,9 +262,13 @@ type TransferEnqueuer interface {
 // TransferLister reads transfer records and their per-instance progress.
 // Instances returns an outgoing transfer's progress ordered by SOP Instance
 // UID; IncomingInstances an incoming transfer's (Source, ID).
+// IncomingByID returns the incoming transfers recorded under id, from any
+// source (two peers may pick the same ID), newest first, however old: an
+// admin looks one up by the ID its sender shows.
 type TransferLister interface {
 	Get(ctx context.Context, id string) (*Transfer, error)
 	List(ctx context.Context, f TransferFilter) ([]*Transfer, error)
+	IncomingByID(ctx context.Context, id string) ([]*Transfer, error)
 	Instances(ctx context.Context, id string) ([]InstanceProgress, error)
 	IncomingInstances(ctx context.Context, source, id string) ([]InstanceProgress, error)
 }

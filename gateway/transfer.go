@@ -404,17 +404,16 @@ func (s *Transfers) Get(ctx context.Context, id string) (*Transfer, error) {
 	if !errors.Is(err, ErrNotFound) {
 		return nil, err
 	}
-	in, lerr := s.Queue.List(ctx, TransferFilter{Direction: DirectionIncoming, Limit: 10000})
-	if lerr != nil {
-		return nil, lerr
+	in, err := s.Queue.IncomingByID(ctx, id)
+	if err != nil {
+		return nil, err
 	}
-	for _, t := range in {
-		if t.ID == id {
-			t.Instances, err = s.Queue.IncomingInstances(ctx, t.Source, t.ID)
-			return t, err
-		}
+	if len(in) == 0 {
+		return nil, fmt.Errorf("transfer %s: %w", id, ErrNotFound)
 	}
-	return nil, fmt.Errorf("transfer %s: %w", id, ErrNotFound)
+	t = in[0]
+	t.Instances, err = s.Queue.IncomingInstances(ctx, t.Source, t.ID)
+	return t, err
 }
 
 // List returns transfers matching f, newest first.

@@ -707,6 +707,33 @@ func (q *Queue) RecordIncoming(ctx context.Context, batch []gateway.IncomingInst
 	return out, nil
 }
 
+// IncomingByID implements gateway.Queue. An incoming transfer's key is
+// its source, NUL, its ID, so this reads every incoming key (not the
+// records): an admin's lookup, not a hot path.
+func (q *Queue) IncomingByID(ctx context.Context, id string) ([]*gateway.Transfer, error) {
+	suffix := append([]byte{0}, id...)
+	var out []*gateway.Transfer
+	err := q.db.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketIncoming).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if !bytes.HasSuffix(k, suffix) {
+				continue
+			}
+			t := &gateway.Transfer{}
+			if err := json.Unmarshal(v, t); err != nil {
+				return fmt.Errorf("transfer %q: %w", k, err)
+			}
+			out = append(out, t)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bolt: incoming transfer %s: %w", id, err)
+	}
+	qSortNewestFirst(out)
+	return out, nil
+}
+
 // IncomingInstances returns the per-instance state of an incoming transfer.
 func (q *Queue) IncomingInstances(ctx context.Context, source, id string) ([]gateway.InstanceProgress, error) {
 	var out []gateway.InstanceProgress

@@ -900,6 +900,44 @@ func (q *Queue) RecordIncoming(ctx context.Context, batch []gateway.IncomingInst
 	return nil, fmt.Errorf("incoming transfer %s: too much contention: %w", batch[0].TransferID, gateway.ErrUnavailable)
 }
 
+// IncomingByID implements gateway.Queue. The set of incoming transfers
+// names each <source>:<id>, so this scans it for the ID (ZSCAN with a
+// pattern, in Redis): an admin's lookup, not a hot path.
+func (q *Queue) IncomingByID(ctx context.Context, id string) ([]*gateway.Transfer, error) {
+	if err := gateway.ValidateTransferID(id); err != nil { // no pattern characters in the ID
+		return nil, err
+	}
+	var members []string
+	iter := q.rdb.ZScan(ctx, q.key("in:all"), 0, "*:"+id, 1000).Iterator()
+	for iter.Next(ctx) {
+		m := iter.Val()
+		if strings.HasSuffix(m, ":"+id) {
+			members = append(members, m)
+		}
+		iter.Next(ctx) // the score
+	}
+	if err := iter.Err(); err != nil {
+		return nil, translate(err)
+	}
+	var out []*gateway.Transfer
+	for _, m := range members {
+		s, err := q.rdb.HGet(ctx, q.key("in:"+m), "json").Result()
+		if errors.Is(err, goredis.Nil) {
+			continue
+		}
+		if err != nil {
+			return nil, translate(err)
+		}
+		t := &gateway.Transfer{}
+		if err := json.Unmarshal([]byte(s), t); err != nil {
+			return nil, fmt.Errorf("transfer %s: decode: %w", m, err)
+		}
+		out = append(out, t)
+	}
+	slices.SortStableFunc(out, func(a, b *gateway.Transfer) int { return b.CreatedAt.Compare(a.CreatedAt) })
+	return out, nil
+}
+
 // IncomingInstances implements gateway.Queue.
 func (q *Queue) IncomingInstances(ctx context.Context, source, id string) ([]gateway.InstanceProgress, error) {
 	return q.progress(ctx, q.key("in:i:"+source+":"+id))

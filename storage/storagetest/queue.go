@@ -157,6 +157,28 @@ func TestQueue(t *testing.T, newQueue NewQueueFunc) {
 		if err != nil || pending == nil || pending.ID != "tr-test-0" {
 			t.Errorf("PendingTransfer of the oldest transfer's study: %v, %v; want tr-test-0", pending, err)
 		}
+		// An incoming transfer is found by its ID, however old.
+		for _, id := range []string{"in-0", "in-4"} {
+			got, err := q.IncomingByID(ctx, id)
+			if err != nil || len(got) != 1 || got[0].ID != id || got[0].Source != "surrey" || got[0].Direction != gateway.DirectionIncoming {
+				t.Errorf("IncomingByID(%s) = %v, %v; want the one from surrey", id, ids(got), err)
+			}
+		}
+		// Two peers that picked the same ID: both, newest first; an ID's
+		// prefix or an outgoing ID finds none.
+		in := gateway.IncomingInstance{Source: "wales", Destination: "hampshire", TransferID: "in-0",
+			StudyUID: "1.2.3.9", SOPInstanceUID: "1.2.3.9.1", OK: true, Bytes: 10, At: base.Add(time.Minute)}
+		if _, err := q.RecordIncoming(ctx, []gateway.IncomingInstance{in}); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := q.IncomingByID(ctx, "in-0"); err != nil || len(got) != 2 || got[0].Source != "wales" || got[1].Source != "surrey" {
+			t.Errorf("IncomingByID(in-0) from two sources = %+v, %v; want wales then surrey", got, err)
+		}
+		for _, id := range []string{"in", "tr-test-0", "nowhere"} {
+			if got, err := q.IncomingByID(ctx, id); err != nil || len(got) != 0 {
+				t.Errorf("IncomingByID(%s) = %v, %v; want none", id, ids(got), err)
+			}
+		}
 		// A second transfer of a study lists with the first, newest first.
 		again := newTransfer("5", gateway.PriorityNormal)
 		again.StudyUID, again.CreatedAt = "1.2.3.0", base.Add(10*time.Minute)
