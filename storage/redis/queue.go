@@ -600,21 +600,28 @@ func (q *Queue) promote(ctx context.Context) error {
 func (q *Queue) claimNow(ctx context.Context, consumer string) (*gateway.Lease, error) {
 	for _, p := range []gateway.Priority{gateway.PriorityUrgent, gateway.PriorityNormal} {
 		stream := q.stream(p)
-		for {
-			msgs, _, err := q.rdb.XAutoClaim(ctx, &goredis.XAutoClaimArgs{
+		// XAUTOCLAIM examines ten pending entries per COUNT at most and
+		// returns where to go on: an entry whose consumer died can sit
+		// behind any number of live ones, so the walk follows the cursor to
+		// the end ("0-0").
+		for start := "0-0"; ; {
+			msgs, next, err := q.rdb.XAutoClaim(ctx, &goredis.XAutoClaimArgs{
 				Stream: stream, Group: queueGroup, Consumer: consumer,
-				MinIdle: q.opts.VisibilityTimeout, Start: "0-0", Count: 1,
+				MinIdle: q.opts.VisibilityTimeout, Start: start, Count: 1,
 			}).Result()
 			if err != nil && !errors.Is(err, goredis.Nil) {
 				return nil, translate(err)
 			}
-			if len(msgs) == 0 {
+			for _, m := range msgs {
+				l, err := q.accept(ctx, consumer, entry{stream: stream, msg: m})
+				if l != nil || err != nil {
+					return l, err
+				}
+			}
+			if next == "" || next == "0-0" {
 				break
 			}
-			l, err := q.accept(ctx, consumer, entry{stream: stream, msg: msgs[0]})
-			if l != nil || err != nil {
-				return l, err
-			}
+			start = next
 		}
 		for {
 			res, err := q.rdb.XReadGroup(ctx, &goredis.XReadGroupArgs{

@@ -320,6 +320,42 @@ func TestQueue(t *testing.T, newQueue NewQueueFunc) {
 		}
 	})
 
+	t.Run("DeadConsumerIsReclaimedBehindLiveOnes", func(t *testing.T) {
+		// Twelve transfers running on live workers that extend their leases,
+		// and, queued after them, one whose worker died: a new worker gets
+		// the dead one's, however many live leases come before it.
+		q := newQueue(t, gateway.QueueOptions{VisibilityTimeout: time.Second})
+		ctx := t.Context()
+		base := time.Now().Add(-time.Minute)
+		for i := range 13 {
+			tr := newTransfer(fmt.Sprintf("live-%02d", i), gateway.PriorityNormal)
+			tr.CreatedAt = base.Add(time.Duration(i) * time.Second)
+			mustEnqueue(t, q, tr)
+		}
+		var live []*gateway.Lease
+		for i := range 12 {
+			l := claim(t, q, fmt.Sprintf("live-worker-%d", i), time.Second)
+			if l == nil {
+				t.Fatalf("claim %d returned nothing", i)
+			}
+			live = append(live, l)
+		}
+		dead := claim(t, q, "dies", time.Second)
+		if dead == nil || dead.TransferID != "tr-test-live-12" {
+			t.Fatalf("the last claim = %+v, want tr-test-live-12", dead)
+		}
+		time.Sleep(1300 * time.Millisecond) // the extends below take well under the second a lease lasts
+		for _, l := range live {
+			if _, err := q.Extend(ctx, l); err != nil {
+				t.Fatalf("Extend of a live lease: %v", err)
+			}
+		}
+		l := claim(t, q, "rescuer", 0)
+		if l == nil || l.TransferID != dead.TransferID {
+			t.Fatalf("Claim behind twelve live leases = %+v, want the dead worker's %s", l, dead.TransferID)
+		}
+	})
+
 	t.Run("ExtendKeepsTheLease", func(t *testing.T) {
 		q := newQueue(t, gateway.QueueOptions{VisibilityTimeout: 400 * time.Millisecond})
 		ctx := t.Context()
