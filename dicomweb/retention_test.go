@@ -575,6 +575,49 @@ func TestRetentionBytesOverTheCapStartAtTheOldest(t *testing.T) {
 	})
 }
 
+// TestDeleteLeavesNoSeriesMetadata: deleting a study removes every series
+// metadata object under it, the one of a series it deletes (a read may
+// have written it again during the delete) and one left behind earlier for
+// a series with no instance left; a study that holds nothing but such an
+// object can be deleted too.
+func TestDeleteLeavesNoSeriesMetadata(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, kind string) {
+		e := newRetentionEnv(t, kind, gateway.RetentionPolicy{MaxAge: 30 * day})
+		ctx := t.Context()
+		study := "1.2.826.15.1"
+		e.putStudy(t, study, "CT", 2, 100, 90*day)
+		keys := []string{gateway.SeriesMetadataKey(study, study+".1"), gateway.SeriesMetadataKey(study, study+".7")}
+		for _, key := range keys {
+			if _, err := e.b.Blobs.Put(ctx, key, strings.NewReader("patient headers")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if rep := e.run(t, e.svc.Retention); rep.Deleted != 1 {
+			t.Fatalf("run: %+v; want the study deleted", rep)
+		}
+		for _, key := range keys {
+			if _, err := e.b.Blobs.Stat(ctx, key); !errors.Is(err, gateway.ErrNotFound) {
+				t.Errorf("%s after the study's delete: %v, want not found", key, err)
+			}
+		}
+		dels := e.events(t, gateway.RetentionActor, gateway.ActionDelete)
+		if len(dels) != 1 || fmt.Sprint(dels[0].Detail["metadata_objects"]) != "2" {
+			t.Errorf("delete events = %+v, want one with metadata_objects 2", dels)
+		}
+
+		left := gateway.SeriesMetadataKey("1.2.826.15.2", "1.2.826.15.2.1")
+		if _, err := e.b.Blobs.Put(ctx, left, strings.NewReader("patient headers")); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := e.svc.Delete.DeleteStudy(ctx, gateway.Caller{Principal: gateway.Principal{Name: "records-officer"}}, "1.2.826.15.2", time.Time{}, nil); err != nil {
+			t.Fatalf("delete of a study holding only a metadata object: %v", err)
+		}
+		if _, err := e.b.Blobs.Stat(ctx, left); !errors.Is(err, gateway.ErrNotFound) {
+			t.Errorf("the metadata object after its study's delete: %v, want not found", err)
+		}
+	})
+}
+
 // TestRetentionDryRunDeletesNothing: a dry-run policy plans and audits the
 // deletions it would make and deletes nothing.
 func TestRetentionDryRunDeletesNothing(t *testing.T) {

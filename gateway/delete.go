@@ -45,6 +45,13 @@ type DeletePlan struct {
 	Records           []*InstanceRecord
 	// OrphanKeys are blobs under the scope that have no index record.
 	OrphanKeys []string
+	// MetadataKeys are the series metadata objects under a study's or a
+	// series' scope (metadata/<study>/…), removed after the instances: the
+	// per-instance removal below deletes its series' object, but a read of
+	// the series that ran alongside may have written it again, and an
+	// object left by an earlier such race has no instance left to remove
+	// it. They hold patient headers, so a delete leaves none behind.
+	MetadataKeys []string
 }
 
 // StudyUIDs returns the studies the plan touches.
@@ -75,8 +82,12 @@ func (d *Deleter) PlanStudy(ctx context.Context, studyUID string) (*DeletePlan, 
 	p := &DeletePlan{StudyInstanceUID: studyUID}
 	return p, d.plan(ctx, p, func() ([]*InstanceRecord, error) {
 		return d.Index.ListInstances(ctx, studyUID, "")
-	}, StudyPrefix(studyUID))
+	}, StudyPrefix(studyUID), studyMetadataPrefix(studyUID))
 }
+
+// studyMetadataPrefix is the prefix of a study's series metadata objects
+// (SeriesMetadataKey).
+func studyMetadataPrefix(studyUID string) string { return "metadata/" + mustUID(studyUID) + "/" }
 
 // PlanSeries resolves what deleting one series of a study removes.
 func (d *Deleter) PlanSeries(ctx context.Context, studyUID, seriesUID string) (*DeletePlan, error) {
@@ -89,7 +100,7 @@ func (d *Deleter) PlanSeries(ctx context.Context, studyUID, seriesUID string) (*
 	p := &DeletePlan{StudyInstanceUID: studyUID, SeriesInstanceUID: seriesUID}
 	return p, d.plan(ctx, p, func() ([]*InstanceRecord, error) {
 		return d.Index.ListInstances(ctx, studyUID, seriesUID)
-	}, StudyPrefix(studyUID)+"series/"+seriesUID+"/")
+	}, StudyPrefix(studyUID)+"series/"+seriesUID+"/", studyMetadataPrefix(studyUID)+seriesUID+"/")
 }
 
 // PlanInstance resolves what deleting one instance removes.
@@ -121,9 +132,10 @@ func (d *Deleter) PlanInstance(ctx context.Context, studyUID, seriesUID, sopInst
 	return p, nil
 }
 
-// plan fills p.Records from list and p.OrphanKeys from the blobs under prefix
-// that no record names.
-func (d *Deleter) plan(ctx context.Context, p *DeletePlan, list func() ([]*InstanceRecord, error), prefix string) error {
+// plan fills p.Records from list, p.OrphanKeys from the blobs under prefix
+// that no record names, and p.MetadataKeys from the objects under
+// metadataPrefix.
+func (d *Deleter) plan(ctx context.Context, p *DeletePlan, list func() ([]*InstanceRecord, error), prefix, metadataPrefix string) error {
 	recs, err := list()
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return err
@@ -142,7 +154,14 @@ func (d *Deleter) plan(ctx context.Context, p *DeletePlan, list func() ([]*Insta
 	if err != nil {
 		return err
 	}
-	if len(p.Records) == 0 && len(p.OrphanKeys) == 0 {
+	err = d.Blobs.Walk(ctx, metadataPrefix, func(bi BlobInfo) error {
+		p.MetadataKeys = append(p.MetadataKeys, bi.Key)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if len(p.Records) == 0 && len(p.OrphanKeys) == 0 && len(p.MetadataKeys) == 0 {
 		return fmt.Errorf("%s: %w", scopeName(p), ErrNotFound)
 	}
 	return nil
@@ -216,9 +235,14 @@ func (d *Deleter) Execute(ctx context.Context, p *DeletePlan) (DeleteResult, err
 		})
 	}
 	wg.Wait()
+	for _, key := range p.MetadataKeys { // after the instances, whose removal may race with a read writing them
+		if err := d.Blobs.Delete(ctx, key); err != nil && !errIsNotFound(err) {
+			report(0, 0, 0, fmt.Errorf("metadata object %s: %w", key, err))
+		}
+	}
 	if len(errs) > 0 {
 		return res, fmt.Errorf("delete %s: %d of %d items failed (retry to complete): %w",
-			scopeName(p), len(errs), len(p.Records)+len(p.OrphanKeys), errors.Join(errs...))
+			scopeName(p), len(errs), len(p.Records)+len(p.OrphanKeys)+len(p.MetadataKeys), errors.Join(errs...))
 	}
 	return res, nil
 }

@@ -64,7 +64,7 @@ func (s *DeleteService) delete(ctx context.Context, caller Caller, studyUID, ser
 			}
 		}
 	}
-	detail := map[string]any{"orphan_blobs": len(p.OrphanKeys)}
+	detail := map[string]any{"orphan_blobs": len(p.OrphanKeys), "metadata_objects": len(p.MetadataKeys)}
 	maps.Copy(detail, why)
 	if p.SeriesInstanceUID != "" {
 		detail["series_uid"] = p.SeriesInstanceUID
