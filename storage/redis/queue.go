@@ -55,8 +55,8 @@ type Queue struct {
 	opts        gateway.QueueOptions
 	groupsReady atomic.Bool
 
-	studyIndexMu    sync.Mutex
-	studyIndexReady atomic.Bool // indexStudies has run since this Queue was made
+	studyIndexMu sync.Mutex
+	studyIndexed time.Time // when indexStudies last ran, guarded by studyIndexMu
 }
 
 var _ gateway.Queue = (*Queue)(nil)
@@ -421,19 +421,20 @@ var (
 // after one created a little later (replicas' clocks, a slow request).
 const studyIndexMargin = time.Hour
 
+// studyIndexEvery is how often a List by study first puts the transfers
+// written since the last run in their study's set (ensureStudyIndex).
+var studyIndexEvery = 5 * time.Minute
+
 // ensureStudyIndex puts in its study's set every transfer created since
-// the newest one a previous run covered (less studyIndexMargin), once per
-// Queue. Enqueue and RecordIncoming keep the sets from then on; this
-// covers transfers written before the sets existed, and those written by
-// replicas of an earlier version during a rolling upgrade (until the next
-// start of a replica of this one).
+// the newest one a previous run covered (less studyIndexMargin), when
+// the Queue is made and then at most every studyIndexEvery. Enqueue and
+// RecordIncoming keep the sets; this covers transfers written before the
+// sets existed, and those that replicas of an earlier version write during
+// a rolling upgrade, within studyIndexEvery.
 func (q *Queue) ensureStudyIndex(ctx context.Context) error {
-	if q.studyIndexReady.Load() {
-		return nil
-	}
 	q.studyIndexMu.Lock()
 	defer q.studyIndexMu.Unlock()
-	if q.studyIndexReady.Load() {
+	if !q.studyIndexed.IsZero() && time.Since(q.studyIndexed) < studyIndexEvery {
 		return nil
 	}
 	for _, dir := range []transferLists{outgoingLists, incomingLists} {
@@ -441,7 +442,7 @@ func (q *Queue) ensureStudyIndex(ctx context.Context) error {
 			return fmt.Errorf("redis: index transfers by study: %w", translate(err))
 		}
 	}
-	q.studyIndexReady.Store(true)
+	q.studyIndexed = time.Now()
 	return nil
 }
 

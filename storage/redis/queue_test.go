@@ -78,13 +78,27 @@ func TestStudyIndexBuiltForOlderLayout(t *testing.T) {
 				t.Errorf("incoming study after the rebuild: %v, want %v", got, want)
 			}
 			// A transfer an earlier version wrote after that rebuild (not in
-			// its set) joins at the next start, within the margin.
-			if err := rdb.ZRem(ctx, c.Key("{xfer}:study:1.2.3.2"), "tr-b").Err(); err != nil {
-				t.Fatal(err)
+			// its set) joins at the next start, within the margin, and in a
+			// running queue at its next List by study once studyIndexEvery
+			// has passed.
+			forget := func() {
+				t.Helper()
+				if err := rdb.ZRem(ctx, c.Key("{xfer}:study:1.2.3.2"), "tr-b").Err(); err != nil {
+					t.Fatal(err)
+				}
 			}
+			forget()
 			q = open()
 			if got, want := studyOf(q, "1.2.3.2", ""), []string{"tr-b"}; !slices.Equal(got, want) {
 				t.Errorf("a transfer written by an earlier version, at the next start: %v, want %v", got, want)
+			}
+			forget()
+			if got := studyOf(q, "1.2.3.2", ""); len(got) != 0 {
+				t.Fatalf("within studyIndexEvery the queue indexed again: %v; the test cannot tell the interval", got)
+			}
+			defer redis.SetStudyIndexEveryForTest(0)()
+			if got, want := studyOf(q, "1.2.3.2", ""), []string{"tr-b"}; !slices.Equal(got, want) {
+				t.Errorf("a transfer written by an earlier version, once studyIndexEvery passed: %v, want %v", got, want)
 			}
 		})
 	}

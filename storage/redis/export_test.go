@@ -1,0 +1,12 @@
+package redis
+
+import "time"
+
+// SetStudyIndexEveryForTest changes how often a List by study indexes the
+// transfers written since the last time, until the returned function
+// restores it.
+func SetStudyIndexEveryForTest(d time.Duration) (restore func()) {
+	old := studyIndexEvery
+	studyIndexEvery = d
+	return func() { studyIndexEvery = old }
+}
