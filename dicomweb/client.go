@@ -506,11 +506,24 @@ func (c *Client) Verify(ctx context.Context, peer gateway.Peer, studyUID string,
 		if err != nil {
 			return nil, queryError(ctx, peer, admin, err)
 		}
+		if len(sums) == 0 && len(v.Missing) < len(instances) {
+			// QIDO-RS lists the study but the admin API knows none of it: the
+			// admin URL leads elsewhere (a proxy forwarding /dicomweb only).
+			// Nothing was compared, so nothing is verified.
+			return nil, &gateway.SendError{Peer: peer.Name, Temporary: true, Err: fmt.Errorf(
+				"its QIDO-RS lists %d instances of the study but its admin API (%s) gave no SHA-256 for any: check the peer's admin_url",
+				len(instances)-len(v.Missing), admin)}
+		}
 		same := 0
 		for _, rec := range instances {
 			got, ok := sums[rec.SOPInstanceUID]
 			switch {
 			case !ok:
+				// Listed but without a digest (deleted at the peer between
+				// the two calls): not verified, so sent again.
+				if listed[rec.SOPInstanceUID] {
+					v.Missing = append(v.Missing, rec.SOPInstanceUID)
+				}
 			case got == rec.SHA256:
 				same++
 			default:

@@ -2,11 +2,15 @@ package dicomweb_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/dicom-gateway/gateway/dicomweb"
+	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
 
@@ -70,5 +74,35 @@ func TestVerifyRecordedOrReread(t *testing.T) {
 				t.Errorf("re-read verification %+v; want the altered instance %s mismatched", v, altered.SOPInstanceUID)
 			}
 		})
+	}
+}
+
+// TestVerifyNeedsTheDigests: a gateway peer whose QIDO-RS lists the study
+// but whose admin API knows nothing of it (admin_url leads to a server
+// that answers 404, as a proxy forwarding /dicomweb only would) is not
+// verified: Verify errs, temporarily, naming admin_url, instead of
+// reporting 0/N digests identical as OK.
+func TestVerifyNeedsTheDigests(t *testing.T) {
+	hampshire := newCentre(t, "hampshire", backends[0])
+	surrey := newCentre(t, "surrey", backends[0])
+	ins := hampshire.store(t, synth.StudySpec{Seed: 934, Series: 1, InstancesPerSeries: 2})
+	peer := peerOf(surrey)
+	c := dicomweb.NewClient(hampshire.blobs)
+	results, err := sendStudy(t, c, hampshire, peer, ins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertAllSent(t, results, ins)
+	recs, err := hampshire.index.ListInstances(t.Context(), ins[0].StudyInstanceUID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(elsewhere.Close)
+	peer.AdminURL = elsewhere.URL + "/api/v1"
+	v, err := c.Verify(t.Context(), peer, ins[0].StudyInstanceUID, recs)
+	var se *gateway.SendError
+	if err == nil || !errors.As(err, &se) || !se.Temporary || !strings.Contains(err.Error(), "admin_url") {
+		t.Fatalf("Verify with an admin URL that knows nothing = %+v, %v; want a temporary error naming admin_url", v, err)
 	}
 }
