@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -408,6 +409,49 @@ func TestTransferRefusedInstances(t *testing.T) {
 				t.Errorf("after retry: state %s attempts %d failed %d sent %d", again.State, again.Attempts, again.InstancesFailed, again.InstancesSent)
 			}
 		})
+	}
+}
+
+// refusalNotRecordedOnce is a queue whose first write of progress that
+// holds a refusal fails, as a Redis blip would (a fault a real server is
+// not made to produce on cue).
+type refusalNotRecordedOnce struct {
+	gateway.Queue
+	mu     sync.Mutex
+	failed bool
+}
+
+func (q *refusalNotRecordedOnce) SetInstances(ctx context.Context, id string, ps []gateway.InstanceProgress) error {
+	q.mu.Lock()
+	fail := !q.failed && slices.ContainsFunc(ps, func(p gateway.InstanceProgress) bool { return p.State == gateway.InstanceRefused })
+	q.failed = q.failed || fail
+	q.mu.Unlock()
+	if fail {
+		return fmt.Errorf("progress write lost: %w", gateway.ErrUnavailable)
+	}
+	return q.Queue.SetInstances(ctx, id, ps)
+}
+
+// TestTransferRefusalSurvivesALostProgressWrite: when the progress write
+// of a batch holding a refusal fails, the attempt does not go on to verify
+// and complete (the peer lists the refused UID, with other bytes): it is
+// repeated, the refusal is recorded, and the transfer fails.
+func TestTransferRefusalSurvivesALostProgressWrite(t *testing.T) {
+	hampshire, surrey := newCentre(t, "hampshire", "embedded"), newCentre(t, "surrey", "embedded")
+	hampshire.transfers.Peers = []gateway.Peer{peerOf(surrey)}
+	hampshire.transfers.Queue = &refusalNotRecordedOnce{Queue: hampshire.queue}
+	hampshire.start(t)
+	ins := hampshire.store(t, synth.StudySpec{Seed: 604, Series: 1, InstancesPerSeries: 3})
+	clash := ins[1]
+	clash.PixelSeed++ // same UIDs, other pixels
+	if _, err := surrey.ingester.Store(t.Context(), bytes.NewReader(encoded(t, clash)), gateway.StoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	created := hampshire.create(t, ins[0].StudyInstanceUID, "surrey", gateway.PriorityNormal)
+	tr := hampshire.wait(t, created.ID, 30*time.Second)
+	if tr.State != gateway.StateFailed || tr.InstancesFailed != 1 || (tr.Verified != nil && *tr.Verified) {
+		t.Fatalf("transfer %s: state %s, failed %d, verified %v; want failed with the refusal recorded, not verified",
+			tr.ID, tr.State, tr.InstancesFailed, tr.Verified)
 	}
 }
 

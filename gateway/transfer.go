@@ -691,6 +691,10 @@ type run struct {
 	peer  Peer
 	mu    sync.Mutex // guards t and refused while Send reports
 	saved error      // first Save error (lost lease or cancel)
+	// unrecorded is the first error writing a batch's progress: the
+	// attempt then ends as a temporary failure, because what it counted
+	// (a refusal above all) may be missing from the record it decides on.
+	unrecorded error
 }
 
 func (s *Transfers) process(ctx context.Context, l *Lease) {
@@ -863,8 +867,11 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 		}
 	}
 	r.mu.Lock()
-	refused := t.InstancesFailed
+	refused, unrecorded := t.InstancesFailed, r.unrecorded
 	r.mu.Unlock()
+	if unrecorded != nil {
+		return &attemptResult{temporary: fmt.Errorf("the progress of a batch sent to %s was not recorded (%w); the attempt is repeated", peer.Name, unrecorded)}
+	}
 	if refused > 0 {
 		failures, err := s.Queue.Instances(ctx, t.ID)
 		if err != nil {
@@ -943,6 +950,11 @@ func (r *run) report(ctx context.Context, res []SendResult) {
 	if len(ps) > 0 {
 		if err := s.Queue.SetInstances(ctx, r.t.ID, ps); err != nil {
 			s.logger().WarnContext(ctx, "transfer progress not recorded", LogKeyTransferID, r.t.ID, LogKeyError, err.Error())
+			r.mu.Lock()
+			if r.unrecorded == nil {
+				r.unrecorded = err
+			}
+			r.mu.Unlock()
 			return
 		}
 	}
