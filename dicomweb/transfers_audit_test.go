@@ -1,9 +1,11 @@
 package dicomweb_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -72,5 +74,37 @@ func TestTransferNotSentWithoutStartedAudit(t *testing.T) {
 				t.Errorf("transfer.started events: %d, want 1", got)
 			}
 		})
+	}
+}
+
+// TestTransferStartedNamesEveryPatientSent: an instance of another patient
+// that arrives in the study after its transfer was created (a mis-filed
+// instance: the gateway stores it and flags the conflict) is sent with the
+// study, and transfer.started names both patients, so "who was sent
+// patient B's images" finds it.
+func TestTransferStartedNamesEveryPatientSent(t *testing.T) {
+	hampshire, surrey := newCentre(t, "hampshire", "embedded"), newCentre(t, "surrey", "embedded")
+	hampshire.transfers.Peers = []gateway.Peer{peerOf(surrey)}
+	ins := hampshire.store(t, synth.StudySpec{Seed: 1602, Series: 1, InstancesPerSeries: 2})
+	created := hampshire.create(t, ins[0].StudyInstanceUID, "surrey", gateway.PriorityNormal)
+	other := ins[0]
+	other.SOPInstanceUID += ".99"
+	other.PatientID = "OTHER-PATIENT-B"
+	if _, err := hampshire.ingester.Store(t.Context(), bytes.NewReader(encoded(t, other)), gateway.StoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	hampshire.start(t)
+	if tr := hampshire.wait(t, created.ID, 30*time.Second); tr.State != gateway.StateCompleted || tr.InstancesSent != 3 {
+		t.Fatalf("transfer: state %s, sent %d; want completed with 3", tr.State, tr.InstancesSent)
+	}
+	started := hampshire.audit.await(gateway.ActionTransferStarted, 1)
+	if len(started) != 1 || !slices.Contains(started[0].PatientIDs, ins[0].PatientID) || !slices.Contains(started[0].PatientIDs, "OTHER-PATIENT-B") {
+		t.Fatalf("transfer.started events %+v; want one naming %s and OTHER-PATIENT-B", started, ins[0].PatientID)
+	}
+	for _, action := range []string{gateway.ActionTransferComplete, gateway.ActionTransferVerified} {
+		evs := hampshire.audit.await(action, 1)
+		if len(evs) != 1 || !slices.Contains(evs[0].PatientIDs, "OTHER-PATIENT-B") {
+			t.Errorf("%s events %+v; want one naming OTHER-PATIENT-B", action, evs)
+		}
 	}
 }

@@ -691,6 +691,9 @@ type run struct {
 	peer  Peer
 	mu    sync.Mutex // guards t and refused while Send reports
 	saved error      // first Save error (lost lease or cancel)
+	// first: this is the transfer's first attempt, which writes
+	// transfer.started.
+	first bool
 	// unrecorded is the first error writing a batch's progress: the
 	// attempt then ends as a temporary failure, because what it counted
 	// (a refusal above all) may be missing from the record it decides on.
@@ -715,19 +718,6 @@ func (s *Transfers) process(ctx context.Context, l *Lease) {
 		return
 	}
 	s.changed(StateRunning)
-	if first {
-		if err := s.auditOrErr(ctx, workerPrincipal, ActionTransferStarted, OutcomeSuccess, t, nil); err != nil {
-			// Fail closed: nothing is sent without its audit record. The
-			// attempt does not count (it never began), so the next one is
-			// "first" again and writes transfer.started; only RetryPolicy.MaxAge
-			// ends the wait for the audit log.
-			log.ErrorContext(ctx, "transfer not started: transfer.started not audited", LogKeyError, err.Error())
-			t.Attempts--
-			r := &run{s: s, l: l, t: t}
-			r.finish(ctx, &attemptResult{temporary: fmt.Errorf("transfer.started could not be audited, nothing sent: %w", err)})
-			return
-		}
-	}
 	log.InfoContext(ctx, "transfer started", LogKeyPeer, t.Destination, LogKeyStudyUID, t.StudyUID, "attempt", t.Attempts)
 
 	// The heartbeat extends the lease and stops the attempt when an admin
@@ -764,7 +754,7 @@ func (s *Transfers) process(ctx context.Context, l *Lease) {
 		}
 	})
 
-	r := &run{s: s, l: l, t: t}
+	r := &run{s: s, l: l, t: t, first: first}
 	outcome := r.attempt(actx)
 	if ctx.Err() != nil {
 		log.InfoContext(ctx, "transfer left to be resumed: shutting down")
@@ -799,6 +789,9 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 	}
 	if err != nil {
 		return &attemptResult{temporary: fmt.Errorf("reading the study from the local index: %w", err)}
+	}
+	if o := r.auditStart(ctx, recs); o != nil {
+		return o
 	}
 	progress, err := s.Queue.Instances(ctx, t.ID)
 	if err != nil {
@@ -916,6 +909,40 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 		return &attemptResult{temporary: fmt.Errorf("%s does not list %d of %d instances it confirmed (first %s); they will be sent again", peer.Name, len(v.Missing), len(recs), v.Missing[0])}
 	}
 	return &attemptResult{done: true}
+}
+
+// auditStart writes transfer.started before anything is sent, naming the
+// patients of recs, the instances this attempt reads from the index: on
+// the first attempt, and on a later one whose study now holds a patient the
+// events of this study did not name so far (an instance that arrived after
+// the transfer began, of another patient). Fail closed: nothing is sent
+// without its audit record. A first attempt whose record could not be
+// written does not count, so the next one is "first" again; only
+// RetryPolicy.MaxAge ends the wait for the audit log.
+func (r *run) auditStart(ctx context.Context, recs []*InstanceRecord) *attemptResult {
+	s, t := r.s, r.t
+	s.patientsMu.Lock()
+	named, known := s.patients[t.StudyUID]
+	s.patientsMu.Unlock()
+	ids := s.rememberPatientIDs(t.StudyUID, recs) // the later events of the transfer name them too
+	added := !known || slices.ContainsFunc(ids, func(id string) bool { return !slices.Contains(named, id) })
+	if !r.first && !added {
+		return nil
+	}
+	var extra map[string]any
+	if !r.first {
+		extra = map[string]any{"patients_added": true}
+	}
+	if err := s.auditOrErr(ctx, workerPrincipal, ActionTransferStarted, OutcomeSuccess, t, extra); err != nil {
+		s.logger().ErrorContext(ctx, "transfer not started: transfer.started not audited", LogKeyTransferID, t.ID, LogKeyError, err.Error())
+		if r.first {
+			r.mu.Lock()
+			t.Attempts--
+			r.mu.Unlock()
+		}
+		return &attemptResult{temporary: fmt.Errorf("transfer.started could not be audited, nothing sent: %w", err)}
+	}
+	return nil
 }
 
 func refusalError(peer string, failures []InstanceProgress, total int) error {
