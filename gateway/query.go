@@ -459,6 +459,12 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 		if pid := d.String(dicomcodec.TagPatientID); pid != "" && !slices.Contains(res.PatientIDs, pid) {
 			res.PatientIDs = append(res.PatientIDs, pid)
 		}
+		// A study flagged for an identity conflict carries the other
+		// patient's ID too (returned by default at study level): the
+		// search's audit event names both.
+		if other, _, flagged := IdentityConflictOf(d); flagged && other != "" && !slices.Contains(res.PatientIDs, other) {
+			res.PatientIDs = append(res.PatientIDs, other)
+		}
 		return true
 	}
 	var studyConds, seriesConds, instanceConds []Condition

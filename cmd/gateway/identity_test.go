@@ -328,4 +328,16 @@ func TestIdentityConflictFlagged(t *testing.T) {
 	if want := []string{"H200→S100", "S100→H200"}; !slices.Equal(pairs, want) {
 		t.Errorf("identity.conflict events %v, want %v", pairs, want)
 	}
+	// A study-level search that showed the flagged study (one patient's ID,
+	// the other's in the flag) is audited under both patients.
+	both := 0
+	for _, ev := range auditEvents(t, root, "action="+gateway.ActionQuery+"&study_uid="+study) {
+		level := strings.ToLower(fmt.Sprint(ev.Detail["level"]))
+		if level == "study" && slices.Contains(ev.PatientIDs, "H200") && slices.Contains(ev.PatientIDs, "S100") {
+			both++
+		}
+	}
+	if both == 0 {
+		t.Errorf("no query event of the flagged study names both patients")
+	}
 }
