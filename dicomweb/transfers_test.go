@@ -349,6 +349,27 @@ func TestTransferDestinationDownThenUp(t *testing.T) {
 	}
 }
 
+// TestTransferRetriesForTimeNotCount: by default the retry limit is time
+// (RetryPolicy.MaxAge, --transfer-retry-for), not a count of attempts: a
+// transfer to a peer that is down keeps trying past the 50 attempts that
+// once ended it, and fails only when its time is up, saying so.
+func TestTransferRetriesForTimeNotCount(t *testing.T) {
+	hampshire := newCentre(t, "hampshire", "embedded")
+	hampshire.transfers.RetryPolicy = gateway.RetryPolicy{Base: time.Millisecond, Max: 2 * time.Millisecond, MaxAge: 3 * time.Second}
+	down := newCentre(t, "surrey", "embedded")
+	peer := peerOf(down)
+	down.http.Close()
+	hampshire.transfers.Peers = []gateway.Peer{peer}
+	hampshire.start(t)
+	ins := hampshire.store(t, synth.StudySpec{Seed: 605, Series: 1, InstancesPerSeries: 1})
+	created := hampshire.create(t, ins[0].StudyInstanceUID, "surrey", gateway.PriorityNormal)
+	tr := hampshire.wait(t, created.ID, 30*time.Second)
+	if tr.State != gateway.StateFailed || tr.Attempts <= 50 || !strings.Contains(tr.LastError, "gave up after trying for") {
+		t.Fatalf("transfer to a peer down: state %s after %d attempts (%s); want failed after more than 50, for its time",
+			tr.State, tr.Attempts, tr.LastError)
+	}
+}
+
 // TestTransferRefusedInstances: surrey already holds two of the study's SOP
 // Instance UIDs with other bytes, so it refuses them (0x0111); the transfer
 // ends failed with the refusals listed, and the other instances arrive.

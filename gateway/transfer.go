@@ -212,13 +212,16 @@ type CreateTransfer struct {
 }
 
 // RetryPolicy says how a transfer that fails for a temporary reason is
-// retried: exponential backoff from Base to Max with jitter, until
-// MaxAttempts attempts or MaxAge since the transfer (or an admin's retry)
-// started, after which it fails with its last error.
+// retried: exponential backoff from Base to Max with jitter, until MaxAge
+// since the transfer (or an admin's retry) started, or MaxAttempts
+// attempts when set, after which it fails with its last error. Time is the
+// limit by default: a peer down for an afternoon must not fail every
+// transfer queued for it (50 attempts, the former default, ran out after
+// about 2.6 hours with a 5-minute Max).
 type RetryPolicy struct {
 	Base        time.Duration // default 1s
 	Max         time.Duration // default 5m
-	MaxAttempts int           // default 50
+	MaxAttempts int           // 0 (default): no limit by count
 	MaxAge      time.Duration // default 24h
 }
 
@@ -228,9 +231,6 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 	}
 	if p.Max <= 0 {
 		p.Max = 5 * time.Minute
-	}
-	if p.MaxAttempts <= 0 {
-		p.MaxAttempts = 50
 	}
 	if p.MaxAge <= 0 {
 		p.MaxAge = 24 * time.Hour
@@ -1041,7 +1041,7 @@ func (r *run) finish(ctx context.Context, o *attemptResult) {
 	}
 	p := s.RetryPolicy.withDefaults()
 	reason := o.temporary.Error()
-	if t.Attempts >= p.MaxAttempts {
+	if p.MaxAttempts > 0 && t.Attempts >= p.MaxAttempts {
 		r.fail(ctx, fmt.Sprintf("gave up after %d attempts; last error: %s", t.Attempts, reason))
 		return
 	}

@@ -271,7 +271,8 @@ func wireServices(m *Main, b *Backends, reg prometheus.Registerer) *gateway.Serv
 		Workers: cfg.TransferWorkers,
 		// The lease is renewed well before it runs out, or another
 		// replica would take over a transfer that is still moving.
-		Heartbeat: cfg.TransferLease / 3,
+		Heartbeat:   cfg.TransferLease / 3,
+		RetryPolicy: gateway.RetryPolicy{MaxAge: cfg.TransferRetryFor},
 		// Unique per live replica: a restarted process must not inherit
 		// its predecessor's pending entries as its own.
 		Consumer: fmt.Sprintf("%s-%s-%d-%d", cfg.Name, host, os.Getpid(), time.Now().UnixNano()%1e6),

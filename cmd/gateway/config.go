@@ -47,6 +47,7 @@ type Config struct {
 	ShutdownTimeout       time.Duration
 	TransferWorkers       int
 	TransferLease         time.Duration
+	TransferRetryFor      time.Duration
 	LogLevel              string
 	AuditSyslog           string // URL; overrides audit_syslog.url of the file
 	AuditKeyFile          string // --audit-key-file: keys of the audit chain (gateway.AuditKeys)
@@ -148,6 +149,7 @@ func newServeFlags(cfg *Config, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may take to finish on SIGTERM")
 	fs.IntVar(&cfg.TransferWorkers, "transfer-workers", 4, "transfers sent at once by this replica")
 	fs.DurationVar(&cfg.TransferLease, "transfer-lease", time.Minute, "how long a crashed replica's running transfer stays claimed before another takes it over")
+	fs.DurationVar(&cfg.TransferRetryFor, "transfer-retry-for", 24*time.Hour, "how long a transfer that fails for a temporary reason (peer down, network) is retried, from its start or an admin's retry, before it fails")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.AuditKeyFile, "audit-key-file", "", "file with the secret keys of the audit chain (HMAC); keep it outside --data-dir and Redis")
 	fs.StringVar(&cfg.AuditSyslog, "audit-syslog", "", "also export audit events as DICOM audit messages to this syslog receiver (tls://host:6514, tcp://… or udp://…)")
