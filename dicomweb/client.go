@@ -265,6 +265,13 @@ feed:
 // missing or corrupt in our storage.
 type localError struct{ err error }
 
+// errLocalCorrupt marks a local instance whose bytes differ from its index
+// entry: sending it again cannot help, so the transfer fails. Every other
+// local error (a blob deleted since the study was read, too many open
+// files, storage unreachable) is retried: the next attempt reads the
+// study again.
+var errLocalCorrupt = errors.New("local copy corrupt")
+
 func (e *localError) Error() string { return e.err.Error() }
 func (e *localError) Unwrap() error { return e.err }
 
@@ -313,7 +320,7 @@ func (p *blobPart) WriteTo(w io.Writer) (int64, error) {
 		return n, &localError{fmt.Errorf("reading instance %s from local storage: %w", p.rec.SOPInstanceUID, cerr)}
 	}
 	if n != p.rec.Size || (sum != nil && hex.EncodeToString(sum.Sum(nil)) != p.rec.SHA256) {
-		return n, &localError{fmt.Errorf("local copy of instance %s is corrupt: its size or SHA-256 differs from the index; not sent", p.rec.SOPInstanceUID)}
+		return n, &localError{fmt.Errorf("local copy of instance %s is corrupt: its size or SHA-256 differs from the index; not sent: %w", p.rec.SOPInstanceUID, errLocalCorrupt)}
 	}
 	return n, nil
 }
@@ -353,8 +360,7 @@ func (c *Client) stow(ctx context.Context, pc *peerClient, peer gateway.Peer, h 
 		pc.digestsChecked.Store(strings.EqualFold(resp.Header.Get(client.HeaderDigestsChecked), client.DigestSHA256))
 	}
 	if le, ok := errors.AsType[*localError](err); ok {
-		temporary := errors.Is(le, gateway.ErrUnavailable)
-		return nil, &gateway.SendError{Peer: peer.Name, Temporary: temporary, Err: le}
+		return nil, &gateway.SendError{Peer: peer.Name, Temporary: !errors.Is(le, errLocalCorrupt), Err: le}
 	}
 	if err != nil {
 		if ctx.Err() != nil {

@@ -229,11 +229,11 @@ func TestPeerTLSWithCAFile(t *testing.T) {
 // Classification: Client.stow wraps every transport failure (no answer from
 // the peer, which includes a failed certificate verification) in a
 // SendError with Status 0 and Temporary true, so gateway.Transfers retries
-// it with backoff until RetryPolicy.MaxAttempts/MaxAge instead of failing
-// the transfer at once. Only failures to build the peer's client (an
+// it with backoff until RetryPolicy.MaxAge instead of failing the
+// transfer at once. Only failures to build the peer's client (an
 // unreadable ca_file, cert_file or key_file: peerClientFor) are permanent,
-// as is a local corrupt or missing instance (localError, temporary only
-// when the local storage is unavailable). The test pins this down.
+// as is a local corrupt instance (TestSendLocalErrorsClassified). The test
+// pins this down.
 func TestPeerTLSUntrustedCA(t *testing.T) {
 	pki := testpki.NewCA(t, "peer-auth test CA")
 	hampshire, surrey := newCentre(t, "hampshire", backendtest.Embedded), newCentre(t, "surrey", backendtest.Embedded)

@@ -106,3 +106,36 @@ func TestVerifyNeedsTheDigests(t *testing.T) {
 		t.Fatalf("Verify with an admin URL that knows nothing = %+v, %v; want a temporary error naming admin_url", v, err)
 	}
 }
+
+// TestSendLocalErrorsClassified: a local instance whose bytes differ from
+// its index entry fails the send for good (sending again cannot help); a
+// local instance that cannot be read (here its blob is gone, as after a
+// delete since the study was read) is a temporary failure, retried by the
+// next attempt, which reads the study again.
+func TestSendLocalErrorsClassified(t *testing.T) {
+	hampshire := newCentre(t, "hampshire", backends[0])
+	surrey := newCentre(t, "surrey", backends[0])
+	ins := hampshire.store(t, synth.StudySpec{Seed: 935, Series: 1, InstancesPerSeries: 2})
+	peer := peerOf(surrey)
+	peer.Gateway = false // the sender checks each instance's digest itself
+	recs, err := hampshire.index.ListInstances(t.Context(), ins[0].StudyInstanceUID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := recs[0].Key()
+	if _, err := hampshire.blobs.Put(t.Context(), key, strings.NewReader("other bytes")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = sendStudy(t, dicomweb.NewClient(hampshire.blobs), hampshire, peer, ins)
+	var se *gateway.SendError
+	if !errors.As(err, &se) || se.Temporary || !strings.Contains(err.Error(), "corrupt") {
+		t.Errorf("sending a corrupt local copy = %v; want a permanent SendError naming the corruption", err)
+	}
+	if err := hampshire.blobs.Delete(t.Context(), key); err != nil {
+		t.Fatal(err)
+	}
+	_, err = sendStudy(t, dicomweb.NewClient(hampshire.blobs), hampshire, peer, ins)
+	if !errors.As(err, &se) || !se.Temporary {
+		t.Errorf("sending an instance whose blob is gone = %v; want a temporary SendError", err)
+	}
+}
