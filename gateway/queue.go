@@ -396,6 +396,14 @@ func ApplyIncoming(t *Transfer, prev string, in IncomingInstance) (*Transfer, In
 	if !in.OK {
 		p.State, p.Reason = InstanceFailed, in.Reason
 	}
+	if prev == InstanceReceived && !in.OK {
+		// A resend of an instance already stored that failed (refused
+		// for lack of resources, say) leaves it stored: the transfer
+		// neither loses it nor counts its bytes twice when it comes again.
+		p.State, p.Reason, p.Bytes = InstanceReceived, "", in.Bytes
+		t.UpdatedAt = in.At
+		return t, p
+	}
 	switch prev {
 	case InstanceReceived:
 		t.InstancesSent--

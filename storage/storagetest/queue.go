@@ -604,6 +604,20 @@ func TestQueue(t *testing.T, newQueue NewQueueFunc) {
 		if got.InstancesSent != 3 || got.InstancesFailed != 0 || got.State != gateway.StateCompleted {
 			t.Fatalf("incoming after resend = %+v", got)
 		}
+		// A later resend of a stored instance that fails (refused for lack
+		// of resources) leaves it received and the transfer completed; the
+		// next successful one does not count its bytes again.
+		again := in
+		again.SOPInstanceUID, again.OK, again.Reason = "1.2.3.2", false, "0xA700 out of resources"
+		got, _ = q.RecordIncoming(ctx, []gateway.IncomingInstance{again})
+		if got.InstancesSent != 3 || got.InstancesFailed != 0 || got.State != gateway.StateCompleted {
+			t.Fatalf("incoming after a failed resend of a stored instance = %+v", got)
+		}
+		again.OK, again.Reason = true, ""
+		got, _ = q.RecordIncoming(ctx, []gateway.IncomingInstance{again})
+		if got.InstancesSent != 3 || got.BytesSent != 300 || got.State != gateway.StateCompleted {
+			t.Fatalf("incoming after a good resend = %+v, want 3 instances and 300 bytes", got)
+		}
 		list, err := q.List(ctx, gateway.TransferFilter{Direction: gateway.DirectionIncoming})
 		if err != nil {
 			t.Fatal(err)
