@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -346,6 +348,62 @@ func TestTransferDestinationDownThenUp(t *testing.T) {
 	assertArrived(t, surrey, ins)
 	if got := hampshire.transfers.Stats().Retries["surrey"]; got < 2 {
 		t.Errorf("retries counted for surrey = %d, want at least 2", got)
+	}
+}
+
+// leaseLostOnSave is a queue on which every Save after the first (the one
+// that marks the transfer running) finds the lease gone, as after the
+// lease ran out and another replica took the transfer over (Extend still
+// succeeds: the heartbeat does not notice first).
+type leaseLostOnSave struct {
+	gateway.Queue
+	saves atomic.Int32
+}
+
+func (q *leaseLostOnSave) Save(ctx context.Context, l *gateway.Lease, t *gateway.Transfer) error {
+	if q.saves.Add(1) == 1 {
+		return q.Queue.Save(ctx, l, t)
+	}
+	return fmt.Errorf("lease no longer held: %w", gateway.ErrConflict)
+}
+
+// stallingSender confirms the first instance of a send and then waits for
+// the send to be stopped, up to ten seconds, recording whether it was.
+type stallingSender struct {
+	gateway.Sender
+	stopped chan error
+}
+
+func (s stallingSender) Send(ctx context.Context, _ gateway.Peer, _ gateway.SendHeader, ins []*gateway.InstanceRecord, report func([]gateway.SendResult)) error {
+	report([]gateway.SendResult{{SOPInstanceUID: ins[0].SOPInstanceUID, OK: true, Bytes: ins[0].Size}})
+	select {
+	case <-ctx.Done():
+		s.stopped <- context.Cause(ctx)
+	case <-time.After(10 * time.Second):
+		s.stopped <- nil
+	}
+	return ctx.Err()
+}
+
+// TestTransferStopsSendingWhenASaveFindsTheLeaseLost: a worker whose Save
+// finds that another replica took its transfer over stops sending at once,
+// not when the send ends.
+func TestTransferStopsSendingWhenASaveFindsTheLeaseLost(t *testing.T) {
+	hampshire := newCentre(t, "hampshire", "embedded")
+	stalled := stallingSender{Sender: hampshire.transfers.Sender, stopped: make(chan error, 1)}
+	hampshire.transfers.Sender = stalled
+	hampshire.transfers.Queue = &leaseLostOnSave{Queue: hampshire.queue}
+	hampshire.transfers.Peers = []gateway.Peer{{Name: "surrey", URL: "http://127.0.0.1:9/dicomweb"}}
+	hampshire.start(t)
+	ins := hampshire.store(t, synth.StudySpec{Seed: 606, Series: 1, InstancesPerSeries: 2})
+	hampshire.create(t, ins[0].StudyInstanceUID, "surrey", gateway.PriorityNormal)
+	select {
+	case cause := <-stalled.stopped:
+		if !errors.Is(cause, gateway.ErrConflict) {
+			t.Fatalf("the send ended with cause %v; want it stopped because the lease was lost", cause)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no send was made")
 	}
 }
 

@@ -694,6 +694,10 @@ type run struct {
 	// first: this is the transfer's first attempt, which writes
 	// transfer.started.
 	first bool
+	// stop cancels the attempt (nil in tests that build a run by hand): a
+	// Save that finds the lease lost stops the sending at once, as the
+	// heartbeat does, rather than when Send returns.
+	stop context.CancelCauseFunc
 	// unrecorded is the first error writing a batch's progress: the
 	// attempt then ends as a temporary failure, because what it counted
 	// (a refusal above all) may be missing from the record it decides on.
@@ -754,7 +758,7 @@ func (s *Transfers) process(ctx context.Context, l *Lease) {
 		}
 	})
 
-	r := &run{s: s, l: l, t: t, first: first}
+	r := &run{s: s, l: l, t: t, first: first, stop: stop}
 	outcome := r.attempt(actx)
 	if ctx.Err() != nil {
 		log.InfoContext(ctx, "transfer left to be resumed: shutting down")
@@ -999,6 +1003,9 @@ func (r *run) report(ctx context.Context, res []SendResult) {
 	r.t.UpdatedAt = now
 	if err := s.Queue.Save(ctx, r.l, r.t); err != nil && r.saved == nil && errors.Is(err, ErrConflict) {
 		r.saved = err
+		if r.stop != nil {
+			r.stop(err)
+		}
 	}
 }
 
