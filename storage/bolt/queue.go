@@ -2,6 +2,7 @@ package bolt
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -485,6 +486,7 @@ func (q *Queue) Finish(ctx context.Context, l *gateway.Lease, t *gateway.Transfe
 
 // Defer implements gateway.Queue.
 func (q *Queue) Defer(ctx context.Context, l *gateway.Lease, t *gateway.Transfer, until time.Time) error {
+	var ended error // the transfer ended meanwhile (an admin cancelled it): its item is released, the record kept
 	err := q.db.Update(func(tx *bbolt.Tx) error {
 		key, it, err := q.held(tx, l)
 		if err != nil {
@@ -495,7 +497,10 @@ func (q *Queue) Defer(ctx context.Context, l *gateway.Lease, t *gateway.Transfer
 			return err
 		}
 		if old.State != gateway.StateQueued && !gateway.TransferTransitionAllowed(gateway.ActorWorker, old.State, gateway.StateQueued) {
-			return fmt.Errorf("transfer %s was %s: %w", l.TransferID, old.State, gateway.ErrConflict)
+			// As on Redis: the lease is given up with the conflict, so an
+			// admin's retry need not wait for it to run out.
+			ended = fmt.Errorf("transfer %s was %s: %w", l.TransferID, old.State, gateway.ErrConflict)
+			return q.dropItem(tx, key)
 		}
 		*it = queueItem{ID: it.ID, NotBefore: until}
 		if err := qPutJSON(tx.Bucket(bucketTransferQueue), key, it); err != nil {
@@ -505,10 +510,10 @@ func (q *Queue) Defer(ctx context.Context, l *gateway.Lease, t *gateway.Transfer
 		cp.State = gateway.StateQueued
 		return qPutJSON(tx.Bucket(bucketTransfers), []byte(l.TransferID), &cp)
 	})
-	if err == nil {
+	if err == nil && ended == nil {
 		q.notify()
 	}
-	return err
+	return cmp.Or(err, ended)
 }
 
 // Cancel implements gateway.Queue.

@@ -491,6 +491,36 @@ func TestQueue(t *testing.T, newQueue NewQueueFunc) {
 		}
 	})
 
+	t.Run("DeferAfterCancelReleasesTheLease", func(t *testing.T) {
+		// A worker whose attempt failed tries to defer a transfer an admin
+		// cancelled meanwhile: ErrConflict, the transfer stays cancelled,
+		// and the lease is given up, so the admin's retry need not wait
+		// for it to run out.
+		q := newQueue(t, long)
+		ctx := t.Context()
+		tr := newTransfer("x", gateway.PriorityNormal)
+		mustEnqueue(t, q, tr)
+		l := claim(t, q, "a", time.Second)
+		if _, err := q.Cancel(ctx, tr.ID); err != nil {
+			t.Fatal(err)
+		}
+		later := *tr
+		if err := q.Defer(ctx, l, &later, time.Now().Add(time.Minute)); !errors.Is(err, gateway.ErrConflict) {
+			t.Fatalf("Defer after cancel = %v, want ErrConflict", err)
+		}
+		if got, _ := q.Get(ctx, tr.ID); got.State != gateway.StateCancelled {
+			t.Fatalf("state %s after Defer of a cancelled transfer, want cancelled", got.State)
+		}
+		back := *tr
+		back.State = gateway.StateQueued
+		if err := q.Requeue(ctx, &back); err != nil {
+			t.Fatalf("Requeue after the Defer gave the lease up: %v", err)
+		}
+		if again := claim(t, q, "b", time.Second); again == nil || again.TransferID != tr.ID {
+			t.Fatalf("Claim after Requeue = %+v", again)
+		}
+	})
+
 	t.Run("RequeueOnlyFailedOrCancelled", func(t *testing.T) {
 		q := newQueue(t, long)
 		ctx := t.Context()
