@@ -501,10 +501,15 @@ func TestQueue(t *testing.T, newQueue NewQueueFunc) {
 		tr := newTransfer("x", gateway.PriorityNormal)
 		mustEnqueue(t, q, tr)
 		l := claim(t, q, "a", time.Second)
+		run := *tr
+		run.State = gateway.StateRunning
+		if err := q.Save(ctx, l, &run); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := q.Cancel(ctx, tr.ID); err != nil {
 			t.Fatal(err)
 		}
-		later := *tr
+		later := run
 		if err := q.Defer(ctx, l, &later, time.Now().Add(time.Minute)); !errors.Is(err, gateway.ErrConflict) {
 			t.Fatalf("Defer after cancel = %v, want ErrConflict", err)
 		}
