@@ -24,20 +24,7 @@ import (
 func TestVerifyRecordedOrReread(t *testing.T) {
 	for _, backend := range backends {
 		t.Run(backend, func(t *testing.T) {
-			hampshire := newCentre(t, "hampshire", backend)
-			surrey := newCentre(t, "surrey", backend)
-			ins := hampshire.store(t, synth.StudySpec{Seed: 933, Series: 1, InstancesPerSeries: 3})
-			peer := peerOf(surrey)
-			c := dicomweb.NewClient(hampshire.blobs)
-			results, err := sendStudy(t, c, hampshire, peer, ins)
-			if err != nil {
-				t.Fatal(err)
-			}
-			assertAllSent(t, results, ins)
-			recs, err := hampshire.index.ListInstances(t.Context(), ins[0].StudyInstanceUID, "")
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, surrey, ins, peer, c, recs := sentStudy(t, backend, 933, 3)
 
 			v, err := c.Verify(t.Context(), peer, ins[0].StudyInstanceUID, recs)
 			if want := fmt.Sprintf("sha256: %d/%d identical (recorded at ingest)", len(ins), len(ins)); err != nil || !v.OK || !strings.Contains(v.Checked, want) {
@@ -83,20 +70,7 @@ func TestVerifyRecordedOrReread(t *testing.T) {
 // verified: Verify errs, temporarily, naming admin_url, instead of
 // reporting 0/N digests identical as OK.
 func TestVerifyNeedsTheDigests(t *testing.T) {
-	hampshire := newCentre(t, "hampshire", backends[0])
-	surrey := newCentre(t, "surrey", backends[0])
-	ins := hampshire.store(t, synth.StudySpec{Seed: 934, Series: 1, InstancesPerSeries: 2})
-	peer := peerOf(surrey)
-	c := dicomweb.NewClient(hampshire.blobs)
-	results, err := sendStudy(t, c, hampshire, peer, ins)
-	if err != nil {
-		t.Fatal(err)
-	}
-	assertAllSent(t, results, ins)
-	recs, err := hampshire.index.ListInstances(t.Context(), ins[0].StudyInstanceUID, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, ins, peer, c, recs := sentStudy(t, backends[0], 934, 2)
 	elsewhere := httptest.NewServer(http.NotFoundHandler())
 	t.Cleanup(elsewhere.Close)
 	peer.AdminURL = elsewhere.URL + "/api/v1"
@@ -138,4 +112,26 @@ func TestSendLocalErrorsClassified(t *testing.T) {
 	if !errors.As(err, &se) || !se.Temporary {
 		t.Errorf("sending an instance whose blob is gone = %v; want a temporary SendError", err)
 	}
+}
+
+// sentStudy stores a study of n instances at a new hampshire, sends it to
+// a new surrey (a gateway peer) and returns the two centres, the study,
+// surrey as a peer, the client that sent it and hampshire's records.
+func sentStudy(t *testing.T, backend string, seed uint64, n int) (hampshire, surrey *centre, ins []synth.Instance, peer gateway.Peer, c *dicomweb.Client, recs []*gateway.InstanceRecord) {
+	t.Helper()
+	hampshire = newCentre(t, "hampshire", backend)
+	surrey = newCentre(t, "surrey", backend)
+	ins = hampshire.store(t, synth.StudySpec{Seed: seed, Series: 1, InstancesPerSeries: n})
+	peer = peerOf(surrey)
+	c = dicomweb.NewClient(hampshire.blobs)
+	results, err := sendStudy(t, c, hampshire, peer, ins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertAllSent(t, results, ins)
+	recs, err = hampshire.index.ListInstances(t.Context(), ins[0].StudyInstanceUID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hampshire, surrey, ins, peer, c, recs
 }

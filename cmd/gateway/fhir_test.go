@@ -165,15 +165,7 @@ func TestFHIRImagingStudy(t *testing.T) {
 	root := "http://" + m.Addr
 	fhirBase := root + "/fhir"
 	withSeq, asID, other := fhirStudies()
-	body, ct := stowBody(t, slices.Concat(withSeq, asID, other))
-	resp, err := http.Post(root+"/dicomweb/studies", ct, body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("STOW = %d", resp.StatusCode)
-	}
+	stowOK(t, root+"/dicomweb", slices.Concat(withSeq, asID, other))
 	studyA, studyB, studyC := withSeq[0].StudyInstanceUID, asID[0].StudyInstanceUID, other[0].StudyInstanceUID
 
 	t.Run("metadata", func(t *testing.T) {

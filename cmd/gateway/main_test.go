@@ -174,6 +174,21 @@ func TestGracefulShutdownFinishesInFlightRequests(t *testing.T) {
 }
 
 // stowBody builds a multipart/related STOW-RS body of the instances.
+// stowOK stores insts at the DICOMweb root with one STOW-RS request and
+// fails the test unless it answers 200.
+func stowOK(t *testing.T, dicomweb string, insts []synth.Instance) {
+	t.Helper()
+	body, ct := stowBody(t, insts)
+	resp, err := http.Post(dicomweb+"/studies", ct, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("STOW = %d, want 200", resp.StatusCode)
+	}
+}
+
 func stowBody(t *testing.T, insts []synth.Instance) (*bytes.Buffer, string) {
 	t.Helper()
 	var body bytes.Buffer
@@ -212,15 +227,7 @@ func TestNoPatientDataInLogs(t *testing.T) {
 			for i := range synth.Patients {
 				insts = append(insts, synth.Study(synth.StudySpec{Seed: uint64(9000 + i), Patient: i, Rows: 8, Columns: 8})...)
 			}
-			body, ct := stowBody(t, insts)
-			resp, err := http.Post(base+"/studies", ct, body)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				t.Fatalf("STOW = %d, want 200", resp.StatusCode)
-			}
+			stowOK(t, base, insts)
 			for _, p := range synth.Patients {
 				family, _, _ := strings.Cut(p.Name, "^")
 				for _, q := range []string{"PatientName=" + url.QueryEscape(family+"*"), "PatientID=" + p.ID} {

@@ -449,17 +449,7 @@ func TestQueue(t *testing.T, newQueue NewQueueFunc) {
 	t.Run("CancelRunning", func(t *testing.T) {
 		q := newQueue(t, long)
 		ctx := t.Context()
-		tr := newTransfer("x", gateway.PriorityNormal)
-		mustEnqueue(t, q, tr)
-		l := claim(t, q, "a", time.Second)
-		run := *tr
-		run.State = gateway.StateRunning
-		if err := q.Save(ctx, l, &run); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := q.Cancel(ctx, tr.ID); err != nil {
-			t.Fatal(err)
-		}
+		tr, l, run := cancelledWhileRunning(t, q)
 		seen, err := q.Extend(ctx, l)
 		if err != nil {
 			t.Fatalf("Extend after cancel: %v", err)
@@ -498,17 +488,7 @@ func TestQueue(t *testing.T, newQueue NewQueueFunc) {
 		// for it to run out.
 		q := newQueue(t, long)
 		ctx := t.Context()
-		tr := newTransfer("x", gateway.PriorityNormal)
-		mustEnqueue(t, q, tr)
-		l := claim(t, q, "a", time.Second)
-		run := *tr
-		run.State = gateway.StateRunning
-		if err := q.Save(ctx, l, &run); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := q.Cancel(ctx, tr.ID); err != nil {
-			t.Fatal(err)
-		}
+		tr, l, run := cancelledWhileRunning(t, q)
 		later := run
 		if err := q.Defer(ctx, l, &later, time.Now().Add(time.Minute)); !errors.Is(err, gateway.ErrConflict) {
 			t.Fatalf("Defer after cancel = %v, want ErrConflict", err)
@@ -722,6 +702,25 @@ func TestQueue(t *testing.T, newQueue NewQueueFunc) {
 			t.Fatalf("Depth = %v, want normal 2, urgent 0", d)
 		}
 	})
+}
+
+// cancelledWhileRunning enqueues a transfer, claims it as consumer "a",
+// saves it running and has an admin cancel it, and returns the transfer,
+// the lease still held and the record the worker saved.
+func cancelledWhileRunning(t *testing.T, q gateway.Queue) (*gateway.Transfer, *gateway.Lease, gateway.Transfer) {
+	t.Helper()
+	tr := newTransfer("x", gateway.PriorityNormal)
+	mustEnqueue(t, q, tr)
+	l := claim(t, q, "a", time.Second)
+	run := *tr
+	run.State = gateway.StateRunning
+	if err := q.Save(t.Context(), l, &run); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Cancel(t.Context(), tr.ID); err != nil {
+		t.Fatal(err)
+	}
+	return tr, l, run
 }
 
 func newTransfer(name string, p gateway.Priority) *gateway.Transfer {
