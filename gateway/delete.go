@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -61,16 +62,35 @@ func (p *DeletePlan) StudyUIDs() []string { return []string{p.StudyInstanceUID} 
 // audit event.
 func (p *DeletePlan) PatientIDs() []string { return PatientIDsOf(p.Records) }
 
-// PatientIDsOf returns the distinct, non-empty Patient IDs of recs, in order of
-// first appearance.
+// PatientIDsOf returns the distinct patient identities of recs that an
+// audit event names (AppendPatientIdentities), in order of first
+// appearance.
 func PatientIDsOf(recs []*InstanceRecord) []string {
 	var ids []string
 	for _, r := range recs {
-		if id := r.Metadata.String(dicomcodec.TagPatientID); id != "" && !slices.Contains(ids, id) {
+		ids = AppendPatientIdentities(ids, r.Metadata)
+	}
+	return ids
+}
+
+// AppendPatientIdentities appends to ids, unless already there, the
+// identities of the patient of md that audit events name: its Patient ID
+// and, when it carries one under another ID (NationalID), its NHS number.
+// An admin asking the audit log who saw the scans of NHS number N then
+// finds the reads of studies held under a local hospital number too, as
+// transfers between centres rewrite one into the other.
+func AppendPatientIdentities(ids []string, md dicomcodec.Dataset) []string {
+	for _, id := range []string{md.String(dicomcodec.TagPatientID), nationalIDOf(md)} {
+		if id = strings.TrimSpace(id); id != "" && !slices.Contains(ids, id) {
 			ids = append(ids, id)
 		}
 	}
 	return ids
+}
+
+func nationalIDOf(md dicomcodec.Dataset) string {
+	id, _ := NationalID(md)
+	return id
 }
 
 // PlanStudy resolves what deleting a study removes. ErrInvalid for a

@@ -39,9 +39,10 @@ type MetadataEntry struct {
 	StudyInstanceUID  string
 	SeriesInstanceUID string
 	SOPInstanceUID    string
-	// PatientID is the instance's Patient ID, for the audit event of a
+	// PatientID is the instance's Patient ID, and NationalID its NHS number
+	// when it carries one under another ID, for the audit event of a
 	// metadata read.
-	PatientID string
+	PatientID, NationalID string
 	// Digest identifies the instance's content (NewMetadataEntry): equal
 	// digests, equal prepared JSON.
 	Digest [16]byte
@@ -90,6 +91,7 @@ func orderOf(rec *InstanceRecord) MetadataEntry {
 		SeriesInstanceUID: rec.SeriesInstanceUID,
 		SOPInstanceUID:    rec.SOPInstanceUID,
 		PatientID:         rec.Metadata.String(dicomcodec.TagPatientID),
+		NationalID:        nationalIDOf(rec.Metadata),
 	}
 	e.seriesNumber, e.hasSeriesNumber = numberOf(rec.Metadata, dicomcodec.TagSeriesNumber)
 	e.instanceNumber, e.hasInstanceNumber = numberOf(rec.Metadata, dicomcodec.TagInstanceNumber)

@@ -456,9 +456,7 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 		if uid := d.String(dicomcodec.TagStudyInstanceUID); uid != "" && !slices.Contains(res.StudyUIDs, uid) {
 			res.StudyUIDs = append(res.StudyUIDs, uid)
 		}
-		if pid := d.String(dicomcodec.TagPatientID); pid != "" && !slices.Contains(res.PatientIDs, pid) {
-			res.PatientIDs = append(res.PatientIDs, pid)
-		}
+		res.PatientIDs = AppendPatientIdentities(res.PatientIDs, d)
 		// A study flagged for an identity conflict carries the other
 		// patient's ID too (returned by default at study level): the
 		// search's audit event names both.

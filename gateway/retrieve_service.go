@@ -119,8 +119,10 @@ func subjectOfEntries(entries []MetadataEntry) AuditSubject {
 	sub := AuditSubject{Instances: len(entries)}
 	for _, e := range entries {
 		sub.add(e.StudyInstanceUID, e.SeriesInstanceUID)
-		if e.PatientID != "" && !slices.Contains(sub.PatientIDs, e.PatientID) {
-			sub.PatientIDs = append(sub.PatientIDs, e.PatientID)
+		for _, id := range []string{e.PatientID, e.NationalID} {
+			if id != "" && !slices.Contains(sub.PatientIDs, id) {
+				sub.PatientIDs = append(sub.PatientIDs, id)
+			}
 		}
 	}
 	if len(entries) == 1 {

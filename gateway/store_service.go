@@ -12,8 +12,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-
-	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // StoreService is the store use case: every instance a front end receives
@@ -281,9 +279,7 @@ func (b *StoreBatch) Close(res *StoreResult, status int, reqErr error) error {
 		if !slices.Contains(studies, r.StudyInstanceUID) {
 			studies = append(studies, r.StudyInstanceUID)
 		}
-		if id := r.Metadata.String(dicomcodec.TagPatientID); id != "" && !slices.Contains(patients, id) {
-			patients = append(patients, id)
-		}
+		patients = AppendPatientIdentities(patients, r.Metadata)
 		bytes += r.Size
 	}
 	if study != "" && !slices.Contains(studies, study) {

@@ -12,8 +12,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/dicom-gateway/gateway/dicomcodec"
 )
 
 // Peer is another centre's DICOMweb endpoint: this gateway, Orthanc with its
@@ -590,12 +588,7 @@ func (s *Transfers) studyPatientIDs(ctx context.Context, studyUID string) []stri
 // instances of studyUID, so that the audit events of its transfer do not
 // read the whole study from the index again.
 func (s *Transfers) rememberPatientIDs(studyUID string, recs []*InstanceRecord) []string {
-	var ids []string
-	for _, r := range recs {
-		if id := r.Metadata.String(dicomcodec.TagPatientID); id != "" && !slices.Contains(ids, id) {
-			ids = append(ids, id)
-		}
-	}
+	ids := PatientIDsOf(recs)
 	s.patientsMu.Lock()
 	if s.patients == nil || len(s.patients) >= 1024 {
 		s.patients = map[string][]string{}

@@ -341,3 +341,36 @@ func TestIdentityConflictFlagged(t *testing.T) {
 		t.Errorf("no query event of the flagged study names both patients")
 	}
 }
+
+// TestAuditNamesTheNHSNumber: a study held under a local hospital number
+// that carries the patient's NHS number in its Other Patient IDs Sequence
+// is audited under both, so asking the audit log for the NHS number finds
+// its store, its search, its metadata read and its retrieve.
+func TestAuditNamesTheNHSNumber(t *testing.T) {
+	_, root := centre(t, "surrey", "")
+	in := synth.Instance{PatientName: "Doe^Jane", PatientID: "SUR123", IssuerOfPatientID: "SURREY",
+		OtherPatientIDs: []synth.OtherPatientID{{ID: testNHSNumber, Issuer: "NHS"}}, StudyInstanceUID: synth.UID(84, 1),
+		SeriesInstanceUID: synth.UID(84, 1, 1), SOPInstanceUID: synth.UID(84, 1, 1, 1), InstanceNumber: 1, Rows: 4, Columns: 4}
+	stowOK(t, root+"/dicomweb", []synth.Instance{in})
+	study := "/dicomweb/studies/" + in.StudyInstanceUID
+	for _, read := range []struct{ path, accept string }{
+		{"/dicomweb/studies?StudyInstanceUID=" + in.StudyInstanceUID, "application/dicom+json"},
+		{study + "/metadata", "application/dicom+json"},
+		{study + "/series/" + in.SeriesInstanceUID + "/instances/" + in.SOPInstanceUID, `multipart/related; type="application/dicom"`},
+	} {
+		if code, _, _ := fhirGet(t, root+read.path, read.accept); code != http.StatusOK {
+			t.Fatalf("GET %s = %d", read.path, code)
+		}
+	}
+	actions := map[string]bool{}
+	for _, ev := range auditEvents(t, root, "patient_id="+testNHSNumber) {
+		if slices.Contains(ev.PatientIDs, "SUR123") {
+			actions[ev.Action] = true
+		}
+	}
+	for _, want := range []string{gateway.ActionStore, gateway.ActionQuery, gateway.ActionRetrieve} {
+		if !actions[want] {
+			t.Errorf("no %s event found by the NHS number (found %v)", want, actions)
+		}
+	}
+}
