@@ -130,7 +130,7 @@ func NewRetentionCollector(r *gateway.Retention) *RetentionCollector {
 		heldStudies: prometheus.NewDesc("gateway_retention_held_studies", "Studies the index lists.", nil, nil),
 		reclaimed:   prometheus.NewDesc("gateway_retention_reclaimed_bytes_total", "Bytes freed by retention deletions since start.", nil, nil),
 		deleted:     prometheus.NewDesc("gateway_retention_deleted_studies_total", "Studies deleted by retention since start.", nil, nil),
-		skipped:     prometheus.NewDesc("gateway_retention_skipped_studies_total", "Due studies retention kept since start, by reason (held: a legal hold; transfer_pending: a transfer not completed and verified; received_since_planned: an instance arrived after the run planned the study).", []string{"reason"}, nil),
+		skipped:     prometheus.NewDesc("gateway_retention_skipped_studies_total", "Due studies retention kept since start, by reason (held: a legal hold; transfer_pending: a transfer not completed and verified; received_since_planned: an instance arrived after the run planned the study; under_cap: due by max_bytes only, and stored bytes fell under it during the run).", []string{"reason"}, nil),
 		runs:        prometheus.NewDesc("gateway_retention_runs_total", "Retention runs this process completed since start.", nil, nil),
 		lastRun:     prometheus.NewDesc("gateway_retention_last_run_timestamp_seconds", "When this process last completed a retention run (Unix time; 0: never).", nil, nil),
 	}
@@ -157,7 +157,7 @@ func (rc *RetentionCollector) Collect(ch chan<- prometheus.Metric) {
 	st := rc.r.Stats()
 	ch <- prometheus.MustNewConstMetric(rc.reclaimed, prometheus.CounterValue, float64(st.ReclaimedBytes))
 	ch <- prometheus.MustNewConstMetric(rc.deleted, prometheus.CounterValue, float64(st.DeletedStudies))
-	for _, reason := range []string{gateway.RetentionSkipHeld, gateway.RetentionSkipTransfer, gateway.RetentionSkipReceived} {
+	for _, reason := range []string{gateway.RetentionSkipHeld, gateway.RetentionSkipTransfer, gateway.RetentionSkipReceived, gateway.RetentionSkipUnderCap} {
 		ch <- prometheus.MustNewConstMetric(rc.skipped, prometheus.CounterValue, float64(st.Skipped[reason]), reason)
 	}
 	ch <- prometheus.MustNewConstMetric(rc.runs, prometheus.CounterValue, float64(st.Runs))

@@ -618,6 +618,38 @@ func TestDeleteLeavesNoSeriesMetadata(t *testing.T) {
 	})
 }
 
+// TestRetentionBytesCapReadAgainBeforeEachDelete: the plan deletes the two
+// oldest of four 1,000-byte studies to get under a 2,500-byte cap; an admin
+// deletes the newest while the run deletes the first, so the second is no
+// longer needed and is kept (under_cap).
+func TestRetentionBytesCapReadAgainBeforeEachDelete(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, kind string) {
+		e := newRetentionEnv(t, kind, gateway.RetentionPolicy{MaxBytes: 2500})
+		for i := range 4 {
+			e.putStudy(t, fmt.Sprintf("1.2.826.16.%d", i+1), "CT", 2, 500, time.Duration(10-i)*day)
+		}
+		admin := gateway.Caller{Principal: gateway.Principal{Name: "records-officer"}}
+		e.svc.Retention.Holds = &storeOnHoldCheck{HoldStore: e.b.Holds, study: "1.2.826.16.1", store: func() {
+			if _, _, err := e.svc.Delete.DeleteStudy(t.Context(), admin, "1.2.826.16.4", time.Time{}, nil); err != nil {
+				t.Fatal(err)
+			}
+		}}
+		rep := e.run(t, e.svc.Retention)
+		if rep.Deleted != 1 || len(rep.Plan.Delete) != 2 || rep.Plan.Delete[1].Skipped != gateway.RetentionSkipUnderCap {
+			t.Fatalf("run: deleted %d of %d planned, the second skipped %q; want 1 of 2, the second %s",
+				rep.Deleted, len(rep.Plan.Delete), rep.Plan.Delete[len(rep.Plan.Delete)-1].Skipped, gateway.RetentionSkipUnderCap)
+		}
+		for i, want := range []bool{false, true, true, false} {
+			if got := e.stored(t, fmt.Sprintf("1.2.826.16.%d", i+1)); got != want {
+				t.Errorf("study %d stored = %v, want %v", i+1, got, want)
+			}
+		}
+		if got := e.metric(t, "gateway_retention_skipped_studies_total", "reason", gateway.RetentionSkipUnderCap); got != 1 {
+			t.Errorf("skipped{%s} = %v, want 1", gateway.RetentionSkipUnderCap, got)
+		}
+	})
+}
+
 // TestRetentionDryRunDeletesNothing: a dry-run policy plans and audits the
 // deletions it would make and deletes nothing.
 func TestRetentionDryRunDeletesNothing(t *testing.T) {

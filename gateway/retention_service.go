@@ -32,6 +32,10 @@ const (
 	// planned it (a PACS or a peer sent more), so it may no longer be due;
 	// the next run plans it again.
 	RetentionSkipReceived = "received_since_planned"
+	// RetentionSkipUnderCap: the study was due by max_bytes only, and
+	// stored bytes were no longer over the cap when its turn came (a
+	// DELETE, or another deletion, freed space during the run).
+	RetentionSkipUnderCap = "under_cap"
 )
 
 // RetentionCandidate is a study a plan deletes, or would delete but keeps.
@@ -253,6 +257,20 @@ func (r *Retention) planFrom(ctx context.Context, walk retentionWalk) (*Retentio
 	return plan, goOn(), nil
 }
 
+// underCap says whether stored bytes are no longer over max_bytes, read
+// again before each deletion the cap alone makes due: the plan counted
+// from totals read once, and a DELETE during the run frees space too.
+func (r *Retention) underCap(ctx context.Context) (reason, detail string, err error) {
+	totals, err := r.Usage.UsageTotals(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	if totals.Bytes <= r.Policy.MaxBytes {
+		return RetentionSkipUnderCap, fmt.Sprintf("%d bytes stored, max_bytes %d", totals.Bytes, r.Policy.MaxBytes), nil
+	}
+	return "", "", nil
+}
+
 // keep says why study must not be deleted now: a legal hold, or a transfer
 // not completed and verified; "" when it may be deleted.
 func (r *Retention) keep(ctx context.Context, study string) (reason, detail string, err error) {
@@ -377,6 +395,12 @@ func (r *Retention) RunOnce(ctx context.Context) (*RetentionReport, error) {
 				rep.Errors = append(rep.Errors, c.StudyInstanceUID+": "+err.Error())
 				continue
 			}
+			if c.Skipped == "" && c.Rule == RetentionRuleMaxBytes {
+				if c.Skipped, c.SkipDetail, err = r.underCap(ctx); err != nil {
+					rep.Errors = append(rep.Errors, c.StudyInstanceUID+": "+err.Error())
+					continue
+				}
+			}
 			if c.Skipped != "" {
 				skipped[c.Skipped]++
 				continue
@@ -432,7 +456,7 @@ func (r *Retention) auditRun(ctx context.Context, rep *RetentionReport, skipped 
 		"planned_bytes": plan.Bytes, "deleted": rep.Deleted, "reclaimed_bytes": rep.Reclaimed,
 		"gone": rep.Gone, "examined": plan.Examined, "truncated": plan.Truncated,
 		"held_bytes_before": plan.Held.Bytes, "skipped_held": skipped[RetentionSkipHeld],
-		"skipped_transfer_pending": skipped[RetentionSkipTransfer], "skipped_received_since_planned": skipped[RetentionSkipReceived],
+		"skipped_transfer_pending": skipped[RetentionSkipTransfer], "skipped_received_since_planned": skipped[RetentionSkipReceived], "skipped_under_cap": skipped[RetentionSkipUnderCap],
 	}
 	if len(rep.Errors) > 0 {
 		detail["errors"] = strings.Join(rep.Errors, "; ")
