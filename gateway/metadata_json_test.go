@@ -190,6 +190,20 @@ func TestMetadataOrder(t *testing.T) {
 	if want := []string{"1.7.1", "1.7.2", "1.6.1", "1.9.3", "1.9.1", "1.9.2", "1.8.1"}; !slices.Equal(got, want) {
 		t.Errorf("sorted %v, want %v", got, want)
 	}
+	// The NHS number, carried under a local Patient ID, round-trips too;
+	// an entry written before it was kept reads with none.
+	nhs := mk("1.5", "1.5.1", nil, nil)
+	nhs.Metadata[TagOtherPatientIDsSequence] = dicomcodec.Attribute{VR: "SQ", Value: []any{dicomcodec.Dataset{
+		dicomcodec.TagPatientID: {VR: "LO", Value: []any{"9434765919"}}, TagIssuerOfPatientID: {VR: "LO", Value: []any{NHSNumberIssuer}}}}}
+	e, err := DecodeMetadataEntry("1", "1.5", "1.5.1", MetadataOrder(nhs))
+	if err != nil || e.PatientID != "PID-1.5.1" || e.NationalID != "9434765919" {
+		t.Errorf("entry with an NHS number read back as %q, %q (%v)", e.PatientID, e.NationalID, err)
+	}
+	old := NewMetadataEntry(nhs)
+	old.NationalID = ""
+	if e, err := DecodeMetadataEntry("1", "1.5", "1.5.1", old.EncodeOrder()); err != nil || e.PatientID != "PID-1.5.1" || e.NationalID != "" {
+		t.Errorf("entry of the earlier form read back as %q, %q (%v)", e.PatientID, e.NationalID, err)
+	}
 	for _, bad := range [][]byte{nil, {1}, make([]byte, 33), append([]byte{2}, make([]byte, 33)...)} {
 		if _, err := DecodeMetadataEntry("1", "2", "3", bad); !errors.Is(err, ErrUnavailable) {
 			t.Errorf("DecodeMetadataEntry(%d bytes): err=%v, want ErrUnavailable", len(bad), err)

@@ -74,6 +74,7 @@ const preparedFormat = "prepared-metadata/1"
 // one.
 func NewMetadataEntry(rec *InstanceRecord) MetadataEntry {
 	e := orderOf(rec)
+	e.NationalID = nationalIDOf(rec.Metadata)
 	h := sha256.New()
 	h.Write([]byte(preparedFormat))
 	h.Write([]byte{0})
@@ -91,7 +92,6 @@ func orderOf(rec *InstanceRecord) MetadataEntry {
 		SeriesInstanceUID: rec.SeriesInstanceUID,
 		SOPInstanceUID:    rec.SOPInstanceUID,
 		PatientID:         rec.Metadata.String(dicomcodec.TagPatientID),
-		NationalID:        nationalIDOf(rec.Metadata),
 	}
 	e.seriesNumber, e.hasSeriesNumber = numberOf(rec.Metadata, dicomcodec.TagSeriesNumber)
 	e.instanceNumber, e.hasInstanceNumber = numberOf(rec.Metadata, dicomcodec.TagInstanceNumber)
@@ -100,9 +100,12 @@ func orderOf(rec *InstanceRecord) MetadataEntry {
 
 // EncodeOrder is the stored form of e without its UIDs (the index keys
 // hold those): a version byte, a flags byte, SeriesNumber and
-// InstanceNumber as float64 bits, the digest, then the Patient ID.
+// InstanceNumber as float64 bits, the digest, then the Patient ID and,
+// after a NUL (which a Patient ID cannot hold), the NHS number when there
+// is one. Entries written before the NHS number was kept end with the
+// Patient ID and read as before.
 func (e MetadataEntry) EncodeOrder() []byte {
-	b := make([]byte, 0, orderFixedLen+len(e.PatientID))
+	b := make([]byte, 0, orderFixedLen+len(e.PatientID)+1+len(e.NationalID))
 	var flags byte
 	if e.hasSeriesNumber {
 		flags |= 1
@@ -114,7 +117,11 @@ func (e MetadataEntry) EncodeOrder() []byte {
 	b = binary.LittleEndian.AppendUint64(b, math.Float64bits(e.seriesNumber))
 	b = binary.LittleEndian.AppendUint64(b, math.Float64bits(e.instanceNumber))
 	b = append(b, e.Digest[:]...)
-	return append(b, e.PatientID...)
+	b = append(b, e.PatientID...)
+	if e.NationalID != "" && e.NationalID != e.PatientID {
+		b = append(append(b, 0), e.NationalID...)
+	}
+	return b
 }
 
 // orderFixedLen is the length of an encoded order entry before the Patient
@@ -132,7 +139,8 @@ func DecodeMetadataEntry(study, series, sop string, order []byte) (MetadataEntry
 	e.seriesNumber = math.Float64frombits(binary.LittleEndian.Uint64(order[2:]))
 	e.instanceNumber = math.Float64frombits(binary.LittleEndian.Uint64(order[10:]))
 	copy(e.Digest[:], order[18:orderFixedLen])
-	e.PatientID = string(order[orderFixedLen:])
+	pid, nhs, _ := strings.Cut(string(order[orderFixedLen:]), "\x00")
+	e.PatientID, e.NationalID = pid, nhs
 	return e, nil
 }
 
