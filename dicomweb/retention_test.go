@@ -121,6 +121,26 @@ func (e *retentionEnv) stored(t *testing.T, study string) bool {
 	return indexed
 }
 
+// putStudies stores n studies prefix1 … prefixN of two 500-byte CT
+// instances each, received 10, 9, … days ago: the oldest first.
+func (e *retentionEnv) putStudies(t *testing.T, prefix string, n int) {
+	t.Helper()
+	for i := range n {
+		e.putStudy(t, fmt.Sprintf("%s%d", prefix, i+1), "CT", 2, 500, time.Duration(10-i)*day)
+	}
+}
+
+// assertStored checks, for the studies prefix1, prefix2, …, which are
+// still stored.
+func (e *retentionEnv) assertStored(t *testing.T, prefix string, want ...bool) {
+	t.Helper()
+	for i, w := range want {
+		if got := e.stored(t, fmt.Sprintf("%s%d", prefix, i+1)); got != w {
+			t.Errorf("study %s%d stored = %v, want %v", prefix, i+1, got, w)
+		}
+	}
+}
+
 func (e *retentionEnv) run(t *testing.T, r *gateway.Retention) *gateway.RetentionReport {
 	t.Helper()
 	rep, err := r.RunOnce(t.Context())
@@ -268,18 +288,12 @@ func TestRetentionAgeDeletesOldestKeepsNewer(t *testing.T) {
 func TestRetentionBytesCapStopsUnderCap(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, kind string) {
 		e := newRetentionEnv(t, kind, gateway.RetentionPolicy{MaxBytes: 2500})
-		for i := range 4 {
-			e.putStudy(t, fmt.Sprintf("1.2.826.2.%d", i+1), "CT", 2, 500, time.Duration(10-i)*day)
-		}
+		e.putStudies(t, "1.2.826.2.", 4)
 		rep := e.run(t, e.svc.Retention)
 		if rep.Deleted != 2 || rep.Reclaimed != 2000 {
 			t.Fatalf("deleted %d studies, %d bytes; want 2, 2000", rep.Deleted, rep.Reclaimed)
 		}
-		for i, want := range []bool{false, false, true, true} {
-			if got := e.stored(t, fmt.Sprintf("1.2.826.2.%d", i+1)); got != want {
-				t.Errorf("study %d stored = %v, want %v", i+1, got, want)
-			}
-		}
+		e.assertStored(t, "1.2.826.2.", false, false, true, true)
 		for _, ev := range e.events(t, gateway.RetentionActor, gateway.ActionDelete) {
 			if ev.Detail["retention_rule"] != gateway.RetentionRuleMaxBytes {
 				t.Errorf("delete of %v: rule %v, want max_bytes", ev.StudyUIDs, ev.Detail["retention_rule"])
@@ -567,11 +581,7 @@ func TestRetentionBytesOverTheCapStartAtTheOldest(t *testing.T) {
 		if rep.Plan.Resumed || rep.Deleted != 2 {
 			t.Fatalf("run over the cap: resumed %v, deleted %d; want a walk from the oldest deleting 2", rep.Plan.Resumed, rep.Deleted)
 		}
-		for study, want := range map[string]bool{"1.2.826.14.1": false, "1.2.826.14.2": false, "1.2.826.14.3": true, "1.2.826.14.4": true} {
-			if got := e.stored(t, study); got != want {
-				t.Errorf("study %s stored = %v, want %v", study, got, want)
-			}
-		}
+		e.assertStored(t, "1.2.826.14.", false, false, true, true)
 	})
 }
 
@@ -625,9 +635,7 @@ func TestDeleteLeavesNoSeriesMetadata(t *testing.T) {
 func TestRetentionBytesCapReadAgainBeforeEachDelete(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, kind string) {
 		e := newRetentionEnv(t, kind, gateway.RetentionPolicy{MaxBytes: 2500})
-		for i := range 4 {
-			e.putStudy(t, fmt.Sprintf("1.2.826.16.%d", i+1), "CT", 2, 500, time.Duration(10-i)*day)
-		}
+		e.putStudies(t, "1.2.826.16.", 4)
 		admin := gateway.Caller{Principal: gateway.Principal{Name: "records-officer"}}
 		e.svc.Retention.Holds = &storeOnHoldCheck{HoldStore: e.b.Holds, study: "1.2.826.16.1", store: func() {
 			if _, _, err := e.svc.Delete.DeleteStudy(t.Context(), admin, "1.2.826.16.4", time.Time{}, nil); err != nil {
@@ -639,11 +647,7 @@ func TestRetentionBytesCapReadAgainBeforeEachDelete(t *testing.T) {
 			t.Fatalf("run: deleted %d of %d planned, the second skipped %q; want 1 of 2, the second %s",
 				rep.Deleted, len(rep.Plan.Delete), rep.Plan.Delete[len(rep.Plan.Delete)-1].Skipped, gateway.RetentionSkipUnderCap)
 		}
-		for i, want := range []bool{false, true, true, false} {
-			if got := e.stored(t, fmt.Sprintf("1.2.826.16.%d", i+1)); got != want {
-				t.Errorf("study %d stored = %v, want %v", i+1, got, want)
-			}
-		}
+		e.assertStored(t, "1.2.826.16.", false, true, true, false)
 		if got := e.metric(t, "gateway_retention_skipped_studies_total", "reason", gateway.RetentionSkipUnderCap); got != 1 {
 			t.Errorf("skipped{%s} = %v, want 1", gateway.RetentionSkipUnderCap, got)
 		}

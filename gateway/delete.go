@@ -80,7 +80,13 @@ func PatientIDsOf(recs []*InstanceRecord) []string {
 // finds the reads of studies held under a local hospital number too, as
 // transfers between centres rewrite one into the other.
 func AppendPatientIdentities(ids []string, md dicomcodec.Dataset) []string {
-	for _, id := range []string{md.String(dicomcodec.TagPatientID), nationalIDOf(md)} {
+	return appendNewIDs(ids, md.String(dicomcodec.TagPatientID), nationalIDOf(md))
+}
+
+// appendNewIDs appends to ids each of add, trimmed, that is not empty and
+// not there yet.
+func appendNewIDs(ids []string, add ...string) []string {
+	for _, id := range add {
 		if id = strings.TrimSpace(id); id != "" && !slices.Contains(ids, id) {
 			ids = append(ids, id)
 		}

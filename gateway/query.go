@@ -460,8 +460,8 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 		// A study flagged for an identity conflict carries the other
 		// patient's ID too (returned by default at study level): the
 		// search's audit event names both.
-		if other, _, flagged := IdentityConflictOf(d); flagged && other != "" && !slices.Contains(res.PatientIDs, other) {
-			res.PatientIDs = append(res.PatientIDs, other)
+		if other, _, flagged := IdentityConflictOf(d); flagged {
+			res.PatientIDs = appendNewIDs(res.PatientIDs, other)
 		}
 		return true
 	}

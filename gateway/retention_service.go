@@ -173,16 +173,12 @@ func (r *Retention) Plan(ctx context.Context) (*RetentionPlan, error) {
 	return plan, err
 }
 
-// plan is Plan, and where the run after this one starts if this one runs.
+// plan is Plan, from where the last run left the walk, and where the run
+// after this one starts if this one runs.
 func (r *Retention) plan(ctx context.Context) (*RetentionPlan, retentionWalk, error) {
 	r.mu.Lock()
 	walk := r.next
 	r.mu.Unlock()
-	plan, next, err := r.planFrom(ctx, walk)
-	return plan, next, err
-}
-
-func (r *Retention) planFrom(ctx context.Context, walk retentionWalk) (*RetentionPlan, retentionWalk, error) {
 	if r.Usage == nil {
 		return nil, retentionWalk{}, fmt.Errorf("retention: the index does not report usage: %w", ErrUnavailable)
 	}

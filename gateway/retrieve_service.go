@@ -119,11 +119,7 @@ func subjectOfEntries(entries []MetadataEntry) AuditSubject {
 	sub := AuditSubject{Instances: len(entries)}
 	for _, e := range entries {
 		sub.add(e.StudyInstanceUID, e.SeriesInstanceUID)
-		for _, id := range []string{e.PatientID, e.NationalID} {
-			if id != "" && !slices.Contains(sub.PatientIDs, id) {
-				sub.PatientIDs = append(sub.PatientIDs, id)
-			}
-		}
+		sub.PatientIDs = appendNewIDs(sub.PatientIDs, e.PatientID, e.NationalID)
 	}
 	if len(entries) == 1 {
 		sub.SOPInstanceUID = entries[0].SOPInstanceUID

@@ -581,21 +581,24 @@ func (s *Transfers) studyPatientIDs(ctx context.Context, studyUID string) []stri
 	if err != nil {
 		return nil
 	}
-	return s.rememberPatientIDs(studyUID, recs)
+	ids, _ = s.rememberPatientIDs(studyUID, recs)
+	return ids
 }
 
 // rememberPatientIDs caches and returns the patient IDs of recs, the
 // instances of studyUID, so that the audit events of its transfer do not
-// read the whole study from the index again.
-func (s *Transfers) rememberPatientIDs(studyUID string, recs []*InstanceRecord) []string {
-	ids := PatientIDsOf(recs)
+// read the whole study from the index again. added says whether recs name
+// a patient the cache did not hold for the study (or it held none).
+func (s *Transfers) rememberPatientIDs(studyUID string, recs []*InstanceRecord) (ids []string, added bool) {
+	ids = PatientIDsOf(recs)
 	s.patientsMu.Lock()
+	defer s.patientsMu.Unlock()
+	named, known := s.patients[studyUID]
 	if s.patients == nil || len(s.patients) >= 1024 {
 		s.patients = map[string][]string{}
 	}
 	s.patients[studyUID] = ids
-	s.patientsMu.Unlock()
-	return ids
+	return ids, !known || slices.ContainsFunc(ids, func(id string) bool { return !slices.Contains(named, id) })
 }
 
 // Run starts the workers and returns; they stop when Close is called (ctx
@@ -918,11 +921,7 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 // RetryPolicy.MaxAge ends the wait for the audit log.
 func (r *run) auditStart(ctx context.Context, recs []*InstanceRecord) *attemptResult {
 	s, t := r.s, r.t
-	s.patientsMu.Lock()
-	named, known := s.patients[t.StudyUID]
-	s.patientsMu.Unlock()
-	ids := s.rememberPatientIDs(t.StudyUID, recs) // the later events of the transfer name them too
-	added := !known || slices.ContainsFunc(ids, func(id string) bool { return !slices.Contains(named, id) })
+	_, added := s.rememberPatientIDs(t.StudyUID, recs) // the later events of the transfer name them too
 	if !r.first && !added {
 		return nil
 	}

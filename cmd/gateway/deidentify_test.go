@@ -94,15 +94,7 @@ peers:
 
 	study, series := synth.UID(84, 1), synth.UID(84, 1, 1)
 	probe := synth.ProfileProbe(study, series, 3)
-	body, ct := stowBody(t, probe)
-	resp, err := http.Post(hampshire+"/dicomweb/studies", ct, body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("STOW at hampshire = %d", resp.StatusCode)
-	}
+	stowOK(t, hampshire+"/dicomweb", probe)
 	hc := client.New(hampshire)
 	send := func() *gateway.Transfer {
 		t.Helper()

@@ -298,7 +298,7 @@ func (q *Queue) Enqueue(ctx context.Context, t *gateway.Transfer, notBefore time
 		return nil, false, err
 	}
 	n, err := queueEnqueueScript.Run(ctx, q.rdb,
-		[]string{q.tkey(t.ID), q.stream(t.Priority), q.delayed(t.Priority), q.key("all"), q.key("study:" + t.StudyUID)},
+		[]string{q.tkey(t.ID), q.stream(t.Priority), q.delayed(t.Priority), q.key(outgoingLists.all), q.key(outgoingLists.study + t.StudyUID)},
 		t.ID, data, stamp(t.UpdatedAt), string(t.Priority), ms(notBefore), ms(t.CreatedAt), ms(q.opts.Now())).Int()
 	if err != nil {
 		return nil, false, translate(err)
@@ -841,7 +841,7 @@ func (q *Queue) RecordIncoming(ctx context.Context, batch []gateway.IncomingInst
 		return nil, fmt.Errorf("redis: record incoming: %w", err)
 	}
 	member := batch[0].Source + ":" + batch[0].TransferID
-	rkey, ikey := q.key("in:"+member), q.key("in:i:"+member)
+	rkey, ikey := q.key(incomingLists.record+member), q.key("in:i:"+member)
 	sops := make([]string, len(batch))
 	for i, in := range batch {
 		sops[i] = in.SOPInstanceUID
@@ -888,8 +888,9 @@ func (q *Queue) RecordIncoming(ctx context.Context, batch []gateway.IncomingInst
 		_, err = tx.TxPipelined(ctx, func(pipe goredis.Pipeliner) error {
 			pipe.HSet(ctx, rkey, "json", tj)
 			pipe.HSet(ctx, ikey, fields...)
-			pipe.ZAddNX(ctx, q.key("in:all"), goredis.Z{Score: float64(t.CreatedAt.UnixMilli()), Member: member})
-			pipe.ZAddNX(ctx, q.key("in-study:"+t.StudyUID), goredis.Z{Score: float64(t.CreatedAt.UnixMilli()), Member: member})
+			created := goredis.Z{Score: float64(t.CreatedAt.UnixMilli()), Member: member}
+			pipe.ZAddNX(ctx, q.key(incomingLists.all), created)
+			pipe.ZAddNX(ctx, q.key(incomingLists.study+t.StudyUID), created)
 			return nil
 		})
 		out = t
@@ -916,7 +917,7 @@ func (q *Queue) IncomingByID(ctx context.Context, id string) ([]*gateway.Transfe
 		return nil, err
 	}
 	var members []string
-	iter := q.rdb.ZScan(ctx, q.key("in:all"), 0, "*:"+id, 1000).Iterator()
+	iter := q.rdb.ZScan(ctx, q.key(incomingLists.all), 0, "*:"+id, 1000).Iterator()
 	for iter.Next(ctx) {
 		m := iter.Val()
 		if strings.HasSuffix(m, ":"+id) {
@@ -929,16 +930,16 @@ func (q *Queue) IncomingByID(ctx context.Context, id string) ([]*gateway.Transfe
 	}
 	var out []*gateway.Transfer
 	for _, m := range members {
-		s, err := q.rdb.HGet(ctx, q.key("in:"+m), "json").Result()
-		if errors.Is(err, goredis.Nil) {
-			continue
-		}
+		vals, err := q.rdb.HMGet(ctx, q.key(incomingLists.record+m), "json").Result()
 		if err != nil {
 			return nil, translate(err)
 		}
-		t := &gateway.Transfer{}
-		if err := json.Unmarshal([]byte(s), t); err != nil {
-			return nil, fmt.Errorf("transfer %s: decode: %w", m, err)
+		t, err := decodeTransfer(m, vals)
+		if errors.Is(err, gateway.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, t)
 	}
