@@ -98,8 +98,9 @@ func OverNetwork(b BlobStore) bool {
 // one stream (a STOW-RS request, a DIMSE association) can read the next
 // object while earlier ones are synced: one receiver then keeps several
 // syncs in flight and the store can share them, instead of paying one full
-// sync latency per object in series. The filesystem store implements it; an
-// S3 store does not (its Put is durable when the server answers).
+// sync latency per object in series. Both stores implement it: the
+// filesystem store syncs and names the file at Commit, the S3 store PUTs
+// the object (or completes its multipart upload) at Commit.
 //
 // Stage streams r into a place no reader sees, with Put's guarantees on
 // failure: nothing is left under key. The caller must end every StagedBlob
@@ -116,9 +117,19 @@ type Stager interface {
 // its uploads (S3) sends it instead of hashing the bytes a second time, and
 // the upload fails if it does not match. Abort discards the object. Either
 // may be called once, from any goroutine.
+//
+// CommitNew is Commit for an object that must not replace another: when an
+// object is already under key it fails with ErrConflict, changes nothing,
+// and leaves the blob staged, so that the caller can look at the object
+// there and then Commit (replace it) or Abort. Ingest commits a new
+// instance with it, so that no upload can overwrite the bytes of an
+// instance already acknowledged, even one that ran without the instance's
+// lock (lost to a Redis failover). Any other error ends the blob as
+// Commit's does.
 type StagedBlob interface {
 	Size() int64
 	Commit(ctx context.Context, sha256Hex string) error
+	CommitNew(ctx context.Context, sha256Hex string) error
 	Abort()
 }
 

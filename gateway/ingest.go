@@ -330,12 +330,24 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 		}
 		if staged != nil {
 			start := time.Now()
-			err := staged.Commit(ctx, rec.SHA256)
+			var (
+				err  error
+				done *InstanceRecord
+			)
+			if existing == nil {
+				done, err = in.commitNew(ctx, staged, rec, key, ttl)
+			} else {
+				err = staged.Commit(ctx, rec.SHA256)
+			}
 			in.observe(StageDurable, start)
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil, ctx.Err()
-				}
+			switch {
+			case done != nil:
+				return done, nil
+			case err != nil && ctx.Err() != nil:
+				return nil, ctx.Err()
+			case errors.Is(err, ErrConflict):
+				return nil, fail(ReasonDuplicateRejected, err)
+			case err != nil:
 				return nil, unavailable("store blob", err)
 			}
 		}
@@ -383,6 +395,9 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 				return got, nil
 			}
 			in.logger().ErrorContext(ctx, "instance indexed by another upload while locked", LogKeySOPUID, rec.SOPInstanceUID)
+			if got != nil && got.Key() != key {
+				in.deleteBlob(ctx, key) // ours, under a key no index entry names
+			}
 			return nil, fail(ReasonDuplicateRejected, fmt.Errorf("instance %s was stored concurrently with different content: %w", h.SOPInstanceUID, ErrConflict))
 		}
 		stored(ctx, "instance stored")
@@ -390,6 +405,85 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 	}
 	handedOver = true
 	return pending, nil
+}
+
+// commitNew makes the staged blob of a new instance durable without
+// replacing an object already under key (StagedBlob.CommitNew). The lock
+// on the SOP Instance UID normally keeps a second upload away; this holds
+// when the lock was lost (a Redis failover, renewals failing past its
+// TTL), so that no upload overwrites the bytes of an instance already
+// acknowledged. When key is taken, it decides from the index and the
+// object there, and ends staged either way:
+//   - the instance is indexed: the same bytes are stored already (done is
+//     that record); other bytes are a conflict (ErrConflict), as for a
+//     duplicate;
+//   - the object there is not indexed and holds the same bytes (a store
+//     whose index write failed): it is kept and indexed by the caller;
+//   - an unindexed object with other bytes is left over from a failed
+//     store, and replaced, once it is older than the lock's TTL; younger,
+//     it may be another upload between its commit and its index write, so
+//     the store is refused as temporary (ErrUnavailable) and the client
+//     retries.
+func (in *Ingester) commitNew(ctx context.Context, staged StagedBlob, rec *InstanceRecord, key string, ttl time.Duration) (done *InstanceRecord, err error) {
+	err = staged.CommitNew(ctx, rec.SHA256)
+	if !errors.Is(err, ErrConflict) {
+		return nil, err
+	}
+	keep := false
+	defer func() {
+		if !keep {
+			staged.Abort()
+		}
+	}()
+	cur, err := in.Index.GetInstance(ctx, rec.SOPInstanceUID)
+	switch {
+	case err == nil && cur.SHA256 == rec.SHA256 && cur.Size == rec.Size:
+		return cur, nil
+	case err == nil:
+		in.logger().ErrorContext(ctx, "instance indexed by another upload while locked", LogKeySOPUID, rec.SOPInstanceUID)
+		return nil, fmt.Errorf("instance %s was stored concurrently with different content: %w", rec.SOPInstanceUID, ErrConflict)
+	case !errors.Is(err, ErrNotFound):
+		return nil, fmt.Errorf("look up instance: %w", err)
+	}
+	there, err := in.blobDigest(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("read the unindexed object under the key: %w", err)
+	}
+	if there.SHA256 == rec.SHA256 && there.Size == rec.Size {
+		return nil, nil
+	}
+	if age := time.Since(there.ModTime); age < ttl {
+		return nil, fmt.Errorf("%w: another upload of instance %s may be storing it (an unindexed object written %s ago)", ErrUnavailable, rec.SOPInstanceUID, age.Round(time.Millisecond))
+	}
+	in.logger().WarnContext(ctx, "unindexed blob of a failed store replaced", LogKeySOPUID, rec.SOPInstanceUID)
+	keep = true
+	return nil, staged.Commit(ctx, rec.SHA256)
+}
+
+// storedBlob is what commitNew learns of the object under a key.
+type storedBlob struct {
+	Size    int64
+	SHA256  string
+	ModTime time.Time
+}
+
+// blobDigest hashes the object under key, streaming it.
+func (in *Ingester) blobDigest(ctx context.Context, key string) (storedBlob, error) {
+	info, err := in.Blobs.Stat(ctx, key)
+	if err != nil {
+		return storedBlob{}, err
+	}
+	rc, err := in.Blobs.Get(ctx, key, 0, -1)
+	if err != nil {
+		return storedBlob{}, err
+	}
+	defer rc.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, rc)
+	if err != nil {
+		return storedBlob{}, err
+	}
+	return storedBlob{Size: n, SHA256: hex.EncodeToString(h.Sum(nil)), ModTime: info.ModTime}, nil
 }
 
 // logDeviations warns about a stored instance whose UIDs break PS3.5 9.1 in

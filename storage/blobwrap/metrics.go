@@ -13,7 +13,7 @@ import (
 )
 
 // Operation label values of the blob metrics, one per BlobStore call;
-// "commit" is StagedBlob.Commit.
+// "commit" is StagedBlob.Commit and CommitNew.
 const (
 	OpPut    = "put"
 	OpStage  = "stage"
@@ -99,7 +99,9 @@ type metered struct {
 // done records one finished operation.
 func (w *metered) done(op string, start time.Time, bytes int64, err error) {
 	w.m.ops.WithLabelValues(w.store, op).Inc()
-	if err != nil && !errors.Is(err, gateway.ErrNotFound) {
+	// A missing object and a create-only commit that found one (ErrConflict)
+	// are answers, not failures of the store.
+	if err != nil && !errors.Is(err, gateway.ErrNotFound) && !errors.Is(err, gateway.ErrConflict) {
 		w.m.failures.WithLabelValues(w.store, op).Inc()
 	}
 	w.m.duration.WithLabelValues(w.store, op).Observe(time.Since(start).Seconds())
@@ -142,6 +144,13 @@ type meteredStaged struct {
 func (b *meteredStaged) Commit(ctx context.Context, sha256Hex string) error {
 	start := time.Now()
 	err := b.StagedBlob.Commit(ctx, sha256Hex)
+	b.w.done(OpCommit, start, 0, err)
+	return err
+}
+
+func (b *meteredStaged) CommitNew(ctx context.Context, sha256Hex string) error {
+	start := time.Now()
+	err := b.StagedBlob.CommitNew(ctx, sha256Hex)
 	b.w.done(OpCommit, start, 0, err)
 	return err
 }

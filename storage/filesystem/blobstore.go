@@ -219,6 +219,7 @@ type stagedFile struct {
 	f        *os.File
 	tmp, key string // tmp is "" for an unnamed file
 	size     int64
+	synced   bool        // its data is synced (and a named file closed)
 	ended    atomic.Bool // Commit or Abort ran
 }
 
@@ -244,45 +245,84 @@ func (b *stagedFile) discard() {
 // syncs the directory; concurrent commits into one directory share its
 // sync (dirSyncs).
 func (b *stagedFile) Commit(ctx context.Context, _ string) error {
+	return b.commit(ctx, true)
+}
+
+// CommitNew is Commit that only links: linkat and link never replace a
+// name, so an object already under key is left as it was (ErrConflict) and
+// the file stays staged.
+func (b *stagedFile) CommitNew(ctx context.Context, _ string) error {
+	return b.commit(ctx, false)
+}
+
+func (b *stagedFile) commit(ctx context.Context, replace bool) error {
 	if b.ended.Swap(true) {
 		return fmt.Errorf("put %s: staged object already committed or aborted: %w", b.key, gateway.ErrInvalid)
 	}
-	committed := false
+	committed, kept := false, false
 	defer func() {
-		if !committed {
+		if !committed && !kept {
 			b.discard()
 		}
 	}()
-	if err := b.f.Sync(); err != nil {
-		return fmt.Errorf("put %s: sync: %w", b.key, classify(err))
-	}
-	// A named file is closed before its rename (some systems refuse to
-	// rename an open file); an unnamed one stays open to be linked.
-	if b.tmp != "" {
-		if err := b.f.Close(); err != nil {
-			return fmt.Errorf("put %s: close: %w", b.key, classify(err))
+	if !b.synced { // a CommitNew that found key taken synced it already
+		if err := b.f.Sync(); err != nil {
+			return fmt.Errorf("put %s: sync: %w", b.key, classify(err))
 		}
+		// A named file is closed before its rename (some systems refuse to
+		// rename an open file); an unnamed one stays open to be linked.
+		if b.tmp != "" {
+			if err := b.f.Close(); err != nil {
+				return fmt.Errorf("put %s: close: %w", b.key, classify(err))
+			}
+		}
+		b.synced = true
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("put %s: %w", b.key, err)
 	}
 	dir, err := b.s.place(b.key, func(dir *os.File, base string) error {
-		if b.tmp == "" {
+		switch {
+		case b.tmp == "" && replace:
 			return b.s.linkOrReplace(b.f, dir, base)
+		case b.tmp == "":
+			return b.s.taken(b.key, linkUnnamed(b.f, dir, base))
+		case replace:
+			return placeError("rename", b.s.root.Rename(b.tmp, b.key))
+		default:
+			return b.s.taken(b.key, b.s.root.Link(b.tmp, b.key))
 		}
-		return placeError("rename", b.s.root.Rename(b.tmp, b.key))
 	})
+	if errors.Is(err, gateway.ErrConflict) {
+		kept = true
+		b.ended.Store(false)
+		return fmt.Errorf("put %s: %w", b.key, err)
+	}
 	if err != nil {
 		return fmt.Errorf("put %s: %w", b.key, err)
 	}
 	defer dir.Close()
 	committed = true
-	if b.tmp == "" {
+	switch {
+	case b.tmp == "":
 		if err := b.f.Close(); err != nil {
 			return fmt.Errorf("put %s: close: %w", b.key, classify(err))
 		}
+	case !replace:
+		_ = b.s.root.Remove(b.tmp) // the key is a second link to it; New clears what is left
 	}
 	return b.syncDir(ctx, dir)
+}
+
+// taken says what a failed link onto key means: an object there is
+// ErrConflict; a directory of other keys is ErrInvalid (placeError).
+func (s *BlobStore) taken(key string, err error) error {
+	if errors.Is(err, fs.ErrExist) {
+		if fi, serr := s.root.Lstat(key); serr == nil && fi.Mode().IsRegular() {
+			return fmt.Errorf("an object is already stored under the key: %w", gateway.ErrConflict)
+		}
+	}
+	return placeError("link", err)
 }
 
 // syncDir makes the new name durable. The directory sync runs with its own

@@ -401,6 +401,17 @@ func (o *stagedObject) Size() int64 { return o.size }
 // hashing the payload again in signed chunks, which over plain HTTP cost a
 // third of the receiver's hashing.
 func (o *stagedObject) Commit(ctx context.Context, sha256Hex string) error {
+	return o.put(ctx, sha256Hex, false)
+}
+
+// CommitNew is Commit with If-None-Match: *, so the server refuses (412)
+// to replace an object already under the key; the object then stays
+// staged.
+func (o *stagedObject) CommitNew(ctx context.Context, sha256Hex string) error {
+	return o.put(ctx, sha256Hex, true)
+}
+
+func (o *stagedObject) put(ctx context.Context, sha256Hex string, onlyNew bool) error {
 	if o.ended.Swap(true) {
 		return fmt.Errorf("put %s: staged object already committed or aborted: %w", o.key, gateway.ErrInvalid)
 	}
@@ -408,17 +419,34 @@ func (o *stagedObject) Commit(ctx context.Context, sha256Hex string) error {
 		o.end(true)
 		return fmt.Errorf("put %s: %w", o.key, err)
 	}
-	var err error
-	defer func() { o.end(err == nil) }()
-	if sha256Hex != "" {
-		_, err = o.s.core.PutObject(ctx, o.s.bucket, o.key, bytes.NewReader(o.data), int64(len(o.data)), "", sha256Hex, minio.PutObjectOptions{DisableContentSha256: true})
-	} else {
-		_, err = o.s.client.PutObject(ctx, o.s.bucket, o.key, bytes.NewReader(o.data), int64(len(o.data)), minio.PutObjectOptions{})
+	var opts minio.PutObjectOptions
+	if onlyNew {
+		opts.SetMatchETagExcept("*")
 	}
+	var err error
+	if sha256Hex != "" {
+		opts.DisableContentSha256 = true
+		_, err = o.s.core.PutObject(ctx, o.s.bucket, o.key, bytes.NewReader(o.data), int64(len(o.data)), "", sha256Hex, opts)
+	} else {
+		_, err = o.s.client.PutObject(ctx, o.s.bucket, o.key, bytes.NewReader(o.data), int64(len(o.data)), opts)
+	}
+	if onlyNew && preconditionFailed(err) {
+		// The server refused before reading the body; the bytes stay
+		// staged for a Commit or an Abort.
+		o.ended.Store(false)
+		return fmt.Errorf("put %s: an object is already stored under the key: %w", o.key, gateway.ErrConflict)
+	}
+	o.end(err == nil)
 	if err != nil {
 		return fmt.Errorf("put %s: %w", o.key, translate(err))
 	}
 	return nil
+}
+
+// preconditionFailed reports an S3 answer 412 to a conditional write.
+func preconditionFailed(err error) bool {
+	var er minio.ErrorResponse
+	return errors.As(err, &er) && (er.StatusCode == http.StatusPreconditionFailed || er.Code == "PreconditionFailed")
 }
 
 func (o *stagedObject) Abort() {
@@ -442,12 +470,32 @@ func (u *multipartUpload) Size() int64 { return u.size }
 
 // Commit completes the upload; on failure the upload is aborted.
 func (u *multipartUpload) Commit(ctx context.Context, _ string) error {
+	return u.complete(ctx, false)
+}
+
+// CommitNew completes the upload with If-None-Match: *; when the server
+// refuses (412, an object is under the key) the upload stays open for a
+// Commit or an Abort.
+func (u *multipartUpload) CommitNew(ctx context.Context, _ string) error {
+	return u.complete(ctx, true)
+}
+
+func (u *multipartUpload) complete(ctx context.Context, onlyNew bool) error {
 	if u.ended.Swap(true) {
 		return fmt.Errorf("put %s: staged object already committed or aborted: %w", u.key, gateway.ErrInvalid)
 	}
 	err := ctx.Err()
 	if err == nil {
-		if _, err = u.s.core.CompleteMultipartUpload(ctx, u.s.bucket, u.key, u.uploadID, u.parts, minio.PutObjectOptions{}); err != nil {
+		var opts minio.PutObjectOptions
+		if onlyNew {
+			opts.SetMatchETagExcept("*")
+		}
+		_, err = u.s.core.CompleteMultipartUpload(ctx, u.s.bucket, u.key, u.uploadID, u.parts, opts)
+		if onlyNew && preconditionFailed(err) {
+			u.ended.Store(false)
+			return fmt.Errorf("put %s: an object is already stored under the key: %w", u.key, gateway.ErrConflict)
+		}
+		if err != nil {
 			err = fmt.Errorf("complete multipart upload: %w", translate(err))
 		}
 	}

@@ -113,6 +113,7 @@ func TestBlobStore(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) 
 	t.Run("ConcurrentUse", func(t *testing.T) { testConcurrentUse(t, newStore) })
 	t.Run("InvalidKey", func(t *testing.T) { testInvalidKey(t, newStore) })
 	t.Run("Stage", func(t *testing.T) { testStage(t, newStore) })
+	t.Run("StageCommitNew", func(t *testing.T) { testStageCommitNew(t, newStore) })
 }
 
 // instanceKey is a key as gateway.InstanceKey builds it, for instance n of
@@ -802,6 +803,91 @@ func testStage(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) {
 	}
 	if got := keys(t, s, ""); len(got) != n+4 {
 		t.Errorf("Walk lists %d objects, want %d (staged files must not show): %q", len(got), n+4, got)
+	}
+}
+
+// testStageCommitNew checks StagedBlob.CommitNew for each way a store may
+// stage an object (in memory, past S3's probe buffer, a multipart upload):
+// it creates a new key; over an existing object it fails with ErrConflict,
+// leaves that object as it was and keeps the blob staged, so that a Commit
+// then replaces the object and an Abort leaves it; of two CommitNew racing
+// for one key, exactly one wins and the object is its bytes.
+func testStageCommitNew(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) {
+	s := newStore(t)
+	st, ok := s.(gateway.Stager)
+	if !ok {
+		t.Skipf("%T does not implement gateway.Stager (optional): Put is used instead", s)
+	}
+	ctx := t.Context()
+	stage := func(key string, seed uint64, size int64) gateway.StagedBlob {
+		t.Helper()
+		b, err := st.Stage(ctx, key, io.LimitReader(Random(seed), size))
+		if err != nil {
+			t.Fatalf("Stage %d bytes: %v", size, err)
+		}
+		return b
+	}
+	want := func(key string, seed uint64, size int64, what string) {
+		t.Helper()
+		if sum, n := getSum(t, s, key); n != size || sum != sumOf(t, seed, size) {
+			t.Errorf("%s: %d bytes, SHA-256 %x; want %d bytes of seed %d", what, n, sum, size, seed)
+		}
+	}
+	for i, size := range []int64{300, 3*mib + 7, pastPart} {
+		key := instanceKey(5, i)
+		seed := uint64(200 + 10*i)
+		sum := sumOf(t, seed, size)
+		if err := stage(key, seed, size).CommitNew(ctx, hex.EncodeToString(sum[:])); err != nil {
+			t.Fatalf("CommitNew of %d bytes to a new key: %v", size, err)
+		}
+		want(key, seed, size, "object created by CommitNew")
+
+		other := stage(key, seed+1, size)
+		otherSum := sumOf(t, seed+1, size)
+		if err := other.CommitNew(ctx, hex.EncodeToString(otherSum[:])); !errors.Is(err, gateway.ErrConflict) {
+			t.Fatalf("CommitNew of %d bytes over an object: err = %v, want ErrConflict", size, err)
+		}
+		want(key, seed, size, "object under a refused CommitNew")
+		if err := other.Commit(ctx, hex.EncodeToString(otherSum[:])); err != nil {
+			t.Fatalf("Commit after a refused CommitNew (%d bytes): %v", size, err)
+		}
+		want(key, seed+1, size, "object replaced by Commit after a refused CommitNew")
+
+		third := stage(key, seed+2, size)
+		if err := third.CommitNew(ctx, ""); !errors.Is(err, gateway.ErrConflict) {
+			t.Fatalf("CommitNew of %d bytes over a replaced object: err = %v, want ErrConflict", size, err)
+		}
+		third.Abort()
+		want(key, seed+1, size, "object after an Abort of a refused CommitNew")
+	}
+
+	key := instanceKey(5, 9)
+	racers := []gateway.StagedBlob{stage(key, 301, 4000), stage(key, 302, 4000)}
+	var wg sync.WaitGroup
+	errs := make([]error, len(racers))
+	for i, b := range racers {
+		wg.Go(func() { errs[i] = b.CommitNew(ctx, "") })
+	}
+	wg.Wait()
+	winner := -1
+	for i, err := range errs {
+		switch {
+		case err == nil && winner < 0:
+			winner = i
+		case err == nil:
+			t.Fatal("two CommitNew to one key both succeeded")
+		case errors.Is(err, gateway.ErrConflict):
+			racers[i].Abort()
+		default:
+			t.Fatalf("racing CommitNew: %v", err)
+		}
+	}
+	if winner < 0 {
+		t.Fatal("of two racing CommitNew to a new key, none succeeded")
+	}
+	want(key, uint64(301+winner), 4000, "object after racing CommitNew")
+	if got := keys(t, s, ""); len(got) != 4 {
+		t.Errorf("Walk lists %d objects, want 4 (nothing staged may show): %q", len(got), got)
 	}
 }
 
