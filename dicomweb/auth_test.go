@@ -429,7 +429,7 @@ func TestAuthRefusesBadConfig(t *testing.T) {
 		{"oidc skew", AuthConfig{OIDC: &OIDCConfig{Issuer: "i", Audience: "a", JWKSURL: "https://idp.example/certs", ClockSkew: 1 << 62}}, "clock_skew"},
 		{"oidc role map", AuthConfig{OIDC: &OIDCConfig{Issuer: "i", Audience: "a", JWKSURL: "https://idp.example/certs", RoleMap: map[string]gateway.Role{"x": "root"}}}, "role_map[x]"},
 		{"mtls empty", AuthConfig{MTLS: &MTLSConfig{}}, "auth.mtls.client_ca_file: is required"},
-		{"mtls two matchers", AuthConfig{MTLS: &MTLSConfig{Clients: []MTLSClient{{Name: "a", SubjectCN: "a", SANDNS: "a"}}}}, "exactly one of"},
+		{"mtls two matchers", AuthConfig{MTLS: &MTLSConfig{Clients: []MTLSClient{{Name: "a", CertificateName: gateway.CertificateName{SubjectCN: "a", SANDNS: "a"}}}}}, "exactly one of"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if !tt.cfg.Enabled() {

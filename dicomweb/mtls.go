@@ -4,8 +4,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net/url"
-	"slices"
 	"time"
 
 	"github.com/dicom-gateway/gateway/gateway"
@@ -21,16 +19,13 @@ type MTLSConfig struct {
 	Clients      []MTLSClient `yaml:"clients"`
 }
 
-// MTLSClient maps a certificate to a principal. Set exactly one of SubjectCN
-// (the subject's common name), SANDNS (a DNS subject alternative name) or
-// SANURI (a URI SAN, e.g. spiffe://nhs.uk/gateway/surrey).
+// MTLSClient maps a certificate, named by exactly one of subject_cn,
+// san_dns or san_uri (gateway.CertificateName), to a principal.
 type MTLSClient struct {
-	SubjectCN string         `yaml:"subject_cn"`
-	SANDNS    string         `yaml:"san_dns"`
-	SANURI    string         `yaml:"san_uri"`
-	Name      string         `yaml:"name"`
-	Roles     []gateway.Role `yaml:"roles"`
-	Peer      string         `yaml:"peer"` // the centre a peer gateway's certificate speaks for (peerauth.go)
+	gateway.CertificateName `yaml:",inline"`
+	Name                    string         `yaml:"name"`
+	Roles                   []gateway.Role `yaml:"roles"`
+	Peer                    string         `yaml:"peer"` // the centre a peer gateway's certificate speaks for (peerauth.go)
 }
 
 type mtlsAuth struct {
@@ -53,14 +48,8 @@ func newMTLSAuth(cfg MTLSConfig) (*mtlsAuth, error) {
 	}
 	for i, c := range cfg.Clients {
 		where := fmt.Sprintf("auth.mtls.clients[%d] (%s)", i, c.Name)
-		n := 0
-		for _, s := range []string{c.SubjectCN, c.SANDNS, c.SANURI} {
-			if s != "" {
-				n++
-			}
-		}
-		if n != 1 {
-			errs = append(errs, fmt.Errorf("%s: set exactly one of subject_cn, san_dns, san_uri", where))
+		if err := c.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
 		}
 		if c.Name == "" {
 			errs = append(errs, fmt.Errorf("%s: name is empty", where))
@@ -93,21 +82,9 @@ func (m *mtlsAuth) authenticate(chain []*x509.Certificate) (gateway.Principal, e
 		return gateway.Principal{}, fmt.Errorf("client certificate not trusted: %w", gateway.ErrUnauthenticated)
 	}
 	for _, c := range m.clients {
-		if m.matches(c, leaf) {
+		if c.Matches(leaf) {
 			return gateway.Principal{Name: c.Name, Roles: c.Roles, Method: "mtls"}, nil
 		}
 	}
 	return gateway.Principal{}, fmt.Errorf("client certificate not mapped to a client: %w", gateway.ErrUnauthenticated)
-}
-
-func (m *mtlsAuth) matches(c MTLSClient, leaf *x509.Certificate) bool {
-	switch {
-	case c.SubjectCN != "":
-		return leaf.Subject.CommonName == c.SubjectCN
-	case c.SANDNS != "":
-		return slices.Contains(leaf.DNSNames, c.SANDNS)
-	case c.SANURI != "":
-		return slices.ContainsFunc(leaf.URIs, func(u *url.URL) bool { return u.String() == c.SANURI })
-	}
-	return false
 }

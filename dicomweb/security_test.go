@@ -286,8 +286,8 @@ func TestSecurityMTLS(t *testing.T) {
 	authCfg := AuthConfig{
 		Tokens: []TokenConfig{{Name: "admin", SHA256: hex.EncodeToString(sum[:]), Roles: []gateway.Role{gateway.RoleAdmin}}},
 		MTLS: &MTLSConfig{ClientCAFile: ca.File, Clients: []MTLSClient{
-			{SubjectCN: "surrey.gateway.nhs.uk", Name: "surrey-gateway", Roles: []gateway.Role{gateway.RoleAdmin}},
-			{SANDNS: "hampshire.gateway.nhs.uk", Name: "hampshire-gateway", Roles: []gateway.Role{gateway.RoleRead}},
+			{CertificateName: gateway.CertificateName{SubjectCN: "surrey.gateway.nhs.uk"}, Name: "surrey-gateway", Roles: []gateway.Role{gateway.RoleAdmin}},
+			{CertificateName: gateway.CertificateName{SANDNS: "hampshire.gateway.nhs.uk"}, Name: "hampshire-gateway", Roles: []gateway.Role{gateway.RoleRead}},
 		}},
 	}
 	auth, err := NewAuthenticator(authCfg)

@@ -1,6 +1,7 @@
 package dimse
 
 import (
+	"crypto/x509"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -10,10 +11,17 @@ import (
 
 // AllowRule lets a calling AE title connect from the given addresses with
 // the given roles. It is one entry of dicom.allow in the --config YAML.
+//
+// An AE title is only a name the caller writes in its request. With
+// Certificate set, the rule admits the AE title only over TLS, from a
+// caller whose certificate (verified by the TLS layer against
+// dicom.tls_client_ca_file) carries that name: another holder of a
+// certificate of the same CA cannot claim the AE title and its roles.
 type AllowRule struct {
-	AETitle string         `yaml:"ae_title"`
-	Hosts   []string       `yaml:"hosts"` // IP addresses or CIDR prefixes
-	Roles   []gateway.Role `yaml:"roles"`
+	AETitle     string                   `yaml:"ae_title"`
+	Hosts       []string                 `yaml:"hosts"` // IP addresses or CIDR prefixes
+	Roles       []gateway.Role           `yaml:"roles"`
+	Certificate *gateway.CertificateName `yaml:"certificate"`
 }
 
 // Access decides at association time who may connect, and with which
@@ -54,6 +62,11 @@ func NewAccess(rules []AllowRule, allowLoopback bool) (*Access, error) {
 				return nil, fmt.Errorf("dicom.allow[%d].roles: unknown role %q (store, read, transfer, admin)", i, role)
 			}
 		}
+		if r.Certificate != nil {
+			if err := r.Certificate.Validate(); err != nil {
+				return nil, fmt.Errorf("dicom.allow[%d].certificate (%s): %w", i, r.AETitle, err)
+			}
+		}
 		a.prefixes = append(a.prefixes, ps)
 	}
 	return a, nil
@@ -90,7 +103,9 @@ func ValidateAETitle(ae string) error {
 }
 
 // admit returns the roles of a caller, or the A-ASSOCIATE-RJ to send.
-func (a *Access) admit(callingAE string, addr netip.Addr) ([]gateway.Role, *RejectError) {
+// leaf is the caller's TLS certificate, verified; nil on a plain
+// connection.
+func (a *Access) admit(callingAE string, addr netip.Addr, leaf *x509.Certificate) ([]gateway.Role, *RejectError) {
 	addr = addr.Unmap()
 	knownAE := false
 	if a != nil {
@@ -99,6 +114,9 @@ func (a *Access) admit(callingAE string, addr netip.Addr) ([]gateway.Role, *Reje
 				continue
 			}
 			knownAE = true
+			if r.Certificate != nil && !r.Certificate.Matches(leaf) {
+				continue
+			}
 			for _, p := range a.prefixes[i] {
 				if p.Contains(addr) {
 					return r.Roles, nil
@@ -110,8 +128,8 @@ func (a *Access) admit(callingAE string, addr netip.Addr) ([]gateway.Role, *Reje
 		}
 	}
 	if knownAE {
-		// The AE title is known but not from this address: say no more
-		// than that the association is refused.
+		// The AE title is known but not from this address or without its
+		// certificate: say no more than that the association is refused.
 		return nil, &RejectError{Result: RejectPermanent, Source: SourceServiceUser, Reason: ReasonNoReason}
 	}
 	return nil, &RejectError{Result: RejectPermanent, Source: SourceServiceUser, Reason: ReasonCallingAENotRecognized}

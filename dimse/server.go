@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -345,6 +346,20 @@ func (s *Server) untrack(nc net.Conn) {
 	_ = nc.Close()
 }
 
+// peerCertificate is the certificate a TLS caller presented (its chain
+// verified in the handshake, which ended before the association request
+// could be read), or nil.
+func peerCertificate(nc net.Conn) *x509.Certificate {
+	tc, ok := nc.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
+		return certs[0]
+	}
+	return nil
+}
+
 func newAssociationID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
@@ -399,7 +414,7 @@ func (s *Server) serveConn(nc net.Conn, admitted bool) {
 		reject(&RejectError{Result: RejectPermanent, Source: SourceServiceUser, Reason: ReasonCalledAENotRecognized})
 		return
 	}
-	roles, rj := s.Access.admit(rq.CallingAE, addr)
+	roles, rj := s.Access.admit(rq.CallingAE, addr, peerCertificate(nc))
 	if rj != nil {
 		reject(rj)
 		return

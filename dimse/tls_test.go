@@ -103,3 +103,72 @@ func TestTLS(t *testing.T) {
 		t.Errorf("dimse.tls without a TLS configuration: %v", err)
 	}
 }
+
+// TestTLSCertificateTiedToAETitle: a rule with a certificate admits its AE
+// title only from a TLS caller whose certificate carries the name. Another
+// certificate of the same CA claiming that AE title is rejected, as is the
+// AE title on the plain port; the right certificate is admitted, and an
+// AE title whose rule names no certificate is admitted with any
+// certificate of the CA (as before the setting existed).
+func TestTLSCertificateTiedToAETitle(t *testing.T) {
+	noGoroutineLeak(t)
+	ca := testpki.NewCA(t, "dimse-test-ca")
+	server := ca.Server(t, "gateway")
+	modality := ca.Client(t, "ct1.radiology.example")
+	bySAN := ca.Client(t, "workstation", "ws7.radiology.example")
+	intruder := ca.Client(t, "laptop.example", "laptop.example")
+	store := []gateway.Role{gateway.RoleStore}
+	ts := startServer(t, func(s *Server) {
+		a, err := NewAccess([]AllowRule{
+			{AETitle: "CT1", Hosts: []string{"127.0.0.1"}, Roles: store, Certificate: &gateway.CertificateName{SubjectCN: "ct1.radiology.example"}},
+			{AETitle: "WS7", Hosts: []string{"127.0.0.1"}, Roles: store, Certificate: &gateway.CertificateName{SANDNS: "ws7.radiology.example"}},
+			{AETitle: "OLDPACS", Hosts: []string{"127.0.0.1"}, Roles: store},
+		}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Access = a
+	})
+	addr, err := ts.ListenTLS("127.0.0.1:0", &tls.Config{
+		MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{server.TLS},
+		ClientCAs: ca.Pool, ClientAuth: tls.RequireAndVerifyClientCert,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	contexts := []PresentationContext{{AbstractSyntax: VerificationSOPClass, TransferSyntax: []string{ImplicitVRLittleEndian}}}
+	dialTLS := func(ae string, cert testpki.Leaf) (*Client, error) {
+		return Dial(t.Context(), addr.String(), DialOptions{CallingAE: ae, CalledAE: "GATEWAY", Contexts: contexts,
+			TLS: &tls.Config{RootCAs: ca.Pool, Certificates: []tls.Certificate{cert.TLS}}})
+	}
+	for _, c := range []struct {
+		ae   string
+		cert testpki.Leaf
+	}{{"CT1", modality}, {"WS7", bySAN}, {"OLDPACS", intruder}} {
+		cl, err := dialTLS(c.ae, c.cert)
+		if err != nil {
+			t.Errorf("%s with its certificate: %v", c.ae, err)
+			continue
+		}
+		if st, err := cl.Echo(t.Context()); err != nil || !st.Success() {
+			t.Errorf("%s: echo %s %v", c.ae, st, err)
+		}
+		_ = cl.Release()
+	}
+	for _, c := range []struct {
+		ae   string
+		cert testpki.Leaf
+	}{{"CT1", intruder}, {"CT1", bySAN}, {"WS7", modality}, {"WS7", intruder}} {
+		_, err := dialTLS(c.ae, c.cert)
+		wantReject(t, err, RejectError{RejectPermanent, SourceServiceUser, ReasonNoReason})
+	}
+	_, err = dial(t, ts, "CT1") // the plain port: no certificate at all
+	wantReject(t, err, RejectError{RejectPermanent, SourceServiceUser, ReasonNoReason})
+
+	if _, err := NewAccess([]AllowRule{{AETitle: "X", Hosts: []string{"10.0.0.1"}, Certificate: &gateway.CertificateName{}}}, false); err == nil {
+		t.Error("a certificate naming nothing was accepted")
+	}
+	if _, err := NewAccess([]AllowRule{{AETitle: "X", Hosts: []string{"10.0.0.1"}, Certificate: &gateway.CertificateName{SubjectCN: "a", SANURI: "spiffe://a"}}}, false); err == nil {
+		t.Error("a certificate naming two things was accepted")
+	}
+}

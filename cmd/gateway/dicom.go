@@ -71,6 +71,13 @@ func (c *Config) validateDicom() []error {
 			errs = append(errs, fmt.Errorf("--dicom-tls-listen %s admits no caller from another machine: list calling AE titles and their hosts in dicom.allow of --config", c.DicomTLSListen))
 		}
 	}
+	if c.DicomTLSListen == "" {
+		for i, r := range d.Allow {
+			if r.Certificate != nil {
+				errs = append(errs, fmt.Errorf("dicom.allow[%d] (%s) admits its AE title only with a certificate, which needs --dicom-tls-listen", i, r.AETitle))
+			}
+		}
+	}
 	if c.DicomListen != "" && !isLoopback(c.DicomListen) && len(d.Allow) == 0 {
 		errs = append(errs, fmt.Errorf("--dicom-listen %s admits no caller from another machine: list calling AE titles and their hosts in dicom.allow of --config, or bind a loopback address such as 127.0.0.1:11112", c.DicomListen))
 	}
@@ -138,6 +145,14 @@ func (m *Main) startDicom() error {
 			return fmt.Errorf("--dicom-tls-listen %s: %w", cfg.DicomTLSListen, err)
 		}
 		m.DicomTLSAddr = addr.String()
+	}
+	if cfg.DicomTLSListen != "" {
+		for _, r := range cfg.File.Dicom.Allow {
+			if r.Certificate == nil {
+				m.Logger.Warn("DIMSE AE TITLE NOT TIED TO A CERTIFICATE: any holder of a certificate of dicom.tls_client_ca_file may claim it over TLS; set certificate (subject_cn, san_dns or san_uri) in its dicom.allow rule",
+					"ae_title", r.AETitle)
+			}
+		}
 	}
 	m.Logger.Info("DIMSE listening", "addr", m.DicomAddr, "tls_addr", m.DicomTLSAddr, "ae_title", cfg.DicomAETitle, "allow_rules", len(cfg.File.Dicom.Allow))
 	return nil

@@ -456,6 +456,8 @@ peers:
 		"dimse peer with a url too":            {"peers:\n  - name: p\n    url: http://127.0.0.1:1/dicomweb\n    dimse: {host: h, port: 104, called_ae: P}\n", nil},
 		"tiny max_pdu_length":                  {"dicom:\n  max_pdu_length: 100\n", nil},
 		"TLS port without certificates":        {"", []string{"--dicom-tls-listen", "127.0.0.1:2762"}},
+		"a certificate without the TLS port":   {"dicom:\n  allow:\n    - {ae_title: A, hosts: [10.0.0.1], roles: [store], certificate: {subject_cn: a}}\n", []string{"--dicom-listen", "0.0.0.0:11112"}},
+		"a certificate naming two things":      {"dicom:\n  allow:\n    - {ae_title: A, hosts: [10.0.0.1], roles: [store], certificate: {subject_cn: a, san_dns: a}}\n", nil},
 		"insecure_skip_verify on a dimse peer": {"peers:\n  - name: p\n    dimse: {host: h, port: 104, called_ae: P, tls: true}\n    tls: {insecure_skip_verify: true}\n", nil},
 		"tls settings without dimse.tls":       {"peers:\n  - name: p\n    dimse: {host: h, port: 104, called_ae: P}\n    tls: {ca_file: /etc/ca.pem}\n", nil},
 	} {
@@ -601,15 +603,18 @@ func TestDicomMoveSCU(t *testing.T) {
 
 // TestDicomTLSListen: gateway serve --dicom-tls-listen takes echoscu and
 // storescu over TLS with a client certificate of the configured CA, and
-// refuses a caller whose certificate another CA issued.
+// refuses a caller whose certificate another CA issued, and one whose
+// certificate of the right CA does not carry the name the AE title's
+// allow rule ties it to.
 func TestDicomTLSListen(t *testing.T) {
 	ca := testpki.NewCA(t, "centre-ca")
 	server := ca.Server(t, "gateway")
 	client := ca.Client(t, "MODALITY")
 	stranger := testpki.NewCA(t, "other-ca").Client(t, "MODALITY")
+	colleague := ca.Client(t, "WORKSTATION")
 	cfgFile := filepath.Join(t.TempDir(), "gateway.yaml")
 	yaml := "tls: {cert_file: " + server.CertFile + ", key_file: " + server.KeyFile + "}\n" +
-		"dicom: {tls_client_ca_file: " + ca.File + ", allow: [{ae_title: MODALITY, hosts: [127.0.0.1], roles: [store]}]}\n" +
+		"dicom: {tls_client_ca_file: " + ca.File + ", allow: [{ae_title: MODALITY, hosts: [127.0.0.1], roles: [store], certificate: {subject_cn: MODALITY}}]}\n" +
 		"auth: {tokens: [{name: admin, sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, roles: [admin]}]}\n"
 	if err := os.WriteFile(cfgFile, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
@@ -627,5 +632,10 @@ func TestDicomTLSListen(t *testing.T) {
 		"+tls", stranger.KeyFile, stranger.CertFile, "+cf", ca.File, "127.0.0.1", port).CombinedOutput()
 	if err == nil {
 		t.Errorf("a certificate of another CA was accepted:\n%s", out)
+	}
+	out, err = exec.CommandContext(t.Context(), needTool(t, "echoscu"), "-aet", "MODALITY", "-aec", "HAMPSHIRE",
+		"+tls", colleague.KeyFile, colleague.CertFile, "+cf", ca.File, "127.0.0.1", port).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Association Rejected") {
+		t.Errorf("another certificate of the CA claimed the AE title tied to MODALITY's: %v\n%s", err, out)
 	}
 }
