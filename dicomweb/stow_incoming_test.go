@@ -1,6 +1,8 @@
 package dicomweb_test
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -72,5 +74,61 @@ func TestStowRecordsIncomingTransfer(t *testing.T) {
 	}
 	if full.State != gateway.StateCompleted || full.InstancesSent != 2 {
 		t.Fatalf("after the resend: %+v", full)
+	}
+}
+
+// recordFails is a queue whose RecordIncoming fails while down is set: a
+// state write lost while the index write before it landed, which a real
+// server cannot be made to do on cue.
+type recordFails struct {
+	gateway.Queue
+	down bool
+}
+
+func (q *recordFails) RecordIncoming(ctx context.Context, batch []gateway.IncomingInstance) (*gateway.Transfer, error) {
+	if q.down {
+		return nil, errors.New("connection reset by peer")
+	}
+	return q.Queue.RecordIncoming(ctx, batch)
+}
+
+// TestStowFailsWhenTheIncomingRecordIsLost: a transfer's request whose
+// incoming record cannot be written is answered 503 with Retry-After,
+// although its instances are stored; the sender's retry records them and
+// completes the incoming transfer. Before, the request was answered 200 and
+// the receiver's record of the transfer stayed behind for good.
+func TestStowFailsWhenTheIncomingRecordIsLost(t *testing.T) {
+	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
+	q := &recordFails{Queue: b.Queue, down: true}
+	tr := &gateway.Transfers{Name: "surrey", Queue: q, Index: b.Index}
+	w := testWiring{ServiceDeps: gateway.ServiceDeps{Name: "surrey", Blobs: b.Blobs, Index: b.Index,
+		Ingester: &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}, Transfers: tr}}
+	srv := httptest.NewServer(w.server().Handler())
+	t.Cleanup(srv.Close)
+	s := &stowServer{srv: srv, blobs: b.Blobs, index: b.Index}
+	inst := makeInstance(testStudy, testSeries, testSOP(1), 8, 8, 1)
+	send := func() stowResult {
+		t.Helper()
+		body, boundary := multipartBody(t, dicomPart(inst))
+		return s.post(t, "/dicomweb/studies", `multipart/related; type="application/dicom"; boundary=`+boundary, body,
+			dicomweb.HeaderTransferID, "tr-lost", dicomweb.HeaderSourceCentre, "hampshire", dicomweb.HeaderTransferInstances, "1")
+	}
+
+	if res := send(); res.status != http.StatusServiceUnavailable || res.header.Get("Retry-After") == "" {
+		t.Fatalf("STOW with the incoming record lost: %d (Retry-After %q) %s; want 503 with Retry-After", res.status, res.header.Get("Retry-After"), res.body)
+	}
+	if _, err := b.Index.GetInstance(t.Context(), testSOP(1)); err != nil {
+		t.Fatalf("the instance is not stored after the lost record: %v", err)
+	}
+	q.down = false
+	if res := send(); res.status != http.StatusOK {
+		t.Fatalf("the sender's retry: %d %s", res.status, res.body)
+	}
+	got, err := tr.Get(t.Context(), "tr-lost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != gateway.StateCompleted || got.InstancesSent != 1 {
+		t.Fatalf("incoming transfer after the retry: %+v", got)
 	}
 }

@@ -241,25 +241,42 @@ func (b *StoreBatch) Wait() *StoreResult {
 			incoming = append(incoming, *o.incoming)
 		}
 	}
-	b.recordIncoming(incoming)
+	if err := b.recordIncoming(incoming); err != nil && res.Err == nil {
+		res.Err = err
+	}
 	return res
 }
 
 // recordIncoming notes, for a request that carries a peer's transfer ID
 // (StoreRequest.TransferID, SourceCentre), the outcome of its instances as
-// an incoming transfer, in one state write. Failures to record are logged,
-// never fail the store.
-func (b *StoreBatch) recordIncoming(batch []IncomingInstance) {
+// an incoming transfer, in one state write. A record that cannot be
+// written fails the request as unavailable (ErrUnavailable: STOW-RS
+// answers 503): the instances stay stored, and the sender's retry, which
+// the stored copies answer without a second write, records them. Answering
+// success instead would leave the receiver's view of the transfer behind
+// for good.
+func (b *StoreBatch) recordIncoming(batch []IncomingInstance) error {
 	id, source := b.req.TransferID, b.req.SourceCentre
 	batch = slices.DeleteFunc(batch, func(in IncomingInstance) bool { return in.SOPInstanceUID == "" })
 	if id == "" || source == "" || len(batch) == 0 || b.svc.transfers == nil {
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(b.ctx), 10*time.Second)
 	defer cancel()
-	if err := b.svc.transfers.RecordIncoming(ctx, id, source, b.req.TransferInstances, batch); err != nil {
-		b.svc.logger.WarnContext(ctx, "incoming transfer not recorded", LogKeyTransferID, printableOr(id), LogKeyError, err.Error())
+	err := b.svc.transfers.RecordIncoming(ctx, id, source, b.req.TransferInstances, batch)
+	if err == nil {
+		return nil
 	}
+	b.svc.logger.WarnContext(ctx, "incoming transfer not recorded", LogKeyTransferID, printableOr(id), LogKeyError, err.Error())
+	if errors.Is(err, ErrInvalid) {
+		// A transfer ID or centre this gateway cannot record: the
+		// instances are stored, and a retry would fail the same way.
+		return nil
+	}
+	if !errors.Is(err, ErrUnavailable) {
+		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return fmt.Errorf("incoming transfer %s not recorded: %w", printableOr(id), err)
 }
 
 // Close audits the request: one event with what was stored and refused,
