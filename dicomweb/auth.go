@@ -269,20 +269,42 @@ func (s *Server) authenticate(c *gin.Context) (p gateway.Principal, ok bool) {
 	p = localPrincipal
 	if s.Auth != nil {
 		username, password := basicUsername(c.Request)
-		wait, exhausted := s.RateLimit.failuresExhausted(addr, username)
-		if exhausted && password {
-			s.tooManyRequests(c, wait)
-			return p, false
+		var (
+			wait      float64
+			exhausted bool
+			giveBack  func()
+		)
+		if password {
+			// The failure is taken before bcrypt runs: concurrent guesses
+			// must not all pass a check nothing has taken from yet.
+			if giveBack, wait, exhausted = s.RateLimit.reserveFailure(addr, username); exhausted {
+				s.tooManyRequests(c, wait)
+				return p, false
+			}
+		} else {
+			wait, exhausted = s.RateLimit.failuresExhausted(addr, username)
 		}
 		var err error
 		p, err = s.Auth.Authenticate(c.Request)
 		if err != nil && exhausted {
-			s.tooManyRequests(c, wait)
+			if !hasCredentials(c.Request) {
+				// Nothing was guessed: the answer stays 401 with its
+				// challenges, but is neither counted nor audited again.
+				s.writeError(c, err)
+			} else {
+				s.tooManyRequests(c, wait)
+			}
 			return p, false
 		}
-		if err != nil && !errors.Is(err, errPasswordChecksBusy) && !errors.Is(err, context.Canceled) {
-			// A refused or abandoned password check is not a wrong password.
-			s.RateLimit.failure(addr, username)
+		// A refused or abandoned password check is not a wrong password.
+		notAnAttempt := errors.Is(err, errPasswordChecksBusy) || errors.Is(err, context.Canceled)
+		if giveBack != nil && (err == nil || notAnAttempt) {
+			giveBack()
+		}
+		if err != nil && !notAnAttempt {
+			if !password {
+				s.RateLimit.failure(addr, username)
+			}
 			p.Address = c.ClientIP()
 			s.recordAuthFailure(c, gateway.ActionAuthFailure, p, err.Error())
 		}

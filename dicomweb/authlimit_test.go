@@ -6,8 +6,10 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -213,5 +215,72 @@ func TestPeersAPIRedactsURLCredentials(t *testing.T) {
 	}
 	if strings.Contains(body, "hunter2") {
 		t.Errorf("GET /api/v1/peers shows the password in a peer URL: %s", body)
+	}
+}
+
+// TestConcurrentGuessesTakeTheirFailureFirst: with a failure bucket of one
+// and a clock that never refills it, twenty wrong passwords for one user
+// sent at once get one password check (401) and nineteen 429s. The
+// failure is taken before bcrypt runs; checked after it, every concurrent
+// guess passed while the bucket still had its token.
+func TestConcurrentGuessesTakeTheirFailureFirst(t *testing.T) {
+	auth := basicUsersAuth(t, map[string]string{"admin": "admin-pw"})
+	ts := newAuthTestServer(t, wiring{cfg: Config{Auth: auth, RateLimit: frozenLimiter(t, 1)}})
+	const n = 20
+	codes := make([]int, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			codes[i], _, _ = ts.do(t, http.MethodGet, "/metrics", basicHeader("admin", "guess-"+strconv.Itoa(i)))
+		})
+	}
+	close(start)
+	wg.Wait()
+	if checked := slices.Index(codes, http.StatusUnauthorized); checked < 0 || slices.Index(codes[checked+1:], http.StatusUnauthorized) >= 0 {
+		t.Errorf("answers %v: want exactly one 401 (one password checked) and 429 for the rest", codes)
+	}
+	if got := len(ts.audit.all()); got != 1 {
+		t.Errorf("%d auth.failure events, want 1", got)
+	}
+}
+
+// TestFailuresLimitedWithoutRateLimit: with no rate_limit section, bad
+// tokens are still answered 429 past the default failure burst, and
+// neither counted nor audited from then on, so a flood of them cannot
+// flood the audit log; requests without credentials keep their 401 with
+// its challenge, unaudited too.
+func TestFailuresLimitedWithoutRateLimit(t *testing.T) {
+	cfg, tokens := tokenPerRole(t)
+	auth, err := NewAuthenticator(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := newAuthTestServer(t, wiring{cfg: Config{Auth: auth}}) // RateLimit nil: the default
+	const n = 200
+	limited := 0
+	for i := range n {
+		code, _, _ := ts.do(t, http.MethodGet, "/metrics", "Bearer not-a-token-"+strconv.Itoa(i))
+		if code == http.StatusTooManyRequests {
+			limited++
+		}
+	}
+	if got := len(ts.audit.all()); got > 2*defaultFailureBurst {
+		t.Errorf("%d bad tokens wrote %d audit events, want at most %d", n, got, 2*defaultFailureBurst)
+	}
+	if limited < n-2*defaultFailureBurst {
+		t.Errorf("%d of %d bad tokens answered 429, want all past the burst", limited, n)
+	}
+	audited := len(ts.audit.all())
+	code, hdr, _ := ts.do(t, http.MethodGet, "/metrics", "")
+	if code != http.StatusUnauthorized || len(hdr.Values("WWW-Authenticate")) == 0 {
+		t.Errorf("no credentials after the flood: %d, WWW-Authenticate %q; want 401 with a challenge", code, hdr.Values("WWW-Authenticate"))
+	}
+	if got := len(ts.audit.all()); got != audited {
+		t.Errorf("a request without credentials past the limit wrote %d audit events", got-audited)
+	}
+	if code, _, _ := ts.do(t, http.MethodGet, "/metrics", "Bearer "+tokens[gateway.RoleAdmin]); code != http.StatusOK {
+		t.Errorf("a good token after the flood: %d, want 200 (requests are not limited)", code)
 	}
 }

@@ -171,7 +171,12 @@ func TestSlowClientRefusedBeforeBody(t *testing.T) {
 // network error to retry). Over TLS, as peers send.
 func TestRefusalReachesSendingClient(t *testing.T) {
 	auth, _ := tokenAuth(t, dicomweb.TokenConfig{Name: "pacs", Roles: []gateway.Role{gateway.RoleStore}})
-	s := testWiring{Config: dicomweb.Config{Auth: auth}, ServiceDeps: gateway.ServiceDeps{Name: "test"}}.server()
+	// Failures allowed fast enough that all 50 are answered 401, not 429.
+	limiter, err := dicomweb.NewRateLimiter(dicomweb.RateLimitConfig{RequestsPerSecond: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := testWiring{Config: dicomweb.Config{Auth: auth, RateLimit: limiter}, ServiceDeps: gateway.ServiceDeps{Name: "test"}}.server()
 	pki := testpki.NewCA(t, "refusal test CA")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -12,9 +12,11 @@ import (
 
 // RateLimitConfig is the top-level rate_limit: section of the --config YAML:
 // a token bucket per client (per authenticated principal; per client IP
-// address without auth). Failed authentications are counted in a separate
-// bucket per IP address with the same rate, so credentials cannot be guessed
-// faster than that. RequestsPerSecond 0 turns limiting off.
+// address without auth). Failed authentications are counted in separate
+// buckets per IP address and username with the same rate, so credentials
+// cannot be guessed faster than that. RequestsPerSecond 0 turns the request
+// limit off; failed authentications are then still limited, at
+// defaultFailureRate and defaultFailureBurst.
 type RateLimitConfig struct {
 	RequestsPerSecond float64 `yaml:"requests_per_second"`
 	Burst             int     `yaml:"burst"`       // default: RequestsPerSecond rounded up, at least 1
@@ -26,50 +28,64 @@ var errRateLimited = errors.New("too many requests")
 
 const defaultMaxClients = 10000
 
+// Failed authentications per client network and username without a
+// rate_limit section: enough for a person mistyping a password, too few to
+// guess one, or to flood the audit log with failure events.
+const (
+	defaultFailureRate  = 1 // per second
+	defaultFailureBurst = 10
+)
+
 // RateLimiter holds one token bucket per client key, at most MaxClients of
 // them. A nil *RateLimiter allows everything. Safe for concurrent use.
 type RateLimiter struct {
-	limit rate.Limit
+	limit rate.Limit // requests per client; 0: not limited
 	burst int
-	max   int
-	now   func() time.Time
+	// failLimit and failBurst shape the buckets of failed authentications.
+	failLimit rate.Limit
+	failBurst int
+	max       int
+	now       func() time.Time
 
 	mu        sync.Mutex
 	buckets   map[string]*rate.Limiter
 	lastSweep time.Time
 }
 
-// NewRateLimiter validates cfg and returns its limiter, or nil when
-// cfg.RequestsPerSecond is 0.
+// NewRateLimiter validates cfg and returns its limiter. With
+// cfg.RequestsPerSecond 0 it limits failed authentications only.
 func NewRateLimiter(cfg RateLimitConfig) (*RateLimiter, error) {
 	if cfg.RequestsPerSecond < 0 || cfg.Burst < 0 || cfg.MaxClients < 0 {
 		return nil, errors.New("rate_limit: values must not be negative")
 	}
-	if cfg.RequestsPerSecond == 0 {
-		if cfg.Burst != 0 {
-			return nil, errors.New("rate_limit.burst without requests_per_second")
-		}
-		return nil, nil
+	if cfg.RequestsPerSecond == 0 && cfg.Burst != 0 {
+		return nil, errors.New("rate_limit.burst without requests_per_second")
 	}
-	if cfg.Burst == 0 {
+	if cfg.Burst == 0 && cfg.RequestsPerSecond > 0 {
 		cfg.Burst = max(1, int(cfg.RequestsPerSecond+0.999))
 	}
 	if cfg.MaxClients == 0 {
 		cfg.MaxClients = defaultMaxClients
 	}
-	return &RateLimiter{
-		limit:   rate.Limit(cfg.RequestsPerSecond),
-		burst:   cfg.Burst,
-		max:     cfg.MaxClients,
-		now:     time.Now,
-		buckets: map[string]*rate.Limiter{},
-	}, nil
+	l := &RateLimiter{
+		limit:     rate.Limit(cfg.RequestsPerSecond),
+		burst:     cfg.Burst,
+		failLimit: rate.Limit(cfg.RequestsPerSecond),
+		failBurst: cfg.Burst,
+		max:       cfg.MaxClients,
+		now:       time.Now,
+		buckets:   map[string]*rate.Limiter{},
+	}
+	if cfg.RequestsPerSecond == 0 {
+		l.failLimit, l.failBurst = defaultFailureRate, defaultFailureBurst
+	}
+	return l, nil
 }
 
 // allow takes a token from key's bucket. When the bucket is empty it takes
 // nothing and returns false with the seconds until a token is due.
 func (l *RateLimiter) allow(key string) (wait float64, ok bool) {
-	if l == nil {
+	if l == nil || l.limit == 0 {
 		return 0, true
 	}
 	l.mu.Lock()
@@ -99,8 +115,37 @@ func (l *RateLimiter) failure(addr, identity string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	l.bucket(failKey(addr, identity), now).AllowN(now, 1)
+	l.failures(addr, identity, now).AllowN(now, 1)
 	l.ceiling(addr, now).AllowN(now, 1)
+}
+
+// reserveFailure takes, before a password is checked, the failure it may
+// turn out to be from identity's bucket and addr's ceiling, so that
+// concurrent guesses cannot all pass a check that nothing has yet taken
+// from. limited true means one of them is used up (nothing taken; wait is
+// the seconds until a token is due). Otherwise the caller calls give back
+// if the password was right, or the check never ran.
+func (l *RateLimiter) reserveFailure(addr, identity string) (giveBack func(), wait float64, limited bool) {
+	if l == nil {
+		return func() {}, 0, false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	user := l.failures(addr, identity, now).ReserveN(now, 1)
+	all := l.ceiling(addr, now).ReserveN(now, 1)
+	if d := max(user.DelayFrom(now), all.DelayFrom(now)); d > 0 {
+		user.CancelAt(now)
+		all.CancelAt(now)
+		return nil, d.Seconds(), true
+	}
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		now := l.now()
+		user.CancelAt(now)
+		all.CancelAt(now)
+	}, 0, false
 }
 
 // failuresExhausted reports whether addr's failed authentications for
@@ -131,9 +176,14 @@ func failKey(addr, identity string) string {
 	return "fail:" + addr + "\x00" + identity
 }
 
+// failures returns identity's bucket of failures from addr; l.mu is held.
+func (l *RateLimiter) failures(addr, identity string, now time.Time) *rate.Limiter {
+	return l.bucketWith(failKey(addr, identity), now, l.failLimit, l.failBurst)
+}
+
 // ceiling returns addr's bucket of failures over all identities; l.mu is held.
 func (l *RateLimiter) ceiling(addr string, now time.Time) *rate.Limiter {
-	return l.bucketWith("failall:"+addr, now, l.limit*failCeiling, l.burst*failCeiling)
+	return l.bucketWith("failall:"+addr, now, l.failLimit*failCeiling, l.failBurst*failCeiling)
 }
 
 // clientNet is the rate-limit identity of a client address: the address
@@ -199,8 +249,11 @@ func (l *RateLimiter) clients() int {
 
 // String describes the limit without naming any client.
 func (l *RateLimiter) String() string {
-	if l == nil {
+	switch {
+	case l == nil:
 		return "off"
+	case l.limit == 0:
+		return fmt.Sprintf("requests not limited; failed authentications %g/s burst %d per client and username", float64(l.failLimit), l.failBurst)
 	}
 	return fmt.Sprintf("%g/s burst %d per client", float64(l.limit), l.burst)
 }

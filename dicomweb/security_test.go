@@ -506,8 +506,24 @@ func TestRateLimit(t *testing.T) {
 	if got := small.clients(); got > 5 {
 		t.Errorf("limiter holds %d buckets, want at most 5", got)
 	}
-	if l, err := NewRateLimiter(RateLimitConfig{}); l != nil || err != nil {
-		t.Errorf("NewRateLimiter(zero) = %v, %v; want nil (off)", l, err)
+	// Without rate_limit, requests are not limited but failed
+	// authentications are, at the defaults.
+	off, err := NewRateLimiter(RateLimitConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	off.now = func() time.Time { return now }
+	for i := range 1000 {
+		if _, ok := off.allow("ip:127.0.0.1"); !ok {
+			t.Fatalf("request %d limited without rate_limit", i+1)
+		}
+	}
+	for range defaultFailureBurst {
+		off.failure("127.0.0.1", "")
+	}
+	if _, limited := off.failuresExhausted("127.0.0.1", ""); !limited {
+		t.Errorf("%d failed authentications without rate_limit left the failure bucket unlimited", defaultFailureBurst)
 	}
 	if _, err := NewRateLimiter(RateLimitConfig{RequestsPerSecond: -1}); err == nil {
 		t.Errorf("negative rate accepted")

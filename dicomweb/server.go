@@ -50,7 +50,8 @@ type Config struct {
 	// request acting as the local principal with all roles.
 	Auth *Authenticator
 	// RateLimit limits requests per client on every route that needs a role;
-	// nil means no limit.
+	// nil limits failed authentications only, as NewRateLimiter of a zero
+	// RateLimitConfig does.
 	RateLimit *RateLimiter
 	// Ready lists the backends /readyz pings, by name.
 	Ready map[string]gateway.Pinger
@@ -156,6 +157,9 @@ func (s *Server) defaults() {
 	if s.Registerer == nil {
 		reg := prometheus.NewRegistry()
 		s.Registerer, s.Gatherer = reg, reg
+	}
+	if s.RateLimit == nil {
+		s.RateLimit, _ = NewRateLimiter(RateLimitConfig{}) // a zero config is valid
 	}
 }
 
