@@ -27,6 +27,9 @@ const (
 	StatusMoveDestinationUnknown Status = 0xA801
 	StatusSubOpsFailed           Status = 0xB000 // warning: one or more sub-operations failed
 	StatusUnableToSubOps         Status = 0xA702
+	// StatusMoveRefused is a C-MOVE refused by this gateway's policy (PS3.4
+	// C.4.2.1.5, Cxxx: unable to process).
+	StatusMoveRefused Status = 0xC001
 )
 
 // Mover answers C-MOVE: which stored instances a move names, and where its
@@ -73,6 +76,10 @@ func (a *association) move(in *incoming) error {
 	if !ok {
 		return respond(StatusMoveDestinationUnknown, 0, 0, 0, 0, "move destination "+dest+" is not a DIMSE peer of this gateway")
 	}
+	if reason := moveRefusal(a.caller, dest, peer); reason != "" {
+		a.log.Warn("C-MOVE refused", "destination", dest, "reason", reason)
+		return respond(StatusMoveRefused, 0, 0, 0, 0, reason)
+	}
 	ident, err := parseIdentifier(in.ident, pc.TransferSyntax[0] == ExplicitVRLittleEndian)
 	if err != nil {
 		return respond(StatusIdentifierMismatch, 0, 0, 0, 0, err.Error())
@@ -116,6 +123,24 @@ func (a *association) move(in *incoming) error {
 		return respond(StatusSubOpsFailed, 0, completed, failed, warning, "")
 	}
 	return respond(StatusSuccess, 0, completed, failed, warning, "")
+}
+
+// moveRefusal says why a caller may not move instances to peer (its
+// called AE title dest), or "":
+//   - a peer whose instances must be coerced or de-identified receives
+//     them only through transfers, which rewrite them (C-MOVE sends the
+//     stored bytes);
+//   - moving to another AE title than the caller's own pushes studies to
+//     another system, as creating a transfer does over HTTP, and needs the
+//     transfer role; role read only retrieves to the caller itself.
+func moveRefusal(c Caller, dest string, peer gateway.Peer) string {
+	switch p := c.Principal(); {
+	case peer.Deidentify != nil || peer.Coerce != nil:
+		return "move destination " + dest + " receives only de-identified or coerced instances: create a transfer"
+	case dest != c.AETitle && !p.Has(gateway.RoleTransfer):
+		return "moving to another AE title than the caller's needs role transfer"
+	}
+	return ""
 }
 
 // moveKeys reads the unique keys of a C-MOVE identifier (PS3.4 C.4.2.2.1):

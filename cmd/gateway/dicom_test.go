@@ -537,6 +537,55 @@ func TestDicomFindSCU(t *testing.T) {
 	}
 }
 
+// TestDicomMoveRefusals: C-MOVE sends stored bytes, so a destination peer
+// set up to receive de-identified (or coerced) instances is refused (the
+// instances would leave identifiable), and a caller with role read alone
+// may move only to its own AE title: pushing a study to another system
+// needs role transfer, as creating a transfer over HTTP does. Before,
+// both moves were carried out.
+func TestDicomMoveRefusals(t *testing.T) {
+	movescu := needTool(t, "movescu")
+	keyFile := filepath.Join(t.TempDir(), "deid.key")
+	if err := os.WriteFile(keyFile, []byte(strings.Repeat("5a", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key, err := loadDeidentifyKey(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := dicomConfig(t)
+	cfg.DeidentifyKey = key
+	cfg.File.Dicom.Allow = []dimse.AllowRule{{AETitle: "VIEWER", Hosts: []string{"127.0.0.1"}, Roles: []gateway.Role{gateway.RoleRead}}}
+	cfg.File.Peers = []gateway.Peer{
+		{Name: "research", Deidentify: &gateway.DeidentifyRule{Profile: "basic"}, DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: 1, CalledAE: "RESEARCH"}},
+		{Name: "surrey", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: 1, CalledAE: "SURREY"}},
+		{Name: "viewer", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: 1, CalledAE: "VIEWER"}},
+	}
+	m := MustRunMain(t, cfg, nil)
+	_, port, _ := net.SplitHostPort(m.DicomAddr)
+	in := synth.Study(synth.StudySpec{Seed: 4242})[0]
+	var b bytes.Buffer
+	in.WriteTo(&b)
+	storeLocal(t, m, &b)
+	move := func(calling, dest string) string {
+		out, _ := exec.CommandContext(t.Context(), movescu, "-S", "-d", "-aet", calling, "-aec", "HAMPSHIRE", "-aem", dest,
+			"-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID="+in.StudyInstanceUID, "127.0.0.1", port).CombinedOutput()
+		return strings.ToLower(string(out))
+	}
+	// PACS1 is admitted from loopback with every role (no auth configured).
+	if out := move("PACS1", "RESEARCH"); !strings.Contains(out, "unabletoprocess") || !strings.Contains(out, "de-identified") {
+		t.Errorf("move to the de-identifying peer: want Unable to process (C001) naming de-identification:\n%s", out)
+	}
+	if out := move("VIEWER", "SURREY"); !strings.Contains(out, "unabletoprocess") || !strings.Contains(out, "role transfer") {
+		t.Errorf("role read moving to another AE: want Unable to process (C001) naming role transfer:\n%s", out)
+	}
+	// Role read to its own AE title is a retrieve: carried out (the
+	// sub-operation fails, nobody listens on port 1).
+	if out := move("VIEWER", "VIEWER"); strings.Contains(out, "unabletoprocess") || !strings.Contains(out, "final move response") {
+		t.Errorf("role read moving to its own AE title was refused:\n%s", out)
+	}
+}
+
 // TestDicomMoveSCU: movescu retrieves a study and then one series from the
 // gateway to itself (its Move Destination is a DIMSE peer of the
 // configuration); the instances arrive byte for byte (movescu +B), an
