@@ -24,17 +24,21 @@ const corsExposeHeaders = "ETag, Content-Type, Content-Length, Content-Location,
 //   - "*" lets any other origin read (GET, HEAD) without credentials: the
 //     answer is "Access-Control-Allow-Origin: *", never the echoed origin
 //     with credentials, which would hand every site the user's session.
+//     Only with auth configured: without it every loopback request acts as
+//     the local admin, so "*" would let any web page the user opens read
+//     every study (the configuration refuses it; this holds if it got
+//     here anyway).
 //
 // A preflight (OPTIONS with Access-Control-Request-Method) is answered here
 // with 204, before authentication: browsers never send credentials on a
 // preflight. The admin API and page get no CORS headers: only same-origin
 // pages use them. Requests from other origins get no CORS headers and the
-// browser refuses them; sameOriginWrites (origin.go) refuses their side
+// browser refuses them; crossOriginGuard (origin.go) refuses their side
 // effects on the server too.
 func (s *Server) cors(c *gin.Context) {
 	origin := c.GetHeader("Origin")
 	path := c.Request.URL.Path
-	if origin == "" || len(s.CORSOrigins) == 0 || (path != "/dicomweb" && !strings.HasPrefix(path, "/dicomweb/")) {
+	if origin == "" || len(s.CORSOrigins) == 0 || !dicomwebPath(path) {
 		c.Next()
 		return
 	}
@@ -50,7 +54,7 @@ func (s *Server) cors(c *gin.Context) {
 		h.Set("Access-Control-Allow-Origin", origin)
 		h.Set("Access-Control-Allow-Credentials", "true")
 		h.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, DELETE, OPTIONS")
-	case slices.Contains(s.CORSOrigins, "*") && (method == http.MethodGet || method == http.MethodHead):
+	case s.Auth != nil && slices.Contains(s.CORSOrigins, "*") && (method == http.MethodGet || method == http.MethodHead):
 		h.Set("Access-Control-Allow-Origin", "*")
 		h.Set("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
 	default:
@@ -66,6 +70,12 @@ func (s *Server) cors(c *gin.Context) {
 	h.Del("Access-Control-Allow-Methods")
 	h.Set("Access-Control-Expose-Headers", corsExposeHeaders)
 	c.Next()
+}
+
+// dicomwebPath reports whether path is under /dicomweb, the only part of
+// the gateway other origins (viewers) are let into.
+func dicomwebPath(path string) bool {
+	return path == "/dicomweb" || strings.HasPrefix(path, "/dicomweb/")
 }
 
 // corsListed reports whether origin is named in Server.CORSOrigins

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/gin-gonic/gin"
@@ -23,7 +24,7 @@ import (
 // between such a page and the gateway:
 //   - loopbackHostOnly: without auth, only loopback Host values are served,
 //     which defeats DNS rebinding (the page's Host is its own name);
-//   - sameOriginWrites: in every mode, a request with side effects whose
+//   - crossOriginGuard: in every mode, a request with side effects whose
 //     Origin is neither the gateway's own nor one of --cors-origins is
 //     refused, which defeats cross-site forms and fetches;
 //   - requireJSON: a body sent to the admin API must be application/json,
@@ -65,25 +66,46 @@ func loopbackHost(hostport string) bool {
 	return err == nil && ip.Unmap().IsLoopback()
 }
 
-// sameOriginWrites answers 403 to a request with side effects (any method
+// crossOriginGuard answers 403 to a request with side effects (any method
 // but GET, HEAD and OPTIONS) that carries an Origin header naming another
 // site than this gateway and not listed in --cors-origins ("*" does not
-// count: it grants reading only). Clients that are not browsers send no
-// Origin and are not affected.
-func (s *Server) sameOriginWrites(c *gin.Context) {
+// count: it grants reading only; a listed origin counts for DICOMweb only,
+// never the admin API). Clients that are not browsers send no Origin and
+// are not affected. It also answers 403 to a read a browser marks
+// cross-site (Sec-Fetch-Site) from a page no CORS rule admits, such as an
+// <img> of another site pointing at a study: the read would be served and
+// audited as the user's (the local admin without auth) although the user
+// never asked for it.
+func (s *Server) crossOriginGuard(c *gin.Context) {
+	origin := c.GetHeader("Origin")
 	switch c.Request.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		c.Next()
+		if c.Request.Method == http.MethodOptions || c.GetHeader("Sec-Fetch-Site") != "cross-site" || s.crossSiteReadAllowed(c, origin) {
+			c.Next()
+			return
+		}
+		s.writeError(c, fmt.Errorf("cross-site %s refused: a viewer of another origin must be listed in --cors-origins: %w",
+			c.Request.Method, gateway.ErrForbidden))
 		return
 	}
-	origin := c.GetHeader("Origin")
-	if origin == "" || s.ownOrigin(c, origin) || s.corsListed(origin) {
+	if origin == "" || s.ownOrigin(c, origin) || (s.corsListed(origin) && dicomwebPath(c.Request.URL.Path)) {
 		c.Next()
 		return
 	}
 	c.Header("Connection", "close") // the body stays unread (writeError stops reading it)
 	s.writeError(c, fmt.Errorf("cross-origin %s from %q refused: add the origin to --cors-origins if it is a trusted viewer: %w",
 		c.Request.Method, truncate(origin, 100), gateway.ErrForbidden))
+}
+
+// crossSiteReadAllowed reports whether a read the browser marks cross-site
+// may be served: a navigation to the admin page (a link to it from another
+// site), or a CORS read of DICOMweb by an origin --cors-origins admits.
+func (s *Server) crossSiteReadAllowed(c *gin.Context, origin string) bool {
+	path := c.Request.URL.Path
+	if !dicomwebPath(path) && !strings.HasPrefix(path, "/api/") && !strings.HasPrefix(path, "/fhir") {
+		return true // the page, health checks and metrics: no patient data
+	}
+	return origin != "" && dicomwebPath(path) && (s.corsListed(origin) || (s.Auth != nil && slices.Contains(s.CORSOrigins, "*")))
 }
 
 // ownOrigin reports whether origin is this gateway as the browser reached
@@ -122,7 +144,7 @@ func authority(scheme, hostport string) string {
 // requireJSON answers 415 to an admin API POST whose body is not
 // application/json. A POST without a body and without Content-Type (cancel,
 // retry from curl) is let through: it carries nothing a form could forge,
-// and a cross-site one is stopped by sameOriginWrites.
+// and a cross-site one is stopped by crossOriginGuard.
 func (s *Server) requireJSON(c *gin.Context) {
 	ct := c.GetHeader("Content-Type")
 	if ct == "" && c.Request.ContentLength == 0 {

@@ -2,6 +2,7 @@ package dicomweb_test
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -121,8 +122,9 @@ func TestAuthServesAnyHost(t *testing.T) {
 // TestCrossOriginWritesRefused: a request with side effects from a page of
 // another origin is refused (403) in every mode, and the admin API takes
 // only JSON bodies (415), so neither a cross-site form nor a text/plain
-// fetch queues a transfer. The gateway's own origin, an origin listed in
-// CORSOrigins and clients without Origin (curl, PACS) are served.
+// fetch queues a transfer. An origin listed in CORSOrigins (a viewer) may
+// write to DICOMweb but not to the admin API. The gateway's own origin and
+// clients without Origin (curl, PACS) are served.
 func TestCrossOriginWritesRefused(t *testing.T) {
 	auth, tokens := tokenAuth(t, dicomweb.TokenConfig{Name: "admin", Roles: []gateway.Role{gateway.RoleAdmin}})
 	for _, mode := range []struct {
@@ -156,6 +158,7 @@ func TestCrossOriginWritesRefused(t *testing.T) {
 				{"JSON from another site", []string{"Content-Type", "application/json", "Origin", "https://evil.example"}, http.StatusForbidden},
 				{"JSON from a sandboxed page", []string{"Content-Type", "application/json", "Origin", "null"}, http.StatusForbidden},
 				{"JSON from another port of this host", []string{"Content-Type", "application/json", "Origin", "http://127.0.0.1:1"}, http.StatusForbidden},
+				{"JSON from the listed viewer", []string{"Content-Type", "application/json", "Origin", "https://viewer.example.nhs.uk"}, http.StatusForbidden},
 				{"form without Origin", []string{"Content-Type", "application/x-www-form-urlencoded"}, http.StatusUnsupportedMediaType},
 				{"text/plain without Origin", []string{"Content-Type", "text/plain"}, http.StatusUnsupportedMediaType},
 			} {
@@ -173,13 +176,15 @@ func TestCrossOriginWritesRefused(t *testing.T) {
 			if code, _ := post("/dicomweb/studies", "x", "Content-Type", "multipart/related; boundary=b", "Origin", "https://evil.example"); code != http.StatusForbidden {
 				t.Errorf("STOW-RS from another site: %d, want 403", code)
 			}
+			if code, _ := post("/dicomweb/studies", "x", "Content-Type", "multipart/related; boundary=b", "Origin", "https://viewer.example.nhs.uk"); code == http.StatusForbidden {
+				t.Errorf("STOW-RS from the listed viewer: %d, want it let through", code)
+			}
 
 			for _, tt := range []struct {
 				name   string
 				header []string
 			}{
 				{"own origin", []string{"Content-Type", "application/json", "Origin", "http://" + g.addr}},
-				{"listed viewer", []string{"Content-Type", "application/json; charset=utf-8", "Origin", "https://viewer.example.nhs.uk"}},
 				{"no Origin (curl, gateway CLI)", []string{"Content-Type", "application/json"}},
 			} {
 				if code, _ := post("/api/v1/transfers", create, tt.header...); code != http.StatusAccepted {
@@ -200,10 +205,30 @@ func TestCrossOriginWritesRefused(t *testing.T) {
 
 // TestCORSOriginsAndWildcard: a listed origin may use DICOMweb with credentials; "*" lets
 // any other origin read without credentials (never an echoed origin with
-// Access-Control-Allow-Credentials); the admin API gets no CORS headers.
+// Access-Control-Allow-Credentials), and only with auth configured: without
+// it every loopback request is the local admin, and "*" would let any web
+// page read every study. The admin API gets no CORS headers.
 func TestCORSOriginsAndWildcard(t *testing.T) {
-	g := newBrowserGateway(t, func(s *testWiring) { s.CORSOrigins = []string{"https://viewer.example.nhs.uk", "*"} })
+	auth, tokens := tokenAuth(t, dicomweb.TokenConfig{Name: "viewer", Roles: []gateway.Role{gateway.RoleAdmin}})
+	for _, withAuth := range []bool{true, false} {
+		t.Run(fmt.Sprintf("auth=%v", withAuth), func(t *testing.T) {
+			testCORSOriginsAndWildcard(t, withAuth, auth, "Bearer "+tokens["viewer"])
+		})
+	}
+}
+
+func testCORSOriginsAndWildcard(t *testing.T, withAuth bool, auth *dicomweb.Authenticator, bearer string) {
+	g := newBrowserGateway(t, func(s *testWiring) {
+		s.CORSOrigins = []string{"https://viewer.example.nhs.uk", "*"}
+		if withAuth {
+			s.Auth = auth
+		}
+	})
 	const listed, other = "https://viewer.example.nhs.uk", "https://elsewhere.example"
+	anyOrigin := ""
+	if withAuth {
+		anyOrigin = "*"
+	}
 	for _, tt := range []struct {
 		name, method, path, origin string
 		header                     []string
@@ -213,15 +238,19 @@ func TestCORSOriginsAndWildcard(t *testing.T) {
 		{"listed reads", http.MethodGet, "/dicomweb/studies", listed, nil, listed, "true", http.StatusOK},
 		{"listed preflight for STOW", http.MethodOptions, "/dicomweb/studies", listed,
 			[]string{"Access-Control-Request-Method", "POST", "Access-Control-Request-Headers", "authorization, content-type"}, listed, "true", http.StatusNoContent},
-		{"any origin reads", http.MethodGet, "/dicomweb/studies", other, nil, "*", "", http.StatusOK},
+		{"any origin reads", http.MethodGet, "/dicomweb/studies", other, nil, anyOrigin, "", http.StatusOK},
 		{"any origin preflight for GET", http.MethodOptions, "/dicomweb/studies", other,
-			[]string{"Access-Control-Request-Method", "GET", "Access-Control-Request-Headers", "authorization"}, "*", "", http.StatusNoContent},
+			[]string{"Access-Control-Request-Method", "GET", "Access-Control-Request-Headers", "authorization"}, anyOrigin, "", 0},
 		{"any origin preflight for DELETE", http.MethodOptions, "/dicomweb/studies/" + browserStudy, other,
 			[]string{"Access-Control-Request-Method", "DELETE"}, "", "", 0},
 		{"admin API", http.MethodGet, "/api/v1/transfers", listed, nil, "", "", http.StatusOK},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			code, hdr, _, _ := g.do(t, tt.method, tt.path, "", "", append([]string{"Origin", tt.origin}, tt.header...)...)
+			header := append([]string{"Origin", tt.origin}, tt.header...)
+			if withAuth && tt.method != http.MethodOptions {
+				header = append(header, "Authorization", bearer)
+			}
+			code, hdr, _, _ := g.do(t, tt.method, tt.path, "", "", header...)
 			if tt.wantStatus != 0 && code != tt.wantStatus {
 				t.Errorf("status %d, want %d", code, tt.wantStatus)
 			}
@@ -232,5 +261,34 @@ func TestCORSOriginsAndWildcard(t *testing.T) {
 				t.Errorf("Access-Control-Allow-Credentials = %q, want %q", got, tt.wantCreds)
 			}
 		})
+	}
+}
+
+// TestCrossSiteReadsRefused: a read the browser marks cross-site
+// (Sec-Fetch-Site) from a page no CORS rule admits, such as an <img> of
+// another site pointing at a study, is refused: without auth it would be
+// served and audited as a read by the local admin. The gateway's own pages,
+// a listed viewer's CORS read, a link to the admin page and clients that
+// send no Sec-Fetch-Site (curl, PACS, other gateways) are served.
+func TestCrossSiteReadsRefused(t *testing.T) {
+	g := newBrowserGateway(t, func(s *testWiring) { s.CORSOrigins = []string{"https://viewer.example.nhs.uk"} })
+	study := "/dicomweb/studies/" + browserStudy
+	for _, tt := range []struct {
+		name, path string
+		header     []string
+		want       int
+	}{
+		{"img of another site", study, []string{"Sec-Fetch-Site", "cross-site", "Sec-Fetch-Mode", "no-cors"}, http.StatusForbidden},
+		{"CORS read by an unlisted site", study + "/metadata", []string{"Sec-Fetch-Site", "cross-site", "Origin", "https://evil.example"}, http.StatusForbidden},
+		{"admin API from another site", "/api/v1/transfers", []string{"Sec-Fetch-Site", "cross-site"}, http.StatusForbidden},
+		{"SHA-256 recompute from another site", "/api/v1/studies/" + browserStudy + "/sha256?recompute=true", []string{"Sec-Fetch-Site", "cross-site"}, http.StatusForbidden},
+		{"the listed viewer", study + "/metadata", []string{"Sec-Fetch-Site", "cross-site", "Origin", "https://viewer.example.nhs.uk"}, http.StatusOK},
+		{"the gateway's own page", study + "/metadata", []string{"Sec-Fetch-Site", "same-origin"}, http.StatusOK},
+		{"a link to the admin page", "/ui/", []string{"Sec-Fetch-Site", "cross-site", "Sec-Fetch-Mode", "navigate"}, http.StatusOK},
+		{"curl", study + "/metadata", nil, http.StatusOK},
+	} {
+		if code, _, body, _ := g.do(t, http.MethodGet, tt.path, "", "", append([]string{"Accept", "*/*"}, tt.header...)...); code != tt.want {
+			t.Errorf("%s: %d, want %d (%.200s)", tt.name, code, tt.want, body)
+		}
 	}
 }

@@ -124,7 +124,7 @@ func (s *Server) Handler() http.Handler {
 	for _, rt := range s.stowRoutes("/dicomweb") {
 		stow[rt.method+" "+rt.path] = true
 	}
-	r.Use(s.deadlines(stow), s.requestID, s.recoverPanic, s.observe, s.loopbackHostOnly, s.cors, s.sameOriginWrites)
+	r.Use(s.deadlines(stow), s.requestID, s.recoverPanic, s.observe, s.loopbackHostOnly, s.cors, s.crossOriginGuard)
 	r.HandleMethodNotAllowed = true
 	limits := s.concurrencyLimits("/dicomweb")
 	mountErrors := s.mountErrorWriters()

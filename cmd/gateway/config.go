@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -283,6 +284,9 @@ func (c *Config) Validate() error {
 	}
 	if err := dicomweb.ValidateCORSOrigins(splitList(c.CORSOrigins)); err != nil {
 		errs = append(errs, err)
+	}
+	if !c.File.Auth.Enabled() && slices.Contains(splitList(c.CORSOrigins), "*") {
+		errs = append(errs, errors.New("--cors-origins '*' without auth would let any web page the user opens read every study (without auth every loopback request acts as the local admin): list the viewer's origin, or configure auth"))
 	}
 	if c.MaxConnections < 0 {
 		errs = append(errs, errors.New("--max-connections may not be negative (0 = no cap)"))
