@@ -52,6 +52,13 @@ func TestAuditArchiveServeEmbedded(t *testing.T) {
 	}
 	recordOld(t, log, 4, "1.2.826.0.1.3680043.10.1", 3)
 	recordOld(t, log, 3, "1.2.826.0.1.3680043.10.2", 2)
+	// A record of today closes the last old day's segment (a day is sealed
+	// once a record of a later day follows it), so that the Seal below does
+	// not depend on serve's own first records having been written yet.
+	if err := log.Record(t.Context(), &gateway.AuditEvent{Actor: gateway.Principal{Name: "pacs-1"}, Action: gateway.ActionQuery,
+		Outcome: gateway.OutcomeSuccess, Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
