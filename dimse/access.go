@@ -69,6 +69,15 @@ func NewAccess(rules []AllowRule, allowLoopback bool) (*Access, error) {
 		}
 		a.prefixes = append(a.prefixes, ps)
 	}
+	// A rule without a certificate would admit, from its hosts, an AE title
+	// that another rule ties to a certificate: refuse the mix.
+	for i, r := range rules {
+		for j, o := range rules[:i] {
+			if r.AETitle == o.AETitle && (r.Certificate == nil) != (o.Certificate == nil) {
+				return nil, fmt.Errorf("dicom.allow[%d] and dicom.allow[%d] (%s): one ties the AE title to a certificate and the other does not, which would admit it without one: give every rule of an AE title a certificate, or none", j, i, r.AETitle)
+			}
+		}
+	}
 	return a, nil
 }
 

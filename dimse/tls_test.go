@@ -165,6 +165,12 @@ func TestTLSCertificateTiedToAETitle(t *testing.T) {
 	_, err = dial(t, ts, "CT1") // the plain port: no certificate at all
 	wantReject(t, err, RejectError{RejectPermanent, SourceServiceUser, ReasonNoReason})
 
+	if _, err := NewAccess([]AllowRule{
+		{AETitle: "CT1", Hosts: []string{"10.0.0.1"}, Certificate: &gateway.CertificateName{SubjectCN: "ct1"}},
+		{AETitle: "CT1", Hosts: []string{"10.0.0.0/8"}},
+	}, false); err == nil {
+		t.Error("two rules of one AE title, one with a certificate and one without, were accepted")
+	}
 	if _, err := NewAccess([]AllowRule{{AETitle: "X", Hosts: []string{"10.0.0.1"}, Certificate: &gateway.CertificateName{}}}, false); err == nil {
 		t.Error("a certificate naming nothing was accepted")
 	}

@@ -335,7 +335,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 				done *InstanceRecord
 			)
 			if existing == nil {
-				done, err = in.commitNew(ctx, staged, rec, key, ttl)
+				done, err = in.commitNew(ctx, staged, rec, key)
 			} else {
 				err = staged.Commit(ctx, rec.SHA256)
 			}
@@ -376,17 +376,13 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 		if err != nil {
 			// The write may have landed with its reply lost (Redis restarted):
 			// ask again before deciding what to do with the blob.
-			cur, gerr := in.Index.GetInstance(ctx, rec.SOPInstanceUID)
-			switch {
-			case gerr == nil && cur.SHA256 == rec.SHA256 && cur.Size == rec.Size:
+			if cur, gerr := in.Index.GetInstance(ctx, rec.SOPInstanceUID); gerr == nil && cur.SHA256 == rec.SHA256 && cur.Size == rec.Size {
 				return cur, nil
-			case errors.Is(gerr, ErrNotFound):
-				in.deleteBlob(ctx, key) // certainly not indexed: leave nothing behind
-			default:
-				// Unknown: keep the blob. An unindexed blob is found again by
-				// reindex or a resend; a deleted blob under an index entry would
-				// be an instance lost.
 			}
+			// The blob stays, indexed or not: a resend of the same bytes
+			// indexes it (commitNew), reindex finds it. Deleting it could
+			// take the blob of another upload of the same bytes that adopted
+			// it meanwhile (past a lost lock) and was acknowledged.
 			return nil, unavailable("write index entry", err)
 		}
 		if !created {
@@ -418,13 +414,13 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 //     that record); other bytes are a conflict (ErrConflict), as for a
 //     duplicate;
 //   - the object there is not indexed and holds the same bytes (a store
-//     whose index write failed): it is kept and indexed by the caller;
-//   - an unindexed object with other bytes is left over from a failed
-//     store, and replaced, once it is older than the lock's TTL; younger,
-//     it may be another upload between its commit and its index write, so
-//     the store is refused as temporary (ErrUnavailable) and the client
-//     retries.
-func (in *Ingester) commitNew(ctx context.Context, staged StagedBlob, rec *InstanceRecord, key string, ttl time.Duration) (done *InstanceRecord, err error) {
+//     whose index write failed, or another upload between its commit and
+//     its index write): it is committed again over itself, so that it is
+//     durable before this upload indexes and acknowledges it;
+//   - an unindexed object with other bytes is a conflict too: it may be
+//     another upload about to be acknowledged, and nothing here can tell
+//     it from one left by a failed store (reindex indexes such an object).
+func (in *Ingester) commitNew(ctx context.Context, staged StagedBlob, rec *InstanceRecord, key string) (done *InstanceRecord, err error) {
 	err = staged.CommitNew(ctx, rec.SHA256)
 	if !errors.Is(err, ErrConflict) {
 		return nil, err
@@ -449,30 +445,22 @@ func (in *Ingester) commitNew(ctx context.Context, staged StagedBlob, rec *Insta
 	if err != nil {
 		return nil, fmt.Errorf("read the unindexed object under the key: %w", err)
 	}
-	if there.SHA256 == rec.SHA256 && there.Size == rec.Size {
-		return nil, nil
+	if there.SHA256 != rec.SHA256 || there.Size != rec.Size {
+		in.logger().WarnContext(ctx, "unindexed blob with other bytes under the instance's key", LogKeySOPUID, rec.SOPInstanceUID)
+		return nil, fmt.Errorf("instance %s: an object with other bytes is stored under its key but not indexed (another upload of it, or a failed one: gateway reindex indexes it): %w", rec.SOPInstanceUID, ErrConflict)
 	}
-	if age := time.Since(there.ModTime); age < ttl {
-		return nil, fmt.Errorf("%w: another upload of instance %s may be storing it (an unindexed object written %s ago)", ErrUnavailable, rec.SOPInstanceUID, age.Round(time.Millisecond))
-	}
-	in.logger().WarnContext(ctx, "unindexed blob of a failed store replaced", LogKeySOPUID, rec.SOPInstanceUID)
 	keep = true
 	return nil, staged.Commit(ctx, rec.SHA256)
 }
 
 // storedBlob is what commitNew learns of the object under a key.
 type storedBlob struct {
-	Size    int64
-	SHA256  string
-	ModTime time.Time
+	Size   int64
+	SHA256 string
 }
 
 // blobDigest hashes the object under key, streaming it.
 func (in *Ingester) blobDigest(ctx context.Context, key string) (storedBlob, error) {
-	info, err := in.Blobs.Stat(ctx, key)
-	if err != nil {
-		return storedBlob{}, err
-	}
 	rc, err := in.Blobs.Get(ctx, key, 0, -1)
 	if err != nil {
 		return storedBlob{}, err
@@ -483,7 +471,7 @@ func (in *Ingester) blobDigest(ctx context.Context, key string) (storedBlob, err
 	if err != nil {
 		return storedBlob{}, err
 	}
-	return storedBlob{Size: n, SHA256: hex.EncodeToString(h.Sum(nil)), ModTime: info.ModTime}, nil
+	return storedBlob{Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
 
 // logDeviations warns about a stored instance whose UIDs break PS3.5 9.1 in

@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,10 +19,29 @@ import (
 // lostLock is an index whose instance lock always succeeds at once: the
 // state after a Redis failover lost the lock's key, or after renewals
 // failed for longer than its TTL, which a real server cannot be made to
-// reach on cue.
-type lostLock struct{ gateway.Index }
+// reach on cue. put and get, when set, stand in for the index's
+// PutInstance and GetInstance, to interleave two uploads at exact points.
+type lostLock struct {
+	gateway.Index
+	put func(ctx context.Context, rec *gateway.InstanceRecord) (*gateway.InstanceRecord, bool, error)
+	get func(ctx context.Context, uid string) (*gateway.InstanceRecord, error)
+}
 
-func (lostLock) Lock(context.Context, string, time.Duration) (func(), error) { return func() {}, nil }
+func (*lostLock) Lock(context.Context, string, time.Duration) (func(), error) { return func() {}, nil }
+
+func (l *lostLock) PutInstance(ctx context.Context, rec *gateway.InstanceRecord) (*gateway.InstanceRecord, bool, error) {
+	if l.put != nil {
+		return l.put(ctx, rec)
+	}
+	return l.Index.PutInstance(ctx, rec)
+}
+
+func (l *lostLock) GetInstance(ctx context.Context, uid string) (*gateway.InstanceRecord, error) {
+	if l.get != nil {
+		return l.get(ctx, uid)
+	}
+	return l.Index.GetInstance(ctx, uid)
+}
 
 // sameUIDOtherBytes returns one synthetic instance twice: the second has
 // the same UIDs and other pixel data, so other bytes.
@@ -65,7 +86,7 @@ func TestLostLockNeverOverwritesAnAcknowledgedInstance(t *testing.T) {
 	for _, kind := range backendtest.Kinds {
 		t.Run(kind, func(t *testing.T) {
 			b := backendtest.Open(t, kind, backendtest.Options{})
-			in := &gateway.Ingester{Blobs: b.Blobs, Index: lostLock{b.Index}}
+			in := &gateway.Ingester{Blobs: b.Blobs, Index: &lostLock{Index: b.Index}}
 			first, second := sameUIDOtherBytes(7101)
 			ctx := t.Context()
 
@@ -99,17 +120,16 @@ func TestLostLockNeverOverwritesAnAcknowledgedInstance(t *testing.T) {
 }
 
 // TestUnindexedBlobOfAFailedStore: an object under an instance's key that
-// no index entry names (a store whose index write failed) is indexed when
-// the same bytes come again; other bytes replace it only once it is older
-// than the lock's TTL, and before that the upload is refused as temporary
-// (it may be another upload between its commit and its index write) and
-// the object stays.
+// no index entry names (a store whose index write failed, or another
+// upload between its commit and its index write) is indexed when the same
+// bytes come again; other bytes are refused as a duplicate (0x0111) and
+// the object stays as it was, unindexed: nothing can tell an upload about
+// to be acknowledged from a failed one.
 func TestUnindexedBlobOfAFailedStore(t *testing.T) {
 	for _, kind := range backendtest.Kinds {
 		t.Run(kind, func(t *testing.T) {
 			b := backendtest.Open(t, kind, backendtest.Options{})
-			const ttl = 2 * time.Second
-			in := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index, LockTTL: ttl}
+			in := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}
 			ctx := t.Context()
 			leftover := func(ins synth.Instance) string {
 				t.Helper()
@@ -130,29 +150,68 @@ func TestUnindexedBlobOfAFailedStore(t *testing.T) {
 				t.Errorf("blob SHA-256 %s, index %s", got, rec.SHA256)
 			}
 
-			mine, old := sameUIDOtherBytes(7202)
-			key = leftover(old)
-			oldSum := blobSHA256(t, b.Blobs, key)
-			start := time.Now()
+			mine, other := sameUIDOtherBytes(7202)
+			key = leftover(other)
+			otherSum := blobSHA256(t, b.Blobs, key)
 			_, err = in.Store(ctx, mine.Reader(), gateway.StoreOptions{})
-			wantReason(t, err, gateway.ReasonOutOfResources, "a store over a young unindexed object with other bytes")
-			if !errors.Is(err, gateway.ErrUnavailable) {
-				t.Errorf("a store over a young unindexed object: %v, want ErrUnavailable", err)
-			}
-			if got := blobSHA256(t, b.Blobs, key); got != oldSum {
-				t.Errorf("the refused store changed the object: SHA-256 %s, want %s", got, oldSum)
+			wantReason(t, err, gateway.ReasonDuplicateRejected, "a store over an unindexed object with other bytes")
+			if got := blobSHA256(t, b.Blobs, key); got != otherSum {
+				t.Errorf("the refused store changed the object: SHA-256 %s, want %s", got, otherSum)
 			}
 			if _, err := b.Index.GetInstance(ctx, mine.SOPInstanceUID); !errors.Is(err, gateway.ErrNotFound) {
 				t.Errorf("the refused store indexed the instance: %v", err)
 			}
+		})
+	}
+}
 
-			time.Sleep(ttl - time.Since(start) + 1500*time.Millisecond) // S3 times are whole seconds
-			rec, err = in.Store(ctx, mine.Reader(), gateway.StoreOptions{})
+// TestIndexFailureKeepsTheBlob: upload A's index write fails and its
+// re-read finds nothing; meanwhile upload B of the same bytes (past a lost
+// lock) finds A's object, indexes it and is acknowledged. A must not then
+// delete the object under B's index entry. Before, A deleted "its" blob
+// once the re-read said the instance was not indexed.
+func TestIndexFailureKeepsTheBlob(t *testing.T) {
+	for _, kind := range backendtest.Kinds {
+		t.Run(kind, func(t *testing.T) {
+			b := backendtest.Open(t, kind, backendtest.Options{})
+			idx := &lostLock{Index: b.Index}
+			in := &gateway.Ingester{Blobs: b.Blobs, Index: idx}
+			ins, _ := sameUIDOtherBytes(7401)
+			ctx := t.Context()
+			pA, err := in.Begin(ctx, ins.Reader(), gateway.StoreOptions{})
 			if err != nil {
-				t.Fatalf("store over an unindexed object older than the lock's TTL: %v", err)
+				t.Fatal(err)
 			}
-			if got := blobSHA256(t, b.Blobs, key); got != rec.SHA256 || got == oldSum {
-				t.Errorf("blob SHA-256 %s, index %s, leftover %s: want the new bytes", got, rec.SHA256, oldSum)
+			pB, err := in.Begin(ctx, ins.Reader(), gateway.StoreOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var puts, gets atomic.Int32
+			var (
+				recB *gateway.InstanceRecord
+				errB error
+			)
+			idx.put = func(ctx context.Context, rec *gateway.InstanceRecord) (*gateway.InstanceRecord, bool, error) {
+				if puts.Add(1) == 1 { // A's index write: its reply lost
+					return nil, false, fmt.Errorf("%w: connection reset", gateway.ErrUnavailable)
+				}
+				return idx.Index.PutInstance(ctx, rec)
+			}
+			idx.get = func(ctx context.Context, uid string) (*gateway.InstanceRecord, error) {
+				r, err := idx.Index.GetInstance(ctx, uid)
+				if puts.Load() == 1 && gets.Add(1) == 1 { // A's re-read: B runs now
+					recB, errB = pB.Finish(ctx)
+				}
+				return r, err
+			}
+			if _, err := pA.Finish(ctx); err == nil {
+				t.Fatal("A's store succeeded although its index write failed")
+			}
+			if errB != nil {
+				t.Fatalf("B: %v", errB)
+			}
+			if got := blobSHA256(t, b.Blobs, recB.Key()); got != recB.SHA256 {
+				t.Errorf("acknowledged B's blob has SHA-256 %s, want %s", got, recB.SHA256)
 			}
 		})
 	}

@@ -379,6 +379,9 @@ type stagedObject struct {
 	// probeBufs when the object ends (end).
 	probe *[]byte
 	ended atomic.Bool
+	// refused is set by a CommitNew the server refused (412): that request
+	// may still be reading data, so the buffer is never reused.
+	refused bool
 }
 
 // end releases what the object holds. After a failed PUT its buffer is left
@@ -433,10 +436,11 @@ func (o *stagedObject) put(ctx context.Context, sha256Hex string, onlyNew bool) 
 	if onlyNew && preconditionFailed(err) {
 		// The server refused before reading the body; the bytes stay
 		// staged for a Commit or an Abort.
+		o.refused = true
 		o.ended.Store(false)
 		return fmt.Errorf("put %s: an object is already stored under the key: %w", o.key, gateway.ErrConflict)
 	}
-	o.end(err == nil)
+	o.end(err == nil && !o.refused)
 	if err != nil {
 		return fmt.Errorf("put %s: %w", o.key, translate(err))
 	}
@@ -451,7 +455,7 @@ func preconditionFailed(err error) bool {
 
 func (o *stagedObject) Abort() {
 	if !o.ended.Swap(true) {
-		o.end(true)
+		o.end(!o.refused)
 	}
 }
 
