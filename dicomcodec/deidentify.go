@@ -74,6 +74,12 @@ func (o DeidentifyOptions) Action(tag uint32) byte {
 	}
 	a, ok := profileByTag[tag]
 	if !ok {
+		if dictVR(tag, 0) == "UN" {
+			// A standard attribute the dictionary does not know (newer
+			// than it): nothing says what it holds, nor whether its value
+			// is a sequence of identifying items, so it goes.
+			return 'X'
+		}
 		return 'K'
 	}
 	act := a.Basic
@@ -260,6 +266,10 @@ func (d *deidentifier) meta() (string, error) {
 		v := raw[hl:]
 		switch tag {
 		case 0x00020000, 0x00020100, 0x00020102:
+			continue
+		case 0x00020016, 0x00020017, 0x00020018:
+			// Source, Sending and Receiving AE Titles name the machines
+			// of the centre (Station AE Title is X in the dataset).
 			continue
 		case 0x00020010:
 			ts = strings.TrimRight(string(v), "\x00 ")
@@ -479,6 +489,9 @@ func (d *deidentifier) element(tag uint32, vr string, vl uint32, implicit bool, 
 		return d.copyN(int64(vl))
 	}
 	act := d.o.Action(tag)
+	if tag == tagBurnedInAnnotation && act == 'K' {
+		return d.refuseBurnedIn(vr, vl, implicit)
+	}
 	seq, itemsImplicit := isSequence(tag, vr, vl, implicit)
 	// A skipped sequence's items are read in their own encoding.
 	if act == 'X' {
@@ -496,8 +509,10 @@ func (d *deidentifier) element(tag uint32, vr string, vl uint32, implicit bool, 
 	}
 	switch act {
 	case 'U', 'D':
-		if vr == "UI" {
-			return d.mapUIDs(tag, vr, vl, implicit)
+		if vr == "UI" || (vr == "UN" && dictVR(tag, 0) == "UI") {
+			// A UID sent as UN (its sender did not know the VR) is mapped
+			// too, and written as the UI it is.
+			return d.mapUIDs(tag, "UI", vl, implicit)
 		}
 		v := dummyValue(vr)
 		d.writeHeader(tag, vr, implicit, uint32(len(v)))
@@ -509,6 +524,33 @@ func (d *deidentifier) element(tag uint32, vr string, vl uint32, implicit bool, 
 	}
 	d.writeHeader(tag, vr, implicit, vl)
 	return d.copyN(int64(vl))
+}
+
+// tagBurnedInAnnotation is (0028,0301) Burned In Annotation.
+const tagBurnedInAnnotation = 0x00280301
+
+// ErrBurnedInAnnotation refuses an instance whose pixels carry identifying
+// text (Burned In Annotation YES): the Basic Profile cleans attributes,
+// not pixels, and this rewriter has no Clean Pixel Data option.
+// It wraps ErrInvalidInput: sending the instance again will not help.
+var ErrBurnedInAnnotation = fmt.Errorf("de-identification: Burned In Annotation (0028,0301) is YES: the pixels carry identifying text, which the Basic Profile does not remove: %w", ErrInvalidInput)
+
+// refuseBurnedIn copies Burned In Annotation through, unless it is YES.
+func (d *deidentifier) refuseBurnedIn(vr string, vl uint32, implicit bool) error {
+	if vl > 64 {
+		return deidMalformed("(0028,0301) of %d bytes", vl)
+	}
+	v, err := d.readFull(int(vl))
+	if err != nil {
+		return err
+	}
+	if !strings.EqualFold(strings.TrimSpace(strings.TrimRight(string(v), "\x00")), "NO") {
+		// YES, or a value that does not say NO: the pixels may carry text.
+		return ErrBurnedInAnnotation
+	}
+	d.writeHeader(tagBurnedInAnnotation, vr, implicit, vl)
+	d.w.Write(v)
+	return nil
 }
 
 // mapUIDs writes a UI element with every value replaced by MapUID.

@@ -1,0 +1,182 @@
+package dicomcodec_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
+	"github.com/dicom-gateway/gateway/internal/synth"
+)
+
+const (
+	drImplicit = "1.2.840.10008.1.2"
+	drExplicit = "1.2.840.10008.1.2.1"
+)
+
+func drPad(v string, p byte) []byte {
+	b := []byte(v)
+	if len(b)%2 == 1 {
+		b = append(b, p)
+	}
+	return b
+}
+
+func drLong(vr string) bool {
+	switch vr {
+	case "OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV":
+		return true
+	}
+	return false
+}
+
+// drEl encodes one element with a defined length (explicit when vr != "").
+func drEl(tag uint32, vr string, v []byte) []byte {
+	var b []byte
+	b = binary.LittleEndian.AppendUint16(b, uint16(tag>>16))
+	b = binary.LittleEndian.AppendUint16(b, uint16(tag))
+	switch {
+	case vr == "":
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(v)))
+	case drLong(vr):
+		b = append(b, vr[0], vr[1], 0, 0)
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(v)))
+	default:
+		b = append(b, vr[0], vr[1])
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(v)))
+	}
+	return append(b, v...)
+}
+
+func drItem(els ...[]byte) []byte {
+	body := bytes.Join(els, nil)
+	b := binary.LittleEndian.AppendUint32(nil, 0xE000FFFE)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(body)))
+	return append(b, body...)
+}
+
+// drPart10 wraps dataset in a preamble and file meta of transfer syntax ts.
+func drPart10(ts, sop string, dataset ...[]byte) []byte {
+	meta := bytes.Join([][]byte{
+		drEl(0x00020001, "OB", []byte{0, 1}),
+		drEl(0x00020002, "UI", drPad(synth.CTImageStorage, 0)),
+		drEl(0x00020003, "UI", drPad(sop, 0)),
+		drEl(0x00020010, "UI", drPad(ts, 0)),
+		drEl(0x00020012, "UI", drPad("1.2.3.4", 0)),
+	}, nil)
+	b := make([]byte, 128)
+	b = append(b, "DICM"...)
+	b = append(b, drEl(0x00020000, "UL", binary.LittleEndian.AppendUint32(nil, uint32(len(meta))))...)
+	b = append(b, meta...)
+	return append(b, bytes.Join(dataset, nil)...)
+}
+
+func drDeid(t *testing.T, src []byte) []byte {
+	t.Helper()
+	out, err := deidentify(t, src, dicomcodec.DeidentifyOptions{MapUID: testMapUID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestDeidentifyUnknownAttributesRemoved: an attribute the dictionary does
+// not know (newer than it; here a made-up (0040,F0F0)) cannot be
+// inspected, so it is removed, whether it comes in Implicit VR or as UN of
+// defined length holding a sequence whose items name the patient. Before,
+// its bytes were copied through and the names in its items with them. The
+// Person Names to Use Sequence and Name to Use (0010,0011), (0010,0012),
+// newer rows of Table E.1-1, are removed even as explicit SQ and LO.
+func TestDeidentifyUnknownAttributesRemoved(t *testing.T) {
+	item := func(vr string) []byte {
+		if vr == "" {
+			return drItem(drEl(0x00100010, "", drPad("PHI^NESTEDNAME", ' ')), drEl(0x00100020, "", drPad("PHINESTEDPID", ' ')))
+		}
+		return drItem(drEl(0x00100010, "PN", drPad("PHI^NESTEDNAME", ' ')), drEl(0x00100020, "LO", drPad("PHINESTEDPID", ' ')))
+	}
+	sop := "1.2.3.4.5.6"
+	for name, src := range map[string][]byte{
+		"implicit unknown sequence": drPart10(drImplicit, sop,
+			drEl(0x00080016, "", drPad(synth.CTImageStorage, 0)), drEl(0x00080018, "", drPad(sop, 0)),
+			drEl(0x0040F0F0, "", item(""))),
+		"explicit UN unknown sequence": drPart10(drExplicit, sop,
+			drEl(0x00080016, "UI", drPad(synth.CTImageStorage, 0)), drEl(0x00080018, "UI", drPad(sop, 0)),
+			drEl(0x0040F0F0, "UN", item(""))),
+		"Person Names to Use Sequence": drPart10(drExplicit, sop,
+			drEl(0x00080016, "UI", drPad(synth.CTImageStorage, 0)), drEl(0x00080018, "UI", drPad(sop, 0)),
+			drEl(0x00100011, "SQ", drItem(drEl(0x00100012, "LO", drPad("PHI^NESTEDNAME", ' '))))),
+		"Name to Use": drPart10(drExplicit, sop,
+			drEl(0x00080016, "UI", drPad(synth.CTImageStorage, 0)), drEl(0x00080018, "UI", drPad(sop, 0)),
+			drEl(0x00100012, "LO", drPad("PHI^NESTEDNAME", ' '))),
+	} {
+		out := drDeid(t, src)
+		for _, phi := range []string{"PHI^NESTEDNAME", "PHINESTEDPID"} {
+			if bytes.Contains(out, []byte(phi)) {
+				t.Errorf("%s: %s survived de-identification", name, phi)
+			}
+		}
+		if _, err := dicomcodec.ParseHeader(bytes.NewReader(out), dicomcodec.HeaderLimits{}); err != nil {
+			t.Errorf("%s: the de-identified instance does not parse: %v", name, err)
+		}
+	}
+}
+
+// TestDeidentifyRefusesBurnedInAnnotation: the Basic Profile cleans
+// attributes, not pixels; an instance whose Burned In Annotation is YES
+// carries identifying text in its pixels and is refused. NO is kept.
+func TestDeidentifyRefusesBurnedInAnnotation(t *testing.T) {
+	for value, refused := range map[string]bool{"YES ": true, "NO": false} {
+		in := synth.Instance{PatientID: "P", StudyInstanceUID: "1.2.3", SeriesInstanceUID: "1.2.3.4", SOPInstanceUID: "1.2.3.4.9", Rows: 2, Columns: 2,
+			Extra: []synth.Element{{Tag: 0x00280301, VR: "CS", Value: []byte(value)}}}
+		out, err := deidentify(t, encode(t, in), dicomcodec.DeidentifyOptions{MapUID: testMapUID})
+		if refused {
+			if !errors.Is(err, dicomcodec.ErrBurnedInAnnotation) || !errors.Is(err, dicomcodec.ErrInvalidInput) {
+				t.Errorf("Burned In Annotation %q: err = %v, want ErrBurnedInAnnotation", value, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("Burned In Annotation %q: %v", value, err)
+		}
+		h, err := dicomcodec.ParseHeader(bytes.NewReader(out), dicomcodec.HeaderLimits{})
+		if err != nil || h.Dataset.String("00280301") != "NO" {
+			t.Errorf("Burned In Annotation NO: %v, value %q", err, h.Dataset.String("00280301"))
+		}
+	}
+}
+
+// TestDeidentifyUIDSentAsUN: a UID whose sender wrote it as UN is mapped as
+// the UI the dictionary says it is. Before, it became two NUL bytes and the
+// reference no longer resolved.
+func TestDeidentifyUIDSentAsUN(t *testing.T) {
+	sop, ref := "1.2.3.4.5.10", "1.2.3.4.5.11"
+	src := drPart10(drExplicit, sop,
+		drEl(0x00080016, "UI", drPad(synth.CTImageStorage, 0)),
+		drEl(0x00080018, "UI", drPad(sop, 0)),
+		drEl(0x00081140, "SQ", drItem(
+			drEl(0x00081150, "UI", drPad(synth.CTImageStorage, 0)),
+			drEl(0x00081155, "UN", drPad(ref, 0)),
+		)),
+	)
+	out := drDeid(t, src)
+	if !bytes.Contains(out, []byte(testMapUID(ref))) || strings.Contains(string(out), ref) {
+		t.Errorf("Referenced SOP Instance UID sent as UN: mapped %v, original left %v", bytes.Contains(out, []byte(testMapUID(ref))), strings.Contains(string(out), ref))
+	}
+}
+
+// TestDeidentifyDropsMetaAETitles: the file meta's Source AE Title names a
+// machine of the centre (Station AE Title is X in the dataset).
+func TestDeidentifyDropsMetaAETitles(t *testing.T) {
+	sop := "1.2.3.4.5.30"
+	src := drPart10(drExplicit, sop, drEl(0x00080018, "UI", drPad(sop, 0)))
+	meta := drEl(0x00020016, "AE", drPad("HAMPSHIRE_CT3", ' '))
+	i := bytes.Index(src, []byte{0x08, 0x00, 0x18, 0x00}) // the first dataset element
+	src = append(src[:i:i], append(meta, src[i:]...)...)
+	gl := binary.LittleEndian.Uint32(src[140:144])
+	binary.LittleEndian.PutUint32(src[140:144], gl+uint32(len(meta)))
+	if out := drDeid(t, src); bytes.Contains(out, []byte("HAMPSHIRE_CT3")) {
+		t.Errorf("Source AE Title (0002,0016) left in the de-identified file meta")
+	}
+}
