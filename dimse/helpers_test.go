@@ -50,11 +50,11 @@ type ingestSession struct {
 	c   Caller
 }
 
-func (ss *ingestSession) Store(r io.Reader) (*gateway.InstanceRecord, error) {
+func (ss *ingestSession) Store(r io.Reader, sopClassUID, sopInstanceUID string) (*gateway.InstanceRecord, error) {
 	if ss.s.began != nil {
 		ss.s.began <- struct{}{}
 	}
-	p, err := ss.s.in.Begin(ss.ctx, r, gateway.StoreOptions{})
+	p, err := ss.s.in.Begin(ss.ctx, r, gateway.StoreOptions{SOPClassUID: sopClassUID, SOPInstanceUID: sopInstanceUID})
 	if err != nil {
 		return nil, err
 	}

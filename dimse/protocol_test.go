@@ -468,6 +468,11 @@ func TestStoreStatuses(t *testing.T) {
 	}
 	defer pf.Close()
 	paletteDS, _ := SkipFileMeta(pf)
+	mr := synth.Instance{PatientID: "MM1", StudyInstanceUID: synth.UIDRoot + ".91.1", SeriesInstanceUID: synth.UIDRoot + ".91.1.1",
+		SOPInstanceUID: synth.UIDRoot + ".91.1.1.1", SOPClassUID: synth.MRImageStorage, Modality: "MR"}
+	var mrFile bytes.Buffer
+	mr.WriteTo(&mrFile)
+	mrDS, _ := SkipFileMeta(&mrFile)
 	cl, err := dial(t, ts, "MODALITY",
 		PresentationContext{AbstractSyntax: synth.CTImageStorage, TransferSyntax: []string{ExplicitVRLittleEndian}},
 		PresentationContext{AbstractSyntax: "1.2.840.10008.5.1.4.39.1", TransferSyntax: []string{ExplicitVRLittleEndian}},
@@ -496,6 +501,8 @@ func TestStoreStatuses(t *testing.T) {
 		{"identical resend", ct, insts[0].SOPInstanceUID, bytes.NewReader(datasets[0]), StatusSuccess},
 		{"other bytes under a stored SOP instance", ct, insts[0].SOPInstanceUID, bytes.NewReader(append(slices.Clip(datasets[0]), 0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0)), StatusCannotUnderstand},
 		{"truncated dataset", ct, insts[1].SOPInstanceUID, bytes.NewReader(datasets[1][:len(datasets[1])-1000]), StatusCannotUnderstand},
+		{"dataset of another instance than the command's", ct, insts[1].SOPInstanceUID, bytes.NewReader(datasets[0]), StatusDataSetMismatch},
+		{"dataset of another class than the context's", ct, mr.SOPInstanceUID, mrDS, StatusDataSetMismatch},
 		{"no Study Instance UID", func() PresentationContext { pc, _ := cl.Accepted("1.2.840.10008.5.1.4.39.1", ""); return pc }(), "1.2.840.10008.1.5.1", paletteDS, StatusDataSetMismatch},
 		{"SOP instance of the command is not a UID", ct, "not.a.uid", bytes.NewReader(datasets[1]), StatusCannotUnderstand},
 	} {
@@ -505,6 +512,11 @@ func TestStoreStatuses(t *testing.T) {
 		}
 		if res.Status != c.want {
 			t.Errorf("%s: status %s (%s), want %s", c.name, res.Status, res.Comment, c.want)
+		}
+	}
+	for _, sop := range []string{insts[1].SOPInstanceUID, mr.SOPInstanceUID} {
+		if _, err := ts.b.Index.GetInstance(t.Context(), sop); !errors.Is(err, gateway.ErrNotFound) {
+			t.Errorf("instance %s stored although its C-STORE was refused: %v", sop, err)
 		}
 	}
 	// A differing resend: the trailing item above makes the dataset

@@ -59,8 +59,11 @@ type StoreSession interface {
 	// stored record (the existing one for an identical resend), or a
 	// *gateway.InstanceError carrying the failure reason StatusOf maps to
 	// a DIMSE status. A read error from r (the association ended) is
-	// returned as it is.
-	Store(r io.Reader) (*gateway.InstanceRecord, error)
+	// returned as it is. sopClassUID and sopInstanceUID are the command's
+	// Affected SOP Class and Instance UIDs: a dataset naming another
+	// instance or class is refused (A900), since the answer is about the
+	// instance the command names.
+	Store(r io.Reader, sopClassUID, sopInstanceUID string) (*gateway.InstanceRecord, error)
 	// Close ends the session and records it in the audit log; s says how
 	// the association ended. An error is logged.
 	Close(s Summary) error
@@ -747,7 +750,7 @@ func (a *association) command(ctxID byte, cmd *Command) error {
 		in.done = make(chan storeOutcome, 1)
 		session := a.session
 		go func() {
-			rec, err := session.Store(io.MultiReader(meta, pr))
+			rec, err := session.Store(io.MultiReader(meta, pr), sopClass, sop)
 			// Unblock the association's writes whatever Store read.
 			pr.CloseWithError(errStoreEnded)
 			in.done <- storeOutcome{rec: rec, err: err}

@@ -43,6 +43,11 @@ type StoreOptions struct {
 	// whose bytes differ is refused before anything is stored, so that a
 	// sender's corrupt copy, or bytes damaged on the way, never land here.
 	SHA256 string
+	// SOPClassUID and SOPInstanceUID, when set (a C-STORE: its command's
+	// Affected SOP Class and Instance UIDs), refuse a dataset that names
+	// another instance or class: the C-STORE's answer is about the
+	// instance its command names.
+	SOPClassUID, SOPInstanceUID string
 }
 
 // Ingester stores instances: it parses the header from a bounded prefix,
@@ -511,6 +516,10 @@ func (in *Ingester) validate(h *dicomcodec.Header, opts StoreOptions) error {
 		if err := ValidateUID(f.uid); err != nil {
 			return fail(ReasonCannotUnderstand, fmt.Errorf("%s: %w", f.name, err))
 		}
+	}
+	if (opts.SOPInstanceUID != "" && opts.SOPInstanceUID != h.SOPInstanceUID) || (opts.SOPClassUID != "" && opts.SOPClassUID != h.SOPClassUID) {
+		return fail(ReasonDataSetSOPClassMismatch, fmt.Errorf("the dataset is instance %s of class %s, not the instance %s of class %s its command names: %w",
+			h.SOPInstanceUID, h.SOPClassUID, printable(opts.SOPInstanceUID), printable(opts.SOPClassUID), ErrInvalid))
 	}
 	if opts.StudyInstanceUID != "" && opts.StudyInstanceUID != h.StudyInstanceUID {
 		// PS3.18 10.5.3: a Study Instance UID mismatch is a conflict; the

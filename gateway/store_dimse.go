@@ -11,9 +11,10 @@ import (
 // success or not. Its outcome is recorded in the batch as Add records it
 // (Wait and Close see it); it returns the stored record, or the refusal.
 // An error means the request must end (r's own read error, the context
-// ended).
-func (b *StoreBatch) Store(part int, r io.Reader) (*InstanceRecord, *StoreFailure, error) {
-	pending, err := b.svc.ingester.Begin(b.ctx, r, StoreOptions{StudyInstanceUID: b.req.StudyInstanceUID})
+// ended). sopClassUID and sopInstanceUID, when set, are the instance the
+// front end's command names (StoreOptions).
+func (b *StoreBatch) Store(part int, r io.Reader, sopClassUID, sopInstanceUID string) (*InstanceRecord, *StoreFailure, error) {
+	pending, err := b.svc.ingester.Begin(b.ctx, r, StoreOptions{StudyInstanceUID: b.req.StudyInstanceUID, SOPClassUID: sopClassUID, SOPInstanceUID: sopInstanceUID})
 	if err != nil {
 		ie, ok := errors.AsType[*InstanceError](err)
 		if !ok {

@@ -204,9 +204,9 @@ type storeSession struct {
 	part  int
 }
 
-func (ss *storeSession) Store(r io.Reader) (*gateway.InstanceRecord, error) {
+func (ss *storeSession) Store(r io.Reader, sopClassUID, sopInstanceUID string) (*gateway.InstanceRecord, error) {
 	ss.part++
-	rec, failure, err := ss.batch.Store(ss.part, r)
+	rec, failure, err := ss.batch.Store(ss.part, r, sopClassUID, sopInstanceUID)
 	switch {
 	case err != nil:
 		return nil, err

@@ -128,7 +128,7 @@ func storeLocal(t *testing.T, m *Main, r io.Reader) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, failure, err := b.Store(1, r)
+	_, failure, err := b.Store(1, r, "", "")
 	if err != nil || failure != nil {
 		t.Fatalf("store: %v %+v", err, failure)
 	}
