@@ -340,6 +340,20 @@ func decodeRLE(frame []byte, pixels, spp, bytesPerSample int) ([]byte, error) {
 	if nseg != spp*bytesPerSample || nseg > 15 {
 		return nil, fmt.Errorf("RLE frame has %d segments, want %d", nseg, spp*bytesPerSample)
 	}
+	// PackBits turns at most 128 bytes into 2, so a segment shorter than
+	// that bound cannot fill the frame the header claims: refuse it before
+	// allocating by the header's Rows × Columns.
+	minSegment := 2 * ((pixels + 127) / 128)
+	for seg := range nseg {
+		start := int(binary.LittleEndian.Uint32(frame[4+4*seg:]))
+		end := len(frame)
+		if seg+1 < nseg {
+			end = int(binary.LittleEndian.Uint32(frame[8+4*seg:]))
+		}
+		if end-start < minSegment {
+			return nil, fmt.Errorf("RLE segment %d has %d bytes, too few for %d pixels", seg, end-start, pixels)
+		}
+	}
 	out := make([]byte, pixels*nseg)
 	for seg := range nseg {
 		start := int(binary.LittleEndian.Uint32(frame[4+4*seg:]))

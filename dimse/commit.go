@@ -187,7 +187,15 @@ func decodeCommitReport(b []byte, explicit bool) (CommitmentReport, error) {
 type walker struct {
 	b        []byte
 	explicit bool
+	// depth is how many undefined-length items this walker is inside:
+	// finding their ends walks nested sequences, which a hostile report
+	// could nest until the stack grows by the megabyte.
+	depth int
 }
+
+// maxWalkDepth bounds the nesting of undefined-length items in a report
+// (a commitment report has one level of sequences).
+const maxWalkDepth = 8
 
 func (w *walker) done() bool { return len(w.b) == 0 }
 
@@ -257,7 +265,10 @@ func (w *walker) next() (tag uint32, vr string, value []byte, items [][]byte, er
 		}
 		// Undefined-length item: its elements up to the item delimiter
 		// (nested sequences are not expected in a commitment report).
-		iw := &walker{b: seq[used:], explicit: w.explicit}
+		if w.depth >= maxWalkDepth {
+			return 0, "", nil, nil, malformed("sequences nested deeper than %d", maxWalkDepth)
+		}
+		iw := &walker{b: seq[used:], explicit: w.explicit, depth: w.depth + 1}
 		start := used
 		for {
 			if len(iw.b) >= 4 && uint32(binary.LittleEndian.Uint16(iw.b))<<16|uint32(binary.LittleEndian.Uint16(iw.b[2:])) == tagItemDelimitation {

@@ -890,3 +890,30 @@ func TestMoveKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestCommitmentReportNestingBounded: a report of sequences nested in
+// undefined-length items down to half of maxReportBytes is refused as
+// malformed once past maxWalkDepth, before its walk grows a goroutine
+// stack by the megabyte (64 MiB before the bound).
+func TestCommitmentReportNestingBounded(t *testing.T) {
+	b := appendElement(nil, "00081195", "UI", padUID("1.2.3"), true)
+	open := []byte{'S', 'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF}
+	depth := 0
+	for len(b)+36 < maxReportBytes/2 {
+		b = append(b, 0x08, 0x00, 0x99, 0x11)
+		b = append(b, open...)
+		depth++
+	}
+	for range depth {
+		b = append(b, 0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0, 0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0)
+	}
+	var stats runtime.MemStats
+	_, err := decodeCommitReport(b, true)
+	runtime.ReadMemStats(&stats)
+	if !errors.Is(err, ErrMalformed) {
+		t.Errorf("a report nested %d deep: err = %v, want malformed", depth, err)
+	}
+	if stats.StackInuse > 16<<20 {
+		t.Errorf("decoding the report left %d MiB of stacks in use", stats.StackInuse>>20)
+	}
+}
