@@ -337,6 +337,10 @@ func allZero(b []byte) bool {
 	return true
 }
 
+// maxNativeFramesListed bounds the frames of native pixel data listed in
+// PixelDataLayout.Frames; beyond it they are computed when read.
+const maxNativeFramesListed = 4096
+
 // frames locates every frame: fixed-size slices of native data; for
 // encapsulated data the Extended or Basic Offset Table, else one fragment
 // per frame, else fragments grouped at JPEG / JPEG 2000 start markers.
@@ -356,6 +360,13 @@ func (s *TailScanner) frames() [][]ByteRange {
 		}
 		if bits <= 0 || bits%8 != 0 || int64(n)*bits/8 > l.ValueLength {
 			return nil // bit-packed frames or sizes that disagree: not located
+		}
+		if n > maxNativeFramesListed {
+			// Each frame is a computed slice (gateway's FrameRanges does the
+			// sum from Rows, Columns and Bits Allocated): listing millions of
+			// 1-pixel frames would cost the ingest and every index read
+			// memory by the header's claim, not by anything retrieval needs.
+			return nil
 		}
 		size := bits / 8
 		out := make([][]ByteRange, n)

@@ -19,7 +19,9 @@ type PixelDataLayout struct {
 	Encapsulated bool `json:"encapsulated"`
 	// Frames lists, per frame (index 0 = frame 1), the byte ranges that make
 	// up that frame: one range for native data, one or more fragments for
-	// encapsulated data. Empty when frames could not be located.
+	// encapsulated data. Empty when frames could not be located, and for
+	// native data of more than 4,096 frames, whose ranges a reader computes
+	// from the frame size.
 	Frames [][]ByteRange `json:"frames,omitempty"`
 }
 
