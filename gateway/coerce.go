@@ -143,7 +143,10 @@ func (c *Coercer) ruleFor(t *Transfer, peer string) (string, CoerceRule, bool) {
 	return key, r, ok
 }
 
-// readLookup reads "nhs_number,local_id" lines.
+// readLookup reads "nhs_number,local_id" lines. The mapping must be one to
+// one: an NHS number listed twice, or two NHS numbers given one local ID,
+// would file two patients' images under one record (or one patient's
+// under whichever line came last), so the file is refused.
 func readLookup(path string) (map[string]string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -151,6 +154,7 @@ func readLookup(path string) (map[string]string, error) {
 	}
 	defer f.Close()
 	m := map[string]string{}
+	lineOf := map[string]int{} // local ID → the line that gave it
 	sc := bufio.NewScanner(f)
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
@@ -162,7 +166,13 @@ func readLookup(path string) (map[string]string, error) {
 		if !ok || nhs == "" || local == "" || len(local) > 64 { // LO holds 64 characters
 			return nil, fmt.Errorf("line %d: want nhs_number,local_id (local ID at most 64 characters)", n)
 		}
-		m[nhs] = local
+		if _, dup := m[nhs]; dup {
+			return nil, fmt.Errorf("line %d: an NHS number listed before: one patient, one line", n)
+		}
+		if prev, dup := lineOf[local]; dup {
+			return nil, fmt.Errorf("line %d: the local ID of line %d again: two NHS numbers cannot share one local ID", n, prev)
+		}
+		m[nhs], lineOf[local] = local, n
 	}
 	return m, sc.Err()
 }

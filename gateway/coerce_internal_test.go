@@ -64,3 +64,35 @@ func TestCoercerLookupFollowsTheFile(t *testing.T) {
 		t.Errorf("coerce on a route to a DIMSE peer: %v", err)
 	}
 }
+
+// TestLookupIsOneToOne: a lookup file that maps two NHS numbers to one
+// local ID, or one NHS number twice, is refused: either would file two
+// patients' images under one record. The refusal names lines, never the
+// numbers.
+func TestLookupIsOneToOne(t *testing.T) {
+	dir := t.TempDir()
+	for name, lines := range map[string]string{
+		"two NHS numbers, one local ID": "9434765919,H1\n9434765870,H1\n",
+		"one NHS number twice":          "9434765919,H1\n9434765919,H2\n",
+	} {
+		path := filepath.Join(dir, "lookup.csv")
+		if err := os.WriteFile(path, []byte(lines), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := readLookup(path)
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+			continue
+		}
+		if strings.Contains(err.Error(), "943476") || !strings.Contains(err.Error(), "line 2") {
+			t.Errorf("%s: %v; want the line named and no NHS number", name, err)
+		}
+	}
+	path := filepath.Join(dir, "ok.csv")
+	if err := os.WriteFile(path, []byte("# nhs,local\n9434765919,H1\n9434765870,H2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := readLookup(path); err != nil || len(m) != 2 {
+		t.Errorf("a one-to-one lookup: %v, %v", m, err)
+	}
+}

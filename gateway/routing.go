@@ -58,8 +58,15 @@ func (r RouteRule) Validate(peers []Peer) error {
 		return fmt.Errorf("route %s: destinations is empty", r.Name)
 	}
 	for _, d := range r.Destinations {
-		if !slices.ContainsFunc(peers, func(p Peer) bool { return p.Name == d }) {
+		i := slices.IndexFunc(peers, func(p Peer) bool { return p.Name == d })
+		if i < 0 {
 			return fmt.Errorf("route %s: destination %q is not in peers", r.Name, d)
+		}
+		if r.Coerce != nil && peers[i].Deidentify != nil {
+			// De-identification removes the identity coercion would choose
+			// (as for a peer with both), and would be planned on bytes the
+			// coercion has already changed.
+			return fmt.Errorf("route %s: coerce and destination %s's deidentify exclude each other: de-identification removes the patient identity", r.Name, d)
 		}
 	}
 	switch r.Priority {

@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -54,6 +55,14 @@ func TestRouteRuleMatches(t *testing.T) {
 	bad.Match = map[string]string{"NoSuchKeyword": "x"}
 	if err := bad.Validate(peers); err == nil {
 		t.Error("Validate accepted an unknown attribute")
+	}
+	// A rule that coerces the identity for a peer that de-identifies: its
+	// transfers failed with a false "local copy is corrupt".
+	bad = rule
+	bad.Coerce = &gateway.CoerceRule{To: gateway.CoerceNational}
+	research := []gateway.Peer{{Name: "surrey", URL: "http://s/dicomweb", Deidentify: &gateway.DeidentifyRule{Profile: gateway.ProfileBasic}}}
+	if err := bad.Validate(research); err == nil || !strings.Contains(err.Error(), "deidentify") {
+		t.Errorf("Validate of coerce towards a de-identifying peer: %v, want a refusal", err)
 	}
 }
 
