@@ -58,6 +58,21 @@ func (h *Handler) query(ctx context.Context, r request, params url.Values, limit
 	return h.Query.Search(ctx, r.caller, q, r.keys)
 }
 
+// nationalIssuerSpellings lists the national issuers as the index match
+// needs them, in the cases senders write ("NHS", "nhs", "Nhs"): the index
+// matches an issuer exactly, gateway.IsNationalIssuer ignores case.
+func nationalIssuerSpellings() []string {
+	var out []string
+	for _, n := range gateway.NationalIssuers {
+		for _, v := range []string{n, strings.ToLower(n), strings.ToUpper(n[:1]) + strings.ToLower(n[1:])} {
+			if !slices.Contains(out, v) {
+				out = append(out, v)
+			}
+		}
+	}
+	return out
+}
+
 // studies finds one page of the studies s matches. A search by NHS number
 // is the union of two index searches (the number as the Patient ID with a
 // national issuer; the number in the Other Patient IDs Sequence), merged in
@@ -72,7 +87,9 @@ func (h *Handler) studies(ctx context.Context, r request, s *search) (*studyPage
 			return nil, err
 		}
 		p := &studyPage{items: res.Items, more: res.More, total: -1}
-		if !res.RemainingAtLeast {
+		// A page past the last match says nothing of how many there are
+		// (offset + 0 + 0 would claim the offset): total stays unknown.
+		if !res.RemainingAtLeast && (len(res.Items) > 0 || s.offset == 0) {
 			p.total = s.offset + len(res.Items) + res.Remaining
 		}
 		return p, nil
@@ -80,7 +97,7 @@ func (h *Handler) studies(ctx context.Context, r request, s *search) (*studyPage
 	want := s.offset + limit + 1
 	byID := cloneValues(s.qido)
 	byID.Set("PatientID", s.national)
-	byID.Set("IssuerOfPatientID", strings.Join(gateway.NationalIssuers, `\`))
+	byID.Set("IssuerOfPatientID", strings.Join(nationalIssuerSpellings(), `\`))
 	a, err := h.query(ctx, r, byID, want, 0)
 	if err != nil {
 		return nil, err
