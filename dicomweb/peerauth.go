@@ -28,21 +28,26 @@ import (
 type peerKey struct{ method, name string }
 
 // peerMap collects the peer: mappings of cfg, refusing a peer name that
-// could not be a transfer's source and one credential mapped to two centres.
+// could not be a transfer's source and one credential name mapped to two
+// centres, or to a centre by one credential and to none by another: the
+// mapping follows the name, so the second credential (another token named
+// like a peer's, kept through a rotation) would speak for the centre too.
 func peerMap(cfg AuthConfig) (map[peerKey]string, error) {
 	m := map[peerKey]string{}
+	seen := map[peerKey]string{} // every credential name, with its peer or ""
 	var errs []error
 	add := func(where, method, name, peer string) {
+		k := peerKey{method, name}
+		if prev, ok := seen[k]; ok && prev != peer {
+			errs = append(errs, fmt.Errorf("%s (%s): another credential of this name is mapped to peer %q, this one to %q: give them different names or the same peer", where, name, prev, peer))
+		}
+		seen[k] = peer
 		if peer == "" {
 			return
 		}
 		if err := gateway.ValidateTransferID(peer); err != nil {
 			errs = append(errs, fmt.Errorf("%s (%s): peer %q: letters, digits, '-', '_' and '.' only, 1 to 64 of them", where, name, peer))
 			return
-		}
-		k := peerKey{method, name}
-		if prev, ok := m[k]; ok && prev != peer {
-			errs = append(errs, fmt.Errorf("%s (%s): mapped to peer %q and to %q", where, name, prev, peer))
 		}
 		m[k] = peer
 	}

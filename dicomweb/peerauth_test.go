@@ -120,7 +120,10 @@ func TestPeerHeadersWithoutAuth(t *testing.T) {
 }
 
 // TestPeerMappingValidated: a peer name that cannot be a transfer's source,
-// and one credential mapped to two centres, are configuration errors.
+// one credential name mapped to two centres, and one mapped by one
+// credential and not by another of the same name (which would then speak
+// for the centre), are configuration errors; two credentials of one name
+// and one peer (a token rotation) are not.
 func TestPeerMappingValidated(t *testing.T) {
 	const sum = "0000000000000000000000000000000000000000000000000000000000000000"
 	for _, tt := range []struct {
@@ -132,10 +135,20 @@ func TestPeerMappingValidated(t *testing.T) {
 		{"two centres", dicomweb.AuthConfig{Tokens: []dicomweb.TokenConfig{
 			{Name: "a", SHA256: sum, Peer: "surrey"}, {Name: "a", SHA256: strings.Replace(sum, "0", "1", 1), Peer: "cardiff"},
 		}}, "mapped to peer"},
+		{"mapped and not", dicomweb.AuthConfig{Tokens: []dicomweb.TokenConfig{
+			{Name: "surrey", SHA256: sum, Peer: "surrey"}, {Name: "surrey", SHA256: strings.Replace(sum, "0", "1", 1)},
+		}}, "mapped to peer"},
 	} {
 		_, err := dicomweb.NewAuthenticator(tt.cfg)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: err = %v, want one containing %q", tt.name, err, tt.want)
 		}
+	}
+	rotation := dicomweb.AuthConfig{Tokens: []dicomweb.TokenConfig{
+		{Name: "surrey", SHA256: sum, Peer: "surrey", Roles: []gateway.Role{gateway.RoleStore}},
+		{Name: "surrey", SHA256: strings.Replace(sum, "0", "1", 1), Peer: "surrey", Roles: []gateway.Role{gateway.RoleStore}},
+	}}
+	if _, err := dicomweb.NewAuthenticator(rotation); err != nil {
+		t.Errorf("two tokens of one name and one peer: %v", err)
 	}
 }
