@@ -87,7 +87,7 @@ func findQuery(ident []element, model string) (*gateway.Query, []element, error)
 		if e.vr == "SQ" {
 			continue // sequence matching is not offered: returned only
 		}
-		if v := strings.TrimRight(string(e.value), " \x00"); v != "" && v != "*" {
+		if v, ok := matchText(e); ok && v != "" && v != "*" {
 			params.Add(e.tag, v)
 		}
 	}
@@ -112,6 +112,47 @@ func findQuery(ident []element, model string) (*gateway.Query, []element, error)
 	}
 	slices.SortFunc(keys, func(a, b element) int { return strings.Compare(a.tag, b.tag) })
 	return q, keys, nil
+}
+
+// matchText is a key's value as QIDO-RS query text: a string VR as it
+// is; a binary number (US, SS, UL, SL, FL, FD, SV, UV) in decimal, values
+// joined by a backslash, as a QIDO-RS client would write it. ok is false
+// for other binary values (OB, OW, AT and the like), which are returned,
+// never matched.
+func matchText(e element) (string, bool) {
+	size := map[string]int{"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "SV": 8, "UV": 8}[e.vr]
+	switch {
+	case size == 0 && (strings.HasPrefix(e.vr, "O") || e.vr == "UN" || e.vr == "AT"):
+		return "", false
+	case size == 0:
+		return strings.TrimRight(string(e.value), " \x00"), true
+	case len(e.value)%size != 0:
+		return "", false
+	}
+	var vals []string
+	for b := e.value; len(b) > 0; b = b[size:] {
+		var v string
+		switch e.vr {
+		case "US":
+			v = strconv.FormatUint(uint64(binary.LittleEndian.Uint16(b)), 10)
+		case "SS":
+			v = strconv.FormatInt(int64(int16(binary.LittleEndian.Uint16(b))), 10)
+		case "UL":
+			v = strconv.FormatUint(uint64(binary.LittleEndian.Uint32(b)), 10)
+		case "SL":
+			v = strconv.FormatInt(int64(int32(binary.LittleEndian.Uint32(b))), 10)
+		case "FL":
+			v = strconv.FormatFloat(float64(math.Float32frombits(binary.LittleEndian.Uint32(b))), 'g', -1, 32)
+		case "FD":
+			v = strconv.FormatFloat(math.Float64frombits(binary.LittleEndian.Uint64(b)), 'g', -1, 64)
+		case "SV":
+			v = strconv.FormatInt(int64(binary.LittleEndian.Uint64(b)), 10)
+		case "UV":
+			v = strconv.FormatUint(binary.LittleEndian.Uint64(b), 10)
+		}
+		vals = append(vals, v)
+	}
+	return strings.Join(vals, `\`), true
 }
 
 func latin1ToUTF8(b []byte) []byte {

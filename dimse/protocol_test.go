@@ -917,3 +917,30 @@ func TestCommitmentReportNestingBounded(t *testing.T) {
 		t.Errorf("decoding the report left %d MiB of stacks in use", stats.StackInuse>>20)
 	}
 }
+
+// TestFindBinaryKey: a matching key of a binary VR (Rows, US) is matched by
+// its number, in Implicit and Explicit VR: 512 becomes the condition
+// Rows = 512, and 8224 (whose two bytes are spaces) is not trimmed into a
+// universal match. Before, the raw bytes went to the query parser as text:
+// A900 for 512, no condition at all for 8224.
+func TestFindBinaryKey(t *testing.T) {
+	for _, explicit := range []bool{false, true} {
+		for _, rows := range []uint16{512, 0x2020} {
+			var b []byte
+			b = appendElement(b, "00080052", "CS", padText("IMAGE"), explicit)
+			b = appendElement(b, "00280010", "US", binary.LittleEndian.AppendUint16(nil, rows), explicit)
+			ident, err := parseIdentifier(b, explicit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			q, _, err := findQuery(ident, StudyRootFind)
+			if err != nil {
+				t.Errorf("explicit=%v: Rows=%d refused: %v", explicit, rows, err)
+				continue
+			}
+			if got := fmt.Sprint(q.Conditions); !strings.Contains(got, strconv.Itoa(int(rows))) {
+				t.Errorf("explicit=%v: Rows=%d: conditions %s", explicit, rows, got)
+			}
+		}
+	}
+}
