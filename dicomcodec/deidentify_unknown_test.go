@@ -24,30 +24,10 @@ func drPad(v string, p byte) []byte {
 	return b
 }
 
-func drLong(vr string) bool {
-	switch vr {
-	case "OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV":
-		return true
-	}
-	return false
-}
-
-// drEl encodes one element with a defined length (explicit when vr != "").
+// drEl encodes one element with a defined length: in Implicit VR when vr
+// is "", else in Explicit VR.
 func drEl(tag uint32, vr string, v []byte) []byte {
-	var b []byte
-	b = binary.LittleEndian.AppendUint16(b, uint16(tag>>16))
-	b = binary.LittleEndian.AppendUint16(b, uint16(tag))
-	switch {
-	case vr == "":
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(v)))
-	case drLong(vr):
-		b = append(b, vr[0], vr[1], 0, 0)
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(v)))
-	default:
-		b = append(b, vr[0], vr[1])
-		b = binary.LittleEndian.AppendUint16(b, uint16(len(v)))
-	}
-	return append(b, v...)
+	return dicomcodec.AppendElementLE(nil, tag, vr, vr == "", v)
 }
 
 func drItem(els ...[]byte) []byte {

@@ -12,6 +12,20 @@ import (
 	"github.com/dicom-gateway/gateway/internal/testpki"
 )
 
+// listenTLS makes srv listen on a loopback TLS port with server's
+// certificate, requiring client certificates of ca (PS3.15 B.1).
+func listenTLS(t *testing.T, srv *Server, server testpki.Leaf, ca *testpki.CA) net.Addr {
+	t.Helper()
+	addr, err := srv.ListenTLS("127.0.0.1:0", &tls.Config{
+		MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{server.TLS},
+		ClientCAs: ca.Pool, ClientAuth: tls.RequireAndVerifyClientCert,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
 // TestTLS: over a TLS listener that requires client certificates (PS3.15
 // B.1), a caller with a certificate of the trusted CA associates, one
 // without is refused in the handshake, DCMTK's storescu stores over TLS,
@@ -22,13 +36,7 @@ func TestTLS(t *testing.T) {
 	server := ca.Server(t, "gateway")
 	client := ca.Client(t, "MODALITY")
 	ts := startServer(t, nil)
-	addr, err := ts.ListenTLS("127.0.0.1:0", &tls.Config{
-		MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{server.TLS},
-		ClientCAs: ca.Pool, ClientAuth: tls.RequireAndVerifyClientCert,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	addr := listenTLS(t, ts.Server, server, ca)
 	contexts := []PresentationContext{{AbstractSyntax: VerificationSOPClass, TransferSyntax: []string{ImplicitVRLittleEndian}}}
 
 	cl, err := Dial(t.Context(), addr.String(), DialOptions{CallingAE: "MODALITY", CalledAE: "GATEWAY", Contexts: contexts,
@@ -129,13 +137,7 @@ func TestTLSCertificateTiedToAETitle(t *testing.T) {
 		}
 		s.Access = a
 	})
-	addr, err := ts.ListenTLS("127.0.0.1:0", &tls.Config{
-		MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{server.TLS},
-		ClientCAs: ca.Pool, ClientAuth: tls.RequireAndVerifyClientCert,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	addr := listenTLS(t, ts.Server, server, ca)
 	contexts := []PresentationContext{{AbstractSyntax: VerificationSOPClass, TransferSyntax: []string{ImplicitVRLittleEndian}}}
 	dialTLS := func(ae string, cert testpki.Leaf) (*Client, error) {
 		return Dial(t.Context(), addr.String(), DialOptions{CallingAE: ae, CalledAE: "GATEWAY", Contexts: contexts,
@@ -162,7 +164,7 @@ func TestTLSCertificateTiedToAETitle(t *testing.T) {
 		_, err := dialTLS(c.ae, c.cert)
 		wantReject(t, err, RejectError{RejectPermanent, SourceServiceUser, ReasonNoReason})
 	}
-	_, err = dial(t, ts, "CT1") // the plain port: no certificate at all
+	_, err := dial(t, ts, "CT1") // the plain port: no certificate at all
 	wantReject(t, err, RejectError{RejectPermanent, SourceServiceUser, ReasonNoReason})
 
 	if _, err := NewAccess([]AllowRule{

@@ -698,15 +698,23 @@ func benchGet(b *testing.B, s gateway.BlobStore, size int64) {
 	b.ReportMetric(float64(peak())/mib, "peak-heap-MiB")
 }
 
-// testStage checks the optional gateway.Stager: a staged object is invisible
-// until Commit, Abort and a failing reader leave nothing (and a previous
-// object unchanged), and concurrent commits into one directory all land.
-func testStage(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) {
+// newStager opens a store for a test of the optional gateway.Stager, and
+// skips the test for a store without it.
+func newStager(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) (gateway.BlobStore, gateway.Stager) {
+	t.Helper()
 	s := newStore(t)
 	st, ok := s.(gateway.Stager)
 	if !ok {
 		t.Skipf("%T does not implement gateway.Stager (optional): Put is used instead", s)
 	}
+	return s, st
+}
+
+// testStage checks the optional gateway.Stager: a staged object is invisible
+// until Commit, Abort and a failing reader leave nothing (and a previous
+// object unchanged), and concurrent commits into one directory all land.
+func testStage(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) {
+	s, st := newStager(t, newStore)
 	ctx := t.Context()
 	fresh, existing := instanceKey(2, 1), instanceKey(2, 2)
 	put(t, s, existing, 7, 4096)
@@ -813,11 +821,7 @@ func testStage(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) {
 // then replaces the object and an Abort leaves it; of two CommitNew racing
 // for one key, exactly one wins and the object is its bytes.
 func testStageCommitNew(t *testing.T, newStore func(t *testing.T) gateway.BlobStore) {
-	s := newStore(t)
-	st, ok := s.(gateway.Stager)
-	if !ok {
-		t.Skipf("%T does not implement gateway.Stager (optional): Put is used instead", s)
-	}
+	s, st := newStager(t, newStore)
 	ctx := t.Context()
 	stage := func(key string, seed uint64, size int64) gateway.StagedBlob {
 		t.Helper()
