@@ -231,18 +231,18 @@ var localPrincipal = gateway.Principal{
 // authorize returns the middleware that authenticates the request, applies
 // the per-client rate limit and checks that its principal carries role.
 // Failures are audited: 401 with WWW-Authenticate for missing or bad
-// credentials, 403 for a missing role. Failed attempts are counted per
+// credentials, 403 for a missing role. Failed passwords are counted per
 // client network (clientNet: the address, or its /64 for IPv6) and username
-// (basic), with a higher ceiling per network over all usernames. Once a
-// bucket is used up:
-//   - a password (HTTP basic) for that username, or any password once the
-//     network's ceiling is reached, gets 429 before it is checked, so
-//     passwords cannot be guessed at speed; another user's good password
-//     from the same network still works until the ceiling;
-//   - cheap credentials (bearer tokens, JWTs, client certificates) are still
-//     checked, so other users behind the same NAT keep working, but a
-//     failure is 429 without an audit event, so a flood of guesses cannot
-//     flood the audit log either.
+// (basic), with a higher ceiling per network over all usernames; a check
+// under way counts as a failure until it ends (reserveFailure). Once a
+// bucket is used up, a password for that username, or any password once
+// the network's ceiling is reached, gets 429 before it is checked, so
+// passwords cannot be guessed at speed; another user's good password from
+// the same network still works until the ceiling. Other failures (bearer
+// tokens, JWTs, client certificates, no credentials) cannot be guessed and
+// never hold passwords back: they have a bucket of their own per network,
+// past which a failure is still 401 but neither counted nor audited, so a
+// flood of them cannot flood the audit log.
 //
 // bcrypt work is bounded separately (bcryptSlots), rate limit or not.
 func (s *Server) authorize(role gateway.Role) gin.HandlerFunc {
@@ -269,41 +269,36 @@ func (s *Server) authenticate(c *gin.Context) (p gateway.Principal, ok bool) {
 	p = localPrincipal
 	if s.Auth != nil {
 		username, password := basicUsername(c.Request)
-		var (
-			wait      float64
-			exhausted bool
-			giveBack  func()
-		)
+		var finish func(failed bool)
 		if password {
-			// The failure is taken before bcrypt runs: concurrent guesses
-			// must not all pass a check nothing has taken from yet.
-			if giveBack, wait, exhausted = s.RateLimit.reserveFailure(addr, username); exhausted {
+			var (
+				wait    float64
+				limited bool
+			)
+			if finish, wait, limited = s.RateLimit.reserveFailure(addr, username); limited {
 				s.tooManyRequests(c, wait)
 				return p, false
 			}
-		} else {
-			wait, exhausted = s.RateLimit.failuresExhausted(addr, username)
 		}
 		var err error
 		p, err = s.Auth.Authenticate(c.Request)
-		if err != nil && exhausted {
-			if !hasCredentials(c.Request) {
-				// Nothing was guessed: the answer stays 401 with its
-				// challenges, but is neither counted nor audited again.
-				s.writeError(c, err)
-			} else {
-				s.tooManyRequests(c, wait)
-			}
+		// A refused or abandoned password check is not a wrong password.
+		attempt := err != nil && !errors.Is(err, errPasswordChecksBusy) && !errors.Is(err, context.Canceled)
+		if finish != nil {
+			finish(attempt)
+		}
+		if attempt && !password && s.RateLimit.tokenFailuresExhausted(addr) {
+			// Tokens, JWTs and certificates cannot be guessed: past the
+			// limit a failure is still 401 (a viewer then refreshes its
+			// expired token, a peer with a revoked one stops), only not
+			// counted or audited again, so a flood of them cannot flood
+			// the audit log.
+			s.writeError(c, err)
 			return p, false
 		}
-		// A refused or abandoned password check is not a wrong password.
-		notAnAttempt := errors.Is(err, errPasswordChecksBusy) || errors.Is(err, context.Canceled)
-		if giveBack != nil && (err == nil || notAnAttempt) {
-			giveBack()
-		}
-		if err != nil && !notAnAttempt {
+		if attempt {
 			if !password {
-				s.RateLimit.failure(addr, username)
+				s.RateLimit.tokenFailure(addr)
 			}
 			p.Address = c.ClientIP()
 			s.recordAuthFailure(c, gateway.ActionAuthFailure, p, err.Error())

@@ -50,6 +50,9 @@ type RateLimiter struct {
 	mu        sync.Mutex
 	buckets   map[string]*rate.Limiter
 	lastSweep time.Time
+	// pending counts the password checks under way per failure bucket
+	// (reserveFailure).
+	pending map[string]int
 }
 
 // NewRateLimiter validates cfg and returns its limiter. With
@@ -75,6 +78,7 @@ func NewRateLimiter(cfg RateLimitConfig) (*RateLimiter, error) {
 		max:       cfg.MaxClients,
 		now:       time.Now,
 		buckets:   map[string]*rate.Limiter{},
+		pending:   map[string]int{},
 	}
 	if cfg.RequestsPerSecond == 0 {
 		l.failLimit, l.failBurst = defaultFailureRate, defaultFailureBurst
@@ -105,71 +109,71 @@ func (l *RateLimiter) allow(key string) (wait float64, ok bool) {
 // PACS, low enough that spraying usernames stays slow.
 const failCeiling = 10
 
-// failure counts a failed authentication from the client network addr
-// (clientNet) for identity: the username of HTTP basic credentials, "" for
-// other kinds. It counts in identity's bucket and in the address's ceiling.
-func (l *RateLimiter) failure(addr, identity string) {
+// tokenFailure counts a failed authentication by other credentials than
+// a password (tokens, JWTs, certificates, none at all) from the client
+// network addr (clientNet), in a bucket of their own: they cannot be
+// guessed, so they never hold passwords back; the bucket only bounds how
+// many of them are audited.
+func (l *RateLimiter) tokenFailure(addr string) {
 	if l == nil {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	l.failures(addr, identity, now).AllowN(now, 1)
-	l.ceiling(addr, now).AllowN(now, 1)
+	l.failures(addr, "", now).AllowN(now, 1)
 }
 
-// reserveFailure takes, before a password is checked, the failure it may
-// turn out to be from identity's bucket and addr's ceiling, so that
-// concurrent guesses cannot all pass a check that nothing has yet taken
-// from. limited true means one of them is used up (nothing taken; wait is
-// the seconds until a token is due). Otherwise the caller calls give back
-// if the password was right, or the check never ran.
-func (l *RateLimiter) reserveFailure(addr, identity string) (giveBack func(), wait float64, limited bool) {
+// tokenFailuresExhausted reports whether addr's bucket of tokenFailure is
+// used up. It takes nothing.
+func (l *RateLimiter) tokenFailuresExhausted(addr string) bool {
 	if l == nil {
-		return func() {}, 0, false
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.buckets[failKey(addr, "")]
+	return ok && b.TokensAt(l.now()) < 1
+}
+
+// reserveFailure admits a password check for identity from addr while
+// identity's bucket of failures and addr's ceiling each hold a token for
+// it besides one for every check of theirs still under way: each may turn
+// out a failure, so concurrent guesses cannot all pass a bucket with one
+// token left. limited true means no (wait: the seconds until a token is
+// due). Otherwise the caller calls done once the check has ended, with
+// failed true for a wrong password, which then takes its tokens; a right
+// one takes nothing.
+func (l *RateLimiter) reserveFailure(addr, identity string) (done func(failed bool), wait float64, limited bool) {
+	if l == nil {
+		return func(bool) {}, 0, false
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	user := l.failures(addr, identity, now).ReserveN(now, 1)
-	all := l.ceiling(addr, now).ReserveN(now, 1)
-	if d := max(user.DelayFrom(now), all.DelayFrom(now)); d > 0 {
-		user.CancelAt(now)
-		all.CancelAt(now)
-		return nil, d.Seconds(), true
+	keys := []string{failKey(addr, identity), ceilingKey(addr)}
+	for i, b := range []*rate.Limiter{l.failures(addr, identity, now), l.ceiling(addr, now)} {
+		if avail := b.TokensAt(now) - float64(l.pending[keys[i]]); avail < 1 {
+			return nil, (1 - avail) / float64(b.Limit()), true
+		}
 	}
-	return func() {
+	for _, k := range keys {
+		l.pending[k]++
+	}
+	return func(failed bool) {
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		now := l.now()
-		user.CancelAt(now)
-		all.CancelAt(now)
+		for _, k := range keys {
+			if l.pending[k]--; l.pending[k] <= 0 {
+				delete(l.pending, k)
+			}
+		}
+		if failed {
+			now := l.now()
+			l.failures(addr, identity, now).AllowN(now, 1)
+			l.ceiling(addr, now).AllowN(now, 1)
+		}
 	}, 0, false
-}
-
-// failuresExhausted reports whether addr's failed authentications for
-// identity, or for all identities together (the ceiling), have used up
-// their bucket, and how long until another attempt is allowed. It takes
-// nothing from the buckets. So one user's guessed password does not lock out
-// another user's good one behind the same address.
-func (l *RateLimiter) failuresExhausted(addr, identity string) (wait float64, limited bool) {
-	if l == nil {
-		return 0, false
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.now()
-	for _, key := range []string{failKey(addr, identity), "failall:" + addr} {
-		b, ok := l.buckets[key]
-		if !ok {
-			continue
-		}
-		if tokens := b.TokensAt(now); tokens < 1 {
-			return (1 - tokens) / float64(b.Limit()), true
-		}
-	}
-	return 0, false
 }
 
 func failKey(addr, identity string) string {
@@ -183,8 +187,10 @@ func (l *RateLimiter) failures(addr, identity string, now time.Time) *rate.Limit
 
 // ceiling returns addr's bucket of failures over all identities; l.mu is held.
 func (l *RateLimiter) ceiling(addr string, now time.Time) *rate.Limiter {
-	return l.bucketWith("failall:"+addr, now, l.failLimit*failCeiling, l.failBurst*failCeiling)
+	return l.bucketWith(ceilingKey(addr), now, l.failLimit*failCeiling, l.failBurst*failCeiling)
 }
+
+func ceilingKey(addr string) string { return "failall:" + addr }
 
 // clientNet is the rate-limit identity of a client address: the address
 // itself for IPv4, its /64 for IPv6. One IPv6 host usually holds a whole
