@@ -265,17 +265,19 @@ func (d *deidentifier) meta() (string, error) {
 		}
 		v := raw[hl:]
 		switch tag {
-		case 0x00020000, 0x00020100, 0x00020102:
-			continue
-		case 0x00020016, 0x00020017, 0x00020018:
-			// Source, Sending and Receiving AE Titles name the machines
-			// of the centre (Station AE Title is X in the dataset).
-			continue
+		case 0x00020001, 0x00020002, 0x00020012, 0x00020013:
+			// Version, Media Storage SOP Class, Implementation Class UID
+			// and Version Name: kept. Every other element not handled
+			// below goes: the group length (written anew), the AE titles
+			// and presentation addresses that name the centre's machines
+			// (Station AE Title is X in the dataset), private information.
 		case 0x00020010:
 			ts = strings.TrimRight(string(v), "\x00 ")
 		case 0x00020003:
 			uid := d.o.MapUID(strings.TrimRight(string(v), "\x00 "))
 			out = appendElementLE(out, tag, "UI", false, padded(uid, 0))
+			continue
+		default:
 			continue
 		}
 		out = append(out, raw...)

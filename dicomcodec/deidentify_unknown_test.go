@@ -146,17 +146,22 @@ func TestDeidentifyUIDSentAsUN(t *testing.T) {
 	}
 }
 
-// TestDeidentifyDropsMetaAETitles: the file meta's Source AE Title names a
-// machine of the centre (Station AE Title is X in the dataset).
+// TestDeidentifyDropsMetaAETitles: the file meta's Source AE Title and
+// Source Presentation Address name a machine of the centre (Station AE
+// Title is X in the dataset); only the meta elements the file needs stay.
 func TestDeidentifyDropsMetaAETitles(t *testing.T) {
 	sop := "1.2.3.4.5.30"
 	src := drPart10(drExplicit, sop, drEl(0x00080018, "UI", drPad(sop, 0)))
-	meta := drEl(0x00020016, "AE", drPad("HAMPSHIRE_CT3", ' '))
+	meta := append(drEl(0x00020016, "AE", drPad("HAMPSHIRE_CT3", ' ')), drEl(0x00020026, "UR", drPad("dicom://ct3.hampshire.example:104", ' '))...)
 	i := bytes.Index(src, []byte{0x08, 0x00, 0x18, 0x00}) // the first dataset element
 	src = append(src[:i:i], append(meta, src[i:]...)...)
 	gl := binary.LittleEndian.Uint32(src[140:144])
 	binary.LittleEndian.PutUint32(src[140:144], gl+uint32(len(meta)))
-	if out := drDeid(t, src); bytes.Contains(out, []byte("HAMPSHIRE_CT3")) {
-		t.Errorf("Source AE Title (0002,0016) left in the de-identified file meta")
+	out := drDeid(t, src)
+	if bytes.Contains(out, []byte("HAMPSHIRE_CT3")) || bytes.Contains(out, []byte("hampshire.example")) {
+		t.Errorf("Source AE Title (0002,0016) or Source Presentation Address (0002,0026) left in the de-identified file meta")
+	}
+	if _, err := dicomcodec.ParseHeader(bytes.NewReader(out), dicomcodec.HeaderLimits{}); err != nil {
+		t.Errorf("the de-identified instance does not parse: %v", err)
 	}
 }

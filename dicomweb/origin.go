@@ -99,11 +99,19 @@ func (s *Server) crossOriginGuard(c *gin.Context) {
 
 // crossSiteReadAllowed reports whether a read the browser marks cross-site
 // may be served: a navigation to the admin page (a link to it from another
-// site), or a CORS read of DICOMweb by an origin --cors-origins admits.
+// site), or a read of DICOMweb from a page of an origin --cors-origins
+// admits (its Origin, or for an <img> or a link its Referer).
 func (s *Server) crossSiteReadAllowed(c *gin.Context, origin string) bool {
 	path := c.Request.URL.Path
 	if !dicomwebPath(path) && !strings.HasPrefix(path, "/api/") && !strings.HasPrefix(path, "/fhir") {
 		return true // the page, health checks and metrics: no patient data
+	}
+	if origin == "" {
+		// An <img>, <video> or link sends no Origin: a listed viewer's
+		// page is known by its Referer (sent cross-site by default).
+		if ref, err := url.Parse(c.GetHeader("Referer")); err == nil && ref.Scheme != "" && ref.Host != "" {
+			origin = ref.Scheme + "://" + ref.Host
+		}
 	}
 	return origin != "" && dicomwebPath(path) && (s.corsListed(origin) || (s.Auth != nil && slices.Contains(s.CORSOrigins, "*")))
 }

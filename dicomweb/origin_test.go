@@ -283,6 +283,8 @@ func TestCrossSiteReadsRefused(t *testing.T) {
 		{"admin API from another site", "/api/v1/transfers", []string{"Sec-Fetch-Site", "cross-site"}, http.StatusForbidden},
 		{"SHA-256 recompute from another site", "/api/v1/studies/" + browserStudy + "/sha256?recompute=true", []string{"Sec-Fetch-Site", "cross-site"}, http.StatusForbidden},
 		{"the listed viewer", study + "/metadata", []string{"Sec-Fetch-Site", "cross-site", "Origin", "https://viewer.example.nhs.uk"}, http.StatusOK},
+		{"an img of the listed viewer's page", study + "/metadata", []string{"Sec-Fetch-Site", "cross-site", "Sec-Fetch-Mode", "no-cors", "Referer", "https://viewer.example.nhs.uk/viewer?StudyInstanceUIDs=1"}, http.StatusOK},
+		{"an img of another site's page", study + "/metadata", []string{"Sec-Fetch-Site", "cross-site", "Sec-Fetch-Mode", "no-cors", "Referer", "https://evil.example/page"}, http.StatusForbidden},
 		{"the gateway's own page", study + "/metadata", []string{"Sec-Fetch-Site", "same-origin"}, http.StatusOK},
 		{"a link to the admin page", "/ui/", []string{"Sec-Fetch-Site", "cross-site", "Sec-Fetch-Mode", "navigate"}, http.StatusOK},
 		{"curl", study + "/metadata", nil, http.StatusOK},

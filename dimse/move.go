@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/dicom-gateway/gateway/gateway"
@@ -130,17 +131,29 @@ func (a *association) move(in *incoming) error {
 //   - a peer whose instances must be coerced or de-identified receives
 //     them only through transfers, which rewrite them (C-MOVE sends the
 //     stored bytes);
-//   - moving to another AE title than the caller's own pushes studies to
-//     another system, as creating a transfer does over HTTP, and needs the
-//     transfer role; role read only retrieves to the caller itself.
+//   - moving to another system pushes studies to it, as creating a
+//     transfer does over HTTP, and needs the transfer role; role read only
+//     retrieves to the caller itself: its own AE title, or a peer at the
+//     caller's own address (a PACS whose storage AE title differs from the
+//     one it queries with).
+//
+// The reason goes into Error Comment, which holds 64 characters.
 func moveRefusal(c Caller, dest string, peer gateway.Peer) string {
 	switch p := c.Principal(); {
 	case peer.Deidentify != nil || peer.Coerce != nil:
-		return "move destination " + dest + " receives only de-identified or coerced instances: create a transfer"
-	case dest != c.AETitle && !p.Has(gateway.RoleTransfer):
-		return "moving to another AE title than the caller's needs role transfer"
+		return "destination is de-identified or coerced: create a transfer"
+	case dest != c.AETitle && !sameHost(peer.DIMSE.Host, c.Address) && !p.Has(gateway.RoleTransfer):
+		return "moving to another system needs role transfer"
 	}
 	return ""
+}
+
+// sameHost reports whether host (a peer's configured address) is the IP
+// address addr.
+func sameHost(host, addr string) bool {
+	h, err1 := netip.ParseAddr(host)
+	a, err2 := netip.ParseAddr(addr)
+	return err1 == nil && err2 == nil && h.Unmap() == a.Unmap()
 }
 
 // moveKeys reads the unique keys of a C-MOVE identifier (PS3.4 C.4.2.2.1):

@@ -349,16 +349,16 @@ func (s *Server) untrack(nc net.Conn) {
 	_ = nc.Close()
 }
 
-// peerCertificate is the certificate a TLS caller presented (its chain
-// verified in the handshake, which ended before the association request
-// could be read), or nil.
+// peerCertificate is the certificate a TLS caller presented and the
+// handshake verified (it ended before the association request could be
+// read), or nil: a certificate no chain verified names nobody.
 func peerCertificate(nc net.Conn) *x509.Certificate {
 	tc, ok := nc.(*tls.Conn)
 	if !ok {
 		return nil
 	}
-	if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
-		return certs[0]
+	if chains := tc.ConnectionState().VerifiedChains; len(chains) > 0 && len(chains[0]) > 0 {
+		return chains[0][0]
 	}
 	return nil
 }

@@ -58,17 +58,25 @@ func (h *Handler) query(ctx context.Context, r request, params url.Values, limit
 	return h.Query.Search(ctx, r.caller, q, r.keys)
 }
 
-// nationalIssuerSpellings lists the national issuers as the index match
-// needs them, in the cases senders write ("NHS", "nhs", "Nhs"): the index
+// nationalIssuerSpellings lists the national issuers in every case ("NHS",
+// "nhs", "nHs", …; an OID has no case), as the index match needs them: it
 // matches an issuer exactly, gateway.IsNationalIssuer ignores case.
 func nationalIssuerSpellings() []string {
 	var out []string
 	for _, n := range gateway.NationalIssuers {
-		for _, v := range []string{n, strings.ToLower(n), strings.ToUpper(n[:1]) + strings.ToLower(n[1:])} {
-			if !slices.Contains(out, v) {
-				out = append(out, v)
+		spellings := []string{""}
+		for _, r := range n {
+			var next []string
+			for _, p := range spellings {
+				for _, c := range []string{strings.ToUpper(string(r)), strings.ToLower(string(r))} {
+					if !slices.Contains(next, p+c) {
+						next = append(next, p+c)
+					}
+				}
 			}
+			spellings = next
 		}
+		out = append(out, spellings...)
 	}
 	return out
 }

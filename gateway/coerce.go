@@ -166,8 +166,11 @@ func readLookup(path string) (map[string]string, error) {
 		if !ok || nhs == "" || local == "" || len(local) > 64 { // LO holds 64 characters
 			return nil, fmt.Errorf("line %d: want nhs_number,local_id (local ID at most 64 characters)", n)
 		}
-		if _, dup := m[nhs]; dup {
-			return nil, fmt.Errorf("line %d: an NHS number listed before: one patient, one line", n)
+		if prev, dup := m[nhs]; dup {
+			if prev == local {
+				continue // the same line again
+			}
+			return nil, fmt.Errorf("line %d: an NHS number listed before with another local ID: one patient, one local ID", n)
 		}
 		if prev, dup := lineOf[local]; dup {
 			return nil, fmt.Errorf("line %d: the local ID of line %d again: two NHS numbers cannot share one local ID", n, prev)

@@ -89,7 +89,7 @@ func TestLookupIsOneToOne(t *testing.T) {
 		}
 	}
 	path := filepath.Join(dir, "ok.csv")
-	if err := os.WriteFile(path, []byte("# nhs,local\n9434765919,H1\n9434765870,H2\n"), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte("# nhs,local\n9434765919,H1\n9434765870,H2\n9434765919,H1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if m, err := readLookup(path); err != nil || len(m) != 2 {

@@ -540,9 +540,9 @@ func TestDicomFindSCU(t *testing.T) {
 // TestDicomMoveRefusals: C-MOVE sends stored bytes, so a destination peer
 // set up to receive de-identified (or coerced) instances is refused (the
 // instances would leave identifiable), and a caller with role read alone
-// may move only to its own AE title: pushing a study to another system
-// needs role transfer, as creating a transfer over HTTP does. Before,
-// both moves were carried out.
+// may move only to itself (its own AE title, or a peer at its own
+// address): pushing a study to another system needs role transfer, as
+// creating a transfer over HTTP does. Before, both moves were carried out.
 func TestDicomMoveRefusals(t *testing.T) {
 	movescu := needTool(t, "movescu")
 	keyFile := filepath.Join(t.TempDir(), "deid.key")
@@ -558,8 +558,9 @@ func TestDicomMoveRefusals(t *testing.T) {
 	cfg.File.Dicom.Allow = []dimse.AllowRule{{AETitle: "VIEWER", Hosts: []string{"127.0.0.1"}, Roles: []gateway.Role{gateway.RoleRead}}}
 	cfg.File.Peers = []gateway.Peer{
 		{Name: "research", Deidentify: &gateway.DeidentifyRule{Profile: "basic"}, DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: 1, CalledAE: "RESEARCH"}},
-		{Name: "surrey", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: 1, CalledAE: "SURREY"}},
-		{Name: "viewer", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: 1, CalledAE: "VIEWER"}},
+		{Name: "surrey", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.2", Port: 1, CalledAE: "SURREY"}},
+		{Name: "viewer", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.2", Port: 1, CalledAE: "VIEWER"}},
+		{Name: "viewer-store", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: 1, CalledAE: "VIEWER_STORE"}},
 	}
 	m := MustRunMain(t, cfg, nil)
 	_, port, _ := net.SplitHostPort(m.DicomAddr)
@@ -576,13 +577,16 @@ func TestDicomMoveRefusals(t *testing.T) {
 	if out := move("PACS1", "RESEARCH"); !strings.Contains(out, "unabletoprocess") || !strings.Contains(out, "de-identified") {
 		t.Errorf("move to the de-identifying peer: want Unable to process (C001) naming de-identification:\n%s", out)
 	}
-	if out := move("VIEWER", "SURREY"); !strings.Contains(out, "unabletoprocess") || !strings.Contains(out, "role transfer") {
+	if out := move("VIEWER", "SURREY"); !strings.Contains(out, "unabletoprocess") || !strings.Contains(out, "needs role transfer") {
 		t.Errorf("role read moving to another AE: want Unable to process (C001) naming role transfer:\n%s", out)
 	}
-	// Role read to its own AE title is a retrieve: carried out (the
-	// sub-operation fails, nobody listens on port 1).
-	if out := move("VIEWER", "VIEWER"); strings.Contains(out, "unabletoprocess") || !strings.Contains(out, "final move response") {
-		t.Errorf("role read moving to its own AE title was refused:\n%s", out)
+	// Role read to itself is a retrieve: carried out (the sub-operation
+	// fails, nobody listens on port 1), to its own AE title or to another
+	// AE title at its own address.
+	for _, dest := range []string{"VIEWER", "VIEWER_STORE"} {
+		if out := move("VIEWER", dest); strings.Contains(out, "unabletoprocess") || !strings.Contains(out, "final move response") {
+			t.Errorf("role read moving to itself (%s) was refused:\n%s", dest, out)
+		}
 	}
 }
 

@@ -28,11 +28,11 @@ func TestFHIRTotalPastTheEnd(t *testing.T) {
 }
 
 // TestFHIRNationalIssuerCase: an NHS number held as the Patient ID under
-// Issuer "nhs" (lower case, national to the rest of the gateway) is found
+// Issuer "nHs" (any case is national to the rest of the gateway) is found
 // by the search by NHS number. Before, the index matched "NHS" exactly.
 func TestFHIRNationalIssuerCase(t *testing.T) {
 	_, root := centre(t, "surrey", "")
-	stowOK(t, root+"/dicomweb", []synth.Instance{{PatientName: "Doe^Jane", PatientID: testNHSNumber, IssuerOfPatientID: "nhs",
+	stowOK(t, root+"/dicomweb", []synth.Instance{{PatientName: "Doe^Jane", PatientID: testNHSNumber, IssuerOfPatientID: "nHs",
 		StudyInstanceUID: synth.UID(96, 1), SeriesInstanceUID: synth.UID(96, 1, 1), SOPInstanceUID: synth.UID(96, 1, 1, 1), Rows: 4, Columns: 4, StudyDate: "20240101"}})
 	b := searchBundle(t, root+"/fhir/ImagingStudy?patient.identifier="+url.QueryEscape(gateway.NHSNumberSystem+"|"+testNHSNumber))
 	if studies, _ := b.matches(t); len(studies) != 1 {

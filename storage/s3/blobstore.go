@@ -434,8 +434,9 @@ func (o *stagedObject) put(ctx context.Context, sha256Hex string, onlyNew bool) 
 		_, err = o.s.client.PutObject(ctx, o.s.bucket, o.key, bytes.NewReader(o.data), int64(len(o.data)), opts)
 	}
 	if onlyNew && preconditionFailed(err) {
-		// The server refused before reading the body; the bytes stay
-		// staged for a Commit or an Abort.
+		// The bytes stay staged for a Commit or an Abort. The server may
+		// have answered before reading the whole body, which net/http may
+		// still be sending: the buffer is read, never reused (refused).
 		o.refused = true
 		o.ended.Store(false)
 		return fmt.Errorf("put %s: an object is already stored under the key: %w", o.key, gateway.ErrConflict)
