@@ -58,7 +58,7 @@ func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger, reg pro
 	if cfg.S3Endpoint != "" {
 		store, err := s3.New(s3.Config{
 			Endpoint: cfg.S3Endpoint, Bucket: cfg.S3Bucket, AccessKey: cfg.S3AccessKey,
-			SecretKey: cfg.S3SecretKey, Region: cfg.S3Region, TLS: cfg.S3TLS,
+			SecretKey: cfg.S3SecretKey, Region: cfg.S3Region, TLS: cfg.S3TLS, Logger: logger,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("--s3-endpoint: %w", err)

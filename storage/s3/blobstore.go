@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -65,6 +66,9 @@ type Config struct {
 	// in memory between Stage and Commit, across the store; 0 means
 	// DefaultStageMemory. A Stage beyond it waits for earlier commits.
 	StageMemory int64
+	// Logger is told, once, when the server turns out not to implement
+	// conditional writes (CommitNew); nil discards.
+	Logger *slog.Logger
 }
 
 // DefaultStageMemory is the default Config.StageMemory: 16 MiB, some
@@ -90,6 +94,11 @@ type BlobStore struct {
 	// staging bounds the bytes of small objects held in memory between
 	// Stage and Commit, across every request using the store.
 	staging *semaphore.Weighted
+	logger  *slog.Logger
+	// unconditional is set once the server answered a conditional write
+	// (If-None-Match: *) "not implemented": CommitNew then writes as Commit
+	// does, rather than fail every new object.
+	unconditional atomic.Bool
 }
 
 var (
@@ -146,6 +155,10 @@ func New(cfg Config) (*BlobStore, error) {
 		bucket:   cfg.Bucket,
 		region:   cfg.Region,
 		partSize: int(partSize),
+		logger:   cfg.Logger,
+	}
+	if s.logger == nil {
+		s.logger = slog.New(slog.DiscardHandler)
 	}
 	stageMemory := cfg.StageMemory
 	if stageMemory <= 0 {
@@ -422,16 +435,12 @@ func (o *stagedObject) put(ctx context.Context, sha256Hex string, onlyNew bool) 
 		o.end(true)
 		return fmt.Errorf("put %s: %w", o.key, err)
 	}
-	var opts minio.PutObjectOptions
-	if onlyNew {
-		opts.SetMatchETagExcept("*")
-	}
-	var err error
-	if sha256Hex != "" {
-		opts.DisableContentSha256 = true
-		_, err = o.s.core.PutObject(ctx, o.s.bucket, o.key, bytes.NewReader(o.data), int64(len(o.data)), "", sha256Hex, opts)
-	} else {
-		_, err = o.s.client.PutObject(ctx, o.s.bucket, o.key, bytes.NewReader(o.data), int64(len(o.data)), opts)
+	onlyNew = onlyNew && !o.s.unconditional.Load()
+	err := o.send(ctx, sha256Hex, onlyNew)
+	if onlyNew && o.s.notImplemented(err) {
+		o.refused = true // an early answer: the buffer may still be read
+		onlyNew = false
+		err = o.send(ctx, sha256Hex, false)
 	}
 	if onlyNew && preconditionFailed(err) {
 		// The bytes stay staged for a Commit or an Abort. The server may
@@ -446,6 +455,38 @@ func (o *stagedObject) put(ctx context.Context, sha256Hex string, onlyNew bool) 
 		return fmt.Errorf("put %s: %w", o.key, translate(err))
 	}
 	return nil
+}
+
+// send PUTs the object's bytes, with If-None-Match: * when onlyNew.
+func (o *stagedObject) send(ctx context.Context, sha256Hex string, onlyNew bool) error {
+	var opts minio.PutObjectOptions
+	if onlyNew {
+		opts.SetMatchETagExcept("*")
+	}
+	var err error
+	if sha256Hex != "" {
+		opts.DisableContentSha256 = true
+		_, err = o.s.core.PutObject(ctx, o.s.bucket, o.key, bytes.NewReader(o.data), int64(len(o.data)), "", sha256Hex, opts)
+	} else {
+		_, err = o.s.client.PutObject(ctx, o.s.bucket, o.key, bytes.NewReader(o.data), int64(len(o.data)), opts)
+	}
+	return err
+}
+
+// notImplemented reports, and remembers, a server that answered a
+// conditional write 501 Not Implemented: its writes are unconditional from
+// then on, and the operator is told once. A server that ignores the header
+// altogether cannot be told from here.
+func (s *BlobStore) notImplemented(err error) bool {
+	var er minio.ErrorResponse
+	if !errors.As(err, &er) || (er.StatusCode != http.StatusNotImplemented && er.Code != "NotImplemented") {
+		return false
+	}
+	if !s.unconditional.Swap(true) {
+		s.logger.Warn("S3 SERVER WITHOUT CONDITIONAL WRITES: it answered If-None-Match with Not Implemented; new instances are written unconditionally, so an upload of the same SOP Instance UID that got past a lost instance lock could overwrite an acknowledged one",
+			"bucket", s.bucket)
+	}
+	return true
 }
 
 // preconditionFailed reports an S3 answer 412 to a conditional write.
@@ -491,11 +532,12 @@ func (u *multipartUpload) complete(ctx context.Context, onlyNew bool) error {
 	}
 	err := ctx.Err()
 	if err == nil {
-		var opts minio.PutObjectOptions
-		if onlyNew {
-			opts.SetMatchETagExcept("*")
+		onlyNew = onlyNew && !u.s.unconditional.Load()
+		err = u.send(ctx, onlyNew)
+		if onlyNew && u.s.notImplemented(err) {
+			onlyNew = false
+			err = u.send(ctx, false)
 		}
-		_, err = u.s.core.CompleteMultipartUpload(ctx, u.s.bucket, u.key, u.uploadID, u.parts, opts)
 		if onlyNew && preconditionFailed(err) {
 			u.ended.Store(false)
 			return fmt.Errorf("put %s: an object is already stored under the key: %w", u.key, gateway.ErrConflict)
@@ -509,6 +551,16 @@ func (u *multipartUpload) complete(ctx context.Context, onlyNew bool) error {
 		return fmt.Errorf("put %s: %w", u.key, err)
 	}
 	return nil
+}
+
+// send completes the upload, with If-None-Match: * when onlyNew.
+func (u *multipartUpload) send(ctx context.Context, onlyNew bool) error {
+	var opts minio.PutObjectOptions
+	if onlyNew {
+		opts.SetMatchETagExcept("*")
+	}
+	_, err := u.s.core.CompleteMultipartUpload(ctx, u.s.bucket, u.key, u.uploadID, u.parts, opts)
+	return err
 }
 
 func (u *multipartUpload) Abort() {

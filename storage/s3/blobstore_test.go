@@ -8,7 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -379,4 +384,68 @@ func TestStagedSliceCountsItsBuffer(t *testing.T) {
 	for _, h := range held[1:] {
 		h.Abort()
 	}
+}
+
+// TestCommitNewWithoutConditionalWrites: behind a proxy that answers every
+// conditional write 501 Not Implemented (as some S3-compatible servers do;
+// MinIO cannot be made to), CommitNew falls back to an unconditional write
+// for a small object and for a multipart upload, instead of failing every
+// new instance as unavailable, and the operator is warned once.
+func TestCommitNewWithoutConditionalWrites(t *testing.T) {
+	cfg := config(t)
+	target := &url.URL{Scheme: "http", Host: cfg.Endpoint}
+	proxy := httputil.NewSingleHostReverseProxy(target) // keeps the Host header the client signed
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("If-None-Match") != "" {
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusNotImplemented)
+			fmt.Fprint(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented</Message></Error>`)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	var logs syncBuffer
+	cfg.Endpoint = strings.TrimPrefix(srv.URL, "http://")
+	cfg.PartSize = 5 << 20
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	s := newStore(t, cfg)
+	if err := s.EnsureBucket(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for i, size := range []int64{3000, 6 << 20} {
+		key := fmt.Sprintf("studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.%d.dcm", i)
+		b, err := s.Stage(t.Context(), key, io.LimitReader(storagetest.Random(uint64(i)), size))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.CommitNew(t.Context(), ""); err != nil {
+			t.Fatalf("CommitNew of %d bytes without conditional writes: %v", size, err)
+		}
+		info, err := s.Stat(t.Context(), key)
+		if err != nil || info.Size != size {
+			t.Errorf("object of %d bytes after CommitNew: %+v %v", size, info, err)
+		}
+	}
+	if n := strings.Count(logs.String(), "WITHOUT CONDITIONAL WRITES"); n != 1 {
+		t.Errorf("the missing conditional writes were logged %d times, want once:\n%s", n, logs.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes (a logger's).
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
