@@ -45,9 +45,13 @@ const renameAttempts = 10
 // Safe for concurrent use by one process; two processes must not share a
 // root.
 type BlobStore struct {
-	root     *os.Root
-	tmp      *os.File                        // the open directory root/.tmp
-	unnamed  bool                            // Put writes unnamed files (O_TMPFILE), probed by New
+	root    *os.Root
+	tmp     *os.File // the open directory root/.tmp
+	unnamed bool     // Put writes unnamed files (O_TMPFILE), probed by New
+	// noLinks is set by New on a filesystem without hard links (some FUSE
+	// mounts, SMB, exFAT): CommitNew of a named temporary file then checks
+	// the key and renames, which is not atomic, rather than fail.
+	noLinks  bool
 	bufs     sync.Pool                       // *[]byte of copyBufferSize
 	dirSyncs groupcommit.Committer[*os.File] // syncs of the open directories objects were placed in, shared by concurrent commits
 	// dirsMu guards newDirs: the directories created (ensureDir) whose
@@ -102,6 +106,7 @@ func New(dir string) (*BlobStore, error) {
 	}
 	s := &BlobStore{root: root, tmp: tmp, newDirs: map[string]*dirCreation{}}
 	s.unnamed = s.unnamedFilesWork()
+	s.noLinks = !s.unnamed && !s.linksWork()
 	s.bufs.New = func() any { b := make([]byte, copyBufferSize); return &b }
 	s.dirSyncs.Commit = s.syncDirs
 	return s, nil
@@ -124,6 +129,29 @@ func (s *BlobStore) unnamedFilesWork() bool {
 		return false
 	}
 	return s.root.Remove(tmpDir+"/"+name) == nil
+}
+
+// linksWork reports whether the filesystem makes hard links: it links a
+// named file in .tmp once.
+func (s *BlobStore) linksWork() bool {
+	from, err := tempName()
+	if err != nil {
+		return false
+	}
+	f, err := s.root.OpenFile(from, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	defer func() { _ = s.root.Remove(from) }() // best effort: New clears .tmp
+	to, err := tempName()
+	if err != nil {
+		return false
+	}
+	if err := s.root.Link(from, to); err != nil {
+		return false
+	}
+	return s.root.Remove(to) == nil
 }
 
 // Close releases the root directory. Readers returned by Get stay usable
@@ -289,6 +317,13 @@ func (b *stagedFile) commit(ctx context.Context, replace bool) error {
 			return b.s.taken(b.key, linkUnnamed(b.f, dir, base))
 		case replace:
 			return placeError("rename", b.s.root.Rename(b.tmp, b.key))
+		case b.s.noLinks:
+			// No hard links here: look, then rename. Not atomic, but an
+			// object already under key is still never replaced knowingly.
+			if _, err := b.s.root.Lstat(b.key); err == nil {
+				return b.s.taken(b.key, fs.ErrExist)
+			}
+			return placeError("rename", b.s.root.Rename(b.tmp, b.key))
 		default:
 			return b.s.taken(b.key, b.s.root.Link(b.tmp, b.key))
 		}
@@ -308,7 +343,7 @@ func (b *stagedFile) commit(ctx context.Context, replace bool) error {
 		if err := b.f.Close(); err != nil {
 			return fmt.Errorf("put %s: close: %w", b.key, classify(err))
 		}
-	case !replace:
+	case !replace && !b.s.noLinks:
 		_ = b.s.root.Remove(b.tmp) // the key is a second link to it; New clears what is left
 	}
 	return b.syncDir(ctx, dir)

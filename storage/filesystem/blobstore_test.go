@@ -57,6 +57,49 @@ func TestUnnamedFilesOnLinux(t *testing.T) {
 	}
 }
 
+// TestCommitNewWithoutLinks: on a filesystem without hard links (some FUSE
+// mounts, SMB, exFAT; New finds out, and finds links here) a create-only
+// commit checks the key and renames rather than fail every new object: a
+// new key is created, an existing object is refused with ErrConflict and
+// stays as it was, nothing is left in .tmp.
+func TestCommitNewWithoutLinks(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir, false)
+	if !filesystem.MakesLinks(s) {
+		t.Fatal("New found no hard links on the test's file system")
+	}
+	filesystem.UseNoLinks(s)
+	ctx := t.Context()
+	key := "studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5.dcm"
+	b, err := s.Stage(ctx, key, strings.NewReader("first"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.CommitNew(ctx, ""); err != nil {
+		t.Fatalf("CommitNew to a new key without links: %v", err)
+	}
+	b, err = s.Stage(ctx, key, strings.NewReader("second"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.CommitNew(ctx, ""); !errors.Is(err, gateway.ErrConflict) {
+		t.Fatalf("CommitNew over an object without links: %v, want ErrConflict", err)
+	}
+	b.Abort()
+	rc, err := s.Get(ctx, key, 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if string(got) != "first" {
+		t.Errorf("object after a refused CommitNew: %q, want first", got)
+	}
+	if left, _ := os.ReadDir(filepath.Join(dir, ".tmp")); len(left) != 0 {
+		t.Errorf("%d files left in .tmp", len(left))
+	}
+}
+
 // TestBlobStore runs the suite through the decorators every store runs
 // behind (the store itself leaves the key rule to blobwrap.CheckKeys), once
 // for each way of writing.
