@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/internal/syncbuf"
 	"github.com/dicom-gateway/gateway/storage/blobwrap"
 	"github.com/dicom-gateway/gateway/storage/s3"
 	"github.com/dicom-gateway/gateway/storage/storagetest"
@@ -405,7 +406,7 @@ func TestCommitNewWithoutConditionalWrites(t *testing.T) {
 		proxy.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	cfg.Endpoint = strings.TrimPrefix(srv.URL, "http://")
 	cfg.PartSize = 5 << 20
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
@@ -430,22 +431,4 @@ func TestCommitNewWithoutConditionalWrites(t *testing.T) {
 	if n := strings.Count(logs.String(), "WITHOUT CONDITIONAL WRITES"); n != 1 {
 		t.Errorf("the missing conditional writes were logged %d times, want once:\n%s", n, logs.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes (a logger's).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
