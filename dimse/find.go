@@ -120,7 +120,15 @@ func findQuery(ident []element, model string) (*gateway.Query, []element, error)
 // for other binary values (OB, OW, AT and the like), which are returned,
 // never matched.
 func matchText(e element) (string, bool) {
-	size := map[string]int{"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "SV": 8, "UV": 8}[e.vr]
+	var size int
+	switch e.vr {
+	case "US", "SS":
+		size = 2
+	case "UL", "SL", "FL":
+		size = 4
+	case "FD", "SV", "UV":
+		size = 8
+	}
 	switch {
 	case size == 0 && (strings.HasPrefix(e.vr, "O") || e.vr == "UN" || e.vr == "AT"):
 		return "", false

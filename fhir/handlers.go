@@ -58,9 +58,12 @@ func (h *Handler) query(ctx context.Context, r request, params url.Values, limit
 	return h.Query.Search(ctx, r.caller, q, r.keys)
 }
 
-// nationalIssuerSpellings lists the national issuers in every case ("NHS",
-// "nhs", "nHs", …; an OID has no case), as the index match needs them: it
-// matches an issuer exactly, gateway.IsNationalIssuer ignores case.
+// nationalIssuerMatch is the IssuerOfPatientID list match of a search by
+// NHS number: the national issuers in every case ("NHS", "nhs", "nHs", …;
+// an OID has no case), since the index matches an issuer exactly and
+// gateway.IsNationalIssuer ignores case. Built once.
+var nationalIssuerMatch = strings.Join(nationalIssuerSpellings(), `\`)
+
 func nationalIssuerSpellings() []string {
 	var out []string
 	for _, n := range gateway.NationalIssuers {
@@ -105,7 +108,7 @@ func (h *Handler) studies(ctx context.Context, r request, s *search) (*studyPage
 	want := s.offset + limit + 1
 	byID := cloneValues(s.qido)
 	byID.Set("PatientID", s.national)
-	byID.Set("IssuerOfPatientID", strings.Join(nationalIssuerSpellings(), `\`))
+	byID.Set("IssuerOfPatientID", nationalIssuerMatch)
 	a, err := h.query(ctx, r, byID, want, 0)
 	if err != nil {
 		return nil, err

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"strings"
@@ -43,6 +45,21 @@ type BlobStore interface {
 	Stat(ctx context.Context, key string) (BlobInfo, error)
 	Delete(ctx context.Context, key string) error
 	Walk(ctx context.Context, prefix string, fn func(BlobInfo) error) error
+}
+
+// BlobSHA256 reads the object under key once, streaming, and returns its
+// SHA-256 (lower-case hex) and size.
+func BlobSHA256(ctx context.Context, blobs BlobStore, key string) (sum string, size int64, err error) {
+	rc, err := blobs.Get(ctx, key, 0, -1)
+	if err != nil {
+		return "", 0, err
+	}
+	defer rc.Close()
+	h := sha256.New()
+	if size, err = io.Copy(h, rc); err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), size, nil
 }
 
 // CheckBlobKey enforces the key rule of BlobStore: a key is 1 to 1024 bytes

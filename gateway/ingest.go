@@ -446,37 +446,16 @@ func (in *Ingester) commitNew(ctx context.Context, staged StagedBlob, rec *Insta
 	case !errors.Is(err, ErrNotFound):
 		return nil, fmt.Errorf("look up instance: %w", err)
 	}
-	there, err := in.blobDigest(ctx, key)
+	sum, size, err := BlobSHA256(ctx, in.Blobs, key)
 	if err != nil {
 		return nil, fmt.Errorf("read the unindexed object under the key: %w", err)
 	}
-	if there.SHA256 != rec.SHA256 || there.Size != rec.Size {
+	if sum != rec.SHA256 || size != rec.Size {
 		in.logger().WarnContext(ctx, "unindexed blob with other bytes under the instance's key", LogKeySOPUID, rec.SOPInstanceUID)
 		return nil, fmt.Errorf("instance %s: an object with other bytes is stored under its key but not indexed (another upload of it, or a failed one: gateway reindex indexes it): %w", rec.SOPInstanceUID, ErrConflict)
 	}
 	keep = true
 	return nil, staged.Commit(ctx, rec.SHA256)
-}
-
-// storedBlob is what commitNew learns of the object under a key.
-type storedBlob struct {
-	Size   int64
-	SHA256 string
-}
-
-// blobDigest hashes the object under key, streaming it.
-func (in *Ingester) blobDigest(ctx context.Context, key string) (storedBlob, error) {
-	rc, err := in.Blobs.Get(ctx, key, 0, -1)
-	if err != nil {
-		return storedBlob{}, err
-	}
-	defer rc.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, rc)
-	if err != nil {
-		return storedBlob{}, err
-	}
-	return storedBlob{Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
 
 // logDeviations warns about a stored instance whose UIDs break PS3.5 9.1 in

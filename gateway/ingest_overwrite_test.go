@@ -2,11 +2,8 @@ package gateway_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -52,19 +49,29 @@ func sameUIDOtherBytes(seed uint64) (synth.Instance, synth.Instance) {
 	return ins, other
 }
 
+// beginBoth begins the uploads of a and b, both before either finishes:
+// both find the instance new.
+func beginBoth(t *testing.T, in *gateway.Ingester, a, b synth.Instance) (*gateway.PendingInstance, *gateway.PendingInstance) {
+	t.Helper()
+	pa, err := in.Begin(t.Context(), a.Reader(), gateway.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb, err := in.Begin(t.Context(), b.Reader(), gateway.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pa, pb
+}
+
 // blobSHA256 is the SHA-256 of the object under key.
 func blobSHA256(t *testing.T, blobs gateway.BlobStore, key string) string {
 	t.Helper()
-	rc, err := blobs.Get(t.Context(), key, 0, -1)
+	sum, _, err := gateway.BlobSHA256(t.Context(), blobs, key)
 	if err != nil {
 		t.Fatalf("get %s: %v", key, err)
 	}
-	defer rc.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, rc); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
+	return sum
 }
 
 func wantReason(t *testing.T, err error, reason uint16, what string) {
@@ -90,14 +97,7 @@ func TestLostLockNeverOverwritesAnAcknowledgedInstance(t *testing.T) {
 			first, second := sameUIDOtherBytes(7101)
 			ctx := t.Context()
 
-			p1, err := in.Begin(ctx, first.Reader(), gateway.StoreOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			p2, err := in.Begin(ctx, second.Reader(), gateway.StoreOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			p1, p2 := beginBoth(t, in, first, second)
 			acked, err := p1.Finish(ctx)
 			if err != nil {
 				t.Fatal(err)
@@ -178,14 +178,7 @@ func TestIndexFailureKeepsTheBlob(t *testing.T) {
 			in := &gateway.Ingester{Blobs: b.Blobs, Index: idx}
 			ins, _ := sameUIDOtherBytes(7401)
 			ctx := t.Context()
-			pA, err := in.Begin(ctx, ins.Reader(), gateway.StoreOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			pB, err := in.Begin(ctx, ins.Reader(), gateway.StoreOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			pA, pB := beginBoth(t, in, ins, ins)
 			var puts, gets atomic.Int32
 			var (
 				recB *gateway.InstanceRecord

@@ -2,10 +2,7 @@ package gateway
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"sync"
 	"time"
 )
@@ -125,16 +122,8 @@ func (v *VerifyService) sum(ctx context.Context, rec *InstanceRecord, recompute 
 	if v.blobs == nil {
 		return "", fmt.Errorf("no blob storage configured: %w", ErrUnavailable)
 	}
-	rc, err := v.blobs.Get(ctx, rec.Key(), 0, -1)
-	if err != nil {
-		return "", err
-	}
-	defer rc.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, rc); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	sum, _, err := BlobSHA256(ctx, v.blobs, rec.Key())
+	return sum, err
 }
 
 // recomputeGate admits one recompute per study at a time and at most max
