@@ -83,8 +83,10 @@ func TestTransferMetricsCountStateChanges(t *testing.T) {
 		v, _ := gathered(t, reg, "gateway_transfer_state_changes_total", "state", string(st))
 		return v
 	}
-	if got := count(gateway.StateCompleted); got != 2 {
-		t.Errorf("state_changes{completed} = %v, want 2", got)
+	// The worker counts a completion after its record is written, so the
+	// poll above can see the record a moment before the counter moves.
+	if !eventually(func() bool { return count(gateway.StateCompleted) >= 2 }) || count(gateway.StateCompleted) != 2 {
+		t.Errorf("state_changes{completed} = %v, want 2", count(gateway.StateCompleted))
 	}
 	if got := count(gateway.StateFailed); got != 0 {
 		t.Errorf("state_changes{failed} = %v, want 0", got)
