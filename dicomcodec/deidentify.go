@@ -50,9 +50,73 @@ type DeidentifyOptions struct {
 	RetainPatientCharacteristics bool
 	// MapUID returns the replacement of a UID (action U). It must be
 	// deterministic, so references between instances stay coherent, and
-	// return a valid UID.
+	// return a valid UID. UIDs of the standard's own root (1.2.840.10008,
+	// IsStandardUID) are never passed to it: they name classes and
+	// well-known instances, not a patient's data.
 	MapUID func(uid string) string
+	// MapPatientID, when set, returns the pseudonym of a Patient ID
+	// (0010,0020) at any depth: deterministic and keyed, so the studies of
+	// one patient stay one patient at the destination and those of two
+	// patients stay two. Without it every Patient ID becomes the same dummy
+	// value, which files every de-identified patient as one.
+	MapPatientID func(id string) string
 }
+
+// standardUIDRoot is the root of the UIDs the DICOM standard itself
+// assigns (PS3.5 9.1): SOP classes, transfer syntaxes, coding schemes and
+// well-known instances such as the standard color palettes.
+const standardUIDRoot = "1.2.840.10008."
+
+// IsStandardUID reports whether uid is one the DICOM standard assigns
+// (root 1.2.840.10008): mapping it would break a reference to a class or a
+// well-known instance and hide nothing.
+func IsStandardUID(uid string) bool { return strings.HasPrefix(uid, standardUIDRoot) }
+
+// keptUIDAttributes are the UI attributes outside Table E.1-1 that name a
+// class, a transfer syntax, a coding scheme, a template or software, never
+// an instance of a patient's data: they are kept. Every other UI attribute
+// the table does not list (Multi-frame Source SOP Instance UID, SOP
+// Instance UID of Concatenation Source, Referenced Fiducial UID, the frame
+// of reference UIDs newer than the table, ...) is an instance identifier
+// and is mapped like the table's U rows, so that neither the source's UIDs
+// reach the peer nor references into the mapped study break.
+var keptUIDAttributes = map[uint32]bool{
+	0x00020002: true, // Media Storage SOP Class UID
+	0x00020010: true, // Transfer Syntax UID
+	0x00020012: true, // Implementation Class UID
+	0x00020032: true, // RTV Communication SOP Class UID
+	0x00020100: true, // Private Information Creator UID
+	0x00041510: true, // Referenced SOP Class UID in File
+	0x00041512: true, // Referenced Transfer Syntax UID in File
+	0x0004151A: true, // Referenced Related General SOP Class UID in File
+	0x00080016: true, // SOP Class UID
+	0x0008001A: true, // Related General SOP Class UID
+	0x0008001B: true, // Original SOP Class UID of a specialised class
+	0x00080062: true, // SOP Classes in Study
+	0x0008010C: true, // Coding Scheme UID
+	0x0008010D: true, // Context Group Extension Creator UID
+	0x00080117: true, // Context UID
+	0x00080118: true, // Mapping Resource UID
+	0x0008040E: true, // Stored Instance Transfer Syntax UID
+	0x00081150: true, // Referenced SOP Class UID
+	0x0008115A: true, // SOP Classes Supported
+	0x00083002: true, // Available Transfer Syntax UID
+	0x00089123: true, // Creator-Version UID
+	0x00340003: true, // Flow Transfer Syntax UID
+	0x0072007F: true, // Selector UI Value (a hanging protocol's match value)
+	0x04000010: true, // MAC Calculation Transfer Syntax UID
+	0x04000510: true, // Encrypted Content Transfer Syntax UID
+	0x3010001F: true, // Segmentation Template UID
+	0x30100052: true, // Pertinent SOP Classes in Study
+	0x30100053: true, // Pertinent SOP Classes in Series
+}
+
+// tagPatientID is (0010,0020) Patient ID.
+const tagPatientID = 0x00100020
+
+// maxPatientID bounds a Patient ID read for its pseudonym (LO: 64
+// characters; more is malformed).
+const maxPatientID = 1024
 
 // Action returns the action the rewriter takes for an attribute of tag
 // under o, resolved to one of 'X', 'Z', 'D', 'K', 'U': private attributes,
@@ -74,11 +138,16 @@ func (o DeidentifyOptions) Action(tag uint32) byte {
 	}
 	a, ok := profileByTag[tag]
 	if !ok {
-		if dictVR(tag, 0) == "UN" {
+		switch dictVR(tag, 0) {
+		case "UN":
 			// A standard attribute the dictionary does not know (newer
 			// than it): nothing says what it holds, nor whether its value
 			// is a sequence of identifying items, so it goes.
 			return 'X'
+		case "UI":
+			if !keptUIDAttributes[tag] {
+				return 'U'
+			}
 		}
 		return 'K'
 	}
@@ -511,6 +580,9 @@ func (d *deidentifier) element(tag uint32, vr string, vl uint32, implicit bool, 
 	}
 	switch act {
 	case 'U', 'D':
+		if tag == tagPatientID && d.o.MapPatientID != nil {
+			return d.mapPatientID(vr, vl, implicit)
+		}
 		if vr == "UI" || (vr == "UN" && dictVR(tag, 0) == "UI") {
 			// A UID sent as UN (its sender did not know the VR) is mapped
 			// too, and written as the UI it is.
@@ -566,7 +638,7 @@ func (d *deidentifier) mapUIDs(tag uint32, vr string, vl uint32, implicit bool) 
 	}
 	vals := strings.Split(strings.TrimRight(string(raw), "\x00 "), `\`)
 	for i, v := range vals {
-		if v = strings.TrimSpace(strings.TrimRight(v, "\x00")); v != "" {
+		if v = strings.TrimSpace(strings.TrimRight(v, "\x00")); v != "" && !IsStandardUID(v) {
 			vals[i] = d.o.MapUID(v)
 		}
 	}
@@ -575,6 +647,26 @@ func (d *deidentifier) mapUIDs(tag uint32, vr string, vl uint32, implicit bool) 
 		return deidMalformed("(%04X,%04X) mapped UIDs too long", tag>>16, tag&0xFFFF)
 	}
 	d.writeHeader(tag, vr, implicit, uint32(len(out)))
+	d.w.Write(out)
+	return nil
+}
+
+// mapPatientID writes Patient ID as its pseudonym (MapPatientID), in the
+// element's own VR. An empty Patient ID gets the dummy value: a pseudonym
+// of "" would link every patient without one.
+func (d *deidentifier) mapPatientID(vr string, vl uint32, implicit bool) error {
+	if vl > maxPatientID {
+		return deidMalformed("(0010,0020) Patient ID of %d bytes", vl)
+	}
+	raw, err := d.readFull(int(vl))
+	if err != nil {
+		return err
+	}
+	out := dummyValue("LO")
+	if id := strings.TrimSpace(strings.TrimRight(string(raw), "\x00")); id != "" {
+		out = padded(d.o.MapPatientID(id), ' ')
+	}
+	d.writeHeader(tagPatientID, vr, implicit, uint32(len(out)))
 	d.w.Write(out)
 	return nil
 }

@@ -23,6 +23,12 @@ func testMapUID(uid string) string {
 	return "2.25." + new(big.Int).SetBytes(sum[:16]).String()
 }
 
+// testMapPatientID is a deterministic Patient ID pseudonym for tests.
+func testMapPatientID(id string) string {
+	sum := sha256.Sum256([]byte("patient\x00" + id))
+	return "ANON-" + strings.ToUpper(hex.EncodeToString(sum[:6]))
+}
+
 func deidentify(t testing.TB, src []byte, o dicomcodec.DeidentifyOptions) ([]byte, error) {
 	t.Helper()
 	var out bytes.Buffer
@@ -45,6 +51,7 @@ func TestDeidentifyProfile(t *testing.T) {
 		{MapUID: testMapUID},
 		{MapUID: testMapUID, RetainFullDates: true},
 		{MapUID: testMapUID, RetainPatientCharacteristics: true},
+		{MapUID: testMapUID, MapPatientID: testMapPatientID},
 	} {
 		for _, in := range probe {
 			src := encode(t, in)
@@ -118,7 +125,7 @@ func TestDeidentifyUndefinedLengths(t *testing.T) {
 // carries no private attribute at the top level and is the same on every
 // pass.
 func FuzzDeidentify(f *testing.F) {
-	o := dicomcodec.DeidentifyOptions{MapUID: testMapUID}
+	o := dicomcodec.DeidentifyOptions{MapUID: testMapUID, MapPatientID: testMapPatientID}
 	for _, in := range synth.ProfileProbe("1.2.3", "1.2.3.4", 1) {
 		f.Add(encode(f, in))
 	}

@@ -165,3 +165,96 @@ func TestDeidentifyDropsMetaAETitles(t *testing.T) {
 		t.Errorf("the de-identified instance does not parse: %v", err)
 	}
 }
+
+// TestDeidentifyMapsUnlistedInstanceUIDs: UI attributes that Table E.1-1
+// does not list but that identify instances (Multi-frame Source SOP
+// Instance UID, SOP Instance UID of Concatenation Source, Referenced
+// Fiducial UID) are mapped like its U rows, so the source's UIDs do not
+// reach the peer; those naming a class or software (SOP Class UID,
+// Referenced SOP Class UID, Creator-Version UID) are kept, and so is a
+// UID of the standard's own root (a standard color palette instance).
+// Before, every unlisted UI attribute was kept as it came.
+func TestDeidentifyMapsUnlistedInstanceUIDs(t *testing.T) {
+	sop := "1.2.3.4.5.40"
+	mapped := map[uint32]string{0x00081167: "1.2.3.4.5.41", 0x00200242: "1.2.3.4.5.42", 0x0070031B: "1.2.3.4.5.43", 0x00081155: "1.2.3.4.5.44"}
+	kept := map[uint32]string{0x00080016: synth.CTImageStorage, 0x00081150: synth.MRImageStorage, 0x00089123: "1.2.3.99.7", 0x00280304: "1.2.840.10008.1.5.1"}
+	el := func(tag uint32, v string) []byte { return drEl(tag, "UI", drPad(v, 0)) }
+	src := drPart10(drExplicit, sop,
+		el(0x00080016, kept[0x00080016]),
+		el(0x00080018, sop),
+		drEl(0x00081140, "SQ", drItem(el(0x00081150, kept[0x00081150]), el(0x00081155, mapped[0x00081155]))),
+		el(0x00081167, mapped[0x00081167]),
+		el(0x00089123, kept[0x00089123]),
+		el(0x00200242, mapped[0x00200242]),
+		el(0x00280304, kept[0x00280304]),
+		el(0x0070031B, mapped[0x0070031B]),
+	)
+	out := drDeid(t, src)
+	for tag, uid := range mapped {
+		if bytes.Contains(out, []byte(uid)) || !bytes.Contains(out, []byte(testMapUID(uid))) {
+			t.Errorf("(%04X,%04X) %s: original left %v, mapped present %v", tag>>16, tag&0xFFFF, uid, bytes.Contains(out, []byte(uid)), bytes.Contains(out, []byte(testMapUID(uid))))
+		}
+	}
+	for tag, uid := range kept {
+		if !bytes.Contains(out, []byte(uid)) {
+			t.Errorf("(%04X,%04X) %s was not kept", tag>>16, tag&0xFFFF, uid)
+		}
+	}
+	if _, err := dicomcodec.ParseHeader(bytes.NewReader(out), dicomcodec.HeaderLimits{}); err != nil {
+		t.Errorf("the de-identified instance does not parse: %v", err)
+	}
+}
+
+// TestDeidentifyPatientPseudonym: with MapPatientID, each Patient ID
+// becomes its pseudonym, the same for one patient's instances and distinct
+// for two patients, at the top level and inside a sequence item; an empty
+// Patient ID and an instance de-identified without MapPatientID get the
+// dummy value. Before, every patient became ANONYMIZED, one patient at the
+// destination.
+func TestDeidentifyPatientPseudonym(t *testing.T) {
+	instance := func(sop, pid string) []byte {
+		return drPart10(drExplicit, sop,
+			drEl(0x00080018, "UI", drPad(sop, 0)),
+			drEl(0x00081140, "SQ", drItem(drEl(0x00100020, "LO", drPad(pid, ' ')))),
+			drEl(0x00100020, "LO", drPad(pid, ' ')),
+		)
+	}
+	patientIDs := func(out []byte) []string {
+		t.Helper()
+		h, err := dicomcodec.ParseHeader(bytes.NewReader(out), dicomcodec.HeaderLimits{})
+		if err != nil {
+			t.Fatalf("the de-identified instance does not parse: %v", err)
+		}
+		ids := []string{h.Dataset.String("00100020")}
+		if items := h.Dataset["00081140"].Value; len(items) == 1 {
+			ids = append(ids, items[0].(dicomcodec.Dataset).String("00100020"))
+		}
+		return ids
+	}
+	o := dicomcodec.DeidentifyOptions{MapUID: testMapUID, MapPatientID: testMapPatientID}
+	pseudonym := func(sop, pid string) []string {
+		t.Helper()
+		out, err := deidentify(t, instance(sop, pid), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pid != "" && bytes.Contains(out, []byte(pid)) {
+			t.Errorf("Patient ID %s left in the output", pid)
+		}
+		return patientIDs(out)
+	}
+	a1, a2, b := pseudonym("1.2.3.4.5.50", "PID-A1"), pseudonym("1.2.3.4.5.51", "PID-A1"), pseudonym("1.2.3.4.5.52", "PID-B2")
+	want := testMapPatientID("PID-A1")
+	if a1[0] != want || a1[1] != want || a2[0] != want {
+		t.Errorf("one patient's instances: %v and %v, want %s everywhere", a1, a2, want)
+	}
+	if b[0] != testMapPatientID("PID-B2") || b[0] == a1[0] {
+		t.Errorf("a second patient: %v, want %s (not the first's %s)", b, testMapPatientID("PID-B2"), a1[0])
+	}
+	if empty := pseudonym("1.2.3.4.5.53", ""); empty[0] != "ANONYMIZED" {
+		t.Errorf("an empty Patient ID became %q, want the dummy ANONYMIZED", empty[0])
+	}
+	if ids := patientIDs(drDeid(t, instance("1.2.3.4.5.54", "PID-A1"))); ids[0] != "ANONYMIZED" {
+		t.Errorf("without MapPatientID: %q, want ANONYMIZED", ids[0])
+	}
+}

@@ -114,11 +114,23 @@ func (d *Deidentifier) MapUID(peer, uid string) string {
 	return "2.25." + new(big.Int).SetBytes(sum).String()
 }
 
+// MapPatientID returns the pseudonym a Patient ID gets at peer: "ANON-"
+// and 96 bits of HMAC-SHA-256(key, peer, id) in hex. One patient's studies
+// stay one patient at the peer (a viewer's priors are that patient's), two
+// patients stay two, and without the key nobody can recompute it: a Patient
+// ID, an NHS number above all, is guessed by hashing every candidate.
+func (d *Deidentifier) MapPatientID(peer, id string) string {
+	m := hmac.New(sha256.New, d.key)
+	m.Write([]byte("dicom-gateway patient\x00" + peer + "\x00" + id))
+	return "ANON-" + strings.ToUpper(hex.EncodeToString(m.Sum(nil)[:12]))
+}
+
 func (d *Deidentifier) options(peer string, rule DeidentifyRule) dicomcodec.DeidentifyOptions {
 	return dicomcodec.DeidentifyOptions{
 		RetainFullDates:              rule.RetainLongitudinalTemporal,
 		RetainPatientCharacteristics: rule.RetainPatientCharacteristics,
 		MapUID:                       func(uid string) string { return d.MapUID(peer, uid) },
+		MapPatientID:                 func(id string) string { return d.MapPatientID(peer, id) },
 	}
 }
 
@@ -269,11 +281,16 @@ func (s *Transfers) deidentify(ctx context.Context, t *Transfer, peer Peer, recs
 		return rec.Key()
 	}
 	if len(*pending) > 0 && s.Auditor != nil {
+		patients := s.studyPatientIDs(ctx, t.StudyUID)
+		pseudonyms := make(map[string]string, len(patients))
+		for _, id := range patients {
+			pseudonyms[id] = s.Deidentifier.MapPatientID(peer.Name, id)
+		}
 		ev := &AuditEvent{Time: s.now(), Gateway: s.Name, Actor: workerPrincipal, Action: ActionTransferDeidentified,
-			Outcome: OutcomeSuccess, StudyUIDs: []string{t.StudyUID, p.view.studyUID(t.StudyUID)}, PatientIDs: s.studyPatientIDs(ctx, t.StudyUID),
+			Outcome: OutcomeSuccess, StudyUIDs: []string{t.StudyUID, p.view.studyUID(t.StudyUID)}, PatientIDs: patients,
 			Detail: map[string]any{"transfer_id": t.ID, "destination": peer.Name, "profile": rule.Profile,
 				"retain_longitudinal_temporal": rule.RetainLongitudinalTemporal, "retain_patient_characteristics": rule.RetainPatientCharacteristics,
-				"study_uid_mapping": p.studyMap, "instances": len(*pending)}}
+				"study_uid_mapping": p.studyMap, "patient_pseudonyms": pseudonyms, "instances": len(*pending)}}
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		if err := s.Auditor.Record(actx, ev); err != nil {

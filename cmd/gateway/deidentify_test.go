@@ -128,7 +128,7 @@ peers:
 		t.Fatal(err)
 	}
 	mapUID := func(uid string) string { return mapper.MapUID("surrey", uid) }
-	o := dicomcodec.DeidentifyOptions{MapUID: mapUID}
+	o := dicomcodec.DeidentifyOptions{MapUID: mapUID, MapPatientID: func(id string) string { return mapper.MapPatientID("surrey", id) }}
 	mStudy, mSeries := mapUID(study), mapUID(series)
 	if code, _, _ := fhirGet(t, surrey+"/dicomweb/studies/"+study+"/metadata", "application/dicom+json"); code != http.StatusNotFound {
 		t.Errorf("surrey holds the study under its original UID: %d", code)
@@ -192,7 +192,17 @@ peers:
 		t.Fatalf("transfer.deidentified events = %d, want one per transfer", len(events))
 	}
 	detail, _ := json.Marshal(events[0].Detail)
-	for _, s := range []string{`"profile":"basic"`, `"retain_longitudinal_temporal":false`, `"` + study + `":"` + mStudy + `"`, `"instances":3`} {
+	var first bytes.Buffer
+	if _, err := probe[0].WriteTo(&first); err != nil {
+		t.Fatal(err)
+	}
+	h, err := dicomcodec.ParseHeader(&first, dicomcodec.HeaderLimits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := h.Dataset.String("00100020")
+	pseudonym := `"` + pid + `":"` + mapper.MapPatientID("surrey", pid) + `"`
+	for _, s := range []string{`"profile":"basic"`, `"retain_longitudinal_temporal":false`, `"` + study + `":"` + mStudy + `"`, `"instances":3`, pseudonym} {
 		if !strings.Contains(string(detail), s) {
 			t.Errorf("transfer.deidentified detail %s lacks %s", detail, s)
 		}

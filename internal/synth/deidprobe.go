@@ -163,10 +163,16 @@ func profileWalk(orig, got dicomcodec.Dataset, o dicomcodec.DeidentifyOptions, p
 		case act == 'U' && a.VR == "UI", act == 'D' && a.VR == "UI":
 			want := make([]any, len(a.Value))
 			for i, x := range a.Value {
-				want[i] = o.MapUID(fmt.Sprint(x))
+				if want[i] = fmt.Sprint(x); !dicomcodec.IsStandardUID(want[i].(string)) {
+					want[i] = o.MapUID(want[i].(string))
+				}
 			}
 			if !present || fmt.Sprint(g.Value) != fmt.Sprint(want) {
 				*v = append(*v, fmt.Sprintf("%s: U, got %v want %v", name, g.Value, want))
+			}
+		case t == 0x00100020 && o.MapPatientID != nil && len(a.Value) > 0:
+			if want := o.MapPatientID(fmt.Sprint(a.Value[0])); !present || fmt.Sprint(g.Value) != fmt.Sprint([]any{want}) {
+				*v = append(*v, fmt.Sprintf("%s: Patient ID %v, want its pseudonym %s", name, g.Value, want))
 			}
 		case act == 'D', act == 'U':
 			if !present || (len(g.Value) == 0 && g.InlineBinary == "") || (len(a.Value) > 0 && fmt.Sprint(g.Value) == fmt.Sprint(a.Value)) ||
