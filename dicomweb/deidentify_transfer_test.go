@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -80,5 +81,62 @@ func TestDeidentifiedTransferResumes(t *testing.T) {
 	}
 	if done.BytesSent != once {
 		t.Errorf("bytes sent %d, want %d (each de-identified instance once)", done.BytesSent, once)
+	}
+}
+
+// TestDeidentifiedTransferWithholdsBurnedIn: an instance whose pixels carry
+// burned-in text (Burned In Annotation YES) cannot be de-identified; it is
+// withheld, the rest of the study reaches the peer under its mapped UIDs,
+// and the transfer fails naming the withheld instance and why. Before, the
+// whole study stayed behind.
+func TestDeidentifiedTransferWithholdsBurnedIn(t *testing.T) {
+	hampshire, surrey := newCentre(t, "hampshire", "embedded"), newCentre(t, "surrey", "embedded")
+	// The second request fails once, so a second attempt follows the one
+	// that withheld the instance: it must not count it again.
+	flaky := httptest.NewServer(&failSecond{next: surrey.handler})
+	t.Cleanup(flaky.Close)
+	peer := peerOf(surrey)
+	peer.URL, peer.MaxParallel = flaky.URL+"/dicomweb", 1
+	peer.Deidentify = &gateway.DeidentifyRule{Profile: gateway.ProfileBasic}
+	d, err := gateway.NewDeidentifier([]gateway.Peer{peer}, bytes.Repeat([]byte{0x42}, 32), hampshire.blobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := dicomweb.NewClient(hampshire.blobs)
+	client.MaxBatchInstances = 1
+	hampshire.transfers.Sender, hampshire.transfers.Deidentifier, hampshire.transfers.Peers = client, d, []gateway.Peer{peer}
+	ins := hampshire.store(t, synth.StudySpec{Seed: 708, Series: 1, InstancesPerSeries: 2})
+	screen := ins[0]
+	screen.SOPInstanceUID += ".99"
+	screen.Extra = append(screen.Extra, synth.Element{Tag: 0x00280301, VR: "CS", Value: []byte("YES ")})
+	if _, err := hampshire.ingester.Store(t.Context(), bytes.NewReader(encoded(t, screen)), gateway.StoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	hampshire.start(t)
+	created := hampshire.create(t, ins[0].StudyInstanceUID, "surrey", gateway.PriorityNormal)
+	done := hampshire.wait(t, created.ID, 30*time.Second)
+	if done.State != gateway.StateFailed || !strings.Contains(done.LastError, "1 of 3 instances withheld from surrey by this gateway") ||
+		!strings.Contains(done.LastError, screen.SOPInstanceUID) || !strings.Contains(done.LastError, "Burned In Annotation") {
+		t.Fatalf("transfer %s: %q; want failed, naming the withheld instance and why", done.State, done.LastError)
+	}
+	if done.InstancesSent != 2 || done.InstancesFailed != 1 || done.Attempts != 2 {
+		t.Errorf("sent %d, failed %d, attempts %d; want 2, 1 and 2", done.InstancesSent, done.InstancesFailed, done.Attempts)
+	}
+	for _, in := range ins {
+		if _, err := surrey.index.GetInstance(t.Context(), d.MapUID("surrey", in.SOPInstanceUID)); err != nil {
+			t.Errorf("%s not at surrey under its mapped UID: %v", in.SOPInstanceUID, err)
+		}
+	}
+	if _, err := surrey.index.GetInstance(t.Context(), d.MapUID("surrey", screen.SOPInstanceUID)); err == nil {
+		t.Errorf("the burned-in instance reached surrey")
+	}
+	// An admin's retry (which queues it at once and starts attempts
+	// afresh) withholds it again, counted once.
+	if status := hampshire.api(t, http.MethodPost, "/api/v1/transfers/"+created.ID+"/retry", nil, nil); status != http.StatusAccepted {
+		t.Fatalf("retry = %d", status)
+	}
+	again := hampshire.wait(t, created.ID, 30*time.Second)
+	if again.State != gateway.StateFailed || again.InstancesSent != 2 || again.InstancesFailed != 1 || again.Attempts != 1 || !strings.Contains(again.LastError, screen.SOPInstanceUID) {
+		t.Errorf("after a retry: %s, sent %d, failed %d, attempts %d; want failed, 2, 1, 1", again.State, again.InstancesSent, again.InstancesFailed, again.Attempts)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"slices"
 	"strings"
 	"time"
 
@@ -189,7 +190,15 @@ type deidPlan struct {
 	stored   map[string]string          // destination SOP Instance UID → our blob key
 	view     *uidView
 	studyMap map[string]string
+	// withheld are the instances the profile cannot be applied to
+	// (burned-in text, a syntax or encoding the rewriter cannot read):
+	// refusals of this gateway's own, under our UIDs.
+	withheld []SendResult
 }
+
+// withheldReason starts the reason of an instance this gateway refused to
+// send, so that it reads apart from a destination's refusal.
+const withheldReason = "withheld by this gateway, not sent: "
 
 // plan maps every instance's UIDs and streams each through the profile
 // once, hashing both sides: the original against the index (a corrupt
@@ -217,7 +226,10 @@ func (d *Deidentifier) plan(ctx context.Context, peer string, rule DeidentifyRul
 		n, err := dicomcodec.Deidentify(sent, io.TeeReader(rc, orig), p.opts)
 		cerr := rc.Close()
 		if refusedByCodec(err) {
-			return nil, fmt.Errorf("%w: instance %s cannot be de-identified: %v", errRefused, rec.SOPInstanceUID, err)
+			// This instance cannot leave de-identified; the rest of the
+			// study can, and the transfer then fails naming it.
+			p.withheld = append(p.withheld, SendResult{SOPInstanceUID: rec.SOPInstanceUID, Reason: withheldReason + err.Error()})
+			continue
 		}
 		if err = errors.Join(err, cerr); err != nil {
 			return nil, fmt.Errorf("reading instance %s for de-identification: %w", rec.SOPInstanceUID, err)
@@ -231,10 +243,25 @@ func (d *Deidentifier) plan(ctx context.Context, peer string, rule DeidentifyRul
 	return p, nil
 }
 
+// outbound returns the records of recs as the destination receives them,
+// without the withheld instances.
 func (p *deidPlan) outbound(recs []*InstanceRecord) []*InstanceRecord {
-	out := make([]*InstanceRecord, len(recs))
-	for i, r := range recs {
-		out[i] = p.out[r.SOPInstanceUID]
+	out := make([]*InstanceRecord, 0, len(recs))
+	for _, r := range recs {
+		if o, ok := p.out[r.SOPInstanceUID]; ok {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// withheldOf returns the withheld instances among recs.
+func (p *deidPlan) withheldOf(recs []*InstanceRecord) []SendResult {
+	var out []SendResult
+	for _, w := range p.withheld {
+		if slices.ContainsFunc(recs, func(r *InstanceRecord) bool { return r.SOPInstanceUID == w.SOPInstanceUID }) {
+			out = append(out, w)
+		}
 	}
 	return out
 }
@@ -256,23 +283,28 @@ func (p *deidPlan) rewrite(_ *InstanceRecord, original io.ReadCloser) io.ReadClo
 // outbound records (the destination's UIDs, the size and SHA-256 of what is
 // sent), sets h.Rewrite and h.BlobKey, audits the mapping, and returns the
 // view that translates the destination's answers back to our UIDs. An
-// instance the profile cannot be applied to fails the transfer for good.
-func (s *Transfers) deidentify(ctx context.Context, t *Transfer, peer Peer, recs, pending *[]*InstanceRecord, h *SendHeader) (*uidView, *attemptResult) {
+// instance the profile cannot be applied to is withheld: it is returned as
+// a refusal of pending, the rest of the study is sent, and the transfer
+// then fails naming it. A local copy that differs from its index entry
+// fails the transfer for good.
+func (s *Transfers) deidentify(ctx context.Context, t *Transfer, peer Peer, recs, pending *[]*InstanceRecord, h *SendHeader) (*uidView, []SendResult, *attemptResult) {
 	if s.Deidentifier == nil {
-		return nil, nil
+		return nil, nil, nil
 	}
 	rule, ok := s.Deidentifier.rules[peer.Name]
 	if !ok {
-		return nil, nil
+		return nil, nil, nil
 	}
 	p, err := s.Deidentifier.plan(ctx, peer.Name, rule, *recs)
 	if errors.Is(err, errRefused) {
-		return nil, &attemptResult{permanent: err}
+		return nil, nil, &attemptResult{permanent: err}
 	}
 	if err != nil {
-		return nil, &attemptResult{temporary: err}
+		return nil, nil, &attemptResult{temporary: err}
 	}
+	withheld := p.withheldOf(*pending)
 	*recs, *pending = p.outbound(*recs), p.outbound(*pending)
+	h.Total = len(*recs)
 	h.Rewrite = p.rewrite
 	h.BlobKey = func(rec *InstanceRecord) string {
 		if k, ok := p.stored[rec.SOPInstanceUID]; ok {
@@ -294,8 +326,8 @@ func (s *Transfers) deidentify(ctx context.Context, t *Transfer, peer Peer, recs
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		if err := s.Auditor.Record(actx, ev); err != nil {
-			return nil, &attemptResult{temporary: fmt.Errorf("de-identification could not be audited, nothing sent: %w", err)}
+			return nil, nil, &attemptResult{temporary: fmt.Errorf("de-identification could not be audited, nothing sent: %w", err)}
 		}
 	}
-	return p.view, nil
+	return p.view, withheld, nil
 }

@@ -822,9 +822,12 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 		return o
 	}
 	// view translates a de-identified destination's UIDs back to ours.
-	view, o := s.deidentify(ctx, t, peer, &recs, &pending, &header)
+	view, withheld, o := s.deidentify(ctx, t, peer, &recs, &pending, &header)
 	if o != nil {
 		return o
+	}
+	if len(withheld) > 0 {
+		r.report(ctx, withheld)
 	}
 	var unconfirmed []string
 	if len(pending) > 0 {
@@ -860,7 +863,7 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 		}
 	}
 	r.mu.Lock()
-	refused, unrecorded := t.InstancesFailed, r.unrecorded
+	refused, unrecorded, total := t.InstancesFailed, r.unrecorded, t.InstancesTotal
 	r.mu.Unlock()
 	if unrecorded != nil {
 		return &attemptResult{temporary: fmt.Errorf("the progress of a batch sent to %s was not recorded (%w); the attempt is repeated", peer.Name, unrecorded)}
@@ -874,7 +877,7 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 		r.mu.Lock()
 		t.Failures = failures
 		r.mu.Unlock()
-		return &attemptResult{permanent: refusalError(peer.Name, failures, len(recs))}
+		return &attemptResult{permanent: refusalError(peer.Name, failures, total)}
 	}
 	if len(unconfirmed) > 0 {
 		return &attemptResult{temporary: fmt.Errorf("%s did not confirm %d of %d instances (first %s); they will be sent again", peer.Name, len(unconfirmed), len(recs), unconfirmed[0])}
@@ -943,7 +946,20 @@ func (r *run) auditStart(ctx context.Context, recs []*InstanceRecord) *attemptRe
 
 func refusalError(peer string, failures []InstanceProgress, total int) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s refused %d of %d instances", peer, len(failures), total)
+	withheld := 0
+	for _, f := range failures {
+		if strings.HasPrefix(f.Reason, withheldReason) {
+			withheld++
+		}
+	}
+	switch withheld {
+	case 0:
+		fmt.Fprintf(&b, "%s refused %d of %d instances", peer, len(failures), total)
+	case len(failures):
+		fmt.Fprintf(&b, "%d of %d instances withheld from %s by this gateway", withheld, total, peer)
+	default:
+		fmt.Fprintf(&b, "%s refused %d of %d instances and this gateway withheld %d", peer, len(failures)-withheld, total, withheld)
+	}
 	for i, f := range failures {
 		if i == 3 {
 			fmt.Fprintf(&b, "; and %d more", len(failures)-3)
