@@ -38,14 +38,46 @@ var errMisdirected = errors.New("misdirected request")
 // name or address when no auth is configured. With auth, Host is not
 // checked: the gateway may be reached under any name, and a rebound page has
 // no credentials.
+//
+// Without auth it also answers 403 to a request a proxy relayed (it carries
+// Forwarded, X-Forwarded-For or another header of relaying): every request
+// then acts as the local admin, which is safe only for clients on this
+// machine, and a reverse proxy on the same host would hand that to anyone
+// who reaches the proxy. Health checks are exempt, as they are from auth.
 func (s *Server) loopbackHostOnly(c *gin.Context) {
-	if s.Auth != nil || loopbackHost(c.Request.Host) {
+	if s.Auth != nil {
 		c.Next()
 		return
 	}
-	s.writeError(c, fmt.Errorf("host %q: without auth the gateway answers only to localhost, 127.0.0.1 or [::1]: %w",
-		truncate(c.Request.Host, 100), errMisdirected))
+	if !loopbackHost(c.Request.Host) {
+		s.writeError(c, fmt.Errorf("host %q: without auth the gateway answers only to localhost, 127.0.0.1 or [::1]: %w",
+			truncate(c.Request.Host, 100), errMisdirected))
+		return
+	}
+	if h := relayHeader(c.Request.Header); h != "" && !healthPath(c.Request.URL.Path) {
+		s.writeError(c, fmt.Errorf("a request relayed by a proxy (%s): without auth the gateway serves only clients on this machine, each of which acts as its admin; configure auth to serve through a proxy: %w",
+			h, gateway.ErrForbidden))
+		return
+	}
+	c.Next()
 }
+
+// relayHeaders are the headers by which a proxy marks a request it relays.
+var relayHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-Ip", "Via"}
+
+// relayHeader returns the first relaying header h holds, "" for none.
+func relayHeader(h http.Header) string {
+	for _, name := range relayHeaders {
+		if _, ok := h[name]; ok {
+			return name
+		}
+	}
+	return ""
+}
+
+// healthPath reports whether path is a health check (/healthz, /readyz),
+// served without auth in every mode.
+func healthPath(path string) bool { return path == "/healthz" || path == "/readyz" }
 
 // loopbackHost reports whether a Host header names the local machine:
 // localhost, 127.0.0.0/8 or ::1, with any port. An empty Host (HTTP/1.0) is

@@ -106,6 +106,45 @@ func TestNoAuthServesLoopbackHostsOnly(t *testing.T) {
 	}
 }
 
+// TestNoAuthRefusesRelayedRequests: without auth every request acts as the
+// local admin, so one a reverse proxy on this host relays (marked by any
+// relaying header) gets 403 rather than handing the admin role to whoever
+// reaches the proxy; health checks are still answered. With auth the same
+// request is served to a token holder.
+func TestNoAuthRefusesRelayedRequests(t *testing.T) {
+	g := newBrowserGateway(t, nil)
+	_, port, _ := strings.Cut(g.addr, ":")
+	host := "127.0.0.1:" + port
+	for _, h := range [][2]string{{"X-Forwarded-For", "203.0.113.9"}, {"Forwarded", "for=203.0.113.9"}, {"X-Real-IP", "203.0.113.9"},
+		{"Via", "1.1 nginx"}, {"X-Forwarded-Host", "pacs.example.nhs.uk"}, {"X-Forwarded-Proto", "https"}} {
+		code, _, body, _ := g.do(t, http.MethodGet, "/dicomweb/studies", host, "", h[0], h[1])
+		if code != http.StatusForbidden || strings.Contains(body, "Testpatient") {
+			t.Errorf("QIDO relayed with %s: %d, want 403 without patient data", h[0], code)
+		}
+		code, _, _, _ = g.do(t, http.MethodPost, "/api/v1/transfers", host, `{"study_uid":"`+browserStudy+`","destination":"surrey"}`,
+			"Content-Type", "application/json", h[0], h[1])
+		if code != http.StatusForbidden {
+			t.Errorf("transfer POST relayed with %s: %d, want 403", h[0], code)
+		}
+		if code, _, _, _ := g.do(t, http.MethodGet, "/healthz", host, "", h[0], h[1]); code != http.StatusOK {
+			t.Errorf("/healthz relayed with %s: %d, want 200", h[0], code)
+		}
+	}
+	if n := g.queued(t); n != 0 {
+		t.Fatalf("%d transfers queued through a proxy", n)
+	}
+	if code, _, _, _ := g.do(t, http.MethodGet, "/dicomweb/studies", host, ""); code != http.StatusOK {
+		t.Errorf("QIDO from this machine, not relayed: %d, want 200", code)
+	}
+
+	auth, tokens := tokenAuth(t, dicomweb.TokenConfig{Name: "viewer", Roles: []gateway.Role{gateway.RoleRead}})
+	authed := newBrowserGateway(t, func(s *testWiring) { s.Auth = auth })
+	if code, _, _, _ := authed.do(t, http.MethodGet, "/dicomweb/studies", "pacs.example.nhs.uk", "", "X-Forwarded-For", "203.0.113.9",
+		"Authorization", "Bearer "+tokens["viewer"]); code != http.StatusOK {
+		t.Errorf("relayed QIDO with auth and a token: %d, want 200", code)
+	}
+}
+
 // TestAuthServesAnyHost: with auth, Host is not checked (the gateway has a
 // real name; a rebound page has no credentials).
 func TestAuthServesAnyHost(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
+	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
@@ -458,12 +459,20 @@ func TestCORS(t *testing.T) {
 	}
 }
 
-// TestWADOForwardedBase: behind a reverse proxy, BulkDataURIs use the
-// forwarded scheme, host and prefix, never the gateway's own address.
+// TestWADOForwardedBase: behind a reverse proxy (which needs auth),
+// BulkDataURIs and Content-Locations use the forwarded scheme, host and
+// prefix, never the gateway's own address.
 func TestWADOForwardedBase(t *testing.T) {
-	g := newWADOGateway(t, nil)
+	auth, tokens := tokenAuth(t, dicomweb.TokenConfig{Name: "viewer", Roles: []gateway.Role{gateway.RoleRead}})
+	g := newWADOGateway(t, func(s *testWiring) { s.Auth = auth })
+	bearer := "Bearer " + tokens["viewer"]
 	ins := g.synthStudy(t, synth.StudySpec{Seed: 19, Rows: 8, Columns: 8})
-	resp := g.get(t, synthPath(ins[0])+"/metadata",
+	parts := readParts(t, g.get(t, synthPath(ins[0]), "Accept", `multipart/related; type="application/dicom"; transfer-syntax=*`, "Authorization", bearer,
+		"X-Forwarded-Proto", "https", "X-Forwarded-Host", "pacs.example.nhs.uk", "X-Forwarded-Prefix", "/gw"), "application/dicom")
+	if want := "https://pacs.example.nhs.uk/gw" + synthPath(ins[0]); len(parts) != 1 || parts[0].location != want {
+		t.Errorf("forwarded instance: %d parts, Content-Location %v, want %q", len(parts), parts, want)
+	}
+	resp := g.get(t, synthPath(ins[0])+"/metadata", "Authorization", bearer,
 		"X-Forwarded-Proto", "https", "X-Forwarded-Host", "pacs.example.nhs.uk", "X-Forwarded-Prefix", "/gw")
 	var arr []map[string]dicomcodec.Attribute
 	if err := json.Unmarshal(readBody(t, resp), &arr); err != nil || len(arr) != 1 {
@@ -480,7 +489,7 @@ func TestWADOForwardedBase(t *testing.T) {
 		{`for=192.0.2.60;proto=https;host="pacs.example.org:8443", for=10.0.0.1;proto=http;host=inner`, "https://pacs.example.org:8443/gw"},
 		{`proto=https;host="evil.example/x@y"`, "https://" + strings.TrimPrefix(g.srv.URL, "http://") + "/gw"},
 	} {
-		resp := g.get(t, synthPath(ins[0])+"/metadata", "Forwarded", tc.forwarded,
+		resp := g.get(t, synthPath(ins[0])+"/metadata", "Authorization", bearer, "Forwarded", tc.forwarded,
 			"X-Forwarded-Proto", "http", "X-Forwarded-Host", "other.example", "X-Forwarded-Prefix", "/gw")
 		arr = nil
 		if err := json.Unmarshal(readBody(t, resp), &arr); err != nil || len(arr) != 1 {
