@@ -9,6 +9,8 @@ import (
 	"io"
 	"slices"
 	"strings"
+
+	"github.com/suyashkumar/dicom/pkg/uid"
 )
 
 // ProfileAttribute is one row of PS3.15 Table E.1-1: an attribute and what
@@ -50,9 +52,9 @@ type DeidentifyOptions struct {
 	RetainPatientCharacteristics bool
 	// MapUID returns the replacement of a UID (action U). It must be
 	// deterministic, so references between instances stay coherent, and
-	// return a valid UID. UIDs of the standard's own root (1.2.840.10008,
-	// IsStandardUID) are never passed to it: they name classes and
-	// well-known instances, not a patient's data.
+	// return a valid UID. UIDs the standard registers (IsWellKnownUID:
+	// classes, transfer syntaxes, well-known instances and frames of
+	// reference) are never passed to it: they name no patient's data.
 	MapUID func(uid string) string
 	// MapPatientID, when set, returns the pseudonym of a Patient ID
 	// (0010,0020) at any depth: deterministic and keyed, so the studies of
@@ -62,15 +64,16 @@ type DeidentifyOptions struct {
 	MapPatientID func(id string) string
 }
 
-// standardUIDRoot is the root of the UIDs the DICOM standard itself
-// assigns (PS3.5 9.1): SOP classes, transfer syntaxes, coding schemes and
-// well-known instances such as the standard color palettes.
-const standardUIDRoot = "1.2.840.10008."
-
-// IsStandardUID reports whether uid is one the DICOM standard assigns
-// (root 1.2.840.10008): mapping it would break a reference to a class or a
-// well-known instance and hide nothing.
-func IsStandardUID(uid string) bool { return strings.HasPrefix(uid, standardUIDRoot) }
+// IsWellKnownUID reports whether uid is registered by the standard (PS3.6
+// Annex A): a SOP class, transfer syntax, coding scheme, well-known SOP
+// instance (the standard color palettes) or well-known frame of reference.
+// Mapping it would break a reference to it and hide nothing. A UID a device
+// made under the standard's root 1.2.840.10008 without registration is not
+// one: it is mapped like any other.
+func IsWellKnownUID(u string) bool {
+	_, err := uid.Lookup(u)
+	return err == nil
+}
 
 // keptUIDAttributes are the UI attributes outside Table E.1-1 that name a
 // class, a transfer syntax, a coding scheme, a template or software, never
@@ -114,14 +117,17 @@ var keptUIDAttributes = map[uint32]bool{
 // tagPatientID is (0010,0020) Patient ID.
 const tagPatientID = 0x00100020
 
-// maxPatientID bounds a Patient ID read for its pseudonym (LO: 64
-// characters; more is malformed).
+// maxPatientID bounds a Patient ID read for its pseudonym. LO holds 64
+// characters; a longer value is tolerated (senders overrun it), up to this
+// bound, past which the instance is malformed.
 const maxPatientID = 1024
 
 // Action returns the action the rewriter takes for an attribute of tag
 // under o, resolved to one of 'X', 'Z', 'D', 'K', 'U': private attributes,
-// group lengths, curves and overlay data and comments are removed; an
-// attribute the table does not list is kept; C (clean) is applied as the
+// group lengths, curves and overlay data and comments are removed; of the
+// attributes the table does not list, one the dictionary does not know is
+// removed, a UI one is mapped unless keptUIDAttributes names it, any other
+// is kept; C (clean) is applied as the
 // basic action, since no cleaner can vouch for free text; of a compound
 // action the one that keeps the IOD valid is taken (X/Z → Z, X/D, Z/D and
 // X/Z/D → D), and X/Z/U* (the reference sequences) walks the sequence,
@@ -204,9 +210,38 @@ func Deidentify(w io.Writer, r io.Reader, o DeidentifyOptions) (int64, error) {
 	if o.MapUID == nil {
 		return 0, fmt.Errorf("de-identification without a UID mapping: %w", ErrInvalidInput)
 	}
-	return rewriteStream(w, r, func(br *bufio.Reader, bw *bufio.Writer) error {
+	mapUID := o.MapUID
+	o.MapUID = func(u string) string {
+		if IsWellKnownUID(u) {
+			return u
+		}
+		return mapUID(u)
+	}
+	// A read error of the source (storage, network) is not the instance's
+	// fault: it is returned as it is, never as ErrMalformed, whichever
+	// step met it.
+	src := &sourceReader{r: r}
+	n, err := rewriteStream(w, src, func(br *bufio.Reader, bw *bufio.Writer) error {
 		return (&deidentifier{r: br, w: bw, o: o}).run()
 	})
+	if src.err != nil {
+		return n, fmt.Errorf("de-identification: reading the instance: %w", src.err)
+	}
+	return n, err
+}
+
+// sourceReader remembers the first read error of r other than io.EOF.
+type sourceReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF && s.err == nil {
+		s.err = err
+	}
+	return n, err
 }
 
 type deidentifier struct {
@@ -638,7 +673,7 @@ func (d *deidentifier) mapUIDs(tag uint32, vr string, vl uint32, implicit bool) 
 	}
 	vals := strings.Split(strings.TrimRight(string(raw), "\x00 "), `\`)
 	for i, v := range vals {
-		if v = strings.TrimSpace(strings.TrimRight(v, "\x00")); v != "" && !IsStandardUID(v) {
+		if v = strings.TrimSpace(strings.TrimRight(v, "\x00")); v != "" {
 			vals[i] = d.o.MapUID(v)
 		}
 	}

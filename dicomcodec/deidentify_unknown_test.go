@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 
@@ -172,11 +173,13 @@ func TestDeidentifyDropsMetaAETitles(t *testing.T) {
 // Fiducial UID) are mapped like its U rows, so the source's UIDs do not
 // reach the peer; those naming a class or software (SOP Class UID,
 // Referenced SOP Class UID, Creator-Version UID) are kept, and so is a
-// UID of the standard's own root (a standard color palette instance).
-// Before, every unlisted UI attribute was kept as it came.
+// UID the standard registers (a standard color palette instance). Before,
+// every unlisted UI attribute was kept as it came. A SOP Instance UID a
+// device made under the standard's root without registration is mapped,
+// in the dataset and in the file meta alike.
 func TestDeidentifyMapsUnlistedInstanceUIDs(t *testing.T) {
-	sop := "1.2.3.4.5.40"
-	mapped := map[uint32]string{0x00081167: "1.2.3.4.5.41", 0x00200242: "1.2.3.4.5.42", 0x0070031B: "1.2.3.4.5.43", 0x00081155: "1.2.3.4.5.44"}
+	sop := "1.2.840.10008.999.1.7"
+	mapped := map[uint32]string{0x00080018: sop, 0x00081167: "1.2.3.4.5.41", 0x00200242: "1.2.3.4.5.42", 0x0070031B: "1.2.3.4.5.43", 0x00081155: "1.2.3.4.5.44"}
 	kept := map[uint32]string{0x00080016: synth.CTImageStorage, 0x00081150: synth.MRImageStorage, 0x00089123: "1.2.3.99.7", 0x00280304: "1.2.840.10008.1.5.1"}
 	el := func(tag uint32, v string) []byte { return drEl(tag, "UI", drPad(v, 0)) }
 	src := drPart10(drExplicit, sop,
@@ -256,5 +259,39 @@ func TestDeidentifyPatientPseudonym(t *testing.T) {
 	}
 	if ids := patientIDs(drDeid(t, instance("1.2.3.4.5.54", "PID-A1"))); ids[0] != "ANONYMIZED" {
 		t.Errorf("without MapPatientID: %q, want ANONYMIZED", ids[0])
+	}
+}
+
+// failingReader yields its data, then err.
+type failingReader struct {
+	data []byte
+	err  error
+}
+
+func (f *failingReader) Read(p []byte) (int, error) {
+	if len(f.data) == 0 {
+		return 0, f.err
+	}
+	n := copy(p, f.data)
+	f.data = f.data[n:]
+	return n, nil
+}
+
+// TestDeidentifyReadErrorIsNotMalformed: a storage read that fails midway
+// (a reset connection) is returned as that error, not as a malformed
+// instance: the transfer retries it rather than withholding the instance
+// for good. A source that merely ends early is malformed.
+func TestDeidentifyReadErrorIsNotMalformed(t *testing.T) {
+	sop := "1.2.3.4.5.60"
+	src := drPart10(drExplicit, sop, drEl(0x00080018, "UI", drPad(sop, 0)), drEl(0x00100010, "PN", drPad("PHI^NAME", ' ')))
+	reset := errors.New("connection reset by peer")
+	for _, cut := range []int{100, 140, len(src) - 4} {
+		_, err := dicomcodec.Deidentify(io.Discard, &failingReader{data: src[:cut], err: reset}, dicomcodec.DeidentifyOptions{MapUID: testMapUID})
+		if !errors.Is(err, reset) || errors.Is(err, dicomcodec.ErrMalformed) {
+			t.Errorf("read error after %d bytes: %v; want the read error, not ErrMalformed", cut, err)
+		}
+		if _, err := dicomcodec.Deidentify(io.Discard, bytes.NewReader(src[:cut]), dicomcodec.DeidentifyOptions{MapUID: testMapUID}); !errors.Is(err, dicomcodec.ErrMalformed) {
+			t.Errorf("a source that ends after %d bytes: %v; want ErrMalformed", cut, err)
+		}
 	}
 }

@@ -2,6 +2,10 @@ package dicomweb_test
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -84,34 +88,74 @@ func TestDeidentifiedTransferResumes(t *testing.T) {
 	}
 }
 
-// TestDeidentifiedTransferWithholdsBurnedIn: an instance whose pixels carry
-// burned-in text (Burned In Annotation YES) cannot be de-identified; it is
-// withheld, the rest of the study reaches the peer under its mapped UIDs,
-// and the transfer fails naming the withheld instance and why. Before, the
-// whole study stayed behind.
-func TestDeidentifiedTransferWithholdsBurnedIn(t *testing.T) {
-	hampshire, surrey := newCentre(t, "hampshire", "embedded"), newCentre(t, "surrey", "embedded")
-	// The second request fails once, so a second attempt follows the one
-	// that withheld the instance: it must not count it again.
-	flaky := httptest.NewServer(&failSecond{next: surrey.handler})
-	t.Cleanup(flaky.Close)
+// deidCentres returns hampshire sending to a de-identifying surrey, one
+// instance per request, through wrap (nil: directly); the Deidentifier
+// reads hampshire's blobs through blobs (nil: as they are).
+func deidCentres(t *testing.T, wrap func(http.Handler) http.Handler, blobs func(gateway.BlobStore) gateway.BlobStore) (hampshire, surrey *centre, d *gateway.Deidentifier) {
+	t.Helper()
+	hampshire, surrey = newCentre(t, "hampshire", "embedded"), newCentre(t, "surrey", "embedded")
+	h := surrey.handler
+	if wrap != nil {
+		h = wrap(h)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
 	peer := peerOf(surrey)
-	peer.URL, peer.MaxParallel = flaky.URL+"/dicomweb", 1
+	peer.URL, peer.MaxParallel = srv.URL+"/dicomweb", 1
 	peer.Deidentify = &gateway.DeidentifyRule{Profile: gateway.ProfileBasic}
-	d, err := gateway.NewDeidentifier([]gateway.Peer{peer}, bytes.Repeat([]byte{0x42}, 32), hampshire.blobs)
+	var b gateway.BlobStore = hampshire.blobs
+	if blobs != nil {
+		b = blobs(b)
+	}
+	d, err := gateway.NewDeidentifier([]gateway.Peer{peer}, bytes.Repeat([]byte{0x42}, 32), b)
 	if err != nil {
 		t.Fatal(err)
 	}
 	client := dicomweb.NewClient(hampshire.blobs)
 	client.MaxBatchInstances = 1
 	hampshire.transfers.Sender, hampshire.transfers.Deidentifier, hampshire.transfers.Peers = client, d, []gateway.Peer{peer}
-	ins := hampshire.store(t, synth.StudySpec{Seed: 708, Series: 1, InstancesPerSeries: 2})
-	screen := ins[0]
-	screen.SOPInstanceUID += ".99"
-	screen.Extra = append(screen.Extra, synth.Element{Tag: 0x00280301, VR: "CS", Value: []byte("YES ")})
-	if _, err := hampshire.ingester.Store(t.Context(), bytes.NewReader(encoded(t, screen)), gateway.StoreOptions{}); err != nil {
+	return hampshire, surrey, d
+}
+
+// storeBurnedIn stores a copy of in, under SOP Instance UID + ".99", with
+// Burned In Annotation YES, and returns it.
+func storeBurnedIn(t *testing.T, c *centre, in synth.Instance) synth.Instance {
+	t.Helper()
+	in.SOPInstanceUID += ".99"
+	in.Extra = append(in.Extra, synth.Element{Tag: 0x00280301, VR: "CS", Value: []byte("YES ")})
+	if _, err := c.ingester.Store(t.Context(), bytes.NewReader(encoded(t, in)), gateway.StoreOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	return in
+}
+
+// assertAtSurrey checks that each of ins is at surrey under its mapped UID
+// (present true) or absent under both.
+func assertAtSurrey(t *testing.T, surrey *centre, d *gateway.Deidentifier, present bool, ins ...synth.Instance) {
+	t.Helper()
+	for _, in := range ins {
+		_, err := surrey.index.GetInstance(t.Context(), d.MapUID("surrey", in.SOPInstanceUID))
+		if (err == nil) != present {
+			t.Errorf("%s at surrey under its mapped UID: %v, want present %v", in.SOPInstanceUID, err, present)
+		}
+		if _, err := surrey.index.GetInstance(t.Context(), in.SOPInstanceUID); err == nil {
+			t.Errorf("%s at surrey under its original UID", in.SOPInstanceUID)
+		}
+	}
+}
+
+// TestDeidentifiedTransferWithholdsBurnedIn: an instance whose pixels carry
+// burned-in text (Burned In Annotation YES) cannot be de-identified; it is
+// withheld, the rest of the study reaches the peer under its mapped UIDs,
+// and the transfer fails naming the withheld instance and why. Before, the
+// whole study stayed behind.
+func TestDeidentifiedTransferWithholdsBurnedIn(t *testing.T) {
+	// The second request fails once, so a second attempt follows the one
+	// that withheld the instance: it must not count it again.
+	hampshire, surrey, _ := deidCentres(t, func(h http.Handler) http.Handler { return &failSecond{next: h} }, nil)
+	d := hampshire.transfers.Deidentifier
+	ins := hampshire.store(t, synth.StudySpec{Seed: 708, Series: 1, InstancesPerSeries: 2})
+	screen := storeBurnedIn(t, hampshire, ins[0])
 	hampshire.start(t)
 	created := hampshire.create(t, ins[0].StudyInstanceUID, "surrey", gateway.PriorityNormal)
 	done := hampshire.wait(t, created.ID, 30*time.Second)
@@ -122,14 +166,8 @@ func TestDeidentifiedTransferWithholdsBurnedIn(t *testing.T) {
 	if done.InstancesSent != 2 || done.InstancesFailed != 1 || done.Attempts != 2 {
 		t.Errorf("sent %d, failed %d, attempts %d; want 2, 1 and 2", done.InstancesSent, done.InstancesFailed, done.Attempts)
 	}
-	for _, in := range ins {
-		if _, err := surrey.index.GetInstance(t.Context(), d.MapUID("surrey", in.SOPInstanceUID)); err != nil {
-			t.Errorf("%s not at surrey under its mapped UID: %v", in.SOPInstanceUID, err)
-		}
-	}
-	if _, err := surrey.index.GetInstance(t.Context(), d.MapUID("surrey", screen.SOPInstanceUID)); err == nil {
-		t.Errorf("the burned-in instance reached surrey")
-	}
+	assertAtSurrey(t, surrey, d, true, ins...)
+	assertAtSurrey(t, surrey, d, false, screen)
 	// An admin's retry (which queues it at once and starts attempts
 	// afresh) withholds it again, counted once.
 	if status := hampshire.api(t, http.MethodPost, "/api/v1/transfers/"+created.ID+"/retry", nil, nil); status != http.StatusAccepted {
@@ -138,5 +176,153 @@ func TestDeidentifiedTransferWithholdsBurnedIn(t *testing.T) {
 	again := hampshire.wait(t, created.ID, 30*time.Second)
 	if again.State != gateway.StateFailed || again.InstancesSent != 2 || again.InstancesFailed != 1 || again.Attempts != 1 || !strings.Contains(again.LastError, screen.SOPInstanceUID) {
 		t.Errorf("after a retry: %s, sent %d, failed %d, attempts %d; want failed, 2, 1, 1", again.State, again.InstancesSent, again.InstancesFailed, again.Attempts)
+	}
+}
+
+// unconfirmedFirst answers the first STOW-RS request 202 with an answer
+// that names no instance: a failure the sender retries.
+type unconfirmedFirst struct {
+	next  http.Handler
+	mu    sync.Mutex
+	posts int
+}
+
+func (u *unconfirmedFirst) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost {
+		u.mu.Lock()
+		u.posts++
+		first := u.posts == 1
+		u.mu.Unlock()
+		if first {
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/dicom+json")
+			w.WriteHeader(http.StatusAccepted)
+			w.Write([]byte(`{}`))
+			return
+		}
+	}
+	u.next.ServeHTTP(w, r)
+}
+
+// TestDeidentifiedTransferResendsBeforeFailing: an instance the peer did
+// not confirm is sent again although another was withheld; only then does
+// the transfer fail, naming the withheld one. Before, the withheld
+// instance ended the transfer at once and the unconfirmed one never
+// arrived.
+func TestDeidentifiedTransferResendsBeforeFailing(t *testing.T) {
+	hampshire, surrey, d := deidCentres(t, func(h http.Handler) http.Handler { return &unconfirmedFirst{next: h} }, nil)
+	ins := hampshire.store(t, synth.StudySpec{Seed: 709, Series: 1, InstancesPerSeries: 2})
+	screen := storeBurnedIn(t, hampshire, ins[0])
+	hampshire.start(t)
+	created := hampshire.create(t, ins[0].StudyInstanceUID, "surrey", gateway.PriorityNormal)
+	done := hampshire.wait(t, created.ID, 30*time.Second)
+	if done.State != gateway.StateFailed || !strings.Contains(done.LastError, screen.SOPInstanceUID) || done.InstancesSent != 2 || done.Attempts != 2 {
+		t.Errorf("transfer %s after %d attempts, sent %d: %q; want failed after 2, 2 sent, naming the withheld instance", done.State, done.Attempts, done.InstancesSent, done.LastError)
+	}
+	assertAtSurrey(t, surrey, d, true, ins...)
+}
+
+// resetOnce breaks the first blob read after 200 bytes, as a storage
+// connection reset midway would.
+type resetOnce struct {
+	gateway.BlobStore
+	mu   sync.Mutex
+	done bool
+}
+
+type resetReader struct {
+	io.ReadCloser
+	left int
+}
+
+func (r *resetReader) Read(p []byte) (int, error) {
+	if r.left <= 0 {
+		return 0, errors.New("read tcp: connection reset by peer")
+	}
+	n, err := r.ReadCloser.Read(p[:min(len(p), r.left)])
+	r.left -= n
+	return n, err
+}
+
+func (r *resetOnce) Get(ctx context.Context, key string, off, n int64) (io.ReadCloser, error) {
+	rc, err := r.BlobStore.Get(ctx, key, off, n)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil || r.done {
+		return rc, err
+	}
+	r.done = true
+	return &resetReader{ReadCloser: rc, left: 200}, nil
+}
+
+// TestDeidentifiedTransferRetriesAReadError: a storage read that fails
+// while the study is de-identified is retried, not taken for a malformed
+// instance and withheld for good; the transfer completes.
+func TestDeidentifiedTransferRetriesAReadError(t *testing.T) {
+	hampshire, surrey, d := deidCentres(t, nil, func(b gateway.BlobStore) gateway.BlobStore { return &resetOnce{BlobStore: b} })
+	ins := hampshire.store(t, synth.StudySpec{Seed: 710, Series: 1, InstancesPerSeries: 2})
+	hampshire.start(t)
+	created := hampshire.create(t, ins[0].StudyInstanceUID, "surrey", gateway.PriorityNormal)
+	if done := hampshire.wait(t, created.ID, 30*time.Second); done.State != gateway.StateCompleted || done.Attempts != 2 {
+		t.Errorf("transfer %s after %d attempts: %q; want completed after 2", done.State, done.Attempts, done.LastError)
+	}
+	assertAtSurrey(t, surrey, d, true, ins...)
+}
+
+// TestDeidentifiedTransferCorruptCopy: a local copy cut short (it differs
+// from its index entry) fails the transfer as corrupt, not as an instance
+// to withhold while the rest is sent.
+func TestDeidentifiedTransferCorruptCopy(t *testing.T) {
+	hampshire, surrey, d := deidCentres(t, nil, nil)
+	ins := hampshire.store(t, synth.StudySpec{Seed: 711, Series: 1, InstancesPerSeries: 2})
+	rec, err := hampshire.index.GetInstance(t.Context(), ins[0].SOPInstanceUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hampshire.blobs.Delete(t.Context(), rec.Key()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hampshire.blobs.Put(t.Context(), rec.Key(), bytes.NewReader(encoded(t, ins[0])[:400])); err != nil {
+		t.Fatal(err)
+	}
+	hampshire.start(t)
+	created := hampshire.create(t, ins[0].StudyInstanceUID, "surrey", gateway.PriorityNormal)
+	if done := hampshire.wait(t, created.ID, 30*time.Second); done.State != gateway.StateFailed || !strings.Contains(done.LastError, "corrupt") {
+		t.Errorf("transfer %s: %q; want failed as a corrupt local copy", done.State, done.LastError)
+	}
+	assertAtSurrey(t, surrey, d, false, ins...)
+}
+
+// TestDeidentifiedTransferDeviceUIDsUnderTheStandardRoot: a device that
+// made its UIDs under the standard's root 1.2.840.10008 without
+// registering them has them mapped like any other; before, the dataset kept
+// them while the file meta and the request were mapped, and the peer
+// refused every instance.
+func TestDeidentifiedTransferDeviceUIDsUnderTheStandardRoot(t *testing.T) {
+	hampshire, surrey, d := deidCentres(t, nil, nil)
+	ins := synth.Study(synth.StudySpec{Seed: 712, Series: 1, InstancesPerSeries: 2})
+	for i := range ins {
+		ins[i].StudyInstanceUID, ins[i].SeriesInstanceUID = "1.2.840.10008.999.5.1", "1.2.840.10008.999.5.1.1"
+		ins[i].SOPInstanceUID = fmt.Sprintf("1.2.840.10008.999.5.1.1.%d", i+1)
+		if _, err := hampshire.ingester.Store(t.Context(), bytes.NewReader(encoded(t, ins[i])), gateway.StoreOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hampshire.start(t)
+	created := hampshire.create(t, ins[0].StudyInstanceUID, "surrey", gateway.PriorityNormal)
+	if done := hampshire.wait(t, created.ID, 30*time.Second); done.State != gateway.StateCompleted {
+		t.Fatalf("transfer %s: %q; want completed", done.State, done.LastError)
+	}
+	assertAtSurrey(t, surrey, d, true, ins...)
+	for _, in := range ins {
+		rc, err := surrey.blobs.Get(t.Context(), gateway.InstanceKey(d.MapUID("surrey", in.StudyInstanceUID), d.MapUID("surrey", in.SeriesInstanceUID), d.MapUID("surrey", in.SOPInstanceUID)), 0, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		if bytes.Contains(b, []byte("1.2.840.10008.999.5")) {
+			t.Errorf("%s: an original UID reached surrey", in.SOPInstanceUID)
+		}
 	}
 }

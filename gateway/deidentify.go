@@ -106,7 +106,14 @@ func ParseDeidentifyKey(r io.Reader) ([]byte, error) {
 // decimal of 128 bits of HMAC-SHA-256(key, peer, uid), shaped as an RFC
 // 9562 version 8 UUID. Distinct peers get unrelated UIDs, so two
 // recipients cannot link their copies by UID.
+//
+// A UID the standard registers (dicomcodec.IsWellKnownUID: a color palette
+// stored as an instance, say) is returned as it is, as the profile keeps
+// it wherever it occurs.
 func (d *Deidentifier) MapUID(peer, uid string) string {
+	if dicomcodec.IsWellKnownUID(uid) {
+		return uid
+	}
 	m := hmac.New(sha256.New, d.key)
 	m.Write([]byte("dicom-gateway uid\x00" + peer + "\x00" + uid))
 	sum := m.Sum(nil)[:16]
@@ -115,24 +122,55 @@ func (d *Deidentifier) MapUID(peer, uid string) string {
 	return "2.25." + new(big.Int).SetBytes(sum).String()
 }
 
-// MapPatientID returns the pseudonym a Patient ID gets at peer: "ANON-"
-// and 96 bits of HMAC-SHA-256(key, peer, id) in hex. One patient's studies
-// stay one patient at the peer (a viewer's priors are that patient's), two
-// patients stay two, and without the key nobody can recompute it: a Patient
-// ID, an NHS number above all, is guessed by hashing every candidate.
-func (d *Deidentifier) MapPatientID(peer, id string) string {
+// MapPatientID returns the pseudonym a patient, Patient ID id under Issuer
+// of Patient ID issuer, gets at peer: "ANON-" and 96 bits of
+// HMAC-SHA-256(key, peer, issuer, id) in hex. One patient's studies stay
+// one patient at the peer (a viewer's priors are that patient's); two
+// patients, whether their IDs or their issuers differ, stay two; and
+// without the key nobody can recompute it: a Patient ID, an NHS number
+// above all, is guessed by hashing every candidate.
+func (d *Deidentifier) MapPatientID(peer, issuer, id string) string {
 	m := hmac.New(sha256.New, d.key)
-	m.Write([]byte("dicom-gateway patient\x00" + peer + "\x00" + id))
+	m.Write([]byte("dicom-gateway patient\x00" + peer + "\x00" + issuer + "\x00" + id))
 	return "ANON-" + strings.ToUpper(hex.EncodeToString(m.Sum(nil)[:12]))
 }
 
-func (d *Deidentifier) options(peer string, rule DeidentifyRule) dicomcodec.DeidentifyOptions {
+// patientOf returns the Patient ID and Issuer of Patient ID of rec as the
+// index holds them (decoded from the instance's character set, trimmed).
+func patientOf(rec *InstanceRecord) (issuer, id string) {
+	return strings.TrimSpace(rec.Metadata.String(TagIssuerOfPatientID)), strings.TrimSpace(rec.Metadata.String(dicomcodec.TagPatientID))
+}
+
+// options returns the profile options for rec sent to peer. The Patient
+// ID of rec becomes the pseudonym of rec's patient as the index holds it,
+// the one the audit records, whatever character set the instance encodes
+// it in. Another Patient ID inside a sequence, which comes without its
+// issuer, becomes the pseudonym of its value alone; a non-ASCII value
+// cannot be told from the instance's own (the codec sees bytes, the index
+// text) and is taken as its own.
+func (d *Deidentifier) options(peer string, rule DeidentifyRule, rec *InstanceRecord) dicomcodec.DeidentifyOptions {
+	issuer, id := patientOf(rec)
+	own := d.MapPatientID(peer, issuer, id)
 	return dicomcodec.DeidentifyOptions{
 		RetainFullDates:              rule.RetainLongitudinalTemporal,
 		RetainPatientCharacteristics: rule.RetainPatientCharacteristics,
 		MapUID:                       func(uid string) string { return d.MapUID(peer, uid) },
-		MapPatientID:                 func(id string) string { return d.MapPatientID(peer, id) },
+		MapPatientID: func(raw string) string {
+			if raw == id || !isASCII(raw) {
+				return own
+			}
+			return d.MapPatientID(peer, "", raw)
+		},
 	}
+}
+
+func isASCII(s string) bool {
+	for i := range len(s) {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // uidView translates between the UIDs this gateway holds and those a
@@ -185,15 +223,26 @@ func (v *uidView) sourceResults(res []SendResult) []SendResult {
 
 // deidPlan is a transfer's instances as the destination receives them.
 type deidPlan struct {
-	opts     dicomcodec.DeidentifyOptions
-	out      map[string]*InstanceRecord // by our SOP Instance UID
-	stored   map[string]string          // destination SOP Instance UID → our blob key
+	opts     map[string]dicomcodec.DeidentifyOptions // by destination SOP Instance UID
+	out      map[string]*InstanceRecord              // by our SOP Instance UID
+	stored   map[string]string                       // destination SOP Instance UID → our blob key
 	view     *uidView
 	studyMap map[string]string
 	// withheld are the instances the profile cannot be applied to
 	// (burned-in text, a syntax or encoding the rewriter cannot read):
 	// refusals of this gateway's own, under our UIDs.
 	withheld []SendResult
+	// pseudonyms are the patients the plan names, for the audit.
+	pseudonyms []patientPseudonym
+}
+
+// patientPseudonym is one patient of a de-identified transfer and the
+// pseudonym the peer knows it by (transfer.deidentified's
+// patient_pseudonyms).
+type patientPseudonym struct {
+	Issuer    string `json:"issuer,omitempty"`
+	PatientID string `json:"patient_id"`
+	Pseudonym string `json:"pseudonym"`
 }
 
 // withheldReason starts the reason of an instance this gateway refused to
@@ -205,9 +254,15 @@ const withheldReason = "withheld by this gateway, not sent: "
 // local copy is not sent), the output for the request's Content-Length and
 // for verifying what the peer stored.
 func (d *Deidentifier) plan(ctx context.Context, peer string, rule DeidentifyRule, recs []*InstanceRecord) (*deidPlan, error) {
-	p := &deidPlan{opts: d.options(peer, rule), out: map[string]*InstanceRecord{}, stored: map[string]string{},
+	p := &deidPlan{opts: map[string]dicomcodec.DeidentifyOptions{}, out: map[string]*InstanceRecord{}, stored: map[string]string{},
 		view: &uidView{source: map[string]string{}}, studyMap: map[string]string{}}
 	for _, rec := range recs {
+		if issuer, id := patientOf(rec); id != "" {
+			pp := patientPseudonym{Issuer: issuer, PatientID: id, Pseudonym: d.MapPatientID(peer, issuer, id)}
+			if !slices.Contains(p.pseudonyms, pp) {
+				p.pseudonyms = append(p.pseudonyms, pp)
+			}
+		}
 		out := *rec
 		out.StudyInstanceUID = d.MapUID(peer, rec.StudyInstanceUID)
 		out.SeriesInstanceUID = d.MapUID(peer, rec.SeriesInstanceUID)
@@ -222,15 +277,29 @@ func (d *Deidentifier) plan(ctx context.Context, peer string, rule DeidentifyRul
 		if err != nil {
 			return nil, fmt.Errorf("reading instance %s for de-identification: %w", rec.SOPInstanceUID, err)
 		}
+		opts := d.options(peer, rule, rec)
+		p.opts[out.SOPInstanceUID] = opts
 		orig, sent := sha256.New(), sha256.New()
-		n, err := dicomcodec.Deidentify(sent, io.TeeReader(rc, orig), p.opts)
-		cerr := rc.Close()
-		if refusedByCodec(err) {
+		n, err := dicomcodec.Deidentify(sent, io.TeeReader(rc, orig), opts)
+		if refusal := err; refusedByCodec(refusal) {
+			// The rest of the blob is hashed too: a copy that differs from
+			// its index entry is corrupt, not an instance to withhold.
+			_, err = io.Copy(orig, rc)
+			if cerr := rc.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return nil, fmt.Errorf("reading instance %s for de-identification: %w", rec.SOPInstanceUID, err)
+			}
+			if rec.SHA256 != "" && hex.EncodeToString(orig.Sum(nil)) != rec.SHA256 {
+				return nil, fmt.Errorf("%w: local copy of instance %s is corrupt (SHA-256 differs from the index)", errRefused, rec.SOPInstanceUID)
+			}
 			// This instance cannot leave de-identified; the rest of the
 			// study can, and the transfer then fails naming it.
-			p.withheld = append(p.withheld, SendResult{SOPInstanceUID: rec.SOPInstanceUID, Reason: withheldReason + err.Error()})
+			p.withheld = append(p.withheld, SendResult{SOPInstanceUID: rec.SOPInstanceUID, Reason: withheldReason + refusal.Error()})
 			continue
 		}
+		cerr := rc.Close()
 		if err = errors.Join(err, cerr); err != nil {
 			return nil, fmt.Errorf("reading instance %s for de-identification: %w", rec.SOPInstanceUID, err)
 		}
@@ -267,12 +336,13 @@ func (p *deidPlan) withheldOf(recs []*InstanceRecord) []SendResult {
 }
 
 // rewrite is the SendHeader.Rewrite of the plan.
-func (p *deidPlan) rewrite(_ *InstanceRecord, original io.ReadCloser) io.ReadCloser {
+func (p *deidPlan) rewrite(rec *InstanceRecord, original io.ReadCloser) io.ReadCloser {
+	opts := p.opts[rec.SOPInstanceUID] // rec is the outbound record
 	pr, pw := io.Pipe()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_, err := dicomcodec.Deidentify(pw, original, p.opts)
+		_, err := dicomcodec.Deidentify(pw, original, opts)
 		pw.CloseWithError(errors.Join(err, original.Close()))
 	}()
 	return &pipeReadCloser{PipeReader: pr, done: done}
@@ -313,16 +383,11 @@ func (s *Transfers) deidentify(ctx context.Context, t *Transfer, peer Peer, recs
 		return rec.Key()
 	}
 	if len(*pending) > 0 && s.Auditor != nil {
-		patients := s.studyPatientIDs(ctx, t.StudyUID)
-		pseudonyms := make(map[string]string, len(patients))
-		for _, id := range patients {
-			pseudonyms[id] = s.Deidentifier.MapPatientID(peer.Name, id)
-		}
 		ev := &AuditEvent{Time: s.now(), Gateway: s.Name, Actor: workerPrincipal, Action: ActionTransferDeidentified,
-			Outcome: OutcomeSuccess, StudyUIDs: []string{t.StudyUID, p.view.studyUID(t.StudyUID)}, PatientIDs: patients,
+			Outcome: OutcomeSuccess, StudyUIDs: []string{t.StudyUID, p.view.studyUID(t.StudyUID)}, PatientIDs: s.studyPatientIDs(ctx, t.StudyUID),
 			Detail: map[string]any{"transfer_id": t.ID, "destination": peer.Name, "profile": rule.Profile,
 				"retain_longitudinal_temporal": rule.RetainLongitudinalTemporal, "retain_patient_characteristics": rule.RetainPatientCharacteristics,
-				"study_uid_mapping": p.studyMap, "patient_pseudonyms": pseudonyms, "instances": len(*pending)}}
+				"study_uid_mapping": p.studyMap, "patient_pseudonyms": p.pseudonyms, "instances": len(*pending)}}
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		if err := s.Auditor.Record(actx, ev); err != nil {

@@ -868,6 +868,11 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 	if unrecorded != nil {
 		return &attemptResult{temporary: fmt.Errorf("the progress of a batch sent to %s was not recorded (%w); the attempt is repeated", peer.Name, unrecorded)}
 	}
+	// Instances the peer did not confirm are sent again before refusals
+	// end the transfer: the rest of the study arrives whatever was refused.
+	if len(unconfirmed) > 0 {
+		return &attemptResult{temporary: fmt.Errorf("%s did not confirm %d of %d instances (first %s); they will be sent again", peer.Name, len(unconfirmed), total, unconfirmed[0])}
+	}
 	if refused > 0 {
 		failures, err := s.Queue.Instances(ctx, t.ID)
 		if err != nil {
@@ -878,9 +883,6 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 		t.Failures = failures
 		r.mu.Unlock()
 		return &attemptResult{permanent: refusalError(peer.Name, failures, total)}
-	}
-	if len(unconfirmed) > 0 {
-		return &attemptResult{temporary: fmt.Errorf("%s did not confirm %d of %d instances (first %s); they will be sent again", peer.Name, len(unconfirmed), len(recs), unconfirmed[0])}
 	}
 	v, err := s.Sender.Verify(ctx, peer, view.studyUID(t.StudyUID), recs)
 	if err != nil {

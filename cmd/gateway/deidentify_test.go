@@ -128,7 +128,19 @@ peers:
 		t.Fatal(err)
 	}
 	mapUID := func(uid string) string { return mapper.MapUID("surrey", uid) }
-	o := dicomcodec.DeidentifyOptions{MapUID: mapUID, MapPatientID: func(id string) string { return mapper.MapPatientID("surrey", id) }}
+	// Each probe instance's Patient ID, under its issuer, becomes the
+	// patient's pseudonym.
+	var first bytes.Buffer
+	if _, err := probe[0].WriteTo(&first); err != nil {
+		t.Fatal(err)
+	}
+	h, err := dicomcodec.ParseHeader(&first, dicomcodec.HeaderLimits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, issuer := h.Dataset.String("00100020"), h.Dataset.String("00100021")
+	pseudonym := mapper.MapPatientID("surrey", issuer, pid)
+	o := dicomcodec.DeidentifyOptions{MapUID: mapUID, MapPatientID: func(string) string { return pseudonym }}
 	mStudy, mSeries := mapUID(study), mapUID(series)
 	if code, _, _ := fhirGet(t, surrey+"/dicomweb/studies/"+study+"/metadata", "application/dicom+json"); code != http.StatusNotFound {
 		t.Errorf("surrey holds the study under its original UID: %d", code)
@@ -192,17 +204,8 @@ peers:
 		t.Fatalf("transfer.deidentified events = %d, want one per transfer", len(events))
 	}
 	detail, _ := json.Marshal(events[0].Detail)
-	var first bytes.Buffer
-	if _, err := probe[0].WriteTo(&first); err != nil {
-		t.Fatal(err)
-	}
-	h, err := dicomcodec.ParseHeader(&first, dicomcodec.HeaderLimits{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid := h.Dataset.String("00100020")
-	pseudonym := `"` + pid + `":"` + mapper.MapPatientID("surrey", pid) + `"`
-	for _, s := range []string{`"profile":"basic"`, `"retain_longitudinal_temporal":false`, `"` + study + `":"` + mStudy + `"`, `"instances":3`, pseudonym} {
+	named := `{"issuer":"` + issuer + `","patient_id":"` + pid + `","pseudonym":"` + pseudonym + `"}`
+	for _, s := range []string{`"profile":"basic"`, `"retain_longitudinal_temporal":false`, `"` + study + `":"` + mStudy + `"`, `"instances":3`, named} {
 		if !strings.Contains(string(detail), s) {
 			t.Errorf("transfer.deidentified detail %s lacks %s", detail, s)
 		}

@@ -163,7 +163,7 @@ func profileWalk(orig, got dicomcodec.Dataset, o dicomcodec.DeidentifyOptions, p
 		case act == 'U' && a.VR == "UI", act == 'D' && a.VR == "UI":
 			want := make([]any, len(a.Value))
 			for i, x := range a.Value {
-				if want[i] = fmt.Sprint(x); !dicomcodec.IsStandardUID(want[i].(string)) {
+				if want[i] = fmt.Sprint(x); !dicomcodec.IsWellKnownUID(want[i].(string)) {
 					want[i] = o.MapUID(want[i].(string))
 				}
 			}
