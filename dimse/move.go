@@ -1,6 +1,7 @@
 package dimse
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -51,12 +52,19 @@ type Mover interface {
 func (a *association) move(in *incoming) error {
 	pc := a.contexts[in.ctxID]
 	msgID, _ := in.cmd.Uint16(elMessageID)
+	// failedUIDs are the instances a final Warning or Failure names in its
+	// identifier: refused by the destination or never sent.
+	var failedUIDs []string
 	respond := func(status Status, remaining, completed, failed, warning int, comment string) error {
 		rsp := NewCommand()
 		rsp.SetString(elAffectedSOPClassUID, pc.AbstractSyntax, true)
 		rsp.SetUint16(elCommandField, CommandCMoveRSP)
 		rsp.SetUint16(elMessageIDRespondedTo, msgID)
 		rsp.SetUint16(elCommandDataSetType, dataSetAbsent)
+		failedList := status != StatusPending && status != StatusSuccess && len(failedUIDs) > 0
+		if failedList {
+			rsp.SetUint16(elCommandDataSetType, 0x0000)
+		}
 		rsp.SetUint16(elStatus, uint16(status))
 		if status == StatusPending {
 			rsp.SetUint16(elRemainingSubOps, uint16(min(remaining, 0xFFFF)))
@@ -69,6 +77,12 @@ func (a *association) move(in *incoming) error {
 		}
 		if err := a.out.sendCommand(in.ctxID, rsp); err != nil {
 			return fmt.Errorf("sending a C-MOVE response: %w", err)
+		}
+		if failedList {
+			ident := failedSOPList(failedUIDs, pc.TransferSyntax[0] == ExplicitVRLittleEndian)
+			if _, err := a.out.sendDataSet(in.ctxID, bytes.NewReader(ident)); err != nil {
+				return fmt.Errorf("sending a C-MOVE response's identifier: %w", err)
+			}
 		}
 		return nil
 	}
@@ -98,16 +112,19 @@ func (a *association) move(in *incoming) error {
 		return respond(StatusOutOfResources, 0, 0, 0, 0, err.Error())
 	}
 	total, completed, failed, warning := len(recs), 0, 0, 0
+	sent := map[string]bool{} // answered by the destination, either way
 	var sendErr error
 	if total > 0 {
 		peer.MaxParallel = 1 // pending responses in order, from this goroutine
 		snd := a.s.MoveSender
 		sendErr = snd.Send(a.s.ctx, peer, gateway.SendHeader{Source: a.s.AETitle, Total: total}, recs, func(res []gateway.SendResult) {
 			for _, r := range res {
+				sent[r.SOPInstanceUID] = true
 				if r.OK {
 					completed++
 				} else {
 					failed++
+					failedUIDs = append(failedUIDs, r.SOPInstanceUID)
 				}
 			}
 			if err := respond(StatusPending, total-completed-failed-warning, completed, failed, warning, ""); err != nil {
@@ -116,6 +133,11 @@ func (a *association) move(in *incoming) error {
 		})
 	}
 	failed += total - completed - failed - warning // never attempted: the association broke
+	for _, rec := range recs {
+		if !sent[rec.SOPInstanceUID] {
+			failedUIDs = append(failedUIDs, rec.SOPInstanceUID)
+		}
+	}
 	switch {
 	case sendErr != nil && completed == 0:
 		a.log.Warn("C-MOVE sub-operations failed", "destination", dest, "error", sendErr.Error())
@@ -124,6 +146,30 @@ func (a *association) move(in *incoming) error {
 		return respond(StatusSubOpsFailed, 0, completed, failed, warning, "")
 	}
 	return respond(StatusSuccess, 0, completed, failed, warning, "")
+}
+
+// tagFailedSOPInstanceUIDList is (0008,0058) Failed SOP Instance UID List.
+const tagFailedSOPInstanceUIDList = "00080058"
+
+// failedSOPList encodes the identifier of a final C-MOVE response of
+// Warning or Failure status (PS3.4 C.4.2.1.3.2): the Failed SOP Instance
+// UID List. The list stops before the 64 KiB a value can hold, at a whole
+// UID; the Failed count says how many there were.
+func failedSOPList(uids []string, explicit bool) []byte {
+	var v []byte
+	for _, u := range uids {
+		if len(v)+1+len(u)+1 > 0xFFFE {
+			break
+		}
+		if len(v) > 0 {
+			v = append(v, '\\')
+		}
+		v = append(v, u...)
+	}
+	if len(v)%2 == 1 {
+		v = append(v, 0)
+	}
+	return appendElement(nil, tagFailedSOPInstanceUIDList, "UI", v, explicit)
 }
 
 // moveRefusal says why a caller may not move instances to peer (its

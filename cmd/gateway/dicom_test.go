@@ -583,9 +583,13 @@ func TestDicomMoveRefusals(t *testing.T) {
 	// Role read to itself is a retrieve: carried out (the sub-operation
 	// fails, nobody listens on port 1), to its own AE title or to another
 	// AE title at its own address.
+	// The final response of the failed move names the instance in its
+	// Failed SOP Instance UID List (PS3.4 C.4.2.1.3.2).
 	for _, dest := range []string{"VIEWER", "VIEWER_STORE"} {
 		if out := move("VIEWER", dest); strings.Contains(out, "unabletoprocess") || !strings.Contains(out, "final move response") {
 			t.Errorf("role read moving to itself (%s) was refused:\n%s", dest, out)
+		} else if !strings.Contains(out, "(0008,0058) ui ["+in.SOPInstanceUID+"]") {
+			t.Errorf("the failed move to %s does not name the instance in its Failed SOP Instance UID List:\n%s", dest, out)
 		}
 	}
 }
