@@ -62,6 +62,11 @@ type DeidentifyOptions struct {
 	// patients stay two. Without it every Patient ID becomes the same dummy
 	// value, which files every de-identified patient as one.
 	MapPatientID func(id string) string
+	// RemovedUnknown, when set, is called with the tag of each attribute
+	// removed because the dictionary does not know it (newer than the
+	// dictionary): such removals are safe but may drop what a newer IOD
+	// needs, so the caller can record which.
+	RemovedUnknown func(tag uint32)
 }
 
 // IsWellKnownUID reports whether uid is registered by the standard (PS3.6
@@ -175,6 +180,18 @@ func (o DeidentifyOptions) Action(tag uint32) byte {
 		return 'U'
 	}
 	return 'X'
+}
+
+// unknownStandard reports whether tag is a standard attribute (even group,
+// not a group length, not a curve or overlay) that neither the table nor
+// the dictionary knows.
+func unknownStandard(tag uint32) bool {
+	group, elem := uint16(tag>>16), uint16(tag)
+	if group%2 == 1 || elem == 0 || group&0xFF00 == 0x5000 || group&0xFF00 == 0x6000 {
+		return false
+	}
+	_, listed := profileByTag[tag]
+	return !listed && dictVR(tag, 0) == "UN"
 }
 
 // Codes of De-identification Method Code Sequence (PS3.16 CID 7050).
@@ -601,6 +618,9 @@ func (d *deidentifier) element(tag uint32, vr string, vl uint32, implicit bool, 
 	seq, itemsImplicit := isSequence(tag, vr, vl, implicit)
 	// A skipped sequence's items are read in their own encoding.
 	if act == 'X' {
+		if d.o.RemovedUnknown != nil && unknownStandard(tag) {
+			d.o.RemovedUnknown(tag)
+		}
 		return d.skipValue(vl, itemsImplicit, depth)
 	}
 	if act == 'Z' {

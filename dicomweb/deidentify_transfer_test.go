@@ -326,3 +326,30 @@ func TestDeidentifiedTransferDeviceUIDsUnderTheStandardRoot(t *testing.T) {
 		}
 	}
 }
+
+// TestDeidentifiedTransferAuditsUnknownAttributes: a standard attribute
+// the dictionary does not know (a made-up (0040,F0F0)) is removed, and
+// transfer.deidentified names its tag, never its value, so an admin learns
+// that an instance of a newer IOD lost it.
+func TestDeidentifiedTransferAuditsUnknownAttributes(t *testing.T) {
+	hampshire, surrey, d := deidCentres(t, nil, nil)
+	ins := synth.Study(synth.StudySpec{Seed: 713, Series: 1, InstancesPerSeries: 1})
+	ins[0].Extra = append(ins[0].Extra, synth.Element{Tag: 0x0040F0F0, VR: "LO", Value: []byte("PHI-UNKNOWN ")})
+	if _, err := hampshire.ingester.Store(t.Context(), bytes.NewReader(encoded(t, ins[0])), gateway.StoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	hampshire.start(t)
+	created := hampshire.create(t, ins[0].StudyInstanceUID, "surrey", gateway.PriorityNormal)
+	if done := hampshire.wait(t, created.ID, 30*time.Second); done.State != gateway.StateCompleted {
+		t.Fatalf("transfer %s: %q", done.State, done.LastError)
+	}
+	assertAtSurrey(t, surrey, d, true, ins...)
+	evs := hampshire.audit.await(gateway.ActionTransferDeidentified, 1)
+	if len(evs) != 1 {
+		t.Fatalf("%d transfer.deidentified events, want 1", len(evs))
+	}
+	got := fmt.Sprint(evs[0].Detail["unknown_attributes_removed"])
+	if got != "[(0040,F0F0)]" || strings.Contains(fmt.Sprint(evs[0].Detail), "PHI-UNKNOWN") {
+		t.Errorf("unknown_attributes_removed %s (detail %v); want [(0040,F0F0)] and no value", got, evs[0].Detail)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"slices"
 	"strings"
@@ -234,6 +235,9 @@ type deidPlan struct {
 	withheld []SendResult
 	// pseudonyms are the patients the plan names, for the audit.
 	pseudonyms []patientPseudonym
+	// unknown are the attributes removed because the dictionary does not
+	// know them, as "(gggg,eeee)", for the audit.
+	unknown map[string]bool
 }
 
 // patientPseudonym is one patient of a de-identified transfer and the
@@ -255,7 +259,8 @@ const withheldReason = "withheld by this gateway, not sent: "
 // for verifying what the peer stored.
 func (d *Deidentifier) plan(ctx context.Context, peer string, rule DeidentifyRule, recs []*InstanceRecord) (*deidPlan, error) {
 	p := &deidPlan{opts: map[string]dicomcodec.DeidentifyOptions{}, out: map[string]*InstanceRecord{}, stored: map[string]string{},
-		view: &uidView{source: map[string]string{}}, studyMap: map[string]string{}}
+		view: &uidView{source: map[string]string{}}, studyMap: map[string]string{}, unknown: map[string]bool{}}
+	removedUnknown := func(tag uint32) { p.unknown[fmt.Sprintf("(%04X,%04X)", tag>>16, tag&0xFFFF)] = true }
 	for _, rec := range recs {
 		if issuer, id := patientOf(rec); id != "" {
 			pp := patientPseudonym{Issuer: issuer, PatientID: id, Pseudonym: d.MapPatientID(peer, issuer, id)}
@@ -278,7 +283,8 @@ func (d *Deidentifier) plan(ctx context.Context, peer string, rule DeidentifyRul
 			return nil, fmt.Errorf("reading instance %s for de-identification: %w", rec.SOPInstanceUID, err)
 		}
 		opts := d.options(peer, rule, rec)
-		p.opts[out.SOPInstanceUID] = opts
+		p.opts[out.SOPInstanceUID] = opts // for the send, which only writes
+		opts.RemovedUnknown = removedUnknown
 		orig, sent := sha256.New(), sha256.New()
 		n, err := dicomcodec.Deidentify(sent, io.TeeReader(rc, orig), opts)
 		if refusal := err; refusedByCodec(refusal) {
@@ -388,6 +394,12 @@ func (s *Transfers) deidentify(ctx context.Context, t *Transfer, peer Peer, recs
 			Detail: map[string]any{"transfer_id": t.ID, "destination": peer.Name, "profile": rule.Profile,
 				"retain_longitudinal_temporal": rule.RetainLongitudinalTemporal, "retain_patient_characteristics": rule.RetainPatientCharacteristics,
 				"study_uid_mapping": p.studyMap, "patient_pseudonyms": p.pseudonyms, "instances": len(*pending)}}
+		if len(p.unknown) > 0 {
+			unknown := slices.Sorted(maps.Keys(p.unknown))
+			ev.Detail["unknown_attributes_removed"] = unknown
+			s.logger().WarnContext(ctx, "de-identification removed attributes the dictionary does not know",
+				LogKeyTransferID, t.ID, LogKeyPeer, peer.Name, "tags", strings.Join(unknown, " "))
+		}
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		if err := s.Auditor.Record(actx, ev); err != nil {
