@@ -353,3 +353,51 @@ func TestDeidentifiedTransferAuditsUnknownAttributes(t *testing.T) {
 		t.Errorf("unknown_attributes_removed %s (detail %v); want [(0040,F0F0)] and no value", got, evs[0].Detail)
 	}
 }
+
+// outOfResourcesFor answers one SOP Instance UID 0xA700 (retryable) on
+// every attempt, and sends the rest through the real sender.
+type outOfResourcesFor struct {
+	gateway.Sender
+	uid string
+}
+
+func (s outOfResourcesFor) Send(ctx context.Context, peer gateway.Peer, h gateway.SendHeader, recs []*gateway.InstanceRecord, report func([]gateway.SendResult)) error {
+	var rest []*gateway.InstanceRecord
+	for _, r := range recs {
+		if r.SOPInstanceUID == s.uid {
+			report([]gateway.SendResult{{SOPInstanceUID: r.SOPInstanceUID, Reason: "out of resources", ReasonCode: 0xA700, Retryable: true}})
+			continue
+		}
+		rest = append(rest, r)
+	}
+	if len(rest) == 0 {
+		return nil
+	}
+	return s.Sender.Send(ctx, peer, h, rest, report)
+}
+
+// TestRefusalEndsATransferTheRestCannotComplete: the peer refuses one
+// instance for good and keeps answering another "out of resources". The
+// transfer resends while the peer takes instances, then fails as soon as
+// an attempt took nothing, naming the refusal (listed in failures) and the
+// instance not confirmed, rather than retrying for the whole retry window
+// under a message that no longer names the refusal.
+func TestRefusalEndsATransferTheRestCannotComplete(t *testing.T) {
+	hampshire, surrey := newCentre(t, "hampshire", "embedded"), newCentre(t, "surrey", "embedded")
+	hampshire.transfers.Peers = []gateway.Peer{peerOf(surrey)}
+	ins := hampshire.store(t, synth.StudySpec{Seed: 714, Series: 1, InstancesPerSeries: 3})
+	clash := ins[1]
+	clash.PixelSeed++
+	if _, err := surrey.ingester.Store(t.Context(), bytes.NewReader(encoded(t, clash)), gateway.StoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	hampshire.transfers.Sender = outOfResourcesFor{Sender: hampshire.transfers.Sender, uid: ins[2].SOPInstanceUID}
+	hampshire.start(t)
+	created := hampshire.create(t, ins[0].StudyInstanceUID, "surrey", gateway.PriorityNormal)
+	tr := hampshire.wait(t, created.ID, 30*time.Second)
+	if tr.State != gateway.StateFailed || tr.Attempts != 2 || len(tr.Failures) != 1 || tr.Failures[0].SOPInstanceUID != clash.SOPInstanceUID ||
+		!strings.Contains(tr.LastError, "surrey refused 1 of 3 instances") || !strings.Contains(tr.LastError, "did not confirm 1 of 3") {
+		t.Errorf("transfer %s after %d attempts, failures %+v: %q; want failed after 2, naming the refusal and the instance not confirmed",
+			tr.State, tr.Attempts, tr.Failures, tr.LastError)
+	}
+}

@@ -137,9 +137,14 @@ func (d *Deidentifier) MapPatientID(peer, issuer, id string) string {
 }
 
 // patientOf returns the Patient ID and Issuer of Patient ID of rec as the
-// index holds them (decoded from the instance's character set, trimmed).
+// index holds them (decoded from the instance's character set, trimmed; a
+// Patient ID of several values joined by a backslash, as it is encoded).
 func patientOf(rec *InstanceRecord) (issuer, id string) {
-	return strings.TrimSpace(rec.Metadata.String(TagIssuerOfPatientID)), strings.TrimSpace(rec.Metadata.String(dicomcodec.TagPatientID))
+	var ids []string
+	for _, v := range rec.Metadata[dicomcodec.TagPatientID].Value {
+		ids = append(ids, strings.TrimSpace(fmt.Sprint(v)))
+	}
+	return strings.TrimSpace(rec.Metadata.String(TagIssuerOfPatientID)), strings.Join(ids, `\`)
 }
 
 // options returns the profile options for rec sent to peer. The Patient
@@ -157,7 +162,11 @@ func (d *Deidentifier) options(peer string, rule DeidentifyRule, rec *InstanceRe
 		RetainPatientCharacteristics: rule.RetainPatientCharacteristics,
 		MapUID:                       func(uid string) string { return d.MapUID(peer, uid) },
 		MapPatientID: func(raw string) string {
-			if raw == id || !isASCII(raw) {
+			vals := strings.Split(raw, `\`)
+			for i, v := range vals {
+				vals[i] = strings.TrimSpace(v)
+			}
+			if raw = strings.Join(vals, `\`); id != "" && (raw == id || !isASCII(raw)) {
 				return own
 			}
 			return d.MapPatientID(peer, "", raw)

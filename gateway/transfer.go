@@ -830,12 +830,14 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 		r.report(ctx, withheld)
 	}
 	var unconfirmed []string
+	progressed := false // the peer took an instance in this attempt
 	if len(pending) > 0 {
 		confirmed := map[string]bool{}
 		sendErr := s.Sender.Send(ctx, peer, header, pending, func(res []SendResult) {
 			res = view.sourceResults(res)
 			for _, x := range res {
 				confirmed[x.SOPInstanceUID] = x.OK || !x.Retryable
+				progressed = progressed || x.OK
 			}
 			r.report(ctx, res)
 		})
@@ -868,11 +870,7 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 	if unrecorded != nil {
 		return &attemptResult{temporary: fmt.Errorf("the progress of a batch sent to %s was not recorded (%w); the attempt is repeated", peer.Name, unrecorded)}
 	}
-	// Instances the peer did not confirm are sent again before refusals
-	// end the transfer: the rest of the study arrives whatever was refused.
-	if len(unconfirmed) > 0 {
-		return &attemptResult{temporary: fmt.Errorf("%s did not confirm %d of %d instances (first %s); they will be sent again", peer.Name, len(unconfirmed), total, unconfirmed[0])}
-	}
+	var refusal error
 	if refused > 0 {
 		failures, err := s.Queue.Instances(ctx, t.ID)
 		if err != nil {
@@ -882,7 +880,25 @@ func (r *run) attempt(ctx context.Context) *attemptResult {
 		r.mu.Lock()
 		t.Failures = failures
 		r.mu.Unlock()
-		return &attemptResult{permanent: refusalError(peer.Name, failures, total)}
+		refusal = refusalError(peer.Name, failures, total)
+	}
+	if len(unconfirmed) > 0 {
+		notConfirmed := fmt.Errorf("%s did not confirm %d of %d instances (first %s)", peer.Name, len(unconfirmed), total, unconfirmed[0])
+		switch {
+		case refusal == nil:
+			return &attemptResult{temporary: fmt.Errorf("%w; they will be sent again", notConfirmed)}
+		case progressed:
+			// Refusals end the transfer once the rest of the study has
+			// arrived; while the peer takes instances, the rest is sent.
+			return &attemptResult{temporary: fmt.Errorf("%w; they will be sent again before the transfer fails: %v", notConfirmed, refusal)}
+		default:
+			// The peer took nothing more: waiting up to the retry
+			// window would only hide the refusal.
+			return &attemptResult{permanent: fmt.Errorf("%v; and %v", refusal, notConfirmed)}
+		}
+	}
+	if refusal != nil {
+		return &attemptResult{permanent: refusal}
 	}
 	v, err := s.Sender.Verify(ctx, peer, view.studyUID(t.StudyUID), recs)
 	if err != nil {

@@ -299,6 +299,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("routes[%d]: %w", i, err))
 		}
 	}
+	if !c.File.Auth.Enabled() && len(c.File.TrustedProxies) > 0 {
+		errs = append(errs, errors.New("trusted_proxies without auth: without auth the gateway refuses every request a proxy relays (each would act as the local admin); configure auth to serve through a proxy"))
+	}
 	for i, p := range c.File.TrustedProxies {
 		if _, err := netip.ParsePrefix(p); err != nil {
 			if _, err := netip.ParseAddr(p); err != nil {

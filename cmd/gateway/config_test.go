@@ -54,6 +54,20 @@ func TestNonLoopbackWithoutAuthIsRefused(t *testing.T) {
 	}
 }
 
+// TestTrustedProxiesWithoutAuthIsRefused: without auth every request a
+// proxy relays is refused (403), so a trusted_proxies list without auth is
+// a configuration that cannot work, refused at start-up with the reason.
+func TestTrustedProxiesWithoutAuthIsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "gateway.yaml")
+	if err := os.WriteFile(path, []byte("trusted_proxies: [10.0.0.5]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := parseServeConfig([]string{"--config", path}, func(string) string { return "" }, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "trusted_proxies without auth") {
+		t.Errorf("trusted_proxies without auth: err = %v, want a refusal saying why", err)
+	}
+}
+
 func TestConfigFile(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, body string) string {
