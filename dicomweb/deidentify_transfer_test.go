@@ -18,27 +18,47 @@ import (
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
 
-// failSecond answers the second STOW-RS request with 503 once and passes
-// everything else to next.
-type failSecond struct {
-	next  http.Handler
-	mu    sync.Mutex
-	posts int
+// nthPost answers the nth POST (a STOW-RS request) with answer and passes
+// every other request to next.
+type nthPost struct {
+	next   http.Handler
+	n      int
+	answer http.HandlerFunc
+	mu     sync.Mutex
+	posts  int
 }
 
-func (f *failSecond) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (p *nthPost) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodPost {
-		f.mu.Lock()
-		f.posts++
-		n := f.posts
-		f.mu.Unlock()
-		if n == 2 {
-			w.Header().Set("Retry-After", "0")
-			http.Error(w, "busy", http.StatusServiceUnavailable)
+		p.mu.Lock()
+		p.posts++
+		hit := p.posts == p.n
+		p.mu.Unlock()
+		if hit {
+			p.answer(w, r)
 			return
 		}
 	}
-	f.next.ServeHTTP(w, r)
+	p.next.ServeHTTP(w, r)
+}
+
+// failSecond answers the second STOW-RS request 503 (retry at once).
+func failSecond(next http.Handler) http.Handler {
+	return &nthPost{next: next, n: 2, answer: func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Retry-After", "0")
+		http.Error(w, "busy", http.StatusServiceUnavailable)
+	}}
+}
+
+// unconfirmedFirst answers the first STOW-RS request 202 with an answer
+// that names no instance: a failure the sender retries.
+func unconfirmedFirst(next http.Handler) http.Handler {
+	return &nthPost{next: next, n: 1, answer: func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/dicom+json")
+		w.WriteHeader(http.StatusAccepted)
+		w.Write([]byte(`{}`))
+	}}
 }
 
 // TestDeidentifiedTransferResumes: a de-identified transfer whose second
@@ -49,7 +69,7 @@ func (f *failSecond) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // against the mapped study.
 func TestDeidentifiedTransferResumes(t *testing.T) {
 	hampshire, surrey := newCentre(t, "hampshire", "embedded"), newCentre(t, "surrey", "embedded")
-	flaky := httptest.NewServer(&failSecond{next: surrey.handler})
+	flaky := httptest.NewServer(failSecond(surrey.handler))
 	t.Cleanup(flaky.Close)
 	peer := peerOf(surrey)
 	peer.URL, peer.MaxParallel = flaky.URL+"/dicomweb", 1
@@ -144,6 +164,24 @@ func assertAtSurrey(t *testing.T, surrey *centre, d *gateway.Deidentifier, prese
 	}
 }
 
+// storeAndSend stores ins at hampshire, then sends their study to surrey
+// and requires the transfer completed, each instance at surrey under its
+// mapped UID.
+func storeAndSend(t *testing.T, hampshire, surrey *centre, d *gateway.Deidentifier, ins []synth.Instance) {
+	t.Helper()
+	for _, in := range ins {
+		if _, err := hampshire.ingester.Store(t.Context(), bytes.NewReader(encoded(t, in)), gateway.StoreOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hampshire.start(t)
+	created := hampshire.create(t, ins[0].StudyInstanceUID, "surrey", gateway.PriorityNormal)
+	if done := hampshire.wait(t, created.ID, 30*time.Second); done.State != gateway.StateCompleted {
+		t.Fatalf("transfer %s: %q; want completed", done.State, done.LastError)
+	}
+	assertAtSurrey(t, surrey, d, true, ins...)
+}
+
 // TestDeidentifiedTransferWithholdsBurnedIn: an instance whose pixels carry
 // burned-in text (Burned In Annotation YES) cannot be de-identified; it is
 // withheld, the rest of the study reaches the peer under its mapped UIDs,
@@ -152,7 +190,7 @@ func assertAtSurrey(t *testing.T, surrey *centre, d *gateway.Deidentifier, prese
 func TestDeidentifiedTransferWithholdsBurnedIn(t *testing.T) {
 	// The second request fails once, so a second attempt follows the one
 	// that withheld the instance: it must not count it again.
-	hampshire, surrey, _ := deidCentres(t, func(h http.Handler) http.Handler { return &failSecond{next: h} }, nil)
+	hampshire, surrey, _ := deidCentres(t, failSecond, nil)
 	d := hampshire.transfers.Deidentifier
 	ins := hampshire.store(t, synth.StudySpec{Seed: 708, Series: 1, InstancesPerSeries: 2})
 	screen := storeBurnedIn(t, hampshire, ins[0])
@@ -179,38 +217,13 @@ func TestDeidentifiedTransferWithholdsBurnedIn(t *testing.T) {
 	}
 }
 
-// unconfirmedFirst answers the first STOW-RS request 202 with an answer
-// that names no instance: a failure the sender retries.
-type unconfirmedFirst struct {
-	next  http.Handler
-	mu    sync.Mutex
-	posts int
-}
-
-func (u *unconfirmedFirst) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodPost {
-		u.mu.Lock()
-		u.posts++
-		first := u.posts == 1
-		u.mu.Unlock()
-		if first {
-			io.Copy(io.Discard, r.Body)
-			w.Header().Set("Content-Type", "application/dicom+json")
-			w.WriteHeader(http.StatusAccepted)
-			w.Write([]byte(`{}`))
-			return
-		}
-	}
-	u.next.ServeHTTP(w, r)
-}
-
 // TestDeidentifiedTransferResendsBeforeFailing: an instance the peer did
 // not confirm is sent again although another was withheld; only then does
 // the transfer fail, naming the withheld one. Before, the withheld
 // instance ended the transfer at once and the unconfirmed one never
 // arrived.
 func TestDeidentifiedTransferResendsBeforeFailing(t *testing.T) {
-	hampshire, surrey, d := deidCentres(t, func(h http.Handler) http.Handler { return &unconfirmedFirst{next: h} }, nil)
+	hampshire, surrey, d := deidCentres(t, unconfirmedFirst, nil)
 	ins := hampshire.store(t, synth.StudySpec{Seed: 709, Series: 1, InstancesPerSeries: 2})
 	screen := storeBurnedIn(t, hampshire, ins[0])
 	hampshire.start(t)
@@ -304,16 +317,8 @@ func TestDeidentifiedTransferDeviceUIDsUnderTheStandardRoot(t *testing.T) {
 	for i := range ins {
 		ins[i].StudyInstanceUID, ins[i].SeriesInstanceUID = "1.2.840.10008.999.5.1", "1.2.840.10008.999.5.1.1"
 		ins[i].SOPInstanceUID = fmt.Sprintf("1.2.840.10008.999.5.1.1.%d", i+1)
-		if _, err := hampshire.ingester.Store(t.Context(), bytes.NewReader(encoded(t, ins[i])), gateway.StoreOptions{}); err != nil {
-			t.Fatal(err)
-		}
 	}
-	hampshire.start(t)
-	created := hampshire.create(t, ins[0].StudyInstanceUID, "surrey", gateway.PriorityNormal)
-	if done := hampshire.wait(t, created.ID, 30*time.Second); done.State != gateway.StateCompleted {
-		t.Fatalf("transfer %s: %q; want completed", done.State, done.LastError)
-	}
-	assertAtSurrey(t, surrey, d, true, ins...)
+	storeAndSend(t, hampshire, surrey, d, ins)
 	for _, in := range ins {
 		rc, err := surrey.blobs.Get(t.Context(), gateway.InstanceKey(d.MapUID("surrey", in.StudyInstanceUID), d.MapUID("surrey", in.SeriesInstanceUID), d.MapUID("surrey", in.SOPInstanceUID)), 0, -1)
 		if err != nil {
@@ -335,15 +340,7 @@ func TestDeidentifiedTransferAuditsUnknownAttributes(t *testing.T) {
 	hampshire, surrey, d := deidCentres(t, nil, nil)
 	ins := synth.Study(synth.StudySpec{Seed: 713, Series: 1, InstancesPerSeries: 1})
 	ins[0].Extra = append(ins[0].Extra, synth.Element{Tag: 0x0040F0F0, VR: "LO", Value: []byte("PHI-UNKNOWN ")})
-	if _, err := hampshire.ingester.Store(t.Context(), bytes.NewReader(encoded(t, ins[0])), gateway.StoreOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	hampshire.start(t)
-	created := hampshire.create(t, ins[0].StudyInstanceUID, "surrey", gateway.PriorityNormal)
-	if done := hampshire.wait(t, created.ID, 30*time.Second); done.State != gateway.StateCompleted {
-		t.Fatalf("transfer %s: %q", done.State, done.LastError)
-	}
-	assertAtSurrey(t, surrey, d, true, ins...)
+	storeAndSend(t, hampshire, surrey, d, ins)
 	evs := hampshire.audit.await(gateway.ActionTransferDeidentified, 1)
 	if len(evs) != 1 {
 		t.Fatalf("%d transfer.deidentified events, want 1", len(evs))
