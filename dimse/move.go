@@ -27,7 +27,7 @@ const (
 	elWarningSubOps   uint16 = 0x1023
 
 	StatusMoveDestinationUnknown Status = 0xA801
-	StatusSubOpsFailed           Status = 0xB000 // warning: one or more sub-operations failed
+	StatusSubOpsFailed           Status = 0xB000 // warning: one or more sub-operations failed or warned
 	StatusUnableToSubOps         Status = 0xA702
 	// StatusMoveRefused is a C-MOVE refused by this gateway's policy (PS3.4
 	// C.4.2.1.5, Cxxx: unable to process).
@@ -120,9 +120,12 @@ func (a *association) move(in *incoming) error {
 		sendErr = snd.Send(a.s.ctx, peer, gateway.SendHeader{Source: a.s.AETitle, Total: total}, recs, func(res []gateway.SendResult) {
 			for _, r := range res {
 				sent[r.SOPInstanceUID] = true
-				if r.OK {
+				switch {
+				case r.OK && r.Warning != "":
+					warning++
+				case r.OK:
 					completed++
-				} else {
+				default:
 					failed++
 					failedUIDs = append(failedUIDs, r.SOPInstanceUID)
 				}
@@ -139,10 +142,11 @@ func (a *association) move(in *incoming) error {
 		}
 	}
 	switch {
-	case sendErr != nil && completed == 0:
+	case sendErr != nil && completed == 0 && warning == 0:
 		a.log.Warn("C-MOVE sub-operations failed", "destination", dest, "error", sendErr.Error())
 		return respond(StatusUnableToSubOps, 0, completed, failed, warning, sendErr.Error())
-	case failed > 0:
+	case failed > 0 || warning > 0:
+		// B000: one or more failures or warnings (PS3.4 C.4.2.1.3).
 		return respond(StatusSubOpsFailed, 0, completed, failed, warning, "")
 	}
 	return respond(StatusSuccess, 0, completed, failed, warning, "")

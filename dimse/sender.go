@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -256,8 +257,11 @@ func (s *Sender) storeOne(ctx context.Context, cl *Client, h gateway.SendHeader,
 		return gateway.SendResult{}, err
 	}
 	switch {
-	case res.Status.Success(), res.Status.Warning():
+	case res.Status.Success():
 		return gateway.SendResult{SOPInstanceUID: rec.SOPInstanceUID, OK: true, Bytes: rec.Size}, nil
+	case res.Status.Warning():
+		return gateway.SendResult{SOPInstanceUID: rec.SOPInstanceUID, OK: true, Bytes: rec.Size,
+			Warning: strings.TrimSpace(fmt.Sprintf("C-STORE %s %s", res.Status, res.Comment))}, nil
 	case res.Status.OutOfResources():
 		return refused(uint16(res.Status), true, "C-STORE %s %s", res.Status, res.Comment), nil
 	}

@@ -152,6 +152,10 @@ type SendResult struct {
 	// Retryable marks a refusal that may succeed later (out of resources, or
 	// the instance was not mentioned in the answer).
 	Retryable bool
+	// Warning, on an OK result, is the warning the peer stored it with
+	// (a C-STORE status Bxxx: coerced, elements discarded, data set does
+	// not match its class), "" for none.
+	Warning string
 }
 
 // SendError is a failure of a whole request to a peer. Temporary errors

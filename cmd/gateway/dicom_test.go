@@ -594,6 +594,46 @@ func TestDicomMoveRefusals(t *testing.T) {
 	}
 }
 
+// TestDicomMoveCountsWarnings: a sub-operation the destination stores with
+// a warning status counts as a warning, not as completed, and the final
+// response is B000 (one or more failures or warnings), without a Failed
+// SOP Instance UID List since nothing failed. The destination is a second
+// gateway: it answers B007 for an instance whose UID has a leading zero
+// component, which it stores with a warning.
+func TestDicomMoveCountsWarnings(t *testing.T) {
+	movescu := needTool(t, "movescu")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	surreyPort := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	MustRunMain(t, dicomConfig(t, "--name", "surrey", "--dicom-ae-title", "SURREY", "--dicom-listen", "127.0.0.1:"+strconv.Itoa(surreyPort)), nil)
+	cfg := dicomConfig(t)
+	cfg.File.Peers = []gateway.Peer{{Name: "surrey", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: surreyPort, CalledAE: "SURREY"}}}
+	m := MustRunMain(t, cfg, nil)
+	_, port, _ := net.SplitHostPort(m.DicomAddr)
+	in := synth.Study(synth.StudySpec{Seed: 4243})[0]
+	in.SOPInstanceUID += ".01"
+	var b bytes.Buffer
+	in.WriteTo(&b)
+	storeLocal(t, m, &b)
+	out, _ := exec.CommandContext(t.Context(), movescu, "-S", "-d", "-aet", "PACS1", "-aec", "HAMPSHIRE", "-aem", "SURREY",
+		"-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID="+in.StudyInstanceUID, "127.0.0.1", port).CombinedOutput()
+	final := strings.ToLower(string(out))
+	if i := strings.LastIndex(final, "final move response"); i >= 0 {
+		final = final[i:]
+	}
+	for _, want := range []string{"0xb000", "completed suboperations       : 0", "failed suboperations          : 0", "warning suboperations         : 1"} {
+		if !strings.Contains(final, want) {
+			t.Errorf("final move response lacks %q:\n%s", want, final)
+		}
+	}
+	if strings.Contains(final, "(0008,0058)") {
+		t.Errorf("a Failed SOP Instance UID List without a failure:\n%s", final)
+	}
+}
+
 // TestDicomMoveSCU: movescu retrieves a study and then one series from the
 // gateway to itself (its Move Destination is a DIMSE peer of the
 // configuration); the instances arrive byte for byte (movescu +B), an
