@@ -55,13 +55,23 @@ type basicUser struct {
 	name     string
 	username []byte
 	bcrypt   []byte
+	cost     int // of bcrypt
 	roles    []gateway.Role
 }
 
 type basicAuth struct {
 	users []basicUser
 	dummy []byte // bcrypt hash checked when no user matches, so timing does not reveal usernames
-	slots bcryptSlots
+	// maxCost is the highest bcrypt cost of the users (the dummy's), and
+	// pad a hash of each cost below it that some user has, or that lies
+	// between such a cost and maxCost: a user of cost c also checks pad
+	// c, c+1, …, maxCost-1, 2^c + … + 2^(maxCost-1) = 2^maxCost - 2^c
+	// rounds more, so every check costs what one of maxCost does and a
+	// cheaper hash does not tell its username by answering sooner.
+	maxCost int
+	pad     map[int][]byte
+	compare func(hash, password []byte) error // bcrypt.CompareHashAndPassword; tests count the work
+	slots   bcryptSlots
 
 	cacheKey []byte // random per process: the cache holds HMACs, never passwords
 	mu       sync.Mutex
@@ -104,7 +114,7 @@ func newBasicAuth(cfg []BasicConfig) (*basicAuth, error) {
 				continue
 			}
 			cost = max(cost, n)
-			u.bcrypt = []byte(h)
+			u.bcrypt, u.cost = []byte(h), n
 		case strings.HasPrefix(h, "sha256:"):
 			errs = append(errs, fmt.Errorf("%s: salted SHA-256 password hashes are no longer accepted (fast to brute-force, and they let timing reveal usernames): make a bcrypt hash with `gateway hash-password` (reads the password on stdin) and put it in password_hash", where))
 			continue
@@ -125,7 +135,14 @@ func newBasicAuth(cfg []BasicConfig) (*basicAuth, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.dummy = dummy
+	b.dummy, b.maxCost, b.pad, b.compare = dummy, cost, map[int][]byte{}, bcrypt.CompareHashAndPassword
+	for _, u := range b.users {
+		for c := u.cost; c < cost && b.pad[c] == nil; c++ {
+			if b.pad[c], err = bcrypt.GenerateFromPassword([]byte("padding"), c); err != nil {
+				return nil, err
+			}
+		}
+	}
 	return b, nil
 }
 
@@ -161,15 +178,18 @@ func (b *basicAuth) authenticate(ctx context.Context, cred string) (gateway.Prin
 			found = i
 		}
 	}
-	hash := b.dummy
+	hash, cost := b.dummy, b.maxCost
 	if found >= 0 {
-		hash = b.users[found].bcrypt
+		hash, cost = b.users[found].bcrypt, b.users[found].cost
 	}
 	release, err := b.slots.acquire(ctx)
 	if err != nil {
 		return gateway.Principal{}, err
 	}
-	ok = bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil
+	ok = b.compare(hash, []byte(password)) == nil
+	for c := cost; c < b.maxCost; c++ {
+		_ = b.compare(b.pad[c], []byte(password))
+	}
 	release()
 	if found < 0 || !ok {
 		return gateway.Principal{}, fmt.Errorf("bad basic credentials: %w", gateway.ErrUnauthenticated)
