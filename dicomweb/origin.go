@@ -23,7 +23,8 @@ import (
 // Without auth every local request has all roles, so three checks stand
 // between such a page and the gateway:
 //   - loopbackHostOnly: without auth, only loopback Host values are served,
-//     which defeats DNS rebinding (the page's Host is its own name);
+//     which defeats DNS rebinding (the page's Host is its own name), and
+//     no request a proxy relayed (the proxy's clients are not local);
 //   - crossOriginGuard: in every mode, a request with side effects whose
 //     Origin is neither the gateway's own nor one of --cors-origins is
 //     refused, which defeats cross-site forms and fetches;

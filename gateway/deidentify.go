@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"maps"
 	"math/big"
@@ -142,7 +143,8 @@ func (d *Deidentifier) MapPatientID(peer, issuer, id string) string {
 func patientOf(rec *InstanceRecord) (issuer, id string) {
 	var ids []string
 	for _, v := range rec.Metadata[dicomcodec.TagPatientID].Value {
-		ids = append(ids, strings.TrimSpace(fmt.Sprint(v)))
+		s, _ := v.(string) // an empty value is nil
+		ids = append(ids, strings.TrimSpace(s))
 	}
 	return strings.TrimSpace(rec.Metadata.String(TagIssuerOfPatientID)), strings.Join(ids, `\`)
 }
@@ -306,8 +308,8 @@ func (d *Deidentifier) plan(ctx context.Context, peer string, rule DeidentifyRul
 			if err != nil {
 				return nil, fmt.Errorf("reading instance %s for de-identification: %w", rec.SOPInstanceUID, err)
 			}
-			if rec.SHA256 != "" && hex.EncodeToString(orig.Sum(nil)) != rec.SHA256 {
-				return nil, fmt.Errorf("%w: local copy of instance %s is corrupt (SHA-256 differs from the index)", errRefused, rec.SOPInstanceUID)
+			if err := checkLocalCopy(rec, orig); err != nil {
+				return nil, err
 			}
 			// This instance cannot leave de-identified; the rest of the
 			// study can, and the transfer then fails naming it.
@@ -318,13 +320,23 @@ func (d *Deidentifier) plan(ctx context.Context, peer string, rule DeidentifyRul
 		if err = errors.Join(err, cerr); err != nil {
 			return nil, fmt.Errorf("reading instance %s for de-identification: %w", rec.SOPInstanceUID, err)
 		}
-		if rec.SHA256 != "" && hex.EncodeToString(orig.Sum(nil)) != rec.SHA256 {
-			return nil, fmt.Errorf("%w: local copy of instance %s is corrupt (SHA-256 differs from the index)", errRefused, rec.SOPInstanceUID)
+		if err := checkLocalCopy(rec, orig); err != nil {
+			return nil, err
 		}
 		out.Size, out.SHA256 = n, hex.EncodeToString(sent.Sum(nil))
 		p.out[rec.SOPInstanceUID] = &out
 	}
 	return p, nil
+}
+
+// checkLocalCopy refuses, for good, a local copy whose SHA-256 (orig, of
+// every byte read) differs from its index entry: it is corrupt, and is
+// never sent.
+func checkLocalCopy(rec *InstanceRecord, orig hash.Hash) error {
+	if rec.SHA256 != "" && hex.EncodeToString(orig.Sum(nil)) != rec.SHA256 {
+		return fmt.Errorf("%w: local copy of instance %s is corrupt (SHA-256 differs from the index)", errRefused, rec.SOPInstanceUID)
+	}
+	return nil
 }
 
 // outbound returns the records of recs as the destination receives them,

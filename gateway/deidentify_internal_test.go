@@ -30,6 +30,11 @@ func TestPatientPseudonymMatchesTheAudit(t *testing.T) {
 	if other := d.options("surrey", rule, rec).MapPatientID("999"); other == audited {
 		t.Errorf("another patient's ID in a sequence got this patient's pseudonym")
 	}
+	// An empty value of a Patient ID is nil in the index, "" on the wire.
+	empty := &InstanceRecord{Metadata: dicomcodec.Dataset{dicomcodec.TagPatientID: {VR: "LO", Value: []any{"123", nil}}}}
+	if issuer, id := patientOf(empty); id != `123\` || d.options("surrey", rule, empty).MapPatientID(`123\`) != d.MapPatientID("surrey", issuer, id) {
+		t.Errorf("a Patient ID with an empty value: indexed as %q, sent as another pseudonym than audited", id)
+	}
 	none := d.options("surrey", rule, &InstanceRecord{})
 	if a, b := none.MapPatientID("M\xfcller1"), none.MapPatientID("M\xfcller2"); a == b {
 		t.Errorf("two non-ASCII IDs without an indexed Patient ID share the pseudonym %s", a)

@@ -154,7 +154,8 @@ type SendResult struct {
 	Retryable bool
 	// Warning, on an OK result, is the warning the peer stored it with
 	// (a C-STORE status Bxxx: coerced, elements discarded, data set does
-	// not match its class), "" for none.
+	// not match its class), "" for none. C-MOVE counts it; a transfer
+	// keeps it as the sent instance's reason.
 	Warning string
 }
 
@@ -1002,7 +1003,8 @@ func (r *run) report(ctx context.Context, res []SendResult) {
 	for _, x := range res {
 		switch {
 		case x.OK:
-			ps = append(ps, InstanceProgress{SOPInstanceUID: x.SOPInstanceUID, State: InstanceSent, Bytes: x.Bytes, At: now})
+			// A warning the peer stored it with stays as the reason.
+			ps = append(ps, InstanceProgress{SOPInstanceUID: x.SOPInstanceUID, State: InstanceSent, Bytes: x.Bytes, Reason: x.Warning, At: now})
 			bytes += x.Bytes
 		case !x.Retryable:
 			ps = append(ps, InstanceProgress{SOPInstanceUID: x.SOPInstanceUID, State: InstanceRefused, Reason: x.Reason, ReasonCode: x.ReasonCode, At: now})

@@ -22,8 +22,10 @@ import (
 
 	"github.com/suyashkumar/dicom"
 
+	"github.com/dicom-gateway/gateway/client"
 	"github.com/dicom-gateway/gateway/dimse"
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/internal/cluster"
 	"github.com/dicom-gateway/gateway/internal/orthanctest"
 	"github.com/dicom-gateway/gateway/internal/synth"
 	"github.com/dicom-gateway/gateway/internal/testcorpus"
@@ -631,6 +633,16 @@ func TestDicomMoveCountsWarnings(t *testing.T) {
 	}
 	if strings.Contains(final, "(0008,0058)") {
 		t.Errorf("a Failed SOP Instance UID List without a failure:\n%s", final)
+	}
+	// A transfer to the same peer keeps the warning on the sent instance.
+	hc := client.New("http://" + m.Addr)
+	tr, err := cluster.CreateTransfer(t.Context(), hc, in.StudyInstanceUID, "surrey")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr = awaitTransfer(t, hc, tr.ID)
+	if tr.State != gateway.StateCompleted || len(tr.Instances) != 1 || !strings.Contains(tr.Instances[0].Reason, "B007") {
+		t.Errorf("transfer %s, instances %+v; want completed with the C-STORE warning B007 on the instance", tr.State, tr.Instances)
 	}
 }
 

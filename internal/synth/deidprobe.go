@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
 )
@@ -171,7 +172,11 @@ func profileWalk(orig, got dicomcodec.Dataset, o dicomcodec.DeidentifyOptions, p
 				*v = append(*v, fmt.Sprintf("%s: U, got %v want %v", name, g.Value, want))
 			}
 		case t == 0x00100020 && o.MapPatientID != nil && len(a.Value) > 0:
-			if want := o.MapPatientID(fmt.Sprint(a.Value[0])); !present || fmt.Sprint(g.Value) != fmt.Sprint([]any{want}) {
+			vals := make([]string, len(a.Value))
+			for i, x := range a.Value {
+				vals[i], _ = x.(string)
+			}
+			if want := o.MapPatientID(strings.Join(vals, `\`)); !present || fmt.Sprint(g.Value) != fmt.Sprint([]any{want}) {
 				*v = append(*v, fmt.Sprintf("%s: Patient ID %v, want its pseudonym %s", name, g.Value, want))
 			}
 		case act == 'D', act == 'U':
