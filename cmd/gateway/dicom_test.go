@@ -44,6 +44,17 @@ func dicomConfig(t testing.TB, extra ...string) *Config {
 	return cfg
 }
 
+// freePort returns a loopback TCP port free a moment ago, for a listener
+// that must be named before it starts (a peer's port in a configuration).
+func freePort(t *testing.T) int {
+	t.Helper()
+	port, err := cluster.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
 // needTool returns the path of a DCMTK tool, skipping the test when it is
 // missing (failing it under CI=true).
 func needTool(t *testing.T, name string) string {
@@ -195,12 +206,7 @@ func TestDicomListenStoreSCU(t *testing.T) {
 // received) on a free port and returns the port.
 func startStoreSCP(t *testing.T, dir string) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := freePort(t)
 	startStoreSCPOn(t, dir, port)
 	return port
 }
@@ -274,12 +280,7 @@ func createTransfer(t *testing.T, base, study, dest string) string {
 // retries it once the peer is up.
 func TestDicomTransferToStoreSCP(t *testing.T) {
 	out := t.TempDir()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := freePort(t)
 	cfg := dicomConfig(t)
 	cfg.File.Peers = []gateway.Peer{{Name: "pacs", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: port, CalledAE: "PACS"}}}
 	if err := cfg.Validate(); err != nil {
@@ -332,12 +333,7 @@ func TestDicomTransferToStoreSCP(t *testing.T) {
 // to Orthanc by C-STORE through a transfer; each side then holds the
 // dataset byte for byte.
 func TestDicomOrthancBothWays(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gwPort := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	gwPort := freePort(t)
 	o := orthanctest.Start(t, orthanctest.Options{DICOM: &orthanctest.DICOMOptions{
 		AETitle:    "ORTHANC",
 		Modalities: map[string]orthanctest.Modality{"hampshire": {AETitle: "HAMPSHIRE", Host: "127.0.0.1", Port: gwPort}},
@@ -604,12 +600,7 @@ func TestDicomMoveRefusals(t *testing.T) {
 // component, which it stores with a warning.
 func TestDicomMoveCountsWarnings(t *testing.T) {
 	movescu := needTool(t, "movescu")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	surreyPort := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	surreyPort := freePort(t)
 	MustRunMain(t, dicomConfig(t, "--name", "surrey", "--dicom-ae-title", "SURREY", "--dicom-listen", "127.0.0.1:"+strconv.Itoa(surreyPort)), nil)
 	cfg := dicomConfig(t)
 	cfg.File.Peers = []gateway.Peer{{Name: "surrey", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: surreyPort, CalledAE: "SURREY"}}}
@@ -653,12 +644,7 @@ func TestDicomMoveCountsWarnings(t *testing.T) {
 // retrieve by the calling AE title.
 func TestDicomMoveSCU(t *testing.T) {
 	movescu := needTool(t, "movescu")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	viewerPort := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	viewerPort := freePort(t)
 	cfg := dicomConfig(t)
 	cfg.File.Peers = []gateway.Peer{{Name: "viewer", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: viewerPort, CalledAE: "VIEWER"}}}
 	m := MustRunMain(t, cfg, nil)
