@@ -138,14 +138,21 @@ const maxPatientID = 1024
 // X/Z/D → D), and X/Z/U* (the reference sequences) walks the sequence,
 // replacing its UIDs.
 func (o DeidentifyOptions) Action(tag uint32) byte {
+	act, _ := o.action(tag)
+	return act
+}
+
+// action is Action, and whether the attribute goes because the dictionary
+// does not know it (for DeidentifyOptions.RemovedUnknown).
+func (o DeidentifyOptions) action(tag uint32) (act byte, unknown bool) {
 	group, elem := uint16(tag>>16), uint16(tag)
 	switch {
 	case group%2 == 1, elem == 0 && group != 0xFFFE:
-		return 'X'
+		return 'X', false
 	case group&0xFF00 == 0x5000:
-		return 'X'
+		return 'X', false
 	case group&0xFF00 == 0x6000 && (elem == 0x3000 || elem == 0x4000):
-		return 'X'
+		return 'X', false
 	}
 	a, ok := profileByTag[tag]
 	if !ok {
@@ -154,14 +161,19 @@ func (o DeidentifyOptions) Action(tag uint32) byte {
 			// A standard attribute the dictionary does not know (newer
 			// than it): nothing says what it holds, nor whether its value
 			// is a sequence of identifying items, so it goes.
-			return 'X'
+			return 'X', true
 		case "UI":
 			if !keptUIDAttributes[tag] {
-				return 'U'
+				return 'U', false
 			}
 		}
-		return 'K'
+		return 'K', false
 	}
+	return o.tableAction(a), false
+}
+
+// tableAction resolves a's action under o's options.
+func (o DeidentifyOptions) tableAction(a ProfileAttribute) byte {
 	act := a.Basic
 	if o.RetainFullDates && a.FullDates == "K" {
 		act = "K"
@@ -180,18 +192,6 @@ func (o DeidentifyOptions) Action(tag uint32) byte {
 		return 'U'
 	}
 	return 'X'
-}
-
-// unknownStandard reports whether tag is a standard attribute (even group,
-// not a group length, not a curve or overlay) that neither the table nor
-// the dictionary knows.
-func unknownStandard(tag uint32) bool {
-	group, elem := uint16(tag>>16), uint16(tag)
-	if group%2 == 1 || elem == 0 || group&0xFF00 == 0x5000 || group&0xFF00 == 0x6000 {
-		return false
-	}
-	_, listed := profileByTag[tag]
-	return !listed && dictVR(tag, 0) == "UN"
 }
 
 // Codes of De-identification Method Code Sequence (PS3.16 CID 7050).
@@ -611,14 +611,14 @@ func (d *deidentifier) element(tag uint32, vr string, vl uint32, implicit bool, 
 		}
 		return d.copyN(int64(vl))
 	}
-	act := d.o.Action(tag)
+	act, unknown := d.o.action(tag)
 	if tag == tagBurnedInAnnotation && act == 'K' {
 		return d.refuseBurnedIn(vr, vl, implicit)
 	}
 	seq, itemsImplicit := isSequence(tag, vr, vl, implicit)
 	// A skipped sequence's items are read in their own encoding.
 	if act == 'X' {
-		if d.o.RemovedUnknown != nil && unknownStandard(tag) {
+		if unknown && d.o.RemovedUnknown != nil {
 			d.o.RemovedUnknown(tag)
 		}
 		return d.skipValue(vl, itemsImplicit, depth)

@@ -144,9 +144,20 @@ func patientOf(rec *InstanceRecord) (issuer, id string) {
 	var ids []string
 	for _, v := range rec.Metadata[dicomcodec.TagPatientID].Value {
 		s, _ := v.(string) // an empty value is nil
-		ids = append(ids, strings.TrimSpace(s))
+		ids = append(ids, s)
 	}
-	return strings.TrimSpace(rec.Metadata.String(TagIssuerOfPatientID)), strings.Join(ids, `\`)
+	return strings.TrimSpace(rec.Metadata.String(TagIssuerOfPatientID)), joinTrimmed(ids)
+}
+
+// joinTrimmed joins the values of a multi-valued string, each trimmed, with
+// backslashes: the one form of a Patient ID that the index and the wire
+// both give.
+func joinTrimmed(vals []string) string {
+	out := make([]string, len(vals))
+	for i, v := range vals {
+		out[i] = strings.TrimSpace(v)
+	}
+	return strings.Join(out, `\`)
 }
 
 // options returns the profile options for rec sent to peer. The Patient
@@ -164,11 +175,7 @@ func (d *Deidentifier) options(peer string, rule DeidentifyRule, rec *InstanceRe
 		RetainPatientCharacteristics: rule.RetainPatientCharacteristics,
 		MapUID:                       func(uid string) string { return d.MapUID(peer, uid) },
 		MapPatientID: func(raw string) string {
-			vals := strings.Split(raw, `\`)
-			for i, v := range vals {
-				vals[i] = strings.TrimSpace(v)
-			}
-			if raw = strings.Join(vals, `\`); id != "" && (raw == id || !isASCII(raw)) {
+			if raw = joinTrimmed(strings.Split(raw, `\`)); id != "" && (raw == id || !isASCII(raw)) {
 				return own
 			}
 			return d.MapPatientID(peer, "", raw)
