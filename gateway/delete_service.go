@@ -15,7 +15,65 @@ import (
 // complete.
 type DeleteService struct {
 	deleter *Deleter
-	audit   auditRecorder
+	// holds refuses the deletion of a held study; nil: no hold can be set,
+	// so none is checked (tests of other concerns).
+	holds  HoldStore
+	locker studyLocker // the study's hold lease (studyHoldLease); nil: none
+	audit  auditRecorder
+}
+
+// studyLocker takes a lease on a name across every replica (Index.Lock).
+type studyLocker interface {
+	Lock(ctx context.Context, name string, ttl time.Duration) (func(), error)
+}
+
+// holdLeaseWait bounds how long a deletion or a hold waits for the other to
+// finish with the same study.
+const holdLeaseWait = 30 * time.Second
+
+// studyHoldLease takes the lease that makes a legal hold and a deletion of
+// the same study exclude each other, across replicas: a deletion holds it
+// from its hold check until its last removal, a hold while it is stored.
+// Without it, a hold set between a deletion's check and its removals (an
+// admin's DELETE, or retention's) would be answered 200 while the study it
+// protects went. It waits up to holdLeaseWait, then fails with
+// ErrUnavailable: a deletion of a large study can take minutes.
+func studyHoldLease(ctx context.Context, l studyLocker, study string) (func(), error) {
+	if l == nil {
+		return func() {}, nil
+	}
+	lctx, cancel := context.WithTimeout(ctx, holdLeaseWait)
+	defer cancel()
+	unlock, err := l.Lock(lctx, "hold."+study, time.Minute) // never a UID, which starts with a digit
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("study %s: another deletion, or a legal hold, of it is under way; try again when it ends: %w", study, ErrUnavailable)
+	}
+	return unlock, nil
+}
+
+// HeldError refuses the deletion of all or part of a study under a legal
+// hold (409): the hold must be cleared first, which is audited with its
+// reason. It names who set the hold and when, not its reason.
+type HeldError struct{ Hold Hold }
+
+func (e *HeldError) Error() string {
+	return fmt.Sprintf("study %s is under a legal hold set by %s at %s: nothing deleted; clear the hold first (DELETE /api/v1/studies/%s/hold)",
+		e.Hold.StudyInstanceUID, e.Hold.SetBy, e.Hold.SetAt.UTC().Format(time.RFC3339), e.Hold.StudyInstanceUID)
+}
+
+func (e *HeldError) Unwrap() error { return ErrConflict }
+
+// newDeleteService returns the delete use case on d: its blobs and index,
+// its legal holds, and the index's lease between holds and deletions.
+func newDeleteService(d ServiceDeps, a auditRecorder) *DeleteService {
+	s := &DeleteService{deleter: &Deleter{Blobs: d.Blobs, Index: d.Index}, holds: d.Holds, audit: a}
+	if d.Index != nil {
+		s.locker = d.Index
+	}
+	return s
 }
 
 // deleteTimeout bounds a delete that outlives its caller.
@@ -23,7 +81,8 @@ const deleteTimeout = 10 * time.Minute
 
 // Delete removes the instance sopInstanceUID, else the series seriesUID,
 // else the study studyUID, for caller, and returns what it planned and what
-// it removed. A delete outlives a caller that hangs up (a half-done delete
+// it removed. Nothing of a study under a legal hold is removed: a
+// *HeldError (ErrConflict), audited as a refused delete. A delete outlives a caller that hangs up (a half-done delete
 // is what we want to avoid), bounded by its own timeout. A failure while
 // removing that names no cause (storage refused, connection lost) wraps
 // ErrUnavailable: a retry of the same delete completes what is left.
@@ -56,6 +115,14 @@ func (s *DeleteService) delete(ctx context.Context, caller Caller, studyUID, ser
 	if err != nil {
 		return nil, DeleteResult{}, err
 	}
+	release, err := studyHoldLease(ctx, s.locker, p.StudyInstanceUID)
+	if err != nil {
+		return nil, DeleteResult{}, err
+	}
+	defer release()
+	if err := s.refuseHeld(ctx, caller, p, why); err != nil {
+		return nil, DeleteResult{}, err
+	}
 	if !receivedBy.IsZero() {
 		for _, r := range p.Records {
 			if r.StoredAt.UnixMilli() > receivedBy.UnixMilli() {
@@ -86,6 +153,32 @@ func (s *DeleteService) delete(ctx context.Context, caller Caller, studyUID, ser
 		return nil, DeleteResult{}, err
 	}
 	return p, res, nil
+}
+
+// refuseHeld returns a *HeldError, audited as a refused delete, when p's
+// study is under a legal hold; the caller holds the study's hold lease, so
+// no hold can be set until its removals end.
+func (s *DeleteService) refuseHeld(ctx context.Context, caller Caller, p *DeletePlan, why map[string]any) error {
+	if s.holds == nil {
+		return nil
+	}
+	h, err := s.holds.GetHold(ctx, p.StudyInstanceUID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("study %s: legal hold not checked: %w", p.StudyInstanceUID, err)
+	}
+	held := &HeldError{Hold: *h}
+	detail := map[string]any{"error": held.Error(), "hold_set_by": h.SetBy, "hold_set_at": h.SetAt.UTC().Format(time.RFC3339Nano)}
+	maps.Copy(detail, why)
+	if p.SeriesInstanceUID != "" {
+		detail["series_uid"] = p.SeriesInstanceUID
+	}
+	if err := s.record(ctx, caller, OutcomeFailure, p, detail); err != nil {
+		return err
+	}
+	return held
 }
 
 func (s *DeleteService) record(ctx context.Context, caller Caller, outcome string, p *DeletePlan, detail map[string]any) error {

@@ -118,8 +118,10 @@ type RetentionStats struct {
 // a name outside the UID space) and a runner that finds it taken skips its
 // turn. Runs are bounded (BatchSize, ScanLimit). A hold set, or a transfer
 // queued, while a run is under way is checked again immediately before each
-// study is deleted; what remains is the short window between that check and
-// the delete.
+// study is deleted. A hold is checked once more by the delete itself, under
+// the study's hold lease (studyHoldLease), so none set after that check can
+// be answered while the study goes; a transfer queued in the short window
+// between the check and the delete is not.
 type Retention struct {
 	Policy    RetentionPolicy
 	Usage     UsageIndex
@@ -274,7 +276,7 @@ func (r *Retention) keep(ctx context.Context, study string) (reason, detail stri
 		h, err := r.Holds.GetHold(ctx, study)
 		switch {
 		case err == nil:
-			return RetentionSkipHeld, "held by " + h.SetBy + " since " + h.SetAt.UTC().Format(time.RFC3339), nil
+			return RetentionSkipHeld, heldDetail(h), nil
 		case !errors.Is(err, ErrNotFound):
 			return "", "", err
 		}
@@ -289,6 +291,11 @@ func (r *Retention) keep(ctx context.Context, study string) (reason, detail stri
 		return "", "", err
 	}
 	return RetentionSkipTransfer, fmt.Sprintf("%s transfer %s (%s) is %s", t.Direction, t.ID, transferPeer(t), transferStatus(t)), nil
+}
+
+// heldDetail is the skip detail of a study under hold h.
+func heldDetail(h *Hold) string {
+	return "held by " + h.SetBy + " since " + h.SetAt.UTC().Format(time.RFC3339)
 }
 
 func transferPeer(t *Transfer) string {
@@ -403,9 +410,13 @@ func (r *Retention) RunOnce(ctx context.Context) (*RetentionReport, error) {
 			}
 			why := map[string]any{"retention_rule": c.Rule, "received_at": c.ReceivedAt.UTC().Format(time.RFC3339Nano)}
 			_, res, err := r.Delete.DeleteStudy(ctx, retentionCaller, c.StudyInstanceUID, c.ReceivedAt, why)
+			var held *HeldError
 			switch {
 			case errors.Is(err, ErrNotFound):
 				rep.Gone++
+			case errors.As(err, &held): // set since keep's check, before the delete's
+				c.Skipped, c.SkipDetail = RetentionSkipHeld, heldDetail(&held.Hold)
+				skipped[c.Skipped]++
 			case errors.Is(err, ErrConflict):
 				c.Skipped, c.SkipDetail = RetentionSkipReceived, err.Error()
 				skipped[c.Skipped]++
@@ -529,7 +540,9 @@ func (r *Retention) Close(ctx context.Context) error {
 }
 
 // SetHold puts a legal hold on study for caller, audited with its reason
-// before it is stored (fail closed).
+// before it is stored (fail closed). It waits for a deletion of the study
+// under way to end (studyHoldLease), so a hold answered as set protects
+// whatever of the study is left.
 func (r *Retention) SetHold(ctx context.Context, caller Caller, study, reason string) (*Hold, error) {
 	if err := ValidateUID(study); err != nil {
 		return nil, fmt.Errorf("study: %w", err)
@@ -541,6 +554,11 @@ func (r *Retention) SetHold(ctx context.Context, caller Caller, study, reason st
 	if r.Holds == nil {
 		return nil, fmt.Errorf("legal holds: no state backend: %w", ErrUnavailable)
 	}
+	release, err := studyHoldLease(ctx, r.Locker, study)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	h := Hold{StudyInstanceUID: study, Reason: reason, SetBy: caller.Principal.Name, SetAt: r.audit.now().UTC()}
 	ev := r.audit.event(caller, ActionHoldSet, OutcomeSuccess)
 	ev.StudyUIDs = []string{study}

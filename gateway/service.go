@@ -85,7 +85,7 @@ func NewServices(d ServiceDeps) *Services {
 			audit: a, logger: d.Logger},
 		Query:     &QueryService{index: d.Index, audit: a},
 		Retrieve:  newRetrieveService(retriever, d.Blobs, d.Index, a),
-		Delete:    &DeleteService{deleter: &Deleter{Blobs: d.Blobs, Index: d.Index}, audit: a},
+		Delete:    newDeleteService(d, a),
 		Audit:     newAuditTrail(d.AuditLog, a),
 		Verify:    newVerifyService(d.Blobs, d.Index, a),
 		Transfers: d.Transfers,
