@@ -192,12 +192,8 @@ func (x *Index) PutInstance(ctx context.Context, rec *gateway.InstanceRecord) (*
 	if err := checkRecord(ctx, rec); err != nil {
 		return nil, false, err
 	}
-	enc, err := encodeRecord(rec)
-	if err != nil {
-		return nil, false, err
-	}
 	var existing *gateway.InstanceRecord
-	err = x.writes.Record(ctx, func(tx *bbolt.Tx) error {
+	err := x.writes.Record(ctx, func(tx *bbolt.Tx) error {
 		existing = nil // the function may run twice (commitTogether)
 		old, err := getRecord(tx, rec.SOPInstanceUID)
 		if err == nil {
@@ -207,7 +203,7 @@ func (x *Index) PutInstance(ctx context.Context, rec *gateway.InstanceRecord) (*
 		if !errors.Is(err, gateway.ErrNotFound) {
 			return err
 		}
-		return addRecord(tx, enc)
+		return addRecord(tx, rec)
 	})
 	if err != nil {
 		return nil, false, unavailable("put instance", err)
@@ -224,11 +220,7 @@ func (x *Index) ReplaceInstance(ctx context.Context, rec *gateway.InstanceRecord
 	if err := checkRecord(ctx, rec); err != nil {
 		return err
 	}
-	enc, err := encodeRecord(rec)
-	if err != nil {
-		return err
-	}
-	err = x.writes.Record(ctx, func(tx *bbolt.Tx) error {
+	err := x.writes.Record(ctx, func(tx *bbolt.Tx) error {
 		old, err := getRecord(tx, rec.SOPInstanceUID)
 		switch {
 		case err == nil:
@@ -238,7 +230,7 @@ func (x *Index) ReplaceInstance(ctx context.Context, rec *gateway.InstanceRecord
 		case !errors.Is(err, gateway.ErrNotFound):
 			return err
 		}
-		return addRecord(tx, enc)
+		return addRecord(tx, rec)
 	})
 	return unavailable("replace instance", err)
 }
@@ -248,25 +240,19 @@ func (x *Index) ReplaceInstance(ctx context.Context, rec *gateway.InstanceRecord
 // they are.
 func (x *Index) PutInstances(ctx context.Context, recs []*gateway.InstanceRecord) error {
 	for chunk := range slices.Chunk(recs, 1000) {
-		encs := make([]*encodedRecord, len(chunk))
-		for i, rec := range chunk {
+		for _, rec := range chunk {
 			if err := checkRecord(ctx, rec); err != nil {
 				return err
 			}
-			enc, err := encodeRecord(rec)
-			if err != nil {
-				return err
-			}
-			encs[i] = enc
 		}
 		err := x.db.Update(func(tx *bbolt.Tx) error {
-			for _, enc := range encs {
-				if _, err := getRecord(tx, enc.rec.SOPInstanceUID); err == nil {
+			for _, rec := range chunk {
+				if _, err := getRecord(tx, rec.SOPInstanceUID); err == nil {
 					continue
 				} else if !errors.Is(err, gateway.ErrNotFound) {
 					return err
 				}
-				if err := addRecord(tx, enc); err != nil {
+				if err := addRecord(tx, rec); err != nil {
 					return err
 				}
 			}
@@ -425,37 +411,17 @@ func getRecord(tx *bbolt.Tx, sop string) (*gateway.InstanceRecord, error) {
 
 func seriesKey(study, series string) []byte { return []byte(study + "\x00" + series) }
 
-// encodedRecord is what addRecord writes of an instance that depends on
-// the record alone: its encoded entry (JSON, compressed), its metadata
-// order entry and its series-level attributes. It is made before the
-// shared commit, in the writer's own goroutine, so that this CPU runs
-// beside other writers and beside the commit's syncs instead of inside
-// the one transaction every writer waits for: under concurrent STOW-RS it
-// was more than half of the CPU spent in that transaction.
-type encodedRecord struct {
-	rec         *gateway.InstanceRecord
-	data        []byte
-	order       []byte
-	seriesAttrs dicomcodec.Dataset
-}
-
-func encodeRecord(rec *gateway.InstanceRecord) (*encodedRecord, error) {
+func addRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
 	data, err := recordcodec.Encode(rec)
 	if err != nil {
-		return nil, err
-	}
-	return &encodedRecord{rec: rec, data: data, order: gateway.MetadataOrder(rec), seriesAttrs: gateway.SeriesAttrs(rec.Metadata)}, nil
-}
-
-// addRecord puts enc's entries in tx and counts it into its series' and
-// study's summaries and usage.
-func addRecord(tx *bbolt.Tx, enc *encodedRecord) error {
-	rec := enc.rec
-	if err := tx.Bucket(bucketInstances).Put([]byte(rec.SOPInstanceUID), enc.data); err != nil {
 		return err
 	}
+	if err := tx.Bucket(bucketInstances).Put([]byte(rec.SOPInstanceUID), data); err != nil {
+		return err
+	}
+	order := gateway.MetadataOrder(rec)
 	key := []byte(rec.StudyInstanceUID + "\x00" + rec.SeriesInstanceUID + "\x00" + rec.SOPInstanceUID)
-	if err := tx.Bucket(bucketStudyInstances).Put(key, enc.order); err != nil {
+	if err := tx.Bucket(bucketStudyInstances).Put(key, order); err != nil {
 		return err
 	}
 	series, err := getSeries(tx, rec.StudyInstanceUID, rec.SeriesInstanceUID)
@@ -466,7 +432,7 @@ func addRecord(tx *bbolt.Tx, enc *encodedRecord) error {
 	if newSeries {
 		series = &gateway.SeriesSummary{StudyInstanceUID: rec.StudyInstanceUID, SeriesInstanceUID: rec.SeriesInstanceUID}
 	}
-	series.Attrs = enc.seriesAttrs
+	series.Attrs = gateway.SeriesAttrs(rec.Metadata)
 	series.Instances++
 	if err := putJSON(tx, bucketSeries, seriesKey(rec.StudyInstanceUID, rec.SeriesInstanceUID), series); err != nil {
 		return err
