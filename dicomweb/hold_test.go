@@ -165,7 +165,7 @@ func (h *holdSetAfterCheck) GetHold(ctx context.Context, study string) (*gateway
 	if study == h.study {
 		// The plan's check, then the run's: the hold lands after that.
 		if h.checks++; h.checks == 2 {
-			if perr := h.HoldStore.PutHold(ctx, gateway.Hold{StudyInstanceUID: study, Reason: "litigation 2026/19", SetBy: "records-officer", SetAt: retentionNow}); perr != nil {
+			if perr := h.PutHold(ctx, gateway.Hold{StudyInstanceUID: study, Reason: "litigation 2026/19", SetBy: "records-officer", SetAt: retentionNow}); perr != nil {
 				return nil, perr
 			}
 		}
@@ -204,6 +204,65 @@ func TestRetentionRefusesAHoldSetDuringItsRun(t *testing.T) {
 		}
 		if refused != 1 {
 			t.Errorf("%d refused deletes by retention audited, want 1", refused)
+		}
+	})
+}
+
+// holdsCheckedSlowly is a hold store whose first GetHold of study waits
+// for release after reading: a delete caught between its hold check and
+// its removals.
+type holdsCheckedSlowly struct {
+	gateway.HoldStore
+	study   string
+	once    sync.Once
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h *holdsCheckedSlowly) GetHold(ctx context.Context, study string) (*gateway.Hold, error) {
+	got, err := h.HoldStore.GetHold(ctx, study)
+	if study == h.study {
+		h.once.Do(func() {
+			close(h.entered)
+			<-h.release
+		})
+	}
+	return got, err
+}
+
+// TestHoldCheckedUnderTheLease: the delete checks for a hold under the
+// study's lease, so a hold asked for while the delete is checking waits
+// (here, past its deadline) instead of being answered while the delete,
+// having found none, goes on to remove the study.
+func TestHoldCheckedUnderTheLease(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, kind string) {
+		e := newRetentionEnv(t, kind, gateway.RetentionPolicy{})
+		const study = "1.2.826.4.10"
+		e.putStudy(t, study, "CT", 2, 100, day)
+		holds := &holdsCheckedSlowly{HoldStore: e.b.Holds, study: study, entered: make(chan struct{}), release: make(chan struct{})}
+		svc := gateway.NewServices(gateway.ServiceDeps{
+			Name: "hampshire", Blobs: e.b.Blobs, Index: e.b.Index, Auditor: e.b.AuditLog, AuditLog: e.b.AuditLog,
+			Holds: holds, Now: func() time.Time { return retentionNow },
+		})
+		admin := gateway.Caller{Principal: gateway.Principal{Name: "records-officer", Roles: []gateway.Role{gateway.RoleAdmin}}, Route: "test"}
+		deleted := make(chan error, 1)
+		go func() {
+			_, _, err := svc.Delete.Delete(context.WithoutCancel(t.Context()), admin, study, "", "")
+			deleted <- err
+		}()
+		<-holds.entered
+		short, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+		_, herr := svc.Retention.SetHold(short, admin, study, "litigation 2026/20")
+		cancel()
+		close(holds.release)
+		if err := <-deleted; err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+		if herr == nil {
+			t.Fatalf("hold answered while the delete was checking for one; the study is then stored = %v", e.stored(t, study))
+		}
+		if e.stored(t, study) {
+			t.Error("the delete that found no hold left the study")
 		}
 	})
 }

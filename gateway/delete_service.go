@@ -45,13 +45,18 @@ func studyHoldLease(ctx context.Context, l studyLocker, study string) (func(), e
 	lctx, cancel := context.WithTimeout(ctx, holdLeaseWait)
 	defer cancel()
 	unlock, err := l.Lock(lctx, "hold."+study, time.Minute) // never a UID, which starts with a digit
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
+	switch {
+	case err == nil:
+		return unlock, nil
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
+	case errors.Is(err, context.DeadlineExceeded):
 		return nil, fmt.Errorf("study %s: another deletion, or a legal hold, of it is under way; try again when it ends: %w", study, ErrUnavailable)
+	case errors.Is(err, ErrUnavailable):
+		return nil, fmt.Errorf("study %s: lease between holds and deletions: %w", study, err)
+	default:
+		return nil, fmt.Errorf("study %s: lease between holds and deletions: %v: %w", study, err, ErrUnavailable)
 	}
-	return unlock, nil
 }
 
 // HeldError refuses the deletion of all or part of a study under a legal
