@@ -15,8 +15,9 @@ import (
 const maxAssociatePDU = 256 << 10
 
 // conn reads and writes PDUs on one TCP connection, bounding what it reads
-// by length and time. Not safe for concurrent use: one association, one
-// goroutine.
+// by length and time. One goroutine may read while another writes (a
+// C-MOVE's responses go out while moveWatch reads the caller's PDUs);
+// never two readers or two writers at once.
 type conn struct {
 	nc net.Conn
 	br *bufio.Reader
@@ -40,6 +41,12 @@ func (c *conn) readPDU(wait time.Duration) (typ byte, body []byte, err error) {
 	if err := c.nc.SetReadDeadline(time.Now().Add(wait)); err != nil {
 		return 0, nil, err
 	}
+	return c.readPDUByDeadline()
+}
+
+// readPDUByDeadline is readPDU with the header's deadline already set on
+// the connection (moveWatch sets it under its lock).
+func (c *conn) readPDUByDeadline() (typ byte, body []byte, err error) {
 	h, err := readPDUHeader(c.br, c.hdr[:])
 	if err != nil {
 		return 0, nil, err

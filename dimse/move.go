@@ -32,6 +32,9 @@ const (
 	// StatusMoveRefused is a C-MOVE refused by this gateway's policy (PS3.4
 	// C.4.2.1.5, Cxxx: unable to process).
 	StatusMoveRefused Status = 0xC001
+	// StatusCancel ends a C-MOVE the caller cancelled: sub-operations
+	// terminated due to a Cancel indication (PS3.4 C.4.2.1.5).
+	StatusCancel Status = 0xFE00
 )
 
 // Mover answers C-MOVE: which stored instances a move names, and where its
@@ -48,7 +51,10 @@ type Mover interface {
 
 // move answers one C-MOVE: the instances go to the destination by C-STORE
 // over an association of their own (the Sender's), with a pending response
-// after each, then the final counts.
+// after each, then the final counts. Meanwhile a moveWatch reads the
+// caller's PDUs: its C-CANCEL-RQ stops the sub-operations (the C-STORE
+// under way is interrupted, and counts as remaining) and the move ends
+// with Cancel; its abort or hang-up stops them with no answer.
 func (a *association) move(in *incoming) error {
 	pc := a.contexts[in.ctxID]
 	msgID, _ := in.cmd.Uint16(elMessageID)
@@ -66,7 +72,7 @@ func (a *association) move(in *incoming) error {
 			rsp.SetUint16(elCommandDataSetType, 0x0000)
 		}
 		rsp.SetUint16(elStatus, uint16(status))
-		if status == StatusPending {
+		if status == StatusPending || status == StatusCancel {
 			rsp.SetUint16(elRemainingSubOps, uint16(min(remaining, 0xFFFF)))
 		}
 		rsp.SetUint16(elCompletedSubOps, uint16(min(completed, 0xFFFF)))
@@ -113,11 +119,16 @@ func (a *association) move(in *incoming) error {
 	}
 	total, completed, failed, warning := len(recs), 0, 0, 0
 	sent := map[string]bool{} // answered by the destination, either way
-	var sendErr error
+	var (
+		sendErr         error
+		cancelled, gone bool
+	)
 	if total > 0 {
 		peer.MaxParallel = 1 // pending responses in order, from this goroutine
 		snd := a.s.MoveSender
-		sendErr = snd.Send(a.s.ctx, peer, gateway.SendHeader{Source: a.s.AETitle, Total: total}, recs, func(res []gateway.SendResult) {
+		ctx, stop := context.WithCancel(a.s.ctx)
+		w := a.watchMove(msgID, stop)
+		sendErr = snd.Send(ctx, peer, gateway.SendHeader{Source: a.s.AETitle, Total: total}, recs, func(res []gateway.SendResult) {
 			for _, r := range res {
 				sent[r.SOPInstanceUID] = true
 				switch {
@@ -134,6 +145,21 @@ func (a *association) move(in *incoming) error {
 				a.log.Warn("C-MOVE pending response not sent", "error", err.Error())
 			}
 		})
+		cancelled, gone = w.end()
+		stop()
+	}
+	switch {
+	case gone:
+		// Nobody to answer (PS3.4 C.4.2.3.1 note: what becomes of the
+		// sub-operations is then the SCP's choice; these stop).
+		a.log.Info("C-MOVE stopped: the caller went away", "destination", dest, "completed", completed, "failed", failed, "warning", warning, "remaining", total-completed-failed-warning)
+		return nil
+	case cancelled:
+		// Cancel (PS3.4 C.4.2.3.1): the counts so far, Remaining the
+		// sub-operations not started, and the Failed SOP Instance UID
+		// List only the instances the destination refused.
+		a.log.Info("C-MOVE cancelled by the caller", "destination", dest, "completed", completed, "failed", failed, "warning", warning, "remaining", total-completed-failed-warning)
+		return respond(StatusCancel, total-completed-failed-warning, completed, failed, warning, "")
 	}
 	failed += total - completed - failed - warning // never attempted: the association broke
 	for _, rec := range recs {

@@ -543,6 +543,21 @@ type association struct {
 	summary Summary
 	session StoreSession // opened at the first C-STORE
 	closed  bool
+	// watch read the connection during a C-MOVE; its last read is the
+	// loop's next (readPDU).
+	watch *moveWatch
+}
+
+// readPDU is the association's next PDU: the one a C-MOVE's watch read
+// and handed over, else the next on the connection, waiting up to the
+// server's idle time.
+func (a *association) readPDU() (byte, []byte, error) {
+	if w := a.watch; w != nil {
+		a.watch = nil
+		r := <-w.next
+		return r.typ, r.body, r.err
+	}
+	return a.c.readPDU(a.s.idle())
 }
 
 // incoming is a request whose dataset is arriving: a C-STORE's, piped to
@@ -585,7 +600,7 @@ func (a *association) run() {
 			a.c.abort(AbortSourceProvider, AbortReasonNotSpecified)
 			return
 		}
-		typ, body, err := a.c.readPDU(a.s.idle())
+		typ, body, err := a.readPDU()
 		a.s.markIdle(a.c.nc, false)
 		if err != nil {
 			ended = err.Error()
@@ -787,8 +802,9 @@ func (a *association) command(ctxID byte, cmd *Command) error {
 		a.pending = in
 		return nil
 	case CommandCCancelRQ:
+		// A C-MOVE's cancel is read by its moveWatch while the move runs.
 		// Every C-FIND is answered in full before the next PDU is read, so
-		// a cancel always comes too late: PS3.7 9.3.2.3 says to ignore it.
+		// any cancel here comes too late: PS3.7 9.3.2.3 says to ignore it.
 		return nil
 	default:
 		// PS3.7 C.5.4: an operation this SCP does not perform.

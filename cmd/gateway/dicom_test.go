@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -27,6 +28,7 @@ import (
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/cluster"
 	"github.com/dicom-gateway/gateway/internal/orthanctest"
+	"github.com/dicom-gateway/gateway/internal/syncbuf"
 	"github.com/dicom-gateway/gateway/internal/synth"
 	"github.com/dicom-gateway/gateway/internal/testcorpus"
 	"github.com/dicom-gateway/gateway/internal/testpki"
@@ -211,8 +213,9 @@ func startStoreSCP(t *testing.T, dir string) int {
 	return port
 }
 
-// startStoreSCPOn is startStoreSCP on a given port.
-func startStoreSCPOn(t *testing.T, dir string, port int) {
+// startStoreSCPOn is startStoreSCP on a given port, with extra storescp
+// options.
+func startStoreSCPOn(t *testing.T, dir string, port int, extra ...string) {
 	t.Helper()
 	p, err := exec.LookPath("storescp")
 	if err != nil {
@@ -221,7 +224,7 @@ func startStoreSCPOn(t *testing.T, dir string, port int) {
 		}
 		t.Skip("storescp missing: apt-get install dcmtk")
 	}
-	cmd := exec.Command(p, "+B", "+xa", "-aet", "PACS", "-od", dir, strconv.Itoa(port))
+	cmd := exec.Command(p, append(append([]string{"+B", "+xa", "-aet", "PACS", "-od", dir}, extra...), strconv.Itoa(port))...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -634,6 +637,104 @@ func TestDicomMoveCountsWarnings(t *testing.T) {
 	tr = awaitTransfer(t, hc, tr.ID)
 	if tr.State != gateway.StateCompleted || len(tr.Instances) != 1 || !strings.Contains(tr.Instances[0].Reason, "B007") {
 		t.Errorf("transfer %s, instances %+v; want completed with the C-STORE warning B007 on the instance", tr.State, tr.Instances)
+	}
+}
+
+// TestDicomMoveCancel: a C-CANCEL-RQ from the caller (movescu --cancel 1)
+// stops a C-MOVE's sub-operations: the final response is Cancel (FE00)
+// with the sub-operations not completed counted as remaining, and the
+// destination (storescp taking a second per instance) receives only part
+// of the study. A caller that hangs up mid-move stops it too. Before,
+// both moves sent every instance.
+func TestDicomMoveCancel(t *testing.T) {
+	movescu := needTool(t, "movescu")
+	const n = 8
+	dest := t.TempDir()
+	destPort := freePort(t)
+	startStoreSCPOn(t, dest, destPort, "--sleep-during", "1")
+	var logs syncbuf.Buffer
+	cfg := dicomConfig(t)
+	cfg.File.Peers = []gateway.Peer{{Name: "slow", DIMSE: &gateway.DIMSEPeer{Host: "127.0.0.1", Port: destPort, CalledAE: "PACS"}}}
+	m := MustRunMain(t, cfg, &logs)
+	_, port, _ := net.SplitHostPort(m.DicomAddr)
+	store := func(seed uint64) (study string, sops []string) {
+		for _, in := range synth.Study(synth.StudySpec{Seed: seed, InstancesPerSeries: n}) {
+			var b bytes.Buffer
+			in.WriteTo(&b)
+			storeLocal(t, m, &b)
+			study, sops = in.StudyInstanceUID, append(sops, in.SOPInstanceUID)
+		}
+		return study, sops
+	}
+	// received counts the instances of sops that storescp has written.
+	received := func(sops []string) int {
+		entries, err := os.ReadDir(dest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for _, e := range entries {
+			for _, sop := range sops {
+				if strings.HasSuffix(e.Name(), sop) {
+					got++
+				}
+			}
+		}
+		return got
+	}
+	moveArgs := func(study string, extra ...string) []string {
+		return append(append([]string{"-S", "-d", "-aet", "PACS1", "-aec", "HAMPSHIRE", "-aem", "PACS"}, extra...),
+			"-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID="+study, "127.0.0.1", port)
+	}
+
+	study, sops := store(4245)
+	out, _ := exec.CommandContext(t.Context(), movescu, moveArgs(study, "--cancel", "1")...).CombinedOutput()
+	final := strings.ToLower(string(out))
+	if i := strings.LastIndex(final, "final move response"); i >= 0 {
+		final = final[i:]
+	} else {
+		t.Fatalf("no final move response:\n%s", out)
+	}
+	if !strings.Contains(final, "0xfe00") {
+		t.Errorf("final response of the cancelled move is not Cancel (FE00):\n%s", final)
+	}
+	counts := map[string]int{}
+	for _, name := range []string{"remaining", "completed", "failed", "warning"} {
+		m := regexp.MustCompile(name + ` suboperations\s*:\s*(\d+)`).FindStringSubmatch(final)
+		if m == nil {
+			t.Fatalf("final response lacks the %s count:\n%s", name, final)
+		}
+		counts[name], _ = strconv.Atoi(m[1])
+	}
+	if counts["remaining"] == 0 || counts["remaining"]+counts["completed"]+counts["failed"]+counts["warning"] != n {
+		t.Errorf("counts %v: want some remaining, all %d accounted for", counts, n)
+	}
+	if got := received(sops); got >= n || got < counts["completed"] {
+		t.Errorf("the destination received %d of %d instances, %d completed", got, n, counts["completed"])
+	}
+
+	// The caller hangs up once the first instance has arrived.
+	study, sops = store(4246)
+	cmd := exec.CommandContext(t.Context(), movescu, moveArgs(study)...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; received(sops) == 0; i++ {
+		if i == 600 {
+			t.Fatal("no instance of the second move arrived")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	for i := 0; !strings.Contains(logs.String(), "C-MOVE stopped: the caller went away"); i++ {
+		if i == 600 {
+			t.Fatalf("the move went on after its caller hung up; log:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := received(sops); got >= n {
+		t.Errorf("the destination received all %d instances of a move whose caller hung up", got)
 	}
 }
 
