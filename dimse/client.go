@@ -185,6 +185,11 @@ type StoreResult struct {
 // and returns the peer's status. An error means the association can no
 // longer be used.
 func (cl *Client) Store(ctx context.Context, pc PresentationContext, sopInstance string, r io.Reader) (StoreResult, error) {
+	if ctx.Err() != nil {
+		// Not begun: the watch below would stop the write only once its
+		// goroutine ran, after part of the request may have gone out.
+		return StoreResult{}, context.Cause(ctx)
+	}
 	stop := cl.watch(ctx)
 	defer stop()
 	cl.msgID++

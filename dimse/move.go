@@ -52,9 +52,9 @@ type Mover interface {
 // move answers one C-MOVE: the instances go to the destination by C-STORE
 // over an association of their own (the Sender's), with a pending response
 // after each, then the final counts. Meanwhile a moveWatch reads the
-// caller's PDUs: its C-CANCEL-RQ stops the sub-operations (the C-STORE
-// under way is interrupted, and counts as remaining) and the move ends
-// with Cancel; its abort or hang-up stops them with no answer.
+// caller's PDUs: after its C-CANCEL-RQ no further C-STORE is begun (the one
+// under way finishes) and the move ends with Cancel; its abort or hang-up
+// interrupts them with no answer.
 func (a *association) move(in *incoming) error {
 	pc := a.contexts[in.ctxID]
 	msgID, _ := in.cmd.Uint16(elMessageID)
@@ -127,7 +127,7 @@ func (a *association) move(in *incoming) error {
 		peer.MaxParallel = 1 // pending responses in order, from this goroutine
 		snd := a.s.MoveSender
 		ctx, stop := context.WithCancel(a.s.ctx)
-		w := a.watchMove(msgID, stop)
+		w := a.watchMove(in.ctxID, msgID, stop)
 		sendErr = snd.Send(ctx, peer, gateway.SendHeader{Source: a.s.AETitle, Total: total}, recs, func(res []gateway.SendResult) {
 			for _, r := range res {
 				sent[r.SOPInstanceUID] = true
@@ -144,8 +144,13 @@ func (a *association) move(in *incoming) error {
 			if err := respond(StatusPending, total-completed-failed-warning, completed, failed, warning, ""); err != nil {
 				a.log.Warn("C-MOVE pending response not sent", "error", err.Error())
 			}
+			if w != nil && w.cancelRequested() {
+				stop() // the next C-STORE is not begun
+			}
 		})
-		cancelled, gone = w.end()
+		if w != nil {
+			cancelled, gone = w.end()
+		}
 		stop()
 	}
 	switch {
@@ -154,10 +159,11 @@ func (a *association) move(in *incoming) error {
 		// sub-operations is then the SCP's choice; these stop).
 		a.log.Info("C-MOVE stopped: the caller went away", "destination", dest, "completed", completed, "failed", failed, "warning", warning, "remaining", total-completed-failed-warning)
 		return nil
-	case cancelled:
+	case cancelled && total-completed-failed-warning > 0:
 		// Cancel (PS3.4 C.4.2.3.1): the counts so far, Remaining the
-		// sub-operations not started, and the Failed SOP Instance UID
-		// List only the instances the destination refused.
+		// sub-operations not begun, and the Failed SOP Instance UID List
+		// only the instances the destination refused. A cancel that came
+		// after the last sub-operation gets the usual final status.
 		a.log.Info("C-MOVE cancelled by the caller", "destination", dest, "completed", completed, "failed", failed, "warning", warning, "remaining", total-completed-failed-warning)
 		return respond(StatusCancel, total-completed-failed-warning, completed, failed, warning, "")
 	}
