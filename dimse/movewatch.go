@@ -27,16 +27,17 @@ const moveWatchWait = 24 * time.Hour
 // the move ends. After end the read waits for the association's idle
 // time, as the loop's own read would.
 type moveWatch struct {
-	c      *conn
-	idle   time.Duration
-	ctxID  byte // the move's presentation context, which its cancel comes on
-	msgID  uint16
-	cancel context.CancelFunc // interrupts the move's sub-operations
+	c    *conn
+	idle time.Duration
 
 	mu        sync.Mutex
-	ended     bool // the move's sub-operations are over; decides the read deadline
-	cancelled bool // a C-CANCEL-RQ for the move arrived while they ran
-	gone      bool // the caller aborted, or the connection failed, while they ran
+	ctxID     byte               // the move's presentation context, which its cancel comes on
+	msgID     uint16             // the move's Message ID
+	cancel    context.CancelFunc // interrupts the move's sub-operations
+	ended     bool               // the move's sub-operations are over; decides the read deadline
+	cancelled bool               // a C-CANCEL-RQ for the move arrived while they ran
+	gone      bool               // the caller aborted, or the connection failed, while they ran
+	handed    bool               // the watch has handed its last read over and stopped
 
 	next chan pduRead
 }
@@ -48,15 +49,21 @@ type pduRead struct {
 	err  error
 }
 
-// watchMove starts watching for the caller's cancel of the C-MOVE msgID;
-// cancel stops its sub-operations. The association's next read is the
-// watch's (association.readPDU). It returns nil, and the move goes
-// unwatched, when an earlier move's watch is still reading: a second
-// C-MOVE in the same P-DATA-TF as the first (without asynchronous
-// operations negotiated, a caller may not send it before the first's
-// final response), where a second reader would corrupt the stream.
+// watchMove starts watching for the caller's cancel of the C-MOVE msgID on
+// presentation context ctxID; cancel interrupts its sub-operations. The
+// association's next read is the watch's (association.readPDU).
+//
+// A second C-MOVE in the same P-DATA-TF as the first (a caller may not
+// send it before the first's final response without asynchronous
+// operations negotiated, but some do) finds the first's watch still
+// reading: that watch is re-armed for it, since a second reader would
+// corrupt the stream. If that watch has already handed a PDU over, the
+// move goes unwatched (nil): nothing reads until the loop takes that PDU.
 func (a *association) watchMove(ctxID byte, msgID uint16, cancel context.CancelFunc) *moveWatch {
-	if a.watch != nil {
+	if w := a.watch; w != nil {
+		if w.rearm(ctxID, msgID, cancel) {
+			return w
+		}
 		return nil
 	}
 	// The watch reads into a buffer of its own: the PDVs of the P-DATA-TF
@@ -67,6 +74,20 @@ func (a *association) watchMove(ctxID byte, msgID uint16, cancel context.CancelF
 	a.watch = w
 	go w.run()
 	return w
+}
+
+// rearm makes a watch whose move has ended watch the next one, unless it
+// has stopped reading.
+func (w *moveWatch) rearm(ctxID byte, msgID uint16, cancel context.CancelFunc) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.handed {
+		return false
+	}
+	w.ctxID, w.msgID, w.cancel = ctxID, msgID, cancel
+	w.ended, w.cancelled, w.gone = false, false, false
+	_ = w.c.nc.SetReadDeadline(time.Now().Add(moveWatchWait))
+	return true
 }
 
 func (w *moveWatch) run() {
@@ -84,50 +105,50 @@ func (w *moveWatch) run() {
 			r.typ, r.body, r.err = w.c.readPDUByDeadline()
 		}
 		if r.err == nil && r.typ == pduPData {
-			var cancel, ours bool
-			pdvs, cancel, ours = w.isCancel(r.body, pdvs)
-			if cancel {
-				if ours {
-					w.note(&w.cancelled, false)
-				}
+			var cmd *Command
+			var ctxID byte
+			pdvs, cmd, ctxID = cancelIn(r.body, pdvs)
+			if cmd != nil {
+				w.noteCancel(cmd, ctxID)
 				continue
 			}
 		}
-		if r.err != nil || r.typ == pduAbort {
-			w.note(&w.gone, true)
+		w.mu.Lock()
+		if (r.err != nil || r.typ == pduAbort) && !w.ended {
+			w.gone = true
+			w.cancel()
 		}
+		w.handed = true
+		w.mu.Unlock()
 		w.next <- r
 		return
 	}
 }
 
-// isCancel reports whether body is a P-DATA-TF holding one whole
-// C-CANCEL-RQ, and whether it cancels this move (its Message ID Being
-// Responded To). A cancel split over fragments is not recognised: it is
+// cancelIn returns the C-CANCEL-RQ that body, a P-DATA-TF, holds whole in
+// its one PDV, and that PDV's presentation context; nil if it holds
+// anything else. A cancel split over fragments is not recognised: it is
 // handed over, and the association's loop ignores it.
-func (w *moveWatch) isCancel(body []byte, pdvs []PDV) (_ []PDV, cancel, ours bool) {
+func cancelIn(body []byte, pdvs []PDV) ([]PDV, *Command, byte) {
 	pdvs, err := decodePData(body, pdvs)
 	if err != nil || len(pdvs) != 1 || !pdvs[0].Command || !pdvs[0].Last {
-		return pdvs, false, false
+		return pdvs, nil, 0
 	}
 	cmd, err := DecodeCommand(pdvs[0].Data)
 	if err != nil || cmd.Field() != CommandCCancelRQ {
-		return pdvs, false, false
+		return pdvs, nil, 0
 	}
-	id, ok := cmd.Uint16(elMessageIDRespondedTo)
-	return pdvs, true, ok && id == w.msgID && pdvs[0].ContextID == w.ctxID
+	return pdvs, cmd, pdvs[0].ContextID
 }
 
-// note sets why (cancelled or gone) unless the sub-operations are over,
-// and with interrupt stops the one under way.
-func (w *moveWatch) note(why *bool, interrupt bool) {
+// noteCancel notes cmd, a C-CANCEL-RQ, when it names the move under way on
+// its presentation context; any other is ignored.
+func (w *moveWatch) noteCancel(cmd *Command, ctxID byte) {
+	id, ok := cmd.Uint16(elMessageIDRespondedTo)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if !w.ended {
-		*why = true
-		if interrupt {
-			w.cancel()
-		}
+	if ok && id == w.msgID && ctxID == w.ctxID && !w.ended {
+		w.cancelled = true
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,21 +26,30 @@ func (m *studyMover) Instances(context.Context, Caller, string, string, string, 
 
 func (m *studyMover) Destination(string) (gateway.Peer, bool) { return m.peer, true }
 
-// moveServers starts a destination server whose Store waits until a value
-// is taken from began (each instance's C-STORE is held until then), and a
-// source server holding a study of n instances that it moves there.
-// drain lets every held C-STORE go on from then until the test ends; it
-// also runs while the servers close.
-func moveServers(t *testing.T, n int, configure func(*Server)) (src *testServer, began chan struct{}, drain func()) {
+// moveRig is a source server holding a study it moves to a destination
+// server whose Store waits until a value is taken from began: each
+// instance's C-STORE is held until then.
+type moveRig struct {
+	src   *testServer
+	dst   *testServer
+	began chan struct{}
+	begun atomic.Int64 // C-STOREs the destination began
+	// drain lets every held C-STORE go on from then until the test ends;
+	// it also runs while the servers close.
+	drain func()
+}
+
+func moveServers(t *testing.T, n int, configure func(*Server)) *moveRig {
 	t.Helper()
-	began = make(chan struct{})
+	r := &moveRig{began: make(chan struct{})}
 	stop := make(chan struct{})
 	var drainers sync.WaitGroup
-	drain = func() {
+	r.drain = func() {
 		drainers.Go(func() {
 			for {
 				select {
-				case <-began:
+				case <-r.began:
+					r.begun.Add(1)
 				case <-stop:
 					return
 				}
@@ -50,25 +60,49 @@ func moveServers(t *testing.T, n int, configure func(*Server)) (src *testServer,
 	// and stops after.
 	t.Cleanup(func() { close(stop); drainers.Wait() })
 	dst := startServer(t, nil)
-	dst.store.began = began
-	t.Cleanup(drain)
+	dst.store.began = r.began
+	r.dst = dst
+	t.Cleanup(r.drain)
 	host, portS, _ := net.SplitHostPort(dst.addr)
 	port, _ := strconv.Atoi(portS)
 	mover := &studyMover{peer: gateway.Peer{Name: "dst", DIMSE: &gateway.DIMSEPeer{Host: host, Port: port, CalledAE: "GATEWAY"}}}
-	src = startServer(t, func(s *Server) {
+	r.src = startServer(t, func(s *Server) {
 		s.Mover = mover
 		if configure != nil {
 			configure(s)
 		}
 	})
-	src.MoveSender = &Sender{Blobs: src.b.Blobs}
+	r.src.MoveSender = &Sender{Blobs: r.src.b.Blobs}
 	for _, in := range synth.Study(synth.StudySpec{Seed: 77, InstancesPerSeries: n}) {
-		if _, err := src.store.in.Store(t.Context(), in.Reader(), gateway.StoreOptions{}); err != nil {
+		if _, err := r.src.store.in.Store(t.Context(), in.Reader(), gateway.StoreOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	mover.recs = src.records(t)
-	return src, began, drain
+	mover.recs = r.src.records(t)
+	return r
+}
+
+// waitBegan lets the next held C-STORE go on.
+func (r *moveRig) waitBegan(t *testing.T) {
+	t.Helper()
+	select {
+	case <-r.began:
+		r.begun.Add(1)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no C-STORE began")
+	}
+}
+
+// settled waits until the destination has begun want C-STOREs, and says
+// whether it had (the drainer counts just after letting one go).
+func (r *moveRig) settled(want int) bool {
+	for range 100 {
+		if r.begun.Load() == int64(want) {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
 }
 
 // moveCaller associates by hand with presentation context 1 for Study Root
@@ -188,28 +222,38 @@ func counts(cmd *Command) (status Status, remaining, completed, failed int, hasR
 	return Status(st), int(r), int(cp), int(f), hasRemaining
 }
 
-// TestMoveCancel: a C-CANCEL-RQ of another message ID is ignored; the
-// move's own stops it before the next C-STORE: FE00 with Remaining the
-// instances never begun. A cancel after the final response is swallowed
-// and the association goes on (an echo is answered).
+// TestMoveCancel: a C-CANCEL-RQ of another message ID, or on another
+// presentation context, is ignored; the move's own stops it before the
+// next C-STORE, the one under way finishing: FE00, Remaining the instances
+// never begun, Completed every one the destination began. A cancel after
+// the final response is swallowed and the association goes on (an echo is
+// answered).
 func TestMoveCancel(t *testing.T) {
 	noGoroutineLeak(t)
-	const n = 6
-	src, began, drain := moveServers(t, n, nil)
-	nc, c := moveCaller(t, src)
+	const n = 12
+	r := moveServers(t, n, nil)
+	nc, c := moveCaller(t, r.src)
 	sendPDVs(t, nc, movePDVs(1)...)
-	<-began // the first C-STORE is under way
+	r.waitBegan(t) // the first C-STORE is under way
 	sendPDVs(t, nc, cancelPDV(9))
-	<-began // the second: the other cancel did not stop the move
+	other := cancelPDV(1)
+	other.ContextID = 3
+	sendPDVs(t, nc, other)
+	r.waitBegan(t) // the second: neither cancel stopped the move
 	sendPDVs(t, nc, cancelPDV(1))
-	drain()
+	r.drain()
 	status, remaining, completed, failed, hasRemaining := counts(finalMoveResponse(t, c, 1))
 	if status != StatusCancel || !hasRemaining || remaining == 0 || failed != 0 || remaining+completed != n || completed < 2 {
 		t.Errorf("final response %s: remaining %d (sent %v), completed %d, failed %d; want Cancel, some remaining, %d in all, at least 2 completed",
 			status, remaining, hasRemaining, completed, failed, n)
 	}
-	if got := len(src.records(t)); got != n {
-		t.Fatalf("source holds %d instances", got)
+	if !r.settled(completed) {
+		t.Errorf("the destination began %d C-STOREs, %d completed: a C-STORE begun was cut short or not counted", r.begun.Load(), completed)
+	}
+	// Every C-STORE begun had its answer: the destination's association
+	// was released, not aborted.
+	if _, sums := r.dst.waitAudits(t, 1); len(sums) == 0 || sums[0].Ended != "released" {
+		t.Errorf("the destination's associations ended %+v, want one released", sums)
 	}
 	sendPDVs(t, nc, cancelPDV(1))
 	sendPDVs(t, nc, echoPDV(2))
@@ -223,20 +267,20 @@ func TestMoveCancel(t *testing.T) {
 // move, unharmed by the PDU the move's watch reads meanwhile (an echo as
 // long as the first PDU, read into the buffer those PDVs were in before
 // the watch got a buffer of its own), and that echo is answered after
-// them: the second move, pipelined, is not watched by a second reader.
+// them: the second move, pipelined, gets no second reader.
 func TestMovePipelinedInOnePDU(t *testing.T) {
 	noGoroutineLeak(t)
-	src, began, drain := moveServers(t, 1, nil)
-	nc, c := moveCaller(t, src)
+	r := moveServers(t, 1, nil)
+	nc, c := moveCaller(t, r.src)
 	first := append(append(movePDVs(1), movePDVs(2)...), echoPDV(3))
 	sendPDVs(t, nc, first...)
-	<-began
+	r.waitBegan(t)
 	size := 0
 	for _, v := range first {
 		size += 6 + len(v.Data)
 	}
 	sendPDVs(t, nc, paddedEchoPDV(t, 4, size-6))
-	drain()
+	r.drain()
 	for _, id := range []uint16{1, 2} {
 		if status, _, completed, _, _ := counts(finalMoveResponse(t, c, id)); status != StatusSuccess || completed != 1 {
 			t.Errorf("move %d: %s, %d completed; want Success, 1", id, status, completed)
@@ -246,6 +290,34 @@ func TestMovePipelinedInOnePDU(t *testing.T) {
 		rsp := nextResponse(t, c)
 		if got, _ := rsp.Uint16(elMessageIDRespondedTo); rsp.Field() != CommandCEchoRSP || got != id {
 			t.Errorf("response %04X to message %d, want the C-ECHO-RSP to %d", rsp.Field(), got, id)
+		}
+	}
+}
+
+// TestMovePipelinedSlowSecond: a second C-MOVE pipelined behind the first
+// is watched by the first's watch, re-armed: a second move longer than the
+// idle time does not end the association for idleness.
+func TestMovePipelinedSlowSecond(t *testing.T) {
+	noGoroutineLeak(t)
+	r := moveServers(t, 1, func(s *Server) { s.IdleTimeout = time.Second })
+	nc, c := moveCaller(t, r.src)
+	sendPDVs(t, nc, append(append(movePDVs(1), movePDVs(2)...), echoPDV(3))...)
+	r.waitBegan(t)
+	if status, _, _, _, _ := counts(finalMoveResponse(t, c, 1)); status != StatusSuccess {
+		t.Fatalf("move 1: %s", status)
+	}
+	time.Sleep(1500 * time.Millisecond) // the second move's C-STORE is held past the idle time
+	r.drain()
+	if status, _, _, _, _ := counts(finalMoveResponse(t, c, 2)); status != StatusSuccess {
+		t.Errorf("move 2: %s", status)
+	}
+	// The association goes on: the pipelined echo, then one sent now.
+	for _, id := range []uint16{3, 4} {
+		if id == 4 {
+			sendPDVs(t, nc, echoPDV(4))
+		}
+		if rsp := nextResponse(t, c); rsp.Field() != CommandCEchoRSP {
+			t.Errorf("response %04X, want the C-ECHO-RSP to %d", rsp.Field(), id)
 		}
 	}
 }
@@ -276,10 +348,10 @@ func paddedEchoPDV(t *testing.T, msgID uint16, size int) PDV {
 // no longer than the server's idle time, as without one.
 func TestMoveThenIdle(t *testing.T) {
 	noGoroutineLeak(t)
-	src, _, drain := moveServers(t, 1, func(s *Server) { s.IdleTimeout = time.Second })
-	nc, c := moveCaller(t, src)
+	r := moveServers(t, 1, func(s *Server) { s.IdleTimeout = time.Second })
+	nc, c := moveCaller(t, r.src)
 	sendPDVs(t, nc, movePDVs(1)...)
-	drain()
+	r.drain()
 	if status, _, _, _, _ := counts(finalMoveResponse(t, c, 1)); status != StatusSuccess {
 		t.Fatalf("move: %s", status)
 	}
@@ -294,8 +366,8 @@ func TestMoveThenIdle(t *testing.T) {
 func TestMoveCallerAborts(t *testing.T) {
 	noGoroutineLeak(t)
 	const n = 6
-	src, began, _ := moveServers(t, n, nil)
-	nc, _ := moveCaller(t, src)
+	r := moveServers(t, n, nil)
+	nc, _ := moveCaller(t, r.src)
 	sendPDVs(t, nc, movePDVs(1)...)
 	if _, err := nc.Write(encodeAbort(0, 0)); err != nil {
 		t.Fatal(err)
@@ -303,7 +375,7 @@ func TestMoveCallerAborts(t *testing.T) {
 	stores := 0
 	for wait := time.After(3 * time.Second); ; {
 		select {
-		case <-began:
+		case <-r.began:
 			stores++
 			continue
 		case <-wait:

@@ -175,17 +175,28 @@ func (s *Sender) sendAssociation(ctx context.Context, peer gateway.Peer, h gatew
 			cl.Abort()
 		}
 	}()
+	sent := 0
 	for _, rec := range instances {
+		if ctx.Err() != nil {
+			// Stopped between two instances (a C-MOVE its caller
+			// cancelled): every C-STORE begun has its answer, so the
+			// association is released below, not aborted.
+			break
+		}
 		res, err := s.storeOne(ctx, cl, h, rec)
 		if err != nil {
 			return &gateway.SendError{Peer: peer.Name, Temporary: true, Err: fmt.Errorf("C-STORE of %s: %w", rec.SOPInstanceUID, err)}
 		}
 		report([]gateway.SendResult{res})
+		sent++
 	}
 	released = true
 	if err := cl.Release(); err != nil {
 		// Every instance has its answer already: a lost release costs nothing.
 		s.logger().WarnContext(ctx, "DIMSE release not acknowledged", gateway.LogKeyPeer, peer.Name, gateway.LogKeyError, err.Error())
+	}
+	if sent < len(instances) {
+		return &gateway.SendError{Peer: peer.Name, Temporary: true, Err: fmt.Errorf("stopped after %d of %d instances: %w", sent, len(instances), context.Cause(ctx))}
 	}
 	return nil
 }
