@@ -75,6 +75,30 @@ func (e *retentionEnv) instances(t *testing.T, study string) []*gateway.Instance
 	return recs
 }
 
+// recordsOfficer is the admin caller of the hold tests that call the
+// services directly.
+var recordsOfficer = gateway.Caller{Principal: gateway.Principal{Name: "records-officer", Roles: []gateway.Role{gateway.RoleAdmin}}, Route: "test"}
+
+// servicesWith builds the services on e's backends with blobs and holds in
+// place of e's own (stores that hold a deletion or a hold check back).
+func (e *retentionEnv) servicesWith(blobs gateway.BlobStore, holds gateway.HoldStore) *gateway.Services {
+	return gateway.NewServices(gateway.ServiceDeps{
+		Name: "hampshire", Blobs: blobs, Index: e.b.Index, Auditor: e.b.AuditLog, AuditLog: e.b.AuditLog,
+		Holds: holds, Now: func() time.Time { return retentionNow },
+	})
+}
+
+// deleteInBackground deletes study as the records officer, outliving the
+// test's own waits, and gives its error.
+func deleteInBackground(t *testing.T, svc *gateway.Services, study string) <-chan error {
+	deleted := make(chan error, 1)
+	go func() {
+		_, _, err := svc.Delete.Delete(context.WithoutCancel(t.Context()), recordsOfficer, study, "", "")
+		deleted <- err
+	}()
+	return deleted
+}
+
 // deletesHeldBack is a blob store whose Delete waits for release once
 // started is closed: a deletion caught half way, which a real store does not
 // stop at on request.
@@ -105,22 +129,14 @@ func TestHoldWaitsForADeleteUnderWay(t *testing.T) {
 		const study = "1.2.826.4.8"
 		e.putStudy(t, study, "CT", 3, 100, day)
 		blobs := &deletesHeldBack{BlobStore: e.b.Blobs, started: make(chan struct{}), release: make(chan struct{})}
-		svc := gateway.NewServices(gateway.ServiceDeps{
-			Name: "hampshire", Blobs: blobs, Index: e.b.Index, Auditor: e.b.AuditLog, AuditLog: e.b.AuditLog,
-			Holds: e.b.Holds, Now: func() time.Time { return retentionNow },
-		})
-		admin := gateway.Caller{Principal: gateway.Principal{Name: "records-officer", Roles: []gateway.Role{gateway.RoleAdmin}}, Route: "test"}
-		deleted := make(chan error, 1)
-		go func() {
-			_, _, err := svc.Delete.Delete(context.WithoutCancel(t.Context()), admin, study, "", "")
-			deleted <- err
-		}()
+		svc := e.servicesWith(blobs, e.b.Holds)
+		deleted := deleteInBackground(t, svc, study)
 		<-blobs.started
 
 		// While the delete is held back, a hold with a short deadline is
 		// not set: it waits for the study's lease and gives up.
 		short, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
-		_, err := svc.Retention.SetHold(short, admin, study, "litigation 2026/18")
+		_, err := svc.Retention.SetHold(short, recordsOfficer, study, "litigation 2026/18")
 		cancel()
 		if err == nil {
 			t.Fatal("a hold was set while the study was being deleted")
@@ -131,7 +147,7 @@ func TestHoldWaitsForADeleteUnderWay(t *testing.T) {
 
 		held := make(chan error, 1)
 		go func() {
-			_, err := svc.Retention.SetHold(t.Context(), admin, study, "litigation 2026/18")
+			_, err := svc.Retention.SetHold(t.Context(), recordsOfficer, study, "litigation 2026/18")
 			held <- err
 		}()
 		close(blobs.release)
@@ -240,19 +256,11 @@ func TestHoldCheckedUnderTheLease(t *testing.T) {
 		const study = "1.2.826.4.10"
 		e.putStudy(t, study, "CT", 2, 100, day)
 		holds := &holdsCheckedSlowly{HoldStore: e.b.Holds, study: study, entered: make(chan struct{}), release: make(chan struct{})}
-		svc := gateway.NewServices(gateway.ServiceDeps{
-			Name: "hampshire", Blobs: e.b.Blobs, Index: e.b.Index, Auditor: e.b.AuditLog, AuditLog: e.b.AuditLog,
-			Holds: holds, Now: func() time.Time { return retentionNow },
-		})
-		admin := gateway.Caller{Principal: gateway.Principal{Name: "records-officer", Roles: []gateway.Role{gateway.RoleAdmin}}, Route: "test"}
-		deleted := make(chan error, 1)
-		go func() {
-			_, _, err := svc.Delete.Delete(context.WithoutCancel(t.Context()), admin, study, "", "")
-			deleted <- err
-		}()
+		svc := e.servicesWith(e.b.Blobs, holds)
+		deleted := deleteInBackground(t, svc, study)
 		<-holds.entered
 		short, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
-		_, herr := svc.Retention.SetHold(short, admin, study, "litigation 2026/20")
+		_, herr := svc.Retention.SetHold(short, recordsOfficer, study, "litigation 2026/20")
 		cancel()
 		close(holds.release)
 		if err := <-deleted; err != nil {
