@@ -187,6 +187,10 @@ func (s Status) String() string {
 		return "failure: duplicate SOP instance (0111)"
 	case s == StatusSOPClassNotSupported:
 		return "failure: SOP class not supported (0122)"
+	case s == StatusCancel:
+		return "cancel (FE00)"
+	case s == 0xFF00 || s == 0xFF01:
+		return fmt.Sprintf("pending (%04X)", uint16(s))
 	}
 	return fmt.Sprintf("failure (%04X)", uint16(s))
 }

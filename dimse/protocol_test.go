@@ -131,6 +131,19 @@ func TestIsStorageSOPClass(t *testing.T) {
 	}
 }
 
+// TestStatusString: the words logs give a status, Cancel and Pending
+// included (they are neither failures nor successes).
+func TestStatusString(t *testing.T) {
+	for s, want := range map[Status]string{
+		StatusSuccess: "success (0000)", StatusCancel: "cancel (FE00)", StatusPending: "pending (FF00)", 0xFF01: "pending (FF01)",
+		StatusSubOpsFailed: "warning (B000)", StatusUnableToSubOps: "refused: out of resources (A702)", 0x0110: "failure (0110)",
+	} {
+		if got := s.String(); got != want {
+			t.Errorf("Status(%04X).String() = %q, want %q", uint16(s), got, want)
+		}
+	}
+}
+
 func TestStatusOf(t *testing.T) {
 	for _, c := range []struct {
 		err  error
