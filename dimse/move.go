@@ -153,21 +153,22 @@ func (a *association) move(in *incoming) error {
 		}
 		stop()
 	}
+	remaining := total - completed - failed - warning // never begun
 	switch {
 	case gone:
 		// Nobody to answer (PS3.4 C.4.2.3.1 note: what becomes of the
 		// sub-operations is then the SCP's choice; these stop).
-		a.log.Info("C-MOVE stopped: the caller went away", "destination", dest, "completed", completed, "failed", failed, "warning", warning, "remaining", total-completed-failed-warning)
+		a.log.Info("C-MOVE stopped: the caller went away", "destination", dest, "completed", completed, "failed", failed, "warning", warning, "remaining", remaining)
 		return nil
-	case cancelled && total-completed-failed-warning > 0:
+	case cancelled && remaining > 0:
 		// Cancel (PS3.4 C.4.2.3.1): the counts so far, Remaining the
 		// sub-operations not begun, and the Failed SOP Instance UID List
 		// only the instances the destination refused. A cancel that came
-		// after the last sub-operation gets the usual final status.
-		a.log.Info("C-MOVE cancelled by the caller", "destination", dest, "completed", completed, "failed", failed, "warning", warning, "remaining", total-completed-failed-warning)
-		return respond(StatusCancel, total-completed-failed-warning, completed, failed, warning, "")
+		// during or after the last sub-operation gets the usual status.
+		a.log.Info("C-MOVE cancelled by the caller", "destination", dest, "completed", completed, "failed", failed, "warning", warning, "remaining", remaining)
+		return respond(StatusCancel, remaining, completed, failed, warning, "")
 	}
-	failed += total - completed - failed - warning // never attempted: the association broke
+	failed += remaining // never attempted: the association broke
 	for _, rec := range recs {
 		if !sent[rec.SOPInstanceUID] {
 			failedUIDs = append(failedUIDs, rec.SOPInstanceUID)

@@ -164,10 +164,7 @@ func sendPDVs(t *testing.T, nc net.Conn, pdvs ...PDV) {
 	for _, v := range pdvs {
 		body = append(body, appendPData(nil, v)[6:]...) // each without its P-DATA-TF header
 	}
-	pdu := append([]byte{pduPData, 0, 0, 0, 0, 0}, body...)
-	n := len(body)
-	pdu[2], pdu[3], pdu[4], pdu[5] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
-	if _, err := nc.Write(pdu); err != nil {
+	if _, err := nc.Write(append(appendPDUHeader(nil, pduPData, len(body)), body...)); err != nil {
 		t.Fatal(err)
 	}
 }

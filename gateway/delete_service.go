@@ -18,12 +18,13 @@ type DeleteService struct {
 	// holds refuses the deletion of a held study; nil: no hold can be set,
 	// so none is checked (tests of other concerns).
 	holds  HoldStore
-	locker studyLocker // the study's hold lease (studyHoldLease); nil: none
+	locker NameLocker // the study's hold lease (studyHoldLease); nil: none
 	audit  auditRecorder
 }
 
-// studyLocker takes a lease on a name across every replica (Index.Lock).
-type studyLocker interface {
+// NameLocker takes a lease on a name across every replica (Index.Lock, on
+// names outside the UID space): retention's run and a study's hold lease.
+type NameLocker interface {
 	Lock(ctx context.Context, name string, ttl time.Duration) (func(), error)
 }
 
@@ -38,7 +39,7 @@ const holdLeaseWait = 30 * time.Second
 // admin's DELETE, or retention's) would be answered 200 while the study it
 // protects went. It waits up to holdLeaseWait, then fails with
 // ErrUnavailable: a deletion of a large study can take minutes.
-func studyHoldLease(ctx context.Context, l studyLocker, study string) (func(), error) {
+func studyHoldLease(ctx context.Context, l NameLocker, study string) (func(), error) {
 	if l == nil {
 		return func() {}, nil
 	}
@@ -136,11 +137,7 @@ func (s *DeleteService) delete(ctx context.Context, caller Caller, studyUID, ser
 			}
 		}
 	}
-	detail := map[string]any{"orphan_blobs": len(p.OrphanKeys), "metadata_objects": len(p.MetadataKeys)}
-	maps.Copy(detail, why)
-	if p.SeriesInstanceUID != "" {
-		detail["series_uid"] = p.SeriesInstanceUID
-	}
+	detail := planDetail(p, why, map[string]any{"orphan_blobs": len(p.OrphanKeys), "metadata_objects": len(p.MetadataKeys)})
 	if err := s.record(ctx, caller, OutcomeSuccess, p, detail); err != nil {
 		return nil, DeleteResult{}, err
 	}
@@ -175,15 +172,22 @@ func (s *DeleteService) refuseHeld(ctx context.Context, caller Caller, p *Delete
 		return fmt.Errorf("study %s: legal hold not checked: %w", p.StudyInstanceUID, err)
 	}
 	held := &HeldError{Hold: *h}
-	detail := map[string]any{"error": held.Error(), "hold_set_by": h.SetBy, "hold_set_at": h.SetAt.UTC().Format(time.RFC3339Nano)}
-	maps.Copy(detail, why)
-	if p.SeriesInstanceUID != "" {
-		detail["series_uid"] = p.SeriesInstanceUID
-	}
+	detail := planDetail(p, why, map[string]any{"error": held.Error(), "hold_set_by": h.SetBy, "hold_set_at": h.SetAt.UTC().Format(time.RFC3339Nano)})
 	if err := s.record(ctx, caller, OutcomeFailure, p, detail); err != nil {
 		return err
 	}
 	return held
+}
+
+// planDetail is the detail of a delete's audit events: detail, then why
+// (the rule of a delete nobody asked for by request) and the series of a
+// series or instance delete.
+func planDetail(p *DeletePlan, why, detail map[string]any) map[string]any {
+	maps.Copy(detail, why)
+	if p.SeriesInstanceUID != "" {
+		detail["series_uid"] = p.SeriesInstanceUID
+	}
+	return detail
 }
 
 func (s *DeleteService) record(ctx context.Context, caller Caller, outcome string, p *DeletePlan, detail map[string]any) error {

@@ -127,10 +127,8 @@ type Retention struct {
 	Usage     UsageIndex
 	Holds     HoldStore
 	Transfers TransferLister // nil: no transfers to wait for
-	Locker    interface {
-		Lock(ctx context.Context, name string, ttl time.Duration) (func(), error)
-	}
-	Delete *DeleteService
+	Locker    NameLocker
+	Delete    *DeleteService
 	// LockWait is how long a run waits for another replica's run (default
 	// 1 s): a runner that waits that long skips its turn.
 	LockWait time.Duration
