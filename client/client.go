@@ -77,14 +77,19 @@ type Error struct {
 
 func (e *Error) Error() string {
 	if e.Message != "" {
-		return fmt.Sprintf("%s (HTTP %d)", e.Message, e.StatusCode)
+		return fmt.Sprintf("%s (HTTP %d)", gateway.QuotePeer(e.Message), e.StatusCode)
 	}
 	return fmt.Sprintf("HTTP %d: %s", e.StatusCode, Snippet(e.Body))
 }
 
 // Snippet is the start of an answer body, trimmed, as one printable line
-// for an error message.
+// for an error message, marked as the peer's words (gateway.QuotePeer): it
+// may hold patient data, which the application log withholds.
 func Snippet(body []byte) string {
+	return gateway.QuotePeer(snippet(body))
+}
+
+func snippet(body []byte) string {
 	s := strings.TrimSpace(string(body))
 	if len(s) > 300 {
 		s = s[:300] + "…"

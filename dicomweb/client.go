@@ -454,7 +454,7 @@ func parseStowResponse(resp *client.StoreResponse, batch []*gateway.InstanceReco
 	for _, it := range ans.Failed {
 		reason := gateway.ReasonText(it.Reason)
 		if it.Comment != "" {
-			reason += " (" + it.Comment + ")"
+			reason += " " + gateway.QuotePeer(it.Comment)
 		}
 		byUID[it.SOPInstanceUID] = gateway.SendResult{SOPInstanceUID: it.SOPInstanceUID, Reason: reason, ReasonCode: it.Reason, Retryable: gateway.ReasonRetryable(it.Reason)}
 	}

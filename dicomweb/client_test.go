@@ -166,7 +166,7 @@ func TestParseStowResponse(t *testing.T) {
 	}
 	want := []gateway.SendResult{
 		{SOPInstanceUID: "1", OK: true, Bytes: 10},
-		{SOPInstanceUID: "2", Reason: "processing failure (0x0110) (Content-Digest mismatch)", ReasonCode: 0x0110},
+		{SOPInstanceUID: "2", Reason: "processing failure (0x0110) «Content-Digest mismatch»", ReasonCode: 0x0110},
 		{SOPInstanceUID: "3", Reason: "out of resources (0xA700)", ReasonCode: 0xA700, Retryable: true},
 		{SOPInstanceUID: "4", Reason: "not mentioned in the peer's answer", Retryable: true},
 	}

@@ -638,6 +638,43 @@ func TestSenderParallel(t *testing.T) {
 	}
 }
 
+// TestSenderQuotesThePeersComment: a destination's Error Comment reaches
+// the transfer's reason marked as the peer's words, which the application
+// log withholds (it may name a patient); the status stays readable.
+func TestSenderQuotesThePeersComment(t *testing.T) {
+	noGoroutineLeak(t)
+	src, dst := startServer(t, nil), startServer(t, nil)
+	in := synth.Study(synth.StudySpec{Seed: 23})[0]
+	if _, err := src.store.in.Store(t.Context(), in.Reader(), gateway.StoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	other := in
+	other.PixelSeed++ // same UIDs, other bytes: the destination refuses ours
+	if _, err := dst.store.in.Store(t.Context(), other.Reader(), gateway.StoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	host, portS, _ := net.SplitHostPort(dst.addr)
+	port, _ := strconv.Atoi(portS)
+	peer := gateway.Peer{Name: "p", DIMSE: &gateway.DIMSEPeer{Host: host, Port: port, CalledAE: "GATEWAY"}}
+	var got []gateway.SendResult
+	if err := (&Sender{Blobs: src.b.Blobs}).Send(t.Context(), peer, gateway.SendHeader{}, src.records(t), func(res []gateway.SendResult) {
+		got = append(got, res...)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].OK || !strings.HasPrefix(got[0].Reason, "C-STORE ") {
+		t.Fatalf("results %+v, want one refusal", got)
+	}
+	reason := got[0].Reason
+	open, end := strings.Index(reason, "«"), strings.LastIndex(reason, "»")
+	if open < 0 || end != len(reason)-len("»") || end <= open+len("«") {
+		t.Fatalf("reason %q: the peer's Error Comment is not quoted as its words", reason)
+	}
+	if redacted := gateway.RedactPeerWords(reason); redacted != reason[:open]+"[the peer's words, withheld from the log]" || !strings.Contains(redacted, "(0111)") {
+		t.Errorf("reason %q redacted to %q, want the status kept and the comment withheld", reason, redacted)
+	}
+}
+
 // TestIdentifier: a C-FIND identifier with a sequence of undefined length
 // parses in both VR encodings, and a match encodes back in tag order.
 func TestIdentifier(t *testing.T) {

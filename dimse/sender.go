@@ -267,16 +267,19 @@ func (s *Sender) storeOne(ctx context.Context, cl *Client, h gateway.SendHeader,
 	if err != nil {
 		return gateway.SendResult{}, err
 	}
+	answer := "C-STORE " + res.Status.String()
+	if comment := strings.TrimSpace(res.Comment); comment != "" {
+		answer += " " + gateway.QuotePeer(comment) // the peer's words: kept out of the log
+	}
 	switch {
 	case res.Status.Success():
 		return gateway.SendResult{SOPInstanceUID: rec.SOPInstanceUID, OK: true, Bytes: rec.Size}, nil
 	case res.Status.Warning():
-		return gateway.SendResult{SOPInstanceUID: rec.SOPInstanceUID, OK: true, Bytes: rec.Size,
-			Warning: strings.TrimSpace(fmt.Sprintf("C-STORE %s %s", res.Status, res.Comment))}, nil
+		return gateway.SendResult{SOPInstanceUID: rec.SOPInstanceUID, OK: true, Bytes: rec.Size, Warning: answer}, nil
 	case res.Status.OutOfResources():
-		return refused(uint16(res.Status), true, "C-STORE %s %s", res.Status, res.Comment), nil
+		return refused(uint16(res.Status), true, "%s", answer), nil
 	}
-	return refused(uint16(res.Status), false, "C-STORE %s %s", res.Status, res.Comment), nil
+	return refused(uint16(res.Status), false, "%s", answer), nil
 }
 
 // Verify implements gateway.Sender. DIMSE has no read-back of what a

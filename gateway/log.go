@@ -1,5 +1,11 @@
 package gateway
 
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+)
+
 // Log attribute keys (log/slog). UIDs and transfer IDs may be logged; patient
 // names, IDs and birth dates never are.
 const (
@@ -22,3 +28,75 @@ func (Secret) GoString() string { return "[redacted]" }
 
 // Reveal returns the secret's value, for the one place that must send it.
 func (s Secret) Reveal() string { return string(s) }
+
+// A peer's own words (an HTTP answer's body, a STOW-RS or C-STORE Error
+// Comment, an admin API's "error" field) can hold patient data: a PACS
+// explaining a refusal may name the patient or echo a Patient ID. They are
+// kept where admins read them, in a transfer's last_error and failures, and
+// never reach the application log: QuotePeer marks them where they enter
+// an error message, and RedactLogAttr, every logger's ReplaceAttr, replaces
+// each marked span.
+const (
+	peerWordsOpen     = "«"
+	peerWordsClose    = "»"
+	peerWordsWithheld = "[the peer's words, withheld from the log]"
+)
+
+// peerWordsCleaner keeps a peer from closing its quotation early (and so
+// letting the rest of its words into the log) or opening one of its own.
+var peerWordsCleaner = strings.NewReplacer(peerWordsOpen, `"`, peerWordsClose, `"`)
+
+// QuotePeer marks s as a peer's words for an error message.
+func QuotePeer(s string) string {
+	return peerWordsOpen + peerWordsCleaner.Replace(s) + peerWordsClose
+}
+
+// RedactPeerWords replaces each span QuotePeer marked in s. A span left
+// open (a message cut short) is withheld to its end.
+func RedactPeerWords(s string) string {
+	if !strings.Contains(s, peerWordsOpen) {
+		return s
+	}
+	var b strings.Builder
+	for {
+		i := strings.Index(s, peerWordsOpen)
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		b.WriteString(s[:i])
+		b.WriteString(peerWordsWithheld)
+		rest := s[i+len(peerWordsOpen):]
+		j := strings.Index(rest, peerWordsClose)
+		if j < 0 {
+			return b.String()
+		}
+		s = rest[j+len(peerWordsClose):]
+	}
+}
+
+// RedactLogAttr is the loggers' slog.HandlerOptions.ReplaceAttr: it
+// withholds a peer's words from any text attribute, the message included,
+// and from an error or Stringer logged as a value.
+func RedactLogAttr(_ []string, a slog.Attr) slog.Attr {
+	var s string
+	switch a.Value.Kind() {
+	case slog.KindString:
+		s = a.Value.String()
+	case slog.KindAny:
+		switch v := a.Value.Any().(type) {
+		case error:
+			s = v.Error()
+		case fmt.Stringer:
+			s = v.String()
+		default:
+			return a
+		}
+	default:
+		return a
+	}
+	if strings.Contains(s, peerWordsOpen) {
+		a.Value = slog.StringValue(RedactPeerWords(s))
+	}
+	return a
+}

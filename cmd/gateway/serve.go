@@ -43,13 +43,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 // newLogger builds the JSON logger every package receives; ContextHandler
-// adds the request ID to each line logged with a request's context.
+// adds the request ID to each line logged with a request's context, and
+// gateway.RedactLogAttr withholds a peer's words (they may name a patient).
 func newLogger(w io.Writer, level string) *slog.Logger {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		l = slog.LevelInfo
 	}
-	return slog.New(dicomweb.ContextHandler{Handler: slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})})
+	return slog.New(dicomweb.ContextHandler{Handler: slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l, ReplaceAttr: gateway.RedactLogAttr})})
 }
 
 // Main is a running gateway: its backends, services and HTTP server. Tests
