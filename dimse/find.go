@@ -105,6 +105,9 @@ func findQuery(ident []element, model string) (*gateway.Query, []element, error)
 		return nil, nil, fmt.Errorf("query/retrieve level %q is not STUDY, SERIES or IMAGE", level)
 	}
 	_ = model // both models query the same studies; PATIENT level is refused above
+	if err := hierarchicalKeys(ident, ql); err != nil {
+		return nil, nil, err
+	}
 	params.Set("limit", strconv.Itoa(maxFindMatches))
 	q, err := gateway.ParseQuery(ql, "", "", params, gateway.QueryLimits{Default: maxFindMatches, Max: maxFindMatches})
 	if err != nil {
@@ -112,6 +115,32 @@ func findQuery(ident []element, model string) (*gateway.Query, []element, error)
 	}
 	slices.SortFunc(keys, func(a, b element) int { return strings.Compare(a.tag, b.tag) })
 	return q, keys, nil
+}
+
+// hierarchicalKeys checks the unique keys of the levels above the query's
+// own, which a hierarchical query (PS3.4 C.4.1.2.1; relational queries are
+// not negotiated here) gives as one value each: the Study Instance UID for
+// a SERIES query, the Study and Series Instance UIDs for an IMAGE query.
+// Without them a SERIES query would match series across every study. The
+// Patient ID above a Patient Root STUDY query is not required: a STUDY
+// query matches across patients in both models here.
+func hierarchicalKeys(ident []element, level gateway.QueryLevel) error {
+	single := func(tag string) bool {
+		for _, e := range ident {
+			if e.tag == tag {
+				v := strings.TrimRight(string(e.value), " \x00")
+				return v != "" && !strings.ContainsAny(v, `\*?`)
+			}
+		}
+		return false
+	}
+	switch {
+	case level == gateway.LevelSeries && !single(dicomcodec.TagStudyInstanceUID):
+		return errors.New("SERIES query without one Study Instance UID")
+	case level == gateway.LevelInstance && !(single(dicomcodec.TagStudyInstanceUID) && single(dicomcodec.TagSeriesInstanceUID)):
+		return errors.New("IMAGE query without one Study and Series Instance UID")
+	}
+	return nil
 }
 
 // matchText is a key's value as QIDO-RS query text: a string VR as it

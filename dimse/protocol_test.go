@@ -968,6 +968,43 @@ func TestCommitmentReportNestingBounded(t *testing.T) {
 	}
 }
 
+// TestFindHierarchicalKeys: a SERIES query names one study and an IMAGE
+// query one study and one series (PS3.4 C.4.1.2.1): without them, or with
+// a wildcard or a list there, it is refused (A900) instead of matching
+// across every study. A STUDY query needs no key, in either model.
+func TestFindHierarchicalKeys(t *testing.T) {
+	el := func(tag, v string) element { return element{tag: tag, value: []byte(v)} }
+	level := func(l string) element { return el(tagQueryRetrieveLevel, l) }
+	study, series := el("0020000D", "1.2.3\x00"), el("0020000E", "1.2.3.4 ")
+	for _, tt := range []struct {
+		ident []element
+		model string
+		ok    bool
+	}{
+		{[]element{level("STUDY")}, StudyRootFind, true},
+		{[]element{level("STUDY"), el("00100010", "Doe*")}, PatientRootFind, true},
+		{[]element{level("SERIES"), study}, StudyRootFind, true},
+		{[]element{level("SERIES"), study, el("00080060", "CT")}, PatientRootFind, true},
+		{[]element{level("SERIES"), el("00080060", "CT")}, StudyRootFind, false},
+		{[]element{level("SERIES"), el("0020000D", "")}, StudyRootFind, false},
+		{[]element{level("SERIES"), el("0020000D", "*")}, StudyRootFind, false},
+		{[]element{level("SERIES"), el("0020000D", "1.2.3*")}, StudyRootFind, false},
+		{[]element{level("SERIES"), el("0020000D", `1.2.3\1.2.4`)}, StudyRootFind, false},
+		{[]element{level("IMAGE"), study, series}, StudyRootFind, true},
+		{[]element{level("IMAGE"), study}, StudyRootFind, false},
+		{[]element{level("IMAGE"), series}, PatientRootFind, false},
+		{[]element{level("IMAGE"), study, el("0020000E", "1.2.3.?")}, StudyRootFind, false},
+	} {
+		_, _, err := findQuery(tt.ident, tt.model)
+		if (err == nil) != tt.ok {
+			t.Errorf("%v (%s): err %v, want ok=%v", tt.ident, tt.model, err, tt.ok)
+		}
+		if err != nil && len(err.Error()) > 64 {
+			t.Errorf("%q is longer than an Error Comment holds", err)
+		}
+	}
+}
+
 // TestFindBinaryKey: a matching key of a binary VR (Rows, US) is matched by
 // its number, in Implicit and Explicit VR: 512 becomes the condition
 // Rows = 512, and 8224 (whose two bytes are spaces) is not trimmed into a
@@ -978,6 +1015,8 @@ func TestFindBinaryKey(t *testing.T) {
 		for _, rows := range []uint16{512, 0x2020} {
 			var b []byte
 			b = appendElement(b, "00080052", "CS", padText("IMAGE"), explicit)
+			b = appendElement(b, "0020000D", "UI", padUID("1.2.3"), explicit)
+			b = appendElement(b, "0020000E", "UI", padUID("1.2.3.4"), explicit)
 			b = appendElement(b, "00280010", "US", binary.LittleEndian.AppendUint16(nil, rows), explicit)
 			ident, err := parseIdentifier(b, explicit)
 			if err != nil {

@@ -528,6 +528,12 @@ func TestDicomFindSCU(t *testing.T) {
 	if len(images) != 2 {
 		t.Errorf("image level: %v", images)
 	}
+	// A SERIES query names its study (hierarchical query): without one it
+	// is refused, not answered with the series of every study.
+	out := dcmtk(t, "findscu", "-v", "-S", "-aet", "VIEWER", "-aec", "HAMPSHIRE", "-k", "QueryRetrieveLevel=SERIES", "-k", "Modality=CT", "-k", "SeriesInstanceUID", "127.0.0.1", port)
+	if !strings.Contains(out, "Final Find Response (Error: DataSetDoesNotMatchSOPClass)") || strings.Contains(out, "Find Response: 1") {
+		t.Errorf("SERIES query without a study: want A900 and no match, findscu said:\n%s", out)
+	}
 	wild := findResponses(t, port, "QueryRetrieveLevel=STUDY", "PatientName="+strings.SplitN(a[0].PatientName, "^", 2)[0][:3]+"*", "StudyInstanceUID")
 	if len(wild) != 1 || wild[0]["0020000D"] != a[0].StudyInstanceUID {
 		t.Errorf("wildcard on PatientName: %v", wild)
