@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -104,6 +106,55 @@ func IdentityConflictOf(d dicomcodec.Dataset) (otherID, otherIssuer string, flag
 		otherIssuer, _ = a.Value[2].(string)
 	}
 	return otherID, otherIssuer, true
+}
+
+// StudyPatientIDs are the Patient IDs a study is found by: its own (the
+// latest instance's, as every study-level attribute) and, when it is
+// flagged for an identity conflict, the other patient's. A search by either
+// patient then finds the study, with the flag that says why, instead of
+// the first patient's study vanishing from that patient's searches when
+// one instance of another patient arrives in it.
+func StudyPatientIDs(attrs dicomcodec.Dataset) []string {
+	var ids []string
+	if id := attrs.String(dicomcodec.TagPatientID); id != "" {
+		ids = append(ids, id)
+	}
+	if other, _, flagged := IdentityConflictOf(attrs); flagged && other != "" && !slices.Contains(ids, other) {
+		ids = append(ids, other)
+	}
+	return ids
+}
+
+// otherIdentityView is d as the other patient of its identity conflict is
+// matched: the flag's Patient ID and Issuer of Patient ID in place of d's
+// own. ok is false when d is not flagged.
+func otherIdentityView(d dicomcodec.Dataset) (view dicomcodec.Dataset, ok bool) {
+	otherID, otherIssuer, flagged := IdentityConflictOf(d)
+	if !flagged {
+		return nil, false
+	}
+	view = maps.Clone(d)
+	view[dicomcodec.TagPatientID] = textAttribute("LO", otherID)
+	view[TagIssuerOfPatientID] = textAttribute("LO", otherIssuer)
+	return view, true
+}
+
+func textAttribute(vr, v string) dicomcodec.Attribute {
+	if v == "" {
+		return dicomcodec.Attribute{VR: vr}
+	}
+	return dicomcodec.Attribute{VR: vr, Value: []any{v}}
+}
+
+// StudyCarriesNationalID is CarriesNationalID for a study summary: a study
+// flagged for an identity conflict carries the other patient's NHS number
+// too, when the flag names it with a national issuer.
+func StudyCarriesNationalID(d dicomcodec.Dataset, nhs string) bool {
+	if CarriesNationalID(d, nhs) {
+		return true
+	}
+	view, ok := otherIdentityView(d)
+	return ok && CarriesNationalID(view, nhs)
 }
 
 // flagIdentityConflict compares rec with the study it joins and flags it

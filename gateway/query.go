@@ -317,7 +317,7 @@ func checkDateTime(vr, s string) error {
 // satisfies all of them. Zero values mean "no hint".
 type IndexHints struct {
 	StudyUIDs       []string // the study scope or a UID condition
-	PatientID       string   // exact PatientID
+	PatientID       string   // exact PatientID: one of the study's StudyPatientIDs
 	AccessionNumber string   // exact AccessionNumber
 	Modalities      []string // the study has one of these (ModalitiesInStudy or Modality)
 	// NamePrefix is the folded literal prefix of the PatientName pattern, or
@@ -497,7 +497,7 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 				studiesPastPage++
 			}
 			sd := st.Dataset()
-			if !q.matchAll(sd, studyConds) {
+			if !q.matchStudy(sd, studyConds) {
 				continue
 			}
 			if q.Level == LevelStudy {
@@ -556,6 +556,17 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 		return nil, err
 	}
 	return res, nil
+}
+
+// matchStudy matches the study-level conditions against a study, and a
+// study flagged for an identity conflict also as the other patient's
+// (StudyPatientIDs): a search by either patient finds it, flag included.
+func (q *Query) matchStudy(sd dicomcodec.Dataset, conds []Condition) bool {
+	if q.matchAll(sd, conds) {
+		return true
+	}
+	other, ok := otherIdentityView(sd)
+	return ok && q.matchAll(other, conds)
 }
 
 func (q *Query) matchAll(d dicomcodec.Dataset, conds []Condition) bool {

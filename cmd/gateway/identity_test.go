@@ -292,6 +292,21 @@ func TestIdentityConflictFlagged(t *testing.T) {
 			t.Errorf("after instance %d: flag %v, warning %v, want %v: %s", i+1, flagged, warned, want, got)
 		}
 	}
+	// Neither patient's search loses the study (the latest instance is
+	// S100's, the flag names H200); each finds it with the flag, by QIDO
+	// and by FHIR. Before, only the latest instance's patient found it.
+	for _, pid := range []string{"S100", "H200"} {
+		code, _, found := fhirGet(t, root+"/dicomweb/studies?PatientID="+pid+"&includefield=00091001", "application/dicom+json")
+		if code != http.StatusOK || !strings.Contains(string(found), study) || !strings.Contains(string(found), "IDENTITY CONFLICT") {
+			t.Errorf("QIDO PatientID=%s = %d: the flagged study is not found with its flag: %.300s", pid, code, found)
+		}
+		if studies, _ := searchBundle(t, root+"/fhir/ImagingStudy?patient.identifier="+pid).matches(t); len(studies) != 1 {
+			t.Errorf("FHIR search by patient %s: %d studies, want the flagged one", pid, len(studies))
+		}
+	}
+	if _, _, found := fhirGet(t, root+"/dicomweb/studies?PatientID=X300", "application/dicom+json"); strings.Contains(string(found), study) {
+		t.Errorf("QIDO PatientID=X300 finds the study of two other patients")
+	}
 	code, _, fhirBody := fhirGet(t, root+"/fhir/ImagingStudy/"+study, "")
 	if code != http.StatusOK || !strings.Contains(string(fhirBody), "IDENTITY CONFLICT") {
 		t.Errorf("FHIR ImagingStudy of the flagged study = %d, without the conflict note: %.300s", code, fhirBody)
@@ -327,6 +342,26 @@ func TestIdentityConflictFlagged(t *testing.T) {
 	}
 	if both == 0 {
 		t.Errorf("no query event of the flagged study names both patients")
+	}
+}
+
+// TestIdentityConflictFoundByNHSNumber: a study held under a patient's NHS
+// number (Patient ID, issuer NHS) into which an instance of another
+// patient, held under a local number, arrives last is still found by the
+// search by the first patient's NHS number (its ImagingStudy carries the
+// conflict note: TestIdentityConflictFlagged).
+func TestIdentityConflictFoundByNHSNumber(t *testing.T) {
+	_, root := centre(t, "surrey", "")
+	mk := func(i uint64, pid, issuer string) synth.Instance {
+		return synth.Instance{PatientName: "Doe^Jane", PatientID: pid, IssuerOfPatientID: issuer, StudyInstanceUID: synth.UID(85, 1),
+			SeriesInstanceUID: synth.UID(85, 1, i), SOPInstanceUID: synth.UID(85, 1, i, 1), Rows: 4, Columns: 4, StudyDate: "20240101"}
+	}
+	stowOK(t, root+"/dicomweb", []synth.Instance{mk(1, testNHSNumber, "NHS")})
+	stowOK(t, root+"/dicomweb", []synth.Instance{mk(2, "SUR900", "SURREY")})
+	b := searchBundle(t, root+"/fhir/ImagingStudy?patient.identifier="+url.QueryEscape(gateway.NHSNumberSystem+"|"+testNHSNumber))
+	studies, _ := b.matches(t)
+	if len(studies) != 1 || !strings.Contains(fmt.Sprint(studies[0]), synth.UID(85, 1)) {
+		t.Errorf("search by the first patient's NHS number: %d studies %v, want the flagged study", len(studies), studies)
 	}
 }
 

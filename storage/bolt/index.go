@@ -86,9 +86,9 @@ func NewIndex(db *DB) (*Index, error) {
 			return nil
 		}
 		err := tx.Bucket(bucketStudyOrder).ForEach(func(k, v []byte) error {
-			pid, rest, _ := bytes.Cut(v, []byte{0})
+			pids, rest, _ := bytes.Cut(v, []byte{0})
 			acc, _, _ := bytes.Cut(rest, []byte{0})
-			for _, key := range lookupKeys(k, string(pid), string(acc)) {
+			for _, key := range lookupKeys(k, strings.Split(string(pids), "\x01"), string(acc)) {
 				if err := tx.Bucket(bucketStudyLookup).Put(key, nil); err != nil {
 					return err
 				}
@@ -466,7 +466,7 @@ func listStudy(tx *bbolt.Tx, s *gateway.StudySummary) error {
 	if err := tx.Bucket(bucketStudyOrder).Put(key, orderValue(s)); err != nil {
 		return err
 	}
-	for _, lk := range lookupKeys(key, s.Attrs.String(dicomcodec.TagPatientID), s.Attrs.String(dicomcodec.TagAccessionNumber)) {
+	for _, lk := range lookupKeys(key, gateway.StudyPatientIDs(s.Attrs), s.Attrs.String(dicomcodec.TagAccessionNumber)) {
 		if err := tx.Bucket(bucketStudyLookup).Put(lk, nil); err != nil {
 			return err
 		}
@@ -480,7 +480,7 @@ func unlistStudy(tx *bbolt.Tx, s *gateway.StudySummary) error {
 	if err := tx.Bucket(bucketStudyOrder).Delete(key); err != nil {
 		return err
 	}
-	for _, lk := range lookupKeys(key, s.Attrs.String(dicomcodec.TagPatientID), s.Attrs.String(dicomcodec.TagAccessionNumber)) {
+	for _, lk := range lookupKeys(key, gateway.StudyPatientIDs(s.Attrs), s.Attrs.String(dicomcodec.TagAccessionNumber)) {
 		if err := tx.Bucket(bucketStudyLookup).Delete(lk); err != nil {
 			return err
 		}
@@ -488,11 +488,15 @@ func unlistStudy(tx *bbolt.Tx, s *gateway.StudySummary) error {
 	return nil
 }
 
-// lookupKeys are the lookup entries of the study with order key key.
-func lookupKeys(key []byte, patientID, accession string) [][]byte {
+// lookupKeys are the lookup entries of the study with order key key: one
+// per Patient ID it is found by (gateway.StudyPatientIDs) and one for its
+// accession number.
+func lookupKeys(key []byte, patientIDs []string, accession string) [][]byte {
 	var out [][]byte
-	if patientID != "" {
-		out = append(out, append(lookupPrefix('p', patientID), key...))
+	for _, id := range patientIDs {
+		if id != "" {
+			out = append(out, append(lookupPrefix('p', id), key...))
+		}
 	}
 	if accession != "" {
 		out = append(out, append(lookupPrefix('a', accession), key...))
@@ -609,8 +613,8 @@ func orderKey(s *gateway.StudySummary) []byte {
 }
 
 // orderValue holds what hintsAllow checks, so that a search skips
-// non-candidates without decoding their summaries: patient ID, accession
-// number, modalities and name keys (then the phonetic keys, each after
+// non-candidates without decoding their summaries: patient IDs
+// (gateway.StudyPatientIDs), accession number, modalities and name keys (then the phonetic keys, each after
 // gateway.PhoneticKeyMark), NUL-separated, lists joined by \x01.
 func orderValue(s *gateway.StudySummary) []byte {
 	mods := make([]string, 0, len(s.Modalities))
@@ -622,7 +626,7 @@ func orderValue(s *gateway.StudySummary) []byte {
 		names = append(names, gateway.PhoneticKeyMark+code)
 	}
 	return []byte(strings.Join([]string{
-		s.Attrs.String(dicomcodec.TagPatientID), s.Attrs.String(dicomcodec.TagAccessionNumber),
+		strings.Join(gateway.StudyPatientIDs(s.Attrs), "\x01"), s.Attrs.String(dicomcodec.TagAccessionNumber),
 		strings.Join(mods, "\x01"), strings.Join(names, "\x01"),
 	}, "\x00"))
 }
@@ -772,8 +776,8 @@ func hintsAllow(v []byte, h gateway.IndexHints) bool {
 	if bytes.Count(v, []byte{0}) != 3 {
 		return true
 	}
-	pid, rest, _ := bytes.Cut(v, []byte{0})
-	if h.PatientID != "" && string(pid) != h.PatientID {
+	pids, rest, _ := bytes.Cut(v, []byte{0})
+	if h.PatientID != "" && !anyItem(pids, func(id []byte) bool { return string(id) == h.PatientID }) {
 		return false
 	}
 	acc, rest, _ := bytes.Cut(rest, []byte{0})

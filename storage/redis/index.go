@@ -36,7 +36,8 @@ import (
 //	<sh>i:<sop>              hash: rec (InstanceRecord JSON), st, se, mod, cls; sz (size, usage.go)
 //	<sh>s:<study>            hash: ca (study-level attributes, recordcodec.AppendCompact), n, ns,
 //	                         m:<modality>, c:<sop class> counts, and the values it is indexed
-//	                         under: d, pid, acc, names, np, ph; b (bytes) and rt (received,
+//	                         under: d, pid (its patient IDs, gateway.StudyPatientIDs, joined
+//	                         by \x01), acc, names, np, ph; b (bytes) and rt (received,
 //	                         Unix ms) for retention (usage.go)
 //	<sh>ss:<study>           set of series UIDs
 //	<sh>e:<study>:<series>   hash: ca (series-level attributes, compact), n
@@ -256,7 +257,7 @@ local function planStudy(study, mods)
   if not need('s:' .. study) then return end
   local sk = P .. 's:' .. study
   local v = call('HMGET', sk, 'pid', 'acc', 'np', 'ph')
-  if v[1] and v[1] ~= '' then need('x:pid:' .. v[1]) end
+  for _, id in ipairs(split(v[1])) do need('x:pid:' .. id) end
   if v[2] and v[2] ~= '' then need('x:acc:' .. v[2]) end
   for _, n in ipairs(split(v[3])) do need('x:np:' .. n) end
   for _, c in ipairs(split(v[4])) do need('x:ph:' .. c) end
@@ -283,7 +284,7 @@ end
 // writeScript puts or replaces one instance. KEYS: the keys it may touch,
 // KEYS[1] the instance hash (see writeArgs). ARGV: shard prefix, mode
 // ("put" or "replace"), sop, study, series, rec, modality, sop class, study
-// attrs, series attrs (both compact), date, patient id, accession, name
+// attrs, series attrs (both compact), date, patient ids (joined by \1), accession, name
 // keys joined by \1, name prefixes (namePrefixes) joined by \1, metadata
 // order entry (gateway.MetadataOrder), name Soundex codes joined by \1,
 // size, stored at (Unix ms; both for the study usage, usage.go). The
@@ -307,7 +308,7 @@ end
 -- Plan: every key this write touches must be declared.
 local sk, ek = P .. 's:' .. st, P .. 'e:' .. st .. ':' .. se
 for _, name in ipairs({'s:' .. st, 'e:' .. st .. ':' .. se, 'ei:' .. st .. ':' .. se, 'ss:' .. st, 'x:date', 'x:npok', 'x:phok', 'x:name', 'x:recv', 'x:bytes'}) do need(name) end
-if pid ~= '' then need('x:pid:' .. pid) end
+for _, id in ipairs(split(pid)) do need('x:pid:' .. id) end
 if acc ~= '' then need('x:acc:' .. acc) end
 for _, n in ipairs(split(np)) do need('x:np:' .. n) end
 for _, c in ipairs(split(ph)) do need('x:ph:' .. c) end
@@ -351,7 +352,7 @@ if cls ~= '' then call('HINCRBY', sk, 'c:' .. cls, 1) end
 local score = tonumber(d)
 if not listed then
   call('ZADD', P .. 'x:date', score, st)
-  if pid ~= '' then call('ZADD', P .. 'x:pid:' .. pid, score, st) end
+  for _, id in ipairs(split(pid)) do call('ZADD', P .. 'x:pid:' .. id, score, st) end
   if acc ~= '' then call('ZADD', P .. 'x:acc:' .. acc, score, st) end
   for _, n in ipairs(split(names)) do call('ZADD', P .. 'x:name', 0, n .. '\0' .. st) end
   for _, n in ipairs(split(np)) do call('ZADD', P .. 'x:np:' .. n, score, st) end
@@ -376,7 +377,7 @@ const luaIndexFunctions = `
 -- unindex removes study st from the secondary indexes it is listed under.
 local function unindex(sk, study)
   local v = call('HMGET', sk, 'pid', 'acc', 'names', 'np', 'ph')
-  if v[1] and v[1] ~= '' then call('ZREM', P .. 'x:pid:' .. v[1], study) end
+  for _, id in ipairs(split(v[1])) do call('ZREM', P .. 'x:pid:' .. id, study) end
   if v[2] and v[2] ~= '' then call('ZREM', P .. 'x:acc:' .. v[2], study) end
   for _, n in ipairs(split(v[3])) do call('ZREM', P .. 'x:name', n .. '\0' .. study) end
   for _, n in ipairs(split(v[4])) do call('ZREM', P .. 'x:np:' .. n, study) end
@@ -640,7 +641,13 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) (keys []stri
 	names := gateway.NameKeys(md, dicomcodec.TagPatientName)
 	prefixes := namePrefixes(gateway.NameGroupKeys(md, dicomcodec.TagPatientName))
 	codes := gateway.NamePhoneticKeys(md, dicomcodec.TagPatientName)
-	pid, acc, mod := indexValue(md.String(dicomcodec.TagPatientID)), indexValue(md.String(dicomcodec.TagAccessionNumber)), indexValue(rec.Modality())
+	var pids []string // the study's gateway.StudyPatientIDs, each with an x:pid zset
+	for _, id := range gateway.StudyPatientIDs(md) {
+		if id = indexValue(id); id != "" && !slices.Contains(pids, id) {
+			pids = append(pids, id)
+		}
+	}
+	acc, mod := indexValue(md.String(dicomcodec.TagAccessionNumber)), indexValue(rec.Modality())
 	st, se := rec.StudyInstanceUID, rec.SeriesInstanceUID
 	sh := x.shardOf(st)
 	keys = []string{
@@ -648,8 +655,8 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) (keys []stri
 		x.skey(sh, "ss", st), x.skey(sh, "x", "date"), x.skey(sh, "x", "npok"), x.skey(sh, "x", "phok"), x.skey(sh, "x", "name"),
 		x.skey(sh, "x", "recv"), x.skey(sh, "x", "bytes"),
 	}
-	if pid != "" {
-		keys = append(keys, x.skey(sh, "x", "pid", pid))
+	for _, id := range pids {
+		keys = append(keys, x.skey(sh, "x", "pid", id))
 	}
 	if acc != "" {
 		keys = append(keys, x.skey(sh, "x", "acc", acc))
@@ -666,7 +673,7 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) (keys []stri
 	return keys, []any{
 		x.shards[sh], mode, rec.SOPInstanceUID, st, se, data,
 		mod, indexValue(rec.SOPClassUID), sattrs, eattrs,
-		strconv.FormatInt(gateway.StudyDateKey(md), 10), pid, acc, strings.Join(names, "\x01"),
+		strconv.FormatInt(gateway.StudyDateKey(md), 10), strings.Join(pids, "\x01"), acc, strings.Join(names, "\x01"),
 		strings.Join(prefixes, "\x01"), gateway.MetadataOrder(rec), strings.Join(codes, "\x01"),
 		strconv.FormatInt(rec.Size, 10), strconv.FormatInt(rec.StoredAt.UnixMilli(), 10),
 	}, nil

@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"testing"
 
+	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/storage/redis"
 	"github.com/dicom-gateway/gateway/storage/storagetest"
@@ -115,4 +116,45 @@ func TestPutInstancesBulk(t *testing.T) {
 // with BenchmarkQIDO at the same GATEWAY_BENCH_STUDIES.
 func BenchmarkQIDOCluster(b *testing.B) {
 	storagetest.BenchIndexQueries(b, redis.NewIndex(openClient(b, storagetest.RedisClusterURL(b))))
+}
+
+// TestIndexConflictStudyLeavesNoPatientEntries: a study flagged for an
+// identity conflict is listed under both patients' x:pid sets; once its
+// instances are deleted, neither set keeps it (the study is unlisted from
+// every patient ID it was listed under, not only its own).
+func TestIndexConflictStudyLeavesNoPatientEntries(t *testing.T) {
+	c := openClient(t, storagetest.RedisURL(t))
+	x, ctx := redis.NewIndex(c), t.Context()
+	first := storagetest.Record("1.2.8", "1.2.8.1", "1.2.8.1.1", map[string]any{dicomcodec.TagPatientID: "S100"})
+	second := storagetest.Record("1.2.8", "1.2.8.2", "1.2.8.2.1", map[string]any{dicomcodec.TagPatientID: "H200"})
+	second.Metadata[gateway.TagIdentityConflict] = dicomcodec.Attribute{VR: "LO", Value: []any{gateway.IdentityConflictValue, "S100", ""}}
+	for _, rec := range []*gateway.InstanceRecord{first, second} {
+		if _, _, err := x.PutInstance(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	members := func() map[string]int64 {
+		out := map[string]int64{}
+		iter := c.Redis().Scan(ctx, 0, c.Key("*x:pid:*"), 1000).Iterator()
+		for iter.Next(ctx) {
+			out[iter.Val()] = c.Redis().ZCard(ctx, iter.Val()).Val()
+		}
+		if err := iter.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	if got := members(); len(got) != 2 {
+		t.Fatalf("x:pid sets of the flagged study: %v, want S100's and H200's", got)
+	}
+	for _, rec := range []*gateway.InstanceRecord{second, first} {
+		if err := x.DeleteInstance(ctx, rec.SOPInstanceUID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for k, n := range members() {
+		if n > 0 {
+			t.Errorf("%s still lists %d studies after the study's instances were deleted", k, n)
+		}
+	}
 }

@@ -389,6 +389,44 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 			"StudyDate=20200101": 0, "PatientID=P2": 1, "PatientName=SMITH*": 1, "AccessionNumber=A2": 1,
 			"StudyDate=20210101": 1, "ModalitiesInStudy=CT&StudyDate=20210101": 1})
 	})
+	t.Run("IdentityConflictFoundByBothPatients", func(t *testing.T) {
+		// A study that holds instances of two patient identities (the
+		// Ingester flags the later ones, naming the other identity) is
+		// found by a search for either patient, at study and series level,
+		// whichever instance came last; a third identity finds nothing.
+		x, ctx := newIndex(t), t.Context()
+		flagged := func(rec *gateway.InstanceRecord, otherID, otherIssuer string) *gateway.InstanceRecord {
+			rec.Metadata[gateway.TagGatewayPrivateCreator] = dicomcodec.Attribute{VR: "LO", Value: []any{gateway.GatewayPrivateCreator}}
+			rec.Metadata[gateway.TagIdentityConflict] = dicomcodec.Attribute{VR: "LO", Value: []any{gateway.IdentityConflictValue, otherID, otherIssuer}}
+			return rec
+		}
+		attrs := func(pid, issuer string) map[string]any {
+			return map[string]any{dicomcodec.TagPatientID: pid, gateway.TagIssuerOfPatientID: issuer, dicomcodec.TagStudyDate: "20200101", dicomcodec.TagModality: "CT"}
+		}
+		search := func(level gateway.QueryLevel, want map[string]int) {
+			t.Helper()
+			for raw, n := range want {
+				res, err := x.Search(ctx, parseQuery(t, level, "", "", raw))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(res.Items) != n {
+					t.Errorf("%s %s: %d matches, want %d", level, raw, len(res.Items), n)
+				}
+			}
+		}
+		mustPut(t, x, Record("1.2.7", "1.2.7.1", "1.2.7.1.1", attrs("S100", "SURREY")))
+		mustPut(t, x, flagged(Record("1.2.7", "1.2.7.2", "1.2.7.2.1", attrs("H200", "HAMPSHIRE")), "S100", "SURREY"))
+		both := map[string]int{"PatientID=S100": 1, "PatientID=H200": 1, "PatientID=S100&IssuerOfPatientID=SURREY": 1,
+			"PatientID=S100&IssuerOfPatientID=HAMPSHIRE": 0, "PatientID=H200&IssuerOfPatientID=HAMPSHIRE": 1,
+			"PatientID=S1*": 1, "PatientID=X300": 0, "PatientID=S100&StudyDate=20200101": 1, "PatientID=S100&StudyDate=20210101": 0}
+		search(gateway.LevelStudy, both)
+		search(gateway.LevelSeries, map[string]int{"PatientID=S100": 2, "PatientID=H200": 2, "PatientID=X300": 0})
+		// The first patient's instance arrives again last: the flag now
+		// names the second, and both are still found.
+		mustPut(t, x, flagged(Record("1.2.7", "1.2.7.1", "1.2.7.1.2", attrs("S100", "SURREY")), "H200", "HAMPSHIRE"))
+		search(gateway.LevelStudy, both)
+	})
 	t.Run("Queries", func(t *testing.T) { TestIndexQueries(t, newIndex) })
 }
 
