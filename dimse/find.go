@@ -128,8 +128,9 @@ func hierarchicalKeys(ident []element, level gateway.QueryLevel) error {
 	single := func(tag string) bool {
 		for _, e := range ident {
 			if e.tag == tag {
-				v := strings.TrimRight(string(e.value), " \x00")
-				return v != "" && !strings.ContainsAny(v, `\*?`)
+				// One UID: no list (QIDO's "," as well as a backslash), no
+				// wildcard, nothing empty.
+				return gateway.ValidateUID(strings.TrimRight(string(e.value), " \x00")) == nil
 			}
 		}
 		return false

@@ -990,6 +990,8 @@ func TestFindHierarchicalKeys(t *testing.T) {
 		{[]element{level("SERIES"), el("0020000D", "*")}, StudyRootFind, false},
 		{[]element{level("SERIES"), el("0020000D", "1.2.3*")}, StudyRootFind, false},
 		{[]element{level("SERIES"), el("0020000D", `1.2.3\1.2.4`)}, StudyRootFind, false},
+		{[]element{level("SERIES"), el("0020000D", "1.2.3,1.2.4")}, StudyRootFind, false},
+		{[]element{level("IMAGE"), study, el("0020000E", "1.2.3.4,1.2.3.5")}, StudyRootFind, false},
 		{[]element{level("IMAGE"), study, series}, StudyRootFind, true},
 		{[]element{level("IMAGE"), study}, StudyRootFind, false},
 		{[]element{level("IMAGE"), series}, PatientRootFind, false},
