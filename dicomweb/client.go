@@ -421,12 +421,26 @@ func retryAfter(v string, now time.Time) time.Duration {
 	return 0
 }
 
+// unwrapURLError drops the url.Error around a transport error (its URL may
+// carry credentials). net/http and net/textproto quote the peer's own bytes
+// when its answer is malformed (`malformed HTTP status code "…"`,
+// `malformed MIME header line: …`): that text is marked as the peer's
+// words (gateway.QuotePeer), which the log withholds.
 func unwrapURLError(err error) error {
 	if ue, ok := errors.AsType[*url.Error](err); ok {
-		return ue.Err
+		err = ue.Err
+	}
+	if strings.Contains(err.Error(), "malformed") {
+		return peerWordsError{err}
 	}
 	return err
 }
+
+// peerWordsError is an error whose whole text may hold the peer's bytes.
+type peerWordsError struct{ err error }
+
+func (e peerWordsError) Error() string { return gateway.QuotePeer(e.err.Error()) }
+func (e peerWordsError) Unwrap() error { return e.err }
 
 func redactURL(u string) string {
 	p, err := url.Parse(u)

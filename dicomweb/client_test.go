@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"mime"
+	"net"
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
@@ -213,5 +214,38 @@ func TestAdminURL(t *testing.T) {
 		if got != tt.want || (err == nil) != tt.ok {
 			t.Errorf("AdminURL(%s) = %q, %v; want %q ok=%v", tt.peer.URL, got, err, tt.want, tt.ok)
 		}
+	}
+}
+
+// TestMalformedAnswerIsThePeersWords: net/http quotes a malformed answer's
+// own bytes in its error (here a header line without a colon, where a
+// broken peer put a patient's name): the error that becomes the transfer's
+// last_error marks them as the peer's words, so the log withholds them.
+func TestMalformedAnswerIsThePeersWords(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				_, _ = conn.Read(make([]byte, 4096))
+				_, _ = conn.Write([]byte("HTTP/1.1 500 Internal\r\nQUIXOTE^ALONSO MRN 4417\r\n\r\n"))
+			}()
+		}
+	}()
+	peer := gateway.Peer{Name: "surrey", URL: "http://" + ln.Addr().String() + "/dicomweb"}
+	_, err = NewClient(nil).Verify(t.Context(), peer, "1.2.3", []*gateway.InstanceRecord{rec("1.2.3.1.1", 10)})
+	if err == nil || !strings.Contains(err.Error(), "QUIXOTE^ALONSO") {
+		t.Fatalf("Verify against a malformed answer: %v, want the transport's error", err)
+	}
+	if logged := gateway.RedactPeerWords(err.Error()); strings.Contains(logged, "QUIXOTE") || !strings.Contains(logged, "querying http://") {
+		t.Errorf("as logged: %q, want the peer's bytes withheld and the rest kept", logged)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"math/big"
 	"sync"
 	"time"
+
+	"github.com/dicom-gateway/gateway/gateway"
 )
 
 // Storage Commitment Push Model (PS3.4 Annex J).
@@ -168,6 +170,10 @@ func decodeCommitReport(b []byte, explicit bool) (CommitmentReport, error) {
 				if sop == "" {
 					continue
 				}
+				if gateway.ValidateUID(sop) != nil {
+					// Not echoed: the caller's bytes go to logs and last_error.
+					return r, malformed("storage commitment report with a Referenced SOP Instance UID that is not a UID")
+				}
 				if tag == tagFailedSOPSeq {
 					r.Failed[sop] = reason
 				} else {
@@ -178,6 +184,9 @@ func decodeCommitReport(b []byte, explicit bool) (CommitmentReport, error) {
 	}
 	if r.TransactionUID == "" {
 		return r, malformed("storage commitment report without a Transaction UID")
+	}
+	if gateway.ValidateUID(r.TransactionUID) != nil {
+		return r, malformed("storage commitment report with a Transaction UID that is not a UID")
 	}
 	return r, nil
 }

@@ -886,6 +886,16 @@ func TestCommitmentReport(t *testing.T) {
 			t.Errorf("explicit=%v: decoded %+v", explicit, r)
 		}
 	}
+	// A report whose UIDs are not UIDs is refused without echoing them:
+	// the text would reach the log and the transfer's last_error.
+	for _, bad := range [][]byte{
+		encodeCommitRequest("QUIXOTE^ALONSO MRN 4417", [][2]string{{synth.CTImageStorage, "1.2.6"}}),
+		encodeCommitRequest("2.25.8", [][2]string{{synth.CTImageStorage, "QUIXOTE^ALONSO"}}),
+	} {
+		if _, err := decodeCommitReport(bad, false); err == nil || strings.Contains(err.Error(), "QUIXOTE") {
+			t.Errorf("a report with a non-UID decoded: %v", err)
+		}
+	}
 	// The request our SCU sends decodes as a report of what it asks for.
 	req := encodeCommitRequest("2.25.8", [][2]string{{synth.CTImageStorage, "1.2.6"}})
 	if r, err := decodeCommitReport(req, false); err != nil || !slices.Equal(r.Committed, []string{"1.2.6"}) {

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -77,26 +78,41 @@ func RedactPeerWords(s string) string {
 
 // RedactLogAttr is the loggers' slog.HandlerOptions.ReplaceAttr: it
 // withholds a peer's words from any text attribute, the message included,
-// and from an error or Stringer logged as a value.
+// from an error or Stringer logged as a value, and from any other value
+// (a struct, slice or map) as its JSON text.
 func RedactLogAttr(_ []string, a slog.Attr) slog.Attr {
-	var s string
-	switch a.Value.Kind() {
-	case slog.KindString:
-		s = a.Value.String()
-	case slog.KindAny:
-		switch v := a.Value.Any().(type) {
-		case error:
-			s = v.Error()
-		case fmt.Stringer:
-			s = v.String()
-		default:
-			return a
+	if a.Value.Kind() == slog.KindString {
+		if s := a.Value.String(); strings.Contains(s, peerWordsOpen) {
+			a.Value = slog.StringValue(RedactPeerWords(s))
 		}
-	default:
 		return a
 	}
-	if strings.Contains(s, peerWordsOpen) {
+	if a.Value.Kind() != slog.KindAny {
+		return a
+	}
+	if s, ok := loggedText(a.Value.Any()); ok && strings.Contains(s, peerWordsOpen) {
 		a.Value = slog.StringValue(RedactPeerWords(s))
 	}
 	return a
+}
+
+// loggedText is the text a log handler writes for v: its Error or String
+// (a typed nil that panics there is logged as "<nil>", as slog does), else
+// its JSON.
+func loggedText(v any) (s string, ok bool) {
+	defer func() {
+		if recover() != nil {
+			s, ok = "<nil>", true
+		}
+	}()
+	switch v := v.(type) {
+	case nil:
+		return "", false
+	case error:
+		return v.Error(), true
+	case fmt.Stringer:
+		return v.String(), true
+	}
+	b, err := json.Marshal(v)
+	return string(b), err == nil
 }

@@ -35,7 +35,8 @@ func TestRedactPeerWords(t *testing.T) {
 
 // TestRedactLogAttr: as a JSON handler's ReplaceAttr it withholds a peer's
 // words from the message, from string, error and Stringer values, from
-// attributes given to With and inside groups, and leaves the rest as it is.
+// structs and slices (as their JSON), from attributes given to With and
+// inside groups, survives a typed nil error, and leaves the rest as it is.
 func TestRedactLogAttr(t *testing.T) {
 	var buf bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{ReplaceAttr: gateway.RedactLogAttr}))
@@ -44,13 +45,17 @@ func TestRedactLogAttr(t *testing.T) {
 		"error", errors.New("HTTP 409: "+words),
 		"stringer", stringer("busy "+words),
 		slog.Group("inner", "reason", words),
+		"failures", []gateway.InstanceProgress{{SOPInstanceUID: "1.2.3", Reason: "refused " + words}},
+		"list", []string{"a", words},
+		"nil_error", (*gateway.SendError)(nil),
 		"count", 3, "plain", "kept")
 	out := buf.String()
 	if strings.Contains(out, "DOE") {
 		t.Errorf("the log holds the peer's words:\n%s", out)
 	}
 	for _, want := range []string{`"msg":"odd ` + withheld, `"peer_said":"refused ` + withheld, `"error":"HTTP 409: ` + withheld,
-		`"stringer":"busy ` + withheld, `"reason":"` + withheld, `"count":3`, `"plain":"kept"`} {
+		`"stringer":"busy ` + withheld, `"reason":"` + withheld, `"count":3`, `"plain":"kept"`, `"nil_error":"<nil>"`,
+		`1.2.3`, `"list":"[\"a\",\"` + withheld} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the log lacks %s:\n%s", want, out)
 		}
