@@ -61,35 +61,56 @@ type Coercer struct {
 }
 
 // lookupFile is a lookup file as last read. The admin maintains the file;
-// a transfer planned after it changed (modification time or size) reads
-// it again, so no restart is needed.
+// a transfer planned after its content changed reads it again, so no
+// restart is needed. Changes are told by the SHA-256 of the content, not by
+// size and modification time: an edit that keeps both (a tool that
+// restores the time, two edits within one clock tick) must not leave a
+// transfer sending under the old mapping.
 type lookupFile struct {
-	path    string
-	modTime time.Time
-	size    int64
-	ids     map[string]string // NHS number → local ID
+	path   string
+	digest [sha256.Size]byte
+	ids    map[string]string // NHS number → local ID
 }
 
-// lookup returns the lookup of key, read again when its file changed. A
-// file that became unreadable or malformed is an error: the transfer waits
-// for the admin to fix it rather than send with an older mapping.
+// lookup returns the lookup of key, read again when its file's content
+// changed. A file that became unreadable or malformed is an error: the
+// transfer waits for the admin to fix it rather than send with an older
+// mapping.
 func (c *Coercer) lookup(key string) (map[string]string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	lf := c.lookups[key]
-	st, err := os.Stat(lf.path)
+	if lf.ids != nil {
+		digest, err := fileDigest(lf.path)
+		if err != nil {
+			return nil, fmt.Errorf("%s: coerce.lookup_file: %w", key, err)
+		}
+		if digest == lf.digest {
+			return lf.ids, nil
+		}
+	}
+	ids, digest, err := readLookup(lf.path)
 	if err != nil {
 		return nil, fmt.Errorf("%s: coerce.lookup_file: %w", key, err)
 	}
-	if st.ModTime().Equal(lf.modTime) && st.Size() == lf.size {
-		return lf.ids, nil
-	}
-	ids, err := readLookup(lf.path)
-	if err != nil {
-		return nil, fmt.Errorf("%s: coerce.lookup_file: %w", key, err)
-	}
-	lf.ids, lf.modTime, lf.size = ids, st.ModTime(), st.Size()
+	lf.ids, lf.digest = ids, digest
 	return ids, nil
+}
+
+// fileDigest is the SHA-256 of the file at path, streamed.
+func fileDigest(path string) ([sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	f, err := os.Open(path)
+	if err != nil {
+		return sum, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return sum, err
+	}
+	h.Sum(sum[:0])
+	return sum, nil
 }
 
 // NewCoercer checks the coerce rules of peers and routes and reads their
@@ -147,15 +168,32 @@ func (c *Coercer) ruleFor(t *Transfer, peer string) (string, CoerceRule, bool) {
 // one: an NHS number listed twice, or two NHS numbers given one local ID,
 // would file two patients' images under one record (or one patient's
 // under whichever line came last), so the file is refused.
-func readLookup(path string) (map[string]string, error) {
+func readLookup(path string) (map[string]string, [sha256.Size]byte, error) {
+	var digest [sha256.Size]byte
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, digest, err
 	}
 	defer f.Close()
+	// The digest is of the bytes parsed, so a change made while they are
+	// read is seen on the next lookup.
+	h := sha256.New()
+	ids, err := parseLookup(io.TeeReader(f, h))
+	if err != nil {
+		return nil, digest, err
+	}
+	if _, err := io.Copy(h, f); err != nil { // anything the scanner left unread
+		return nil, digest, err
+	}
+	h.Sum(digest[:0])
+	return ids, digest, nil
+}
+
+// parseLookup reads "nhs_number,local_id" lines.
+func parseLookup(r io.Reader) (map[string]string, error) {
 	m := map[string]string{}
 	lineOf := map[string]int{} // local ID → the line that gave it
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(r)
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {

@@ -9,8 +9,9 @@ import (
 )
 
 // TestCoercerLookupFollowsTheFile: the admin edits the lookup file and the
-// next transfer uses it, no restart; a file broken meanwhile is an error,
-// not a silent fallback to the old mapping.
+// next transfer uses it, no restart, even when the edit keeps the file's
+// size and modification time; a file broken meanwhile is an error, not a
+// silent fallback to the old mapping.
 func TestCoercerLookupFollowsTheFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ids.csv")
 	write := func(content string, mtime time.Time) {
@@ -49,6 +50,16 @@ func TestCoercerLookupFollowsTheFile(t *testing.T) {
 			t.Errorf("%q: %v %v, want %s", step.content, ids, err, step.want)
 		}
 	}
+	// An edit that keeps the size and the modification time (a tool that
+	// restores the time, or two edits within one clock tick) is read too.
+	write("9434765919,S4\n", t0)
+	if ids, err := c.lookup("peer:surrey"); err != nil || ids["9434765919"] != "S4" {
+		t.Errorf("same size and time: %v %v, want S4", ids, err)
+	}
+	write("9434765919,S5\n", t0)
+	if ids, err := c.lookup("peer:surrey"); err != nil || ids["9434765919"] != "S5" {
+		t.Errorf("same size and time again: %v %v, want S5 (the old mapping was kept)", ids, err)
+	}
 	for _, bad := range []*CoerceRule{{To: "both"}, {To: CoerceLocal, Issuer: "SURREY"}, {To: CoerceLocal, LookupFile: path}} {
 		if _, err := NewCoercer([]Peer{{Name: "surrey", Coerce: bad}}, nil, nil); err == nil {
 			t.Errorf("rule %+v accepted", *bad)
@@ -79,7 +90,7 @@ func TestLookupIsOneToOne(t *testing.T) {
 		if err := os.WriteFile(path, []byte(lines), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		_, err := readLookup(path)
+		_, _, err := readLookup(path)
 		if err == nil {
 			t.Errorf("%s: accepted", name)
 			continue
@@ -92,7 +103,7 @@ func TestLookupIsOneToOne(t *testing.T) {
 	if err := os.WriteFile(path, []byte("# nhs,local\n9434765919,H1\n9434765870,H2\n9434765919,H1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if m, err := readLookup(path); err != nil || len(m) != 2 {
+	if m, _, err := readLookup(path); err != nil || len(m) != 2 {
 		t.Errorf("a one-to-one lookup: %v, %v", m, err)
 	}
 }
