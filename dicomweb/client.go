@@ -422,15 +422,17 @@ func retryAfter(v string, now time.Time) time.Duration {
 }
 
 // unwrapURLError drops the url.Error around a transport error (its URL may
-// carry credentials). net/http and net/textproto quote the peer's own bytes
-// when its answer is malformed (`malformed HTTP status code "…"`,
-// `malformed MIME header line: …`): that text is marked as the peer's
-// words (gateway.QuotePeer), which the log withholds.
+// carry credentials). net/http, net/textproto and HTTP/2 quote the peer's
+// own bytes when its answer is malformed (`malformed HTTP status code
+// "…"`, `malformed MIME header line: …`, `bad Content-Length "…"`, a
+// GOAWAY's `debug="…"`): such text is marked as the peer's words
+// (gateway.QuotePeer), which the log withholds. Connection and TLS errors
+// quote nothing and stay readable in the log.
 func unwrapURLError(err error) error {
 	if ue, ok := errors.AsType[*url.Error](err); ok {
 		err = ue.Err
 	}
-	if strings.Contains(err.Error(), "malformed") {
+	if msg := err.Error(); strings.Contains(msg, "malformed") || strings.Contains(msg, `"`) {
 		return peerWordsError{err}
 	}
 	return err

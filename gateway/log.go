@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"strings"
 )
@@ -78,8 +77,8 @@ func RedactPeerWords(s string) string {
 
 // RedactLogAttr is the loggers' slog.HandlerOptions.ReplaceAttr: it
 // withholds a peer's words from any text attribute, the message included,
-// from an error or Stringer logged as a value, and from any other value
-// (a struct, slice or map) as its JSON text.
+// from an error logged as a value, and from any other value (a struct,
+// slice or map) as the JSON handler writes it.
 func RedactLogAttr(_ []string, a slog.Attr) slog.Attr {
 	if a.Value.Kind() == slog.KindString {
 		if s := a.Value.String(); strings.Contains(s, peerWordsOpen) {
@@ -96,22 +95,26 @@ func RedactLogAttr(_ []string, a slog.Attr) slog.Attr {
 	return a
 }
 
-// loggedText is the text a log handler writes for v: its Error or String
-// (a typed nil that panics there is logged as "<nil>", as slog does), else
-// its JSON.
+// loggedText is the text the JSON handler writes for v, as slog's
+// JSONHandler chooses it: an error's Error (unless it marshals itself),
+// the bytes of a []byte (which it writes in base64), else the JSON of v. A
+// typed nil whose Error panics is logged as "<nil>", as slog does.
 func loggedText(v any) (s string, ok bool) {
 	defer func() {
 		if recover() != nil {
 			s, ok = "<nil>", true
 		}
 	}()
+	_, marshals := v.(json.Marshaler)
 	switch v := v.(type) {
 	case nil:
 		return "", false
 	case error:
-		return v.Error(), true
-	case fmt.Stringer:
-		return v.String(), true
+		if !marshals {
+			return v.Error(), true
+		}
+	case []byte:
+		return string(v), true
 	}
 	b, err := json.Marshal(v)
 	return string(b), err == nil

@@ -34,9 +34,10 @@ func TestRedactPeerWords(t *testing.T) {
 }
 
 // TestRedactLogAttr: as a JSON handler's ReplaceAttr it withholds a peer's
-// words from the message, from string, error and Stringer values, from
-// structs and slices (as their JSON), from attributes given to With and
-// inside groups, survives a typed nil error, and leaves the rest as it is.
+// words from the message, from string and error values, from other values
+// (structs, slices, Stringers, bytes) as the JSON handler writes them, from
+// attributes given to With and inside groups, survives a typed nil error,
+// and leaves the rest as it is.
 func TestRedactLogAttr(t *testing.T) {
 	var buf bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{ReplaceAttr: gateway.RedactLogAttr}))
@@ -48,19 +49,27 @@ func TestRedactLogAttr(t *testing.T) {
 		"failures", []gateway.InstanceProgress{{SOPInstanceUID: "1.2.3", Reason: "refused " + words}},
 		"list", []string{"a", words},
 		"nil_error", (*gateway.SendError)(nil),
+		"struct_stringer", peerStringer{Reason: "refused " + words},
+		"bytes", []byte("raw " + words),
 		"count", 3, "plain", "kept")
 	out := buf.String()
 	if strings.Contains(out, "DOE") {
 		t.Errorf("the log holds the peer's words:\n%s", out)
 	}
 	for _, want := range []string{`"msg":"odd ` + withheld, `"peer_said":"refused ` + withheld, `"error":"HTTP 409: ` + withheld,
-		`"stringer":"busy ` + withheld, `"reason":"` + withheld, `"count":3`, `"plain":"kept"`, `"nil_error":"<nil>"`,
-		`1.2.3`, `"list":"[\"a\",\"` + withheld} {
+		`"stringer":"\"busy ` + withheld, `"reason":"` + withheld, `"count":3`, `"plain":"kept"`, `"nil_error":"<nil>"`,
+		`1.2.3`, `"list":"[\"a\",\"` + withheld, `"struct_stringer":"{\"Reason\":\"refused ` + withheld, `"bytes":"raw ` + withheld} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the log lacks %s:\n%s", want, out)
 		}
 	}
 }
+
+// peerStringer is a struct with a String method: the JSON handler writes
+// its fields, not its String.
+type peerStringer struct{ Reason string }
+
+func (peerStringer) String() string { return "nothing to see" }
 
 type stringer string
 
