@@ -123,7 +123,7 @@ func (h *Handler) studies(ctx context.Context, r request, s *search) (*studyPage
 	var all []dicomcodec.Dataset
 	for _, d := range slices.Concat(a.Items, b.Items) {
 		uid := d.String(dicomcodec.TagStudyInstanceUID)
-		if seen[uid] || !gateway.StudyCarriesNationalID(d, s.national) {
+		if seen[uid] || !gateway.CarriesNationalID(d, s.national) {
 			continue
 		}
 		seen[uid] = true

@@ -92,51 +92,123 @@ func patientIdentity(md dicomcodec.Dataset) (id, issuer string) {
 	return strings.TrimSpace(md.String(dicomcodec.TagPatientID)), strings.TrimSpace(md.String(TagIssuerOfPatientID))
 }
 
-// IdentityConflictOf returns the other patient identity a flagged study or
-// instance names, and whether it is flagged.
-func IdentityConflictOf(d dicomcodec.Dataset) (otherID, otherIssuer string, flagged bool) {
+// PatientIdentity is a Patient ID with its Issuer of Patient ID.
+type PatientIdentity struct{ ID, Issuer string }
+
+// maxConflictIdentities bounds the other identities one flag names: a
+// sender filing instances of ever more patients under one Study Instance
+// UID must not grow the study's index entry without end. Beyond it the
+// earliest are kept (and audited, as every conflict is).
+const maxConflictIdentities = 16
+
+// IdentityConflicts returns the other patient identities a flagged study
+// or instance names (the flag's values after IdentityConflictValue, in ID
+// and issuer pairs), and whether it is flagged. Only this gateway's flag
+// counts: a sender's own is dropped from the index record at ingest and
+// reindex (withoutForeignFlag), and the block's private creator must be
+// this gateway's.
+func IdentityConflicts(d dicomcodec.Dataset) (others []PatientIdentity, flagged bool) {
 	a, ok := d[TagIdentityConflict]
-	if !ok || len(a.Value) == 0 || a.Value[0] != IdentityConflictValue {
-		return "", "", false
+	if !ok || len(a.Value) == 0 || a.Value[0] != IdentityConflictValue || d.String(TagGatewayPrivateCreator) != GatewayPrivateCreator {
+		return nil, false
 	}
-	if len(a.Value) > 1 {
-		otherID, _ = a.Value[1].(string)
+	for i := 1; i < len(a.Value); i += 2 {
+		var p PatientIdentity
+		p.ID, _ = a.Value[i].(string)
+		if i+1 < len(a.Value) {
+			p.Issuer, _ = a.Value[i+1].(string)
+		}
+		others = append(others, p)
 	}
-	if len(a.Value) > 2 {
-		otherIssuer, _ = a.Value[2].(string)
+	return others, true
+}
+
+// IdentityConflictOf returns the first other patient identity a flagged
+// study or instance names, and whether it is flagged.
+func IdentityConflictOf(d dicomcodec.Dataset) (otherID, otherIssuer string, flagged bool) {
+	others, flagged := IdentityConflicts(d)
+	if len(others) > 0 {
+		otherID, otherIssuer = others[0].ID, others[0].Issuer
 	}
-	return otherID, otherIssuer, true
+	return otherID, otherIssuer, flagged
+}
+
+// withoutForeignFlag is a header read from the bytes, for its index
+// record, without a (0009,1001) that reads as this gateway's flag and
+// without the gateway's private creator: the flag is the index's record of
+// what it saw arrive, never the sender's claim (it decides which patients'
+// searches list the study). d itself is left as it is; a copy is made only
+// when there is something to drop.
+func withoutForeignFlag(d dicomcodec.Dataset) dicomcodec.Dataset {
+	a, ok := d[TagIdentityConflict]
+	flag := ok && len(a.Value) > 0 && a.Value[0] == IdentityConflictValue
+	creator := d.String(TagGatewayPrivateCreator) == GatewayPrivateCreator
+	if !flag && !creator {
+		return d
+	}
+	d = maps.Clone(d)
+	if flag {
+		delete(d, TagIdentityConflict)
+	}
+	if creator {
+		delete(d, TagGatewayPrivateCreator)
+	}
+	return d
 }
 
 // StudyPatientIDs are the Patient IDs a study is found by: its own (the
 // latest instance's, as every study-level attribute) and, when it is
-// flagged for an identity conflict, the other patient's. A search by either
-// patient then finds the study, with the flag that says why, instead of
-// the first patient's study vanishing from that patient's searches when
-// one instance of another patient arrives in it.
+// flagged for an identity conflict, every other patient's it names. A
+// search by any of them then finds the study, with the flag that says why,
+// instead of the first patient's study vanishing from that patient's
+// searches when one instance of another patient arrives in it.
 func StudyPatientIDs(attrs dicomcodec.Dataset) []string {
 	var ids []string
 	if id := attrs.String(dicomcodec.TagPatientID); id != "" {
 		ids = append(ids, id)
 	}
-	if other, _, flagged := IdentityConflictOf(attrs); flagged && other != "" && !slices.Contains(ids, other) {
-		ids = append(ids, other)
+	others, _ := IdentityConflicts(attrs)
+	for _, o := range others {
+		if o.ID != "" && !slices.Contains(ids, o.ID) {
+			ids = append(ids, o.ID)
+		}
 	}
 	return ids
 }
 
-// otherIdentityView is d as the other patient of its identity conflict is
-// matched: the flag's Patient ID and Issuer of Patient ID in place of d's
-// own. ok is false when d is not flagged.
-func otherIdentityView(d dicomcodec.Dataset) (view dicomcodec.Dataset, ok bool) {
-	otherID, otherIssuer, flagged := IdentityConflictOf(d)
+// otherIdentityViews are a flagged study as each other patient it names is
+// matched and shown: that patient's Patient ID and Issuer of Patient ID,
+// none of the latest instance's other patient attributes (its name, birth
+// date, sex, other IDs belong to another patient, so a search by one
+// patient's ID and another's birth date must not match, and a result must
+// not pair them), and a flag naming every identity but its own. nil when d
+// is not flagged.
+func otherIdentityViews(d dicomcodec.Dataset) []dicomcodec.Dataset {
+	others, flagged := IdentityConflicts(d)
 	if !flagged {
-		return nil, false
+		return nil
 	}
-	view = maps.Clone(d)
-	view[dicomcodec.TagPatientID] = textAttribute("LO", otherID)
-	view[TagIssuerOfPatientID] = textAttribute("LO", otherIssuer)
-	return view, true
+	ownID, ownIssuer := patientIdentity(d)
+	all := append([]PatientIdentity{{ownID, ownIssuer}}, others...)
+	views := make([]dicomcodec.Dataset, 0, len(others))
+	for i := 1; i < len(all); i++ {
+		view := maps.Clone(d)
+		maps.DeleteFunc(view, func(tag string, _ dicomcodec.Attribute) bool { return strings.HasPrefix(tag, "0010") })
+		view[dicomcodec.TagPatientID] = textAttribute("LO", all[i].ID)
+		view[TagIssuerOfPatientID] = textAttribute("LO", all[i].Issuer)
+		view[TagIdentityConflict] = conflictFlag(slices.Delete(slices.Clone(all), i, i+1))
+		views = append(views, view)
+	}
+	return views
+}
+
+// conflictFlag is the flag's value naming others.
+func conflictFlag(others []PatientIdentity) dicomcodec.Attribute {
+	v := []any{IdentityConflictValue}
+	for _, o := range others {
+		v = append(v, o.ID, o.Issuer)
+	}
+	return dicomcodec.Attribute{VR: "LO", Value: v}
 }
 
 func textAttribute(vr, v string) dicomcodec.Attribute {
@@ -146,22 +218,12 @@ func textAttribute(vr, v string) dicomcodec.Attribute {
 	return dicomcodec.Attribute{VR: vr, Value: []any{v}}
 }
 
-// StudyCarriesNationalID is CarriesNationalID for a study summary: a study
-// flagged for an identity conflict carries the other patient's NHS number
-// too, when the flag names it with a national issuer.
-func StudyCarriesNationalID(d dicomcodec.Dataset, nhs string) bool {
-	if CarriesNationalID(d, nhs) {
-		return true
-	}
-	view, ok := otherIdentityView(d)
-	return ok && CarriesNationalID(view, nhs)
-}
-
 // flagIdentityConflict compares rec with the study it joins and flags it
 // (and audits the conflict) when the study is held under another patient
-// identity, or is flagged already. A failed lookup flags nothing: the
-// conflict check must not make the index a second point of failure for
-// ingest, and the next instance of the study is checked again.
+// identity, or is flagged already: the flag names every identity the study
+// holds but rec's. A failed lookup flags nothing: the conflict check must
+// not make the index a second point of failure for ingest, and the next
+// instance of the study is checked again.
 func (in *Ingester) flagIdentityConflict(ctx context.Context, rec *InstanceRecord) {
 	q := &Query{Level: LevelStudy, StudyInstanceUID: rec.StudyInstanceUID, Limit: 1, IncludeAll: true}
 	res, err := in.Index.Search(ctx, q)
@@ -171,24 +233,24 @@ func (in *Ingester) flagIdentityConflict(ctx context.Context, rec *InstanceRecor
 	held := res.Items[0]
 	heldID, heldIssuer := patientIdentity(held)
 	newID, newIssuer := patientIdentity(rec.Metadata)
-	otherID, otherIssuer, flagged := IdentityConflictOf(held)
+	heldOthers, flagged := IdentityConflicts(held)
 	conflict := heldID != newID || heldIssuer != newIssuer
-	if conflict {
-		otherID, otherIssuer = heldID, heldIssuer
-	}
 	if !conflict && !flagged {
 		return
 	}
-	if conflict && otherID == newID && otherIssuer == newIssuer {
-		// The study is flagged as holding the newcomer's identity too.
-		otherID, otherIssuer, _ = IdentityConflictOf(held)
+	incoming := PatientIdentity{newID, newIssuer}
+	var others []PatientIdentity
+	for _, p := range append([]PatientIdentity{{heldID, heldIssuer}}, heldOthers...) {
+		if p != incoming && !slices.Contains(others, p) && len(others) < maxConflictIdentities {
+			others = append(others, p)
+		}
 	}
 	md := make(dicomcodec.Dataset, len(rec.Metadata)+2)
 	for t, a := range rec.Metadata {
 		md[t] = a
 	}
 	md[TagGatewayPrivateCreator] = dicomcodec.Attribute{VR: "LO", Value: []any{GatewayPrivateCreator}}
-	md[TagIdentityConflict] = dicomcodec.Attribute{VR: "LO", Value: []any{IdentityConflictValue, otherID, otherIssuer}}
+	md[TagIdentityConflict] = conflictFlag(others)
 	rec.Metadata = md
 	if !conflict || in.Auditor == nil {
 		return

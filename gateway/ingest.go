@@ -309,7 +309,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 		NumberOfFrames:    h.NumberOfFrames,
 		PixelData:         body.layout,
 		StoredAt:          in.now().UTC(),
-		Metadata:          h.Dataset,
+		Metadata:          withoutForeignFlag(h.Dataset), // identity_conflict.go
 	}
 
 	// stored says what a successful Finish did: the zeroed preamble's
@@ -360,6 +360,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 			if existing.SHA256 == rec.SHA256 && existing.Size == rec.Size {
 				return existing, nil
 			}
+			in.checkIdentity(ctx, rec) // a replacement keeps, or raises, the study's flag
 			start := time.Now()
 			err := in.Index.ReplaceInstance(ctx, IndexRecord(rec))
 			in.observe(StageIndex, start)

@@ -50,7 +50,7 @@ func TestRedactLogAttr(t *testing.T) {
 		"list", []string{"a", words},
 		"nil_error", (*gateway.SendError)(nil),
 		"struct_stringer", peerStringer{Reason: "refused " + words},
-		"bytes", []byte("raw " + words),
+		"bytes", []byte("raw "+words),
 		"count", 3, "plain", "kept")
 	out := buf.String()
 	if strings.Contains(out, "DOE") {

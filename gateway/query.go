@@ -458,10 +458,11 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 		}
 		res.PatientIDs = AppendPatientIdentities(res.PatientIDs, d)
 		// A study flagged for an identity conflict carries the other
-		// patient's ID too (returned by default at study level): the
-		// search's audit event names both.
-		if other, _, flagged := IdentityConflictOf(d); flagged {
-			res.PatientIDs = appendNewIDs(res.PatientIDs, other)
+		// patients' IDs too (returned by default at study level): the
+		// search's audit event names them all.
+		others, _ := IdentityConflicts(d)
+		for _, o := range others {
+			res.PatientIDs = appendNewIDs(res.PatientIDs, o.ID)
 		}
 		return true
 	}
@@ -496,8 +497,8 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 				}
 				studiesPastPage++
 			}
-			sd := st.Dataset()
-			if !q.matchStudy(sd, studyConds) {
+			sd, ok := q.matchStudy(st.Dataset(), studyConds)
+			if !ok {
 				continue
 			}
 			if q.Level == LevelStudy {
@@ -558,15 +559,21 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 	return res, nil
 }
 
-// matchStudy matches the study-level conditions against a study, and a
-// study flagged for an identity conflict also as the other patient's
-// (StudyPatientIDs): a search by either patient finds it, flag included.
-func (q *Query) matchStudy(sd dicomcodec.Dataset, conds []Condition) bool {
+// matchStudy matches the study-level conditions against a study and
+// returns the dataset it matched as: the study itself, or, for a study
+// flagged for an identity conflict, the view of the other patient whose
+// identity matched (otherIdentityViews). A search by any of the patients
+// it holds finds it, and shows it under that patient's ID, flag included.
+func (q *Query) matchStudy(sd dicomcodec.Dataset, conds []Condition) (dicomcodec.Dataset, bool) {
 	if q.matchAll(sd, conds) {
-		return true
+		return sd, true
 	}
-	other, ok := otherIdentityView(sd)
-	return ok && q.matchAll(other, conds)
+	for _, view := range otherIdentityViews(sd) {
+		if q.matchAll(view, conds) {
+			return view, true
+		}
+	}
+	return nil, false
 }
 
 func (q *Query) matchAll(d dicomcodec.Dataset, conds []Condition) bool {

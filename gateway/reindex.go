@@ -49,7 +49,7 @@ func DescribeBlob(ctx context.Context, blobs BlobStore, info BlobInfo, lim dicom
 		NumberOfFrames:    h.NumberOfFrames,
 		PixelData:         body.layout,
 		StoredAt:          info.ModTime.UTC(),
-		Metadata:          h.Dataset,
+		Metadata:          withoutForeignFlag(h.Dataset), // identity_conflict.go
 	}, nil
 }
 

@@ -1,0 +1,161 @@
+package gateway_test
+
+import (
+	"net/url"
+	"testing"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
+	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/internal/backendtest"
+	"github.com/dicom-gateway/gateway/internal/synth"
+)
+
+// TestIdentityConflictSearches: instances of three patients filed under
+// one Study Instance UID (A, then B, then A again, then C, each its own
+// series) are all stored and the study is flagged; a search by any of the
+// three Patient IDs finds the study, shown under the ID searched for,
+// without the latest patient's name or birth date beside it, and with the
+// flag naming the other two. A search pairing one patient's ID with
+// another's birth date finds nothing. Run on both backend families
+// through the Ingester, which sets the flag.
+func TestIdentityConflictSearches(t *testing.T) {
+	for _, kind := range []string{backendtest.Embedded, backendtest.Production} {
+		t.Run(kind, func(t *testing.T) {
+			b := backendtest.Open(t, kind, backendtest.Options{})
+			in := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}
+			study := synth.UID(87, 1)
+			mk := func(i uint64, pid, issuer, name, birth string) synth.Instance {
+				return synth.Instance{PatientName: name, PatientID: pid, IssuerOfPatientID: issuer, PatientBirthDate: birth,
+					StudyInstanceUID: study, SeriesInstanceUID: synth.UID(87, 1, i), SOPInstanceUID: synth.UID(87, 1, i, 1),
+					Rows: 4, Columns: 4, StudyDate: "20240101"}
+			}
+			for _, inst := range []synth.Instance{
+				mk(1, "A100", "SURREY", "Alpha^Ann", "19500101"),
+				mk(2, "B200", "HAMPSHIRE", "Beta^Bob", "19600101"),
+				mk(3, "A100", "SURREY", "Alpha^Ann", "19500101"),
+				mk(4, "C300", "KENT", "Gamma^Cy", "19700101"),
+			} {
+				if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			search := func(level gateway.QueryLevel, raw string) []dicomcodec.Dataset {
+				t.Helper()
+				params, _ := url.ParseQuery(raw + "&includefield=all")
+				q, err := gateway.ParseQuery(level, "", "", params, gateway.QueryLimits{Default: 100, Max: 100})
+				if err != nil {
+					t.Fatal(err)
+				}
+				res, err := b.Index.Search(t.Context(), q)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return res.Items
+			}
+			for pid, want := range map[string]struct{ issuer, name, birth string }{
+				"A100": {"SURREY", "", ""}, "B200": {"HAMPSHIRE", "", ""}, "C300": {"KENT", "Gamma^Cy", "19700101"},
+			} {
+				items := search(gateway.LevelStudy, "PatientID="+pid)
+				if len(items) != 1 {
+					t.Errorf("PatientID=%s: %d studies, want the flagged one", pid, len(items))
+					continue
+				}
+				d := items[0]
+				others, flagged := gateway.IdentityConflicts(d)
+				name := ""
+				if pns := gateway.PersonNamesOf(d[dicomcodec.TagPatientName]); len(pns) > 0 {
+					name = pns[0].Alphabetic
+				}
+				if d.String(dicomcodec.TagPatientID) != pid || d.String(gateway.TagIssuerOfPatientID) != want.issuer ||
+					name != want.name || d.String(dicomcodec.TagPatientBirthDate) != want.birth || !flagged || len(others) != 2 {
+					t.Errorf("PatientID=%s shows ID %q issuer %q name %q birth %q, flag %v naming %v", pid, d.String(dicomcodec.TagPatientID),
+						d.String(gateway.TagIssuerOfPatientID), name, d.String(dicomcodec.TagPatientBirthDate), flagged, others)
+				}
+				for _, o := range others {
+					if o.ID == pid {
+						t.Errorf("PatientID=%s: the flag names the patient shown: %v", pid, others)
+					}
+				}
+				if series := search(gateway.LevelSeries, "PatientID="+pid); len(series) != 4 || series[0].String(dicomcodec.TagPatientID) != pid {
+					t.Errorf("PatientID=%s: %d series, want the study's 4 under that ID", pid, len(series))
+				}
+			}
+			for raw, want := range map[string]int{
+				"PatientID=A100&IssuerOfPatientID=SURREY": 1, "PatientID=A100&IssuerOfPatientID=KENT": 0,
+				"PatientID=A100&PatientBirthDate=19700101": 0, "PatientID=B200&PatientName=Gamma*": 0,
+				"PatientID=C300&PatientBirthDate=19700101": 1, "PatientID=D400": 0,
+			} {
+				if got := len(search(gateway.LevelStudy, raw)); got != want {
+					t.Errorf("%s: %d studies, want %d", raw, got, want)
+				}
+			}
+		})
+	}
+}
+
+// TestIdentityConflictFlagNotTakenFromTheSender: an instance that carries
+// this gateway's flag in its own bytes ((0009,0010) DICOM GATEWAY,
+// (0009,1001) IDENTITY CONFLICT\X999) is not flagged, and a search by the
+// Patient ID it names does not find its study: the flag is the index's
+// record of what arrived, never the sender's claim.
+func TestIdentityConflictFlagNotTakenFromTheSender(t *testing.T) {
+	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
+	in := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}
+	lo := func(s string) []byte {
+		if len(s)%2 == 1 {
+			s += " "
+		}
+		return []byte(s)
+	}
+	spoof := synth.Study(synth.StudySpec{Seed: 871})[0]
+	spoof.Extra = []synth.Element{{Tag: 0x00090010, VR: "LO", Value: lo(gateway.GatewayPrivateCreator)},
+		{Tag: 0x00091001, VR: "LO", Value: lo(gateway.IdentityConflictValue + `\X999\`)}}
+	rec, err := in.Store(t.Context(), spoof.Reader(), gateway.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, flagged := gateway.IdentityConflicts(rec.Metadata); flagged {
+		t.Errorf("the stored record carries the sender's flag")
+	}
+	params := url.Values{"PatientID": {"X999"}}
+	q, err := gateway.ParseQuery(gateway.LevelStudy, "", "", params, gateway.QueryLimits{Default: 10, Max: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.Index.Search(t.Context(), q)
+	if err != nil || len(res.Items) != 0 {
+		t.Errorf("PatientID=X999 (named by the sender's flag): %d studies, %v; want none", len(res.Items), err)
+	}
+}
+
+// TestIdentityConflictKeptByAReplacement: with DuplicateReplace, an
+// instance of the second patient replaced by other bytes keeps the study
+// flagged and found by the first patient's ID. Before, the replacement's
+// index entry went in unflagged and the first patient lost the study.
+func TestIdentityConflictKeptByAReplacement(t *testing.T) {
+	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
+	in := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index, DuplicatePolicy: gateway.DuplicateReplace}
+	mk := func(i uint64, pid string) synth.Instance {
+		return synth.Instance{PatientName: "Doe^Jo", PatientID: pid, StudyInstanceUID: synth.UID(88, 1),
+			SeriesInstanceUID: synth.UID(88, 1, i), SOPInstanceUID: synth.UID(88, 1, i, 1), Rows: 4, Columns: 4}
+	}
+	second := mk(2, "B200")
+	again := second
+	again.PixelSeed++
+	for _, inst := range []synth.Instance{mk(1, "A100"), second, again} {
+		if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q, err := gateway.ParseQuery(gateway.LevelStudy, "", "", url.Values{"PatientID": {"A100"}}, gateway.QueryLimits{Default: 10, Max: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.Index.Search(t.Context(), q)
+	if err != nil || len(res.Items) != 1 {
+		t.Fatalf("PatientID=A100 after the replacement: %d studies, %v; want the flagged study", len(res.Items), err)
+	}
+	if _, flagged := gateway.IdentityConflicts(res.Items[0]); !flagged {
+		t.Errorf("the study lost its flag")
+	}
+}
