@@ -29,7 +29,7 @@ var (
 	bucketSeries         = []byte("index.series")          // study \0 series → SeriesSummary JSON
 	bucketStudyOrder     = []byte("index.study_order")     // StudyDate (8 digits) \0 study → orderValue
 	bucketStudyLookup    = []byte("index.study_lookup")    // 'p' or 'a' \0 PatientID or AccessionNumber \0 order key → empty
-	bucketIndexMeta      = []byte("index.meta")            // "lookups" → "1" once bucketStudyLookup lists every study; "phonetic" → "1" once every order entry has its phonetic name keys; "usage" → "1" once the usage buckets (usage.go) count every instance
+	bucketIndexMeta      = []byte("index.meta")            // "lookups" → "1" once bucketStudyLookup lists every study; "identities" → "1" once it lists flagged studies under every Patient ID (backfillIdentities); "phonetic" → "1" once every order entry has its phonetic name keys; "usage" → "1" once the usage buckets (usage.go) count every instance
 )
 
 // Index is the embedded gateway.Index: instance records, study and series
@@ -79,6 +79,14 @@ func NewIndex(db *DB) (*Index, error) {
 				return err
 			}
 			if err := meta.Put([]byte("phonetic"), []byte("1")); err != nil {
+				return err
+			}
+		}
+		if meta.Get([]byte("identities")) == nil {
+			if err := backfillIdentities(tx); err != nil {
+				return err
+			}
+			if err := meta.Put([]byte("identities"), []byte("1")); err != nil {
 				return err
 			}
 		}
@@ -136,6 +144,34 @@ func backfillPhonetic(tx *bbolt.Tx) error {
 	}
 	for _, e := range changed {
 		if err := order.Put(e.key, e.value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// backfillIdentities lists every study flagged for an identity conflict
+// under all its Patient IDs (gateway.StudyPatientIDs): an index written
+// before 2026-12-06 listed such a study under its latest instance's ID
+// only. Studies are collected first: a bucket must not change while
+// ForEach walks it.
+func backfillIdentities(tx *bbolt.Tx) error {
+	var flagged []*gateway.StudySummary
+	err := tx.Bucket(bucketStudies).ForEach(func(k, _ []byte) error {
+		st, err := getStudy(tx, string(k))
+		if err != nil {
+			return err
+		}
+		if _, ok := gateway.IdentityConflicts(st.Attrs); ok {
+			flagged = append(flagged, st)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, st := range flagged {
+		if err := listStudy(tx, st); err != nil {
 			return err
 		}
 	}

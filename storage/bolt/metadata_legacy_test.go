@@ -199,3 +199,71 @@ func TestPhoneticBackfill(t *testing.T) {
 		t.Errorf("fuzzy Smyth after backfill: %d studies, want 1", n)
 	}
 }
+
+// TestIdentitiesBackfill takes an index back to the layout written before
+// a study flagged for an identity conflict was listed under every Patient
+// ID it holds (its order entry and lookup entries naming only the latest
+// instance's): an exact search by the other patient's ID then misses it;
+// opening the index again lists it once, and the search finds it.
+func TestIdentitiesBackfill(t *testing.T) {
+	db, err := Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	x, err := NewIndex(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := storagetest.Record("1.2.9", "1.2.9.1", "1.2.9.1.1", map[string]any{dicomcodec.TagPatientID: "A100", dicomcodec.TagStudyDate: "20240101"})
+	second := storagetest.Record("1.2.9", "1.2.9.2", "1.2.9.2.1", map[string]any{dicomcodec.TagPatientID: "B200", dicomcodec.TagStudyDate: "20240101"})
+	second.Metadata[gateway.TagGatewayPrivateCreator] = dicomcodec.Attribute{VR: "LO", Value: []any{gateway.GatewayPrivateCreator}}
+	second.Metadata[gateway.TagIdentityConflict] = dicomcodec.Attribute{VR: "LO", Value: []any{gateway.IdentityConflictValue, "A100", ""}}
+	for _, rec := range []*gateway.InstanceRecord{first, second} {
+		if _, _, err := x.PutInstance(t.Context(), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	byFirst := func(x *Index) int {
+		t.Helper()
+		q, err := gateway.ParseQuery(gateway.LevelStudy, "", "", url.Values{"PatientID": {"A100"}}, gateway.QueryLimits{Default: 100, Max: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := x.Search(t.Context(), q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(res.Items)
+	}
+	if n := byFirst(x); n != 1 {
+		t.Fatalf("PatientID=A100 on a new index: %d studies, want 1", n)
+	}
+	// Back to the old layout: B200 alone in the order entry, no A100
+	// lookup entry, no marker.
+	if err := db.bolt.Update(func(tx *bbolt.Tx) error {
+		order, lookup := tx.Bucket(bucketStudyOrder), tx.Bucket(bucketStudyLookup)
+		k, v := order.Cursor().First()
+		fields := bytes.Split(slices.Clone(v), []byte{0})
+		fields[0] = []byte("B200")
+		if err := order.Put(slices.Clone(k), bytes.Join(fields, []byte{0})); err != nil {
+			return err
+		}
+		if err := lookup.Delete(append(lookupPrefix('p', "A100"), k...)); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketIndexMeta).Delete([]byte("identities"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := byFirst(x); n != 0 {
+		t.Fatalf("PatientID=A100 on the old layout: %d studies, want 0 (the entries were not removed)", n)
+	}
+	x, err = NewIndex(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := byFirst(x); n != 1 {
+		t.Errorf("PatientID=A100 after backfill: %d studies, want 1", n)
+	}
+}
