@@ -98,7 +98,8 @@ type PatientIdentity struct{ ID, Issuer string }
 // maxConflictIdentities bounds the other identities one flag names: a
 // sender filing instances of ever more patients under one Study Instance
 // UID must not grow the study's index entry without end. Beyond it the
-// earliest are kept (and audited, as every conflict is).
+// first (usually the study's own patient) and the most recent are kept;
+// every conflict is audited whatever the flag keeps.
 const maxConflictIdentities = 16
 
 // IdentityConflicts returns the other patient identities a flagged study
@@ -193,13 +194,21 @@ func otherIdentityViews(d dicomcodec.Dataset) []dicomcodec.Dataset {
 	views := make([]dicomcodec.Dataset, 0, len(others))
 	for i := 1; i < len(all); i++ {
 		view := maps.Clone(d)
-		maps.DeleteFunc(view, func(tag string, _ dicomcodec.Attribute) bool { return strings.HasPrefix(tag, "0010") })
+		maps.DeleteFunc(view, func(tag string, _ dicomcodec.Attribute) bool { return isPatientAttribute(tag) })
 		view[dicomcodec.TagPatientID] = textAttribute("LO", all[i].ID)
 		view[TagIssuerOfPatientID] = textAttribute("LO", all[i].Issuer)
 		view[TagIdentityConflict] = conflictFlag(slices.Delete(slices.Clone(all), i, i+1))
 		views = append(views, view)
 	}
 	return views
+}
+
+// isPatientAttribute reports whether a study-level attribute describes the
+// patient (the Patient and Patient Study modules: group 0010, Referenced
+// Patient Sequence, Admitting Diagnoses Description), so that a view of
+// another patient leaves it out.
+func isPatientAttribute(tag string) bool {
+	return strings.HasPrefix(tag, "0010") || tag == "00081120" || tag == "00081080"
 }
 
 // conflictFlag is the flag's value naming others.
@@ -238,12 +247,17 @@ func (in *Ingester) flagIdentityConflict(ctx context.Context, rec *InstanceRecor
 	if !conflict && !flagged {
 		return
 	}
+	// The flag names identities in the order they arrived: the held
+	// flag's (oldest first), then the latest instance's.
 	incoming := PatientIdentity{newID, newIssuer}
 	var others []PatientIdentity
-	for _, p := range append([]PatientIdentity{{heldID, heldIssuer}}, heldOthers...) {
-		if p != incoming && !slices.Contains(others, p) && len(others) < maxConflictIdentities {
+	for _, p := range append(heldOthers, PatientIdentity{heldID, heldIssuer}) {
+		if p != incoming && !slices.Contains(others, p) {
 			others = append(others, p)
 		}
+	}
+	if n := len(others); n > maxConflictIdentities {
+		others = append(others[:1], others[n-maxConflictIdentities+1:]...)
 	}
 	md := make(dicomcodec.Dataset, len(rec.Metadata)+2)
 	for t, a := range rec.Metadata {

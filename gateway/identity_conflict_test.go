@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"fmt"
 	"net/url"
 	"testing"
 
@@ -157,5 +158,61 @@ func TestIdentityConflictKeptByAReplacement(t *testing.T) {
 	}
 	if _, flagged := gateway.IdentityConflicts(res.Items[0]); !flagged {
 		t.Errorf("the study lost its flag")
+	}
+}
+
+// TestIdentityConflictFlagBounded: a study into which instances of 18
+// patients were filed names at most 16 others in its flag, keeping the
+// first patient (usually the study's own) and the most recent ones: the
+// first patient's search still finds it. The flag travels with its
+// private creator even when a search returns only the flag.
+func TestIdentityConflictFlagBounded(t *testing.T) {
+	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
+	in := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}
+	study := synth.UID(89, 1)
+	for i := uint64(1); i <= 18; i++ {
+		inst := synth.Instance{PatientID: fmt.Sprintf("P%02d", i), StudyInstanceUID: study, SeriesInstanceUID: synth.UID(89, 1, i),
+			SOPInstanceUID: synth.UID(89, 1, i, 1), Rows: 4, Columns: 4, Extra: []synth.Element{{Tag: 0x00081080, VR: "LO", Value: []byte(fmt.Sprintf("DX%02d", i))}}}
+		if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	search := func(level gateway.QueryLevel, studyUID, raw string) []dicomcodec.Dataset {
+		t.Helper()
+		params, _ := url.ParseQuery(raw)
+		q, err := gateway.ParseQuery(level, studyUID, "", params, gateway.QueryLimits{Default: 100, Max: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := b.Index.Search(t.Context(), q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Items
+	}
+	all := search(gateway.LevelStudy, "", "StudyInstanceUID="+study)
+	others, _ := gateway.IdentityConflicts(all[0])
+	if len(others) != 16 || others[0].ID != "P01" || others[15].ID != "P17" {
+		t.Errorf("the flag names %v: want 16, the first patient P01 first and P17 last", others)
+	}
+	for pid, want := range map[string]int{"P01": 1, "P17": 1, "P18": 1, "P03": 1, "P02": 0} {
+		if got := len(search(gateway.LevelStudy, "", "PatientID="+pid)); got != want {
+			t.Errorf("PatientID=%s: %d studies, want %d", pid, got, want)
+		}
+	}
+	// The Admitting Diagnoses Description describes the latest patient
+	// (P18): a view of P01 neither shows nor matches it.
+	if got := search(gateway.LevelStudy, "", "PatientID=P01&includefield=00081080"); len(got) != 1 || got[0].String("00081080") != "" {
+		t.Errorf("P01's view shows another patient's diagnosis: %v", got)
+	}
+	if got := len(search(gateway.LevelStudy, "", "PatientID=P01&AdmittingDiagnosesDescription=DX18")); got != 0 {
+		t.Errorf("P01 matched with P18's diagnosis: %d studies", got)
+	}
+	series := search(gateway.LevelSeries, study, "includefield=00091001")
+	if len(series) == 0 || series[0].String(gateway.TagGatewayPrivateCreator) != gateway.GatewayPrivateCreator {
+		t.Errorf("series with only the flag asked for: the private creator is missing: %v", series)
+	}
+	if _, flagged := gateway.IdentityConflicts(series[0]); !flagged {
+		t.Errorf("series result not read as flagged")
 	}
 }

@@ -636,10 +636,17 @@ func (q *Query) project(d dicomcodec.Dataset, tags []string) dicomcodec.Dataset 
 			out[t] = a
 		}
 	}
-	// The level's identifying UIDs are always returned.
+	// The level's identifying UIDs are always returned, and the gateway's
+	// private creator with its flag (PS3.5 7.8.1: a private element
+	// travels with its creator; IdentityConflicts reads both).
 	for _, t := range []string{dicomcodec.TagStudyInstanceUID, dicomcodec.TagSeriesInstanceUID, dicomcodec.TagSOPInstanceUID} {
 		if a, ok := d[t]; ok {
 			out[t] = a
+		}
+	}
+	if _, ok := out[TagIdentityConflict]; ok {
+		if a, ok := d[TagGatewayPrivateCreator]; ok {
+			out[TagGatewayPrivateCreator] = a
 		}
 	}
 	return out

@@ -707,7 +707,9 @@
     const cell = h('td', { text: dcmString(ds, TAG.PatientID) || '—' });
     const flag = dcmValues(ds, TAG.IdentityConflict);
     if (flag[0] === 'IDENTITY CONFLICT') {
-      const other = [flag[1], flag[2]].filter(Boolean).join(' / ');
+      const others = [];
+      for (let i = 1; i < flag.length; i += 2) others.push([flag[i], flag[i + 1]].filter(Boolean).join(' / '));
+      const other = others.filter(Boolean).join(', ');
       cell.append(' ', h('span', { class: 'state state-failed identity-conflict', title: 'Instances of another patient identity were stored under this study; check before use.',
         text: `identity conflict${other ? ': also ' + other : ''}` }));
     }
