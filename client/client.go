@@ -63,7 +63,9 @@ const (
 )
 
 // Error is an answer with a status the call did not expect. Its text is the
-// server's message (the admin API's {"error": …}) or the start of the body.
+// server's message (the admin API's {"error": …}) or the start of the body,
+// quoted «…» as the server's words (gateway.QuotePeer), which the gateway's
+// log withholds when the server is a peer.
 type Error struct {
 	Method, URL string
 	StatusCode  int
@@ -86,18 +88,14 @@ func (e *Error) Error() string {
 // for an error message, marked as the peer's words (gateway.QuotePeer): it
 // may hold patient data, which the application log withholds.
 func Snippet(body []byte) string {
-	return gateway.QuotePeer(snippet(body))
-}
-
-func snippet(body []byte) string {
 	s := strings.TrimSpace(string(body))
-	if len(s) > 300 {
-		s = s[:300] + "…"
-	}
 	if s == "" {
 		return "no details given"
 	}
-	return strings.ToValidUTF8(s, "?")
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return gateway.QuotePeer(strings.ToValidUTF8(s, "?"))
 }
 
 func (c *Client) httpClient() *http.Client {

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -226,20 +227,21 @@ func TestMalformedAnswerIsThePeersWords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	var served sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); served.Wait() })
+	served.Go(func() {
 		for {
 			conn, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
+			served.Go(func() {
 				defer conn.Close()
 				_, _ = conn.Read(make([]byte, 4096))
 				_, _ = conn.Write([]byte("HTTP/1.1 500 Internal\r\nQUIXOTE^ALONSO MRN 4417\r\n\r\n"))
-			}()
+			})
 		}
-	}()
+	})
 	peer := gateway.Peer{Name: "surrey", URL: "http://" + ln.Addr().String() + "/dicomweb"}
 	_, err = NewClient(nil).Verify(t.Context(), peer, "1.2.3", []*gateway.InstanceRecord{rec("1.2.3.1.1", 10)})
 	if err == nil || !strings.Contains(err.Error(), "QUIXOTE^ALONSO") {

@@ -77,7 +77,7 @@ func (s *Server) handleSearch(level gateway.QueryLevel) gin.HandlerFunc {
 			c.Writer.Header().Add("Warning", warningFrom(agent, remainingText(res)))
 		}
 		for _, d := range res.Items {
-			if _, _, flagged := gateway.IdentityConflictOf(d); flagged {
+			if _, flagged := gateway.IdentityConflicts(d); flagged {
 				c.Writer.Header().Add("Warning", warningFrom(agent, "study "+d.String(dicomcodec.TagStudyInstanceUID)+" holds instances of more than one patient identity (IDENTITY CONFLICT in 00091001)"))
 			}
 		}

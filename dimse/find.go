@@ -130,7 +130,7 @@ func hierarchicalKeys(ident []element, level gateway.QueryLevel) error {
 			if e.tag == tag {
 				// One UID: no list (QIDO's "," as well as a backslash), no
 				// wildcard, nothing empty.
-				return gateway.ValidateUID(strings.TrimRight(string(e.value), " \x00")) == nil
+				return gateway.ValidateUID(uidValue(e.value)) == nil
 			}
 		}
 		return false

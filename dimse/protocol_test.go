@@ -981,7 +981,8 @@ func TestCommitmentReportNestingBounded(t *testing.T) {
 // TestFindHierarchicalKeys: a SERIES query names one study and an IMAGE
 // query one study and one series (PS3.4 C.4.1.2.1): without them, or with
 // a wildcard or a list there, it is refused (A900) instead of matching
-// across every study. A STUDY query needs no key, in either model.
+// across every study. A STUDY query needs no key. The rule is the same in
+// both models (findQuery ignores the model); the cases name one each.
 func TestFindHierarchicalKeys(t *testing.T) {
 	el := func(tag, v string) element { return element{tag: tag, value: []byte(v)} }
 	level := func(l string) element { return el(tagQueryRetrieveLevel, l) }

@@ -60,7 +60,7 @@ func imagingStudy(study dicomcodec.Dataset, recs []*gateway.InstanceRecord) fm.I
 	if d := strings.TrimSpace(study.String("00081030")); d != "" {
 		is.Description = &d
 	}
-	if _, _, flagged := gateway.IdentityConflictOf(study); flagged {
+	if _, flagged := gateway.IdentityConflicts(study); flagged {
 		// The gateway never merges two patients silently, here either.
 		is.Note = append(is.Note, fm.Annotation{
 			AuthorString: ptr("dicom-gateway"),

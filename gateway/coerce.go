@@ -164,10 +164,8 @@ func (c *Coercer) ruleFor(t *Transfer, peer string) (string, CoerceRule, bool) {
 	return key, r, ok
 }
 
-// readLookup reads "nhs_number,local_id" lines. The mapping must be one to
-// one: an NHS number listed twice, or two NHS numbers given one local ID,
-// would file two patients' images under one record (or one patient's
-// under whichever line came last), so the file is refused.
+// readLookup reads the lookup file at path (parseLookup) and the SHA-256
+// of the bytes it parsed.
 func readLookup(path string) (map[string]string, [sha256.Size]byte, error) {
 	var digest [sha256.Size]byte
 	f, err := os.Open(path)
@@ -189,7 +187,10 @@ func readLookup(path string) (map[string]string, [sha256.Size]byte, error) {
 	return ids, digest, nil
 }
 
-// parseLookup reads "nhs_number,local_id" lines.
+// parseLookup reads "nhs_number,local_id" lines. The mapping must be one
+// to one: an NHS number listed twice, or two NHS numbers given one local
+// ID, would file two patients' images under one record (or one patient's
+// under whichever line came last), so the file is refused.
 func parseLookup(r io.Reader) (map[string]string, error) {
 	m := map[string]string{}
 	lineOf := map[string]int{} // local ID → the line that gave it

@@ -26,8 +26,9 @@ import (
 const TagOriginalAttributesSequence = "04000561"
 
 // Tags of the identity conflict flag: the private creator of block
-// (0009,10xx) and the flag itself (LO, values: IdentityConflictValue, the
-// other Patient ID, its Issuer of Patient ID).
+// (0009,10xx) and the flag itself (LO, values: IdentityConflictValue, then
+// the Patient ID and Issuer of Patient ID of each other identity the study
+// holds, up to maxConflictIdentities).
 const (
 	TagGatewayPrivateCreator = "00090010"
 	TagIdentityConflict      = "00091001"
@@ -98,8 +99,8 @@ type PatientIdentity struct{ ID, Issuer string }
 // maxConflictIdentities bounds the other identities one flag names: a
 // sender filing instances of ever more patients under one Study Instance
 // UID must not grow the study's index entry without end. Beyond it the
-// first (usually the study's own patient) and the most recent are kept;
-// every conflict is audited whatever the flag keeps.
+// first identity the flag named and the most recent ones are kept; every
+// conflict is audited whatever the flag keeps.
 const maxConflictIdentities = 16
 
 // IdentityConflicts returns the other patient identities a flagged study
@@ -110,7 +111,7 @@ const maxConflictIdentities = 16
 // this gateway's.
 func IdentityConflicts(d dicomcodec.Dataset) (others []PatientIdentity, flagged bool) {
 	a, ok := d[TagIdentityConflict]
-	if !ok || len(a.Value) == 0 || a.Value[0] != IdentityConflictValue || d.String(TagGatewayPrivateCreator) != GatewayPrivateCreator {
+	if !ok || !readsAsFlag(a) || d.String(TagGatewayPrivateCreator) != GatewayPrivateCreator {
 		return nil, false
 	}
 	for i := 1; i < len(a.Value); i += 2 {
@@ -124,14 +125,9 @@ func IdentityConflicts(d dicomcodec.Dataset) (others []PatientIdentity, flagged 
 	return others, true
 }
 
-// IdentityConflictOf returns the first other patient identity a flagged
-// study or instance names, and whether it is flagged.
-func IdentityConflictOf(d dicomcodec.Dataset) (otherID, otherIssuer string, flagged bool) {
-	others, flagged := IdentityConflicts(d)
-	if len(others) > 0 {
-		otherID, otherIssuer = others[0].ID, others[0].Issuer
-	}
-	return otherID, otherIssuer, flagged
+// readsAsFlag reports whether a value of (0009,1001) is worded as the flag.
+func readsAsFlag(a dicomcodec.Attribute) bool {
+	return len(a.Value) > 0 && a.Value[0] == IdentityConflictValue
 }
 
 // withoutForeignFlag is a header read from the bytes, for its index
@@ -142,7 +138,7 @@ func IdentityConflictOf(d dicomcodec.Dataset) (otherID, otherIssuer string, flag
 // when there is something to drop.
 func withoutForeignFlag(d dicomcodec.Dataset) dicomcodec.Dataset {
 	a, ok := d[TagIdentityConflict]
-	flag := ok && len(a.Value) > 0 && a.Value[0] == IdentityConflictValue
+	flag := ok && readsAsFlag(a)
 	creator := d.String(TagGatewayPrivateCreator) == GatewayPrivateCreator
 	if !flag && !creator {
 		return d
@@ -195,8 +191,8 @@ func otherIdentityViews(d dicomcodec.Dataset) []dicomcodec.Dataset {
 	for i := 1; i < len(all); i++ {
 		view := maps.Clone(d)
 		maps.DeleteFunc(view, func(tag string, _ dicomcodec.Attribute) bool { return isPatientAttribute(tag) })
-		view[dicomcodec.TagPatientID] = textAttribute("LO", all[i].ID)
-		view[TagIssuerOfPatientID] = textAttribute("LO", all[i].Issuer)
+		view[dicomcodec.TagPatientID] = loAttribute(all[i].ID)
+		view[TagIssuerOfPatientID] = loAttribute(all[i].Issuer)
 		view[TagIdentityConflict] = conflictFlag(slices.Delete(slices.Clone(all), i, i+1))
 		views = append(views, view)
 	}
@@ -220,11 +216,50 @@ func conflictFlag(others []PatientIdentity) dicomcodec.Attribute {
 	return dicomcodec.Attribute{VR: "LO", Value: v}
 }
 
-func textAttribute(vr, v string) dicomcodec.Attribute {
+// loAttribute is an LO attribute of one value, empty when v is "".
+func loAttribute(v string) dicomcodec.Attribute {
 	if v == "" {
-		return dicomcodec.Attribute{VR: vr}
+		return dicomcodec.Attribute{VR: "LO"}
 	}
-	return dicomcodec.Attribute{VR: vr, Value: []any{v}}
+	return dicomcodec.Attribute{VR: "LO", Value: []any{v}}
+}
+
+// flagReplacement flags rec, which replaces an indexed instance
+// (DuplicateReplace), when the study's other instances hold another
+// patient identity. It is not compared with the study's summary, which may
+// be the replaced instance itself: a corrected Patient ID is not another
+// patient's arrival. The replacement itself is audited as one. A failed
+// listing flags nothing, as in flagIdentityConflict.
+func (in *Ingester) flagReplacement(ctx context.Context, rec *InstanceRecord) {
+	recs, err := in.Index.ListInstances(ctx, rec.StudyInstanceUID, "")
+	if err != nil {
+		return
+	}
+	id, issuer := patientIdentity(rec.Metadata)
+	incoming := PatientIdentity{id, issuer}
+	var others []PatientIdentity
+	for _, r := range recs {
+		id, issuer := patientIdentity(r.Metadata)
+		if p := (PatientIdentity{id, issuer}); r.SOPInstanceUID != rec.SOPInstanceUID && p != incoming && !slices.Contains(others, p) {
+			others = append(others, p)
+		}
+	}
+	if len(others) == 0 {
+		return
+	}
+	setFlag(rec, others)
+}
+
+// setFlag flags rec as held in a study with the other identities others,
+// at most maxConflictIdentities of them: the first and the most recent.
+func setFlag(rec *InstanceRecord, others []PatientIdentity) {
+	if n := len(others); n > maxConflictIdentities {
+		others = append(others[:1], others[n-maxConflictIdentities+1:]...)
+	}
+	md := maps.Clone(rec.Metadata)
+	md[TagGatewayPrivateCreator] = loAttribute(GatewayPrivateCreator)
+	md[TagIdentityConflict] = conflictFlag(others)
+	rec.Metadata = md
 }
 
 // flagIdentityConflict compares rec with the study it joins and flags it
@@ -247,8 +282,8 @@ func (in *Ingester) flagIdentityConflict(ctx context.Context, rec *InstanceRecor
 	if !conflict && !flagged {
 		return
 	}
-	// The flag names identities in the order they arrived: the held
-	// flag's (oldest first), then the latest instance's.
+	// The held flag's identities, then the latest instance's: the first
+	// named stays first, whatever arrives later.
 	incoming := PatientIdentity{newID, newIssuer}
 	var others []PatientIdentity
 	for _, p := range append(heldOthers, PatientIdentity{heldID, heldIssuer}) {
@@ -256,16 +291,7 @@ func (in *Ingester) flagIdentityConflict(ctx context.Context, rec *InstanceRecor
 			others = append(others, p)
 		}
 	}
-	if n := len(others); n > maxConflictIdentities {
-		others = append(others[:1], others[n-maxConflictIdentities+1:]...)
-	}
-	md := make(dicomcodec.Dataset, len(rec.Metadata)+2)
-	for t, a := range rec.Metadata {
-		md[t] = a
-	}
-	md[TagGatewayPrivateCreator] = dicomcodec.Attribute{VR: "LO", Value: []any{GatewayPrivateCreator}}
-	md[TagIdentityConflict] = conflictFlag(others)
-	rec.Metadata = md
+	setFlag(rec, others)
 	if !conflict || in.Auditor == nil {
 		return
 	}

@@ -42,16 +42,7 @@ func TestIdentityConflictSearches(t *testing.T) {
 			}
 			search := func(level gateway.QueryLevel, raw string) []dicomcodec.Dataset {
 				t.Helper()
-				params, _ := url.ParseQuery(raw + "&includefield=all")
-				q, err := gateway.ParseQuery(level, "", "", params, gateway.QueryLimits{Default: 100, Max: 100})
-				if err != nil {
-					t.Fatal(err)
-				}
-				res, err := b.Index.Search(t.Context(), q)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return res.Items
+				return searchItems(t, b.Index, level, "", raw+"&includefield=all")
 			}
 			for pid, want := range map[string]struct{ issuer, name, birth string }{
 				"A100": {"SURREY", "", ""}, "B200": {"HAMPSHIRE", "", ""}, "C300": {"KENT", "Gamma^Cy", "19700101"},
@@ -118,46 +109,62 @@ func TestIdentityConflictFlagNotTakenFromTheSender(t *testing.T) {
 	if _, flagged := gateway.IdentityConflicts(rec.Metadata); flagged {
 		t.Errorf("the stored record carries the sender's flag")
 	}
-	params := url.Values{"PatientID": {"X999"}}
-	q, err := gateway.ParseQuery(gateway.LevelStudy, "", "", params, gateway.QueryLimits{Default: 10, Max: 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := b.Index.Search(t.Context(), q)
-	if err != nil || len(res.Items) != 0 {
-		t.Errorf("PatientID=X999 (named by the sender's flag): %d studies, %v; want none", len(res.Items), err)
+	if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID=X999"); len(items) != 0 {
+		t.Errorf("PatientID=X999 (named by the sender's flag): %d studies; want none", len(items))
 	}
 }
 
-// TestIdentityConflictKeptByAReplacement: with DuplicateReplace, an
-// instance of the second patient replaced by other bytes keeps the study
-// flagged and found by the first patient's ID. Before, the replacement's
-// index entry went in unflagged and the first patient lost the study.
-func TestIdentityConflictKeptByAReplacement(t *testing.T) {
+// TestIdentityConflictReplacements: with DuplicateReplace, an instance
+// replaced by other bytes keeps the study flagged and found by the other
+// patient's ID, whichever patient's instance is replaced (before, the
+// replacement's index entry went in unflagged and that patient lost the
+// study); and a study's only instance replaced under a corrected Patient ID
+// is not a conflict: the old ID no longer finds it.
+func TestIdentityConflictReplacements(t *testing.T) {
 	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
 	in := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index, DuplicatePolicy: gateway.DuplicateReplace}
-	mk := func(i uint64, pid string) synth.Instance {
-		return synth.Instance{PatientName: "Doe^Jo", PatientID: pid, StudyInstanceUID: synth.UID(88, 1),
-			SeriesInstanceUID: synth.UID(88, 1, i), SOPInstanceUID: synth.UID(88, 1, i, 1), Rows: 4, Columns: 4}
+	mk := func(study, i uint64, pid string) synth.Instance {
+		return synth.Instance{PatientName: "Doe^Jo", PatientID: pid, StudyInstanceUID: synth.UID(88, study),
+			SeriesInstanceUID: synth.UID(88, study, i), SOPInstanceUID: synth.UID(88, study, i, 1), Rows: 4, Columns: 4}
 	}
-	second := mk(2, "B200")
-	again := second
-	again.PixelSeed++
-	for _, inst := range []synth.Instance{mk(1, "A100"), second, again} {
-		if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
-			t.Fatal(err)
+	store := func(insts ...synth.Instance) {
+		t.Helper()
+		for _, inst := range insts {
+			if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
-	q, err := gateway.ParseQuery(gateway.LevelStudy, "", "", url.Values{"PatientID": {"A100"}}, gateway.QueryLimits{Default: 10, Max: 10})
-	if err != nil {
-		t.Fatal(err)
+	otherBytes := func(inst synth.Instance) synth.Instance {
+		inst.PixelSeed++
+		return inst
 	}
-	res, err := b.Index.Search(t.Context(), q)
-	if err != nil || len(res.Items) != 1 {
-		t.Fatalf("PatientID=A100 after the replacement: %d studies, %v; want the flagged study", len(res.Items), err)
+	first, second := mk(1, 1, "A100"), mk(1, 2, "B200")
+	store(first, second)
+	for _, replaced := range []synth.Instance{second, first} {
+		store(otherBytes(replaced))
+		for _, pid := range []string{"A100", "B200"} {
+			items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID="+pid)
+			if len(items) != 1 {
+				t.Errorf("after replacing %s's instance: PatientID=%s finds %d studies, want the flagged study", replaced.PatientID, pid, len(items))
+				continue
+			}
+			if _, flagged := gateway.IdentityConflicts(items[0]); !flagged {
+				t.Errorf("after replacing %s's instance: the study lost its flag", replaced.PatientID)
+			}
+		}
 	}
-	if _, flagged := gateway.IdentityConflicts(res.Items[0]); !flagged {
-		t.Errorf("the study lost its flag")
+	wrong := mk(2, 1, "WRONG1")
+	right := wrong
+	right.PatientID = "RIGHT1"
+	store(wrong, right)
+	if got := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID=RIGHT1"); len(got) != 1 {
+		t.Fatalf("PatientID=RIGHT1 after the correction: %d studies", len(got))
+	} else if _, flagged := gateway.IdentityConflicts(got[0]); flagged {
+		t.Errorf("a corrected Patient ID flagged the study as a conflict")
+	}
+	if got := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID=WRONG1"); len(got) != 0 {
+		t.Errorf("PatientID=WRONG1 still finds the corrected study")
 	}
 }
 
@@ -179,16 +186,7 @@ func TestIdentityConflictFlagBounded(t *testing.T) {
 	}
 	search := func(level gateway.QueryLevel, studyUID, raw string) []dicomcodec.Dataset {
 		t.Helper()
-		params, _ := url.ParseQuery(raw)
-		q, err := gateway.ParseQuery(level, studyUID, "", params, gateway.QueryLimits{Default: 100, Max: 100})
-		if err != nil {
-			t.Fatal(err)
-		}
-		res, err := b.Index.Search(t.Context(), q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res.Items
+		return searchItems(t, b.Index, level, studyUID, raw)
 	}
 	all := search(gateway.LevelStudy, "", "StudyInstanceUID="+study)
 	others, _ := gateway.IdentityConflicts(all[0])
@@ -210,9 +208,27 @@ func TestIdentityConflictFlagBounded(t *testing.T) {
 	}
 	series := search(gateway.LevelSeries, study, "includefield=00091001")
 	if len(series) == 0 || series[0].String(gateway.TagGatewayPrivateCreator) != gateway.GatewayPrivateCreator {
-		t.Errorf("series with only the flag asked for: the private creator is missing: %v", series)
+		t.Fatalf("series with only the flag asked for: the private creator is missing: %v", series)
 	}
 	if _, flagged := gateway.IdentityConflicts(series[0]); !flagged {
 		t.Errorf("series result not read as flagged")
 	}
+}
+
+// searchItems runs a QIDO-RS query (raw query string) on x.
+func searchItems(t *testing.T, x gateway.Index, level gateway.QueryLevel, studyUID, raw string) []dicomcodec.Dataset {
+	t.Helper()
+	params, err := url.ParseQuery(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := gateway.ParseQuery(level, studyUID, "", params, gateway.QueryLimits{Default: 100, Max: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := x.Search(t.Context(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Items
 }

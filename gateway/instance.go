@@ -45,6 +45,10 @@ func (r *InstanceRecord) Key() string {
 // number then SOP Instance UID; ErrNotFound when there are none. Unreachable
 // backends return ErrUnavailable. All methods are safe for concurrent use.
 //
+// A study is found by an exact PatientID search for each of its
+// StudyPatientIDs (the latest instance's and, when it is flagged for an
+// identity conflict, every other identity the flag names).
+//
 // Whenever an index stores a record it also stores the record's prepared
 // metadata (PrepareMetadata), which MetadataReader lists and reads, and it
 // removes both with the record.

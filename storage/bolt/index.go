@@ -54,10 +54,12 @@ type heldLock struct {
 
 var _ gateway.Index = (*Index)(nil)
 
-// NewIndex creates the index buckets in db if needed, lists the studies of
-// an index written before the lookup bucket existed in it (from their order
-// entries, once), and rewrites the order entries of an index written before
-// they held phonetic name keys (from the study summaries, once).
+// NewIndex creates the index buckets in db if needed and brings an index
+// written by an earlier version up to date, each once (a mark in
+// index.meta records it): usage counts (backfillUsage), phonetic name keys
+// in the order entries (backfillPhonetic), flagged studies listed under
+// every Patient ID (backfillIdentities), and lookup entries for an index
+// written before the lookup bucket existed (backfillLookups).
 func NewIndex(db *DB) (*Index, error) {
 	err := db.bolt.Update(func(tx *bbolt.Tx) error {
 		for _, b := range [][]byte{bucketInstances, bucketStudyInstances, bucketMetadata, bucketStudies, bucketSeries, bucketStudyOrder, bucketStudyLookup, bucketIndexMeta, bucketStudyUsage, bucketStudyReceived, bucketUsageTotals} {
@@ -66,52 +68,42 @@ func NewIndex(db *DB) (*Index, error) {
 			}
 		}
 		meta := tx.Bucket(bucketIndexMeta)
-		if meta.Get([]byte("usage")) == nil {
-			if err := backfillUsage(tx); err != nil {
+		for _, b := range []struct {
+			mark string
+			fill func(*bbolt.Tx) error
+		}{{"usage", backfillUsage}, {"phonetic", backfillPhonetic}, {"identities", backfillIdentities}, {"lookups", backfillLookups}} {
+			if meta.Get([]byte(b.mark)) != nil {
+				continue
+			}
+			if err := b.fill(tx); err != nil {
 				return err
 			}
-			if err := meta.Put([]byte("usage"), []byte("1")); err != nil {
-				return err
-			}
-		}
-		if meta.Get([]byte("phonetic")) == nil {
-			if err := backfillPhonetic(tx); err != nil {
-				return err
-			}
-			if err := meta.Put([]byte("phonetic"), []byte("1")); err != nil {
-				return err
-			}
-		}
-		if meta.Get([]byte("identities")) == nil {
-			if err := backfillIdentities(tx); err != nil {
-				return err
-			}
-			if err := meta.Put([]byte("identities"), []byte("1")); err != nil {
+			if err := meta.Put([]byte(b.mark), []byte("1")); err != nil {
 				return err
 			}
 		}
-		if meta.Get([]byte("lookups")) != nil {
-			return nil
-		}
-		err := tx.Bucket(bucketStudyOrder).ForEach(func(k, v []byte) error {
-			pids, rest, _ := bytes.Cut(v, []byte{0})
-			acc, _, _ := bytes.Cut(rest, []byte{0})
-			for _, key := range lookupKeys(k, strings.Split(string(pids), "\x01"), string(acc)) {
-				if err := tx.Bucket(bucketStudyLookup).Put(key, nil); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		return meta.Put([]byte("lookups"), []byte("1"))
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bolt index: create buckets: %w", err)
 	}
 	return &Index{db: db.bolt, writes: db.writes, locks: map[string]heldLock{}}, nil
+}
+
+// backfillLookups lists every study in the lookup bucket from its order
+// entry (patient IDs and accession number).
+func backfillLookups(tx *bbolt.Tx) error {
+	lookup := tx.Bucket(bucketStudyLookup)
+	return tx.Bucket(bucketStudyOrder).ForEach(func(k, v []byte) error {
+		pids, rest, _ := bytes.Cut(v, []byte{0})
+		acc, _, _ := bytes.Cut(rest, []byte{0})
+		for _, key := range lookupKeys(k, strings.Split(string(pids), "\x01"), string(acc)) {
+			if err := lookup.Put(key, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // backfillPhonetic rewrites every order entry from its study summary, so
@@ -153,29 +145,18 @@ func backfillPhonetic(tx *bbolt.Tx) error {
 // backfillIdentities lists every study flagged for an identity conflict
 // under all its Patient IDs (gateway.StudyPatientIDs): an index written
 // before 2026-12-06 listed such a study under its latest instance's ID
-// only. Studies are collected first: a bucket must not change while
-// ForEach walks it.
+// only.
 func backfillIdentities(tx *bbolt.Tx) error {
-	var flagged []*gateway.StudySummary
-	err := tx.Bucket(bucketStudies).ForEach(func(k, _ []byte) error {
+	return tx.Bucket(bucketStudies).ForEach(func(k, _ []byte) error {
 		st, err := getStudy(tx, string(k))
 		if err != nil {
 			return err
 		}
-		if _, ok := gateway.IdentityConflicts(st.Attrs); ok {
-			flagged = append(flagged, st)
+		if _, flagged := gateway.IdentityConflicts(st.Attrs); !flagged {
+			return nil
 		}
-		return nil
+		return listStudy(tx, st) // writes the order and lookup buckets, not the one walked
 	})
-	if err != nil {
-		return err
-	}
-	for _, st := range flagged {
-		if err := listStudy(tx, st); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func unavailable(op string, err error) error {

@@ -126,9 +126,8 @@ func TestIndexConflictStudyLeavesNoPatientEntries(t *testing.T) {
 	c := openClient(t, storagetest.RedisURL(t))
 	x, ctx := redis.NewIndex(c), t.Context()
 	first := storagetest.Record("1.2.8", "1.2.8.1", "1.2.8.1.1", map[string]any{dicomcodec.TagPatientID: "S100"})
-	second := storagetest.Record("1.2.8", "1.2.8.2", "1.2.8.2.1", map[string]any{dicomcodec.TagPatientID: "H200"})
-	second.Metadata[gateway.TagGatewayPrivateCreator] = dicomcodec.Attribute{VR: "LO", Value: []any{gateway.GatewayPrivateCreator}}
-	second.Metadata[gateway.TagIdentityConflict] = dicomcodec.Attribute{VR: "LO", Value: []any{gateway.IdentityConflictValue, "S100", ""}}
+	second := storagetest.Flagged(storagetest.Record("1.2.8", "1.2.8.2", "1.2.8.2.1", map[string]any{dicomcodec.TagPatientID: "H200"}),
+		gateway.PatientIdentity{ID: "S100"})
 	for _, rec := range []*gateway.InstanceRecord{first, second} {
 		if _, _, err := x.PutInstance(ctx, rec); err != nil {
 			t.Fatal(err)

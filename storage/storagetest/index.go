@@ -47,6 +47,19 @@ func Record(study, series, sop string, attrs map[string]any) *gateway.InstanceRe
 	}
 }
 
+// Flagged marks rec as the Ingester marks an instance that arrives in a
+// study held under other patient identities: the gateway's private
+// creator and its identity conflict flag naming others (ID, issuer pairs).
+func Flagged(rec *gateway.InstanceRecord, others ...gateway.PatientIdentity) *gateway.InstanceRecord {
+	v := []any{gateway.IdentityConflictValue}
+	for _, o := range others {
+		v = append(v, o.ID, o.Issuer)
+	}
+	rec.Metadata[gateway.TagGatewayPrivateCreator] = dicomcodec.Attribute{VR: "LO", Value: []any{gateway.GatewayPrivateCreator}}
+	rec.Metadata[gateway.TagIdentityConflict] = dicomcodec.Attribute{VR: "LO", Value: v}
+	return rec
+}
+
 // TestIndex is the conformance suite of gateway.Index: one subtest per
 // sentence of its doc comment, then the query suite (TestIndexQueries).
 // newIndex returns an empty index.
@@ -395,11 +408,6 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		// found by a search for either patient, at study and series level,
 		// whichever instance came last; a third identity finds nothing.
 		x, ctx := newIndex(t), t.Context()
-		flagged := func(rec *gateway.InstanceRecord, otherID, otherIssuer string) *gateway.InstanceRecord {
-			rec.Metadata[gateway.TagGatewayPrivateCreator] = dicomcodec.Attribute{VR: "LO", Value: []any{gateway.GatewayPrivateCreator}}
-			rec.Metadata[gateway.TagIdentityConflict] = dicomcodec.Attribute{VR: "LO", Value: []any{gateway.IdentityConflictValue, otherID, otherIssuer}}
-			return rec
-		}
 		attrs := func(pid, issuer string) map[string]any {
 			return map[string]any{dicomcodec.TagPatientID: pid, gateway.TagIssuerOfPatientID: issuer, dicomcodec.TagStudyDate: "20200101", dicomcodec.TagModality: "CT"}
 		}
@@ -416,7 +424,7 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 			}
 		}
 		mustPut(t, x, Record("1.2.7", "1.2.7.1", "1.2.7.1.1", attrs("S100", "SURREY")))
-		mustPut(t, x, flagged(Record("1.2.7", "1.2.7.2", "1.2.7.2.1", attrs("H200", "HAMPSHIRE")), "S100", "SURREY"))
+		mustPut(t, x, Flagged(Record("1.2.7", "1.2.7.2", "1.2.7.2.1", attrs("H200", "HAMPSHIRE")), gateway.PatientIdentity{ID: "S100", Issuer: "SURREY"}))
 		both := map[string]int{"PatientID=S100": 1, "PatientID=H200": 1, "PatientID=S100&IssuerOfPatientID=SURREY": 1,
 			"PatientID=S100&IssuerOfPatientID=HAMPSHIRE": 0, "PatientID=H200&IssuerOfPatientID=HAMPSHIRE": 1,
 			"PatientID=S1*": 1, "PatientID=X300": 0, "PatientID=S100&StudyDate=20200101": 1, "PatientID=S100&StudyDate=20210101": 0}
@@ -424,7 +432,7 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		search(gateway.LevelSeries, map[string]int{"PatientID=S100": 2, "PatientID=H200": 2, "PatientID=X300": 0})
 		// The first patient's instance arrives again last: the flag now
 		// names the second, and both are still found.
-		mustPut(t, x, flagged(Record("1.2.7", "1.2.7.1", "1.2.7.1.2", attrs("S100", "SURREY")), "H200", "HAMPSHIRE"))
+		mustPut(t, x, Flagged(Record("1.2.7", "1.2.7.1", "1.2.7.1.2", attrs("S100", "SURREY")), gateway.PatientIdentity{ID: "H200", Issuer: "HAMPSHIRE"}))
 		search(gateway.LevelStudy, both)
 	})
 	t.Run("Queries", func(t *testing.T) { TestIndexQueries(t, newIndex) })
