@@ -146,19 +146,7 @@ func TestPhoneticBackfill(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	fuzzy := func(x *Index) int {
-		t.Helper()
-		params, _ := url.ParseQuery("PatientName=smyth&fuzzymatching=true")
-		q, err := gateway.ParseQuery(gateway.LevelStudy, "", "", params, gateway.QueryLimits{Default: 100, Max: 1000})
-		if err != nil {
-			t.Fatal(err)
-		}
-		res, err := x.Search(t.Context(), q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(res.Items)
-	}
+	fuzzy := func(x *Index) int { return countStudies(t, x, "PatientName=smyth&fuzzymatching=true") }
 	if n := fuzzy(x); n != 1 {
 		t.Fatalf("fuzzy Smyth on a new index: %d studies, want 1", n)
 	}
@@ -188,16 +176,7 @@ func TestPhoneticBackfill(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if n := fuzzy(x); n != 0 {
-		t.Fatalf("fuzzy Smyth on the old layout: %d studies, want 0 (the keys were not removed)", n)
-	}
-	x, err = NewIndex(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := fuzzy(x); n != 1 {
-		t.Errorf("fuzzy Smyth after backfill: %d studies, want 1", n)
-	}
+	backfillFinds(t, db, x, fuzzy, "fuzzy Smyth")
 }
 
 // TestIdentitiesBackfill takes an index back to the layout written before
@@ -223,18 +202,7 @@ func TestIdentitiesBackfill(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	byFirst := func(x *Index) int {
-		t.Helper()
-		q, err := gateway.ParseQuery(gateway.LevelStudy, "", "", url.Values{"PatientID": {"A100"}}, gateway.QueryLimits{Default: 100, Max: 1000})
-		if err != nil {
-			t.Fatal(err)
-		}
-		res, err := x.Search(t.Context(), q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(res.Items)
-	}
+	byFirst := func(x *Index) int { return countStudies(t, x, "PatientID=A100") }
 	if n := byFirst(x); n != 1 {
 		t.Fatalf("PatientID=A100 on a new index: %d studies, want 1", n)
 	}
@@ -255,14 +223,40 @@ func TestIdentitiesBackfill(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if n := byFirst(x); n != 0 {
-		t.Fatalf("PatientID=A100 on the old layout: %d studies, want 0 (the entries were not removed)", n)
-	}
-	x, err = NewIndex(db)
+	backfillFinds(t, db, x, byFirst, "PatientID=A100")
+}
+
+// countStudies counts the studies a study-level QIDO-RS query (raw query
+// string) finds in x.
+func countStudies(t *testing.T, x *Index, raw string) int {
+	t.Helper()
+	params, err := url.ParseQuery(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := byFirst(x); n != 1 {
-		t.Errorf("PatientID=A100 after backfill: %d studies, want 1", n)
+	q, err := gateway.ParseQuery(gateway.LevelStudy, "", "", params, gateway.QueryLimits{Default: 100, Max: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := x.Search(t.Context(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(res.Items)
+}
+
+// backfillFinds checks that search finds no study in x, taken back to an
+// old layout, and one once the index is opened again (NewIndex backfills).
+func backfillFinds(t *testing.T, db *DB, x *Index, search func(*Index) int, what string) {
+	t.Helper()
+	if n := search(x); n != 0 {
+		t.Fatalf("%s on the old layout: %d studies, want 0 (the entries were not removed)", what, n)
+	}
+	x, err := NewIndex(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := search(x); n != 1 {
+		t.Errorf("%s after backfill: %d studies, want 1", what, n)
 	}
 }
