@@ -63,10 +63,23 @@ func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger, reg pro
 		if err != nil {
 			return nil, fmt.Errorf("--s3-endpoint: %w", err)
 		}
+		// Once the bucket is there, find out whether the server honours
+		// the conditional writes that keep acknowledged objects as they
+		// are (ProbeConditionalWrites warns if not); a probe that cannot
+		// run is only logged.
+		ensure := func(ctx context.Context) error {
+			if err := store.EnsureBucket(ctx); err != nil {
+				return err
+			}
+			if _, err := store.ProbeConditionalWrites(ctx); err != nil {
+				logger.Warn("s3 conditional writes not checked", gateway.LogKeyBackend, "s3", gateway.LogKeyError, err.Error())
+			}
+			return nil
+		}
 		ensureCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if err := store.EnsureBucket(ensureCtx); err != nil {
+		if err := ensure(ensureCtx); err != nil {
 			logger.Warn("s3 bucket not checked yet; retrying in the background, /readyz reports s3 until then", gateway.LogKeyBackend, "s3", gateway.LogKeyError, err.Error())
-			b.retryInBackground(func(ctx context.Context) error { return store.EnsureBucket(ctx) })
+			b.retryInBackground(ensure)
 		}
 		cancel()
 		b.Blobs, b.BlobKind = blobwrap.Wrap(store, reg, "s3"), "s3"

@@ -3,6 +3,7 @@ package s3
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -194,6 +195,50 @@ func (s *BlobStore) ensureBucket(ctx context.Context, opts minio.MakeBucketOptio
 		return fmt.Errorf("s3: make bucket %s: %w", s.bucket, translate(err))
 	}
 	return nil
+}
+
+// probeKeyPrefix is where ProbeConditionalWrites writes; no instance key
+// starts with it (they start with studies/).
+const probeKeyPrefix = ".gateway/probe/"
+
+// ProbeConditionalWrites finds out whether the server honours the
+// If-None-Match: * of CommitNew, which keeps an acknowledged instance's
+// object from being replaced: it PUTs a probe object, PUTs it again
+// conditionally, and deletes it. A server that answers 501 is handled as
+// CommitNew handles it (unconditional writes, one warning). One that
+// stores the second PUT ignores the header, which nothing else can see:
+// the operator is warned loudly, and ignores is true. An error means the
+// probe could not run (the server is down); it says nothing either way.
+func (s *BlobStore) ProbeConditionalWrites(ctx context.Context) (ignores bool, err error) {
+	key := probeKeyPrefix + rand.Text()
+	put := func(onlyNew bool) error {
+		var opts minio.PutObjectOptions
+		if onlyNew {
+			opts.SetMatchETagExcept("*")
+		}
+		_, err := s.client.PutObject(ctx, s.bucket, key, strings.NewReader("probe"), 5, opts)
+		return err
+	}
+	if err := put(false); err != nil {
+		return false, fmt.Errorf("s3: conditional write probe: %w", translate(err))
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+		defer cancel()
+		_ = s.client.RemoveObject(dctx, s.bucket, key, minio.RemoveObjectOptions{})
+	}()
+	err = put(true)
+	switch {
+	case preconditionFailed(err):
+		return false, nil
+	case s.notImplemented(err):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("s3: conditional write probe: %w", translate(err))
+	}
+	s.logger.Warn("S3 SERVER IGNORES CONDITIONAL WRITES: it stored a PUT with If-None-Match: * over an existing object; an upload of the same SOP Instance UID that got past a lost instance lock could overwrite an acknowledged one. Use a server that honours If-None-Match (MinIO, AWS S3) for the instance bucket",
+		"bucket", s.bucket)
+	return true, nil
 }
 
 // Ping reports whether the bucket can be reached; any failure, including a

@@ -432,3 +432,76 @@ func TestCommitNewWithoutConditionalWrites(t *testing.T) {
 		t.Errorf("the missing conditional writes were logged %d times, want once:\n%s", n, logs.String())
 	}
 }
+
+// TestProbeConditionalWrites: against MinIO, which honours If-None-Match,
+// the probe finds nothing to warn about; behind a proxy that answers a
+// conditional PUT as stored (as an S3-compatible server that ignores the
+// header does, which MinIO cannot be made to), it reports the server as
+// ignoring conditional writes
+// and warns the operator loudly; against one that answers 501 it sets the
+// store to unconditional writes, as CommitNew would. No probe object is
+// left behind.
+func TestProbeConditionalWrites(t *testing.T) {
+	base := config(t)
+	target := &url.URL{Scheme: "http", Host: base.Endpoint}
+	for _, tt := range []struct {
+		name    string
+		front   func(w http.ResponseWriter, r *http.Request) bool // true: answered, not proxied
+		ignores bool
+		warning string
+	}{
+		{name: "honours", front: func(http.ResponseWriter, *http.Request) bool { return false }},
+		{name: "ignores", front: func(w http.ResponseWriter, r *http.Request) bool {
+			// Answer a conditional PUT as stored: what a server that
+			// ignores the header says (the header is signed, so the proxy
+			// cannot strip it and pass the request on).
+			if r.Method != http.MethodPut || r.Header.Get("If-None-Match") == "" {
+				return false
+			}
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("ETag", `"0123456789abcdef0123456789abcdef"`)
+			return true
+		}, ignores: true, warning: "IGNORES CONDITIONAL WRITES"},
+		{name: "not implemented", front: func(w http.ResponseWriter, r *http.Request) bool {
+			if r.Header.Get("If-None-Match") == "" {
+				return false
+			}
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusNotImplemented)
+			fmt.Fprint(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code><Message>not implemented</Message></Error>`)
+			return true
+		}, warning: "WITHOUT CONDITIONAL WRITES"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			proxy := httputil.NewSingleHostReverseProxy(target)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if !tt.front(w, r) {
+					proxy.ServeHTTP(w, r)
+				}
+			}))
+			t.Cleanup(srv.Close)
+			cfg := base
+			var logs syncbuf.Buffer
+			cfg.Endpoint = strings.TrimPrefix(srv.URL, "http://")
+			cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			s := newStore(t, cfg)
+			if err := s.EnsureBucket(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			ignores, err := s.ProbeConditionalWrites(t.Context())
+			if err != nil || ignores != tt.ignores {
+				t.Fatalf("probe: ignores=%v err=%v, want ignores=%v", ignores, err, tt.ignores)
+			}
+			if got := logs.String(); (tt.warning == "") != !strings.Contains(got, "CONDITIONAL WRITES") || (tt.warning != "" && !strings.Contains(got, tt.warning)) {
+				t.Errorf("log %q, want warning %q", got, tt.warning)
+			}
+			var left []string
+			if err := s.Walk(t.Context(), ".gateway/", func(info gateway.BlobInfo) error { left = append(left, info.Key); return nil }); err != nil {
+				t.Fatal(err)
+			}
+			if len(left) != 0 {
+				t.Errorf("probe objects left behind: %v", left)
+			}
+		})
+	}
+}
