@@ -84,9 +84,10 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("HTTP %d: %s", e.StatusCode, Snippet(e.Body))
 }
 
-// Snippet is the start of an answer body, trimmed, as one printable line
-// for an error message, marked as the peer's words (gateway.QuotePeer): it
-// may hold patient data, which the application log withholds.
+// Snippet is the start of an answer body (300 characters), trimmed, for an
+// error message, marked as the peer's words (gateway.QuotePeer): it may
+// hold patient data, which the application log withholds. An empty body is
+// "no details given", this client's words, unquoted.
 func Snippet(body []byte) string {
 	s := strings.TrimSpace(string(body))
 	if s == "" {

@@ -113,6 +113,12 @@ func findQuery(ident []element, model string) (*gateway.Query, []element, error)
 	if err != nil {
 		return nil, nil, err
 	}
+	// An element of the gateway's private block travels with its creator
+	// (PS3.5 7.8.1; IdentityConflicts reads both), asked for or not.
+	if slices.ContainsFunc(keys, func(e element) bool { return strings.HasPrefix(e.tag, "000910") }) &&
+		!slices.ContainsFunc(keys, func(e element) bool { return e.tag == gateway.TagGatewayPrivateCreator }) {
+		keys = append(keys, element{tag: gateway.TagGatewayPrivateCreator, vr: "LO"})
+	}
 	slices.SortFunc(keys, func(a, b element) int { return strings.Compare(a.tag, b.tag) })
 	return q, keys, nil
 }

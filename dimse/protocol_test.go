@@ -1018,6 +1018,32 @@ func TestFindHierarchicalKeys(t *testing.T) {
 	}
 }
 
+// TestFindReturnsTheFlagsCreator: an identifier that asks for the
+// gateway's identity conflict flag (0009,1001) alone gets its private
+// creator (0009,0010) returned too, as a private element must travel.
+func TestFindReturnsTheFlagsCreator(t *testing.T) {
+	ident := []element{{tag: tagQueryRetrieveLevel, value: []byte("STUDY ")}, {tag: gateway.TagIdentityConflict, vr: "LO"}}
+	_, keys, err := findQuery(ident, StudyRootFind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	match := dicomcodec.Dataset{
+		gateway.TagGatewayPrivateCreator: {VR: "LO", Value: []any{gateway.GatewayPrivateCreator}},
+		gateway.TagIdentityConflict:      {VR: "LO", Value: []any{gateway.IdentityConflictValue, "A100", ""}},
+	}
+	back, err := parseIdentifier(encodeMatch("STUDY", keys, match, true), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, e := range back {
+		got[e.tag] = strings.TrimRight(string(e.value), " \x00")
+	}
+	if got[gateway.TagGatewayPrivateCreator] != gateway.GatewayPrivateCreator || !strings.HasPrefix(got[gateway.TagIdentityConflict], gateway.IdentityConflictValue) {
+		t.Errorf("match returned %v, want the flag with its creator", got)
+	}
+}
+
 // TestFindBinaryKey: a matching key of a binary VR (Rows, US) is matched by
 // its number, in Implicit and Explicit VR: 512 becomes the condition
 // Rows = 512, and 8224 (whose two bytes are spaces) is not trimmed into a

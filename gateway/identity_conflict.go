@@ -19,7 +19,9 @@ import (
 // Warning; the conflict is audited with both identities. Every instance
 // stored later in a flagged study inherits the flag, so the study stays
 // flagged whichever instance is the latest (the study-level attributes are
-// the latest instance's).
+// the latest instance's); an instance that replaces an indexed one
+// (DuplicateReplace) is flagged from the study's other instances instead
+// (checkReplacement).
 
 // TagOriginalAttributesSequence records modified attributes' earlier
 // values (PS3.3 C.12.1.1.9).
@@ -224,19 +226,54 @@ func loAttribute(v string) dicomcodec.Attribute {
 	return dicomcodec.Attribute{VR: "LO", Value: []any{v}}
 }
 
-// flagReplacement flags rec, which replaces an indexed instance
-// (DuplicateReplace), when the study's other instances hold another
-// patient identity. It is not compared with the study's summary, which may
-// be the replaced instance itself: a corrected Patient ID is not another
-// patient's arrival. The replacement itself is audited as one. A failed
-// listing flags nothing, as in flagIdentityConflict.
-func (in *Ingester) flagReplacement(ctx context.Context, rec *InstanceRecord) {
-	recs, err := in.Index.ListInstances(ctx, rec.StudyInstanceUID, "")
-	if err != nil {
+// checkReplacement is checkIdentity for rec, which replaces an indexed
+// instance, existing (DuplicateReplace): the coercion its sender recorded
+// is audited, and rec is flagged when the study's other instances hold
+// another patient identity. It is not compared with the study's latest
+// instance, which may be existing itself: a corrected Patient ID is not
+// another patient's arrival. A replacement that brings an identity other
+// than existing's into a study holding others is audited as a conflict.
+func (in *Ingester) checkReplacement(ctx context.Context, existing, rec *InstanceRecord) {
+	if in.Index == nil {
 		return
 	}
+	in.auditReceivedCoercion(ctx, rec)
+	others := in.otherIdentities(ctx, rec)
+	if len(others) == 0 {
+		return
+	}
+	setFlag(rec, others)
+	oldID, oldIssuer := patientIdentity(existing.Metadata)
+	if newID, newIssuer := patientIdentity(rec.Metadata); newID != oldID || newIssuer != oldIssuer {
+		in.auditConflict(ctx, rec, others[len(others)-1])
+	}
+}
+
+// otherIdentities are the patient identities of rec's study, other than
+// rec's own, held by its instances other than rec. The study's summary
+// answers first: unflagged, every instance shares its identity, which is
+// then the other one if the study holds more instances than rec's; only a
+// flagged study's instances are listed. A failed read flags nothing, as
+// in flagIdentityConflict.
+func (in *Ingester) otherIdentities(ctx context.Context, rec *InstanceRecord) []PatientIdentity {
+	res, err := in.Index.Search(ctx, &Query{Level: LevelStudy, StudyInstanceUID: rec.StudyInstanceUID, Limit: 1, IncludeAll: true})
+	if err != nil || len(res.Items) == 0 {
+		return nil
+	}
+	held := res.Items[0]
 	id, issuer := patientIdentity(rec.Metadata)
 	incoming := PatientIdentity{id, issuer}
+	if _, flagged := IdentityConflicts(held); !flagged {
+		heldID, heldIssuer := patientIdentity(held)
+		if n, _ := numberOf(held, TagNumberOfStudyRelatedInstances); n <= 1 || (PatientIdentity{heldID, heldIssuer}) == incoming {
+			return nil
+		}
+		return []PatientIdentity{{heldID, heldIssuer}}
+	}
+	recs, err := in.Index.ListInstances(ctx, rec.StudyInstanceUID, "")
+	if err != nil {
+		return nil
+	}
 	var others []PatientIdentity
 	for _, r := range recs {
 		id, issuer := patientIdentity(r.Metadata)
@@ -244,10 +281,7 @@ func (in *Ingester) flagReplacement(ctx context.Context, rec *InstanceRecord) {
 			others = append(others, p)
 		}
 	}
-	if len(others) == 0 {
-		return
-	}
-	setFlag(rec, others)
+	return others
 }
 
 // setFlag flags rec as held in a study with the other identities others,
@@ -292,14 +326,23 @@ func (in *Ingester) flagIdentityConflict(ctx context.Context, rec *InstanceRecor
 		}
 	}
 	setFlag(rec, others)
-	if !conflict || in.Auditor == nil {
+	if conflict {
+		in.auditConflict(ctx, rec, PatientIdentity{heldID, heldIssuer})
+	}
+}
+
+// auditConflict records identity.conflict: rec arrived in a study held
+// under the identity held.
+func (in *Ingester) auditConflict(ctx context.Context, rec *InstanceRecord, held PatientIdentity) {
+	if in.Auditor == nil {
 		return
 	}
+	newID, newIssuer := patientIdentity(rec.Metadata)
 	ev := &AuditEvent{Time: in.now().UTC(), Actor: PrincipalFrom(ctx), Action: ActionIdentityConflict,
-		Outcome: OutcomeFailure, StudyUIDs: []string{rec.StudyInstanceUID}, PatientIDs: presentIDs(heldID, newID),
+		Outcome: OutcomeFailure, StudyUIDs: []string{rec.StudyInstanceUID}, PatientIDs: presentIDs(held.ID, newID),
 		Detail: map[string]any{
 			"sop_instance_uid": rec.SOPInstanceUID, "series_uid": rec.SeriesInstanceUID,
-			"held_patient_id": heldID, "held_issuer": heldIssuer,
+			"held_patient_id": held.ID, "held_issuer": held.Issuer,
 			"incoming_patient_id": newID, "incoming_issuer": newIssuer,
 			"description": "instance stored and flagged: the study is held under another patient identity",
 		}}

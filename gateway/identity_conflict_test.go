@@ -1,8 +1,10 @@
 package gateway_test
 
 import (
+	"context"
 	"fmt"
 	"net/url"
+	"sync"
 	"testing"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
@@ -154,6 +156,21 @@ func TestIdentityConflictReplacements(t *testing.T) {
 			}
 		}
 	}
+	// A study of two A100 instances, one replaced by bytes of B200: a
+	// conflict, flagged and audited.
+	var audit conflictEvents
+	in.Auditor = &audit
+	store(mk(3, 1, "A100"), mk(3, 2, "A100"))
+	intruder := mk(3, 2, "B200")
+	store(intruder)
+	for _, pid := range []string{"A100", "B200"} {
+		if got := searchItems(t, b.Index, gateway.LevelStudy, "", "StudyInstanceUID="+synth.UID(88, 3)+"&PatientID="+pid); len(got) != 1 {
+			t.Errorf("after B200's bytes replaced an A100 instance: PatientID=%s finds %d studies, want 1", pid, len(got))
+		}
+	}
+	if n := audit.count(); n != 1 {
+		t.Errorf("%d identity.conflict events for the replacement, want 1", n)
+	}
 	wrong := mk(2, 1, "WRONG1")
 	right := wrong
 	right.PatientID = "RIGHT1"
@@ -165,6 +182,9 @@ func TestIdentityConflictReplacements(t *testing.T) {
 	}
 	if got := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID=WRONG1"); len(got) != 0 {
 		t.Errorf("PatientID=WRONG1 still finds the corrected study")
+	}
+	if n := audit.count(); n != 1 {
+		t.Errorf("the correction was audited as an identity conflict (%d events)", n)
 	}
 }
 
@@ -231,4 +251,25 @@ func searchItems(t *testing.T, x gateway.Index, level gateway.QueryLevel, studyU
 		t.Fatal(err)
 	}
 	return res.Items
+}
+
+// conflictEvents counts the identity.conflict events an Ingester records.
+type conflictEvents struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (a *conflictEvents) Record(_ context.Context, ev *gateway.AuditEvent) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if ev.Action == gateway.ActionIdentityConflict {
+		a.n++
+	}
+	return nil
+}
+
+func (a *conflictEvents) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.n
 }

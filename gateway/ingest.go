@@ -360,7 +360,7 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 			if existing.SHA256 == rec.SHA256 && existing.Size == rec.Size {
 				return existing, nil
 			}
-			in.flagReplacement(ctx, rec) // identity_conflict.go
+			in.checkReplacement(ctx, existing, rec) // identity_conflict.go
 			start := time.Now()
 			err := in.Index.ReplaceInstance(ctx, IndexRecord(rec))
 			in.observe(StageIndex, start)

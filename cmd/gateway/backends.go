@@ -40,6 +40,10 @@ type Backends struct {
 	BlobKind     string
 	StateKind    string
 
+	// instanceBucket is the S3 instance store, nil on files: gateway serve
+	// probes its conditional writes (ProbeS3ConditionalWrites).
+	instanceBucket *s3.BlobStore
+
 	closers []func() error
 }
 
@@ -63,25 +67,13 @@ func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger, reg pro
 		if err != nil {
 			return nil, fmt.Errorf("--s3-endpoint: %w", err)
 		}
-		// Once the bucket is there, find out whether the server honours
-		// the conditional writes that keep acknowledged objects as they
-		// are (ProbeConditionalWrites warns if not); a probe that cannot
-		// run is only logged.
-		ensure := func(ctx context.Context) error {
-			if err := store.EnsureBucket(ctx); err != nil {
-				return err
-			}
-			if _, err := store.ProbeConditionalWrites(ctx); err != nil {
-				logger.Warn("s3 conditional writes not checked", gateway.LogKeyBackend, "s3", gateway.LogKeyError, err.Error())
-			}
-			return nil
-		}
 		ensureCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if err := ensure(ensureCtx); err != nil {
+		if err := store.EnsureBucket(ensureCtx); err != nil {
 			logger.Warn("s3 bucket not checked yet; retrying in the background, /readyz reports s3 until then", gateway.LogKeyBackend, "s3", gateway.LogKeyError, err.Error())
-			b.retryInBackground(ensure)
+			b.retryInBackground(func(ctx context.Context) error { return store.EnsureBucket(ctx) })
 		}
 		cancel()
+		b.instanceBucket = store
 		b.Blobs, b.BlobKind = blobwrap.Wrap(store, reg, "s3"), "s3"
 		b.Ready["s3"] = store
 	} else {
@@ -231,6 +223,27 @@ func (b *Backends) retryInBackground(fn func(ctx context.Context) error) {
 		}
 	}()
 	b.closers = append(b.closers, func() error { cancel(); <-done; return nil })
+}
+
+// ProbeS3ConditionalWrites runs the S3 instance store's conditional-write
+// probe (s3.BlobStore.ProbeConditionalWrites) in the background, once its
+// bucket answers; a probe that cannot run is logged, not retried. Only
+// gateway serve calls it: one-shot commands such as retention plan write
+// nothing they do not need to.
+func (b *Backends) ProbeS3ConditionalWrites(logger *slog.Logger) {
+	store := b.instanceBucket
+	if store == nil {
+		return
+	}
+	b.retryInBackground(func(ctx context.Context) error {
+		if err := store.Ping(ctx); err != nil {
+			return err // the bucket is not there yet
+		}
+		if _, err := store.ProbeConditionalWrites(ctx); err != nil {
+			logger.Warn("s3 conditional writes not checked", gateway.LogKeyBackend, "s3", gateway.LogKeyError, err.Error())
+		}
+		return nil
+	})
 }
 
 // Close closes every backend, in reverse order of opening.

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/syncbuf"
@@ -36,7 +37,11 @@ func TestS3ConditionalWritesProbedAtStart(t *testing.T) {
 	cfg.S3Bucket = s.Bucket(t)
 	var logs syncbuf.Buffer
 	MustRunMain(t, cfg, &logs)
-	if !strings.Contains(logs.String(), "S3 SERVER IGNORES CONDITIONAL WRITES") {
-		t.Errorf("no warning at start-up about the ignored If-None-Match:\n%s", logs.String())
+	deadline := time.Now().Add(15 * time.Second) // the probe runs in the background
+	for !strings.Contains(logs.String(), "S3 SERVER IGNORES CONDITIONAL WRITES") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning after start-up about the ignored If-None-Match:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

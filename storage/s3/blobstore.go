@@ -204,29 +204,31 @@ const probeKeyPrefix = ".gateway/probe/"
 // ProbeConditionalWrites finds out whether the server honours the
 // If-None-Match: * of CommitNew, which keeps an acknowledged instance's
 // object from being replaced: it PUTs a probe object, PUTs it again
-// conditionally, and deletes it. A server that answers 501 is handled as
-// CommitNew handles it (unconditional writes, one warning). One that
-// stores the second PUT ignores the header, which nothing else can see:
-// the operator is warned loudly, and ignores is true. An error means the
-// probe could not run (the server is down); it says nothing either way.
+// conditionally, and deletes it (removeProbe). A server that answers 501
+// is handled as CommitNew handles it (unconditional writes, one warning).
+// One that accepts the second PUT ignores the header, which nothing else
+// can see: the operator is warned loudly, and ignores is true. Only a
+// single PUT is probed, not a multipart completion (instances over the
+// part size). An error means the probe could not run (the server is down,
+// or the key is not writable); it says nothing either way.
 func (s *BlobStore) ProbeConditionalWrites(ctx context.Context) (ignores bool, err error) {
 	key := probeKeyPrefix + rand.Text()
+	var versions []string
+	defer func() { s.removeProbe(ctx, key, versions) }()
 	put := func(onlyNew bool) error {
 		var opts minio.PutObjectOptions
 		if onlyNew {
 			opts.SetMatchETagExcept("*")
 		}
-		_, err := s.client.PutObject(ctx, s.bucket, key, strings.NewReader("probe"), 5, opts)
+		info, err := s.client.PutObject(ctx, s.bucket, key, strings.NewReader("probe"), 5, opts)
+		if err == nil && info.VersionID != "" {
+			versions = append(versions, info.VersionID)
+		}
 		return err
 	}
 	if err := put(false); err != nil {
 		return false, fmt.Errorf("s3: conditional write probe: %w", translate(err))
 	}
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
-		defer cancel()
-		_ = s.client.RemoveObject(dctx, s.bucket, key, minio.RemoveObjectOptions{})
-	}()
 	err = put(true)
 	switch {
 	case preconditionFailed(err):
@@ -236,9 +238,31 @@ func (s *BlobStore) ProbeConditionalWrites(ctx context.Context) (ignores bool, e
 	case err != nil:
 		return false, fmt.Errorf("s3: conditional write probe: %w", translate(err))
 	}
-	s.logger.Warn("S3 SERVER IGNORES CONDITIONAL WRITES: it stored a PUT with If-None-Match: * over an existing object; an upload of the same SOP Instance UID that got past a lost instance lock could overwrite an acknowledged one. Use a server that honours If-None-Match (MinIO, AWS S3) for the instance bucket",
+	s.logger.Warn("S3 SERVER IGNORES CONDITIONAL WRITES: it accepted a PUT with If-None-Match: * over an existing object; an upload of the same SOP Instance UID that got past a lost instance lock could overwrite an acknowledged one. Use a server that honours If-None-Match (MinIO, AWS S3) for the instance bucket",
 		"bucket", s.bucket)
 	return true, nil
+}
+
+// probeCleanupTimeout bounds the deletion of a probe object, so that a
+// hanging server holds neither start-up nor shutdown for long.
+const probeCleanupTimeout = 5 * time.Second
+
+// removeProbe deletes the probe object: each version a versioned bucket
+// keeps (a bucket with Object Lock is versioned; a plain delete would only
+// add a marker), or the object itself when the server named no version,
+// as after a PUT whose answer was lost. A version under a retention
+// period cannot be deleted: that is logged with the key.
+func (s *BlobStore) removeProbe(ctx context.Context, key string, versions []string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), probeCleanupTimeout)
+	defer cancel()
+	if len(versions) == 0 {
+		versions = []string{""}
+	}
+	for _, v := range versions {
+		if err := s.client.RemoveObject(ctx, s.bucket, key, minio.RemoveObjectOptions{VersionID: v}); err != nil {
+			s.logger.Warn("s3 conditional write probe: probe object not deleted", "bucket", s.bucket, "key", key, "version", v, gateway.LogKeyError, err.Error())
+		}
+	}
 }
 
 // Ping reports whether the bucket can be reached; any failure, including a

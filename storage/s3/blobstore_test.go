@@ -505,3 +505,32 @@ func TestProbeConditionalWrites(t *testing.T) {
 		})
 	}
 }
+
+// TestProbeLeavesNoVersions: on a versioned bucket (a bucket with Object
+// Lock is one; the audit segments may share the instance bucket) the probe
+// deletes each version it wrote, not only adds a delete marker: nothing is
+// left under its prefix, in any version.
+func TestProbeLeavesNoVersions(t *testing.T) {
+	cfg := config(t)
+	c, err := minio.New(cfg.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey.Reveal(), ""), Region: cfg.Region})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Bucket = "test-" + storagetest.RandomName() + "-versioned"
+	if err := c.MakeBucket(t.Context(), cfg.Bucket, minio.MakeBucketOptions{Region: cfg.Region}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.RemoveBucket(context.Background(), cfg.Bucket) }) // fails, and says so, only if something was left
+	if err := c.EnableVersioning(t.Context(), cfg.Bucket); err != nil {
+		t.Fatal(err)
+	}
+	if ignores, err := newStore(t, cfg).ProbeConditionalWrites(t.Context()); err != nil || ignores {
+		t.Fatalf("probe on MinIO: ignores=%v err=%v", ignores, err)
+	}
+	for obj := range c.ListObjects(t.Context(), cfg.Bucket, minio.ListObjectsOptions{Prefix: ".gateway/", Recursive: true, WithVersions: true}) {
+		if obj.Err != nil {
+			t.Fatal(obj.Err)
+		}
+		t.Errorf("left behind: %s version %s (delete marker %v)", obj.Key, obj.VersionID, obj.IsDeleteMarker)
+	}
+}
