@@ -40,9 +40,11 @@ type Backends struct {
 	BlobKind     string
 	StateKind    string
 
-	// instanceBucket is the S3 instance store, nil on files: gateway serve
-	// probes its conditional writes (ProbeS3ConditionalWrites).
+	// instanceBucket is the S3 instance store, nil on files, and
+	// redisIndex the Redis index, nil when embedded: gateway serve checks
+	// and upgrades them in the background (StartBackgroundChecks).
 	instanceBucket *s3.BlobStore
+	redisIndex     *redis.Index
 
 	closers []func() error
 }
@@ -93,7 +95,8 @@ func OpenBackends(ctx context.Context, cfg *Config, logger *slog.Logger, reg pro
 		b.closers = append(b.closers, client.Close)
 		b.Ready["redis"] = client
 		b.StateKind = "redis"
-		b.Index = redis.NewIndex(client)
+		index := redis.NewIndex(client)
+		b.Index, b.redisIndex = index, index
 		b.AuditLog = redis.NewAuditLog(client, cfg.Name)
 		b.Holds = redis.NewHolds(client)
 		queue, err := redis.NewQueue(ctx, client, queueOpts)
@@ -202,6 +205,12 @@ func (b *Backends) RunAuditArchive() {
 // retryInBackground runs fn every 2 s until it succeeds or the backends
 // close: S3 may still be starting (or down) when the gateway starts.
 func (b *Backends) retryInBackground(fn func(ctx context.Context) error) {
+	b.retryInBackgroundFor(5*time.Second, fn)
+}
+
+// retryInBackgroundFor is retryInBackground with attempts of up to
+// timeout each.
+func (b *Backends) retryInBackgroundFor(timeout time.Duration, fn func(ctx context.Context) error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -213,7 +222,7 @@ func (b *Backends) retryInBackground(fn func(ctx context.Context) error) {
 			case <-ctx.Done():
 				return
 			case <-tick.C:
-				attempt, stop := context.WithTimeout(ctx, 5*time.Second)
+				attempt, stop := context.WithTimeout(ctx, timeout)
 				err := fn(attempt)
 				stop()
 				if err == nil {
@@ -225,12 +234,25 @@ func (b *Backends) retryInBackground(fn func(ctx context.Context) error) {
 	b.closers = append(b.closers, func() error { cancel(); <-done; return nil })
 }
 
-// ProbeS3ConditionalWrites runs the S3 instance store's conditional-write
-// probe (s3.BlobStore.ProbeConditionalWrites) in the background, once its
-// bucket answers; a probe that cannot run is logged, not retried. Only
-// gateway serve calls it: one-shot commands such as retention plan write
-// nothing they do not need to.
-func (b *Backends) ProbeS3ConditionalWrites(logger *slog.Logger) {
+// StartBackgroundChecks runs, in the background, what gateway serve checks
+// and upgrades once its backends answer; one-shot commands such as
+// retention plan write nothing they do not need to, so only serve calls
+// it. The Redis index lists studies flagged by earlier versions under
+// every Patient ID (redis.Index.ListFlaggedStudies; retried until done).
+// The S3 instance store's conditional writes are probed
+// (s3.BlobStore.ProbeConditionalWrites) once its bucket answers; a probe
+// that cannot run is logged, not retried.
+func (b *Backends) StartBackgroundChecks(logger *slog.Logger) {
+	if index := b.redisIndex; index != nil {
+		// A walk of every study: minutes on a large index.
+		b.retryInBackgroundFor(10*time.Minute, func(ctx context.Context) error {
+			err := index.ListFlaggedStudies(ctx)
+			if err != nil {
+				logger.Warn("studies flagged by earlier versions not yet listed under every patient; retrying", gateway.LogKeyBackend, "redis", gateway.LogKeyError, err.Error())
+			}
+			return err
+		})
+	}
 	store := b.instanceBucket
 	if store == nil {
 		return

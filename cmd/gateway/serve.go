@@ -115,7 +115,7 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	b.RunAuditArchive()
-	b.ProbeS3ConditionalWrites(m.Logger)
+	b.StartBackgroundChecks(m.Logger)
 	m.Backends = b
 
 	m.Services = wireServices(m, b, reg)

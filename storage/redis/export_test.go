@@ -10,3 +10,8 @@ func SetStudyIndexEveryForTest(d time.Duration) (restore func()) {
 	studyIndexEvery = d
 	return func() { studyIndexEvery = old }
 }
+
+// StudyKeyForTest returns the key of parts in the shard of studyUID.
+func StudyKeyForTest(x *Index, studyUID string, parts ...string) string {
+	return x.studyKey(studyUID, parts...)
+}

@@ -57,6 +57,8 @@ import (
 //	                         was empty when they were introduced); without it name searches use x:name
 //	<sh>x:phok               set when every study is in its x:ph zsets (likewise); without it
 //	                         a fuzzy name search walks x:date and the engine compares codes
+//	<sh>x:idok               set when ListFlaggedStudies has listed the shard's flagged studies
+//	                         under every patient ID
 //	<sh>x:recv, <sh>x:bytes  the shard's study usage for retention: usage.go
 //
 // and outside the shards: {idx}:lock:<sop> (single server) or lock:{<sop>}
@@ -1523,4 +1525,106 @@ func (s searchSource) Series(ctx context.Context, studyUID string) ([]*gateway.S
 
 func (s searchSource) Instances(ctx context.Context, studyUID, seriesUID string) ([]*gateway.InstanceRecord, error) {
 	return s.x.instances(ctx, studyUID, seriesUID)
+}
+
+// relistScript lists one study under the patient IDs of its summary
+// (KEYS[2..], ARGV[3] joined by \1) when its pid field still reads ARGV[1]:
+// a write between the read and this call has listed it itself.
+// KEYS[1] the study hash; ARGV[2] the study UID.
+var relistScript = goredis.NewScript(`
+if redis.call('HGET', KEYS[1], 'pid') ~= ARGV[1] then return 0 end
+local score = tonumber(redis.call('HGET', KEYS[1], 'd') or '0') or 0
+for i = 2, #KEYS do redis.call('ZADD', KEYS[i], score, ARGV[2]) end
+redis.call('HSET', KEYS[1], 'pid', ARGV[3])
+return 1
+`)
+
+// ListFlaggedStudies lists every study flagged for an identity conflict
+// under all its Patient IDs (gateway.StudyPatientIDs): an index written
+// before 2026-12-06 listed such a study under its latest instance's ID
+// only. Each shard is walked once (its x:idok mark records it), in
+// pipelined batches; gateway serve runs it in the background.
+func (x *Index) ListFlaggedStudies(ctx context.Context) error {
+	for sh := range x.shards {
+		mark := x.skey(sh, "x", "idok")
+		if n, err := x.rdb.Exists(ctx, mark).Result(); err != nil {
+			return translate(err)
+		} else if n > 0 {
+			continue
+		}
+		if err := x.listFlaggedIn(ctx, sh); err != nil {
+			return err
+		}
+		if err := x.rdb.Set(ctx, mark, "1", 0).Err(); err != nil {
+			return translate(err)
+		}
+	}
+	return nil
+}
+
+// listFlaggedIn relists the flagged studies of shard sh, read with ZSCAN
+// of its x:date zset, which returns every study present throughout the
+// walk at least once, whatever is written or deleted meanwhile.
+func (x *Index) listFlaggedIn(ctx context.Context, sh int) error {
+	var cursor uint64
+	for {
+		page, next, err := x.rdb.ZScan(ctx, x.skey(sh, "x", "date"), cursor, "", 500).Result()
+		if err != nil {
+			return translate(err)
+		}
+		var studies []string
+		for i := 0; i < len(page); i += 2 { // member, score
+			studies = append(studies, page[i])
+		}
+		if err := x.relistFlagged(ctx, sh, studies); err != nil {
+			return err
+		}
+		if cursor = next; cursor == 0 {
+			return nil
+		}
+	}
+}
+
+// relistFlagged relists those of studies (in shard sh) that are flagged
+// and not yet listed under every Patient ID.
+func (x *Index) relistFlagged(ctx context.Context, sh int, studies []string) error {
+	if len(studies) == 0 {
+		return nil
+	}
+	pipe := x.rdb.Pipeline()
+	cmds := make([]*goredis.MapStringStringCmd, len(studies))
+	for i, st := range studies {
+		cmds[i] = pipe.HGetAll(ctx, x.skey(sh, "s", st))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+		return translate(err)
+	}
+	for i, st := range studies {
+		h := cmds[i].Val()
+		attrs, err := decodeAttrs(h)
+		if err != nil || attrs == nil {
+			continue // gone, or unreadable: the search skips it too
+		}
+		if _, flagged := gateway.IdentityConflicts(attrs); !flagged {
+			continue
+		}
+		var ids []string
+		for _, id := range gateway.StudyPatientIDs(attrs) {
+			if id = indexValue(id); id != "" && !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+		joined := strings.Join(ids, "\x01")
+		if joined == h["pid"] {
+			continue
+		}
+		keys := []string{x.skey(sh, "s", st)}
+		for _, id := range ids {
+			keys = append(keys, x.skey(sh, "x", "pid", id))
+		}
+		if err := relistScript.Run(ctx, x.rdb, keys, h["pid"], st, joined).Err(); err != nil {
+			return translate(err)
+		}
+	}
+	return nil
 }

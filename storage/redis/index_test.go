@@ -158,3 +158,66 @@ func TestIndexConflictStudyLeavesNoPatientEntries(t *testing.T) {
 		}
 	}
 }
+
+// TestListFlaggedStudies takes a flagged study back to the layout written
+// before 2026-12-06 (listed under its latest instance's Patient ID only,
+// no x:idok mark): an exact search by the other patient's ID misses it;
+// ListFlaggedStudies lists it, and the search finds it. On a single
+// server and on the cluster.
+func TestListFlaggedStudies(t *testing.T) {
+	for name, server := range storagetest.RedisServers(t) {
+		t.Run(name, func(t *testing.T) {
+			c := openClient(t, server)
+			x, ctx := redis.NewIndex(c), t.Context()
+			study := "1.2.10"
+			first := storagetest.Record(study, study+".1", study+".1.1", map[string]any{dicomcodec.TagPatientID: "S100", dicomcodec.TagStudyDate: "20240101"})
+			second := storagetest.Flagged(storagetest.Record(study, study+".2", study+".2.1", map[string]any{dicomcodec.TagPatientID: "H200", dicomcodec.TagStudyDate: "20240101"}),
+				gateway.PatientIdentity{ID: "S100"})
+			for _, rec := range []*gateway.InstanceRecord{first, second} {
+				if _, _, err := x.PutInstance(ctx, rec); err != nil {
+					t.Fatal(err)
+				}
+			}
+			byFirst := func() int {
+				t.Helper()
+				q, err := gateway.ParseQuery(gateway.LevelStudy, "", "", url.Values{"PatientID": {"S100"}}, gateway.QueryLimits{Default: 10, Max: 10})
+				if err != nil {
+					t.Fatal(err)
+				}
+				res, err := x.Search(ctx, q)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return len(res.Items)
+			}
+			// The old layout: pid H200 alone, not in S100's set, no mark.
+			studyKey := redis.StudyKeyForTest(x, study, "s", study)
+			firstSet := redis.StudyKeyForTest(x, study, "x", "pid", "S100")
+			mark := redis.StudyKeyForTest(x, study, "x", "idok")
+			if err := c.Redis().HSet(ctx, studyKey, "pid", "H200").Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Redis().ZRem(ctx, firstSet, study).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Redis().Del(ctx, mark).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if n := byFirst(); n != 0 {
+				t.Fatalf("PatientID=S100 on the old layout: %d studies, want 0", n)
+			}
+			if err := x.ListFlaggedStudies(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if n := byFirst(); n != 1 {
+				t.Errorf("PatientID=S100 after ListFlaggedStudies: %d studies, want 1", n)
+			}
+			if pid := c.Redis().HGet(ctx, studyKey, "pid").Val(); pid != "H200\x01S100" {
+				t.Errorf("pid field %q, want both IDs", pid)
+			}
+			if c.Redis().Exists(ctx, mark).Val() != 1 {
+				t.Errorf("no x:idok mark after the walk")
+			}
+		})
+	}
+}
