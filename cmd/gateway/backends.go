@@ -244,11 +244,18 @@ func (b *Backends) retryInBackgroundFor(timeout time.Duration, fn func(ctx conte
 // that cannot run is logged, not retried.
 func (b *Backends) StartBackgroundChecks(logger *slog.Logger) {
 	if index := b.redisIndex; index != nil {
-		// A walk of every study: minutes on a large index.
-		b.retryInBackgroundFor(10*time.Minute, func(ctx context.Context) error {
-			err := index.ListFlaggedStudies(ctx)
-			if err != nil {
+		// A walk of every study: minutes on a large index, each Redis
+		// call bounded by the client's own timeouts. While Redis is down
+		// the failure is logged once a minute, not at every attempt.
+		var lastWarned time.Time
+		b.retryInBackgroundFor(24*time.Hour, func(ctx context.Context) error {
+			listed, unreadable, err := index.ListFlaggedStudies(ctx)
+			switch {
+			case err != nil && ctx.Err() == nil && time.Since(lastWarned) >= time.Minute:
+				lastWarned = time.Now()
 				logger.Warn("studies flagged by earlier versions not yet listed under every patient; retrying", gateway.LogKeyBackend, "redis", gateway.LogKeyError, err.Error())
+			case err == nil && listed+unreadable > 0:
+				logger.Info("studies flagged by earlier versions listed under every patient", gateway.LogKeyBackend, "redis", "listed", listed, "unreadable", unreadable)
 			}
 			return err
 		})

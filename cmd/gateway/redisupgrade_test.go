@@ -46,6 +46,13 @@ func TestServeListsFlaggedStudiesOnRedis(t *testing.T) {
 	if err := rdb.Del(t.Context(), client.Key("{idx}:x:idok")).Err(); err != nil {
 		t.Fatal(err)
 	}
+	q, err := gateway.ParseQuery(gateway.LevelStudy, "", "", map[string][]string{"PatientID": {"S100"}}, gateway.QueryLimits{Default: 10, Max: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := index.Search(t.Context(), q); err != nil || len(res.Items) != 0 {
+		t.Fatalf("PatientID=S100 on the hand-made old layout: %v, %v; want no study (the layout was not rebuilt)", res, err)
+	}
 	m := MustRunMain(t, cfg, nil)
 	deadline := time.Now().Add(15 * time.Second) // the listing runs in the background
 	for {

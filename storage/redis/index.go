@@ -1528,11 +1528,13 @@ func (s searchSource) Instances(ctx context.Context, studyUID, seriesUID string)
 }
 
 // relistScript lists one study under the patient IDs of its summary
-// (KEYS[2..], ARGV[3] joined by \1) when its pid field still reads ARGV[1]:
-// a write between the read and this call has listed it itself.
+// (KEYS[2..], ARGV[3] joined by \1) when its pid and ca fields still read
+// ARGV[1] and ARGV[4]: a write between the read and this call has listed
+// it itself, and a study deleted meanwhile is left deleted.
 // KEYS[1] the study hash; ARGV[2] the study UID.
 var relistScript = goredis.NewScript(`
-if redis.call('HGET', KEYS[1], 'pid') ~= ARGV[1] then return 0 end
+local cur = redis.call('HMGET', KEYS[1], 'pid', 'ca')
+if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[4] then return 0 end
 local score = tonumber(redis.call('HGET', KEYS[1], 'd') or '0') or 0
 for i = 2, #KEYS do redis.call('ZADD', KEYS[i], score, ARGV[2]) end
 redis.call('HSET', KEYS[1], 'pid', ARGV[3])
@@ -1543,67 +1545,87 @@ return 1
 // under all its Patient IDs (gateway.StudyPatientIDs): an index written
 // before 2026-12-06 listed such a study under its latest instance's ID
 // only. Each shard is walked once (its x:idok mark records it), in
-// pipelined batches; gateway serve runs it in the background.
-func (x *Index) ListFlaggedStudies(ctx context.Context) error {
+// pipelined batches; gateway serve runs it in the background. It returns
+// how many studies it listed, and how many it could not read (left as
+// they are).
+func (x *Index) ListFlaggedStudies(ctx context.Context) (listed, unreadable int, err error) {
 	for sh := range x.shards {
 		mark := x.skey(sh, "x", "idok")
-		if n, err := x.rdb.Exists(ctx, mark).Result(); err != nil {
-			return translate(err)
-		} else if n > 0 {
+		n, err := x.rdb.Exists(ctx, mark).Result()
+		if err != nil {
+			return listed, unreadable, translate(err)
+		}
+		if n > 0 {
 			continue
 		}
-		if err := x.listFlaggedIn(ctx, sh); err != nil {
-			return err
+		l, u, err := x.listFlaggedIn(ctx, sh)
+		listed, unreadable = listed+l, unreadable+u
+		if err != nil {
+			return listed, unreadable, err
 		}
 		if err := x.rdb.Set(ctx, mark, "1", 0).Err(); err != nil {
-			return translate(err)
+			return listed, unreadable, translate(err)
 		}
 	}
-	return nil
+	return listed, unreadable, nil
 }
 
 // listFlaggedIn relists the flagged studies of shard sh, read with ZSCAN
 // of its x:date zset, which returns every study present throughout the
 // walk at least once, whatever is written or deleted meanwhile.
-func (x *Index) listFlaggedIn(ctx context.Context, sh int) error {
+func (x *Index) listFlaggedIn(ctx context.Context, sh int) (listed, unreadable int, err error) {
 	var cursor uint64
 	for {
 		page, next, err := x.rdb.ZScan(ctx, x.skey(sh, "x", "date"), cursor, "", 500).Result()
 		if err != nil {
-			return translate(err)
+			return listed, unreadable, translate(err)
 		}
 		var studies []string
 		for i := 0; i < len(page); i += 2 { // member, score
 			studies = append(studies, page[i])
 		}
-		if err := x.relistFlagged(ctx, sh, studies); err != nil {
-			return err
+		l, u, err := x.relistFlagged(ctx, sh, studies)
+		listed, unreadable = listed+l, unreadable+u
+		if err != nil {
+			return listed, unreadable, err
 		}
 		if cursor = next; cursor == 0 {
-			return nil
+			return listed, unreadable, nil
 		}
 	}
 }
 
 // relistFlagged relists those of studies (in shard sh) that are flagged
 // and not yet listed under every Patient ID.
-func (x *Index) relistFlagged(ctx context.Context, sh int, studies []string) error {
+func (x *Index) relistFlagged(ctx context.Context, sh int, studies []string) (listed, unreadable int, err error) {
 	if len(studies) == 0 {
-		return nil
+		return 0, 0, nil
 	}
 	pipe := x.rdb.Pipeline()
-	cmds := make([]*goredis.MapStringStringCmd, len(studies))
+	cmds := make([]*goredis.SliceCmd, len(studies))
 	for i, st := range studies {
-		cmds[i] = pipe.HGetAll(ctx, x.skey(sh, "s", st))
+		cmds[i] = pipe.HMGet(ctx, x.skey(sh, "s", st), "ca", "attrs", "pid")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
-		return translate(err)
+		return 0, 0, translate(err)
 	}
 	for i, st := range studies {
-		h := cmds[i].Val()
+		h := map[string]string{}
+		for j, field := range []string{"ca", "attrs", "pid"} {
+			if v, ok := cmds[i].Val()[j].(string); ok {
+				h[field] = v
+			}
+		}
+		if h["ca"] == "" && h["attrs"] == "" {
+			continue // deleted meanwhile
+		}
+		if !strings.Contains(h["ca"]+h["attrs"], gateway.IdentityConflictValue) {
+			continue // not flagged: no need to decode it
+		}
 		attrs, err := decodeAttrs(h)
-		if err != nil || attrs == nil {
-			continue // gone, or unreadable: the search skips it too
+		if err != nil {
+			unreadable++
+			continue
 		}
 		if _, flagged := gateway.IdentityConflicts(attrs); !flagged {
 			continue
@@ -1622,9 +1644,11 @@ func (x *Index) relistFlagged(ctx context.Context, sh int, studies []string) err
 		for _, id := range ids {
 			keys = append(keys, x.skey(sh, "x", "pid", id))
 		}
-		if err := relistScript.Run(ctx, x.rdb, keys, h["pid"], st, joined).Err(); err != nil {
-			return translate(err)
+		n, err := relistScript.Run(ctx, x.rdb, keys, h["pid"], st, joined, h["ca"]).Int()
+		if err != nil {
+			return listed, unreadable, translate(err)
 		}
+		listed += n
 	}
-	return nil
+	return listed, unreadable, nil
 }

@@ -159,28 +159,33 @@ func TestIndexConflictStudyLeavesNoPatientEntries(t *testing.T) {
 	}
 }
 
-// TestListFlaggedStudies takes a flagged study back to the layout written
-// before 2026-12-06 (listed under its latest instance's Patient ID only,
-// no x:idok mark): an exact search by the other patient's ID misses it;
-// ListFlaggedStudies lists it, and the search finds it. On a single
-// server and on the cluster.
+// TestListFlaggedStudies takes 700 flagged studies (enough for the walk to
+// page) back to the layout written before 2026-12-06 (listed under their
+// latest instance's Patient ID only, no x:idok mark): an exact search by
+// the other patient's ID misses them; ListFlaggedStudies lists each once,
+// with its date (a search by ID and date finds it), and a second call has
+// nothing to do. On a single server and on the cluster.
 func TestListFlaggedStudies(t *testing.T) {
 	for name, server := range storagetest.RedisServers(t) {
 		t.Run(name, func(t *testing.T) {
 			c := openClient(t, server)
 			x, ctx := redis.NewIndex(c), t.Context()
-			study := "1.2.10"
-			first := storagetest.Record(study, study+".1", study+".1.1", map[string]any{dicomcodec.TagPatientID: "S100", dicomcodec.TagStudyDate: "20240101"})
-			second := storagetest.Flagged(storagetest.Record(study, study+".2", study+".2.1", map[string]any{dicomcodec.TagPatientID: "H200", dicomcodec.TagStudyDate: "20240101"}),
-				gateway.PatientIdentity{ID: "S100"})
-			for _, rec := range []*gateway.InstanceRecord{first, second} {
-				if _, _, err := x.PutInstance(ctx, rec); err != nil {
-					t.Fatal(err)
-				}
+			const n = 700
+			var recs []*gateway.InstanceRecord
+			for i := range n {
+				st := fmt.Sprintf("1.2.12.%d", i)
+				recs = append(recs,
+					storagetest.Record(st, st+".1", st+".1.1", map[string]any{dicomcodec.TagPatientID: "A" + st, dicomcodec.TagStudyDate: "20240101"}),
+					storagetest.Flagged(storagetest.Record(st, st+".2", st+".2.1", map[string]any{dicomcodec.TagPatientID: "B" + st, dicomcodec.TagStudyDate: "20240101"}),
+						gateway.PatientIdentity{ID: "A" + st}))
 			}
-			byFirst := func() int {
+			if err := x.PutInstances(ctx, recs); err != nil {
+				t.Fatal(err)
+			}
+			count := func(raw string) int {
 				t.Helper()
-				q, err := gateway.ParseQuery(gateway.LevelStudy, "", "", url.Values{"PatientID": {"S100"}}, gateway.QueryLimits{Default: 10, Max: 10})
+				params, _ := url.ParseQuery(raw)
+				q, err := gateway.ParseQuery(gateway.LevelStudy, "", "", params, gateway.QueryLimits{Default: 10, Max: 10})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -190,33 +195,34 @@ func TestListFlaggedStudies(t *testing.T) {
 				}
 				return len(res.Items)
 			}
-			// The old layout: pid H200 alone, not in S100's set, no mark.
-			studyKey := redis.StudyKeyForTest(x, study, "s", study)
-			firstSet := redis.StudyKeyForTest(x, study, "x", "pid", "S100")
-			mark := redis.StudyKeyForTest(x, study, "x", "idok")
-			if err := c.Redis().HSet(ctx, studyKey, "pid", "H200").Err(); err != nil {
+			// The old layout: pid B… alone, not in A…'s set (and no x:idok
+			// mark: the walk never ran under this prefix).
+			pipe := c.Redis().Pipeline()
+			for i := range n {
+				st := fmt.Sprintf("1.2.12.%d", i)
+				pipe.HSet(ctx, redis.StudyKeyForTest(x, st, "s", st), "pid", "B"+st)
+				pipe.ZRem(ctx, redis.StudyKeyForTest(x, st, "x", "pid", "A"+st), st)
+			}
+			if _, err := pipe.Exec(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if err := c.Redis().ZRem(ctx, firstSet, study).Err(); err != nil {
-				t.Fatal(err)
+			if got := count("PatientID=A1.2.12.0") + count("PatientID=A1.2.12.699"); got != 0 {
+				t.Fatalf("search by the first patients on the old layout: %d studies, want 0", got)
 			}
-			if err := c.Redis().Del(ctx, mark).Err(); err != nil {
-				t.Fatal(err)
+			listed, unreadable, err := x.ListFlaggedStudies(ctx)
+			if err != nil || listed != n || unreadable != 0 {
+				t.Fatalf("ListFlaggedStudies: listed %d, unreadable %d, %v; want %d, 0", listed, unreadable, err, n)
 			}
-			if n := byFirst(); n != 0 {
-				t.Fatalf("PatientID=S100 on the old layout: %d studies, want 0", n)
+			for _, i := range []int{0, 350, 699} {
+				if got := count(fmt.Sprintf("PatientID=A1.2.12.%d&StudyDate=20240101", i)); got != 1 {
+					t.Errorf("study %d by its first patient and date after the walk: %d studies, want 1", i, got)
+				}
 			}
-			if err := x.ListFlaggedStudies(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if n := byFirst(); n != 1 {
-				t.Errorf("PatientID=S100 after ListFlaggedStudies: %d studies, want 1", n)
-			}
-			if pid := c.Redis().HGet(ctx, studyKey, "pid").Val(); pid != "H200\x01S100" {
+			if pid := c.Redis().HGet(ctx, redis.StudyKeyForTest(x, "1.2.12.7", "s", "1.2.12.7"), "pid").Val(); pid != "B1.2.12.7\x01A1.2.12.7" {
 				t.Errorf("pid field %q, want both IDs", pid)
 			}
-			if c.Redis().Exists(ctx, mark).Val() != 1 {
-				t.Errorf("no x:idok mark after the walk")
+			if listed, _, err := x.ListFlaggedStudies(ctx); err != nil || listed != 0 {
+				t.Errorf("a second walk listed %d (%v), want nothing to do", listed, err)
 			}
 		})
 	}
