@@ -643,12 +643,7 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) (keys []stri
 	names := gateway.NameKeys(md, dicomcodec.TagPatientName)
 	prefixes := namePrefixes(gateway.NameGroupKeys(md, dicomcodec.TagPatientName))
 	codes := gateway.NamePhoneticKeys(md, dicomcodec.TagPatientName)
-	var pids []string // the study's gateway.StudyPatientIDs, each with an x:pid zset
-	for _, id := range gateway.StudyPatientIDs(md) {
-		if id = indexValue(id); id != "" && !slices.Contains(pids, id) {
-			pids = append(pids, id)
-		}
-	}
+	pids := indexedPatientIDs(md)
 	acc, mod := indexValue(md.String(dicomcodec.TagAccessionNumber)), indexValue(rec.Modality())
 	st, se := rec.StudyInstanceUID, rec.SeriesInstanceUID
 	sh := x.shardOf(st)
@@ -679,6 +674,19 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) (keys []stri
 		strings.Join(prefixes, "\x01"), gateway.MetadataOrder(rec), strings.Join(codes, "\x01"),
 		strconv.FormatInt(rec.Size, 10), strconv.FormatInt(rec.StoredAt.UnixMilli(), 10),
 	}, nil
+}
+
+// indexedPatientIDs are the study's gateway.StudyPatientIDs as the index
+// keeps them (indexValue), once each: the x:pid zsets it is listed in and
+// its pid field, joined by \x01.
+func indexedPatientIDs(attrs dicomcodec.Dataset) []string {
+	var ids []string
+	for _, id := range gateway.StudyPatientIDs(attrs) {
+		if id = indexValue(id); id != "" && !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // namePrefixLen is the longest name prefix with its own x:np zset.
@@ -1630,12 +1638,7 @@ func (x *Index) relistFlagged(ctx context.Context, sh int, studies []string) (li
 		if _, flagged := gateway.IdentityConflicts(attrs); !flagged {
 			continue
 		}
-		var ids []string
-		for _, id := range gateway.StudyPatientIDs(attrs) {
-			if id = indexValue(id); id != "" && !slices.Contains(ids, id) {
-				ids = append(ids, id)
-			}
-		}
+		ids := indexedPatientIDs(attrs)
 		joined := strings.Join(ids, "\x01")
 		if joined == h["pid"] {
 			continue
