@@ -21,7 +21,8 @@ import (
 // flagged whichever instance is the latest (the study-level attributes are
 // the latest instance's); an instance that replaces an indexed one
 // (DuplicateReplace) is flagged from the study's other instances instead
-// (checkReplacement).
+// (checkReplacement). A delete in a flagged study restates it from the
+// instances left (identity_restate.go).
 
 // TagOriginalAttributesSequence records modified attributes' earlier
 // values (PS3.3 C.12.1.1.9).

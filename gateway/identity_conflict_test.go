@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/gateway"
@@ -236,6 +238,133 @@ func TestIdentityConflictFlagBounded(t *testing.T) {
 }
 
 // searchItems runs a QIDO-RS query (raw query string) on x.
+// TestIdentityConflictRestatedAfterDelete: a study holding three patients
+// (A, B, then C last) is corrected by deleting the misfiled series, as a
+// PACS admin would. After C's series is deleted the study is no longer
+// found by C's ID and shows B, the latest left, flagged naming A only;
+// after B's too it is A's study again, unflagged, found by A alone, also
+// when A's latest instance arrived flagged after B's. Each
+// change of the identities the study is listed under is audited; a delete
+// in an unflagged study changes nothing and records no such event. Run on
+// both backend families.
+func TestIdentityConflictRestatedAfterDelete(t *testing.T) {
+	for _, kind := range []string{backendtest.Embedded, backendtest.Production} {
+		t.Run(kind, func(t *testing.T) {
+			b := backendtest.Open(t, kind, backendtest.Options{})
+			clock := time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+			in := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index, Now: func() time.Time { clock = clock.Add(time.Second); return clock }}
+			events := &restatedEvents{}
+			svc := gateway.NewServices(gateway.ServiceDeps{Blobs: b.Blobs, Index: b.Index, Ingester: in, Auditor: events})
+			admin := gateway.Caller{Principal: gateway.Principal{Name: "pacs-admin"}}
+			study := synth.UID(88, 1)
+			mk := func(i uint64, pid, issuer, name string) synth.Instance {
+				return synth.Instance{PatientName: name, PatientID: pid, IssuerOfPatientID: issuer,
+					StudyInstanceUID: study, SeriesInstanceUID: synth.UID(88, 1, i), SOPInstanceUID: synth.UID(88, 1, i, 1),
+					Rows: 4, Columns: 4, StudyDate: "20240101"}
+			}
+			store := func(insts ...synth.Instance) {
+				t.Helper()
+				for _, inst := range insts {
+					if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			store(mk(1, "A100", "SURREY", "Alpha^Ann"), mk(2, "B200", "HAMPSHIRE", "Beta^Bob"), mk(3, "C300", "KENT", "Gamma^Cy"))
+			deleteSeries := func(i uint64) {
+				t.Helper()
+				if _, _, err := svc.Delete.Delete(t.Context(), admin, study, synth.UID(88, 1, i), ""); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// expect checks what a search by each Patient ID finds: nothing,
+			// or the study with the name shown and the IDs the flag names.
+			type view = struct {
+				found  bool
+				name   string
+				others []string
+			}
+			expect := func(step string, want map[string]view) {
+				t.Helper()
+				for pid, w := range want {
+					items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID="+pid+"&includefield=all")
+					if !w.found {
+						if len(items) != 0 {
+							t.Errorf("%s: PatientID=%s finds %d studies, want none", step, pid, len(items))
+						}
+						continue
+					}
+					if len(items) != 1 {
+						t.Errorf("%s: PatientID=%s finds %d studies, want 1", step, pid, len(items))
+						continue
+					}
+					name := ""
+					if pns := gateway.PersonNamesOf(items[0][dicomcodec.TagPatientName]); len(pns) > 0 {
+						name = pns[0].Alphabetic
+					}
+					others, flagged := gateway.IdentityConflicts(items[0])
+					var ids []string
+					for _, o := range others {
+						ids = append(ids, o.ID)
+					}
+					if name != w.name || flagged != (len(w.others) > 0) || !slices.Equal(ids, w.others) {
+						t.Errorf("%s: PatientID=%s shows name %q, flag %v naming %v; want %q naming %v", step, pid, name, flagged, ids, w.name, w.others)
+					}
+				}
+			}
+			deleteSeries(3)
+			// A100 is found as the other identity of B's study: without a name.
+			expect("C deleted", map[string]view{"A100": {true, "", []string{"B200"}}, "B200": {true, "Beta^Bob", []string{"A100"}}, "C300": {}})
+			if got := events.restated(); len(got) != 1 || !slices.Contains(got[0].PatientIDs, "C300") || got[0].Detail["flagged"] != true {
+				t.Fatalf("C deleted: restated events %+v, want one naming C300, still flagged", got)
+			}
+			deleteSeries(2)
+			expect("B deleted", map[string]view{"A100": {true, "Alpha^Ann", nil}, "B200": {}, "C300": {}})
+			if got := events.restated(); len(got) != 2 || got[1].Detail["flagged"] != false {
+				t.Fatalf("B deleted: restated events %+v, want a second, unflagged", got)
+			}
+			// An unflagged study: a delete restates nothing.
+			store(mk(4, "A100", "SURREY", "Alpha^Ann"))
+			deleteSeries(4)
+			expect("A's second series deleted", map[string]view{"A100": {true, "Alpha^Ann", nil}})
+			if got := events.restated(); len(got) != 2 {
+				t.Errorf("a delete in an unflagged study recorded %d restated events in all, want 2", len(got))
+			}
+			// B arrives again, then A: A's latest instance carries the flag
+			// naming B, which the delete of B's series drops. (A's UIDs sort
+			// before B's: the latest is the last to arrive, not the last UID.)
+			store(mk(6, "B200", "HAMPSHIRE", "Beta^Bob"), mk(5, "A100", "SURREY", "Alpha^Ann"))
+			expect("B again", map[string]view{"A100": {true, "Alpha^Ann", []string{"B200"}}, "B200": {true, "", []string{"A100"}}})
+			deleteSeries(6)
+			expect("B deleted again", map[string]view{"A100": {true, "Alpha^Ann", nil}, "B200": {}})
+			if got := events.restated(); len(got) != 3 {
+				t.Errorf("%d restated events in all, want 3", len(got))
+			}
+		})
+	}
+}
+
+// restatedEvents keeps the identity.restated events a service records.
+type restatedEvents struct {
+	mu  sync.Mutex
+	evs []*gateway.AuditEvent
+}
+
+func (a *restatedEvents) Record(_ context.Context, ev *gateway.AuditEvent) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if ev.Action == gateway.ActionIdentityRestated {
+		a.evs = append(a.evs, ev)
+	}
+	return nil
+}
+
+func (a *restatedEvents) restated() []*gateway.AuditEvent {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.evs)
+}
+
 func searchItems(t *testing.T, x gateway.Index, level gateway.QueryLevel, studyUID, raw string) []dicomcodec.Dataset {
 	t.Helper()
 	params, err := url.ParseQuery(raw)

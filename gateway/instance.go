@@ -39,7 +39,10 @@ func (r *InstanceRecord) Key() string {
 // returns (nil, true). If one exists it changes nothing and returns the
 // existing record and false, so two concurrent uploads of one instance end
 // with one record. ReplaceInstance overwrites an existing record (the
-// "replace" duplicate policy). GetInstance and DeleteInstance return
+// "replace" duplicate policy) and makes rec its study's latest instance:
+// the study's attributes become rec's, even when the record was already
+// stored as it is (a flagged study restated after a delete,
+// identity_restate.go). GetInstance and DeleteInstance return
 // ErrNotFound for an unknown UID. ListInstances returns the instances of a
 // study (seriesUID "") or of one series, ordered by series then instance
 // number then SOP Instance UID; ErrNotFound when there are none. Unreachable

@@ -255,7 +255,8 @@ routes:
 // TestIdentityConflictFlagged: instances of one study arriving under two
 // patient identities are all stored, and the study is flagged (never
 // silently merged): QIDO returns the flag attribute with a Warning, later
-// instances keep it, and the audit names both identities.
+// instances keep it, and the audit names both identities. Deleting the
+// misfiled instance over HTTP makes the study its patient's alone again.
 func TestIdentityConflictFlagged(t *testing.T) {
 	_, root := centre(t, "surrey", "")
 	mk := func(i uint64, pid, issuer string) synth.Instance {
@@ -342,6 +343,34 @@ func TestIdentityConflictFlagged(t *testing.T) {
 	}
 	if both == 0 {
 		t.Errorf("no query event of the flagged study names both patients")
+	}
+	// The PACS admin deletes the misfiled H200 instance: the study is
+	// S100's alone again, unflagged and without a Warning, H200's searches
+	// no longer find it, and the change is audited.
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodDelete,
+		root+"/dicomweb/studies/"+study+"/series/"+synth.UID(83, 1, 1)+"/instances/"+synth.UID(83, 1, 1, 2), nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("DELETE of the misfiled instance = %d", resp.StatusCode)
+	}
+	if got, warnings := qido(); strings.Contains(got, "IDENTITY CONFLICT") || len(warnings) > 0 {
+		t.Errorf("after the delete: still flagged or warned (%v): %s", warnings, got)
+	}
+	for pid, want := range map[string]int{"S100": 1, "H200": 0} {
+		if studies, _ := searchBundle(t, root+"/fhir/ImagingStudy?patient.identifier="+pid).matches(t); len(studies) != want {
+			t.Errorf("after the delete: FHIR search by patient %s: %d studies, want %d", pid, len(studies), want)
+		}
+		_, _, found := fhirGet(t, root+"/dicomweb/studies?PatientID="+pid, "application/dicom+json")
+		if strings.Contains(string(found), study) != (want == 1) {
+			t.Errorf("after the delete: QIDO PatientID=%s finds the study: %v, want %v", pid, want != 1, want == 1)
+		}
+	}
+	if evs := auditEvents(t, root, "action="+gateway.ActionIdentityRestated+"&study_uid="+study); len(evs) != 1 || !slices.Contains(evs[0].PatientIDs, "H200") {
+		t.Errorf("identity.restated events %+v, want one naming H200", evs)
 	}
 }
 

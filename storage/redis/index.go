@@ -303,7 +303,13 @@ local ik = KEYS[1]
 ` + luaDeclaredKeys + luaUsageFunctions + luaIndexFunctions + `
 local old = call('HGET', ik, 'rec')
 if old then
-  if old == rec then usage_backfill(ik, st, size, at) return {1} end
+  -- The same record again changes nothing, unless a replace finds the
+  -- study showing another instance's attributes: a replace makes rec the
+  -- study's latest instance (gateway.Index).
+  if old == rec and (mode == 'put' or call('HGET', P .. 's:' .. st, 'ca') == sattrs) then
+    usage_backfill(ik, st, size, at)
+    return {1}
+  end
   if mode == 'put' then return {0, old} end
 end
 

@@ -154,6 +154,41 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 			t.Fatalf("ModalitiesInStudy=%v, want %v", got, want)
 		}
 	})
+	t.Run("ReplaceInstanceMakesItTheStudysLatest", func(t *testing.T) {
+		// Replacing an instance with the very record it has makes the
+		// study's attributes that instance's again, after another
+		// patient's instance came last and was flagged; the study is then
+		// no longer listed under the other patient.
+		x, ctx := newIndex(t), t.Context()
+		a := Record("1.2.8", "1.2.8.1", "1.2.8.1.1", map[string]any{dicomcodec.TagPatientID: "S100", dicomcodec.TagPatientName: dicomcodec.PersonName{Alphabetic: "Alpha^Ann"}})
+		mustPut(t, x, a)
+		mustPut(t, x, Flagged(Record("1.2.8", "1.2.8.2", "1.2.8.2.1", map[string]any{dicomcodec.TagPatientID: "H200", dicomcodec.TagPatientName: dicomcodec.PersonName{Alphabetic: "Beta^Bob"}}),
+			gateway.PatientIdentity{ID: "S100"}))
+		if got := studyValues(t, x, "1.2.8", dicomcodec.TagPatientID); !slices.Equal(got, []string{"H200"}) {
+			t.Fatalf("before: PatientID=%v, want the latest instance's", got)
+		}
+		same, err := x.GetInstance(ctx, "1.2.8.1.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := x.ReplaceInstance(ctx, same); err != nil {
+			t.Fatal(err)
+		}
+		d := studyDataset(t, x, "1.2.8")
+		if _, flagged := gateway.IdentityConflicts(d); d.String(dicomcodec.TagPatientID) != "S100" || flagged {
+			t.Errorf("after: PatientID=%q flagged %v, want S100 unflagged", d.String(dicomcodec.TagPatientID), flagged)
+		}
+		for pid, want := range map[string]int{"S100": 1, "H200": 0} {
+			res, err := x.Search(ctx, parseQuery(t, gateway.LevelStudy, "", "", "PatientID="+pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Items) != want {
+				t.Errorf("PatientID=%s: %d studies, want %d", pid, len(res.Items), want)
+			}
+		}
+		assertCounts(t, x, "1.2.8", 2, 2)
+	})
 	t.Run("ReplaceInstanceMovesBetweenStudies", func(t *testing.T) {
 		x, ctx := newIndex(t), t.Context()
 		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", nil))

@@ -1,0 +1,214 @@
+package gateway
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/dicom-gateway/gateway/dicomcodec"
+)
+
+// A study's attributes are its latest instance's, and its identity
+// conflict flag only grows as instances arrive (identity_conflict.go). A
+// delete undoes neither by itself: after the instances of a misfiled
+// patient are deleted (the usual correction), the study would still be
+// flagged, still listed under that patient's ID, and still shown with that
+// patient's name when theirs was the latest instance. restateStudy makes a
+// flagged study's index entry true again of the instances left.
+
+// ActionIdentityRestated records that a delete changed the patient
+// identities a flagged study is listed under (identity.conflict recorded
+// their arrival).
+const ActionIdentityRestated = "identity.restated"
+
+// restateRounds bounds how often restateStudy starts again when instances
+// arrive in the study while it works.
+const restateRounds = 3
+
+// IdentityRestatement is what restateStudy changed: the identities the
+// study was listed under before and after.
+type IdentityRestatement struct {
+	Before, After []PatientIdentity
+}
+
+// Changed reports whether the study is listed under other identities now.
+func (r *IdentityRestatement) Changed() bool {
+	if r == nil || len(r.Before) != len(r.After) {
+		return r != nil
+	}
+	for _, p := range r.Before {
+		if !slices.Contains(r.After, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// restateStudy rewrites the index entry of the latest instance left in a
+// study flagged for an identity conflict, so that the study's attributes
+// are that instance's and its flag names exactly the other identities its
+// instances hold (none: the flag is dropped), in the order they arrived.
+// An unflagged study holds one identity and is left as it is, as is a
+// study no longer indexed. The rewrite is made under the instance's lease
+// and only if the instance is unchanged; when the study's instances
+// changed meanwhile (an arrival), it starts again. It returns nil when
+// nothing was rewritten.
+//
+// Other instances' records keep the flag they were indexed with: it is what
+// the study held when they arrived, searches never read it, and a later
+// restatement computes the flag from the instances' identities, not from
+// their flags.
+func (d *Deleter) restateStudy(ctx context.Context, studyUID string) (*IdentityRestatement, error) {
+	var before []PatientIdentity
+	for round := range restateRounds {
+		held, err := studyEntry(ctx, d.Index, studyUID)
+		if err != nil || held == nil {
+			return nil, err
+		}
+		if round == 0 {
+			if _, flagged := IdentityConflicts(held); !flagged {
+				return nil, nil
+			}
+			before = listedIdentities(held)
+		}
+		recs, err := d.Index.ListInstances(ctx, studyUID, "")
+		if errors.Is(err, ErrNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		latest := restatedLatest(recs)
+		done, err := d.rewriteUnchanged(ctx, latest)
+		if err != nil {
+			return nil, err
+		}
+		if !done {
+			continue
+		}
+		after, err := d.Index.ListInstances(ctx, studyUID, "")
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+		if sameInstances(recs, after) {
+			return &IdentityRestatement{Before: before, After: listedIdentities(latest.Metadata)}, nil
+		}
+	}
+	return nil, fmt.Errorf("study %s: instances kept arriving while its identities were restated: %w", studyUID, ErrUnavailable)
+}
+
+// studyEntry is the study's own index entry (no other patient's view), or
+// nil when it is not indexed.
+func studyEntry(ctx context.Context, x Index, studyUID string) (dicomcodec.Dataset, error) {
+	res, err := x.Search(ctx, &Query{Level: LevelStudy, StudyInstanceUID: studyUID, Limit: 1, IncludeAll: true})
+	if err != nil {
+		return nil, err
+	}
+	if len(res.Items) == 0 {
+		return nil, nil
+	}
+	return res.Items[0], nil
+}
+
+// listedIdentities are the identities a study or instance entry names: its
+// own, then the flag's others.
+func listedIdentities(d dicomcodec.Dataset) []PatientIdentity {
+	id, issuer := patientIdentity(d)
+	others, _ := IdentityConflicts(d)
+	return append([]PatientIdentity{{id, issuer}}, others...)
+}
+
+// restatedLatest is the record of recs' latest instance (by StoredAt, then
+// SOP Instance UID) flagged with the other identities recs hold, in the
+// order they arrived, or without a flag when they hold none. recs is not
+// changed.
+func restatedLatest(recs []*InstanceRecord) *InstanceRecord {
+	byArrival := slices.Clone(recs)
+	slices.SortStableFunc(byArrival, func(a, b *InstanceRecord) int {
+		return cmp.Or(a.StoredAt.Compare(b.StoredAt), cmp.Compare(a.SOPInstanceUID, b.SOPInstanceUID))
+	})
+	latest := *byArrival[len(byArrival)-1]
+	id, issuer := patientIdentity(latest.Metadata)
+	own := PatientIdentity{id, issuer}
+	var others []PatientIdentity
+	for _, r := range byArrival {
+		id, issuer := patientIdentity(r.Metadata)
+		if p := (PatientIdentity{id, issuer}); p != own && !slices.Contains(others, p) {
+			others = append(others, p)
+		}
+	}
+	latest.Metadata = withoutForeignFlag(latest.Metadata) // drops this gateway's flag and creator too
+	if len(others) > 0 {
+		setFlag(&latest, others)
+	}
+	return &latest
+}
+
+// rewriteUnchanged writes rec over its index entry, under the instance's
+// lease, if the entry still holds the same bytes in the same study; false
+// when it changed (replaced, moved or deleted meanwhile).
+func (d *Deleter) rewriteUnchanged(ctx context.Context, rec *InstanceRecord) (bool, error) {
+	unlock, err := d.Index.Lock(ctx, rec.SOPInstanceUID, deleteLockTTL)
+	if err != nil {
+		return false, fmt.Errorf("instance %s: lock: %w", rec.SOPInstanceUID, err)
+	}
+	defer unlock()
+	cur, err := d.Index.GetInstance(ctx, rec.SOPInstanceUID)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if cur.SHA256 != rec.SHA256 || cur.Size != rec.Size || cur.StudyInstanceUID != rec.StudyInstanceUID || !cur.StoredAt.Equal(rec.StoredAt) {
+		return false, nil
+	}
+	return true, d.Index.ReplaceInstance(ctx, rec)
+}
+
+// sameInstances reports whether a and b list the same instances with the
+// same content.
+func sameInstances(a, b []*InstanceRecord) bool {
+	key := func(recs []*InstanceRecord) map[string]string {
+		m := make(map[string]string, len(recs))
+		for _, r := range recs {
+			m[r.SOPInstanceUID] = r.SHA256
+		}
+		return m
+	}
+	return maps.Equal(key(a), key(b))
+}
+
+// auditRestatement records ActionIdentityRestated for a study whose listed
+// identities r changed: a failure to write it is logged, never returned
+// (the delete is done and audited).
+func (s *DeleteService) auditRestatement(ctx context.Context, caller Caller, studyUID string, r *IdentityRestatement) {
+	if !r.Changed() || s.audit.auditor == nil {
+		return
+	}
+	var ids []string
+	pairs := func(ps []PatientIdentity) []map[string]string {
+		out := make([]map[string]string, 0, len(ps))
+		for _, p := range ps {
+			out = append(out, map[string]string{"patient_id": p.ID, "issuer": p.Issuer})
+			ids = appendNewIDs(ids, p.ID)
+		}
+		return out
+	}
+	ev := s.audit.event(caller, ActionIdentityRestated, OutcomeSuccess)
+	ev.StudyUIDs = []string{studyUID}
+	ev.Detail = map[string]any{
+		"listed_before": pairs(r.Before), "listed_after": pairs(r.After), "flagged": len(r.After) > 1,
+		"description": "instances deleted: the study is listed under the patient identities its instances still hold",
+	}
+	ev.PatientIDs = ids
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := s.audit.auditor.Record(actx, ev); err != nil {
+		s.audit.logger.ErrorContext(ctx, "identity restatement not audited", LogKeyStudyUID, studyUID, LogKeyError, err.Error())
+	}
+}
