@@ -156,13 +156,13 @@ func (s *DeleteService) delete(ctx context.Context, caller Caller, studyUID, ser
 	}
 	// A flagged study that instances were deleted from is listed again
 	// under the identities its instances still hold (identity_restate.go).
-	// The delete is done either way: a failure is logged, and the study
-	// stays listed as it was until its next delete or a reindex.
-	if r, err := s.deleter.restateStudy(ctx, p.StudyInstanceUID); err != nil {
+	// The delete is done either way: a failure is logged, and what was
+	// rewritten before it is audited.
+	r, err := s.deleter.restateStudy(ctx, p.StudyInstanceUID)
+	if err != nil {
 		s.audit.logger.ErrorContext(ctx, "study's patient identities not restated after a delete", LogKeyStudyUID, p.StudyInstanceUID, LogKeyError, err.Error())
-	} else {
-		s.auditRestatement(ctx, caller, p.StudyInstanceUID, r)
 	}
+	s.auditRestatement(ctx, caller, p.StudyInstanceUID, r)
 	return p, res, nil
 }
 

@@ -344,6 +344,98 @@ func TestIdentityConflictRestatedAfterDelete(t *testing.T) {
 	}
 }
 
+// TestIdentityConflictRestatedWhileInstancesArrive: instances arriving in
+// the study while a delete restates it keep their patients findable. One
+// arrival (another patient's) after the first listing: the study ends
+// listed under everyone left, the deleted patient's ID no more. An arrival
+// after every listing, a new patient each time and the deleted patient
+// (its misfiled series still being sent) after the last: the restatement
+// gives up without dropping any of them. Run on both backend families.
+func TestIdentityConflictRestatedWhileInstancesArrive(t *testing.T) {
+	for _, kind := range []string{backendtest.Embedded, backendtest.Production} {
+		for _, every := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/every-listing=%v", kind, every), func(t *testing.T) {
+				b := backendtest.Open(t, kind, backendtest.Options{})
+				clock := time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+				var mu sync.Mutex
+				in := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index, Now: func() time.Time {
+					mu.Lock()
+					defer mu.Unlock()
+					clock = clock.Add(time.Second)
+					return clock
+				}}
+				study := synth.UID(89, 1)
+				mk := func(i uint64, pid string) synth.Instance {
+					return synth.Instance{PatientName: "Doe^" + pid, PatientID: pid, IssuerOfPatientID: "SURREY",
+						StudyInstanceUID: study, SeriesInstanceUID: synth.UID(89, 1, i), SOPInstanceUID: synth.UID(89, 1, i, 1),
+						Rows: 4, Columns: 4, StudyDate: "20240101"}
+				}
+				store := func(inst synth.Instance) {
+					if _, err := in.Store(context.WithoutCancel(t.Context()), inst.Reader(), gateway.StoreOptions{}); err != nil {
+						t.Error(err)
+					}
+				}
+				for i, pid := range []string{"A100", "B200", "C300"} {
+					store(mk(uint64(i+1), pid))
+				}
+				var arrived []string
+				x := &arrivingIndex{Index: b.Index, arrive: func() {
+					if len(arrived) > 0 && !every || len(arrived) >= 5 {
+						return
+					}
+					// Every listing: new patients, then the deleted one
+					// again (its misfiled series still being sent) after
+					// the last round's listing.
+					pid := fmt.Sprintf("E%d", len(arrived)+1)
+					if len(arrived) == 4 {
+						pid = "C300"
+					}
+					arrived = append(arrived, pid)
+					store(mk(uint64(10+len(arrived)), pid))
+				}}
+				events := &restatedEvents{}
+				svc := gateway.NewServices(gateway.ServiceDeps{Blobs: b.Blobs, Index: x, Ingester: in, Auditor: events})
+				admin := gateway.Caller{Principal: gateway.Principal{Name: "pacs-admin"}}
+				if _, _, err := svc.Delete.Delete(t.Context(), admin, study, synth.UID(89, 1, 3), ""); err != nil {
+					t.Fatal(err)
+				}
+				if n := len(events.restated()); n != 1 {
+					t.Errorf("%d identity.restated events, want the one rewrite audited (also when the restatement gave up)", n)
+				}
+				if len(arrived) == 0 || every && len(arrived) < 5 {
+					t.Fatalf("%d arrivals during the restatement", len(arrived))
+				}
+				for _, pid := range append([]string{"A100", "B200"}, arrived...) {
+					if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID="+pid); len(items) != 1 {
+						t.Errorf("PatientID=%s: %d studies, want the study its instance is in", pid, len(items))
+					}
+				}
+				if !every {
+					if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID=C300"); len(items) != 0 {
+						t.Errorf("PatientID=C300 still finds the study its instances were deleted from")
+					}
+				}
+			})
+		}
+	}
+}
+
+// arrivingIndex is an Index where an instance arrives in the study each
+// time a whole study is listed (restateStudy's listings), after the
+// listing is read.
+type arrivingIndex struct {
+	gateway.Index
+	arrive func()
+}
+
+func (x *arrivingIndex) ListInstances(ctx context.Context, studyUID, seriesUID string) ([]*gateway.InstanceRecord, error) {
+	recs, err := x.Index.ListInstances(ctx, studyUID, seriesUID)
+	if seriesUID == "" {
+		x.arrive()
+	}
+	return recs, err
+}
+
 // restatedEvents keeps the identity.restated events a service records.
 type restatedEvents struct {
 	mu  sync.Mutex

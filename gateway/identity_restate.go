@@ -35,10 +35,14 @@ type IdentityRestatement struct {
 	Before, After []PatientIdentity
 }
 
-// Changed reports whether the study is listed under other identities now.
+// Changed reports whether the study is listed under other identities now,
+// or shown as another patient's.
 func (r *IdentityRestatement) Changed() bool {
-	if r == nil || len(r.Before) != len(r.After) {
-		return r != nil
+	if r == nil {
+		return false
+	}
+	if len(r.Before) != len(r.After) || r.Before[0] != r.After[0] {
+		return true
 	}
 	for _, p := range r.Before {
 		if !slices.Contains(r.After, p) {
@@ -54,51 +58,75 @@ func (r *IdentityRestatement) Changed() bool {
 // instances hold (none: the flag is dropped), in the order they arrived.
 // An unflagged study holds one identity and is left as it is, as is a
 // study no longer indexed. The rewrite is made under the instance's lease
-// and only if the instance is unchanged; when the study's instances
-// changed meanwhile (an arrival), it starts again. It returns nil when
-// nothing was rewritten.
+// and only if the instance is unchanged.
+//
+// Instances may arrive while it works. An identity the study's entry names
+// that it did not name before (an arrival indexed before the rewrite) is
+// kept in the flag; an arrival indexed between the listing and the rewrite
+// shows in a second listing, and the study is restated again. When
+// arrivals keep coming, a last rewrite keeps every identity the entry
+// names then (nothing more is dropped) and an error says so. An arrival that read the study's entry before the rewrite and is
+// indexed after it carries the flag it read (README). It returns what the
+// last rewrite made of the study, nil when nothing was rewritten, with any
+// error.
 //
 // Other instances' records keep the flag they were indexed with: it is what
 // the study held when they arrived, searches never read it, and a later
 // restatement computes the flag from the instances' identities, not from
 // their flags.
 func (d *Deleter) restateStudy(ctx context.Context, studyUID string) (*IdentityRestatement, error) {
-	var before []PatientIdentity
+	held, err := studyEntry(ctx, d.Index, studyUID)
+	if err != nil || held == nil {
+		return nil, err
+	}
+	if _, flagged := IdentityConflicts(held); !flagged {
+		return nil, nil
+	}
+	before := listedIdentities(held)
+	var written *InstanceRecord
+	result := func() *IdentityRestatement {
+		if written == nil {
+			return nil
+		}
+		return &IdentityRestatement{Before: before, After: listedIdentities(written.Metadata)}
+	}
 	for round := range restateRounds {
-		held, err := studyEntry(ctx, d.Index, studyUID)
-		if err != nil || held == nil {
-			return nil, err
-		}
-		if round == 0 {
-			if _, flagged := IdentityConflicts(held); !flagged {
-				return nil, nil
-			}
-			before = listedIdentities(held)
-		}
+		failSafe := round == restateRounds-1
 		recs, err := d.Index.ListInstances(ctx, studyUID, "")
 		if errors.Is(err, ErrNotFound) {
-			return nil, nil
+			return result(), nil
 		}
 		if err != nil {
-			return nil, err
+			return result(), err
 		}
-		latest := restatedLatest(recs)
-		done, err := d.rewriteUnchanged(ctx, latest)
+		cur, err := studyEntry(ctx, d.Index, studyUID)
+		if err != nil || cur == nil {
+			return result(), err
+		}
+		keep := listedIdentities(cur)
+		if !failSafe {
+			keep = slices.DeleteFunc(keep, func(p PatientIdentity) bool { return slices.Contains(before, p) })
+		}
+		latest := restatedLatest(recs, keep)
+		ok, err := d.rewriteUnchanged(ctx, latest)
 		if err != nil {
-			return nil, err
+			return result(), err
 		}
-		if !done {
-			continue
+		if ok {
+			written = latest
+		}
+		if failSafe {
+			break
 		}
 		after, err := d.Index.ListInstances(ctx, studyUID, "")
 		if err != nil && !errors.Is(err, ErrNotFound) {
-			return nil, err
+			return result(), err
 		}
-		if sameInstances(recs, after) {
-			return &IdentityRestatement{Before: before, After: listedIdentities(latest.Metadata)}, nil
+		if ok && sameInstances(recs, after) {
+			return result(), nil
 		}
 	}
-	return nil, fmt.Errorf("study %s: instances kept arriving while its identities were restated: %w", studyUID, ErrUnavailable)
+	return result(), fmt.Errorf("study %s: instances kept arriving while its identities were restated; its flag keeps every identity its entry named: %w", studyUID, ErrUnavailable)
 }
 
 // studyEntry is the study's own index entry (no other patient's view), or
@@ -124,9 +152,9 @@ func listedIdentities(d dicomcodec.Dataset) []PatientIdentity {
 
 // restatedLatest is the record of recs' latest instance (by StoredAt, then
 // SOP Instance UID) flagged with the other identities recs hold, in the
-// order they arrived, or without a flag when they hold none. recs is not
-// changed.
-func restatedLatest(recs []*InstanceRecord) *InstanceRecord {
+// order they arrived, then those of keep they do not hold, or without a
+// flag when there are none. recs is not changed.
+func restatedLatest(recs []*InstanceRecord, keep []PatientIdentity) *InstanceRecord {
 	byArrival := slices.Clone(recs)
 	slices.SortStableFunc(byArrival, func(a, b *InstanceRecord) int {
 		return cmp.Or(a.StoredAt.Compare(b.StoredAt), cmp.Compare(a.SOPInstanceUID, b.SOPInstanceUID))
@@ -135,11 +163,17 @@ func restatedLatest(recs []*InstanceRecord) *InstanceRecord {
 	id, issuer := patientIdentity(latest.Metadata)
 	own := PatientIdentity{id, issuer}
 	var others []PatientIdentity
-	for _, r := range byArrival {
-		id, issuer := patientIdentity(r.Metadata)
-		if p := (PatientIdentity{id, issuer}); p != own && !slices.Contains(others, p) {
+	add := func(p PatientIdentity) {
+		if p != own && !slices.Contains(others, p) {
 			others = append(others, p)
 		}
+	}
+	for _, r := range byArrival {
+		id, issuer := patientIdentity(r.Metadata)
+		add(PatientIdentity{id, issuer})
+	}
+	for _, p := range keep {
+		add(p)
 	}
 	latest.Metadata = withoutForeignFlag(latest.Metadata) // drops this gateway's flag and creator too
 	if len(others) > 0 {

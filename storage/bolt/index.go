@@ -239,15 +239,22 @@ func (x *Index) ReplaceInstance(ctx context.Context, rec *gateway.InstanceRecord
 	}
 	err := x.writes.Record(ctx, func(tx *bbolt.Tx) error {
 		old, err := getRecord(tx, rec.SOPInstanceUID)
+		var receivedMs int64
 		switch {
 		case err == nil:
+			if old.StudyInstanceUID == rec.StudyInstanceUID {
+				receivedMs = decodeUsage(tx.Bucket(bucketStudyUsage).Get([]byte(rec.StudyInstanceUID))).receivedMs
+			}
 			if err := removeRecord(tx, old); err != nil {
 				return err
 			}
 		case !errors.Is(err, gateway.ErrNotFound):
 			return err
 		}
-		return addRecord(tx, rec)
+		if err := addRecord(tx, rec); err != nil {
+			return err
+		}
+		return keepReceived(tx, rec.StudyInstanceUID, receivedMs)
 	})
 	return unavailable("replace instance", err)
 }

@@ -114,6 +114,28 @@ func removeUsage(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
 	return b.Delete([]byte(rec.StudyInstanceUID))
 }
 
+// keepReceived puts the study's ReceivedAt back to ms when a replacement
+// moved it earlier: removing a study's only instance drops its usage, and
+// adding the replacement starts it again at the record's StoredAt, but
+// replacing an instance (a restated record: gateway identity_restate.go)
+// is not a receipt that makes a study younger or older for retention.
+// ms 0: nothing to keep.
+func keepReceived(tx *bbolt.Tx, study string, ms int64) error {
+	b := tx.Bucket(bucketStudyUsage)
+	u := decodeUsage(b.Get([]byte(study)))
+	if ms <= u.receivedMs || u.instances == 0 {
+		return nil
+	}
+	if err := tx.Bucket(bucketStudyReceived).Delete(receivedKey(u.receivedMs, study)); err != nil {
+		return err
+	}
+	u.receivedMs = ms
+	if err := tx.Bucket(bucketStudyReceived).Put(receivedKey(ms, study), nil); err != nil {
+		return err
+	}
+	return b.Put([]byte(study), u.encode())
+}
+
 // backfillUsage builds the usage buckets of an index written before they
 // existed, from every instance record (once, at open).
 func backfillUsage(tx *bbolt.Tx) error {

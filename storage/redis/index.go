@@ -331,6 +331,10 @@ if #missing > 0 then
   return missing
 end
 
+-- A replacement in the same study keeps the study's receipt time, which
+-- removing its only instance would drop (retention reads it).
+local keepRt = nil
+if old and call('HGET', ik, 'st') == st then keepRt = call('HGET', sk, 'rt') end
 if old then remove() end
 call('HSET', ik, 'rec', rec, 'st', st, 'se', se, 'mod', mod, 'cls', cls, 'ord', ord, 'sz', size)
 call('SADD', P .. 'ei:' .. st .. ':' .. se, sop)
@@ -354,6 +358,7 @@ call('HSET', sk, 'ca', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names, '
 call('HDEL', sk, 'attrs')
 call('HINCRBY', sk, 'n', 1)
 usage_add(sk, st, size, at)
+if keepRt then usage_add(sk, st, 0, keepRt) end
 if newSeries then call('HINCRBY', sk, 'ns', 1) else call('HINCRBY', sk, 'ns', 0) end
 if mod ~= '' then call('HINCRBY', sk, 'm:' .. mod, 1) end
 if cls ~= '' then call('HINCRBY', sk, 'c:' .. cls, 1) end

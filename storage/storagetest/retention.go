@@ -158,6 +158,33 @@ func TestUsageIndex(t *testing.T, newIndex func(t *testing.T) UsageIndexUnderTes
 			t.Fatalf("UsageTotals=%+v, want %+v", tot, want)
 		}
 	})
+	t.Run("ReplaceKeepsReceived", func(t *testing.T) {
+		// A study received at two times keeps the later after the newer
+		// instance is deleted, also when its one instance left is then
+		// replaced by its own record (a restatement: gateway
+		// identity_restate.go): a replacement is no receipt.
+		x, ctx := newIndex(t), t.Context()
+		first := usageRecord("1.9.1", 1, 100, "CT", base)
+		mustPut(t, x, first)
+		newest := usageRecord("1.9.1", 2, 40, "CT", base.Add(time.Hour))
+		newest.Metadata[dicomcodec.TagPatientID] = dicomcodec.Attribute{VR: "LO", Value: []any{"P2"}} // the study shows it until restated
+		mustPut(t, x, newest)
+		if err := x.DeleteInstance(ctx, newest.SOPInstanceUID); err != nil {
+			t.Fatal(err)
+		}
+		if err := x.ReplaceInstance(ctx, first); err != nil {
+			t.Fatal(err)
+		}
+		got := allByReceived(t, x, 10)
+		if len(got) != 1 || got[0].Bytes != 100 || got[0].Instances != 1 || !got[0].ReceivedAt.Equal(base.Add(time.Hour)) {
+			t.Fatalf("StudiesByReceived=%+v, want 1.9.1 with 100 bytes, 1 instance, received at %v", got, base.Add(time.Hour))
+		}
+		// The next receipt still moves it on.
+		mustPut(t, x, usageRecord("1.9.1", 3, 1, "CT", base.Add(2*time.Hour)))
+		if got := allByReceived(t, x, 10); len(got) != 1 || !got[0].ReceivedAt.Equal(base.Add(2*time.Hour)) {
+			t.Fatalf("after a new instance: %+v, want received at %v", got, base.Add(2*time.Hour))
+		}
+	})
 	t.Run("ReplaceIntoAnotherStudyMovesUsage", func(t *testing.T) {
 		// The instance leaves its first study (gone: it had no other) for
 		// another; on a sharded index the two studies may be in two shards.
