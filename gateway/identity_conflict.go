@@ -35,6 +35,11 @@ const TagOriginalAttributesSequence = "04000561"
 const (
 	TagGatewayPrivateCreator = "00090010"
 	TagIdentityConflict      = "00091001"
+	// TagIdentityConflictNames (PN) holds the Patient Name of each other
+	// identity the flag names, in the flag's order (an empty value where
+	// none is known), so that a search by that patient's name finds the
+	// study as theirs (otherIdentityViews, StudyPatientNames).
+	TagIdentityConflictNames = "00091002"
 	GatewayPrivateCreator    = "DICOM GATEWAY"
 	IdentityConflictValue    = "IDENTITY CONFLICT"
 	ActionIdentityConflict   = "identity.conflict"
@@ -135,7 +140,7 @@ func readsAsFlag(a dicomcodec.Attribute) bool {
 
 // withoutForeignFlag is a header read from the bytes, for its index
 // record, without a (0009,1001) that reads as this gateway's flag and
-// without the gateway's private creator: the flag is the index's record of
+// without the gateway's private creator (and its block's names): the flag is the index's record of
 // what it saw arrive, never the sender's claim (it decides which patients'
 // searches list the study). d itself is left as it is; a copy is made only
 // when there is something to drop.
@@ -152,6 +157,7 @@ func withoutForeignFlag(d dicomcodec.Dataset) dicomcodec.Dataset {
 	}
 	if creator {
 		delete(d, TagGatewayPrivateCreator)
+		delete(d, TagIdentityConflictNames)
 	}
 	return d
 }
@@ -176,13 +182,74 @@ func StudyPatientIDs(attrs dicomcodec.Dataset) []string {
 	return ids
 }
 
+// StudyPatientNames is a dataset whose Patient Name holds every patient
+// name a study is found by: its own (the latest instance's) and, when it is
+// flagged, those the flag's names attribute gives for the other
+// identities. An index lists the study under the keys of all of them
+// (NameKeys and its kin), as it lists it under every StudyPatientIDs.
+func StudyPatientNames(attrs dicomcodec.Dataset) dicomcodec.Dataset {
+	own := attrs[dicomcodec.TagPatientName]
+	names := conflictNames(attrs)
+	if len(names) == 0 {
+		return dicomcodec.Dataset{dicomcodec.TagPatientName: own}
+	}
+	all := dicomcodec.Attribute{VR: "PN", Value: slices.Clone(own.Value)}
+	for _, n := range names {
+		if n != (dicomcodec.PersonName{}) {
+			all.Value = append(all.Value, n)
+		}
+	}
+	return dicomcodec.Dataset{dicomcodec.TagPatientName: all}
+}
+
+// conflictNames are the names of the other identities a flagged study or
+// instance names, aligned with IdentityConflicts' (an empty name where none
+// is known); nil when it is not flagged or carries no names.
+func conflictNames(d dicomcodec.Dataset) []dicomcodec.PersonName {
+	others, flagged := IdentityConflicts(d)
+	a, ok := d[TagIdentityConflictNames]
+	if !flagged || !ok {
+		return nil
+	}
+	pns := PersonNamesOf(a)
+	names := make([]dicomcodec.PersonName, len(others))
+	copy(names, pns)
+	return names
+}
+
+// identityNames are the patient names known for identities.
+type identityNames map[PatientIdentity]dicomcodec.PersonName
+
+// addName records the name of the patient of md under its identity, unless
+// it has none.
+func (n identityNames) addName(md dicomcodec.Dataset) {
+	id, issuer := patientIdentity(md)
+	if pns := PersonNamesOf(md[dicomcodec.TagPatientName]); len(pns) > 0 && pns[0] != (dicomcodec.PersonName{}) {
+		n[PatientIdentity{id, issuer}] = pns[0]
+	}
+}
+
+// namesOf are the names a study's or instance's entry d gives: its own
+// patient's and the flag's others'.
+func namesOf(d dicomcodec.Dataset) identityNames {
+	n := identityNames{}
+	n.addName(d)
+	others, _ := IdentityConflicts(d)
+	for i, name := range conflictNames(d) {
+		if _, known := n[others[i]]; !known && name != (dicomcodec.PersonName{}) {
+			n[others[i]] = name
+		}
+	}
+	return n
+}
+
 // otherIdentityViews are a flagged study as each other patient it names is
-// matched and shown: that patient's Patient ID and Issuer of Patient ID,
-// none of the latest instance's other patient attributes (its name, birth
-// date, sex, other IDs belong to another patient, so a search by one
-// patient's ID and another's birth date must not match, and a result must
-// not pair them), and a flag naming every identity but its own. nil when d
-// is not flagged.
+// matched and shown: that patient's Patient ID, Issuer of Patient ID and,
+// when the flag's names give it, Patient Name; none of the latest
+// instance's other patient attributes (its name, birth date, sex, other
+// IDs belong to another patient, so a search by one patient's ID and
+// another's birth date must not match, and a result must not pair them);
+// and a flag naming every identity but its own. nil when d is not flagged.
 func otherIdentityViews(d dicomcodec.Dataset) []dicomcodec.Dataset {
 	others, flagged := IdentityConflicts(d)
 	if !flagged {
@@ -190,13 +257,22 @@ func otherIdentityViews(d dicomcodec.Dataset) []dicomcodec.Dataset {
 	}
 	ownID, ownIssuer := patientIdentity(d)
 	all := append([]PatientIdentity{{ownID, ownIssuer}}, others...)
+	names := namesOf(d)
 	views := make([]dicomcodec.Dataset, 0, len(others))
 	for i := 1; i < len(all); i++ {
 		view := maps.Clone(d)
 		maps.DeleteFunc(view, func(tag string, _ dicomcodec.Attribute) bool { return isPatientAttribute(tag) })
 		view[dicomcodec.TagPatientID] = loAttribute(all[i].ID)
 		view[TagIssuerOfPatientID] = loAttribute(all[i].Issuer)
-		view[TagIdentityConflict] = conflictFlag(slices.Delete(slices.Clone(all), i, i+1))
+		if name, ok := names[all[i]]; ok {
+			view[dicomcodec.TagPatientName] = dicomcodec.Attribute{VR: "PN", Value: []any{name}}
+		}
+		rest := slices.Delete(slices.Clone(all), i, i+1)
+		view[TagIdentityConflict] = conflictFlag(rest)
+		delete(view, TagIdentityConflictNames)
+		if a, ok := conflictNamesAttribute(rest, names); ok {
+			view[TagIdentityConflictNames] = a
+		}
 		views = append(views, view)
 	}
 	return views
@@ -219,6 +295,19 @@ func conflictFlag(others []PatientIdentity) dicomcodec.Attribute {
 	return dicomcodec.Attribute{VR: "LO", Value: v}
 }
 
+// conflictNamesAttribute is the names attribute aligned with the flag
+// naming others, from names; false when no name is known.
+func conflictNamesAttribute(others []PatientIdentity, names identityNames) (dicomcodec.Attribute, bool) {
+	a := dicomcodec.Attribute{VR: "PN", Value: make([]any, 0, len(others))}
+	known := false
+	for _, o := range others {
+		name, ok := names[o]
+		known = known || ok
+		a.Value = append(a.Value, name)
+	}
+	return a, known
+}
+
 // loAttribute is an LO attribute of one value, empty when v is "".
 func loAttribute(v string) dicomcodec.Attribute {
 	if v == "" {
@@ -239,11 +328,11 @@ func (in *Ingester) checkReplacement(ctx context.Context, existing, rec *Instanc
 		return
 	}
 	in.auditReceivedCoercion(ctx, rec)
-	others := in.otherIdentities(ctx, rec)
+	others, names := in.otherIdentities(ctx, rec)
 	if len(others) == 0 {
 		return
 	}
-	setFlag(rec, others)
+	setFlag(rec, others, names)
 	oldID, oldIssuer := patientIdentity(existing.Metadata)
 	if newID, newIssuer := patientIdentity(rec.Metadata); newID != oldID || newIssuer != oldIssuer {
 		in.auditConflict(ctx, rec, others[len(others)-1])
@@ -256,10 +345,10 @@ func (in *Ingester) checkReplacement(ctx context.Context, existing, rec *Instanc
 // then the other one if the study holds more instances than rec's; only a
 // flagged study's instances are listed. A failed read flags nothing, as
 // in flagIdentityConflict.
-func (in *Ingester) otherIdentities(ctx context.Context, rec *InstanceRecord) []PatientIdentity {
+func (in *Ingester) otherIdentities(ctx context.Context, rec *InstanceRecord) ([]PatientIdentity, identityNames) {
 	res, err := in.Index.Search(ctx, &Query{Level: LevelStudy, StudyInstanceUID: rec.StudyInstanceUID, Limit: 1, IncludeAll: true})
 	if err != nil || len(res.Items) == 0 {
-		return nil
+		return nil, nil
 	}
 	held := res.Items[0]
 	id, issuer := patientIdentity(rec.Metadata)
@@ -267,33 +356,40 @@ func (in *Ingester) otherIdentities(ctx context.Context, rec *InstanceRecord) []
 	if _, flagged := IdentityConflicts(held); !flagged {
 		heldID, heldIssuer := patientIdentity(held)
 		if n, _ := numberOf(held, TagNumberOfStudyRelatedInstances); n <= 1 || (PatientIdentity{heldID, heldIssuer}) == incoming {
-			return nil
+			return nil, nil
 		}
-		return []PatientIdentity{{heldID, heldIssuer}}
+		return []PatientIdentity{{heldID, heldIssuer}}, namesOf(held)
 	}
 	recs, err := in.Index.ListInstances(ctx, rec.StudyInstanceUID, "")
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	var others []PatientIdentity
+	names := identityNames{}
 	for _, r := range recs {
 		id, issuer := patientIdentity(r.Metadata)
 		if p := (PatientIdentity{id, issuer}); r.SOPInstanceUID != rec.SOPInstanceUID && p != incoming && !slices.Contains(others, p) {
 			others = append(others, p)
+			names.addName(r.Metadata)
 		}
 	}
-	return others
+	return others, names
 }
 
 // setFlag flags rec as held in a study with the other identities others,
-// at most maxConflictIdentities of them: the first and the most recent.
-func setFlag(rec *InstanceRecord, others []PatientIdentity) {
+// at most maxConflictIdentities of them: the first and the most recent,
+// with the names known of them (TagIdentityConflictNames).
+func setFlag(rec *InstanceRecord, others []PatientIdentity, names identityNames) {
 	if n := len(others); n > maxConflictIdentities {
 		others = append(others[:1], others[n-maxConflictIdentities+1:]...)
 	}
 	md := maps.Clone(rec.Metadata)
 	md[TagGatewayPrivateCreator] = loAttribute(GatewayPrivateCreator)
 	md[TagIdentityConflict] = conflictFlag(others)
+	delete(md, TagIdentityConflictNames)
+	if a, ok := conflictNamesAttribute(others, names); ok {
+		md[TagIdentityConflictNames] = a
+	}
 	rec.Metadata = md
 }
 
@@ -326,7 +422,7 @@ func (in *Ingester) flagIdentityConflict(ctx context.Context, rec *InstanceRecor
 			others = append(others, p)
 		}
 	}
-	setFlag(rec, others)
+	setFlag(rec, others, namesOf(held))
 	if conflict {
 		in.auditConflict(ctx, rec, PatientIdentity{heldID, heldIssuer})
 	}

@@ -18,10 +18,12 @@ import (
 // TestIdentityConflictSearches: instances of three patients filed under
 // one Study Instance UID (A, then B, then A again, then C, each its own
 // series) are all stored and the study is flagged; a search by any of the
-// three Patient IDs finds the study, shown under the ID searched for,
-// without the latest patient's name or birth date beside it, and with the
-// flag naming the other two. A search pairing one patient's ID with
-// another's birth date finds nothing. Run on both backend families
+// three Patient IDs finds the study, shown under the ID searched for with
+// that patient's own name, without the latest patient's name or birth date
+// beside it, and with the flag naming the other two. A search by any of
+// the three names finds it too, as that patient's. A search pairing one
+// patient's ID with another's birth date or name finds nothing. Run on
+// both backend families
 // through the Ingester, which sets the flag.
 func TestIdentityConflictSearches(t *testing.T) {
 	for _, kind := range []string{backendtest.Embedded, backendtest.Production} {
@@ -49,7 +51,7 @@ func TestIdentityConflictSearches(t *testing.T) {
 				return searchItems(t, b.Index, level, "", raw+"&includefield=all")
 			}
 			for pid, want := range map[string]struct{ issuer, name, birth string }{
-				"A100": {"SURREY", "", ""}, "B200": {"HAMPSHIRE", "", ""}, "C300": {"KENT", "Gamma^Cy", "19700101"},
+				"A100": {"SURREY", "Alpha^Ann", ""}, "B200": {"HAMPSHIRE", "Beta^Bob", ""}, "C300": {"KENT", "Gamma^Cy", "19700101"},
 			} {
 				items := search(gateway.LevelStudy, "PatientID="+pid)
 				if len(items) != 1 {
@@ -80,6 +82,10 @@ func TestIdentityConflictSearches(t *testing.T) {
 				"PatientID=A100&IssuerOfPatientID=SURREY": 1, "PatientID=A100&IssuerOfPatientID=KENT": 0,
 				"PatientID=A100&PatientBirthDate=19700101": 0, "PatientID=B200&PatientName=Gamma*": 0,
 				"PatientID=C300&PatientBirthDate=19700101": 1, "PatientID=D400": 0,
+				// Each patient's own name finds the study, as theirs; a
+				// name with another patient's ID does not.
+				"PatientName=Alpha*": 1, "PatientName=beta^bob": 1, "PatientName=Gamma*": 1, "PatientName=Delta*": 0,
+				"PatientID=A100&PatientName=Alpha*": 1, "PatientID=A100&PatientName=Beta*": 0,
 			} {
 				if got := len(search(gateway.LevelStudy, raw)); got != want {
 					t.Errorf("%s: %d studies, want %d", raw, got, want)
@@ -128,7 +134,7 @@ func TestIdentityConflictReplacements(t *testing.T) {
 	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
 	in := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index, DuplicatePolicy: gateway.DuplicateReplace}
 	mk := func(study, i uint64, pid string) synth.Instance {
-		return synth.Instance{PatientName: "Doe^Jo", PatientID: pid, StudyInstanceUID: synth.UID(88, study),
+		return synth.Instance{PatientName: "Doe^" + pid, PatientID: pid, StudyInstanceUID: synth.UID(88, study),
 			SeriesInstanceUID: synth.UID(88, study, i), SOPInstanceUID: synth.UID(88, study, i, 1), Rows: 4, Columns: 4}
 	}
 	store := func(insts ...synth.Instance) {
@@ -156,6 +162,9 @@ func TestIdentityConflictReplacements(t *testing.T) {
 			if _, flagged := gateway.IdentityConflicts(items[0]); !flagged {
 				t.Errorf("after replacing %s's instance: the study lost its flag", replaced.PatientID)
 			}
+			if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientName=Doe^"+pid); len(items) != 1 {
+				t.Errorf("after replacing %s's instance: PatientName=Doe^%s finds %d studies, want the flagged study", replaced.PatientID, pid, len(items))
+			}
 		}
 	}
 	// A study of two A100 instances, one replaced by bytes of B200: a
@@ -168,6 +177,9 @@ func TestIdentityConflictReplacements(t *testing.T) {
 	for _, pid := range []string{"A100", "B200"} {
 		if got := searchItems(t, b.Index, gateway.LevelStudy, "", "StudyInstanceUID="+synth.UID(88, 3)+"&PatientID="+pid); len(got) != 1 {
 			t.Errorf("after B200's bytes replaced an A100 instance: PatientID=%s finds %d studies, want 1", pid, len(got))
+		}
+		if got := searchItems(t, b.Index, gateway.LevelStudy, "", "StudyInstanceUID="+synth.UID(88, 3)+"&PatientName=Doe^"+pid); len(got) != 1 {
+			t.Errorf("after B200's bytes replaced an A100 instance: PatientName=Doe^%s finds %d studies, want 1", pid, len(got))
 		}
 	}
 	if n := audit.count(); n != 1 {
@@ -313,8 +325,8 @@ func TestIdentityConflictRestatedAfterDelete(t *testing.T) {
 				}
 			}
 			deleteSeries(3)
-			// A100 is found as the other identity of B's study: without a name.
-			expect("C deleted", map[string]view{"A100": {true, "", []string{"B200"}}, "B200": {true, "Beta^Bob", []string{"A100"}}, "C300": {}})
+			// A100 is found as the other identity of B's study, under A's name.
+			expect("C deleted", map[string]view{"A100": {true, "Alpha^Ann", []string{"B200"}}, "B200": {true, "Beta^Bob", []string{"A100"}}, "C300": {}})
 			if got := events.restated(); len(got) != 1 || !slices.Contains(got[0].PatientIDs, "C300") || got[0].Detail["flagged"] != true {
 				t.Fatalf("C deleted: restated events %+v, want one naming C300, still flagged", got)
 			}
@@ -334,7 +346,7 @@ func TestIdentityConflictRestatedAfterDelete(t *testing.T) {
 			// naming B, which the delete of B's series drops. (A's UIDs sort
 			// before B's: the latest is the last to arrive, not the last UID.)
 			store(mk(6, "B200", "HAMPSHIRE", "Beta^Bob"), mk(5, "A100", "SURREY", "Alpha^Ann"))
-			expect("B again", map[string]view{"A100": {true, "Alpha^Ann", []string{"B200"}}, "B200": {true, "", []string{"A100"}}})
+			expect("B again", map[string]view{"A100": {true, "Alpha^Ann", []string{"B200"}}, "B200": {true, "Beta^Bob", []string{"A100"}}})
 			deleteSeries(6)
 			expect("B deleted again", map[string]view{"A100": {true, "Alpha^Ann", nil}, "B200": {}})
 			if got := events.restated(); len(got) != 3 {
@@ -408,6 +420,9 @@ func TestIdentityConflictRestatedWhileInstancesArrive(t *testing.T) {
 				for _, pid := range append([]string{"A100", "B200"}, arrived...) {
 					if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID="+pid); len(items) != 1 {
 						t.Errorf("PatientID=%s: %d studies, want the study its instance is in", pid, len(items))
+					}
+					if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientName=Doe^"+pid); len(items) != 1 {
+						t.Errorf("PatientName=Doe^%s: %d studies, want the study its instance is in", pid, len(items))
 					}
 				}
 				if !every {

@@ -107,7 +107,7 @@ func (d *Deleter) restateStudy(ctx context.Context, studyUID string) (*IdentityR
 		if !failSafe {
 			keep = slices.DeleteFunc(keep, func(p PatientIdentity) bool { return slices.Contains(before, p) })
 		}
-		latest := restatedLatest(recs, keep)
+		latest := restatedLatest(recs, keep, namesOf(cur))
 		ok, err := d.rewriteUnchanged(ctx, latest)
 		if err != nil {
 			return result(), err
@@ -153,8 +153,9 @@ func listedIdentities(d dicomcodec.Dataset) []PatientIdentity {
 // restatedLatest is the record of recs' latest instance (by StoredAt, then
 // SOP Instance UID) flagged with the other identities recs hold, in the
 // order they arrived, then those of keep they do not hold, or without a
-// flag when there are none. recs is not changed.
-func restatedLatest(recs []*InstanceRecord, keep []PatientIdentity) *InstanceRecord {
+// flag when there are none; with the names of the patients, as their
+// latest instance gives them (for keep: keepNames). recs is not changed.
+func restatedLatest(recs []*InstanceRecord, keep []PatientIdentity, keepNames identityNames) *InstanceRecord {
 	byArrival := slices.Clone(recs)
 	slices.SortStableFunc(byArrival, func(a, b *InstanceRecord) int {
 		return cmp.Or(a.StoredAt.Compare(b.StoredAt), cmp.Compare(a.SOPInstanceUID, b.SOPInstanceUID))
@@ -163,6 +164,7 @@ func restatedLatest(recs []*InstanceRecord, keep []PatientIdentity) *InstanceRec
 	id, issuer := patientIdentity(latest.Metadata)
 	own := PatientIdentity{id, issuer}
 	var others []PatientIdentity
+	names := identityNames{}
 	add := func(p PatientIdentity) {
 		if p != own && !slices.Contains(others, p) {
 			others = append(others, p)
@@ -171,13 +173,19 @@ func restatedLatest(recs []*InstanceRecord, keep []PatientIdentity) *InstanceRec
 	for _, r := range byArrival {
 		id, issuer := patientIdentity(r.Metadata)
 		add(PatientIdentity{id, issuer})
+		names.addName(r.Metadata)
 	}
 	for _, p := range keep {
+		if _, known := names[p]; !known {
+			if name, ok := keepNames[p]; ok {
+				names[p] = name
+			}
+		}
 		add(p)
 	}
-	latest.Metadata = withoutForeignFlag(latest.Metadata) // drops this gateway's flag and creator too
+	latest.Metadata = withoutForeignFlag(latest.Metadata) // drops this gateway's flag, creator and names too
 	if len(others) > 0 {
-		setFlag(&latest, others)
+		setFlag(&latest, others, names)
 	}
 	return &latest
 }

@@ -21,7 +21,7 @@ func TestRestatedLatest(t *testing.T) {
 			StoredAt: t0.Add(time.Duration(at) * time.Second),
 			Metadata: dicomcodec.Dataset{dicomcodec.TagPatientID: loAttribute(pid), TagIssuerOfPatientID: loAttribute("SURREY")}}
 		if len(flagged) > 0 {
-			setFlag(r, flagged)
+			setFlag(r, flagged, nil)
 		}
 		return r
 	}
@@ -40,7 +40,7 @@ func TestRestatedLatest(t *testing.T) {
 		rec("1.2.3.1.5", 2, "B200", PatientIdentity{"A100", "SURREY"}),
 		rec("1.2.3.1.2", 4, "B200", PatientIdentity{"A100", "SURREY"}, PatientIdentity{"C300", "SURREY"}),
 	}
-	got := restatedLatest(recs, nil)
+	got := restatedLatest(recs, nil, nil)
 	if own, others, flagged := ids(got); got.SOPInstanceUID != "1.2.3.1.2" || own != "B200" || !flagged || !slices.Equal(others, []string{"A100", "C300"}) {
 		t.Errorf("latest %s: %s flagged %v naming %v, want 1.2.3.1.2: B200 naming [A100 C300]", got.SOPInstanceUID, own, flagged, others)
 	}
@@ -52,13 +52,13 @@ func TestRestatedLatest(t *testing.T) {
 	}
 
 	// B's instances deleted: A and C are left, C last, flagged naming A only.
-	got = restatedLatest([]*InstanceRecord{recs[0], recs[1]}, nil)
+	got = restatedLatest([]*InstanceRecord{recs[0], recs[1]}, nil, nil)
 	if own, others, _ := ids(got); own != "C300" || !slices.Equal(others, []string{"A100"}) {
 		t.Errorf("A and C left: %s naming %v, want C300 naming [A100]", own, others)
 	}
 	// Only A's: the flag and its private creator go.
 	alone := rec("1.2.3.1.7", 5, "A100", PatientIdentity{"B200", "SURREY"})
-	got = restatedLatest([]*InstanceRecord{recs[1], alone}, nil)
+	got = restatedLatest([]*InstanceRecord{recs[1], alone}, nil, nil)
 	if _, flagged := IdentityConflicts(got.Metadata); flagged || got.Metadata.String(TagGatewayPrivateCreator) != "" {
 		t.Errorf("A's alone: still flagged %v, creator %q", flagged, got.Metadata.String(TagGatewayPrivateCreator))
 	}
@@ -71,7 +71,7 @@ func TestRestatedLatest(t *testing.T) {
 	for i := range maxConflictIdentities + 3 {
 		many = append(many, rec(fmt.Sprintf("1.2.3.1.%d", 100+i), i, fmt.Sprintf("P%02d", i)))
 	}
-	_, others, _ := ids(restatedLatest(many, nil))
+	_, others, _ := ids(restatedLatest(many, nil, nil))
 	if len(others) != maxConflictIdentities || others[0] != "P00" || others[1] != "P03" || others[len(others)-1] != fmt.Sprintf("P%02d", maxConflictIdentities+1) {
 		t.Errorf("%d identities named: %v", len(others), others)
 	}

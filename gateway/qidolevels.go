@@ -29,7 +29,7 @@ var studyLevelTags = setOf(
 	dicomcodec.TagStudyDate, dicomcodec.TagStudyTime, dicomcodec.TagAccessionNumber, "00080051", "00080090", "00081030", "00081032",
 	"00081048", "00081060", "00081080", "00081110", "00081120", dicomcodec.TagStudyInstanceUID, dicomcodec.TagStudyID,
 	"00321032", "00321060",
-	TagGatewayPrivateCreator, TagIdentityConflict, // identity_conflict.go
+	TagGatewayPrivateCreator, TagIdentityConflict, TagIdentityConflictNames, // identity_conflict.go
 )
 
 // seriesLevelTags are the General Series and Equipment attributes the index

@@ -645,8 +645,9 @@ func orderValue(s *gateway.StudySummary) []byte {
 	for m := range s.Modalities {
 		mods = append(mods, m)
 	}
-	names := gateway.NameKeys(s.Attrs, dicomcodec.TagPatientName)
-	for _, code := range gateway.NamePhoneticKeys(s.Attrs, dicomcodec.TagPatientName) {
+	pn := gateway.StudyPatientNames(s.Attrs) // a flagged study's other patients' names too
+	names := gateway.NameKeys(pn, dicomcodec.TagPatientName)
+	for _, code := range gateway.NamePhoneticKeys(pn, dicomcodec.TagPatientName) {
 		names = append(names, gateway.PhoneticKeyMark+code)
 	}
 	return []byte(strings.Join([]string{

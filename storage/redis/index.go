@@ -651,9 +651,10 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) (keys []stri
 		return nil, nil, fmt.Errorf("encode series attributes: %w", err)
 	}
 	md := rec.Metadata
-	names := gateway.NameKeys(md, dicomcodec.TagPatientName)
-	prefixes := namePrefixes(gateway.NameGroupKeys(md, dicomcodec.TagPatientName))
-	codes := gateway.NamePhoneticKeys(md, dicomcodec.TagPatientName)
+	pn := gateway.StudyPatientNames(md) // a flagged study's other patients' names too
+	names := gateway.NameKeys(pn, dicomcodec.TagPatientName)
+	prefixes := namePrefixes(gateway.NameGroupKeys(pn, dicomcodec.TagPatientName))
+	codes := gateway.NamePhoneticKeys(pn, dicomcodec.TagPatientName)
 	pids := indexedPatientIDs(md)
 	acc, mod := indexValue(md.String(dicomcodec.TagAccessionNumber)), indexValue(rec.Modality())
 	st, se := rec.StudyInstanceUID, rec.SeriesInstanceUID

@@ -441,7 +441,8 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		// A study that holds instances of two patient identities (the
 		// Ingester flags the later ones, naming the other identity) is
 		// found by a search for either patient, at study and series level,
-		// whichever instance came last; a third identity finds nothing.
+		// whichever instance came last, by Patient ID or by the name the
+		// flag gives the other; a third identity finds nothing.
 		x, ctx := newIndex(t), t.Context()
 		attrs := func(pid, issuer string) map[string]any {
 			return map[string]any{dicomcodec.TagPatientID: pid, gateway.TagIssuerOfPatientID: issuer, dicomcodec.TagStudyDate: "20200101", dicomcodec.TagModality: "CT"}
@@ -458,16 +459,31 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 				}
 			}
 		}
-		mustPut(t, x, Record("1.2.7", "1.2.7.1", "1.2.7.1.1", attrs("S100", "SURREY")))
-		mustPut(t, x, Flagged(Record("1.2.7", "1.2.7.2", "1.2.7.2.1", attrs("H200", "HAMPSHIRE")), gateway.PatientIdentity{ID: "S100", Issuer: "SURREY"}))
+		named := func(rec *gateway.InstanceRecord, name string) *gateway.InstanceRecord {
+			rec.Metadata[dicomcodec.TagPatientName] = dicomcodec.Attribute{VR: "PN", Value: []any{dicomcodec.PersonName{Alphabetic: name}}}
+			return rec
+		}
+		// withNames gives the flag's other identity its name, as the
+		// Ingester does (gateway.TagIdentityConflictNames).
+		withNames := func(rec *gateway.InstanceRecord, name string) *gateway.InstanceRecord {
+			rec.Metadata[gateway.TagIdentityConflictNames] = dicomcodec.Attribute{VR: "PN", Value: []any{dicomcodec.PersonName{Alphabetic: name}}}
+			return rec
+		}
+		mustPut(t, x, named(Record("1.2.7", "1.2.7.1", "1.2.7.1.1", attrs("S100", "SURREY")), "Surrey^Sam"))
+		mustPut(t, x, withNames(Flagged(named(Record("1.2.7", "1.2.7.2", "1.2.7.2.1", attrs("H200", "HAMPSHIRE")), "Hants^Hal"),
+			gateway.PatientIdentity{ID: "S100", Issuer: "SURREY"}), "Surrey^Sam"))
 		both := map[string]int{"PatientID=S100": 1, "PatientID=H200": 1, "PatientID=S100&IssuerOfPatientID=SURREY": 1,
 			"PatientID=S100&IssuerOfPatientID=HAMPSHIRE": 0, "PatientID=H200&IssuerOfPatientID=HAMPSHIRE": 1,
-			"PatientID=S1*": 1, "PatientID=X300": 0, "PatientID=S100&StudyDate=20200101": 1, "PatientID=S100&StudyDate=20210101": 0}
+			"PatientID=S1*": 1, "PatientID=X300": 0, "PatientID=S100&StudyDate=20200101": 1, "PatientID=S100&StudyDate=20210101": 0,
+			"PatientName=Surrey*": 1, "PatientName=surrey^sam": 1, "PatientName=Hants*": 1, "PatientName=Kent*": 0,
+			"PatientName=Surrey*&PatientID=S100": 1, "PatientName=Surrey*&PatientID=H200": 0,
+			"PatientName=Surry&fuzzymatching=true": 1}
 		search(gateway.LevelStudy, both)
 		search(gateway.LevelSeries, map[string]int{"PatientID=S100": 2, "PatientID=H200": 2, "PatientID=X300": 0})
 		// The first patient's instance arrives again last: the flag now
 		// names the second, and both are still found.
-		mustPut(t, x, Flagged(Record("1.2.7", "1.2.7.1", "1.2.7.1.2", attrs("S100", "SURREY")), gateway.PatientIdentity{ID: "H200", Issuer: "HAMPSHIRE"}))
+		mustPut(t, x, withNames(Flagged(named(Record("1.2.7", "1.2.7.1", "1.2.7.1.2", attrs("S100", "SURREY")), "Surrey^Sam"),
+			gateway.PatientIdentity{ID: "H200", Issuer: "HAMPSHIRE"}), "Hants^Hal"))
 		search(gateway.LevelStudy, both)
 	})
 	t.Run("Queries", func(t *testing.T) { TestIndexQueries(t, newIndex) })
