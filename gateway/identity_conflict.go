@@ -203,18 +203,37 @@ func StudyPatientNames(attrs dicomcodec.Dataset) dicomcodec.Dataset {
 }
 
 // conflictNames are the names of the other identities a flagged study or
-// instance names, aligned with IdentityConflicts' (an empty name where none
-// is known); nil when it is not flagged or carries no names.
+// instance names, aligned with IdentityConflicts' by position (an empty
+// name where none is known or a value is not a name); nil when it is not
+// flagged or carries no names.
 func conflictNames(d dicomcodec.Dataset) []dicomcodec.PersonName {
 	others, flagged := IdentityConflicts(d)
 	a, ok := d[TagIdentityConflictNames]
 	if !flagged || !ok {
 		return nil
 	}
-	pns := PersonNamesOf(a)
 	names := make([]dicomcodec.PersonName, len(others))
-	copy(names, pns)
+	for i := range min(len(names), len(a.Value)) {
+		if pns := PersonNamesOf(dicomcodec.Attribute{VR: "PN", Value: a.Value[i : i+1]}); len(pns) == 1 {
+			names[i] = pns[0]
+		}
+	}
 	return names
+}
+
+// gatewayBlockTags are the attributes of the gateway's private block, which
+// travel together (merge, project).
+var gatewayBlockTags = []string{TagGatewayPrivateCreator, TagIdentityConflict, TagIdentityConflictNames}
+
+// hasGatewayBlock reports whether d holds any attribute of the gateway's
+// private block.
+func hasGatewayBlock(d dicomcodec.Dataset) bool {
+	for _, t := range gatewayBlockTags {
+		if _, ok := d[t]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // identityNames are the patient names known for identities.
@@ -366,12 +385,16 @@ func (in *Ingester) otherIdentities(ctx context.Context, rec *InstanceRecord) ([
 	}
 	var others []PatientIdentity
 	names := identityNames{}
+	slices.SortStableFunc(recs, func(a, b *InstanceRecord) int { return a.StoredAt.Compare(b.StoredAt) })
 	for _, r := range recs {
-		id, issuer := patientIdentity(r.Metadata)
-		if p := (PatientIdentity{id, issuer}); r.SOPInstanceUID != rec.SOPInstanceUID && p != incoming && !slices.Contains(others, p) {
-			others = append(others, p)
-			names.addName(r.Metadata)
+		if r.SOPInstanceUID == rec.SOPInstanceUID {
+			continue
 		}
+		id, issuer := patientIdentity(r.Metadata)
+		if p := (PatientIdentity{id, issuer}); p != incoming && !slices.Contains(others, p) {
+			others = append(others, p)
+		}
+		names.addName(r.Metadata) // the latest instance's name of each patient
 	}
 	return others, names
 }

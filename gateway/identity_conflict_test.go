@@ -91,6 +91,11 @@ func TestIdentityConflictSearches(t *testing.T) {
 					t.Errorf("%s: %d studies, want %d", raw, got, want)
 				}
 			}
+			for name, pid := range map[string]string{"Alpha*": "A100", "beta^bob": "B200", "Gamma*": "C300", "Betta&fuzzymatching=true": "B200"} {
+				if items := search(gateway.LevelStudy, "PatientName="+name); len(items) != 1 || items[0].String(dicomcodec.TagPatientID) != pid {
+					t.Errorf("PatientName=%s: %d studies, want 1 shown as %s", name, len(items), pid)
+				}
+			}
 		})
 	}
 }
@@ -162,8 +167,8 @@ func TestIdentityConflictReplacements(t *testing.T) {
 			if _, flagged := gateway.IdentityConflicts(items[0]); !flagged {
 				t.Errorf("after replacing %s's instance: the study lost its flag", replaced.PatientID)
 			}
-			if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientName=Doe^"+pid); len(items) != 1 {
-				t.Errorf("after replacing %s's instance: PatientName=Doe^%s finds %d studies, want the flagged study", replaced.PatientID, pid, len(items))
+			if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientName=Doe^"+pid); len(items) != 1 || items[0].String(dicomcodec.TagPatientID) != pid {
+				t.Errorf("after replacing %s's instance: PatientName=Doe^%s finds %d studies, want the flagged study as %s's", replaced.PatientID, pid, len(items), pid)
 			}
 		}
 	}
@@ -178,7 +183,7 @@ func TestIdentityConflictReplacements(t *testing.T) {
 		if got := searchItems(t, b.Index, gateway.LevelStudy, "", "StudyInstanceUID="+synth.UID(88, 3)+"&PatientID="+pid); len(got) != 1 {
 			t.Errorf("after B200's bytes replaced an A100 instance: PatientID=%s finds %d studies, want 1", pid, len(got))
 		}
-		if got := searchItems(t, b.Index, gateway.LevelStudy, "", "StudyInstanceUID="+synth.UID(88, 3)+"&PatientName=Doe^"+pid); len(got) != 1 {
+		if got := searchItems(t, b.Index, gateway.LevelStudy, "", "StudyInstanceUID="+synth.UID(88, 3)+"&PatientName=Doe^"+pid); len(got) != 1 || got[0].String(dicomcodec.TagPatientID) != pid {
 			t.Errorf("after B200's bytes replaced an A100 instance: PatientName=Doe^%s finds %d studies, want 1", pid, len(got))
 		}
 	}
@@ -421,7 +426,7 @@ func TestIdentityConflictRestatedWhileInstancesArrive(t *testing.T) {
 					if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID="+pid); len(items) != 1 {
 						t.Errorf("PatientID=%s: %d studies, want the study its instance is in", pid, len(items))
 					}
-					if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientName=Doe^"+pid); len(items) != 1 {
+					if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientName=Doe^"+pid); len(items) != 1 || items[0].String(dicomcodec.TagPatientID) != pid {
 						t.Errorf("PatientName=Doe^%s: %d studies, want the study its instance is in", pid, len(items))
 					}
 				}

@@ -486,6 +486,61 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 			gateway.PatientIdentity{ID: "H200", Issuer: "HAMPSHIRE"}), "Hants^Hal"))
 		search(gateway.LevelStudy, both)
 	})
+	t.Run("IdentityConflictNamesStayWithTheirFlag", func(t *testing.T) {
+		// An instance flagged without names (by an earlier version) in a
+		// study whose latest instance's flag carries names in another
+		// order: each instance row keeps its own flag with its own names
+		// (none), never the study's names beside its flag, and a name
+		// search returns each name under its own patient's ID.
+		x, ctx := newIndex(t), t.Context()
+		attrs := func(pid, name string) map[string]any {
+			return map[string]any{dicomcodec.TagPatientID: pid, dicomcodec.TagPatientName: dicomcodec.PersonName{Alphabetic: name}, dicomcodec.TagModality: "CT"}
+		}
+		s100, h200 := gateway.PatientIdentity{ID: "S100"}, gateway.PatientIdentity{ID: "H200"}
+		mustPut(t, x, Record("1.2.9", "1.2.9.1", "1.2.9.1.1", attrs("S100", "Surrey^Sam")))
+		mustPut(t, x, Flagged(Record("1.2.9", "1.2.9.2", "1.2.9.2.1", attrs("H200", "Hants^Hal")), s100))
+		latest := Flagged(Record("1.2.9", "1.2.9.3", "1.2.9.3.1", attrs("K300", "Kent^Kay")), h200, s100)
+		latest.Metadata[gateway.TagIdentityConflictNames] = dicomcodec.Attribute{VR: "PN",
+			Value: []any{dicomcodec.PersonName{Alphabetic: "Hants^Hal"}, dicomcodec.PersonName{Alphabetic: "Surrey^Sam"}}}
+		mustPut(t, x, latest)
+		res, err := x.Search(ctx, parseQuery(t, gateway.LevelInstance, "1.2.9", "", "includefield=all"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Items) != 3 {
+			t.Fatalf("%d instances, want 3", len(res.Items))
+		}
+		nameOf := map[string]string{"S100": "Surrey^Sam", "H200": "Hants^Hal", "K300": "Kent^Kay"}
+		for _, d := range res.Items {
+			flag, names := d[gateway.TagIdentityConflict].Value, gateway.PersonNamesOf(d[gateway.TagIdentityConflictNames])
+			for i := 1; i < len(flag); i += 2 {
+				if j := (i - 1) / 2; j < len(names) && names[j].Alphabetic != nameOf[fmt.Sprint(flag[i])] {
+					t.Errorf("instance %s: the flag's %v is named %q", d.String(dicomcodec.TagSOPInstanceUID), flag[i], names[j].Alphabetic)
+				}
+			}
+		}
+		// Asked for alone, the names come with their private creator.
+		res, err = x.Search(ctx, parseQuery(t, gateway.LevelInstance, "1.2.9", "", "includefield=00091002"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range res.Items {
+			if _, ok := d[gateway.TagIdentityConflictNames]; ok && d.String(gateway.TagGatewayPrivateCreator) != gateway.GatewayPrivateCreator {
+				t.Errorf("instance %s: names without their private creator", d.String(dicomcodec.TagSOPInstanceUID))
+			}
+		}
+		for name, pid := range map[string]string{"Surrey*": "S100", "Hants*": "H200", "Kent*": "K300"} {
+			res, err := x.Search(ctx, parseQuery(t, gateway.LevelStudy, "", "", "PatientName="+name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Items) != 1 || res.Items[0].String(dicomcodec.TagPatientID) != pid {
+				t.Errorf("PatientName=%s: %d studies, want 1 shown as %s", name, len(res.Items), pid)
+			} else if got := gateway.PersonNamesOf(res.Items[0][dicomcodec.TagPatientName]); len(got) != 1 || got[0].Alphabetic != nameOf[pid] {
+				t.Errorf("PatientName=%s shows %v, want %s", name, got, nameOf[pid])
+			}
+		}
+	})
 	t.Run("Queries", func(t *testing.T) { TestIndexQueries(t, newIndex) })
 }
 
