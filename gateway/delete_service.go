@@ -162,7 +162,7 @@ func (s *DeleteService) delete(ctx context.Context, caller Caller, studyUID, ser
 	if err != nil {
 		s.audit.logger.ErrorContext(ctx, "study's patient identities not restated after a delete", LogKeyStudyUID, p.StudyInstanceUID, LogKeyError, err.Error())
 	}
-	s.auditRestatement(ctx, caller, p.StudyInstanceUID, r)
+	s.auditRestatement(ctx, caller, p.StudyInstanceUID, r, err)
 	return p, res, nil
 }
 

@@ -29,16 +29,18 @@ import (
 const TagOriginalAttributesSequence = "04000561"
 
 // Tags of the identity conflict flag: the private creator of block
-// (0009,10xx) and the flag itself (LO, values: IdentityConflictValue, then
+// (0009,10xx), the flag itself (LO, values: IdentityConflictValue, then
 // the Patient ID and Issuer of Patient ID of each other identity the study
-// holds, up to maxConflictIdentities).
+// holds, up to maxConflictIdentities) and the names of those identities.
+// The three travel together (gatewayBlockTags).
 const (
 	TagGatewayPrivateCreator = "00090010"
 	TagIdentityConflict      = "00091001"
 	// TagIdentityConflictNames (PN) holds the Patient Name of each other
 	// identity the flag names, in the flag's order (an empty value where
-	// none is known), so that a search by that patient's name finds the
-	// study as theirs (otherIdentityViews, StudyPatientNames).
+	// none is known; absent when none is), so that a search by that
+	// patient's name finds the study as theirs (otherIdentityViews,
+	// StudyPatientNames).
 	TagIdentityConflictNames = "00091002"
 	GatewayPrivateCreator    = "DICOM GATEWAY"
 	IdentityConflictValue    = "IDENTITY CONFLICT"
@@ -274,8 +276,7 @@ func otherIdentityViews(d dicomcodec.Dataset) []dicomcodec.Dataset {
 	if !flagged {
 		return nil
 	}
-	ownID, ownIssuer := patientIdentity(d)
-	all := append([]PatientIdentity{{ownID, ownIssuer}}, others...)
+	all := listedIdentities(d)
 	names := namesOf(d)
 	views := make([]dicomcodec.Dataset, 0, len(others))
 	for i := 1; i < len(all); i++ {
@@ -286,15 +287,32 @@ func otherIdentityViews(d dicomcodec.Dataset) []dicomcodec.Dataset {
 		if name, ok := names[all[i]]; ok {
 			view[dicomcodec.TagPatientName] = dicomcodec.Attribute{VR: "PN", Value: []any{name}}
 		}
-		rest := slices.Delete(slices.Clone(all), i, i+1)
-		view[TagIdentityConflict] = conflictFlag(rest)
-		delete(view, TagIdentityConflictNames)
-		if a, ok := conflictNamesAttribute(rest, names); ok {
-			view[TagIdentityConflictNames] = a
-		}
+		setBlock(view, slices.Delete(slices.Clone(all), i, i+1), names)
 		views = append(views, view)
 	}
 	return views
+}
+
+// instanceRow is the result row of an instance: its study's row (or
+// series'), the instance's own attributes over it, and the gateway's
+// private block as the study holds it now, seen from the instance's
+// patient: a flag naming every identity the study is listed under but the
+// instance's, with their names. The instance's record keeps the flag it
+// was indexed with, which a delete since may have made stale
+// (identity_restate.go): it is never shown.
+func instanceRow(study, inst dicomcodec.Dataset) dicomcodec.Dataset {
+	row := merge(study, inst)
+	for _, t := range gatewayBlockTags {
+		delete(row, t)
+	}
+	if _, flagged := IdentityConflicts(study); !flagged {
+		return row
+	}
+	id, issuer := patientIdentity(row)
+	own := PatientIdentity{id, issuer}
+	rest := slices.DeleteFunc(listedIdentities(study), func(p PatientIdentity) bool { return p == own })
+	setBlock(row, rest, namesOf(study))
+	return row
 }
 
 // isPatientAttribute reports whether a study-level attribute describes the
@@ -314,17 +332,27 @@ func conflictFlag(others []PatientIdentity) dicomcodec.Attribute {
 	return dicomcodec.Attribute{VR: "LO", Value: v}
 }
 
-// conflictNamesAttribute is the names attribute aligned with the flag
-// naming others, from names; false when no name is known.
-func conflictNamesAttribute(others []PatientIdentity, names identityNames) (dicomcodec.Attribute, bool) {
+// setBlock writes into d (changed in place) the gateway's private block
+// flagging others, with the names known of them aligned (no names
+// attribute when none is known; an empty value, null in DICOM JSON, for
+// one not known).
+func setBlock(d dicomcodec.Dataset, others []PatientIdentity, names identityNames) {
+	d[TagGatewayPrivateCreator] = loAttribute(GatewayPrivateCreator)
+	d[TagIdentityConflict] = conflictFlag(others)
+	delete(d, TagIdentityConflictNames)
 	a := dicomcodec.Attribute{VR: "PN", Value: make([]any, 0, len(others))}
 	known := false
 	for _, o := range others {
-		name, ok := names[o]
-		known = known || ok
-		a.Value = append(a.Value, name)
+		if name, ok := names[o]; ok {
+			a.Value = append(a.Value, name)
+			known = true
+		} else {
+			a.Value = append(a.Value, nil)
+		}
 	}
-	return a, known
+	if known {
+		d[TagIdentityConflictNames] = a
+	}
 }
 
 // loAttribute is an LO attribute of one value, empty when v is "".
@@ -359,17 +387,17 @@ func (in *Ingester) checkReplacement(ctx context.Context, existing, rec *Instanc
 }
 
 // otherIdentities are the patient identities of rec's study, other than
-// rec's own, held by its instances other than rec. The study's summary
-// answers first: unflagged, every instance shares its identity, which is
-// then the other one if the study holds more instances than rec's; only a
-// flagged study's instances are listed. A failed read flags nothing, as
-// in flagIdentityConflict.
+// rec's own, held by its instances other than rec, in the order they
+// arrived, with their names (each patient's latest instance's). The
+// study's summary answers first: unflagged, every instance shares its
+// identity, which is then the other one if the study holds more instances
+// than rec's; only a flagged study's instances are listed. A failed read
+// flags nothing, as in flagIdentityConflict.
 func (in *Ingester) otherIdentities(ctx context.Context, rec *InstanceRecord) ([]PatientIdentity, identityNames) {
-	res, err := in.Index.Search(ctx, &Query{Level: LevelStudy, StudyInstanceUID: rec.StudyInstanceUID, Limit: 1, IncludeAll: true})
-	if err != nil || len(res.Items) == 0 {
+	held, err := studyEntry(ctx, in.Index, rec.StudyInstanceUID)
+	if err != nil || held == nil {
 		return nil, nil
 	}
-	held := res.Items[0]
 	id, issuer := patientIdentity(rec.Metadata)
 	incoming := PatientIdentity{id, issuer}
 	if _, flagged := IdentityConflicts(held); !flagged {
@@ -385,8 +413,7 @@ func (in *Ingester) otherIdentities(ctx context.Context, rec *InstanceRecord) ([
 	}
 	var others []PatientIdentity
 	names := identityNames{}
-	slices.SortStableFunc(recs, func(a, b *InstanceRecord) int { return a.StoredAt.Compare(b.StoredAt) })
-	for _, r := range recs {
+	for _, r := range byArrival(recs) {
 		if r.SOPInstanceUID == rec.SOPInstanceUID {
 			continue
 		}
@@ -407,12 +434,7 @@ func setFlag(rec *InstanceRecord, others []PatientIdentity, names identityNames)
 		others = append(others[:1], others[n-maxConflictIdentities+1:]...)
 	}
 	md := maps.Clone(rec.Metadata)
-	md[TagGatewayPrivateCreator] = loAttribute(GatewayPrivateCreator)
-	md[TagIdentityConflict] = conflictFlag(others)
-	delete(md, TagIdentityConflictNames)
-	if a, ok := conflictNamesAttribute(others, names); ok {
-		md[TagIdentityConflictNames] = a
-	}
+	setBlock(md, others, names)
 	rec.Metadata = md
 }
 
@@ -423,12 +445,10 @@ func setFlag(rec *InstanceRecord, others []PatientIdentity, names identityNames)
 // not make the index a second point of failure for ingest, and the next
 // instance of the study is checked again.
 func (in *Ingester) flagIdentityConflict(ctx context.Context, rec *InstanceRecord) {
-	q := &Query{Level: LevelStudy, StudyInstanceUID: rec.StudyInstanceUID, Limit: 1, IncludeAll: true}
-	res, err := in.Index.Search(ctx, q)
-	if err != nil || len(res.Items) == 0 {
+	held, err := studyEntry(ctx, in.Index, rec.StudyInstanceUID)
+	if err != nil || held == nil {
 		return
 	}
-	held := res.Items[0]
 	heldID, heldIssuer := patientIdentity(held)
 	newID, newIssuer := patientIdentity(rec.Metadata)
 	heldOthers, flagged := IdentityConflicts(held)

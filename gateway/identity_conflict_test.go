@@ -254,7 +254,6 @@ func TestIdentityConflictFlagBounded(t *testing.T) {
 	}
 }
 
-// searchItems runs a QIDO-RS query (raw query string) on x.
 // TestIdentityConflictRestatedAfterDelete: a study holding three patients
 // (A, B, then C last) is corrected by deleting the misfiled series, as a
 // PACS admin would. After C's series is deleted the study is no longer
@@ -347,15 +346,29 @@ func TestIdentityConflictRestatedAfterDelete(t *testing.T) {
 			if got := events.restated(); len(got) != 2 {
 				t.Errorf("a delete in an unflagged study recorded %d restated events in all, want 2", len(got))
 			}
-			// B arrives again, then A: A's latest instance carries the flag
-			// naming B, which the delete of B's series drops. (A's UIDs sort
-			// before B's: the latest is the last to arrive, not the last UID.)
-			store(mk(6, "B200", "HAMPSHIRE", "Beta^Bob"), mk(5, "A100", "SURREY", "Alpha^Ann"))
+			// B arrives again, then A twice: A's instances carry the flag
+			// naming B, which the delete of B's series drops.
+			store(mk(6, "B200", "HAMPSHIRE", "Beta^Bob"), mk(5, "A100", "SURREY", "Alpha^Ann"), mk(7, "A100", "SURREY", "Alpha^Ann"))
 			expect("B again", map[string]view{"A100": {true, "Alpha^Ann", []string{"B200"}}, "B200": {true, "Beta^Bob", []string{"A100"}}})
 			deleteSeries(6)
 			expect("B deleted again", map[string]view{"A100": {true, "Alpha^Ann", nil}, "B200": {}})
 			if got := events.restated(); len(got) != 3 {
 				t.Errorf("%d restated events in all, want 3", len(got))
+			} else if got[2].Detail["complete"] != true {
+				t.Errorf("restated event detail %v, want complete", got[2].Detail)
+			}
+			// A's instances, found one by one, no longer carry the flag that
+			// named B when they arrived (series 5's record still does), nor
+			// B's name.
+			insts := searchItems(t, b.Index, gateway.LevelInstance, "", "PatientID=A100&includefield=all")
+			if len(insts) != 3 {
+				t.Errorf("PatientID=A100 at instance level: %d instances, want 3", len(insts))
+			}
+			for _, d := range insts {
+				others, flagged := gateway.IdentityConflicts(d)
+				if _, names := d[gateway.TagIdentityConflictNames]; flagged || names {
+					t.Errorf("instance %s still flagged naming %v, or with names %v", d.String(dicomcodec.TagSOPInstanceUID), others, d[gateway.TagIdentityConflictNames])
+				}
 			}
 		})
 	}
@@ -477,6 +490,7 @@ func (a *restatedEvents) restated() []*gateway.AuditEvent {
 	return slices.Clone(a.evs)
 }
 
+// searchItems runs a QIDO-RS query (raw query string) on x.
 func searchItems(t *testing.T, x gateway.Index, level gateway.QueryLevel, studyUID, raw string) []dicomcodec.Dataset {
 	t.Helper()
 	params, err := url.ParseQuery(raw)

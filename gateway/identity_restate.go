@@ -71,9 +71,9 @@ func (r *IdentityRestatement) Changed() bool {
 // error.
 //
 // Other instances' records keep the flag they were indexed with: it is what
-// the study held when they arrived, searches never read it, and a later
-// restatement computes the flag from the instances' identities, not from
-// their flags.
+// the study held when they arrived; an instance's search result shows the
+// study's current flag instead (instanceRow), and a later restatement
+// computes the flag from the instances' identities, not from their flags.
 func (d *Deleter) restateStudy(ctx context.Context, studyUID string) (*IdentityRestatement, error) {
 	held, err := studyEntry(ctx, d.Index, studyUID)
 	if err != nil || held == nil {
@@ -156,11 +156,8 @@ func listedIdentities(d dicomcodec.Dataset) []PatientIdentity {
 // flag when there are none; with the names of the patients, as their
 // latest instance gives them (for keep: keepNames). recs is not changed.
 func restatedLatest(recs []*InstanceRecord, keep []PatientIdentity, keepNames identityNames) *InstanceRecord {
-	byArrival := slices.Clone(recs)
-	slices.SortStableFunc(byArrival, func(a, b *InstanceRecord) int {
-		return cmp.Or(a.StoredAt.Compare(b.StoredAt), cmp.Compare(a.SOPInstanceUID, b.SOPInstanceUID))
-	})
-	latest := *byArrival[len(byArrival)-1]
+	arrived := byArrival(recs)
+	latest := *arrived[len(arrived)-1]
 	id, issuer := patientIdentity(latest.Metadata)
 	own := PatientIdentity{id, issuer}
 	var others []PatientIdentity
@@ -170,7 +167,7 @@ func restatedLatest(recs []*InstanceRecord, keep []PatientIdentity, keepNames id
 			others = append(others, p)
 		}
 	}
-	for _, r := range byArrival {
+	for _, r := range arrived {
 		id, issuer := patientIdentity(r.Metadata)
 		add(PatientIdentity{id, issuer})
 		names.addName(r.Metadata)
@@ -188,6 +185,16 @@ func restatedLatest(recs []*InstanceRecord, keep []PatientIdentity, keepNames id
 		setFlag(&latest, others, names)
 	}
 	return &latest
+}
+
+// byArrival is a copy of recs in the order the instances arrived (StoredAt,
+// then SOP Instance UID).
+func byArrival(recs []*InstanceRecord) []*InstanceRecord {
+	out := slices.Clone(recs)
+	slices.SortStableFunc(out, func(a, b *InstanceRecord) int {
+		return cmp.Or(a.StoredAt.Compare(b.StoredAt), cmp.Compare(a.SOPInstanceUID, b.SOPInstanceUID))
+	})
+	return out
 }
 
 // rewriteUnchanged writes rec over its index entry, under the instance's
@@ -226,9 +233,10 @@ func sameInstances(a, b []*InstanceRecord) bool {
 }
 
 // auditRestatement records ActionIdentityRestated for a study whose listed
-// identities r changed: a failure to write it is logged, never returned
-// (the delete is done and audited).
-func (s *DeleteService) auditRestatement(ctx context.Context, caller Caller, studyUID string, r *IdentityRestatement) {
+// identities r changed, marked incomplete with the error when the
+// restatement gave up after that rewrite (failure): a failure to write it
+// is logged, never returned (the delete is done and audited).
+func (s *DeleteService) auditRestatement(ctx context.Context, caller Caller, studyUID string, r *IdentityRestatement, failure error) {
 	if !r.Changed() || s.audit.auditor == nil {
 		return
 	}
@@ -246,6 +254,10 @@ func (s *DeleteService) auditRestatement(ctx context.Context, caller Caller, stu
 	ev.Detail = map[string]any{
 		"listed_before": pairs(r.Before), "listed_after": pairs(r.After), "flagged": len(r.After) > 1,
 		"description": "instances deleted: the study is listed under the patient identities its instances still hold",
+		"complete":    failure == nil,
+	}
+	if failure != nil {
+		ev.Detail["error"] = failure.Error() // UIDs only
 	}
 	ev.PatientIDs = ids
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)

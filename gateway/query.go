@@ -542,7 +542,7 @@ func Search(ctx context.Context, q *Query, src SearchSource) (*SearchResult, err
 				if !ok {
 					continue
 				}
-				id := merge(ed, InstanceDataset(r))
+				id := instanceRow(ed, InstanceDataset(r)) // identity_conflict.go
 				if !q.matchAll(id, instanceConds) {
 					continue
 				}
@@ -585,20 +585,10 @@ func (q *Query) matchAll(d dicomcodec.Dataset, conds []Condition) bool {
 	return true
 }
 
-// merge is a result row: parent's attributes with child's over them. The
-// gateway's private block (identity_conflict.go) is taken whole from the
-// child when it has any of it: a flag and the names aligned with it must
-// come from one record, or one patient's ID could be paired with another's
-// name.
 func merge(parent, child dicomcodec.Dataset) dicomcodec.Dataset {
 	out := make(dicomcodec.Dataset, len(parent)+len(child))
 	for t, a := range parent {
 		out[t] = a
-	}
-	if hasGatewayBlock(child) {
-		for _, t := range gatewayBlockTags {
-			delete(out, t)
-		}
 	}
 	for t, a := range child {
 		out[t] = a

@@ -489,9 +489,10 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 	t.Run("IdentityConflictNamesStayWithTheirFlag", func(t *testing.T) {
 		// An instance flagged without names (by an earlier version) in a
 		// study whose latest instance's flag carries names in another
-		// order: each instance row keeps its own flag with its own names
-		// (none), never the study's names beside its flag, and a name
-		// search returns each name under its own patient's ID.
+		// order, one of them unknown (an empty value): each instance row
+		// shows the study's flag as its patient sees it, names aligned,
+		// never its record's own; a name search returns each name under its
+		// own patient's ID, and the unknown name's position is kept.
 		x, ctx := newIndex(t), t.Context()
 		attrs := func(pid, name string) map[string]any {
 			return map[string]any{dicomcodec.TagPatientID: pid, dicomcodec.TagPatientName: dicomcodec.PersonName{Alphabetic: name}, dicomcodec.TagModality: "CT"}
@@ -501,7 +502,7 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		mustPut(t, x, Flagged(Record("1.2.9", "1.2.9.2", "1.2.9.2.1", attrs("H200", "Hants^Hal")), s100))
 		latest := Flagged(Record("1.2.9", "1.2.9.3", "1.2.9.3.1", attrs("K300", "Kent^Kay")), h200, s100)
 		latest.Metadata[gateway.TagIdentityConflictNames] = dicomcodec.Attribute{VR: "PN",
-			Value: []any{dicomcodec.PersonName{Alphabetic: "Hants^Hal"}, dicomcodec.PersonName{Alphabetic: "Surrey^Sam"}}}
+			Value: []any{nil, dicomcodec.PersonName{Alphabetic: "Surrey^Sam"}}} // H200's name not known
 		mustPut(t, x, latest)
 		res, err := x.Search(ctx, parseQuery(t, gateway.LevelInstance, "1.2.9", "", "includefield=all"))
 		if err != nil {
@@ -510,12 +511,26 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		if len(res.Items) != 3 {
 			t.Fatalf("%d instances, want 3", len(res.Items))
 		}
-		nameOf := map[string]string{"S100": "Surrey^Sam", "H200": "Hants^Hal", "K300": "Kent^Kay"}
+		nameOf := map[string]string{"S100": "Surrey^Sam", "H200": "", "K300": "Kent^Kay"} // as the study's flag knows them
 		for _, d := range res.Items {
-			flag, names := d[gateway.TagIdentityConflict].Value, gateway.PersonNamesOf(d[gateway.TagIdentityConflictNames])
-			for i := 1; i < len(flag); i += 2 {
-				if j := (i - 1) / 2; j < len(names) && names[j].Alphabetic != nameOf[fmt.Sprint(flag[i])] {
-					t.Errorf("instance %s: the flag's %v is named %q", d.String(dicomcodec.TagSOPInstanceUID), flag[i], names[j].Alphabetic)
+			sop := d.String(dicomcodec.TagSOPInstanceUID)
+			others, flagged := gateway.IdentityConflicts(d)
+			if !flagged || len(others) != 2 {
+				t.Errorf("instance %s: flag %v naming %v, want the study's two other identities", sop, flagged, others)
+			}
+			names := d[gateway.TagIdentityConflictNames].Value
+			for j, o := range others {
+				if o.ID == d.String(dicomcodec.TagPatientID) {
+					t.Errorf("instance %s: the flag names its own patient", sop)
+				}
+				name := ""
+				if j < len(names) {
+					if pns := gateway.PersonNamesOf(dicomcodec.Attribute{VR: "PN", Value: names[j : j+1]}); len(pns) == 1 {
+						name = pns[0].Alphabetic
+					}
+				}
+				if name != nameOf[o.ID] {
+					t.Errorf("instance %s: the flag's %s is named %q, want %q", sop, o.ID, name, nameOf[o.ID])
 				}
 			}
 		}
@@ -529,10 +544,16 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 				t.Errorf("instance %s: names without their private creator", d.String(dicomcodec.TagSOPInstanceUID))
 			}
 		}
-		for name, pid := range map[string]string{"Surrey*": "S100", "Hants*": "H200", "Kent*": "K300"} {
+		for name, pid := range map[string]string{"Surrey*": "S100", "Hants*": "", "Kent*": "K300"} {
 			res, err := x.Search(ctx, parseQuery(t, gateway.LevelStudy, "", "", "PatientName="+name))
 			if err != nil {
 				t.Fatal(err)
+			}
+			if pid == "" {
+				if len(res.Items) != 0 {
+					t.Errorf("PatientName=%s: %d studies, want none (the flag does not know the name)", name, len(res.Items))
+				}
+				continue
 			}
 			if len(res.Items) != 1 || res.Items[0].String(dicomcodec.TagPatientID) != pid {
 				t.Errorf("PatientName=%s: %d studies, want 1 shown as %s", name, len(res.Items), pid)
