@@ -87,15 +87,26 @@ func TestMultipartLengthIsExact(t *testing.T) {
 		stored[r.Key()] = data
 		batch = append(batch, r)
 	}
-	// A receiver that keeps what it was sent.
-	var got struct {
-		contentLength int64
-		contentType   string
-		body          []byte
-	}
+	// A receiver that keeps what it was sent in full. The upload the
+	// sender abandons (the corrupt blob below) may still be read by its
+	// handler while the next one arrives: it is not kept, and the two
+	// handlers do not share got unguarded.
+	var (
+		mu  sync.Mutex
+		got struct {
+			contentLength int64
+			contentType   string
+			body          []byte
+		}
+	)
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got.contentLength, got.contentType = r.ContentLength, r.Header.Get("Content-Type")
-		got.body, _ = io.ReadAll(r.Body)
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		got.contentLength, got.contentType, got.body = r.ContentLength, r.Header.Get("Content-Type"), body
+		mu.Unlock()
 		w.WriteHeader(http.StatusOK)
 	}))
 	defer ts.Close()
@@ -107,17 +118,23 @@ func TestMultipartLengthIsExact(t *testing.T) {
 		_, err := (&client.Client{DICOMweb: ts.URL}).Store(t.Context(), "", parts, nil)
 		return err
 	}
+	received := func() (contentLength int64, contentType string, body []byte) {
+		mu.Lock()
+		defer mu.Unlock()
+		return got.contentLength, got.contentType, got.body
+	}
 	if err := send(); err != nil {
 		t.Fatal(err)
 	}
-	if int64(len(got.body)) != got.contentLength {
-		t.Fatalf("body is %d bytes, Content-Length said %d", len(got.body), got.contentLength)
+	contentLength, contentType, body := received()
+	if int64(len(body)) != contentLength {
+		t.Fatalf("body is %d bytes, Content-Length said %d", len(body), contentLength)
 	}
-	_, params, err := mime.ParseMediaType(got.contentType)
+	_, params, err := mime.ParseMediaType(contentType)
 	if err != nil {
 		t.Fatal(err)
 	}
-	mr := multipart.NewReader(bytes.NewReader(got.body), params["boundary"])
+	mr := multipart.NewReader(bytes.NewReader(body), params["boundary"])
 	for i := 0; ; i++ {
 		p, err := mr.NextRawPart()
 		if err == io.EOF {
@@ -150,7 +167,7 @@ func TestMultipartLengthIsExact(t *testing.T) {
 	if err := send(); err != nil {
 		t.Fatalf("sending without the local check = %v", err)
 	}
-	if !bytes.Contains(got.body, []byte(client.ContentDigestSHA256(batch[2].SHA256))) {
+	if _, _, body := received(); !bytes.Contains(body, []byte(client.ContentDigestSHA256(batch[2].SHA256))) {
 		t.Fatal("the part was not sent with its recorded digest")
 	}
 }
