@@ -465,10 +465,33 @@ func (in *Ingester) flagIdentityConflict(ctx context.Context, rec *InstanceRecor
 			others = append(others, p)
 		}
 	}
-	setFlag(rec, others, namesOf(held))
+	setFlag(rec, others, in.namesFor(ctx, rec.StudyInstanceUID, held, others))
 	if conflict {
 		in.auditConflict(ctx, rec, PatientIdentity{heldID, heldIssuer})
 	}
+}
+
+// namesFor are the names of others, the identities a study's entry held
+// names: from the entry, and from the study's instances for those it does
+// not name (a flag written by an earlier version carries no names; a
+// patient whose instances have no name is looked up each time). A failed
+// listing leaves them unnamed.
+func (in *Ingester) namesFor(ctx context.Context, studyUID string, held dicomcodec.Dataset, others []PatientIdentity) identityNames {
+	names := namesOf(held)
+	missing := slices.DeleteFunc(slices.Clone(others), func(p PatientIdentity) bool { _, ok := names[p]; return ok })
+	if len(missing) == 0 {
+		return names
+	}
+	recs, err := in.Index.ListInstances(ctx, studyUID, "")
+	if err != nil {
+		return names
+	}
+	for _, r := range byArrival(recs) { // each patient's latest instance names them
+		if id, issuer := patientIdentity(r.Metadata); slices.Contains(missing, PatientIdentity{id, issuer}) {
+			names.addName(r.Metadata)
+		}
+	}
+	return names
 }
 
 // auditConflict records identity.conflict: rec arrived in a study held

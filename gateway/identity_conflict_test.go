@@ -13,6 +13,7 @@ import (
 	"github.com/dicom-gateway/gateway/gateway"
 	"github.com/dicom-gateway/gateway/internal/backendtest"
 	"github.com/dicom-gateway/gateway/internal/synth"
+	"github.com/dicom-gateway/gateway/storage/storagetest"
 )
 
 // TestIdentityConflictSearches: instances of three patients filed under
@@ -467,6 +468,42 @@ func (x *arrivingIndex) ListInstances(ctx context.Context, studyUID, seriesUID s
 		x.arrive()
 	}
 	return recs, err
+}
+
+// TestIdentityConflictNamesLearned: a study flagged by an earlier version
+// (A's instance, then B's flagged naming A, without names) gets the names
+// of the identities its flag already named when the next instance
+// arrives, from the study's instances: a search by A's name then finds
+// the study as A's.
+func TestIdentityConflictNamesLearned(t *testing.T) {
+	b := backendtest.Open(t, backendtest.Embedded, backendtest.Options{})
+	in := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}
+	study := synth.UID(90, 1)
+	pn := func(name string) dicomcodec.Attribute {
+		return dicomcodec.Attribute{VR: "PN", Value: []any{dicomcodec.PersonName{Alphabetic: name}}}
+	}
+	a := storagetest.Record(study, synth.UID(90, 1, 1), synth.UID(90, 1, 1, 1), map[string]any{dicomcodec.TagPatientID: "A100"})
+	a.Metadata[dicomcodec.TagPatientName] = pn("Alpha^Ann")
+	old := storagetest.Record(study, synth.UID(90, 1, 2), synth.UID(90, 1, 2, 1), map[string]any{dicomcodec.TagPatientID: "B200"})
+	old.Metadata[dicomcodec.TagPatientName] = pn("Beta^Bob")
+	for _, r := range []*gateway.InstanceRecord{a, storagetest.Flagged(old, gateway.PatientIdentity{ID: "A100"})} {
+		if _, _, err := b.Index.PutInstance(t.Context(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientName=Alpha*"); len(items) != 0 {
+		t.Fatalf("before: PatientName=Alpha* finds %d studies: the earlier flag was meant to carry no names", len(items))
+	}
+	inst := synth.Instance{PatientName: "Gamma^Cy", PatientID: "C300", StudyInstanceUID: study,
+		SeriesInstanceUID: synth.UID(90, 1, 3), SOPInstanceUID: synth.UID(90, 1, 3, 1), Rows: 4, Columns: 4}
+	if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for name, pid := range map[string]string{"Alpha*": "A100", "Beta*": "B200", "Gamma*": "C300"} {
+		if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientName="+name); len(items) != 1 || items[0].String(dicomcodec.TagPatientID) != pid {
+			t.Errorf("PatientName=%s: %d studies, want 1 shown as %s", name, len(items), pid)
+		}
+	}
 }
 
 // restatedEvents keeps the identity.restated events a service records.
