@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -76,9 +77,12 @@ func (s *Server) handleSearch(level gateway.QueryLevel) gin.HandlerFunc {
 		if res.More {
 			c.Writer.Header().Add("Warning", warningFrom(agent, remainingText(res)))
 		}
+		var warned []string // one Warning per study, whatever the level
 		for _, d := range res.Items {
-			if _, flagged := gateway.IdentityConflicts(d); flagged {
-				c.Writer.Header().Add("Warning", warningFrom(agent, "study "+d.String(dicomcodec.TagStudyInstanceUID)+" holds instances of more than one patient identity (IDENTITY CONFLICT in 00091001)"))
+			study := d.String(dicomcodec.TagStudyInstanceUID)
+			if _, flagged := gateway.IdentityConflicts(d); flagged && !slices.Contains(warned, study) {
+				warned = append(warned, study)
+				c.Writer.Header().Add("Warning", warningFrom(agent, "study "+study+" holds instances of more than one patient identity (IDENTITY CONFLICT in 00091001)"))
 			}
 		}
 		if form.multipart {

@@ -255,15 +255,21 @@ func writeXMLDataset(b *bufio.Writer, ds dicomcodec.Dataset, bulkPrefix string) 
 			writeEscaped(b, a.InlineBinary)
 			b.WriteString("</InlineBinary>")
 		default:
-			writeXMLValues(b, a.Value, bulkPrefix)
+			writeXMLValues(b, a.VR, a.Value, bulkPrefix)
 		}
 		b.WriteString("</DicomAttribute>\n")
 	}
 }
 
-func writeXMLValues(b *bufio.Writer, values []any, bulkPrefix string) {
+func writeXMLValues(b *bufio.Writer, vr string, values []any, bulkPrefix string) {
 	for i, v := range values {
 		n := strconv.Itoa(i + 1)
+		if v == nil && vr == "PN" {
+			// An empty name among names: the schema allows PersonName
+			// elements or Value elements in one attribute, not both.
+			b.WriteString(`<PersonName number="` + n + `"/>`)
+			continue
+		}
 		switch v := v.(type) {
 		case dicomcodec.Dataset:
 			b.WriteString(`<Item number="` + n + `">`)

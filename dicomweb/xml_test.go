@@ -160,6 +160,49 @@ func TestDICOMXMLSearch(t *testing.T) {
 	}
 }
 
+// TestDICOMXMLNamesOfAFlaggedStudy: a study flagged for an identity
+// conflict whose first patient has no name carries the flag's names
+// (0009,1002) with an empty value first; its DICOM XML search result
+// writes that value as an empty PersonName, in its place and valid against
+// the schema (PersonName and Value elements may not share an attribute).
+// A search of its instances warns of the conflict once.
+func TestDICOMXMLNamesOfAFlaggedStudy(t *testing.T) {
+	g := newWADOGatewayOn(t, "embedded", nil)
+	study := synth.UID(91, 1)
+	for i, p := range []struct{ id, name string }{{"A100", ""}, {"B200", "Beta^Bob"}, {"C300", "Gamma^Cy"}} {
+		inst := synth.Instance{PatientName: p.name, PatientID: p.id, StudyInstanceUID: study,
+			SeriesInstanceUID: synth.UID(91, 1, uint64(i+1)), SOPInstanceUID: synth.UID(91, 1, uint64(i+1), 1), Rows: 4, Columns: 4}
+		data, err := io.ReadAll(inst.Reader())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g.ingest(t, data) != http.StatusOK {
+			t.Fatalf("instance of %s not stored", p.id)
+		}
+	}
+	parts := readParts(t, g.get(t, "/dicomweb/studies?StudyInstanceUID="+study+"&includefield=00091002", "Accept", acceptXML), "application/dicom+xml")
+	if len(parts) != 1 {
+		t.Fatalf("%d parts, want the study", len(parts))
+	}
+	doc := string(parts[0].body)
+	if !strings.Contains(doc, `<PersonName number="1"/>`) || !strings.Contains(doc, `<PersonName number="2">`) {
+		t.Errorf("the names are not written as two PersonName values, the first empty: %s", doc)
+	}
+	validateNativeDICOM(t, [][]byte{parts[0].body})
+	// Its three instances, each shown flagged: one Warning for the study.
+	resp := g.get(t, "/dicomweb/instances?StudyInstanceUID="+study)
+	readBody(t, resp)
+	n := 0
+	for _, w := range resp.Header.Values("Warning") {
+		if strings.Contains(w, "more than one patient identity") {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d identity Warnings for the instances of one flagged study, want 1", n)
+	}
+}
+
 // TestDICOMXMLStowResponse: the STOW-RS response in DICOM XML, bare or as
 // the one part of a multipart/related body, says what the JSON response
 // says and is valid against the schema.

@@ -345,6 +345,8 @@ func encodeValue(vr string, values []any) []byte {
 	parts := make([]string, 0, len(values))
 	for _, v := range values {
 		switch x := v.(type) {
+		case nil: // an empty value keeps its place among the others
+			parts = append(parts, "")
 		case string:
 			parts = append(parts, x)
 		case dicomcodec.PersonName:

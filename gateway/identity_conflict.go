@@ -301,6 +301,14 @@ func otherIdentityViews(d dicomcodec.Dataset) []dicomcodec.Dataset {
 // was indexed with, which a delete since may have made stale
 // (identity_restate.go): it is never shown.
 func instanceRow(study, inst dicomcodec.Dataset) dicomcodec.Dataset {
+	id, issuer := patientIdentity(inst)
+	own := PatientIdentity{id, issuer}
+	if sid, sissuer := patientIdentity(study); own != (PatientIdentity{sid, sissuer}) {
+		// Another patient's instance in the study: none of the study row's
+		// patient attributes may fill in what the instance lacks.
+		study = maps.Clone(study)
+		maps.DeleteFunc(study, func(tag string, _ dicomcodec.Attribute) bool { return isPatientAttribute(tag) })
+	}
 	row := merge(study, inst)
 	for _, t := range gatewayBlockTags {
 		delete(row, t)
@@ -308,10 +316,8 @@ func instanceRow(study, inst dicomcodec.Dataset) dicomcodec.Dataset {
 	if _, flagged := IdentityConflicts(study); !flagged {
 		return row
 	}
-	id, issuer := patientIdentity(row)
-	own := PatientIdentity{id, issuer}
 	rest := slices.DeleteFunc(listedIdentities(study), func(p PatientIdentity) bool { return p == own })
-	setBlock(row, rest, namesOf(study))
+	setBlock(row, capIdentities(rest), namesOf(study))
 	return row
 }
 
@@ -332,27 +338,32 @@ func conflictFlag(others []PatientIdentity) dicomcodec.Attribute {
 	return dicomcodec.Attribute{VR: "LO", Value: v}
 }
 
+// capIdentities is others, or at most maxConflictIdentities of them: the
+// first and the most recent.
+func capIdentities(others []PatientIdentity) []PatientIdentity {
+	if n := len(others); n > maxConflictIdentities {
+		return append(others[:1:1], others[n-maxConflictIdentities+1:]...)
+	}
+	return others
+}
+
 // setBlock writes into d (changed in place) the gateway's private block
-// flagging others, with the names known of them aligned (no names
-// attribute when none is known; an empty value, null in DICOM JSON, for
-// one not known).
+// flagging others, with the names known of them aligned (an empty value,
+// null in DICOM JSON, for one not known). The names attribute is written
+// even when no name is known: its absence marks a flag written by an
+// earlier version, whose names are then looked up (namesFor).
 func setBlock(d dicomcodec.Dataset, others []PatientIdentity, names identityNames) {
 	d[TagGatewayPrivateCreator] = loAttribute(GatewayPrivateCreator)
 	d[TagIdentityConflict] = conflictFlag(others)
-	delete(d, TagIdentityConflictNames)
 	a := dicomcodec.Attribute{VR: "PN", Value: make([]any, 0, len(others))}
-	known := false
 	for _, o := range others {
 		if name, ok := names[o]; ok {
 			a.Value = append(a.Value, name)
-			known = true
 		} else {
 			a.Value = append(a.Value, nil)
 		}
 	}
-	if known {
-		d[TagIdentityConflictNames] = a
-	}
+	d[TagIdentityConflictNames] = a
 }
 
 // loAttribute is an LO attribute of one value, empty when v is "".
@@ -426,13 +437,10 @@ func (in *Ingester) otherIdentities(ctx context.Context, rec *InstanceRecord) ([
 	return others, names
 }
 
-// setFlag flags rec as held in a study with the other identities others,
-// at most maxConflictIdentities of them: the first and the most recent,
-// with the names known of them (TagIdentityConflictNames).
+// setFlag flags rec as held in a study with the other identities others
+// (capIdentities), with the names known of them (TagIdentityConflictNames).
 func setFlag(rec *InstanceRecord, others []PatientIdentity, names identityNames) {
-	if n := len(others); n > maxConflictIdentities {
-		others = append(others[:1], others[n-maxConflictIdentities+1:]...)
-	}
+	others = capIdentities(others)
 	md := maps.Clone(rec.Metadata)
 	setBlock(md, others, names)
 	rec.Metadata = md
@@ -472,12 +480,15 @@ func (in *Ingester) flagIdentityConflict(ctx context.Context, rec *InstanceRecor
 }
 
 // namesFor are the names of others, the identities a study's entry held
-// names: from the entry, and from the study's instances for those it does
-// not name (a flag written by an earlier version carries no names; a
-// patient whose instances have no name is looked up each time). A failed
-// listing leaves them unnamed.
+// names: from the entry, and, when the entry is flagged without names (a
+// flag written by an earlier version), from the study's instances for
+// those it does not name; once. A failed listing leaves them unnamed.
 func (in *Ingester) namesFor(ctx context.Context, studyUID string, held dicomcodec.Dataset, others []PatientIdentity) identityNames {
 	names := namesOf(held)
+	_, flagged := IdentityConflicts(held)
+	if _, named := held[TagIdentityConflictNames]; !flagged || named {
+		return names
+	}
 	missing := slices.DeleteFunc(slices.Clone(others), func(p PatientIdentity) bool { _, ok := names[p]; return ok })
 	if len(missing) == 0 {
 		return names

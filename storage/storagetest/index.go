@@ -491,8 +491,9 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		// study whose latest instance's flag carries names in another
 		// order, one of them unknown (an empty value): each instance row
 		// shows the study's flag as its patient sees it, names aligned,
-		// never its record's own; a name search returns each name under its
-		// own patient's ID, and the unknown name's position is kept.
+		// never its record's own, nor the latest patient's issuer or birth
+		// date; a name search returns each name under its own patient's
+		// ID, and the unknown name's position is kept.
 		x, ctx := newIndex(t), t.Context()
 		attrs := func(pid, name string) map[string]any {
 			return map[string]any{dicomcodec.TagPatientID: pid, dicomcodec.TagPatientName: dicomcodec.PersonName{Alphabetic: name}, dicomcodec.TagModality: "CT"}
@@ -501,6 +502,8 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		mustPut(t, x, Record("1.2.9", "1.2.9.1", "1.2.9.1.1", attrs("S100", "Surrey^Sam")))
 		mustPut(t, x, Flagged(Record("1.2.9", "1.2.9.2", "1.2.9.2.1", attrs("H200", "Hants^Hal")), s100))
 		latest := Flagged(Record("1.2.9", "1.2.9.3", "1.2.9.3.1", attrs("K300", "Kent^Kay")), h200, s100)
+		latest.Metadata[gateway.TagIssuerOfPatientID] = dicomcodec.Attribute{VR: "LO", Value: []any{"KENT"}}
+		latest.Metadata[dicomcodec.TagPatientBirthDate] = dicomcodec.Attribute{VR: "DA", Value: []any{"19700101"}}
 		latest.Metadata[gateway.TagIdentityConflictNames] = dicomcodec.Attribute{VR: "PN",
 			Value: []any{nil, dicomcodec.PersonName{Alphabetic: "Surrey^Sam"}}} // H200's name not known
 		mustPut(t, x, latest)
@@ -517,6 +520,10 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 			others, flagged := gateway.IdentityConflicts(d)
 			if !flagged || len(others) != 2 {
 				t.Errorf("instance %s: flag %v naming %v, want the study's two other identities", sop, flagged, others)
+			}
+			if pid := d.String(dicomcodec.TagPatientID); pid != "K300" && (d.String(gateway.TagIssuerOfPatientID) != "" || d.String(dicomcodec.TagPatientBirthDate) != "") {
+				t.Errorf("instance %s of %s shows the latest patient's issuer %q or birth date %q", sop, pid,
+					d.String(gateway.TagIssuerOfPatientID), d.String(dicomcodec.TagPatientBirthDate))
 			}
 			names := d[gateway.TagIdentityConflictNames].Value
 			for j, o := range others {
