@@ -724,3 +724,12 @@ func (v *AuditVerifier) Finish(headSeq int64, headHash string) VerifyResult {
 	}
 	return v.result
 }
+
+// auditDetached writes ev to a with a deadline of its own, whatever becomes
+// of ctx: the record of something done must not be lost because the
+// request that did it was cancelled or timed out meanwhile.
+func auditDetached(ctx context.Context, a Auditor, ev *AuditEvent) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	return a.Record(ctx, ev)
+}

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
 )
@@ -410,9 +409,7 @@ func (s *Transfers) coerce(ctx context.Context, t *Transfer, peer Peer, recs, pe
 			Outcome: OutcomeSuccess, StudyUIDs: []string{t.StudyUID}, PatientIDs: ids,
 			Detail: map[string]any{"transfer_id": t.ID, "destination": peer.Name, "rule": key, "to": rule.To,
 				"changes": p.changes, "instances": len(*pending)}}
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		if err := s.Auditor.Record(actx, ev); err != nil {
+		if err := auditDetached(ctx, s.Auditor, ev); err != nil {
 			return &attemptResult{temporary: fmt.Errorf("identity coercion could not be audited, nothing sent: %w", err)}
 		}
 	}

@@ -14,7 +14,6 @@ import (
 	"math/big"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
 )
@@ -428,9 +427,7 @@ func (s *Transfers) deidentify(ctx context.Context, t *Transfer, peer Peer, recs
 			s.logger().WarnContext(ctx, "de-identification removed attributes the dictionary does not know",
 				LogKeyTransferID, t.ID, LogKeyPeer, peer.Name, "tags", strings.Join(unknown, " "))
 		}
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		if err := s.Auditor.Record(actx, ev); err != nil {
+		if err := auditDetached(ctx, s.Auditor, ev); err != nil {
 			return nil, nil, &attemptResult{temporary: fmt.Errorf("de-identification could not be audited, nothing sent: %w", err)}
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
 )
@@ -91,9 +90,7 @@ func (in *Ingester) auditReceivedCoercion(ctx context.Context, rec *InstanceReco
 			"before_patient_id": beforeID, "before_issuer": beforeIssuer,
 			"after_patient_id": afterID, "after_issuer": afterIssuer,
 		}}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := in.Auditor.Record(actx, ev); err != nil {
+	if err := auditDetached(ctx, in.Auditor, ev); err != nil {
 		in.logger().ErrorContext(ctx, "received identity coercion not audited", LogKeyStudyUID, rec.StudyInstanceUID, LogKeyError, err.Error())
 	}
 }
@@ -142,10 +139,10 @@ func readsAsFlag(a dicomcodec.Attribute) bool {
 
 // withoutForeignFlag is a header read from the bytes, for its index
 // record, without a (0009,1001) that reads as this gateway's flag and
-// without the gateway's private creator (and its block's names): the flag is the index's record of
-// what it saw arrive, never the sender's claim (it decides which patients'
-// searches list the study). d itself is left as it is; a copy is made only
-// when there is something to drop.
+// without the gateway's private creator (and its block's names): the flag
+// is the index's record of what it saw arrive, never the sender's claim
+// (it decides which patients' searches list the study). d itself is left
+// as it is; a copy is made only when there is something to drop.
 func withoutForeignFlag(d dicomcodec.Dataset) dicomcodec.Dataset {
 	a, ok := d[TagIdentityConflict]
 	flag := ok && readsAsFlag(a)
@@ -280,8 +277,7 @@ func otherIdentityViews(d dicomcodec.Dataset) []dicomcodec.Dataset {
 	names := namesOf(d)
 	views := make([]dicomcodec.Dataset, 0, len(others))
 	for i := 1; i < len(all); i++ {
-		view := maps.Clone(d)
-		maps.DeleteFunc(view, func(tag string, _ dicomcodec.Attribute) bool { return isPatientAttribute(tag) })
+		view := withoutPatientAttributes(d)
 		view[dicomcodec.TagPatientID] = loAttribute(all[i].ID)
 		view[TagIssuerOfPatientID] = loAttribute(all[i].Issuer)
 		if name, ok := names[all[i]]; ok {
@@ -306,8 +302,7 @@ func instanceRow(study, inst dicomcodec.Dataset) dicomcodec.Dataset {
 	if sid, sissuer := patientIdentity(study); own != (PatientIdentity{sid, sissuer}) {
 		// Another patient's instance in the study: none of the study row's
 		// patient attributes may fill in what the instance lacks.
-		study = maps.Clone(study)
-		maps.DeleteFunc(study, func(tag string, _ dicomcodec.Attribute) bool { return isPatientAttribute(tag) })
+		study = withoutPatientAttributes(study)
 	}
 	row := merge(study, inst)
 	for _, t := range gatewayBlockTags {
@@ -321,12 +316,16 @@ func instanceRow(study, inst dicomcodec.Dataset) dicomcodec.Dataset {
 	return row
 }
 
-// isPatientAttribute reports whether a study-level attribute describes the
-// patient (the Patient and Patient Study modules: group 0010, Referenced
-// Patient Sequence, Admitting Diagnoses Description), so that a view of
-// another patient leaves it out.
-func isPatientAttribute(tag string) bool {
-	return strings.HasPrefix(tag, "0010") || tag == "00081120" || tag == "00081080"
+// withoutPatientAttributes is a copy of d without the attributes that
+// describe the patient (the Patient and Patient Study modules: group 0010,
+// Referenced Patient Sequence, Admitting Diagnoses Description), so that a
+// row shown as another patient's carries none of them.
+func withoutPatientAttributes(d dicomcodec.Dataset) dicomcodec.Dataset {
+	d = maps.Clone(d)
+	maps.DeleteFunc(d, func(tag string, _ dicomcodec.Attribute) bool {
+		return strings.HasPrefix(tag, "0010") || tag == "00081120" || tag == "00081080"
+	})
+	return d
 }
 
 // conflictFlag is the flag's value naming others.
@@ -422,19 +421,8 @@ func (in *Ingester) otherIdentities(ctx context.Context, rec *InstanceRecord) ([
 	if err != nil {
 		return nil, nil
 	}
-	var others []PatientIdentity
-	names := identityNames{}
-	for _, r := range byArrival(recs) {
-		if r.SOPInstanceUID == rec.SOPInstanceUID {
-			continue
-		}
-		id, issuer := patientIdentity(r.Metadata)
-		if p := (PatientIdentity{id, issuer}); p != incoming && !slices.Contains(others, p) {
-			others = append(others, p)
-		}
-		names.addName(r.Metadata) // the latest instance's name of each patient
-	}
-	return others, names
+	ids, names := identitiesByArrival(recs, rec.SOPInstanceUID)
+	return slices.DeleteFunc(ids, func(p PatientIdentity) bool { return p == incoming }), names
 }
 
 // setFlag flags rec as held in a study with the other identities others
@@ -497,9 +485,10 @@ func (in *Ingester) namesFor(ctx context.Context, studyUID string, held dicomcod
 	if err != nil {
 		return names
 	}
-	for _, r := range byArrival(recs) { // each patient's latest instance names them
-		if id, issuer := patientIdentity(r.Metadata); slices.Contains(missing, PatientIdentity{id, issuer}) {
-			names.addName(r.Metadata)
+	_, listed := identitiesByArrival(recs, "")
+	for _, p := range missing {
+		if name, ok := listed[p]; ok {
+			names[p] = name
 		}
 	}
 	return names
@@ -520,9 +509,7 @@ func (in *Ingester) auditConflict(ctx context.Context, rec *InstanceRecord, held
 			"incoming_patient_id": newID, "incoming_issuer": newIssuer,
 			"description": "instance stored and flagged: the study is held under another patient identity",
 		}}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := in.Auditor.Record(actx, ev); err != nil {
+	if err := auditDetached(ctx, in.Auditor, ev); err != nil {
 		in.logger().ErrorContext(ctx, "identity conflict not audited", LogKeyStudyUID, rec.StudyInstanceUID, LogKeyError, err.Error())
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"time"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
 )
@@ -65,10 +64,10 @@ func (r *IdentityRestatement) Changed() bool {
 // kept in the flag; an arrival indexed between the listing and the rewrite
 // shows in a second listing, and the study is restated again. When
 // arrivals keep coming, a last rewrite keeps every identity the entry
-// names then (nothing more is dropped) and an error says so. An arrival that read the study's entry before the rewrite and is
-// indexed after it carries the flag it read (README). It returns what the
-// last rewrite made of the study, nil when nothing was rewritten, with any
-// error.
+// names then (nothing more is dropped) and an error says so. An arrival
+// that read the study's entry before the rewrite and is indexed after it
+// carries the flag it read (README). It returns what the last rewrite made
+// of the study, nil when nothing was rewritten, with any error.
 //
 // Other instances' records keep the flag they were indexed with: it is what
 // the study held when they arrived; an instance's search result shows the
@@ -160,31 +159,43 @@ func restatedLatest(recs []*InstanceRecord, keep []PatientIdentity, keepNames id
 	latest := *arrived[len(arrived)-1]
 	id, issuer := patientIdentity(latest.Metadata)
 	own := PatientIdentity{id, issuer}
+	held, names := identitiesByArrival(recs, "")
 	var others []PatientIdentity
-	names := identityNames{}
-	add := func(p PatientIdentity) {
+	for _, p := range append(held, keep...) {
 		if p != own && !slices.Contains(others, p) {
 			others = append(others, p)
 		}
-	}
-	for _, r := range arrived {
-		id, issuer := patientIdentity(r.Metadata)
-		add(PatientIdentity{id, issuer})
-		names.addName(r.Metadata)
-	}
-	for _, p := range keep {
 		if _, known := names[p]; !known {
 			if name, ok := keepNames[p]; ok {
 				names[p] = name
 			}
 		}
-		add(p)
 	}
 	latest.Metadata = withoutForeignFlag(latest.Metadata) // drops this gateway's flag, creator and names too
 	if len(others) > 0 {
 		setFlag(&latest, others, names)
 	}
 	return &latest
+}
+
+// identitiesByArrival are the patient identities recs hold, once each, in
+// the order they arrived, with each patient's name as their latest
+// instance gives it; the instance skip (a SOP Instance UID, or "") is left
+// out.
+func identitiesByArrival(recs []*InstanceRecord, skip string) ([]PatientIdentity, identityNames) {
+	var ids []PatientIdentity
+	names := identityNames{}
+	for _, r := range byArrival(recs) {
+		if r.SOPInstanceUID == skip {
+			continue
+		}
+		id, issuer := patientIdentity(r.Metadata)
+		if p := (PatientIdentity{id, issuer}); !slices.Contains(ids, p) {
+			ids = append(ids, p)
+		}
+		names.addName(r.Metadata)
+	}
+	return ids, names
 }
 
 // byArrival is a copy of recs in the order the instances arrived (StoredAt,
@@ -260,9 +271,7 @@ func (s *DeleteService) auditRestatement(ctx context.Context, caller Caller, stu
 		ev.Detail["error"] = failure.Error() // UIDs only
 	}
 	ev.PatientIDs = ids
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := s.audit.auditor.Record(actx, ev); err != nil {
+	if err := auditDetached(ctx, s.audit.auditor, ev); err != nil {
 		s.audit.logger.ErrorContext(ctx, "identity restatement not audited", LogKeyStudyUID, studyUID, LogKeyError, err.Error())
 	}
 }

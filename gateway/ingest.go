@@ -567,9 +567,7 @@ func (in *Ingester) auditStored(ctx context.Context, rec *InstanceRecord, failur
 	if id := rec.Metadata.String(dicomcodec.TagPatientID); id != "" {
 		ev.PatientIDs = []string{id}
 	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := in.Auditor.Record(actx, ev); err != nil {
+	if err := auditDetached(ctx, in.Auditor, ev); err != nil {
 		in.logger().ErrorContext(ctx, failure, LogKeySOPUID, rec.SOPInstanceUID, LogKeyError, err.Error())
 	}
 }

@@ -566,9 +566,7 @@ func (s *Transfers) auditOrErr(ctx context.Context, actor Principal, action, out
 	}
 	ev := &AuditEvent{Time: s.now(), Gateway: s.Name, Actor: actor, Action: action, Outcome: outcome,
 		StudyUIDs: []string{t.StudyUID}, PatientIDs: s.studyPatientIDs(ctx, t.StudyUID), Detail: detail}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	return s.Auditor.Record(actx, ev)
+	return auditDetached(ctx, s.Auditor, ev)
 }
 
 // studyPatientIDs returns the patient IDs of a study's instances, so that
