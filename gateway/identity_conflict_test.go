@@ -37,16 +37,12 @@ func TestIdentityConflictSearches(t *testing.T) {
 					StudyInstanceUID: study, SeriesInstanceUID: synth.UID(87, 1, i), SOPInstanceUID: synth.UID(87, 1, i, 1),
 					Rows: 4, Columns: 4, StudyDate: "20240101"}
 			}
-			for _, inst := range []synth.Instance{
+			storeAll(t, in,
 				mk(1, "A100", "SURREY", "Alpha^Ann", "19500101"),
 				mk(2, "B200", "HAMPSHIRE", "Beta^Bob", "19600101"),
 				mk(3, "A100", "SURREY", "Alpha^Ann", "19500101"),
 				mk(4, "C300", "KENT", "Gamma^Cy", "19700101"),
-			} {
-				if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
-					t.Fatal(err)
-				}
-			}
+			)
 			search := func(level gateway.QueryLevel, raw string) []dicomcodec.Dataset {
 				t.Helper()
 				return searchItems(t, b.Index, level, "", raw+"&includefield=all")
@@ -143,22 +139,14 @@ func TestIdentityConflictReplacements(t *testing.T) {
 		return synth.Instance{PatientName: "Doe^" + pid, PatientID: pid, StudyInstanceUID: synth.UID(88, study),
 			SeriesInstanceUID: synth.UID(88, study, i), SOPInstanceUID: synth.UID(88, study, i, 1), Rows: 4, Columns: 4}
 	}
-	store := func(insts ...synth.Instance) {
-		t.Helper()
-		for _, inst := range insts {
-			if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
 	otherBytes := func(inst synth.Instance) synth.Instance {
 		inst.PixelSeed++
 		return inst
 	}
 	first, second := mk(1, 1, "A100"), mk(1, 2, "B200")
-	store(first, second)
+	storeAll(t, in, first, second)
 	for _, replaced := range []synth.Instance{second, first} {
-		store(otherBytes(replaced))
+		storeAll(t, in, otherBytes(replaced))
 		for _, pid := range []string{"A100", "B200"} {
 			items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID="+pid)
 			if len(items) != 1 {
@@ -177,9 +165,9 @@ func TestIdentityConflictReplacements(t *testing.T) {
 	// conflict, flagged and audited.
 	var audit conflictEvents
 	in.Auditor = &audit
-	store(mk(3, 1, "A100"), mk(3, 2, "A100"))
+	storeAll(t, in, mk(3, 1, "A100"), mk(3, 2, "A100"))
 	intruder := mk(3, 2, "B200")
-	store(intruder)
+	storeAll(t, in, intruder)
 	for _, pid := range []string{"A100", "B200"} {
 		if got := searchItems(t, b.Index, gateway.LevelStudy, "", "StudyInstanceUID="+synth.UID(88, 3)+"&PatientID="+pid); len(got) != 1 {
 			t.Errorf("after B200's bytes replaced an A100 instance: PatientID=%s finds %d studies, want 1", pid, len(got))
@@ -194,7 +182,7 @@ func TestIdentityConflictReplacements(t *testing.T) {
 	wrong := mk(2, 1, "WRONG1")
 	right := wrong
 	right.PatientID = "RIGHT1"
-	store(wrong, right)
+	storeAll(t, in, wrong, right)
 	if got := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID=RIGHT1"); len(got) != 1 {
 		t.Fatalf("PatientID=RIGHT1 after the correction: %d studies", len(got))
 	} else if _, flagged := gateway.IdentityConflicts(got[0]); flagged {
@@ -220,9 +208,7 @@ func TestIdentityConflictFlagBounded(t *testing.T) {
 	for i := uint64(1); i <= 18; i++ {
 		inst := synth.Instance{PatientID: fmt.Sprintf("P%02d", i), StudyInstanceUID: study, SeriesInstanceUID: synth.UID(89, 1, i),
 			SOPInstanceUID: synth.UID(89, 1, i, 1), Rows: 4, Columns: 4, Extra: []synth.Element{{Tag: 0x00081080, VR: "LO", Value: []byte(fmt.Sprintf("DX%02d", i))}}}
-		if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		storeAll(t, in, inst)
 	}
 	search := func(level gateway.QueryLevel, studyUID, raw string) []dicomcodec.Dataset {
 		t.Helper()
@@ -279,15 +265,7 @@ func TestIdentityConflictRestatedAfterDelete(t *testing.T) {
 					StudyInstanceUID: study, SeriesInstanceUID: synth.UID(88, 1, i), SOPInstanceUID: synth.UID(88, 1, i, 1),
 					Rows: 4, Columns: 4, StudyDate: "20240101"}
 			}
-			store := func(insts ...synth.Instance) {
-				t.Helper()
-				for _, inst := range insts {
-					if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
-			store(mk(1, "A100", "SURREY", "Alpha^Ann"), mk(2, "B200", "HAMPSHIRE", "Beta^Bob"), mk(3, "C300", "KENT", "Gamma^Cy"))
+			storeAll(t, in, mk(1, "A100", "SURREY", "Alpha^Ann"), mk(2, "B200", "HAMPSHIRE", "Beta^Bob"), mk(3, "C300", "KENT", "Gamma^Cy"))
 			deleteSeries := func(i uint64) {
 				t.Helper()
 				if _, _, err := svc.Delete.Delete(t.Context(), admin, study, synth.UID(88, 1, i), ""); err != nil {
@@ -341,7 +319,7 @@ func TestIdentityConflictRestatedAfterDelete(t *testing.T) {
 				t.Fatalf("B deleted: restated events %+v, want a second, unflagged", got)
 			}
 			// An unflagged study: a delete restates nothing.
-			store(mk(4, "A100", "SURREY", "Alpha^Ann"))
+			storeAll(t, in, mk(4, "A100", "SURREY", "Alpha^Ann"))
 			deleteSeries(4)
 			expect("A's second series deleted", map[string]view{"A100": {true, "Alpha^Ann", nil}})
 			if got := events.restated(); len(got) != 2 {
@@ -349,7 +327,7 @@ func TestIdentityConflictRestatedAfterDelete(t *testing.T) {
 			}
 			// B arrives again, then A twice: A's instances carry the flag
 			// naming B, which the delete of B's series drops.
-			store(mk(6, "B200", "HAMPSHIRE", "Beta^Bob"), mk(5, "A100", "SURREY", "Alpha^Ann"), mk(7, "A100", "SURREY", "Alpha^Ann"))
+			storeAll(t, in, mk(6, "B200", "HAMPSHIRE", "Beta^Bob"), mk(5, "A100", "SURREY", "Alpha^Ann"), mk(7, "A100", "SURREY", "Alpha^Ann"))
 			expect("B again", map[string]view{"A100": {true, "Alpha^Ann", []string{"B200"}}, "B200": {true, "Beta^Bob", []string{"A100"}}})
 			deleteSeries(6)
 			expect("B deleted again", map[string]view{"A100": {true, "Alpha^Ann", nil}, "B200": {}})
@@ -496,9 +474,7 @@ func TestIdentityConflictNamesLearned(t *testing.T) {
 	}
 	inst := synth.Instance{PatientName: "Gamma^Cy", PatientID: "C300", StudyInstanceUID: study,
 		SeriesInstanceUID: synth.UID(90, 1, 3), SOPInstanceUID: synth.UID(90, 1, 3, 1), Rows: 4, Columns: 4}
-	if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	storeAll(t, in, inst)
 	for name, pid := range map[string]string{"Alpha*": "A100", "Beta*": "B200", "Gamma*": "C300"} {
 		if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientName="+name); len(items) != 1 || items[0].String(dicomcodec.TagPatientID) != pid {
 			t.Errorf("PatientName=%s: %d studies, want 1 shown as %s", name, len(items), pid)
@@ -564,4 +540,15 @@ func (a *conflictEvents) count() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.n
+}
+
+// storeAll stores insts through in, in order, failing the test at the
+// first that is not stored.
+func storeAll(t testing.TB, in *gateway.Ingester, insts ...synth.Instance) {
+	t.Helper()
+	for _, inst := range insts {
+		if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
