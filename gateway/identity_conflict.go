@@ -1,7 +1,10 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
+	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -49,15 +52,101 @@ const (
 	ActionIdentityReceived = "identity.received"
 )
 
-// checkIdentity is ingest's identity hook, run before an instance is
-// indexed: the coercion a sender recorded is audited, and a conflict with
-// the study's identity is flagged.
-func (in *Ingester) checkIdentity(ctx context.Context, rec *InstanceRecord) {
-	if in.Index == nil {
-		return
+// IdentityCheckedIndex is implemented by indexes that can make the write of
+// a new instance conditional on the patient identities its study lists:
+// both backends do. PutInstanceChecked is PutInstance, except that when
+// the study's StudyIdentitySet is not studyIdentities (what the caller's
+// identity check read; "" for a study not indexed yet) it writes nothing
+// and returns ErrStudyIdentitiesChanged. The comparison and the write are
+// one transaction, so of two instances of two patients arriving in one
+// study at the same moment the second is checked again against what the
+// first wrote, instead of both missing the conflict, or the second's
+// entry dropping the flag the first's set (indexNew).
+type IdentityCheckedIndex interface {
+	PutInstanceChecked(ctx context.Context, rec *InstanceRecord, studyIdentities string) (existing *InstanceRecord, created bool, err error)
+}
+
+// ErrStudyIdentitiesChanged is IdentityCheckedIndex's answer to a write
+// whose identity check read a study that has changed since.
+var ErrStudyIdentitiesChanged = errors.New("the study's patient identities changed since they were read")
+
+// StudyIdentitySet is the set of patient identities a study's entry (or
+// the study-level attributes of the instance that becomes its latest)
+// lists, its own and those its flag names, in one canonical string; ""
+// for no entry. Two entries that list the same patients give the same
+// string, whatever their order or the rest of their attributes.
+func StudyIdentitySet(attrs dicomcodec.Dataset) string {
+	if attrs == nil {
+		return ""
 	}
+	ids := listedIdentities(attrs)
+	slices.SortFunc(ids, func(a, b PatientIdentity) int {
+		return cmp.Or(strings.Compare(a.ID, b.ID), strings.Compare(a.Issuer, b.Issuer))
+	})
+	var b strings.Builder
+	for i, p := range ids {
+		if i > 0 && p == ids[i-1] {
+			continue
+		}
+		// Length-prefixed, so no value can pass for a separator.
+		fmt.Fprintf(&b, "%d:%s%d:%s;", len(p.ID), p.ID, len(p.Issuer), p.Issuer)
+	}
+	return b.String()
+}
+
+// identityCheck is what the identity check of one new instance read and
+// decided, for indexNew.
+type identityCheck struct {
+	// read: the study's entry was read; studyIdentities is then its
+	// StudyIdentitySet, which the index write is made conditional on.
+	read            bool
+	studyIdentities string
+	// conflict, when set, is the identity the study was held under when
+	// the instance brought another: audited once the instance is indexed.
+	conflict *PatientIdentity
+}
+
+// maxIdentityChecks bounds the identity checks of one new instance whose
+// study keeps changing under it (each retry needs another patient's
+// instance indexed in the study meanwhile); past it the instance is
+// indexed with its last check, and the log says so.
+const maxIdentityChecks = 8
+
+// indexNew checks rec's patient identity against its study and indexes it:
+// conditionally on the identities the check read when the index can
+// (IdentityCheckedIndex), checking again from the study as it is now when
+// another patient's instance was indexed in it meanwhile. The conflict is
+// audited once rec is indexed. A coercion its sender recorded is audited
+// first, once.
+func (in *Ingester) indexNew(ctx context.Context, rec *InstanceRecord) (*InstanceRecord, bool, error) {
 	in.auditReceivedCoercion(ctx, rec)
-	in.flagIdentityConflict(ctx, rec)
+	checked, conditional := in.Index.(IdentityCheckedIndex)
+	arrived := rec.Metadata
+	for attempt := 1; ; attempt++ {
+		rec.Metadata = arrived // without the flag an earlier check set
+		check := in.flagIdentityConflict(ctx, rec)
+		var (
+			got     *InstanceRecord
+			created bool
+			err     error
+		)
+		if conditional && check.read && attempt <= maxIdentityChecks {
+			got, created, err = checked.PutInstanceChecked(ctx, IndexRecord(rec), check.studyIdentities)
+			if errors.Is(err, ErrStudyIdentitiesChanged) {
+				continue
+			}
+		} else {
+			if conditional && check.read {
+				in.logger().ErrorContext(ctx, "identity check gave up: the study kept changing; indexed with the last check",
+					LogKeyStudyUID, rec.StudyInstanceUID, LogKeySOPUID, rec.SOPInstanceUID)
+			}
+			got, created, err = in.Index.PutInstance(ctx, IndexRecord(rec))
+		}
+		if err == nil && created && check.conflict != nil {
+			in.auditConflict(ctx, rec, *check.conflict)
+		}
+		return got, created, err
+	}
 }
 
 // auditReceivedCoercion audits the last item of the instance's Original
@@ -435,22 +524,27 @@ func setFlag(rec *InstanceRecord, others []PatientIdentity, names identityNames)
 }
 
 // flagIdentityConflict compares rec with the study it joins and flags it
-// (and audits the conflict) when the study is held under another patient
-// identity, or is flagged already: the flag names every identity the study
-// holds but rec's. A failed lookup flags nothing: the conflict check must
-// not make the index a second point of failure for ingest, and the next
+// when the study is held under another patient identity, or is flagged
+// already: the flag names every identity the study holds but rec's. It
+// returns what it read, and the conflict for the caller to audit once rec
+// is indexed. A failed lookup flags nothing: the conflict check must not
+// make the index a second point of failure for ingest, and the next
 // instance of the study is checked again.
-func (in *Ingester) flagIdentityConflict(ctx context.Context, rec *InstanceRecord) {
+func (in *Ingester) flagIdentityConflict(ctx context.Context, rec *InstanceRecord) identityCheck {
 	held, err := studyEntry(ctx, in.Index, rec.StudyInstanceUID)
-	if err != nil || held == nil {
-		return
+	if err != nil {
+		return identityCheck{}
+	}
+	check := identityCheck{read: true, studyIdentities: StudyIdentitySet(held)}
+	if held == nil {
+		return check
 	}
 	heldID, heldIssuer := patientIdentity(held)
 	newID, newIssuer := patientIdentity(rec.Metadata)
 	heldOthers, flagged := IdentityConflicts(held)
 	conflict := heldID != newID || heldIssuer != newIssuer
 	if !conflict && !flagged {
-		return
+		return check
 	}
 	// The held flag's identities, then the latest instance's: the first
 	// named stays first, whatever arrives later.
@@ -463,8 +557,9 @@ func (in *Ingester) flagIdentityConflict(ctx context.Context, rec *InstanceRecor
 	}
 	setFlag(rec, others, in.namesFor(ctx, rec.StudyInstanceUID, held, others))
 	if conflict {
-		in.auditConflict(ctx, rec, PatientIdentity{heldID, heldIssuer})
+		check.conflict = &PatientIdentity{heldID, heldIssuer}
 	}
+	return check
 }
 
 // namesFor are the names of others, the identities a study's entry held

@@ -448,6 +448,237 @@ func (x *arrivingIndex) ListInstances(ctx context.Context, studyUID, seriesUID s
 	return recs, err
 }
 
+// TestIdentityConflictArrivingTogether: two patients' instances arrive in
+// one study at the same moment: another patient's instance is indexed
+// between the identity check of the one being stored and its index write
+// (a concurrent upload, or another replica). The write is refused and the
+// instance checked again, so the study ends flagged and found by both
+// Patient IDs, and the conflict is audited once; before, both instances
+// missed the check (a new study) or the later write dropped the flag the
+// earlier one set (a study flagged already). A study that keeps changing
+// under the check is checked maxIdentityChecks times, then the instance
+// is indexed all the same: the check never refuses an instance. Both
+// backend families.
+func TestIdentityConflictArrivingTogether(t *testing.T) {
+	for _, kind := range []string{backendtest.Embedded, backendtest.Production} {
+		t.Run(kind, func(t *testing.T) {
+			b := backendtest.Open(t, kind, backendtest.Options{})
+			study := synth.UID(93, 1)
+			mk := func(i uint64, pid string) synth.Instance {
+				return synth.Instance{PatientName: "Doe^" + pid, PatientID: pid, IssuerOfPatientID: "SURREY",
+					StudyInstanceUID: study, SeriesInstanceUID: synth.UID(93, 1, i), SOPInstanceUID: synth.UID(93, 1, i, 1),
+					Rows: 4, Columns: 4, StudyDate: "20240101"}
+			}
+			// The other upload writes straight to the backend's index.
+			other := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}
+			x := &racedIndex{Index: b.Index}
+			events := &conflictEvents{}
+			in := &gateway.Ingester{Blobs: b.Blobs, Index: x, Auditor: events}
+			store := func(inst synth.Instance) {
+				t.Helper()
+				if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			found := func(pids ...string) {
+				t.Helper()
+				for _, pid := range pids {
+					items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID="+pid)
+					if len(items) != 1 {
+						t.Errorf("PatientID=%s: %d studies, want the study its instance is in", pid, len(items))
+						continue
+					}
+					if others, flagged := gateway.IdentityConflicts(items[0]); !flagged || len(others) != len(pids)-1 {
+						t.Errorf("PatientID=%s: flag %v naming %v, want the other %d", pid, flagged, others, len(pids)-1)
+					}
+				}
+			}
+
+			// A new study: B200's check reads no study, then A100's
+			// instance is indexed.
+			x.arrive = func() { storeAll(t, other, mk(1, "A100")) }
+			store(mk(2, "B200"))
+			if x.checkedPuts != 2 {
+				t.Errorf("%d checked index writes of B200's instance, want 2 (refused, then written)", x.checkedPuts)
+			}
+			found("A100", "B200")
+			if n := events.count(); n != 1 {
+				t.Errorf("%d identity.conflict events, want B200's one", n)
+			}
+
+			// A flagged study: A100's second instance reads it as A100's
+			// and B200's, then C300's arrives and flags it naming both.
+			x.checkedPuts, x.arrive = 0, func() { storeAll(t, other, mk(3, "C300")) }
+			store(mk(4, "A100"))
+			if x.checkedPuts != 2 {
+				t.Errorf("%d checked index writes of A100's instance, want 2", x.checkedPuts)
+			}
+			found("A100", "B200", "C300")
+			if n := events.count(); n != 2 {
+				t.Errorf("%d identity.conflict events, want 2: one for each instance that brought a conflict, once however often it was checked", n)
+			}
+
+			// A study that changes before every write.
+			n := 0
+			x.checkedPuts, x.every, x.arrive = 0, true, func() { n++; storeAll(t, other, mk(uint64(10+n), fmt.Sprintf("E%d", n))) }
+			store(mk(5, "D400"))
+			if x.checkedPuts != 8 {
+				t.Errorf("%d checked index writes, want maxIdentityChecks (8), then one unchecked", x.checkedPuts)
+			}
+			if _, err := b.Index.GetInstance(t.Context(), synth.UID(93, 1, 5, 1)); err != nil {
+				t.Errorf("the instance whose study kept changing is not indexed: %v", err)
+			}
+		})
+	}
+}
+
+// TestIdentityConflictRestatedBetweenCheckAndWrite: a delete restates a
+// flagged study (C300's only instance deleted) between the identity check
+// of an arriving instance and its index write. The write is refused and
+// the instance checked again, so its flag does not name the deleted
+// patient back into the study: C300 no longer finds it.
+func TestIdentityConflictRestatedBetweenCheckAndWrite(t *testing.T) {
+	for _, kind := range []string{backendtest.Embedded, backendtest.Production} {
+		t.Run(kind, func(t *testing.T) {
+			b := backendtest.Open(t, kind, backendtest.Options{})
+			study := synth.UID(95, 1)
+			mk := func(i uint64, pid string) synth.Instance {
+				return synth.Instance{PatientName: "Doe^" + pid, PatientID: pid, StudyInstanceUID: study, SeriesInstanceUID: synth.UID(95, 1, i),
+					SOPInstanceUID: synth.UID(95, 1, i, 1), Rows: 4, Columns: 4, StudyDate: "20240101"}
+			}
+			storeAll(t, &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}, mk(1, "A100"), mk(2, "B200"), mk(3, "C300"))
+			svc := gateway.NewServices(gateway.ServiceDeps{Blobs: b.Blobs, Index: b.Index})
+			admin := gateway.Caller{Principal: gateway.Principal{Name: "pacs-admin"}}
+			x := &racedIndex{Index: b.Index, arrive: func() {
+				if _, _, err := svc.Delete.Delete(t.Context(), admin, study, synth.UID(95, 1, 3), ""); err != nil {
+					t.Fatal(err)
+				}
+			}}
+			storeAll(t, &gateway.Ingester{Blobs: b.Blobs, Index: x}, mk(4, "A100"))
+			if x.checkedPuts != 2 {
+				t.Errorf("%d checked index writes, want 2 (refused after the restatement, then written)", x.checkedPuts)
+			}
+			if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID=C300"); len(items) != 0 {
+				t.Errorf("PatientID=C300 finds the study its only instance was deleted from")
+			}
+			for _, pid := range []string{"A100", "B200"} {
+				if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID="+pid); len(items) != 1 {
+					t.Errorf("PatientID=%s: %d studies, want 1", pid, len(items))
+				}
+			}
+		})
+	}
+}
+
+// TestIdentityConflictConcurrentUploads: instances of two patients stored
+// into new studies by concurrent uploads, through one Ingester: however
+// their checks and writes interleave, every study ends found by both
+// Patient IDs and flagged.
+func TestIdentityConflictConcurrentUploads(t *testing.T) {
+	for _, kind := range []string{backendtest.Embedded, backendtest.Production} {
+		t.Run(kind, func(t *testing.T) {
+			b := backendtest.Open(t, kind, backendtest.Options{})
+			in := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}
+			const studies, perStudy = 4, 8
+			var wg sync.WaitGroup
+			for st := range uint64(studies) {
+				for i := range uint64(perStudy) {
+					pid := []string{"A100", "B200"}[i%2]
+					inst := synth.Instance{PatientName: "Doe^" + pid, PatientID: pid, StudyInstanceUID: synth.UID(94, st),
+						SeriesInstanceUID: synth.UID(94, st, i), SOPInstanceUID: synth.UID(94, st, i, 1), Rows: 4, Columns: 4, StudyDate: "20240101"}
+					wg.Go(func() {
+						if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
+							t.Error(err)
+						}
+					})
+				}
+			}
+			wg.Wait()
+			for _, pid := range []string{"A100", "B200"} {
+				items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID="+pid)
+				if len(items) != studies {
+					t.Errorf("PatientID=%s: %d studies, want all %d", pid, len(items), studies)
+				}
+				for _, d := range items {
+					if _, flagged := gateway.IdentityConflicts(d); !flagged {
+						t.Errorf("PatientID=%s: study %s not flagged", pid, d.String(dicomcodec.TagStudyInstanceUID))
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestStudyIdentitySet: the set a conditional index write compares is that
+// of the patients an entry lists, whatever their order, repetition or the
+// entry's other attributes; it tells apart a study without a Patient ID
+// from no study, and an ID from an ID and issuer that read the same run
+// together.
+func TestStudyIdentitySet(t *testing.T) {
+	entry := func(id, issuer, description string, others ...gateway.PatientIdentity) dicomcodec.Dataset {
+		d := dicomcodec.Dataset{"00081030": {VR: "LO", Value: []any{description}}}
+		if id != "" {
+			d[dicomcodec.TagPatientID] = dicomcodec.Attribute{VR: "LO", Value: []any{id}}
+		}
+		if issuer != "" {
+			d[gateway.TagIssuerOfPatientID] = dicomcodec.Attribute{VR: "LO", Value: []any{issuer}}
+		}
+		if len(others) > 0 {
+			v := []any{gateway.IdentityConflictValue}
+			for _, o := range others {
+				v = append(v, o.ID, o.Issuer)
+			}
+			d[gateway.TagGatewayPrivateCreator] = dicomcodec.Attribute{VR: "LO", Value: []any{gateway.GatewayPrivateCreator}}
+			d[gateway.TagIdentityConflict] = dicomcodec.Attribute{VR: "LO", Value: v}
+		}
+		return d
+	}
+	a, b := gateway.PatientIdentity{ID: "A100", Issuer: "SURREY"}, gateway.PatientIdentity{ID: "B200", Issuer: "KENT"}
+	set := gateway.StudyIdentitySet
+	for _, same := range [][2]dicomcodec.Dataset{
+		{entry("A100", "SURREY", "head"), entry("A100", "SURREY", "chest")},
+		{entry("A100", "SURREY", "", b), entry("B200", "KENT", "", a)},
+		{entry("A100", "SURREY", "", b, a, b), entry("A100", "SURREY", "", b)},
+	} {
+		if set(same[0]) != set(same[1]) {
+			t.Errorf("%q != %q for entries listing the same patients", set(same[0]), set(same[1]))
+		}
+	}
+	for _, differ := range [][2]dicomcodec.Dataset{
+		{nil, entry("", "", "")},
+		{entry("A100", "SURREY", ""), entry("A100", "", "")},
+		{entry("A100", "SURREY", ""), entry("A100", "SURREY", "", b)},
+		{entry("a", "b", ""), entry("ab", "", "")},
+	} {
+		if set(differ[0]) == set(differ[1]) {
+			t.Errorf("%q for two entries listing different patients", set(differ[0]))
+		}
+	}
+	if set(nil) != "" {
+		t.Errorf("no entry: %q, want \"\"", set(nil))
+	}
+}
+
+// racedIndex is an Index where another upload's instance arrives (arrive)
+// just before its next checked write, or before every one (every).
+type racedIndex struct {
+	gateway.Index
+	arrive      func()
+	every       bool
+	checkedPuts int
+}
+
+func (x *racedIndex) PutInstanceChecked(ctx context.Context, rec *gateway.InstanceRecord, studyIdentities string) (*gateway.InstanceRecord, bool, error) {
+	x.checkedPuts++
+	if arrive := x.arrive; arrive != nil {
+		if !x.every {
+			x.arrive = nil
+		}
+		arrive()
+	}
+	return x.Index.(gateway.IdentityCheckedIndex).PutInstanceChecked(ctx, rec, studyIdentities)
+}
+
 // TestIdentityConflictNamesLearned: a study flagged by an earlier version
 // (A's instance, then B's flagged naming A, without names) gets the names
 // of the identities its flag already named when the next instance

@@ -100,7 +100,8 @@ const (
 	// StageDurable is making a staged blob durable under its key: its sync,
 	// its name, its directory's sync (Stager's Commit).
 	StageDurable StoreStage = "durable"
-	// StageIndex is writing the instance's index entry.
+	// StageIndex is writing the instance's index entry, with the read of
+	// its study's entry that the identity check compares it with.
 	StageIndex StoreStage = "index"
 	// StageAudit is recording a request's audit event (once per request,
 	// not per instance).
@@ -375,9 +376,8 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 			return rec, nil
 		}
 
-		in.checkIdentity(ctx, rec) // identity_conflict.go
 		start := time.Now()
-		got, created, err := in.Index.PutInstance(ctx, IndexRecord(rec))
+		got, created, err := in.indexNew(ctx, rec) // identity_conflict.go
 		in.observe(StageIndex, start)
 		if err != nil {
 			// The write may have landed with its reply lost (Redis restarted):

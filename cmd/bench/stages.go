@@ -18,7 +18,7 @@ type stageSums map[string][2]float64
 
 // stagesNote explains the stages column of the STOW tables.
 const stagesNote = "Stages: the gateway's `gateway_store_stage_duration_seconds` over the part (its /metrics before and after), mean milliseconds: " +
-	"receive (read one instance from the request and write it), durable (its sync, name and directory sync), index (its index entry), " +
+	"receive (read one instance from the request and write it), durable (its sync, name and directory sync), index (its study's entry read for the identity check, and its own written), " +
 	"per instance; audit (the request's audit record), per request. Under concurrent requests each stage includes waiting for the disk or for a shared commit."
 
 // scrapeStages reads the store stage histograms of the gateway whose

@@ -52,7 +52,10 @@ type heldLock struct {
 	expires time.Time
 }
 
-var _ gateway.Index = (*Index)(nil)
+var (
+	_ gateway.Index                = (*Index)(nil)
+	_ gateway.IdentityCheckedIndex = (*Index)(nil)
+)
 
 // NewIndex creates the index buckets in db if needed and brings an index
 // written by an earlier version up to date, each once (a mark in
@@ -206,12 +209,26 @@ func (x *Index) Lock(ctx context.Context, sopInstanceUID string, ttl time.Durati
 
 // PutInstance stores rec unless its SOP Instance UID is already indexed.
 func (x *Index) PutInstance(ctx context.Context, rec *gateway.InstanceRecord) (*gateway.InstanceRecord, bool, error) {
+	return x.put(ctx, rec, nil)
+}
+
+// PutInstanceChecked implements gateway.IdentityCheckedIndex: the study's
+// identities are compared in the transaction that writes rec.
+func (x *Index) PutInstanceChecked(ctx context.Context, rec *gateway.InstanceRecord, studyIdentities string) (*gateway.InstanceRecord, bool, error) {
+	return x.put(ctx, rec, &studyIdentities)
+}
+
+// put is PutInstance, and PutInstanceChecked when studyIdentities is set.
+func (x *Index) put(ctx context.Context, rec *gateway.InstanceRecord, studyIdentities *string) (*gateway.InstanceRecord, bool, error) {
 	if err := checkRecord(ctx, rec); err != nil {
 		return nil, false, err
 	}
-	var existing *gateway.InstanceRecord
+	var (
+		existing *gateway.InstanceRecord
+		changed  bool
+	)
 	err := x.writes.Record(ctx, func(tx *bbolt.Tx) error {
-		existing = nil // the function may run twice (commitTogether)
+		existing, changed = nil, false // the function may run twice (commitTogether)
 		old, err := getRecord(tx, rec.SOPInstanceUID)
 		if err == nil {
 			existing = old
@@ -220,15 +237,41 @@ func (x *Index) PutInstance(ctx context.Context, rec *gateway.InstanceRecord) (*
 		if !errors.Is(err, gateway.ErrNotFound) {
 			return err
 		}
+		if studyIdentities != nil {
+			cur, err := studyIdentitySet(tx, rec.StudyInstanceUID)
+			if err != nil {
+				return err
+			}
+			// Not an error: that would roll back the other writes
+			// committed together with this one.
+			if changed = cur != *studyIdentities; changed {
+				return nil
+			}
+		}
 		return addRecord(tx, rec)
 	})
-	if err != nil {
+	switch {
+	case err != nil:
 		return nil, false, unavailable("put instance", err)
-	}
-	if existing != nil {
+	case existing != nil:
 		return existing, false, nil
+	case changed:
+		return nil, false, fmt.Errorf("put instance %s: %w", rec.SOPInstanceUID, gateway.ErrStudyIdentitiesChanged)
 	}
 	return nil, true, nil
+}
+
+// studyIdentitySet is the gateway.StudyIdentitySet of a study's entry as tx
+// sees it, "" when it has none.
+func studyIdentitySet(tx *bbolt.Tx, studyUID string) (string, error) {
+	st, err := getStudy(tx, studyUID)
+	if errors.Is(err, gateway.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return gateway.StudyIdentitySet(st.Attrs), nil
 }
 
 // ReplaceInstance overwrites the record of rec's SOP Instance UID (storing it

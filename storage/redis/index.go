@@ -102,7 +102,10 @@ type Index struct {
 	phok    atomic.Bool // x:phok seen
 }
 
-var _ gateway.Index = (*Index)(nil)
+var (
+	_ gateway.Index                = (*Index)(nil)
+	_ gateway.IdentityCheckedIndex = (*Index)(nil)
+)
 
 // ClusterShards is the number of shards of the index on a Redis Cluster.
 // More shards than masters, so that adding masters (and moving slots to
@@ -289,16 +292,20 @@ end
 // attrs, series attrs (both compact), date, patient ids (joined by \1), accession, name
 // keys joined by \1, name prefixes (namePrefixes) joined by \1, metadata
 // order entry (gateway.MetadataOrder), name Soundex codes joined by \1,
-// size, stored at (Unix ms; both for the study usage, usage.go). The
+// size, stored at (Unix ms; both for the study usage, usage.go), the
+// study's identity set as rec makes it (gateway.StudyIdentitySet, kept in
+// the study's "ids" field), and, for a put that is checked
+// (PutInstanceChecked), the identity set expected (otherwise unset). The
 // prepared metadata is not kept here (gateway.MetadataStore); a record
 // replaced or deleted loses the "md" field earlier versions stored beside
 // it.
 // Returns {1} when written, {0, existing rec} when put found a record, {2,
-// missing keys...} when it needs keys not declared (nothing changed).
+// missing keys...} when it needs keys not declared, {3} when the study's
+// identity set is not the one expected (nothing changed in either case).
 var writeScript = goredis.NewScript(`
 local P, mode, sop, st, se, rec = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local mod, cls, sattrs, eattrs, d, pid, acc, names = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
-local np, ord, ph, size, at = ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19]
+local np, ord, ph, size, at, ids, wantIds = ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19], ARGV[20], ARGV[21]
 local ik = KEYS[1]
 ` + luaDeclaredKeys + luaUsageFunctions + luaIndexFunctions + `
 local old = call('HGET', ik, 'rec')
@@ -311,6 +318,12 @@ if old then
     return {1}
   end
   if mode == 'put' then return {0, old} end
+end
+if wantIds then
+  -- A study written before the set was kept has none: not compared.
+  local cur = call('HGET', P .. 's:' .. st, 'ids')
+  if not cur and call('EXISTS', P .. 's:' .. st) == 0 then cur = '' end
+  if cur and cur ~= wantIds then return {3} end
 end
 
 -- Plan: every key this write touches must be declared.
@@ -354,7 +367,7 @@ if call('EXISTS', P .. 'x:date') == 0 then
   call('SET', P .. 'x:npok', '1')
   call('SET', P .. 'x:phok', '1')
 end
-call('HSET', sk, 'ca', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names, 'np', np, 'ph', ph)
+call('HSET', sk, 'ca', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names, 'np', np, 'ph', ph, 'ids', ids)
 call('HDEL', sk, 'attrs')
 call('HINCRBY', sk, 'n', 1)
 usage_add(sk, st, size, at)
@@ -552,9 +565,24 @@ func (x *Index) Lock(ctx context.Context, sopInstanceUID string, ttl time.Durati
 
 // PutInstance stores rec unless its SOP Instance UID is already indexed.
 func (x *Index) PutInstance(ctx context.Context, rec *gateway.InstanceRecord) (*gateway.InstanceRecord, bool, error) {
-	res, err := x.write(ctx, "put", rec)
+	return x.put(ctx, rec, nil)
+}
+
+// PutInstanceChecked implements gateway.IdentityCheckedIndex: writeScript
+// compares the study's identity set, kept beside its attributes, before it
+// writes.
+func (x *Index) PutInstanceChecked(ctx context.Context, rec *gateway.InstanceRecord, studyIdentities string) (*gateway.InstanceRecord, bool, error) {
+	return x.put(ctx, rec, &studyIdentities)
+}
+
+// put is PutInstance, and PutInstanceChecked when studyIdentities is set.
+func (x *Index) put(ctx context.Context, rec *gateway.InstanceRecord, studyIdentities *string) (*gateway.InstanceRecord, bool, error) {
+	res, err := x.write(ctx, "put", rec, studyIdentities)
 	if err != nil {
 		return nil, false, err
+	}
+	if len(res) == 1 && res[0] == int64(3) {
+		return nil, false, fmt.Errorf("put instance %s: %w", rec.SOPInstanceUID, gateway.ErrStudyIdentitiesChanged)
 	}
 	if len(res) == 2 {
 		old, err := decodeRecord(res[1])
@@ -569,18 +597,22 @@ func (x *Index) PutInstance(ctx context.Context, rec *gateway.InstanceRecord) (*
 // ReplaceInstance overwrites the record of rec's SOP Instance UID (storing it
 // if absent).
 func (x *Index) ReplaceInstance(ctx context.Context, rec *gateway.InstanceRecord) error {
-	_, err := x.write(ctx, "replace", rec)
+	_, err := x.write(ctx, "replace", rec, nil)
 	return err
 }
 
-// write runs writeScript for rec. On a cluster the instance's locator is
-// consulted first: an instance indexed under another study (so perhaps
-// another shard) is found there (put) or deleted from there (replace), and
-// the locator is set before the instance is written.
-func (x *Index) write(ctx context.Context, mode string, rec *gateway.InstanceRecord) ([]any, error) {
+// write runs writeScript for rec, a put conditional on the study's
+// identity set when studyIdentities is set. On a cluster the instance's
+// locator is consulted first: an instance indexed under another study (so
+// perhaps another shard) is found there (put) or deleted from there
+// (replace), and the locator is set before the instance is written.
+func (x *Index) write(ctx context.Context, mode string, rec *gateway.InstanceRecord, studyIdentities *string) ([]any, error) {
 	keys, args, err := x.writeArgs(mode, rec)
 	if err != nil {
 		return nil, err
+	}
+	if studyIdentities != nil {
+		args = append(args, *studyIdentities)
 	}
 	if x.cluster {
 		if res, done, err := x.relocate(ctx, mode, rec); err != nil || done {
@@ -685,6 +717,7 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) (keys []stri
 		strconv.FormatInt(gateway.StudyDateKey(md), 10), strings.Join(pids, "\x01"), acc, strings.Join(names, "\x01"),
 		strings.Join(prefixes, "\x01"), gateway.MetadataOrder(rec), strings.Join(codes, "\x01"),
 		strconv.FormatInt(rec.Size, 10), strconv.FormatInt(rec.StoredAt.UnixMilli(), 10),
+		gateway.StudyIdentitySet(gateway.StudyAttrs(md)),
 	}, nil
 }
 

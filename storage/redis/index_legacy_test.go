@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 
@@ -90,4 +91,36 @@ func TestIndexQueriesLegacyLayout(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		return legacyIndex{NewIndex(c), t}
 	})
+}
+
+// TestPutInstanceCheckedStudyWithoutIdentitySet: a study written before its
+// identity set was kept beside its attributes (no "ids" field) is not
+// compared: a checked put into it is written, whatever set it expected,
+// and from then on the study carries its set and is compared.
+func TestPutInstanceCheckedStudyWithoutIdentitySet(t *testing.T) {
+	c, err := Open(storagetest.RedisURL(t), storagetest.RedisPrefix(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	x, ctx := NewIndex(c), t.Context()
+	patient := func(pid string) map[string]any {
+		return map[string]any{"00100020": pid, gateway.TagIssuerOfPatientID: "SURREY"}
+	}
+	if _, _, err := x.PutInstance(ctx, storagetest.Record("1.2.9", "1.2.9.1", "1.2.9.1.1", patient("A100"))); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := x.rdb.HDel(ctx, x.key("s", "1.2.9"), "ids").Result(); err != nil || n != 1 {
+		t.Fatalf("HDEL ids: %d, %v; want the study's set removed", n, err)
+	}
+	if _, created, err := x.PutInstanceChecked(ctx, storagetest.Record("1.2.9", "1.2.9.1", "1.2.9.1.2", patient("A100")), "stale"); err != nil || !created {
+		t.Fatalf("checked put into a study without a set: created %v, err %v; want written", created, err)
+	}
+	ids, err := x.rdb.HGet(ctx, x.key("s", "1.2.9"), "ids").Result()
+	if err != nil || ids == "" {
+		t.Fatalf("the study's set after the write: %q, %v", ids, err)
+	}
+	if _, _, err := x.PutInstanceChecked(ctx, storagetest.Record("1.2.9", "1.2.9.1", "1.2.9.1.3", patient("B200")), "stale"); !errors.Is(err, gateway.ErrStudyIdentitiesChanged) {
+		t.Fatalf("checked put with a stale set once the study has one: %v, want ErrStudyIdentitiesChanged", err)
+	}
 }

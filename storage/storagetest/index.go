@@ -134,6 +134,76 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		}
 		assertCounts(t, x, "1.2.3", 1, 1)
 	})
+	t.Run("PutInstanceCheckedComparesStudyIdentities", func(t *testing.T) {
+		// gateway.IdentityCheckedIndex: a put checked against the study's
+		// identity set as the caller read it writes only when the study
+		// still lists exactly those patients; otherwise it writes nothing
+		// and says so. An instance indexed already is answered as existing.
+		x, ctx := newIndex(t), t.Context()
+		checked, ok := x.(gateway.IdentityCheckedIndex)
+		if !ok {
+			t.Fatalf("%T does not implement gateway.IdentityCheckedIndex", x)
+		}
+		patient := func(pid, description string) map[string]any {
+			return map[string]any{dicomcodec.TagPatientID: pid, gateway.TagIssuerOfPatientID: "SURREY", dicomcodec.TagStudyDate: "20200101", "00081030": description}
+		}
+		put := func(rec *gateway.InstanceRecord, studyIdentities string) error {
+			t.Helper()
+			existing, created, err := checked.PutInstanceChecked(ctx, rec, studyIdentities)
+			if err == nil && (!created || existing != nil) {
+				t.Fatalf("PutInstanceChecked(%s) = existing %v, created %v, want created", rec.SOPInstanceUID, existing, created)
+			}
+			if err != nil && !errors.Is(err, gateway.ErrStudyIdentitiesChanged) {
+				t.Fatalf("PutInstanceChecked(%s): %v", rec.SOPInstanceUID, err)
+			}
+			if err != nil && created {
+				t.Fatalf("PutInstanceChecked(%s) refused and created", rec.SOPInstanceUID)
+			}
+			return err
+		}
+		a := Record("1.2.9", "1.2.9.1", "1.2.9.1.1", patient("A100", "first"))
+		if err := put(a, ""); err != nil {
+			t.Fatalf("first instance of a new study, read as none: %v", err)
+		}
+		held := studyDataset(t, x, "1.2.9")
+		if got, want := gateway.StudyIdentitySet(held), gateway.StudyIdentitySet(gateway.StudyAttrs(a.Metadata)); got != want || got == "" {
+			t.Fatalf("study's identity set %q, want A's %q", got, want)
+		}
+		// B's check read the study before A was indexed.
+		b := Record("1.2.9", "1.2.9.2", "1.2.9.2.1", patient("B200", "second"))
+		if err := put(b, ""); err == nil {
+			t.Fatal("B, checked against no study, was written into A's")
+		}
+		if _, err := x.GetInstance(ctx, b.SOPInstanceUID); !errors.Is(err, gateway.ErrNotFound) {
+			t.Fatalf("refused B: GetInstance err %v, want not found", err)
+		}
+		assertCounts(t, x, "1.2.9", 1, 1)
+		if got := studyValues(t, x, "1.2.9", dicomcodec.TagPatientID); !slices.Equal(got, []string{"A100"}) {
+			t.Fatalf("after the refused put the study shows PatientID %v, want A100", got)
+		}
+		// Checked again from the study as it is: flagged, and written.
+		if err := put(Flagged(b, gateway.PatientIdentity{ID: "A100", Issuer: "SURREY"}), gateway.StudyIdentitySet(held)); err != nil {
+			t.Fatalf("B checked against A's study: %v", err)
+		}
+		// Another instance of A whose check read the study as A's only.
+		a2 := Record("1.2.9", "1.2.9.1", "1.2.9.1.2", patient("A100", "third"))
+		if err := put(a2, gateway.StudyIdentitySet(held)); err == nil {
+			t.Fatal("A's second instance, checked against A alone, was written over B's flag")
+		}
+		now := studyDataset(t, x, "1.2.9")
+		if _, flagged := gateway.IdentityConflicts(now); !flagged {
+			t.Fatal("the refused put dropped the study's flag")
+		}
+		// The set is that of the patients, whatever else differs.
+		if err := put(Flagged(a2, gateway.PatientIdentity{ID: "B200", Issuer: "SURREY"}), gateway.StudyIdentitySet(now)); err != nil {
+			t.Fatalf("A's second instance checked against A and B: %v", err)
+		}
+		existing, created, err := checked.PutInstanceChecked(ctx, Record("1.2.9", "1.2.9.1", "1.2.9.1.1", patient("A100", "again")), "stale")
+		if err != nil || created || existing == nil || existing.SOPInstanceUID != "1.2.9.1.1" {
+			t.Fatalf("an indexed instance again: existing %v, created %v, err %v; want it answered as existing", existing, created, err)
+		}
+		assertCounts(t, x, "1.2.9", 2, 3)
+	})
 	t.Run("ReplaceInstanceOverwrites", func(t *testing.T) {
 		x, ctx := newIndex(t), t.Context()
 		mustPut(t, x, Record("1.2.3", "1.2.3.1", "1.2.3.1.1", map[string]any{dicomcodec.TagModality: "CT"}))
