@@ -57,11 +57,13 @@ const (
 // both backends do. PutInstanceChecked is PutInstance, except that when
 // the study's StudyIdentitySet is not studyIdentities (what the caller's
 // identity check read; "" for a study not indexed yet) it writes nothing
-// and returns ErrStudyIdentitiesChanged. The comparison and the write are
-// one transaction, so of two instances of two patients arriving in one
-// study at the same moment the second is checked again against what the
-// first wrote, instead of both missing the conflict, or the second's
-// entry dropping the flag the first's set (indexNew).
+// and returns ErrStudyIdentitiesChanged, unless the study lists exactly
+// OwnIdentitySet(rec) (the check would have found what rec says). The
+// comparison and the write are one transaction, so of two instances of
+// two patients arriving in one study at the same moment the second is
+// checked again against what the first wrote, instead of both missing the
+// conflict, or the second's entry dropping the flag the first's set
+// (indexNew).
 type IdentityCheckedIndex interface {
 	PutInstanceChecked(ctx context.Context, rec *InstanceRecord, studyIdentities string) (existing *InstanceRecord, created bool, err error)
 }
@@ -94,6 +96,22 @@ func StudyIdentitySet(attrs dicomcodec.Dataset) string {
 	return b.String()
 }
 
+// OwnIdentitySet is the StudyIdentitySet of a study that holds only rec's
+// patient, when rec is not flagged; "" for a flagged rec. A checked write
+// of rec into a study that lists exactly that set goes ahead whatever set
+// its check read: checked again, rec would be found to fit the study as
+// it is and stay unflagged. So same-patient instances that open a study
+// together are not refused (each read it as new) and checked again.
+func OwnIdentitySet(rec *InstanceRecord) string {
+	if _, flagged := IdentityConflicts(rec.Metadata); flagged {
+		return ""
+	}
+	id, issuer := patientIdentity(rec.Metadata)
+	return StudyIdentitySet(dicomcodec.Dataset{
+		dicomcodec.TagPatientID: loAttribute(id), TagIssuerOfPatientID: loAttribute(issuer),
+	})
+}
+
 // identityCheck is what the identity check of one new instance read and
 // decided, for indexNew.
 type identityCheck struct {
@@ -117,7 +135,9 @@ const maxIdentityChecks = 8
 // (IdentityCheckedIndex), checking again from the study as it is now when
 // another patient's instance was indexed in it meanwhile. The conflict is
 // audited once rec is indexed. A coercion its sender recorded is audited
-// first, once.
+// first, once. A write that failed but is found to have landed (its reply
+// lost) is answered as an instance indexed already: the record found, not
+// created.
 func (in *Ingester) indexNew(ctx context.Context, rec *InstanceRecord) (*InstanceRecord, bool, error) {
 	in.auditReceivedCoercion(ctx, rec)
 	checked, conditional := in.Index.(IdentityCheckedIndex)
@@ -142,10 +162,21 @@ func (in *Ingester) indexNew(ctx context.Context, rec *InstanceRecord) (*Instanc
 			}
 			got, created, err = in.Index.PutInstance(ctx, IndexRecord(rec))
 		}
-		if err == nil && created && check.conflict != nil {
+		landed := err == nil && created
+		if err != nil {
+			// The write may have landed with its reply lost (Redis
+			// restarted): ask again before deciding what to do with the
+			// blob. Found, it is answered as an instance already indexed.
+			cur, gerr := in.Index.GetInstance(ctx, rec.SOPInstanceUID)
+			if gerr != nil || cur.SHA256 != rec.SHA256 || cur.Size != rec.Size {
+				return nil, false, err
+			}
+			got, created, landed = cur, false, true
+		}
+		if landed && check.conflict != nil {
 			in.auditConflict(ctx, rec, *check.conflict)
 		}
-		return got, created, err
+		return got, created, nil
 	}
 }
 
@@ -462,7 +493,7 @@ func loAttribute(v string) dicomcodec.Attribute {
 	return dicomcodec.Attribute{VR: "LO", Value: []any{v}}
 }
 
-// checkReplacement is checkIdentity for rec, which replaces an indexed
+// checkReplacement is indexNew's identity check for rec, which replaces an indexed
 // instance, existing (DuplicateReplace): the coercion its sender recorded
 // is audited, and rec is flagged when the study's other instances hold
 // another patient identity. It is not compared with the study's latest

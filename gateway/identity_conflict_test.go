@@ -570,6 +570,41 @@ func TestIdentityConflictRestatedBetweenCheckAndWrite(t *testing.T) {
 	}
 }
 
+// TestIdentityConflictAuditedWhenTheReplyIsLost: the index write of an
+// instance that brings a conflict lands, but its reply is lost (Redis
+// restarted): the instance is found indexed, the store acknowledged, and
+// the conflict audited all the same.
+func TestIdentityConflictAuditedWhenTheReplyIsLost(t *testing.T) {
+	for _, kind := range []string{backendtest.Embedded, backendtest.Production} {
+		t.Run(kind, func(t *testing.T) {
+			b := backendtest.Open(t, kind, backendtest.Options{})
+			mk := func(i uint64, pid string) synth.Instance {
+				return synth.Instance{PatientName: "Doe^" + pid, PatientID: pid, StudyInstanceUID: synth.UID(96, 1), SeriesInstanceUID: synth.UID(96, 1, i),
+					SOPInstanceUID: synth.UID(96, 1, i, 1), Rows: 4, Columns: 4, StudyDate: "20240101"}
+			}
+			storeAll(t, &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}, mk(1, "A100"))
+			events := &conflictEvents{}
+			storeAll(t, &gateway.Ingester{Blobs: b.Blobs, Index: lostReplyIndex{b.Index}, Auditor: events}, mk(2, "B200"))
+			if n := events.count(); n != 1 {
+				t.Errorf("%d identity.conflict events, want 1", n)
+			}
+			if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID=A100"); len(items) != 1 {
+				t.Errorf("PatientID=A100: %d studies, want 1", len(items))
+			}
+		})
+	}
+}
+
+// lostReplyIndex is an Index whose checked writes land but answer an error.
+type lostReplyIndex struct{ gateway.Index }
+
+func (x lostReplyIndex) PutInstanceChecked(ctx context.Context, rec *gateway.InstanceRecord, studyIdentities string) (*gateway.InstanceRecord, bool, error) {
+	if _, _, err := x.Index.(gateway.IdentityCheckedIndex).PutInstanceChecked(ctx, rec, studyIdentities); err != nil {
+		return nil, false, err
+	}
+	return nil, false, fmt.Errorf("reply lost: %w", gateway.ErrUnavailable)
+}
+
 // TestIdentityConflictConcurrentUploads: instances of two patients stored
 // into new studies by concurrent uploads, through one Ingester: however
 // their checks and writes interleave, every study ends found by both

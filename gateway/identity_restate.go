@@ -65,8 +65,8 @@ func (r *IdentityRestatement) Changed() bool {
 // shows in a second listing, and the study is restated again. When
 // arrivals keep coming, a last rewrite keeps every identity the entry
 // names then (nothing more is dropped) and an error says so. An arrival
-// that read the study's entry before the rewrite and is indexed after it
-// carries the flag it read (README). It returns what the last rewrite made
+// that read the study's entry before the rewrite is refused by the index
+// and checked again (Ingester.indexNew). It returns what the last rewrite made
 // of the study, nil when nothing was rewritten, with any error.
 //
 // Other instances' records keep the flag they were indexed with: it is what

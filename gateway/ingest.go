@@ -380,12 +380,8 @@ func (in *Ingester) Begin(ctx context.Context, r io.Reader, opts StoreOptions) (
 		got, created, err := in.indexNew(ctx, rec) // identity_conflict.go
 		in.observe(StageIndex, start)
 		if err != nil {
-			// The write may have landed with its reply lost (Redis restarted):
-			// ask again before deciding what to do with the blob.
-			if cur, gerr := in.Index.GetInstance(ctx, rec.SOPInstanceUID); gerr == nil && cur.SHA256 == rec.SHA256 && cur.Size == rec.Size {
-				return cur, nil
-			}
-			// The blob stays, indexed or not: a resend of the same bytes
+			// The blob stays, indexed or not (a write whose reply was lost
+			// is found by indexNew): a resend of the same bytes
 			// indexes it (commitNew), reindex finds it. Deleting it could
 			// take the blob of another upload of the same bytes that adopted
 			// it meanwhile (past a lost lock) and was acknowledged.

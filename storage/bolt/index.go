@@ -237,18 +237,23 @@ func (x *Index) put(ctx context.Context, rec *gateway.InstanceRecord, studyIdent
 		if !errors.Is(err, gateway.ErrNotFound) {
 			return err
 		}
+		study, err := studyOf(tx, rec.StudyInstanceUID)
+		if err != nil {
+			return err
+		}
 		if studyIdentities != nil {
-			cur, err := studyIdentitySet(tx, rec.StudyInstanceUID)
-			if err != nil {
-				return err
+			cur := ""
+			if study.StudyInstanceUID != "" {
+				cur = gateway.StudyIdentitySet(study.Attrs)
 			}
 			// Not an error: that would roll back the other writes
 			// committed together with this one.
-			if changed = cur != *studyIdentities; changed {
+			own := gateway.OwnIdentitySet(rec)
+			if changed = cur != *studyIdentities && (own == "" || cur != own); changed {
 				return nil
 			}
 		}
-		return addRecord(tx, rec)
+		return addRecordTo(tx, rec, study)
 	})
 	switch {
 	case err != nil:
@@ -259,19 +264,6 @@ func (x *Index) put(ctx context.Context, rec *gateway.InstanceRecord, studyIdent
 		return nil, false, fmt.Errorf("put instance %s: %w", rec.SOPInstanceUID, gateway.ErrStudyIdentitiesChanged)
 	}
 	return nil, true, nil
-}
-
-// studyIdentitySet is the gateway.StudyIdentitySet of a study's entry as tx
-// sees it, "" when it has none.
-func studyIdentitySet(tx *bbolt.Tx, studyUID string) (string, error) {
-	st, err := getStudy(tx, studyUID)
-	if errors.Is(err, gateway.ErrNotFound) {
-		return "", nil
-	}
-	if err != nil {
-		return "", err
-	}
-	return gateway.StudyIdentitySet(st.Attrs), nil
 }
 
 // ReplaceInstance overwrites the record of rec's SOP Instance UID (storing it
@@ -479,6 +471,26 @@ func getRecord(tx *bbolt.Tx, sop string) (*gateway.InstanceRecord, error) {
 func seriesKey(study, series string) []byte { return []byte(study + "\x00" + series) }
 
 func addRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
+	study, err := studyOf(tx, rec.StudyInstanceUID)
+	if err != nil {
+		return err
+	}
+	return addRecordTo(tx, rec, study)
+}
+
+// studyOf is the summary of a study as tx sees it, empty (no
+// StudyInstanceUID) when the study has none yet.
+func studyOf(tx *bbolt.Tx, studyUID string) (*gateway.StudySummary, error) {
+	study, err := getStudy(tx, studyUID)
+	if errors.Is(err, gateway.ErrNotFound) {
+		return &gateway.StudySummary{}, nil
+	}
+	return study, err
+}
+
+// addRecordTo is addRecord with the summary of rec's study read already
+// (studyOf), which it updates.
+func addRecordTo(tx *bbolt.Tx, rec *gateway.InstanceRecord, study *gateway.StudySummary) error {
 	data, err := recordcodec.Encode(rec)
 	if err != nil {
 		return err
@@ -502,13 +514,6 @@ func addRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
 	series.Attrs = gateway.SeriesAttrs(rec.Metadata)
 	series.Instances++
 	if err := putJSON(tx, bucketSeries, seriesKey(rec.StudyInstanceUID, rec.SeriesInstanceUID), series); err != nil {
-		return err
-	}
-	study, err := getStudy(tx, rec.StudyInstanceUID)
-	if errors.Is(err, gateway.ErrNotFound) {
-		study, err = &gateway.StudySummary{}, nil
-	}
-	if err != nil {
 		return err
 	}
 	if study.StudyInstanceUID != "" {

@@ -293,9 +293,12 @@ end
 // keys joined by \1, name prefixes (namePrefixes) joined by \1, metadata
 // order entry (gateway.MetadataOrder), name Soundex codes joined by \1,
 // size, stored at (Unix ms; both for the study usage, usage.go), the
-// study's identity set as rec makes it (gateway.StudyIdentitySet, kept in
-// the study's "ids" field), and, for a put that is checked
-// (PutInstanceChecked), the identity set expected (otherwise unset). The
+// study's identity set as rec makes it (gateway.StudyIdentitySet), and,
+// for a put that is checked (PutInstanceChecked), the identity set
+// expected and gateway.OwnIdentitySet(rec) (otherwise unset). The set is
+// kept in the study's "ids" field after the SHA-1 of the "ca" it was
+// made with: a study whose ca was written without it (a replica of an
+// earlier version) has a set that may be stale, and is not compared. The
 // prepared metadata is not kept here (gateway.MetadataStore); a record
 // replaced or deleted loses the "md" field earlier versions stored beside
 // it.
@@ -305,7 +308,7 @@ end
 var writeScript = goredis.NewScript(`
 local P, mode, sop, st, se, rec = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local mod, cls, sattrs, eattrs, d, pid, acc, names = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
-local np, ord, ph, size, at, ids, wantIds = ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19], ARGV[20], ARGV[21]
+local np, ord, ph, size, at, ids, wantIds, ownIds = ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19], ARGV[20], ARGV[21], ARGV[22]
 local ik = KEYS[1]
 ` + luaDeclaredKeys + luaUsageFunctions + luaIndexFunctions + `
 local old = call('HGET', ik, 'rec')
@@ -320,10 +323,17 @@ if old then
   if mode == 'put' then return {0, old} end
 end
 if wantIds then
-  -- A study written before the set was kept has none: not compared.
-  local cur = call('HGET', P .. 's:' .. st, 'ids')
-  if not cur and call('EXISTS', P .. 's:' .. st) == 0 then cur = '' end
-  if cur and cur ~= wantIds then return {3} end
+  -- A study whose set is missing or was not made with its ca is not
+  -- compared.
+  local sk0 = P .. 's:' .. st
+  local v = call('HMGET', sk0, 'ids', 'ca')
+  local cur = nil
+  if v[1] and v[2] and string.sub(v[1], 1, 40) == redis.sha1hex(v[2]) then
+    cur = string.sub(v[1], 41)
+  elseif not v[1] and call('EXISTS', sk0) == 0 then
+    cur = ''
+  end
+  if cur and cur ~= wantIds and not (ownIds ~= '' and cur == ownIds) then return {3} end
 end
 
 -- Plan: every key this write touches must be declared.
@@ -367,7 +377,7 @@ if call('EXISTS', P .. 'x:date') == 0 then
   call('SET', P .. 'x:npok', '1')
   call('SET', P .. 'x:phok', '1')
 end
-call('HSET', sk, 'ca', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names, 'np', np, 'ph', ph, 'ids', ids)
+call('HSET', sk, 'ca', sattrs, 'd', d, 'pid', pid, 'acc', acc, 'names', names, 'np', np, 'ph', ph, 'ids', redis.sha1hex(sattrs) .. ids)
 call('HDEL', sk, 'attrs')
 call('HINCRBY', sk, 'n', 1)
 usage_add(sk, st, size, at)
@@ -612,7 +622,7 @@ func (x *Index) write(ctx context.Context, mode string, rec *gateway.InstanceRec
 		return nil, err
 	}
 	if studyIdentities != nil {
-		args = append(args, *studyIdentities)
+		args = append(args, *studyIdentities, gateway.OwnIdentitySet(rec))
 	}
 	if x.cluster {
 		if res, done, err := x.relocate(ctx, mode, rec); err != nil || done {

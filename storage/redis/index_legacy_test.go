@@ -94,7 +94,8 @@ func TestIndexQueriesLegacyLayout(t *testing.T) {
 }
 
 // TestPutInstanceCheckedStudyWithoutIdentitySet: a study written before its
-// identity set was kept beside its attributes (no "ids" field) is not
+// identity set was kept beside its attributes (no "ids" field), or whose
+// attributes a replica of an earlier version rewrote since, is not
 // compared: a checked put into it is written, whatever set it expected,
 // and from then on the study carries its set and is compared.
 func TestPutInstanceCheckedStudyWithoutIdentitySet(t *testing.T) {
@@ -122,5 +123,24 @@ func TestPutInstanceCheckedStudyWithoutIdentitySet(t *testing.T) {
 	}
 	if _, _, err := x.PutInstanceChecked(ctx, storagetest.Record("1.2.9", "1.2.9.1", "1.2.9.1.3", patient("B200")), "stale"); !errors.Is(err, gateway.ErrStudyIdentitiesChanged) {
 		t.Fatalf("checked put with a stale set once the study has one: %v, want ErrStudyIdentitiesChanged", err)
+	}
+	// A replica of an earlier version rewrites the study's attributes
+	// without its set (here: another study's): the set is not compared
+	// until a write of this version makes it again.
+	if _, _, err := x.PutInstance(ctx, storagetest.Record("1.2.10", "1.2.10.1", "1.2.10.1.1", patient("B200"))); err != nil {
+		t.Fatal(err)
+	}
+	other, err := x.rdb.HGet(ctx, x.key("s", "1.2.10"), "ca").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.rdb.HSet(ctx, x.key("s", "1.2.9"), "ca", other).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, created, err := x.PutInstanceChecked(ctx, storagetest.Record("1.2.9", "1.2.9.1", "1.2.9.1.4", patient("B200")), "stale"); err != nil || !created {
+		t.Fatalf("checked put into a study whose set was not made with its attributes: created %v, err %v; want written", created, err)
+	}
+	if _, _, err := x.PutInstanceChecked(ctx, storagetest.Record("1.2.9", "1.2.9.1", "1.2.9.1.5", patient("A100")), "stale"); !errors.Is(err, gateway.ErrStudyIdentitiesChanged) {
+		t.Fatalf("checked put with a stale set once the set is made again: %v, want ErrStudyIdentitiesChanged", err)
 	}
 }

@@ -169,6 +169,11 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		if got, want := gateway.StudyIdentitySet(held), gateway.StudyIdentitySet(gateway.StudyAttrs(a.Metadata)); got != want || got == "" {
 			t.Fatalf("study's identity set %q, want A's %q", got, want)
 		}
+		// Another unflagged instance of A that read the study as new fits
+		// it as it is (gateway.OwnIdentitySet): written.
+		if err := put(Record("1.2.9", "1.2.9.1", "1.2.9.1.0", patient("A100", "together")), ""); err != nil {
+			t.Fatalf("A's instance that opened the study together with the first: %v", err)
+		}
 		// B's check read the study before A was indexed.
 		b := Record("1.2.9", "1.2.9.2", "1.2.9.2.1", patient("B200", "second"))
 		if err := put(b, ""); err == nil {
@@ -177,7 +182,7 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		if _, err := x.GetInstance(ctx, b.SOPInstanceUID); !errors.Is(err, gateway.ErrNotFound) {
 			t.Fatalf("refused B: GetInstance err %v, want not found", err)
 		}
-		assertCounts(t, x, "1.2.9", 1, 1)
+		assertCounts(t, x, "1.2.9", 1, 2)
 		if got := studyValues(t, x, "1.2.9", dicomcodec.TagPatientID); !slices.Equal(got, []string{"A100"}) {
 			t.Fatalf("after the refused put the study shows PatientID %v, want A100", got)
 		}
@@ -202,7 +207,12 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		if err != nil || created || existing == nil || existing.SOPInstanceUID != "1.2.9.1.1" {
 			t.Fatalf("an indexed instance again: existing %v, created %v, err %v; want it answered as existing", existing, created, err)
 		}
-		assertCounts(t, x, "1.2.9", 2, 3)
+		assertCounts(t, x, "1.2.9", 2, 4)
+		// A flagged instance whose check read a study that is gone.
+		gone := Flagged(Record("1.2.10", "1.2.10.1", "1.2.10.1.1", patient("C300", "")), gateway.PatientIdentity{ID: "A100", Issuer: "SURREY"})
+		if err := put(gone, gateway.StudyIdentitySet(held)); err == nil {
+			t.Fatal("a flagged instance checked against a study that is gone was written")
+		}
 	})
 	t.Run("ReplaceInstanceOverwrites", func(t *testing.T) {
 		x, ctx := newIndex(t), t.Context()
