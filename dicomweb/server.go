@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -58,8 +59,10 @@ type Config struct {
 	// PublicBaseURL, when set (e.g. https://pacs.example.nhs.uk), is the base
 	// of every RetrieveURL and BulkDataURI instead of the request's host.
 	PublicBaseURL string
-	// TrustedProxies are the reverse proxies whose X-Forwarded-For gives the
-	// client address (audit actor address); nil trusts none.
+	// TrustedProxies are the reverse proxies (addresses or CIDRs) whose
+	// X-Forwarded-For gives the client address (audit actor address); nil
+	// trusts none. When set, the forwarded scheme, host and prefix that
+	// public URLs are built from (baseURL) are believed only from them.
 	TrustedProxies []string
 	Limits         Limits
 	// MaxConcurrentStow and MaxConcurrentRetrieve bound the STOW-RS and
@@ -98,6 +101,8 @@ type Server struct {
 	svc *gateway.Services
 
 	metrics *httpMetrics
+	// trustedProxies are TrustedProxies parsed (forwardedTrusted).
+	trustedProxies []netip.Prefix
 }
 
 // New returns the server for cfg: the one constructor the gateway's serve
@@ -161,6 +166,37 @@ func (s *Server) defaults() {
 	if s.RateLimit == nil {
 		s.RateLimit, _ = NewRateLimiter(RateLimitConfig{}) // a zero config is valid
 	}
+	s.trustedProxies = nil
+	for _, p := range s.TrustedProxies {
+		if prefix, err := netip.ParsePrefix(p); err == nil {
+			s.trustedProxies = append(s.trustedProxies, prefix.Masked())
+		} else if addr, err := netip.ParseAddr(p); err == nil {
+			s.trustedProxies = append(s.trustedProxies, netip.PrefixFrom(addr.Unmap(), addr.Unmap().BitLen()))
+		}
+	}
+}
+
+// forwardedTrusted reports whether the forwarding headers of c's request
+// (Forwarded, X-Forwarded-Proto, -Host, -Prefix) are believed: from any
+// client when no TrustedProxies are configured (a client then only bends
+// the URLs of its own answers), else only from a trusted proxy, so that
+// once an admin has named the proxies nothing else can set the host that
+// RetrieveURLs, BulkDataURIs and the own-origin check use.
+func (s *Server) forwardedTrusted(c *gin.Context) bool {
+	if len(s.trustedProxies) == 0 {
+		return true
+	}
+	addr, err := netip.ParseAddr(c.RemoteIP())
+	if err != nil {
+		return false
+	}
+	addr = addr.Unmap()
+	for _, p := range s.trustedProxies {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) handleHealthz(c *gin.Context) {

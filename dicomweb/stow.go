@@ -279,8 +279,10 @@ func (s *Server) stowResponse(c *gin.Context, study string, stored []*gateway.In
 }
 
 // baseURL is the public DICOMweb root of this gateway, without a trailing
-// slash: Server.PublicBaseURL when set, else from X-Forwarded-Proto, -Host
-// and -Prefix (a reverse proxy in front), else from the request.
+// slash: Server.PublicBaseURL when set, else from Forwarded or
+// X-Forwarded-Proto, -Host and -Prefix (a reverse proxy in front; only a
+// trusted one when TrustedProxies are set: forwardedTrusted), else from
+// the request.
 func (s *Server) baseURL(c *gin.Context) string {
 	const root = "/dicomweb"
 	if s.PublicBaseURL != "" {
@@ -290,6 +292,9 @@ func (s *Server) baseURL(c *gin.Context) string {
 	proto := "http"
 	if r.TLS != nil {
 		proto = "https"
+	}
+	if !s.forwardedTrusted(c) {
+		return proto + "://" + r.Host + root
 	}
 	fwdProto, fwdHost := forwarded(r.Header.Values("Forwarded"))
 	if fwdProto == "" {

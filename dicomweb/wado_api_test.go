@@ -459,6 +459,44 @@ func TestCORS(t *testing.T) {
 	}
 }
 
+// TestWADOForwardedBaseTrustedProxiesOnly: with trusted_proxies set, the
+// forwarded scheme, host and prefix are believed only from a listed proxy
+// (a client elsewhere gets URLs of the gateway as it reached it); the
+// test client on 127.0.0.1 is one when the list names it, by address or
+// CIDR.
+func TestWADOForwardedBaseTrustedProxiesOnly(t *testing.T) {
+	auth, tokens := tokenAuth(t, dicomweb.TokenConfig{Name: "viewer", Roles: []gateway.Role{gateway.RoleRead}})
+	for _, tc := range []struct {
+		proxies []string
+		forward bool
+	}{
+		{[]string{"10.0.0.5"}, false},
+		{[]string{"10.0.0.0/8", "192.0.2.7"}, false},
+		{[]string{"10.0.0.5", "127.0.0.1"}, true},
+		{[]string{"127.0.0.0/8"}, true},
+	} {
+		g := newWADOGateway(t, func(s *testWiring) { s.Auth, s.TrustedProxies = auth, tc.proxies })
+		ins := g.synthStudy(t, synth.StudySpec{Seed: 19, Rows: 8, Columns: 8})
+		for _, headers := range [][]string{
+			{"X-Forwarded-Proto", "https", "X-Forwarded-Host", "pacs.example.nhs.uk", "X-Forwarded-Prefix", "/gw"},
+			{"Forwarded", `proto=https;host=pacs.example.nhs.uk`, "X-Forwarded-Prefix", "/gw"},
+		} {
+			resp := g.get(t, synthPath(ins[0])+"/metadata", append([]string{"Authorization", "Bearer " + tokens["viewer"]}, headers...)...)
+			var arr []map[string]dicomcodec.Attribute
+			if err := json.Unmarshal(readBody(t, resp), &arr); err != nil || len(arr) != 1 {
+				t.Fatalf("metadata: %v", err)
+			}
+			want := g.srv.URL + synthPath(ins[0]) + "/bulkdata/7FE00010"
+			if tc.forward {
+				want = "https://pacs.example.nhs.uk/gw" + synthPath(ins[0]) + "/bulkdata/7FE00010"
+			}
+			if got := arr[0][dicomcodec.TagPixelData].BulkDataURI; got != want {
+				t.Errorf("trusted_proxies %v, %v: BulkDataURI %q, want %q", tc.proxies, headers, got, want)
+			}
+		}
+	}
+}
+
 // TestWADOForwardedBase: behind a reverse proxy (which needs auth),
 // BulkDataURIs and Content-Locations use the forwarded scheme, host and
 // prefix, never the gateway's own address.
