@@ -154,9 +154,8 @@ func (s *DeleteService) delete(ctx context.Context, caller Caller, studyUID, ser
 		}
 		return nil, DeleteResult{}, err
 	}
-	// A study that instances were deleted from shows its latest instance
-	// left, listed under the identities its instances still hold
-	// (identity_restate.go).
+	// A flagged study that instances were deleted from is listed again
+	// under the identities its instances still hold (identity_restate.go).
 	// The delete is done either way: a failure is logged, and what was
 	// rewritten before it is audited.
 	r, err := s.deleter.restateStudy(ctx, p.StudyInstanceUID)

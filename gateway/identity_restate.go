@@ -17,7 +17,7 @@ import (
 // patient are deleted (the usual correction), the study would still be
 // flagged, still listed under that patient's ID, and still shown with that
 // patient's name when theirs was the latest instance. restateStudy makes a
-// study's index entry true again of the instances left.
+// flagged study's index entry true again of the instances left.
 
 // ActionIdentityRestated records that a delete changed the patient
 // identities a flagged study is listed under (identity.conflict recorded
@@ -52,15 +52,12 @@ func (r *IdentityRestatement) Changed() bool {
 }
 
 // restateStudy rewrites the index entry of the latest instance left in a
-// study, so that the study's attributes are that instance's and its flag
-// names exactly the other identities its instances hold (none: the flag
-// is dropped), in the order they arrived. An unflagged study is rewritten
-// too: the instance deleted may have been the latest, whose attributes
-// (an accession number, a description) the study showed; and a study that
-// holds two patients' instances without a flag (indexed before the check
-// and the write were one, IdentityCheckedIndex) is flagged. A study no
-// longer indexed is left as it is. The rewrite is made under the
-// instance's lease and only if the instance is unchanged.
+// study flagged for an identity conflict, so that the study's attributes
+// are that instance's and its flag names exactly the other identities its
+// instances hold (none: the flag is dropped), in the order they arrived.
+// An unflagged study holds one identity and is left as it is, as is a
+// study no longer indexed. The rewrite is made under the instance's lease
+// and only if the instance is unchanged.
 //
 // Instances may arrive while it works. An identity the study's entry names
 // that it did not name before (an arrival indexed before the rewrite) is
@@ -80,6 +77,9 @@ func (d *Deleter) restateStudy(ctx context.Context, studyUID string) (*IdentityR
 	held, err := studyEntry(ctx, d.Index, studyUID)
 	if err != nil || held == nil {
 		return nil, err
+	}
+	if _, flagged := IdentityConflicts(held); !flagged {
+		return nil, nil
 	}
 	before := listedIdentities(held)
 	var written *InstanceRecord
