@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -101,8 +102,12 @@ type Server struct {
 	svc *gateway.Services
 
 	metrics *httpMetrics
-	// trustedProxies are TrustedProxies parsed (forwardedTrusted).
+	// trustedProxies are TrustedProxies parsed (forwardedTrusted), and what
+	// gin is given, so that both judge a peer alike.
 	trustedProxies []netip.Prefix
+	// forwardIgnoredLogged: the warning that forwarded headers from a peer
+	// not listed were ignored has been logged (once per process).
+	forwardIgnoredLogged atomic.Bool
 }
 
 // New returns the server for cfg: the one constructor the gateway's serve
@@ -121,7 +126,7 @@ func (s *Server) Handler() http.Handler {
 	s.metrics = newHTTPMetrics(s.Registerer)
 	r := gin.New()
 	r.ContextWithFallback = true
-	if err := r.SetTrustedProxies(s.TrustedProxies); err != nil {
+	if err := r.SetTrustedProxies(prefixStrings(s.trustedProxies)); err != nil {
 		s.Logger.Error("trusted_proxies ignored", gateway.LogKeyError, err.Error())
 		_ = r.SetTrustedProxies(nil)
 	}
@@ -166,37 +171,9 @@ func (s *Server) defaults() {
 	if s.RateLimit == nil {
 		s.RateLimit, _ = NewRateLimiter(RateLimitConfig{}) // a zero config is valid
 	}
-	s.trustedProxies = nil
-	for _, p := range s.TrustedProxies {
-		if prefix, err := netip.ParsePrefix(p); err == nil {
-			s.trustedProxies = append(s.trustedProxies, prefix.Masked())
-		} else if addr, err := netip.ParseAddr(p); err == nil {
-			s.trustedProxies = append(s.trustedProxies, netip.PrefixFrom(addr.Unmap(), addr.Unmap().BitLen()))
-		}
-	}
-}
-
-// forwardedTrusted reports whether the forwarding headers of c's request
-// (Forwarded, X-Forwarded-Proto, -Host, -Prefix) are believed: from any
-// client when no TrustedProxies are configured (a client then only bends
-// the URLs of its own answers), else only from a trusted proxy, so that
-// once an admin has named the proxies nothing else can set the host that
-// RetrieveURLs, BulkDataURIs and the own-origin check use.
-func (s *Server) forwardedTrusted(c *gin.Context) bool {
-	if len(s.trustedProxies) == 0 {
-		return true
-	}
-	addr, err := netip.ParseAddr(c.RemoteIP())
-	if err != nil {
-		return false
-	}
-	addr = addr.Unmap()
-	for _, p := range s.trustedProxies {
-		if p.Contains(addr) {
-			return true
-		}
-	}
-	return false
+	// Entries that do not parse are dropped here and trust nothing;
+	// gateway serve refuses them at start-up (ParseTrustedProxies).
+	s.trustedProxies, _ = ParseTrustedProxies(s.TrustedProxies)
 }
 
 func (s *Server) handleHealthz(c *gin.Context) {

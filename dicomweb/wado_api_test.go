@@ -9,6 +9,7 @@ import (
 	_ "image/jpeg"
 	_ "image/png"
 	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/dicom-gateway/gateway/dicomcodec"
 	"github.com/dicom-gateway/gateway/dicomweb"
 	"github.com/dicom-gateway/gateway/gateway"
+	"github.com/dicom-gateway/gateway/internal/syncbuf"
 	"github.com/dicom-gateway/gateway/internal/synth"
 )
 
@@ -472,10 +474,17 @@ func TestWADOForwardedBaseTrustedProxiesOnly(t *testing.T) {
 	}{
 		{[]string{"10.0.0.5"}, false},
 		{[]string{"10.0.0.0/8", "192.0.2.7"}, false},
+		{[]string{"proxy.internal"}, false}, // unparsable: trusts nothing
 		{[]string{"10.0.0.5", "127.0.0.1"}, true},
 		{[]string{"127.0.0.0/8"}, true},
+		{[]string{"::ffff:127.0.0.1"}, true},
+		{[]string{"::ffff:127.0.0.0/104"}, true},
 	} {
-		g := newWADOGateway(t, func(s *testWiring) { s.Auth, s.TrustedProxies = auth, tc.proxies })
+		var logs syncbuf.Buffer
+		g := newWADOGateway(t, func(s *testWiring) {
+			s.Auth, s.TrustedProxies = auth, tc.proxies
+			s.Config.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		})
 		ins := g.synthStudy(t, synth.StudySpec{Seed: 19, Rows: 8, Columns: 8})
 		for _, headers := range [][]string{
 			{"X-Forwarded-Proto", "https", "X-Forwarded-Host", "pacs.example.nhs.uk", "X-Forwarded-Prefix", "/gw"},
@@ -493,6 +502,13 @@ func TestWADOForwardedBaseTrustedProxiesOnly(t *testing.T) {
 			if got := arr[0][dicomcodec.TagPixelData].BulkDataURI; got != want {
 				t.Errorf("trusted_proxies %v, %v: BulkDataURI %q, want %q", tc.proxies, headers, got, want)
 			}
+		}
+		warned := strings.Count(logs.String(), "forwarded headers from a peer not in trusted_proxies ignored")
+		if want := map[bool]int{false: 1, true: 0}[tc.forward]; warned != want {
+			t.Errorf("trusted_proxies %v: warned %d times, want %d", tc.proxies, warned, want)
+		}
+		if strings.Contains(logs.String(), `msg="trusted_proxies ignored"`) {
+			t.Errorf("trusted_proxies %v: gin refused the list: %s", tc.proxies, logs.String())
 		}
 	}
 }

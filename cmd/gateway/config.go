@@ -302,12 +302,8 @@ func (c *Config) Validate() error {
 	if !c.File.Auth.Enabled() && len(c.File.TrustedProxies) > 0 {
 		errs = append(errs, errors.New("trusted_proxies without auth: without auth the gateway refuses every request a proxy relays (each would act as the local admin); configure auth to serve through a proxy"))
 	}
-	for i, p := range c.File.TrustedProxies {
-		if _, err := netip.ParsePrefix(p); err != nil {
-			if _, err := netip.ParseAddr(p); err != nil {
-				errs = append(errs, fmt.Errorf("trusted_proxies[%d]: %q is neither an IP address nor a CIDR", i, p))
-			}
-		}
+	if _, err := dicomweb.ParseTrustedProxies(c.File.TrustedProxies); err != nil {
+		errs = append(errs, err)
 	}
 	errs = append(errs, c.validateDicom()...)
 	errs = append(errs, c.validateAuditArchive()...)

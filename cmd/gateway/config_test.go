@@ -68,6 +68,19 @@ func TestTrustedProxiesWithoutAuthIsRefused(t *testing.T) {
 	}
 }
 
+// TestTrustedProxiesRefusedWhenUnparsable: an entry the proxy check could
+// not use (a name, a zone) is refused at start-up by name, not dropped.
+func TestTrustedProxiesRefusedWhenUnparsable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "gateway.yaml")
+	if err := os.WriteFile(path, []byte("trusted_proxies: [10.0.0.5, proxy.internal, \"fe80::1%eth0\"]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := parseServeConfig([]string{"--config", path}, func(string) string { return "" }, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "proxy.internal") || !strings.Contains(err.Error(), "fe80::1%eth0") {
+		t.Errorf("unparsable trusted_proxies: err = %v, want a refusal naming both entries", err)
+	}
+}
+
 func TestConfigFile(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, body string) string {
