@@ -155,10 +155,12 @@ func (s *DeleteService) delete(ctx context.Context, caller Caller, studyUID, ser
 		return nil, DeleteResult{}, err
 	}
 	// A flagged study that instances were deleted from is listed again
-	// under the identities its instances still hold (identity_restate.go).
+	// under the identities its instances still hold, and an unflagged one
+	// that showed a deleted instance shows its latest left
+	// (identity_restate.go).
 	// The delete is done either way: a failure is logged, and what was
 	// rewritten before it is audited.
-	r, err := s.deleter.restateStudy(ctx, p.StudyInstanceUID)
+	r, err := s.deleter.restateStudy(ctx, p.StudyInstanceUID, p.Records)
 	if err != nil {
 		s.audit.logger.ErrorContext(ctx, "study's patient identities not restated after a delete", LogKeyStudyUID, p.StudyInstanceUID, LogKeyError, err.Error())
 	}

@@ -63,9 +63,13 @@ const (
 // two patients arriving in one study at the same moment the second is
 // checked again against what the first wrote, instead of both missing the
 // conflict, or the second's entry dropping the flag the first's set
-// (indexNew).
+// (indexNew). ReplaceInstanceChecked is ReplaceInstance on the same
+// condition, without the OwnIdentitySet exception: a delete's restatement
+// of a study (identity_restate.go) then never overwrites the entry of
+// another patient's instance indexed since it listed the study.
 type IdentityCheckedIndex interface {
 	PutInstanceChecked(ctx context.Context, rec *InstanceRecord, studyIdentities string) (existing *InstanceRecord, created bool, err error)
+	ReplaceInstanceChecked(ctx context.Context, rec *InstanceRecord, studyIdentities string) error
 }
 
 // ErrStudyIdentitiesChanged is IdentityCheckedIndex's answer to a write

@@ -432,6 +432,106 @@ func TestIdentityConflictRestatedWhileInstancesArrive(t *testing.T) {
 	}
 }
 
+// TestDeleteRestatesShownInstance: in a study of one patient, deleting the
+// latest instance (filed with a wrong accession number and description)
+// makes the study show the latest instance left, and the wrong accession
+// number no longer finds it; deleting an instance the study does not show
+// rewrites nothing; another patient's instance indexed between the
+// restatement's listing and its rewrite is never overwritten; and a study
+// holding two patients without a flag (as the race fixed on 2026-12-06
+// could leave one) is flagged when its shown instance is deleted, the
+// change audited. Both backend families.
+func TestDeleteRestatesShownInstance(t *testing.T) {
+	for _, kind := range []string{backendtest.Embedded, backendtest.Production} {
+		t.Run(kind, func(t *testing.T) {
+			b := backendtest.Open(t, kind, backendtest.Options{})
+			clock := time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+			var mu sync.Mutex
+			now := func() time.Time { mu.Lock(); defer mu.Unlock(); clock = clock.Add(time.Second); return clock }
+			in := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index, Now: now}
+			events := &restatedEvents{}
+			x := &racedIndex{Index: b.Index}
+			svc := gateway.NewServices(gateway.ServiceDeps{Blobs: b.Blobs, Index: x, Ingester: in, Auditor: events})
+			admin := gateway.Caller{Principal: gateway.Principal{Name: "pacs-admin"}}
+			mk := func(st, i uint64, pid, accession, description string) synth.Instance {
+				return synth.Instance{PatientName: "Doe^" + pid, PatientID: pid, StudyInstanceUID: synth.UID(97, st), SeriesInstanceUID: synth.UID(97, st, i),
+					SOPInstanceUID: synth.UID(97, st, i, 1), Rows: 4, Columns: 4, StudyDate: "20240101", AccessionNumber: accession, StudyDescription: description}
+			}
+			del := func(st, i uint64) {
+				t.Helper()
+				if _, _, err := svc.Delete.Delete(t.Context(), admin, synth.UID(97, st), synth.UID(97, st, i), ""); err != nil {
+					t.Fatal(err)
+				}
+			}
+			shows := func(step, query, description string) {
+				t.Helper()
+				items := searchItems(t, b.Index, gateway.LevelStudy, "", query+"&includefield=all")
+				if len(items) != 1 || items[0].String("00081030") != description {
+					t.Errorf("%s: %s finds %d studies %v, want one showing %q", step, query, len(items), items, description)
+				}
+			}
+
+			storeAll(t, in, mk(1, 1, "A100", "ACC1", "CT HEAD"), mk(1, 2, "A100", "ACC2", "CT CHEST"), mk(1, 3, "A100", "WRONG9", "CT KNEE"))
+			del(1, 1) // not the shown instance
+			if x.replaces != 0 {
+				t.Errorf("deleting an instance the study does not show rewrote %d entries, want none", x.replaces)
+			}
+			del(1, 3)
+			if items := searchItems(t, b.Index, gateway.LevelStudy, "", "AccessionNumber=WRONG9"); len(items) != 0 {
+				t.Errorf("the deleted instance's accession number still finds the study")
+			}
+			shows("shown instance deleted", "AccessionNumber=ACC2", "CT CHEST")
+			if x.replaces != 1 {
+				t.Errorf("%d entries rewritten, want the latest left", x.replaces)
+			}
+
+			// B200's instance is indexed after the listing, before the
+			// rewrite: the rewrite is refused, and B200 keeps the study.
+			storeAll(t, in, mk(1, 4, "A100", "WRONG8", "CT FOOT"))
+			x.beforeReplace = func() { storeAll(t, in, mk(1, 5, "B200", "ACC5", "CT HAND")) }
+			del(1, 4)
+			shows("another patient arrived", "PatientID=B200", "CT HAND")
+			if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID=A100"); len(items) != 1 {
+				t.Errorf("another patient arrived: PatientID=A100 finds %d studies, want 1", len(items))
+			} else if others, flagged := gateway.IdentityConflicts(items[0]); !flagged || len(others) != 1 || others[0].ID != "B200" {
+				t.Errorf("another patient arrived: flag %v naming %v, want B200", flagged, others)
+			}
+			if got := events.restated(); len(got) != 0 {
+				t.Errorf("%d identity.restated events, want none: the delete changed no patient's listing", len(got))
+			}
+
+			// Two patients, unflagged: stored by an Ingester whose identity
+			// check finds no study and whose writes are not checked.
+			blind := &gateway.Ingester{Blobs: b.Blobs, Index: blindIndex{b.Index}, Now: now}
+			storeAll(t, blind, mk(2, 1, "A100", "", ""), mk(2, 2, "B200", "", ""), mk(2, 3, "B200", "", ""))
+			del(2, 3)
+			for _, pid := range []string{"A100", "B200"} {
+				items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID="+pid+"&StudyInstanceUID="+synth.UID(97, 2))
+				if len(items) != 1 {
+					t.Errorf("PatientID=%s: %d studies, want the study its instance is in", pid, len(items))
+				} else if _, flagged := gateway.IdentityConflicts(items[0]); !flagged {
+					t.Errorf("PatientID=%s: the study holding two patients is not flagged", pid)
+				}
+			}
+			if got := events.restated(); len(got) != 1 || got[0].Detail["flagged"] != true {
+				t.Errorf("restated events %+v, want one, flagged", got)
+			}
+		})
+	}
+}
+
+// blindIndex is an Index whose study entries a search by Study Instance
+// UID does not find, and which has no checked write: an Ingester over it
+// flags nothing.
+type blindIndex struct{ gateway.Index }
+
+func (x blindIndex) Search(ctx context.Context, q *gateway.Query) (*gateway.SearchResult, error) {
+	if q.Level == gateway.LevelStudy && q.StudyInstanceUID != "" {
+		return &gateway.SearchResult{}, nil
+	}
+	return x.Index.Search(ctx, q)
+}
+
 // arrivingIndex is an Index where an instance arrives in the study each
 // time a whole study is listed (restateStudy's listings), after the
 // listing is read.
@@ -605,6 +705,10 @@ func (x lostReplyIndex) PutInstanceChecked(ctx context.Context, rec *gateway.Ins
 	return nil, false, fmt.Errorf("reply lost: %w", gateway.ErrUnavailable)
 }
 
+func (x lostReplyIndex) ReplaceInstanceChecked(ctx context.Context, rec *gateway.InstanceRecord, studyIdentities string) error {
+	return x.Index.(gateway.IdentityCheckedIndex).ReplaceInstanceChecked(ctx, rec, studyIdentities)
+}
+
 // TestIdentityConflictConcurrentUploads: instances of two patients stored
 // into new studies by concurrent uploads, through one Ingester: however
 // their checks and writes interleave, every study ends found by both
@@ -695,12 +799,15 @@ func TestStudyIdentitySet(t *testing.T) {
 }
 
 // racedIndex is an Index where another upload's instance arrives (arrive)
-// just before its next checked write, or before every one (every).
+// just before its next checked write, or before every one (every); and
+// before its next checked replace (beforeReplace), which it counts.
 type racedIndex struct {
 	gateway.Index
-	arrive      func()
-	every       bool
-	checkedPuts int
+	arrive        func()
+	every         bool
+	checkedPuts   int
+	beforeReplace func()
+	replaces      int
 }
 
 func (x *racedIndex) PutInstanceChecked(ctx context.Context, rec *gateway.InstanceRecord, studyIdentities string) (*gateway.InstanceRecord, bool, error) {
@@ -712,6 +819,15 @@ func (x *racedIndex) PutInstanceChecked(ctx context.Context, rec *gateway.Instan
 		arrive()
 	}
 	return x.Index.(gateway.IdentityCheckedIndex).PutInstanceChecked(ctx, rec, studyIdentities)
+}
+
+func (x *racedIndex) ReplaceInstanceChecked(ctx context.Context, rec *gateway.InstanceRecord, studyIdentities string) error {
+	x.replaces++
+	if before := x.beforeReplace; before != nil {
+		x.beforeReplace = nil
+		before()
+	}
+	return x.Index.(gateway.IdentityCheckedIndex).ReplaceInstanceChecked(ctx, rec, studyIdentities)
 }
 
 // TestIdentityConflictNamesLearned: a study flagged by an earlier version

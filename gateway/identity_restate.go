@@ -17,7 +17,9 @@ import (
 // patient are deleted (the usual correction), the study would still be
 // flagged, still listed under that patient's ID, and still shown with that
 // patient's name when theirs was the latest instance. restateStudy makes a
-// flagged study's index entry true again of the instances left.
+// flagged study's index entry true again of the instances left, and an
+// unflagged one show its latest instance left when the one it showed was
+// deleted.
 
 // ActionIdentityRestated records that a delete changed the patient
 // identities a flagged study is listed under (identity.conflict recorded
@@ -55,9 +57,9 @@ func (r *IdentityRestatement) Changed() bool {
 // study flagged for an identity conflict, so that the study's attributes
 // are that instance's and its flag names exactly the other identities its
 // instances hold (none: the flag is dropped), in the order they arrived.
-// An unflagged study holds one identity and is left as it is, as is a
-// study no longer indexed. The rewrite is made under the instance's lease
-// and only if the instance is unchanged.
+// An unflagged study is restateShown's, and a study no longer indexed is
+// left as it is. The rewrite is made under the instance's lease and only
+// if the instance is unchanged.
 //
 // Instances may arrive while it works. An identity the study's entry names
 // that it did not name before (an arrival indexed before the rewrite) is
@@ -73,13 +75,13 @@ func (r *IdentityRestatement) Changed() bool {
 // the study held when they arrived; an instance's search result shows the
 // study's current flag instead (instanceRow), and a later restatement
 // computes the flag from the instances' identities, not from their flags.
-func (d *Deleter) restateStudy(ctx context.Context, studyUID string) (*IdentityRestatement, error) {
+func (d *Deleter) restateStudy(ctx context.Context, studyUID string, deleted []*InstanceRecord) (*IdentityRestatement, error) {
 	held, err := studyEntry(ctx, d.Index, studyUID)
 	if err != nil || held == nil {
 		return nil, err
 	}
 	if _, flagged := IdentityConflicts(held); !flagged {
-		return nil, nil
+		return d.restateShown(ctx, studyUID, held, deleted)
 	}
 	before := listedIdentities(held)
 	var written *InstanceRecord
@@ -107,7 +109,7 @@ func (d *Deleter) restateStudy(ctx context.Context, studyUID string) (*IdentityR
 			keep = slices.DeleteFunc(keep, func(p PatientIdentity) bool { return slices.Contains(before, p) })
 		}
 		latest := restatedLatest(recs, keep, namesOf(cur))
-		ok, err := d.rewriteUnchanged(ctx, latest)
+		ok, err := d.rewriteUnchanged(ctx, latest, nil)
 		if err != nil {
 			return result(), err
 		}
@@ -127,6 +129,58 @@ func (d *Deleter) restateStudy(ctx context.Context, studyUID string) (*IdentityR
 	}
 	return result(), fmt.Errorf("study %s: instances kept arriving while its identities were restated; its flag keeps every identity its entry named: %w", studyUID, ErrUnavailable)
 }
+
+// restateShown makes an unflagged study, held, show its latest instance
+// left when the instance it showed (its latest) is among those deleted:
+// before, a wrong accession number or description deleted with its
+// instance still showed, and still found the study. Only then is the
+// latest instance left rewritten (restatedLatest: flagged if the instances
+// left hold two patients, as a study indexed before the identity check
+// and the write were one could), and only while the study still lists the
+// patients it listed when it was read (IdentityCheckedIndex): another
+// patient's instance indexed meanwhile showed itself, with its flag, and
+// is never overwritten; the study is read again and, should it still show
+// a deleted instance, restated again. A same-patient instance indexed
+// between the listing and the rewrite is shown again only by the next
+// arrival. Without a checked index nothing is rewritten.
+func (d *Deleter) restateShown(ctx context.Context, studyUID string, held dicomcodec.Dataset, deleted []*InstanceRecord) (*IdentityRestatement, error) {
+	checked, ok := d.Index.(IdentityCheckedIndex)
+	if !ok || len(deleted) == 0 {
+		return nil, nil
+	}
+	newestDeleted := byArrival(deleted)[len(deleted)-1]
+	for range restateRounds {
+		recs, err := d.Index.ListInstances(ctx, studyUID, "")
+		if errors.Is(err, ErrNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		newest := byArrival(recs)[len(recs)-1]
+		if arrivedBefore(newestDeleted, newest) {
+			return nil, nil // the study shows an instance left, or one arriving
+		}
+		latest := restatedLatest(recs, nil, namesOf(held))
+		written, err := d.rewriteUnchanged(ctx, latest, func(rec *InstanceRecord) error {
+			return checked.ReplaceInstanceChecked(ctx, rec, StudyIdentitySet(held))
+		})
+		switch {
+		case errors.Is(err, ErrStudyIdentitiesChanged):
+		case err != nil:
+			return nil, err
+		case written:
+			return &IdentityRestatement{Before: listedIdentities(held), After: listedIdentities(latest.Metadata)}, nil
+		}
+		if held, err = studyEntry(ctx, d.Index, studyUID); err != nil || held == nil {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("study %s: it kept changing while the instance it shows was restated: %w", studyUID, ErrUnavailable)
+}
+
+// arrivedBefore reports whether a arrived before b (byArrival's order).
+func arrivedBefore(a, b *InstanceRecord) bool { return compareArrival(a, b) < 0 }
 
 // studyEntry is the study's own index entry (no other patient's view), or
 // nil when it is not indexed.
@@ -202,16 +256,21 @@ func identitiesByArrival(recs []*InstanceRecord, skip string) ([]PatientIdentity
 // then SOP Instance UID).
 func byArrival(recs []*InstanceRecord) []*InstanceRecord {
 	out := slices.Clone(recs)
-	slices.SortStableFunc(out, func(a, b *InstanceRecord) int {
-		return cmp.Or(a.StoredAt.Compare(b.StoredAt), cmp.Compare(a.SOPInstanceUID, b.SOPInstanceUID))
-	})
+	slices.SortStableFunc(out, compareArrival)
 	return out
 }
 
-// rewriteUnchanged writes rec over its index entry, under the instance's
-// lease, if the entry still holds the same bytes in the same study; false
-// when it changed (replaced, moved or deleted meanwhile).
-func (d *Deleter) rewriteUnchanged(ctx context.Context, rec *InstanceRecord) (bool, error) {
+// compareArrival orders instances by when they were stored, then by SOP
+// Instance UID.
+func compareArrival(a, b *InstanceRecord) int {
+	return cmp.Or(a.StoredAt.Compare(b.StoredAt), cmp.Compare(a.SOPInstanceUID, b.SOPInstanceUID))
+}
+
+// rewriteUnchanged writes rec over its index entry with replace
+// (ReplaceInstance when nil), under the instance's lease, if the entry
+// still holds the same bytes in the same study; false when it changed
+// (replaced, moved or deleted meanwhile).
+func (d *Deleter) rewriteUnchanged(ctx context.Context, rec *InstanceRecord, replace func(*InstanceRecord) error) (bool, error) {
 	unlock, err := d.Index.Lock(ctx, rec.SOPInstanceUID, deleteLockTTL)
 	if err != nil {
 		return false, fmt.Errorf("instance %s: lock: %w", rec.SOPInstanceUID, err)
@@ -227,7 +286,13 @@ func (d *Deleter) rewriteUnchanged(ctx context.Context, rec *InstanceRecord) (bo
 	if cur.SHA256 != rec.SHA256 || cur.Size != rec.Size || cur.StudyInstanceUID != rec.StudyInstanceUID || !cur.StoredAt.Equal(rec.StoredAt) {
 		return false, nil
 	}
-	return true, d.Index.ReplaceInstance(ctx, rec)
+	if replace == nil {
+		return true, d.Index.ReplaceInstance(ctx, rec)
+	}
+	if err := replace(rec); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // sameInstances reports whether a and b list the same instances with the

@@ -269,10 +269,37 @@ func (x *Index) put(ctx context.Context, rec *gateway.InstanceRecord, studyIdent
 // ReplaceInstance overwrites the record of rec's SOP Instance UID (storing it
 // if absent), moving it between studies or series if its UIDs changed.
 func (x *Index) ReplaceInstance(ctx context.Context, rec *gateway.InstanceRecord) error {
+	return x.replace(ctx, rec, nil)
+}
+
+// ReplaceInstanceChecked implements gateway.IdentityCheckedIndex: the
+// study's identities are compared in the transaction that replaces rec.
+func (x *Index) ReplaceInstanceChecked(ctx context.Context, rec *gateway.InstanceRecord, studyIdentities string) error {
+	return x.replace(ctx, rec, &studyIdentities)
+}
+
+// replace is ReplaceInstance, and ReplaceInstanceChecked when
+// studyIdentities is set.
+func (x *Index) replace(ctx context.Context, rec *gateway.InstanceRecord, studyIdentities *string) error {
 	if err := checkRecord(ctx, rec); err != nil {
 		return err
 	}
+	changed := false
 	err := x.writes.Record(ctx, func(tx *bbolt.Tx) error {
+		changed = false // the function may run twice (commitTogether)
+		if studyIdentities != nil {
+			study, err := studyOf(tx, rec.StudyInstanceUID)
+			if err != nil {
+				return err
+			}
+			cur := ""
+			if study.StudyInstanceUID != "" {
+				cur = gateway.StudyIdentitySet(study.Attrs)
+			}
+			if changed = cur != *studyIdentities; changed {
+				return nil // not an error: see put
+			}
+		}
 		old, err := getRecord(tx, rec.SOPInstanceUID)
 		var receivedMs int64
 		switch {
@@ -291,6 +318,9 @@ func (x *Index) ReplaceInstance(ctx context.Context, rec *gateway.InstanceRecord
 		}
 		return keepReceived(tx, rec.StudyInstanceUID, receivedMs)
 	})
+	if err == nil && changed {
+		return fmt.Errorf("replace instance %s: %w", rec.SOPInstanceUID, gateway.ErrStudyIdentitiesChanged)
+	}
 	return unavailable("replace instance", err)
 }
 

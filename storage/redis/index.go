@@ -611,6 +611,16 @@ func (x *Index) ReplaceInstance(ctx context.Context, rec *gateway.InstanceRecord
 	return err
 }
 
+// ReplaceInstanceChecked implements gateway.IdentityCheckedIndex, as
+// PutInstanceChecked does.
+func (x *Index) ReplaceInstanceChecked(ctx context.Context, rec *gateway.InstanceRecord, studyIdentities string) error {
+	res, err := x.write(ctx, "replace", rec, &studyIdentities)
+	if err == nil && len(res) == 1 && res[0] == int64(3) {
+		return fmt.Errorf("replace instance %s: %w", rec.SOPInstanceUID, gateway.ErrStudyIdentitiesChanged)
+	}
+	return err
+}
+
 // write runs writeScript for rec, a put conditional on the study's
 // identity set when studyIdentities is set. On a cluster the instance's
 // locator is consulted first: an instance indexed under another study (so
@@ -622,7 +632,11 @@ func (x *Index) write(ctx context.Context, mode string, rec *gateway.InstanceRec
 		return nil, err
 	}
 	if studyIdentities != nil {
-		args = append(args, *studyIdentities, gateway.OwnIdentitySet(rec))
+		own := "" // a replace is compared without exception
+		if mode == "put" {
+			own = gateway.OwnIdentitySet(rec)
+		}
+		args = append(args, *studyIdentities, own)
 	}
 	if x.cluster {
 		if res, done, err := x.relocate(ctx, mode, rec); err != nil || done {

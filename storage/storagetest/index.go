@@ -208,6 +208,22 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 			t.Fatalf("an indexed instance again: existing %v, created %v, err %v; want it answered as existing", existing, created, err)
 		}
 		assertCounts(t, x, "1.2.9", 2, 4)
+		// A replace checked against the study as it was before A's second
+		// instance flagged it: refused, nothing written; against the study
+		// as it is: written.
+		again := Flagged(Record("1.2.9", "1.2.9.1", "1.2.9.1.0", patient("A100", "replaced")), gateway.PatientIdentity{ID: "B200", Issuer: "SURREY"})
+		if err := checked.ReplaceInstanceChecked(ctx, again, gateway.StudyIdentitySet(held)); !errors.Is(err, gateway.ErrStudyIdentitiesChanged) {
+			t.Fatalf("replace checked against a stale set: %v, want ErrStudyIdentitiesChanged", err)
+		}
+		if got := studyValues(t, x, "1.2.9", "00081030"); !slices.Equal(got, []string{"third"}) {
+			t.Fatalf("after the refused replace the study shows description %v, want third", got)
+		}
+		if err := checked.ReplaceInstanceChecked(ctx, again, gateway.StudyIdentitySet(now)); err != nil {
+			t.Fatalf("replace checked against the study as it is: %v", err)
+		}
+		if got := studyValues(t, x, "1.2.9", "00081030"); !slices.Equal(got, []string{"replaced"}) {
+			t.Fatalf("after the replace the study shows description %v, want replaced", got)
+		}
 		// A flagged instance whose check read a study that is gone.
 		gone := Flagged(Record("1.2.10", "1.2.10.1", "1.2.10.1.1", patient("C300", "")), gateway.PatientIdentity{ID: "A100", Issuer: "SURREY"})
 		if err := put(gone, gateway.StudyIdentitySet(held)); err == nil {
