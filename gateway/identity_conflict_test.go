@@ -433,11 +433,13 @@ func TestIdentityConflictRestatedWhileInstancesArrive(t *testing.T) {
 }
 
 // TestDeleteRestatesShownInstance: in a study of one patient, deleting the
-// latest instance (filed with a wrong accession number and description)
-// makes the study show the latest instance left, and the wrong accession
-// number no longer finds it; deleting an instance the study does not show
-// rewrites nothing; another patient's instance indexed between the
-// restatement's listing and its rewrite is never overwritten; and a study
+// instance it shows (written last, filed with a wrong accession number and
+// description, its stored time earlier than the others') makes the study
+// show the latest instance left, and the wrong accession number no longer
+// finds it; deleting an instance the study does not show rewrites nothing;
+// another patient's instance indexed between the restatement's listing
+// and its rewrite (stamped earlier still) is never overwritten; deleting
+// the shown one of two look-alike instances rewrites nothing; and a study
 // holding two patients without a flag (as the race fixed on 2026-12-06
 // could leave one) is flagged when its shown instance is deleted, the
 // change audited. Both backend families.
@@ -446,8 +448,22 @@ func TestDeleteRestatesShownInstance(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			b := backendtest.Open(t, kind, backendtest.Options{})
 			clock := time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
-			var mu sync.Mutex
-			now := func() time.Time { mu.Lock(); defer mu.Unlock(); clock = clock.Add(time.Second); return clock }
+			var (
+				mu   sync.Mutex
+				back time.Duration // the next instance is stamped this long before the clock
+			)
+			now := func() time.Time {
+				mu.Lock()
+				defer mu.Unlock()
+				clock = clock.Add(time.Second)
+				at := clock.Add(-back)
+				back = 0
+				return at
+			}
+			// stampEarlier makes the next instance's stored time earlier
+			// than every instance's before it, though it is written after
+			// them (a concurrent upload, another replica's clock).
+			stampEarlier := func() { mu.Lock(); back = time.Hour; mu.Unlock() }
 			in := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index, Now: now}
 			events := &restatedEvents{}
 			x := &racedIndex{Index: b.Index}
@@ -471,10 +487,12 @@ func TestDeleteRestatesShownInstance(t *testing.T) {
 				}
 			}
 
-			storeAll(t, in, mk(1, 1, "A100", "ACC1", "CT HEAD"), mk(1, 2, "A100", "ACC2", "CT CHEST"), mk(1, 3, "A100", "WRONG9", "CT KNEE"))
-			del(1, 1) // not the shown instance
-			if x.replaces != 0 {
-				t.Errorf("deleting an instance the study does not show rewrote %d entries, want none", x.replaces)
+			storeAll(t, in, mk(1, 1, "A100", "ACC1", "CT HEAD"), mk(1, 2, "A100", "ACC2", "CT CHEST"))
+			stampEarlier()
+			storeAll(t, in, mk(1, 3, "A100", "WRONG9", "CT KNEE")) // written last: shown
+			del(1, 1)                                              // not the shown instance
+			if x.replaces != 0 || x.studyListings != 0 {
+				t.Errorf("deleting an instance the study does not show listed the study %d times and rewrote %d entries, want neither", x.studyListings, x.replaces)
 			}
 			del(1, 3)
 			if items := searchItems(t, b.Index, gateway.LevelStudy, "", "AccessionNumber=WRONG9"); len(items) != 0 {
@@ -485,10 +503,11 @@ func TestDeleteRestatesShownInstance(t *testing.T) {
 				t.Errorf("%d entries rewritten, want the latest left", x.replaces)
 			}
 
-			// B200's instance is indexed after the listing, before the
-			// rewrite: the rewrite is refused, and B200 keeps the study.
+			// B200's instance, stamped earlier than the instance deleted, is
+			// indexed after the listing, before the rewrite: the rewrite is
+			// refused, and B200 keeps the study.
 			storeAll(t, in, mk(1, 4, "A100", "WRONG8", "CT FOOT"))
-			x.beforeReplace = func() { storeAll(t, in, mk(1, 5, "B200", "ACC5", "CT HAND")) }
+			x.beforeReplace = func() { stampEarlier(); storeAll(t, in, mk(1, 5, "B200", "ACC5", "CT HAND")) }
 			del(1, 4)
 			shows("another patient arrived", "PatientID=B200", "CT HAND")
 			if items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID=A100"); len(items) != 1 {
@@ -500,10 +519,20 @@ func TestDeleteRestatesShownInstance(t *testing.T) {
 				t.Errorf("%d identity.restated events, want none: the delete changed no patient's listing", len(got))
 			}
 
+			// A study whose instances look alike: deleting the one shown
+			// rewrites nothing.
+			storeAll(t, in, mk(3, 1, "A100", "ACC3", "MR"), mk(3, 2, "A100", "ACC3", "MR"))
+			replaces := x.replaces
+			del(3, 2)
+			if x.replaces != replaces {
+				t.Errorf("deleting the shown one of two look-alike instances rewrote %d entries, want none", x.replaces-replaces)
+			}
+			shows("look-alike deleted", "AccessionNumber=ACC3", "MR")
+
 			// Two patients, unflagged: stored by an Ingester whose identity
 			// check finds no study and whose writes are not checked.
 			blind := &gateway.Ingester{Blobs: b.Blobs, Index: blindIndex{b.Index}, Now: now}
-			storeAll(t, blind, mk(2, 1, "A100", "", ""), mk(2, 2, "B200", "", ""), mk(2, 3, "B200", "", ""))
+			storeAll(t, blind, mk(2, 1, "A100", "", ""), mk(2, 2, "B200", "", ""), mk(2, 3, "B200", "", "WRONG"))
 			del(2, 3)
 			for _, pid := range []string{"A100", "B200"} {
 				items := searchItems(t, b.Index, gateway.LevelStudy, "", "PatientID="+pid+"&StudyInstanceUID="+synth.UID(97, 2))
@@ -800,7 +829,8 @@ func TestStudyIdentitySet(t *testing.T) {
 
 // racedIndex is an Index where another upload's instance arrives (arrive)
 // just before its next checked write, or before every one (every); and
-// before its next checked replace (beforeReplace), which it counts.
+// before its next checked replace (beforeReplace), which it counts, as it
+// counts listings of whole studies.
 type racedIndex struct {
 	gateway.Index
 	arrive        func()
@@ -808,6 +838,14 @@ type racedIndex struct {
 	checkedPuts   int
 	beforeReplace func()
 	replaces      int
+	studyListings int
+}
+
+func (x *racedIndex) ListInstances(ctx context.Context, studyUID, seriesUID string) ([]*gateway.InstanceRecord, error) {
+	if seriesUID == "" {
+		x.studyListings++
+	}
+	return x.Index.ListInstances(ctx, studyUID, seriesUID)
 }
 
 func (x *racedIndex) PutInstanceChecked(ctx context.Context, rec *gateway.InstanceRecord, studyIdentities string) (*gateway.InstanceRecord, bool, error) {

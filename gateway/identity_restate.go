@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 
 	"github.com/dicom-gateway/gateway/dicomcodec"
@@ -130,57 +131,65 @@ func (d *Deleter) restateStudy(ctx context.Context, studyUID string, deleted []*
 	return result(), fmt.Errorf("study %s: instances kept arriving while its identities were restated; its flag keeps every identity its entry named: %w", studyUID, ErrUnavailable)
 }
 
-// restateShown makes an unflagged study, held, show its latest instance
-// left when the instance it showed (its latest) is among those deleted:
-// before, a wrong accession number or description deleted with its
-// instance still showed, and still found the study. Only then is the
-// latest instance left rewritten (restatedLatest: flagged if the instances
-// left hold two patients, as a study indexed before the identity check
-// and the write were one could), and only while the study still lists the
-// patients it listed when it was read (IdentityCheckedIndex): another
-// patient's instance indexed meanwhile showed itself, with its flag, and
-// is never overwritten; the study is read again and, should it still show
-// a deleted instance, restated again. A same-patient instance indexed
-// between the listing and the rewrite is shown again only by the next
-// arrival. Without a checked index nothing is rewritten.
+// restateShown makes an unflagged study, held, show an instance left when
+// the one it showed is among those deleted: before, a wrong accession
+// number or description deleted with its instance still showed, and still
+// found the study. The study shows the study-level attributes of the
+// instance written last, which stored times need not order (concurrent
+// uploads, clocks of two replicas, reindex), so the instance shown is
+// told by its attributes (showsAttributes): when no instance deleted looks
+// like it, nothing is read; when an instance left looks exactly like it,
+// nothing is written. Otherwise the latest instance left is rewritten
+// (restatedLatest: flagged if the instances left hold two patients, as a
+// study indexed before the identity check and the write were one could),
+// and only while the study still lists the patients it listed when read
+// (IdentityCheckedIndex): a refusal means another patient's instance was
+// indexed since, which shows itself, so it is left at that. A
+// same-patient instance indexed between the listing and the rewrite is
+// shown again only by the next arrival. Without a checked index nothing
+// is rewritten.
 func (d *Deleter) restateShown(ctx context.Context, studyUID string, held dicomcodec.Dataset, deleted []*InstanceRecord) (*IdentityRestatement, error) {
 	checked, ok := d.Index.(IdentityCheckedIndex)
-	if !ok || len(deleted) == 0 {
+	looksShown := func(r *InstanceRecord) bool { return showsAttributes(held, r.Metadata) }
+	if !ok || !slices.ContainsFunc(deleted, looksShown) {
 		return nil, nil
 	}
-	newestDeleted := byArrival(deleted)[len(deleted)-1]
-	for range restateRounds {
-		recs, err := d.Index.ListInstances(ctx, studyUID, "")
-		if errors.Is(err, ErrNotFound) {
-			return nil, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		newest := byArrival(recs)[len(recs)-1]
-		if arrivedBefore(newestDeleted, newest) {
-			return nil, nil // the study shows an instance left, or one arriving
-		}
-		latest := restatedLatest(recs, nil, namesOf(held))
-		written, err := d.rewriteUnchanged(ctx, latest, func(rec *InstanceRecord) error {
-			return checked.ReplaceInstanceChecked(ctx, rec, StudyIdentitySet(held))
-		})
-		switch {
-		case errors.Is(err, ErrStudyIdentitiesChanged):
-		case err != nil:
-			return nil, err
-		case written:
-			return &IdentityRestatement{Before: listedIdentities(held), After: listedIdentities(latest.Metadata)}, nil
-		}
-		if held, err = studyEntry(ctx, d.Index, studyUID); err != nil || held == nil {
-			return nil, err
-		}
+	recs, err := d.Index.ListInstances(ctx, studyUID, "")
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
 	}
-	return nil, fmt.Errorf("study %s: it kept changing while the instance it shows was restated: %w", studyUID, ErrUnavailable)
+	if err != nil || slices.ContainsFunc(recs, looksShown) {
+		return nil, err
+	}
+	latest := restatedLatest(recs, nil, namesOf(held))
+	written, err := d.rewriteUnchanged(ctx, latest, func(rec *InstanceRecord) error {
+		return checked.ReplaceInstanceChecked(ctx, rec, StudyIdentitySet(held))
+	})
+	switch {
+	case errors.Is(err, ErrStudyIdentitiesChanged):
+		return nil, nil
+	case err != nil || !written: // not written: the instance changed, and its own write shows it
+		return nil, err
+	}
+	return &IdentityRestatement{Before: listedIdentities(held), After: listedIdentities(latest.Metadata)}, nil
 }
 
-// arrivedBefore reports whether a arrived before b (byArrival's order).
-func arrivedBefore(a, b *InstanceRecord) bool { return compareArrival(a, b) < 0 }
+// showsAttributes reports whether a study's entry, held, shows the
+// study-level attributes of an instance's metadata md, the gateway's
+// private block apart: md's instance is, or looks exactly like, the one
+// the study shows. An attribute absent and one without a value are alike.
+func showsAttributes(held, md dicomcodec.Dataset) bool {
+	for tag := range studyLevelTags {
+		if slices.Contains(gatewayBlockTags, tag) {
+			continue
+		}
+		a, b := held[tag], md[tag]
+		if (len(a.Value) > 0 || len(b.Value) > 0) && !reflect.DeepEqual(a.Value, b.Value) {
+			return false
+		}
+	}
+	return true
+}
 
 // studyEntry is the study's own index entry (no other patient's view), or
 // nil when it is not indexed.
@@ -256,14 +265,10 @@ func identitiesByArrival(recs []*InstanceRecord, skip string) ([]PatientIdentity
 // then SOP Instance UID).
 func byArrival(recs []*InstanceRecord) []*InstanceRecord {
 	out := slices.Clone(recs)
-	slices.SortStableFunc(out, compareArrival)
+	slices.SortStableFunc(out, func(a, b *InstanceRecord) int {
+		return cmp.Or(a.StoredAt.Compare(b.StoredAt), cmp.Compare(a.SOPInstanceUID, b.SOPInstanceUID))
+	})
 	return out
-}
-
-// compareArrival orders instances by when they were stored, then by SOP
-// Instance UID.
-func compareArrival(a, b *InstanceRecord) int {
-	return cmp.Or(a.StoredAt.Compare(b.StoredAt), cmp.Compare(a.SOPInstanceUID, b.SOPInstanceUID))
 }
 
 // rewriteUnchanged writes rec over its index entry with replace

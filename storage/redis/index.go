@@ -639,6 +639,18 @@ func (x *Index) write(ctx context.Context, mode string, rec *gateway.InstanceRec
 		args = append(args, *studyIdentities, own)
 	}
 	if x.cluster {
+		if studyIdentities != nil && mode == "replace" {
+			// relocate would delete the instance from its other study
+			// before the script could refuse: a checked replace does not
+			// move an instance.
+			st, err := x.locate(ctx, rec.SOPInstanceUID)
+			if err != nil {
+				return nil, err
+			}
+			if st != "" && st != rec.StudyInstanceUID {
+				return nil, fmt.Errorf("replace instance %s: a checked replace does not move an instance to another study: %w", rec.SOPInstanceUID, gateway.ErrInvalid)
+			}
+		}
 		if res, done, err := x.relocate(ctx, mode, rec); err != nil || done {
 			return res, err
 		}

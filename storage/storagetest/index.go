@@ -224,6 +224,22 @@ func TestIndex(t *testing.T, newIndex func(t *testing.T) gateway.Index) {
 		if got := studyValues(t, x, "1.2.9", "00081030"); !slices.Equal(got, []string{"replaced"}) {
 			t.Fatalf("after the replace the study shows description %v, want replaced", got)
 		}
+		// A replace has no own-identity exception: an unflagged record of
+		// the study's only patient, checked against a stale set, is
+		// refused; and a checked replace that would move an instance to
+		// another study changes neither.
+		if _, _, err := checked.PutInstanceChecked(ctx, Record("1.2.11", "1.2.11.1", "1.2.11.1.1", patient("A100", "own")), ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := checked.ReplaceInstanceChecked(ctx, Record("1.2.11", "1.2.11.1", "1.2.11.1.1", patient("A100", "own again")), "stale"); !errors.Is(err, gateway.ErrStudyIdentitiesChanged) {
+			t.Fatalf("replace of the only patient's record against a stale set: %v, want ErrStudyIdentitiesChanged", err)
+		}
+		if err := checked.ReplaceInstanceChecked(ctx, Record("1.2.12", "1.2.12.1", "1.2.11.1.1", patient("A100", "moved")), "stale"); err == nil {
+			t.Fatal("a checked replace moving an instance to another study, against a stale set, was written")
+		}
+		if got, err := x.GetInstance(ctx, "1.2.11.1.1"); err != nil || got.StudyInstanceUID != "1.2.11" {
+			t.Fatalf("after the refused move: GetInstance = %v, %v; want it still in 1.2.11", got, err)
+		}
 		// A flagged instance whose check read a study that is gone.
 		gone := Flagged(Record("1.2.10", "1.2.10.1", "1.2.10.1.1", patient("C300", "")), gateway.PatientIdentity{ID: "A100", Issuer: "SURREY"})
 		if err := put(gone, gateway.StudyIdentitySet(held)); err == nil {
