@@ -66,7 +66,9 @@ const (
 // (indexNew). ReplaceInstanceChecked is ReplaceInstance on the same
 // condition, without the OwnIdentitySet exception: a delete's restatement
 // of a study (identity_restate.go) then never overwrites the entry of
-// another patient's instance indexed since it listed the study.
+// another patient's instance indexed since it listed the study. A checked
+// replace may refuse (ErrInvalid) to move an instance to another study
+// (Redis Cluster does).
 type IdentityCheckedIndex interface {
 	PutInstanceChecked(ctx context.Context, rec *InstanceRecord, studyIdentities string) (existing *InstanceRecord, created bool, err error)
 	ReplaceInstanceChecked(ctx context.Context, rec *InstanceRecord, studyIdentities string) error

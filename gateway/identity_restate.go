@@ -145,9 +145,12 @@ func (d *Deleter) restateStudy(ctx context.Context, studyUID string, deleted []*
 // and only while the study still lists the patients it listed when read
 // (IdentityCheckedIndex): a refusal means another patient's instance was
 // indexed since, which shows itself, so it is left at that. A
-// same-patient instance indexed between the listing and the rewrite is
-// shown again only by the next arrival. Without a checked index nothing
-// is rewritten.
+// same-patient instance indexed while this runs can be left unshown (an
+// older one of that patient shown instead) until the study's next
+// arrival. deleted are the records the delete planned: an instance
+// replaced between the plan and its removal (DuplicateReplace, test-only)
+// may leave the study showing it. Without a checked index nothing is
+// rewritten.
 func (d *Deleter) restateShown(ctx context.Context, studyUID string, held dicomcodec.Dataset, deleted []*InstanceRecord) (*IdentityRestatement, error) {
 	checked, ok := d.Index.(IdentityCheckedIndex)
 	looksShown := func(r *InstanceRecord) bool { return showsAttributes(held, r.Metadata) }
@@ -168,7 +171,7 @@ func (d *Deleter) restateShown(ctx context.Context, studyUID string, held dicomc
 	switch {
 	case errors.Is(err, ErrStudyIdentitiesChanged):
 		return nil, nil
-	case err != nil || !written: // not written: the instance changed, and its own write shows it
+	case err != nil || !written: // not written: the instance was replaced, moved or deleted since it was listed
 		return nil, err
 	}
 	return &IdentityRestatement{Before: listedIdentities(held), After: listedIdentities(latest.Metadata)}, nil
