@@ -87,7 +87,12 @@ func StudyIdentitySet(attrs dicomcodec.Dataset) string {
 	if attrs == nil {
 		return ""
 	}
-	ids := listedIdentities(attrs)
+	return identitySet(listedIdentities(attrs))
+}
+
+// identitySet is the canonical string of the set of ids (sorted, once
+// each); ids is reordered.
+func identitySet(ids []PatientIdentity) string {
 	slices.SortFunc(ids, func(a, b PatientIdentity) int {
 		return cmp.Or(strings.Compare(a.ID, b.ID), strings.Compare(a.Issuer, b.Issuer))
 	})
@@ -113,9 +118,7 @@ func OwnIdentitySet(rec *InstanceRecord) string {
 		return ""
 	}
 	id, issuer := patientIdentity(rec.Metadata)
-	return StudyIdentitySet(dicomcodec.Dataset{
-		dicomcodec.TagPatientID: loAttribute(id), TagIssuerOfPatientID: loAttribute(issuer),
-	})
+	return identitySet([]PatientIdentity{{id, issuer}})
 }
 
 // identityCheck is what the identity check of one new instance read and

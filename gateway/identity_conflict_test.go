@@ -470,8 +470,9 @@ func TestDeleteRestatesShownInstance(t *testing.T) {
 			svc := gateway.NewServices(gateway.ServiceDeps{Blobs: b.Blobs, Index: x, Ingester: in, Auditor: events})
 			admin := gateway.Caller{Principal: gateway.Principal{Name: "pacs-admin"}}
 			mk := func(st, i uint64, pid, accession, description string) synth.Instance {
-				return synth.Instance{PatientName: "Doe^" + pid, PatientID: pid, StudyInstanceUID: synth.UID(97, st), SeriesInstanceUID: synth.UID(97, st, i),
-					SOPInstanceUID: synth.UID(97, st, i, 1), Rows: 4, Columns: 4, StudyDate: "20240101", AccessionNumber: accession, StudyDescription: description}
+				inst := patientInstance(97, st, i, pid)
+				inst.AccessionNumber, inst.StudyDescription = accession, description
+				return inst
 			}
 			del := func(st, i uint64) {
 				t.Helper()
@@ -592,12 +593,7 @@ func TestIdentityConflictArrivingTogether(t *testing.T) {
 	for _, kind := range []string{backendtest.Embedded, backendtest.Production} {
 		t.Run(kind, func(t *testing.T) {
 			b := backendtest.Open(t, kind, backendtest.Options{})
-			study := synth.UID(93, 1)
-			mk := func(i uint64, pid string) synth.Instance {
-				return synth.Instance{PatientName: "Doe^" + pid, PatientID: pid, IssuerOfPatientID: "SURREY",
-					StudyInstanceUID: study, SeriesInstanceUID: synth.UID(93, 1, i), SOPInstanceUID: synth.UID(93, 1, i, 1),
-					Rows: 4, Columns: 4, StudyDate: "20240101"}
-			}
+			mk := func(i uint64, pid string) synth.Instance { return patientInstance(93, 1, i, pid) }
 			// The other upload writes straight to the backend's index.
 			other := &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}
 			x := &racedIndex{Index: b.Index}
@@ -671,10 +667,7 @@ func TestIdentityConflictRestatedBetweenCheckAndWrite(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			b := backendtest.Open(t, kind, backendtest.Options{})
 			study := synth.UID(95, 1)
-			mk := func(i uint64, pid string) synth.Instance {
-				return synth.Instance{PatientName: "Doe^" + pid, PatientID: pid, StudyInstanceUID: study, SeriesInstanceUID: synth.UID(95, 1, i),
-					SOPInstanceUID: synth.UID(95, 1, i, 1), Rows: 4, Columns: 4, StudyDate: "20240101"}
-			}
+			mk := func(i uint64, pid string) synth.Instance { return patientInstance(95, 1, i, pid) }
 			storeAll(t, &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}, mk(1, "A100"), mk(2, "B200"), mk(3, "C300"))
 			svc := gateway.NewServices(gateway.ServiceDeps{Blobs: b.Blobs, Index: b.Index})
 			admin := gateway.Caller{Principal: gateway.Principal{Name: "pacs-admin"}}
@@ -707,10 +700,7 @@ func TestIdentityConflictAuditedWhenTheReplyIsLost(t *testing.T) {
 	for _, kind := range []string{backendtest.Embedded, backendtest.Production} {
 		t.Run(kind, func(t *testing.T) {
 			b := backendtest.Open(t, kind, backendtest.Options{})
-			mk := func(i uint64, pid string) synth.Instance {
-				return synth.Instance{PatientName: "Doe^" + pid, PatientID: pid, StudyInstanceUID: synth.UID(96, 1), SeriesInstanceUID: synth.UID(96, 1, i),
-					SOPInstanceUID: synth.UID(96, 1, i, 1), Rows: 4, Columns: 4, StudyDate: "20240101"}
-			}
+			mk := func(i uint64, pid string) synth.Instance { return patientInstance(96, 1, i, pid) }
 			storeAll(t, &gateway.Ingester{Blobs: b.Blobs, Index: b.Index}, mk(1, "A100"))
 			events := &conflictEvents{}
 			storeAll(t, &gateway.Ingester{Blobs: b.Blobs, Index: lostReplyIndex{b.Index}, Auditor: events}, mk(2, "B200"))
@@ -752,8 +742,7 @@ func TestIdentityConflictConcurrentUploads(t *testing.T) {
 			for st := range uint64(studies) {
 				for i := range uint64(perStudy) {
 					pid := []string{"A100", "B200"}[i%2]
-					inst := synth.Instance{PatientName: "Doe^" + pid, PatientID: pid, StudyInstanceUID: synth.UID(94, st),
-						SeriesInstanceUID: synth.UID(94, st, i), SOPInstanceUID: synth.UID(94, st, i, 1), Rows: 4, Columns: 4, StudyDate: "20240101"}
+					inst := patientInstance(94, st, i, pid)
 					wg.Go(func() {
 						if _, err := in.Store(t.Context(), inst.Reader(), gateway.StoreOptions{}); err != nil {
 							t.Error(err)
@@ -960,6 +949,13 @@ func (a *conflictEvents) count() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.n
+}
+
+// patientInstance is a 4×4 instance of patient pid (Doe^pid), the only
+// one of series i of the study synth.UID(root, study).
+func patientInstance(root, study, i uint64, pid string) synth.Instance {
+	return synth.Instance{PatientName: "Doe^" + pid, PatientID: pid, StudyInstanceUID: synth.UID(root, study),
+		SeriesInstanceUID: synth.UID(root, study, i), SOPInstanceUID: synth.UID(root, study, i, 1), Rows: 4, Columns: 4, StudyDate: "20240101"}
 }
 
 // storeAll stores insts through in, in order, failing the test at the

@@ -241,17 +241,10 @@ func (x *Index) put(ctx context.Context, rec *gateway.InstanceRecord, studyIdent
 		if err != nil {
 			return err
 		}
-		if studyIdentities != nil {
-			cur := ""
-			if study.StudyInstanceUID != "" {
-				cur = gateway.StudyIdentitySet(study.Attrs)
-			}
-			// Not an error: that would roll back the other writes
-			// committed together with this one.
-			own := gateway.OwnIdentitySet(rec)
-			if changed = cur != *studyIdentities && (own == "" || cur != own); changed {
-				return nil
-			}
+		// A refusal is not an error: that would roll back the other writes
+		// committed together with this one.
+		if changed = studyIdentities != nil && identitiesChanged(study, *studyIdentities, gateway.OwnIdentitySet(rec)); changed {
+			return nil
 		}
 		return addRecordTo(tx, rec, study)
 	})
@@ -292,11 +285,7 @@ func (x *Index) replace(ctx context.Context, rec *gateway.InstanceRecord, studyI
 			if err != nil {
 				return err
 			}
-			cur := ""
-			if study.StudyInstanceUID != "" {
-				cur = gateway.StudyIdentitySet(study.Attrs)
-			}
-			if changed = cur != *studyIdentities; changed {
+			if changed = identitiesChanged(study, *studyIdentities, ""); changed {
 				return nil // not an error: see put
 			}
 		}
@@ -506,6 +495,18 @@ func addRecord(tx *bbolt.Tx, rec *gateway.InstanceRecord) error {
 		return err
 	}
 	return addRecordTo(tx, rec, study)
+}
+
+// identitiesChanged is gateway.IdentityCheckedIndex's refusal: study
+// (studyOf) no longer lists the patients studyIdentities names, nor only
+// own (gateway.OwnIdentitySet of a put's record; "" for a replace, which
+// has no such exception).
+func identitiesChanged(study *gateway.StudySummary, studyIdentities, own string) bool {
+	cur := ""
+	if study.StudyInstanceUID != "" {
+		cur = gateway.StudyIdentitySet(study.Attrs)
+	}
+	return cur != studyIdentities && (own == "" || cur != own)
 }
 
 // studyOf is the summary of a study as tx sees it, empty (no

@@ -639,19 +639,7 @@ func (x *Index) write(ctx context.Context, mode string, rec *gateway.InstanceRec
 		args = append(args, *studyIdentities, own)
 	}
 	if x.cluster {
-		if studyIdentities != nil && mode == "replace" {
-			// relocate would delete the instance from its other study
-			// before the script could refuse: a checked replace does not
-			// move an instance.
-			st, err := x.locate(ctx, rec.SOPInstanceUID)
-			if err != nil {
-				return nil, err
-			}
-			if st != "" && st != rec.StudyInstanceUID {
-				return nil, fmt.Errorf("replace instance %s: a checked replace does not move an instance to another study: %w", rec.SOPInstanceUID, gateway.ErrInvalid)
-			}
-		}
-		if res, done, err := x.relocate(ctx, mode, rec); err != nil || done {
+		if res, done, err := x.relocate(ctx, mode, rec, studyIdentities != nil); err != nil || done {
 			return res, err
 		}
 	}
@@ -668,8 +656,9 @@ func (x *Index) write(ctx context.Context, mode string, rec *gateway.InstanceRec
 
 // relocate prepares a cluster write of rec: when the instance is indexed
 // under another study, put answers with that record (done) and replace
-// deletes it; then the locator names rec's study.
-func (x *Index) relocate(ctx context.Context, mode string, rec *gateway.InstanceRecord) (res []any, done bool, err error) {
+// deletes it (a checked replace refuses: ErrInvalid); then the locator
+// names rec's study.
+func (x *Index) relocate(ctx context.Context, mode string, rec *gateway.InstanceRecord, checked bool) (res []any, done bool, err error) {
 	sop := rec.SOPInstanceUID
 	st, err := x.locate(ctx, sop)
 	if err != nil {
@@ -684,6 +673,9 @@ func (x *Index) relocate(ctx context.Context, mode string, rec *gateway.Instance
 			return nil, false, translate(err)
 		case mode == "put":
 			return []any{int64(0), old}, true, nil
+		case checked:
+			// The delete would come before the script could refuse.
+			return nil, false, fmt.Errorf("replace instance %s: a checked replace does not move an instance to another study: %w", sop, gateway.ErrInvalid)
 		default:
 			if err := x.deleteFrom(ctx, st, sop); err != nil && !errors.Is(err, gateway.ErrNotFound) {
 				return nil, false, err
@@ -710,7 +702,8 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) (keys []stri
 	if err != nil {
 		return nil, nil, err
 	}
-	sattrs, err := recordcodec.AppendCompact(nil, gateway.StudyAttrs(rec.Metadata))
+	studyAttrs := gateway.StudyAttrs(rec.Metadata)
+	sattrs, err := recordcodec.AppendCompact(nil, studyAttrs)
 	if err != nil {
 		return nil, nil, fmt.Errorf("encode study attributes: %w", err)
 	}
@@ -753,7 +746,7 @@ func (x *Index) writeArgs(mode string, rec *gateway.InstanceRecord) (keys []stri
 		strconv.FormatInt(gateway.StudyDateKey(md), 10), strings.Join(pids, "\x01"), acc, strings.Join(names, "\x01"),
 		strings.Join(prefixes, "\x01"), gateway.MetadataOrder(rec), strings.Join(codes, "\x01"),
 		strconv.FormatInt(rec.Size, 10), strconv.FormatInt(rec.StoredAt.UnixMilli(), 10),
-		gateway.StudyIdentitySet(gateway.StudyAttrs(md)),
+		gateway.StudyIdentitySet(studyAttrs),
 	}, nil
 }
 
